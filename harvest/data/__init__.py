@@ -1,0 +1,185 @@
+"""Loaders for market data: Binance klines (every archive layout), funding and exchangeInfo.
+
+I/O is limited to reading files; the parsed objects are plain numpy arrays and pydantic models.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from dataclasses import dataclass
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+DATA_DIR = Path(__file__).resolve().parent
+KLINES_DIR = DATA_DIR / "klines"
+FUNDING_DIR = DATA_DIR / "funding"
+EXCHANGE_INFO = DATA_DIR / "exchange_info" / "fapi-exchangeInfo-2024-10-02.json"
+#: Symbols the shipped data covers (klines, funding and filters).
+SHIPPED_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT")
+
+
+@dataclass(frozen=True)
+class Klines:
+    """1-minute klines of one symbol: ``open_time`` in Unix seconds (int64, ascending),
+    prices in USDT (float64), volume in base units. All arrays have shape (n,)."""
+
+    symbol: str
+    open_time: np.ndarray
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+
+    def index_at(self, t: float) -> int:
+        """Index of the bar containing market time ``t`` (s): the last bar with
+        open_time ≤ t. Raises ValueError when t is before the first bar."""
+        i = int(np.searchsorted(self.open_time, t, side="right")) - 1
+        if i < 0:
+            raise ValueError(f"{self.symbol}: no kline at or before t={t}")
+        return i
+
+    def mark_at(self, t: float) -> float:
+        """Mark price (USDT) at market time t: the close of the bar containing t."""
+        return float(self.close[self.index_at(t)])
+
+    @property
+    def start(self) -> float:
+        return float(self.open_time[0])
+
+    @property
+    def end(self) -> float:
+        """Close time of the last bar (s)."""
+        return float(self.open_time[-1] + 60)
+
+
+def _to_seconds(ts: np.ndarray) -> np.ndarray:
+    """Epoch timestamps in s, ms or µs (the archive's spot files switched to µs in 2025) → s."""
+    ts = ts.astype(np.int64)
+    if ts.size and ts.max() > 10**14:
+        return ts // 1_000_000
+    if ts.size and ts.max() > 10**11:
+        return ts // 1000
+    return ts
+
+
+def read_klines(path: str | Path, symbol: str | None = None) -> Klines:
+    """Read a kline CSV (optionally gzip'd) in any of Binance's layouts: the 6-column
+    ``open_time,open,high,low,close,volume`` file, the public archive's 12-column file with
+    or without its header. Raises ValueError on an empty or malformed file."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        text = f.read()
+    rows = list(csv.reader(io.StringIO(text)))
+    if rows and rows[0] and not rows[0][0].strip().lstrip("-").isdigit():
+        rows = rows[1:]
+    rows = [r for r in rows if r]
+    if not rows:
+        raise ValueError(f"{path}: no kline rows")
+    try:
+        arr = np.array([[float(x) for x in r[:6]] for r in rows], dtype=np.float64)
+    except (ValueError, IndexError) as e:
+        raise ValueError(f"{path}: malformed kline row ({e})") from e
+    order = np.argsort(arr[:, 0], kind="stable")
+    arr = arr[order]
+    sym = symbol or path.name.split("-", 1)[0]
+    return Klines(
+        symbol=sym,
+        open_time=_to_seconds(arr[:, 0]),
+        open=arr[:, 1],
+        high=arr[:, 2],
+        low=arr[:, 3],
+        close=arr[:, 4],
+        volume=arr[:, 5],
+    )
+
+
+@lru_cache(maxsize=None)
+def load_klines(symbol: str) -> Klines:
+    """The shipped 1-minute klines of ``symbol`` (cached per process).
+    Raises FileNotFoundError for a symbol the project ships no data for."""
+    files = sorted(KLINES_DIR.glob(f"{symbol}-1m-*.csv*"))
+    if not files:
+        raise FileNotFoundError(f"no shipped klines for {symbol} in {KLINES_DIR}")
+    return read_klines(files[0], symbol)
+
+
+@lru_cache(maxsize=None)
+def load_funding(symbol: str) -> tuple[np.ndarray, np.ndarray]:
+    """Funding events of ``symbol``: (calc_time in s, rate as a fraction per period).
+    Positive rate: longs pay shorts. Empty arrays when none is shipped."""
+    files = sorted(FUNDING_DIR.glob(f"{symbol}-funding-*.csv"))
+    if not files:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    with open(files[0]) as f:
+        rows = [r for r in csv.reader(f)][1:]
+    t = _to_seconds(np.array([int(r[0]) for r in rows], dtype=np.int64))
+    return t, np.array([float(r[1]) for r in rows])
+
+
+@dataclass(frozen=True)
+class SymbolFilters:
+    """Binance symbol filters (Decimal, as strings on the wire): PRICE_FILTER tickSize,
+    MARKET_LOT_SIZE stepSize/minQty/maxQty (the ones MARKET orders obey), MIN_NOTIONAL
+    notional (USDT)."""
+
+    symbol: str
+    tick_size: Decimal
+    step_size: Decimal
+    min_qty: Decimal
+    max_qty: Decimal
+    min_notional: Decimal
+
+    def round_qty(self, qty: float | Decimal) -> Decimal:
+        """Quantity rounded *down* to stepSize (never closes more than asked)."""
+        q = Decimal(str(qty))
+        return (q / self.step_size).to_integral_value(rounding=ROUND_DOWN) * self.step_size
+
+    def round_price(self, price: float | Decimal, direction: str = "down") -> Decimal:
+        """Price rounded to tickSize, ``direction`` ``"down"`` or ``"up"``."""
+        p = Decimal(str(price))
+        mode = ROUND_DOWN if direction == "down" else ROUND_UP
+        return (p / self.tick_size).to_integral_value(rounding=mode) * self.tick_size
+
+    @staticmethod
+    def fmt(d: Decimal) -> str:
+        """Plain decimal string for the wire (never exponent notation such as ``1E-5``)."""
+        return format(d.normalize(), "f")
+
+
+def filters_from_exchange_info(info: dict) -> dict[str, SymbolFilters]:
+    """Parse a raw ``/fapi/v1/exchangeInfo`` response into filters per symbol.
+    Raises KeyError/ValueError on a response without the expected filters."""
+    out: dict[str, SymbolFilters] = {}
+    for s in info["symbols"]:
+        f = {x["filterType"]: x for x in s["filters"]}
+        lot = f.get("MARKET_LOT_SIZE") or f["LOT_SIZE"]
+        out[s["symbol"]] = SymbolFilters(
+            symbol=s["symbol"],
+            tick_size=Decimal(f["PRICE_FILTER"]["tickSize"]),
+            step_size=Decimal(lot["stepSize"]),
+            min_qty=Decimal(lot["minQty"]),
+            max_qty=Decimal(lot["maxQty"]),
+            min_notional=Decimal(f["MIN_NOTIONAL"]["notional"]),
+        )
+    return out
+
+
+@lru_cache(maxsize=1)
+def load_exchange_info() -> dict:
+    """The shipped raw exchangeInfo response (dict)."""
+    with open(EXCHANGE_INFO) as f:
+        return json.load(f)
+
+
+@lru_cache(maxsize=1)
+def shipped_filters() -> dict[str, SymbolFilters]:
+    """Filters of the shipped exchangeInfo, by symbol."""
+    return filters_from_exchange_info(load_exchange_info())

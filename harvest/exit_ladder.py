@@ -1,0 +1,101 @@
+"""Leverage-aware exit ladder ("ExitBrain v3.5" of the seeds, DESIGN §2). Pure, no I/O.
+
+With L = leverage and LSF = 1 / (1 + ln(L + 1)) (the leverage scaling factor):
+
+    tp1 = base_tp · (0.6 + LSF)      tp2 = base_tp · (1.2 + LSF / 2)
+    tp3 = base_tp · (1.8 + LSF / 4)  sl  = base_sl · (1 + (1 − LSF) · 0.8)
+
+all as fractions of the entry price (source: seed 000, exit_brain.py lines 132–140).
+Close scheme by leverage (seed 000, lines 89–102): 1–10× → 30/30/40 %, 11–30× → 40/40/20 %,
+31×+ → 50/30/20 %.
+
+Volatility adjustment (applied here): the stop distance is floored at
+``vol_floor_k · sigma · sqrt(60)`` — ``vol_floor_k`` standard deviations of a one-hour move —
+so that a stop is never placed inside ordinary noise. It is applied only when ``sigma`` is given.
+Funding is not used to move the levels; it enters the decision through R_net instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel
+
+from harvest.models import HarvestTheta, Side
+
+
+class Levels(BaseModel):
+    """Ladder for one position: fractions of entry, their prices (USDT), and the close scheme.
+
+    ``close_scheme`` holds the fractions (0..1, summing to 1) of the opening qty closed at
+    tp1, tp2 and tp3.
+    """
+
+    lsf: float
+    tp_fractions: tuple[float, float, float]
+    sl_fraction: float
+    tp_prices: tuple[float, float, float]
+    sl_price: float
+    close_scheme: tuple[float, float, float]
+
+
+def leverage_scaling_factor(leverage: float) -> float:
+    """LSF = 1 / (1 + ln(L + 1)) for leverage L ≥ 1 (dimensionless, in (0, 1)).
+
+    Raises ValueError for L < 1 or a non-finite L.
+    """
+    if not math.isfinite(leverage) or leverage < 1:
+        raise ValueError(f"leverage must be a finite number >= 1, got {leverage!r}")
+    return 1.0 / (1.0 + math.log(leverage + 1.0))
+
+
+def close_scheme(leverage: float) -> tuple[float, float, float]:
+    """Fractions of the opening qty closed at tp1/tp2/tp3: 1–10× 30/30/40, 11–30× 40/40/20,
+    31×+ 50/30/20 (leverage rounded to the nearest whole number first)."""
+    lev = round(leverage)
+    if lev <= 10:
+        return (0.30, 0.30, 0.40)
+    if lev <= 30:
+        return (0.40, 0.40, 0.20)
+    return (0.50, 0.30, 0.20)
+
+
+def compute_levels(
+    entry_price: float,
+    side: Side | str,
+    leverage: float,
+    theta: HarvestTheta | None = None,
+    sigma: float | None = None,
+    vol_floor_k: float = 2.0,
+) -> Levels:
+    """Exit ladder of one position.
+
+    entry_price: USDT (> 0); side: LONG/SHORT; leverage: ≥ 1; sigma: optional std of
+    1-minute log returns (fraction) for the volatility floor of the stop.
+    Returns :class:`Levels` with prices on the profit side (tp) and loss side (sl) of entry.
+    Raises ValueError on a non-positive entry price or invalid leverage.
+    """
+    theta = theta or HarvestTheta()
+    side = Side(side)
+    if not math.isfinite(entry_price) or entry_price <= 0:
+        raise ValueError(f"entry_price must be a positive number, got {entry_price!r}")
+    lsf = leverage_scaling_factor(leverage)
+    tps = (
+        theta.base_tp * (0.6 + lsf),
+        theta.base_tp * (1.2 + lsf / 2.0),
+        theta.base_tp * (1.8 + lsf / 4.0),
+    )
+    sl = theta.base_sl * (1.0 + (1.0 - lsf) * 0.8)
+    if sigma is not None and sigma > 0 and math.isfinite(sigma):
+        sl = max(sl, vol_floor_k * sigma * math.sqrt(60.0))
+    s = side.sign
+    tp_prices = tuple(entry_price * (1.0 + s * f) for f in tps)
+    sl_price = entry_price * (1.0 - s * sl)
+    return Levels(
+        lsf=lsf,
+        tp_fractions=tps,
+        sl_fraction=sl,
+        tp_prices=tp_prices,  # type: ignore[arg-type]
+        sl_price=sl_price,
+        close_scheme=close_scheme(leverage),
+    )

@@ -1,0 +1,334 @@
+"""The decision kernel (DESIGN §2): pure functions, no I/O.
+
+Two forms that agree exactly: the single-position functions (:func:`compute_r_net`,
+:func:`compute_kill_score`, :func:`determine_harvest_action`, :func:`compute_profit_lock`,
+:func:`compute_harvest_proposal`) and :func:`evaluate_batch`, which evaluates many positions
+at once on numpy arrays. Both use the same IEEE-754 operations in the same order, and
+``numpy.exp`` for the one transcendental, so their results are bit-identical (tested).
+
+Formulas (source: DESIGN §2, seeds 000/001):
+
+* ``R_unit = |entry_price − initial_stop| × qty_at_open``  (USDT)
+* ``R_net = (unrealized_pnl − est_exit_fee − funding_paid) / R_unit`` with
+  ``unrealized_pnl = sign × (mark − entry) × qty`` and ``est_exit_fee = taker_fee_rate × mark × qty``
+* kill-score components, each clipped to 0..1:
+
+  - ``regime_flip``: 1 when the regime was TREND at entry and now is CHOP/MR or a TREND
+    against the position's side; otherwise, when entry was TREND, the graded collapse
+    ``(p_trend_entry − p_trend_now) / p_trend_entry``; 0 when entry was not TREND;
+  - ``sigma_spike = (sigma_now / sigma_entry − 1) / (sigma_spike_ratio − 1)``;
+  - ``ts_drop = (ts_entry − ts_now) / ts_entry``;
+  - ``age_penalty = age / max_age``;
+
+* ``kill_score = 1 − exp(−(w_rf·regime_flip + w_ss·sigma_spike + w_td·ts_drop + w_age·age_penalty))``
+* action: ``kill_score ≥ kill_threshold`` → FULL_CLOSE_PROPOSED; else the highest tier reached
+  (R_net ≥ t3/t2/t1 → PARTIAL_75/50/25) above the tier already harvested this epoch; else, at
+  ``R_net ≥ lock_start_r``, PROFIT_LOCK_SL when the stop ``entry + lock_fraction·(mark − entry)``
+  tightens the stop in force by at least ``lock_min_step_r`` R; else NONE. One decision per
+  position per evaluation; a profit lock waits for the next scan after a partial.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from harvest.models import (
+    ACTION_CODES,
+    KILL_COMPONENTS,
+    Action,
+    HarvestTheta,
+    KillScore,
+    MarketState,
+    Position,
+    Proposal,
+    Regime,
+    TIER_FRACTION,
+)
+
+_CODE = {a: i for i, a in enumerate(ACTION_CODES)}
+_PARTIAL = {1: Action.PARTIAL_25, 2: Action.PARTIAL_50, 3: Action.PARTIAL_75}
+
+
+def _clip01(x: float) -> float:
+    return 0.0 if x < 0.0 else (1.0 if x > 1.0 else x)
+
+
+def compute_r_net(position: Position, theta: HarvestTheta) -> float:
+    """R-multiple of the position's net open profit (dimensionless).
+
+    ``(sign·(mark − entry)·qty − taker_fee_rate·mark·qty − funding_paid) / (|entry − initial_stop|·qty_at_open)``.
+    The denominator is positive by the Position model's validation (stop ≠ entry, qty_at_open > 0).
+    """
+    r_unit = abs(position.entry_price - position.initial_stop) * position.qty_at_open
+    upnl = position.side.sign * (position.mark_price - position.entry_price) * position.qty
+    fee = theta.taker_fee_rate * position.mark_price * position.qty
+    return (upnl - fee - position.funding_paid) / r_unit
+
+
+def _regime_flip(entry: MarketState | None, now: MarketState, side_sign: int) -> float:
+    if entry is None or entry.regime is not Regime.TREND:
+        return 0.0
+    against = now.regime is Regime.TREND and now.trend_dir == -side_sign
+    if now.regime is not Regime.TREND or against:
+        return 1.0
+    if entry.p_trend <= 0.0:
+        return 0.0
+    return _clip01((entry.p_trend - now.p_trend) / entry.p_trend)
+
+
+def compute_kill_score(
+    position: Position, market: MarketState, now: float, theta: HarvestTheta
+) -> KillScore:
+    """Kill score 0..1 of one position (module docstring gives the formula).
+
+    market: the symbol's state now; ``position.entry_state`` the state at entry (without it the
+    three market components are 0); now: Unix seconds. Reason codes: ``kill_score_triggered``
+    when the score reaches the threshold, then the name of every non-zero component.
+    """
+    entry = position.entry_state
+    c_rf = _regime_flip(entry, market, position.side.sign)
+    if entry is None:
+        c_ss = 0.0
+        c_td = 0.0
+    else:
+        if entry.sigma > 0.0:
+            c_ss = _clip01((market.sigma / entry.sigma - 1.0) / (theta.sigma_spike_ratio - 1.0))
+        else:
+            c_ss = 1.0 if market.sigma > 0.0 else 0.0
+        c_td = _clip01((entry.ts - market.ts) / entry.ts) if entry.ts > 0.0 else 0.0
+    c_age = _clip01((now - position.opened_at) / theta.max_age_s)
+    return kill_score_from_components(c_rf, c_ss, c_td, c_age, theta)
+
+
+def kill_score_from_components(
+    regime_flip: float, sigma_spike: float, ts_drop: float, age_penalty: float, theta: HarvestTheta
+) -> KillScore:
+    """``1 − exp(−Σ wᵢ·cᵢ)`` over the four components (each 0..1), with reason codes.
+
+    The seed plan's components 1.0 / 0.0 / 0.24159 / 0.04167 give 0.678 (DESIGN §2).
+    """
+    x = (
+        theta.w_regime_flip * regime_flip
+        + theta.w_sigma_spike * sigma_spike
+        + theta.w_ts_drop * ts_drop
+        + theta.w_age_penalty * age_penalty
+    )
+    score = float(1.0 - np.exp(-x))
+    comps = dict(zip(KILL_COMPONENTS, (regime_flip, sigma_spike, ts_drop, age_penalty)))
+    reasons = ["kill_score_triggered"] if score >= theta.kill_threshold else []
+    reasons += [k for k, v in comps.items() if v > 0.0]
+    return KillScore(score=score, components=comps, reasons=reasons)
+
+
+def determine_harvest_action(
+    r_net: float, kill_score: float, harvested_tier: int, theta: HarvestTheta
+) -> tuple[Action, int, list[str]]:
+    """Action, tier (0..3) and reason codes from R_net, the kill score and the tier already
+    harvested this epoch (0..3). Never returns a tier ≤ ``harvested_tier``."""
+    if kill_score >= theta.kill_threshold:
+        return Action.FULL_CLOSE_PROPOSED, 0, ["kill_score_triggered"]
+    reached = 3 if r_net >= theta.t3_r else (2 if r_net >= theta.t2_r else (1 if r_net >= theta.t1_r else 0))
+    if reached > harvested_tier:
+        action = _PARTIAL[reached]
+        return action, reached, [f"harvest_{action.value.lower()}"]
+    return Action.NONE, 0, []
+
+
+def compute_profit_lock(position: Position, r_net: float, theta: HarvestTheta) -> float | None:
+    """New stop price (USDT) that locks ``lock_fraction`` of the open profit, or None.
+
+    Proposed only at ``r_net ≥ lock_start_r`` and only when it tightens the stop in force by at
+    least ``lock_min_step_r`` R (price distance ``lock_min_step_r·|entry − initial_stop|``), so
+    the stop only ever tightens. Rounding to tickSize is the guard's job.
+    """
+    if r_net < theta.lock_start_r:
+        return None
+    candidate = position.entry_price + theta.lock_fraction * (position.mark_price - position.entry_price)
+    step = position.side.sign * (candidate - position.stop)
+    min_step = theta.lock_min_step_r * abs(position.entry_price - position.initial_stop)
+    if step > 0.0 and step >= min_step:
+        return candidate
+    return None
+
+
+def compute_harvest_proposal(
+    position: Position, market: MarketState, now: float, theta: HarvestTheta
+) -> Proposal:
+    """Full decision for one position: R_net, kill score, action, tier, close fraction
+    (of the remaining qty) and, for PROFIT_LOCK_SL, the new stop. Priority: full close, then
+    the highest unharvested tier, then the profit lock."""
+    r_net = compute_r_net(position, theta)
+    kill = compute_kill_score(position, market, now, theta)
+    action, tier, reasons = determine_harvest_action(r_net, kill.score, position.harvested_tier, theta)
+    new_stop = None
+    fraction = 0.0
+    if action is Action.FULL_CLOSE_PROPOSED:
+        fraction = 1.0
+        reasons = kill.reasons
+    elif tier:
+        fraction = TIER_FRACTION[tier]
+    else:
+        new_stop = compute_profit_lock(position, r_net, theta)
+        if new_stop is not None:
+            action = Action.PROFIT_LOCK_SL
+            reasons = ["profit_lock"]
+    return Proposal(
+        action=action,
+        tier=tier,
+        close_fraction=fraction,
+        new_stop=new_stop,
+        r_net=r_net,
+        kill_score=kill.score,
+        components=kill.components,
+        reason_codes=reasons,
+    )
+
+
+# --------------------------------------------------------------------------- batch form
+
+
+@dataclass
+class PositionBatch:
+    """Struct of arrays for :func:`evaluate_batch`; every array has shape (n,), float64 unless
+    noted. ``side_sign`` ±1; ``stop`` the stop in force; ``has_entry`` (bool) whether an entry
+    market state exists; ``*_trend`` (bool) regime == TREND; ``*_dir`` trend direction ±1/0."""
+
+    side_sign: np.ndarray
+    qty: np.ndarray
+    qty_at_open: np.ndarray
+    entry_price: np.ndarray
+    mark_price: np.ndarray
+    initial_stop: np.ndarray
+    stop: np.ndarray
+    opened_at: np.ndarray
+    harvested_tier: np.ndarray
+    funding_paid: np.ndarray
+    has_entry: np.ndarray
+    entry_trend: np.ndarray
+    entry_dir: np.ndarray
+    entry_p: np.ndarray
+    entry_sigma: np.ndarray
+    entry_ts: np.ndarray
+    now_trend: np.ndarray
+    now_dir: np.ndarray
+    now_p: np.ndarray
+    now_sigma: np.ndarray
+    now_ts: np.ndarray
+
+    @classmethod
+    def from_models(cls, pairs: list[tuple[Position, MarketState]]) -> "PositionBatch":
+        """Build the arrays from (position, market state now) pairs."""
+        def col(f, dtype=np.float64):
+            return np.array([f(p, m) for p, m in pairs], dtype=dtype)
+
+        def ent(p, attr, default):
+            return getattr(p.entry_state, attr) if p.entry_state is not None else default
+
+        return cls(
+            side_sign=col(lambda p, m: p.side.sign),
+            qty=col(lambda p, m: p.qty),
+            qty_at_open=col(lambda p, m: p.qty_at_open),
+            entry_price=col(lambda p, m: p.entry_price),
+            mark_price=col(lambda p, m: p.mark_price),
+            initial_stop=col(lambda p, m: p.initial_stop),
+            stop=col(lambda p, m: p.stop),
+            opened_at=col(lambda p, m: p.opened_at),
+            harvested_tier=col(lambda p, m: p.harvested_tier, np.int64),
+            funding_paid=col(lambda p, m: p.funding_paid),
+            has_entry=col(lambda p, m: p.entry_state is not None, bool),
+            entry_trend=col(lambda p, m: ent(p, "regime", None) is Regime.TREND, bool),
+            entry_dir=col(lambda p, m: ent(p, "trend_dir", 0)),
+            entry_p=col(lambda p, m: ent(p, "p_trend", 0.0)),
+            entry_sigma=col(lambda p, m: ent(p, "sigma", 0.0)),
+            entry_ts=col(lambda p, m: ent(p, "ts", 0.0)),
+            now_trend=col(lambda p, m: m.regime is Regime.TREND, bool),
+            now_dir=col(lambda p, m: m.trend_dir),
+            now_p=col(lambda p, m: m.p_trend),
+            now_sigma=col(lambda p, m: m.sigma),
+            now_ts=col(lambda p, m: m.ts),
+        )
+
+
+@dataclass
+class BatchResult:
+    """Output of :func:`evaluate_batch`, arrays of shape (n,): ``action`` holds indices into
+    :data:`harvest.models.ACTION_CODES`; ``components`` has shape (4, n) in the order of
+    :data:`harvest.models.KILL_COMPONENTS`; ``new_stop`` is NaN where no lock is proposed."""
+
+    action: np.ndarray
+    tier: np.ndarray
+    close_fraction: np.ndarray
+    r_net: np.ndarray
+    kill_score: np.ndarray
+    components: np.ndarray
+    new_stop: np.ndarray
+
+    def actions(self) -> list[Action]:
+        """The action codes as :class:`Action` values."""
+        return [ACTION_CODES[i] for i in self.action.tolist()]
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(num)
+    np.divide(num, den, out=out, where=den > 0.0)
+    return out
+
+
+def evaluate_batch(b: PositionBatch, now: float, theta: HarvestTheta) -> BatchResult:
+    """Evaluate n positions at once; identical results to :func:`compute_harvest_proposal`
+    applied to each (same operations, same order). ``now``: Unix seconds."""
+    s = b.side_sign
+    r_unit = np.abs(b.entry_price - b.initial_stop) * b.qty_at_open
+    upnl = s * (b.mark_price - b.entry_price) * b.qty
+    fee = theta.taker_fee_rate * b.mark_price * b.qty
+    r_net = (upnl - fee - b.funding_paid) / r_unit
+
+    entry_trend = b.has_entry & b.entry_trend
+    against = b.now_trend & (b.now_dir == -s)
+    flipped = entry_trend & (~b.now_trend | against)
+    graded = np.clip(_safe_div(b.entry_p - b.now_p, b.entry_p), 0.0, 1.0)
+    c_rf = np.where(flipped, 1.0, np.where(entry_trend, graded, 0.0))
+
+    ratio_m1 = theta.sigma_spike_ratio - 1.0
+    ss = np.clip((_safe_div(b.now_sigma, b.entry_sigma) - 1.0) / ratio_m1, 0.0, 1.0)
+    ss_zero_entry = np.where(b.now_sigma > 0.0, 1.0, 0.0)
+    c_ss = np.where(b.has_entry, np.where(b.entry_sigma > 0.0, ss, ss_zero_entry), 0.0)
+    td = np.clip(_safe_div(b.entry_ts - b.now_ts, b.entry_ts), 0.0, 1.0)
+    c_td = np.where(b.has_entry & (b.entry_ts > 0.0), td, 0.0)
+    c_age = np.clip((now - b.opened_at) / theta.max_age_s, 0.0, 1.0)
+
+    x = (
+        theta.w_regime_flip * c_rf
+        + theta.w_sigma_spike * c_ss
+        + theta.w_ts_drop * c_td
+        + theta.w_age_penalty * c_age
+    )
+    kill = 1.0 - np.exp(-x)
+
+    reached = np.where(r_net >= theta.t3_r, 3, np.where(r_net >= theta.t2_r, 2, np.where(r_net >= theta.t1_r, 1, 0)))
+    killed = kill >= theta.kill_threshold
+    partial = ~killed & (reached > b.harvested_tier)
+    tier = np.where(partial, reached, 0)
+
+    candidate = b.entry_price + theta.lock_fraction * (b.mark_price - b.entry_price)
+    step = s * (candidate - b.stop)
+    min_step = theta.lock_min_step_r * np.abs(b.entry_price - b.initial_stop)
+    lock = ~killed & ~partial & (r_net >= theta.lock_start_r) & (step > 0.0) & (step >= min_step)
+
+    action = np.full(r_net.shape, _CODE[Action.NONE], dtype=np.int64)
+    action = np.where(lock, _CODE[Action.PROFIT_LOCK_SL], action)
+    action = np.where(partial, tier, action)  # codes 1..3 are PARTIAL_25/50/75
+    action = np.where(killed, _CODE[Action.FULL_CLOSE_PROPOSED], action)
+    frac_by_tier = np.array([0.0, TIER_FRACTION[1], TIER_FRACTION[2], TIER_FRACTION[3]])
+    close_fraction = np.where(killed, 1.0, frac_by_tier[tier])
+    return BatchResult(
+        action=action,
+        tier=tier,
+        close_fraction=close_fraction,
+        r_net=r_net,
+        kill_score=kill,
+        components=np.vstack([c_rf, c_ss, c_td, c_age]),
+        new_stop=np.where(lock, candidate, np.nan),
+    )

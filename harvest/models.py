@@ -1,0 +1,316 @@
+"""Pydantic models of the domain: positions, market state, thresholds, decisions and plans.
+
+Units everywhere (DESIGN §2): money in USDT, prices in USDT per unit of the base asset,
+quantities in base units, times in seconds since the Unix epoch (UTC), fractions 0..1.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Side(str, Enum):
+    """Direction of a one-way futures position."""
+
+    LONG = "LONG"
+    SHORT = "SHORT"
+
+    @property
+    def sign(self) -> int:
+        """+1 for LONG, -1 for SHORT: PnL = sign × (mark − entry) × qty."""
+        return 1 if self is Side.LONG else -1
+
+    @property
+    def close_order_side(self) -> str:
+        """Binance order side that reduces this position (SELL closes a LONG)."""
+        return "SELL" if self is Side.LONG else "BUY"
+
+
+class Regime(str, Enum):
+    """Market regime (see :mod:`harvest.market` for the classification rule)."""
+
+    TREND = "TREND"
+    CHOP = "CHOP"
+    MR = "MR"
+
+
+class Action(str, Enum):
+    """Decision of the kernel for one position at one instant (DESIGN §2)."""
+
+    NONE = "NONE"
+    PARTIAL_25 = "PARTIAL_25"
+    PARTIAL_50 = "PARTIAL_50"
+    PARTIAL_75 = "PARTIAL_75"
+    FULL_CLOSE_PROPOSED = "FULL_CLOSE_PROPOSED"
+    PROFIT_LOCK_SL = "PROFIT_LOCK_SL"
+
+
+#: Integer codes used by the batch kernel (numpy arrays cannot hold enums).
+ACTION_CODES: tuple[Action, ...] = (
+    Action.NONE,
+    Action.PARTIAL_25,
+    Action.PARTIAL_50,
+    Action.PARTIAL_75,
+    Action.FULL_CLOSE_PROPOSED,
+    Action.PROFIT_LOCK_SL,
+)
+#: Tier index (1..3) of each partial action; 0 for the others.
+ACTION_TIER = {Action.PARTIAL_25: 1, Action.PARTIAL_50: 2, Action.PARTIAL_75: 3}
+#: Kill-score components, in the order of the batch arrays.
+KILL_COMPONENTS: tuple[str, ...] = ("regime_flip", "sigma_spike", "ts_drop", "age_penalty")
+
+
+def _finite(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return value
+
+
+class HarvestTheta(BaseModel):
+    """Every threshold, weight, window and fee of the decision kernel (DESIGN §2).
+
+    Loaded from settings (``HARVEST_THETA__<FIELD>``); invalid values raise
+    :class:`pydantic.ValidationError` naming the field, at start-up.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Harvest tiers (R-multiples of R_net) and the fraction of the *remaining* qty each closes.
+    t1_r: float = Field(2.0, gt=0, description="R_net that triggers PARTIAL_25")
+    t2_r: float = Field(4.0, gt=0, description="R_net that triggers PARTIAL_50")
+    t3_r: float = Field(6.0, gt=0, description="R_net that triggers PARTIAL_75")
+    # Kill score (DESIGN §2 table).
+    kill_threshold: float = Field(0.6, gt=0, lt=1)
+    w_regime_flip: float = Field(1.0, ge=0)
+    w_sigma_spike: float = Field(0.5, ge=0)
+    w_ts_drop: float = Field(0.5, ge=0)
+    w_age_penalty: float = Field(0.3, ge=0)
+    max_age_s: float = Field(86_400.0, gt=0, description="age at which age_penalty = 1 (s)")
+    sigma_spike_ratio: float = Field(
+        2.0, gt=1, description="sigma_now / sigma_entry at which sigma_spike reaches 1"
+    )
+    # Costs.
+    taker_fee_rate: float = Field(0.0005, ge=0, lt=0.01, description="fraction of notional")
+    # Profit lock (ratcheting stop).
+    lock_start_r: float = Field(1.5, gt=0, description="R_net from which the stop is ratcheted")
+    lock_fraction: float = Field(
+        0.5, gt=0, lt=1, description="fraction of the open profit (mark − entry) the stop locks"
+    )
+    lock_min_step_r: float = Field(
+        0.25, ge=0, description="a new stop must tighten by at least this many R (price distance)"
+    )
+    # Exit ladder (fractions of entry price), DESIGN §2 "ExitBrain".
+    base_tp: float = Field(0.02, gt=0, lt=1)
+    base_sl: float = Field(0.01, gt=0, lt=1)
+    # Market state windows (1-minute bars) and the regime classifier.
+    sigma_window: int = Field(60, ge=5, le=10_000)
+    ts_window: int = Field(60, ge=5, le=10_000)
+    ts_mid: float = Field(0.30, gt=0, lt=1, description="trend strength where p_trend = 0.5")
+    ts_scale: float = Field(0.06, gt=0, lt=1, description="logistic scale of p_trend")
+    trend_p: float = Field(0.5, gt=0, lt=1, description="p_trend at or above which regime = TREND")
+    mr_autocorr: float = Field(
+        -0.10, gt=-1, lt=0, description="lag-1 return autocorrelation at or below which regime = MR"
+    )
+
+    @model_validator(mode="after")
+    def _tiers_increase(self) -> "HarvestTheta":
+        if not (self.t1_r < self.t2_r < self.t3_r):
+            raise ValueError(
+                f"t1_r < t2_r < t3_r required, got {self.t1_r}, {self.t2_r}, {self.t3_r}"
+            )
+        return self
+
+    @property
+    def tier_r(self) -> tuple[float, float, float]:
+        """R_net thresholds of tiers 1..3."""
+        return (self.t1_r, self.t2_r, self.t3_r)
+
+
+#: Fraction of the remaining qty closed by each tier (DESIGN §2: 25 / 50 / 75 %).
+TIER_FRACTION = {1: 0.25, 2: 0.50, 3: 0.75}
+
+
+class MarketState(BaseModel):
+    """Market state of one symbol at one instant (computed by :mod:`harvest.market`).
+
+    sigma: std of 1-minute log returns (fraction per minute); ts: trend strength 0..1;
+    p_trend: probability of a trending market 0..1; trend_dir: +1 up, -1 down, 0 flat.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    symbol: str
+    ts_time: float = Field(description="market time the state describes (s)")
+    sigma: float = Field(ge=0)
+    ts: float = Field(ge=0, le=1)
+    p_trend: float = Field(ge=0, le=1)
+    regime: Regime
+    trend_dir: int = Field(0, ge=-1, le=1)
+
+    @field_validator("sigma", "ts", "p_trend", "ts_time")
+    @classmethod
+    def _finite_fields(cls, v: float, info) -> float:
+        return _finite(info.field_name, v)
+
+
+class Position(BaseModel):
+    """One open position as harvest sees it: the venue's truth plus harvest's own book.
+
+    qty > 0 in base units; prices in USDT; ``qty_at_open`` fixes 1R; ``harvested_tier``
+    is the highest tier (0..3) already harvested in this ``epoch``; ``entry_state`` is the
+    market state when harvest first saw this epoch (for the kill score).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    account: str = "paper"
+    symbol: str
+    side: Side
+    qty: float = Field(gt=0)
+    qty_at_open: float = Field(gt=0)
+    entry_price: float = Field(gt=0)
+    mark_price: float = Field(gt=0)
+    leverage: float = Field(1.0, ge=1, le=125)
+    initial_stop: float = Field(gt=0)
+    current_stop: float | None = Field(None, gt=0)
+    opened_at: float
+    epoch: str = Field(min_length=1, max_length=64)
+    peak_price: float | None = None
+    trough_price: float | None = None
+    harvested_tier: int = Field(0, ge=0, le=3)
+    funding_paid: float = 0.0
+    entry_state: MarketState | None = None
+
+    @field_validator("qty", "qty_at_open", "entry_price", "mark_price", "initial_stop", "funding_paid")
+    @classmethod
+    def _finite_fields(cls, v: float, info) -> float:
+        return _finite(info.field_name, v)
+
+    @model_validator(mode="after")
+    def _stop_on_loss_side(self) -> "Position":
+        if self.side is Side.LONG and self.initial_stop >= self.entry_price:
+            raise ValueError("initial_stop of a LONG must be below entry_price")
+        if self.side is Side.SHORT and self.initial_stop <= self.entry_price:
+            raise ValueError("initial_stop of a SHORT must be above entry_price")
+        return self
+
+    @property
+    def stop(self) -> float:
+        """The stop in force: the ratcheted one when there is one, else the initial stop."""
+        return self.current_stop if self.current_stop is not None else self.initial_stop
+
+    @property
+    def unrealized_pnl(self) -> float:
+        """sign × (mark − entry) × qty, USDT."""
+        return self.side.sign * (self.mark_price - self.entry_price) * self.qty
+
+
+class KillScore(BaseModel):
+    """Kill score (0..1) with its four components (each 0..1) and reason codes."""
+
+    score: float
+    components: dict[str, float]
+    reasons: list[str]
+
+
+class Proposal(BaseModel):
+    """Output of :func:`harvest.kernel.compute_harvest_proposal` for one position.
+
+    ``close_fraction`` is of the remaining qty (0 when nothing closes, 1 for a full close);
+    ``new_stop`` is set for PROFIT_LOCK_SL (USDT price, before tick rounding).
+    """
+
+    action: Action
+    tier: int = 0
+    close_fraction: float = 0.0
+    new_stop: float | None = None
+    r_net: float
+    kill_score: float
+    components: dict[str, float]
+    reason_codes: list[str]
+
+
+class Decision(BaseModel):
+    """A proposal bound to one position epoch: the payload of the propose task.
+
+    Small and JSON-only (it travels as a Celery task argument and shows in Flower).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    account: str = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")
+    symbol: str = Field(min_length=2, max_length=20, pattern=r"^[A-Z0-9]+$")
+    epoch: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    side: Side
+    action: Action
+    tier: int = Field(0, ge=0, le=3)
+    close_fraction: float = Field(0.0, ge=0, le=1)
+    new_stop: float | None = Field(None, gt=0)
+    r_net: float
+    kill_score: float = Field(ge=0, le=1)
+    components: dict[str, float] = {}
+    reason_codes: list[str] = []
+    mark_price: float = Field(gt=0)
+    regime: Regime | None = None
+    decided_at: float
+
+    @field_validator("r_net", "mark_price", "decided_at", "close_fraction")
+    @classmethod
+    def _finite_fields(cls, v: float, info) -> float:
+        return _finite(info.field_name, v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Decision":
+        if self.action is Action.NONE:
+            raise ValueError("a NONE decision makes no plan")
+        if self.action is Action.PROFIT_LOCK_SL and self.new_stop is None:
+            raise ValueError("PROFIT_LOCK_SL needs new_stop")
+        if self.action in ACTION_TIER and self.tier != ACTION_TIER[self.action]:
+            raise ValueError(f"{self.action.value} needs tier {ACTION_TIER[self.action]}")
+        return self
+
+
+PlanState = Literal[
+    "PROPOSED",
+    "APPROVED",
+    "REJECTED",
+    "SHADOWED",
+    "SUBMITTED",
+    "FILLED",
+    "PARTIALLY_FILLED",
+    "CANCELED",
+    "FAILED",
+    "EXPIRED",
+]
+
+
+class Plan(BaseModel):
+    """A plan as stored in Redis (one hash per plan_id); see :mod:`harvest.plans`."""
+
+    plan_id: str
+    account: str
+    symbol: str
+    epoch: str
+    side: Side
+    action: Action
+    tier: int = 0
+    close_fraction: float = 0.0
+    new_stop: float | None = None
+    state: PlanState
+    reason: str = ""
+    created_at: float
+    updated_at: float
+    expires_at: float
+    client_order_id: str
+    order_qty: str | None = None
+    stop_price: str | None = None
+    executed_qty: float | None = None
+    avg_price: float | None = None
+    realized_pnl: float | None = None
+    position_qty_after: float | None = None
+    error_code: int | None = None
+    decision: dict = {}
