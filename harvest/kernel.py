@@ -136,6 +136,18 @@ def determine_harvest_action(
     return Action.NONE, 0, []
 
 
+def reason_codes(action: Action, components: dict[str, float]) -> list[str]:
+    """Reason codes of a decision: ``kill_score_triggered`` plus the non-zero components for a
+    full close, ``harvest_partial_25/50/75`` for a partial, ``profit_lock`` for a stop move."""
+    if action is Action.FULL_CLOSE_PROPOSED:
+        return ["kill_score_triggered"] + [k for k, v in components.items() if v > 0.0]
+    if action is Action.PROFIT_LOCK_SL:
+        return ["profit_lock"]
+    if action is Action.NONE:
+        return []
+    return [f"harvest_{action.value.lower()}"]
+
+
 def compute_profit_lock(position: Position, r_net: float, theta: HarvestTheta) -> float | None:
     """New stop price (USDT) that locks ``lock_fraction`` of the open profit, or None.
 

@@ -22,6 +22,7 @@ Key layout (``<ns>`` = settings.namespace)::
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any, Iterable
 
@@ -29,6 +30,8 @@ import redis
 
 from harvest.models import MarketState, Plan, Side
 from harvest.plans import TERMINAL, allowed_from
+
+log = logging.getLogger("harvest.plans")
 
 _CREATE_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -198,7 +201,11 @@ class PlanStore:
                   json.dumps(data or {}, sort_keys=True, default=str), len(frm), *frm,
                   *_flat(fields or {})],
         )
-        return bool(int(res[0])), res[1]
+        applied = bool(int(res[0]))
+        if applied:
+            log.info("plan_transition plan_id=%s symbol=%s from=%s to=%s reason=%s",
+                     plan_id, symbol, res[1], to, reason)
+        return applied, res[1]
 
     def get(self, plan_id: str) -> Plan | None:
         """The plan, or None when no such plan_id exists."""

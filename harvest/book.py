@@ -1,0 +1,61 @@
+"""Merge exchange truth with harvest's book of each position epoch. Pure, no I/O.
+
+Exchange truth wins: a position the venue does not report is a ghost and its book entry is
+dropped; a venue position with no book entry, another side, or another opening time starts
+a new epoch (tiers reset, 1R fixed from the stop in force or, without one, from the exit
+ladder's stop).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harvest.exit_ladder import compute_levels
+from harvest.models import HarvestTheta, MarketState, Position
+from harvest.venue import VenuePosition
+
+
+def epoch_of(vp: VenuePosition, first_seen: float) -> str:
+    """Epoch label of a position opening: side initial + opening time in whole seconds
+    (the venue's opening time when it reports one, else when harvest first saw it)."""
+    opened = vp.opened_at if vp.opened_at is not None else first_seen
+    return f"{vp.side.value[0]}{int(opened)}"
+
+
+def is_new_epoch(vp: VenuePosition, entry: dict[str, Any] | None) -> bool:
+    """Whether the venue position is another opening than the book entry describes."""
+    if entry is None or entry["side"] is not vp.side:
+        return True
+    return vp.opened_at is not None and abs(vp.opened_at - entry["opened_at"]) > 1e-6
+
+
+def new_book_entry(vp: VenuePosition, market: MarketState | None, now: float, theta: HarvestTheta) -> dict[str, Any]:
+    """Book entry for a new epoch. The initial stop is the venue's working stop when it is on
+    the loss side of entry, else the LSF ladder's stop (with the volatility floor)."""
+    s = vp.side.sign
+    stop = vp.stop_price
+    if stop is None or s * (vp.entry_price - stop) <= 0:
+        stop = compute_levels(vp.entry_price, vp.side, vp.leverage, theta,
+                              sigma=market.sigma if market else None).sl_price
+    opened = vp.opened_at if vp.opened_at is not None else now
+    return {
+        "symbol": vp.symbol, "side": vp.side, "epoch": epoch_of(vp, now), "opened_at": opened,
+        "entry_price": vp.entry_price, "qty_at_open": vp.qty, "initial_stop": stop,
+        "current_stop": vp.stop_price, "harvested_tier": 0, "peak_price": vp.mark_price,
+        "trough_price": vp.mark_price, "leverage": vp.leverage, "entry_state": market,
+    }
+
+
+def to_position(account: str, vp: VenuePosition, entry: dict[str, Any]) -> Position:
+    """The kernel's :class:`Position` from exchange truth (qty, entry, mark, stop, funding)
+    and the book (epoch, 1R, tiers, entry state). Raises pydantic.ValidationError when the
+    combination is inconsistent (e.g. a stop on the profit side of a changed entry)."""
+    peak = max(entry.get("peak_price") or vp.mark_price, vp.mark_price)
+    trough = min(entry.get("trough_price") or vp.mark_price, vp.mark_price)
+    return Position(
+        account=account, symbol=vp.symbol, side=vp.side, qty=vp.qty,
+        qty_at_open=max(entry["qty_at_open"], vp.qty), entry_price=vp.entry_price, mark_price=vp.mark_price,
+        leverage=vp.leverage, initial_stop=entry["initial_stop"], current_stop=vp.stop_price,
+        opened_at=entry["opened_at"], epoch=entry["epoch"], peak_price=peak, trough_price=trough,
+        harvested_tier=entry["harvested_tier"], funding_paid=vp.funding_paid, entry_state=entry.get("entry_state"),
+    )

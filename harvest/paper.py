@@ -1,0 +1,388 @@
+"""The paper venue: a matching engine with Binance USDⓈ-M semantics, state in Redis.
+
+* One-way positions (one per symbol per account); reduce-only MARKET orders fill at the mark
+  price, capped at the position's size (as Binance reduces a reduce-only order).
+* Symbol filters of the shipped exchangeInfo (MARKET_LOT_SIZE, PRICE_FILTER, MIN_NOTIONAL):
+  a quantity that is not a stepSize multiple is rejected -1111, below minQty -4004, above
+  maxQty -4005; reduce-only orders are exempt from minNotional, as on Binance.
+* Taker fee on every fill (``commission``); ``realized_pnl`` is gross of fees, as Binance
+  reports it.
+* A working closePosition stop per position; it triggers when a kline's low (LONG) or high
+  (SHORT) since the last settlement crosses it, and fills at the stop price.
+* Funding from the shipped funding files: at each ``calc_time`` the position pays
+  ``side_sign × rate × qty × mark`` (positive rate: longs pay).
+* Mark prices come from the :class:`MarketClock`, which replays the shipped 1-minute klines:
+  ``market_time = anchor_market + (wall − anchor_wall) × speed``, held in Redis so every
+  process sees the same market time; a per-symbol override (``set_mark``) serves tests.
+
+Keys: ``<ns>:clock``, ``<ns>:paper:mark:<symbol>``, ``<ns>:paper:<account>:pos:<symbol>``,
+``<ns>:paper:<account>:positions``, ``<ns>:paper:<account>:orders``,
+``<ns>:paper:<account>:orderlog`` (stream), ``<ns>:paper:<account>:pnl``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+
+import redis
+
+from harvest.data import SymbolFilters, load_funding, load_klines, shipped_filters
+from harvest.models import Side
+from harvest.venue import (
+    BAD_SYMBOL,
+    DUPLICATE_CID,
+    ORDER_NOT_FOUND,
+    PRECISION,
+    QTY_GT_MAX,
+    QTY_LE_ZERO,
+    QTY_LT_MIN,
+    REDUCE_ONLY_REJECTED,
+    WOULD_TRIGGER,
+    OrderResult,
+    Venue,
+    VenueError,
+    VenuePosition,
+)
+
+TAKER_FEE_RATE = 0.0005
+
+
+class MarketClock:
+    """Shared market clock for the replay (Unix seconds of market time)."""
+
+    def __init__(self, r: redis.Redis, ns: str, default_start: float, default_speed: float):
+        self.r = r
+        self.key = f"{ns}:clock"
+        self.default = (default_start, default_speed)
+
+    def set(self, market_start: float, speed: float, end: float | None = None, wall: float | None = None) -> None:
+        """Anchor the clock: market time ``market_start`` now, advancing ``speed`` market
+        seconds per wall second, never beyond ``end``."""
+        self.r.set(self.key, json.dumps({
+            "anchor_wall": time.time() if wall is None else wall,
+            "anchor_market": market_start, "speed": speed, "end": end,
+        }))
+
+    def now(self) -> float:
+        """Current market time (s). Anchors at the settings' default on first use."""
+        raw = self.r.get(self.key)
+        if raw is None:
+            start, speed = self.default
+            self.r.set(self.key, json.dumps({"anchor_wall": time.time(), "anchor_market": start,
+                                             "speed": speed, "end": None}), nx=True)
+            raw = self.r.get(self.key)
+        c = json.loads(raw)
+        t = c["anchor_market"] + (time.time() - c["anchor_wall"]) * c["speed"]
+        return min(t, c["end"]) if c.get("end") is not None else t
+
+
+class PaperVenue(Venue):
+    """Paper trading on one account (see module docstring). ``r``: redis.Redis with
+    ``decode_responses=True``."""
+
+    def __init__(self, r: redis.Redis, ns: str, account: str, clock: MarketClock,
+                 fee_rate: float = TAKER_FEE_RATE):
+        self.r = r
+        self.ns = ns
+        self.account = account
+        self.clock = clock
+        self.fee_rate = fee_rate
+        self._filters = shipped_filters()
+        base = f"{ns}:paper:{account}"
+        self.k_positions = f"{base}:positions"
+        self.k_orders = f"{base}:orders"
+        self.k_log = f"{base}:orderlog"
+        self.k_pnl = f"{base}:pnl"
+        self.k_seq = f"{base}:order_seq"
+        self._base = base
+
+    # ------------------------------------------------------------------ market data
+
+    def k_pos(self, symbol: str) -> str:
+        return f"{self._base}:pos:{symbol}"
+
+    def k_mark(self, symbol: str) -> str:
+        return f"{self.ns}:paper:mark:{symbol}"
+
+    def set_mark(self, symbol: str, price: float | None) -> None:
+        """Override the mark price of a symbol (None returns it to the kline replay)."""
+        if price is None:
+            self.r.delete(self.k_mark(symbol))
+        else:
+            self.r.set(self.k_mark(symbol), repr(float(price)))
+
+    def filters(self, symbol: str) -> SymbolFilters:
+        try:
+            return self._filters[symbol]
+        except KeyError:
+            raise VenueError(*BAD_SYMBOL) from None
+
+    def mark_price(self, symbol: str) -> float:
+        override = self.r.get(self.k_mark(symbol))
+        if override is not None:
+            return float(override)
+        return load_klines(symbol).mark_at(self.clock.now())
+
+    # ------------------------------------------------------------------ positions
+
+    def open_position(self, symbol: str, side: Side | str, qty: float, leverage: float,
+                      stop_price: float | None = None) -> VenuePosition:
+        """Open (or add to) a position at the mark price, as a strategy would; charges the
+        taker fee. Used by the demo scenario and tests (harvest itself never opens)."""
+        side = Side(side)
+        f = self.filters(symbol)
+        q = f.round_qty(qty)
+        if q < f.min_qty:
+            raise VenueError(*QTY_LT_MIN)
+        mark = self.mark_price(symbol)
+        now = self.clock.now()
+        key = self.k_pos(symbol)
+        with self.r.pipeline() as p:
+            p.watch(key)
+            cur = p.hgetall(key)
+            if cur and cur["side"] != side.value:
+                raise VenueError(-2019, "Opposite position open; close it first (paper venue is one-way).")
+            old_q = Decimal(cur["qty"]) if cur else Decimal(0)
+            new_q = old_q + q
+            entry = (float(old_q) * float(cur["entry_price"]) + float(q) * mark) / float(new_q) if cur else mark
+            p.multi()
+            p.hset(key, mapping={
+                "symbol": symbol, "side": side.value, "qty": SymbolFilters.fmt(new_q),
+                "entry_price": repr(entry), "leverage": repr(float(leverage)),
+                "opened_at": cur.get("opened_at", repr(now)) if cur else repr(now),
+                "settled_at": cur.get("settled_at", repr(now)) if cur else repr(now),
+                "funding_paid": cur.get("funding_paid", "0.0") if cur else "0.0",
+            })
+            if stop_price is not None:
+                p.hset(key, "stop_price", SymbolFilters.fmt(f.round_price(stop_price, "down" if side is Side.LONG else "up")))
+            p.sadd(self.k_positions, symbol)
+            p.hincrbyfloat(self.k_pnl, f"{symbol}:commission", float(q) * mark * self.fee_rate)
+            p.execute()
+        self._log("OPEN", symbol, {"side": side.value, "qty": SymbolFilters.fmt(q), "price": mark})
+        return self._position(symbol)
+
+    def set_position(self, symbol: str, side: Side | str, qty: float, entry_price: float, leverage: float,
+                     opened_at: float | None = None, stop_price: float | None = None) -> None:
+        """Write a position as-is (tests: a known entry price; qty 0 makes a ghost row)."""
+        now = self.clock.now() if opened_at is None else opened_at
+        mapping = {"symbol": symbol, "side": Side(side).value, "qty": repr(float(qty)),
+                   "entry_price": repr(float(entry_price)), "leverage": repr(float(leverage)),
+                   "opened_at": repr(now), "settled_at": repr(now), "funding_paid": "0.0"}
+        p = self.r.pipeline(transaction=True)
+        p.delete(self.k_pos(symbol))
+        p.hset(self.k_pos(symbol), mapping=mapping)
+        if stop_price is not None:
+            p.hset(self.k_pos(symbol), "stop_price", repr(float(stop_price)))
+        p.sadd(self.k_positions, symbol)
+        p.execute()
+
+    def raw_positions(self) -> list[dict]:
+        """Position rows as stored, including rows with qty 0 (what a careless counter
+        would count)."""
+        syms = sorted(self.r.smembers(self.k_positions))
+        p = self.r.pipeline(transaction=False)
+        for s in syms:
+            p.hgetall(self.k_pos(s))
+        return [h for h in p.execute() if h]
+
+    def positions(self) -> list[VenuePosition]:
+        """Open positions after settling stops and funding up to the current market time.
+        Rows with qty 0 are never reported (exchange truth has no ghosts)."""
+        out = []
+        for s in sorted(self.r.smembers(self.k_positions)):
+            self._settle(s)
+            pos = self._position(s)
+            if pos is not None:
+                out.append(pos)
+        return out
+
+    def position(self, symbol: str) -> VenuePosition | None:
+        self._settle(symbol)
+        return self._position(symbol)
+
+    def _position(self, symbol: str) -> VenuePosition | None:
+        h = self.r.hgetall(self.k_pos(symbol))
+        if not h or float(h["qty"]) <= 0:
+            return None
+        return VenuePosition(
+            symbol=symbol, side=Side(h["side"]), qty=float(h["qty"]), entry_price=float(h["entry_price"]),
+            mark_price=self.mark_price(symbol), leverage=float(h["leverage"]),
+            opened_at=float(h["opened_at"]), stop_price=float(h["stop_price"]) if h.get("stop_price") else None,
+            funding_paid=float(h.get("funding_paid", 0.0)),
+        )
+
+    def _settle(self, symbol: str) -> None:
+        """Apply funding events and stop triggers between the last settlement and now."""
+        key = self.k_pos(symbol)
+        now = self.clock.now()
+        override = self.r.get(self.k_mark(symbol))
+        with self.r.pipeline() as p:
+            p.watch(key)
+            h = p.hgetall(key)
+            if not h or float(h["qty"]) <= 0:
+                p.unwatch()
+                return
+            last = float(h.get("settled_at", now))
+            if now <= last:
+                p.unwatch()
+                return
+            side = Side(h["side"])
+            qty = float(h["qty"])
+            kl = load_klines(symbol)
+            # Funding at each calc_time in (last, now].
+            ft, fr = load_funding(symbol)
+            sel = (ft > last) & (ft <= now)
+            funding = float(sum(side.sign * r * qty * kl.mark_at(t) for t, r in zip(ft[sel], fr[sel])))
+            # Stop trigger on the path since the last settlement.
+            trigger = None
+            stop = float(h["stop_price"]) if h.get("stop_price") else None
+            if stop is not None:
+                if override is not None:
+                    m = float(override)
+                    hit = m <= stop if side is Side.LONG else m >= stop
+                else:
+                    i0, i1 = kl.index_at(last), kl.index_at(now)
+                    hit = (kl.low[i0:i1 + 1].min() <= stop) if side is Side.LONG else (kl.high[i0:i1 + 1].max() >= stop)
+                if hit:
+                    trigger = stop
+            p.multi()
+            p.hset(key, mapping={"settled_at": repr(now),
+                                 "funding_paid": repr(float(h.get("funding_paid", 0.0)) + funding)})
+            if funding:
+                p.hincrbyfloat(self.k_pnl, f"{symbol}:funding", funding)
+            if trigger is not None:
+                pnl = side.sign * (trigger - float(h["entry_price"])) * qty
+                fee = trigger * qty * self.fee_rate
+                p.hset(key, mapping={"qty": "0", "stop_price": ""})
+                p.hincrbyfloat(self.k_pnl, f"{symbol}:realized", pnl)
+                p.hincrbyfloat(self.k_pnl, f"{symbol}:commission", fee)
+                p.hincrby(self.k_pnl, f"{symbol}:stops_hit", 1)
+            p.execute()
+        if trigger is not None:
+            self._log("STOP_TRIGGERED", symbol, {"side": side.value, "qty": qty, "price": trigger})
+
+    # ------------------------------------------------------------------ orders
+
+    def _next_order_id(self) -> int:
+        return int(self.r.incr(self.k_seq))
+
+    def _log(self, kind: str, symbol: str, data: dict) -> None:
+        self.r.xadd(self.k_log, {"kind": kind, "symbol": symbol, "ts": repr(time.time()),
+                                 "market_ts": repr(self.clock.now()), "data": json.dumps(data, default=str)})
+
+    def _check_qty(self, f: SymbolFilters, qty: str) -> Decimal:
+        try:
+            q = Decimal(qty)
+        except Exception:
+            raise VenueError(-1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed.") from None
+        if not q.is_finite() or q <= 0:
+            raise VenueError(*QTY_LE_ZERO)
+        if q % f.step_size != 0:
+            raise VenueError(*PRECISION)
+        if q < f.min_qty:
+            raise VenueError(*QTY_LT_MIN)
+        if q > f.max_qty:
+            raise VenueError(*QTY_GT_MAX)
+        return q
+
+    def close_market(self, symbol: str, side: str, qty: str, client_order_id: str) -> OrderResult:
+        f = self.filters(symbol)
+        q = self._check_qty(f, qty)
+        self._settle(symbol)
+        key = self.k_pos(symbol)
+        with self.r.pipeline() as p:
+            p.watch(key, self.k_orders)
+            if p.hexists(self.k_orders, client_order_id):
+                p.unwatch()
+                raise VenueError(*DUPLICATE_CID)
+            h = p.hgetall(key)
+            pos_q = Decimal(h["qty"]) if h else Decimal(0)
+            pos_side = Side(h["side"]) if h else None
+            if pos_q <= 0 or pos_side is None or pos_side.close_order_side != side:
+                p.unwatch()
+                self._log("REJECT", symbol, {"clientOrderId": client_order_id, "code": REDUCE_ONLY_REJECTED[0]})
+                raise VenueError(*REDUCE_ONLY_REJECTED)
+            fill_q = min(q, pos_q)
+            mark = self.mark_price(symbol)
+            entry = float(h["entry_price"])
+            pnl = pos_side.sign * (mark - entry) * float(fill_q)
+            fee = mark * float(fill_q) * self.fee_rate
+            left = pos_q - fill_q
+            order = OrderResult(
+                symbol=symbol, client_order_id=client_order_id, order_id=self._next_order_id(), side=side,
+                type="MARKET", status="FILLED", orig_qty=float(q), executed_qty=float(fill_q), avg_price=mark,
+                reduce_only=True, realized_pnl=pnl, commission=fee, update_time=time.time(),
+            )
+            p.multi()
+            p.hset(key, "qty", SymbolFilters.fmt(left) if left > 0 else "0")
+            if left <= 0:
+                p.hset(key, "stop_price", "")
+            p.hset(self.k_orders, client_order_id, order.model_dump_json())
+            p.hincrbyfloat(self.k_pnl, f"{symbol}:realized", pnl)
+            p.hincrbyfloat(self.k_pnl, f"{symbol}:commission", fee)
+            p.execute()
+        self._log("FILL", symbol, {"clientOrderId": client_order_id, "side": side, "qty": SymbolFilters.fmt(fill_q),
+                                   "price": mark, "realizedPnl": pnl})
+        return order
+
+    def move_stop(self, symbol: str, side: str, stop_price: str, client_order_id: str) -> OrderResult:
+        f = self.filters(symbol)
+        try:
+            sp = Decimal(stop_price)
+        except Exception:
+            raise VenueError(-1102, "Mandatory parameter 'stopPrice' was not sent, was empty/null, or malformed.") from None
+        if not sp.is_finite() or sp <= 0 or sp % f.tick_size != 0:
+            raise VenueError(*PRECISION)
+        self._settle(symbol)
+        key = self.k_pos(symbol)
+        mark = self.mark_price(symbol)
+        with self.r.pipeline() as p:
+            p.watch(key, self.k_orders)
+            if p.hexists(self.k_orders, client_order_id):
+                p.unwatch()
+                raise VenueError(*DUPLICATE_CID)
+            h = p.hgetall(key)
+            if not h or Decimal(h["qty"]) <= 0 or Side(h["side"]).close_order_side != side:
+                p.unwatch()
+                raise VenueError(*REDUCE_ONLY_REJECTED)
+            pos_side = Side(h["side"])
+            if (pos_side is Side.LONG and float(sp) >= mark) or (pos_side is Side.SHORT and float(sp) <= mark):
+                p.unwatch()
+                raise VenueError(*WOULD_TRIGGER)
+            order = OrderResult(
+                symbol=symbol, client_order_id=client_order_id, order_id=self._next_order_id(), side=side,
+                type="STOP_MARKET", status="NEW", stop_price=float(sp), reduce_only=True, update_time=time.time(),
+            )
+            old = h.get("stop_price") or None
+            p.multi()
+            # New stop first, then the old one is gone: the position is never unprotected.
+            p.hset(key, "stop_price", SymbolFilters.fmt(sp))
+            p.hset(self.k_orders, client_order_id, order.model_dump_json())
+            p.execute()
+        self._log("STOP_MOVED", symbol, {"clientOrderId": client_order_id, "old": old, "new": SymbolFilters.fmt(sp)})
+        return order
+
+    def get_order(self, symbol: str, client_order_id: str) -> OrderResult:
+        raw = self.r.hget(self.k_orders, client_order_id)
+        if raw is None:
+            raise VenueError(*ORDER_NOT_FOUND)
+        o = OrderResult.model_validate_json(raw)
+        if o.symbol != symbol:
+            raise VenueError(*ORDER_NOT_FOUND)
+        return o
+
+    # ------------------------------------------------------------------ reporting
+
+    def orders(self) -> list[OrderResult]:
+        """Every order this account has placed through harvest."""
+        return [OrderResult.model_validate_json(v) for v in self.r.hvals(self.k_orders)]
+
+    def pnl(self) -> dict[str, dict[str, float]]:
+        """Per symbol: realized (gross), commission, funding (USDT) and stops_hit."""
+        out: dict[str, dict[str, float]] = {}
+        for k, v in self.r.hgetall(self.k_pnl).items():
+            sym, what = k.split(":", 1)
+            out.setdefault(sym, {})[what] = float(v)
+        return out

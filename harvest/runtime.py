@@ -1,0 +1,58 @@
+"""Per-process wiring: settings, the Redis client, the stores and the venue.
+
+Workers, beat and the CLI get everything through :func:`get_runtime`; tests build their own
+:class:`Runtime` with :func:`build_runtime`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import redis
+
+from harvest.paper import MarketClock, PaperVenue
+from harvest.store import BookStore, MarketCache, PlanStore
+from harvest.venue import Venue
+from settings import HarvestSettings, get_settings
+
+
+@dataclass
+class Runtime:
+    """Everything a stage needs. ``market_now()`` is the decision clock (the replay clock on
+    the paper venue, wall time elsewhere); plan TTLs use wall time."""
+
+    settings: HarvestSettings
+    r: redis.Redis
+    plans: PlanStore
+    book: BookStore
+    market: MarketCache
+    venue: Venue
+    clock: MarketClock | None
+
+    def market_now(self) -> float:
+        """Market time in Unix seconds."""
+        return self.clock.now() if self.clock is not None else time.time()
+
+
+def build_runtime(s: HarvestSettings) -> Runtime:
+    """Connect to Redis and build the stores and the venue named by the settings."""
+    r = redis.Redis.from_url(s.redis_url, decode_responses=True, health_check_interval=30)
+    clock = MarketClock(r, s.namespace, s.paper_replay_start, s.paper_replay_speed)
+    venue = PaperVenue(r, s.namespace, s.account, clock, fee_rate=s.theta.taker_fee_rate)
+    return Runtime(
+        settings=s,
+        r=r,
+        plans=PlanStore(r, s.namespace, s.results_stream_maxlen),
+        book=BookStore(r, s.namespace),
+        market=MarketCache(r, s.namespace),
+        venue=venue,
+        clock=clock,
+    )
+
+
+@lru_cache(maxsize=1)
+def get_runtime() -> Runtime:
+    """The process's runtime, built once from :func:`settings.get_settings`."""
+    return build_runtime(get_settings())

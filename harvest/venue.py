@@ -1,0 +1,112 @@
+"""What harvest needs from a trading venue, and the errors a venue raises.
+
+Every venue (the paper engine, later python-binance) implements :class:`Venue`. Orders are
+identified by their clientOrderId, which harvest derives from the plan_id: that is the
+exchange-side idempotency key, looked up before anything is re-sent.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from pydantic import BaseModel
+
+from harvest.data import SymbolFilters
+from harvest.models import Side
+
+
+class VenueError(Exception):
+    """An exchange answer that is not a success: Binance ``code`` and ``msg``, HTTP status.
+
+    ``unknown`` is True when the order's fate is unknown (look it up before any re-send).
+    """
+
+    def __init__(self, code: int, message: str, http_status: int = 400, unknown: bool = False):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.http_status = http_status
+        self.unknown = unknown
+
+
+# Binance error codes used by the venues (reference/binance-fapi.md).
+PRECISION = (-1111, "Precision is over the maximum defined for this asset.")
+ORDER_NOT_FOUND = (-2013, "Order does not exist.")
+REDUCE_ONLY_REJECTED = (-2022, "ReduceOnly Order is rejected.")
+QTY_LE_ZERO = (-4003, "Quantity less than or equal to zero.")
+QTY_LT_MIN = (-4004, "Quantity less than min quantity.")
+QTY_GT_MAX = (-4005, "Quantity greater than max quantity.")
+DUPLICATE_CID = (-4116, "ClientOrderId is duplicated.")
+WOULD_TRIGGER = (-2021, "Order would immediately trigger.")
+BAD_SYMBOL = (-1121, "Invalid symbol.")
+
+
+class VenuePosition(BaseModel):
+    """A position as the venue reports it (exchange truth). qty > 0 in base units; prices in
+    USDT; ``opened_at`` (s) when the venue knows it; ``stop_price`` of the working
+    closePosition stop, if any; ``funding_paid`` USDT paid (negative when received)."""
+
+    symbol: str
+    side: Side
+    qty: float
+    entry_price: float
+    mark_price: float
+    leverage: float
+    opened_at: float | None = None
+    stop_price: float | None = None
+    funding_paid: float = 0.0
+
+
+class OrderResult(BaseModel):
+    """An order as the venue reports it (Binance's field meanings): status NEW, FILLED,
+    PARTIALLY_FILLED, CANCELED, REJECTED or EXPIRED; quantities in base units (strings on the
+    wire, floats here); avg_price USDT; realized_pnl and commission USDT."""
+
+    symbol: str
+    client_order_id: str
+    order_id: int
+    side: str
+    type: str
+    status: str
+    orig_qty: float = 0.0
+    executed_qty: float = 0.0
+    avg_price: float = 0.0
+    stop_price: float | None = None
+    reduce_only: bool = True
+    realized_pnl: float = 0.0
+    commission: float = 0.0
+    update_time: float = 0.0
+
+
+class Venue(ABC):
+    """The operations harvest performs on an exchange account."""
+
+    @abstractmethod
+    def positions(self) -> list[VenuePosition]:
+        """Every open position (qty > 0)."""
+
+    def position(self, symbol: str) -> VenuePosition | None:
+        """The open position of one symbol, None when flat."""
+        return next((p for p in self.positions() if p.symbol == symbol), None)
+
+    @abstractmethod
+    def filters(self, symbol: str) -> SymbolFilters:
+        """Symbol filters (stepSize, tickSize, minQty, minNotional). Raises VenueError -1121."""
+
+    @abstractmethod
+    def mark_price(self, symbol: str) -> float:
+        """Current mark price (USDT)."""
+
+    @abstractmethod
+    def close_market(self, symbol: str, side: str, qty: str, client_order_id: str) -> OrderResult:
+        """Send a reduce-only MARKET order (``side`` BUY/SELL, ``qty`` a stepSize multiple as a
+        string). Raises VenueError (``unknown`` set when the outcome is not known)."""
+
+    @abstractmethod
+    def move_stop(self, symbol: str, side: str, stop_price: str, client_order_id: str) -> OrderResult:
+        """Place a closePosition STOP_MARKET at ``stop_price`` and then cancel the previous
+        stop, so the position is never unprotected. Raises VenueError."""
+
+    @abstractmethod
+    def get_order(self, symbol: str, client_order_id: str) -> OrderResult:
+        """Look an order up by clientOrderId. Raises VenueError -2013 when it does not exist."""

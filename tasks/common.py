@@ -1,0 +1,42 @@
+"""Helpers shared by the stages: validation of the small task payloads and the record of
+rejected (malformed) messages."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from typing import Any
+
+from harvest.runtime import Runtime
+
+log = logging.getLogger("harvest")
+_PLAN_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+class MalformedMessage(ValueError):
+    """A task payload that does not validate; it is recorded and never executed."""
+
+
+def plan_ref(payload: Any) -> str | None:
+    """plan_id from a ``{"plan_id": "<16 hex>"}`` payload; None for a None payload (an
+    earlier stage stopped the chain). Raises MalformedMessage otherwise."""
+    if payload is None:
+        return None
+    if not isinstance(payload, dict) or not isinstance(payload.get("plan_id"), str) or not _PLAN_ID.match(payload["plan_id"]):
+        raise MalformedMessage(f"expected {{'plan_id': <16 hex digits>}}, got {str(payload)[:200]!r}")
+    return payload["plan_id"]
+
+
+def record_rejected(rt: Runtime, stage: str, payload: Any, error: Exception | str) -> None:
+    """Record a malformed message on ``<ns>:stream:rejected`` and count it; log one line."""
+    text = str(error)[:1000]
+    try:
+        body = json.dumps(payload, default=str)[:2000]
+    except Exception:  # pragma: no cover - json.dumps with default=str rarely fails
+        body = repr(payload)[:2000]
+    rt.r.xadd(f"{rt.settings.namespace}:stream:rejected",
+              {"stage": stage, "error": text, "payload": body, "ts": repr(time.time())}, maxlen=10_000, approximate=True)
+    rt.plans.count(f"malformed:{stage}")
+    log.warning("rejected malformed message at %s: %s", stage, text.splitlines()[0] if text else "")

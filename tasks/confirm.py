@@ -1,0 +1,83 @@
+"""Stage 5, confirm: read the order's final state and the position's new size back from the
+venue (exchange truth) and end the plan: FILLED, PARTIALLY_FILLED, CANCELED, REJECTED, or —
+when the order is still unknown at the plan's TTL — EXPIRED. Realized PnL (net of the
+commission, USDT) is recorded on the plan; a filled tier is marked harvested in the book.
+"""
+
+from __future__ import annotations
+
+import time
+
+from harvest.models import Action, Plan
+from harvest.runtime import Runtime, get_runtime
+from harvest.venue import VenueError
+from tasks.app import app
+from tasks.common import MalformedMessage, plan_ref, record_rejected
+
+PENDING = "pending"
+
+
+def resolve_submitted(rt: Runtime, plan: Plan, final: bool) -> str:
+    """Look up a SUBMITTED plan's order by clientOrderId and end the plan when its outcome is
+    known. ``final`` (at the TTL): an order that does not exist ends EXPIRED — it is never
+    re-sent. Returns the state written, or ``"pending"``."""
+    try:
+        o = rt.venue.get_order(plan.symbol, plan.client_order_id)
+    except VenueError as e:
+        if e.code == -2013 and final:
+            rt.plans.transition(plan.plan_id, "EXPIRED", "order_not_found_at_ttl", data={"code": e.code},
+                                account=plan.account, symbol=plan.symbol)
+            return "EXPIRED"
+        return PENDING
+    if plan.action is Action.PROFIT_LOCK_SL:
+        if o.status in ("NEW", "FILLED"):
+            to, reason = "FILLED", "stop_working"
+        elif o.status in ("CANCELED", "EXPIRED"):
+            to, reason = "CANCELED", f"stop_{o.status.lower()}"
+        else:
+            to, reason = "REJECTED", "stop_rejected"
+    elif o.status == "FILLED":
+        to, reason = "FILLED", "order_filled"
+    elif o.status in ("NEW", "PARTIALLY_FILLED") and not final:
+        return PENDING
+    elif o.executed_qty > 0:
+        to, reason = "PARTIALLY_FILLED", f"order_{o.status.lower()}"
+    elif o.status == "REJECTED":
+        to, reason = "REJECTED", "order_rejected"
+    else:
+        to, reason = "CANCELED", f"order_{o.status.lower()}"
+    fields: dict = {"executed_qty": o.executed_qty, "avg_price": o.avg_price, "order_status": o.status,
+                    "realized_pnl": o.realized_pnl - o.commission, "commission": o.commission}
+    vp = rt.venue.position(plan.symbol)
+    fields["position_qty_after"] = vp.qty if vp is not None else 0.0
+    ok, _ = rt.plans.transition(plan.plan_id, to, reason, data=fields, fields=fields,
+                                account=plan.account, symbol=plan.symbol)
+    if ok and to in ("FILLED", "PARTIALLY_FILLED"):
+        if plan.tier:
+            rt.book.raise_tier(plan.account, plan.symbol, plan.epoch, plan.tier)
+        if plan.action is Action.PROFIT_LOCK_SL and o.stop_price is not None:
+            rt.book.update(plan.account, plan.symbol, {"current_stop": o.stop_price})
+    return to
+
+
+@app.task(name="harvest.confirm", bind=True, max_retries=None, acks_late=True)
+def confirm(self, ref: dict | None) -> str | None:
+    """ref: ``{"plan_id": …}``. Returns the terminal state written, or None when the plan is
+    not SUBMITTED; retries every ``confirm_retry_s`` while the outcome is pending, until the
+    plan's TTL, when the look-up is final."""
+    rt = get_runtime()
+    try:
+        pid = plan_ref(ref)
+    except MalformedMessage as e:
+        record_rejected(rt, "confirm", ref, e)
+        return None
+    if pid is None:
+        return None
+    plan = rt.plans.get(pid)
+    if plan is None or plan.state != "SUBMITTED":
+        return None
+    final = time.time() >= plan.expires_at
+    out = resolve_submitted(rt, plan, final)
+    if out == PENDING:
+        raise self.retry(countdown=rt.settings.confirm_retry_s)
+    return out

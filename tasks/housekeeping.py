@@ -1,0 +1,78 @@
+"""Housekeeping beat tasks: market-state refresh, reconcile with the exchange, sweep of stale
+plans, heartbeat."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from harvest.data import load_klines
+from harvest.market import market_state_at
+from harvest.runtime import get_runtime
+from tasks.app import app
+from tasks.confirm import resolve_submitted
+from tasks.evaluate import load_positions
+
+log = logging.getLogger("harvest")
+
+
+@app.task(name="harvest.refresh_market")
+def refresh_market() -> int:
+    """Recompute the market state of every allowlisted symbol at the current market time
+    from the klines and cache it. Returns how many symbols were refreshed."""
+    rt = get_runtime()
+    now = rt.market_now()
+    states = []
+    for sym in rt.settings.symbols:
+        try:
+            states.append(market_state_at(load_klines(sym), now, rt.settings.theta))
+        except (FileNotFoundError, ValueError) as e:
+            rt.plans.count("market:unavailable")
+            log.warning("market state for %s unavailable: %s", sym, e)
+    rt.market.put_many(states)
+    rt.plans.beat("market")
+    return len(states)
+
+
+@app.task(name="harvest.reconcile")
+def reconcile() -> dict:
+    """Exchange truth against the book: drops ghost entries, starts new epochs, and reports
+    the open positions counted from the venue (never from key scans)."""
+    rt = get_runtime()
+    pairs, _ = load_positions(rt)
+    rt.r.hset(rt.plans.k.counters, "positions_open", len(pairs))
+    rt.plans.beat("reconcile")
+    return {"positions": len(pairs)}
+
+
+@app.task(name="harvest.sweep_plans")
+def sweep_plans() -> dict:
+    """End every plan past its TTL: PROPOSED/APPROVED → EXPIRED (no order was sent);
+    SUBMITTED → resolved by looking the order up, never by re-sending. Returns counts."""
+    rt = get_runtime()
+    now = time.time()
+    ended: dict[str, int] = {}
+    for pid in rt.plans.expired_open(now):
+        plan = rt.plans.get(pid)
+        if plan is None:
+            continue
+        if plan.state in ("PROPOSED", "APPROVED"):
+            ok, _ = rt.plans.transition(pid, "EXPIRED", "ttl_expired", account=plan.account, symbol=plan.symbol)
+            out = "EXPIRED" if ok else "raced"
+        elif plan.state == "SUBMITTED":
+            out = resolve_submitted(rt, plan, final=True)
+        else:
+            continue
+        ended[out] = ended.get(out, 0) + 1
+    if ended:
+        log.info("sweep ended stale plans: %s", ended)
+    rt.plans.beat("sweep")
+    return ended
+
+
+@app.task(name="harvest.heartbeat")
+def heartbeat() -> float:
+    """Record that beat and a housekeeping worker are alive (Unix time)."""
+    now = time.time()
+    get_runtime().plans.beat("beat", now)
+    return now

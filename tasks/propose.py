@@ -1,0 +1,46 @@
+"""Stage 2, propose: a Decision becomes a plan in state PROPOSED, under a plan_id derived
+from the decision (never from time). A true repeat finds its plan already there and stops."""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import ValidationError
+
+from harvest.models import Decision
+from harvest.plans import client_order_id, plan_id_for
+from harvest.runtime import get_runtime
+from tasks.app import app
+from tasks.common import record_rejected
+
+
+@app.task(name="harvest.propose")
+def propose(decision: dict | None) -> dict | None:
+    """decision: a :class:`harvest.models.Decision` as a dict (None: nothing to do).
+
+    Returns ``{"plan_id": …}`` for a new plan, None for a repeat (counted as
+    ``dedup:<state>``) or a malformed payload (recorded, never executed).
+    """
+    if decision is None:
+        return None
+    rt = get_runtime()
+    try:
+        d = Decision.model_validate(decision)
+    except ValidationError as e:
+        record_rejected(rt, "propose", decision, e)
+        return None
+    pid = plan_id_for(d)
+    now = time.time()
+    plan = {
+        "plan_id": pid, "account": d.account, "symbol": d.symbol, "epoch": d.epoch, "side": d.side,
+        "action": d.action, "tier": d.tier, "close_fraction": d.close_fraction, "new_stop": d.new_stop,
+        "created_at": now, "expires_at": now + rt.settings.plan_ttl_s,
+        "client_order_id": client_order_id(pid), "decision": d.model_dump(mode="json"),
+    }
+    data = {"r_net": d.r_net, "kill_score": d.kill_score, "components": d.components, "mark_price": d.mark_price,
+            "regime": d.regime.value if d.regime else None, "reason_codes": d.reason_codes, "epoch": d.epoch}
+    existing = rt.plans.create(plan, data)
+    if existing is not None:
+        rt.plans.count(f"dedup:{existing}")
+        return None
+    return {"plan_id": pid}

@@ -1,0 +1,38 @@
+"""Session set-up: a private redis-server (or HARVEST_TEST_REDIS_URL) and the HARVEST_*
+environment, configured before any test module imports the Celery app."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from tests.harness import RedisServer
+
+_SERVER: RedisServer | None = None
+NAMESPACE = "t" + uuid.uuid4().hex[:8]
+
+
+def pytest_configure(config):
+    global _SERVER
+    url = os.environ.get("HARVEST_TEST_REDIS_URL")
+    if not url:
+        _SERVER = RedisServer().start()
+        url = _SERVER.url
+    os.environ["HARVEST_REDIS_URL"] = url
+    os.environ.pop("HARVEST_BROKER_URL", None)
+    os.environ["HARVEST_NAMESPACE"] = NAMESPACE
+    os.environ["HARVEST_MODE"] = "live"
+    os.environ["HARVEST_PLAN_TTL_S"] = "30"
+    os.environ["HARVEST_PAPER_REPLAY_SPEED"] = "0"
+
+
+def pytest_unconfigure(config):
+    if _SERVER is not None:
+        _SERVER.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return os.environ["HARVEST_REDIS_URL"]

@@ -1,0 +1,56 @@
+"""Helpers for pipeline tests: a clean namespace, deterministic positions and market states."""
+
+from __future__ import annotations
+
+from harvest.models import MarketState, Regime
+from harvest.plans import TERMINAL
+from harvest.runtime import Runtime
+from tests.harness import wait_for
+
+T0 = 1750464000.0  # 2025-06-21 00:00 UTC, inside the shipped data
+
+
+def clean(rt: Runtime) -> None:
+    """Delete every key of the namespace's state (queues, named '<ns>.<kind>', stay)."""
+    keys = list(rt.r.scan_iter(f"{rt.settings.namespace}:*", count=1000))
+    if keys:
+        rt.r.delete(*keys)
+    rt.clock.set(T0, 0.0)
+
+
+def state(symbol: str, regime: Regime = Regime.TREND, p: float = 0.9, ts: float = 0.5,
+          sigma: float = 0.001, trend_dir: int = 1) -> MarketState:
+    return MarketState(symbol=symbol, ts_time=T0, sigma=sigma, ts=ts, p_trend=p, regime=regime, trend_dir=trend_dir)
+
+
+def open_position(rt: Runtime, symbol: str, side: str, qty: float, entry: float, stop: float,
+                  leverage: float = 10.0, mark: float | None = None, market: MarketState | None = None) -> None:
+    rt.venue.set_position(symbol, side, qty, entry, leverage, opened_at=T0, stop_price=stop)
+    rt.venue.set_mark(symbol, mark if mark is not None else entry)
+    rt.market.put_many([market or state(symbol, trend_dir=1 if side == "LONG" else -1)])
+
+
+def mark_for_r(entry: float, stop: float, qty: float, qty_at_open: float, r: float, side: str, fee: float = 0.0005) -> float:
+    """Mark price at which R_net = r (no funding): solves sign·(m − e)·q − fee·m·q = r·|e − s|·q0."""
+    s = 1 if side == "LONG" else -1
+    r_unit = abs(entry - stop) * qty_at_open
+    # s·m·q − s·e·q − fee·m·q = r·R  →  m·q·(s − fee) = r·R + s·e·q
+    return (r * r_unit + s * entry * qty) / (qty * (s - fee))
+
+
+def epoch(rt: Runtime, symbol: str) -> str:
+    entry = rt.book.get_many(rt.settings.account, [symbol])[0]
+    assert entry is not None, f"no book entry for {symbol}"
+    return entry["epoch"]
+
+
+def wait_terminal(rt: Runtime, plan_id: str, timeout: float = 30.0):
+    def done():
+        p = rt.plans.get(plan_id)
+        return p if p is not None and p.state in TERMINAL else None
+    return wait_for(done, timeout, what=f"plan {plan_id} to reach a terminal state")
+
+
+def wait_quiet(rt: Runtime, timeout: float = 30.0) -> None:
+    """Wait until no plan is non-terminal."""
+    wait_for(lambda: rt.plans.count_open() == 0, timeout, what="all plans terminal")
