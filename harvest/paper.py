@@ -224,17 +224,16 @@ class PaperVenue(Venue):
             if not h or float(h["qty"]) <= 0:
                 p.unwatch()
                 return
-            last = float(h.get("settled_at", now))
-            if now <= last:
-                p.unwatch()
-                return
+            last = min(float(h.get("settled_at", now)), now)
             side = Side(h["side"])
             qty = float(h["qty"])
-            kl = load_klines(symbol)
             # Funding at each calc_time in (last, now].
             ft, fr = load_funding(symbol)
             sel = (ft > last) & (ft <= now)
-            funding = float(sum(side.sign * r * qty * kl.mark_at(t) for t, r in zip(ft[sel], fr[sel])))
+            funding = 0.0
+            if sel.any():
+                kl = load_klines(symbol)
+                funding = float(sum(side.sign * r * qty * kl.mark_at(t) for t, r in zip(ft[sel], fr[sel])))
             # Stop trigger on the path since the last settlement.
             trigger = None
             stop = float(h["stop_price"]) if h.get("stop_price") else None
@@ -243,10 +242,14 @@ class PaperVenue(Venue):
                     m = float(override)
                     hit = m <= stop if side is Side.LONG else m >= stop
                 else:
+                    kl = load_klines(symbol)
                     i0, i1 = kl.index_at(last), kl.index_at(now)
                     hit = (kl.low[i0:i1 + 1].min() <= stop) if side is Side.LONG else (kl.high[i0:i1 + 1].max() >= stop)
                 if hit:
                     trigger = stop
+            if not funding and trigger is None and now == last:
+                p.unwatch()
+                return
             p.multi()
             p.hset(key, mapping={"settled_at": repr(now),
                                  "funding_paid": repr(float(h.get("funding_paid", 0.0)) + funding)})
