@@ -284,7 +284,8 @@ class BatchResult:
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     out = np.zeros_like(num)
-    np.divide(num, den, out=out, where=den > 0.0)
+    with np.errstate(over="ignore"):  # a subnormal denominator gives inf, as float division does
+        np.divide(num, den, out=out, where=den > 0.0)
     return out
 
 

@@ -1,0 +1,108 @@
+"""Market state on real data, the kline loader's layouts, symbol filters, and settings errors."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harvest.data import filters_from_exchange_info, load_exchange_info, load_klines, read_klines, shipped_filters
+from harvest.market import market_state_at, market_state_from_closes
+from harvest.models import HarvestTheta, Regime
+from settings import SettingsError, load_settings
+
+TH = HarvestTheta()
+FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_efficiency_ratio_hand_computed():
+    th = HarvestTheta(sigma_window=5, ts_window=5)
+    closes = np.array([10.0, 11.0, 12.0, 11.0, 12.0, 13.0])  # net 3, path 5
+    m = market_state_from_closes("X", closes, 0.0, th)
+    assert m.ts == pytest.approx(3 / 5)
+    r = np.diff(np.log(closes))
+    assert m.sigma == pytest.approx(np.std(r, ddof=1))
+    assert m.p_trend == pytest.approx(1 / (1 + np.exp(-(0.6 - th.ts_mid) / th.ts_scale)))
+    assert m.regime is Regime.TREND and m.trend_dir == 1
+    flat = market_state_from_closes("X", np.full(6, 5.0), 0.0, th)
+    assert (flat.ts, flat.sigma, flat.regime) == (0.0, 0.0, Regime.CHOP)
+    with pytest.raises(ValueError):
+        market_state_from_closes("X", closes[:3], 0.0, th)
+
+
+def test_real_sell_off_is_a_volatile_down_trend():
+    """ETHUSDT, hour ending 2025-06-21 21:31 UTC (−6 % in 60 minutes, shipped data)."""
+    eth = load_klines("ETHUSDT")
+    sell_off = market_state_at(eth, 1750541520.0, TH)
+    calm = market_state_at(eth, 1749876180.0, TH)
+    assert sell_off.regime is Regime.TREND and sell_off.trend_dir == -1
+    assert sell_off.sigma > 5 * calm.sigma
+    assert calm.regime is not Regime.TREND
+
+
+def test_no_look_ahead():
+    eth = load_klines("ETHUSDT")
+    t = 1750541520.0
+    a = market_state_at(eth, t, TH)
+    b = market_state_from_closes("ETHUSDT", eth.close[eth.open_time <= t - 60], t, TH)
+    assert a == b
+
+
+def test_loader_reads_every_layout(tmp_path):
+    six = load_klines("BTCUSDT")
+    assert six.open_time[0] == 1749859200 and np.all(np.diff(six.open_time) == 60)
+    algo = read_klines(FIXTURES / "ALGOUSDT-1m-2026-02-head.csv.gz")
+    assert algo.symbol == "ALGOUSDT" and len(algo.close) == 200 and algo.open_time[0] == 1769904000
+    assert algo.close[0] == pytest.approx(0.1040)
+    # Header-less archive variant with microsecond timestamps.
+    rows = gzip.open(FIXTURES / "ALGOUSDT-1m-2026-02-head.csv.gz", "rt").read().splitlines()[1:]
+    us = [",".join([str(int(r.split(",")[0]) * 1000)] + r.split(",")[1:]) for r in rows]
+    p = tmp_path / "ALGOUSDT-1m-x.csv"
+    p.write_text("\n".join(us) + "\n")
+    algo_us = read_klines(p)
+    assert np.array_equal(algo_us.open_time, algo.open_time)
+    bad = tmp_path / "X-1m.csv"
+    bad.write_text("open_time,open\n1,abc\n")
+    with pytest.raises(ValueError):
+        read_klines(bad)
+
+
+def test_filters_from_real_exchange_info():
+    f = shipped_filters()
+    assert f["BTCUSDT"].tick_size == Decimal("0.10") and f["BTCUSDT"].step_size == Decimal("0.001")
+    assert f["BTCUSDT"].min_notional == Decimal("100")
+    assert f["SOLUSDT"].step_size == Decimal("1") and f["SOLUSDT"].min_notional == Decimal("5")
+    assert f["BTCUSDT"].round_qty(0.12399) == Decimal("0.123")
+    assert f["BTCUSDT"].fmt(f["BTCUSDT"].round_qty(0.00001)) == "0"
+    assert f["ETHUSDT"].fmt(Decimal("0.00001")) == "0.00001"  # never 1E-5 on the wire
+    assert filters_from_exchange_info(load_exchange_info()) == f
+
+
+def test_invalid_settings_name_the_field():
+    with pytest.raises(SettingsError) as e:
+        load_settings(scan_interval_s=-1)
+    assert "HARVEST_SCAN_INTERVAL_S" in str(e.value) and "-1" in str(e.value)
+    with pytest.raises(SettingsError) as e:
+        load_settings(theta={"kill_threshold": 1.5})
+    assert "HARVEST_THETA__KILL_THRESHOLD" in str(e.value)
+    with pytest.raises(SettingsError) as e:
+        load_settings(theta={"t1_r": 5.0})
+    assert "t1_r < t2_r < t3_r" in str(e.value)
+    with pytest.raises(SettingsError):
+        load_settings(symbols="btcusdt")
+    assert load_settings(symbols="BTCUSDT, ETHUSDT").symbols == ["BTCUSDT", "ETHUSDT"]
+
+
+def test_worker_refuses_to_start_on_bad_settings():
+    env = {**os.environ, "HARVEST_THETA__KILL_THRESHOLD": "abc"}
+    p = subprocess.run([sys.executable, "-m", "celery", "-A", "tasks", "worker", "--help"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0
+    assert "HARVEST_THETA__KILL_THRESHOLD='abc'" in (p.stdout + p.stderr)
