@@ -139,15 +139,18 @@ class PaperVenue(Venue):
         mark = self.mark_price(symbol)
         now = self.clock.now()
         key = self.k_pos(symbol)
-        with self.r.pipeline() as p:
-            p.watch(key)
+
+        def tx(p):
             cur = p.hgetall(key)
+            if cur and Decimal(cur["qty"]) <= 0:
+                cur = {}  # flat: a new opening, with its own opening time (a new epoch)
             if cur and cur["side"] != side.value:
                 raise VenueError(-2019, "Opposite position open; close it first (paper venue is one-way).")
             old_q = Decimal(cur["qty"]) if cur else Decimal(0)
             new_q = old_q + q
             entry = (float(old_q) * float(cur["entry_price"]) + float(q) * mark) / float(new_q) if cur else mark
             p.multi()
+            p.delete(key)
             p.hset(key, mapping={
                 "symbol": symbol, "side": side.value, "qty": SymbolFilters.fmt(new_q),
                 "entry_price": repr(entry), "leverage": repr(float(leverage)),
@@ -159,7 +162,9 @@ class PaperVenue(Venue):
                 p.hset(key, "stop_price", SymbolFilters.fmt(f.round_price(stop_price, "down" if side is Side.LONG else "up")))
             p.sadd(self.k_positions, symbol)
             p.hincrbyfloat(self.k_pnl, f"{symbol}:commission", float(q) * mark * self.fee_rate)
-            p.execute()
+            return None
+
+        self.r.transaction(tx, key, value_from_callable=True)
         self._log("OPEN", symbol, {"side": side.value, "qty": SymbolFilters.fmt(q), "price": mark})
         return self._position(symbol)
 
@@ -218,12 +223,11 @@ class PaperVenue(Venue):
         key = self.k_pos(symbol)
         now = self.clock.now()
         override = self.r.get(self.k_mark(symbol))
-        with self.r.pipeline() as p:
-            p.watch(key)
+
+        def tx(p):
             h = p.hgetall(key)
             if not h or float(h["qty"]) <= 0:
-                p.unwatch()
-                return
+                return None
             last = min(float(h.get("settled_at", now)), now)
             side = Side(h["side"])
             qty = float(h["qty"])
@@ -248,8 +252,7 @@ class PaperVenue(Venue):
                 if hit:
                     trigger = stop
             if not funding and trigger is None and now == last:
-                p.unwatch()
-                return
+                return None
             p.multi()
             p.hset(key, mapping={"settled_at": repr(now),
                                  "funding_paid": repr(float(h.get("funding_paid", 0.0)) + funding)})
@@ -262,8 +265,11 @@ class PaperVenue(Venue):
                 p.hincrbyfloat(self.k_pnl, f"{symbol}:realized", pnl)
                 p.hincrbyfloat(self.k_pnl, f"{symbol}:commission", fee)
                 p.hincrby(self.k_pnl, f"{symbol}:stops_hit", 1)
-            p.execute()
-        if trigger is not None:
+            return (side, qty, trigger) if trigger is not None else None
+
+        hit = self.r.transaction(tx, key, value_from_callable=True)
+        if hit is not None:
+            side, qty, trigger = hit
             self._log("STOP_TRIGGERED", symbol, {"side": side.value, "qty": qty, "price": trigger})
 
     # ------------------------------------------------------------------ orders
@@ -295,16 +301,14 @@ class PaperVenue(Venue):
         q = self._check_qty(f, qty)
         self._settle(symbol)
         key = self.k_pos(symbol)
-        with self.r.pipeline() as p:
-            p.watch(key, self.k_orders)
+
+        def tx(p):
             if p.hexists(self.k_orders, client_order_id):
-                p.unwatch()
                 raise VenueError(*DUPLICATE_CID)
             h = p.hgetall(key)
             pos_q = Decimal(h["qty"]) if h else Decimal(0)
             pos_side = Side(h["side"]) if h else None
             if pos_q <= 0 or pos_side is None or pos_side.close_order_side != side:
-                p.unwatch()
                 self._log("REJECT", symbol, {"clientOrderId": client_order_id, "code": REDUCE_ONLY_REJECTED[0]})
                 raise VenueError(*REDUCE_ONLY_REJECTED)
             fill_q = min(q, pos_q)
@@ -325,7 +329,9 @@ class PaperVenue(Venue):
             p.hset(self.k_orders, client_order_id, order.model_dump_json())
             p.hincrbyfloat(self.k_pnl, f"{symbol}:realized", pnl)
             p.hincrbyfloat(self.k_pnl, f"{symbol}:commission", fee)
-            p.execute()
+            return order, fill_q, mark, pnl
+
+        order, fill_q, mark, pnl = self.r.transaction(tx, key, self.k_orders, value_from_callable=True)
         self._log("FILL", symbol, {"clientOrderId": client_order_id, "side": side, "qty": SymbolFilters.fmt(fill_q),
                                    "price": mark, "realizedPnl": pnl})
         return order
@@ -341,18 +347,15 @@ class PaperVenue(Venue):
         self._settle(symbol)
         key = self.k_pos(symbol)
         mark = self.mark_price(symbol)
-        with self.r.pipeline() as p:
-            p.watch(key, self.k_orders)
+
+        def tx(p):
             if p.hexists(self.k_orders, client_order_id):
-                p.unwatch()
                 raise VenueError(*DUPLICATE_CID)
             h = p.hgetall(key)
             if not h or Decimal(h["qty"]) <= 0 or Side(h["side"]).close_order_side != side:
-                p.unwatch()
                 raise VenueError(*REDUCE_ONLY_REJECTED)
             pos_side = Side(h["side"])
             if (pos_side is Side.LONG and float(sp) >= mark) or (pos_side is Side.SHORT and float(sp) <= mark):
-                p.unwatch()
                 raise VenueError(*WOULD_TRIGGER)
             order = OrderResult(
                 symbol=symbol, client_order_id=client_order_id, order_id=self._next_order_id(), side=side,
@@ -363,7 +366,9 @@ class PaperVenue(Venue):
             # New stop first, then the old one is gone: the position is never unprotected.
             p.hset(key, "stop_price", SymbolFilters.fmt(sp))
             p.hset(self.k_orders, client_order_id, order.model_dump_json())
-            p.execute()
+            return order, old
+
+        order, old = self.r.transaction(tx, key, self.k_orders, value_from_callable=True)
         self._log("STOP_MOVED", symbol, {"clientOrderId": client_order_id, "old": old, "new": SymbolFilters.fmt(sp)})
         return order
 

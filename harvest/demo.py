@@ -1,0 +1,178 @@
+"""``harvest demo``: the whole pipeline on the paper venue and the shipped real klines.
+
+It starts (when ``HARVEST_REDIS_URL`` is not set) a private redis-server, then a real Celery
+worker and beat as child processes; opens a scenario of positions (six symbols, LONG and
+SHORT, 5–50×, each with the exit ladder's protective stop) at real historical prices; replays
+the klines at an accelerated speed (default: one market day per wall minute) while the beat
+scans drive evaluate → propose → guard → execute → confirm; re-enters a symbol, as a strategy
+would, some market hours after its position closed; then stops everything cleanly and prints
+the scorecard (``--json``: one JSON object).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+
+import redis
+
+from harvest.data import SHIPPED_SYMBOLS, load_klines
+from harvest.exit_ladder import compute_levels
+from harvest.market import market_state_at
+from harvest.models import Side
+from harvest.procs import CeleryProcess, RedisServer, wait_for, worker
+from harvest.runtime import Runtime, build_runtime
+from harvest.scorecard import build_scorecard, format_scorecard
+from harvest.venue import VenueError
+from settings import load_settings
+
+#: The scenario: symbol → leverage (5–50×). Sides follow the last hour's trend at entry.
+SCENARIO = {"BTCUSDT": 10, "ETHUSDT": 20, "SOLUSDT": 5, "BNBUSDT": 50, "XRPUSDT": 25, "DOGEUSDT": 40}
+NOTIONAL_USDT = 10_000.0
+#: The opening strategy's protective stop: the exit ladder with base_sl = 0.5 % (harvest's own
+#: theta is untouched; 1R follows from this stop).
+STRATEGY_BASE_SL = 0.005
+REENTRY_AFTER_S = 2 * 3600.0
+DEFAULT_START = "2025-06-21T00:00:00Z"
+
+
+def parse_time(text: str) -> float:
+    """ISO-8601 (``2025-06-21T00:00:00Z``) or Unix seconds → Unix seconds (UTC)."""
+    try:
+        return float(text)
+    except ValueError:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        return dt.timestamp()
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def _open(rt: Runtime, symbol: str, leverage: int, t: float) -> None:
+    """Open one scenario position at the replayed mark, side by the last hour's trend, with
+    the exit ladder's stop at ``STRATEGY_BASE_SL`` (as the strategy that opens it would)."""
+    kl = load_klines(symbol)
+    m = market_state_at(kl, t, rt.settings.theta)
+    side = Side.SHORT if m.trend_dir < 0 else Side.LONG
+    price = kl.mark_at(t)
+    ladder = rt.settings.theta.model_copy(update={"base_sl": STRATEGY_BASE_SL})
+    stop = compute_levels(price, side, leverage, ladder, sigma=m.sigma).sl_price
+    rt.venue.open_position(symbol, side, NOTIONAL_USDT / price, leverage, stop_price=stop)  # type: ignore[attr-defined]
+
+
+def run_demo(start: str = DEFAULT_START, hours: float = 24.0, speed: float = 1440.0, as_json: bool = False,
+             concurrency: int = 2, keep: bool = False, out=sys.stdout) -> dict:
+    """Run the main job and return the scorecard (also printed). Raises RuntimeError when no
+    Redis can be had, AssertionError when a child process fails to start or drain in time."""
+    t_start = parse_time(start)
+    t_end = t_start + hours * 3600.0
+    kl_end = min(load_klines(s).end for s in SCENARIO)
+    if t_end > kl_end:
+        raise SystemExit(f"the shipped data ends {iso(kl_end)}; shorten --hours or move --start")
+    log = sys.stderr if as_json else out
+    server = None
+    url = os.environ.get("HARVEST_REDIS_URL")
+    if not url:
+        server = RedisServer()
+        if not server.binary:
+            raise SystemExit("no redis-server found: set HARVEST_REDIS_URL or run the README's set-up command")
+        server.start()
+        url = server.url
+    ns = "demo-" + uuid.uuid4().hex[:8]
+    env = {
+        "HARVEST_REDIS_URL": url, "HARVEST_NAMESPACE": ns, "HARVEST_VENUE": "paper", "HARVEST_MODE": "live",
+        "HARVEST_SCAN_INTERVAL_S": "0.5", "HARVEST_MARKET_REFRESH_S": "0.5", "HARVEST_SWEEP_INTERVAL_S": "2",
+        "HARVEST_RECONCILE_INTERVAL_S": "5", "HARVEST_HEARTBEAT_INTERVAL_S": "1", "HARVEST_PLAN_TTL_S": "30",
+        "HARVEST_PAPER_REPLAY_START": repr(t_start), "HARVEST_PAPER_REPLAY_SPEED": "0",
+    }
+    env.pop("HARVEST_BROKER_URL", None)
+    os.environ.pop("HARVEST_BROKER_URL", None)
+    settings = load_settings(**{k[len("HARVEST_"):].lower(): v for k, v in env.items()})
+    rt = build_runtime(settings)
+    tmp = tempfile.mkdtemp(prefix="harvest-demo-")
+    w = worker(env, ns, concurrency)
+    b = CeleryProcess("beat", env, ["-s", os.path.join(tmp, "beat-schedule"), "--pidfile="])
+    wall0 = time.time()
+    try:
+        print(f"harvest demo: paper venue, real klines {iso(t_start)} → {iso(t_end)} UTC at {speed:g}× "
+              f"(Redis {'private' if server else url}, namespace {ns})", file=log, flush=True)
+        rt.clock.set(t_start, 0.0, end=t_end)
+        _seed_market(rt)
+        closed_at: dict[str, float] = {}
+        for sym, lev in SCENARIO.items():
+            _open(rt, sym, lev, t_start)
+        w.start()
+        w.wait_ready()
+        b.start()
+        b.wait_ready()
+        rt.clock.set(t_start, speed, end=t_end)
+        last_print = 0.0
+        while True:
+            now = rt.clock.now()
+            open_syms = {p.symbol for p in rt.venue.positions()}
+            for sym, lev in SCENARIO.items():
+                if sym in open_syms:
+                    closed_at.pop(sym, None)
+                    continue
+                closed_at.setdefault(sym, now)
+                if now - closed_at[sym] >= REENTRY_AFTER_S and now < t_end - REENTRY_AFTER_S:
+                    try:
+                        _open(rt, sym, lev, now)
+                        closed_at.pop(sym, None)
+                    except VenueError:
+                        pass
+            if time.time() - last_print >= (0.5 if log.isatty() else 10.0) or now >= t_end:
+                last_print = time.time()
+                line = (f"market {iso(now)}  {100 * (now - t_start) / (t_end - t_start):5.1f}%  "
+                        f"open positions {len(open_syms)}  plans {rt.r.zcard(rt.plans.k.plan_index)}  "
+                        f"in flight {rt.plans.count_open()}")
+                print(("\r" + line) if log.isatty() else line, end="" if log.isatty() else "\n", file=log, flush=True)
+            if now >= t_end:
+                break
+            time.sleep(0.2)
+        if log.isatty():
+            print(file=log)
+        b.stop()
+        wait_for(lambda: rt.plans.count_open() == 0 and _queues_empty(rt), 60, 0.1, "the pipeline to drain")
+        w.stop()
+        card = build_scorecard(rt)
+        card["window"] = {"start": iso(t_start), "end": iso(t_end), "speed": speed,
+                          "wall_seconds": round(time.time() - wall0, 1)}
+        del card["heartbeat_age_s"]
+        if as_json:
+            print(json.dumps(card, indent=2, sort_keys=True), file=out)
+        else:
+            print(format_scorecard(card), file=out)
+        return card
+    finally:
+        b.stop()
+        w.stop()
+        if not keep:
+            _cleanup(rt.r, ns)
+        if server is not None:
+            server.stop()
+
+
+def _seed_market(rt: Runtime) -> None:
+    now = rt.clock.now()
+    rt.market.put_many([market_state_at(load_klines(s), now, rt.settings.theta) for s in rt.settings.symbols
+                        if s in SHIPPED_SYMBOLS])
+
+
+def _queues_empty(rt: Runtime) -> bool:
+    return all(rt.r.llen(rt.settings.queue(k)) == 0 for k in ("scan", "orders", "housekeeping"))
+
+
+def _cleanup(r: redis.Redis, ns: str) -> None:
+    for pattern in (f"{ns}:*", f"{ns}.*"):
+        keys = list(r.scan_iter(pattern, count=1000))
+        if keys:
+            r.delete(*keys)

@@ -1,0 +1,130 @@
+"""Child processes harvest runs for its main job (and its tests): a private redis-server and
+Celery worker/beat processes, stopped cleanly; every wait is bounded."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent  # where the tasks package lives
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    """Poll ``pred`` until it returns a truthy value and return it; AssertionError after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _venv_redis() -> str | None:
+    """redis-server shipped next to the interpreter (e.g. by a pip-installed server)."""
+    cand = Path(sys.executable).parent / "redis-server"
+    return str(cand) if cand.exists() else None
+
+
+class RedisServer:
+    """A throw-away redis-server on a free loopback port (no persistence)."""
+
+    def __init__(self):
+        self.binary = shutil.which("redis-server") or _venv_redis()
+        self.dir = tempfile.mkdtemp(prefix="harvest-redis-")
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        if not self.binary:
+            raise RuntimeError("redis-server not found on PATH")
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.dir, "--logfile", os.path.join(self.dir, "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
+        r = redis.Redis(port=self.port)
+        wait_for(lambda: _ping(r), 10, what="redis-server to answer PING")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _ping(r) -> bool:
+    try:
+        return bool(r.ping())
+    except Exception:
+        return False
+
+
+class CeleryProcess:
+    """``celery -A tasks worker|beat`` as a child process with its own HARVEST_* environment."""
+
+    def __init__(self, kind: str, env: dict[str, str], args: list[str] | None = None):
+        self.kind = kind
+        self.env = {**os.environ, **env}
+        self.args = args or []
+        self.log = tempfile.NamedTemporaryFile(prefix=f"harvest-{kind}-", suffix=".log", delete=False)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "CeleryProcess":
+        cmd = [sys.executable, "-m", "celery", "-A", "tasks", self.kind, "-l", "INFO", *self.args]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        return self
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        marker = "ready." if self.kind == "worker" else "beat: Starting"
+        def ok():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"celery {self.kind} exited {self.proc.returncode}:\n{self.output()[-3000:]}")
+            return marker in self.output()
+        wait_for(ok, timeout, 0.1, what=f"celery {self.kind} to be ready")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(10)
+
+
+def worker(env: dict[str, str], namespace: str, concurrency: int = 2) -> CeleryProcess:
+    """A worker consuming the namespace's three queues with ``concurrency`` processes."""
+    queues = ",".join(f"{namespace}.{k}" for k in ("scan", "orders", "housekeeping"))
+    return CeleryProcess("worker", env, ["-Q", queues, "-c", str(concurrency), "-n", f"{namespace}@%h",
+                                         "--without-mingle", "--without-gossip"])

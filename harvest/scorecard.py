@@ -1,0 +1,80 @@
+"""The harvest scorecard from live state (the seeds' six questions, answered from Redis):
+plans produced and executed by action and terminal state, orders, duplicate blocks, guard
+blocks by reason, realized PnL per symbol, open plans, heartbeats and queue depths."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+
+from harvest.plans import TERMINAL
+from harvest.runtime import Runtime
+
+
+def build_scorecard(rt: Runtime) -> dict:
+    """Scorecard as a JSON-ready dict. PnL in USDT: ``realized`` (gross), ``commission``,
+    ``funding`` (paid; negative when received) and ``net = realized − commission − funding``."""
+    by = defaultdict(Counter)
+    non_terminal = 0
+    plans = 0
+    for p in rt.plans.all_plans():
+        plans += 1
+        by[p.action.value][p.state] += 1
+        if p.state not in TERMINAL:
+            non_terminal += 1
+    counters = rt.plans.counters()
+    orders = Counter()
+    for o in rt.venue.orders():  # type: ignore[attr-defined]
+        orders[f"{o.type}:{o.status}"] += 1
+    pnl = {}
+    total = 0.0
+    for sym, v in sorted(rt.venue.pnl().items()):  # type: ignore[attr-defined]
+        net = v.get("realized", 0.0) - v.get("commission", 0.0) - v.get("funding", 0.0)
+        pnl[sym] = {"realized": round(v.get("realized", 0.0), 4), "commission": round(v.get("commission", 0.0), 4),
+                    "funding": round(v.get("funding", 0.0), 4), "net": round(net, 4),
+                    "stops_hit": int(v.get("stops_hit", 0))}
+        total += net
+    now = time.time()
+    s = rt.settings
+    queues = {k: int(rt.r.llen(s.queue(k))) if rt.r.type(s.queue(k)) == "list" else 0
+              for k in ("scan", "orders", "housekeeping")}
+    return {
+        "plans": plans,
+        "plans_by_action": {a: dict(c) for a, c in sorted(by.items())},
+        "executed": sum(c.get("FILLED", 0) + c.get("PARTIALLY_FILLED", 0) for c in by.values()),
+        "non_terminal": non_terminal,
+        "orders": dict(sorted(orders.items())),
+        "guard_blocks": {k.split(":", 1)[1]: v for k, v in sorted(counters.items()) if k.startswith("guard:")},
+        "duplicates_blocked": counters.get("scan:duplicates_skipped", 0)
+        + sum(v for k, v in counters.items() if k.startswith("dedup:")),
+        "malformed": {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("malformed:")},
+        "scans": counters.get("scan:runs", 0),
+        "chains_started": counters.get("scan:chains_started", 0),
+        "realized_pnl": pnl,
+        "realized_pnl_total": round(total, 4),
+        "positions_open": len(rt.venue.positions()),
+        "queue_depth": queues,
+        "heartbeat_age_s": {k: round(now - v, 3) for k, v in sorted(rt.plans.heartbeats().items())},
+    }
+
+
+def format_scorecard(card: dict) -> str:
+    """Human-readable scorecard (the same figures as the JSON form)."""
+    lines = [f"plans: {card['plans']}  executed: {card['executed']}  non-terminal: {card['non_terminal']}"
+             f"  duplicates blocked: {card['duplicates_blocked']}  scans: {card['scans']}"]
+    lines.append("plans by action and state:")
+    for a, states in card["plans_by_action"].items():
+        lines.append(f"  {a:<22} " + "  ".join(f"{s}={n}" for s, n in sorted(states.items())))
+    lines.append("orders: " + ("  ".join(f"{k}={v}" for k, v in card["orders"].items()) or "none"))
+    lines.append("guard blocks: " + ("  ".join(f"{k}={v}" for k, v in card["guard_blocks"].items()) or "none"))
+    if card["malformed"]:
+        lines.append("malformed messages: " + "  ".join(f"{k}={v}" for k, v in card["malformed"].items()))
+    lines.append("realized PnL (USDT): net total %.2f" % card["realized_pnl_total"])
+    for sym, v in card["realized_pnl"].items():
+        lines.append(f"  {sym:<9} net {v['net']:>10.2f}  realized {v['realized']:>10.2f}  fees {v['commission']:>8.2f}"
+                     f"  funding {v['funding']:>7.2f}  stops hit {v['stops_hit']}")
+    lines.append(f"positions open: {card['positions_open']}  queue depth: "
+                 + "  ".join(f"{k}={v}" for k, v in card["queue_depth"].items()))
+    if card.get("heartbeat_age_s"):
+        lines.append("heartbeat age (s): " + "  ".join(f"{k}={v}" for k, v in card["heartbeat_age_s"].items()))
+    return "\n".join(lines)
