@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Set harvest up in ./.venv (idempotent) and run one thing in it:
+#   bash scripts/bootstrap.sh demo [harvest demo flags]   — the main job
+#   bash scripts/bootstrap.sh test [pytest flags]         — the test suite
+#   bash scripts/bootstrap.sh setup                       — set up only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pick_python() {
+  for p in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
+    [ -n "$p" ] || continue
+    command -v "$p" >/dev/null 2>&1 || continue
+    if "$p" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+      echo "$p"; return 0
+    fi
+  done
+  echo "harvest needs Python >= 3.11 (set PYTHON=/path/to/python3.11)" >&2
+  return 1
+}
+
+if [ ! -x .venv/bin/python ]; then
+  py=$(pick_python)
+  "$py" -m venv .venv
+fi
+stamp=.venv/.harvest-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+  touch "$stamp"
+fi
+
+# harvest starts a private redis-server for the demo and the tests unless HARVEST_REDIS_URL
+# (demo) / HARVEST_TEST_REDIS_URL (tests) points at one; make sure the binary exists.
+if ! command -v redis-server >/dev/null 2>&1 && [ -z "${HARVEST_REDIS_URL:-}${HARVEST_TEST_REDIS_URL:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing redis-server (Debian package)…" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "redis-server not found: install it (e.g. 'sudo apt-get install redis-server' or 'brew install redis')," >&2
+    echo "or set HARVEST_REDIS_URL / HARVEST_TEST_REDIS_URL to a Redis you run." >&2
+    exit 1
+  fi
+fi
+
+cmd=${1:-setup}
+shift || true
+case "$cmd" in
+  demo) exec .venv/bin/harvest demo "$@" ;;
+  test) exec .venv/bin/python -m pytest "$@" ;;
+  setup) echo "harvest is set up in .venv (activate: . .venv/bin/activate)" ;;
+  *) echo "usage: bash scripts/bootstrap.sh demo|test|setup [args]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,29 @@
+"""The main job, ``harvest demo``, on a short window of the shipped real data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_short_window_json():
+    # 2025-06-21 16:00 → 24:00 UTC, at 2 market days per wall minute: the weekend sell-off.
+    env = {**os.environ}
+    env.pop("HARVEST_NAMESPACE", None)
+    p = subprocess.run([sys.executable, "-m", "harvest.cli", "demo", "--start", "2025-06-21T16:00:00Z", "--hours", "8",
+                        "--speed", "2880", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    card = json.loads(p.stdout)
+    assert card["non_terminal"] == 0
+    by = card["plans_by_action"]
+    assert by["PARTIAL_25"].get("FILLED", 0) >= 1
+    assert by["FULL_CLOSE_PROPOSED"].get("FILLED", 0) >= 1
+    assert card["orders"]["MARKET:FILLED"] == sum(
+        n for a, st in by.items() if a != "PROFIT_LOCK_SL" for s, n in st.items() if s == "FILLED")
+    assert "market 2025-06-21" in p.stderr  # progress display
+    assert set(card["realized_pnl"]) >= {"BTCUSDT", "ETHUSDT"}
