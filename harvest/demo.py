@@ -89,7 +89,7 @@ def run_demo(start: str = DEFAULT_START, hours: float = 24.0, speed: float = 144
     ns = "demo-" + uuid.uuid4().hex[:8]
     env = {
         "HARVEST_REDIS_URL": url, "HARVEST_NAMESPACE": ns, "HARVEST_VENUE": "paper", "HARVEST_MODE": "live",
-        "HARVEST_SCAN_INTERVAL_S": "0.5", "HARVEST_MARKET_REFRESH_S": "0.5", "HARVEST_SWEEP_INTERVAL_S": "2",
+        "HARVEST_SCAN_INTERVAL_S": "0.25", "HARVEST_MARKET_REFRESH_S": "0.25", "HARVEST_SWEEP_INTERVAL_S": "2",
         "HARVEST_RECONCILE_INTERVAL_S": "5", "HARVEST_HEARTBEAT_INTERVAL_S": "1", "HARVEST_PLAN_TTL_S": "30",
         "HARVEST_PAPER_REPLAY_START": repr(t_start), "HARVEST_PAPER_REPLAY_SPEED": "0",
     }

@@ -116,7 +116,7 @@ def kill_score_from_components(
         + theta.w_age_penalty * age_penalty
     )
     score = float(1.0 - np.exp(-x))
-    comps = dict(zip(KILL_COMPONENTS, (regime_flip, sigma_spike, ts_drop, age_penalty)))
+    comps = dict(zip(KILL_COMPONENTS, (regime_flip, sigma_spike, ts_drop, age_penalty), strict=True))
     reasons = ["kill_score_triggered"] if score >= theta.kill_threshold else []
     reasons += [k for k, v in comps.items() if v > 0.0]
     return KillScore(score=score, components=comps, reasons=reasons)

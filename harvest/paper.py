@@ -237,7 +237,7 @@ class PaperVenue(Venue):
             funding = 0.0
             if sel.any():
                 kl = load_klines(symbol)
-                funding = float(sum(side.sign * r * qty * kl.mark_at(t) for t, r in zip(ft[sel], fr[sel])))
+                funding = float(sum(side.sign * r * qty * kl.mark_at(t) for t, r in zip(ft[sel], fr[sel], strict=True)))
             # Stop trigger on the path since the last settlement.
             trigger = None
             stop = float(h["stop_price"]) if h.get("stop_price") else None

@@ -9,6 +9,7 @@ import re
 import time
 from typing import Any
 
+from harvest.models import Plan
 from harvest.runtime import Runtime
 
 log = logging.getLogger("harvest")
@@ -27,6 +28,22 @@ def plan_ref(payload: Any) -> str | None:
     if not isinstance(payload, dict) or not isinstance(payload.get("plan_id"), str) or not _PLAN_ID.match(payload["plan_id"]):
         raise MalformedMessage(f"expected {{'plan_id': <16 hex digits>}}, got {str(payload)[:200]!r}")
     return payload["plan_id"]
+
+
+def load_plan(rt: Runtime, stage: str, payload: Any) -> Plan | None:
+    """The plan a stage's ``{"plan_id": …}`` payload names; None when the payload is None (an
+    earlier stage stopped the chain), malformed, or names no plan (both recorded)."""
+    try:
+        pid = plan_ref(payload)
+    except MalformedMessage as e:
+        record_rejected(rt, stage, payload, e)
+        return None
+    if pid is None:
+        return None
+    plan = rt.plans.get(pid)
+    if plan is None:
+        record_rejected(rt, stage, payload, "unknown plan_id")
+    return plan
 
 
 def record_rejected(rt: Runtime, stage: str, payload: Any, error: Exception | str) -> None:

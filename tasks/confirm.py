@@ -12,7 +12,7 @@ from harvest.models import Action, Plan
 from harvest.runtime import Runtime, get_runtime
 from harvest.venue import VenueError
 from tasks.app import app
-from tasks.common import MalformedMessage, plan_ref, record_rejected
+from tasks.common import load_plan
 
 PENDING = "pending"
 
@@ -66,14 +66,7 @@ def confirm(self, ref: dict | None) -> str | None:
     not SUBMITTED; retries every ``confirm_retry_s`` while the outcome is pending, until the
     plan's TTL, when the look-up is final."""
     rt = get_runtime()
-    try:
-        pid = plan_ref(ref)
-    except MalformedMessage as e:
-        record_rejected(rt, "confirm", ref, e)
-        return None
-    if pid is None:
-        return None
-    plan = rt.plans.get(pid)
+    plan = load_plan(rt, "confirm", ref)
     if plan is None or plan.state != "SUBMITTED":
         return None
     final = time.time() >= plan.expires_at

@@ -33,7 +33,7 @@ def load_positions(rt: Runtime, symbols: set[str] | None = None) -> tuple[list[t
     entries = rt.book.get_many(acct, syms)
     markets = rt.market.get_many(syms)
     pairs: list[tuple[Position, MarketState]] = []
-    for vp, entry, m in zip(vps, entries, markets):
+    for vp, entry, m in zip(vps, entries, markets, strict=True):
         if m is None:
             rt.plans.count("scan:no_market_state")
             continue

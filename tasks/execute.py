@@ -16,7 +16,7 @@ from harvest.models import Action
 from harvest.runtime import get_runtime
 from harvest.venue import VenueError
 from tasks.app import app
-from tasks.common import MalformedMessage, plan_ref, record_rejected
+from tasks.common import load_plan
 
 log = logging.getLogger("harvest")
 
@@ -25,17 +25,10 @@ log = logging.getLogger("harvest")
 def execute(ref: dict | None) -> dict | None:
     """ref: ``{"plan_id": …}`` of an APPROVED plan. Returns the ref for confirm, or None."""
     rt = get_runtime()
-    try:
-        pid = plan_ref(ref)
-    except MalformedMessage as e:
-        record_rejected(rt, "execute", ref, e)
-        return None
-    if pid is None:
-        return None
-    plan = rt.plans.get(pid)
+    plan = load_plan(rt, "execute", ref)
     if plan is None:
-        record_rejected(rt, "execute", ref, "unknown plan_id")
         return None
+    pid = plan.plan_id
     if plan.state == "SUBMITTED":
         return {"plan_id": pid}  # a redelivery: never re-send; confirm resolves it
     if plan.state != "APPROVED":

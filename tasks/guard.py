@@ -25,7 +25,7 @@ from harvest.models import Action, Plan, Side
 from harvest.runtime import Runtime, get_runtime
 from harvest.venue import VenueError, VenuePosition
 from tasks.app import app
-from tasks.common import MalformedMessage, plan_ref, record_rejected
+from tasks.common import load_plan
 
 
 def _block(rt: Runtime, plan: Plan, to: str, reason: str, data: dict | None = None) -> None:
@@ -56,17 +56,10 @@ def guard(self, ref: dict | None) -> dict | None:
     """ref: ``{"plan_id": …}``. Returns the ref when APPROVED, else None (blocked, shadowed,
     expired or a repeat). Retries (1 s) while another plan holds the position, up to the TTL."""
     rt = get_runtime()
-    try:
-        pid = plan_ref(ref)
-    except MalformedMessage as e:
-        record_rejected(rt, "guard", ref, e)
-        return None
-    if pid is None:
-        return None
-    plan = rt.plans.get(pid)
+    plan = load_plan(rt, "guard", ref)
     if plan is None:
-        record_rejected(rt, "guard", ref, "unknown plan_id")
         return None
+    pid = plan.plan_id
     if plan.state != "PROPOSED":
         rt.plans.count("guard:not_proposed")
         return None
@@ -81,7 +74,7 @@ def guard(self, ref: dict | None) -> dict | None:
         vp = rt.venue.position(plan.symbol)
     except VenueError as e:
         if time.time() + 1.0 < plan.expires_at:
-            raise self.retry(countdown=1.0, exc=e)
+            raise self.retry(countdown=1.0, exc=e) from e
         _block(rt, plan, "EXPIRED", "venue_unavailable", {"code": e.code})
         return None
     if vp is None or vp.qty <= 0:

@@ -28,7 +28,7 @@ def scan_positions() -> dict:
     exists = rt.plans.exists_many(ids)
     holders = rt.plans.inflight_many(rt.settings.account, [d.symbol for d in decisions])
     started = dup = busy = 0
-    for d, pid, ex, holder in zip(decisions, ids, exists, holders):
+    for d, ex, holder in zip(decisions, exists, holders, strict=True):
         if ex:
             dup += 1
         elif holder is not None:

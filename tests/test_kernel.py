@@ -19,7 +19,7 @@ from harvest.kernel import (
     evaluate_batch,
     kill_score_from_components,
 )
-from harvest.models import Action, HarvestTheta, MarketState, Position, Regime, Side
+from harvest.models import Action, HarvestTheta, MarketState, Position, Regime
 
 TH = HarvestTheta()
 
