@@ -1,0 +1,98 @@
+"""The paper venue's Binance semantics (real Redis, shipped filters, klines and funding)."""
+
+from __future__ import annotations
+
+import pytest
+
+from harvest.runtime import build_runtime
+from harvest.venue import VenueError
+from settings import load_settings
+from tests.pipeline_helpers import T0, clean
+
+
+@pytest.fixture()
+def venue():
+    rt = build_runtime(load_settings(namespace="paper-test"))
+    clean(rt)
+    yield rt.venue
+    clean(rt)
+
+
+def code(excinfo) -> int:
+    return excinfo.value.code
+
+
+def test_filters_and_reduce_only_codes(venue):
+    venue.set_position("BTCUSDT", "LONG", 0.010, 100_000.0, 10.0, opened_at=T0)
+    venue.set_mark("BTCUSDT", 100_000.0)
+    with pytest.raises(VenueError) as e:
+        venue.close_market("BTCUSDT", "SELL", "0.0005", "c1")  # not a stepSize (0.001) multiple
+    assert code(e) == -1111
+    with pytest.raises(VenueError) as e:
+        venue.close_market("BTCUSDT", "SELL", "0", "c2")
+    assert code(e) == -4003
+    with pytest.raises(VenueError) as e:
+        venue.close_market("BTCUSDT", "BUY", "0.001", "c3")  # would increase a LONG
+    assert (code(e), e.value.message) == (-2022, "ReduceOnly Order is rejected.")
+    with pytest.raises(VenueError) as e:
+        venue.close_market("BTCUSDT", "SELL", "121", "c4")  # MARKET_LOT_SIZE maxQty 120
+    assert code(e) == -4005
+    # Reduce-only orders are exempt from minNotional (100 USDT for BTCUSDT), as on Binance.
+    venue.set_mark("BTCUSDT", 50_000.0)
+    o = venue.close_market("BTCUSDT", "SELL", "0.001", "c5")  # 50 USDT < minNotional
+    assert o.status == "FILLED" and o.executed_qty == pytest.approx(0.001)
+    assert o.realized_pnl == pytest.approx(-50.0) and o.commission == pytest.approx(50_000 * 0.001 * 0.0005)
+    with pytest.raises(VenueError) as e:
+        venue.close_market("BTCUSDT", "SELL", "0.001", "c5")
+    assert code(e) == -4116
+    # A reduce-only order larger than the position fills only the position.
+    o = venue.close_market("BTCUSDT", "SELL", "1", "c6")
+    assert o.executed_qty == pytest.approx(0.009) and venue.position("BTCUSDT") is None
+    assert venue.get_order("BTCUSDT", "c6").status == "FILLED"
+    with pytest.raises(VenueError) as e:
+        venue.get_order("BTCUSDT", "nope")
+    assert code(e) == -2013
+
+
+def test_below_min_qty_rejected_with_binance_code(venue):
+    venue.set_position("SOLUSDT", "SHORT", 10.0, 150.0, 5.0, opened_at=T0)
+    venue.set_mark("SOLUSDT", 140.0)
+    with pytest.raises(VenueError) as e:
+        venue.open_position("SOLUSDT", "SHORT", 0.5, 5.0)  # SOL stepSize 1, minQty 1 → rounds to 0
+    assert code(e) == -4004
+
+
+def test_stop_moves_and_triggers_on_the_kline_path(venue):
+    rt_clock = venue.clock
+    rt_clock.set(T0, 0.0)
+    pos = venue.open_position("ETHUSDT", "LONG", 1.0, 20.0, stop_price=1.0)
+    assert pos.entry_price == pytest.approx(venue.mark_price("ETHUSDT"))
+    with pytest.raises(VenueError) as e:
+        venue.move_stop("ETHUSDT", "SELL", "100000", "s1")  # above the mark: would trigger
+    assert code(e) == -2021
+    with pytest.raises(VenueError) as e:
+        venue.move_stop("ETHUSDT", "SELL", "2400.001", "s2")  # tickSize 0.01
+    assert code(e) == -1111
+    # ETH fell 6 % into 2025-06-21 21:31 UTC: a stop 2 % under the T0 price is crossed on the way.
+    stop = round(pos.entry_price * 0.98, 2)
+    venue.move_stop("ETHUSDT", "SELL", f"{stop:.2f}", "s3")
+    assert venue.position("ETHUSDT").stop_price == pytest.approx(stop)
+    rt_clock.set(1750541520.0, 0.0)
+    assert venue.position("ETHUSDT") is None
+    pnl = venue.pnl()["ETHUSDT"]
+    assert pnl["stops_hit"] == 1 and pnl["realized"] == pytest.approx((stop - pos.entry_price) * 1.0)
+
+
+def test_funding_is_paid_at_each_calc_time(venue):
+    venue.clock.set(T0, 0.0)
+    venue.open_position("BTCUSDT", "LONG", 0.1, 10.0)
+    venue.clock.set(T0 + 24 * 3600, 0.0)  # three 8-hour funding events
+    p = venue.position("BTCUSDT")
+    from harvest.data import load_funding, load_klines
+
+    t, r = load_funding("BTCUSDT")
+    sel = (t > T0) & (t <= T0 + 24 * 3600)
+    assert sel.sum() == 3
+    kl = load_klines("BTCUSDT")
+    expected = sum(rate * 0.1 * kl.mark_at(x) for x, rate in zip(t[sel], r[sel], strict=True))
+    assert p.funding_paid == pytest.approx(expected)
