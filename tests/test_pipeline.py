@@ -144,3 +144,44 @@ def test_full_chain_on_demand(rt):
     assert plan.state == "FILLED" and plan.order_qty == "0.75"
     # Tiers 1 and 2 are skipped for this epoch: the highest tier reached fired once.
     assert rt.book.get_many(rt.settings.account, [SYM])[0]["harvested_tier"] == 3
+
+
+def test_duplicate_deliveries_send_one_order(rt):
+    """The same decision delivered five times (two beats, a redelivery…): one plan, one order."""
+    entry, stop = 100_000.0, 99_000.0
+    open_position(rt, SYM, "LONG", 1.0, entry, stop, mark=mark_for_r(entry, stop, 1.0, 1.0, 2.1, "LONG"))
+    from tasks.evaluate import decide, load_positions
+    from workflows import action_chain
+
+    pairs, now = load_positions(rt)
+    [d] = decide(rt, pairs, now)
+    for _ in range(5):
+        action_chain(d.model_dump(mode="json")).apply_async()
+    pid = plan_id(rt, SYM, Action.PARTIAL_25, "tier=1")
+    assert wait_terminal(rt, pid).state == "FILLED"
+    from tests.harness import wait_for
+
+    wait_for(lambda: sum(v for k, v in rt.plans.counters().items() if k.startswith("dedup:")) == 4, 20,
+             what="four repeats blocked")
+    assert len(fills(rt, SYM)) == 1
+    assert [h["to"] for h in rt.plans.history(pid)] == ["PROPOSED", "APPROVED", "SUBMITTED", "FILLED"]
+
+
+def test_results_stream_carries_the_decision_inputs(rt):
+    import json
+
+    entry, stop = 100_000.0, 99_000.0
+    open_position(rt, SYM, "LONG", 1.0, entry, stop, mark=mark_for_r(entry, stop, 1.0, 1.0, 2.1, "LONG"))
+    scan()
+    pid = plan_id(rt, SYM, Action.PARTIAL_25, "tier=1")
+    wait_terminal(rt, pid)
+    hist = rt.plans.history(pid)
+    proposed = json.loads(hist[0]["data"])
+    assert proposed["r_net"] == pytest.approx(2.1)
+    assert set(proposed["components"]) == {"regime_flip", "sigma_spike", "ts_drop", "age_penalty"}
+    assert proposed["mark_price"] == pytest.approx(rt.venue.mark_price(SYM)) and proposed["regime"] == "TREND"
+    approved = json.loads(hist[1]["data"])
+    assert approved["guard"] == "passed" and approved["order_qty"] == "0.25"
+    filled = json.loads(hist[-1]["data"])
+    assert filled["position_qty_after"] == pytest.approx(0.75) and "realized_pnl" in filled
+    assert all(h["symbol"] == SYM and h["action"] == "PARTIAL_25" for h in hist)
