@@ -27,7 +27,7 @@ from harvest.market import market_state_at
 from harvest.models import Side
 from harvest.procs import CeleryProcess, RedisServer, wait_for, worker
 from harvest.runtime import Runtime, build_runtime
-from harvest.scorecard import build_scorecard, format_scorecard
+from harvest.scorecard import build_scorecard, format_scorecard, queue_depths
 from harvest.venue import VenueError
 from settings import load_settings
 
@@ -141,7 +141,8 @@ def run_demo(start: str = DEFAULT_START, hours: float = 24.0, speed: float = 144
         if log.isatty():
             print(file=log)
         b.stop()
-        wait_for(lambda: rt.plans.count_open() == 0 and _queues_empty(rt), 60, 0.1, "the pipeline to drain")
+        wait_for(lambda: rt.plans.count_open() == 0 and not any(queue_depths(rt).values()), 60, 0.1,
+                 "the pipeline to drain")
         w.stop()
         card = build_scorecard(rt)
         card["window"] = {"start": iso(t_start), "end": iso(t_end), "speed": speed,
@@ -165,10 +166,6 @@ def _seed_market(rt: Runtime) -> None:
     now = rt.clock.now()
     rt.market.put_many([market_state_at(load_klines(s), now, rt.settings.theta) for s in rt.settings.symbols
                         if s in SHIPPED_SYMBOLS])
-
-
-def _queues_empty(rt: Runtime) -> bool:
-    return all(rt.r.llen(rt.settings.queue(k)) == 0 for k in ("scan", "orders", "housekeeping"))
 
 
 def _cleanup(r: redis.Redis, ns: str) -> None:

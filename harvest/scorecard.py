@@ -11,6 +11,11 @@ from harvest.plans import TERMINAL
 from harvest.runtime import Runtime
 
 
+def queue_depths(rt: Runtime) -> dict[str, int]:
+    """Messages waiting in each of the namespace's queues (Redis broker lists)."""
+    return {k: int(rt.r.llen(rt.settings.queue(k))) for k in ("scan", "orders", "housekeeping")}
+
+
 def build_scorecard(rt: Runtime) -> dict:
     """Scorecard as a JSON-ready dict. PnL in USDT: ``realized`` (gross), ``commission``,
     ``funding`` (paid; negative when received) and ``net = realized − commission − funding``."""
@@ -35,9 +40,6 @@ def build_scorecard(rt: Runtime) -> dict:
                     "stops_hit": int(v.get("stops_hit", 0))}
         total += net
     now = time.time()
-    s = rt.settings
-    queues = {k: int(rt.r.llen(s.queue(k))) if rt.r.type(s.queue(k)) == "list" else 0
-              for k in ("scan", "orders", "housekeeping")}
     return {
         "plans": plans,
         "plans_by_action": {a: dict(c) for a, c in sorted(by.items())},
@@ -53,7 +55,7 @@ def build_scorecard(rt: Runtime) -> dict:
         "realized_pnl": pnl,
         "realized_pnl_total": round(total, 4),
         "positions_open": len(rt.venue.positions()),
-        "queue_depth": queues,
+        "queue_depth": queue_depths(rt),
         "heartbeat_age_s": {k: round(now - v, 3) for k, v in sorted(rt.plans.heartbeats().items())},
     }
 
