@@ -289,7 +289,11 @@ PlanState = Literal[
 
 
 class Plan(BaseModel):
-    """A plan as stored in Redis (one hash per plan_id); see :mod:`harvest.plans`."""
+    """A plan as stored in Redis (one hash per plan_id); see :mod:`harvest.plans`.
+
+    ``step``/``client_order_id``: the current send (``hv-<plan_id>-<step>``); a new step is
+    taken only after the previous send is known not executed. ``send``: outcome of the
+    current send — ``sending``, ``accepted``, ``unknown`` or ``not_executed``."""
 
     plan_id: str
     account: str
@@ -313,4 +317,7 @@ class Plan(BaseModel):
     realized_pnl: float | None = None
     position_qty_after: float | None = None
     error_code: int | None = None
+    error_message: str | None = None
+    step: int = 0
+    send: str | None = None
     decision: dict = {}

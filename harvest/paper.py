@@ -7,8 +7,13 @@
   maxQty -4005; reduce-only orders are exempt from minNotional, as on Binance.
 * Taker fee on every fill (``commission``); ``realized_pnl`` is gross of fees, as Binance
   reports it.
-* A working closePosition stop per position; it triggers when a kline's low (LONG) or high
-  (SHORT) since the last settlement crosses it, and fills at the stop price.
+* Protective stops are conditional (algo) orders: closePosition STOP_MARKETs, any number per
+  position. The tightest working one triggers when a kline's low (LONG) or high (SHORT) since
+  the last settlement crosses it and fills the whole position at the stop price (algoStatus
+  FINISHED); the others, and every stop of a position closed to zero, end EXPIRED.
+* Position mode: one-way (``reduceOnly``) by default; hedge mode (``set_dual(True)``) takes
+  ``positionSide`` LONG/SHORT instead and rejects ``reduceOnly`` with -1106, as Binance does.
+  The engine still holds one leg per symbol.
 * Funding from the shipped funding files: at each ``calc_time`` the position pays
   ``side_sign × rate × qty × mark`` (positive rate: longs pay).
 * Mark prices come from the :class:`MarketClock`, which replays the shipped 1-minute klines:
@@ -17,7 +22,9 @@
 
 Keys: ``<ns>:clock``, ``<ns>:paper:mark:<symbol>``, ``<ns>:paper:<account>:pos:<symbol>``,
 ``<ns>:paper:<account>:positions``, ``<ns>:paper:<account>:orders``,
-``<ns>:paper:<account>:orderlog`` (stream), ``<ns>:paper:<account>:pnl``.
+``<ns>:paper:<account>:stops:<symbol>`` (working stop clientAlgoId → price),
+``<ns>:paper:<account>:orderlog`` (stream), ``<ns>:paper:<account>:pnl``,
+``<ns>:paper:<account>:dual``.
 """
 
 from __future__ import annotations
@@ -34,11 +41,14 @@ from harvest.venue import (
     BAD_SYMBOL,
     DUPLICATE_CID,
     ORDER_NOT_FOUND,
+    PARAM_NOT_REQUIRED,
+    POSITION_SIDE_MISMATCH,
     PRECISION,
     QTY_GT_MAX,
     QTY_LE_ZERO,
     QTY_LT_MIN,
     REDUCE_ONLY_REJECTED,
+    UNKNOWN_ORDER,
     WOULD_TRIGGER,
     OrderResult,
     Venue,
@@ -96,12 +106,24 @@ class PaperVenue(Venue):
         self.k_log = f"{base}:orderlog"
         self.k_pnl = f"{base}:pnl"
         self.k_seq = f"{base}:order_seq"
+        self.k_dual = f"{base}:dual"
         self._base = base
 
     # ------------------------------------------------------------------ market data
 
     def k_pos(self, symbol: str) -> str:
         return f"{self._base}:pos:{symbol}"
+
+    def k_stops(self, symbol: str) -> str:
+        return f"{self._base}:stops:{symbol}"
+
+    def dual(self) -> bool:
+        """Whether the account is in hedge mode (Binance's ``dualSidePosition``)."""
+        return self.r.get(self.k_dual) == "true"
+
+    def set_dual(self, on: bool) -> None:
+        """Switch the account between one-way (False) and hedge mode (True)."""
+        self.r.set(self.k_dual, "true" if on else "false")
 
     def k_mark(self, symbol: str) -> str:
         return f"{self.ns}:paper:mark:{symbol}"
@@ -158,14 +180,16 @@ class PaperVenue(Venue):
                 "settled_at": cur.get("settled_at", repr(now)) if cur else repr(now),
                 "funding_paid": cur.get("funding_paid", "0.0") if cur else "0.0",
             })
-            if stop_price is not None:
-                p.hset(key, "stop_price", SymbolFilters.fmt(f.round_price(stop_price, "down" if side is Side.LONG else "up")))
             p.sadd(self.k_positions, symbol)
             p.hincrbyfloat(self.k_pnl, f"{symbol}:commission", float(q) * mark * self.fee_rate)
             return None
 
         self.r.transaction(tx, key, value_from_callable=True)
         self._log("OPEN", symbol, {"side": side.value, "qty": SymbolFilters.fmt(q), "price": mark})
+        if stop_price is not None:
+            sp = f.round_price(stop_price, "down" if side is Side.LONG else "up")
+            self.place_stop(symbol, side.close_order_side, SymbolFilters.fmt(sp),
+                            f"paper-{symbol}-{self._next_order_id()}", check_trigger=False)
         return self._position(symbol)
 
     def set_position(self, symbol: str, side: Side | str, qty: float, entry_price: float, leverage: float,
@@ -176,12 +200,13 @@ class PaperVenue(Venue):
                    "entry_price": repr(float(entry_price)), "leverage": repr(float(leverage)),
                    "opened_at": repr(now), "settled_at": repr(now), "funding_paid": "0.0"}
         p = self.r.pipeline(transaction=True)
-        p.delete(self.k_pos(symbol))
+        p.delete(self.k_pos(symbol), self.k_stops(symbol))
         p.hset(self.k_pos(symbol), mapping=mapping)
-        if stop_price is not None:
-            p.hset(self.k_pos(symbol), "stop_price", repr(float(stop_price)))
         p.sadd(self.k_positions, symbol)
         p.execute()
+        if stop_price is not None and qty > 0:
+            self.place_stop(symbol, Side(side).close_order_side, repr(float(stop_price)),
+                            f"paper-{symbol}-{self._next_order_id()}", check_trigger=False, check_tick=False)
 
     def raw_positions(self) -> list[dict]:
         """Position rows as stored, including rows with qty 0 (what a careless counter
@@ -211,21 +236,31 @@ class PaperVenue(Venue):
         h = self.r.hgetall(self.k_pos(symbol))
         if not h or float(h["qty"]) <= 0:
             return None
+        side = Side(h["side"])
         return VenuePosition(
-            symbol=symbol, side=Side(h["side"]), qty=float(h["qty"]), entry_price=float(h["entry_price"]),
+            symbol=symbol, side=side, qty=float(h["qty"]), entry_price=float(h["entry_price"]),
             mark_price=self.mark_price(symbol), leverage=float(h["leverage"]),
-            opened_at=float(h["opened_at"]), stop_price=float(h["stop_price"]) if h.get("stop_price") else None,
+            opened_at=float(h["opened_at"]), stop_price=self.working_stop(symbol, side),
             funding_paid=float(h.get("funding_paid", 0.0)),
         )
+
+    def working_stop(self, symbol: str, side: Side) -> float | None:
+        """The tightest working stop of a position (highest for LONG, lowest for SHORT)."""
+        prices = [float(v) for v in self.r.hvals(self.k_stops(symbol))]
+        if not prices:
+            return None
+        return max(prices) if side is Side.LONG else min(prices)
 
     def _settle(self, symbol: str) -> None:
         """Apply funding events and stop triggers between the last settlement and now."""
         key = self.k_pos(symbol)
+        k_stops = self.k_stops(symbol)
         now = self.clock.now()
         override = self.r.get(self.k_mark(symbol))
 
         def tx(p):
             h = p.hgetall(key)
+            stops = {cid: float(v) for cid, v in p.hgetall(k_stops).items()}
             if not h or float(h["qty"]) <= 0:
                 return None
             last = min(float(h.get("settled_at", now)), now)
@@ -240,7 +275,7 @@ class PaperVenue(Venue):
                 funding = float(sum(side.sign * r * qty * kl.mark_at(t) for t, r in zip(ft[sel], fr[sel], strict=True)))
             # Stop trigger on the path since the last settlement.
             trigger = None
-            stop = float(h["stop_price"]) if h.get("stop_price") else None
+            stop = (max(stops.values()) if side is Side.LONG else min(stops.values())) if stops else None
             if stop is not None:
                 if override is not None:
                     m = float(override)
@@ -261,16 +296,20 @@ class PaperVenue(Venue):
             if trigger is not None:
                 pnl = side.sign * (trigger - float(h["entry_price"])) * qty
                 fee = trigger * qty * self.fee_rate
-                p.hset(key, mapping={"qty": "0", "stop_price": ""})
+                hit_cid = next(c for c, v in stops.items() if v == trigger)
+                p.hset(key, mapping={"qty": "0"})
+                p.delete(k_stops)
                 p.hincrbyfloat(self.k_pnl, f"{symbol}:realized", pnl)
                 p.hincrbyfloat(self.k_pnl, f"{symbol}:commission", fee)
                 p.hincrby(self.k_pnl, f"{symbol}:stops_hit", 1)
-            return (side, qty, trigger) if trigger is not None else None
+                return side, qty, trigger, hit_cid, pnl, fee, list(stops)
+            return None
 
-        hit = self.r.transaction(tx, key, value_from_callable=True)
+        hit = self.r.transaction(tx, key, k_stops, value_from_callable=True)
         if hit is not None:
-            side, qty, trigger = hit
-            self._log("STOP_TRIGGERED", symbol, {"side": side.value, "qty": qty, "price": trigger})
+            side, qty, trigger, hit_cid, pnl, fee, cids = hit
+            self._log("STOP_TRIGGERED", symbol, {"clientAlgoId": hit_cid, "side": side.value, "qty": qty, "price": trigger})
+            self._end_stops(symbol, cids, filled=(hit_cid, qty, trigger, pnl, fee))
 
     # ------------------------------------------------------------------ orders
 
@@ -296,11 +335,72 @@ class PaperVenue(Venue):
             raise VenueError(*QTY_GT_MAX)
         return q
 
+    def _end_stops(self, symbol: str, cids: list[str], filled: tuple | None = None) -> None:
+        """Record the end of stops no longer working: the triggered one FILLED (algoStatus
+        FINISHED), every other one EXPIRED (its position is gone)."""
+        for cid in cids:
+            raw = self.r.hget(self.k_orders, cid)
+            if raw is None:
+                continue
+            o = OrderResult.model_validate_json(raw)
+            if o.status != "NEW":
+                continue
+            if filled is not None and cid == filled[0]:
+                _, qty, price, pnl, fee = filled
+                o = o.model_copy(update={"status": "FILLED", "executed_qty": qty, "avg_price": price,
+                                         "realized_pnl": pnl, "commission": fee, "update_time": time.time()})
+            else:
+                o = o.model_copy(update={"status": "EXPIRED", "update_time": time.time()})
+                self._log("STOP_EXPIRED", symbol, {"clientAlgoId": cid})
+            self.r.hset(self.k_orders, cid, o.model_dump_json())
+
+    def _check_position_side(self, position_side: str | None, reduce_only: bool) -> str:
+        dual = self.dual()
+        ps = (position_side or "BOTH").upper()
+        if dual:
+            if reduce_only:
+                raise VenueError(PARAM_NOT_REQUIRED[0], PARAM_NOT_REQUIRED[1] % "reduceOnly")
+            if ps not in ("LONG", "SHORT"):
+                raise VenueError(*POSITION_SIDE_MISMATCH)
+        elif ps != "BOTH":
+            raise VenueError(*POSITION_SIDE_MISMATCH)
+        return ps
+
     def close_market(self, symbol: str, side: str, qty: str, client_order_id: str) -> OrderResult:
+        """Reduce-only MARKET close (one-way) or the closing leg in hedge mode."""
+        pos = self.position(symbol)
+        dual = self.dual()
+        ps = (pos.side.value if pos is not None else ("LONG" if side == "SELL" else "SHORT")) if dual else "BOTH"
+        return self.submit_market(symbol, side, qty, client_order_id, reduce_only=not dual, position_side=ps)
+
+    def submit_market(self, symbol: str, side: str, qty: str, client_order_id: str, reduce_only: bool,
+                      position_side: str | None = None, leverage: float = 10.0) -> OrderResult:
+        """A MARKET order as /fapi/v1/order takes it. It closes when ``reduce_only`` (one-way)
+        or when ``position_side`` names the position and ``side`` is its closing side (hedge);
+        otherwise it opens or adds (strategy orders; harvest itself only closes). Raises
+        VenueError with Binance's codes (-1111, -4003/-4004/-4005, -2022, -4116, -1106, -4061)."""
         f = self.filters(symbol)
         q = self._check_qty(f, qty)
+        ps = self._check_position_side(position_side, reduce_only)
+        if side not in ("BUY", "SELL"):
+            raise VenueError(-1117, "Invalid side.")
         self._settle(symbol)
         key = self.k_pos(symbol)
+        closing = reduce_only or (ps in ("LONG", "SHORT") and Side(ps).close_order_side == side)
+        if not closing:
+            if self.r.hexists(self.k_orders, client_order_id):
+                raise VenueError(*DUPLICATE_CID)
+            open_side = Side.LONG if side == "BUY" else Side.SHORT
+            if ps in ("LONG", "SHORT") and Side(ps) is not open_side:
+                raise VenueError(*POSITION_SIDE_MISMATCH)
+            mark = self.mark_price(symbol)
+            self.open_position(symbol, open_side, float(q), leverage)
+            order = OrderResult(symbol=symbol, client_order_id=client_order_id, order_id=self._next_order_id(),
+                                side=side, type="MARKET", status="FILLED", position_side=ps, orig_qty=float(q),
+                                executed_qty=float(q), avg_price=mark, reduce_only=False,
+                                commission=float(q) * mark * self.fee_rate, update_time=time.time())
+            self.r.hset(self.k_orders, client_order_id, order.model_dump_json())
+            return order
 
         def tx(p):
             if p.hexists(self.k_orders, client_order_id):
@@ -308,7 +408,8 @@ class PaperVenue(Venue):
             h = p.hgetall(key)
             pos_q = Decimal(h["qty"]) if h else Decimal(0)
             pos_side = Side(h["side"]) if h else None
-            if pos_q <= 0 or pos_side is None or pos_side.close_order_side != side:
+            if pos_q <= 0 or pos_side is None or pos_side.close_order_side != side \
+                    or (ps != "BOTH" and Side(ps) is not pos_side):
                 self._log("REJECT", symbol, {"clientOrderId": client_order_id, "code": REDUCE_ONLY_REJECTED[0]})
                 raise VenueError(*REDUCE_ONLY_REJECTED)
             fill_q = min(q, pos_q)
@@ -319,73 +420,125 @@ class PaperVenue(Venue):
             left = pos_q - fill_q
             order = OrderResult(
                 symbol=symbol, client_order_id=client_order_id, order_id=self._next_order_id(), side=side,
-                type="MARKET", status="FILLED", orig_qty=float(q), executed_qty=float(fill_q), avg_price=mark,
-                reduce_only=True, realized_pnl=pnl, commission=fee, update_time=time.time(),
+                type="MARKET", status="FILLED", position_side=ps, orig_qty=float(q), executed_qty=float(fill_q),
+                avg_price=mark, reduce_only=reduce_only, realized_pnl=pnl, commission=fee, update_time=time.time(),
             )
             p.multi()
             p.hset(key, "qty", SymbolFilters.fmt(left) if left > 0 else "0")
-            if left <= 0:
-                p.hset(key, "stop_price", "")
             p.hset(self.k_orders, client_order_id, order.model_dump_json())
             p.hincrbyfloat(self.k_pnl, f"{symbol}:realized", pnl)
             p.hincrbyfloat(self.k_pnl, f"{symbol}:commission", fee)
-            return order, fill_q, mark, pnl
+            return order, fill_q, mark, pnl, left
 
-        order, fill_q, mark, pnl = self.r.transaction(tx, key, self.k_orders, value_from_callable=True)
+        order, fill_q, mark, pnl, left = self.r.transaction(tx, key, self.k_orders, value_from_callable=True)
         self._log("FILL", symbol, {"clientOrderId": client_order_id, "side": side, "qty": SymbolFilters.fmt(fill_q),
                                    "price": mark, "realizedPnl": pnl})
+        if left <= 0:  # flat: its closePosition stops have nothing left to protect
+            cids = list(self.r.hkeys(self.k_stops(symbol)))
+            self.r.delete(self.k_stops(symbol))
+            self._end_stops(symbol, cids)
         return order
 
-    def move_stop(self, symbol: str, side: str, stop_price: str, client_order_id: str) -> OrderResult:
+    def place_stop(self, symbol: str, side: str, stop_price: str, client_algo_id: str,
+                   position_side: str | None = None, check_trigger: bool = True,
+                   check_tick: bool = True) -> OrderResult:
+        """A closePosition STOP_MARKET (an algo order, status NEW) at ``stop_price``, working
+        beside any other stop of the position. Raises VenueError -1111 (tickSize), -2021
+        (would trigger immediately), -2022 (no position to protect on that side), -4116
+        (clientAlgoId in use)."""
         f = self.filters(symbol)
         try:
             sp = Decimal(stop_price)
         except Exception:
-            raise VenueError(-1102, "Mandatory parameter 'stopPrice' was not sent, was empty/null, or malformed.") from None
-        if not sp.is_finite() or sp <= 0 or sp % f.tick_size != 0:
+            raise VenueError(-1102, "Mandatory parameter 'triggerPrice' was not sent, was empty/null, or malformed.") from None
+        if not sp.is_finite() or sp <= 0 or (check_tick and sp % f.tick_size != 0):
             raise VenueError(*PRECISION)
+        dual = self.dual()
+        ps = (position_side or "BOTH").upper()
+        if (dual and ps not in ("LONG", "SHORT")) or (not dual and ps != "BOTH"):
+            raise VenueError(*POSITION_SIDE_MISMATCH)
         self._settle(symbol)
         key = self.k_pos(symbol)
-        mark = self.mark_price(symbol)
+        mark = self.mark_price(symbol) if check_trigger else 0.0
 
         def tx(p):
-            if p.hexists(self.k_orders, client_order_id):
+            if p.hexists(self.k_orders, client_algo_id):
                 raise VenueError(*DUPLICATE_CID)
             h = p.hgetall(key)
-            if not h or Decimal(h["qty"]) <= 0 or Side(h["side"]).close_order_side != side:
+            if not h or Decimal(h["qty"]) <= 0 or Side(h["side"]).close_order_side != side \
+                    or (ps != "BOTH" and Side(ps).value != h["side"]):
                 raise VenueError(*REDUCE_ONLY_REJECTED)
             pos_side = Side(h["side"])
-            if (pos_side is Side.LONG and float(sp) >= mark) or (pos_side is Side.SHORT and float(sp) <= mark):
+            if check_trigger and ((pos_side is Side.LONG and float(sp) >= mark)
+                                  or (pos_side is Side.SHORT and float(sp) <= mark)):
                 raise VenueError(*WOULD_TRIGGER)
             order = OrderResult(
-                symbol=symbol, client_order_id=client_order_id, order_id=self._next_order_id(), side=side,
-                type="STOP_MARKET", status="NEW", stop_price=float(sp), reduce_only=True, update_time=time.time(),
+                symbol=symbol, client_order_id=client_algo_id, order_id=self._next_order_id(), side=side,
+                type="STOP_MARKET", status="NEW", position_side=ps, close_position=True, algo=True,
+                stop_price=float(sp), reduce_only=True, update_time=time.time(),
             )
-            old = h.get("stop_price") or None
             p.multi()
-            # New stop first, then the old one is gone: the position is never unprotected.
-            p.hset(key, "stop_price", SymbolFilters.fmt(sp))
-            p.hset(self.k_orders, client_order_id, order.model_dump_json())
-            return order, old
+            p.hset(self.k_stops(symbol), client_algo_id, SymbolFilters.fmt(sp))
+            p.hset(self.k_orders, client_algo_id, order.model_dump_json())
+            return order
 
-        order, old = self.r.transaction(tx, key, self.k_orders, value_from_callable=True)
-        self._log("STOP_MOVED", symbol, {"clientOrderId": client_order_id, "old": old, "new": SymbolFilters.fmt(sp)})
+        order = self.r.transaction(tx, key, self.k_orders, self.k_stops(symbol), value_from_callable=True)
+        self._log("STOP_NEW", symbol, {"clientAlgoId": client_algo_id, "stopPrice": SymbolFilters.fmt(sp)})
         return order
 
-    def get_order(self, symbol: str, client_order_id: str) -> OrderResult:
+    def cancel_order(self, symbol: str, client_order_id: str) -> OrderResult:
+        """Cancel a working order (a stop). Raises VenueError -2011 when it is not open."""
+        def tx(p):
+            raw = p.hget(self.k_orders, client_order_id)
+            if raw is None:
+                raise VenueError(*UNKNOWN_ORDER)
+            o = OrderResult.model_validate_json(raw)
+            if o.symbol != symbol or o.status != "NEW":
+                raise VenueError(*UNKNOWN_ORDER)
+            o = o.model_copy(update={"status": "CANCELED", "update_time": time.time()})
+            p.multi()
+            p.hset(self.k_orders, client_order_id, o.model_dump_json())
+            p.hdel(self.k_stops(symbol), client_order_id)
+            return o
+
+        o = self.r.transaction(tx, self.k_orders, self.k_stops(symbol), value_from_callable=True)
+        self._log("STOP_CANCELED", symbol, {"clientAlgoId": client_order_id})
+        return o
+
+    def open_orders(self, symbol: str | None = None, algo: bool | None = None) -> list[OrderResult]:
+        """Orders still working (status NEW), optionally of one symbol / kind."""
+        return [o for o in self.orders() if o.status == "NEW" and (symbol is None or o.symbol == symbol)
+                and (algo is None or o.algo == algo)]
+
+    def move_stop(self, symbol: str, side: str, stop_price: str, client_order_id: str) -> OrderResult:
+        """Place the new stop, then cancel the position's other stops (never unprotected)."""
+        pos = self.position(symbol)
+        ps = pos.side.value if (pos is not None and self.dual()) else None
+        order = self.place_stop(symbol, side, stop_price, client_order_id, position_side=ps)
+        for o in self.open_orders(symbol, algo=True):
+            if o.client_order_id != client_order_id:
+                try:
+                    self.cancel_order(symbol, o.client_order_id)
+                except VenueError:
+                    pass  # already triggered or gone: nothing left to cancel
+        return order
+
+    def get_order(self, symbol: str, client_order_id: str, conditional: bool = False) -> OrderResult:
         raw = self.r.hget(self.k_orders, client_order_id)
         if raw is None:
             raise VenueError(*ORDER_NOT_FOUND)
         o = OrderResult.model_validate_json(raw)
-        if o.symbol != symbol:
+        if o.symbol != symbol or o.algo != conditional:
             raise VenueError(*ORDER_NOT_FOUND)
         return o
 
     # ------------------------------------------------------------------ reporting
 
-    def orders(self) -> list[OrderResult]:
-        """Every order this account has placed through harvest."""
-        return [OrderResult.model_validate_json(v) for v in self.r.hvals(self.k_orders)]
+    def orders(self, harvest_only: bool = False) -> list[OrderResult]:
+        """Every order of this account (``harvest_only``: those whose clientOrderId carries
+        harvest's ``hv-`` prefix, i.e. not a strategy's opening stop)."""
+        out = [OrderResult.model_validate_json(v) for v in self.r.hvals(self.k_orders)]
+        return [o for o in out if o.client_order_id.startswith("hv-")] if harvest_only else out
 
     def pnl(self) -> dict[str, dict[str, float]]:
         """Per symbol: realized (gross), commission, funding (USDT) and stops_hit."""

@@ -32,15 +32,32 @@ class Runtime:
     clock: MarketClock | None
 
     def market_now(self) -> float:
-        """Market time in Unix seconds."""
+        """Market time in Unix seconds (the replay clock on the paper venue, else wall time)."""
         return self.clock.now() if self.clock is not None else time.time()
+
+
+def build_venue(s: HarvestSettings, r: redis.Redis, clock: MarketClock) -> Venue:
+    """The venue named by the settings: the in-process paper engine, or python-binance
+    (against the emulator at ``fapi_url``, the testnet, or live). API keys are read here from
+    the settings (environment / secret files) and go nowhere else."""
+    if not s.uses_binance:
+        return PaperVenue(r, s.namespace, s.account, clock, fee_rate=s.theta.taker_fee_rate)
+    from harvest.binance_venue import BinanceVenue, make_client
+
+    key = s.api_key.get_secret_value() if s.api_key else ""
+    secret = s.api_secret.get_secret_value() if s.api_secret else ""
+    return BinanceVenue(
+        r, s.namespace,
+        lambda: make_client(key, secret, s.fapi_url, s.venue == "testnet", s.venue_timeout_s, s.recv_window_ms),
+        weight_limit=s.venue_weight_limit_1m,
+    )
 
 
 def build_runtime(s: HarvestSettings) -> Runtime:
     """Connect to Redis and build the stores and the venue named by the settings."""
     r = redis.Redis.from_url(s.redis_url, decode_responses=True, health_check_interval=30)
     clock = MarketClock(r, s.namespace, s.paper_replay_start, s.paper_replay_speed)
-    venue = PaperVenue(r, s.namespace, s.account, clock, fee_rate=s.theta.taker_fee_rate)
+    venue = build_venue(s, r, clock)
     return Runtime(
         settings=s,
         r=r,
@@ -48,7 +65,7 @@ def build_runtime(s: HarvestSettings) -> Runtime:
         book=BookStore(r, s.namespace),
         market=MarketCache(r, s.namespace),
         venue=venue,
-        clock=clock,
+        clock=clock if s.venue == "paper" else None,
     )
 
 

@@ -7,13 +7,25 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 
+from harvest.paper import PaperVenue
 from harvest.plans import TERMINAL
 from harvest.runtime import Runtime
+from harvest.venue import VenueError
 
 
 def queue_depths(rt: Runtime) -> dict[str, int]:
     """Messages waiting in each of the namespace's queues (Redis broker lists)."""
     return {k: int(rt.r.llen(rt.settings.queue(k))) for k in ("scan", "orders", "housekeeping")}
+
+
+def paper_engine(rt: Runtime) -> PaperVenue | None:
+    """The paper engine's state in Redis (orders, PnL) on the paper venue, whether harvest
+    reaches it in-process or through python-binance and the emulator; None on testnet/live."""
+    if isinstance(rt.venue, PaperVenue):
+        return rt.venue
+    if rt.settings.venue == "paper" and rt.clock is not None:
+        return PaperVenue(rt.r, rt.settings.namespace, rt.settings.account, rt.clock)
+    return None
 
 
 def build_scorecard(rt: Runtime) -> dict:
@@ -28,12 +40,13 @@ def build_scorecard(rt: Runtime) -> dict:
         if p.state not in TERMINAL:
             non_terminal += 1
     counters = rt.plans.counters()
-    orders = Counter()
-    for o in rt.venue.orders():  # type: ignore[attr-defined]
+    orders: Counter = Counter()
+    book = paper_engine(rt)
+    for o in book.orders(harvest_only=True) if book else []:
         orders[f"{o.type}:{o.status}"] += 1
     pnl = {}
     total = 0.0
-    for sym, v in sorted(rt.venue.pnl().items()):  # type: ignore[attr-defined]
+    for sym, v in sorted(book.pnl().items()) if book else []:
         net = v.get("realized", 0.0) - v.get("commission", 0.0) - v.get("funding", 0.0)
         pnl[sym] = {"realized": round(v.get("realized", 0.0), 4), "commission": round(v.get("commission", 0.0), 4),
                     "funding": round(v.get("funding", 0.0), 4), "net": round(net, 4),
@@ -54,10 +67,17 @@ def build_scorecard(rt: Runtime) -> dict:
         "chains_started": counters.get("scan:chains_started", 0),
         "realized_pnl": pnl,
         "realized_pnl_total": round(total, 4),
-        "positions_open": len(rt.venue.positions()),
+        "positions_open": _positions_open(rt),
         "queue_depth": queue_depths(rt),
         "heartbeat_age_s": {k: round(now - v, 3) for k, v in sorted(rt.plans.heartbeats().items())},
     }
+
+
+def _positions_open(rt: Runtime) -> int | None:
+    try:
+        return len(rt.venue.positions())
+    except VenueError:
+        return None
 
 
 def format_scorecard(card: dict) -> str:

@@ -71,6 +71,36 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1],
 return {1, cur}
 """
 
+# Send bookkeeping of a SUBMITTED plan (no state change): KEYS[1] plan, KEYS[2] results stream.
+# mark: ARGV = plan_id, step, outcome, now, maxlen, data, field/value pairs…
+_MARK_SEND_LUA = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'SUBMITTED' then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'step') or '0') ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'send', ARGV[3], 'updated_at', ARGV[4])
+if #ARGV >= 7 then
+  local f = {}
+  for i = 7, #ARGV do f[#f + 1] = ARGV[i] end
+  redis.call('HSET', KEYS[1], unpack(f))
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1],
+  'symbol', redis.call('HGET', KEYS[1], 'symbol'), 'action', redis.call('HGET', KEYS[1], 'action'),
+  'from', 'SUBMITTED', 'to', 'SUBMITTED', 'reason', 'send_' .. ARGV[3], 'ts', ARGV[4], 'data', ARGV[6])
+return 1
+"""
+
+# claim the next send: ARGV = plan_id, next step, its clientOrderId, now, maxlen
+_CLAIM_RESEND_LUA = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'SUBMITTED' then return 0 end
+if redis.call('HGET', KEYS[1], 'send') ~= 'not_executed' then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'step') or '0') ~= tonumber(ARGV[2]) - 1 then return 0 end
+redis.call('HSET', KEYS[1], 'step', ARGV[2], 'client_order_id', ARGV[3], 'send', 'sending', 'updated_at', ARGV[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1],
+  'symbol', redis.call('HGET', KEYS[1], 'symbol'), 'action', redis.call('HGET', KEYS[1], 'action'),
+  'from', 'SUBMITTED', 'to', 'SUBMITTED', 'reason', 'resend_step_' .. ARGV[2], 'ts', ARGV[4],
+  'data', cjson.encode({client_order_id = ARGV[3]}))
+return 1
+"""
+
 _RAISE_TIER_LUA = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
 local cur = tonumber(redis.call('HGET', KEYS[1], 'harvested_tier') or '0')
@@ -155,6 +185,8 @@ class PlanStore:
         self.maxlen = stream_maxlen
         self._create = r.register_script(_CREATE_LUA)
         self._transition = r.register_script(_TRANSITION_LUA)
+        self._mark_send = r.register_script(_MARK_SEND_LUA)
+        self._claim_resend = r.register_script(_CLAIM_RESEND_LUA)
 
     def create(self, plan: dict[str, Any], data: dict[str, Any]) -> str | None:
         """Create a plan in state PROPOSED unless its plan_id exists.
@@ -207,6 +239,23 @@ class PlanStore:
                      plan_id, symbol, res[1], to, reason)
         return applied, res[1]
 
+    def mark_send(self, plan_id: str, step: int, outcome: str, data: dict[str, Any] | None = None,
+                  fields: dict[str, Any] | None = None) -> bool:
+        """Record the outcome of send ``step`` of a SUBMITTED plan: ``accepted``,
+        ``unknown`` (look the order up) or ``not_executed`` (may be sent again under the next
+        step's clientOrderId). No state change; the stream gets a ``send_<outcome>`` entry.
+        Returns False when the plan is no longer SUBMITTED at that step."""
+        return bool(self._mark_send(
+            keys=[self.k.plan(plan_id), self.k.results],
+            args=[plan_id, step, outcome, _enc(time.time()), self.maxlen,
+                  json.dumps(data or {}, sort_keys=True, default=str), *_flat(fields or {})]))
+
+    def claim_resend(self, plan_id: str, step: int, client_order_id: str) -> bool:
+        """Claim send ``step`` (≥ 1) of a SUBMITTED plan whose previous send is known not
+        executed; switches the plan to that step's clientOrderId. Exactly one caller wins."""
+        return bool(self._claim_resend(keys=[self.k.plan(plan_id), self.k.results],
+                                       args=[plan_id, step, client_order_id, _enc(time.time()), self.maxlen]))
+
     def get(self, plan_id: str) -> Plan | None:
         """The plan, or None when no such plan_id exists."""
         h = self.r.hgetall(self.k.plan(plan_id))
@@ -219,7 +268,7 @@ class PlanStore:
         for f in _PLAN_FLOATS:
             if f in d:
                 d[f] = float(d[f])
-        for f in ("tier", "error_code"):
+        for f in ("tier", "error_code", "step"):
             if f in d:
                 d[f] = int(d[f])
         d["decision"] = json.loads(d.get("decision", "{}"))
@@ -253,9 +302,12 @@ class PlanStore:
                 if h:
                     yield self.parse(h)
 
-    def history(self, plan_id: str, count: int = 10_000) -> list[dict[str, str]]:
-        """Transitions of one plan from the results stream, oldest first."""
-        return [f for _, f in self.r.xrange(self.k.results, count=count) if f.get("plan_id") == plan_id]
+    def history(self, plan_id: str, count: int = 10_000, sends: bool = False) -> list[dict[str, str]]:
+        """State transitions of one plan from the results stream, oldest first (``sends``:
+        also the send records of a SUBMITTED plan, ``from == to``, reason ``send_*`` /
+        ``resend_step_*``)."""
+        return [f for _, f in self.r.xrange(self.k.results, count=count)
+                if f.get("plan_id") == plan_id and (sends or f.get("from") != f.get("to"))]
 
     def acquire_inflight(self, account: str, symbol: str, plan_id: str, ttl_s: float) -> str | None:
         """Take the position's in-flight lock for plan_id (re-entrant for the same plan).

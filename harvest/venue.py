@@ -18,15 +18,30 @@ from harvest.models import Side
 class VenueError(Exception):
     """An exchange answer that is not a success: Binance ``code`` and ``msg``, HTTP status.
 
-    ``unknown`` is True when the order's fate is unknown (look it up before any re-send).
+    Exactly one class applies:
+
+    * ``unknown`` — the order's fate is unknown (read timeout, 503 "Unknown error…",
+      -1006/-1007): look it up by clientOrderId before anything is re-sent;
+    * ``retryable`` — the request was not executed (429/418, 503 "Service Unavailable." or
+      "Internal error…", a connection error before sending, the local weight budget): the
+      same request may be sent again after ``retry_after`` seconds;
+    * neither — a rejection (-1111, -2022, -4164, …): final, never retried.
     """
 
-    def __init__(self, code: int, message: str, http_status: int = 400, unknown: bool = False):
+    def __init__(self, code: int, message: str, http_status: int = 400, unknown: bool = False,
+                 retryable: bool = False, retry_after: float | None = None):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.http_status = http_status
         self.unknown = unknown
+        self.retryable = retryable and not unknown
+        self.retry_after = retry_after
+
+    @property
+    def kind(self) -> str:
+        """``unknown``, ``retryable`` or ``rejected``."""
+        return "unknown" if self.unknown else "retryable" if self.retryable else "rejected"
 
 
 # Binance error codes used by the venues (reference/binance-fapi.md).
@@ -39,6 +54,9 @@ QTY_GT_MAX = (-4005, "Quantity greater than max quantity.")
 DUPLICATE_CID = (-4116, "ClientOrderId is duplicated.")
 WOULD_TRIGGER = (-2021, "Order would immediately trigger.")
 BAD_SYMBOL = (-1121, "Invalid symbol.")
+UNKNOWN_ORDER = (-2011, "Unknown order sent.")
+PARAM_NOT_REQUIRED = (-1106, "Parameter '%s' sent when not required.")
+POSITION_SIDE_MISMATCH = (-4061, "Order's position side does not match user's setting.")
 
 
 class VenuePosition(BaseModel):
@@ -60,7 +78,9 @@ class VenuePosition(BaseModel):
 class OrderResult(BaseModel):
     """An order as the venue reports it (Binance's field meanings): status NEW, FILLED,
     PARTIALLY_FILLED, CANCELED, REJECTED or EXPIRED; quantities in base units (strings on the
-    wire, floats here); avg_price USDT; realized_pnl and commission USDT."""
+    wire, floats here); avg_price USDT; realized_pnl and commission USDT. ``algo`` marks a
+    conditional order of the algo-order service (its clientAlgoId in ``client_order_id``, its
+    algoId in ``order_id``; algoStatus FINISHED is reported as FILLED)."""
 
     symbol: str
     client_order_id: str
@@ -68,6 +88,9 @@ class OrderResult(BaseModel):
     side: str
     type: str
     status: str
+    position_side: str = "BOTH"
+    close_position: bool = False
+    algo: bool = False
     orig_qty: float = 0.0
     executed_qty: float = 0.0
     avg_price: float = 0.0
@@ -108,5 +131,6 @@ class Venue(ABC):
         stop, so the position is never unprotected. Raises VenueError."""
 
     @abstractmethod
-    def get_order(self, symbol: str, client_order_id: str) -> OrderResult:
-        """Look an order up by clientOrderId. Raises VenueError -2013 when it does not exist."""
+    def get_order(self, symbol: str, client_order_id: str, conditional: bool = False) -> OrderResult:
+        """Look an order up by clientOrderId (``conditional``: a stop, by clientAlgoId).
+        Raises VenueError -2013 when it does not exist."""

@@ -7,17 +7,19 @@ the variable and the value. The Celery configuration is built from it in
 
 from __future__ import annotations
 
+import os
 import re
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from harvest.data import SHIPPED_SYMBOLS
 from harvest.models import HarvestTheta
 
 ENV_PREFIX = "HARVEST_"
+SECRET_FIELDS = ("api_key", "api_secret")
 
 
 class SettingsError(SystemExit):
@@ -41,7 +43,21 @@ class HarvestSettings(BaseSettings):
     broker_url: str | None = Field(None, description="Celery broker; defaults to redis_url")
     namespace: str = Field("harvest", pattern=r"^[a-z][a-z0-9-]{0,31}$", description="prefix of Redis keys and queue names")
     account: str = Field("paper", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="account label, part of every plan_id")
-    venue: Literal["paper", "testnet", "live"] = "paper"
+    venue: Literal["paper", "testnet", "live"] = Field(
+        "paper", description="paper (default; in-process engine, or the fapi emulator at fapi_url), "
+        "testnet (Binance futures testnet), live (real money; needs live_trading_opt_in)")
+    live_trading_opt_in: bool = Field(False, description="must be true for venue=live")
+    fapi_url: str | None = Field(None, description="paper venue through python-binance against this fapi base URL "
+                                 "(e.g. http://127.0.0.1:8790/fapi from `harvest emulator`)")
+    api_key: SecretStr | None = Field(None, description="exchange API key (env or secret file only)")
+    api_secret: SecretStr | None = Field(None, description="exchange API secret (env or secret file only)")
+    venue_timeout_s: float = Field(5.0, gt=0, le=60, description="HTTP connect/read timeout of exchange requests")
+    recv_window_ms: int = Field(5000, ge=100, le=60_000, description="recvWindow of signed requests")
+    venue_weight_limit_1m: int = Field(1800, ge=10, le=2400,
+                                       description="request weight per minute the whole fleet may use (Binance: 2400)")
+    max_send_attempts: int = Field(5, ge=1, le=20, description="sends of one plan's order known not executed, at most")
+    retry_backoff_s: float = Field(0.5, gt=0, le=60, description="first retry delay of a not-executed send; doubles")
+    retry_backoff_max_s: float = Field(20.0, gt=0, le=600, description="cap of the retry delay")
     mode: Literal["shadow", "live"] = Field("live", description="shadow: plans end SHADOWED, no order is sent")
     symbols: list[str] = Field(default_factory=lambda: list(SHIPPED_SYMBOLS), description="symbol allowlist")
     scan_interval_s: float = Field(5.0, gt=0, le=3600)
@@ -49,6 +65,7 @@ class HarvestSettings(BaseSettings):
     reconcile_interval_s: float = Field(30.0, gt=0, le=86_400)
     sweep_interval_s: float = Field(10.0, gt=0, le=3600)
     heartbeat_interval_s: float = Field(5.0, gt=0, le=3600)
+    exchange_info_interval_s: float = Field(300.0, gt=0, le=86_400, description="exchangeInfo / leverage / position-mode refresh")
     plan_ttl_s: float = Field(120.0, ge=5, le=86_400, description="a plan not terminal by then is EXPIRED by the sweeper")
     confirm_retry_s: float = Field(0.5, gt=0, le=60, description="delay between confirm look-ups of an order")
     results_stream_maxlen: int = Field(100_000, ge=1000)
@@ -82,13 +99,28 @@ class HarvestSettings(BaseSettings):
             raise ValueError("must start with redis://, rediss://, amqp:// or unix://")
         return v
 
+    @field_validator("fapi_url")
+    @classmethod
+    def _fapi_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/]+/fapi/?$", v):
+            raise ValueError("must be a fapi base URL such as http://127.0.0.1:8790/fapi")
+        return v
+
     @model_validator(mode="after")
-    def _no_live_venue_yet(self) -> "HarvestSettings":
-        if self.venue != "paper":
-            raise ValueError(
-                f"venue {self.venue!r} is not available in this build; use 'paper'"
-            )
+    def _venue_rules(self) -> "HarvestSettings":
+        if self.venue == "live" and not self.live_trading_opt_in:
+            raise ValueError("venue 'live' trades real money and is refused unless HARVEST_LIVE_TRADING_OPT_IN=true")
+        if self.venue != "paper" and self.fapi_url:
+            raise ValueError("HARVEST_FAPI_URL points the paper venue at an emulator; unset it for testnet/live")
+        if (self.venue != "paper" or self.fapi_url) and not (self.api_key and self.api_secret):
+            raise ValueError(f"venue {self.venue!r} through python-binance needs HARVEST_API_KEY and HARVEST_API_SECRET "
+                             "(environment or secret files in HARVEST_SECRETS_DIR)")
         return self
+
+    @property
+    def uses_binance(self) -> bool:
+        """Whether the venue is reached through python-binance (testnet, live, emulator)."""
+        return self.venue != "paper" or self.fapi_url is not None
 
     @property
     def broker(self) -> str:
@@ -103,20 +135,34 @@ class HarvestSettings(BaseSettings):
 
 
 def _explain(err: ValidationError) -> str:
+    """One line per error, naming the variable; never echoes a secret or the whole input."""
     lines = []
     for e in err.errors():
-        loc = "__".join(str(p) for p in e["loc"]) if e["loc"] else ""
-        name = f"{ENV_PREFIX}{loc.upper()}" if loc else "settings"
-        lines.append(f"invalid setting {name}={e.get('input')!r}: {e['msg']}")
+        msg = e["msg"].removeprefix("Value error, ")
+        if not e["loc"]:
+            lines.append(f"invalid settings: {msg}")
+            continue
+        loc = "__".join(str(p) for p in e["loc"])
+        shown = "<hidden>" if str(e["loc"][0]) in SECRET_FIELDS else repr(e.get("input"))
+        lines.append(f"invalid setting {ENV_PREFIX}{loc.upper()}={shown}: {msg}")
     return "\n".join(lines)
 
 
 def load_settings(**overrides) -> HarvestSettings:
-    """Read and validate the settings (environment, ``.env``, then ``overrides``).
+    """Read and validate the settings (environment, ``.env``, secret files, then ``overrides``).
+
+    Secret files: with ``HARVEST_SECRETS_DIR`` set, a file named like the variable in lower
+    case (``harvest_api_key``, ``harvest_api_secret``) supplies the value, as Docker and
+    Kubernetes secrets mount them; the environment wins over a file.
 
     Raises :class:`SettingsError` with one line per invalid field, e.g.
     ``invalid setting HARVEST_SCAN_INTERVAL_S='-1': Input should be greater than 0``.
     """
+    secrets_dir = os.environ.get(f"{ENV_PREFIX}SECRETS_DIR")
+    if secrets_dir and "_secrets_dir" not in overrides:
+        if not os.path.isdir(secrets_dir):
+            raise SettingsError(f"invalid setting {ENV_PREFIX}SECRETS_DIR={secrets_dir!r}: not a directory")
+        overrides["_secrets_dir"] = secrets_dir
     try:
         return HarvestSettings(**overrides)
     except ValidationError as e:

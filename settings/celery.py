@@ -33,6 +33,7 @@ ROUTES: dict[str, str] = {
     "harvest.reconcile": "housekeeping",
     "harvest.sweep_plans": "housekeeping",
     "harvest.heartbeat": "housekeeping",
+    "harvest.refresh_exchange_info": "housekeeping",
 }
 
 #: Hard time limit of any task (s); the visibility timeout must stay above it.
@@ -48,6 +49,7 @@ def beat_schedule(s: HarvestSettings) -> dict:
         "reconcile": ("harvest.reconcile", s.reconcile_interval_s),
         "sweep": ("harvest.sweep_plans", s.sweep_interval_s),
         "heartbeat": ("harvest.heartbeat", s.heartbeat_interval_s),
+        "exchange_info": ("harvest.refresh_exchange_info", s.exchange_info_interval_s),
     }
     return {
         name: {

@@ -2,6 +2,10 @@
 venue (exchange truth) and end the plan: FILLED, PARTIALLY_FILLED, CANCELED, REJECTED, or —
 when the order is still unknown at the plan's TTL — EXPIRED. Realized PnL (net of the
 commission, USDT) is recorded on the plan; a filled tier is marked harvested in the book.
+
+After an unknown send outcome the look-up decides: the order exists → its state; -2013
+("Order does not exist.") → it was not placed, and a new send step goes through execute
+(:func:`workflows.resend_chain`) while attempts and TTL allow. Nothing is re-sent blind.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from harvest.runtime import Runtime, get_runtime
 from harvest.venue import VenueError
 from tasks.app import app
 from tasks.common import load_plan
+from workflows import resend_chain
 
 PENDING = "pending"
 
@@ -22,9 +27,22 @@ def resolve_submitted(rt: Runtime, plan: Plan, final: bool) -> str:
     known. ``final`` (at the TTL): an order that does not exist ends EXPIRED — it is never
     re-sent. Returns the state written, or ``"pending"``."""
     try:
-        o = rt.venue.get_order(plan.symbol, plan.client_order_id)
+        o = rt.venue.get_order(plan.symbol, plan.client_order_id, conditional=plan.action is Action.PROFIT_LOCK_SL)
     except VenueError as e:
-        if e.code == -2013 and final:
+        if e.code != -2013:
+            return PENDING  # the look-up itself failed; try again
+        if plan.send in ("unknown", "not_executed"):
+            # Known not placed. Send again as the next step if attempts and time allow.
+            rt.plans.mark_send(plan.plan_id, plan.step, "not_executed", {"code": e.code, "looked_up": True})
+            nxt = plan.step + 1
+            if not final and nxt < rt.settings.max_send_attempts and time.time() < plan.expires_at:
+                resend_chain(plan.plan_id, nxt).apply_async()
+                return "resent"
+            rt.plans.transition(plan.plan_id, "FAILED", "not_placed", data={"code": e.code, "step": plan.step},
+                                fields={"error_code": e.code, "error_message": e.message},
+                                account=plan.account, symbol=plan.symbol)
+            return "FAILED"
+        if final:
             rt.plans.transition(plan.plan_id, "EXPIRED", "order_not_found_at_ttl", data={"code": e.code},
                                 account=plan.account, symbol=plan.symbol)
             return "EXPIRED"
@@ -48,8 +66,11 @@ def resolve_submitted(rt: Runtime, plan: Plan, final: bool) -> str:
         to, reason = "CANCELED", f"order_{o.status.lower()}"
     fields: dict = {"executed_qty": o.executed_qty, "avg_price": o.avg_price, "order_status": o.status,
                     "realized_pnl": o.realized_pnl - o.commission, "commission": o.commission}
-    vp = rt.venue.position(plan.symbol)
-    fields["position_qty_after"] = vp.qty if vp is not None else 0.0
+    try:
+        vp = rt.venue.position(plan.symbol)
+        fields["position_qty_after"] = vp.qty if vp is not None else 0.0
+    except VenueError:
+        pass  # the order's outcome is known; the position size is only informative
     ok, _ = rt.plans.transition(plan.plan_id, to, reason, data=fields, fields=fields,
                                 account=plan.account, symbol=plan.symbol)
     if ok and to in ("FILLED", "PARTIALLY_FILLED"):
@@ -69,6 +90,8 @@ def confirm(self, ref: dict | None) -> str | None:
     plan = load_plan(rt, "confirm", ref)
     if plan is None or plan.state != "SUBMITTED":
         return None
+    if plan.send == "not_executed":
+        return None  # execute's own retry owns the next send
     final = time.time() >= plan.expires_at
     out = resolve_submitted(rt, plan, final)
     if out == PENDING:

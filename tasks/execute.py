@@ -1,19 +1,36 @@
 """Stage 4, execute: the one place harvest sends an order.
 
-The plan moves APPROVED → SUBMITTED by compare-and-set *before* the order is sent, so of any
+The plan moves APPROVED → SUBMITTED by compare-and-set *before* the first send, so of any
 number of deliveries of this task exactly one sends. A redelivery that finds the plan
 SUBMITTED sends nothing and hands over to confirm, which looks the order up by its
-clientOrderId (derived from the plan_id). An exchange rejection ends the plan REJECTED with
-the exchange's code and message; an unknown outcome (timeout, 503 unknown) leaves it
-SUBMITTED for confirm. No exception escapes to crash the worker.
+clientOrderId (derived from the plan_id).
+
+What an exchange answer does to the plan (error classes of :class:`harvest.venue.VenueError`):
+
+* accepted → ``send=accepted``; confirm reads the fill;
+* unknown (read timeout, 503 "Unknown error…", -1006/-1007, a crash of the connection) →
+  ``send=unknown``; confirm looks the order up and only a -2013 answer ("not placed") lets a
+  next step send again;
+* not executed (429/418, 503 "Service Unavailable." / "Internal error…", a connection that
+  never reached the server, the local weight budget) → ``send=not_executed`` and this task
+  retries itself with backoff and jitter (honouring ``Retry-After``) as the next step, under
+  the clientOrderId ``hv-<plan_id>-<step>``, at most ``max_send_attempts`` sends and never past
+  the plan's TTL; then the plan ends FAILED with the exchange's code and message;
+* rejected (-1111, -2022, -4164, -2019, -4003/-4004/-4005, -1021 after a resync, …) → the
+  plan ends REJECTED with the exchange's code and message; no retry.
+
+No exception escapes to crash the worker.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import time
 
-from harvest.models import Action
-from harvest.runtime import get_runtime
+from harvest.models import Action, Plan
+from harvest.plans import client_order_id
+from harvest.runtime import Runtime, get_runtime
 from harvest.venue import VenueError
 from tasks.app import app
 from tasks.common import load_plan
@@ -21,39 +38,74 @@ from tasks.common import load_plan
 log = logging.getLogger("harvest")
 
 
-@app.task(name="harvest.execute", acks_late=True)
-def execute(ref: dict | None) -> dict | None:
-    """ref: ``{"plan_id": …}`` of an APPROVED plan. Returns the ref for confirm, or None."""
+def retry_delay(step: int, base_s: float, cap_s: float, retry_after: float | None) -> float:
+    """Delay (s) before send ``step + 1``: ``max(Retry-After, min(cap, base × 2^step))``
+    with up to 25 % added jitter (so a fleet does not retry in lock-step)."""
+    return max(retry_after or 0.0, min(cap_s, base_s * 2 ** step)) * random.uniform(1.0, 1.25)
+
+
+def _send(rt: Runtime, plan: Plan, cid: str) -> None:
+    side = plan.side.close_order_side
+    if plan.action is Action.PROFIT_LOCK_SL:
+        rt.venue.move_stop(plan.symbol, side, plan.stop_price or "", cid)
+    else:
+        rt.venue.close_market(plan.symbol, side, plan.order_qty or "", cid)
+
+
+def _end(rt: Runtime, plan: Plan, to: str, reason: str, e: VenueError) -> None:
+    rt.plans.count(f"exchange_{e.kind}:{e.code}")
+    rt.plans.transition(plan.plan_id, to, reason, data={"code": e.code, "message": e.message, "step": plan.step},
+                        fields={"error_code": e.code, "error_message": e.message},
+                        account=plan.account, symbol=plan.symbol)
+
+
+@app.task(name="harvest.execute", bind=True, acks_late=True, max_retries=None)
+def execute(self, ref: dict | None, step: int = 0) -> dict | None:
+    """ref: ``{"plan_id": …}`` of an APPROVED plan (``step`` > 0: a re-send after the
+    previous send was known not executed). Returns the ref for confirm, or None."""
     rt = get_runtime()
     plan = load_plan(rt, "execute", ref)
     if plan is None:
         return None
     pid = plan.plan_id
-    if plan.state == "SUBMITTED":
-        return {"plan_id": pid}  # a redelivery: never re-send; confirm resolves it
-    if plan.state != "APPROVED":
+    if not isinstance(step, int) or step < 0:
         return None
-    ok, before = rt.plans.transition(pid, "SUBMITTED", "order_sent", fields={"step": 0},
-                                     account=plan.account, symbol=plan.symbol)
-    if not ok:
-        return {"plan_id": pid} if before == "SUBMITTED" else None
-    order_side = plan.side.close_order_side
+    if step == 0:
+        if plan.state == "SUBMITTED":
+            return {"plan_id": pid}  # a redelivery: never re-send; confirm resolves it
+        if plan.state != "APPROVED":
+            return None
+        ok, before = rt.plans.transition(pid, "SUBMITTED", "order_sent", fields={"step": 0, "send": "sending"},
+                                         account=plan.account, symbol=plan.symbol)
+        if not ok:
+            return {"plan_id": pid} if before == "SUBMITTED" else None
+        cid = plan.client_order_id
+    else:
+        cid = client_order_id(pid, step)
+        if not rt.plans.claim_resend(pid, step, cid):
+            return {"plan_id": pid} if plan.state == "SUBMITTED" else None
+    plan = plan.model_copy(update={"step": step, "client_order_id": cid})
     try:
-        if plan.action is Action.PROFIT_LOCK_SL:
-            rt.venue.move_stop(plan.symbol, order_side, plan.stop_price or "", plan.client_order_id)
-        else:
-            rt.venue.close_market(plan.symbol, order_side, plan.order_qty or "", plan.client_order_id)
+        _send(rt, plan, cid)
     except VenueError as e:
         if e.unknown:
-            log.warning("plan %s: order outcome unknown (%s); confirm will look it up", pid, e)
+            rt.plans.mark_send(pid, step, "unknown", {"code": e.code, "message": e.message})
+            log.warning("plan %s step %d: order outcome unknown (%s); confirm will look it up", pid, step, e)
             return {"plan_id": pid}
-        rt.plans.count(f"exchange_rejected:{e.code}")
-        rt.plans.transition(pid, "REJECTED", f"exchange_rejected:{e.code}",
-                            data={"code": e.code, "message": e.message},
-                            fields={"error_code": e.code, "error_message": e.message},
-                            account=plan.account, symbol=plan.symbol)
+        if e.retryable:
+            rt.plans.mark_send(pid, step, "not_executed", {"code": e.code, "message": e.message},
+                               fields={"error_code": e.code, "error_message": e.message})
+            delay = retry_delay(step, rt.settings.retry_backoff_s, rt.settings.retry_backoff_max_s, e.retry_after)
+            if step + 1 < rt.settings.max_send_attempts and time.time() + delay < plan.expires_at:
+                log.info("plan %s step %d not executed (%s); next send in %.2f s", pid, step, e, delay)
+                raise self.retry(args=(ref,), kwargs={"step": step + 1}, countdown=delay)
+            _end(rt, plan, "FAILED", f"not_executed:{e.code}", e)
+            return None
+        _end(rt, plan, "REJECTED", f"exchange_rejected:{e.code}", e)
         return None
     except Exception as e:  # connection loss etc.: the order may or may not exist
+        rt.plans.mark_send(pid, step, "unknown", {"error": type(e).__name__})
         log.exception("plan %s: order outcome unknown (%s); confirm will look it up", pid, type(e).__name__)
         return {"plan_id": pid}
+    rt.plans.mark_send(pid, step, "accepted")
     return {"plan_id": pid}

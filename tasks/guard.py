@@ -21,6 +21,7 @@ import time
 from decimal import Decimal
 
 from harvest.book import is_new_epoch
+from harvest.data import SymbolFilters
 from harvest.models import Action, Plan, Side
 from harvest.runtime import Runtime, get_runtime
 from harvest.venue import VenueError, VenuePosition
@@ -34,10 +35,9 @@ def _block(rt: Runtime, plan: Plan, to: str, reason: str, data: dict | None = No
                         account=plan.account, symbol=plan.symbol)
 
 
-def close_quantity(rt: Runtime, plan: Plan, vp: VenuePosition) -> tuple[Decimal | None, str]:
+def close_quantity(f: SymbolFilters, plan: Plan, vp: VenuePosition) -> tuple[Decimal | None, str]:
     """Order qty (Decimal, a stepSize multiple) for a close plan and a note
     (``""``, ``dust_folded`` or the block reason ``below_min_qty`` with qty None)."""
-    f = rt.venue.filters(plan.symbol)
     pos_q = Decimal(str(vp.qty))
     if plan.action is Action.FULL_CLOSE_PROPOSED:
         q, note = f.round_qty(pos_q), ""
@@ -72,6 +72,7 @@ def guard(self, ref: dict | None) -> dict | None:
         return None
     try:
         vp = rt.venue.position(plan.symbol)
+        f = rt.venue.filters(plan.symbol)
     except VenueError as e:
         if time.time() + 1.0 < plan.expires_at:
             raise self.retry(countdown=1.0, exc=e) from e
@@ -92,7 +93,6 @@ def guard(self, ref: dict | None) -> dict | None:
         _block(rt, plan, "EXPIRED", "position_busy")
         return None
 
-    f = rt.venue.filters(plan.symbol)
     fields: dict = {}
     data: dict = {"position_qty": vp.qty, "mark_price": vp.mark_price}
     if plan.action is Action.PROFIT_LOCK_SL:
@@ -108,7 +108,7 @@ def guard(self, ref: dict | None) -> dict | None:
         fields["stop_price"] = f.fmt(sp)
         data["stop_price"] = fields["stop_price"]
     else:
-        q, note = close_quantity(rt, plan, vp)
+        q, note = close_quantity(f, plan, vp)
         if q is None:
             _block(rt, plan, "REJECTED", note, data)
             return None

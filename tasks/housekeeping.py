@@ -9,6 +9,7 @@ import time
 from harvest.data import load_klines
 from harvest.market import market_state_at
 from harvest.runtime import get_runtime
+from harvest.venue import VenueError
 from tasks.app import app
 from tasks.confirm import resolve_submitted
 from tasks.evaluate import load_positions
@@ -39,7 +40,12 @@ def reconcile() -> dict:
     """Exchange truth against the book: drops ghost entries, starts new epochs, and reports
     the open positions counted from the venue (never from key scans)."""
     rt = get_runtime()
-    pairs, _ = load_positions(rt)
+    try:
+        pairs, _ = load_positions(rt)
+    except VenueError as e:
+        rt.plans.count(f"reconcile:venue_error:{e.code}")
+        log.warning("reconcile skipped: positions unavailable (%s)", e)
+        return {"error": e.code}
     rt.r.hset(rt.plans.k.counters, "positions_open", len(pairs))
     rt.plans.beat("reconcile")
     return {"positions": len(pairs)}
@@ -68,6 +74,23 @@ def sweep_plans() -> dict:
         log.info("sweep ended stale plans: %s", ended)
     rt.plans.beat("sweep")
     return ended
+
+
+@app.task(name="harvest.refresh_exchange_info")
+def refresh_exchange_info() -> int:
+    """Refresh the venue's cached exchangeInfo filters, leverage and position mode (python-
+    binance venues; the paper engine ships its filters). Returns #symbols, or -1 on error."""
+    rt = get_runtime()
+    refresh = getattr(rt.venue, "refresh_filters", None)
+    if refresh is None:
+        return 0
+    try:
+        rt.r.delete(rt.venue.k_leverage, rt.venue.k_dual)  # type: ignore[attr-defined]
+        return refresh()
+    except VenueError as e:
+        rt.plans.count(f"venue:exchange_info_failed:{e.code}")
+        log.warning("exchangeInfo refresh failed: %s", e)
+        return -1
 
 
 @app.task(name="harvest.heartbeat")

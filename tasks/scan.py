@@ -9,6 +9,7 @@ import time
 
 from harvest.plans import plan_id_for
 from harvest.runtime import get_runtime
+from harvest.venue import VenueError
 from tasks.app import app
 from tasks.evaluate import decide, load_positions
 from workflows import action_chain
@@ -22,7 +23,13 @@ def scan_positions() -> dict:
     "seconds"}`` (counts; wall seconds)."""
     t0 = time.perf_counter()
     rt = get_runtime()
-    pairs, now = load_positions(rt)
+    try:
+        pairs, now = load_positions(rt)
+    except VenueError as e:  # the exchange did not answer: this tick is skipped, the next one retries
+        rt.plans.count(f"scan:venue_error:{e.code}")
+        log.warning("scan skipped: positions unavailable (%s)", e)
+        return {"positions": 0, "actionable": 0, "started": 0, "duplicates": 0, "busy": 0,
+                "seconds": time.perf_counter() - t0, "error": e.code}
     decisions = decide(rt, pairs, now)
     ids = [plan_id_for(d) for d in decisions]
     exists = rt.plans.exists_many(ids)

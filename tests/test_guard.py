@@ -59,7 +59,7 @@ def test_below_min_qty_rejected(rt):
     scan()
     plan = wait_terminal(rt, pid(rt, "BTCUSDT", Action.PARTIAL_25, "tier=1"))
     assert (plan.state, plan.reason) == ("REJECTED", "below_min_qty")
-    assert rt.venue.orders() == []
+    assert rt.venue.orders(harvest_only=True) == []
 
 
 def test_dust_remainder_folded_into_full_close(rt):
@@ -78,7 +78,7 @@ def test_symbol_not_allowed(rt):
     scan()
     plan = wait_terminal(rt, pid(rt, "ALGOUSDT", Action.PARTIAL_25, "tier=1"))
     assert (plan.state, plan.reason) == ("REJECTED", "symbol_not_allowed")
-    assert rt.venue.orders() == []
+    assert rt.venue.orders(harvest_only=True) == []
 
 
 def test_profit_lock_only_tightens(rt):
@@ -94,7 +94,7 @@ def test_profit_lock_only_tightens(rt):
     for _ in range(3):  # same state: no looser or repeated stop move
         scan()
     wait_quiet(rt)
-    stops = [o for o in rt.venue.orders() if o.type == "STOP_MARKET"]
+    stops = [o for o in rt.venue.orders(harvest_only=True) if o.type == "STOP_MARKET"]
     assert len(stops) == 1
     # Price falls back below the lock: the stop triggers on the venue, never loosens.
     rt.venue.set_mark("BTCUSDT", new_stop - 10)
@@ -110,7 +110,7 @@ def test_shadow_mode_records_no_order(shadow_rt):
     plan = wait_terminal(rt, pid(rt, "BTCUSDT", Action.PARTIAL_25, "tier=1"))
     assert (plan.state, plan.reason) == ("SHADOWED", "shadow_mode")
     assert plan.order_qty == "0.25"  # what would have been sent is recorded
-    assert rt.venue.orders() == []
+    assert rt.venue.orders(harvest_only=True) == []
     assert rt.venue.position("BTCUSDT").qty == 1.0
 
 
@@ -131,4 +131,4 @@ def test_malformed_message_rejected_and_recorded(rt, task, payload):
     wait_for(lambda: rt.plans.counters().get(f"malformed:{stage}"), 20, what="rejection record")
     [(_, rec)] = rt.r.xrange(f"{NS}:stream:rejected")
     assert rec["stage"] == stage and rec["error"]
-    assert rt.venue.orders() == [] and rt.plans.count_open() == 0
+    assert rt.venue.orders(harvest_only=True) == [] and rt.plans.count_open() == 0

@@ -60,6 +60,7 @@ def test_partial_25_then_dedup_then_partial_50(rt):
     assert plan.position_qty_after == pytest.approx(0.75)
     hist = [h["to"] for h in rt.plans.history(pid)]
     assert hist == ["PROPOSED", "APPROVED", "SUBMITTED", "FILLED"]
+    assert [h["reason"] for h in rt.plans.history(pid, sends=True)][2:] == ["order_sent", "send_accepted", "order_filled"]
     assert rt.book.get_many(rt.settings.account, [SYM])[0]["harvested_tier"] == 1
 
     # Same state, next scans: no second close order.

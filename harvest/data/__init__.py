@@ -153,6 +153,11 @@ class SymbolFilters:
         """Plain decimal string for the wire (never exponent notation such as ``1E-5``)."""
         return format(d.normalize(), "f")
 
+    @staticmethod
+    def fmt_float(x: float) -> str:
+        """A float as a plain decimal string (shortest round-trip digits, no exponent)."""
+        return SymbolFilters.fmt(Decimal(repr(float(x))))
+
 
 def filters_from_exchange_info(info: dict) -> dict[str, SymbolFilters]:
     """Parse a raw ``/fapi/v1/exchangeInfo`` response into filters per symbol.

@@ -1,0 +1,395 @@
+"""The Binance USDⓈ-M futures venue on python-binance's ``Client`` (testnet, live, and the
+local fapi emulator that stands in for both in tests and in ``harvest demo``).
+
+Facts used (``../shared/reference/binance-fapi.md``, python-binance 1.0.37):
+
+* one ``Client`` per process, ``ping=False`` (the constructor would ping spot on the
+  internet), ``requests_params={"timeout": venue_timeout_s}``; for the emulator
+  ``client.FUTURES_URL`` is overridden, for the testnet ``testnet=True``;
+* positions from ``GET /fapi/v3/positionRisk`` (no leverage there: it comes from
+  ``/fapi/v1/symbolConfig``, cached); working stops from ``/fapi/v1/openAlgoOrders``;
+* closes are MARKET orders with ``newClientOrderId`` = the plan's clientOrderId and
+  ``newOrderRespType=RESULT``; one-way mode sends ``reduceOnly=true``, hedge mode sends
+  ``positionSide`` and no ``reduceOnly`` (Binance answers -1106 to it);
+* the protective stop is a closePosition STOP_MARKET through the algo-order endpoint
+  (python-binance routes conditional types to ``/fapi/v1/algoOrder`` and replaces
+  ``newClientOrderId`` with ``clientAlgoId``, so harvest passes ``clientAlgoId`` itself);
+  a stop move places the new stop *before* cancelling the old one.
+
+Errors are mapped to one :class:`~harvest.venue.VenueError` class each (:func:`classify`):
+``unknown`` (read timeout, 503 "Unknown error…", -1006/-1007: look the order up, never
+re-send blind), ``retryable`` (429/418 with ``Retry-After``, 503 "Service Unavailable." /
+"Internal error…", a connection that never reached the server), or a rejection. A -1021 is
+retried once after resynchronising the time offset with ``/fapi/v1/time``. The adapter never
+sleeps: retries with backoff belong to the Celery task that called it.
+
+:class:`WeightBudget` keeps every worker of the fleet under the exchange's request-weight
+limit through one Redis counter per minute, corrected from ``X-MBX-USED-WEIGHT-1M``; closes
+may use the whole budget, stop moves and reads only a share of it (closes go first).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import redis
+import requests
+from binance.client import Client
+from binance.exceptions import BinanceAPIException, BinanceRequestException
+
+from harvest.data import SymbolFilters, filters_from_exchange_info
+from harvest.models import Side
+from harvest.venue import BAD_SYMBOL, OrderResult, Venue, VenueError, VenuePosition
+
+log = logging.getLogger("harvest.venue")
+
+#: Request weights of the endpoints used (Binance's documented figures).
+WEIGHT = {"positions": 5, "symbol_config": 5, "dual": 30, "open_algo_all": 40, "open_algo": 1,
+          "mark": 1, "exchange_info": 1, "order": 1, "get_order": 1, "cancel": 1, "trades": 5, "time": 1}
+#: Share of the weight budget each priority may use: closes go ahead of stop moves and reads.
+PRIORITY_SHARE = {"close": 1.0, "stop": 0.85, "read": 0.7}
+_ALGO_TO_ORDER_STATUS = {"NEW": "NEW", "TRIGGERING": "NEW", "TRIGGERED": "NEW", "FINISHED": "FILLED",
+                         "CANCELED": "CANCELED", "EXPIRED": "EXPIRED", "REJECTED": "REJECTED"}
+
+
+def classify(exc: Exception) -> VenueError:
+    """Map a python-binance / requests exception to a :class:`VenueError` of one class.
+
+    * HTTP 429 / 418 → retryable, ``retry_after`` from ``Retry-After`` (s);
+    * HTTP 5xx: message "Unknown error…" or code -1006/-1007 → unknown; "Service
+      Unavailable." or "Internal error…" (-1001) → retryable; anything else → unknown
+      (the safe side: look the order up);
+    * ``requests`` ConnectTimeout / refused connection (the request never left) → retryable;
+      ReadTimeout and every other transport error → unknown;
+    * ``BinanceRequestException`` (2xx that is not JSON) → unknown;
+    * any other BinanceAPIException → a rejection with Binance's code and message.
+    """
+    if isinstance(exc, BinanceAPIException):
+        status = int(exc.status_code or 0)
+        code = int(exc.code or 0)
+        msg = str(exc.message or "")
+        headers = getattr(exc.response, "headers", None) or {}
+        if status in (429, 418):
+            try:
+                ra = float(headers.get("Retry-After", "1"))
+            except ValueError:
+                ra = 1.0
+            return VenueError(code or -1003, msg, status, retryable=True, retry_after=ra)
+        if code in (-1006, -1007) or "Unknown error" in msg:
+            return VenueError(code, msg, status, unknown=True)
+        if "Service Unavailable" in msg or "Internal error" in msg or code == -1001:
+            return VenueError(code, msg, status, retryable=True)
+        if status >= 500:
+            return VenueError(code, msg, status, unknown=True)
+        return VenueError(code, msg, status)
+    if isinstance(exc, BinanceRequestException):
+        return VenueError(0, str(exc), 200, unknown=True)
+    if isinstance(exc, requests.exceptions.ConnectTimeout) or _never_connected(exc):
+        return VenueError(0, f"connection failed before the request was sent: {type(exc).__name__}", 0, retryable=True)
+    if isinstance(exc, requests.exceptions.RequestException):
+        return VenueError(0, f"no answer ({type(exc).__name__}); outcome unknown", 0, unknown=True)
+    raise TypeError(f"not an exchange error: {exc!r}")
+
+
+def _never_connected(exc: Exception) -> bool:
+    """Whether a requests ConnectionError is a refused / unresolvable connection (nothing was
+    sent), as opposed to a connection dropped after the request went out."""
+    if not isinstance(exc, requests.exceptions.ConnectionError):
+        return False
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return type(reason).__name__ in ("NewConnectionError", "NameResolutionError")
+
+
+class WeightBudget:
+    """The fleet's request-weight budget for the current minute, in Redis.
+
+    ``limit``: the exchange's ``REQUEST_WEIGHT`` per minute (2400 on Binance) times the
+    fraction harvest may use. Keys: ``<ns>:venue:weight:<minute>`` (used weight, the larger of
+    what harvest reserved and what the exchange reported), ``<ns>:venue:backoff_until``
+    (Unix s; set by 429/418 answers, honoured by every worker).
+    """
+
+    _RESERVE = """
+    local until = tonumber(redis.call('GET', KEYS[2]) or '0')
+    local now = tonumber(ARGV[3])
+    if until > now then return {0, tostring(until - now)} end
+    local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+    if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return {0, tostring(60 - (now % 60))} end
+    redis.call('INCRBY', KEYS[1], ARGV[1])
+    redis.call('EXPIRE', KEYS[1], 120)
+    return {1, '0'}
+    """
+    _OBSERVE = """
+    local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+    if tonumber(ARGV[1]) > used then redis.call('SET', KEYS[1], ARGV[1], 'EX', 120) end
+    return 1
+    """
+    _BACKOFF = """
+    local until = tonumber(redis.call('GET', KEYS[1]) or '0')
+    if tonumber(ARGV[1]) > until then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+    return 1
+    """
+
+    def __init__(self, r: redis.Redis, ns: str, limit: int):
+        self.r = r
+        self.ns = ns
+        self.limit = limit
+        self._reserve = r.register_script(self._RESERVE)
+        self._observe = r.register_script(self._OBSERVE)
+        self._backoff = r.register_script(self._BACKOFF)
+        self.k_backoff = f"{ns}:venue:backoff_until"
+
+    def key(self, now: float | None = None) -> str:
+        return f"{self.ns}:venue:weight:{int((time.time() if now is None else now) // 60)}"
+
+    def reserve(self, weight: int, priority: str) -> None:
+        """Take ``weight`` from this minute's budget for a request of ``priority`` (close,
+        stop, read). Raises a retryable VenueError (code -1003, ``retry_after`` s) when the
+        budget or a fleet-wide back-off does not allow it; nothing is sent then."""
+        now = time.time()
+        ceiling = int(self.limit * PRIORITY_SHARE[priority])
+        ok, wait = self._reserve(keys=[self.key(now), self.k_backoff], args=[weight, ceiling, repr(now)])
+        if not int(ok):
+            raise VenueError(-1003, f"local request-weight budget: {priority} request held back", 429,
+                             retryable=True, retry_after=float(wait))
+
+    def observe(self, used_weight: int) -> None:
+        """Record the exchange's ``X-MBX-USED-WEIGHT-1M`` for this minute."""
+        self._observe(keys=[self.key()], args=[int(used_weight)])
+
+    def back_off(self, seconds: float) -> None:
+        """Hold every worker's requests for ``seconds`` (after a 429 / 418)."""
+        until = time.time() + max(0.0, seconds)
+        self._backoff(keys=[self.k_backoff], args=[repr(until), max(1, int(seconds) + 1)])
+
+    def used(self) -> int:
+        return int(self.r.get(self.key()) or 0)
+
+
+class BinanceVenue(Venue):
+    """:class:`~harvest.venue.Venue` on python-binance (see module docstring).
+
+    ``client_factory`` builds the process's ``Client`` (lazily, again after a fork).
+    ``cache_ttl_s``: how long exchangeInfo, leverage and position mode are reused (beat
+    refreshes exchangeInfo). Raises VenueError from every call; never sleeps.
+    """
+
+    def __init__(self, r: redis.Redis, ns: str, client_factory: Callable[[], Client], weight_limit: int,
+                 cache_ttl_s: float = 300.0):
+        self.r = r
+        self.ns = ns
+        self._factory = client_factory
+        self._client: Client | None = None
+        self._pid = 0
+        self.budget = WeightBudget(r, ns, weight_limit)
+        self.cache_ttl_s = cache_ttl_s
+        self._filters: dict[str, SymbolFilters] = {}
+        self._filters_at = 0.0
+        self.k_info = f"{ns}:venue:exchange_info"
+        self.k_leverage = f"{ns}:venue:leverage"
+        self.k_dual = f"{ns}:venue:dual"
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def client(self) -> Client:
+        if self._client is None or self._pid != os.getpid():
+            self._client = self._factory()
+            self._pid = os.getpid()
+        return self._client
+
+    def _call(self, fn: str, weight: str, priority: str, **params: Any) -> Any:
+        """One request: budget, call, rate-limit bookkeeping, error classification, and one
+        retry after a -1021 time resync."""
+        self.budget.reserve(WEIGHT[weight], priority)
+        for attempt in (0, 1):
+            try:
+                out = getattr(self.client, fn)(**dict(params))
+                self._observe()
+                return out
+            except BinanceAPIException as e:
+                self._observe()
+                if e.code == -1021 and attempt == 0:
+                    self.resync_time()
+                    continue
+                err = classify(e)
+                if err.http_status in (429, 418):
+                    self.budget.back_off(err.retry_after or 1.0)
+                raise err from None
+            except (requests.exceptions.RequestException, BinanceRequestException) as e:
+                raise classify(e) from None
+        raise AssertionError("unreachable")
+
+    def _observe(self) -> None:
+        resp = getattr(self.client, "response", None)
+        used = resp.headers.get("X-MBX-USED-WEIGHT-1M") if resp is not None else None
+        if used is not None and used.isdigit():
+            self.budget.observe(int(used))
+
+    def resync_time(self) -> float:
+        """Set the client's ``timestamp_offset`` (ms) from ``/fapi/v1/time``; returns it."""
+        t0 = time.time()
+        server = self.client.futures_time()["serverTime"]
+        t1 = time.time()
+        self.client.timestamp_offset = int(server - (t0 + t1) / 2 * 1000)
+        log.info("venue time offset resynced: %d ms", self.client.timestamp_offset)
+        return self.client.timestamp_offset
+
+    # ------------------------------------------------------------------ reference data
+
+    def refresh_filters(self) -> int:
+        """Fetch exchangeInfo, cache it in Redis and in the process. Returns #symbols."""
+        info = self._call("futures_exchange_info", "exchange_info", "read")
+        filters = filters_from_exchange_info(info)
+        self.r.set(self.k_info, json.dumps({"symbols": info["symbols"]}), ex=int(self.cache_ttl_s * 4))
+        self._filters, self._filters_at = filters, time.time()
+        return len(filters)
+
+    def filters(self, symbol: str) -> SymbolFilters:
+        if not self._filters or time.time() - self._filters_at > self.cache_ttl_s:
+            raw = self.r.get(self.k_info)
+            if raw:
+                self._filters, self._filters_at = filters_from_exchange_info(json.loads(raw)), time.time()
+            else:
+                self.refresh_filters()
+        try:
+            return self._filters[symbol]
+        except KeyError:
+            raise VenueError(*BAD_SYMBOL) from None
+
+    def dual(self) -> bool:
+        """Hedge mode (``dualSidePosition``) of the account, cached ``cache_ttl_s``."""
+        raw = self.r.get(self.k_dual)
+        if raw is None:
+            d = bool(self._call("futures_get_position_mode", "dual", "read")["dualSidePosition"])
+            self.r.set(self.k_dual, "true" if d else "false", ex=int(self.cache_ttl_s))
+            return d
+        return raw == "true"
+
+    def _leverage(self, symbols: list[str]) -> dict[str, float]:
+        cached = dict(zip(symbols, self.r.hmget(self.k_leverage, symbols), strict=True)) if symbols else {}
+        out = {s: float(v) for s, v in cached.items() if v is not None}
+        for s in [s for s, v in cached.items() if v is None]:
+            rows = self._call("futures_symbol_config", "symbol_config", "read", symbol=s)
+            lev = next((float(x["leverage"]) for x in rows if x.get("symbol") == s), 1.0)
+            out[s] = lev
+            self.r.hset(self.k_leverage, s, repr(lev))
+            self.r.expire(self.k_leverage, int(self.cache_ttl_s))
+        return out
+
+    # ------------------------------------------------------------------ Venue
+
+    def mark_price(self, symbol: str) -> float:
+        return float(self._call("futures_mark_price", "mark", "read", symbol=symbol)["markPrice"])
+
+    def positions(self, symbol: str | None = None) -> list[VenuePosition]:
+        """Open positions (positionAmt ≠ 0). In hedge mode a symbol with both legs open is
+        not reported (harvest manages one leg per symbol) and is logged."""
+        params = {"symbol": symbol} if symbol else {}
+        rows = [x for x in self._call("futures_position_information", "positions", "read", **params)
+                if float(x["positionAmt"]) != 0.0]
+        by_sym: dict[str, list[dict]] = {}
+        for x in rows:
+            by_sym.setdefault(x["symbol"], []).append(x)
+        for s, legs in list(by_sym.items()):
+            if len(legs) > 1:
+                log.warning("hedge mode: %s has both legs open; harvest leaves it alone", s)
+                del by_sym[s]
+        if not by_sym:
+            return []
+        algo = self._call("futures_get_open_orders", "open_algo" if symbol else "open_algo_all", "read",
+                          conditional=True, **params)
+        lev = self._leverage(sorted(by_sym))
+        out = []
+        for s, (x,) in sorted(by_sym.items()):
+            amt = float(x["positionAmt"])
+            side = Side.LONG if amt > 0 else Side.SHORT
+            stops = [float(o["triggerPrice"]) for o in algo
+                     if o.get("symbol") == s and o.get("closePosition") in (True, "true")
+                     and o.get("orderType", o.get("type")) == "STOP_MARKET" and o.get("side") == side.close_order_side]
+            out.append(VenuePosition(
+                symbol=s, side=side, qty=abs(amt), entry_price=float(x["entryPrice"]), mark_price=float(x["markPrice"]),
+                leverage=max(1.0, lev.get(s, 1.0)), opened_at=None,
+                stop_price=(max(stops) if side is Side.LONG else min(stops)) if stops else None,
+            ))
+        return out
+
+    def position(self, symbol: str) -> VenuePosition | None:
+        return next(iter(self.positions(symbol)), None)
+
+    def close_market(self, symbol: str, side: str, qty: str, client_order_id: str) -> OrderResult:
+        params: dict[str, Any] = {"symbol": symbol, "side": side, "type": "MARKET", "quantity": qty,
+                                  "newClientOrderId": client_order_id, "newOrderRespType": "RESULT"}
+        if self.dual():
+            params["positionSide"] = "LONG" if side == "SELL" else "SHORT"
+        else:
+            params["reduceOnly"] = "true"
+        return self._order(self._call("futures_create_order", "order", "close", **params))
+
+    def move_stop(self, symbol: str, side: str, stop_price: str, client_order_id: str) -> OrderResult:
+        dual = self.dual()
+        params: dict[str, Any] = {"symbol": symbol, "side": side, "type": "STOP_MARKET", "triggerPrice": stop_price,
+                                  "closePosition": "true", "workingType": "MARK_PRICE", "clientAlgoId": client_order_id}
+        if dual:
+            params["positionSide"] = "LONG" if side == "SELL" else "SHORT"
+        new = self._algo(self._call("futures_create_order", "order", "stop", **params))
+        # The new stop works; only now are the older stops of this position cancelled.
+        for o in self._call("futures_get_open_orders", "open_algo", "stop", symbol=symbol, conditional=True):
+            if (o.get("clientAlgoId") != client_order_id and o.get("side") == side
+                    and o.get("closePosition") in (True, "true")):
+                try:
+                    self._call("futures_cancel_order", "cancel", "stop", symbol=symbol, clientAlgoId=o["clientAlgoId"])
+                except VenueError as e:  # triggered or gone meanwhile; the new stop protects
+                    log.warning("old stop %s of %s not cancelled: %s", o.get("clientAlgoId"), symbol, e)
+        return new
+
+    def get_order(self, symbol: str, client_order_id: str, conditional: bool = False) -> OrderResult:
+        if conditional:
+            return self._algo(self._call("futures_get_order", "get_order", "close", symbol=symbol,
+                                         clientAlgoId=client_order_id))
+        o = self._order(self._call("futures_get_order", "get_order", "close", symbol=symbol,
+                                   origClientOrderId=client_order_id))
+        if o.executed_qty > 0:
+            trades = self._call("futures_account_trades", "trades", "read", symbol=symbol, orderId=o.order_id)
+            o = o.model_copy(update={"realized_pnl": sum(float(t.get("realizedPnl", 0)) for t in trades),
+                                     "commission": sum(float(t.get("commission", 0)) for t in trades)})
+        return o
+
+    # ------------------------------------------------------------------ parsing
+
+    @staticmethod
+    def _order(x: dict[str, Any]) -> OrderResult:
+        return OrderResult(
+            symbol=x["symbol"], client_order_id=x["clientOrderId"], order_id=int(x["orderId"]), side=x["side"],
+            type=x.get("type", "MARKET"), status=x["status"], position_side=x.get("positionSide", "BOTH"),
+            orig_qty=float(x.get("origQty") or 0), executed_qty=float(x.get("executedQty") or 0),
+            avg_price=float(x.get("avgPrice") or 0), reduce_only=bool(x.get("reduceOnly", False)),
+            stop_price=float(x["stopPrice"]) if float(x.get("stopPrice") or 0) else None,
+            update_time=float(x.get("updateTime", 0)) / 1000,
+        )
+
+    @staticmethod
+    def _algo(x: dict[str, Any]) -> OrderResult:
+        return OrderResult(
+            symbol=x["symbol"], client_order_id=x["clientAlgoId"], order_id=int(x["algoId"]), side=x["side"],
+            type=x.get("orderType", "STOP_MARKET"), status=_ALGO_TO_ORDER_STATUS.get(x.get("algoStatus", ""), "NEW"),
+            position_side=x.get("positionSide", "BOTH"), close_position=x.get("closePosition") in (True, "true"),
+            algo=True, executed_qty=float(x.get("executedQty") or 0), avg_price=float(x.get("avgPrice") or 0),
+            stop_price=float(x["triggerPrice"]) if x.get("triggerPrice") else None, reduce_only=True,
+            update_time=float(x.get("updateTime", 0)) / 1000,
+        )
+
+
+def make_client(api_key: str, api_secret: str, futures_url: str | None, testnet: bool, timeout_s: float,
+                recv_window_ms: int) -> Client:
+    """A python-binance ``Client`` for USDⓈ-M futures: ``ping=False``; ``futures_url``
+    overrides ``FUTURES_URL`` (the emulator); ``testnet`` selects Binance's futures testnet."""
+    c = Client(api_key, api_secret, ping=False, testnet=testnet, requests_params={"timeout": timeout_s})
+    if futures_url:
+        c.FUTURES_URL = futures_url.rstrip("/")
+    c.REQUEST_RECVWINDOW = recv_window_ms
+    return c

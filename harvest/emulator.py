@@ -1,0 +1,542 @@
+"""A local Binance USDⓈ-M futures (fapi) server on 127.0.0.1, backed by the paper engine.
+
+It serves the endpoints harvest's python-binance adapter uses, with Binance's wire formats
+(``../shared/reference/binance-fapi.md``):
+
+=========================================  ======  ==========================================
+path                                       signed  what
+=========================================  ======  ==========================================
+GET  /fapi/v1/ping, /fapi/v1/time          no      liveness, server time (ms)
+GET  /fapi/v1/exchangeInfo                 no      the shipped exchangeInfo (real filters)
+GET  /fapi/v1/premiumIndex                 no      mark price of one or every symbol
+GET  /fapi/v3/positionRisk, v2             yes     positions (v2 adds ``leverage``)
+GET  /fapi/v1/symbolConfig                 yes     leverage per symbol
+GET  /fapi/v1/positionSide/dual            yes     position mode (POST switches it)
+POST /fapi/v1/order                        yes     MARKET (reduceOnly / positionSide); a
+                                                   conditional type answers -4120
+GET / DELETE /fapi/v1/order                yes     by origClientOrderId or orderId
+GET  /fapi/v1/openOrders                   yes     working orders
+POST /fapi/v1/algoOrder                    yes     CONDITIONAL STOP_MARKET closePosition
+GET / DELETE /fapi/v1/algoOrder            yes     by clientAlgoId or algoId
+GET  /fapi/v1/openAlgoOrders               yes     working stops
+=========================================  ======  ==========================================
+
+Signed requests are checked like Binance: API key in ``X-MBX-APIKEY`` (-2015), HMAC-SHA256
+of the query string + body as received minus ``signature`` (-1022), ``timestamp <
+server_time + 1000`` and ``server_time − timestamp ≤ recvWindow`` (-1021). Every response
+carries ``X-MBX-USED-WEIGHT-1M``; more than 2400 weight in a minute answers 429 -1003.
+
+**Faults** are injected per endpoint (``"POST /fapi/v1/order"``, or ``"*"`` for any) and
+held in Redis (``<ns>:emu:faults``), so tests, ``harvest chaos`` and the HTTP admin route
+``PUT /_emu/faults`` share them. Kinds (:data:`FAULT_KINDS`):
+
+* ``latency`` — answer normally after ``latency_s``;
+* ``http_429`` / ``http_418`` — rate limited / IP banned, ``Retry-After`` header, nothing done;
+* ``unavailable_503`` — 503 "Service Unavailable." (plain text), nothing done;
+* ``internal_503`` — 503 -1001 "Internal error; unable to process your request…", nothing done;
+* ``unknown_503_after_accept`` — the request IS executed, then 503 "Unknown error, please check
+  your request or try again later.";
+* ``timeout_after_accept`` — the request IS executed, the answer comes after ``latency_s``
+  (longer than the client's read timeout);
+* ``timestamp_1021`` — -1021 without doing anything (``skew_ms`` shifts the server clock
+  instead, for a real skew).
+
+Each fault fires ``times`` times (default 1) and is then gone. The **order log** is the
+paper engine's stream ``<ns>:paper:<account>:orderlog``: every HTTP order request (with the
+fault it met and the answer), every fill, stop placement, cancel, trigger and expiry, in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import redis
+
+from harvest.data import SymbolFilters, load_exchange_info, load_funding
+from harvest.paper import MarketClock, PaperVenue
+from harvest.venue import OrderResult, VenueError
+
+log = logging.getLogger("harvest.emulator")
+
+FAULT_KINDS = ("latency", "http_429", "http_418", "unavailable_503", "internal_503",
+               "unknown_503_after_accept", "timeout_after_accept", "timestamp_1021")
+#: Request weights (Binance's figures for these endpoints, rounded up).
+WEIGHTS = {"userTrades": 5, "positionRisk": 5, "symbolConfig": 5, "positionSide/dual": 30, "openOrders": 1,
+           "openAlgoOrders": 1, "exchangeInfo": 1, "premiumIndex": 1, "order": 1, "algoOrder": 1}
+WEIGHT_LIMIT_1M = 2400
+CONDITIONAL_TYPES = ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET")
+_ALGO_STATUS = {"NEW": "NEW", "CANCELED": "CANCELED", "FILLED": "FINISHED", "EXPIRED": "EXPIRED",
+                "REJECTED": "REJECTED"}
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, Binance code and message (or a plain-text body)."""
+
+    def __init__(self, status: int, code: int | None, msg: str, headers: dict[str, str] | None = None):
+        super().__init__(msg)
+        self.status, self.code, self.msg, self.headers = status, code, msg, headers or {}
+
+    @classmethod
+    def of(cls, e: VenueError) -> "ApiError":
+        return cls(e.http_status if e.http_status >= 400 else 400, e.code, e.message)
+
+
+class Faults:
+    """Fault plan of one emulator namespace, in Redis (hash field = endpoint, value = JSON
+    ``{"kind", "times", "latency_s", "retry_after"}``)."""
+
+    def __init__(self, r: redis.Redis, ns: str):
+        self.r = r
+        self.key = f"{ns}:emu:faults"
+        self.k_skew = f"{ns}:emu:skew_ms"
+        self.k_fired = f"{ns}:emu:faults_fired"
+
+    def inject(self, endpoint: str, kind: str, times: int = 1, latency_s: float = 0.0,
+               retry_after: float = 1.0) -> None:
+        """Arm a fault. ``endpoint`` is ``"METHOD /fapi/vN/path"`` or ``"*"``. Raises
+        ValueError for an unknown kind."""
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; one of {FAULT_KINDS}")
+        self.r.hset(self.key, endpoint, json.dumps({"kind": kind, "times": int(times),
+                                                   "latency_s": float(latency_s), "retry_after": float(retry_after)}))
+
+    def clear(self) -> None:
+        self.r.delete(self.key, self.k_skew)
+
+    def armed(self) -> dict[str, dict]:
+        return {k: json.loads(v) for k, v in self.r.hgetall(self.key).items()}
+
+    def fired(self) -> dict[str, int]:
+        """How many times each fault kind has fired."""
+        return {k: int(v) for k, v in self.r.hgetall(self.k_fired).items()}
+
+    def set_skew(self, ms: int) -> None:
+        """Shift the emulator's server clock by ``ms`` milliseconds (a real clock skew)."""
+        self.r.set(self.k_skew, int(ms))
+
+    def skew_ms(self) -> int:
+        return int(self.r.get(self.k_skew) or 0)
+
+    _TAKE = """
+    for _, f in ipairs({ARGV[1], '*'}) do
+      local raw = redis.call('HGET', KEYS[1], f)
+      if raw then
+        local d = cjson.decode(raw)
+        d['times'] = d['times'] - 1
+        if d['times'] <= 0 then redis.call('HDEL', KEYS[1], f)
+        else redis.call('HSET', KEYS[1], f, cjson.encode(d)) end
+        redis.call('HINCRBY', KEYS[2], d['kind'], 1)
+        return raw
+      end
+    end
+    return false
+    """
+
+    def take(self, endpoint: str) -> dict | None:
+        """Consume one firing of the fault armed for ``endpoint`` (or ``*``), atomically."""
+        raw = self.r.eval(self._TAKE, 2, self.key, self.k_fired, endpoint)
+        return json.loads(raw) if raw else None
+
+
+def _order_json(o: OrderResult) -> dict[str, Any]:
+    """An order as /fapi/v1/order returns it (numbers as strings)."""
+    return {
+        "orderId": o.order_id, "clientOrderId": o.client_order_id, "symbol": o.symbol, "status": o.status,
+        "side": o.side, "positionSide": o.position_side, "type": o.type, "origType": o.type,
+        "origQty": SymbolFilters.fmt_float(o.orig_qty), "executedQty": SymbolFilters.fmt_float(o.executed_qty),
+        "cumQuote": SymbolFilters.fmt_float(o.executed_qty * o.avg_price), "avgPrice": SymbolFilters.fmt_float(o.avg_price),
+        "price": "0", "stopPrice": SymbolFilters.fmt_float(o.stop_price or 0.0), "reduceOnly": o.reduce_only,
+        "closePosition": o.close_position, "timeInForce": "GTC", "workingType": "CONTRACT_PRICE",
+        "updateTime": int(o.update_time * 1000),
+    }
+
+
+def _algo_json(o: OrderResult) -> dict[str, Any]:
+    """A conditional order as /fapi/v1/algoOrder returns it."""
+    return {
+        "algoId": o.order_id, "clientAlgoId": o.client_order_id, "algoType": "CONDITIONAL",
+        "orderType": o.type, "symbol": o.symbol, "side": o.side, "positionSide": o.position_side,
+        "timeInForce": "GTC", "quantity": "0", "algoStatus": _ALGO_STATUS.get(o.status, o.status),
+        "triggerPrice": SymbolFilters.fmt_float(o.stop_price or 0.0), "price": "0", "workingType": "MARK_PRICE",
+        "closePosition": o.close_position, "priceProtect": False, "reduceOnly": True,
+        "executedQty": SymbolFilters.fmt_float(o.executed_qty), "avgPrice": SymbolFilters.fmt_float(o.avg_price),
+        "createTime": int(o.update_time * 1000), "updateTime": int(o.update_time * 1000),
+    }
+
+
+class Emulator:
+    """The fapi emulator of one account (see module docstring).
+
+    ``r``: redis.Redis (``decode_responses=True``) holding the paper engine's state under
+    namespace ``ns``; ``api_key``/``api_secret``: the credentials it accepts. ``start()``
+    serves on 127.0.0.1 (port 0 = any free port) in a daemon thread; ``url`` is the value for
+    python-binance's ``FUTURES_URL``.
+    """
+
+    def __init__(self, r: redis.Redis, ns: str, account: str, api_key: str, api_secret: str,
+                 clock: MarketClock | None = None, host: str = "127.0.0.1", port: int = 0,
+                 fee_rate: float = 0.0005):
+        self.r = r
+        self.ns = ns
+        self.api_key = api_key
+        self._secret = api_secret.encode()
+        self.clock = clock or MarketClock(r, ns, time.time(), 1.0)
+        self.venue = PaperVenue(r, ns, account, self.clock, fee_rate=fee_rate)
+        self.faults = Faults(r, ns)
+        self._info = load_exchange_info()
+        self._symbols = {s["symbol"] for s in self._info["symbols"]}
+        self._k_weight = f"{ns}:emu:weight"
+        emu = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, fmt, *args):  # quiet: the order log records what matters
+                log.debug("emulator %s", fmt % args)
+
+            def do_GET(self):
+                emu._handle(self, "GET")
+
+            def do_POST(self):
+                emu._handle(self, "POST")
+
+            def do_DELETE(self):
+                emu._handle(self, "DELETE")
+
+            def do_PUT(self):
+                emu._handle(self, "PUT")
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        """Base URL for python-binance's ``FUTURES_URL`` (``http://127.0.0.1:<port>/fapi``)."""
+        return f"http://127.0.0.1:{self.port}/fapi"
+
+    def start(self) -> "Emulator":
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fapi-emulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def order_log(self) -> list[dict[str, Any]]:
+        """The order log, oldest first (``kind``, ``symbol``, ``ts``, ``data`` decoded)."""
+        out = []
+        for _, f in self.r.xrange(self.venue.k_log):
+            out.append(dict(f, data=json.loads(f.get("data") or "{}")))
+        return out
+
+    # ------------------------------------------------------------------ HTTP plumbing
+
+    def server_ms(self) -> int:
+        return int(time.time() * 1000) + self.faults.skew_ms()
+
+    def _weight(self, w: int) -> int:
+        key = f"{self._k_weight}:{int(time.time() // 60)}"
+        p = self.r.pipeline(transaction=True)
+        p.incrby(key, w)
+        p.expire(key, 120)
+        return int(p.execute()[0])
+
+    def _reply(self, h: BaseHTTPRequestHandler, status: int, body: Any, headers: dict[str, str] | None = None,
+               used: int = 0) -> None:
+        raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        try:
+            h.send_response(status)
+            h.send_header("Content-Type", "text/plain" if isinstance(body, str) else "application/json")
+            h.send_header("Content-Length", str(len(raw)))
+            h.send_header("X-MBX-USED-WEIGHT-1M", str(used))
+            for k, v in (headers or {}).items():
+                h.send_header(k, v)
+            h.end_headers()
+            h.wfile.write(raw)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (read timeout): what was done stays done
+
+    def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        parts = urlsplit(h.path)
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length).decode() if length else ""
+        path = parts.path
+        if path.startswith("/_emu/"):
+            return self._admin(h, method, path, body)
+        endpoint = f"{method} {path}"
+        name = path.split("/", 3)[-1] if path.count("/") >= 3 else path
+        used = self._weight(WEIGHTS.get(name, 1))
+        order_call = name in ("order", "algoOrder") and method in ("POST", "DELETE")
+        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        params.update(parse_qsl(body, keep_blank_values=True))
+        fault = self.faults.take(endpoint)
+        try:
+            if used > WEIGHT_LIMIT_1M:
+                raise ApiError(429, -1003, f"Too many requests; current limit is {WEIGHT_LIMIT_1M} requests per minute.",
+                               {"Retry-After": str(60 - int(time.time()) % 60)})
+            kind = fault["kind"] if fault else None
+            if kind == "latency":
+                time.sleep(fault["latency_s"])
+            elif kind == "http_429":
+                raise ApiError(429, -1003, "Too many requests; current limit is 2400 requests per minute. Please use "
+                               "the websocket for live updates to avoid polling the API.",
+                               {"Retry-After": f"{fault['retry_after']:g}"})
+            elif kind == "http_418":
+                until = int((time.time() + fault["retry_after"]) * 1000)
+                raise ApiError(418, -1003, f"Way too many requests; IP banned until {until}. Please use the "
+                               "websocket for live updates to avoid bans.", {"Retry-After": f"{fault['retry_after']:g}"})
+            elif kind == "unavailable_503":
+                raise ApiError(503, None, "Service Unavailable.")
+            elif kind == "internal_503":
+                raise ApiError(503, -1001, "Internal error; unable to process your request. Please try again.")
+            elif kind == "timestamp_1021":
+                raise ApiError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
+            if path not in _PUBLIC:
+                self._authenticate(h, parts.query, body, params)
+            result = self._route(method, path, params)
+            if kind == "unknown_503_after_accept":
+                raise ApiError(503, None, "Unknown error, please check your request or try again later.")
+            if kind == "timeout_after_accept":
+                time.sleep(fault["latency_s"])
+            if order_call:
+                self._log_http(endpoint, params, 200, None, kind)
+            self._reply(h, 200, result, used=used)
+        except ApiError as e:
+            if order_call:
+                self._log_http(endpoint, params, e.status, e.code, fault["kind"] if fault else None)
+            body_out: Any = e.msg if e.code is None else {"code": e.code, "msg": e.msg}
+            self._reply(h, e.status, body_out, e.headers, used=used)
+        except Exception as e:  # a bug here must not look like an exchange decision
+            log.exception("emulator error on %s", endpoint)
+            self._reply(h, 500, {"code": -1000, "msg": f"An unknown error occurred while processing the request. {e}"},
+                        used=used)
+
+    def _log_http(self, endpoint: str, params: dict, status: int, code: int | None, fault: str | None) -> None:
+        cid = params.get("newClientOrderId") or params.get("clientAlgoId") or params.get("origClientOrderId") or ""
+        self.venue._log("HTTP", params.get("symbol", ""), {
+            "endpoint": endpoint, "clientId": cid, "status": status, "code": code, "fault": fault})
+
+    def _authenticate(self, h: BaseHTTPRequestHandler, query: str, body: str, params: dict) -> None:
+        if h.headers.get("X-MBX-APIKEY") != self.api_key:
+            raise ApiError(401, -2015, "Invalid API-key, IP, or permissions for action.")
+        total = query + body
+        sig = params.get("signature")
+        if not sig:
+            raise ApiError(400, -1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed.")
+        payload = total.replace(f"&signature={sig}", "").replace(f"signature={sig}", "")
+        want = hmac.new(self._secret, payload.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(want, sig):
+            raise ApiError(400, -1022, "Signature for this request is not valid.")
+        try:
+            ts = int(params["timestamp"])
+            window = int(params.get("recvWindow", 5000))
+        except (KeyError, ValueError):
+            raise ApiError(400, -1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed.") from None
+        now = self.server_ms()
+        if not (ts < now + 1000 and now - ts <= window):
+            raise ApiError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
+
+    # ------------------------------------------------------------------ endpoints
+
+    def _symbol(self, params: dict, required: bool = True) -> str | None:
+        s = params.get("symbol")
+        if s is None:
+            if required:
+                raise ApiError(400, -1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
+            return None
+        if s not in self._symbols:
+            raise ApiError(400, -1121, "Invalid symbol.")
+        return s
+
+    def _route(self, method: str, path: str, p: dict) -> Any:
+        v = self.venue
+        try:
+            if path in ("/fapi/v1/ping",):
+                return {}
+            if path == "/fapi/v1/time":
+                return {"serverTime": self.server_ms()}
+            if path == "/fapi/v1/exchangeInfo":
+                return dict(self._info, serverTime=self.server_ms())
+            if path == "/fapi/v1/premiumIndex":
+                sym = self._symbol(p, required=False)
+                rows = [self._premium(s) for s in ([sym] if sym else sorted(self._symbols))]
+                return rows[0] if sym else rows
+            if path in ("/fapi/v3/positionRisk", "/fapi/v2/positionRisk") and method == "GET":
+                return self._positions(p, with_leverage=path.startswith("/fapi/v2"))
+            if path == "/fapi/v1/symbolConfig":
+                return [{"symbol": vp.symbol, "marginType": "CROSSED", "isAutoAddMargin": False,
+                         "leverage": int(vp.leverage), "maxNotionalValue": "1000000"} for vp in v.positions()
+                        if p.get("symbol") in (None, vp.symbol)]
+            if path == "/fapi/v1/positionSide/dual":
+                if method == "POST":
+                    v.set_dual(p.get("dualSidePosition") == "true")
+                    return {"code": 200, "msg": "success"}
+                return {"dualSidePosition": v.dual()}
+            if path == "/fapi/v1/order":
+                return self._order(method, p)
+            if path == "/fapi/v1/algoOrder":
+                return self._algo(method, p)
+            if path == "/fapi/v1/userTrades":
+                return self._trades(self._symbol(p), p.get("orderId"))
+            if path == "/fapi/v1/openOrders":
+                return [_order_json(o) for o in v.open_orders(self._symbol(p, required=False), algo=False)]
+            if path == "/fapi/v1/openAlgoOrders":
+                return [_algo_json(o) for o in v.open_orders(self._symbol(p, required=False), algo=True)]
+        except VenueError as e:
+            raise ApiError.of(e) from None
+        raise ApiError(404, -1000, f"Unknown endpoint {method} {path} (not emulated).")
+
+    def _premium(self, symbol: str) -> dict[str, Any]:
+        mark = self.venue.mark_price(symbol)
+        now = self.clock.now()
+        ft, fr = load_funding(symbol)
+        nxt = ft[ft > now]
+        last = fr[ft <= now]
+        return {"symbol": symbol, "markPrice": SymbolFilters.fmt_float(mark), "indexPrice": SymbolFilters.fmt_float(mark),
+                "estimatedSettlePrice": SymbolFilters.fmt_float(mark),
+                "lastFundingRate": SymbolFilters.fmt_float(float(last[-1]) if len(last) else 0.0),
+                "nextFundingTime": int(nxt[0] * 1000) if len(nxt) else 0, "interestRate": "0.00010000",
+                "time": self.server_ms()}
+
+    def _positions(self, p: dict, with_leverage: bool) -> list[dict[str, Any]]:
+        sym = self._symbol(p, required=False)
+        out = []
+        dual = self.venue.dual()
+        for vp in self.venue.positions():
+            if sym and vp.symbol != sym:
+                continue
+            amt = vp.qty * vp.side.sign
+            notional = amt * vp.mark_price
+            row = {"symbol": vp.symbol, "positionSide": vp.side.value if dual else "BOTH",
+                   "positionAmt": SymbolFilters.fmt_float(amt), "entryPrice": SymbolFilters.fmt_float(vp.entry_price),
+                   "breakEvenPrice": SymbolFilters.fmt_float(vp.entry_price), "markPrice": SymbolFilters.fmt_float(vp.mark_price),
+                   "unRealizedProfit": SymbolFilters.fmt_float((vp.mark_price - vp.entry_price) * amt),
+                   "liquidationPrice": "0", "notional": SymbolFilters.fmt_float(notional),
+                   "initialMargin": SymbolFilters.fmt_float(abs(notional) / vp.leverage),
+                   "maintMargin": SymbolFilters.fmt_float(abs(notional) * 0.004), "marginAsset": "USDT",
+                   "updateTime": int(self.clock.now() * 1000)}
+            if with_leverage:
+                row["leverage"] = str(int(vp.leverage))
+            out.append(row)
+        return out
+
+    def _trades(self, sym: str, order_id: str | None) -> list[dict[str, Any]]:
+        """One trade per filled MARKET order (the engine fills each in one piece)."""
+        out = []
+        for o in self.venue.orders():
+            if o.symbol != sym or o.algo or o.executed_qty <= 0 or (order_id and str(o.order_id) != order_id):
+                continue
+            out.append({"symbol": sym, "id": o.order_id, "orderId": o.order_id, "side": o.side,
+                        "positionSide": o.position_side, "price": SymbolFilters.fmt_float(o.avg_price),
+                        "qty": SymbolFilters.fmt_float(o.executed_qty),
+                        "quoteQty": SymbolFilters.fmt_float(o.executed_qty * o.avg_price),
+                        "realizedPnl": SymbolFilters.fmt_float(o.realized_pnl),
+                        "commission": SymbolFilters.fmt_float(o.commission), "commissionAsset": "USDT",
+                        "buyer": o.side == "BUY", "maker": False, "time": int(o.update_time * 1000)})
+        return out
+
+    def _order(self, method: str, p: dict) -> dict[str, Any]:
+        v = self.venue
+        sym = self._symbol(p)
+        if method == "POST":
+            otype = p.get("type", "")
+            if otype in CONDITIONAL_TYPES:
+                raise ApiError(400, -4120, "Order type not supported for this endpoint. Please use the Algo Order API.")
+            if otype != "MARKET":
+                raise ApiError(400, -1116, "Invalid orderType.")
+            cid = p.get("newClientOrderId") or f"emu-{v._next_order_id()}"
+            _check_client_id(cid)
+            o = v.submit_market(sym, p.get("side", ""), p.get("quantity", ""), cid,
+                                reduce_only=p.get("reduceOnly") == "true", position_side=p.get("positionSide"))
+            if p.get("newOrderRespType") != "RESULT":  # ACK: the order as accepted
+                return dict(_order_json(o), status="NEW", executedQty="0", cumQuote="0", avgPrice="0.00")
+            return _order_json(o)
+        o = self._find(sym, p, algo=False)
+        if method == "DELETE":
+            o = v.cancel_order(sym, o.client_order_id)
+        return _order_json(o)
+
+    def _algo(self, method: str, p: dict) -> dict[str, Any]:
+        v = self.venue
+        sym = self._symbol(p)
+        if method == "POST":
+            if p.get("algoType") != "CONDITIONAL":
+                raise ApiError(400, -1116, "Invalid algoType.")
+            if p.get("type") != "STOP_MARKET" or p.get("closePosition") != "true":
+                raise ApiError(400, -1116, "The emulator serves closePosition STOP_MARKET algo orders only.")
+            if "quantity" in p:
+                raise ApiError(400, -1106, "Parameter 'quantity' sent when not required.")
+            cid = p.get("clientAlgoId") or f"emu-{v._next_order_id()}"
+            _check_client_id(cid)
+            o = v.place_stop(sym, p.get("side", ""), p.get("triggerPrice", ""), cid, position_side=p.get("positionSide"))
+            return _algo_json(o)
+        o = self._find(sym, p, algo=True)
+        if method == "DELETE":
+            v.cancel_order(sym, o.client_order_id)
+            return {"algoId": o.order_id, "clientAlgoId": o.client_order_id, "code": "200", "msg": "success"}
+        return _algo_json(o)
+
+    def _find(self, sym: str, p: dict, algo: bool) -> OrderResult:
+        cid = p.get("clientAlgoId" if algo else "origClientOrderId")
+        oid = p.get("algoId" if algo else "orderId")
+        if cid:
+            return self.venue.get_order(sym, cid, conditional=algo)
+        if oid:
+            for o in self.venue.orders():
+                if str(o.order_id) == oid and o.symbol == sym and o.algo == algo:
+                    return o
+            raise VenueError(-2013, "Order does not exist.")
+        raise ApiError(400, -1102, "Either orderId or origClientOrderId must be sent.")
+
+    # ------------------------------------------------------------------ admin
+
+    def _admin(self, h: BaseHTTPRequestHandler, method: str, path: str, body: str) -> None:
+        if path == "/_emu/orderlog" and method == "GET":
+            return self._reply(h, 200, self.order_log())
+        if path == "/_emu/faults":
+            if method == "GET":
+                return self._reply(h, 200, {"armed": self.faults.armed(), "fired": self.faults.fired(),
+                                            "skew_ms": self.faults.skew_ms()})
+            if method == "DELETE":
+                self.faults.clear()
+                return self._reply(h, 200, {"cleared": True})
+            if method == "PUT":
+                try:
+                    d = json.loads(body or "{}")
+                    if "skew_ms" in d:
+                        self.faults.set_skew(int(d["skew_ms"]))
+                    for f in d.get("faults", []):
+                        self.faults.inject(f["endpoint"], f["kind"], int(f.get("times", 1)),
+                                           float(f.get("latency_s", 0.0)), float(f.get("retry_after", 1.0)))
+                except (ValueError, KeyError, TypeError) as e:
+                    return self._reply(h, 400, {"error": str(e)})
+                return self._reply(h, 200, self.faults.armed())
+        self._reply(h, 404, {"error": f"unknown admin route {method} {path}"})
+
+
+_PUBLIC = ("/fapi/v1/ping", "/fapi/v1/time", "/fapi/v1/exchangeInfo", "/fapi/v1/premiumIndex")
+
+
+def _check_client_id(cid: str) -> None:
+    if not re.fullmatch(r"[\.A-Z\:/a-z0-9_-]{1,36}", cid):
+        raise ApiError(400, -4015, "Client order id is not valid.")
