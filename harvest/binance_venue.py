@@ -114,9 +114,9 @@ class WeightBudget:
     """
 
     _RESERVE = """
-    local until = tonumber(redis.call('GET', KEYS[2]) or '0')
+    local till = tonumber(redis.call('GET', KEYS[2]) or '0')
     local now = tonumber(ARGV[3])
-    if until > now then return {0, tostring(until - now)} end
+    if till > now then return {0, tostring(till - now)} end
     local used = tonumber(redis.call('GET', KEYS[1]) or '0')
     if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return {0, tostring(60 - (now % 60))} end
     redis.call('INCRBY', KEYS[1], ARGV[1])
@@ -129,8 +129,8 @@ class WeightBudget:
     return 1
     """
     _BACKOFF = """
-    local until = tonumber(redis.call('GET', KEYS[1]) or '0')
-    if tonumber(ARGV[1]) > until then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+    local till = tonumber(redis.call('GET', KEYS[1]) or '0')
+    if tonumber(ARGV[1]) > till then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
     return 1
     """
 
@@ -261,11 +261,11 @@ class BinanceVenue(Venue):
         except KeyError:
             raise VenueError(*BAD_SYMBOL) from None
 
-    def dual(self) -> bool:
+    def dual(self, priority: str = "read") -> bool:
         """Hedge mode (``dualSidePosition``) of the account, cached ``cache_ttl_s``."""
         raw = self.r.get(self.k_dual)
         if raw is None:
-            d = bool(self._call("futures_get_position_mode", "dual", "read")["dualSidePosition"])
+            d = bool(self._call("futures_get_position_mode", "dual", priority)["dualSidePosition"])
             self.r.set(self.k_dual, "true" if d else "false", ex=int(self.cache_ttl_s))
             return d
         return raw == "true"
@@ -324,14 +324,14 @@ class BinanceVenue(Venue):
     def close_market(self, symbol: str, side: str, qty: str, client_order_id: str) -> OrderResult:
         params: dict[str, Any] = {"symbol": symbol, "side": side, "type": "MARKET", "quantity": qty,
                                   "newClientOrderId": client_order_id, "newOrderRespType": "RESULT"}
-        if self.dual():
+        if self.dual("close"):
             params["positionSide"] = "LONG" if side == "SELL" else "SHORT"
         else:
             params["reduceOnly"] = "true"
         return self._order(self._call("futures_create_order", "order", "close", **params))
 
     def move_stop(self, symbol: str, side: str, stop_price: str, client_order_id: str) -> OrderResult:
-        dual = self.dual()
+        dual = self.dual("stop")
         params: dict[str, Any] = {"symbol": symbol, "side": side, "type": "STOP_MARKET", "triggerPrice": stop_price,
                                   "closePosition": "true", "workingType": "MARK_PRICE", "clientAlgoId": client_order_id}
         if dual:

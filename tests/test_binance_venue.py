@@ -1,0 +1,203 @@
+"""The real python-binance client against the fapi emulator over HTTP: every endpoint the
+venue adapter uses, and every error class (in-process; the pipeline under faults is in
+test_binance_pipeline.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import redis
+
+from harvest.binance_venue import BinanceVenue, make_client
+from harvest.emulator import Emulator
+from harvest.paper import MarketClock
+from harvest.procs import ROOT, free_port
+from harvest.venue import VenueError
+from settings import SettingsError, load_settings
+from tests.pipeline_helpers import T0
+
+KEY, SECRET = "emu-test-key", "emu-test-secret"
+
+
+@pytest.fixture()
+def emu(redis_url):
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    ns = "emu-unit"
+    for k in r.scan_iter(f"{ns}:*"):
+        r.delete(k)
+    clock = MarketClock(r, ns, T0, 0.0)
+    clock.set(T0, 0.0)
+    e = Emulator(r, ns, "paper", KEY, SECRET, clock=clock).start()
+    yield e
+    e.stop()
+
+
+def venue_for(emu: Emulator, secret: str = SECRET, timeout: float = 1.0, limit: int = 1800) -> BinanceVenue:
+    return BinanceVenue(emu.r, emu.ns, lambda: make_client(KEY, secret, emu.url, False, timeout, 5000), limit)
+
+
+@pytest.fixture()
+def bv(emu):
+    return venue_for(emu)
+
+
+def hv_orders(emu: Emulator, prefix: str = "hv-") -> list:
+    return [o for o in emu.venue.orders() if o.client_order_id.startswith(prefix)]
+
+
+def test_every_endpoint_through_python_binance(emu, bv):
+    eng = emu.venue
+    eng.set_position("BTCUSDT", "LONG", 0.010, 100_000.0, 20.0, opened_at=T0, stop_price=99_000.0)
+    eng.set_mark("BTCUSDT", 101_000.0)
+    f = bv.filters("BTCUSDT")  # exchangeInfo
+    assert str(f.step_size) == "0.001" and str(f.tick_size) == "0.10"
+    assert bv.mark_price("BTCUSDT") == 101_000.0  # premiumIndex
+    [p] = bv.positions()  # v3 positionRisk + symbolConfig leverage + openAlgoOrders stop
+    assert (p.symbol, p.side.value, p.qty, p.entry_price, p.leverage, p.stop_price) == \
+        ("BTCUSDT", "LONG", 0.01, 100_000.0, 20.0, 99_000.0)
+    o = bv.close_market("BTCUSDT", "SELL", "0.004", "hv-0123456789abcdef-0")  # RESULT response
+    assert (o.status, o.executed_qty, o.avg_price) == ("FILLED", 0.004, 101_000.0)
+    got = bv.get_order("BTCUSDT", "hv-0123456789abcdef-0")  # + userTrades for realized PnL
+    assert got.realized_pnl == pytest.approx(4.0) and got.commission == pytest.approx(0.004 * 101_000 * 0.0005)
+    engine_order = eng.get_order("BTCUSDT", "hv-0123456789abcdef-0")
+    assert engine_order.reduce_only and engine_order.position_side == "BOTH"
+    s = bv.move_stop("BTCUSDT", "SELL", "100500.0", "hv-00000000000000aa-0")  # algoOrder, then cancel old
+    assert (s.algo, s.status, s.stop_price) == (True, "NEW", 100_500.0)
+    assert bv.get_order("BTCUSDT", "hv-00000000000000aa-0", conditional=True).status == "NEW"
+    assert bv.position("BTCUSDT").stop_price == 100_500.0
+    assert [o.client_order_id for o in eng.open_orders("BTCUSDT", algo=True)] == ["hv-00000000000000aa-0"]
+    kinds = [e["kind"] for e in emu.order_log() if e["kind"].startswith("STOP_")]
+    assert kinds[-2:] == ["STOP_NEW", "STOP_CANCELED"]  # the new stop works before the old one goes
+    with pytest.raises(VenueError) as e:
+        bv.get_order("BTCUSDT", "hv-ffffffffffffffff-0")
+    assert (e.value.code, e.value.kind) == (-2013, "rejected")
+    # X-MBX-USED-WEIGHT-1M is read into the fleet's budget.
+    assert bv.budget.used() >= 5
+
+
+def test_conditional_order_on_the_order_endpoint_is_refused(emu, bv):
+    emu.venue.set_position("ETHUSDT", "LONG", 1.0, 2500.0, 10.0, opened_at=T0)
+    with pytest.raises(Exception) as e:  # python-binance itself never does this; the emulator checks Binance's rule
+        bv.client._request_futures_api("post", "order", True, data={
+            "symbol": "ETHUSDT", "side": "SELL", "type": "STOP_MARKET", "stopPrice": "2400", "closePosition": "true"})
+    assert e.value.code == -4120
+
+
+def test_hedge_mode_sends_position_side_not_reduce_only(emu, bv):
+    eng = emu.venue
+    eng.set_dual(True)
+    eng.set_position("SOLUSDT", "SHORT", 10.0, 150.0, 5.0, opened_at=T0)
+    eng.set_mark("SOLUSDT", 140.0)
+    o = bv.close_market("SOLUSDT", "BUY", "3", "hv-00000000000000bb-0")
+    assert o.status == "FILLED" and o.position_side == "SHORT"
+    assert eng.position("SOLUSDT").qty == 7.0
+    with pytest.raises(Exception) as e:  # reduceOnly in hedge mode: Binance's -1106
+        bv.client.futures_create_order(symbol="SOLUSDT", side="BUY", type="MARKET", quantity="1",
+                                       positionSide="SHORT", reduceOnly="true")
+    assert e.value.code == -1106
+    s = bv.move_stop("SOLUSDT", "BUY", "145.000", "hv-00000000000000cc-0")
+    assert s.position_side == "SHORT"
+
+
+FAULTS = [
+    # kind, extra, expected class, orders that exist afterwards
+    ("http_429", {"retry_after": 3}, "retryable", 0),
+    ("http_418", {"retry_after": 2}, "retryable", 0),
+    ("unavailable_503", {}, "retryable", 0),
+    ("internal_503", {}, "retryable", 0),
+    ("unknown_503_after_accept", {}, "unknown", 1),
+    ("timeout_after_accept", {"latency_s": 1.6}, "unknown", 1),
+]
+
+
+@pytest.mark.parametrize("kind,extra,cls,orders", FAULTS, ids=[f[0] for f in FAULTS])
+def test_error_classes(emu, bv, kind, extra, cls, orders):
+    emu.venue.set_position("BTCUSDT", "LONG", 0.010, 100_000.0, 20.0, opened_at=T0)
+    emu.venue.set_mark("BTCUSDT", 101_000.0)
+    emu.faults.inject("POST /fapi/v1/order", kind, **extra)
+    with pytest.raises(VenueError) as e:
+        bv.close_market("BTCUSDT", "SELL", "0.004", "hv-0000000000000001-0")
+    assert e.value.kind == cls
+    assert len(hv_orders(emu)) == orders
+    if kind in ("http_429", "http_418"):
+        assert e.value.retry_after == extra["retry_after"]
+        # The whole fleet backs off: the next request is held locally, nothing is sent.
+        with pytest.raises(VenueError) as held:
+            bv.mark_price("BTCUSDT")
+        assert held.value.retryable and "budget" in held.value.message
+    if cls == "unknown":  # the look-up by clientOrderId resolves it
+        assert bv.get_order("BTCUSDT", "hv-0000000000000001-0").status == "FILLED"
+
+
+def test_rejection_keeps_binance_code_and_message(emu, bv):
+    emu.venue.set_position("BTCUSDT", "LONG", 0.010, 100_000.0, 20.0, opened_at=T0)
+    with pytest.raises(VenueError) as e:
+        bv.close_market("BTCUSDT", "SELL", "0.0005", "hv-0000000000000002-0")
+    assert (e.value.code, e.value.message, e.value.kind) == (-1111, "Precision is over the maximum defined for this asset.", "rejected")
+    with pytest.raises(VenueError) as e:
+        bv.close_market("BTCUSDT", "BUY", "0.001", "hv-0000000000000003-0")
+    assert (e.value.code, e.value.kind) == (-2022, "rejected")
+
+
+def test_timestamp_1021_resyncs_once_then_is_a_clear_rejection(emu, bv):
+    emu.venue.set_position("BTCUSDT", "LONG", 0.010, 100_000.0, 20.0, opened_at=T0)
+    emu.venue.set_mark("BTCUSDT", 101_000.0)
+    emu.faults.set_skew(30_000)  # the server clock runs 30 s ahead: every signed call is -1021
+    o = bv.close_market("BTCUSDT", "SELL", "0.001", "hv-0000000000000004-0")  # resync, one retry
+    assert o.status == "FILLED" and abs(bv.client.timestamp_offset - 30_000) < 2_000
+    emu.faults.inject("POST /fapi/v1/order", "timestamp_1021", times=2)
+    with pytest.raises(VenueError) as e:
+        bv.close_market("BTCUSDT", "SELL", "0.001", "hv-0000000000000005-0")
+    assert (e.value.code, e.value.kind) == (-1021, "rejected")
+    assert "recvWindow" in e.value.message
+    assert len(hv_orders(emu)) == 1
+
+
+def test_bad_signature_is_a_clear_error(emu):
+    bad = venue_for(emu, secret="not-the-secret")
+    with pytest.raises(VenueError) as e:
+        bad.positions()
+    assert (e.value.code, e.value.message) == (-1022, "Signature for this request is not valid.")
+
+
+def test_connection_refused_is_retryable(emu):
+    port = free_port()
+    v = BinanceVenue(emu.r, emu.ns, lambda: make_client(KEY, SECRET, f"http://127.0.0.1:{port}/fapi", False, 1.0, 5000), 1800)
+    with pytest.raises(VenueError) as e:
+        v.close_market("BTCUSDT", "SELL", "0.001", "hv-0000000000000006-0")
+    assert e.value.kind == "retryable"
+
+
+def test_weight_budget_puts_closes_ahead_of_reads(emu):
+    emu.venue.set_position("BTCUSDT", "LONG", 0.010, 100_000.0, 20.0, opened_at=T0)
+    emu.venue.set_mark("BTCUSDT", 101_000.0)
+    v = venue_for(emu, limit=10)  # reads may use 7 of 10 per minute, closes all 10
+    v.budget.r.delete(v.budget.key())
+    v.r.set(v.k_dual, "false")  # position mode known (beat refreshes it)
+    for _ in range(7):
+        v.mark_price("BTCUSDT")
+    with pytest.raises(VenueError) as e:
+        v.mark_price("BTCUSDT")
+    assert e.value.retryable and e.value.code == -1003
+    assert v.close_market("BTCUSDT", "SELL", "0.001", "hv-0000000000000007-0").status == "FILLED"
+
+
+def test_live_venue_refuses_without_opt_in():
+    with pytest.raises(SettingsError) as e:
+        load_settings(venue="live", api_key="k", api_secret="s")
+    assert "HARVEST_LIVE_TRADING_OPT_IN" in str(e.value)
+    assert load_settings(venue="live", api_key="k", api_secret="s", live_trading_opt_in=True).venue == "live"
+    with pytest.raises(SettingsError) as e:
+        load_settings(venue="testnet")
+    assert "HARVEST_API_KEY" in str(e.value)
+    # The same refusal stops a real start-up, with the message and without the secret.
+    env = {"HARVEST_VENUE": "live", "HARVEST_API_KEY": "AKIA-not-a-real-key", "HARVEST_API_SECRET": "sekrit-value"}
+    import os
+
+    out = subprocess.run([sys.executable, "-m", "harvest.cli", "reconcile"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, **env}, timeout=60)
+    assert out.returncode != 0
+    assert "HARVEST_LIVE_TRADING_OPT_IN" in out.stderr + out.stdout
+    assert "sekrit-value" not in out.stderr + out.stdout and "AKIA-not-a-real-key" not in out.stderr + out.stdout
