@@ -30,12 +30,14 @@ carries ``X-MBX-USED-WEIGHT-1M``; more than 2400 weight in a minute answers 429 
 held in Redis (``<ns>:emu:faults``), so tests, ``harvest chaos`` and the HTTP admin route
 ``PUT /_emu/faults`` share them. Kinds (:data:`FAULT_KINDS`):
 
-* ``latency`` — answer normally after ``latency_s``;
+* ``latency`` — wait ``latency_s``, then execute and answer (longer than the client's read
+  timeout, this is a timeout whose request is executed late);
 * ``http_429`` / ``http_418`` — rate limited / IP banned, ``Retry-After`` header, nothing done;
 * ``unavailable_503`` — 503 "Service Unavailable." (plain text), nothing done;
 * ``internal_503`` — 503 -1001 "Internal error; unable to process your request…", nothing done;
-* ``unknown_503_after_accept`` — the request IS executed, then 503 "Unknown error, please check
-  your request or try again later.";
+* ``unknown_503`` — 503 "Unknown error, please check your request or try again later.", and
+  the request was NOT executed (the look-up then answers -2013);
+* ``unknown_503_after_accept`` — the request IS executed, then the same 503 "Unknown error…";
 * ``timeout_after_accept`` — the request IS executed, the answer comes after ``latency_s``
   (longer than the client's read timeout);
 * ``timestamp_1021`` — -1021 without doing anything (``skew_ms`` shifts the server clock
@@ -67,7 +69,7 @@ from harvest.venue import OrderResult, VenueError
 
 log = logging.getLogger("harvest.emulator")
 
-FAULT_KINDS = ("latency", "http_429", "http_418", "unavailable_503", "internal_503",
+FAULT_KINDS = ("latency", "http_429", "http_418", "unavailable_503", "internal_503", "unknown_503",
                "unknown_503_after_accept", "timeout_after_accept", "timestamp_1021")
 #: Request weights (Binance's figures for these endpoints, rounded up).
 WEIGHTS = {"userTrades": 5, "positionRisk": 5, "symbolConfig": 5, "positionSide/dual": 30, "openOrders": 1,
@@ -309,6 +311,8 @@ class Emulator:
                 raise ApiError(503, None, "Service Unavailable.")
             elif kind == "internal_503":
                 raise ApiError(503, -1001, "Internal error; unable to process your request. Please try again.")
+            elif kind == "unknown_503":
+                raise ApiError(503, None, "Unknown error, please check your request or try again later.")
             elif kind == "timestamp_1021":
                 raise ApiError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
             if path not in _PUBLIC:

@@ -1,0 +1,137 @@
+"""The pipeline through python-binance against the fapi emulator, with a real Celery worker
+process, under every injected fault: exactly one order per plan exists on the emulator and
+the plan ends in the right state."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from harvest.emulator import Emulator
+from harvest.models import Action
+from harvest.plans import make_plan_id
+from harvest.runtime import build_runtime
+from settings import load_settings
+from tasks.app import app
+from tests.harness import wait_for, worker
+from tests.pipeline_helpers import clean, epoch, mark_for_r, open_position, wait_terminal
+
+KEY, SECRET = "pipeline-key-5f1e", "pipeline-secret-9a7c"
+NS = os.environ["HARVEST_NAMESPACE"]
+
+
+@pytest.fixture(scope="module")
+def emu():
+    s = load_settings()
+    rt = build_runtime(s)
+    e = Emulator(rt.r, s.namespace, s.account, KEY, SECRET, clock=rt.clock).start()
+    yield e
+    e.stop()
+
+
+@pytest.fixture(scope="module")
+def binance_worker(emu):
+    env = {"HARVEST_FAPI_URL": emu.url, "HARVEST_API_KEY": KEY, "HARVEST_API_SECRET": SECRET,
+           "HARVEST_VENUE_TIMEOUT_S": "1.0", "HARVEST_RETRY_BACKOFF_S": "0.1", "HARVEST_CONFIRM_RETRY_S": "0.2",
+           "HARVEST_MAX_SEND_ATTEMPTS": "4"}
+    w = worker(env, NS).start()
+    w.wait_ready()
+    yield w
+    w.stop()
+
+
+@pytest.fixture()
+def rt(binance_worker, emu):
+    rt = build_runtime(load_settings())
+    clean(rt)
+    emu.faults.clear()
+    return rt
+
+
+def scan_via_worker():
+    app.send_task("harvest.scan_positions", queue=f"{NS}.scan")
+
+
+def partial_25(rt, symbol="BTCUSDT"):
+    e, s = 100_000.0, 99_000.0
+    open_position(rt, symbol, "LONG", 1.0, e, s, mark=mark_for_r(e, s, 1.0, 1.0, 2.1, "LONG"))
+    scan_via_worker()
+    wait_for(lambda: rt.book.get_many(rt.settings.account, [symbol])[0], 20, what="book entry")
+    return make_plan_id(rt.settings.account, symbol, epoch(rt, symbol), Action.PARTIAL_25, "tier=1")
+
+
+def orders_of(emu: Emulator, pid: str) -> list:
+    return [o for o in emu.venue.orders() if o.client_order_id.startswith(f"hv-{pid}-")]
+
+
+CASES = [
+    # fault kind, times, extra, final state, orders on the emulator, step of the send that counted
+    (None, 0, {}, "FILLED", 1, 0),
+    ("http_429", 2, {"retry_after": 0.3}, "FILLED", 1, 2),
+    ("http_418", 1, {"retry_after": 0.3}, "FILLED", 1, 1),
+    ("unavailable_503", 1, {}, "FILLED", 1, 1),
+    ("internal_503", 1, {}, "FILLED", 1, 1),
+    ("unknown_503", 1, {}, "FILLED", 1, 1),
+    ("unknown_503_after_accept", 1, {}, "FILLED", 1, 0),
+    ("timeout_after_accept", 1, {"latency_s": 1.5}, "FILLED", 1, 0),
+    ("latency", 1, {"latency_s": 0.3}, "FILLED", 1, 0),
+    ("timestamp_1021", 1, {}, "FILLED", 1, 0),
+    ("unavailable_503", 99, {}, "FAILED", 0, 3),
+]
+
+
+@pytest.mark.parametrize("kind,times,extra,final,n_orders,step", CASES,
+                         ids=[f"{c[0]}x{c[1]}" for c in CASES])
+def test_fault_ends_in_right_state_with_one_order(rt, emu, kind, times, extra, final, n_orders, step):
+    if kind:
+        emu.faults.inject("POST /fapi/v1/order", kind, times=times, **extra)
+    pid = partial_25(rt)
+    plan = wait_terminal(rt, pid, timeout=40)
+    assert plan.state == final, (plan.reason, plan.error_code, plan.error_message)
+    orders = orders_of(emu, pid)
+    assert len(orders) == n_orders
+    assert plan.step == step
+    if n_orders:
+        assert orders[0].client_order_id == f"hv-{pid}-{step}" == plan.client_order_id
+        assert plan.executed_qty == 0.25 and rt.venue.position("BTCUSDT").qty == pytest.approx(0.75)
+    else:
+        assert plan.reason == "not_executed:0" and "Service Unavailable" in plan.error_message
+        assert rt.venue.position("BTCUSDT").qty == 1.0
+    if kind:
+        assert emu.faults.fired().get(kind, 0) >= 1
+
+
+def test_exchange_rejection_ends_rejected_with_code(rt, emu):
+    emu.faults.inject("POST /fapi/v1/order", "latency", latency_s=0.6)
+    pid = partial_25(rt)
+    # While the order is on its way, the position is closed elsewhere (the strategy, a stop).
+    wait_for(lambda: emu.faults.fired().get("latency"), 20, 0.01, what="the order request to arrive")
+    rt.venue.set_position("BTCUSDT", "LONG", 0.0, 100_000.0, 10.0)
+    plan = wait_terminal(rt, pid)
+    assert (plan.state, plan.reason, plan.error_code) == ("REJECTED", "exchange_rejected:-2022", -2022)
+    assert plan.error_message == "ReduceOnly Order is rejected."
+    assert orders_of(emu, pid) == []
+
+
+def test_profit_lock_never_leaves_the_position_without_a_stop(rt, emu):
+    e, s = 100_000.0, 99_000.0
+    open_position(rt, "BTCUSDT", "LONG", 1.0, e, s, mark=mark_for_r(e, s, 1.0, 1.0, 1.8, "LONG"))
+    scan_via_worker()
+    wait_for(lambda: rt.book.get_many(rt.settings.account, ["BTCUSDT"])[0], 20, what="book entry")
+    expected = e + 0.5 * (rt.venue.mark_price("BTCUSDT") - e)
+    pid = make_plan_id(rt.settings.account, "BTCUSDT", epoch(rt, "BTCUSDT"), Action.PROFIT_LOCK_SL, f"stop={expected:.10g}")
+    plan = wait_terminal(rt, pid)
+    assert (plan.state, plan.reason) == ("FILLED", "stop_working")
+    events = [x for x in emu.order_log() if x["symbol"] == "BTCUSDT" and x["kind"].startswith("STOP_")]
+    working: set[str] = set()
+    for x in events:  # replay the log: from the first stop on, at least one stop always works
+        cid = x["data"]["clientAlgoId"]
+        if x["kind"] == "STOP_NEW":
+            working.add(cid)
+        else:
+            working.discard(cid)
+            assert working, f"no working stop after {x}"
+    kinds = [(x["kind"], x["data"]["clientAlgoId"].startswith("hv-")) for x in events]
+    assert kinds == [("STOP_NEW", False), ("STOP_NEW", True), ("STOP_CANCELED", False)]
+    assert working == {plan.client_order_id}
