@@ -1,4 +1,5 @@
-"""The ``harvest`` command line: ``demo``, ``scorecard``, ``reconcile`` (each with --help)."""
+"""The ``harvest`` command line: ``demo``, ``emulator``, ``scorecard``, ``reconcile`` (each with
+--help)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,45 @@ import sys
 def _cmd_demo(a: argparse.Namespace) -> int:
     from harvest.demo import run_demo
 
-    card = run_demo(start=a.start, hours=a.hours, speed=a.speed, as_json=a.json, concurrency=a.concurrency, keep=a.keep)
+    card = run_demo(start=a.start, hours=a.hours, speed=a.speed, as_json=a.json, concurrency=a.concurrency, keep=a.keep,
+                    in_process=a.in_process)
     return 0 if card["non_terminal"] == 0 else 1
+
+
+def _cmd_emulator(a: argparse.Namespace) -> int:
+    import logging
+
+    import redis
+
+    from harvest.emulator import Emulator
+    from harvest.paper import MarketClock
+    from settings import get_settings
+
+    s = get_settings()
+    if not (s.api_key and s.api_secret):
+        print("harvest emulator: set HARVEST_API_KEY and HARVEST_API_SECRET (any values; the workers use the same)",
+              file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    r = redis.Redis.from_url(s.redis_url, decode_responses=True)
+    clock = MarketClock(r, s.namespace, s.paper_replay_start, s.paper_replay_speed)
+    emu = Emulator(r, s.namespace, s.account, s.api_key.get_secret_value(), s.api_secret.get_secret_value(),
+                   clock=clock, host=a.host, port=a.port, fee_rate=s.theta.taker_fee_rate)
+    if a.dual:
+        emu.venue.set_dual(True)
+    for spec in a.fault:
+        endpoint, _, rest = spec.partition("=")
+        kind, _, times = rest.partition(":")
+        emu.faults.inject(endpoint, kind, int(times or 1))
+    if a.skew_ms:
+        emu.faults.set_skew(a.skew_ms)
+    print(f"fapi emulator on {emu.url} (namespace {s.namespace}, account {s.account}); "
+          f"point workers at it with HARVEST_FAPI_URL={emu.url}", flush=True)
+    try:
+        emu.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _cmd_scorecard(a: argparse.Namespace) -> int:
@@ -50,7 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--concurrency", type=int, default=2, help="worker processes (default %(default)s)")
     d.add_argument("--keep", action="store_true", help="keep the demo's Redis keys afterwards")
     d.add_argument("--json", action="store_true", help="print the scorecard as one JSON object")
+    d.add_argument("--in-process", action="store_true",
+                   help="workers call the paper engine directly instead of python-binance + the fapi emulator")
     d.set_defaults(fn=_cmd_demo)
+    e = sub.add_parser("emulator", help="serve the local Binance fapi emulator (paper engine, real data, faults)")
+    e.add_argument("--host", default="127.0.0.1")
+    e.add_argument("--port", type=int, default=8790)
+    e.add_argument("--dual", action="store_true", help="start the account in hedge mode")
+    e.add_argument("--fault", action="append", default=[], metavar="ENDPOINT=KIND[:TIMES]",
+                   help='inject a fault, e.g. "POST /fapi/v1/order=unknown_503_after_accept:3" (repeatable)')
+    e.add_argument("--skew-ms", type=int, default=0, help="run the server clock this many ms ahead (-1021 test)")
+    e.set_defaults(fn=_cmd_emulator)
     s = sub.add_parser("scorecard", help="the harvest scorecard from live state (HARVEST_* settings)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_cmd_scorecard)

@@ -1,7 +1,10 @@
 """``harvest demo``: the whole pipeline on the paper venue and the shipped real klines.
 
-It starts (when ``HARVEST_REDIS_URL`` is not set) a private redis-server, then a real Celery
-worker and beat as child processes; opens a scenario of positions (six symbols, LONG and
+It starts (when ``HARVEST_REDIS_URL`` is not set) a private redis-server, the fapi emulator
+(:mod:`harvest.emulator`, on a free loopback port, with throw-away API credentials), then a
+real Celery worker and beat as child processes that reach the paper engine through
+python-binance and the emulator — the code path of live trading (``--in-process`` skips the
+emulator and lets the workers call the paper engine directly); opens a scenario of positions (six symbols, LONG and
 SHORT, 5–50×, each with the exit ladder's protective stop) at real historical prices; replays
 the klines at an accelerated speed (default: one market day per wall minute) while the beat
 scans drive evaluate → propose → guard → execute → confirm; re-enters a symbol, as a strategy
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -22,6 +26,7 @@ from datetime import datetime, timezone
 import redis
 
 from harvest.data import SHIPPED_SYMBOLS, load_klines
+from harvest.emulator import Emulator
 from harvest.exit_ladder import compute_levels
 from harvest.market import market_state_at
 from harvest.models import Side
@@ -39,6 +44,7 @@ NOTIONAL_USDT = 10_000.0
 STRATEGY_BASE_SL = 0.005
 REENTRY_AFTER_S = 2 * 3600.0
 DEFAULT_START = "2025-06-21T00:00:00Z"
+DEMO_WEIGHT_LIMIT_1M = 240_000
 
 
 def parse_time(text: str) -> float:
@@ -69,7 +75,7 @@ def _open(rt: Runtime, symbol: str, leverage: int, t: float) -> None:
 
 
 def run_demo(start: str = DEFAULT_START, hours: float = 24.0, speed: float = 1440.0, as_json: bool = False,
-             concurrency: int = 2, keep: bool = False, out=sys.stdout) -> dict:
+             concurrency: int = 2, keep: bool = False, in_process: bool = False, out=sys.stdout) -> dict:
     """Run the main job and return the scorecard (also printed). Raises RuntimeError when no
     Redis can be had, AssertionError when a child process fails to start or drain in time."""
     t_start = parse_time(start)
@@ -95,14 +101,26 @@ def run_demo(start: str = DEFAULT_START, hours: float = 24.0, speed: float = 144
     }
     env.pop("HARVEST_BROKER_URL", None)
     os.environ.pop("HARVEST_BROKER_URL", None)
+    # The demo's own runtime is the strategy's side: it opens positions in the paper engine.
     settings = load_settings(**{k[len("HARVEST_"):].lower(): v for k, v in env.items()})
     rt = build_runtime(settings)
+    emu = None
+    if not in_process:
+        key, secret = secrets.token_hex(16), secrets.token_hex(32)
+        # Market time runs SPEED× faster than on a real exchange, and so does the request rate:
+        # the emulator's weight limit and harvest's budget are scaled up alike.
+        emu = Emulator(rt.r, ns, settings.account, key, secret, clock=rt.clock,
+                       weight_limit_1m=DEMO_WEIGHT_LIMIT_1M).start()
+        # Credentials reach the workers through their environment only, as in a deployment.
+        env.update({"HARVEST_FAPI_URL": emu.url, "HARVEST_API_KEY": key, "HARVEST_API_SECRET": secret,
+                    "HARVEST_VENUE_WEIGHT_LIMIT_1M": str(DEMO_WEIGHT_LIMIT_1M * 3 // 4)})
+    path = f"python-binance → fapi emulator {emu.url}" if emu else "in-process paper engine"
     tmp = tempfile.mkdtemp(prefix="harvest-demo-")
     w = worker(env, ns, concurrency)
     b = CeleryProcess("beat", env, ["-s", os.path.join(tmp, "beat-schedule"), "--pidfile="])
     wall0 = time.time()
     try:
-        print(f"harvest demo: paper venue, real klines {iso(t_start)} → {iso(t_end)} UTC at {speed:g}× "
+        print(f"harvest demo: paper venue ({path}), real klines {iso(t_start)} → {iso(t_end)} UTC at {speed:g}× "
               f"(Redis {'private' if server else url}, namespace {ns})", file=log, flush=True)
         rt.clock.set(t_start, 0.0, end=t_end)
         _seed_market(rt)
@@ -147,6 +165,9 @@ def run_demo(start: str = DEFAULT_START, hours: float = 24.0, speed: float = 144
         card = build_scorecard(rt)
         card["window"] = {"start": iso(t_start), "end": iso(t_end), "speed": speed,
                           "wall_seconds": round(time.time() - wall0, 1)}
+        card["venue_path"] = "emulator" if emu else "in-process"
+        if emu is not None:
+            card["emulator_order_requests"] = sum(1 for x in emu.order_log() if x["kind"] == "HTTP")
         del card["heartbeat_age_s"]
         if as_json:
             print(json.dumps(card, indent=2, sort_keys=True), file=out)
@@ -156,6 +177,8 @@ def run_demo(start: str = DEFAULT_START, hours: float = 24.0, speed: float = 144
     finally:
         b.stop()
         w.stop()
+        if emu is not None:
+            emu.stop()
         if not keep:
             _cleanup(rt.r, ns)
         if server is not None:

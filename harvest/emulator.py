@@ -24,7 +24,8 @@ GET  /fapi/v1/openAlgoOrders               yes     working stops
 Signed requests are checked like Binance: API key in ``X-MBX-APIKEY`` (-2015), HMAC-SHA256
 of the query string + body as received minus ``signature`` (-1022), ``timestamp <
 server_time + 1000`` and ``server_time − timestamp ≤ recvWindow`` (-1021). Every response
-carries ``X-MBX-USED-WEIGHT-1M``; more than 2400 weight in a minute answers 429 -1003.
+carries ``X-MBX-USED-WEIGHT-1M``; more than ``weight_limit_1m`` (Binance: 2400) weight in a
+minute answers 429 -1003.
 
 **Faults** are injected per endpoint (``"POST /fapi/v1/order"``, or ``"*"`` for any) and
 held in Redis (``<ns>:emu:faults``), so tests, ``harvest chaos`` and the HTTP admin route
@@ -186,7 +187,7 @@ class Emulator:
 
     def __init__(self, r: redis.Redis, ns: str, account: str, api_key: str, api_secret: str,
                  clock: MarketClock | None = None, host: str = "127.0.0.1", port: int = 0,
-                 fee_rate: float = 0.0005):
+                 fee_rate: float = 0.0005, weight_limit_1m: int = WEIGHT_LIMIT_1M):
         self.r = r
         self.ns = ns
         self.api_key = api_key
@@ -194,6 +195,7 @@ class Emulator:
         self.clock = clock or MarketClock(r, ns, time.time(), 1.0)
         self.venue = PaperVenue(r, ns, account, self.clock, fee_rate=fee_rate)
         self.faults = Faults(r, ns)
+        self.weight_limit_1m = weight_limit_1m
         self._info = load_exchange_info()
         self._symbols = {s["symbol"] for s in self._info["symbols"]}
         self._k_weight = f"{ns}:emu:weight"
@@ -293,8 +295,8 @@ class Emulator:
         params.update(parse_qsl(body, keep_blank_values=True))
         fault = self.faults.take(endpoint)
         try:
-            if used > WEIGHT_LIMIT_1M:
-                raise ApiError(429, -1003, f"Too many requests; current limit is {WEIGHT_LIMIT_1M} requests per minute.",
+            if used > self.weight_limit_1m:
+                raise ApiError(429, -1003, f"Too many requests; current limit is {self.weight_limit_1m} requests per minute.",
                                {"Retry-After": str(60 - int(time.time()) % 60)})
             kind = fault["kind"] if fault else None
             if kind == "latency":

@@ -53,8 +53,9 @@ class HarvestSettings(BaseSettings):
     api_secret: SecretStr | None = Field(None, description="exchange API secret (env or secret file only)")
     venue_timeout_s: float = Field(5.0, gt=0, le=60, description="HTTP connect/read timeout of exchange requests")
     recv_window_ms: int = Field(5000, ge=100, le=60_000, description="recvWindow of signed requests")
-    venue_weight_limit_1m: int = Field(1800, ge=10, le=2400,
-                                       description="request weight per minute the whole fleet may use (Binance: 2400)")
+    venue_weight_limit_1m: int = Field(1800, ge=10, le=1_000_000,
+                                       description="request weight per minute the whole fleet may use (Binance allows "
+                                       "2400; keep headroom for other tools on the same IP)")
     max_send_attempts: int = Field(5, ge=1, le=20, description="sends of one plan's order known not executed, at most")
     retry_backoff_s: float = Field(0.5, gt=0, le=60, description="first retry delay of a not-executed send; doubles")
     retry_backoff_max_s: float = Field(20.0, gt=0, le=600, description="cap of the retry delay")

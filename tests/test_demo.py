@@ -26,4 +26,7 @@ def test_demo_default_run_json():
     assert card["orders"]["MARKET:FILLED"] == sum(
         n for a, st in by.items() if a != "PROFIT_LOCK_SL" for s, n in st.items() if s == "FILLED")
     assert "market 2025-06-21" in p.stderr  # progress display
+    # The default goes through python-binance and the fapi emulator, like live trading.
+    assert card["venue_path"] == "emulator" and "python-binance → fapi emulator" in p.stderr
+    assert card["emulator_order_requests"] >= card["orders"]["MARKET:FILLED"]
     assert set(card["realized_pnl"]) >= {"BTCUSDT", "ETHUSDT"}
