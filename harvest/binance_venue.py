@@ -36,6 +36,7 @@ import os
 import time
 from typing import Any, Callable
 
+import numpy as np
 import redis
 import requests
 from binance.client import Client
@@ -49,7 +50,7 @@ log = logging.getLogger("harvest.venue")
 
 #: Request weights of the endpoints used (Binance's documented figures).
 WEIGHT = {"positions": 5, "symbol_config": 5, "dual": 30, "open_algo_all": 40, "open_algo": 1,
-          "mark": 1, "exchange_info": 1, "order": 1, "get_order": 1, "cancel": 1, "trades": 5, "time": 1}
+          "mark": 1, "klines": 2, "exchange_info": 1, "order": 1, "get_order": 1, "cancel": 1, "trades": 5, "time": 1}
 #: Share of the weight budget each priority may use: closes go ahead of stop moves and reads.
 PRIORITY_SHARE = {"close": 1.0, "stop": 0.85, "read": 0.7}
 _ALGO_TO_ORDER_STATUS = {"NEW": "NEW", "TRIGGERING": "NEW", "TRIGGERED": "NEW", "FINISHED": "FILLED",
@@ -285,6 +286,12 @@ class BinanceVenue(Venue):
 
     def mark_price(self, symbol: str) -> float:
         return float(self._call("futures_mark_price", "mark", "read", symbol=symbol)["markPrice"])
+
+    def closed_closes(self, symbol: str, n: int) -> np.ndarray:
+        """Closes (USDT, shape (≤ n,), oldest first) of the last ``n`` *closed* 1-minute
+        bars from ``GET /fapi/v1/klines`` (the still-open bar is dropped)."""
+        rows = self._call("futures_klines", "klines", "read", symbol=symbol, interval="1m", limit=min(1500, n + 1))
+        return np.array([float(x[4]) for x in rows[:-1]], dtype=np.float64)[-n:]
 
     def positions(self, symbol: str | None = None) -> list[VenuePosition]:
         """Open positions (positionAmt ≠ 0). In hedge mode a symbol with both legs open is

@@ -9,6 +9,7 @@ path                                       signed  what
 GET  /fapi/v1/ping, /fapi/v1/time          no      liveness, server time (ms)
 GET  /fapi/v1/exchangeInfo                 no      the shipped exchangeInfo (real filters)
 GET  /fapi/v1/premiumIndex                 no      mark price of one or every symbol
+GET  /fapi/v1/klines                       no      1m klines of the replay up to market now
 GET  /fapi/v3/positionRisk, v2             yes     positions (v2 adds ``leverage``)
 GET  /fapi/v1/symbolConfig                 yes     leverage per symbol
 GET  /fapi/v1/positionSide/dual            yes     position mode (POST switches it)
@@ -64,7 +65,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import redis
 
-from harvest.data import SymbolFilters, load_exchange_info, load_funding
+from harvest.data import SymbolFilters, load_exchange_info, load_funding, load_klines
 from harvest.paper import MarketClock, PaperVenue
 from harvest.venue import OrderResult, VenueError
 
@@ -73,7 +74,7 @@ log = logging.getLogger("harvest.emulator")
 FAULT_KINDS = ("latency", "http_429", "http_418", "unavailable_503", "internal_503", "unknown_503",
                "unknown_503_after_accept", "timeout_after_accept", "timestamp_1021")
 #: Request weights (Binance's figures for these endpoints, rounded up).
-WEIGHTS = {"userTrades": 5, "positionRisk": 5, "symbolConfig": 5, "positionSide/dual": 30, "openOrders": 1,
+WEIGHTS = {"klines": 2, "userTrades": 5, "positionRisk": 5, "symbolConfig": 5, "positionSide/dual": 30, "openOrders": 1,
            "openAlgoOrders": 1, "exchangeInfo": 1, "premiumIndex": 1, "order": 1, "algoOrder": 1}
 WEIGHT_LIMIT_1M = 2400
 CONDITIONAL_TYPES = ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET")
@@ -383,6 +384,8 @@ class Emulator:
                 return {"serverTime": self.server_ms()}
             if path == "/fapi/v1/exchangeInfo":
                 return dict(self._info, serverTime=self.server_ms())
+            if path == "/fapi/v1/klines":
+                return self._klines(self._symbol(p), p)
             if path == "/fapi/v1/premiumIndex":
                 sym = self._symbol(p, required=False)
                 rows = [self._premium(s) for s in ([sym] if sym else sorted(self._symbols))]
@@ -411,6 +414,22 @@ class Emulator:
         except VenueError as e:
             raise ApiError.of(e) from None
         raise ApiError(404, -1000, f"Unknown endpoint {method} {path} (not emulated).")
+
+    def _klines(self, symbol: str, p: dict) -> list[list]:
+        if p.get("interval", "1m") != "1m":
+            raise ApiError(400, -1120, "Invalid interval.")
+        try:
+            limit = max(1, min(1500, int(p.get("limit", 500))))
+        except ValueError:
+            raise ApiError(400, -1100, "Illegal characters found in parameter 'limit'.") from None
+        kl = load_klines(symbol)
+        end = kl.index_at(self.clock.now()) + 1  # bars opened by market now (the last one still open)
+        out = []
+        for i in range(max(0, end - limit), end):
+            t = int(kl.open_time[i]) * 1000
+            out.append([t, *(SymbolFilters.fmt_float(float(a[i])) for a in (kl.open, kl.high, kl.low, kl.close, kl.volume)),
+                        t + 59_999, "0", 0, "0", "0", "0"])
+        return out
 
     def _premium(self, symbol: str) -> dict[str, Any]:
         mark = self.venue.mark_price(symbol)
@@ -540,7 +559,7 @@ class Emulator:
         self._reply(h, 404, {"error": f"unknown admin route {method} {path}"})
 
 
-_PUBLIC = ("/fapi/v1/ping", "/fapi/v1/time", "/fapi/v1/exchangeInfo", "/fapi/v1/premiumIndex")
+_PUBLIC = ("/fapi/v1/ping", "/fapi/v1/time", "/fapi/v1/exchangeInfo", "/fapi/v1/premiumIndex", "/fapi/v1/klines")
 
 
 def _check_client_id(cid: str) -> None:

@@ -7,7 +7,7 @@ import logging
 import time
 
 from harvest.data import load_klines
-from harvest.market import market_state_at
+from harvest.market import market_state_at, market_state_from_closes
 from harvest.runtime import get_runtime
 from harvest.venue import VenueError
 from tasks.app import app
@@ -20,14 +20,21 @@ log = logging.getLogger("harvest")
 @app.task(name="harvest.refresh_market")
 def refresh_market() -> int:
     """Recompute the market state of every allowlisted symbol at the current market time
-    from the klines and cache it. Returns how many symbols were refreshed."""
+    and cache it: from the venue's closed 1m klines on python-binance venues (testnet, live,
+    emulator), from the shipped klines on the in-process paper engine. Returns how many
+    symbols were refreshed."""
     rt = get_runtime()
     now = rt.market_now()
+    theta = rt.settings.theta
     states = []
     for sym in rt.settings.symbols:
         try:
-            states.append(market_state_at(load_klines(sym), now, rt.settings.theta))
-        except (FileNotFoundError, ValueError) as e:
+            if rt.settings.uses_binance:
+                closes = rt.venue.closed_closes(sym, max(theta.sigma_window, theta.ts_window) + 1)  # type: ignore[attr-defined]
+                states.append(market_state_from_closes(sym, closes, now, theta))
+            else:
+                states.append(market_state_at(load_klines(sym), now, theta))
+        except (FileNotFoundError, ValueError, VenueError) as e:
             rt.plans.count("market:unavailable")
             log.warning("market state for %s unavailable: %s", sym, e)
     rt.market.put_many(states)

@@ -201,3 +201,18 @@ def test_live_venue_refuses_without_opt_in():
     assert out.returncode != 0
     assert "HARVEST_LIVE_TRADING_OPT_IN" in out.stderr + out.stdout
     assert "sekrit-value" not in out.stderr + out.stdout and "AKIA-not-a-real-key" not in out.stderr + out.stdout
+
+
+def test_market_state_from_the_venue_klines_matches_the_shipped_data(emu, bv):
+    from harvest.data import load_klines
+    from harvest.market import market_state_at, market_state_from_closes
+    from harvest.models import HarvestTheta
+
+    theta = HarvestTheta()
+    emu.clock.set(T0 + 37 * 60 + 20, 0.0)  # mid-bar: the open bar is not used
+    closes = bv.closed_closes("ETHUSDT", 61)
+    kl = load_klines("ETHUSDT")
+    end = kl.index_at(T0 + 37 * 60 + 20)
+    assert list(closes) == list(kl.close[end - 61:end])
+    now = emu.clock.now()
+    assert market_state_from_closes("ETHUSDT", closes, now, theta) == market_state_at(kl, now, theta)
