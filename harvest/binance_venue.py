@@ -145,6 +145,7 @@ class WeightBudget:
         self.k_backoff = f"{ns}:venue:backoff_until"
 
     def key(self, now: float | None = None) -> str:
+        """Redis key of the minute containing ``now`` (Unix s; default: now)."""
         return f"{self.ns}:venue:weight:{int((time.time() if now is None else now) // 60)}"
 
     def reserve(self, weight: int, priority: str) -> None:
@@ -168,6 +169,7 @@ class WeightBudget:
         self._backoff(keys=[self.k_backoff], args=[repr(until), max(1, int(seconds) + 1)])
 
     def used(self) -> int:
+        """Weight used so far in the current minute."""
         return int(self.r.get(self.key()) or 0)
 
 
@@ -198,6 +200,7 @@ class BinanceVenue(Venue):
 
     @property
     def client(self) -> Client:
+        """The process's python-binance Client (rebuilt after a fork)."""
         if self._client is None or self._pid != os.getpid():
             self._client = self._factory()
             self._pid = os.getpid()
@@ -344,8 +347,15 @@ class BinanceVenue(Venue):
         if dual:
             params["positionSide"] = "LONG" if side == "SELL" else "SHORT"
         new = self._algo(self._call("futures_create_order", "order", "stop", **params))
-        # The new stop works; only now are the older stops of this position cancelled.
-        for o in self._call("futures_get_open_orders", "open_algo", "stop", symbol=symbol, conditional=True):
+        # The new stop works; only now are the older stops of this position cancelled. A
+        # failure here is not the order's failure (it is placed): the older, looser stops stay
+        # until the next move, and nothing is re-sent.
+        try:
+            working = self._call("futures_get_open_orders", "open_algo", "stop", symbol=symbol, conditional=True)
+        except VenueError as e:
+            log.warning("stops of %s not listed after the move (%s); older stops stay", symbol, e)
+            return new
+        for o in working:
             if (o.get("clientAlgoId") != client_order_id and o.get("side") == side
                     and o.get("closePosition") in (True, "true")):
                 try:

@@ -114,9 +114,11 @@ class Faults:
                                                    "latency_s": float(latency_s), "retry_after": float(retry_after)}))
 
     def clear(self) -> None:
+        """Disarm every fault and the clock skew (fired counts stay)."""
         self.r.delete(self.key, self.k_skew)
 
     def armed(self) -> dict[str, dict]:
+        """Faults still armed: endpoint → ``{"kind", "times" left, "latency_s", "retry_after"}``."""
         return {k: json.loads(v) for k, v in self.r.hgetall(self.key).items()}
 
     def fired(self) -> dict[str, int]:
@@ -128,6 +130,7 @@ class Faults:
         self.r.set(self.k_skew, int(ms))
 
     def skew_ms(self) -> int:
+        """The server clock's offset from wall time (ms)."""
         return int(self.r.get(self.k_skew) or 0)
 
     _TAKE = """
@@ -228,6 +231,7 @@ class Emulator:
 
     @property
     def port(self) -> int:
+        """The TCP port served on 127.0.0.1."""
         return self._server.server_address[1]
 
     @property
@@ -236,14 +240,17 @@ class Emulator:
         return f"http://127.0.0.1:{self.port}/fapi"
 
     def start(self) -> "Emulator":
+        """Serve in a daemon thread; returns self."""
         self._thread = threading.Thread(target=self._server.serve_forever, name="fapi-emulator", daemon=True)
         self._thread.start()
         return self
 
     def serve_forever(self) -> None:
+        """Serve in the calling thread until interrupted (``harvest emulator``)."""
         self._server.serve_forever()
 
     def stop(self) -> None:
+        """Stop serving and close the socket."""
         self._server.shutdown()
         self._server.server_close()
 
@@ -257,6 +264,7 @@ class Emulator:
     # ------------------------------------------------------------------ HTTP plumbing
 
     def server_ms(self) -> int:
+        """Server time (ms): wall time plus the injected skew."""
         return int(time.time() * 1000) + self.faults.skew_ms()
 
     def _weight(self, w: int) -> int:

@@ -216,3 +216,14 @@ def test_market_state_from_the_venue_klines_matches_the_shipped_data(emu, bv):
     assert list(closes) == list(kl.close[end - 61:end])
     now = emu.clock.now()
     assert market_state_from_closes("ETHUSDT", closes, now, theta) == market_state_at(kl, now, theta)
+
+
+def test_stop_move_is_one_order_even_when_the_cleanup_fails(emu, bv):
+    emu.venue.set_position("BTCUSDT", "LONG", 0.010, 100_000.0, 20.0, opened_at=T0, stop_price=99_000.0)
+    emu.venue.set_mark("BTCUSDT", 101_000.0)
+    emu.faults.inject("GET /fapi/v1/openAlgoOrders", "unavailable_503")
+    s = bv.move_stop("BTCUSDT", "SELL", "100000.0", "hv-00000000000000dd-0")  # placed; listing failed
+    assert s.status == "NEW"
+    working = sorted(o.stop_price for o in emu.venue.open_orders("BTCUSDT", algo=True))
+    assert working == [99_000.0, 100_000.0]  # the older stop stays until the next move
+    assert emu.venue.position("BTCUSDT").stop_price == 100_000.0  # the tighter one protects
