@@ -135,3 +135,31 @@ def test_profit_lock_never_leaves_the_position_without_a_stop(rt, emu):
     kinds = [(x["kind"], x["data"]["clientAlgoId"].startswith("hv-")) for x in events]
     assert kinds == [("STOP_NEW", False), ("STOP_NEW", True), ("STOP_CANCELED", False)]
     assert working == {plan.client_order_id}
+
+
+def test_api_credentials_appear_nowhere_but_the_environment(rt, emu, binance_worker):
+    """After plans ran (and faults were logged) with known credentials: no Redis value of the
+    namespace (plans, results stream, rejected stream, queues, counters) and no line of the
+    worker's log carries the API key or secret."""
+    pid = partial_25(rt, "ETHUSDT")
+    assert wait_terminal(rt, pid).state == "FILLED"
+    found = []
+    for key in rt.r.scan_iter(f"{NS}*", count=1000):
+        t = rt.r.type(key)
+        if t == "string":
+            vals = [rt.r.get(key)]
+        elif t == "hash":
+            vals = [f"{k}={v}" for k, v in rt.r.hgetall(key).items()]
+        elif t == "list":
+            vals = rt.r.lrange(key, 0, -1)
+        elif t == "stream":
+            vals = [str(f) for _, f in rt.r.xrange(key)]
+        elif t in ("set", "zset"):
+            vals = list(rt.r.smembers(key)) if t == "set" else rt.r.zrange(key, 0, -1)
+        else:
+            vals = []
+        found += [key for v in vals if v and (KEY in v or SECRET in v)]
+    assert found == []
+    log_text = binance_worker.output()
+    assert "harvest.execute" in log_text  # the log is the worker's real task log
+    assert KEY not in log_text and SECRET not in log_text
