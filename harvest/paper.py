@@ -367,10 +367,10 @@ class PaperVenue(Venue):
         return ps
 
     def close_market(self, symbol: str, side: str, qty: str, client_order_id: str) -> OrderResult:
-        """Reduce-only MARKET close (one-way) or the closing leg in hedge mode."""
-        pos = self.position(symbol)
+        """Reduce-only MARKET close (one-way) or the closing leg in hedge mode (a SELL closes
+        the LONG leg, a BUY the SHORT one)."""
         dual = self.dual()
-        ps = (pos.side.value if pos is not None else ("LONG" if side == "SELL" else "SHORT")) if dual else "BOTH"
+        ps = ("LONG" if side == "SELL" else "SHORT") if dual else "BOTH"
         return self.submit_market(symbol, side, qty, client_order_id, reduce_only=not dual, position_side=ps)
 
     def submit_market(self, symbol: str, side: str, qty: str, client_order_id: str, reduce_only: bool,
@@ -506,14 +506,22 @@ class PaperVenue(Venue):
         return o
 
     def open_orders(self, symbol: str | None = None, algo: bool | None = None) -> list[OrderResult]:
-        """Orders still working (status NEW), optionally of one symbol / kind."""
-        return [o for o in self.orders() if o.status == "NEW" and (symbol is None or o.symbol == symbol)
-                and (algo is None or o.algo == algo)]
+        """Orders still working (status NEW), optionally of one symbol / kind. Only stops can
+        be working (MARKET orders fill at once), so this reads the per-symbol working-stop
+        hashes, never the whole order history."""
+        if algo is False:
+            return []
+        syms = [symbol] if symbol else sorted(self.r.smembers(self.k_positions))
+        p = self.r.pipeline(transaction=False)
+        for s in syms:
+            p.hkeys(self.k_stops(s))
+        cids = [c for keys in p.execute() for c in keys]
+        raws = self.r.hmget(self.k_orders, cids) if cids else []
+        return [o for o in (OrderResult.model_validate_json(x) for x in raws if x) if o.status == "NEW"]
 
     def move_stop(self, symbol: str, side: str, stop_price: str, client_order_id: str) -> OrderResult:
         """Place the new stop, then cancel the position's other stops (never unprotected)."""
-        pos = self.position(symbol)
-        ps = pos.side.value if (pos is not None and self.dual()) else None
+        ps = ("LONG" if side == "SELL" else "SHORT") if self.dual() else None
         order = self.place_stop(symbol, side, stop_price, client_order_id, position_side=ps)
         for o in self.open_orders(symbol, algo=True):
             if o.client_order_id != client_order_id:
