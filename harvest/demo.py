@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import sys
-import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
@@ -115,9 +114,8 @@ def run_demo(start: str = DEFAULT_START, hours: float = 24.0, speed: float = 144
         env.update({"HARVEST_FAPI_URL": emu.url, "HARVEST_API_KEY": key, "HARVEST_API_SECRET": secret,
                     "HARVEST_VENUE_WEIGHT_LIMIT_1M": str(DEMO_WEIGHT_LIMIT_1M * 3 // 4)})
     path = f"python-binance → fapi emulator {emu.url}" if emu else "in-process paper engine"
-    tmp = tempfile.mkdtemp(prefix="harvest-demo-")
     w = worker(env, ns, concurrency)
-    b = CeleryProcess("beat", env, ["-s", os.path.join(tmp, "beat-schedule"), "--pidfile="])
+    b = CeleryProcess("beat", env)
     wall0 = time.time()
     try:
         print(f"harvest demo: paper venue ({path}), real klines {iso(t_start)} → {iso(t_end)} UTC at {speed:g}× "

@@ -41,24 +41,32 @@ TASK_TIME_LIMIT_S = 60
 VISIBILITY_TIMEOUT_S = 3600
 
 
+#: Beat entry name → (task, the settings field of its interval). ``harvest schedule set NAME
+#: SECONDS`` changes one at runtime (see :mod:`tasks.beat`).
+BEAT_ENTRIES: dict[str, tuple[str, str]] = {
+    "scan": ("harvest.scan_positions", "scan_interval_s"),
+    "market": ("harvest.refresh_market", "market_refresh_s"),
+    "reconcile": ("harvest.reconcile", "reconcile_interval_s"),
+    "sweep": ("harvest.sweep_plans", "sweep_interval_s"),
+    "heartbeat": ("harvest.heartbeat", "heartbeat_interval_s"),
+    "exchange_info": ("harvest.refresh_exchange_info", "exchange_info_interval_s"),
+}
+
+#: Longest beat sleep (s): a runtime interval change takes effect within it.
+BEAT_MAX_LOOP_S = 1.0
+#: TTL of the single-beat lock (s): a standby beat takes over at most this long after the
+#: active one died. Beat extends it every tick (≤ BEAT_MAX_LOOP_S).
+BEAT_LOCK_TIMEOUT_S = 10
+
+
 def beat_schedule(s: HarvestSettings) -> dict:
-    """Beat entries: name → {task, schedule (s), options(queue, expires)}."""
-    entries = {
-        "scan": ("harvest.scan_positions", s.scan_interval_s),
-        "market": ("harvest.refresh_market", s.market_refresh_s),
-        "reconcile": ("harvest.reconcile", s.reconcile_interval_s),
-        "sweep": ("harvest.sweep_plans", s.sweep_interval_s),
-        "heartbeat": ("harvest.heartbeat", s.heartbeat_interval_s),
-        "exchange_info": ("harvest.refresh_exchange_info", s.exchange_info_interval_s),
-    }
-    return {
-        name: {
-            "task": task,
-            "schedule": interval,
-            "options": {"queue": s.queue(ROUTES[task]), "expires": interval},
-        }
-        for name, (task, interval) in entries.items()
-    }
+    """Beat entries: name → {task, schedule (s), options(queue, expires = interval)}."""
+    out = {}
+    for name, (task, field) in BEAT_ENTRIES.items():
+        interval = float(getattr(s, field))
+        out[name] = {"task": task, "schedule": interval,
+                     "options": {"queue": s.queue(ROUTES[task]), "expires": interval}}
+    return out
 
 
 def celery_config(s: HarvestSettings) -> dict:
@@ -75,6 +83,7 @@ def celery_config(s: HarvestSettings) -> dict:
         "event_serializer": "json",
         "task_ignore_result": True,
         "result_backend": None,
+        "result_expires": None,  # no result backend: no celery.backend_cleanup beat entry
         "task_queues": [Queue(s.queue(k), exchange, routing_key=s.queue(k)) for k in kinds],
         "task_default_queue": s.queue("scan"),
         "task_default_exchange": s.namespace,
@@ -89,6 +98,14 @@ def celery_config(s: HarvestSettings) -> dict:
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
         "beat_schedule": beat_schedule(s),
+        # One beat: celery-redbeat keeps the schedule in Redis and holds a lock there.
+        "beat_scheduler": "tasks.beat:HarvestScheduler",
+        "beat_max_loop_interval": BEAT_MAX_LOOP_S,
+        "redbeat_redis_url": s.redis_url,
+        "redbeat_key_prefix": f"{s.namespace}:beat:",
+        "redbeat_lock_timeout": BEAT_LOCK_TIMEOUT_S,
+        "redbeat_redis_options": {"retry_period": 30, "health_check_interval": 30},
+        "harvest_namespace": s.namespace,
         "timezone": "UTC",
         "enable_utc": True,
     }
