@@ -1,5 +1,5 @@
-"""The ``harvest`` command line: ``demo``, ``emulator``, ``scorecard``, ``reconcile``, ``schedule``
-(each with --help)."""
+"""The ``harvest`` command line: ``demo``, ``emulator``, ``scorecard``, ``reconcile``, ``schedule``,
+``metrics`` (each with --help)."""
 
 from __future__ import annotations
 
@@ -74,6 +74,28 @@ def _cmd_reconcile(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_metrics(a: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+
+    from harvest.metrics import HarvestCollector
+    from harvest.runtime import get_runtime
+    from harvest.scorecard import queue_depths
+
+    rt = get_runtime()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HarvestCollector(rt, lambda: {rt.settings.queue(k): n for k, n in queue_depths(rt).items()}))
+    if a.once:
+        sys.stdout.write(generate_latest(registry).decode())
+        return 0
+    server, thread = start_http_server(a.port, addr=a.host, registry=registry)
+    print(f"harvest metrics for namespace {rt.settings.namespace} on http://{a.host}:{a.port}/metrics", flush=True)
+    try:
+        thread.join()
+    except KeyboardInterrupt:
+        server.shutdown()
+    return 0
+
+
 def _cmd_schedule(a: argparse.Namespace) -> int:
     from settings import get_settings
     from tasks.app import app
@@ -137,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("reconcile", help="reconcile the book with the venue once (drops ghosts)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(fn=_cmd_reconcile)
+    m = sub.add_parser("metrics", help="serve Prometheus metrics of the namespace's live state (/metrics)")
+    m.add_argument("--host", default="0.0.0.0")
+    m.add_argument("--port", type=int, default=9808)
+    m.add_argument("--once", action="store_true", help="print the exposition once to stdout and exit")
+    m.set_defaults(fn=_cmd_metrics)
     sc = sub.add_parser("schedule", help="list or change the beat schedule at runtime (no restart)")
     scs = sc.add_subparsers(dest="action")
     sl = scs.add_parser("list", help="every beat entry: interval, expires, next run")

@@ -257,6 +257,8 @@ class Decision(BaseModel):
     mark_price: float = Field(gt=0)
     regime: Regime | None = None
     decided_at: float
+    scanned_at: float | None = Field(None, description="wall time (Unix s) of the scan tick that decided it; "
+                                     "latency metrics only, not part of the plan's identity")
 
     @field_validator("r_net", "mark_price", "decided_at", "close_fraction")
     @classmethod
@@ -306,6 +308,7 @@ class Plan(BaseModel):
     new_stop: float | None = None
     state: PlanState
     reason: str = ""
+    scanned_at: float | None = None
     created_at: float
     updated_at: float
     expires_at: float

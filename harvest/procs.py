@@ -86,7 +86,7 @@ def _ping(r) -> bool:
 
 
 class CeleryProcess:
-    """``celery -A tasks worker|beat`` as a child process with its own HARVEST_* environment."""
+    """``celery -A tasks worker|beat|flower`` as a child process with its own HARVEST_* environment."""
 
     def __init__(self, kind: str, env: dict[str, str], args: list[str] | None = None):
         self.kind = kind
@@ -96,7 +96,8 @@ class CeleryProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "CeleryProcess":
-        cmd = [sys.executable, "-m", "celery", "-A", "tasks", self.kind, "-l", "INFO", *self.args]
+        level = ["-l", "INFO"] if self.kind in ("worker", "beat") else []
+        cmd = [sys.executable, "-m", "celery", "-A", "tasks", self.kind, *level, *self.args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         return self

@@ -1,9 +1,12 @@
 """The harvest scorecard from live state (the seeds' six questions, answered from Redis):
 plans produced and executed by action and terminal state, orders, duplicate blocks, guard
-blocks by reason, realized PnL per symbol, open plans, heartbeats and queue depths."""
+blocks by reason, realized PnL per symbol, open plans, heartbeats, queue depths and queue lag.
+A stopped pipeline shows as a growing beat/scan heartbeat age (beat down) or a growing queue
+depth and lag (workers down)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter, defaultdict
 
@@ -13,9 +16,51 @@ from harvest.runtime import Runtime
 from harvest.venue import VenueError
 
 
+KINDS = ("scan", "orders", "housekeeping")
+
+
+def _redis_broker(rt: Runtime) -> bool:
+    return rt.settings.broker.startswith(("redis://", "rediss://", "unix://")) and rt.settings.broker == rt.settings.redis_url
+
+
 def queue_depths(rt: Runtime) -> dict[str, int]:
-    """Messages waiting in each of the namespace's queues (Redis broker lists)."""
-    return {k: int(rt.r.llen(rt.settings.queue(k))) for k in ("scan", "orders", "housekeeping")}
+    """Messages waiting in each of the namespace's queues, by kind (``scan``, ``orders``,
+    ``housekeeping``): LLEN on a Redis broker, a passive ``queue_declare`` (kombu) on AMQP.
+    Raises the broker's connection error when it cannot be reached."""
+    if _redis_broker(rt):
+        p = rt.r.pipeline(transaction=False)
+        for k in KINDS:
+            p.llen(rt.settings.queue(k))
+        return dict(zip(KINDS, (int(n) for n in p.execute())))
+    from kombu import Connection
+
+    out = {}
+    with Connection(rt.settings.broker, connect_timeout=5) as conn:
+        for k in KINDS:
+            try:
+                out[k] = int(conn.channel().queue_declare(queue=rt.settings.queue(k), passive=True).message_count)
+            except conn.channel_errors:  # not declared yet: nothing waiting
+                out[k] = 0
+    return out
+
+
+def queue_lag(rt: Runtime) -> dict[str, float | None]:
+    """Age (s) of the oldest message waiting in each queue: 0 when empty, None when the
+    broker cannot be peeked (AMQP; see ``harvest_queue_wait_seconds`` there). Ages come from
+    the ``sent_at`` header every harvest message carries."""
+    if not _redis_broker(rt):
+        return {k: None for k in KINDS}
+    p = rt.r.pipeline(transaction=False)
+    for k in KINDS:
+        p.lindex(rt.settings.queue(k), -1)  # kombu LPUSHes and BRPOPs: the oldest is last
+    now = time.time()
+    out: dict[str, float | None] = {}
+    for k, raw in zip(KINDS, p.execute()):
+        try:
+            out[k] = round(max(0.0, now - float(json.loads(raw)["headers"]["sent_at"])), 3) if raw else 0.0
+        except (ValueError, KeyError, TypeError):
+            out[k] = None
+    return out
 
 
 def paper_engine(rt: Runtime) -> PaperVenue | None:
@@ -68,9 +113,17 @@ def build_scorecard(rt: Runtime) -> dict:
         "realized_pnl": pnl,
         "realized_pnl_total": round(total, 4),
         "positions_open": _positions_open(rt),
-        "queue_depth": queue_depths(rt),
+        "queue_depth": _or_none(queue_depths, rt),
+        "queue_lag_s": queue_lag(rt),
         "heartbeat_age_s": {k: round(now - v, 3) for k, v in sorted(rt.plans.heartbeats().items())},
     }
+
+
+def _or_none(fn, rt: Runtime):
+    try:
+        return fn(rt)
+    except Exception as e:  # broker unreachable: the scorecard still answers from Redis
+        return {"error": str(e)[:200]}
 
 
 def _positions_open(rt: Runtime) -> int | None:
@@ -97,6 +150,9 @@ def format_scorecard(card: dict) -> str:
                      f"  funding {v['funding']:>7.2f}  stops hit {v['stops_hit']}")
     lines.append(f"positions open: {card['positions_open']}  queue depth: "
                  + "  ".join(f"{k}={v}" for k, v in card["queue_depth"].items()))
+    if card.get("queue_lag_s"):
+        lines.append("queue lag (s, oldest waiting message): "
+                     + "  ".join(f"{k}={'n/a' if v is None else v}" for k, v in card["queue_lag_s"].items()))
     if card.get("heartbeat_age_s"):
         lines.append("heartbeat age (s): " + "  ".join(f"{k}={v}" for k, v in card["heartbeat_age_s"].items()))
     return "\n".join(lines)

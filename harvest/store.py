@@ -17,6 +17,8 @@ Key layout (``<ns>`` = settings.namespace)::
     <ns>:market:<symbol>             string MarketState JSON
     <ns>:counters                    hash   guard blocks, dedup skips, scans …
     <ns>:heartbeat                   hash   name → last Unix time
+    <ns>:metrics:*                   hashes plans by action|state, orders by result, sends by
+                                            outcome, histograms (see harvest.metrics)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, Iterable
 
 import redis
 
+from harvest.metrics import scan_to_fill
 from harvest.models import MarketState, Plan, Side
 from harvest.plans import TERMINAL, allowed_from
 
@@ -44,6 +47,7 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'plan_id', ARGV[1], 'symbol', ARGV[5],
   'action', ARGV[6], 'from', '', 'to', 'PROPOSED', 'reason', 'proposed', 'ts', ARGV[2], 'data', ARGV[7])
+redis.call('HINCRBY', KEYS[5], ARGV[6] .. '|PROPOSED', 1)
 return false
 """
 
@@ -55,6 +59,10 @@ local ok = false
 for i = 9, 8 + nfrom do if ARGV[i] == cur then ok = true end end
 if not ok then return {0, cur} end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3], 'reason', ARGV[4])
+local action = redis.call('HGET', KEYS[1], 'action')
+redis.call('HINCRBY', KEYS[5], action .. '|' .. cur, -1)
+redis.call('HINCRBY', KEYS[5], action .. '|' .. ARGV[2], 1)
+if cur == 'SUBMITTED' and ARGV[6] == '1' then redis.call('HINCRBY', KEYS[6], ARGV[2], 1) end
 local first = 9 + nfrom
 if #ARGV >= first then
   local f = {}
@@ -68,15 +76,17 @@ end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1],
   'symbol', redis.call('HGET', KEYS[1], 'symbol'), 'action', redis.call('HGET', KEYS[1], 'action'),
   'from', cur, 'to', ARGV[2], 'reason', ARGV[4], 'ts', ARGV[3], 'data', ARGV[7])
-return {1, cur}
+return {1, cur, action, redis.call('HGET', KEYS[1], 'scanned_at') or redis.call('HGET', KEYS[1], 'created_at')}
 """
 
-# Send bookkeeping of a SUBMITTED plan (no state change): KEYS[1] plan, KEYS[2] results stream.
+# Send bookkeeping of a SUBMITTED plan (no state change): KEYS[1] plan, KEYS[2] results stream,
+# KEYS[3] send-outcome counts (metrics).
 # mark: ARGV = plan_id, step, outcome, now, maxlen, data, field/value pairs…
 _MARK_SEND_LUA = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'SUBMITTED' then return 0 end
 if tonumber(redis.call('HGET', KEYS[1], 'step') or '0') ~= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'send', ARGV[3], 'updated_at', ARGV[4])
+redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
 if #ARGV >= 7 then
   local f = {}
   for i = 7, #ARGV do f[#f + 1] = ARGV[i] end
@@ -108,7 +118,10 @@ if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], 'harvested_tier', AR
 return 0
 """
 
-_PLAN_FLOATS = ("close_fraction", "new_stop", "created_at", "updated_at", "expires_at",
+#: States in which a plan's order is acknowledged done (scan-to-fill latency is observed).
+FILLED_STATES = ("FILLED", "PARTIALLY_FILLED")
+
+_PLAN_FLOATS = ("close_fraction", "new_stop", "scanned_at", "created_at", "updated_at", "expires_at",
                 "executed_qty", "avg_price", "realized_pnl", "position_qty_after")
 
 
@@ -172,6 +185,29 @@ class Keys:
     def heartbeat(self) -> str:
         return f"{self.ns}:heartbeat"
 
+    @property
+    def metrics_plans(self) -> str:
+        """hash ``<action>|<state>`` → plans now in that state (kept by the Lua scripts)."""
+        return f"{self.ns}:metrics:plans"
+
+    @property
+    def metrics_orders(self) -> str:
+        """hash terminal state → plans that ended there after an order was sent."""
+        return f"{self.ns}:metrics:orders"
+
+    @property
+    def metrics_sends(self) -> str:
+        """hash send outcome (accepted / unknown / not_executed) → sends."""
+        return f"{self.ns}:metrics:sends"
+
+
+def _log_transition(plan_id: str, symbol: str | None, action: str | None, frm: str, to: str, reason: str) -> None:
+    """The one log line per plan transition (text: key=value; JSON: the same fields)."""
+    log.info("plan_transition plan_id=%s symbol=%s action=%s from=%s state=%s reason=%s",
+             plan_id, symbol, action, frm or "-", to, reason,
+             extra={"event": "plan_transition", "plan_id": plan_id, "symbol": symbol, "action": action,
+                    "from_state": frm or None, "state": to, "reason": reason})
+
 
 class PlanStore:
     """Plans in Redis with atomic, audited transitions (see module docstring).
@@ -187,6 +223,7 @@ class PlanStore:
         self._transition = r.register_script(_TRANSITION_LUA)
         self._mark_send = r.register_script(_MARK_SEND_LUA)
         self._claim_resend = r.register_script(_CLAIM_RESEND_LUA)
+        self.scan_to_fill = scan_to_fill(r, ns)
 
     def create(self, plan: dict[str, Any], data: dict[str, Any]) -> str | None:
         """Create a plan in state PROPOSED unless its plan_id exists.
@@ -197,12 +234,15 @@ class PlanStore:
         """
         pid = plan["plan_id"]
         fields = dict(plan, state="PROPOSED", updated_at=plan["created_at"], reason="proposed")
-        return self._create(
-            keys=[self.k.plan(pid), self.k.open_plans, self.k.plan_index, self.k.results],
+        existing = self._create(
+            keys=[self.k.plan(pid), self.k.open_plans, self.k.plan_index, self.k.results, self.k.metrics_plans],
             args=[pid, _enc(plan["created_at"]), _enc(plan["expires_at"]), self.maxlen,
                   plan["symbol"], _enc(plan["action"]), json.dumps(data, sort_keys=True, default=str),
                   *_flat(fields)],
         )
+        if existing is None:
+            _log_transition(pid, plan["symbol"], _enc(plan["action"]), "", "PROPOSED", "proposed")
+        return existing
 
     def transition(
         self,
@@ -228,15 +268,16 @@ class PlanStore:
         now = time.time() if now is None else now
         res = self._transition(
             keys=[self.k.plan(plan_id), self.k.open_plans, self.k.results,
-                  self.k.inflight(account or "", symbol or "")],
+                  self.k.inflight(account or "", symbol or ""), self.k.metrics_plans, self.k.metrics_orders],
             args=[plan_id, to, _enc(now), reason, self.maxlen, "1" if to in TERMINAL else "0",
                   json.dumps(data or {}, sort_keys=True, default=str), len(frm), *frm,
                   *_flat(fields or {})],
         )
         applied = bool(int(res[0]))
         if applied:
-            log.info("plan_transition plan_id=%s symbol=%s from=%s to=%s reason=%s",
-                     plan_id, symbol, res[1], to, reason)
+            _log_transition(plan_id, symbol, res[2], res[1], to, reason)
+            if to in FILLED_STATES and res[3]:
+                self.scan_to_fill.observe(now - float(res[3]), res[2])
         return applied, res[1]
 
     def mark_send(self, plan_id: str, step: int, outcome: str, data: dict[str, Any] | None = None,
@@ -246,7 +287,7 @@ class PlanStore:
         step's clientOrderId). No state change; the stream gets a ``send_<outcome>`` entry.
         Returns False when the plan is no longer SUBMITTED at that step."""
         return bool(self._mark_send(
-            keys=[self.k.plan(plan_id), self.k.results],
+            keys=[self.k.plan(plan_id), self.k.results, self.k.metrics_sends],
             args=[plan_id, step, outcome, _enc(time.time()), self.maxlen,
                   json.dumps(data or {}, sort_keys=True, default=str), *_flat(fields or {})]))
 

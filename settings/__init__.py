@@ -59,6 +59,7 @@ class HarvestSettings(BaseSettings):
     max_send_attempts: int = Field(5, ge=1, le=20, description="sends of one plan's order known not executed, at most")
     retry_backoff_s: float = Field(0.5, gt=0, le=60, description="first retry delay of a not-executed send; doubles")
     retry_backoff_max_s: float = Field(20.0, gt=0, le=600, description="cap of the retry delay")
+    log_format: Literal["text", "json"] = Field("text", description="text lines, or one JSON object per line")
     mode: Literal["shadow", "live"] = Field("live", description="shadow: plans end SHADOWED, no order is sent")
     symbols: list[str] = Field(default_factory=lambda: list(SHIPPED_SYMBOLS), description="symbol allowlist")
     scan_interval_s: float = Field(5.0, gt=0, le=3600)

@@ -7,14 +7,48 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import Celery
+from celery.signals import before_task_publish, setup_logging, task_prerun
 
 from settings import get_settings
 from settings.celery import celery_config
+from settings.logging import configure_logging
 
 settings = get_settings()
 app = Celery("harvest")
 app.conf.update(celery_config(settings))
 
 log = logging.getLogger("harvest")
+
+
+@setup_logging.connect
+def _setup_logging(loglevel=None, logfile=None, **_):
+    """Workers and beat log through :func:`settings.logging.configure_logging`
+    (``HARVEST_LOG_FORMAT``), with the Celery task id on every record from a task."""
+    stream = open(logfile, "a", buffering=1) if logfile else None
+    configure_logging(settings.log_format, loglevel or logging.INFO, stream)
+
+
+@before_task_publish.connect
+def _stamp_sent_at(headers=None, **_):
+    """Every message carries ``sent_at`` (Unix s) for the queue-wait metric and queue lag."""
+    if headers is not None:
+        headers["sent_at"] = time.time()
+
+
+@task_prerun.connect
+def _observe_queue_wait(task=None, **_):
+    """Seconds from publish to start, by queue (``harvest_queue_wait_seconds``); never fails a task."""
+    try:
+        sent = getattr(task.request, "sent_at", None)
+        if sent is None:
+            return
+        from harvest.metrics import queue_wait
+        from harvest.runtime import get_runtime
+
+        queue = (task.request.delivery_info or {}).get("routing_key") or "-"
+        queue_wait(get_runtime().r, settings.namespace).observe(max(0.0, time.time() - float(sent)), queue)
+    except Exception:  # pragma: no cover - metrics must not break the pipeline
+        log.debug("queue-wait metric not recorded", exc_info=True)

@@ -36,7 +36,7 @@ def resolve_submitted(rt: Runtime, plan: Plan, final: bool) -> str:
             rt.plans.mark_send(plan.plan_id, plan.step, "not_executed", {"code": e.code, "looked_up": True})
             nxt = plan.step + 1
             if not final and nxt < rt.settings.max_send_attempts and time.time() < plan.expires_at:
-                resend_chain(plan.plan_id, nxt).apply_async()
+                resend_chain(plan.plan_id, nxt, plan.symbol, plan.action.value).apply_async()
                 return "resent"
             rt.plans.transition(plan.plan_id, "FAILED", "not_placed", data={"code": e.code, "step": plan.step},
                                 fields={"error_code": e.code, "error_message": e.message},

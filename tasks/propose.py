@@ -34,7 +34,7 @@ def propose(decision: dict | None) -> dict | None:
     plan = {
         "plan_id": pid, "account": d.account, "symbol": d.symbol, "epoch": d.epoch, "side": d.side,
         "action": d.action, "tier": d.tier, "close_fraction": d.close_fraction, "new_stop": d.new_stop,
-        "created_at": now, "expires_at": now + rt.settings.plan_ttl_s,
+        "scanned_at": None if d.scanned_at is None else min(d.scanned_at, now), "created_at": now, "expires_at": now + rt.settings.plan_ttl_s,
         "client_order_id": client_order_id(pid), "decision": d.model_dump(mode="json"),
     }
     data = {"r_net": d.r_net, "kill_score": d.kill_score, "components": d.components, "mark_price": d.mark_price,

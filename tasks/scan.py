@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
+from harvest.metrics import scan_duration
 from harvest.plans import plan_id_for
 from harvest.runtime import get_runtime
 from harvest.venue import VenueError
@@ -22,6 +23,7 @@ def scan_positions() -> dict:
     """One scan. Returns ``{"positions", "actionable", "started", "duplicates", "busy",
     "seconds"}`` (counts; wall seconds)."""
     t0 = time.perf_counter()
+    scanned_at = time.time()
     rt = get_runtime()
     try:
         pairs, now = load_positions(rt)
@@ -35,13 +37,15 @@ def scan_positions() -> dict:
     exists = rt.plans.exists_many(ids)
     holders = rt.plans.inflight_many(rt.settings.account, [d.symbol for d in decisions])
     started = dup = busy = 0
-    for d, ex, holder in zip(decisions, exists, holders, strict=True):
+    for d, pid, ex, holder in zip(decisions, ids, exists, holders, strict=True):
         if ex:
             dup += 1
         elif holder is not None:
             busy += 1
         else:
-            action_chain(d.model_dump(mode="json")).apply_async()
+            payload = d.model_dump(mode="json")
+            payload["scanned_at"] = scanned_at
+            action_chain(payload, pid).apply_async()
             started += 1
     p = rt.r.pipeline(transaction=False)
     k = rt.plans.k.counters
@@ -50,6 +54,8 @@ def scan_positions() -> dict:
     p.hincrby(k, "scan:duplicates_skipped", dup)
     p.hincrby(k, "scan:busy_skipped", busy)
     p.hset(rt.plans.k.heartbeat, "scan", repr(time.time()))
+    seconds = time.perf_counter() - t0
+    scan_duration(rt.r, rt.settings.namespace).observe(seconds, pipe=p)
     p.execute()
     return {"positions": len(pairs), "actionable": len(decisions), "started": started,
-            "duplicates": dup, "busy": busy, "seconds": time.perf_counter() - t0}
+            "duplicates": dup, "busy": busy, "seconds": seconds}

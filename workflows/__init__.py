@@ -10,6 +10,10 @@ imports no task module.
 
 Every task of a chain carries ``expires`` = the plan TTL: a chain that sat in a queue past
 it is dropped by the worker unexecuted (the sweeper then ends its plan EXPIRED).
+
+Every task also carries ``argsrepr`` — ``plan_id=… symbol=… action=…`` — which Celery puts in
+its task events in place of the raw arguments, so Flower lists each stage by plan_id, symbol
+and action. Task arguments never hold secrets (only decisions and ``{"plan_id"}`` refs).
 """
 
 from __future__ import annotations
@@ -22,23 +26,32 @@ from tasks.app import app, settings
 _AFTER_PROPOSE = ("harvest.guard", "harvest.execute", "harvest.confirm")
 
 
-def _sig(name: str, *args) -> Signature:
-    return app.signature(name, args=args, expires=settings.plan_ttl_s)
+def label(**fields) -> str:
+    """The ``argsrepr`` Flower shows: ``plan_id=… symbol=… action=…`` (None fields left out)."""
+    return " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
 
 
-def action_chain(decision: dict) -> Signature:
-    """``propose(decision) | guard | execute | confirm``. decision: a Decision as a JSON dict."""
-    return chain(_sig("harvest.propose", decision), *(_sig(n) for n in _AFTER_PROPOSE))
+def _sig(name: str, *args, argsrepr: str, **kwargs) -> Signature:
+    return app.signature(name, args=args, kwargs=kwargs, expires=settings.plan_ttl_s, argsrepr=argsrepr)
+
+
+def action_chain(decision: dict, plan_id: str | None = None) -> Signature:
+    """``propose(decision) | guard | execute | confirm``. decision: a Decision as a JSON dict;
+    plan_id: its plan_id (:func:`harvest.plans.plan_id_for`), shown in Flower."""
+    shown = label(plan_id=plan_id, symbol=decision.get("symbol"), action=decision.get("action"))
+    return chain(_sig("harvest.propose", decision, argsrepr=shown), *(_sig(n, argsrepr=shown) for n in _AFTER_PROPOSE))
 
 
 def full_chain(symbol: str) -> Signature:
     """``evaluate({"symbol": symbol}) | propose | guard | execute | confirm``."""
-    return chain(_sig("harvest.evaluate", {"symbol": symbol}), _sig("harvest.propose"),
-                 *(_sig(n) for n in _AFTER_PROPOSE))
+    shown = label(symbol=symbol)
+    return chain(_sig("harvest.evaluate", {"symbol": symbol}, argsrepr=shown), _sig("harvest.propose", argsrepr=shown),
+                 *(_sig(n, argsrepr=shown) for n in _AFTER_PROPOSE))
 
 
-def resend_chain(plan_id: str, step: int) -> Signature:
+def resend_chain(plan_id: str, step: int, symbol: str | None = None, action: str | None = None) -> Signature:
     """``execute({"plan_id"}, step=step) | confirm``: send step ``step`` of a SUBMITTED plan
     whose previous send was proved not placed (execute claims the step atomically)."""
-    return chain(app.signature("harvest.execute", args=({"plan_id": plan_id},), kwargs={"step": step},
-                               expires=settings.plan_ttl_s), _sig("harvest.confirm"))
+    shown = label(plan_id=plan_id, symbol=symbol, action=action, step=step)
+    return chain(_sig("harvest.execute", {"plan_id": plan_id}, argsrepr=shown, step=step),
+                 _sig("harvest.confirm", argsrepr=shown))

@@ -1,0 +1,198 @@
+"""Metrics kept in Redis by every worker and exposed in Prometheus format by one exporter
+(``harvest metrics``), so that any number of worker processes on any number of hosts add up
+to one consistent set of series (no per-process registries to merge).
+
+* :class:`RedisHistogram` — a histogram whose buckets are fields of one Redis hash
+  (``HINCRBY``; non-cumulative in Redis, cumulative at exposition).
+* :class:`HarvestCollector` — a ``prometheus_client`` collector that reads the namespace's
+  plans-by-state gauge, counters, histograms, heartbeats, queue depths and the exchange weight
+  budget at scrape time. Series (all prefixed ``harvest_``):
+
+  ==============================================  =========  ====================================
+  name                                            type       labels
+  ==============================================  =========  ====================================
+  plans                                           gauge      action, state
+  orders_total                                    counter    result (terminal state after a send)
+  order_sends_total                               counter    outcome (accepted/unknown/not_executed)
+  guard_blocks_total                              counter    reason
+  duplicates_blocked_total                        counter
+  malformed_messages_total                        counter    stage
+  scans_total, chains_started_total               counter
+  scan_duration_seconds                           histogram
+  scan_to_fill_seconds                            histogram  action
+  queue_wait_seconds                              histogram  queue
+  queue_depth                                     gauge      queue
+  heartbeat_age_seconds                           gauge      component (beat, scan, market, …)
+  exchange_weight_used / exchange_weight_limit    gauge      (request weight, current minute)
+  positions_open                                  gauge
+  ==============================================  =========  ====================================
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Iterable, Sequence
+
+import redis
+
+#: Upper bounds (s) of the scan-duration buckets.
+SCAN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Upper bounds (s) of the scan-to-fill latency buckets (scan tick → order acknowledged).
+SCAN_TO_FILL_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+#: Upper bounds (s) of the queue-wait buckets (published → started by a worker).
+QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class RedisHistogram:
+    """A labelled histogram in one Redis hash ``key``: fields ``<label>|le=<bound>``,
+    ``<label>|sum`` and ``<label>|count``. Bounds in seconds (or any unit), ascending."""
+
+    def __init__(self, r: redis.Redis, key: str, buckets: Sequence[float]):
+        self.r = r
+        self.key = key
+        self.buckets = tuple(buckets)
+
+    def observe(self, value: float, label: str = "", pipe=None) -> None:
+        """Record one observation (one round trip, or added to ``pipe``). NaN is ignored."""
+        if value != value:  # NaN
+            return
+        bound = next((b for b in self.buckets if value <= b), math.inf)
+        p = pipe if pipe is not None else self.r.pipeline(transaction=False)
+        p.hincrby(self.key, f"{label}|le={bound!r}", 1)
+        p.hincrbyfloat(self.key, f"{label}|sum", value)
+        p.hincrby(self.key, f"{label}|count", 1)
+        if pipe is None:
+            p.execute()
+
+    def snapshot(self) -> dict[str, tuple[list[tuple[str, float]], float, int]]:
+        """label → (cumulative buckets ``[(le, count)]`` ending with ``+Inf``, sum, count)."""
+        raw = self.r.hgetall(self.key)
+        per: dict[str, dict[str, str]] = {}
+        for f, v in raw.items():
+            f = f.decode() if isinstance(f, bytes) else f
+            label, _, kind = f.rpartition("|")
+            per.setdefault(label, {})[kind] = v
+        out = {}
+        for label, fields in per.items():
+            acc = 0
+            cum = []
+            for b in (*self.buckets, math.inf):
+                acc += int(fields.get(f"le={b!r}", 0))
+                cum.append(("+Inf" if b == math.inf else repr(b), acc))
+            out[label] = (cum, float(fields.get("sum", 0.0)), int(fields.get("count", 0)))
+        return out
+
+
+def scan_duration(r: redis.Redis, ns: str) -> RedisHistogram:
+    """Wall seconds of each scan (observed by :func:`tasks.scan.scan_positions`)."""
+    return RedisHistogram(r, f"{ns}:metrics:scan_duration", SCAN_BUCKETS)
+
+
+def scan_to_fill(r: redis.Redis, ns: str) -> RedisHistogram:
+    """Scan tick → FILLED seconds by action (observed by :meth:`harvest.store.PlanStore.transition`)."""
+    return RedisHistogram(r, f"{ns}:metrics:scan_to_fill", SCAN_TO_FILL_BUCKETS)
+
+
+def queue_wait(r: redis.Redis, ns: str) -> RedisHistogram:
+    """Published → started seconds by queue (observed by the worker's task_prerun hook)."""
+    return RedisHistogram(r, f"{ns}:metrics:queue_wait", QUEUE_WAIT_BUCKETS)
+
+
+class HarvestCollector:
+    """``prometheus_client`` collector of one namespace's live state (see module docstring).
+
+    ``rt``: a :class:`harvest.runtime.Runtime`; ``queue_depths``: a callable returning
+    ``{queue name: messages waiting}`` (broker-specific, see :func:`harvest.scorecard.queue_depths`).
+    Every scrape reads Redis in a handful of round trips; nothing is cached.
+    """
+
+    def __init__(self, rt, queue_depths: Callable[[], dict[str, int]]):
+        self.rt = rt
+        self.queue_depths = queue_depths
+        ns = rt.settings.namespace
+        self.scan = scan_duration(rt.r, ns)
+        self.fill = scan_to_fill(rt.r, ns)
+        self.wait = queue_wait(rt.r, ns)
+
+    def describe(self) -> Iterable:  # no describe-time I/O
+        return []
+
+    def collect(self) -> Iterable:
+        from harvest.binance_venue import WeightBudget
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        rt = self.rt
+        k = rt.plans.k
+        p = rt.r.pipeline(transaction=False)
+        for key in (k.metrics_plans, k.metrics_orders, k.metrics_sends, k.counters, k.heartbeat):
+            p.hgetall(key)
+        plans, orders, sends, counters, beats = p.execute()
+
+        g = GaugeMetricFamily("harvest_plans", "Plans now in each state, by action", labels=["action", "state"])
+        for f, v in sorted(plans.items()):
+            action, _, state = f.partition("|")
+            g.add_metric([action, state], float(v))
+        yield g
+        c = CounterMetricFamily("harvest_orders", "Plans that ended after an order was sent, by terminal state",
+                                labels=["result"])
+        for f, v in sorted(orders.items()):
+            c.add_metric([f], float(v))
+        yield c
+        c = CounterMetricFamily("harvest_order_sends", "Order sends by outcome", labels=["outcome"])
+        for f, v in sorted(sends.items()):
+            c.add_metric([f], float(v))
+        yield c
+        yield _labelled(CounterMetricFamily("harvest_guard_blocks", "Plans the guard blocked, by reason",
+                                            labels=["reason"]), counters, "guard:")
+        yield _labelled(CounterMetricFamily("harvest_malformed_messages", "Malformed task payloads rejected",
+                                            labels=["stage"]), counters, "malformed:")
+        dup = int(counters.get("scan:duplicates_skipped", 0)) + sum(
+            int(v) for f, v in counters.items() if f.startswith("dedup:"))
+        yield CounterMetricFamily("harvest_duplicates_blocked", "Repeated decisions that found their plan", value=dup)
+        yield CounterMetricFamily("harvest_scans", "Scans run", value=int(counters.get("scan:runs", 0)))
+        yield CounterMetricFamily("harvest_chains_started", "Action chains started by scans",
+                                  value=int(counters.get("scan:chains_started", 0)))
+        if "positions_open" in counters:
+            yield GaugeMetricFamily("harvest_positions_open", "Open positions at the last reconcile",
+                                    value=float(counters["positions_open"]))
+
+        yield from _histograms(HistogramMetricFamily, "harvest_scan_duration_seconds",
+                               "Wall time of one scan of every open position", self.scan, None)
+        yield from _histograms(HistogramMetricFamily, "harvest_scan_to_fill_seconds",
+                               "Scan tick to order acknowledged (FILLED), by action", self.fill, "action")
+        yield from _histograms(HistogramMetricFamily, "harvest_queue_wait_seconds",
+                               "Published to started by a worker, by queue", self.wait, "queue")
+
+        g = GaugeMetricFamily("harvest_queue_depth", "Messages waiting in each queue", labels=["queue"])
+        try:
+            for q, n in sorted(self.queue_depths().items()):
+                g.add_metric([q], float(n))
+        except Exception:  # broker unreachable: the series is absent, the scrape still answers
+            pass
+        yield g
+        now = time.time()
+        g = GaugeMetricFamily("harvest_heartbeat_age_seconds", "Seconds since each component last reported",
+                              labels=["component"])
+        for name, ts in sorted(beats.items()):
+            g.add_metric([name], max(0.0, now - float(ts)))
+        yield g
+        budget = WeightBudget(rt.r, rt.settings.namespace, rt.settings.venue_weight_limit_1m)
+        yield GaugeMetricFamily("harvest_exchange_weight_used", "Request weight used in the current minute",
+                                value=float(budget.used()))
+        yield GaugeMetricFamily("harvest_exchange_weight_limit", "Request weight the fleet may use per minute",
+                                value=float(budget.limit))
+
+
+def _labelled(family, counters: dict, prefix: str):
+    for f, v in sorted(counters.items()):
+        if f.startswith(prefix):
+            family.add_metric([f[len(prefix):]], float(v))
+    return family
+
+
+def _histograms(cls, name: str, doc: str, h: RedisHistogram, label: str | None):
+    fam = cls(name, doc, labels=[label] if label else None)
+    for lab, (buckets, total, _count) in sorted(h.snapshot().items()):
+        fam.add_metric([lab] if label else [], buckets, total)
+    yield fam
