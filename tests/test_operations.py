@@ -146,9 +146,12 @@ def scrape(port: int) -> dict:
 
 
 def test_metrics_exporter_serves_the_pipeline(rt):
-    pid = run_partial(rt)
-    # A second position still busy with nothing: a guard block by reason, shown as a series.
-    rt.plans.count("guard:position_busy")
+    # A position outside the allowlist, decided in the same scan: the guard blocks its plan.
+    e, s = 0.10, 0.099
+    open_position(rt, "ALGOUSDT", "LONG", 5000.0, e, s, mark=mark_for_r(e, s, 5000, 5000, 2.2, "LONG"))
+    run_partial(rt)
+    algo = make_plan_id(rt.settings.account, "ALGOUSDT", epoch(rt, "ALGOUSDT"), Action.PARTIAL_25, "tier=1")
+    assert wait_terminal(rt, algo).reason == "symbol_not_allowed"
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "harvest.cli", "metrics", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -162,7 +165,8 @@ def test_metrics_exporter_serves_the_pipeline(rt):
     assert m[("harvest_plans", (("action", "PARTIAL_25"), ("state", "PROPOSED")))] == 0
     assert m[("harvest_orders_total", (("result", "FILLED"),))] == 1
     assert m[("harvest_order_sends_total", (("outcome", "accepted"),))] == 1
-    assert m[("harvest_guard_blocks_total", (("reason", "position_busy"),))] == 1
+    assert m[("harvest_guard_blocks_total", (("reason", "symbol_not_allowed"),))] == 1
+    assert m[("harvest_plans", (("action", "PARTIAL_25"), ("state", "REJECTED")))] == 1
     assert m[("harvest_scans_total", ())] >= 1
     assert m[("harvest_scan_duration_seconds_count", ())] >= 1
     assert m[("harvest_scan_to_fill_seconds_count", (("action", "PARTIAL_25"),))] == 1
