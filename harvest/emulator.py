@@ -379,7 +379,7 @@ class Emulator:
             if required:
                 raise ApiError(400, -1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
             return None
-        if s not in self._symbols:
+        if s not in self._symbols and s not in self.venue.listings():
             raise ApiError(400, -1121, "Invalid symbol.")
         return s
 
@@ -391,7 +391,7 @@ class Emulator:
             if path == "/fapi/v1/time":
                 return {"serverTime": self.server_ms()}
             if path == "/fapi/v1/exchangeInfo":
-                return dict(self._info, serverTime=self.server_ms())
+                return self._exchange_info()
             if path == "/fapi/v1/klines":
                 return self._klines(self._symbol(p), p)
             if path == "/fapi/v1/premiumIndex":
@@ -430,7 +430,7 @@ class Emulator:
             limit = max(1, min(1500, int(p.get("limit", 500))))
         except ValueError:
             raise ApiError(400, -1100, "Illegal characters found in parameter 'limit'.") from None
-        kl = load_klines(symbol)
+        kl = load_klines(self.venue.source(symbol))
         end = kl.index_at(self.clock.now()) + 1  # bars opened by market now (the last one still open)
         out = []
         for i in range(max(0, end - limit), end):
@@ -439,10 +439,20 @@ class Emulator:
                         t + 59_999, "0", 0, "0", "0", "0"])
         return out
 
+    def _exchange_info(self) -> dict[str, Any]:
+        """The shipped exchangeInfo plus the paper engine's synthetic listings (each a copy
+        of the symbol it trades like, renamed)."""
+        listed = self.venue.listings()
+        if not listed:
+            return dict(self._info, serverTime=self.server_ms())
+        by_name = {s["symbol"]: s for s in self._info["symbols"]}
+        extra = [dict(by_name[like], symbol=sym, pair=sym) for sym, like in sorted(listed.items()) if like in by_name]
+        return dict(self._info, symbols=self._info["symbols"] + extra, serverTime=self.server_ms())
+
     def _premium(self, symbol: str) -> dict[str, Any]:
         mark = self.venue.mark_price(symbol)
         now = self.clock.now()
-        ft, fr = load_funding(symbol)
+        ft, fr = load_funding(self.venue.source(symbol))
         nxt = ft[ft > now]
         last = fr[ft <= now]
         return {"symbol": symbol, "markPrice": SymbolFilters.fmt_float(mark), "indexPrice": SymbolFilters.fmt_float(mark),

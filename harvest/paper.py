@@ -29,13 +29,14 @@ Keys: ``<ns>:clock``, ``<ns>:paper:mark:<symbol>``, ``<ns>:paper:<account>:pos:<
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from decimal import Decimal
 
 import redis
 
-from harvest.data import SymbolFilters, load_funding, load_klines, shipped_filters
+from harvest.data import SHIPPED_SYMBOLS, SymbolFilters, load_funding, load_klines, shipped_filters
 from harvest.models import Side
 from harvest.venue import (
     BAD_SYMBOL,
@@ -55,6 +56,9 @@ from harvest.venue import (
     VenueError,
     VenuePosition,
 )
+
+#: Symbols with shipped klines and funding (synthetic listings trade like one of them).
+SHIPPED = frozenset(SHIPPED_SYMBOLS)
 
 TAKER_FEE_RATE = 0.0005
 
@@ -135,17 +139,44 @@ class PaperVenue(Venue):
         else:
             self.r.set(self.k_mark(symbol), repr(float(price)))
 
+    @property
+    def k_listings(self) -> str:
+        return f"{self.ns}:paper:listings"
+
+    def list_symbol(self, symbol: str, like: str) -> None:
+        """List a synthetic symbol that trades with the filters, klines and funding of the
+        shipped symbol ``like`` (load tests and benchmarks need more symbols than the shipped
+        data has). Raises ValueError for a malformed name or an unknown ``like``."""
+        if not symbol.isalnum() or not symbol.isupper() or len(symbol) > 20:
+            raise ValueError(f"invalid symbol {symbol!r}")
+        if like not in self._filters or self.r.hget(self.k_listings, like):
+            raise ValueError(f"{like!r} is not a shipped symbol")
+        self.r.hset(self.k_listings, symbol, like)
+
+    def listings(self) -> dict[str, str]:
+        """Synthetic symbol → the shipped symbol it trades like."""
+        return self.r.hgetall(self.k_listings)
+
+    def source(self, symbol: str) -> str:
+        """The shipped symbol whose data prices ``symbol`` (itself, or its listing's)."""
+        if symbol in SHIPPED:
+            return symbol
+        return self.r.hget(self.k_listings, symbol) or symbol
+
     def filters(self, symbol: str) -> SymbolFilters:
-        try:
-            return self._filters[symbol]
-        except KeyError:
-            raise VenueError(*BAD_SYMBOL) from None
+        f = self._filters.get(symbol)
+        if f is None:
+            like = self.r.hget(self.k_listings, symbol)
+            if like is None or like not in self._filters:
+                raise VenueError(*BAD_SYMBOL)
+            f = self._filters[symbol] = dataclasses.replace(self._filters[like], symbol=symbol)
+        return f
 
     def mark_price(self, symbol: str) -> float:
         override = self.r.get(self.k_mark(symbol))
         if override is not None:
             return float(override)
-        return load_klines(symbol).mark_at(self.clock.now())
+        return load_klines(self.source(symbol)).mark_at(self.clock.now())
 
     # ------------------------------------------------------------------ positions
 
@@ -257,6 +288,7 @@ class PaperVenue(Venue):
         k_stops = self.k_stops(symbol)
         now = self.clock.now()
         override = self.r.get(self.k_mark(symbol))
+        src = self.source(symbol)
 
         def tx(p):
             h = p.hgetall(key)
@@ -267,11 +299,11 @@ class PaperVenue(Venue):
             side = Side(h["side"])
             qty = float(h["qty"])
             # Funding at each calc_time in (last, now].
-            ft, fr = load_funding(symbol)
+            ft, fr = load_funding(src)
             sel = (ft > last) & (ft <= now)
             funding = 0.0
             if sel.any():
-                kl = load_klines(symbol)
+                kl = load_klines(src)
                 funding = float(sum(side.sign * r * qty * kl.mark_at(t) for t, r in zip(ft[sel], fr[sel], strict=True)))
             # Stop trigger on the path since the last settlement.
             trigger = None
@@ -281,7 +313,7 @@ class PaperVenue(Venue):
                     m = float(override)
                     hit = m <= stop if side is Side.LONG else m >= stop
                 else:
-                    kl = load_klines(symbol)
+                    kl = load_klines(src)
                     i0, i1 = kl.index_at(last), kl.index_at(now)
                     hit = (kl.low[i0:i1 + 1].min() <= stop) if side is Side.LONG else (kl.high[i0:i1 + 1].max() >= stop)
                 if hit:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import re
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError as SourceError
 
 from harvest.data import SHIPPED_SYMBOLS
 from harvest.models import HarvestTheta
@@ -61,7 +62,8 @@ class HarvestSettings(BaseSettings):
     retry_backoff_max_s: float = Field(20.0, gt=0, le=600, description="cap of the retry delay")
     log_format: Literal["text", "json"] = Field("text", description="text lines, or one JSON object per line")
     mode: Literal["shadow", "live"] = Field("live", description="shadow: plans end SHADOWED, no order is sent")
-    symbols: list[str] = Field(default_factory=lambda: list(SHIPPED_SYMBOLS), description="symbol allowlist")
+    symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(SHIPPED_SYMBOLS),
+                                                    description="symbol allowlist, comma-separated")
     scan_interval_s: float = Field(5.0, gt=0, le=3600)
     market_refresh_s: float = Field(5.0, gt=0, le=3600)
     reconcile_interval_s: float = Field(30.0, gt=0, le=86_400)
@@ -169,6 +171,10 @@ def load_settings(**overrides) -> HarvestSettings:
         return HarvestSettings(**overrides)
     except ValidationError as e:
         raise SettingsError(_explain(e)) from None
+    except SourceError as e:  # a value the environment/.env source could not even parse
+        field = re.search(r'field "([^"]+)"', str(e))
+        name = f"{ENV_PREFIX}{field.group(1).upper()}" if field else "a HARVEST_* variable"
+        raise SettingsError(f"invalid setting {name}: {e}") from None
 
 
 @lru_cache(maxsize=1)

@@ -32,8 +32,9 @@ def refresh_market() -> int:
             if rt.settings.uses_binance:
                 closes = rt.venue.closed_closes(sym, max(theta.sigma_window, theta.ts_window) + 1)  # type: ignore[attr-defined]
                 states.append(market_state_from_closes(sym, closes, now, theta))
-            else:
-                states.append(market_state_at(load_klines(sym), now, theta))
+            else:  # the paper engine: shipped klines (a synthetic listing uses its source's)
+                src = rt.venue.source(sym)  # type: ignore[attr-defined]
+                states.append(market_state_at(load_klines(src), now, theta).model_copy(update={"symbol": sym}))
         except (FileNotFoundError, ValueError, VenueError) as e:
             rt.plans.count("market:unavailable")
             log.warning("market state for %s unavailable: %s", sym, e)

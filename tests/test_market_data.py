@@ -100,6 +100,22 @@ def test_invalid_settings_name_the_field():
     assert load_settings(symbols="BTCUSDT, ETHUSDT").symbols == ["BTCUSDT", "ETHUSDT"]
 
 
+def test_settings_from_the_environment(monkeypatch):
+    # the README's comma-separated allowlist, as an operator writes it
+    monkeypatch.setenv("HARVEST_SYMBOLS", "BTCUSDT,ETHUSDT, SOLUSDT")
+    assert load_settings().symbols == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    monkeypatch.setenv("HARVEST_SYMBOLS", "btcusdt")
+    with pytest.raises(SettingsError) as e:
+        load_settings()
+    assert "HARVEST_SYMBOLS" in str(e.value)
+    monkeypatch.delenv("HARVEST_SYMBOLS")
+    # a value the environment source cannot parse still names the variable, no traceback
+    monkeypatch.setenv("HARVEST_THETA", "{not json")
+    with pytest.raises(SettingsError) as e:
+        load_settings()
+    assert str(e.value).startswith("invalid setting HARVEST_THETA:")
+
+
 def test_worker_refuses_to_start_on_bad_settings():
     env = {**os.environ, "HARVEST_THETA__KILL_THRESHOLD": "abc"}
     p = subprocess.run([sys.executable, "-m", "celery", "-A", "tasks", "worker", "--help"], cwd=ROOT, env=env,
