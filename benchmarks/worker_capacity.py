@@ -89,7 +89,7 @@ def _worker(env, ns, queue: str, c: int) -> CeleryProcess:
                                          "--without-mingle", "--without-gossip"]).start()
 
 
-def scan_rate(url: str, positions: int, scans: int = 30) -> dict:
+def scan_rate(url: str, positions: int, scans: int = 10) -> dict:
     ns = "cap-" + uuid.uuid4().hex[:6]
     syms = _symbols(positions)
     env = _env(url, ns, syms)
@@ -173,6 +173,8 @@ def order_rate(url: str, plans: int, concurrency: int, emulator_latency_s: float
 def market_refresh_ms(url: str) -> dict:
     ns = "cap-" + uuid.uuid4().hex[:6]
     env = _env(url, ns, ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT"])
+    for k in ("HARVEST_FAPI_URL", "HARVEST_API_KEY", "HARVEST_API_SECRET", "HARVEST_VENUE_WEIGHT_LIMIT_1M"):
+        os.environ.pop(k, None)  # the in-process paper engine, as beat's housekeeping uses it
     os.environ.update(env)
     from settings import get_settings
 
@@ -191,16 +193,16 @@ def market_refresh_ms(url: str) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--positions", type=int, default=300, help="open positions per scan (scan-rate run)")
-    ap.add_argument("--plans", type=int, default=150, help="actionable positions (orders runs)")
+    ap.add_argument("--positions", type=int, default=1000, help="open positions per scan (scan-rate run)")
+    ap.add_argument("--plans", type=int, default=100, help="actionable positions (orders runs)")
     ap.add_argument("--json", help="also write the results to this file")
     a = ap.parse_args()
     server = RedisServer().start()
     try:
         out = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-               "scan": [scan_rate(server.url, n) for n in (10, a.positions)],
+               "scan": [scan_rate(server.url, n) for n in (10, 100, a.positions)],
                "orders": [order_rate(server.url, a.plans, c, None) for c in (1, 2, 4)]
-               + [order_rate(server.url, a.plans, c, 0.05) for c in (1, 4)],
+               + [order_rate(server.url, a.plans, c, 0.05) for c in (1, 4, 8)],
                "housekeeping": market_refresh_ms(server.url)}
     finally:
         server.stop()
