@@ -379,7 +379,7 @@ class Emulator:
             if required:
                 raise ApiError(400, -1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
             return None
-        if s not in self._symbols and s not in self.venue.listings():
+        if s not in self._symbols and self.venue.source(s) == s:
             raise ApiError(400, -1121, "Invalid symbol.")
         return s
 

@@ -70,7 +70,6 @@ class RedisHistogram:
         raw = self.r.hgetall(self.key)
         per: dict[str, dict[str, str]] = {}
         for f, v in raw.items():
-            f = f.decode() if isinstance(f, bytes) else f
             label, _, kind = f.rpartition("|")
             per.setdefault(label, {})[kind] = v
         out = {}
@@ -108,7 +107,10 @@ class HarvestCollector:
     """
 
     def __init__(self, rt, queue_depths: Callable[[], dict[str, int]]):
+        from harvest.binance_venue import WeightBudget
+
         self.rt = rt
+        self.budget = WeightBudget(rt.r, rt.settings.namespace, rt.settings.venue_weight_limit_1m)
         self.queue_depths = queue_depths
         ns = rt.settings.namespace
         self.scan = scan_duration(rt.r, ns)
@@ -119,7 +121,6 @@ class HarvestCollector:
         return []
 
     def collect(self) -> Iterable:
-        from harvest.binance_venue import WeightBudget
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         rt = self.rt
@@ -177,7 +178,7 @@ class HarvestCollector:
         for name, ts in sorted(beats.items()):
             g.add_metric([name], max(0.0, now - float(ts)))
         yield g
-        budget = WeightBudget(rt.r, rt.settings.namespace, rt.settings.venue_weight_limit_1m)
+        budget = self.budget
         yield GaugeMetricFamily("harvest_exchange_weight_used", "Request weight used in the current minute",
                                 value=float(budget.used()))
         yield GaugeMetricFamily("harvest_exchange_weight_limit", "Request weight the fleet may use per minute",

@@ -104,6 +104,7 @@ class PaperVenue(Venue):
         self.clock = clock
         self.fee_rate = fee_rate
         self._filters = shipped_filters()
+        self._sources: dict[str, str] = {}  # synthetic listing → shipped symbol
         base = f"{ns}:paper:{account}"
         self.k_positions = f"{base}:positions"
         self.k_orders = f"{base}:orders"
@@ -149,7 +150,7 @@ class PaperVenue(Venue):
         data has). Raises ValueError for a malformed name or an unknown ``like``."""
         if not symbol.isalnum() or not symbol.isupper() or len(symbol) > 20:
             raise ValueError(f"invalid symbol {symbol!r}")
-        if like not in self._filters or self.r.hget(self.k_listings, like):
+        if like not in SHIPPED:
             raise ValueError(f"{like!r} is not a shipped symbol")
         self.r.hset(self.k_listings, symbol, like)
 
@@ -158,16 +159,23 @@ class PaperVenue(Venue):
         return self.r.hgetall(self.k_listings)
 
     def source(self, symbol: str) -> str:
-        """The shipped symbol whose data prices ``symbol`` (itself, or its listing's)."""
+        """The shipped symbol whose data prices ``symbol`` (itself, or its listing's). A
+        listing never changes, so each is read from Redis once per process."""
         if symbol in SHIPPED:
             return symbol
-        return self.r.hget(self.k_listings, symbol) or symbol
+        like = self._sources.get(symbol)
+        if like is None:
+            like = self.r.hget(self.k_listings, symbol)
+            if like is None:
+                return symbol  # not listed (yet): not cached
+            self._sources[symbol] = like
+        return like
 
     def filters(self, symbol: str) -> SymbolFilters:
         f = self._filters.get(symbol)
         if f is None:
-            like = self.r.hget(self.k_listings, symbol)
-            if like is None or like not in self._filters:
+            like = self.source(symbol)
+            if like == symbol or like not in self._filters:
                 raise VenueError(*BAD_SYMBOL)
             f = self._filters[symbol] = dataclasses.replace(self._filters[like], symbol=symbol)
         return f

@@ -74,7 +74,7 @@ if ARGV[6] == '1' then
   if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1],
-  'symbol', redis.call('HGET', KEYS[1], 'symbol'), 'action', redis.call('HGET', KEYS[1], 'action'),
+  'symbol', redis.call('HGET', KEYS[1], 'symbol'), 'action', action,
   'from', cur, 'to', ARGV[2], 'reason', ARGV[4], 'ts', ARGV[3], 'data', ARGV[7])
 return {1, cur, action, redis.call('HGET', KEYS[1], 'scanned_at') or redis.call('HGET', KEYS[1], 'created_at')}
 """

@@ -83,12 +83,17 @@ def _with_interval(entry: dict, seconds: float) -> dict:
     return dict(entry, schedule=seconds, options=options)
 
 
+def _field(name: str) -> str:
+    """The settings field of beat entry ``name``; ValueError for an unknown entry."""
+    if name not in BEAT_ENTRIES:
+        raise ValueError(f"unknown schedule entry {name!r}; known: {', '.join(BEAT_ENTRIES)}")
+    return BEAT_ENTRIES[name][1]
+
+
 def _validate(settings: HarvestSettings, name: str, seconds: Any) -> float:
     """``seconds`` checked against the bounds of the entry's settings field. Raises
     ValueError naming the entry and the variable."""
-    if name not in BEAT_ENTRIES:
-        raise ValueError(f"unknown schedule entry {name!r}; known: {', '.join(BEAT_ENTRIES)}")
-    field = BEAT_ENTRIES[name][1]
+    field = _field(name)
     info = HarvestSettings.model_fields[field]
     try:
         return float(TypeAdapter(Annotated[float, *info.metadata]).validate_python(seconds))
@@ -140,9 +145,7 @@ def set_interval(app, settings: HarvestSettings, name: str, seconds: Any) -> flo
 def reset_interval(app, settings: HarvestSettings, name: str) -> float:
     """Drop the override of entry ``name``: back to its settings value, on the running beat
     too. Returns that interval. Raises ValueError for an unknown entry."""
-    if name not in BEAT_ENTRIES:
-        raise ValueError(f"unknown schedule entry {name!r}; known: {', '.join(BEAT_ENTRIES)}")
-    value = float(getattr(settings, BEAT_ENTRIES[name][1]))
+    value = float(getattr(settings, _field(name)))
     get_redis(app).hdel(overrides_key(settings.namespace), name)
     _rewrite(app, name, value)
     return value

@@ -34,7 +34,8 @@ STAGES = ("harvest.propose", "harvest.guard", "harvest.execute", "harvest.confir
 @pytest.fixture(scope="module")
 def emu():
     s = load_settings()
-    e = Emulator(build_runtime(s).r, s.namespace, s.account, KEY, SECRET, clock=build_runtime(s).clock).start()
+    rt = build_runtime(s)
+    e = Emulator(rt.r, s.namespace, s.account, KEY, SECRET, clock=rt.clock).start()
     yield e
     e.stop()
 
