@@ -27,66 +27,20 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harvest.data import SHIPPED_SYMBOLS  # noqa: E402
-from harvest.procs import CeleryProcess, RedisServer, wait_for  # noqa: E402
+from _setup import clean as _clean  # noqa: E402
+from _setup import env_for as _env  # noqa: E402
+from _setup import open_positions as _open  # noqa: E402
+from _setup import runtime as _runtime  # noqa: E402
+from _setup import start_worker  # noqa: E402
+from _setup import symbols as _symbols  # noqa: E402
 
-T0 = 1750464000.0
-
-
-def _symbols(n: int) -> list[str]:
-    """n synthetic symbols (the paper engine lists each like one of the shipped six)."""
-    return [f"B{i:05d}USDT" for i in range(n)]
-
-
-def _env(url: str, ns: str, symbols: list[str]) -> dict[str, str]:
-    return {"HARVEST_REDIS_URL": url, "HARVEST_NAMESPACE": ns, "HARVEST_SYMBOLS": ",".join(symbols),
-            "HARVEST_PAPER_REPLAY_SPEED": "0", "HARVEST_PAPER_REPLAY_START": repr(T0), "HARVEST_PLAN_TTL_S": "120",
-            "HARVEST_MODE": "live"}
+from harvest.procs import RedisServer, wait_for  # noqa: E402
 
 
-def _runtime(env: dict[str, str]):
-    from harvest.runtime import build_runtime
-    from settings import load_settings
-
-    return build_runtime(load_settings(**{k[len("HARVEST_"):].lower(): v for k, v in env.items()}))
-
-
-def _open(rt, symbols: list[str], r_multiple: float) -> None:
-    """One LONG position per symbol at a round entry, marked at ``r_multiple`` R (0 = flat)."""
-    from harvest.models import MarketState, Regime
-
-    fees = rt.settings.theta.taker_fee_rate
-    venue = rt.venue if hasattr(rt.venue, "list_symbol") else None
-    from harvest.paper import PaperVenue
-
-    paper = venue or PaperVenue(rt.r, rt.settings.namespace, rt.settings.account, rt.clock)
-    for i, sym in enumerate(symbols):
-        paper.list_symbol(sym, SHIPPED_SYMBOLS[i % len(SHIPPED_SYMBOLS)])
-    for sym in symbols:
-        f = paper.filters(sym)
-        entry = max(float(f.tick_size) * 10_000, 1.0)
-        stop = entry * 0.99
-        qty = max(float(f.min_qty), 2 * float(f.min_notional) / entry) * 8
-        qty = float(f.round_qty(qty))
-        mark = entry if r_multiple == 0 else (r_multiple * (entry - stop) * qty + entry * qty) / (qty * (1 - fees))
-        paper.set_position(sym, "LONG", qty, entry, 10.0, opened_at=T0, stop_price=stop)
-        paper.set_mark(sym, mark)
-    rt.market.put_many([MarketState(symbol=s, ts_time=T0, sigma=0.001, ts=0.5, p_trend=0.9, regime=Regime.TREND,
-                                    trend_dir=1) for s in symbols])
-
-
-def _clean(rt) -> None:
-    keys = list(rt.r.scan_iter(f"{rt.settings.namespace}:*", count=1000))
-    if keys:
-        rt.r.delete(*keys)
-    rt.clock.set(T0, 0.0)
-
-
-def _worker(env, ns, queue: str, c: int) -> CeleryProcess:
-    return CeleryProcess("worker", env, ["-Q", f"{ns}.{queue}", "-c", str(c), "-n", f"{queue}-{uuid.uuid4().hex[:4]}@%h",
-                                         "--without-mingle", "--without-gossip"]).start()
+def _worker(env, ns, queue: str, c: int):
+    return start_worker(env, ns, queue, c)
 
 
 def scan_rate(url: str, positions: int, scans: int = 10) -> dict:

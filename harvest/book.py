@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from harvest.exit_ladder import compute_levels
+from harvest.kernel import PositionBatch, batch_row
 from harvest.models import HarvestTheta, MarketState, Position
 from harvest.venue import VenuePosition
 
@@ -59,3 +62,28 @@ def to_position(account: str, vp: VenuePosition, entry: dict[str, Any]) -> Posit
         opened_at=entry["opened_at"], epoch=entry["epoch"], peak_price=peak, trough_price=trough,
         harvested_tier=entry["harvested_tier"], funding_paid=vp.funding_paid, entry_state=entry.get("entry_state"),
     )
+
+
+def position_row(vp: VenuePosition, entry: dict[str, Any], m: MarketState) -> tuple[float, ...]:
+    """The :class:`harvest.kernel.PositionBatch` row of what :func:`to_position` would build
+    from the same inputs (same values, no model): the batch scan's per-position cost."""
+    stop = vp.stop_price if vp.stop_price is not None else entry["initial_stop"]
+    return batch_row(vp.side.sign, vp.qty, max(entry["qty_at_open"], vp.qty), vp.entry_price, vp.mark_price,
+                     entry["initial_stop"], stop, entry["opened_at"], entry["harvested_tier"], vp.funding_paid,
+                     entry.get("entry_state"), m)
+
+
+def valid_rows(b: PositionBatch, leverage: np.ndarray) -> np.ndarray:
+    """Boolean mask, shape (n,): the rows :func:`to_position` accepts — :class:`Position`'s
+    constraints, vectorized (finite positive qty, qty at open, entry, mark and initial stop; a
+    positive stop in force; finite funding; leverage 1..125; tier 0..3; the initial stop on
+    the loss side of entry). ``leverage``: shape (n,). Tests hold it equal to the model."""
+    def pos(x: np.ndarray) -> np.ndarray:
+        return np.isfinite(x) & (x > 0)
+
+    with np.errstate(invalid="ignore"):
+        ok = (pos(b.qty) & pos(b.qty_at_open) & pos(b.entry_price) & pos(b.mark_price) & pos(b.initial_stop)
+              & (b.stop > 0) & np.isfinite(b.funding_paid) & (leverage >= 1) & (leverage <= 125)
+              & (b.harvested_tier >= 0) & (b.harvested_tier <= 3))
+        loss_side = np.where(b.side_sign > 0, b.initial_stop < b.entry_price, b.initial_stop > b.entry_price)
+    return ok & loss_side

@@ -207,6 +207,10 @@ class Emulator:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body leave in separate writes; with Nagle's algorithm on, the body
+            # waits for the client's delayed ACK (~40 ms per request on loopback). Binance
+            # answers in one go; so does the emulator.
+            disable_nagle_algorithm = True
 
             def log_message(self, fmt, *args):  # quiet: the order log records what matters
                 log.debug("emulator %s", fmt % args)
@@ -465,9 +469,8 @@ class Emulator:
         sym = self._symbol(p, required=False)
         out = []
         dual = self.venue.dual()
-        for vp in self.venue.positions():
-            if sym and vp.symbol != sym:
-                continue
+        now_ms = int(self.clock.now() * 1000)
+        for vp in [x for x in [self.venue.position(sym)] if x is not None] if sym else self.venue.positions():
             amt = vp.qty * vp.side.sign
             notional = amt * vp.mark_price
             row = {"symbol": vp.symbol, "positionSide": vp.side.value if dual else "BOTH",
@@ -477,7 +480,7 @@ class Emulator:
                    "liquidationPrice": "0", "notional": SymbolFilters.fmt_float(notional),
                    "initialMargin": SymbolFilters.fmt_float(abs(notional) / vp.leverage),
                    "maintMargin": SymbolFilters.fmt_float(abs(notional) * 0.004), "marginAsset": "USDT",
-                   "updateTime": int(self.clock.now() * 1000)}
+                   "updateTime": now_ms}
             if with_leverage:
                 row["leverage"] = str(int(vp.leverage))
             out.append(row)

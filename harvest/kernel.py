@@ -230,37 +230,44 @@ class PositionBatch:
     now_ts: np.ndarray
 
     @classmethod
+    def from_rows(cls, rows: list[tuple[float, ...]]) -> "PositionBatch":
+        """Build the arrays from rows of :func:`batch_row` (one tuple per position, values in
+        the order of the fields) with one array conversion."""
+        a = np.array(rows, dtype=np.float64).reshape(len(rows), len(_BATCH_FIELDS))
+        return cls(**{f: a[:, j].astype(_BATCH_DTYPES.get(f, np.float64))
+                      for j, f in enumerate(_BATCH_FIELDS)})
+
+    @classmethod
     def from_models(cls, pairs: list[tuple[Position, MarketState]]) -> "PositionBatch":
         """Build the arrays from (position, market state now) pairs."""
-        def col(f, dtype=np.float64):
-            return np.array([f(p, m) for p, m in pairs], dtype=dtype)
+        return cls.from_rows([
+            batch_row(p.side.sign, p.qty, p.qty_at_open, p.entry_price, p.mark_price, p.initial_stop, p.stop,
+                      p.opened_at, p.harvested_tier, p.funding_paid, p.entry_state, m)
+            for p, m in pairs])
 
-        def ent(p, attr, default):
-            return getattr(p.entry_state, attr) if p.entry_state is not None else default
+    def select(self, idx: np.ndarray) -> "PositionBatch":
+        """The rows at ``idx`` (integer indices or a boolean mask), as a new batch."""
+        return PositionBatch(**{f: getattr(self, f)[idx] for f in _BATCH_FIELDS})
 
-        return cls(
-            side_sign=col(lambda p, m: p.side.sign),
-            qty=col(lambda p, m: p.qty),
-            qty_at_open=col(lambda p, m: p.qty_at_open),
-            entry_price=col(lambda p, m: p.entry_price),
-            mark_price=col(lambda p, m: p.mark_price),
-            initial_stop=col(lambda p, m: p.initial_stop),
-            stop=col(lambda p, m: p.stop),
-            opened_at=col(lambda p, m: p.opened_at),
-            harvested_tier=col(lambda p, m: p.harvested_tier, np.int64),
-            funding_paid=col(lambda p, m: p.funding_paid),
-            has_entry=col(lambda p, m: p.entry_state is not None, bool),
-            entry_trend=col(lambda p, m: ent(p, "regime", None) is Regime.TREND, bool),
-            entry_dir=col(lambda p, m: ent(p, "trend_dir", 0)),
-            entry_p=col(lambda p, m: ent(p, "p_trend", 0.0)),
-            entry_sigma=col(lambda p, m: ent(p, "sigma", 0.0)),
-            entry_ts=col(lambda p, m: ent(p, "ts", 0.0)),
-            now_trend=col(lambda p, m: m.regime is Regime.TREND, bool),
-            now_dir=col(lambda p, m: m.trend_dir),
-            now_p=col(lambda p, m: m.p_trend),
-            now_sigma=col(lambda p, m: m.sigma),
-            now_ts=col(lambda p, m: m.ts),
-        )
+
+_BATCH_FIELDS: tuple[str, ...] = tuple(PositionBatch.__dataclass_fields__)
+_BATCH_DTYPES = {"harvested_tier": np.int64, "has_entry": bool, "entry_trend": bool, "now_trend": bool}
+
+
+def batch_row(side_sign: float, qty: float, qty_at_open: float, entry_price: float, mark_price: float,
+              initial_stop: float, stop: float, opened_at: float, harvested_tier: int, funding_paid: float,
+              entry_state: MarketState | None, m: MarketState) -> tuple[float, ...]:
+    """One position as a row of :class:`PositionBatch` values, in field order (prices USDT,
+    qty base units, ``stop`` the stop in force, times s; ``entry_state`` the market state at
+    the epoch's start, ``m`` the one now). The single definition of the column order."""
+    e = entry_state
+    return (
+        side_sign, qty, qty_at_open, entry_price, mark_price, initial_stop, stop, opened_at, harvested_tier,
+        funding_paid, e is not None,
+        e is not None and e.regime is Regime.TREND, e.trend_dir if e is not None else 0,
+        e.p_trend if e is not None else 0.0, e.sigma if e is not None else 0.0, e.ts if e is not None else 0.0,
+        m.regime is Regime.TREND, m.trend_dir, m.p_trend, m.sigma, m.ts,
+    )
 
 
 @dataclass

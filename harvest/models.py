@@ -309,6 +309,7 @@ class Plan(BaseModel):
     state: PlanState
     reason: str = ""
     scanned_at: float | None = None
+    acked_at: float | None = Field(None, description="wall time (Unix s) the exchange acknowledged the order")
     created_at: float
     updated_at: float
     expires_at: float

@@ -34,6 +34,7 @@ import json
 import time
 from decimal import Decimal
 
+import numpy as np
 import redis
 
 from harvest.data import SHIPPED_SYMBOLS, SymbolFilters, load_funding, load_klines, shipped_filters
@@ -63,6 +64,75 @@ SHIPPED = frozenset(SHIPPED_SYMBOLS)
 TAKER_FEE_RATE = 0.0005
 
 
+
+#: Every position row of an account with its working stop prices and mark override, in one
+#: call: KEYS[1] the positions set; ARGV the pos, stops and mark key prefixes. Returns
+#: ``[[symbol, [field, value, …], [stop price, …], override or nil], …]``. (The paper engine
+#: runs on one Redis, not a cluster: the per-symbol keys are derived inside the script.)
+_READ_POSITIONS_LUA = """
+local out = {}
+for _, s in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  out[#out + 1] = {s, redis.call('HGETALL', ARGV[1] .. s), redis.call('HVALS', ARGV[2] .. s),
+                   redis.call('GET', ARGV[3] .. s)}
+end
+return out
+"""
+
+#: One position's row, working stop prices, mark override and the market clock, in one call:
+#: KEYS = pos, stops, mark, clock keys. Returns ``[[field, value, …], [stop price, …],
+#: override or nil, clock or nil]``.
+_SNAPSHOT_LUA = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('HVALS', KEYS[2]), redis.call('GET', KEYS[3]),
+        redis.call('GET', KEYS[4])}
+"""
+
+
+def _tightest(prices: list[float], side: Side) -> float | None:
+    """The stop that triggers first: the highest for a LONG, the lowest for a SHORT."""
+    if not prices:
+        return None
+    return max(prices) if side is Side.LONG else min(prices)
+
+
+class _SettleProbe:
+    """Whether a position has anything to settle between its last settlement and ``now``
+    (market time, s), with per-scan caches keyed by data source and last settlement time:
+    positions that share a source and a settlement time share one kline-range look-up."""
+
+    def __init__(self, now: float):
+        self.now = now
+        self._marks: dict[str, float] = {}
+        self._ranges: dict[tuple[str, float], tuple[float, float]] = {}
+        self._funding: dict[tuple[str, float], bool] = {}
+
+    def mark(self, src: str) -> float:
+        m = self._marks.get(src)
+        if m is None:
+            m = self._marks[src] = load_klines(src).mark_at(self.now)
+        return m
+
+    def funding_due(self, src: str, last: float) -> bool:
+        """A funding calc_time in (last, now]."""
+        due = self._funding.get((src, last))
+        if due is None:
+            ft, _ = load_funding(src)
+            i = int(np.searchsorted(ft, last, side="right"))
+            due = self._funding[(src, last)] = bool(i < len(ft) and ft[i] <= self.now)
+        return due
+
+    def stop_hit(self, src: str, last: float, side: Side, stop: float, override: str | None) -> bool:
+        """The mark override, or a kline low (LONG) / high (SHORT) in [last, now], crosses
+        ``stop``. Same rule as :meth:`PaperVenue._settle`."""
+        if override is not None:
+            m = float(override)
+            return m <= stop if side is Side.LONG else m >= stop
+        rng = self._ranges.get((src, last))
+        if rng is None:
+            kl = load_klines(src)
+            i0, i1 = kl.index_at(last), kl.index_at(self.now)
+            rng = self._ranges[(src, last)] = (float(kl.low[i0:i1 + 1].min()), float(kl.high[i0:i1 + 1].max()))
+        return rng[0] <= stop if side is Side.LONG else rng[1] >= stop
+
 class MarketClock:
     """Shared market clock for the replay (Unix seconds of market time)."""
 
@@ -79,9 +149,11 @@ class MarketClock:
             "anchor_market": market_start, "speed": speed, "end": end,
         }))
 
-    def now(self) -> float:
-        """Current market time (s). Anchors at the settings' default on first use."""
-        raw = self.r.get(self.key)
+    def now(self, raw: str | None = None) -> float:
+        """Current market time (s). Anchors at the settings' default on first use. ``raw``:
+        the clock key's value when the caller already read it (one round trip fewer)."""
+        if raw is None:
+            raw = self.r.get(self.key)
         if raw is None:
             start, speed = self.default
             self.r.set(self.key, json.dumps({"anchor_wall": time.time(), "anchor_market": start,
@@ -104,6 +176,8 @@ class PaperVenue(Venue):
         self.clock = clock
         self.fee_rate = fee_rate
         self._filters = shipped_filters()
+        self._read_positions = r.register_script(_READ_POSITIONS_LUA)
+        self._snapshot = r.register_script(_SNAPSHOT_LUA)
         self._sources: dict[str, str] = {}  # synthetic listing → shipped symbol
         base = f"{ns}:paper:{account}"
         self.k_positions = f"{base}:positions"
@@ -148,11 +222,17 @@ class PaperVenue(Venue):
         """List a synthetic symbol that trades with the filters, klines and funding of the
         shipped symbol ``like`` (load tests and benchmarks need more symbols than the shipped
         data has). Raises ValueError for a malformed name or an unknown ``like``."""
-        if not symbol.isalnum() or not symbol.isupper() or len(symbol) > 20:
-            raise ValueError(f"invalid symbol {symbol!r}")
-        if like not in SHIPPED:
-            raise ValueError(f"{like!r} is not a shipped symbol")
-        self.r.hset(self.k_listings, symbol, like)
+        self.list_symbols({symbol: like})
+
+    def list_symbols(self, likes: dict[str, str]) -> None:
+        """:meth:`list_symbol` for many symbols at once (synthetic symbol → shipped symbol)."""
+        for symbol, like in likes.items():
+            if not symbol.isalnum() or not symbol.isupper() or len(symbol) > 20:
+                raise ValueError(f"invalid symbol {symbol!r}")
+            if like not in SHIPPED:
+                raise ValueError(f"{like!r} is not a shipped symbol")
+        if likes:
+            self.r.hset(self.k_listings, mapping=likes)
 
     def listings(self) -> dict[str, str]:
         """Synthetic symbol → the shipped symbol it trades like."""
@@ -247,6 +327,35 @@ class PaperVenue(Venue):
             self.place_stop(symbol, Side(side).close_order_side, repr(float(stop_price)),
                             f"paper-{symbol}-{self._next_order_id()}", check_trigger=False, check_tick=False)
 
+    def seed_positions(self, rows: list[dict], marks: dict[str, float] | None = None) -> None:
+        """Write many positions in one pipeline (benchmarks and load tests; what
+        :meth:`set_position` does one at a time). rows: ``{"symbol", "side", "qty",
+        "entry_price", "leverage", "opened_at", "stop_price" (optional)}``, prices USDT, times
+        market seconds; ``marks``: mark overrides by symbol. A stop is a working closePosition
+        STOP_MARKET with a ``paper-`` clientAlgoId, as a strategy would have placed."""
+        first = int(self.r.incrby(self.k_seq, len(rows))) - len(rows) + 1
+        p = self.r.pipeline(transaction=False)
+        for i, row in enumerate(rows):
+            sym, side = row["symbol"], Side(row["side"])
+            t = repr(float(row["opened_at"]))
+            p.delete(self.k_pos(sym), self.k_stops(sym))
+            p.hset(self.k_pos(sym), mapping={
+                "symbol": sym, "side": side.value, "qty": repr(float(row["qty"])),
+                "entry_price": repr(float(row["entry_price"])), "leverage": repr(float(row["leverage"])),
+                "opened_at": t, "settled_at": t, "funding_paid": "0.0"})
+            p.sadd(self.k_positions, sym)
+            if row.get("stop_price") is not None:
+                cid = f"paper-{sym}-{first + i}"
+                order = OrderResult(symbol=sym, client_order_id=cid, order_id=first + i,
+                                    side=side.close_order_side, type="STOP_MARKET", status="NEW", position_side="BOTH",
+                                    close_position=True, algo=True, stop_price=float(row["stop_price"]),
+                                    reduce_only=True, update_time=time.time())
+                p.hset(self.k_stops(sym), cid, repr(float(row["stop_price"])))
+                p.hset(self.k_orders, cid, order.model_dump_json())
+        for sym, price in (marks or {}).items():
+            p.set(self.k_mark(sym), repr(float(price)))
+        p.execute()
+
     def raw_positions(self) -> list[dict]:
         """Position rows as stored, including rows with qty 0 (what a careless counter
         would count)."""
@@ -257,19 +366,55 @@ class PaperVenue(Venue):
         return [h for h in p.execute() if h]
 
     def positions(self) -> list[VenuePosition]:
-        """Open positions after settling stops and funding up to the current market time.
-        Rows with qty 0 are never reported (exchange truth has no ghosts)."""
+        """Open positions, by symbol, after settling stops and funding up to the current market
+        time. Rows with qty 0 are never reported (exchange truth has no ghosts).
+
+        One Redis call reads every position row, its working stops and its mark override
+        (:data:`_READ_POSITIONS_LUA`); only a position with a funding event or a stop hit since
+        its last settlement goes through the per-position settlement transaction. A position
+        with neither is reported as read and keeps its ``settled_at`` (the next settlement
+        covers the whole interval; placing a stop settles first, so a stop never sees prices
+        from before it existed)."""
+        now = self.clock.now()
+        rows = self._read_positions(keys=[self.k_positions],
+                                    args=[f"{self._base}:pos:", f"{self._base}:stops:", f"{self.ns}:paper:mark:"])
+        if any(r[0] not in SHIPPED and r[0] not in self._sources for r in rows):
+            self._sources.update(self.listings())  # one read for every listing not yet cached
+        probe = _SettleProbe(now)
         out = []
-        for s in sorted(self.r.smembers(self.k_positions)):
-            self._settle(s)
-            pos = self._position(s)
+        for sym, flat, stop_vals, override in sorted(rows, key=lambda r: r[0]):
+            pos = self._report(sym, dict(zip(flat[::2], flat[1::2], strict=True)), stop_vals, override, probe)
             if pos is not None:
                 out.append(pos)
         return out
 
+    def _report(self, sym: str, h: dict[str, str], stop_vals: list[str], override: str | None,
+                probe: "_SettleProbe") -> VenuePosition | None:
+        """A position as read (row ``h``, working stop prices, mark override), or — when a
+        funding event or a stop hit is due since its last settlement — as settled."""
+        if not h or float(h["qty"]) <= 0:
+            return None
+        side = Side(h["side"])
+        src = self.source(sym)
+        stop = _tightest([float(v) for v in stop_vals], side)
+        last = min(float(h.get("settled_at", probe.now)), probe.now)
+        if probe.funding_due(src, last) or (stop is not None and probe.stop_hit(src, last, side, stop, override)):
+            self._settle(sym)  # an event to settle: the transactional path
+            return self._position(sym)
+        return VenuePosition(
+            symbol=sym, side=side, qty=float(h["qty"]), entry_price=float(h["entry_price"]),
+            mark_price=float(override) if override is not None else probe.mark(src),
+            leverage=float(h["leverage"]), opened_at=float(h["opened_at"]), stop_price=stop,
+            funding_paid=float(h.get("funding_paid", 0.0)),
+        )
+
     def position(self, symbol: str) -> VenuePosition | None:
-        self._settle(symbol)
-        return self._position(symbol)
+        """One open position (None when flat), settled up to now when an event is due; one
+        Redis call when none is."""
+        flat, stop_vals, override, clock_raw = self._snapshot(
+            keys=[self.k_pos(symbol), self.k_stops(symbol), self.k_mark(symbol), self.clock.key])
+        probe = _SettleProbe(self.clock.now(clock_raw))
+        return self._report(symbol, dict(zip(flat[::2], flat[1::2], strict=True)), stop_vals, override, probe)
 
     def _position(self, symbol: str) -> VenuePosition | None:
         h = self.r.hgetall(self.k_pos(symbol))
@@ -285,10 +430,7 @@ class PaperVenue(Venue):
 
     def working_stop(self, symbol: str, side: Side) -> float | None:
         """The tightest working stop of a position (highest for LONG, lowest for SHORT)."""
-        prices = [float(v) for v in self.r.hvals(self.k_stops(symbol))]
-        if not prices:
-            return None
-        return max(prices) if side is Side.LONG else min(prices)
+        return _tightest([float(v) for v in self.r.hvals(self.k_stops(symbol))], side)
 
     def _settle(self, symbol: str) -> None:
         """Apply funding events and stop triggers between the last settlement and now."""
@@ -394,8 +536,8 @@ class PaperVenue(Venue):
                 self._log("STOP_EXPIRED", symbol, {"clientAlgoId": cid})
             self.r.hset(self.k_orders, cid, o.model_dump_json())
 
-    def _check_position_side(self, position_side: str | None, reduce_only: bool) -> str:
-        dual = self.dual()
+    def _check_position_side(self, position_side: str | None, reduce_only: bool, dual: bool | None = None) -> str:
+        dual = self.dual() if dual is None else dual
         ps = (position_side or "BOTH").upper()
         if dual:
             if reduce_only:
@@ -411,20 +553,22 @@ class PaperVenue(Venue):
         the LONG leg, a BUY the SHORT one)."""
         dual = self.dual()
         ps = ("LONG" if side == "SELL" else "SHORT") if dual else "BOTH"
-        return self.submit_market(symbol, side, qty, client_order_id, reduce_only=not dual, position_side=ps)
+        return self.submit_market(symbol, side, qty, client_order_id, reduce_only=not dual, position_side=ps, dual=dual)
 
     def submit_market(self, symbol: str, side: str, qty: str, client_order_id: str, reduce_only: bool,
-                      position_side: str | None = None, leverage: float = 10.0) -> OrderResult:
+                      position_side: str | None = None, leverage: float = 10.0,
+                      dual: bool | None = None) -> OrderResult:
         """A MARKET order as /fapi/v1/order takes it. It closes when ``reduce_only`` (one-way)
         or when ``position_side`` names the position and ``side`` is its closing side (hedge);
         otherwise it opens or adds (strategy orders; harvest itself only closes). Raises
-        VenueError with Binance's codes (-1111, -4003/-4004/-4005, -2022, -4116, -1106, -4061)."""
+        VenueError with Binance's codes (-1111, -4003/-4004/-4005, -2022, -4116, -1106, -4061).
+        ``dual``: the position mode when the caller already read it."""
         f = self.filters(symbol)
         q = self._check_qty(f, qty)
-        ps = self._check_position_side(position_side, reduce_only)
+        ps = self._check_position_side(position_side, reduce_only, dual)
         if side not in ("BUY", "SELL"):
             raise VenueError(-1117, "Invalid side.")
-        self._settle(symbol)
+        now_pos = self.position(symbol)  # settles a funding event or stop hit due since the last settlement
         key = self.k_pos(symbol)
         closing = reduce_only or (ps in ("LONG", "SHORT") and Side(ps).close_order_side == side)
         if not closing:
@@ -453,7 +597,7 @@ class PaperVenue(Venue):
                 self._log("REJECT", symbol, {"clientOrderId": client_order_id, "code": REDUCE_ONLY_REJECTED[0]})
                 raise VenueError(*REDUCE_ONLY_REJECTED)
             fill_q = min(q, pos_q)
-            mark = self.mark_price(symbol)
+            mark = now_pos.mark_price if now_pos is not None else self.mark_price(symbol)
             entry = float(h["entry_price"])
             pnl = pos_side.sign * (mark - entry) * float(fill_q)
             fee = mark * float(fill_q) * self.fee_rate

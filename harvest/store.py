@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import lru_cache
 from typing import Any, Iterable
 
 import redis
@@ -121,8 +122,24 @@ return 0
 #: States in which a plan's order is acknowledged done (scan-to-fill latency is observed).
 FILLED_STATES = ("FILLED", "PARTIALLY_FILLED")
 
-_PLAN_FLOATS = ("close_fraction", "new_stop", "scanned_at", "created_at", "updated_at", "expires_at",
+_PLAN_FLOATS = ("close_fraction", "new_stop", "scanned_at", "acked_at", "created_at", "updated_at", "expires_at",
                 "executed_qty", "avg_price", "realized_pnl", "position_qty_after")
+
+
+#: HGETALL of every key in KEYS, in one call: ``[[field, value, …], …]`` in KEYS order.
+_HGETALL_MANY_LUA = """
+local out = {}
+for i, k in ipairs(KEYS) do out[i] = redis.call('HGETALL', k) end
+return out
+"""
+
+
+@lru_cache(maxsize=65_536)
+def market_state_from_json(raw: str) -> MarketState:
+    """A stored :class:`MarketState` (frozen, so shared) from its JSON, parsed once per process
+    per distinct value: a book entry's entry state is read on every scan but never changes.
+    Raises pydantic.ValidationError for invalid JSON or values."""
+    return MarketState.model_validate_json(raw)
 
 
 def _enc(v: Any) -> str:
@@ -391,13 +408,14 @@ class BookStore:
         self.r = r
         self.k = Keys(ns)
         self._raise_tier = r.register_script(_RAISE_TIER_LUA)
+        self._hgetall_many = r.register_script(_HGETALL_MANY_LUA)
 
     def get_many(self, account: str, symbols: list[str]) -> list[dict[str, Any] | None]:
-        """Book entries (decoded) for the symbols, None where there is none."""
-        p = self.r.pipeline(transaction=False)
-        for s in symbols:
-            p.hgetall(self.k.book(account, s))
-        return [self.decode(h) if h else None for h in p.execute()]
+        """Book entries (decoded) for the symbols, None where there is none (one Redis call)."""
+        if not symbols:
+            return []
+        flats = self._hgetall_many(keys=[self.k.book(account, s) for s in symbols])
+        return [self.decode(dict(zip(f[::2], f[1::2], strict=True))) if f else None for f in flats]
 
     def decode(self, h: dict[str, str]) -> dict[str, Any]:
         d: dict[str, Any] = dict(h)
@@ -406,24 +424,41 @@ class BookStore:
                 d[f] = float(d[f])
         d["harvested_tier"] = int(d.get("harvested_tier", 0))
         d["side"] = Side(d["side"])
-        d["entry_state"] = MarketState.model_validate_json(d["entry_state"]) if d.get("entry_state") else None
+        d["entry_state"] = market_state_from_json(d["entry_state"]) if d.get("entry_state") else None
         return d
 
     def put(self, account: str, symbol: str, entry: dict[str, Any]) -> None:
         """Write a whole book entry (a new epoch replaces the old one)."""
-        key = self.k.book(account, symbol)
-        e = dict(entry)
-        if isinstance(e.get("entry_state"), MarketState):
-            e["entry_state"] = e["entry_state"].model_dump_json()
+        self.put_many(account, {symbol: entry})
+
+    def put_many(self, account: str, entries: dict[str, dict[str, Any]]) -> None:
+        """:meth:`put` for many entries (symbol → entry), each replaced atomically, in one
+        round trip."""
+        if not entries:
+            return
         p = self.r.pipeline(transaction=True)
-        p.delete(key)
-        p.hset(key, mapping={k: _enc(v) for k, v in e.items() if v is not None})
-        p.sadd(self.k.books(account), symbol)
+        for symbol, entry in entries.items():
+            key = self.k.book(account, symbol)
+            e = dict(entry)
+            if isinstance(e.get("entry_state"), MarketState):
+                e["entry_state"] = e["entry_state"].model_dump_json()
+            p.delete(key)
+            p.hset(key, mapping={k: _enc(v) for k, v in e.items() if v is not None})
+        p.sadd(self.k.books(account), *entries)
         p.execute()
 
     def update(self, account: str, symbol: str, fields: dict[str, Any]) -> None:
         """Update some fields of an entry (peak/trough, current stop)."""
         self.r.hset(self.k.book(account, symbol), mapping={k: _enc(v) for k, v in fields.items() if v is not None})
+
+    def update_many(self, account: str, updates: dict[str, dict[str, Any]]) -> None:
+        """:meth:`update` for many entries in one pipeline: symbol → fields."""
+        if not updates:
+            return
+        p = self.r.pipeline(transaction=False)
+        for symbol, fields in updates.items():
+            p.hset(self.k.book(account, symbol), mapping={k: _enc(v) for k, v in fields.items() if v is not None})
+        p.execute()
 
     def raise_tier(self, account: str, symbol: str, epoch: str, tier: int) -> bool:
         """Mark tiers ≤ ``tier`` harvested for this epoch (never lowers; no-op on another
@@ -458,4 +493,4 @@ class MarketCache:
         if not symbols:
             return []
         raw = self.r.mget([self.k.market(s) for s in symbols])
-        return [MarketState.model_validate_json(x) if x else None for x in raw]
+        return [market_state_from_json(x) if x else None for x in raw]

@@ -11,19 +11,26 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from harvest.book import is_new_epoch, new_book_entry, to_position
+from harvest.book import is_new_epoch, new_book_entry, position_row, to_position, valid_rows
 from harvest.kernel import PositionBatch, compute_harvest_proposal, evaluate_batch, reason_codes
 from harvest.models import ACTION_CODES, KILL_COMPONENTS, Action, Decision, MarketState, Position
 from harvest.runtime import Runtime, get_runtime
+from harvest.venue import VenuePosition
 from tasks.app import app
 from tasks.common import record_rejected
 
 
-def load_positions(rt: Runtime, symbols: set[str] | None = None) -> tuple[list[tuple[Position, MarketState]], float]:
-    """Open positions as kernel inputs, with the market state of their symbol, and the market
-    time. Starts a new book epoch where the venue shows a new opening; drops ghost book
+#: One open position as the scan sees it: exchange truth, harvest's book entry (decoded, see
+#: :class:`harvest.store.BookStore`) and the symbol's market state now.
+Row = tuple[VenuePosition, dict[str, Any], MarketState]
+
+
+def load_positions(rt: Runtime, symbols: set[str] | None = None) -> tuple[list[Row], float]:
+    """Open positions with their book entry and the market state of their symbol, and the
+    market time. Starts a new book epoch where the venue shows a new opening; drops ghost book
     entries (only on a full scan, ``symbols`` None). Positions without a cached market state
-    or with inconsistent data are skipped and counted."""
+    are skipped and counted. Reads are batched: one venue call, one book read, one market
+    read, one write of moved peaks/troughs."""
     acct = rt.settings.account
     now = rt.market_now()
     vps = rt.venue.positions()
@@ -32,26 +39,27 @@ def load_positions(rt: Runtime, symbols: set[str] | None = None) -> tuple[list[t
     syms = [v.symbol for v in vps]
     entries = rt.book.get_many(acct, syms)
     markets = rt.market.get_many(syms)
-    pairs: list[tuple[Position, MarketState]] = []
+    rows: list[Row] = []
+    epochs: dict[str, dict[str, Any]] = {}  # new book entries, written in one transaction
+    extremes: dict[str, dict[str, float]] = {}  # peak/trough moves, written in one pipeline
     for vp, entry, m in zip(vps, entries, markets, strict=True):
         if m is None:
             rt.plans.count("scan:no_market_state")
             continue
         if is_new_epoch(vp, entry):
-            entry = new_book_entry(vp, m, now, rt.settings.theta)
-            rt.book.put(acct, vp.symbol, entry)
+            entry = epochs[vp.symbol] = new_book_entry(vp, m, now, rt.settings.theta)
         elif vp.mark_price > (entry.get("peak_price") or 0) or vp.mark_price < (entry.get("trough_price") or float("inf")):
-            rt.book.update(acct, vp.symbol, {"peak_price": max(entry.get("peak_price") or 0, vp.mark_price),
-                                             "trough_price": min(entry.get("trough_price") or float("inf"), vp.mark_price)})
-        try:
-            pairs.append((to_position(acct, vp, entry), m))
-        except ValidationError:
-            rt.plans.count("scan:invalid_position")
+            extremes[vp.symbol] = {"peak_price": max(entry.get("peak_price") or 0, vp.mark_price),
+                                   "trough_price": min(entry.get("trough_price") or float("inf"), vp.mark_price)}
+            entry = {**entry, **extremes[vp.symbol]}
+        rows.append((vp, entry, m))
+    rt.book.put_many(acct, epochs)
+    rt.book.update_many(acct, extremes)
     if symbols is None:
         for ghost in rt.book.symbols(acct) - set(syms):
             rt.book.drop(acct, ghost)
             rt.plans.count("reconcile:ghost_dropped")
-    return pairs, now
+    return rows, now
 
 
 def make_decision(pos: Position, m: MarketState, now: float, action: Action, tier: int, fraction: float,
@@ -65,20 +73,34 @@ def make_decision(pos: Position, m: MarketState, now: float, action: Action, tie
     )
 
 
-def decide(rt: Runtime, pairs: list[tuple[Position, MarketState]], now: float) -> list[Decision]:
-    """Batch-evaluate positions; a Decision for each one that needs action."""
-    if not pairs:
+def decide(rt: Runtime, rows: list[Row], now: float) -> list[Decision]:
+    """Batch-evaluate positions (one :func:`harvest.kernel.evaluate_batch` call over arrays
+    built straight from the rows); a Decision for each one that needs action. Only those get
+    a validated :class:`Position` model; rows it would reject are left out and counted
+    (``scan:invalid_position``), found by the vectorized :func:`harvest.book.valid_rows`."""
+    if not rows:
         return []
     theta = rt.settings.theta
-    res = evaluate_batch(PositionBatch.from_models(pairs), now, theta)
+    acct = rt.settings.account
+    batch = PositionBatch.from_rows([position_row(vp, e, m) for vp, e, m in rows])
+    ok = valid_rows(batch, np.array([vp.leverage for vp, _, _ in rows], dtype=np.float64))
+    idx = np.flatnonzero(ok)
+    if len(idx) < len(rows):
+        rt.plans.count("scan:invalid_position", len(rows) - len(idx))
+    res = evaluate_batch(batch.select(idx), now, theta)
     out = []
-    for i in np.flatnonzero(res.action).tolist():
-        pos, m = pairs[i]
-        comps = {k: float(res.components[j, i]) for j, k in enumerate(KILL_COMPONENTS)}
-        stop = float(res.new_stop[i])
-        out.append(make_decision(pos, m, now, ACTION_CODES[int(res.action[i])], int(res.tier[i]),
-                                 float(res.close_fraction[i]), None if np.isnan(stop) else stop,
-                                 float(res.r_net[i]), float(res.kill_score[i]), comps))
+    for k in np.flatnonzero(res.action).tolist():
+        vp, entry, m = rows[int(idx[k])]
+        try:
+            pos = to_position(acct, vp, entry)
+        except ValidationError:  # valid_rows is the model's rule set; this is a safety net
+            rt.plans.count("scan:invalid_position")
+            continue
+        comps = {name: float(res.components[j, k]) for j, name in enumerate(KILL_COMPONENTS)}
+        stop = float(res.new_stop[k])
+        out.append(make_decision(pos, m, now, ACTION_CODES[int(res.action[k])], int(res.tier[k]),
+                                 float(res.close_fraction[k]), None if np.isnan(stop) else stop,
+                                 float(res.r_net[k]), float(res.kill_score[k]), comps))
     return out
 
 
@@ -93,10 +115,16 @@ def evaluate(self, ref: dict[str, Any]) -> dict | None:
     if not isinstance(ref, dict) or not isinstance(ref.get("symbol"), str):
         record_rejected(rt, "evaluate", ref, "expected {'symbol': str}")
         return None
-    pairs, now = load_positions(rt, {ref["symbol"]})
-    if not pairs:
+    rows, now = load_positions(rt, {ref["symbol"]})
+    if not rows:
         return None
-    pos, m = pairs[0]
+    vp, entry, m = rows[0]
+    try:
+        pos = to_position(rt.settings.account, vp, entry)
+    except ValidationError as e:
+        rt.plans.count("scan:invalid_position")
+        record_rejected(rt, "evaluate", ref, e)
+        return None
     p = compute_harvest_proposal(pos, m, now, rt.settings.theta)
     if p.action is Action.NONE:
         return None

@@ -107,5 +107,5 @@ def execute(self, ref: dict | None, step: int = 0) -> dict | None:
         rt.plans.mark_send(pid, step, "unknown", {"error": type(e).__name__})
         log.exception("plan %s: order outcome unknown (%s); confirm will look it up", pid, type(e).__name__)
         return {"plan_id": pid}
-    rt.plans.mark_send(pid, step, "accepted")
+    rt.plans.mark_send(pid, step, "accepted", fields={"acked_at": time.time()})
     return {"plan_id": pid}

@@ -1,0 +1,358 @@
+"""harvest's performance targets, each measured beside its baseline in one run.
+
+    python benchmarks/performance.py [--positions 10000] [--json benchmarks/performance.last.json]
+
+Real processes throughout: a private redis-server as broker and store, ``celery worker``
+processes with harvest's own configuration (acks late, prefetch 1, JSON), the paper venue,
+and the fapi emulator behind python-binance for the latency run. Prints one line per figure
+with its target and writes everything to JSON.
+
+a. kernel — :func:`harvest.kernel.evaluate_batch` over 10 000 positions vs
+   :func:`harvest.kernel.compute_harvest_proposal` called per position (same inputs).
+b. scan — one beat scan of 10 000 open paper positions, ~1 % actionable: wall time from
+   publish to the scan's end (every chain published) on a scan worker with 2 processes, the
+   tasks it published; beside it, bare 5-task no-op chains through the same broker and
+   workers (what a chain per position would cost).
+c. pipeline — actionable ``propose → guard → execute → confirm`` chains per second (publish to
+   every plan terminal) vs the same number of bare 4-task no-op chains, same queues, same
+   workers (scan -c 2, orders -c 2).
+d. latency — scan tick → order acknowledged by the exchange (the plan's ``scanned_at`` →
+   ``acked_at``), p50/p99, on the emulator through python-binance, one actionable position
+   per tick among 100 open.
+e. memory — RSS of a scan worker's pool process over 100 000 position evaluations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import secrets
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _setup import (  # noqa: E402
+    T0,
+    celery_app,
+    clean,
+    env_for,
+    mark_at_r,
+    open_positions,
+    paper_of,
+    runtime,
+    start_worker,
+    symbols,
+)
+
+from harvest.procs import RedisServer, wait_for  # noqa: E402
+
+TARGETS = {"kernel_ratio": 50.0, "scan_wall_s": 1.0, "pipeline_ratio": 0.8, "latency_p99_ms": 250.0,
+           "rss_growth_mb": 5.0}
+NOOP = ["-I", "benchmarks.noop_tasks"]
+
+
+# --------------------------------------------------------------------------- a. kernel
+
+def bench_kernel(n: int) -> dict:
+    """Batch vs per-position kernel over the same n random positions (best of 3 each)."""
+    from harvest.kernel import PositionBatch, compute_harvest_proposal, evaluate_batch
+    from harvest.models import HarvestTheta, MarketState, Position, Regime, Side
+
+    rnd = random.Random(7)
+    theta = HarvestTheta()
+    now = T0 + 86_400
+    pairs = []
+    for i in range(n):
+        side = rnd.choice([Side.LONG, Side.SHORT])
+        entry = rnd.uniform(1, 1000)
+        stop = entry * (1 - side.sign * rnd.uniform(0.005, 0.05))
+        mark = entry * (1 + side.sign * rnd.uniform(-0.04, 0.2))
+        reg = [Regime.TREND, Regime.CHOP, Regime.MR]
+        es = MarketState(symbol=f"S{i}", ts_time=T0, sigma=rnd.uniform(0, 0.01), ts=rnd.random(), p_trend=rnd.random(),
+                         regime=rnd.choice(reg), trend_dir=rnd.choice([-1, 0, 1]))
+        ms = es.model_copy(update={"sigma": rnd.uniform(0, 0.02), "ts": rnd.random(), "regime": rnd.choice(reg)})
+        pos = Position(symbol=f"S{i}", side=side, qty=1.0, qty_at_open=1.0, entry_price=entry, mark_price=mark,
+                       leverage=10, initial_stop=stop, opened_at=T0 + rnd.uniform(0, 80_000), epoch="e",
+                       harvested_tier=rnd.choice([0, 0, 1, 2]), entry_state=es)
+        pairs.append((pos, ms))
+
+    def best(f, k=3):
+        out = []
+        for _ in range(k):
+            t = time.perf_counter()
+            f()
+            out.append(time.perf_counter() - t)
+        return min(out)
+
+    loop_s = best(lambda: [compute_harvest_proposal(p, m, now, theta) for p, m in pairs])
+    batch = PositionBatch.from_models(pairs)
+    batch_s = best(lambda: evaluate_batch(batch, now, theta), 5)
+    build_s = best(lambda: PositionBatch.from_models(pairs))
+    return {"positions": n, "loop_s": loop_s, "batch_s": batch_s, "build_arrays_s": build_s,
+            "ratio": loop_s / batch_s, "ratio_incl_build": loop_s / (batch_s + build_s),
+            "loop_positions_per_s": n / loop_s, "batch_positions_per_s": n / batch_s}
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _counter(rt, name: str) -> int:
+    return int(rt.r.hget(rt.plans.k.counters, name) or 0)
+
+
+def _bare_chains(app, ns: str, rt, n: int, queues: list[str]) -> float:
+    """Publish n bare no-op chains (one task per entry of ``queues``, the last one counts
+    the chain done) and wait until all are done; chains per second."""
+    from celery import chain
+
+    key = f"{ns}:bench:done:{uuid.uuid4().hex[:6]}"
+    sigs = [app.signature("bench.noop", queue=f"{ns}.{q}") for q in queues[:-1]]
+    t0 = time.perf_counter()
+    for _ in range(n):
+        chain(app.signature("bench.noop", args=(None,), queue=f"{ns}.{queues[0]}"), *sigs[1:],
+              app.signature("bench.done", kwargs={"key": key}, queue=f"{ns}.{queues[-1]}")).apply_async()
+    wait_for(lambda: int(rt.r.get(key) or 0) >= n, 600, 0.05, f"{n} bare chains")
+    return n / (time.perf_counter() - t0)
+
+
+def _workers(env, ns, scan_c=2, orders_c=2):
+    ws = [start_worker(env, ns, "scan", scan_c, *NOOP), start_worker(env, ns, "orders", orders_c, *NOOP)]
+    for w in ws:
+        w.wait_ready()
+    return ws
+
+
+def _all_terminal(rt, n: int) -> bool:
+    return rt.r.zcard(rt.plans.k.plan_index) >= n and rt.plans.count_open() == 0
+
+
+# --------------------------------------------------------------------------- b. scan
+
+def bench_scan(url: str, n: int, rounds: int = 3, baseline_chains: int = 1000) -> dict:
+    ns = "perf-" + uuid.uuid4().hex[:6]
+    syms = symbols(n)
+    env = env_for(url, ns, syms)
+    rt = runtime(env)
+    clean(rt)
+    open_positions(rt, syms, 0.0)
+    app = celery_app(env)
+    ws = _workers(env, ns)
+    paper = paper_of(rt)
+    actionable = max(1, n // 100)
+    out: dict = {"positions": n, "actionable_per_scan": actionable, "scan_worker_processes": 2, "rounds": []}
+    try:
+        app.send_task("harvest.scan_positions", queue=f"{ns}.scan")  # first sight: 10 000 book epochs
+        wait_for(lambda: _counter(rt, "scan:runs") == 1, 120, 0.005, "the priming scan")
+        for k in range(rounds):
+            batch = syms[k * actionable:(k + 1) * actionable]
+            p = rt.r.pipeline(transaction=False)
+            for s in batch:
+                p.set(paper.k_mark(s), repr(mark_at_r(rt, s, 2.1)))
+            p.execute()
+            runs, started = _counter(rt, "scan:runs"), _counter(rt, "scan:chains_started")
+            t0 = time.perf_counter()
+            app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
+            wait_for(lambda: _counter(rt, "scan:runs") == runs + 1, 60, 0.001, "the scan")
+            wall = time.perf_counter() - t0
+            chains = _counter(rt, "scan:chains_started") - started
+            wait_for(lambda: _all_terminal(rt, (k + 1) * actionable), 300, 0.01, "the round's plans terminal")
+            out["rounds"].append({"scan_wall_s": wall, "chains_published": chains, "tasks_published": 4 * chains,
+                                  "until_all_terminal_s": time.perf_counter() - t0})
+        rate = _bare_chains(app, ns, rt, baseline_chains, ["scan", "scan", "scan", "orders", "orders"])
+        out["bare_5task_chains_per_s"] = rate
+        out["chain_per_position_design_s"] = n / rate
+        out["scan_wall_s"] = max(r["scan_wall_s"] for r in out["rounds"])
+    finally:
+        for w in ws:
+            w.stop()
+        clean(rt)
+    return out
+
+
+# --------------------------------------------------------------------------- c. pipeline
+
+def bench_pipeline(url: str, n: int) -> dict:
+    ns = "perf-" + uuid.uuid4().hex[:6]
+    syms = symbols(n, "P")
+    env = env_for(url, ns, syms)
+    rt = runtime(env)
+    clean(rt)
+    open_positions(rt, syms, 2.1)
+    app = celery_app(env)
+    ws = _workers(env, ns)
+    try:
+        bare = _bare_chains(app, ns, rt, 50, ["scan", "scan", "orders", "orders"])  # warm-up of the pools
+        t0 = time.perf_counter()
+        app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
+        wait_for(lambda: _all_terminal(rt, n), 600, 0.05, "every plan terminal")
+        harvest_rate = n / (time.perf_counter() - t0)
+        states: dict[str, int] = {}
+        for p in rt.plans.all_plans():
+            states[p.state] = states.get(p.state, 0) + 1
+        bare = _bare_chains(app, ns, rt, n, ["scan", "scan", "orders", "orders"])
+    finally:
+        for w in ws:
+            w.stop()
+        clean(rt)
+    return {"chains": n, "workers": "scan -c 2, orders -c 2", "harvest_chains_per_s": harvest_rate,
+            "bare_4task_chains_per_s": bare, "ratio": harvest_rate / bare, "states": states}
+
+
+# --------------------------------------------------------------------------- d. latency
+
+def bench_latency(url: str, ticks: int, open_n: int = 100) -> dict:
+    from harvest.emulator import Emulator
+
+    ns = "perf-" + uuid.uuid4().hex[:6]
+    syms = symbols(open_n, "L")
+    env = env_for(url, ns, syms)
+    rt = runtime(env)
+    clean(rt)
+    key, secret = secrets.token_hex(8), secrets.token_hex(16)
+    emu = Emulator(rt.r, ns, rt.settings.account, key, secret, clock=rt.clock, weight_limit_1m=10_000_000).start()
+    env.update({"HARVEST_FAPI_URL": emu.url, "HARVEST_API_KEY": key, "HARVEST_API_SECRET": secret,
+                "HARVEST_VENUE_WEIGHT_LIMIT_1M": "1000000"})
+    open_positions(rt, syms, 0.0)
+    app = celery_app(env)
+    paper = paper_of(rt)
+    ws = _workers(env, ns)
+    lat = []
+    try:
+        app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
+        wait_for(lambda: _counter(rt, "scan:runs") == 1, 60, 0.005, "the priming scan")
+        for k in range(ticks):
+            sym = syms[k % open_n]
+            if k >= open_n:
+                raise ValueError("ticks must not exceed the open positions")
+            paper.set_mark(sym, mark_at_r(rt, sym, 2.1))
+            app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
+            wait_for(lambda: _all_terminal(rt, k + 1), 60, 0.002, "the tick's plan terminal")
+        for p in rt.plans.all_plans():
+            if p.acked_at is not None and p.scanned_at is not None:
+                lat.append(1000 * (p.acked_at - p.scanned_at))
+    finally:
+        for w in ws:
+            w.stop()
+        emu.stop()
+        clean(rt)
+    lat.sort()
+    q = statistics.quantiles(lat, n=100, method="inclusive")
+    return {"ticks": ticks, "open_positions": open_n, "acknowledged": len(lat), "p50_ms": q[49], "p99_ms": q[98],
+            "max_ms": lat[-1]}
+
+
+# --------------------------------------------------------------------------- e. memory
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def bench_memory(url: str, evaluations: int, positions: int = 1000) -> dict:
+    ns = "perf-" + uuid.uuid4().hex[:6]
+    syms = symbols(positions, "M")
+    env = env_for(url, ns, syms)
+    rt = runtime(env)
+    clean(rt)
+    open_positions(rt, syms, 0.0)
+    app = celery_app(env)
+    w = start_worker(env, ns, "scan", 1)  # no --max-tasks-per-child: one pool process throughout
+    samples = []
+    try:
+        w.wait_ready()
+        celery_main = w.proc.pid
+        pool = wait_for(lambda: [c for p in _children(celery_main) for c in _children(p)] or _children(celery_main),
+                        30, 0.05, "the worker's pool process")
+        scans = evaluations // positions
+        for k in range(scans):
+            app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
+            wait_for(lambda: _counter(rt, "scan:runs") == k + 1, 60, 0.002, "a scan")
+            if (k + 1) % max(1, scans // 10) == 0:
+                samples.append({"evaluations": (k + 1) * positions, "rss_mb": max(_rss_mb(p) for p in pool)})
+    finally:
+        w.stop()
+        clean(rt)
+    warm = samples[0]["rss_mb"]
+    return {"positions_per_scan": positions, "evaluations": evaluations, "samples": samples,
+            "rss_after_first_tenth_mb": warm, "rss_end_mb": samples[-1]["rss_mb"],
+            "growth_mb": samples[-1]["rss_mb"] - warm}
+
+
+# --------------------------------------------------------------------------- main
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--positions", type=int, default=10_000, help="open positions (kernel and scan runs)")
+    ap.add_argument("--chains", type=int, default=300, help="actionable chains (pipeline run)")
+    ap.add_argument("--ticks", type=int, default=100, help="scan ticks (latency run)")
+    ap.add_argument("--evaluations", type=int, default=100_000, help="position evaluations (memory run)")
+    ap.add_argument("--json", help="also write the results to this file")
+    a = ap.parse_args()
+    os.environ.pop("HARVEST_FAPI_URL", None)
+    out = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+           "targets": TARGETS}
+    out["kernel"] = bench_kernel(a.positions)
+    server = RedisServer().start()
+    try:
+        out["scan"] = bench_scan(server.url, a.positions)
+        out["pipeline"] = bench_pipeline(server.url, a.chains)
+        out["latency"] = bench_latency(server.url, a.ticks)
+        out["memory"] = bench_memory(server.url, a.evaluations)
+    finally:
+        server.stop()
+    k, s, p, lt, m = out["kernel"], out["scan"], out["pipeline"], out["latency"], out["memory"]
+    checks = {
+        "kernel": k["ratio"] >= TARGETS["kernel_ratio"],
+        "scan": s["scan_wall_s"] <= TARGETS["scan_wall_s"],
+        "pipeline": p["ratio"] >= TARGETS["pipeline_ratio"],
+        "latency": lt["p99_ms"] <= TARGETS["latency_p99_ms"],
+        "memory": m["growth_mb"] <= TARGETS["rss_growth_mb"],
+    }
+    out["met"] = checks
+
+    def ok(name):
+        return "met" if checks[name] else "MISSED"
+
+    print(f"machine: {out['machine']['cpus']} CPUs, Python {out['machine']['python']}, {out['machine']['platform']}")
+    print(f"a. kernel  {k['positions']} positions: batch {1000 * k['batch_s']:.2f} ms "
+          f"({k['batch_positions_per_s']:,.0f}/s) vs loop {1000 * k['loop_s']:.0f} ms "
+          f"({k['loop_positions_per_s']:,.0f}/s) → ratio {k['ratio']:.0f}× (target ≥ 50×: {ok('kernel')}); "
+          f"with array build from models {k['ratio_incl_build']:.0f}×")
+    rounds = ", ".join(f"{1000 * r['scan_wall_s']:.0f} ms" for r in s["rounds"])
+    print(f"b. scan    {s['positions']} positions, {s['actionable_per_scan']} actionable, scan worker -c 2: "
+          f"wall {rounds} (worst {1000 * s['scan_wall_s']:.0f} ms; target ≤ 1000 ms: {ok('scan')}); "
+          f"{s['rounds'][0]['chains_published']} chains = {s['rounds'][0]['tasks_published']} tasks published; "
+          f"all plans terminal after {s['rounds'][0]['until_all_terminal_s']:.2f} s")
+    print(f"           baseline: bare 5-task no-op chains {s['bare_5task_chains_per_s']:.0f}/s → a chain per position "
+          f"would take {s['chain_per_position_design_s']:.1f} s for {s['positions']} positions "
+          f"({s['chain_per_position_design_s'] / s['scan_wall_s']:.0f}× the batch scan)")
+    print(f"c. pipeline {p['chains']} chains ({p['workers']}): harvest {p['harvest_chains_per_s']:.1f}/s vs bare 4-task "
+          f"{p['bare_4task_chains_per_s']:.1f}/s → ratio {p['ratio']:.2f} (target ≥ 0.8: {ok('pipeline')}); {p['states']}")
+    print(f"d. latency scan tick → order acknowledged (emulator, python-binance), {lt['acknowledged']} ticks: "
+          f"p50 {lt['p50_ms']:.0f} ms, p99 {lt['p99_ms']:.0f} ms, max {lt['max_ms']:.0f} ms "
+          f"(target p99 ≤ 250 ms: {ok('latency')})")
+    print(f"e. memory  scan worker pool process over {m['evaluations']:,} evaluations: RSS "
+          f"{m['rss_after_first_tenth_mb']:.1f} MB after the first tenth → {m['rss_end_mb']:.1f} MB at the end "
+          f"(growth {m['growth_mb']:+.1f} MB; target ≤ 5 MB: {ok('memory')})")
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=2))
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
