@@ -158,7 +158,7 @@ def bench_scan(url: str, n: int, rounds: int = 3, baseline_chains: int = 1000) -
             runs, started = _counter(rt, "scan:runs"), _counter(rt, "scan:chains_started")
             t0 = time.perf_counter()
             app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
-            wait_for(lambda: _counter(rt, "scan:runs") == runs + 1, 60, 0.001, "the scan")
+            wait_for(lambda: _counter(rt, "scan:runs") == runs + 1, 60, 0.01, "the scan")
             wall = time.perf_counter() - t0
             chains = _counter(rt, "scan:chains_started") - started
             wait_for(lambda: _all_terminal(rt, (k + 1) * actionable), 300, 0.01, "the round's plans terminal")
@@ -231,8 +231,12 @@ def bench_latency(url: str, ticks: int, open_n: int = 100) -> dict:
             if k >= open_n:
                 raise ValueError("ticks must not exceed the open positions")
             paper.set_mark(sym, mark_at_r(rt, sym, 2.1))
+            runs, plans = _counter(rt, "scan:runs"), rt.r.zcard(rt.plans.k.plan_index)
             app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
-            wait_for(lambda: _all_terminal(rt, k + 1), 60, 0.002, "the tick's plan terminal")
+            # One tick at a time: this tick's scan ran and the plans it started are terminal
+            # (no backlog of scans ahead of the next tick's chains).
+            wait_for(lambda: _counter(rt, "scan:runs") > runs and rt.r.zcard(rt.plans.k.plan_index) > plans
+                     and rt.plans.count_open() == 0, 60, 0.002, "the tick's plans terminal")
         for p in rt.plans.all_plans():
             if p.acked_at is not None and p.scanned_at is not None:
                 lat.append(1000 * (p.acked_at - p.scanned_at))
@@ -281,7 +285,7 @@ def bench_memory(url: str, evaluations: int, positions: int = 1000) -> dict:
         scans = evaluations // positions
         for k in range(scans):
             app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
-            wait_for(lambda: _counter(rt, "scan:runs") == k + 1, 60, 0.002, "a scan")
+            wait_for(lambda: _counter(rt, "scan:runs") == k + 1, 60, 0.01, "a scan")
             if (k + 1) % max(1, scans // 10) == 0:
                 samples.append({"evaluations": (k + 1) * positions, "rss_mb": max(_rss_mb(p) for p in pool)})
     finally:

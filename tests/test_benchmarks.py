@@ -1,0 +1,27 @@
+"""The performance benchmark runs end to end (tiny sizes: this checks the harness, not the
+speed; the figures come from the full run the README gives)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_performance_benchmark_runs_every_section(tmp_path):
+    out = tmp_path / "perf.json"
+    p = subprocess.run([sys.executable, "benchmarks/performance.py", "--positions", "200", "--chains", "20",
+                        "--ticks", "5", "--evaluations", "2000", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode in (0, 1), p.stdout + p.stderr  # 1: a target missed at this toy size
+    res = json.loads(out.read_text())
+    assert set(res["met"]) == {"kernel", "scan", "pipeline", "latency", "memory"}
+    assert res["pipeline"]["states"] == {"FILLED": 20}
+    assert all(r["chains_published"] == 2 for r in res["scan"]["rounds"])
+    assert res["latency"]["acknowledged"] >= 5
+    assert len(res["memory"]["samples"]) == 10
+    for line in ("a. kernel", "b. scan", "c. pipeline", "d. latency", "e. memory"):
+        assert line in p.stdout
