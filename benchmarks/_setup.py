@@ -88,6 +88,34 @@ def clean(rt) -> None:
     rt.clock.set(T0, 0.0)
 
 
+def fresh_namespace(url: str, prefix: str, syms: list[str], r_multiple: float | None = None):
+    """A new, empty namespace on the Redis at ``url``: returns ``(namespace, env, runtime)``;
+    with ``r_multiple``, one LONG per symbol is opened at that R (:func:`open_positions`)."""
+    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    env = env_for(url, ns, syms)
+    rt = runtime(env)
+    clean(rt)
+    if r_multiple is not None:
+        open_positions(rt, syms, r_multiple)
+    return ns, env, rt
+
+
+def start_emulator(rt, env: dict[str, str]):
+    """The fapi emulator on the namespace's paper engine, with fresh fake keys; ``env`` gains
+    the HARVEST_* variables that point workers at it (python-binance venue, a weight budget
+    that never binds). Returns the running :class:`harvest.emulator.Emulator`."""
+    import secrets
+
+    from harvest.emulator import Emulator
+
+    key, secret = secrets.token_hex(8), secrets.token_hex(16)
+    emu = Emulator(rt.r, rt.settings.namespace, rt.settings.account, key, secret, clock=rt.clock,
+                   weight_limit_1m=10_000_000).start()
+    env.update({"HARVEST_FAPI_URL": emu.url, "HARVEST_API_KEY": key, "HARVEST_API_SECRET": secret,
+                "HARVEST_VENUE_WEIGHT_LIMIT_1M": "1000000"})
+    return emu
+
+
 def start_worker(env: dict[str, str], ns: str, queue: str, c: int, *extra: str) -> CeleryProcess:
     """A worker on one queue of the namespace with ``c`` processes (not yet waited for)."""
     return CeleryProcess("worker", env, ["-Q", f"{ns}.{queue}", "-c", str(c), "-n", f"{queue}-{uuid.uuid4().hex[:4]}@%h",

@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import random
-import secrets
 import statistics
 import sys
 import time
@@ -42,11 +41,10 @@ from _setup import (  # noqa: E402
     T0,
     celery_app,
     clean,
-    env_for,
+    fresh_namespace,
     mark_at_r,
-    open_positions,
     paper_of,
-    runtime,
+    start_emulator,
     start_worker,
     symbols,
 )
@@ -135,12 +133,8 @@ def _all_terminal(rt, n: int) -> bool:
 # --------------------------------------------------------------------------- b. scan
 
 def bench_scan(url: str, n: int, rounds: int = 3, baseline_chains: int = 1000) -> dict:
-    ns = "perf-" + uuid.uuid4().hex[:6]
     syms = symbols(n)
-    env = env_for(url, ns, syms)
-    rt = runtime(env)
-    clean(rt)
-    open_positions(rt, syms, 0.0)
+    ns, env, rt = fresh_namespace(url, "perf", syms, 0.0)
     app = celery_app(env)
     ws = _workers(env, ns)
     paper = paper_of(rt)
@@ -178,12 +172,8 @@ def bench_scan(url: str, n: int, rounds: int = 3, baseline_chains: int = 1000) -
 # --------------------------------------------------------------------------- c. pipeline
 
 def bench_pipeline(url: str, n: int) -> dict:
-    ns = "perf-" + uuid.uuid4().hex[:6]
     syms = symbols(n, "P")
-    env = env_for(url, ns, syms)
-    rt = runtime(env)
-    clean(rt)
-    open_positions(rt, syms, 2.1)
+    ns, env, rt = fresh_namespace(url, "perf", syms, 2.1)
     app = celery_app(env)
     ws = _workers(env, ns)
     try:
@@ -207,18 +197,9 @@ def bench_pipeline(url: str, n: int) -> dict:
 # --------------------------------------------------------------------------- d. latency
 
 def bench_latency(url: str, ticks: int, open_n: int = 100) -> dict:
-    from harvest.emulator import Emulator
-
-    ns = "perf-" + uuid.uuid4().hex[:6]
     syms = symbols(open_n, "L")
-    env = env_for(url, ns, syms)
-    rt = runtime(env)
-    clean(rt)
-    key, secret = secrets.token_hex(8), secrets.token_hex(16)
-    emu = Emulator(rt.r, ns, rt.settings.account, key, secret, clock=rt.clock, weight_limit_1m=10_000_000).start()
-    env.update({"HARVEST_FAPI_URL": emu.url, "HARVEST_API_KEY": key, "HARVEST_API_SECRET": secret,
-                "HARVEST_VENUE_WEIGHT_LIMIT_1M": "1000000"})
-    open_positions(rt, syms, 0.0)
+    ns, env, rt = fresh_namespace(url, "perf", syms, 0.0)
+    emu = start_emulator(rt, env)
     app = celery_app(env)
     paper = paper_of(rt)
     ws = _workers(env, ns)
@@ -268,12 +249,8 @@ def _rss_mb(pid: int) -> float:
 
 
 def bench_memory(url: str, evaluations: int, positions: int = 1000) -> dict:
-    ns = "perf-" + uuid.uuid4().hex[:6]
     syms = symbols(positions, "M")
-    env = env_for(url, ns, syms)
-    rt = runtime(env)
-    clean(rt)
-    open_positions(rt, syms, 0.0)
+    ns, env, rt = fresh_namespace(url, "perf", syms, 0.0)
     app = celery_app(env)
     w = start_worker(env, ns, "scan", 1)  # no --max-tasks-per-child: one pool process throughout
     samples = []

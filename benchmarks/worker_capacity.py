@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import secrets
 import sys
 import time
 import uuid
@@ -31,25 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _setup import clean as _clean  # noqa: E402
 from _setup import env_for as _env  # noqa: E402
-from _setup import open_positions as _open  # noqa: E402
-from _setup import runtime as _runtime  # noqa: E402
-from _setup import start_worker  # noqa: E402
+from _setup import fresh_namespace, start_emulator, start_worker  # noqa: E402
 from _setup import symbols as _symbols  # noqa: E402
 
 from harvest.procs import RedisServer, wait_for  # noqa: E402
 
 
-def _worker(env, ns, queue: str, c: int):
-    return start_worker(env, ns, queue, c)
-
-
 def scan_rate(url: str, positions: int, scans: int = 10) -> dict:
-    ns = "cap-" + uuid.uuid4().hex[:6]
     syms = _symbols(positions)
-    env = _env(url, ns, syms)
-    rt = _runtime(env)
-    _clean(rt)
-    _open(rt, syms, 0.0)
+    ns, env, rt = fresh_namespace(url, "cap", syms, 0.0)
     os.environ.update(env)
     from celery import Celery
 
@@ -58,7 +47,7 @@ def scan_rate(url: str, positions: int, scans: int = 10) -> dict:
 
     app = Celery("bench")
     app.conf.update(celery_config(load_settings()))
-    w = _worker(env, ns, "scan", 1)
+    w = start_worker(env, ns, "scan", 1)
     try:
         w.wait_ready()
         app.send_task("harvest.scan_positions", queue=f"{ns}.scan")  # warm-up: imports, first Redis calls
@@ -76,21 +65,12 @@ def scan_rate(url: str, positions: int, scans: int = 10) -> dict:
 
 
 def order_rate(url: str, plans: int, concurrency: int, emulator_latency_s: float | None) -> dict:
-    ns = "cap-" + uuid.uuid4().hex[:6]
     syms = _symbols(plans)
-    env = _env(url, ns, syms)
-    rt = _runtime(env)
-    _clean(rt)
+    ns, env, rt = fresh_namespace(url, "cap", syms, 2.1)
     emu = None
     if emulator_latency_s is not None:
-        from harvest.emulator import Emulator
-
-        key, secret = secrets.token_hex(8), secrets.token_hex(16)
-        emu = Emulator(rt.r, ns, rt.settings.account, key, secret, clock=rt.clock, weight_limit_1m=10_000_000).start()
-        env.update({"HARVEST_FAPI_URL": emu.url, "HARVEST_API_KEY": key, "HARVEST_API_SECRET": secret,
-                    "HARVEST_VENUE_WEIGHT_LIMIT_1M": "1000000"})
+        emu = start_emulator(rt, env)
         emu.faults.inject("POST /fapi/v1/order", "latency", times=10 * plans, latency_s=emulator_latency_s)
-    _open(rt, syms, 2.1)
     os.environ.update(env)
     from celery import Celery
 
@@ -99,8 +79,8 @@ def order_rate(url: str, plans: int, concurrency: int, emulator_latency_s: float
 
     app = Celery("bench")
     app.conf.update(celery_config(load_settings()))
-    scan_w = _worker(env, ns, "scan", 2)
-    orders_w = _worker(env, ns, "orders", concurrency)
+    scan_w = start_worker(env, ns, "scan", 2)
+    orders_w = start_worker(env, ns, "orders", concurrency)
     try:
         scan_w.wait_ready()
         orders_w.wait_ready()

@@ -470,7 +470,8 @@ class Emulator:
         out = []
         dual = self.venue.dual()
         now_ms = int(self.clock.now() * 1000)
-        for vp in [x for x in [self.venue.position(sym)] if x is not None] if sym else self.venue.positions():
+        vps = self.venue.positions() if not sym else [vp for vp in (self.venue.position(sym),) if vp is not None]
+        for vp in vps:
             amt = vp.qty * vp.side.sign
             notional = amt * vp.mark_price
             row = {"symbol": vp.symbol, "positionSide": vp.side.value if dual else "BOTH",

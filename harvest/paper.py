@@ -64,7 +64,6 @@ SHIPPED = frozenset(SHIPPED_SYMBOLS)
 TAKER_FEE_RATE = 0.0005
 
 
-
 #: Every position row of an account with its working stop prices and mark override, in one
 #: call: KEYS[1] the positions set; ARGV the pos, stops and mark key prefixes. Returns
 #: ``[[symbol, [field, value, …], [stop price, …], override or nil], …]``. (The paper engine
@@ -122,7 +121,7 @@ class _SettleProbe:
 
     def stop_hit(self, src: str, last: float, side: Side, stop: float, override: str | None) -> bool:
         """The mark override, or a kline low (LONG) / high (SHORT) in [last, now], crosses
-        ``stop``. Same rule as :meth:`PaperVenue._settle`."""
+        ``stop``. The one stop-trigger rule of the engine (:meth:`PaperVenue._settle` uses it)."""
         if override is not None:
             m = float(override)
             return m <= stop if side is Side.LONG else m >= stop
@@ -132,6 +131,7 @@ class _SettleProbe:
             i0, i1 = kl.index_at(last), kl.index_at(self.now)
             rng = self._ranges[(src, last)] = (float(kl.low[i0:i1 + 1].min()), float(kl.high[i0:i1 + 1].max()))
         return rng[0] <= stop if side is Side.LONG else rng[1] >= stop
+
 
 class MarketClock:
     """Shared market clock for the replay (Unix seconds of market time)."""
@@ -456,18 +456,8 @@ class PaperVenue(Venue):
                 kl = load_klines(src)
                 funding = float(sum(side.sign * r * qty * kl.mark_at(t) for t, r in zip(ft[sel], fr[sel], strict=True)))
             # Stop trigger on the path since the last settlement.
-            trigger = None
-            stop = (max(stops.values()) if side is Side.LONG else min(stops.values())) if stops else None
-            if stop is not None:
-                if override is not None:
-                    m = float(override)
-                    hit = m <= stop if side is Side.LONG else m >= stop
-                else:
-                    kl = load_klines(src)
-                    i0, i1 = kl.index_at(last), kl.index_at(now)
-                    hit = (kl.low[i0:i1 + 1].min() <= stop) if side is Side.LONG else (kl.high[i0:i1 + 1].max() >= stop)
-                if hit:
-                    trigger = stop
+            stop = _tightest(list(stops.values()), side)
+            trigger = stop if stop is not None and _SettleProbe(now).stop_hit(src, last, side, stop, override) else None
             if not funding and trigger is None and now == last:
                 return None
             p.multi()

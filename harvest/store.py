@@ -449,7 +449,7 @@ class BookStore:
 
     def update(self, account: str, symbol: str, fields: dict[str, Any]) -> None:
         """Update some fields of an entry (peak/trough, current stop)."""
-        self.r.hset(self.k.book(account, symbol), mapping={k: _enc(v) for k, v in fields.items() if v is not None})
+        self.update_many(account, {symbol: fields})
 
     def update_many(self, account: str, updates: dict[str, dict[str, Any]]) -> None:
         """:meth:`update` for many entries in one pipeline: symbol → fields."""
