@@ -6,13 +6,43 @@ Queues by kind of work (declared with kombu), each scaled by its own workers:
 * ``<ns>.orders`` — execute and confirm (I/O; acks late, prefetch 1);
 * ``<ns>.housekeeping`` — market-state refresh, reconcile, sweep, heartbeat.
 
-Reliability choices: JSON only; ``task_acks_late`` with ``task_reject_on_worker_lost`` so
-a message whose worker died is redelivered (every stage is idempotent by plan state, and
-execute sends at most once by a compare-and-set in Redis); prefetch 1 so one slow order
-does not hold others; the Redis visibility timeout is above every time limit; results are
-not stored (plan state lives in Redis, not in the result backend); task events are on for
-Flower. Beat entries carry ``expires`` equal to their interval: a scan that could not run
-in its own tick is dropped, never replayed as a backlog.
+Reliability choices for orders (each is a key of :func:`celery_config`):
+
+* **JSON only** (``task_serializer``/``accept_content``/``event_serializer``): a message
+  in any other format is refused by kombu before a task sees it.
+* **Acks late + reject on worker lost** (``task_acks_late``, ``task_reject_on_worker_lost``):
+  a message is acknowledged after its task returned, so one whose worker process died
+  (SIGKILL, OOM, hard time limit) is delivered again. That is safe because every stage is
+  idempotent by plan state, and execute sends at most once: APPROVED → SUBMITTED is a
+  compare-and-set in Redis taken *before* the send, and a redelivery that finds SUBMITTED
+  hands over to confirm, which looks the order up by clientOrderId.
+* **Prefetch 1** (``worker_prefetch_multiplier``): one slow order does not hold others
+  reserved behind it, and a killed worker takes back at most one message per process.
+* **Cancel long-running tasks on connection loss**
+  (``worker_cancel_long_running_tasks_on_connection_loss``): with acks late, a message
+  whose broker connection dropped is delivered again; the running copy is cancelled so the
+  two never run side by side.
+* **Time limits per stage** (:data:`TIME_LIMITS_S`, as ``task_annotations``): the hard
+  limit kills the pool process (the message is then redelivered, see above); the soft
+  limit comes first and raises inside the task, where execute records the send outcome as
+  unknown and confirm looks it up.
+* **Visibility timeout above every time limit and countdown**
+  (:func:`visibility_timeout_s`): on Redis, a reserved message not acknowledged within it
+  is given to another worker. Retries (execute's backoff, confirm's look-ups) are ETA
+  messages held unacknowledged by the worker until due, and never later than the plan TTL,
+  so the timeout is the plan TTL plus the longest time limit plus a margin: an ETA message
+  is never handed out twice.
+* **Retry delays set everywhere Celery reads one**: each retry passes ``countdown``
+  explicitly; ``default_retry_delay`` of every task is set too (an uncounted retry waits
+  that long, not Celery's 180 s); publishing retries with :data:`PUBLISH_RETRY_POLICY`;
+  the broker connection is retried forever with the same bounded backoff.
+* **Expires**: every plan task carries ``expires`` = the plan TTL (:mod:`workflows`) and
+  every beat entry ``expires`` = its interval: a message that waited past it is dropped by
+  the worker unexecuted (and counted, :mod:`tasks.stale`), never replayed as a backlog.
+* **One beat**: celery-redbeat keeps the schedule in Redis and holds a lock there; a second
+  beat stands by until the lock lapses.
+* Results are not stored (plan state lives in Redis, not in the result backend); task
+  events are on for Flower.
 """
 
 from __future__ import annotations
@@ -36,9 +66,52 @@ ROUTES: dict[str, str] = {
     "harvest.refresh_exchange_info": "housekeeping",
 }
 
-#: Hard time limit of any task (s); the visibility timeout must stay above it.
+#: Hard time limit of any task without its own entry in :data:`TIME_LIMITS_S` (s).
 TASK_TIME_LIMIT_S = 60
-VISIBILITY_TIMEOUT_S = 3600
+#: Per stage: task → (soft, hard) time limit (s). The soft limit raises
+#: ``SoftTimeLimitExceeded`` inside the task; the hard one kills its pool process. An order
+#: stage is one exchange request (≤ ``venue_timeout_s``, at most 60 s) plus Redis writes.
+TIME_LIMITS_S: dict[str, tuple[float, float]] = {
+    "harvest.scan_positions": (20, 30),
+    "harvest.evaluate": (10, 15),
+    "harvest.propose": (10, 15),
+    "harvest.guard": (20, 30),
+    "harvest.execute": (75, 90),
+    "harvest.confirm": (75, 90),
+    "harvest.refresh_market": (50, 60),
+    "harvest.reconcile": (50, 60),
+    "harvest.sweep_plans": (50, 60),
+    "harvest.heartbeat": (10, 15),
+    "harvest.refresh_exchange_info": (50, 60),
+}
+#: Margin (s) of the visibility timeout above the longest countdown + time limit.
+VISIBILITY_MARGIN_S = 60
+#: Retry policy of publishing a message (and of reconnecting to the broker): attempts at
+#: 0.2 s, 0.4 s, … up to 2 s apart, at most 10 attempts (~12 s), then the error propagates.
+PUBLISH_RETRY_POLICY = {"max_retries": 10, "interval_start": 0.2, "interval_step": 0.2, "interval_max": 2.0}
+
+
+def visibility_timeout_s(s: HarvestSettings) -> float:
+    """Redis visibility timeout (s): above the longest countdown a harvest message carries
+    (every retry lands before the plan TTL, ``plan_ttl_s``; a retry delay is at most
+    1.25 × ``retry_backoff_max_s``) plus the longest hard time limit, plus
+    :data:`VISIBILITY_MARGIN_S`."""
+    longest_countdown = max(s.plan_ttl_s, 1.25 * s.retry_backoff_max_s, s.confirm_retry_s)
+    longest_limit = max([TASK_TIME_LIMIT_S, *(hard for _, hard in TIME_LIMITS_S.values())])
+    return float(longest_countdown + longest_limit + VISIBILITY_MARGIN_S)
+
+
+def default_retry_delay_s(s: HarvestSettings, task: str) -> float:
+    """``default_retry_delay`` (s) of a task: confirm's look-up interval for confirm, the
+    first backoff step for the others (each retry also passes its own countdown)."""
+    return s.confirm_retry_s if task == "harvest.confirm" else s.retry_backoff_s
+
+
+def task_annotations(s: HarvestSettings) -> dict[str, dict]:
+    """Per-task attributes Celery applies at registration: time limits and retry delay."""
+    return {name: {"soft_time_limit": soft, "time_limit": hard,
+                   "default_retry_delay": default_retry_delay_s(s, name)}
+            for name, (soft, hard) in TIME_LIMITS_S.items()}
 
 
 #: Beat entry name → (task, the settings field of its interval). ``harvest schedule set NAME
@@ -76,7 +149,11 @@ def celery_config(s: HarvestSettings) -> dict:
     return {
         "broker_url": s.broker,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,  # a worker keeps reconnecting; it never exits on a broker outage
+        "broker_transport_options": {"visibility_timeout": visibility_timeout_s(s)},
+        "task_publish_retry": True,
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -92,8 +169,10 @@ def celery_config(s: HarvestSettings) -> dict:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_time_limit": TASK_TIME_LIMIT_S,
         "task_soft_time_limit": TASK_TIME_LIMIT_S - 10,
+        "task_annotations": task_annotations(s),
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,

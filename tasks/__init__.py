@@ -2,6 +2,6 @@
 plus the beat scan (:mod:`tasks.scan`) and housekeeping (:mod:`tasks.housekeeping`)."""
 
 from tasks.app import app  # noqa: F401
-from tasks import confirm, evaluate, execute, guard, housekeeping, propose, scan  # noqa: F401,E402
+from tasks import confirm, evaluate, execute, guard, housekeeping, propose, scan, stale  # noqa: F401,E402
 
 __all__ = ["app"]
