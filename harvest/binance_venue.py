@@ -364,6 +364,18 @@ class BinanceVenue(Venue):
                     log.warning("old stop %s of %s not cancelled: %s", o.get("clientAlgoId"), symbol, e)
         return new
 
+    def open_orders(self, symbol: str | None = None, algo: bool | None = None) -> list[OrderResult]:
+        """``GET /fapi/v1/openOrders`` and ``/fapi/v1/openAlgoOrders`` (all symbols: weight 40
+        each on Binance)."""
+        sym = {"symbol": symbol} if symbol else {}
+        weight = "open_algo" if symbol else "open_algo_all"
+        out: list[OrderResult] = []
+        if algo is not True:
+            out += [self._order(x) for x in self._call("futures_get_open_orders", weight, "read", **sym)]
+        if algo is not False:
+            out += [self._algo(x) for x in self._call("futures_get_open_orders", weight, "read", conditional=True, **sym)]
+        return out
+
     def get_order(self, symbol: str, client_order_id: str, conditional: bool = False) -> OrderResult:
         if conditional:
             return self._algo(self._call("futures_get_order", "get_order", "close", symbol=symbol,

@@ -63,13 +63,14 @@ def _cmd_scorecard(a: argparse.Namespace) -> int:
 
 def _cmd_reconcile(a: argparse.Namespace) -> int:
     from harvest.runtime import get_runtime
-    from tasks.evaluate import load_positions
+    from harvest.venue import VenueError
+    from tasks.housekeeping import reconcile_once
 
-    rt = get_runtime()
-    before = rt.plans.counters().get("reconcile:ghost_dropped", 0)
-    pairs, now = load_positions(rt)
-    out = {"positions": len(pairs), "ghosts_dropped": rt.plans.counters().get("reconcile:ghost_dropped", 0) - before,
-           "open_plans": rt.plans.count_open()}
+    try:
+        out = reconcile_once(get_runtime())
+    except VenueError as e:
+        print(f"harvest reconcile: venue unavailable ({e}); nothing changed", file=sys.stderr)
+        return 1
     print(json.dumps(out) if a.json else "  ".join(f"{k}={v}" for k, v in out.items()))
     return 0
 
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("scorecard", help="the harvest scorecard from live state (HARVEST_* settings)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_cmd_scorecard)
-    r = sub.add_parser("reconcile", help="reconcile the book with the venue once (drops ghosts)")
+    r = sub.add_parser("reconcile", help="reconcile local state with the venue once: ghosts, plans of positions closed outside, unknown hv- orders, stuck plans")
     r.add_argument("--json", action="store_true")
     r.set_defaults(fn=_cmd_reconcile)
     m = sub.add_parser("metrics", help="serve Prometheus metrics of the namespace's live state (/metrics)")

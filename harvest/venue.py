@@ -130,6 +130,11 @@ class Venue(ABC):
         """Place a closePosition STOP_MARKET at ``stop_price`` and then cancel the previous
         stop, so the position is never unprotected. Raises VenueError."""
 
+    def open_orders(self, symbol: str | None = None, algo: bool | None = None) -> list[OrderResult]:
+        """Working orders of the account (``symbol``: of one symbol; ``algo``: True only
+        stops, False only regular orders, None both). Raises VenueError."""
+        raise NotImplementedError
+
     @abstractmethod
     def get_order(self, symbol: str, client_order_id: str, conditional: bool = False) -> OrderResult:
         """Look an order up by clientOrderId (``conditional``: a stop, by clientAlgoId).
