@@ -30,9 +30,12 @@ may use the whole budget, stop moves and reads only a share of it (closes go fir
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import os
+import re
 import time
 from typing import Any, Callable
 
@@ -103,6 +106,52 @@ def _never_connected(exc: Exception) -> bool:
         return False
     reason = getattr(exc.args[0], "reason", None) if exc.args else None
     return type(reason).__name__ in ("NewConnectionError", "NameResolutionError")
+
+
+#: What reading a malformed answer raises (a missing field, a wrong type, a non-number;
+#: pydantic's ValidationError is a ValueError).
+_MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError, ArithmeticError)
+#: Order statuses of Binance's order model; any other is a malformed answer.
+ORDER_STATUSES = frozenset({"NEW", "PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "EXPIRED", "EXPIRED_IN_MATCH"})
+
+
+_SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
+
+
+def _num(v: Any) -> float:
+    """A finite number from an exchange field (string or number); ValueError otherwise."""
+    if isinstance(v, bool):
+        raise ValueError(f"not a number: {v!r}")
+    x = float(v)
+    if not math.isfinite(x):
+        raise ValueError(f"not a finite number: {v!r}")
+    return x
+
+
+def _sym(v: Any) -> str:
+    """A symbol from an exchange field (``[A-Z0-9]{2,20}``); ValueError otherwise."""
+    if not isinstance(v, str) or not _SYMBOL_RE.match(v):
+        raise ValueError(f"not a symbol: {str(v)[:40]!r}")
+    return v
+
+
+def answers(sends: bool = False):
+    """Decorator of a venue method: an exchange answer it cannot read (a missing field, a
+    wrong type, NaN/inf) raises VenueError code 0 "malformed exchange answer" instead of a
+    parsing error — ``unknown`` when the request sent an order (look it up before anything
+    is sent again), a plain error otherwise. No worker crashes on a malformed answer."""
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(self, *args, **kwargs):
+            try:
+                return fn(self, *args, **kwargs)
+            except VenueError:
+                raise
+            except _MALFORMED as e:
+                raise VenueError(0, f"malformed exchange answer to {fn.__name__}: {type(e).__name__}: {str(e)[:200]}",
+                                 200, unknown=sends) from None
+        return wrapper
+    return deco
 
 
 class WeightBudget:
@@ -234,6 +283,7 @@ class BinanceVenue(Venue):
         if used is not None and used.isdigit():
             self.budget.observe(int(used))
 
+    @answers()
     def resync_time(self) -> float:
         """Set the client's ``timestamp_offset`` (ms) from ``/fapi/v1/time``; returns it."""
         t0 = time.time()
@@ -245,6 +295,7 @@ class BinanceVenue(Venue):
 
     # ------------------------------------------------------------------ reference data
 
+    @answers()
     def refresh_filters(self) -> int:
         """Fetch exchangeInfo, cache it in Redis and in the process. Returns #symbols."""
         info = self._call("futures_exchange_info", "exchange_info", "read")
@@ -253,6 +304,7 @@ class BinanceVenue(Venue):
         self._filters, self._filters_at = filters, time.time()
         return len(filters)
 
+    @answers()
     def filters(self, symbol: str) -> SymbolFilters:
         if not self._filters or time.time() - self._filters_at > self.cache_ttl_s:
             raw = self.r.get(self.k_info)
@@ -265,6 +317,7 @@ class BinanceVenue(Venue):
         except KeyError:
             raise VenueError(*BAD_SYMBOL) from None
 
+    @answers()
     def dual(self, priority: str = "read") -> bool:
         """Hedge mode (``dualSidePosition``) of the account, cached ``cache_ttl_s``."""
         raw = self.r.get(self.k_dual)
@@ -279,7 +332,7 @@ class BinanceVenue(Venue):
         out = {s: float(v) for s, v in cached.items() if v is not None}
         for s in [s for s, v in cached.items() if v is None]:
             rows = self._call("futures_symbol_config", "symbol_config", "read", symbol=s)
-            lev = next((float(x["leverage"]) for x in rows if x.get("symbol") == s), 1.0)
+            lev = next((_num(x["leverage"]) for x in rows if x.get("symbol") == s), 1.0)
             out[s] = lev
             self.r.hset(self.k_leverage, s, repr(lev))
             self.r.expire(self.k_leverage, int(self.cache_ttl_s))
@@ -287,24 +340,27 @@ class BinanceVenue(Venue):
 
     # ------------------------------------------------------------------ Venue
 
+    @answers()
     def mark_price(self, symbol: str) -> float:
-        return float(self._call("futures_mark_price", "mark", "read", symbol=symbol)["markPrice"])
+        return _num(self._call("futures_mark_price", "mark", "read", symbol=symbol)["markPrice"])
 
+    @answers()
     def closed_closes(self, symbol: str, n: int) -> np.ndarray:
         """Closes (USDT, shape (≤ n,), oldest first) of the last ``n`` *closed* 1-minute
         bars from ``GET /fapi/v1/klines`` (the still-open bar is dropped)."""
         rows = self._call("futures_klines", "klines", "read", symbol=symbol, interval="1m", limit=min(1500, n + 1))
-        return np.array([float(x[4]) for x in rows[:-1]], dtype=np.float64)[-n:]
+        return np.array([_num(x[4]) for x in rows[:-1]], dtype=np.float64)[-n:]
 
+    @answers()
     def positions(self, symbol: str | None = None) -> list[VenuePosition]:
         """Open positions (positionAmt ≠ 0). In hedge mode a symbol with both legs open is
         not reported (harvest manages one leg per symbol) and is logged."""
         params = {"symbol": symbol} if symbol else {}
         rows = [x for x in self._call("futures_position_information", "positions", "read", **params)
-                if float(x["positionAmt"]) != 0.0]
+                if _num(x["positionAmt"]) != 0.0]
         by_sym: dict[str, list[dict]] = {}
         for x in rows:
-            by_sym.setdefault(x["symbol"], []).append(x)
+            by_sym.setdefault(_sym(x["symbol"]), []).append(x)
         for s, legs in list(by_sym.items()):
             if len(legs) > 1:
                 log.warning("hedge mode: %s has both legs open; harvest leaves it alone", s)
@@ -316,13 +372,13 @@ class BinanceVenue(Venue):
         lev = self._leverage(sorted(by_sym))
         out = []
         for s, (x,) in sorted(by_sym.items()):
-            amt = float(x["positionAmt"])
+            amt = _num(x["positionAmt"])
             side = Side.LONG if amt > 0 else Side.SHORT
-            stops = [float(o["triggerPrice"]) for o in algo
+            stops = [_num(o["triggerPrice"]) for o in algo
                      if o.get("symbol") == s and o.get("closePosition") in (True, "true")
                      and o.get("orderType", o.get("type")) == "STOP_MARKET" and o.get("side") == side.close_order_side]
             out.append(VenuePosition(
-                symbol=s, side=side, qty=abs(amt), entry_price=float(x["entryPrice"]), mark_price=float(x["markPrice"]),
+                symbol=s, side=side, qty=abs(amt), entry_price=_num(x["entryPrice"]), mark_price=_num(x["markPrice"]),
                 leverage=max(1.0, lev.get(s, 1.0)), opened_at=None,
                 stop_price=(max(stops) if side is Side.LONG else min(stops)) if stops else None,
             ))
@@ -331,6 +387,7 @@ class BinanceVenue(Venue):
     def position(self, symbol: str) -> VenuePosition | None:
         return next(iter(self.positions(symbol)), None)
 
+    @answers(sends=True)
     def close_market(self, symbol: str, side: str, qty: str, client_order_id: str) -> OrderResult:
         params: dict[str, Any] = {"symbol": symbol, "side": side, "type": "MARKET", "quantity": qty,
                                   "newClientOrderId": client_order_id, "newOrderRespType": "RESULT"}
@@ -340,6 +397,7 @@ class BinanceVenue(Venue):
             params["reduceOnly"] = "true"
         return self._order(self._call("futures_create_order", "order", "close", **params))
 
+    @answers(sends=True)
     def move_stop(self, symbol: str, side: str, stop_price: str, client_order_id: str) -> OrderResult:
         dual = self.dual("stop")
         params: dict[str, Any] = {"symbol": symbol, "side": side, "type": "STOP_MARKET", "triggerPrice": stop_price,
@@ -364,6 +422,7 @@ class BinanceVenue(Venue):
                     log.warning("old stop %s of %s not cancelled: %s", o.get("clientAlgoId"), symbol, e)
         return new
 
+    @answers()
     def open_orders(self, symbol: str | None = None, algo: bool | None = None) -> list[OrderResult]:
         """``GET /fapi/v1/openOrders`` and ``/fapi/v1/openAlgoOrders`` (all symbols: weight 40
         each on Binance)."""
@@ -376,6 +435,7 @@ class BinanceVenue(Venue):
             out += [self._algo(x) for x in self._call("futures_get_open_orders", weight, "read", conditional=True, **sym)]
         return out
 
+    @answers()
     def get_order(self, symbol: str, client_order_id: str, conditional: bool = False) -> OrderResult:
         if conditional:
             return self._algo(self._call("futures_get_order", "get_order", "close", symbol=symbol,
@@ -384,32 +444,34 @@ class BinanceVenue(Venue):
                                    origClientOrderId=client_order_id))
         if o.executed_qty > 0:
             trades = self._call("futures_account_trades", "trades", "read", symbol=symbol, orderId=o.order_id)
-            o = o.model_copy(update={"realized_pnl": sum(float(t.get("realizedPnl", 0)) for t in trades),
-                                     "commission": sum(float(t.get("commission", 0)) for t in trades)})
+            o = o.model_copy(update={"realized_pnl": sum(_num(t.get("realizedPnl", 0)) for t in trades),
+                                     "commission": sum(_num(t.get("commission", 0)) for t in trades)})
         return o
 
     # ------------------------------------------------------------------ parsing
 
     @staticmethod
     def _order(x: dict[str, Any]) -> OrderResult:
+        if x.get("status") not in ORDER_STATUSES:
+            raise ValueError(f"unknown order status {str(x.get('status'))[:40]!r}")
         return OrderResult(
-            symbol=x["symbol"], client_order_id=x["clientOrderId"], order_id=int(x["orderId"]), side=x["side"],
+            symbol=_sym(x["symbol"]), client_order_id=x["clientOrderId"], order_id=int(_num(x["orderId"])), side=x["side"],
             type=x.get("type", "MARKET"), status=x["status"], position_side=x.get("positionSide", "BOTH"),
-            orig_qty=float(x.get("origQty") or 0), executed_qty=float(x.get("executedQty") or 0),
-            avg_price=float(x.get("avgPrice") or 0), reduce_only=bool(x.get("reduceOnly", False)),
-            stop_price=float(x["stopPrice"]) if float(x.get("stopPrice") or 0) else None,
-            update_time=float(x.get("updateTime", 0)) / 1000,
+            orig_qty=_num(x.get("origQty") or 0), executed_qty=_num(x.get("executedQty") or 0),
+            avg_price=_num(x.get("avgPrice") or 0), reduce_only=bool(x.get("reduceOnly", False)),
+            stop_price=_num(x["stopPrice"]) if _num(x.get("stopPrice") or 0) else None,
+            update_time=_num(x.get("updateTime", 0)) / 1000,
         )
 
     @staticmethod
     def _algo(x: dict[str, Any]) -> OrderResult:
         return OrderResult(
-            symbol=x["symbol"], client_order_id=x["clientAlgoId"], order_id=int(x["algoId"]), side=x["side"],
+            symbol=_sym(x["symbol"]), client_order_id=x["clientAlgoId"], order_id=int(_num(x["algoId"])), side=x["side"],
             type=x.get("orderType", "STOP_MARKET"), status=_ALGO_TO_ORDER_STATUS.get(x.get("algoStatus", ""), "NEW"),
             position_side=x.get("positionSide", "BOTH"), close_position=x.get("closePosition") in (True, "true"),
-            algo=True, executed_qty=float(x.get("executedQty") or 0), avg_price=float(x.get("avgPrice") or 0),
-            stop_price=float(x["triggerPrice"]) if x.get("triggerPrice") else None, reduce_only=True,
-            update_time=float(x.get("updateTime", 0)) / 1000,
+            algo=True, executed_qty=_num(x.get("executedQty") or 0), avg_price=_num(x.get("avgPrice") or 0),
+            stop_price=_num(x["triggerPrice"]) if x.get("triggerPrice") else None, reduce_only=True,
+            update_time=_num(x.get("updateTime", 0)) / 1000,
         )
 
 

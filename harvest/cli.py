@@ -1,5 +1,5 @@
 """The ``harvest`` command line: ``demo``, ``emulator``, ``scorecard``, ``reconcile``, ``schedule``,
-``metrics`` (each with --help)."""
+``chaos``, ``metrics`` (each with --help)."""
 
 from __future__ import annotations
 
@@ -73,6 +73,19 @@ def _cmd_reconcile(a: argparse.Namespace) -> int:
         return 1
     print(json.dumps(out) if a.json else "  ".join(f"{k}={v}" for k, v in out.items()))
     return 0
+
+
+def _cmd_chaos(a: argparse.Namespace) -> int:
+    from harvest.chaos import format_report, run_chaos
+
+    say = None if a.json else (lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        rep = run_chaos(plans=a.plans, broker=a.broker, waves=a.waves, drain_timeout_s=a.drain_timeout, progress=say)
+    except (RuntimeError, AssertionError) as e:
+        print(f"harvest chaos: could not run: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(rep, indent=2) if a.json else format_report(rep))
+    return 0 if rep["ok"] else 1
 
 
 def _cmd_metrics(a: argparse.Namespace) -> int:
@@ -160,6 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("reconcile", help="reconcile local state with the venue once: ghosts, plans of positions closed outside, unknown hv- orders, stuck plans")
     r.add_argument("--json", action="store_true")
     r.set_defaults(fn=_cmd_reconcile)
+    c = sub.add_parser("chaos", help="drive N plans through real workers, beat, Redis and the emulator while "
+                       "injecting crashes, restarts and exchange faults; report duplicates, lost plans, drain time")
+    c.add_argument("--plans", type=int, default=200, help="positions made actionable, one plan or more each "
+                   "(default %(default)s)")
+    c.add_argument("--broker", default=None, metavar="URL",
+                   help="Celery broker, e.g. amqp://guest:guest@127.0.0.1:5672// (default: the run's own Redis)")
+    c.add_argument("--waves", type=int, default=10, help="waves of positions, one fault kind each (default %(default)s)")
+    c.add_argument("--drain-timeout", type=float, default=600.0, help="longest wait for quiescence, s (default %(default)s)")
+    c.add_argument("--json", action="store_true", help="print the report as JSON (exit 1 when not ok)")
+    c.set_defaults(fn=_cmd_chaos)
     m = sub.add_parser("metrics", help="serve Prometheus metrics of the namespace's live state (/metrics)")
     m.add_argument("--host", default="0.0.0.0")
     m.add_argument("--port", type=int, default=9808)

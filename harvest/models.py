@@ -77,7 +77,7 @@ class HarvestTheta(BaseModel):
     :class:`pydantic.ValidationError` naming the field, at start-up.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     # Harvest tiers (R-multiples of R_net) and the fraction of the *remaining* qty each closes.
     t1_r: float = Field(2.0, gt=0, description="R_net that triggers PARTIAL_25")
@@ -240,7 +240,7 @@ class Decision(BaseModel):
     Small and JSON-only (it travels as a Celery task argument and shows in Flower).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no NaN/inf anywhere, components included
 
     account: str = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")
     symbol: str = Field(min_length=2, max_length=20, pattern=r"^[A-Z0-9]+$")
@@ -257,7 +257,7 @@ class Decision(BaseModel):
     mark_price: float = Field(gt=0)
     regime: Regime | None = None
     decided_at: float
-    scanned_at: float | None = Field(None, description="wall time (Unix s) of the scan tick that decided it; "
+    scanned_at: float | None = Field(None, ge=0, description="wall time (Unix s) of the scan tick that decided it; "
                                      "latency metrics only, not part of the plan's identity")
 
     @field_validator("r_net", "mark_price", "decided_at", "close_fraction")

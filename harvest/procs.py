@@ -43,12 +43,15 @@ def _venv_redis() -> str | None:
 
 
 class RedisServer:
-    """A throw-away redis-server on a free loopback port (no persistence)."""
+    """A throw-away redis-server on a free loopback port. ``persistent``: every write is
+    appended and fsynced (AOF, ``appendfsync always``), so :meth:`restart` keeps the data —
+    what ``harvest chaos`` needs to restart Redis under a running pipeline."""
 
-    def __init__(self):
+    def __init__(self, persistent: bool = False):
         self.binary = shutil.which("redis-server") or _venv_redis()
         self.dir = tempfile.mkdtemp(prefix="harvest-redis-")
         self.port = free_port()
+        self.persistent = persistent
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -58,24 +61,44 @@ class RedisServer:
     def start(self) -> "RedisServer":
         if not self.binary:
             raise RuntimeError("redis-server not found on PATH")
+        durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *durability,
              "--dir", self.dir, "--logfile", os.path.join(self.dir, "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
         r = redis.Redis(port=self.port)
-        wait_for(lambda: _ping(r), 10, what="redis-server to answer PING")
+        wait_for(lambda: _ping(r) and not _loading(r), 30, what="redis-server to answer PING")
         return self
 
-    def stop(self) -> None:
+    def _terminate(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait(10)
+
+    def restart(self) -> float:
+        """Stop the server (SIGTERM: clients see their connections drop) and start it again on
+        the same port and data directory. Returns the seconds it was down."""
+        t0 = time.monotonic()
+        self._terminate()
+        self.start()
+        return time.monotonic() - t0
+
+    def stop(self) -> None:
+        self._terminate()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _loading(r) -> bool:
+    try:
+        return r.info("persistence").get("loading", 0) == 1
+    except Exception:
+        return True
 
 
 def _ping(r) -> bool:

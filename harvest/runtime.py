@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from harvest.paper import MarketClock, PaperVenue
 from harvest.store import BookStore, MarketCache, PlanStore
@@ -53,9 +55,19 @@ def build_venue(s: HarvestSettings, r: redis.Redis, clock: MarketClock) -> Venue
     )
 
 
+#: A command that met a dropped connection (a Redis restart, a failover) is sent again on a
+#: new one, up to 6 times over ~2 s. Safe for harvest's writes: plan transitions are
+#: compare-and-set scripts (a repeat finds the state moved and changes nothing) and a
+#: WATCH transaction is never retried blind (redis-py raises instead).
+REDIS_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=6)
+REDIS_RETRY_ON = [redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError]
+
+
 def build_runtime(s: HarvestSettings) -> Runtime:
-    """Connect to Redis and build the stores and the venue named by the settings."""
-    r = redis.Redis.from_url(s.redis_url, decode_responses=True, health_check_interval=30)
+    """Connect to Redis (retrying across a dropped connection, :data:`REDIS_RETRY`) and build
+    the stores and the venue named by the settings."""
+    r = redis.Redis.from_url(s.redis_url, decode_responses=True, health_check_interval=30, retry=REDIS_RETRY,
+                             retry_on_error=REDIS_RETRY_ON)
     clock = MarketClock(r, s.namespace, s.paper_replay_start, s.paper_replay_speed)
     venue = build_venue(s, r, clock)
     return Runtime(

@@ -32,6 +32,7 @@ class HarvestSettings(BaseSettings):
     """Every setting of harvest. Times in seconds; URLs as redis:// / rediss:// / amqp://."""
 
     model_config = SettingsConfigDict(
+        allow_inf_nan=False,  # a NaN or infinite interval, TTL or price is refused at start-up
         env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         env_file=".env",

@@ -25,12 +25,22 @@ PENDING = "pending"
 def resolve_submitted(rt: Runtime, plan: Plan, final: bool) -> str:
     """Look up a SUBMITTED plan's order by clientOrderId and end the plan when its outcome is
     known. ``final`` (at the TTL): an order that does not exist ends EXPIRED — it is never
-    re-sent. Returns the state written, or ``"pending"``."""
+    re-sent; a look-up that still fails one more TTL later ends EXPIRED ``lookup_failed``.
+    Returns the state written, or ``"pending"``."""
     try:
         o = rt.venue.get_order(plan.symbol, plan.client_order_id, conditional=plan.action is Action.PROFIT_LOCK_SL)
     except VenueError as e:
         if e.code != -2013:
-            return PENDING  # the look-up itself failed; try again
+            # The look-up itself failed: try again — but not forever. A TTL past the plan's
+            # own without one readable answer ends it EXPIRED with the error recorded (no
+            # re-send: an operator reconciles the order by its clientOrderId).
+            if final and time.time() >= plan.expires_at + rt.settings.plan_ttl_s:
+                rt.plans.transition(plan.plan_id, "EXPIRED", "lookup_failed",
+                                    data={"code": e.code, "message": e.message, "client_order_id": plan.client_order_id},
+                                    fields={"error_code": e.code, "error_message": e.message[:500]},
+                                    account=plan.account, symbol=plan.symbol)
+                return "EXPIRED"
+            return PENDING
         if plan.send in ("unknown", "not_executed"):
             # Known not placed. Send again as the next step if attempts and time allow.
             rt.plans.mark_send(plan.plan_id, plan.step, "not_executed", {"code": e.code, "looked_up": True})

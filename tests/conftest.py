@@ -7,8 +7,15 @@ import os
 import uuid
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from tests.harness import RedisServer
+
+# Hypothesis profiles: "ci" (default) keeps the suite quick; HARVEST_HYPOTHESIS_PROFILE=slow
+# runs at least 10 000 examples per property (the fuzzing of tests/test_fuzz.py).
+hypothesis_settings.register_profile("ci", max_examples=150)
+hypothesis_settings.register_profile("slow", max_examples=10_000)
+hypothesis_settings.load_profile(os.environ.get("HARVEST_HYPOTHESIS_PROFILE", "ci"))
 
 _SERVER: RedisServer | None = None
 NAMESPACE = "t" + uuid.uuid4().hex[:8]
