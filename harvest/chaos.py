@@ -55,6 +55,7 @@ import redis
 from harvest.loadgen import T0, clean, env_for, mark_at_r, open_positions, runtime, start_worker, symbols
 from harvest.plans import CLIENT_ORDER_PREFIX, TERMINAL
 from harvest.procs import CeleryProcess, RedisServer, wait_for
+from settings import mask_url
 
 #: The wave's fault, in order; waves beyond these run without a fault.
 WAVES = ("http_429", "unknown_503_after_accept", "sigkill_execute", "timeout_after_accept", "redis_restart",
@@ -112,9 +113,11 @@ class _Procs:
 
 
 def run_chaos(plans: int = 200, broker: str | None = None, waves: int = 10, drain_timeout_s: float = 600.0,
-              progress: Callable[[str], None] | None = None) -> dict:
+              plan_ttl_s: float = PLAN_TTL_S, progress: Callable[[str], None] | None = None) -> dict:
     """Run the harness (see module docstring) with ``plans`` positions, each made actionable
-    once; ``broker``: a Celery broker URL (default: the state Redis). Returns the report:
+    once; ``broker``: a Celery broker URL (default: the state Redis); ``plan_ttl_s``: the
+    plans' TTL (s), which bounds how long a plan orphaned by a kill waits for the sweeper.
+    Returns the report:
 
     ``{"plans", "terminal", "states", "positions", "orders", "orders_per_plan_max",
     "duplicate_orders", "lost_plans", "non_terminal", "unplanned_decisions",
@@ -128,7 +131,7 @@ def run_chaos(plans: int = 200, broker: str | None = None, waves: int = 10, drai
     exchange = RedisServer().start()
     ns = f"chaos-{uuid.uuid4().hex[:6]}"
     syms = symbols(plans, "C")
-    env = env_for(state.url, ns, syms, HARVEST_PLAN_TTL_S=repr(PLAN_TTL_S), HARVEST_SCAN_INTERVAL_S="1",
+    env = env_for(state.url, ns, syms, HARVEST_PLAN_TTL_S=repr(plan_ttl_s), HARVEST_SCAN_INTERVAL_S="1",
                   HARVEST_SWEEP_INTERVAL_S="2", HARVEST_RECONCILE_INTERVAL_S="10", HARVEST_MARKET_REFRESH_S="3600",
                   HARVEST_EXCHANGE_INFO_INTERVAL_S="3600", HARVEST_HEARTBEAT_INTERVAL_S="2",
                   HARVEST_CONFIRM_RETRY_S="0.5", HARVEST_RETRY_BACKOFF_S="0.3", HARVEST_RETRY_BACKOFF_MAX_S="3",
@@ -165,7 +168,8 @@ def run_chaos(plans: int = 200, broker: str | None = None, waves: int = 10, drai
             procs.start(role)
         for role in ("scan_worker", "orders_worker", "beat"):
             procs.procs[role].wait_ready(120)
-        say(f"chaos: {plans} positions, namespace {ns}, broker {broker or 'redis (state)'}; workers and beat up")
+        say(f"chaos: {plans} positions, namespace {ns}, broker {mask_url(broker) if broker else 'redis (state)'}; "
+            "workers and beat up")
 
         def safe(fn, default=None):
             try:
@@ -243,12 +247,14 @@ def run_chaos(plans: int = 200, broker: str | None = None, waves: int = 10, drai
                 for _ in range(5):
                     client.send_task("harvest.scan_positions", queue=f"{ns}.scan")
                 faults[kind] += 5
-            # The wave is under way when its positions have plans (bounded; faults may delay it).
+            # The wave is under way when its positions have plans and its exchange fault is used
+            # up (so the next wave's fault does not replace it); bounded, faults may delay it.
             try:
-                wait_for(lambda: (procs.supervise(), n_plans() >= before + len(batch))[1], 90, 0.1,
-                         f"wave {i + 1}'s plans")
+                wait_for(lambda: (procs.supervise(), n_plans() >= before + len(batch) and not emu.faults.armed())[1],
+                         120, 0.1, f"wave {i + 1}'s plans and faults")
             except AssertionError:
-                say(f"chaos: wave {i + 1} ({kind}): plans still arriving, moving on")
+                say(f"chaos: wave {i + 1} ({kind}): plans still arriving or faults armed, moving on")
+                emu.faults.clear()
             say(f"chaos: wave {i + 1}/{len(batches)} ({kind}): {n_plans()} plans, {open_count()} open")
         fired = emu.faults.fired()
         for kind in ("http_429", "unknown_503_after_accept", "timeout_after_accept", "unknown_503"):

@@ -78,9 +78,11 @@ def _cmd_reconcile(a: argparse.Namespace) -> int:
 def _cmd_chaos(a: argparse.Namespace) -> int:
     from harvest.chaos import format_report, run_chaos
 
-    say = None if a.json else (lambda m: print(m, file=sys.stderr, flush=True))
+    def say(m: str) -> None:  # progress on stderr; stdout carries only the report
+        print(m, file=sys.stderr, flush=True)
     try:
-        rep = run_chaos(plans=a.plans, broker=a.broker, waves=a.waves, drain_timeout_s=a.drain_timeout, progress=say)
+        rep = run_chaos(plans=a.plans, broker=a.broker, waves=a.waves, drain_timeout_s=a.drain_timeout,
+                        plan_ttl_s=a.plan_ttl, progress=say)
     except (RuntimeError, AssertionError) as e:
         print(f"harvest chaos: could not run: {e}", file=sys.stderr)
         return 2
@@ -144,6 +146,7 @@ def _cmd_schedule(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``harvest`` console script."""
+    from harvest.chaos import PLAN_TTL_S as CHAOS_PLAN_TTL_S
     from harvest.demo import DEFAULT_START
 
     p = argparse.ArgumentParser(prog="harvest", description="Exit-management engine for Binance USD-M futures.")
@@ -180,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--broker", default=None, metavar="URL",
                    help="Celery broker, e.g. amqp://guest:guest@127.0.0.1:5672// (default: the run's own Redis)")
     c.add_argument("--waves", type=int, default=10, help="waves of positions, one fault kind each (default %(default)s)")
+    c.add_argument("--plan-ttl", type=float, default=CHAOS_PLAN_TTL_S, help="plan TTL of the run, s: a plan orphaned by a kill "
+                   "ends by the sweeper at it (default %(default)s)")
     c.add_argument("--drain-timeout", type=float, default=600.0, help="longest wait for quiescence, s (default %(default)s)")
     c.add_argument("--json", action="store_true", help="print the report as JSON (exit 1 when not ok)")
     c.set_defaults(fn=_cmd_chaos)

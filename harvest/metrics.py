@@ -17,6 +17,8 @@ to one consistent set of series (no per-process registries to merge).
   guard_blocks_total                              counter    reason
   duplicates_blocked_total                        counter
   malformed_messages_total                        counter    stage
+  stale_messages_dropped_total                    counter    task
+  reconcile_findings_total                        counter    kind (ghost_dropped, unknown_order, …)
   scans_total, chains_started_total               counter
   scan_duration_seconds                           histogram
   scan_to_fill_seconds                            histogram  action
@@ -148,6 +150,10 @@ class HarvestCollector:
                                             labels=["reason"]), counters, "guard:")
         yield _labelled(CounterMetricFamily("harvest_malformed_messages", "Malformed task payloads rejected",
                                             labels=["stage"]), counters, "malformed:")
+        yield _labelled(CounterMetricFamily("harvest_stale_messages_dropped", "Messages past their expires, dropped "
+                                            "unexecuted by the worker", labels=["task"]), counters, "stale:expired:")
+        yield _labelled(CounterMetricFamily("harvest_reconcile_findings", "What reconciliation found and did",
+                                            labels=["kind"]), counters, "reconcile:")
         dup = int(counters.get("scan:duplicates_skipped", 0)) + sum(
             int(v) for f, v in counters.items() if f.startswith("dedup:"))
         yield CounterMetricFamily("harvest_duplicates_blocked", "Repeated decisions that found their plan", value=dup)

@@ -45,30 +45,52 @@ def _venv_redis() -> str | None:
 class RedisServer:
     """A throw-away redis-server on a free loopback port. ``persistent``: every write is
     appended and fsynced (AOF, ``appendfsync always``), so :meth:`restart` keeps the data —
-    what ``harvest chaos`` needs to restart Redis under a running pipeline."""
+    what ``harvest chaos`` needs to restart Redis under a running pipeline. ``password``:
+    clients must AUTH. ``tls``: TLS only (a self-signed certificate made with ``openssl``
+    in the server's directory; the :attr:`url` is ``rediss://`` and names it as the CA)."""
 
-    def __init__(self, persistent: bool = False):
+    def __init__(self, persistent: bool = False, password: str | None = None, tls: bool = False):
         self.binary = shutil.which("redis-server") or _venv_redis()
         self.dir = tempfile.mkdtemp(prefix="harvest-redis-")
         self.port = free_port()
         self.persistent = persistent
+        self.password = password
+        self.tls = tls
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            ca = os.path.join(self.dir, "cert.pem")
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def _tls_args(self) -> list[str]:
+        cert, key = os.path.join(self.dir, "cert.pem"), os.path.join(self.dir, "key.pem")
+        if not os.path.exists(cert):
+            openssl = shutil.which("openssl")
+            if not openssl:
+                raise RuntimeError("openssl not found: it makes the test certificate of a TLS redis-server")
+            subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                            "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                           check=True, capture_output=True, timeout=60)
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert, "--tls-key-file", key,
+                "--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]
 
     def start(self) -> "RedisServer":
         if not self.binary:
             raise RuntimeError("redis-server not found on PATH")
         durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        listen = self._tls_args() if self.tls else ["--port", str(self.port)]
+        auth = ["--requirepass", self.password] if self.password else []
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *durability,
+            [self.binary, *listen, "--bind", "127.0.0.1", "--save", "", *durability, *auth,
              "--dir", self.dir, "--logfile", os.path.join(self.dir, "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
-        r = redis.Redis(port=self.port)
+        r = redis.Redis.from_url(self.url)
         wait_for(lambda: _ping(r) and not _loading(r), 30, what="redis-server to answer PING")
         return self
 

@@ -108,6 +108,9 @@ def build_scorecard(rt: Runtime) -> dict:
         "duplicates_blocked": counters.get("scan:duplicates_skipped", 0)
         + sum(v for k, v in counters.items() if k.startswith("dedup:")),
         "malformed": {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("malformed:")},
+        "stale_dropped": {k.split(":", 2)[2]: v for k, v in sorted(counters.items()) if k.startswith("stale:expired:")},
+        "reconcile": {k.split(":", 1)[1]: v for k, v in sorted(counters.items())
+                      if k.startswith("reconcile:") and not k.startswith("reconcile:venue_error")},
         "scans": counters.get("scan:runs", 0),
         "chains_started": counters.get("scan:chains_started", 0),
         "realized_pnl": pnl,
@@ -144,6 +147,10 @@ def format_scorecard(card: dict) -> str:
     lines.append("guard blocks: " + ("  ".join(f"{k}={v}" for k, v in card["guard_blocks"].items()) or "none"))
     if card["malformed"]:
         lines.append("malformed messages: " + "  ".join(f"{k}={v}" for k, v in card["malformed"].items()))
+    if card.get("stale_dropped"):
+        lines.append("stale messages dropped: " + "  ".join(f"{k}={v}" for k, v in card["stale_dropped"].items()))
+    if card.get("reconcile"):
+        lines.append("reconcile: " + "  ".join(f"{k}={v}" for k, v in card["reconcile"].items()))
     lines.append("realized PnL (USDT): net total %.2f" % card["realized_pnl_total"])
     for sym, v in card["realized_pnl"].items():
         lines.append(f"  {sym:<9} net {v['net']:>10.2f}  realized {v['realized']:>10.2f}  fees {v['commission']:>8.2f}"

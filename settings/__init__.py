@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from functools import lru_cache
 from typing import Annotated, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -21,6 +23,29 @@ from harvest.models import HarvestTheta
 
 ENV_PREFIX = "HARVEST_"
 SECRET_FIELDS = ("api_key", "api_secret")
+
+
+_CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+
+
+def tls_options(url: str) -> dict | None:
+    """TLS options of a ``rediss://`` URL for kombu (``broker_use_ssl``) and celery-redbeat
+    (``redbeat_redis_use_ssl``), read from its query: ``ssl_cert_reqs`` (``required`` —
+    the default —, ``optional`` or ``none``), ``ssl_ca_certs``, ``ssl_certfile``,
+    ``ssl_keyfile`` (paths). None for any other scheme. Raises ValueError for an unknown
+    ``ssl_cert_reqs``."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return None
+    q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    reqs = q.get("ssl_cert_reqs", "required").lower().removeprefix("cert_")
+    if reqs not in _CERT_REQS:
+        raise ValueError(f"ssl_cert_reqs must be required, optional or none, not {reqs!r}")
+    out: dict = {"ssl_cert_reqs": _CERT_REQS[reqs]}
+    for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if q.get(k):
+            out[k] = q[k]
+    return out
 
 
 class SettingsError(SystemExit):
@@ -102,6 +127,8 @@ class HarvestSettings(BaseSettings):
     def _url_scheme(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^(redis|rediss|amqp|amqps|pyamqp|unix)://", v):
             raise ValueError("must start with redis://, rediss://, amqp:// or unix://")
+        if v is not None:
+            tls_options(v)  # an unknown ssl_cert_reqs stops start-up here
         return v
 
     @field_validator("fapi_url")
@@ -139,6 +166,11 @@ class HarvestSettings(BaseSettings):
         return f"{self.namespace}.{kind}"
 
 
+def mask_url(url: str) -> str:
+    """A URL as it may be shown (logs, errors): its password replaced by ``**``."""
+    return re.sub(r"^([a-z+]+://[^:@/]*:)[^@/]*@", r"\1**@", url)
+
+
 def _explain(err: ValidationError) -> str:
     """One line per error, naming the variable; never echoes a secret or the whole input."""
     lines = []
@@ -149,6 +181,8 @@ def _explain(err: ValidationError) -> str:
             continue
         loc = "__".join(str(p) for p in e["loc"])
         shown = "<hidden>" if str(e["loc"][0]) in SECRET_FIELDS else repr(e.get("input"))
+        if str(e["loc"][0]) in ("redis_url", "broker_url") and isinstance(e.get("input"), str):
+            shown = repr(mask_url(e["input"]))
         lines.append(f"invalid setting {ENV_PREFIX}{loc.upper()}={shown}: {msg}")
     return "\n".join(lines)
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from kombu import Exchange, Queue
 
-from settings import HarvestSettings
+from settings import HarvestSettings, tls_options
 
 #: Task name → kind of queue.
 ROUTES: dict[str, str] = {
@@ -181,6 +181,9 @@ def celery_config(s: HarvestSettings) -> dict:
         "beat_scheduler": "tasks.beat:HarvestScheduler",
         "beat_max_loop_interval": BEAT_MAX_LOOP_S,
         "redbeat_redis_url": s.redis_url,
+        # rediss:// (TLS): the certificate options of the URL's query, for kombu and redbeat.
+        "broker_use_ssl": tls_options(s.broker),
+        "redbeat_redis_use_ssl": tls_options(s.redis_url),
         "redbeat_key_prefix": f"{s.namespace}:beat:",
         "redbeat_lock_timeout": BEAT_LOCK_TIMEOUT_S,
         "redbeat_redis_options": {"retry_period": 30, "health_check_interval": 30},

@@ -43,3 +43,19 @@ def pytest_unconfigure(config):
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     return os.environ["HARVEST_REDIS_URL"]
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """A RabbitMQ broker URL: HARVEST_TEST_AMQP_URL, else the standard local port when one
+    answers (``.ci/run`` starts RabbitMQ when none does); otherwise the test is skipped."""
+    import socket
+
+    url = os.environ.get("HARVEST_TEST_AMQP_URL")
+    if url:
+        return url
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
+    except OSError:
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672 (set HARVEST_TEST_AMQP_URL, or run the suite with .ci/run)")
+    return "amqp://guest:guest@127.0.0.1:5672//"

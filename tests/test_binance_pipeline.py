@@ -138,11 +138,41 @@ def test_profit_lock_never_leaves_the_position_without_a_stop(rt, emu):
 
 
 def test_api_credentials_appear_nowhere_but_the_environment(rt, emu, binance_worker):
-    """After plans ran (and faults were logged) with known credentials: no Redis value of the
-    namespace (plans, results stream, rejected stream, queues, counters) and no line of the
-    worker's log carries the API key or secret."""
+    """After plans ran (and faults were logged) with known credentials, none of these carries
+    the API key or secret: any command sent to Redis during the run (MONITOR: every task
+    message with its real arguments as published, every plan write, the results stream),
+    any Redis value of the namespace afterwards (plans, results and rejected streams,
+    queues, counters), any line of the worker's log. Flower's task list is checked in
+    tests/test_operations.py."""
+    import threading
+
+    seen: list[str] = []
+    stop = threading.Event()
+    mon = rt.r.monitor()
+
+    def watch():
+        with mon:
+            for cmd in mon.listen():
+                seen.append(cmd["command"])
+                if stop.is_set():
+                    return
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    wait_for(lambda: rt.r.ping() and seen, 10, what="MONITOR to see commands")
+    emu.faults.inject("POST /fapi/v1/order", "unknown_503_after_accept")  # an error path logged too
     pid = partial_25(rt, "ETHUSDT")
     assert wait_terminal(rt, pid).state == "FILLED"
+    stop.set()
+    rt.r.ping()
+    t.join(10)
+    import base64
+    import re
+
+    # kombu base64-encodes message bodies: decode them, so the task arguments are searched.
+    bodies = [base64.b64decode(b).decode(errors="replace")
+              for c in seen for b in re.findall(r'body\\?": \\?"([A-Za-z0-9+/=]{8,})', c)]
+    assert any('"plan_id"' in b for b in bodies), "the run's task messages (and arguments) passed through MONITOR"
+    assert [c for c in seen + bodies if KEY in c or SECRET in c] == []
     found = []
     for key in rt.r.scan_iter(f"{NS}*", count=1000):
         t = rt.r.type(key)

@@ -80,6 +80,9 @@ def test_unknown_harvest_order_is_reported_not_cancelled(rt):
     assert rec["kind"] == "unknown_order" and rec["client_order_id"] == cid
     assert [o.client_order_id for o in rt.venue.open_orders(SYM, algo=True) if o.client_order_id == cid] == [cid]
     assert rt.plans.counters()["reconcile:unknown_order"] == 1
+    from harvest.scorecard import build_scorecard
+
+    assert build_scorecard(rt)["reconcile"]["unknown_order"] == 1
 
 
 def test_working_order_of_an_approved_plan_is_adopted_and_resolved(rt):

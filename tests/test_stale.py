@@ -70,6 +70,9 @@ def test_expired_backlog_drains_fast_runs_nothing_and_logs_one_line():
     assert "Discarding revoked task" not in out and "] received" not in out
     assert sum(v for k, v in counters.items() if k.startswith("stale:expired:")) == N
     assert counters["stale:expired:harvest.execute"] == N // 4 + (N % 4 > 2)
+    from harvest.scorecard import build_scorecard
+
+    assert sum(build_scorecard(rt)["stale_dropped"].values()) == N  # what the operator sees
     # Nothing ran: no plan made, no message rejected, no order, no scan.
     assert rt.plans.get(pid) is None and rt.plans.count_open() == 0
     assert rt.r.xlen(f"{NS}:stream:rejected") == 0
