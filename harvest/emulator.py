@@ -82,6 +82,21 @@ _ALGO_STATUS = {"NEW": "NEW", "CANCELED": "CANCELED", "FILLED": "FINISHED", "EXP
                 "REJECTED": "REJECTED"}
 
 
+class _Server(ThreadingHTTPServer):
+    """The HTTP server; a client that hung up (a killed worker, a read timeout) is logged at
+    DEBUG, not printed as a traceback."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            log.debug("client %s hung up", client_address)
+            return
+        super().handle_error(request, client_address)
+
+
 class ApiError(Exception):
     """An error answer: HTTP status, Binance code and message (or a plain-text body)."""
 
@@ -227,7 +242,7 @@ class Emulator:
             def do_PUT(self):
                 emu._handle(self, "PUT")
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server = _Server((host, port), Handler)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 

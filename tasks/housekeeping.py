@@ -86,12 +86,16 @@ def reconcile_once(rt: Runtime) -> dict:
     before = rt.plans.counters().get("reconcile:ghost_dropped", 0)
     rows, _ = load_positions(rt)
     ghosts = rt.plans.counters().get("reconcile:ghost_dropped", 0) - before
-    epochs = {vp.symbol: entry.get("epoch") for vp, entry, _ in rows}
+    # Open positions by the book after ghosts were dropped: every symbol the venue shows open,
+    # including any skipped for want of a market state (their plans are not "closed outside").
+    acct = rt.settings.account
+    open_syms = sorted(rt.book.symbols(acct))
+    epochs = {s: (e or {}).get("epoch") for s, e in zip(open_syms, rt.book.get_many(acct, open_syms))}
     open_orders = rt.venue.open_orders()  # type: ignore[attr-defined]
     closed = adopted = unknown = 0
     plans = {p.plan_id: p for p in _open_plans(rt)}
     for plan in plans.values():
-        if plan.account != rt.settings.account or epochs.get(plan.symbol) == plan.epoch:
+        if plan.account != acct or epochs.get(plan.symbol) == plan.epoch:
             continue
         if plan.state in ("PROPOSED", "APPROVED"):
             ok, _ = rt.plans.transition(plan.plan_id, "EXPIRED", "position_closed_outside",

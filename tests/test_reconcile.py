@@ -120,3 +120,12 @@ def test_harvest_reconcile_cli_reports_json(rt):
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
     assert rep["closed_outside"] == 1 and rep["open_plans"] == 0
+
+
+def test_position_without_a_market_state_is_not_taken_for_closed(rt):
+    plan = approved_plan(rt)
+    rt.r.delete(rt.market.k.market(SYM))  # the market refresh failed for this symbol
+    assert rt.market.get_many([SYM]) == [None]
+    out = reconcile_once(rt)
+    assert out["closed_outside"] == 0 and out["ghosts_dropped"] == 0
+    assert rt.plans.get(plan.plan_id).state == "APPROVED"
