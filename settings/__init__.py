@@ -180,9 +180,14 @@ def _explain(err: ValidationError) -> str:
             lines.append(f"invalid settings: {msg}")
             continue
         loc = "__".join(str(p) for p in e["loc"])
-        shown = "<hidden>" if str(e["loc"][0]) in SECRET_FIELDS else repr(e.get("input"))
-        if str(e["loc"][0]) in ("redis_url", "broker_url") and isinstance(e.get("input"), str):
-            shown = repr(mask_url(e["input"]))
+        given = e.get("input")
+        if isinstance(given, dict) and given:  # a nested model's own rule (theta): name its variables
+            names = ", ".join(f"{ENV_PREFIX}{loc.upper()}__{str(k).upper()}={v!r}" for k, v in given.items())
+            lines.append(f"invalid setting {names}: {msg}")
+            continue
+        shown = "<hidden>" if str(e["loc"][0]) in SECRET_FIELDS else repr(given)
+        if str(e["loc"][0]) in ("redis_url", "broker_url") and isinstance(given, str):
+            shown = repr(mask_url(given))
         lines.append(f"invalid setting {ENV_PREFIX}{loc.upper()}={shown}: {msg}")
     return "\n".join(lines)
 
