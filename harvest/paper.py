@@ -86,6 +86,30 @@ return {redis.call('HGETALL', KEYS[1]), redis.call('HVALS', KEYS[2]), redis.call
 """
 
 
+#: A reduce-only fill, applied only if the position row is still as it was read (compare-and-
+#: set on qty, side, entry price and settled_at; any settlement, fill or re-open changes one).
+#: KEYS: position, orders, pnl, order log, order id sequence. ARGV: clientOrderId, qty, side,
+#: entry_price, settled_at (as read), qty after, order JSON (``"order_id":0,`` is replaced by
+#: the id drawn here), realized PnL, commission, symbol, FILL log data, wall ts, market ts.
+#: Returns the order id (> 0), -1 for a duplicate clientOrderId, 0 when the row changed.
+_FILL_LUA = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -1 end
+local row = redis.call('HMGET', KEYS[1], 'qty', 'side', 'entry_price', 'settled_at')
+for i = 1, 4 do if (row[i] or '') ~= ARGV[i + 1] then return 0 end end
+local id = redis.call('INCR', KEYS[5])
+local order = string.gsub(ARGV[7], '"order_id":0,', '"order_id":' .. id .. ',', 1)
+redis.call('HSET', KEYS[1], 'qty', ARGV[6])
+redis.call('HSET', KEYS[2], ARGV[1], order)
+redis.call('HINCRBYFLOAT', KEYS[3], ARGV[10] .. ':realized', ARGV[8])
+redis.call('HINCRBYFLOAT', KEYS[3], ARGV[10] .. ':commission', ARGV[9])
+redis.call('XADD', KEYS[4], '*', 'kind', 'FILL', 'symbol', ARGV[10], 'ts', ARGV[12], 'market_ts', ARGV[13],
+           'data', ARGV[11])
+return id
+"""
+#: Attempts of a fill whose position row kept changing under it (settlements, other fills).
+_FILL_ATTEMPTS = 8
+
+
 def _tightest(prices: list[float], side: Side) -> float | None:
     """The stop that triggers first: the highest for a LONG, the lowest for a SHORT."""
     if not prices:
@@ -178,6 +202,7 @@ class PaperVenue(Venue):
         self._filters = shipped_filters()
         self._read_positions = r.register_script(_READ_POSITIONS_LUA)
         self._snapshot = r.register_script(_SNAPSHOT_LUA)
+        self._fill = r.register_script(_FILL_LUA)
         self._sources: dict[str, str] = {}  # synthetic listing → shipped symbol
         base = f"{ns}:paper:{account}"
         self.k_positions = f"{base}:positions"
@@ -411,10 +436,17 @@ class PaperVenue(Venue):
     def position(self, symbol: str) -> VenuePosition | None:
         """One open position (None when flat), settled up to now when an event is due; one
         Redis call when none is."""
+        return self._row(symbol)[1]
+
+    def _row(self, symbol: str) -> tuple[dict[str, str], VenuePosition | None, str | None]:
+        """(position row as stored, the position as :meth:`position` reports it, the raw
+        market clock) in one Redis call when nothing is due. When a settlement ran, the row
+        is the one read before it (a compare-and-set against it then fails and reads again)."""
         flat, stop_vals, override, clock_raw = self._snapshot(
             keys=[self.k_pos(symbol), self.k_stops(symbol), self.k_mark(symbol), self.clock.key])
         probe = _SettleProbe(self.clock.now(clock_raw))
-        return self._report(symbol, dict(zip(flat[::2], flat[1::2], strict=True)), stop_vals, override, probe)
+        h = dict(zip(flat[::2], flat[1::2], strict=True))
+        return h, self._report(symbol, h, stop_vals, override, probe), clock_raw
 
     def _position(self, symbol: str) -> VenuePosition | None:
         h = self.r.hgetall(self.k_pos(symbol))
@@ -558,10 +590,9 @@ class PaperVenue(Venue):
         ps = self._check_position_side(position_side, reduce_only, dual)
         if side not in ("BUY", "SELL"):
             raise VenueError(-1117, "Invalid side.")
-        now_pos = self.position(symbol)  # settles a funding event or stop hit due since the last settlement
-        key = self.k_pos(symbol)
         closing = reduce_only or (ps in ("LONG", "SHORT") and Side(ps).close_order_side == side)
         if not closing:
+            self.position(symbol)  # settles a funding event or stop hit due since the last settlement
             if self.r.hexists(self.k_orders, client_order_id):
                 raise VenueError(*DUPLICATE_CID)
             open_side = Side.LONG if side == "BUY" else Side.SHORT
@@ -576,37 +607,42 @@ class PaperVenue(Venue):
             self.r.hset(self.k_orders, client_order_id, order.model_dump_json())
             return order
 
-        def tx(p):
-            if p.hexists(self.k_orders, client_order_id):
-                raise VenueError(*DUPLICATE_CID)
-            h = p.hgetall(key)
+        for _ in range(_FILL_ATTEMPTS):
+            h, now_pos, clock_raw = self._row(symbol)
             pos_q = Decimal(h["qty"]) if h else Decimal(0)
             pos_side = Side(h["side"]) if h else None
-            if pos_q <= 0 or pos_side is None or pos_side.close_order_side != side \
+            if pos_q <= 0 or pos_side is None or now_pos is None or pos_side.close_order_side != side \
                     or (ps != "BOTH" and Side(ps) is not pos_side):
+                if self.r.hexists(self.k_orders, client_order_id):
+                    raise VenueError(*DUPLICATE_CID)
                 self._log("REJECT", symbol, {"clientOrderId": client_order_id, "code": REDUCE_ONLY_REJECTED[0]})
                 raise VenueError(*REDUCE_ONLY_REJECTED)
             fill_q = min(q, pos_q)
-            mark = now_pos.mark_price if now_pos is not None else self.mark_price(symbol)
-            entry = float(h["entry_price"])
-            pnl = pos_side.sign * (mark - entry) * float(fill_q)
+            mark = now_pos.mark_price
+            pnl = pos_side.sign * (mark - float(h["entry_price"])) * float(fill_q)
             fee = mark * float(fill_q) * self.fee_rate
             left = pos_q - fill_q
             order = OrderResult(
-                symbol=symbol, client_order_id=client_order_id, order_id=self._next_order_id(), side=side,
+                symbol=symbol, client_order_id=client_order_id, order_id=0, side=side,
                 type="MARKET", status="FILLED", position_side=ps, orig_qty=float(q), executed_qty=float(fill_q),
                 avg_price=mark, reduce_only=reduce_only, realized_pnl=pnl, commission=fee, update_time=time.time(),
             )
-            p.multi()
-            p.hset(key, "qty", SymbolFilters.fmt(left) if left > 0 else "0")
-            p.hset(self.k_orders, client_order_id, order.model_dump_json())
-            p.hincrbyfloat(self.k_pnl, f"{symbol}:realized", pnl)
-            p.hincrbyfloat(self.k_pnl, f"{symbol}:commission", fee)
-            return order, fill_q, mark, pnl, left
-
-        order, fill_q, mark, pnl, left = self.r.transaction(tx, key, self.k_orders, value_from_callable=True)
-        self._log("FILL", symbol, {"clientOrderId": client_order_id, "side": side, "qty": SymbolFilters.fmt(fill_q),
-                                   "price": mark, "realizedPnl": pnl})
+            log_data = {"clientOrderId": client_order_id, "side": side, "qty": SymbolFilters.fmt(fill_q),
+                        "price": mark, "realizedPnl": pnl}
+            oid = int(self._fill(
+                keys=[self.k_pos(symbol), self.k_orders, self.k_pnl, self.k_log, self.k_seq],
+                args=[client_order_id, h.get("qty", ""), h.get("side", ""), h.get("entry_price", ""),
+                      h.get("settled_at", ""), SymbolFilters.fmt(left) if left > 0 else "0", order.model_dump_json(),
+                      repr(pnl), repr(fee), symbol, json.dumps(log_data, default=str), repr(time.time()),
+                      repr(self.clock.now(clock_raw))]))
+            if oid == -1:
+                raise VenueError(*DUPLICATE_CID)
+            if oid > 0:
+                order = order.model_copy(update={"order_id": oid})
+                break
+        else:
+            raise VenueError(-1001, "Internal error; unable to process your request. Please try again.", 503,
+                             retryable=True)  # nothing was filled
         if left <= 0:  # flat: its closePosition stops have nothing left to protect
             cids = list(self.r.hkeys(self.k_stops(symbol)))
             self.r.delete(self.k_stops(symbol))
