@@ -85,6 +85,38 @@ class RedisHistogram:
         return out
 
 
+class DeferredObservations:
+    """Histogram observations of this process waiting for the next Redis round trip a stage
+    makes anyway: :meth:`drain_into` adds them to that pipeline (the plan read that starts
+    guard, execute and confirm), so a metric costs no round trip of its own. :meth:`flush` writes what is left at the end of a task
+    (one round trip, only when nothing carried them). Per process, not thread-safe: Celery's
+    prefork pool runs one task at a time per process."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[RedisHistogram, float, str]] = []
+
+    def add(self, hist: RedisHistogram, value: float, label: str = "") -> None:
+        """Queue one observation (seconds) of ``hist`` under ``label``."""
+        self._items.append((hist, value, label))
+
+    def drain_into(self, pipe) -> None:
+        """Add every queued observation to ``pipe`` (a redis-py pipeline) and forget them."""
+        items, self._items = self._items, []
+        for hist, value, label in items:
+            hist.observe(value, label, pipe=pipe)
+
+    def flush(self, r: redis.Redis) -> None:
+        """Write the queued observations now (one round trip; none when nothing is queued)."""
+        if self._items:
+            p = r.pipeline(transaction=False)
+            self.drain_into(p)
+            p.execute()
+
+
+#: This process's queued observations (see :class:`DeferredObservations`).
+DEFERRED = DeferredObservations()
+
+
 def scan_duration(r: redis.Redis, ns: str) -> RedisHistogram:
     """Wall seconds of each scan (observed by :func:`tasks.scan.scan_positions`)."""
     return RedisHistogram(r, f"{ns}:metrics:scan_duration", SCAN_BUCKETS)

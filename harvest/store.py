@@ -31,7 +31,7 @@ from typing import Any, Iterable
 
 import redis
 
-from harvest.metrics import scan_to_fill
+from harvest.metrics import DEFERRED, scan_to_fill
 from harvest.models import MarketState, Plan, Side
 from harvest.plans import TERMINAL, allowed_from
 
@@ -294,7 +294,7 @@ class PlanStore:
         if applied:
             _log_transition(plan_id, symbol, res[2], res[1], to, reason)
             if to in FILLED_STATES and res[3]:
-                self.scan_to_fill.observe(now - float(res[3]), res[2])
+                DEFERRED.add(self.scan_to_fill, now - float(res[3]), res[2])
         return applied, res[1]
 
     def mark_send(self, plan_id: str, step: int, outcome: str, data: dict[str, Any] | None = None,
@@ -315,8 +315,12 @@ class PlanStore:
                                        args=[plan_id, step, client_order_id, _enc(time.time()), self.maxlen]))
 
     def get(self, plan_id: str) -> Plan | None:
-        """The plan, or None when no such plan_id exists."""
-        h = self.r.hgetall(self.k.plan(plan_id))
+        """The plan, or None when no such plan_id exists (queued metric observations ride
+        along on the same round trip)."""
+        p = self.r.pipeline(transaction=False)
+        p.hgetall(self.k.plan(plan_id))
+        DEFERRED.drain_into(p)
+        h = p.execute()[0]
         return self.parse(h) if h else None
 
     @staticmethod

@@ -10,7 +10,7 @@ import logging
 import time
 
 from celery import Celery
-from celery.signals import before_task_publish, setup_logging, task_prerun, worker_process_init
+from celery.signals import before_task_publish, setup_logging, task_postrun, task_prerun, worker_process_init
 
 from settings import get_settings
 from settings.celery import celery_config
@@ -45,18 +45,32 @@ def _stamp_sent_at(headers=None, **_):
 
 @task_prerun.connect
 def _observe_queue_wait(task=None, **_):
-    """Seconds from publish to start, by queue (``harvest_queue_wait_seconds``); never fails a task."""
+    """Seconds from publish to start, by queue (``harvest_queue_wait_seconds``); queued and
+    written with the task's first plan read or write (:data:`harvest.metrics.DEFERRED`), or
+    at the task's end. Never fails a task."""
     try:
         sent = getattr(task.request, "sent_at", None)
         if sent is None:
             return
-        from harvest.metrics import queue_wait
+        from harvest.metrics import DEFERRED, queue_wait
         from harvest.runtime import get_runtime
 
         queue = (task.request.delivery_info or {}).get("routing_key") or "-"
-        queue_wait(get_runtime().r, settings.namespace).observe(max(0.0, time.time() - float(sent)), queue)
+        DEFERRED.add(queue_wait(get_runtime().r, settings.namespace), max(0.0, time.time() - float(sent)), queue)
     except Exception:  # pragma: no cover - metrics must not break the pipeline
         log.debug("queue-wait metric not recorded", exc_info=True)
+
+
+@task_postrun.connect
+def _flush_metrics(**_):
+    """Write the metric observations no round trip of the task carried (none, usually)."""
+    try:
+        from harvest.metrics import DEFERRED
+        from harvest.runtime import get_runtime
+
+        DEFERRED.flush(get_runtime().r)
+    except Exception:  # pragma: no cover - metrics must not break the pipeline
+        log.debug("metric observations not written", exc_info=True)
 
 
 @worker_process_init.connect
