@@ -63,7 +63,7 @@ def test_expired_backlog_drains_fast_runs_nothing_and_logs_one_line():
         counters = rt.plans.counters()
     finally:
         w.stop()
-    print(f"\n{N} expired messages drained in {drained_s:.2f} s ({N / drained_s:.0f}/s)")
+    print(f"\n{N} expired messages drained in {drained_s:.2f} s ({N / drained_s:.0f}/s); worker log: {line.group(0).strip()}")
     assert drained_s < 30  # seconds, not the hours the old consumer spent replaying
     out = w.output()
     assert int(line.group(1)) == N and out.count("stale messages in") == 1
