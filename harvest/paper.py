@@ -199,7 +199,7 @@ class PaperVenue(Venue):
         self.account = account
         self.clock = clock
         self.fee_rate = fee_rate
-        self._filters = shipped_filters()
+        self._filters = dict(shipped_filters())  # its own copy: listings are added to it
         self._read_positions = r.register_script(_READ_POSITIONS_LUA)
         self._snapshot = r.register_script(_SNAPSHOT_LUA)
         self._fill = r.register_script(_FILL_LUA)
