@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -51,11 +52,19 @@ from pathlib import Path
 from typing import Callable
 
 import redis
+from celery import Celery
 
-from harvest.loadgen import T0, clean, env_for, mark_at_r, open_positions, runtime, start_worker, symbols
-from harvest.plans import CLIENT_ORDER_PREFIX, TERMINAL
+from harvest.emulator import Emulator
+from harvest.loadgen import (
+    T0, clean, env_for, mark_at_r, open_positions, paper_of, runtime, settings_of, start_worker, symbols,
+)
+from harvest.paper import MarketClock
+from harvest.plans import CLIENT_ORDER_PREFIX, TERMINAL, plan_id_for
 from harvest.procs import CeleryProcess, RedisServer, wait_for
+from harvest.scorecard import queue_depths
+from harvest.venue import VenueError
 from settings import mask_url
+from settings.celery import celery_config
 
 #: The wave's fault, in order; waves beyond these run without a fault.
 WAVES = ("http_429", "unknown_503_after_accept", "sigkill_execute", "timeout_after_accept", "redis_restart",
@@ -112,183 +121,175 @@ class _Procs:
             p.stop(15)
 
 
-def run_chaos(plans: int = 200, broker: str | None = None, waves: int = 10, drain_timeout_s: float = 600.0,
-              plan_ttl_s: float = PLAN_TTL_S, progress: Callable[[str], None] | None = None) -> dict:
-    """Run the harness (see module docstring) with ``plans`` positions, each made actionable
-    once; ``broker``: a Celery broker URL (default: the state Redis); ``plan_ttl_s``: the
-    plans' TTL (s), which bounds how long a plan orphaned by a kill waits for the sweeper.
-    Returns the report:
-
-    ``{"plans", "terminal", "states", "positions", "orders", "orders_per_plan_max",
-    "duplicate_orders", "lost_plans", "non_terminal", "unplanned_decisions",
-    "time_to_drain_s", "wall_s", "faults_injected", "restarts", "broker", "ok"}``.
-    ``ok`` is True when duplicate orders and lost plans are 0 and every plan is terminal.
-    Raises RuntimeError when redis-server is missing; AssertionError when set-up times out.
-    """
-    say = progress or (lambda m: None)
-    t_start = time.monotonic()
-    state = RedisServer(persistent=True).start()
-    exchange = RedisServer().start()
-    ns = f"chaos-{uuid.uuid4().hex[:6]}"
-    syms = symbols(plans, "C")
-    env = env_for(state.url, ns, syms, HARVEST_PLAN_TTL_S=repr(plan_ttl_s), HARVEST_SCAN_INTERVAL_S="1",
-                  HARVEST_SWEEP_INTERVAL_S="2", HARVEST_RECONCILE_INTERVAL_S="10", HARVEST_MARKET_REFRESH_S="3600",
-                  HARVEST_EXCHANGE_INFO_INTERVAL_S="3600", HARVEST_HEARTBEAT_INTERVAL_S="2",
-                  HARVEST_CONFIRM_RETRY_S="0.5", HARVEST_RETRY_BACKOFF_S="0.3", HARVEST_RETRY_BACKOFF_MAX_S="3",
-                  HARVEST_MAX_SEND_ATTEMPTS="10", HARVEST_VENUE_TIMEOUT_S=repr(VENUE_TIMEOUT_S))
-    if broker:
-        env["HARVEST_BROKER_URL"] = broker
-    procs = _Procs(env, ns)
-    faults: Counter[str] = Counter()
-    emu = None
+def _redis_safe(fn: Callable[[], object], default: object) -> object:
+    """``fn()``, or ``default`` while the state Redis is restarting."""
     try:
+        return fn()
+    except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+        return default
+
+
+class _Run:
+    """One chaos run: :meth:`start` (Redis, exchange, positions, workers, beat), :meth:`wave`
+    per batch of positions, :meth:`drain` until quiescence, :meth:`report`."""
+
+    def __init__(self, plans: int, broker: str | None, plan_ttl_s: float, say: Callable[[str], None]):
+        self.n, self.broker, self.say = plans, broker, say
+        self.t_start = time.monotonic()
+        self.state = RedisServer(persistent=True)  # harvest's state (and the Redis broker)
+        self.exchange = RedisServer()  # the emulator's paper engine: not harvest's to restart
+        self.ns = f"chaos-{uuid.uuid4().hex[:6]}"
+        self.syms = symbols(plans, "C")
+        self.env: dict[str, str] = {}
+        self.plan_ttl_s = plan_ttl_s
+        self.faults: Counter[str] = Counter()
+        self.emu: Emulator | None = None
+        self.procs: _Procs | None = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def start(self) -> None:
+        self.state.start()
+        self.exchange.start()
+        self.env = env_for(
+            self.state.url, self.ns, self.syms, HARVEST_PLAN_TTL_S=repr(self.plan_ttl_s), HARVEST_SCAN_INTERVAL_S="1",
+            HARVEST_SWEEP_INTERVAL_S="2", HARVEST_RECONCILE_INTERVAL_S="10", HARVEST_MARKET_REFRESH_S="3600",
+            HARVEST_EXCHANGE_INFO_INTERVAL_S="3600", HARVEST_HEARTBEAT_INTERVAL_S="2", HARVEST_CONFIRM_RETRY_S="0.5",
+            HARVEST_RETRY_BACKOFF_S="0.3", HARVEST_RETRY_BACKOFF_MAX_S="3", HARVEST_MAX_SEND_ATTEMPTS="10",
+            HARVEST_VENUE_TIMEOUT_S=repr(VENUE_TIMEOUT_S))
+        if self.broker:
+            self.env["HARVEST_BROKER_URL"] = self.broker
         # The exchange: paper engine + emulator on their own Redis; positions opened at 0 R.
-        from harvest.emulator import Emulator
-        from harvest.loadgen import paper_of
-        from harvest.paper import MarketClock
-
-        xr = redis.Redis.from_url(exchange.url, decode_responses=True)
-        xclock = MarketClock(xr, ns, T0, 0.0)
-        xclock.set(T0, 0.0)
-        ex_env = dict(env, HARVEST_REDIS_URL=exchange.url)
-        xrt = runtime(ex_env)
-        clean(xrt)
-        open_positions(xrt, syms, 0.0)
-        paper = paper_of(xrt)
-        import secrets
-
+        self.xr = redis.Redis.from_url(self.exchange.url, decode_responses=True)
+        xclock = MarketClock(self.xr, self.ns, T0, 0.0)
+        self.xrt = runtime(dict(self.env, HARVEST_REDIS_URL=self.exchange.url))
+        clean(self.xrt)
+        open_positions(self.xrt, self.syms, 0.0)
+        self.paper = paper_of(self.xrt)
         key, secret = secrets.token_hex(8), secrets.token_hex(16)
-        emu = Emulator(xr, ns, xrt.settings.account, key, secret, clock=xclock, weight_limit_1m=10_000_000).start()
-        env.update({"HARVEST_FAPI_URL": emu.url, "HARVEST_API_KEY": key, "HARVEST_API_SECRET": secret,
-                    "HARVEST_VENUE_WEIGHT_LIMIT_1M": "1000000"})
-        rt = runtime(env)  # harvest's view: state Redis, python-binance to the emulator
-        clean(rt)
-        rt.market.put_many(xrt.market.get_many(syms))  # the market states open_positions cached
+        self.emu = Emulator(self.xr, self.ns, self.xrt.settings.account, key, secret, clock=xclock,
+                            weight_limit_1m=10_000_000).start()
+        self.env.update({"HARVEST_FAPI_URL": self.emu.url, "HARVEST_API_KEY": key, "HARVEST_API_SECRET": secret,
+                         "HARVEST_VENUE_WEIGHT_LIMIT_1M": "1000000"})
+        self.rt = runtime(self.env)  # harvest's view: state Redis, python-binance to the emulator
+        clean(self.rt)
+        self.rt.market.put_many(self.xrt.market.get_many(self.syms))  # the states open_positions cached
+        self.procs = _Procs(self.env, self.ns)
         for role in ("scan_worker", "orders_worker", "beat"):
-            procs.start(role)
+            self.procs.start(role)
         for role in ("scan_worker", "orders_worker", "beat"):
-            procs.procs[role].wait_ready(120)
-        say(f"chaos: {plans} positions, namespace {ns}, broker {mask_url(broker) if broker else 'redis (state)'}; "
-            "workers and beat up")
+            self.procs.procs[role].wait_ready(120)
+        self.say(f"chaos: {self.n} positions, namespace {self.ns}, "
+                 f"broker {mask_url(self.broker) if self.broker else 'redis (state)'}; workers and beat up")
 
-        def safe(fn, default=None):
-            try:
-                return fn()
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
-                return default
+    # ------------------------------------------------------------------ waves
 
-        def open_count() -> int:
-            return safe(rt.plans.count_open, 1 << 30)
+    def n_plans(self) -> int:
+        return _redis_safe(lambda: int(self.rt.r.zcard(self.rt.plans.k.plan_index)), 0)  # type: ignore[return-value]
 
-        def n_plans() -> int:
-            return safe(lambda: int(rt.r.zcard(rt.plans.k.plan_index)), 0)
+    def open_count(self) -> int:
+        return _redis_safe(self.rt.plans.count_open, 1 << 30)  # type: ignore[return-value]
 
-        def wait_orders_fired(kind: str, before: int, timeout: float = 30.0) -> bool:
-            try:
-                wait_for(lambda: (procs.supervise(), emu.faults.fired().get(kind, 0) > before)[1], timeout, 0.02,
-                         what=f"a {kind} fault to fire")
-                return True
-            except AssertionError:
-                return False
+    def _fired(self, kind: str, before: int, timeout: float = 30.0) -> bool:
+        """Wait (bounded) until an exchange fault of ``kind`` fired again; whether it did."""
+        try:
+            wait_for(lambda: (self.procs.supervise(), self.emu.faults.fired().get(kind, 0) > before)[1], timeout, 0.02,
+                     what=f"a {kind} fault to fire")
+            return True
+        except AssertionError:
+            return False
 
-        batches = [syms[i::waves] for i in range(waves)]
-        for i, batch in enumerate(batches):
-            kind = WAVES[i] if i < len(WAVES) else "none"
-            fired0 = emu.faults.fired()
-            # Arm the exchange-side fault before the wave's positions become actionable.
-            k = max(2, len(batch) // 5)
-            if kind == "http_429":
-                emu.faults.inject("*", "http_429", times=k * 3, retry_after=1.0)
-            elif kind in ("unknown_503_after_accept", "unknown_503"):
-                emu.faults.inject("POST /fapi/v1/order", kind, times=k)
-            elif kind == "timeout_after_accept":
-                emu.faults.inject("POST /fapi/v1/order", kind, times=k, latency_s=VENUE_TIMEOUT_S + 1.0)
-            elif kind == "sigkill_execute":
-                emu.faults.inject("POST /fapi/v1/order", "latency", times=2, latency_s=1.5)
-            elif kind == "sigkill_confirm":
-                emu.faults.inject("GET /fapi/v1/order", "latency", times=2, latency_s=1.5)
-            before = n_plans()
-            marks = {s: mark_at_r(xrt, s, 2.2) for s in batch}
-            p = xr.pipeline(transaction=False)
-            for s, m in marks.items():
-                p.set(paper.k_mark(s), repr(m))
-            p.execute()
-            # Fault that needs plans in flight.
-            if kind == "sigkill_execute":
-                if wait_orders_fired("latency", fired0.get("latency", 0)):
-                    pids = _children(procs.procs["orders_worker"].proc.pid)
-                    for pid in pids:
-                        os.kill(pid, signal.SIGKILL)
-                    faults[kind] += len(pids)
-            elif kind == "sigkill_confirm":
-                if wait_orders_fired("latency", fired0.get("latency", 0)):
-                    procs.kill("orders_worker")
-                    procs.expected_down.discard("orders_worker")
-                    procs.start("orders_worker").wait_ready(120)
-                    faults[kind] += 1
-            elif kind == "redis_restart":
-                wait_for(lambda: n_plans() > before, 60, 0.05, "the wave's first plans")
-                down = state.restart()
-                faults[kind] += 1
-                say(f"chaos: state Redis restarted (down {down:.2f} s)")
-            elif kind == "second_beat":
-                procs.start("beat2")
-                faults[kind] += 1
-                wait_for(lambda: "beat: Starting" in procs.procs["beat2"].output(), 60, 0.1, "the second beat to start")
-                procs.kill("beat")  # the first dies; the standby takes the lock over
-            elif kind == "duplicate_scans":
-                from celery import Celery
+    def _arm(self, kind: str, k: int) -> None:
+        """Arm the exchange-side fault of a wave before its positions become actionable."""
+        f = self.emu.faults
+        if kind == "http_429":
+            f.inject("*", "http_429", times=k * 3, retry_after=1.0)
+        elif kind in ("unknown_503_after_accept", "unknown_503"):
+            f.inject("POST /fapi/v1/order", kind, times=k)
+        elif kind == "timeout_after_accept":
+            f.inject("POST /fapi/v1/order", kind, times=k, latency_s=VENUE_TIMEOUT_S + 1.0)
+        elif kind == "sigkill_execute":  # execute waits in the order request while its process is killed
+            f.inject("POST /fapi/v1/order", "latency", times=2, latency_s=1.5)
+        elif kind == "sigkill_confirm":  # confirm waits in the order look-up while its worker is killed
+            f.inject("GET /fapi/v1/order", "latency", times=2, latency_s=1.5)
 
-                from harvest.loadgen import settings_of
-                from settings.celery import celery_config
+    def _strike(self, kind: str, latency_fired: int, before: int) -> None:
+        """The harness-side fault of a wave, once its plans are in flight."""
+        procs = self.procs
+        if kind == "sigkill_execute" and self._fired("latency", latency_fired):
+            pids = _children(procs.procs["orders_worker"].proc.pid)
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            self.faults[kind] += len(pids)
+        elif kind == "sigkill_confirm" and self._fired("latency", latency_fired):
+            procs.kill("orders_worker")
+            procs.expected_down.discard("orders_worker")
+            procs.start("orders_worker").wait_ready(120)
+            self.faults[kind] += 1
+        elif kind == "redis_restart":
+            wait_for(lambda: self.n_plans() > before, 60, 0.05, "the wave's first plans")
+            down = self.state.restart()
+            self.faults[kind] += 1
+            self.say(f"chaos: state Redis restarted (down {down:.2f} s)")
+        elif kind == "second_beat":
+            procs.start("beat2")
+            self.faults[kind] += 1
+            wait_for(lambda: "beat: Starting" in procs.procs["beat2"].output(), 60, 0.1, "the second beat to start")
+            procs.kill("beat")  # the first dies; the standby takes the lock over
+        elif kind == "duplicate_scans":
+            client = Celery("chaos")
+            client.conf.update(celery_config(settings_of(self.env)))
+            for _ in range(5):
+                client.send_task("harvest.scan_positions", queue=f"{self.ns}.scan")
+            self.faults[kind] += 5
 
-                client = Celery("chaos")
-                client.conf.update(celery_config(settings_of(env)))
-                for _ in range(5):
-                    client.send_task("harvest.scan_positions", queue=f"{ns}.scan")
-                faults[kind] += 5
-            # The wave is under way when its positions have plans and its exchange fault is used
-            # up (so the next wave's fault does not replace it); bounded, faults may delay it.
-            try:
-                wait_for(lambda: (procs.supervise(), n_plans() >= before + len(batch) and not emu.faults.armed())[1],
-                         120, 0.1, f"wave {i + 1}'s plans and faults")
-            except AssertionError:
-                say(f"chaos: wave {i + 1} ({kind}): plans still arriving or faults armed, moving on")
-                emu.faults.clear()
-            say(f"chaos: wave {i + 1}/{len(batches)} ({kind}): {n_plans()} plans, {open_count()} open")
-        fired = emu.faults.fired()
-        for kind in ("http_429", "unknown_503_after_accept", "timeout_after_accept", "unknown_503"):
-            faults[kind] += fired.get(kind, 0)
-        emu.faults.clear()
+    def wave(self, i: int, n_waves: int, batch: list[str]) -> None:
+        """Make ``batch`` actionable (2.2 R) under wave ``i``'s fault; return once its plans
+        exist and its exchange fault is used up (bounded: a fault may hold plans back)."""
+        kind = WAVES[i] if i < len(WAVES) else "none"
+        latency_fired = self.emu.faults.fired().get("latency", 0)
+        self._arm(kind, max(2, len(batch) // 5))
+        before = self.n_plans()
+        p = self.xr.pipeline(transaction=False)
+        for s in batch:
+            p.set(self.paper.k_mark(s), repr(mark_at_r(self.xrt, s, 2.2)))
+        p.execute()
+        self._strike(kind, latency_fired, before)
+        try:  # the next wave's fault must not replace this one's before it fired
+            wait_for(lambda: (self.procs.supervise(),
+                              self.n_plans() >= before + len(batch) and not self.emu.faults.armed())[1],
+                     120, 0.1, f"wave {i + 1}'s plans and faults")
+        except AssertionError:
+            self.say(f"chaos: wave {i + 1} ({kind}): plans still arriving or faults armed, moving on")
+            self.emu.faults.clear()
+        self.say(f"chaos: wave {i + 1}/{n_waves} ({kind}): {self.n_plans()} plans, {self.open_count()} open")
 
-        # Quiescence: nothing open, queues empty, no actionable position without a plan —
-        # twice in a row, the beat scanning meanwhile.
-        t_drain = time.monotonic()
-        from harvest.scorecard import queue_depths
-        from tasks.evaluate import decide, load_positions
+    # ------------------------------------------------------------------ quiescence and report
 
-        def quiet() -> bool:
-            procs.supervise()
-            if open_count() != 0 or any(safe(lambda: queue_depths(rt), {"x": 1}).values()):
-                return False
-            return not unplanned()
+    def unplanned(self) -> list[str]:
+        """plan_ids of decisions the positions call for now that have no plan (a lost plan)."""
+        from tasks.evaluate import decide, load_positions  # tasks.* builds the Celery app on import
 
-        def unplanned() -> list[str]:
-            from harvest.plans import plan_id_for
-            from harvest.venue import VenueError
+        try:
+            rows, now = load_positions(self.rt)
+            ids = [plan_id_for(d) for d in decide(self.rt, rows, now)]
+        except (VenueError, redis.RedisError):
+            return ["?"]
+        return [pid for pid, ex in zip(ids, self.rt.plans.exists_many(ids)) if not ex]
 
-            try:
-                rows, now = load_positions(rt)
-                ds = decide(rt, rows, now)
-            except (VenueError, redis.RedisError):
-                return ["?"]
-            ids = [plan_id_for(d) for d in ds]
-            return [pid for pid, ex in zip(ids, rt.plans.exists_many(ids)) if not ex]
+    def _quiet(self) -> bool:
+        self.procs.supervise()
+        if self.open_count() != 0 or any(_redis_safe(lambda: queue_depths(self.rt), {"?": 1}).values()):
+            return False
+        return not self.unplanned()
 
+    def drain(self, timeout_s: float) -> float:
+        """Wait until nothing is open, the queues are empty and no actionable position lacks a
+        plan — twice in a row, beat scanning in between; seconds it took (bounded)."""
+        t0 = time.monotonic()
         quiet_once = False
-        deadline = time.monotonic() + drain_timeout_s
-        while time.monotonic() < deadline:
-            if quiet():
+        while time.monotonic() - t0 < timeout_s:
+            if self._quiet():
                 if quiet_once:
                     break
                 quiet_once = True
@@ -296,22 +297,25 @@ def run_chaos(plans: int = 200, broker: str | None = None, waves: int = 10, drai
             else:
                 quiet_once = False
                 time.sleep(0.5)
-        drained = time.monotonic() - t_drain
-        say(f"chaos: drained in {drained:.1f} s")
+        return time.monotonic() - t0
 
-        all_plans = list(rt.plans.all_plans())
+    def report(self, drained_s: float) -> dict:
+        fired = self.emu.faults.fired()
+        for kind in ("http_429", "unknown_503_after_accept", "timeout_after_accept", "unknown_503"):
+            self.faults[kind] += fired.get(kind, 0)
+        all_plans = list(self.rt.plans.all_plans())
         states = Counter(p.state for p in all_plans)
-        per_plan: Counter[str] = Counter()
-        for o in paper.orders(harvest_only=True):
+        per_plan: Counter[str] = Counter()  # the exchange's own order records, by plan_id
+        for o in self.paper.orders(harvest_only=True):
             per_plan[o.client_order_id[len(CLIENT_ORDER_PREFIX):len(CLIENT_ORDER_PREFIX) + 16]] += 1
         known = {p.plan_id for p in all_plans}
         non_terminal = [p.plan_id for p in all_plans if p.state not in TERMINAL]
-        missing = unplanned()
-        report = {
+        missing = self.unplanned()
+        rep = {
             "plans": len(all_plans),
             "terminal": sum(n for s, n in states.items() if s in TERMINAL),
             "states": dict(sorted(states.items())),
-            "positions": plans,
+            "positions": self.n,
             "orders": sum(per_plan.values()),
             "orders_per_plan_max": max(per_plan.values(), default=0),
             "duplicate_orders": sum(n - 1 for n in per_plan.values() if n > 1),
@@ -319,23 +323,53 @@ def run_chaos(plans: int = 200, broker: str | None = None, waves: int = 10, drai
             "non_terminal": len(non_terminal),
             "unplanned_decisions": len(missing),
             "lost_plans": len(non_terminal) + len(missing),
-            "time_to_drain_s": round(drained, 2),
-            "wall_s": round(time.monotonic() - t_start, 2),
-            "faults_injected": dict(sorted(faults.items())),
-            "restarts": dict(procs.restarts),
-            "broker": "amqp" if broker and broker.startswith("amqp") else "redis",
+            "time_to_drain_s": round(drained_s, 2),
+            "wall_s": round(time.monotonic() - self.t_start, 2),
+            "faults_injected": dict(sorted(self.faults.items())),
+            "restarts": dict(self.procs.restarts),
+            "broker": "amqp" if self.broker and self.broker.startswith("amqp") else "redis",
         }
-        report["ok"] = (report["duplicate_orders"] == 0 and report["lost_plans"] == 0
-                        and report["orders_without_plan"] == 0 and report["terminal"] == report["plans"])
-        return report
+        rep["ok"] = (rep["duplicate_orders"] == 0 and rep["lost_plans"] == 0 and rep["orders_without_plan"] == 0
+                     and rep["terminal"] == rep["plans"])
+        return rep
+
+    def stop(self) -> None:
+        if self.procs is not None:
+            self.procs.stop_all()
+        if self.emu is not None:
+            self.emu.stop()
+        if self.broker and self.broker.startswith("amqp"):
+            _delete_amqp_queues(self.broker, self.ns)
+        self.state.stop()
+        self.exchange.stop()
+
+
+def run_chaos(plans: int = 200, broker: str | None = None, waves: int = 10, drain_timeout_s: float = 600.0,
+              plan_ttl_s: float = PLAN_TTL_S, progress: Callable[[str], None] | None = None) -> dict:
+    """Run the harness (see module docstring) with ``plans`` positions, each made actionable
+    once, in ``waves`` waves; ``broker``: a Celery broker URL (default: the state Redis);
+    ``plan_ttl_s``: the plans' TTL (s), which bounds how long a plan orphaned by a kill waits
+    for the sweeper; ``progress``: called with one line per step. Returns the report:
+
+    ``{"plans", "terminal", "states", "positions", "orders", "orders_per_plan_max",
+    "duplicate_orders", "orders_without_plan", "non_terminal", "unplanned_decisions",
+    "lost_plans", "time_to_drain_s", "wall_s", "faults_injected", "restarts", "broker", "ok"}``
+    (counts; seconds). ``ok``: no duplicate order, no order without a plan, no lost plan, and
+    every plan terminal. Raises RuntimeError when redis-server is missing; AssertionError
+    when set-up times out.
+    """
+    run = _Run(plans, broker, plan_ttl_s, progress or (lambda m: None))
+    try:
+        run.start()
+        batches = [run.syms[i::waves] for i in range(waves)]
+        for i, batch in enumerate(batches):
+            run.wave(i, len(batches), batch)
+        run.emu.faults.clear()
+        drained = run.drain(drain_timeout_s)
+        run.say(f"chaos: drained in {drained:.1f} s")
+        return run.report(drained)
     finally:
-        procs.stop_all()
-        if emu is not None:
-            emu.stop()
-        if broker and broker.startswith("amqp"):
-            _delete_amqp_queues(broker, ns)
-        state.stop()
-        exchange.stop()
+        run.stop()
 
 
 def _delete_amqp_queues(broker: str, ns: str) -> None:
