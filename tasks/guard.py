@@ -3,8 +3,9 @@
 1. state is PROPOSED (else a repeat delivery: nothing to do);
 2. plan within its TTL (else EXPIRED ``plan_ttl_expired``);
 3. symbol on the allowlist (else REJECTED ``symbol_not_allowed``);
-4. the position exists with qty > 0 (else REJECTED ``ghost_position``) and is the same epoch
-   (else REJECTED ``epoch_changed``);
+4. the position exists with qty > 0 (else REJECTED ``ghost_position``), on the plan's side
+   (else REJECTED ``side_mismatch``: a close must never be sent the wrong way) and is the
+   same epoch (else REJECTED ``epoch_changed``);
 5. no other plan in flight on the position (else retried until the TTL: ``position_busy``);
 6. closes: qty = remaining × fraction rounded *down* to stepSize; a remainder that would be
    dust (below minQty, or notional below minNotional) is folded into a full close; a qty below
@@ -80,6 +81,9 @@ def guard(self, ref: dict | None) -> dict | None:
         return None
     if vp is None or vp.qty <= 0:
         _block(rt, plan, "REJECTED", "ghost_position")
+        return None
+    if vp.side is not plan.side:
+        _block(rt, plan, "REJECTED", "side_mismatch", {"position_side": vp.side.value})
         return None
     entry = rt.book.get_many(plan.account, [plan.symbol])[0]
     if entry is None or entry["epoch"] != plan.epoch or is_new_epoch(vp, entry):

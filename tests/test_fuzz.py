@@ -120,11 +120,12 @@ def test_mutated_decisions_never_crash_and_only_a_valid_decision_of_the_live_pos
     event(f"plan {plan.state} {plan.reason}")
     if orders:
         # An order only for a decision of the live position's epoch and symbol, and once.
-        assert (plan.symbol, plan.epoch) == (genuine["symbol"], genuine["epoch"])
+        assert (plan.symbol, plan.epoch, plan.side.value) == (genuine["symbol"], genuine["epoch"], genuine["side"])
         assert len(orders) == 1 and orders[0].client_order_id == plan.client_order_id
         assert all(math.isfinite(float(x)) for x in (plan.order_qty or plan.stop_price,))
     else:
         assert plan.state in ("REJECTED", "EXPIRED", "FAILED", "SHADOWED") and plan.reason, plan
+        assert not plan.reason.startswith("exchange_rejected"), plan  # the guard stops it, not the exchange
 
 
 @FUZZ

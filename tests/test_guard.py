@@ -81,6 +81,28 @@ def test_symbol_not_allowed(rt):
     assert rt.venue.orders(harvest_only=True) == []
 
 
+def test_decision_for_the_other_side_is_rejected_before_any_order(rt):
+    """A well-formed decision whose side is not the position's (a corrupted or forged message)
+    never reaches the exchange: a close sent the wrong way is stopped by the guard."""
+    from tasks.evaluate import decide, load_positions
+    from workflows import action_chain
+
+    e, s = 100_000.0, 99_000.0
+    open_position(rt, "BTCUSDT", "LONG", 1.0, e, s, mark=mark_for_r(e, s, 1.0, 1.0, 2.2, "LONG"))
+    rows, now = load_positions(rt)
+    [d] = decide(rt, rows, now)
+    from harvest.models import Side
+
+    wrong = d.model_copy(update={"side": Side.SHORT})
+    action_chain(wrong.model_dump(mode="json")).apply_async()
+    from harvest.plans import plan_id_for
+
+    plan = wait_terminal(rt, plan_id_for(wrong))
+    assert (plan.state, plan.reason) == ("REJECTED", "side_mismatch")
+    assert rt.venue.orders(harvest_only=True) == []
+    assert rt.plans.counters()["guard:side_mismatch"] == 1
+
+
 def test_profit_lock_only_tightens(rt):
     e, s = 100_000.0, 99_000.0
     open_position(rt, "BTCUSDT", "LONG", 1.0, e, s, mark=mark_for_r(e, s, 1.0, 1.0, 1.8, "LONG"))
