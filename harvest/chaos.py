@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import sys
 import time
@@ -54,11 +53,9 @@ from typing import Callable
 import redis
 from celery import Celery
 
-from harvest.emulator import Emulator
 from harvest.loadgen import (
-    T0, clean, env_for, mark_at_r, open_positions, paper_of, runtime, settings_of, start_worker, symbols,
+    clean, env_for, mark_at_r, open_positions, paper_of, runtime, settings_of, start_emulator, start_worker, symbols,
 )
-from harvest.paper import MarketClock
 from harvest.plans import CLIENT_ORDER_PREFIX, TERMINAL, plan_id_for
 from harvest.procs import CeleryProcess, RedisServer, wait_for
 from harvest.scorecard import queue_depths
@@ -143,7 +140,7 @@ class _Run:
         self.env: dict[str, str] = {}
         self.plan_ttl_s = plan_ttl_s
         self.faults: Counter[str] = Counter()
-        self.emu: Emulator | None = None
+        self.emu = None  # the running harvest.emulator.Emulator
         self.procs: _Procs | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -160,17 +157,12 @@ class _Run:
         if self.broker:
             self.env["HARVEST_BROKER_URL"] = self.broker
         # The exchange: paper engine + emulator on their own Redis; positions opened at 0 R.
-        self.xr = redis.Redis.from_url(self.exchange.url, decode_responses=True)
-        xclock = MarketClock(self.xr, self.ns, T0, 0.0)
         self.xrt = runtime(dict(self.env, HARVEST_REDIS_URL=self.exchange.url))
+        self.xr = self.xrt.r
         clean(self.xrt)
         open_positions(self.xrt, self.syms, 0.0)
         self.paper = paper_of(self.xrt)
-        key, secret = secrets.token_hex(8), secrets.token_hex(16)
-        self.emu = Emulator(self.xr, self.ns, self.xrt.settings.account, key, secret, clock=xclock,
-                            weight_limit_1m=10_000_000).start()
-        self.env.update({"HARVEST_FAPI_URL": self.emu.url, "HARVEST_API_KEY": key, "HARVEST_API_SECRET": secret,
-                         "HARVEST_VENUE_WEIGHT_LIMIT_1M": "1000000"})
+        self.emu = start_emulator(self.xrt, self.env)  # env gains the emulator's URL and fake keys
         self.rt = runtime(self.env)  # harvest's view: state Redis, python-binance to the emulator
         clean(self.rt)
         self.rt.market.put_many(self.xrt.market.get_many(self.syms))  # the states open_positions cached

@@ -57,6 +57,7 @@ import hmac
 import json
 import logging
 import re
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -89,8 +90,6 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request, client_address):
-        import sys
-
         if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
             log.debug("client %s hung up", client_address)
             return

@@ -97,17 +97,17 @@ def fresh_namespace(url: str, prefix: str, syms: list[str], r_multiple: float | 
     return ns, env, rt
 
 
-def start_emulator(rt, env: dict[str, str], **kwargs):
+def start_emulator(rt, env: dict[str, str]):
     """The fapi emulator on the namespace's paper engine, with fresh fake keys; ``env`` gains
     the HARVEST_* variables that point workers at it (python-binance venue, a weight budget
-    that never binds unless ``weight_limit_1m`` is given). Returns the running :class:`harvest.emulator.Emulator`."""
+    that never binds). Returns the running :class:`harvest.emulator.Emulator`."""
     import secrets
 
     from harvest.emulator import Emulator
 
     key, secret = secrets.token_hex(8), secrets.token_hex(16)
-    kwargs.setdefault("weight_limit_1m", 10_000_000)
-    emu = Emulator(rt.r, rt.settings.namespace, rt.settings.account, key, secret, clock=rt.clock, **kwargs).start()
+    emu = Emulator(rt.r, rt.settings.namespace, rt.settings.account, key, secret, clock=rt.clock,
+                   weight_limit_1m=10_000_000).start()
     env.update({"HARVEST_FAPI_URL": emu.url, "HARVEST_API_KEY": key, "HARVEST_API_SECRET": secret,
                 "HARVEST_VENUE_WEIGHT_LIMIT_1M": "1000000"})
     return emu

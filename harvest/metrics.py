@@ -95,6 +95,11 @@ class DeferredObservations:
     def __init__(self) -> None:
         self._items: list[tuple[RedisHistogram, float, str]] = []
 
+    @property
+    def pending(self) -> bool:
+        """Whether any observation is queued."""
+        return bool(self._items)
+
     def add(self, hist: RedisHistogram, value: float, label: str = "") -> None:
         """Queue one observation (seconds) of ``hist`` under ``label``."""
         self._items.append((hist, value, label))
@@ -107,7 +112,7 @@ class DeferredObservations:
 
     def flush(self, r: redis.Redis) -> None:
         """Write the queued observations now (one round trip; none when nothing is queued)."""
-        if self._items:
+        if self.pending:
             p = r.pipeline(transaction=False)
             self.drain_into(p)
             p.execute()

@@ -317,10 +317,13 @@ class PlanStore:
     def get(self, plan_id: str) -> Plan | None:
         """The plan, or None when no such plan_id exists (queued metric observations ride
         along on the same round trip)."""
-        p = self.r.pipeline(transaction=False)
-        p.hgetall(self.k.plan(plan_id))
-        DEFERRED.drain_into(p)
-        h = p.execute()[0]
+        if not DEFERRED.pending:
+            h = self.r.hgetall(self.k.plan(plan_id))
+        else:
+            p = self.r.pipeline(transaction=False)
+            p.hgetall(self.k.plan(plan_id))
+            DEFERRED.drain_into(p)
+            h = p.execute()[0]
         return self.parse(h) if h else None
 
     @staticmethod
@@ -353,16 +356,23 @@ class PlanStore:
         """Number of non-terminal plans."""
         return int(self.r.zcard(self.k.open_plans))
 
-    def all_plans(self, batch: int = 500) -> Iterable[Plan]:
-        """Every plan, oldest first."""
-        ids = self.r.zrange(self.k.plan_index, 0, -1)
-        for i in range(0, len(ids), batch):
+    def get_many(self, plan_ids: list[str], batch: int = 500) -> Iterable[Plan]:
+        """The plans of ``plan_ids`` that exist, in that order (one round trip per ``batch``)."""
+        for i in range(0, len(plan_ids), batch):
             p = self.r.pipeline(transaction=False)
-            for pid in ids[i:i + batch]:
+            for pid in plan_ids[i:i + batch]:
                 p.hgetall(self.k.plan(pid))
             for h in p.execute():
                 if h:
                     yield self.parse(h)
+
+    def all_plans(self, batch: int = 500) -> Iterable[Plan]:
+        """Every plan, oldest first."""
+        return self.get_many(self.r.zrange(self.k.plan_index, 0, -1), batch)
+
+    def open_plans(self) -> list[Plan]:
+        """Every non-terminal plan."""
+        return list(self.get_many(self.r.zrange(self.k.open_plans, 0, -1)))
 
     def history(self, plan_id: str, count: int = 10_000, sends: bool = False) -> list[dict[str, str]]:
         """State transitions of one plan from the results stream, oldest first (``sends``:

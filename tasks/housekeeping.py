@@ -9,7 +9,6 @@ import time
 
 from harvest.data import load_klines
 from harvest.market import market_state_at, market_state_from_closes
-from harvest.models import Plan
 from harvest.plans import CLIENT_ORDER_PREFIX
 from harvest.runtime import Runtime, get_runtime
 from harvest.venue import VenueError
@@ -48,15 +47,6 @@ def refresh_market() -> int:
     return len(states)
 
 
-def _open_plans(rt: Runtime) -> list[Plan]:
-    """Every non-terminal plan (one pipeline)."""
-    ids = rt.r.zrange(rt.plans.k.open_plans, 0, -1)
-    p = rt.r.pipeline(transaction=False)
-    for pid in ids:
-        p.hgetall(rt.plans.k.plan(pid))
-    return [rt.plans.parse(h) for h in p.execute() if h]
-
-
 def _report(rt: Runtime, kind: str, **fields) -> None:
     """One finding of reconciliation on ``<ns>:stream:reconcile`` (and a counter, a log line)."""
     rt.r.xadd(f"{rt.settings.namespace}:stream:reconcile", {"kind": kind, "ts": repr(time.time()),
@@ -93,7 +83,7 @@ def reconcile_once(rt: Runtime) -> dict:
     epochs = {s: (e or {}).get("epoch") for s, e in zip(open_syms, rt.book.get_many(acct, open_syms))}
     open_orders = rt.venue.open_orders()  # type: ignore[attr-defined]
     closed = adopted = unknown = 0
-    plans = {p.plan_id: p for p in _open_plans(rt)}
+    plans = {p.plan_id: p for p in rt.plans.open_plans()}
     for plan in plans.values():
         if plan.account != acct or epochs.get(plan.symbol) == plan.epoch:
             continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from harvest.models import MarketState, Regime
 from harvest.plans import TERMINAL
 from harvest.runtime import Runtime
@@ -54,3 +56,19 @@ def wait_terminal(rt: Runtime, plan_id: str, timeout: float = 30.0):
 def wait_quiet(rt: Runtime, timeout: float = 30.0) -> None:
     """Wait until no plan is non-terminal."""
     wait_for(lambda: rt.plans.count_open() == 0, timeout, what="all plans terminal")
+
+
+@contextmanager
+def emulator(key: str, secret: str):
+    """The fapi emulator on the test namespace's paper engine, accepting these credentials."""
+    from harvest.emulator import Emulator
+    from harvest.runtime import build_runtime
+    from settings import load_settings
+
+    s = load_settings()
+    rt = build_runtime(s)
+    e = Emulator(rt.r, s.namespace, s.account, key, secret, clock=rt.clock).start()
+    try:
+        yield e
+    finally:
+        e.stop()

@@ -15,7 +15,7 @@ from harvest.runtime import build_runtime
 from settings import load_settings
 from tasks.app import app
 from tests.harness import wait_for, worker
-from tests.pipeline_helpers import clean, epoch, mark_for_r, open_position, wait_terminal
+from tests.pipeline_helpers import emulator, clean, epoch, mark_for_r, open_position, wait_terminal
 
 KEY, SECRET = "pipeline-key-5f1e", "pipeline-secret-9a7c"
 NS = os.environ["HARVEST_NAMESPACE"]
@@ -23,11 +23,8 @@ NS = os.environ["HARVEST_NAMESPACE"]
 
 @pytest.fixture(scope="module")
 def emu():
-    s = load_settings()
-    rt = build_runtime(s)
-    e = Emulator(rt.r, s.namespace, s.account, KEY, SECRET, clock=rt.clock).start()
-    yield e
-    e.stop()
+    with emulator(KEY, SECRET) as e:
+        yield e
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harvest.emulator import Emulator
 from harvest.models import Action
 from harvest.plans import make_plan_id
 from harvest.procs import ROOT
@@ -23,7 +22,7 @@ from harvest.runtime import build_runtime
 from settings import load_settings
 from tasks.app import app
 from tests.harness import CeleryProcess, free_port, wait_for, worker
-from tests.pipeline_helpers import clean, epoch, mark_for_r, open_position, wait_terminal
+from tests.pipeline_helpers import emulator, clean, epoch, mark_for_r, open_position, wait_terminal
 
 KEY, SECRET = "ops-key-3b9d0c7e", "ops-secret-a41f77d2e0"
 NS = os.environ["HARVEST_NAMESPACE"]
@@ -33,11 +32,8 @@ STAGES = ("harvest.propose", "harvest.guard", "harvest.execute", "harvest.confir
 
 @pytest.fixture(scope="module")
 def emu():
-    s = load_settings()
-    rt = build_runtime(s)
-    e = Emulator(rt.r, s.namespace, s.account, KEY, SECRET, clock=rt.clock).start()
-    yield e
-    e.stop()
+    with emulator(KEY, SECRET) as e:
+        yield e
 
 
 @pytest.fixture(scope="module")
