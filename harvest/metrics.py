@@ -55,15 +55,22 @@ class RedisHistogram:
         self.key = key
         self.buckets = tuple(buckets)
 
+    def fields(self, value: float, label: str = "") -> tuple[list[str], tuple[str, str]]:
+        """The hash fields one observation writes: ``([bucket field, count field],
+        (sum field, value))`` — each of the first list is incremented by 1 (``HINCRBY``),
+        the sum by the value (``HINCRBYFLOAT``). For writers outside redis-py (a Lua script)."""
+        bound = next((b for b in self.buckets if value <= b), math.inf)
+        return [f"{label}|le={bound!r}", f"{label}|count"], (f"{label}|sum", repr(float(value)))
+
     def observe(self, value: float, label: str = "", pipe=None) -> None:
         """Record one observation (one round trip, or added to ``pipe``). NaN is ignored."""
         if value != value:  # NaN
             return
-        bound = next((b for b in self.buckets if value <= b), math.inf)
+        incr, (sum_field, _) = self.fields(value, label)
         p = pipe if pipe is not None else self.r.pipeline(transaction=False)
-        p.hincrby(self.key, f"{label}|le={bound!r}", 1)
-        p.hincrbyfloat(self.key, f"{label}|sum", value)
-        p.hincrby(self.key, f"{label}|count", 1)
+        for f in incr:
+            p.hincrby(self.key, f, 1)
+        p.hincrbyfloat(self.key, sum_field, value)
         if pipe is None:
             p.execute()
 

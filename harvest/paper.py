@@ -265,15 +265,17 @@ class PaperVenue(Venue):
 
     def source(self, symbol: str) -> str:
         """The shipped symbol whose data prices ``symbol`` (itself, or its listing's). A
-        listing never changes, so each is read from Redis once per process."""
+        listing never changes, so listings are cached per process: a symbol not yet cached
+        reads every listing in one round trip (a worker that meets one synthetic symbol
+        meets many)."""
         if symbol in SHIPPED:
             return symbol
         like = self._sources.get(symbol)
         if like is None:
-            like = self.r.hget(self.k_listings, symbol)
+            self._sources.update(self.listings())
+            like = self._sources.get(symbol)
             if like is None:
                 return symbol  # not listed (yet): not cached
-            self._sources[symbol] = like
         return like
 
     def filters(self, symbol: str) -> SymbolFilters:

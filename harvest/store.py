@@ -3,8 +3,10 @@ counters and heartbeats.
 
 :meth:`PlanStore.transition` is the one place a plan changes state: a Lua script checks the
 current state against :data:`harvest.plans.TRANSITIONS` and, atomically, writes the new state,
-releases the position's in-flight lock on a terminal state and appends the transition (with
-the decision's inputs) to the results stream ``<ns>:stream:results``.
+takes the position's in-flight lock on approval and releases it on a terminal state, marks a
+filled tier harvested in the book, observes the scan-to-fill latency, and appends the
+transition (with the decision's inputs) to the results stream ``<ns>:stream:results``. One
+script call per transition: what depends on the state moving moves with it.
 
 Key layout (``<ns>`` = settings.namespace)::
 
@@ -52,32 +54,50 @@ redis.call('HINCRBY', KEYS[5], ARGV[6] .. '|PROPOSED', 1)
 return false
 """
 
+# KEYS: 1 plan, 2 open plans, 3 results stream, 4 in-flight lock, 5 plans-by-state gauge,
+# 6 orders-by-result counter, 7 the position's book entry, 8 scan-to-fill histogram.
+# ARGV: 1 plan_id, 2 to, 3 now, 4 reason, 5 stream maxlen, 6 terminal ('1'/'0'), 7 data
+# (JSON, for the stream), 8 options (JSON, see PlanStore.transition), 9… field/value pairs.
 _TRANSITION_LUA = """
-local cur = redis.call('HGET', KEYS[1], 'state')
+local h = redis.call('HMGET', KEYS[1], 'state', 'action', 'symbol', 'epoch')
+local cur, action = h[1], h[2]
 if not cur then return {0, ''} end
-local nfrom = tonumber(ARGV[8])
+local o = cjson.decode(ARGV[8])
 local ok = false
-for i = 9, 8 + nfrom do if ARGV[i] == cur then ok = true end end
+for _, s in ipairs(o['from']) do if s == cur then ok = true end end
 if not ok then return {0, cur} end
+if o['lock_ttl'] and not redis.call('SET', KEYS[4], ARGV[1], 'NX', 'EX', o['lock_ttl']) then
+  local holder = redis.call('GET', KEYS[4])
+  if holder ~= ARGV[1] then return {0, cur, action, holder} end
+end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3], 'reason', ARGV[4])
-local action = redis.call('HGET', KEYS[1], 'action')
 redis.call('HINCRBY', KEYS[5], action .. '|' .. cur, -1)
 redis.call('HINCRBY', KEYS[5], action .. '|' .. ARGV[2], 1)
 if cur == 'SUBMITTED' and ARGV[6] == '1' then redis.call('HINCRBY', KEYS[6], ARGV[2], 1) end
-local first = 9 + nfrom
-if #ARGV >= first then
+if #ARGV >= 9 then
   local f = {}
-  for i = first, #ARGV do f[#f + 1] = ARGV[i] end
+  for i = 9, #ARGV do f[#f + 1] = ARGV[i] end
   redis.call('HSET', KEYS[1], unpack(f))
 end
 if ARGV[6] == '1' then
   redis.call('ZREM', KEYS[2], ARGV[1])
   if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1],
-  'symbol', redis.call('HGET', KEYS[1], 'symbol'), 'action', action,
+local b = o['book']
+if b and redis.call('HGET', KEYS[7], 'epoch') == h[4] then
+  if b['tier'] and b['tier'] > tonumber(redis.call('HGET', KEYS[7], 'harvested_tier') or '0') then
+    redis.call('HSET', KEYS[7], 'harvested_tier', b['tier'])
+  end
+  if b['set'] then redis.call('HSET', KEYS[7], unpack(b['set'])) end
+end
+local hist = o['hist']
+if hist then
+  for _, f in ipairs(hist['incr']) do redis.call('HINCRBY', KEYS[8], f, 1) end
+  redis.call('HINCRBYFLOAT', KEYS[8], hist['sum'][1], hist['sum'][2])
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1], 'symbol', h[3], 'action', action,
   'from', cur, 'to', ARGV[2], 'reason', ARGV[4], 'ts', ARGV[3], 'data', ARGV[7])
-return {1, cur, action, redis.call('HGET', KEYS[1], 'scanned_at') or redis.call('HGET', KEYS[1], 'created_at')}
+return {1, cur, action}
 """
 
 # Send bookkeeping of a SUBMITTED plan (no state change): KEYS[1] plan, KEYS[2] results stream,
@@ -112,14 +132,18 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1],
 return 1
 """
 
-_RAISE_TIER_LUA = """
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
-local cur = tonumber(redis.call('HGET', KEYS[1], 'harvested_tier') or '0')
-if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], 'harvested_tier', ARGV[2]) return 1 end
-return 0
+
+#: A plan and its position's book entry (ARGV[1]: the book key prefix ``<ns>:book:``):
+#: ``{plan HGETALL, book HGETALL}``, both flat; an empty plan when it does not exist.
+_PLAN_AND_BOOK_LUA = """
+local p = redis.call('HGETALL', KEYS[1])
+if #p == 0 then return {p, {}} end
+local pos = redis.call('HMGET', KEYS[1], 'account', 'symbol')
+return {p, redis.call('HGETALL', ARGV[1] .. pos[1] .. ':' .. pos[2])}
 """
 
-#: States in which a plan's order is acknowledged done (scan-to-fill latency is observed).
+#: States in which a plan's order is acknowledged done (scan-to-fill latency is observed,
+#: a filled tier is marked harvested).
 FILLED_STATES = ("FILLED", "PARTIALLY_FILLED")
 
 _PLAN_FLOATS = ("close_fraction", "new_stop", "scanned_at", "acked_at", "created_at", "updated_at", "expires_at",
@@ -159,6 +183,29 @@ def _flat(fields: dict[str, Any]) -> list[str]:
             continue
         out += [k, _enc(v)]
     return out
+
+
+def _lua_opts(opts: dict[str, Any]) -> str:
+    """Options of a Lua script as JSON, None values left out (``cjson.decode`` would make
+    them ``cjson.null``, which Lua takes for true)."""
+    return json.dumps({k: v for k, v in opts.items() if v is not None})
+
+
+def run_script(r: redis.Redis, script, keys: list[str], args: list[Any]) -> Any:
+    """Run a registered Lua script (``r.register_script``) and, in the same round trip, write
+    the metric observations this process has queued (:data:`harvest.metrics.DEFERRED`).
+    Returns the script's reply; raises what the script raises."""
+    if not DEFERRED.pending:
+        return script(keys=keys, args=args)
+    p = r.pipeline(transaction=False)
+    p.evalsha(script.sha, len(keys), *keys, *args)
+    DEFERRED.drain_into(p)
+    res = p.execute(raise_on_error=False)[0]
+    if isinstance(res, redis.exceptions.NoScriptError):  # first call on this server: load it
+        return script(keys=keys, args=args)
+    if isinstance(res, Exception):
+        raise res
+    return res
 
 
 class Keys:
@@ -240,6 +287,7 @@ class PlanStore:
         self._transition = r.register_script(_TRANSITION_LUA)
         self._mark_send = r.register_script(_MARK_SEND_LUA)
         self._claim_resend = r.register_script(_CLAIM_RESEND_LUA)
+        self._plan_and_book = r.register_script(_PLAN_AND_BOOK_LUA)
         self.scan_to_fill = scan_to_fill(r, ns)
 
     def create(self, plan: dict[str, Any], data: dict[str, Any]) -> str | None:
@@ -251,7 +299,8 @@ class PlanStore:
         """
         pid = plan["plan_id"]
         fields = dict(plan, state="PROPOSED", updated_at=plan["created_at"], reason="proposed")
-        existing = self._create(
+        existing = run_script(
+            self.r, self._create,
             keys=[self.k.plan(pid), self.k.open_plans, self.k.plan_index, self.k.results, self.k.metrics_plans],
             args=[pid, _enc(plan["created_at"]), _enc(plan["expires_at"]), self.maxlen,
                   plan["symbol"], _enc(plan["action"]), json.dumps(data, sort_keys=True, default=str),
@@ -271,30 +320,54 @@ class PlanStore:
         now: float | None = None,
         account: str | None = None,
         symbol: str | None = None,
+        lock_ttl_s: float | None = None,
+        book: dict[str, Any] | None = None,
+        fill: tuple[float, str] | None = None,
     ) -> tuple[bool, str]:
-        """Compare-and-set the plan's state to ``to`` if its current state may move there.
+        """Compare-and-set the plan's state to ``to`` if its current state may move there,
+        in one Lua call with everything that must happen only if it does.
 
         ``fields`` are written to the plan in the same step; ``data`` goes on the stream.
-        ``account``/``symbol`` name the in-flight lock released on a terminal state (read
-        from the plan when omitted). Returns (applied, state before). Raises KeyError for
-        an unknown target state.
+        ``account``/``symbol`` name the position (its in-flight lock, released on a terminal
+        state, and its book entry; read from the plan when omitted). Options, each applied
+        only when the state moves:
+
+        * ``lock_ttl_s``: take the position's in-flight lock for this plan (TTL, s) first;
+          when another plan holds it nothing is written and the result is
+          ``(False, <current state>)`` with the current state one ``to`` may be reached from;
+        * ``book``: ``{"tier": n}`` raises the book's harvested tier to n (never lowers) and
+          ``{"set": {field: value}}`` writes fields, both only while the book entry is the
+          plan's epoch;
+        * ``fill``: ``(since, action)``: the scan-to-fill latency ``now - since`` (since: Unix
+          s of the plan's scan, or creation) is observed under the action's label in the
+          same step, so a repeat observes nothing.
+
+        Returns (applied, state before). Raises KeyError for an unknown target state.
         """
         frm = sorted(allowed_from(to))
         if account is None or symbol is None:
             account, symbol = self.r.hmget(self.k.plan(plan_id), ["account", "symbol"])
         now = time.time() if now is None else now
-        res = self._transition(
-            keys=[self.k.plan(plan_id), self.k.open_plans, self.k.results,
-                  self.k.inflight(account or "", symbol or ""), self.k.metrics_plans, self.k.metrics_orders],
+        opts: dict[str, Any] = {"from": frm}
+        if lock_ttl_s is not None:
+            opts["lock_ttl"] = max(1, int(lock_ttl_s))
+        if book:
+            b = {"tier": book.get("tier") or None, "set": _flat(book.get("set") or {}) or None}
+            opts["book"] = {k: v for k, v in b.items() if v is not None} or None
+        if fill is not None:
+            incr, total = self.scan_to_fill.fields(max(0.0, now - fill[0]), fill[1])
+            opts["hist"] = {"incr": incr, "sum": list(total)}
+        k = self.k
+        res = run_script(
+            self.r, self._transition,
+            keys=[k.plan(plan_id), k.open_plans, k.results, k.inflight(account or "", symbol or ""), k.metrics_plans,
+                  k.metrics_orders, k.book(account or "", symbol or ""), self.scan_to_fill.key],
             args=[plan_id, to, _enc(now), reason, self.maxlen, "1" if to in TERMINAL else "0",
-                  json.dumps(data or {}, sort_keys=True, default=str), len(frm), *frm,
-                  *_flat(fields or {})],
+                  json.dumps(data or {}, sort_keys=True, default=str), _lua_opts(opts), *_flat(fields or {})],
         )
         applied = bool(int(res[0]))
         if applied:
             _log_transition(plan_id, symbol, res[2], res[1], to, reason)
-            if to in FILLED_STATES and res[3]:
-                DEFERRED.add(self.scan_to_fill, now - float(res[3]), res[2])
         return applied, res[1]
 
     def mark_send(self, plan_id: str, step: int, outcome: str, data: dict[str, Any] | None = None,
@@ -325,6 +398,17 @@ class PlanStore:
             DEFERRED.drain_into(p)
             h = p.execute()[0]
         return self.parse(h) if h else None
+
+    def get_with_book(self, plan_id: str) -> tuple[Plan | None, dict[str, Any] | None]:
+        """The plan and the book entry of its position (decoded as by
+        :meth:`BookStore.decode`; None when there is none) in one round trip, which also
+        carries the queued metric observations. ``(None, None)`` when no such plan_id exists."""
+        flat_plan, flat_book = run_script(self.r, self._plan_and_book, keys=[self.k.plan(plan_id)],
+                                          args=[f"{self.k.ns}:book:"])
+        if not flat_plan:
+            return None, None
+        plan = self.parse(dict(zip(flat_plan[::2], flat_plan[1::2], strict=True)))
+        return plan, BookStore.decode(dict(zip(flat_book[::2], flat_book[1::2], strict=True))) if flat_book else None
 
     @staticmethod
     def parse(h: dict[str, str]) -> Plan:
@@ -381,15 +465,6 @@ class PlanStore:
         return [f for _, f in self.r.xrange(self.k.results, count=count)
                 if f.get("plan_id") == plan_id and (sends or f.get("from") != f.get("to"))]
 
-    def acquire_inflight(self, account: str, symbol: str, plan_id: str, ttl_s: float) -> str | None:
-        """Take the position's in-flight lock for plan_id (re-entrant for the same plan).
-        Returns None when held by this plan, else the plan_id that holds it."""
-        key = self.k.inflight(account, symbol)
-        if self.r.set(key, plan_id, nx=True, ex=max(1, int(ttl_s))):
-            return None
-        holder = self.r.get(key)
-        return None if holder == plan_id else holder
-
     def inflight_many(self, account: str, symbols: list[str]) -> list[str | None]:
         """Holder plan_id of each position's in-flight lock (None when free)."""
         if not symbols:
@@ -421,7 +496,6 @@ class BookStore:
     def __init__(self, r: redis.Redis, ns: str):
         self.r = r
         self.k = Keys(ns)
-        self._raise_tier = r.register_script(_RAISE_TIER_LUA)
         self._hgetall_many = r.register_script(_HGETALL_MANY_LUA)
 
     def get_many(self, account: str, symbols: list[str]) -> list[dict[str, Any] | None]:
@@ -431,9 +505,12 @@ class BookStore:
         flats = self._hgetall_many(keys=[self.k.book(account, s) for s in symbols])
         return [self.decode(dict(zip(f[::2], f[1::2], strict=True))) if f else None for f in flats]
 
-    def decode(self, h: dict[str, str]) -> dict[str, Any]:
+    @classmethod
+    def decode(cls, h: dict[str, str]) -> dict[str, Any]:
+        """A book entry from its hash as stored: floats, ``harvested_tier`` int, ``side`` a
+        :class:`Side`, ``entry_state`` a :class:`MarketState` (or None)."""
         d: dict[str, Any] = dict(h)
-        for f in self.FIELDS_FLOAT:
+        for f in cls.FIELDS_FLOAT:
             if f in d:
                 d[f] = float(d[f])
         d["harvested_tier"] = int(d.get("harvested_tier", 0))
@@ -473,11 +550,6 @@ class BookStore:
         for symbol, fields in updates.items():
             p.hset(self.k.book(account, symbol), mapping={k: _enc(v) for k, v in fields.items() if v is not None})
         p.execute()
-
-    def raise_tier(self, account: str, symbol: str, epoch: str, tier: int) -> bool:
-        """Mark tiers ≤ ``tier`` harvested for this epoch (never lowers; no-op on another
-        epoch). Returns whether it changed."""
-        return bool(self._raise_tier(keys=[self.k.book(account, symbol)], args=[epoch, tier]))
 
     def drop(self, account: str, symbol: str) -> None:
         """Remove a ghost entry (the venue has no such position)."""

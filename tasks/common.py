@@ -33,17 +33,24 @@ def plan_ref(payload: Any) -> str | None:
 def load_plan(rt: Runtime, stage: str, payload: Any) -> Plan | None:
     """The plan a stage's ``{"plan_id": …}`` payload names; None when the payload is None (an
     earlier stage stopped the chain), malformed, or names no plan (both recorded)."""
+    return load_plan_and_book(rt, stage, payload, book=False)[0]
+
+
+def load_plan_and_book(rt: Runtime, stage: str, payload: Any,
+                       book: bool = True) -> tuple[Plan | None, dict[str, Any] | None]:
+    """:func:`load_plan` and, with ``book``, the book entry of the plan's position (see
+    :meth:`harvest.store.BookStore.decode`; None when there is none), in one round trip."""
     try:
         pid = plan_ref(payload)
     except MalformedMessage as e:
         record_rejected(rt, stage, payload, e)
-        return None
+        return None, None
     if pid is None:
-        return None
-    plan = rt.plans.get(pid)
+        return None, None
+    plan, entry = rt.plans.get_with_book(pid) if book else (rt.plans.get(pid), None)
     if plan is None:
         record_rejected(rt, stage, payload, "unknown plan_id")
-    return plan
+    return plan, entry
 
 
 def record_rejected(rt: Runtime, stage: str, payload: Any, error: Exception | str) -> None:

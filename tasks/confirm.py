@@ -14,6 +14,7 @@ import time
 
 from harvest.models import Action, Plan
 from harvest.runtime import Runtime, get_runtime
+from harvest.store import FILLED_STATES
 from harvest.venue import VenueError
 from tasks.app import app
 from tasks.common import load_plan
@@ -81,13 +82,14 @@ def resolve_submitted(rt: Runtime, plan: Plan, final: bool) -> str:
         fields["position_qty_after"] = vp.qty if vp is not None else 0.0
     except VenueError:
         pass  # the order's outcome is known; the position size is only informative
-    ok, _ = rt.plans.transition(plan.plan_id, to, reason, data=fields, fields=fields,
-                                account=plan.account, symbol=plan.symbol)
-    if ok and to in ("FILLED", "PARTIALLY_FILLED"):
-        if plan.tier:
-            rt.book.raise_tier(plan.account, plan.symbol, plan.epoch, plan.tier)
+    book, fill = None, None
+    if to in FILLED_STATES:  # the book follows only if the state moves (same script)
+        book = {"tier": plan.tier or None}
         if plan.action is Action.PROFIT_LOCK_SL and o.stop_price is not None:
-            rt.book.update(plan.account, plan.symbol, {"current_stop": o.stop_price})
+            book["set"] = {"current_stop": o.stop_price}
+        fill = (plan.scanned_at if plan.scanned_at is not None else plan.created_at, plan.action.value)
+    rt.plans.transition(plan.plan_id, to, reason, data=fields, fields=fields, account=plan.account,
+                        symbol=plan.symbol, book=book, fill=fill)
     return to
 
 

@@ -6,14 +6,17 @@
 4. the position exists with qty > 0 (else REJECTED ``ghost_position``), on the plan's side
    (else REJECTED ``side_mismatch``: a close must never be sent the wrong way) and is the
    same epoch (else REJECTED ``epoch_changed``);
-5. no other plan in flight on the position (else retried until the TTL: ``position_busy``);
-6. closes: qty = remaining × fraction rounded *down* to stepSize; a remainder that would be
+5. closes: qty = remaining × fraction rounded *down* to stepSize; a remainder that would be
    dust (below minQty, or notional below minNotional) is folded into a full close; a qty below
    minQty after rounding is REJECTED ``below_min_qty``. Stop moves: the stop rounded to
    tickSize toward entry must tighten the stop in force (else REJECTED ``stop_not_tighter``)
    and stay on the loss side of the mark (else REJECTED ``stop_through_mark``);
-7. shadow mode: SHADOWED ``shadow_mode`` (what would have been sent is recorded);
-8. otherwise APPROVED with the exact order quantity / stop price.
+6. shadow mode: SHADOWED ``shadow_mode`` (what would have been sent is recorded);
+7. otherwise APPROVED with the exact order quantity / stop price, taking the position's
+   in-flight lock in the same compare-and-set; while another plan holds it the plan stays
+   PROPOSED and the guard retries (1 s) until the TTL, then EXPIRED ``position_busy``.
+
+The plan and its position's book entry are read in one round trip.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from harvest.models import Action, Plan, Side
 from harvest.runtime import Runtime, get_runtime
 from harvest.venue import VenueError, VenuePosition
 from tasks.app import app
-from tasks.common import load_plan
+from tasks.common import load_plan_and_book
 
 
 def _block(rt: Runtime, plan: Plan, to: str, reason: str, data: dict | None = None) -> None:
@@ -57,7 +60,7 @@ def guard(self, ref: dict | None) -> dict | None:
     """ref: ``{"plan_id": …}``. Returns the ref when APPROVED, else None (blocked, shadowed,
     expired or a repeat). Retries (1 s) while another plan holds the position, up to the TTL."""
     rt = get_runtime()
-    plan = load_plan(rt, "guard", ref)
+    plan, entry = load_plan_and_book(rt, "guard", ref)
     if plan is None:
         return None
     pid = plan.plan_id
@@ -85,16 +88,8 @@ def guard(self, ref: dict | None) -> dict | None:
     if vp.side is not plan.side:
         _block(rt, plan, "REJECTED", "side_mismatch", {"position_side": vp.side.value})
         return None
-    entry = rt.book.get_many(plan.account, [plan.symbol])[0]
     if entry is None or entry["epoch"] != plan.epoch or is_new_epoch(vp, entry):
         _block(rt, plan, "REJECTED", "epoch_changed")
-        return None
-    holder = rt.plans.acquire_inflight(plan.account, plan.symbol, pid, s.plan_ttl_s)
-    if holder is not None:
-        rt.plans.count("guard:position_busy")
-        if time.time() + 1.0 < plan.expires_at:
-            raise self.retry(countdown=1.0)
-        _block(rt, plan, "EXPIRED", "position_busy")
         return None
 
     fields: dict = {}
@@ -126,6 +121,15 @@ def guard(self, ref: dict | None) -> dict | None:
         rt.plans.transition(pid, "SHADOWED", "shadow_mode", data={"guard": "shadow_mode", **data}, fields=fields,
                             account=plan.account, symbol=plan.symbol)
         return None
-    ok, _ = rt.plans.transition(pid, "APPROVED", data.get("note", "guard_passed"), data={"guard": "passed", **data},
-                                fields=fields, account=plan.account, symbol=plan.symbol)
-    return {"plan_id": pid} if ok else None
+    # The in-flight lock is taken by the approval itself (one script: approved ⇔ locked).
+    ok, before = rt.plans.transition(pid, "APPROVED", data.get("note", "guard_passed"),
+                                     data={"guard": "passed", **data}, fields=fields, account=plan.account,
+                                     symbol=plan.symbol, lock_ttl_s=s.plan_ttl_s)
+    if ok:
+        return {"plan_id": pid}
+    if before == "PROPOSED":  # still PROPOSED, not approved: another plan holds the position
+        rt.plans.count("guard:position_busy")
+        if time.time() + 1.0 < plan.expires_at:
+            raise self.retry(countdown=1.0)
+        _block(rt, plan, "EXPIRED", "position_busy")
+    return None

@@ -1,0 +1,85 @@
+"""The approval takes the position's in-flight lock in the same compare-and-set, and the
+fill's effects (tier harvested, scan-to-fill observed, lock released) ride on the terminal
+transition: on a real Redis and the paper engine, stages called in-process."""
+
+from __future__ import annotations
+
+import pytest
+from celery.exceptions import Retry
+
+from harvest.runtime import build_runtime
+from settings import load_settings
+from tasks.confirm import confirm
+from tasks.evaluate import decide, load_positions
+from tasks.execute import execute
+from tasks.guard import guard
+from tasks.propose import propose
+from tests.pipeline_helpers import clean, mark_for_r, open_position
+
+SYM = "BTCUSDT"
+
+
+@pytest.fixture()
+def rt():
+    rt = build_runtime(load_settings())
+    clean(rt)
+    return rt
+
+
+def proposed(rt) -> dict:
+    """The ref of a PROPOSED tier-1 partial of a 1 BTC long at 2.2 R."""
+    e, s = 100_000.0, 99_000.0
+    open_position(rt, SYM, "LONG", 1.0, e, s, mark=mark_for_r(e, s, 1.0, 1.0, 2.2, "LONG"))
+    rows, now = load_positions(rt)
+    [d] = decide(rt, rows, now)
+    return propose(d.model_dump(mode="json"))
+
+
+def lock_key(rt) -> str:
+    return rt.plans.k.inflight(rt.settings.account, SYM)
+
+
+def fills_observed(rt) -> int:
+    return int(rt.r.hget(rt.plans.scan_to_fill.key, "PARTIAL_25|count") or 0)
+
+
+def test_busy_position_keeps_the_plan_proposed_until_the_lock_is_free(rt):
+    ref = proposed(rt)
+    rt.r.set(lock_key(rt), "f" * 16, ex=60)  # another plan is in flight on the position
+    with pytest.raises(Retry):
+        guard(ref)
+    plan = rt.plans.get(ref["plan_id"])
+    assert plan.state == "PROPOSED" and plan.order_qty is None
+    assert rt.plans.counters()["guard:position_busy"] == 1
+    assert rt.r.get(lock_key(rt)) == "f" * 16  # the holder's lock is untouched
+
+    rt.r.delete(lock_key(rt))  # the other plan ended
+    assert guard(ref) == ref
+    assert rt.plans.get(ref["plan_id"]).state == "APPROVED"
+    assert rt.r.get(lock_key(rt)) == ref["plan_id"]
+    assert 0 < rt.r.ttl(lock_key(rt)) <= rt.settings.plan_ttl_s
+
+
+def test_fill_raises_the_tier_observes_latency_and_releases_the_lock_once(rt):
+    ref = proposed(rt)
+    assert guard(ref) == ref and execute(ref) == ref
+    assert confirm(ref) == "FILLED"
+    plan = rt.plans.get(ref["plan_id"])
+    assert rt.book.get_many(rt.settings.account, [SYM])[0]["harvested_tier"] == 1
+    assert fills_observed(rt) == 1
+    assert rt.r.exists(lock_key(rt)) == 0
+    # A repeat of the terminal transition changes nothing: no second observation, no tier.
+    ok, before = rt.plans.transition(plan.plan_id, "FILLED", "order_filled", account=plan.account, symbol=SYM,
+                                     book={"tier": 3}, fill=(plan.created_at, "PARTIAL_25"))
+    assert (ok, before) == (False, "FILLED")
+    assert fills_observed(rt) == 1
+    assert rt.book.get_many(rt.settings.account, [SYM])[0]["harvested_tier"] == 1
+
+
+def test_fill_leaves_a_new_epochs_book_entry_alone(rt):
+    ref = proposed(rt)
+    assert guard(ref) == ref and execute(ref) == ref
+    book_key = rt.book.k.book(rt.settings.account, SYM)
+    rt.r.hset(book_key, "epoch", "another-epoch")  # the position was closed and re-opened meanwhile
+    assert confirm(ref) == "FILLED"
+    assert int(rt.r.hget(book_key, "harvested_tier") or 0) == 0
