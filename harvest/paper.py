@@ -82,7 +82,7 @@ return out
 #: override or nil, clock or nil]``.
 _SNAPSHOT_LUA = """
 return {redis.call('HGETALL', KEYS[1]), redis.call('HVALS', KEYS[2]), redis.call('GET', KEYS[3]),
-        redis.call('GET', KEYS[4])}
+        redis.call('GET', KEYS[4]), redis.call('GET', KEYS[5])}
 """
 
 
@@ -440,15 +440,16 @@ class PaperVenue(Venue):
         Redis call when none is."""
         return self._row(symbol)[1]
 
-    def _row(self, symbol: str) -> tuple[dict[str, str], VenuePosition | None, str | None]:
+    def _row(self, symbol: str) -> tuple[dict[str, str], VenuePosition | None, str | None, bool]:
         """(position row as stored, the position as :meth:`position` reports it, the raw
-        market clock) in one Redis call when nothing is due. When a settlement ran, the row
-        is the one read before it (a compare-and-set against it then fails and reads again)."""
-        flat, stop_vals, override, clock_raw = self._snapshot(
-            keys=[self.k_pos(symbol), self.k_stops(symbol), self.k_mark(symbol), self.clock.key])
+        market clock, whether the account is in hedge mode) in one Redis call when nothing is
+        due. When a settlement ran, the row is the one read before it (a compare-and-set
+        against it then fails and reads again)."""
+        flat, stop_vals, override, clock_raw, dual = self._snapshot(
+            keys=[self.k_pos(symbol), self.k_stops(symbol), self.k_mark(symbol), self.clock.key, self.k_dual])
         probe = _SettleProbe(self.clock.now(clock_raw))
         h = dict(zip(flat[::2], flat[1::2], strict=True))
-        return h, self._report(symbol, h, stop_vals, override, probe), clock_raw
+        return h, self._report(symbol, h, stop_vals, override, probe), clock_raw, dual == "true"
 
     def _position(self, symbol: str) -> VenuePosition | None:
         h = self.r.hgetall(self.k_pos(symbol))
@@ -575,18 +576,21 @@ class PaperVenue(Venue):
     def close_market(self, symbol: str, side: str, qty: str, client_order_id: str) -> OrderResult:
         """Reduce-only MARKET close (one-way) or the closing leg in hedge mode (a SELL closes
         the LONG leg, a BUY the SHORT one)."""
-        dual = self.dual()
+        row = self._row(symbol)  # the position and the position mode, one round trip
+        dual = row[3]
         ps = ("LONG" if side == "SELL" else "SHORT") if dual else "BOTH"
-        return self.submit_market(symbol, side, qty, client_order_id, reduce_only=not dual, position_side=ps, dual=dual)
+        return self.submit_market(symbol, side, qty, client_order_id, reduce_only=not dual, position_side=ps, dual=dual,
+                                  row=row)
 
     def submit_market(self, symbol: str, side: str, qty: str, client_order_id: str, reduce_only: bool,
                       position_side: str | None = None, leverage: float = 10.0,
-                      dual: bool | None = None) -> OrderResult:
+                      dual: bool | None = None, row: tuple | None = None) -> OrderResult:
         """A MARKET order as /fapi/v1/order takes it. It closes when ``reduce_only`` (one-way)
         or when ``position_side`` names the position and ``side`` is its closing side (hedge);
         otherwise it opens or adds (strategy orders; harvest itself only closes). Raises
         VenueError with Binance's codes (-1111, -4003/-4004/-4005, -2022, -4116, -1106, -4061).
-        ``dual``: the position mode when the caller already read it."""
+        ``dual``: the position mode when the caller already read it; ``row``: a
+        :meth:`_row` the caller read just now (the first fill attempt uses it)."""
         f = self.filters(symbol)
         q = self._check_qty(f, qty)
         ps = self._check_position_side(position_side, reduce_only, dual)
@@ -609,8 +613,8 @@ class PaperVenue(Venue):
             self.r.hset(self.k_orders, client_order_id, order.model_dump_json())
             return order
 
-        for _ in range(_FILL_ATTEMPTS):
-            h, now_pos, clock_raw = self._row(symbol)
+        for attempt in range(_FILL_ATTEMPTS):
+            h, now_pos, clock_raw, _ = row if attempt == 0 and row is not None else self._row(symbol)
             pos_q = Decimal(h["qty"]) if h else Decimal(0)
             pos_side = Side(h["side"]) if h else None
             if pos_q <= 0 or pos_side is None or now_pos is None or pos_side.close_order_side != side \
