@@ -119,6 +119,14 @@ def _bare_chains(app, ns: str, rt, n: int, queues: list[str]) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def _set_marks(rt, paper, batch: list[str], r_multiple: float) -> None:
+    """Mark every symbol of ``batch`` at ``r_multiple`` R (0: at entry, nothing to do)."""
+    p = rt.r.pipeline(transaction=False)
+    for s in batch:
+        p.set(paper.k_mark(s), repr(mark_at_r(rt, s, r_multiple)))
+    p.execute()
+
+
 def _workers(env, ns, scan_c=2, orders_c=2):
     ws = [start_worker(env, ns, "scan", scan_c, *NOOP), start_worker(env, ns, "orders", orders_c, *NOOP)]
     for w in ws:
@@ -145,10 +153,7 @@ def bench_scan(url: str, n: int, rounds: int = 3, baseline_chains: int = 1000) -
         wait_for(lambda: _counter(rt, "scan:runs") == 1, 120, 0.005, "the priming scan")
         for k in range(rounds):
             batch = syms[k * actionable:(k + 1) * actionable]
-            p = rt.r.pipeline(transaction=False)
-            for s in batch:
-                p.set(paper.k_mark(s), repr(mark_at_r(rt, s, 2.1)))
-            p.execute()
+            _set_marks(rt, paper, batch, 2.1)
             runs, started = _counter(rt, "scan:runs"), _counter(rt, "scan:chains_started")
             t0 = time.perf_counter()
             app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
@@ -156,6 +161,7 @@ def bench_scan(url: str, n: int, rounds: int = 3, baseline_chains: int = 1000) -
             wall = time.perf_counter() - t0
             chains = _counter(rt, "scan:chains_started") - started
             wait_for(lambda: _all_terminal(rt, (k + 1) * actionable), 300, 0.01, "the round's plans terminal")
+            _set_marks(rt, paper, batch, 0.0)  # back at entry: the next scan has 1 % actionable again
             out["rounds"].append({"scan_wall_s": wall, "chains_published": chains, "tasks_published": 4 * chains,
                                   "until_all_terminal_s": time.perf_counter() - t0})
         rate = _bare_chains(app, ns, rt, baseline_chains, ["scan", "scan", "scan", "orders", "orders"])
@@ -190,20 +196,14 @@ def bench_pipeline(url: str, n: int, rounds: int = 5) -> dict:
         app.send_task("harvest.scan_positions", queue=f"{ns}.scan")  # first sight: the book epochs
         wait_for(lambda: _counter(rt, "scan:runs") == 1, 120, 0.005, "the priming scan")
 
-        def set_marks(batch, r_multiple):
-            p = rt.r.pipeline(transaction=False)
-            for s in batch:
-                p.set(paper.k_mark(s), repr(mark_at_r(rt, s, r_multiple)))
-            p.execute()
-
         def harvest_round(k: int) -> float:
             batch = syms[k * n:(k + 1) * n]
-            set_marks(batch, 2.1)
+            _set_marks(rt, paper, batch, 2.1)
             t0 = time.perf_counter()
             app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
             wait_for(lambda: _all_terminal(rt, (k + 1) * n), 600, 0.02, "the round's plans terminal")
             rate = n / (time.perf_counter() - t0)
-            set_marks(batch, 0.0)
+            _set_marks(rt, paper, batch, 0.0)
             return rate
 
         for k in range(rounds):

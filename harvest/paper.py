@@ -64,14 +64,20 @@ SHIPPED = frozenset(SHIPPED_SYMBOLS)
 TAKER_FEE_RATE = 0.0005
 
 
+#: The position-row fields a report needs, in the order :data:`_READ_POSITIONS_LUA` returns them.
+_ROW_FIELDS = ("side", "qty", "entry_price", "leverage", "opened_at", "settled_at", "funding_paid")
+
 #: Every position row of an account with its working stop prices and mark override, in one
-#: call: KEYS[1] the positions set; ARGV the pos, stops and mark key prefixes. Returns
-#: ``[[symbol, [field, value, …], [stop price, …], override or nil], …]``. (The paper engine
-#: runs on one Redis, not a cluster: the per-symbol keys are derived inside the script.)
+#: call: KEYS[1] the positions set; ARGV the pos, stops and mark key prefixes, then the row
+#: fields to read (:data:`_ROW_FIELDS`). Returns ``[[symbol, [value or nil, …], [stop price,
+#: …], override or nil], …]``. (The paper engine runs on one Redis, not a cluster: the
+#: per-symbol keys are derived inside the script.)
 _READ_POSITIONS_LUA = """
 local out = {}
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 for _, s in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  out[#out + 1] = {s, redis.call('HGETALL', ARGV[1] .. s), redis.call('HVALS', ARGV[2] .. s),
+  out[#out + 1] = {s, redis.call('HMGET', ARGV[1] .. s, unpack(fields)), redis.call('HVALS', ARGV[2] .. s),
                    redis.call('GET', ARGV[3] .. s)}
 end
 return out
@@ -404,13 +410,15 @@ class PaperVenue(Venue):
         from before it existed)."""
         now = self.clock.now()
         rows = self._read_positions(keys=[self.k_positions],
-                                    args=[f"{self._base}:pos:", f"{self._base}:stops:", f"{self.ns}:paper:mark:"])
+                                    args=[f"{self._base}:pos:", f"{self._base}:stops:", f"{self.ns}:paper:mark:",
+                                          *_ROW_FIELDS])
         if any(r[0] not in SHIPPED and r[0] not in self._sources for r in rows):
             self._sources.update(self.listings())  # one read for every listing not yet cached
         probe = _SettleProbe(now)
         out = []
-        for sym, flat, stop_vals, override in sorted(rows, key=lambda r: r[0]):
-            pos = self._report(sym, dict(zip(flat[::2], flat[1::2], strict=True)), stop_vals, override, probe)
+        for sym, vals, stop_vals, override in sorted(rows, key=lambda r: r[0]):
+            h = {f: v for f, v in zip(_ROW_FIELDS, vals) if v is not None}
+            pos = self._report(sym, h, stop_vals, override, probe)
             if pos is not None:
                 out.append(pos)
         return out

@@ -158,6 +158,14 @@ return out
 """
 
 
+#: HMGET of the fields in ARGV from every key in KEYS, in one call: ``[[value or nil, …], …]``.
+_HMGET_MANY_LUA = """
+local out = {}
+for i, k in ipairs(KEYS) do out[i] = redis.call('HMGET', k, unpack(ARGV)) end
+return out
+"""
+
+
 @lru_cache(maxsize=65_536)
 def market_state_from_json(raw: str) -> MarketState:
     """A stored :class:`MarketState` (frozen, so shared) from its JSON, parsed once per process
@@ -492,18 +500,31 @@ class BookStore:
 
     FIELDS_FLOAT = ("opened_at", "entry_price", "qty_at_open", "initial_stop", "current_stop",
                     "peak_price", "trough_price", "leverage")
+    #: The fields the scan reads (:func:`tasks.evaluate.load_positions`): what the kernel, the
+    #: epoch check and the peak/trough update use. ``side`` first: a missing entry has none.
+    SCAN_FIELDS = ("side", "epoch", "opened_at", "qty_at_open", "initial_stop", "harvested_tier",
+                   "peak_price", "trough_price", "entry_state")
 
     def __init__(self, r: redis.Redis, ns: str):
         self.r = r
         self.k = Keys(ns)
         self._hgetall_many = r.register_script(_HGETALL_MANY_LUA)
+        self._hmget_many = r.register_script(_HMGET_MANY_LUA)
 
-    def get_many(self, account: str, symbols: list[str]) -> list[dict[str, Any] | None]:
-        """Book entries (decoded) for the symbols, None where there is none (one Redis call)."""
+    def get_many(self, account: str, symbols: list[str],
+                 fields: tuple[str, ...] | None = None) -> list[dict[str, Any] | None]:
+        """Book entries (decoded) for the symbols, None where there is none (one Redis call).
+        ``fields``: read only these (must include ``side``; e.g. :data:`SCAN_FIELDS`), which
+        keeps a 10 000-position reply small."""
         if not symbols:
             return []
-        flats = self._hgetall_many(keys=[self.k.book(account, s) for s in symbols])
-        return [self.decode(dict(zip(f[::2], f[1::2], strict=True))) if f else None for f in flats]
+        keys = [self.k.book(account, s) for s in symbols]
+        if fields is None:
+            flats = self._hgetall_many(keys=keys)
+            return [self.decode(dict(zip(f[::2], f[1::2], strict=True))) if f else None for f in flats]
+        rows = self._hmget_many(keys=keys, args=list(fields))
+        return [self.decode({k: v for k, v in zip(fields, row) if v is not None}) if row[0] is not None else None
+                for row in rows]
 
     @classmethod
     def decode(cls, h: dict[str, str]) -> dict[str, Any]:

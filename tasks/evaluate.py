@@ -37,7 +37,7 @@ def load_positions(rt: Runtime, symbols: set[str] | None = None) -> tuple[list[R
     if symbols is not None:
         vps = [v for v in vps if v.symbol in symbols]
     syms = [v.symbol for v in vps]
-    entries = rt.book.get_many(acct, syms)
+    entries = rt.book.get_many(acct, syms, rt.book.SCAN_FIELDS)
     markets = rt.market.get_many(syms)
     rows: list[Row] = []
     epochs: dict[str, dict[str, Any]] = {}  # new book entries, written in one transaction
