@@ -6,6 +6,8 @@ the single-position ``harvest.evaluate`` task that heads the five-stage chain on
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -25,20 +27,50 @@ from tasks.common import record_rejected
 Row = tuple[VenuePosition, dict[str, Any], MarketState]
 
 
+_READER: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _reader() -> ThreadPoolExecutor:
+    """The scan's second reader: one thread per process (a pool process runs one scan at a
+    time), made in the process that uses it — never inherited across a fork."""
+    global _READER
+    if _READER is None or _READER[0] != os.getpid():
+        _READER = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="harvest-scan-read"))
+    return _READER[1]
+
+
+def _booked(rt: Runtime, acct: str) -> tuple[dict[str, dict[str, Any] | None], dict[str, MarketState | None]]:
+    """Book entries (the scan's fields) and cached market states of every symbol in the
+    account's book: ``({symbol: entry or None}, {symbol: state or None})``."""
+    syms = sorted(rt.book.symbols(acct))
+    return (dict(zip(syms, rt.book.get_many(acct, syms, rt.book.SCAN_FIELDS))),
+            dict(zip(syms, rt.market.get_many(syms))))
+
+
 def load_positions(rt: Runtime, symbols: set[str] | None = None) -> tuple[list[Row], float]:
     """Open positions with their book entry and the market state of their symbol, and the
     market time. Starts a new book epoch where the venue shows a new opening; drops ghost book
     entries (only on a full scan, ``symbols`` None). Positions without a cached market state
-    are skipped and counted. Reads are batched: one venue call, one book read, one market
-    read, one write of moved peaks/troughs."""
+    are skipped and counted. Reads are batched: one venue call and, beside it on another
+    connection, one book read and one market read; one write of moved peaks/troughs."""
     acct = rt.settings.account
     now = rt.market_now()
-    vps = rt.venue.positions()
-    if symbols is not None:
-        vps = [v for v in vps if v.symbol in symbols]
+    if symbols is None:
+        # Harvest's own reads (book entries and market states of every booked position) run
+        # on a second connection while the venue's positions are read and parsed here.
+        ahead = _reader().submit(_booked, rt, acct)
+        vps = rt.venue.positions()
+        booked, booked_markets = ahead.result()
+    else:
+        vps = [v for v in rt.venue.positions() if v.symbol in symbols]
+        booked, booked_markets = {}, {}
     syms = [v.symbol for v in vps]
-    entries = rt.book.get_many(acct, syms, rt.book.SCAN_FIELDS)
-    markets = rt.market.get_many(syms)
+    ghosts = set(booked) - set(syms)  # in the book, not on the venue (full scans only)
+    new = [s for s in syms if s not in booked]  # first sight (or a partial scan): read them now
+    booked.update(zip(new, rt.book.get_many(acct, new, rt.book.SCAN_FIELDS)))
+    booked_markets.update(zip(new, rt.market.get_many(new)))
+    entries = [booked[s] for s in syms]
+    markets = [booked_markets[s] for s in syms]
     rows: list[Row] = []
     epochs: dict[str, dict[str, Any]] = {}  # new book entries, written in one transaction
     extremes: dict[str, dict[str, float]] = {}  # peak/trough moves, written in one pipeline
@@ -56,7 +88,7 @@ def load_positions(rt: Runtime, symbols: set[str] | None = None) -> tuple[list[R
     rt.book.put_many(acct, epochs)
     rt.book.update_many(acct, extremes)
     if symbols is None:
-        for ghost in rt.book.symbols(acct) - set(syms):
+        for ghost in ghosts:
             rt.book.drop(acct, ghost)
             rt.plans.count("reconcile:ghost_dropped")
     return rows, now
