@@ -210,6 +210,7 @@ class PaperVenue(Venue):
         self._snapshot = r.register_script(_SNAPSHOT_LUA)
         self._fill = r.register_script(_FILL_LUA)
         self._sources: dict[str, str] = {}  # synthetic listing → shipped symbol
+        self._all_listings_read = False
         base = f"{ns}:paper:{account}"
         self.k_positions = f"{base}:positions"
         self.k_orders = f"{base}:orders"
@@ -271,17 +272,21 @@ class PaperVenue(Venue):
 
     def source(self, symbol: str) -> str:
         """The shipped symbol whose data prices ``symbol`` (itself, or its listing's). A
-        listing never changes, so listings are cached per process: a symbol not yet cached
-        reads every listing in one round trip (a worker that meets one synthetic symbol
-        meets many)."""
+        listing never changes, so listings are cached per process: the first symbol not yet
+        cached reads every listing in one round trip (a worker that meets one synthetic symbol
+        meets many), a later one only its own."""
         if symbol in SHIPPED:
             return symbol
         like = self._sources.get(symbol)
-        if like is None:
+        if like is None and not self._all_listings_read:
             self._sources.update(self.listings())
+            self._all_listings_read = True
             like = self._sources.get(symbol)
+        if like is None:
+            like = self.r.hget(self.k_listings, symbol)
             if like is None:
                 return symbol  # not listed (yet): not cached
+            self._sources[symbol] = like
         return like
 
     def filters(self, symbol: str) -> SymbolFilters:

@@ -84,7 +84,7 @@ if ARGV[6] == '1' then
   if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
 end
 local b = o['book']
-if b and redis.call('HGET', KEYS[7], 'epoch') == h[4] then
+if b and h[4] and redis.call('HGET', KEYS[7], 'epoch') == h[4] then
   if b['tier'] and b['tier'] > tonumber(redis.call('HGET', KEYS[7], 'harvested_tier') or '0') then
     redis.call('HSET', KEYS[7], 'harvested_tier', b['tier'])
   end
@@ -139,6 +139,7 @@ _PLAN_AND_BOOK_LUA = """
 local p = redis.call('HGETALL', KEYS[1])
 if #p == 0 then return {p, {}} end
 local pos = redis.call('HMGET', KEYS[1], 'account', 'symbol')
+if not (pos[1] and pos[2]) then return {p, {}} end
 return {p, redis.call('HGETALL', ARGV[1] .. pos[1] .. ':' .. pos[2])}
 """
 
