@@ -33,6 +33,7 @@ import dataclasses
 import json
 import time
 from decimal import Decimal
+from operator import itemgetter
 
 import numpy as np
 import redis
@@ -66,6 +67,7 @@ TAKER_FEE_RATE = 0.0005
 
 #: The position-row fields a report needs, in the order :data:`_READ_POSITIONS_LUA` returns them.
 _ROW_FIELDS = ("side", "qty", "entry_price", "leverage", "opened_at", "settled_at", "funding_paid")
+_SIDES = {s.value: s for s in Side}
 
 #: Every position row of an account with its working stop prices and mark override, in one
 #: call: KEYS[1] the positions set; ARGV the pos, stops and mark key prefixes, then the row
@@ -421,31 +423,32 @@ class PaperVenue(Venue):
             self._sources.update(self.listings())  # one read for every listing not yet cached
         probe = _SettleProbe(now)
         out = []
-        for sym, vals, stop_vals, override in sorted(rows, key=lambda r: r[0]):
-            h = {f: v for f, v in zip(_ROW_FIELDS, vals) if v is not None}
-            pos = self._report(sym, h, stop_vals, override, probe)
+        for sym, vals, stop_vals, override in sorted(rows, key=itemgetter(0)):
+            pos = self._report(sym, vals, stop_vals, override, probe)
             if pos is not None:
                 out.append(pos)
         return out
 
-    def _report(self, sym: str, h: dict[str, str], stop_vals: list[str], override: str | None,
+    def _report(self, sym: str, vals: list[str | None], stop_vals: list[str], override: str | None,
                 probe: "_SettleProbe") -> VenuePosition | None:
-        """A position as read (row ``h``, working stop prices, mark override), or — when a
-        funding event or a stop hit is due since its last settlement — as settled."""
-        if not h or float(h["qty"]) <= 0:
+        """A position as read (``vals``: the row's :data:`_ROW_FIELDS` values, None where
+        absent; working stop prices; mark override), or — when a funding event or a stop hit
+        is due since its last settlement — as settled. None for no row or qty ≤ 0."""
+        side_s, qty_s, entry_s, leverage_s, opened_s, settled_s, funding_s = vals
+        if qty_s is None or (qty := float(qty_s)) <= 0:
             return None
-        side = Side(h["side"])
+        side = _SIDES.get(side_s) or Side(side_s)  # Side() raises for anything else
         src = self.source(sym)
-        stop = _tightest([float(v) for v in stop_vals], side)
-        last = min(float(h.get("settled_at", probe.now)), probe.now)
+        stop = _tightest([float(v) for v in stop_vals], side) if stop_vals else None
+        last = min(float(settled_s), probe.now) if settled_s is not None else probe.now
         if probe.funding_due(src, last) or (stop is not None and probe.stop_hit(src, last, side, stop, override)):
             self._settle(sym)  # an event to settle: the transactional path
             return self._position(sym)
         return VenuePosition(
-            symbol=sym, side=side, qty=float(h["qty"]), entry_price=float(h["entry_price"]),
+            symbol=sym, side=side, qty=qty, entry_price=float(entry_s),
             mark_price=float(override) if override is not None else probe.mark(src),
-            leverage=float(h["leverage"]), opened_at=float(h["opened_at"]), stop_price=stop,
-            funding_paid=float(h.get("funding_paid", 0.0)),
+            leverage=float(leverage_s), opened_at=float(opened_s), stop_price=stop,
+            funding_paid=float(funding_s) if funding_s is not None else 0.0,
         )
 
     def position(self, symbol: str) -> VenuePosition | None:
@@ -462,7 +465,8 @@ class PaperVenue(Venue):
             keys=[self.k_pos(symbol), self.k_stops(symbol), self.k_mark(symbol), self.clock.key, self.k_dual])
         probe = _SettleProbe(self.clock.now(clock_raw))
         h = dict(zip(flat[::2], flat[1::2], strict=True))
-        return h, self._report(symbol, h, stop_vals, override, probe), clock_raw, dual == "true"
+        pos = self._report(symbol, [h.get(f) for f in _ROW_FIELDS], stop_vals, override, probe)
+        return h, pos, clock_raw, dual == "true"
 
     def _position(self, symbol: str) -> VenuePosition | None:
         h = self.r.hgetall(self.k_pos(symbol))
