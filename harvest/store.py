@@ -241,8 +241,13 @@ class Keys:
     def inflight(self, account: str, symbol: str) -> str:
         return f"{self.ns}:inflight:{account}:{symbol}"
 
+    @property
+    def book_prefix(self) -> str:
+        """``<ns>:book:`` — a book key is this + ``<account>:<symbol>``."""
+        return f"{self.ns}:book:"
+
     def book(self, account: str, symbol: str) -> str:
-        return f"{self.ns}:book:{account}:{symbol}"
+        return f"{self.book_prefix}{account}:{symbol}"
 
     def books(self, account: str) -> str:
         return f"{self.ns}:books:{account}"
@@ -413,7 +418,7 @@ class PlanStore:
         :meth:`BookStore.decode`; None when there is none) in one round trip, which also
         carries the queued metric observations. ``(None, None)`` when no such plan_id exists."""
         flat_plan, flat_book = run_script(self.r, self._plan_and_book, keys=[self.k.plan(plan_id)],
-                                          args=[f"{self.k.ns}:book:"])
+                                          args=[self.k.book_prefix])
         if not flat_plan:
             return None, None
         plan = self.parse(dict(zip(flat_plan[::2], flat_plan[1::2], strict=True)))

@@ -80,7 +80,7 @@ def reconcile_once(rt: Runtime) -> dict:
     # including any skipped for want of a market state (their plans are not "closed outside").
     acct = rt.settings.account
     open_syms = sorted(rt.book.symbols(acct))
-    epochs = {s: (e or {}).get("epoch") for s, e in zip(open_syms, rt.book.get_many(acct, open_syms))}
+    epochs = {s: (e or {}).get("epoch") for s, e in zip(open_syms, rt.book.get_many(acct, open_syms, ("side", "epoch")))}
     open_orders = rt.venue.open_orders()  # type: ignore[attr-defined]
     closed = adopted = unknown = 0
     plans = {p.plan_id: p for p in rt.plans.open_plans()}

@@ -6,7 +6,8 @@ from contextlib import contextmanager
 
 from harvest.models import MarketState, Regime
 from harvest.plans import TERMINAL
-from harvest.runtime import Runtime
+from harvest.runtime import Runtime, build_runtime
+from settings import load_settings
 from tests.harness import wait_for
 
 T0 = 1750464000.0  # 2025-06-21 00:00 UTC, inside the shipped data
@@ -72,3 +73,12 @@ def emulator(key: str, secret: str):
         yield e
     finally:
         e.stop()
+
+
+def clean_paper_venue(namespace: str):
+    """Generator for a fixture: the paper venue of a clean ``namespace`` (cleaned again
+    after the test)."""
+    rt = build_runtime(load_settings(namespace=namespace))
+    clean(rt)
+    yield rt.venue
+    clean(rt)

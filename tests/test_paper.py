@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from harvest.runtime import build_runtime
 from harvest.venue import VenueError
-from settings import load_settings
-from tests.pipeline_helpers import T0, clean
+from tests.pipeline_helpers import T0, clean_paper_venue
 
 
 @pytest.fixture()
 def venue():
-    rt = build_runtime(load_settings(namespace="paper-test"))
-    clean(rt)
-    yield rt.venue
-    clean(rt)
+    yield from clean_paper_venue("paper-test")
 
 
 def code(excinfo) -> int:

@@ -17,10 +17,8 @@ from harvest.book import position_row, to_position, valid_rows
 from harvest.data import load_klines
 from harvest.kernel import PositionBatch
 from harvest.models import MarketState, Regime, Side
-from harvest.runtime import build_runtime
 from harvest.venue import VenuePosition
-from settings import load_settings
-from tests.pipeline_helpers import T0, clean
+from tests.pipeline_helpers import T0, clean_paper_venue
 
 ODD = st.sampled_from([0.0, -1.0, 1e-300, 1e308, math.inf, -math.inf, math.nan])
 NUM = st.one_of(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), ODD)
@@ -50,10 +48,7 @@ def test_valid_rows_is_the_position_model(side, qty, qty_open, entry, mark, lev,
 
 @pytest.fixture()
 def venue():
-    rt = build_runtime(load_settings(namespace="scan-batch-test"))
-    clean(rt)
-    yield rt.venue
-    clean(rt)
+    yield from clean_paper_venue("scan-batch-test")
 
 
 def test_bulk_read_matches_single_reads_and_settles_only_when_due(venue):
