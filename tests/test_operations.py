@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harvest.binance_venue import WeightBudget
 from harvest.models import Action
 from harvest.plans import make_plan_id
 from harvest.procs import ROOT
@@ -149,12 +150,23 @@ def test_metrics_exporter_serves_the_pipeline(rt):
     run_partial(rt)
     algo = make_plan_id(rt.settings.account, "ALGOUSDT", epoch(rt, "ALGOUSDT"), Action.PARTIAL_25, "tier=1")
     assert wait_terminal(rt, algo).reason == "symbol_not_allowed"
+    # The worker spent request weight on the fleet's per-minute counters (they live 120 s).
+    budget = WeightBudget(rt.r, NS, rt.settings.venue_weight_limit_1m)
+    assert sum(int(rt.r.get(k) or 0) for k in rt.r.scan_iter(f"{NS}:venue:weight:*")) > 0
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "harvest.cli", "metrics", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: _get(f"http://127.0.0.1:{port}/metrics", auth=False)[0] == 200, 30, 0.1, "the exporter")
-        m = scrape(port)
+        # The gauge is the current minute's counter, which may have rolled over since the
+        # worker's sends: spend weight in this minute and scrape within it (a second try if
+        # the minute turned in between).
+        for _ in range(2):
+            minute = budget.key()
+            budget.reserve(1, "read")
+            m = scrape(port)
+            if budget.key() == minute:
+                break
     finally:
         proc.terminate()
         proc.wait(10)
@@ -172,9 +184,9 @@ def test_metrics_exporter_serves_the_pipeline(rt):
     for kind in ("scan", "orders", "housekeeping"):
         assert m[("harvest_queue_depth", (("queue", f"{NS}.{kind}"),))] == 0
     assert ("harvest_heartbeat_age_seconds", (("component", "scan"),)) in m
-    # the worker process spends weight; the exporter reads the fleet-wide counter
+    # the exporter reads the fleet-wide counter of the minute it was scraped in
     assert m[("harvest_exchange_weight_limit", ())] == load_settings().venue_weight_limit_1m
-    assert m[("harvest_exchange_weight_used", ())] > 0
+    assert 1 <= m[("harvest_exchange_weight_used", ())] <= int(rt.r.get(minute) or 0)
 
 
 def test_json_logs_one_line_per_plan_transition_with_task_id(rt, ops_worker):
