@@ -113,9 +113,9 @@ def market_refresh_ms(url: str) -> dict:
     from settings import get_settings
 
     get_settings.cache_clear()
-    from harvest.runtime import get_runtime
+    from harvest.runtime import reset_runtime
 
-    get_runtime.cache_clear()
+    reset_runtime()
     from tasks.housekeeping import refresh_market
 
     refresh_market()  # warm: loads the shipped klines

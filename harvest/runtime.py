@@ -6,9 +6,9 @@ Workers, beat and the CLI get everything through :func:`get_runtime`; tests buil
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -65,9 +65,16 @@ REDIS_RETRY_ON = [redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingEr
 
 def build_runtime(s: HarvestSettings) -> Runtime:
     """Connect to Redis (retrying across a dropped connection, :data:`REDIS_RETRY`) and build
-    the stores and the venue named by the settings."""
+    the stores and the venue named by the settings.
+
+    The client keeps one connection for its commands (``single_connection_client``): a pool
+    process runs one task at a time, and taking a connection from a pool and giving it back
+    for every command (a lock, a readiness poll of the socket, pool bookkeeping) cost about
+    a fifth of the stages' client CPU. Threads of one process share it under the client's
+    lock; pipelines and transactions still take their own connection from the pool. The
+    connection must not cross a fork: :func:`get_runtime` builds a new runtime in a child."""
     r = redis.Redis.from_url(s.redis_url, decode_responses=True, health_check_interval=30, retry=REDIS_RETRY,
-                             retry_on_error=REDIS_RETRY_ON)
+                             retry_on_error=REDIS_RETRY_ON, single_connection_client=True)
     clock = MarketClock(r, s.namespace, s.paper_replay_start, s.paper_replay_speed)
     venue = build_venue(s, r, clock)
     return Runtime(
@@ -81,7 +88,20 @@ def build_runtime(s: HarvestSettings) -> Runtime:
     )
 
 
-@lru_cache(maxsize=1)
+_RUNTIME: tuple[int, Runtime] | None = None
+
+
 def get_runtime() -> Runtime:
-    """The process's runtime, built once from :func:`settings.get_settings`."""
-    return build_runtime(get_settings())
+    """The process's runtime, built once per process from :func:`settings.get_settings` (a
+    forked child builds its own: its Redis connection is never the parent's)."""
+    global _RUNTIME
+    if _RUNTIME is None or _RUNTIME[0] != os.getpid():
+        _RUNTIME = (os.getpid(), build_runtime(get_settings()))
+    return _RUNTIME[1]
+
+
+def reset_runtime() -> None:
+    """Forget the process's runtime: the next :func:`get_runtime` builds a new one (after
+    the settings changed)."""
+    global _RUNTIME
+    _RUNTIME = None
