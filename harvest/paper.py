@@ -85,12 +85,15 @@ end
 return out
 """
 
-#: One position's row, working stop prices, mark override and the market clock, in one call:
-#: KEYS = pos, stops, mark, clock keys. Returns ``[[field, value, …], [stop price, …],
-#: override or nil, clock or nil]``.
+#: One position's row, working stop prices, mark override, the market clock and the position
+#: mode, in one call: KEYS = pos, stops, mark, clock, dual keys and, optionally, the orders
+#: hash (ARGV[1]: the clientOrderId to read from it). Returns ``[[field, value, …], [stop
+#: price, …], override or nil, clock or nil, dual or nil, order JSON or nil]``.
 _SNAPSHOT_LUA = """
+local order = false
+if KEYS[6] then order = redis.call('HGET', KEYS[6], ARGV[1]) end
 return {redis.call('HGETALL', KEYS[1]), redis.call('HVALS', KEYS[2]), redis.call('GET', KEYS[3]),
-        redis.call('GET', KEYS[4]), redis.call('GET', KEYS[5])}
+        redis.call('GET', KEYS[4]), redis.call('GET', KEYS[5]), order}
 """
 
 
@@ -461,12 +464,20 @@ class PaperVenue(Venue):
         market clock, whether the account is in hedge mode) in one Redis call when nothing is
         due. When a settlement ran, the row is the one read before it (a compare-and-set
         against it then fails and reads again)."""
-        flat, stop_vals, override, clock_raw, dual = self._snapshot(
-            keys=[self.k_pos(symbol), self.k_stops(symbol), self.k_mark(symbol), self.clock.key, self.k_dual])
+        return self._read_row(symbol)[:4]
+
+    def _read_row(self, symbol: str, order_cid: str | None = None) -> tuple[
+            dict[str, str], VenuePosition | None, str | None, bool, str | None]:
+        """:meth:`_row` and, with ``order_cid``, that order's stored JSON (None when there
+        is none) read in the same call."""
+        keys = [self.k_pos(symbol), self.k_stops(symbol), self.k_mark(symbol), self.clock.key, self.k_dual]
+        flat, stop_vals, override, clock_raw, dual, order = self._snapshot(
+            keys=keys + ([self.k_orders] if order_cid is not None else []),
+            args=[order_cid] if order_cid is not None else [])
         probe = _SettleProbe(self.clock.now(clock_raw))
         h = dict(zip(flat[::2], flat[1::2], strict=True))
         pos = self._report(symbol, [h.get(f) for f in _ROW_FIELDS], stop_vals, override, probe)
-        return h, pos, clock_raw, dual == "true"
+        return h, pos, clock_raw, dual == "true", order
 
     def _position(self, symbol: str) -> VenuePosition | None:
         h = self.r.hgetall(self.k_pos(symbol))
@@ -765,7 +776,19 @@ class PaperVenue(Venue):
         return order
 
     def get_order(self, symbol: str, client_order_id: str, conditional: bool = False) -> OrderResult:
-        raw = self.r.hget(self.k_orders, client_order_id)
+        return self._order(self.r.hget(self.k_orders, client_order_id), symbol, conditional)
+
+    def order_and_position(self, symbol: str, client_order_id: str,
+                           conditional: bool = False) -> tuple[OrderResult, VenuePosition | None, bool]:
+        """The order and the position after it, read together in one Redis call (see
+        :meth:`harvest.venue.Venue.order_and_position`)."""
+        _, pos, _, _, raw = self._read_row(symbol, client_order_id)
+        return self._order(raw, symbol, conditional), pos, True
+
+    @staticmethod
+    def _order(raw: str | None, symbol: str, conditional: bool) -> OrderResult:
+        """An order from its stored JSON; VenueError -2013 when there is none for that
+        symbol and kind."""
         if raw is None:
             raise VenueError(*ORDER_NOT_FOUND)
         o = OrderResult.model_validate_json(raw)

@@ -139,3 +139,16 @@ class Venue(ABC):
     def get_order(self, symbol: str, client_order_id: str, conditional: bool = False) -> OrderResult:
         """Look an order up by clientOrderId (``conditional``: a stop, by clientAlgoId).
         Raises VenueError -2013 when it does not exist."""
+
+    def order_and_position(self, symbol: str, client_order_id: str,
+                           conditional: bool = False) -> tuple[OrderResult, VenuePosition | None, bool]:
+        """:meth:`get_order` and then the position of the same symbol, as confirm reads them
+        after an order: ``(order, position or None when flat, whether the position was
+        read)``. The order look-up raises as :meth:`get_order` does; a failed position read
+        only leaves the position unread (it is informative). A venue that can read both in
+        one request overrides this."""
+        order = self.get_order(symbol, client_order_id, conditional)
+        try:
+            return order, self.position(symbol), True
+        except VenueError:
+            return order, None, False

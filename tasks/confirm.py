@@ -29,7 +29,8 @@ def resolve_submitted(rt: Runtime, plan: Plan, final: bool) -> str:
     re-sent; a look-up that still fails one more TTL later ends EXPIRED ``lookup_failed``.
     Returns the state written, or ``"pending"``."""
     try:
-        o = rt.venue.get_order(plan.symbol, plan.client_order_id, conditional=plan.action is Action.PROFIT_LOCK_SL)
+        o, vp, position_read = rt.venue.order_and_position(plan.symbol, plan.client_order_id,
+                                                           conditional=plan.action is Action.PROFIT_LOCK_SL)
     except VenueError as e:
         if e.code != -2013:
             # The look-up itself failed: try again — but not forever. A TTL past the plan's
@@ -38,8 +39,7 @@ def resolve_submitted(rt: Runtime, plan: Plan, final: bool) -> str:
             if final and time.time() >= plan.expires_at + rt.settings.plan_ttl_s:
                 rt.plans.transition(plan.plan_id, "EXPIRED", "lookup_failed",
                                     data={"code": e.code, "message": e.message, "client_order_id": plan.client_order_id},
-                                    fields={"error_code": e.code, "error_message": e.message[:500]},
-                                    account=plan.account, symbol=plan.symbol)
+                                    fields={"error_code": e.code, "error_message": e.message[:500]})
                 return "EXPIRED"
             return PENDING
         if plan.send in ("unknown", "not_executed"):
@@ -50,12 +50,10 @@ def resolve_submitted(rt: Runtime, plan: Plan, final: bool) -> str:
                 resend_chain(plan.plan_id, nxt, plan.symbol, plan.action.value).apply_async()
                 return "resent"
             rt.plans.transition(plan.plan_id, "FAILED", "not_placed", data={"code": e.code, "step": plan.step},
-                                fields={"error_code": e.code, "error_message": e.message},
-                                account=plan.account, symbol=plan.symbol)
+                                fields={"error_code": e.code, "error_message": e.message})
             return "FAILED"
         if final:
-            rt.plans.transition(plan.plan_id, "EXPIRED", "order_not_found_at_ttl", data={"code": e.code},
-                                account=plan.account, symbol=plan.symbol)
+            rt.plans.transition(plan.plan_id, "EXPIRED", "order_not_found_at_ttl", data={"code": e.code})
             return "EXPIRED"
         return PENDING
     if plan.action is Action.PROFIT_LOCK_SL:
@@ -77,19 +75,15 @@ def resolve_submitted(rt: Runtime, plan: Plan, final: bool) -> str:
         to, reason = "CANCELED", f"order_{o.status.lower()}"
     fields: dict = {"executed_qty": o.executed_qty, "avg_price": o.avg_price, "order_status": o.status,
                     "realized_pnl": o.realized_pnl - o.commission, "commission": o.commission}
-    try:
-        vp = rt.venue.position(plan.symbol)
+    if position_read:  # the order's outcome is known; the position size is only informative
         fields["position_qty_after"] = vp.qty if vp is not None else 0.0
-    except VenueError:
-        pass  # the order's outcome is known; the position size is only informative
     book, fill = None, None
     if to in FILLED_STATES:  # the book follows only if the state moves (same script)
         book = {"tier": plan.tier or None}
         if plan.action is Action.PROFIT_LOCK_SL and o.stop_price is not None:
             book["set"] = {"current_stop": o.stop_price}
         fill = (plan.scanned_at if plan.scanned_at is not None else plan.created_at, plan.action.value)
-    rt.plans.transition(plan.plan_id, to, reason, data=fields, fields=fields, account=plan.account,
-                        symbol=plan.symbol, book=book, fill=fill)
+    rt.plans.transition(plan.plan_id, to, reason, data=fields, fields=fields, book=book, fill=fill)
     return to
 
 

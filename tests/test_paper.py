@@ -49,6 +49,37 @@ def test_filters_and_reduce_only_codes(venue):
     assert code(e) == -2013
 
 
+def test_order_and_position_read_together(venue):
+    """Confirm's read: the order and the position after it in one call; the order's -2013
+    as get_order raises it; a venue without its own version reads the two one after the
+    other and leaves an unreadable position unread."""
+    venue.set_position("BTCUSDT", "LONG", 0.010, 100_000.0, 10.0, opened_at=T0)
+    venue.set_mark("BTCUSDT", 101_000.0)
+    venue.close_market("BTCUSDT", "SELL", "0.004", "hv-part")
+    o, vp, read = venue.order_and_position("BTCUSDT", "hv-part")
+    assert (o.status, o.executed_qty, read) == ("FILLED", pytest.approx(0.004), True)
+    assert vp.qty == pytest.approx(0.006) and vp.mark_price == pytest.approx(101_000.0)
+    for sym, cid, conditional in (("BTCUSDT", "nope", False), ("ETHUSDT", "hv-part", False),
+                                  ("BTCUSDT", "hv-part", True)):
+        with pytest.raises(VenueError) as e:
+            venue.order_and_position(sym, cid, conditional)
+        assert code(e) == -2013
+    venue.close_market("BTCUSDT", "SELL", "0.006", "hv-rest")
+    assert venue.order_and_position("BTCUSDT", "hv-rest")[1:] == (None, True)  # flat after the close
+
+    from harvest.venue import Venue
+
+    class PositionDown(type(venue)):  # the base class's version, with a failing position read
+        order_and_position = Venue.order_and_position
+
+        def position(self, symbol):
+            raise VenueError(-1001, "Internal error", 503, retryable=True)
+
+    slow = PositionDown(venue.r, venue.ns, venue.account, venue.clock)
+    o, vp, read = slow.order_and_position("BTCUSDT", "hv-part")
+    assert (o.client_order_id, vp, read) == ("hv-part", None, False)
+
+
 def test_below_min_qty_rejected_with_binance_code(venue):
     venue.set_position("SOLUSDT", "SHORT", 10.0, 150.0, 5.0, opened_at=T0)
     venue.set_mark("SOLUSDT", 140.0)
