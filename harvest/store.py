@@ -54,50 +54,57 @@ redis.call('HINCRBY', KEYS[5], ARGV[6] .. '|PROPOSED', 1)
 return false
 """
 
-# KEYS: 1 plan, 2 open plans, 3 results stream, 4 in-flight lock, 5 plans-by-state gauge,
-# 6 orders-by-result counter, 7 the position's book entry, 8 scan-to-fill histogram.
+# KEYS: 1 plan, 2 open plans, 3 results stream, 4 plans-by-state gauge, 5 orders-by-result
+# counter, 6 scan-to-fill histogram. The position's keys (in-flight lock, book entry) are made
+# from the plan's own account and symbol: ARGV[9] and ARGV[10] are their prefixes.
 # ARGV: 1 plan_id, 2 to, 3 now, 4 reason, 5 stream maxlen, 6 terminal ('1'/'0'), 7 data
-# (JSON, for the stream), 8 options (JSON, see PlanStore.transition), 9… field/value pairs.
+# (JSON, for the stream), 8 options (JSON, see PlanStore.transition), 9 in-flight prefix,
+# 10 book prefix, 11… field/value pairs.
+# Reply: {applied, state before, action, symbol, plan (HGETALL after the write, option read)}.
 _TRANSITION_LUA = """
-local h = redis.call('HMGET', KEYS[1], 'state', 'action', 'symbol', 'epoch')
+local h = redis.call('HMGET', KEYS[1], 'state', 'action', 'symbol', 'epoch', 'account')
 local cur, action = h[1], h[2]
 if not cur then return {0, ''} end
 local o = cjson.decode(ARGV[8])
 local ok = false
 for _, s in ipairs(o['from']) do if s == cur then ok = true end end
-if not ok then return {0, cur} end
-if o['lock_ttl'] and not redis.call('SET', KEYS[4], ARGV[1], 'NX', 'EX', o['lock_ttl']) then
-  local holder = redis.call('GET', KEYS[4])
-  if holder ~= ARGV[1] then return {0, cur, action, holder} end
+if not ok then return {0, cur, action, h[3]} end
+local pos = (h[5] or '') .. ':' .. (h[3] or '')
+local lock = ARGV[9] .. pos
+if o['lock_ttl'] and not redis.call('SET', lock, ARGV[1], 'NX', 'EX', o['lock_ttl']) then
+  local holder = redis.call('GET', lock)
+  if holder ~= ARGV[1] then return {0, cur, action, h[3]} end
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3], 'reason', ARGV[4])
-redis.call('HINCRBY', KEYS[5], action .. '|' .. cur, -1)
-redis.call('HINCRBY', KEYS[5], action .. '|' .. ARGV[2], 1)
-if cur == 'SUBMITTED' and ARGV[6] == '1' then redis.call('HINCRBY', KEYS[6], ARGV[2], 1) end
-if #ARGV >= 9 then
+redis.call('HINCRBY', KEYS[4], action .. '|' .. cur, -1)
+redis.call('HINCRBY', KEYS[4], action .. '|' .. ARGV[2], 1)
+if cur == 'SUBMITTED' and ARGV[6] == '1' then redis.call('HINCRBY', KEYS[5], ARGV[2], 1) end
+if #ARGV >= 11 then
   local f = {}
-  for i = 9, #ARGV do f[#f + 1] = ARGV[i] end
+  for i = 11, #ARGV do f[#f + 1] = ARGV[i] end
   redis.call('HSET', KEYS[1], unpack(f))
 end
 if ARGV[6] == '1' then
   redis.call('ZREM', KEYS[2], ARGV[1])
-  if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+  if redis.call('GET', lock) == ARGV[1] then redis.call('DEL', lock) end
 end
 local b = o['book']
-if b and h[4] and redis.call('HGET', KEYS[7], 'epoch') == h[4] then
-  if b['tier'] and b['tier'] > tonumber(redis.call('HGET', KEYS[7], 'harvested_tier') or '0') then
-    redis.call('HSET', KEYS[7], 'harvested_tier', b['tier'])
+local book = ARGV[10] .. pos
+if b and h[4] and redis.call('HGET', book, 'epoch') == h[4] then
+  if b['tier'] and b['tier'] > tonumber(redis.call('HGET', book, 'harvested_tier') or '0') then
+    redis.call('HSET', book, 'harvested_tier', b['tier'])
   end
-  if b['set'] then redis.call('HSET', KEYS[7], unpack(b['set'])) end
+  if b['set'] then redis.call('HSET', book, unpack(b['set'])) end
 end
 local hist = o['hist']
 if hist then
-  for _, f in ipairs(hist['incr']) do redis.call('HINCRBY', KEYS[8], f, 1) end
-  redis.call('HINCRBYFLOAT', KEYS[8], hist['sum'][1], hist['sum'][2])
+  for _, f in ipairs(hist['incr']) do redis.call('HINCRBY', KEYS[6], f, 1) end
+  redis.call('HINCRBYFLOAT', KEYS[6], hist['sum'][1], hist['sum'][2])
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1], 'symbol', h[3], 'action', action,
   'from', cur, 'to', ARGV[2], 'reason', ARGV[4], 'ts', ARGV[3], 'data', ARGV[7])
-return {1, cur, action}
+if o['read'] then return {1, cur, action, h[3], redis.call('HGETALL', KEYS[1])} end
+return {1, cur, action, h[3]}
 """
 
 # Send bookkeeping of a SUBMITTED plan (no state change): KEYS[1] plan, KEYS[2] results stream,
@@ -137,10 +144,10 @@ return 1
 #: ``{plan HGETALL, book HGETALL}``, both flat; an empty plan when it does not exist.
 _PLAN_AND_BOOK_LUA = """
 local p = redis.call('HGETALL', KEYS[1])
-if #p == 0 then return {p, {}} end
-local pos = redis.call('HMGET', KEYS[1], 'account', 'symbol')
-if not (pos[1] and pos[2]) then return {p, {}} end
-return {p, redis.call('HGETALL', ARGV[1] .. pos[1] .. ':' .. pos[2])}
+local f = {}
+for i = 1, #p, 2 do f[p[i]] = p[i + 1] end
+if not (f['account'] and f['symbol']) then return {p, {}} end
+return {p, redis.call('HGETALL', ARGV[1] .. f['account'] .. ':' .. f['symbol'])}
 """
 
 #: States in which a plan's order is acknowledged done (scan-to-fill latency is observed,
@@ -238,8 +245,13 @@ class Keys:
     def results(self) -> str:
         return f"{self.ns}:stream:results"
 
+    @property
+    def inflight_prefix(self) -> str:
+        """``<ns>:inflight:`` — an in-flight lock key is this + ``<account>:<symbol>``."""
+        return f"{self.ns}:inflight:"
+
     def inflight(self, account: str, symbol: str) -> str:
-        return f"{self.ns}:inflight:{account}:{symbol}"
+        return f"{self.inflight_prefix}{account}:{symbol}"
 
     @property
     def book_prefix(self) -> str:
@@ -332,8 +344,6 @@ class PlanStore:
         data: dict[str, Any] | None = None,
         fields: dict[str, Any] | None = None,
         now: float | None = None,
-        account: str | None = None,
-        symbol: str | None = None,
         lock_ttl_s: float | None = None,
         book: dict[str, Any] | None = None,
         fill: tuple[float, str] | None = None,
@@ -342,9 +352,8 @@ class PlanStore:
         in one Lua call with everything that must happen only if it does.
 
         ``fields`` are written to the plan in the same step; ``data`` goes on the stream.
-        ``account``/``symbol`` name the position (its in-flight lock, released on a terminal
-        state, and its book entry; read from the plan when omitted). Options, each applied
-        only when the state moves:
+        The position (its in-flight lock, released on a terminal state, and its book entry)
+        is the plan's own account and symbol. Options, each applied only when the state moves:
 
         * ``lock_ttl_s``: take the position's in-flight lock for this plan (TTL, s) first;
           when another plan holds it nothing is written and the result is
@@ -356,13 +365,25 @@ class PlanStore:
           s of the plan's scan, or creation) is observed under the action's label in the
           same step, so a repeat observes nothing.
 
-        Returns (applied, state before). Raises KeyError for an unknown target state.
+        Returns (applied, state before; ``""`` when no such plan exists). Raises KeyError
+        for an unknown target state.
         """
-        frm = sorted(allowed_from(to))
-        if account is None or symbol is None:
-            account, symbol = self.r.hmget(self.k.plan(plan_id), ["account", "symbol"])
+        applied, before, _ = self._apply(plan_id, to, reason, data, fields, now, lock_ttl_s, book, fill, False)
+        return applied, before
+
+    def transition_and_get(self, plan_id: str, to: str, reason: str, fields: dict[str, Any] | None = None,
+                           data: dict[str, Any] | None = None) -> tuple[bool, str, Plan | None]:
+        """:meth:`transition`, and the plan as it is after the transition (None when it was
+        not applied), in the same round trip: ``(applied, state before, plan)``. Execute uses
+        it for APPROVED → SUBMITTED, which needs the plan only once it holds the send."""
+        return self._apply(plan_id, to, reason, data, fields, None, None, None, None, True)
+
+    def _apply(self, plan_id: str, to: str, reason: str, data: dict[str, Any] | None, fields: dict[str, Any] | None,
+               now: float | None, lock_ttl_s: float | None, book: dict[str, Any] | None,
+               fill: tuple[float, str] | None, read: bool) -> tuple[bool, str, Plan | None]:
+        """The one call of :data:`_TRANSITION_LUA` (see :meth:`transition`)."""
         now = time.time() if now is None else now
-        opts: dict[str, Any] = {"from": frm}
+        opts: dict[str, Any] = {"from": sorted(allowed_from(to)), "read": read or None}
         if lock_ttl_s is not None:
             opts["lock_ttl"] = max(1, int(lock_ttl_s))
         if book:
@@ -374,15 +395,17 @@ class PlanStore:
         k = self.k
         res = run_script(
             self.r, self._transition,
-            keys=[k.plan(plan_id), k.open_plans, k.results, k.inflight(account or "", symbol or ""), k.metrics_plans,
-                  k.metrics_orders, k.book(account or "", symbol or ""), self.scan_to_fill.key],
+            keys=[k.plan(plan_id), k.open_plans, k.results, k.metrics_plans, k.metrics_orders, self.scan_to_fill.key],
             args=[plan_id, to, _enc(now), reason, self.maxlen, "1" if to in TERMINAL else "0",
-                  json.dumps(data or {}, sort_keys=True, default=str), _lua_opts(opts), *_flat(fields or {})],
+                  json.dumps(data or {}, sort_keys=True, default=str), _lua_opts(opts), k.inflight_prefix,
+                  k.book_prefix, *_flat(fields or {})],
         )
         applied = bool(int(res[0]))
-        if applied:
-            _log_transition(plan_id, symbol, res[2], res[1], to, reason)
-        return applied, res[1]
+        if not applied:
+            return False, res[1], None
+        _log_transition(plan_id, res[3], res[2], res[1], to, reason)
+        plan = self.parse(dict(zip(res[4][::2], res[4][1::2], strict=True))) if read else None
+        return True, res[1], plan
 
     def mark_send(self, plan_id: str, step: int, outcome: str, data: dict[str, Any] | None = None,
                   fields: dict[str, Any] | None = None) -> bool:

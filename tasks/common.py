@@ -30,6 +30,16 @@ def plan_ref(payload: Any) -> str | None:
     return payload["plan_id"]
 
 
+def checked_ref(rt: Runtime, stage: str, payload: Any) -> str | None:
+    """plan_id of a stage's ``{"plan_id": …}`` payload; None when the payload is None (an
+    earlier stage stopped the chain) or malformed (recorded, see :func:`record_rejected`)."""
+    try:
+        return plan_ref(payload)
+    except MalformedMessage as e:
+        record_rejected(rt, stage, payload, e)
+        return None
+
+
 def load_plan(rt: Runtime, stage: str, payload: Any) -> Plan | None:
     """The plan a stage's ``{"plan_id": …}`` payload names; None when the payload is None (an
     earlier stage stopped the chain), malformed, or names no plan (both recorded)."""
@@ -40,11 +50,7 @@ def load_plan_and_book(rt: Runtime, stage: str, payload: Any,
                        book: bool = True) -> tuple[Plan | None, dict[str, Any] | None]:
     """:func:`load_plan` and, with ``book``, the book entry of the plan's position (see
     :meth:`harvest.store.BookStore.decode`; None when there is none), in one round trip."""
-    try:
-        pid = plan_ref(payload)
-    except MalformedMessage as e:
-        record_rejected(rt, stage, payload, e)
-        return None, None
+    pid = checked_ref(rt, stage, payload)
     if pid is None:
         return None, None
     plan, entry = rt.plans.get_with_book(pid) if book else (rt.plans.get(pid), None)

@@ -32,7 +32,9 @@ _READER: tuple[int, ThreadPoolExecutor] | None = None
 
 def _reader() -> ThreadPoolExecutor:
     """The scan's second reader: one thread per process (a pool process runs one scan at a
-    time), made in the process that uses it — never inherited across a fork."""
+    time), made in the process that uses it — never inherited across a fork. Its commands
+    share the process's Redis connection (one command at a time); what overlaps is Redis
+    answering them while the scan's own thread turns the venue's rows into positions."""
     global _READER
     if _READER is None or _READER[0] != os.getpid():
         _READER = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="harvest-scan-read"))
@@ -51,13 +53,13 @@ def load_positions(rt: Runtime, symbols: set[str] | None = None) -> tuple[list[R
     """Open positions with their book entry and the market state of their symbol, and the
     market time. Starts a new book epoch where the venue shows a new opening; drops ghost book
     entries (only on a full scan, ``symbols`` None). Positions without a cached market state
-    are skipped and counted. Reads are batched: one venue call and, beside it on another
-    connection, one book read and one market read; one write of moved peaks/troughs."""
+    are skipped and counted. Reads are batched: one venue call and, beside it in another
+    thread, one book read and one market read; one write of moved peaks/troughs."""
     acct = rt.settings.account
     now = rt.market_now()
     if symbols is None:
         # Harvest's own reads (book entries and market states of every booked position) run
-        # on a second connection while the venue's positions are read and parsed here.
+        # in a second thread while the venue's positions are read and parsed here.
         ahead = _reader().submit(_booked, rt, acct)
         vps = rt.venue.positions()
         booked, booked_markets = ahead.result()

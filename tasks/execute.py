@@ -33,7 +33,7 @@ from harvest.plans import client_order_id
 from harvest.runtime import Runtime, get_runtime
 from harvest.venue import VenueError
 from tasks.app import app
-from tasks.common import load_plan
+from tasks.common import checked_ref, load_plan, record_rejected
 
 log = logging.getLogger("harvest")
 
@@ -55,8 +55,7 @@ def _send(rt: Runtime, plan: Plan, cid: str) -> None:
 def _end(rt: Runtime, plan: Plan, to: str, reason: str, e: VenueError) -> None:
     rt.plans.count(f"exchange_{e.kind}:{e.code}")
     rt.plans.transition(plan.plan_id, to, reason, data={"code": e.code, "message": e.message, "step": plan.step},
-                        fields={"error_code": e.code, "error_message": e.message},
-                        account=plan.account, symbol=plan.symbol)
+                        fields={"error_code": e.code, "error_message": e.message})
 
 
 @app.task(name="harvest.execute", bind=True, acks_late=True, max_retries=None)
@@ -64,23 +63,27 @@ def execute(self, ref: dict | None, step: int = 0) -> dict | None:
     """ref: ``{"plan_id": …}`` of an APPROVED plan (``step`` > 0: a re-send after the
     previous send was known not executed). Returns the ref for confirm, or None."""
     rt = get_runtime()
-    plan = load_plan(rt, "execute", ref)
-    if plan is None:
-        return None
-    pid = plan.plan_id
     if not isinstance(step, int) or step < 0:
+        record_rejected(rt, "execute", {"ref": ref, "step": step}, "step must be an int >= 0")
         return None
     if step == 0:
-        if plan.state == "SUBMITTED":
-            return {"plan_id": pid}  # a redelivery: never re-send; confirm resolves it
-        if plan.state != "APPROVED":
+        # APPROVED → SUBMITTED before the send; the same round trip reads the plan back.
+        pid = checked_ref(rt, "execute", ref)
+        if pid is None:
             return None
-        ok, before = rt.plans.transition(pid, "SUBMITTED", "order_sent", fields={"step": 0, "send": "sending"},
-                                         account=plan.account, symbol=plan.symbol)
-        if not ok:
+        _, before, plan = rt.plans.transition_and_get(pid, "SUBMITTED", "order_sent",
+                                                      fields={"step": 0, "send": "sending"})
+        if plan is None:
+            if before == "":
+                record_rejected(rt, "execute", ref, "unknown plan_id")
+            # SUBMITTED already: a redelivery, never re-sent (confirm resolves it).
             return {"plan_id": pid} if before == "SUBMITTED" else None
         cid = plan.client_order_id
     else:
+        plan = load_plan(rt, "execute", ref)
+        if plan is None:
+            return None
+        pid = plan.plan_id
         cid = client_order_id(pid, step)
         if not rt.plans.claim_resend(pid, step, cid):
             return {"plan_id": pid} if plan.state == "SUBMITTED" else None

@@ -35,8 +35,7 @@ from tasks.common import load_plan_and_book
 
 def _block(rt: Runtime, plan: Plan, to: str, reason: str, data: dict | None = None) -> None:
     rt.plans.count(f"guard:{reason}")
-    rt.plans.transition(plan.plan_id, to, reason, data={"guard": reason, **(data or {})},
-                        account=plan.account, symbol=plan.symbol)
+    rt.plans.transition(plan.plan_id, to, reason, data={"guard": reason, **(data or {})})
 
 
 def close_quantity(f: SymbolFilters, plan: Plan, vp: VenuePosition) -> tuple[Decimal | None, str]:
@@ -118,13 +117,11 @@ def guard(self, ref: dict | None) -> dict | None:
             rt.plans.count(f"guard:{note}")
     if s.mode == "shadow":
         rt.plans.count("guard:shadow_mode")
-        rt.plans.transition(pid, "SHADOWED", "shadow_mode", data={"guard": "shadow_mode", **data}, fields=fields,
-                            account=plan.account, symbol=plan.symbol)
+        rt.plans.transition(pid, "SHADOWED", "shadow_mode", data={"guard": "shadow_mode", **data}, fields=fields)
         return None
     # The in-flight lock is taken by the approval itself (one script: approved ⇔ locked).
     ok, before = rt.plans.transition(pid, "APPROVED", data.get("note", "guard_passed"),
-                                     data={"guard": "passed", **data}, fields=fields, account=plan.account,
-                                     symbol=plan.symbol, lock_ttl_s=s.plan_ttl_s)
+                                     data={"guard": "passed", **data}, fields=fields, lock_ttl_s=s.plan_ttl_s)
     if ok:
         return {"plan_id": pid}
     if before == "PROPOSED":  # still PROPOSED, not approved: another plan holds the position

@@ -89,8 +89,7 @@ def reconcile_once(rt: Runtime) -> dict:
             continue
         if plan.state in ("PROPOSED", "APPROVED"):
             ok, _ = rt.plans.transition(plan.plan_id, "EXPIRED", "position_closed_outside",
-                                        data={"open_epoch": epochs.get(plan.symbol)},
-                                        account=plan.account, symbol=plan.symbol)
+                                        data={"open_epoch": epochs.get(plan.symbol)})
             closed += ok
         elif plan.state == "SUBMITTED" and plan.send != "sending":  # "sending": execute owns it now
             # Final look-up: with the position gone nothing more will fill; a plan whose
@@ -109,8 +108,7 @@ def reconcile_once(rt: Runtime) -> dict:
         elif plan.state == "APPROVED":
             ok, _ = rt.plans.transition(pid, "SUBMITTED", "adopted_from_exchange",
                                         data={"client_order_id": o.client_order_id, "step": step},
-                                        fields={"client_order_id": o.client_order_id, "step": step, "send": "accepted"},
-                                        account=plan.account, symbol=plan.symbol)
+                                        fields={"client_order_id": o.client_order_id, "step": step, "send": "accepted"})
             if ok:
                 adopted += 1
                 _report(rt, "adopted_order", plan_id=pid, client_order_id=o.client_order_id, symbol=o.symbol)
@@ -149,7 +147,7 @@ def sweep_once(rt: Runtime, now: float) -> dict[str, int]:
         if plan is None:
             continue
         if plan.state in ("PROPOSED", "APPROVED"):
-            ok, _ = rt.plans.transition(pid, "EXPIRED", "ttl_expired", account=plan.account, symbol=plan.symbol)
+            ok, _ = rt.plans.transition(pid, "EXPIRED", "ttl_expired")
             out = "EXPIRED" if ok else "raced"
         elif plan.state == "SUBMITTED":
             try:

@@ -69,7 +69,7 @@ def test_fill_raises_the_tier_observes_latency_and_releases_the_lock_once(rt):
     assert fills_observed(rt) == 1
     assert rt.r.exists(lock_key(rt)) == 0
     # A repeat of the terminal transition changes nothing: no second observation, no tier.
-    ok, before = rt.plans.transition(plan.plan_id, "FILLED", "order_filled", account=plan.account, symbol=SYM,
+    ok, before = rt.plans.transition(plan.plan_id, "FILLED", "order_filled",
                                      book={"tier": 3}, fill=(plan.created_at, "PARTIAL_25"))
     assert (ok, before) == (False, "FILLED")
     assert fills_observed(rt) == 1
@@ -83,3 +83,19 @@ def test_fill_leaves_a_new_epochs_book_entry_alone(rt):
     rt.r.hset(book_key, "epoch", "another-epoch")  # the position was closed and re-opened meanwhile
     assert confirm(ref) == "FILLED"
     assert int(rt.r.hget(book_key, "harvested_tier") or 0) == 0
+
+
+def test_transition_and_get_reads_the_plan_back_only_when_applied(rt):
+    """Execute's APPROVED → SUBMITTED: one round trip that returns the plan as written; an
+    unknown plan_id and a plan in another state change nothing and return no plan."""
+    assert rt.plans.transition_and_get("0" * 16, "SUBMITTED", "order_sent") == (False, "", None)
+    ref = proposed(rt)
+    pid = ref["plan_id"]
+    assert rt.plans.transition_and_get(pid, "SUBMITTED", "order_sent") == (False, "PROPOSED", None)
+    assert guard(ref) == ref
+    ok, before, plan = rt.plans.transition_and_get(pid, "SUBMITTED", "order_sent", fields={"step": 0, "send": "sending"})
+    assert (ok, before) == (True, "APPROVED")
+    assert (plan.plan_id, plan.state, plan.send, plan.symbol) == (pid, "SUBMITTED", "sending", SYM)
+    assert plan == rt.plans.get(pid)
+    assert rt.plans.transition_and_get(pid, "SUBMITTED", "order_sent") == (False, "SUBMITTED", None)
+    assert [h["to"] for h in rt.plans.history(pid)] == ["PROPOSED", "APPROVED", "SUBMITTED"]
