@@ -109,15 +109,17 @@ return {1, cur, action, h[3]}
 
 # Send bookkeeping of a SUBMITTED plan (no state change): KEYS[1] plan, KEYS[2] results stream,
 # KEYS[3] send-outcome counts (metrics).
-# mark: ARGV = plan_id, step, outcome, now, maxlen, data, field/value pairs…
+# mark: ARGV = plan_id, step, outcome, now, maxlen, data, the send value the plan must still
+# have ('' = any), field/value pairs…
 _MARK_SEND_LUA = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'SUBMITTED' then return 0 end
 if tonumber(redis.call('HGET', KEYS[1], 'step') or '0') ~= tonumber(ARGV[2]) then return 0 end
+if ARGV[7] ~= '' and redis.call('HGET', KEYS[1], 'send') ~= ARGV[7] then return 0 end
 redis.call('HSET', KEYS[1], 'send', ARGV[3], 'updated_at', ARGV[4])
 redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
-if #ARGV >= 7 then
+if #ARGV >= 8 then
   local f = {}
-  for i = 7, #ARGV do f[#f + 1] = ARGV[i] end
+  for i = 8, #ARGV do f[#f + 1] = ARGV[i] end
   redis.call('HSET', KEYS[1], unpack(f))
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1],
@@ -407,16 +409,43 @@ class PlanStore:
         plan = self.parse(dict(zip(res[4][::2], res[4][1::2], strict=True))) if read else None
         return True, res[1], plan
 
+    def _mark_send_args(self, plan_id: str, step: int, outcome: str, data: dict[str, Any] | None,
+                        fields: dict[str, Any] | None, now: float, only_from: str = "") -> tuple[list, list]:
+        return ([self.k.plan(plan_id), self.k.results, self.k.metrics_sends],
+                [plan_id, step, outcome, _enc(now), self.maxlen, json.dumps(data or {}, sort_keys=True, default=str),
+                 only_from, *_flat(fields or {})])
+
     def mark_send(self, plan_id: str, step: int, outcome: str, data: dict[str, Any] | None = None,
                   fields: dict[str, Any] | None = None) -> bool:
         """Record the outcome of send ``step`` of a SUBMITTED plan: ``accepted``,
         ``unknown`` (look the order up) or ``not_executed`` (may be sent again under the next
         step's clientOrderId). No state change; the stream gets a ``send_<outcome>`` entry.
         Returns False when the plan is no longer SUBMITTED at that step."""
-        return bool(self._mark_send(
-            keys=[self.k.plan(plan_id), self.k.results, self.k.metrics_sends],
-            args=[plan_id, step, outcome, _enc(time.time()), self.maxlen,
-                  json.dumps(data or {}, sort_keys=True, default=str), *_flat(fields or {})]))
+        keys, args = self._mark_send_args(plan_id, step, outcome, data, fields, time.time())
+        return bool(self._mark_send(keys=keys, args=args))
+
+    def get_after_accepted(self, plan_id: str, step: int, acked_at: float) -> Plan | None:
+        """Record that send ``step`` of a SUBMITTED plan was accepted by the exchange at
+        ``acked_at`` (Unix s, as execute measured it) — only while that send is still
+        ``sending``, so a repeat records nothing — and read the plan back, in one round trip
+        (with the queued metric observations). Confirm uses it: execute hands the
+        acknowledgement on instead of spending a round trip of its own on it. Returns the
+        plan, or None when no such plan_id exists."""
+        keys, args = self._mark_send_args(plan_id, step, "accepted", None, {"acked_at": acked_at}, acked_at,
+                                          only_from="sending")
+        p = self.r.pipeline(transaction=False)
+        p.evalsha(self._mark_send.sha, len(keys), *keys, *args)
+        p.hgetall(self.k.plan(plan_id))
+        DEFERRED.drain_into(p)
+        marked, h = p.execute(raise_on_error=False)[:2]
+        if isinstance(marked, redis.exceptions.NoScriptError):  # first call on this server: load it
+            self._mark_send(keys=keys, args=args)
+            h = self.r.hgetall(self.k.plan(plan_id))
+        elif isinstance(marked, Exception):
+            raise marked
+        if isinstance(h, Exception):
+            raise h
+        return self.parse(h) if h else None
 
     def claim_resend(self, plan_id: str, step: int, client_order_id: str) -> bool:
         """Claim send ``step`` (≥ 1) of a SUBMITTED plan whose previous send is known not

@@ -30,6 +30,20 @@ def plan_ref(payload: Any) -> str | None:
     return payload["plan_id"]
 
 
+def send_ack(payload: dict) -> tuple[int, float] | None:
+    """``(step, acked_at)`` from the ref execute hands to confirm after the exchange accepted
+    send ``step`` (``{"plan_id", "step": int >= 0, "acked_at": Unix s}``); None when the ref
+    carries no acknowledgement. Raises MalformedMessage for a step or time that does not
+    validate (a bool, a negative step, a time that is not finite or lies ahead of now)."""
+    if "acked_at" not in payload and "step" not in payload:
+        return None
+    step, at = payload.get("step"), payload.get("acked_at")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0 \
+            or not isinstance(at, (int, float)) or isinstance(at, bool) or not 0 < at <= time.time() + 60:
+        raise MalformedMessage(f"expected step (int >= 0) and acked_at (Unix s) together, got {str(payload)[:200]!r}")
+    return step, float(at)
+
+
 def checked_ref(rt: Runtime, stage: str, payload: Any) -> str | None:
     """plan_id of a stage's ``{"plan_id": …}`` payload; None when the payload is None (an
     earlier stage stopped the chain) or malformed (recorded, see :func:`record_rejected`)."""
@@ -44,6 +58,24 @@ def load_plan(rt: Runtime, stage: str, payload: Any) -> Plan | None:
     """The plan a stage's ``{"plan_id": …}`` payload names; None when the payload is None (an
     earlier stage stopped the chain), malformed, or names no plan (both recorded)."""
     return load_plan_and_book(rt, stage, payload, book=False)[0]
+
+
+def load_acknowledged_plan(rt: Runtime, stage: str, payload: Any) -> Plan | None:
+    """:func:`load_plan` for confirm: when the ref carries execute's acknowledgement
+    (:func:`send_ack`), the send is recorded accepted in the same round trip that reads the
+    plan (:meth:`harvest.store.PlanStore.get_after_accepted`). None as :func:`load_plan`."""
+    pid = checked_ref(rt, stage, payload)
+    if pid is None:
+        return None
+    try:
+        ack = send_ack(payload)
+    except MalformedMessage as e:
+        record_rejected(rt, stage, payload, e)
+        return None
+    plan = rt.plans.get(pid) if ack is None else rt.plans.get_after_accepted(pid, *ack)
+    if plan is None:
+        record_rejected(rt, stage, payload, "unknown plan_id")
+    return plan
 
 
 def load_plan_and_book(rt: Runtime, stage: str, payload: Any,

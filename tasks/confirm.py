@@ -17,7 +17,7 @@ from harvest.runtime import Runtime, get_runtime
 from harvest.store import FILLED_STATES
 from harvest.venue import VenueError
 from tasks.app import app
-from tasks.common import load_plan
+from tasks.common import load_acknowledged_plan
 from workflows import resend_chain
 
 PENDING = "pending"
@@ -89,11 +89,13 @@ def resolve_submitted(rt: Runtime, plan: Plan, final: bool) -> str:
 
 @app.task(name="harvest.confirm", bind=True, max_retries=None, acks_late=True)
 def confirm(self, ref: dict | None) -> str | None:
-    """ref: ``{"plan_id": …}``. Returns the terminal state written, or None when the plan is
-    not SUBMITTED; retries every ``confirm_retry_s`` while the outcome is pending, until the
-    plan's TTL, when the look-up is final."""
+    """ref: ``{"plan_id": …}``, with ``"step"`` and ``"acked_at"`` when execute's send was
+    accepted (recorded here, with the plan read: :func:`tasks.common.load_acknowledged_plan`).
+    Returns the terminal state written, or None when the plan is not SUBMITTED; retries every
+    ``confirm_retry_s`` while the outcome is pending, until the plan's TTL, when the look-up
+    is final."""
     rt = get_runtime()
-    plan = load_plan(rt, "confirm", ref)
+    plan = load_acknowledged_plan(rt, "confirm", ref)
     if plan is None or plan.state != "SUBMITTED":
         return None
     if plan.send == "not_executed":

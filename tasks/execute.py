@@ -7,7 +7,8 @@ clientOrderId (derived from the plan_id).
 
 What an exchange answer does to the plan (error classes of :class:`harvest.venue.VenueError`):
 
-* accepted → ``send=accepted``; confirm reads the fill;
+* accepted → the ref handed to confirm carries the step and ``acked_at``; confirm records
+  ``send=accepted`` in the round trip that reads the plan, then reads the fill;
 * unknown (read timeout, 503 "Unknown error…", -1006/-1007, a crash of the connection) →
   ``send=unknown``; confirm looks the order up and only a -2013 answer ("not placed") lets a
   next step send again;
@@ -61,7 +62,8 @@ def _end(rt: Runtime, plan: Plan, to: str, reason: str, e: VenueError) -> None:
 @app.task(name="harvest.execute", bind=True, acks_late=True, max_retries=None)
 def execute(self, ref: dict | None, step: int = 0) -> dict | None:
     """ref: ``{"plan_id": …}`` of an APPROVED plan (``step`` > 0: a re-send after the
-    previous send was known not executed). Returns the ref for confirm, or None."""
+    previous send was known not executed). Returns the ref for confirm — ``{"plan_id", "step",
+    "acked_at"}`` after an accepted send, ``{"plan_id"}`` otherwise — or None."""
     rt = get_runtime()
     if not isinstance(step, int) or step < 0:
         record_rejected(rt, "execute", {"ref": ref, "step": step}, "step must be an int >= 0")
@@ -110,5 +112,7 @@ def execute(self, ref: dict | None, step: int = 0) -> dict | None:
         rt.plans.mark_send(pid, step, "unknown", {"error": type(e).__name__})
         log.exception("plan %s: order outcome unknown (%s); confirm will look it up", pid, type(e).__name__)
         return {"plan_id": pid}
-    rt.plans.mark_send(pid, step, "accepted", fields={"acked_at": time.time()})
-    return {"plan_id": pid}
+    # Accepted: confirm records it (send "accepted", acked_at) with its plan read, one round
+    # trip instead of one here and one there. Until then the plan shows send "sending", as
+    # after a crash between the send and this line; confirm resolves both by clientOrderId.
+    return {"plan_id": pid, "step": step, "acked_at": time.time()}

@@ -4,6 +4,8 @@ transition: on a real Redis and the paper engine, stages called in-process."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from celery.exceptions import Retry
 
@@ -60,10 +62,17 @@ def test_busy_position_keeps_the_plan_proposed_until_the_lock_is_free(rt):
     assert 0 < rt.r.ttl(lock_key(rt)) <= rt.settings.plan_ttl_s
 
 
+def sent(rt, ref) -> dict:
+    """Guard and execute ``ref``; the ref execute hands to confirm after the accepted send."""
+    assert guard(ref) == ref
+    ack = execute(ref)
+    assert ack["plan_id"] == ref["plan_id"] and ack["step"] == 0 and 0 < ack["acked_at"] <= time.time()
+    return ack
+
+
 def test_fill_raises_the_tier_observes_latency_and_releases_the_lock_once(rt):
     ref = proposed(rt)
-    assert guard(ref) == ref and execute(ref) == ref
-    assert confirm(ref) == "FILLED"
+    assert confirm(sent(rt, ref)) == "FILLED"
     plan = rt.plans.get(ref["plan_id"])
     assert rt.book.get_many(rt.settings.account, [SYM])[0]["harvested_tier"] == 1
     assert fills_observed(rt) == 1
@@ -78,10 +87,10 @@ def test_fill_raises_the_tier_observes_latency_and_releases_the_lock_once(rt):
 
 def test_fill_leaves_a_new_epochs_book_entry_alone(rt):
     ref = proposed(rt)
-    assert guard(ref) == ref and execute(ref) == ref
+    ack = sent(rt, ref)
     book_key = rt.book.k.book(rt.settings.account, SYM)
     rt.r.hset(book_key, "epoch", "another-epoch")  # the position was closed and re-opened meanwhile
-    assert confirm(ref) == "FILLED"
+    assert confirm(ack) == "FILLED"
     assert int(rt.r.hget(book_key, "harvested_tier") or 0) == 0
 
 
@@ -99,3 +108,30 @@ def test_transition_and_get_reads_the_plan_back_only_when_applied(rt):
     assert plan == rt.plans.get(pid)
     assert rt.plans.transition_and_get(pid, "SUBMITTED", "order_sent") == (False, "SUBMITTED", None)
     assert [h["to"] for h in rt.plans.history(pid)] == ["PROPOSED", "APPROVED", "SUBMITTED"]
+
+
+def test_confirm_records_the_accepted_send_once_with_its_plan_read(rt):
+    """Execute hands the exchange's acknowledgement to confirm, which records it (send
+    accepted, acked_at, one stream entry, one count) in the round trip that reads the plan;
+    a repeat of the same ref records nothing more, and a forged acknowledgement is rejected
+    and recorded without a look-up or a write."""
+    ref = proposed(rt)
+    ack = sent(rt, ref)
+    pid = ref["plan_id"]
+    assert rt.plans.get(pid).send == "sending"  # not yet recorded: confirm does it
+    plan = rt.plans.get_after_accepted(pid, 0, ack["acked_at"])
+    assert (plan.state, plan.send, plan.acked_at) == ("SUBMITTED", "accepted", ack["acked_at"])
+    assert rt.plans.get_after_accepted(pid, 0, ack["acked_at"] + 1).acked_at == ack["acked_at"]  # a repeat
+    assert rt.plans.get_after_accepted(pid, 1, ack["acked_at"]).send == "accepted"  # another step: nothing
+    assert confirm(ack) == "FILLED"
+    reasons = [h["reason"] for h in rt.plans.history(pid, sends=True)]
+    assert reasons[-3:] == ["order_sent", "send_accepted", "order_filled"] and reasons.count("send_accepted") == 1
+    assert rt.r.hget(rt.plans.k.metrics_sends, "accepted") == "1"
+    assert rt.plans.get_after_accepted("0" * 16, 0, ack["acked_at"]) is None
+
+    before = rt.r.xlen(f"{rt.settings.namespace}:stream:rejected")
+    for forged in ({**ack, "step": "0"}, {**ack, "step": -1}, {**ack, "acked_at": time.time() + 3600},
+                   {**ack, "acked_at": True}, {"plan_id": pid, "step": 0}):
+        assert confirm(forged) is None
+    assert rt.r.xlen(f"{rt.settings.namespace}:stream:rejected") == before + 5
+    assert rt.plans.counters()["malformed:confirm"] == 5
