@@ -14,9 +14,14 @@ b. scan — one beat scan of 10 000 open paper positions, ~1 % actionable: wall 
    tasks it published, in steady state (each process has scanned once before, untimed);
    beside it, bare 5-task no-op chains through the same broker and workers (what a chain
    per position would cost).
-c. pipeline — actionable ``propose → guard → execute → confirm`` chains per second (scan
+c. pipeline — actionable ``propose → guard → execute → confirm`` chains per second (first
    publish to every plan terminal) vs the same number of bare 4-task no-op chains, same
    queues, same workers (scan -c 2, orders -c 2), in alternating rounds; the median ratio.
+   Both kinds of chain are published the same way, from this process with Celery's canvas
+   (harvest's own :func:`workflows.action_chain` for the decisions a scan would make), so
+   the ratio is what harvest's four stages cost against four no-ops. Beside it, rounds whose
+   chains the beat scan starts in a worker (scan publish to every plan terminal, the scan's
+   read of every open position included) against bare rounds too.
 d. latency — scan tick → order acknowledged by the exchange (the plan's ``scanned_at`` →
    ``acked_at``), p50/p99, on the emulator through python-binance, one actionable position
    per tick among 100 open.
@@ -116,7 +121,7 @@ def _bare_chains(app, ns: str, rt, n: int, queues: list[str]) -> float:
     for _ in range(n):
         chain(app.signature("bench.noop", args=(None,), queue=f"{ns}.{queues[0]}"), *sigs[1:],
               app.signature("bench.done", kwargs={"key": key}, queue=f"{ns}.{queues[-1]}")).apply_async()
-    wait_for(lambda: int(rt.r.get(key) or 0) >= n, 600, 0.05, f"{n} bare chains")
+    wait_for(lambda: int(rt.r.get(key) or 0) >= n, 600, 0.02, f"{n} bare chains")
     return n / (time.perf_counter() - t0)
 
 
@@ -187,25 +192,77 @@ def bench_scan(url: str, n: int, rounds: int = 3, baseline_chains: int = 1000) -
 
 # --------------------------------------------------------------------------- c. pipeline
 
-def bench_pipeline(url: str, n: int, rounds: int = 5) -> dict:
+def _harvest_canvas(env: dict[str, str]):
+    """harvest's own Celery app, canvases and scan decisions in this process, for the
+    namespace of ``env`` (:mod:`tasks.app` reads its settings from the environment once, at
+    import, so this may run once per process). Returns ``(action_chain, load_positions,
+    decide)``. The ``sent_at`` stamp that harvest's workers put on what they publish is
+    left off here, as on the bare chains this process publishes."""
+    if "tasks.app" in sys.modules:
+        raise RuntimeError("harvest's app is already configured in this process")
+    from settings import get_settings
+
+    saved = dict(os.environ)
+    os.environ.update(env)
+    get_settings.cache_clear()
+    try:
+        from celery.signals import before_task_publish
+
+        import tasks  # noqa: F401  (every task registered, as in a worker)
+        from tasks.evaluate import decide, load_positions
+        from workflows import action_chain
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+    before_task_publish.disconnect(sys.modules["tasks.app"]._stamp_sent_at)
+    return action_chain, load_positions, decide
+
+
+def bench_pipeline(url: str, n: int, rounds: int = 5, scan_rounds: int = 2) -> dict:
     """``rounds`` rounds, each n harvest chains and n bare 4-task chains back to back (the
     order alternates, so a machine that speeds up or slows down during the run does not
     favour either side); the figure is the median of the rounds' ratios (their pooled
     ratio is reported beside it). Each round makes n fresh positions actionable (2.1 R:
-    one partial each) and, once its plans are terminal, marks them back at entry, so every
-    harvest round is n chains from one scan of all n × rounds positions."""
-    syms = symbols(n * rounds, "P")
+    one partial each), decides them as the scan does (untimed), publishes one
+    :func:`workflows.action_chain` per decision from here, as the bare chains are, and,
+    once its plans are terminal, marks them back at entry. Then ``scan_rounds`` more pairs
+    in which the beat scan (of every position opened so far) starts the chains."""
+    syms = symbols(n * (rounds + scan_rounds), "P")
     ns, env, rt = fresh_namespace(url, "perf", syms, 0.0)
     app = celery_app(env)
     paper = paper_of(rt)
+    action_chain, load_positions, decide = _harvest_canvas(env)
+    from harvest.plans import plan_id_for
+
     ws = _workers(env, ns)
     queues = ["scan", "scan", "orders", "orders"]
-    out: dict = {"chains": n, "rounds": [], "workers": "scan -c 2, orders -c 2"}
+    out: dict = {"chains": n, "rounds": [], "scan_rounds": [], "workers": "scan -c 2, orders -c 2"}
     try:
         _bare_chains(app, ns, rt, 50, queues)  # warm-up of the pools
         _prime(app, ns, rt)
 
         def harvest_round(k: int) -> float:
+            batch = syms[k * n:(k + 1) * n]
+            _set_marks(rt, paper, batch, 2.1)
+            pairs, now = load_positions(rt)
+            scanned_at = time.time()
+            chains = []
+            for d in decide(rt, pairs, now):
+                payload = d.model_dump(mode="json")
+                payload["scanned_at"] = scanned_at
+                chains.append((payload, plan_id_for(d)))
+            if len(chains) != n:
+                raise RuntimeError(f"{len(chains)} decisions for {n} actionable positions")
+            t0 = time.perf_counter()
+            for payload, pid in chains:
+                action_chain(payload, pid).apply_async()
+            wait_for(lambda: _all_terminal(rt, (k + 1) * n), 600, 0.02, "the round's plans terminal")
+            rate = n / (time.perf_counter() - t0)
+            _set_marks(rt, paper, batch, 0.0)
+            return rate
+
+        def scan_round(k: int) -> float:
             batch = syms[k * n:(k + 1) * n]
             _set_marks(rt, paper, batch, 2.1)
             t0 = time.perf_counter()
@@ -215,13 +272,14 @@ def bench_pipeline(url: str, n: int, rounds: int = 5) -> dict:
             _set_marks(rt, paper, batch, 0.0)
             return rate
 
-        for k in range(rounds):
+        for k in range(rounds + scan_rounds):
+            run = harvest_round if k < rounds else scan_round
             if k % 2 == 0:
-                bare, harvest = _bare_chains(app, ns, rt, n, queues), harvest_round(k)
+                bare, harvest = _bare_chains(app, ns, rt, n, queues), run(k)
             else:
-                harvest, bare = harvest_round(k), _bare_chains(app, ns, rt, n, queues)
-            out["rounds"].append({"harvest_chains_per_s": harvest, "bare_4task_chains_per_s": bare,
-                                  "ratio": harvest / bare})
+                harvest, bare = run(k), _bare_chains(app, ns, rt, n, queues)
+            out["rounds" if k < rounds else "scan_rounds"].append(
+                {"harvest_chains_per_s": harvest, "bare_4task_chains_per_s": bare, "ratio": harvest / bare})
         states: dict[str, int] = {}
         for p in rt.plans.all_plans():
             states[p.state] = states.get(p.state, 0) + 1
@@ -236,6 +294,8 @@ def bench_pipeline(url: str, n: int, rounds: int = 5) -> dict:
         "ratio": statistics.median(r["ratio"] for r in rs),
         "pooled_ratio": (sum(1 / r["bare_4task_chains_per_s"] for r in rs)
                          / sum(1 / r["harvest_chains_per_s"] for r in rs)),
+        "scan_started_ratio": (statistics.median(r["ratio"] for r in out["scan_rounds"])
+                               if out["scan_rounds"] else None),
         "states": states,
     })
     return out
@@ -373,6 +433,10 @@ def main() -> int:
           f"alternating: ratio median {p['ratio']:.2f} (target ≥ 0.8: {ok('pipeline')}), pooled "
           f"{p['pooled_ratio']:.2f}; per round " + ", ".join(f"{r['harvest_chains_per_s']:.0f}/{r['bare_4task_chains_per_s']:.0f}/s"
                                                             for r in p["rounds"]) + f"; {p['states']}")
+    if p["scan_rounds"]:
+        print(f"           chains started by the beat scan in a worker (its read of every open position "
+              f"included): ratio median {p['scan_started_ratio']:.2f}; per round "
+              + ", ".join(f"{r['harvest_chains_per_s']:.0f}/{r['bare_4task_chains_per_s']:.0f}/s" for r in p["scan_rounds"]))
     print(f"d. latency scan tick → order acknowledged (emulator, python-binance), {lt['acknowledged']} ticks: "
           f"p50 {lt['p50_ms']:.0f} ms, p99 {lt['p99_ms']:.0f} ms, max {lt['max_ms']:.0f} ms "
           f"(target p99 ≤ 250 ms: {ok('latency')})")

@@ -19,10 +19,12 @@ def test_performance_benchmark_runs_every_section(tmp_path):
     assert p.returncode in (0, 1), p.stdout + p.stderr  # 1: a target missed at this toy size
     res = json.loads(out.read_text())
     assert set(res["met"]) == {"kernel", "scan", "pipeline", "latency", "memory"}
-    assert res["pipeline"]["states"] == {"FILLED": 20 * len(res["pipeline"]["rounds"])}
+    pipe = res["pipeline"]
+    assert len(pipe["rounds"]) == 5 and len(pipe["scan_rounds"]) == 2  # published here, started by the scan
+    assert pipe["states"] == {"FILLED": 20 * 7}
     rounds = res["scan"]["rounds"]  # 1 % actionable: 2 new partials a round, nothing else
     assert [r["chains_published"] for r in rounds] == [2] * len(rounds)
     assert res["latency"]["acknowledged"] >= 5
     assert len(res["memory"]["samples"]) >= 2  # 2000 evaluations = 2 scans of 1000 positions
-    for line in ("a. kernel", "b. scan", "c. pipeline", "d. latency", "e. memory"):
+    for line in ("a. kernel", "b. scan", "c. pipeline", "chains started by the beat scan", "d. latency", "e. memory"):
         assert line in p.stdout
