@@ -20,8 +20,8 @@ def test_performance_benchmark_runs_every_section(tmp_path):
     res = json.loads(out.read_text())
     assert set(res["met"]) == {"kernel", "scan", "pipeline", "latency", "memory"}
     pipe = res["pipeline"]
-    assert len(pipe["rounds"]) == 5 and len(pipe["scan_rounds"]) == 2  # published here, started by the scan
-    assert pipe["states"] == {"FILLED": 20 * 7}
+    assert len(pipe["rounds"]) == 7 and len(pipe["scan_rounds"]) == 2  # published here, started by the scan
+    assert pipe["states"] == {"FILLED": 20 * 9}
     rounds = res["scan"]["rounds"]  # 1 % actionable: 2 new partials a round, nothing else
     assert [r["chains_published"] for r in rounds] == [2] * len(rounds)
     assert res["latency"]["acknowledged"] >= 5
