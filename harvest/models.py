@@ -295,7 +295,8 @@ class Plan(BaseModel):
 
     ``step``/``client_order_id``: the current send (``hv-<plan_id>-<step>``); a new step is
     taken only after the previous send is known not executed. ``send``: outcome of the
-    current send — ``sending``, ``accepted``, ``unknown`` or ``not_executed``."""
+    current send — ``sending`` (sent or being sent; an accepted send stays ``sending`` until
+    confirm records it), ``accepted``, ``unknown`` or ``not_executed``."""
 
     plan_id: str
     account: str

@@ -29,7 +29,7 @@ import json
 import logging
 import time
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import redis
 
@@ -209,21 +209,35 @@ def _lua_opts(opts: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in opts.items() if v is not None})
 
 
-def run_script(r: redis.Redis, script, keys: list[str], args: list[Any]) -> Any:
+def run_script(r: redis.Redis, script, keys: list[str], args: list[Any],
+               then: Callable[[Any], None] | None = None) -> Any:
     """Run a registered Lua script (``r.register_script``) and, in the same round trip, write
     the metric observations this process has queued (:data:`harvest.metrics.DEFERRED`).
-    Returns the script's reply; raises what the script raises."""
-    if not DEFERRED.pending:
+    ``then`` queues more commands (reads) on the pipeline, to run right after the script.
+    Returns the script's reply, or ``(reply, [replies of then's commands])`` with ``then``;
+    raises what the script or those commands raise."""
+    if not DEFERRED.pending and then is None:
         return script(keys=keys, args=args)
     p = r.pipeline(transaction=False)
     p.evalsha(script.sha, len(keys), *keys, *args)
+    if then is not None:
+        then(p)
+    n_then = len(p) - 1
     DEFERRED.drain_into(p)
-    res = p.execute(raise_on_error=False)[0]
+    out = p.execute(raise_on_error=False)
+    res, extra = out[0], out[1:1 + n_then]
     if isinstance(res, redis.exceptions.NoScriptError):  # first call on this server: load it
-        return script(keys=keys, args=args)
-    if isinstance(res, Exception):
+        res = script(keys=keys, args=args)
+        if then is not None:
+            q = r.pipeline(transaction=False)
+            then(q)
+            extra = q.execute()
+    elif isinstance(res, Exception):
         raise res
-    return res
+    for x in extra:
+        if isinstance(x, Exception):
+            raise x
+    return res if then is None else (res, extra)
 
 
 class Keys:
@@ -433,18 +447,7 @@ class PlanStore:
         plan, or None when no such plan_id exists."""
         keys, args = self._mark_send_args(plan_id, step, "accepted", None, {"acked_at": acked_at}, acked_at,
                                           only_from="sending")
-        p = self.r.pipeline(transaction=False)
-        p.evalsha(self._mark_send.sha, len(keys), *keys, *args)
-        p.hgetall(self.k.plan(plan_id))
-        DEFERRED.drain_into(p)
-        marked, h = p.execute(raise_on_error=False)[:2]
-        if isinstance(marked, redis.exceptions.NoScriptError):  # first call on this server: load it
-            self._mark_send(keys=keys, args=args)
-            h = self.r.hgetall(self.k.plan(plan_id))
-        elif isinstance(marked, Exception):
-            raise marked
-        if isinstance(h, Exception):
-            raise h
+        _, (h,) = run_script(self.r, self._mark_send, keys, args, then=lambda p: p.hgetall(self.k.plan(plan_id)))
         return self.parse(h) if h else None
 
     def claim_resend(self, plan_id: str, step: int, client_order_id: str) -> bool:

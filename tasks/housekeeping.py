@@ -91,7 +91,9 @@ def reconcile_once(rt: Runtime) -> dict:
             ok, _ = rt.plans.transition(plan.plan_id, "EXPIRED", "position_closed_outside",
                                         data={"open_epoch": epochs.get(plan.symbol)})
             closed += ok
-        elif plan.state == "SUBMITTED" and plan.send != "sending":  # "sending": execute owns it now
+        # "sending": execute owns it, or its send was accepted and confirm has yet to record
+        # that and resolve it; the sweeper resolves it at the TTL if confirm never runs.
+        elif plan.state == "SUBMITTED" and plan.send != "sending":
             # Final look-up: with the position gone nothing more will fill; a plan whose
             # order closed the position itself reads FILLED here.
             closed += resolve_submitted(rt, plan, final=True) != PENDING
