@@ -16,7 +16,8 @@ b. scan — one beat scan of 10 000 open paper positions, ~1 % actionable: wall 
    per position would cost).
 c. pipeline — actionable ``propose → guard → execute → confirm`` chains per second (first
    publish to every plan terminal) vs the same number of bare 4-task no-op chains, same
-   queues, same workers (scan -c 2, orders -c 2), in alternating rounds; the median ratio.
+   queues, same workers (scan -c 2, orders -c 2), in alternating rounds; the median ratio,
+   and the machine CPU per chain of each side by process.
    Both kinds of chain are published the same way, from this process with Celery's canvas
    (harvest's own :func:`workflows.action_chain` for the decisions a scan would make), so
    the ratio is what harvest's four stages cost against four no-ops. Beside it, rounds whose
@@ -105,6 +106,42 @@ def bench_kernel(n: int) -> dict:
 
 
 # --------------------------------------------------------------------------- helpers
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _pool_pids(worker_pid: int) -> list[int]:
+    """The pool processes of a ``celery worker`` (its children, or theirs behind a wrapper)."""
+    return [c for p in _children(worker_pid) for c in _children(p)] or _children(worker_pid)
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (Linux ``/proc``); 0.0
+    when it cannot be read."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+#: The processes of the pipeline runs, by kind (the keys of :func:`_cpu_by_kind`).
+CPU_KINDS = ("redis", "benchmark", "scan_consumer", "scan_pool", "orders_consumer", "orders_pool")
+
+
+def _cpu_by_kind(rt, ws) -> dict[str, float]:
+    """CPU seconds used so far by the Redis server, this process, and each worker's main
+    (consumer) process and pool processes (``ws``: the scan worker, then the orders worker)."""
+    out = {"redis": _cpu_s(int(rt.r.info("server")["process_id"])), "benchmark": _cpu_s(os.getpid())}
+    for w, kind in zip(ws, ("scan", "orders"), strict=True):
+        out[f"{kind}_consumer"] = _cpu_s(w.proc.pid)
+        out[f"{kind}_pool"] = sum(_cpu_s(p) for p in _pool_pids(w.proc.pid))
+    return out
+
 
 def _counter(rt, name: str) -> int:
     return int(rt.r.hget(rt.plans.k.counters, name) or 0)
@@ -227,7 +264,10 @@ def bench_pipeline(url: str, n: int, rounds: int = 7, scan_rounds: int = 2) -> d
     one partial each), decides them as the scan does (untimed), publishes one
     :func:`workflows.action_chain` per decision from here, as the bare chains are, and,
     once its plans are terminal, marks them back at entry. Then ``scan_rounds`` more pairs
-    in which the beat scan (of every position opened so far) starts the chains."""
+    in which the beat scan (of every position opened so far) starts the chains. Every timed
+    side also records the machine CPU it used per chain, by process (Redis, this process,
+    each worker's consumer and pool processes; Linux ``/proc``): the rate follows it when
+    the CPUs are busy, and it shows where harvest's extra goes."""
     syms = symbols(n * (rounds + scan_rounds), "P")
     ns, env, rt = fresh_namespace(url, "perf", syms, 0.0)
     app = celery_app(env)
@@ -242,7 +282,11 @@ def bench_pipeline(url: str, n: int, rounds: int = 7, scan_rounds: int = 2) -> d
         _bare_chains(app, ns, rt, 50, queues)  # warm-up of the pools
         _prime(app, ns, rt)
 
-        def harvest_round(k: int) -> float:
+        def _cpu_ms_per_chain(before: dict[str, float]) -> dict[str, float]:
+            after = _cpu_by_kind(rt, ws)
+            return {kind: 1000 * (after[kind] - before[kind]) / n for kind in CPU_KINDS}
+
+        def harvest_round(k: int) -> tuple[float, dict[str, float]]:
             batch = syms[k * n:(k + 1) * n]
             _set_marks(rt, paper, batch, 2.1)
             pairs, now = load_positions(rt)
@@ -254,31 +298,36 @@ def bench_pipeline(url: str, n: int, rounds: int = 7, scan_rounds: int = 2) -> d
                 chains.append((payload, plan_id_for(d)))
             if len(chains) != n:
                 raise RuntimeError(f"{len(chains)} decisions for {n} actionable positions")
-            t0 = time.perf_counter()
+            cpu0, t0 = _cpu_by_kind(rt, ws), time.perf_counter()
             for payload, pid in chains:
                 action_chain(payload, pid).apply_async()
             wait_for(lambda: _all_terminal(rt, (k + 1) * n), 600, 0.02, "the round's plans terminal")
-            rate = n / (time.perf_counter() - t0)
+            rate, cpu = n / (time.perf_counter() - t0), _cpu_ms_per_chain(cpu0)
             _set_marks(rt, paper, batch, 0.0)
-            return rate
+            return rate, cpu
 
-        def scan_round(k: int) -> float:
+        def scan_round(k: int) -> tuple[float, dict[str, float]]:
             batch = syms[k * n:(k + 1) * n]
             _set_marks(rt, paper, batch, 2.1)
-            t0 = time.perf_counter()
+            cpu0, t0 = _cpu_by_kind(rt, ws), time.perf_counter()
             app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
             wait_for(lambda: _all_terminal(rt, (k + 1) * n), 600, 0.02, "the round's plans terminal")
-            rate = n / (time.perf_counter() - t0)
+            rate, cpu = n / (time.perf_counter() - t0), _cpu_ms_per_chain(cpu0)
             _set_marks(rt, paper, batch, 0.0)
-            return rate
+            return rate, cpu
+
+        def bare_round() -> tuple[float, dict[str, float]]:
+            cpu0 = _cpu_by_kind(rt, ws)
+            return _bare_chains(app, ns, rt, n, queues), _cpu_ms_per_chain(cpu0)
 
         for k in range(rounds + scan_rounds):
             run = harvest_round if k < rounds else scan_round
             if k % 2 == 0:
-                bare, harvest = _bare_chains(app, ns, rt, n, queues), run(k)
+                (bare, bare_cpu), (harvest, harvest_cpu) = bare_round(), run(k)
             else:
-                harvest, bare = run(k), _bare_chains(app, ns, rt, n, queues)
-            row = {"harvest_chains_per_s": harvest, "bare_4task_chains_per_s": bare, "ratio": harvest / bare}
+                (harvest, harvest_cpu), (bare, bare_cpu) = run(k), bare_round()
+            row = {"harvest_chains_per_s": harvest, "bare_4task_chains_per_s": bare, "ratio": harvest / bare,
+                   "harvest_cpu_ms_per_chain": harvest_cpu, "bare_cpu_ms_per_chain": bare_cpu}
             if k >= rounds:
                 row["positions_scanned"] = n * (rounds + scan_rounds)  # every position stays open
             out["rounds" if k < rounds else "scan_rounds"].append(row)
@@ -298,6 +347,9 @@ def bench_pipeline(url: str, n: int, rounds: int = 7, scan_rounds: int = 2) -> d
                          / sum(1 / r["harvest_chains_per_s"] for r in rs)),
         "scan_started_ratio": (statistics.median(r["ratio"] for r in out["scan_rounds"])
                                if out["scan_rounds"] else None),
+        # Machine CPU per chain by process (mean over the rounds, ms): where harvest's extra goes.
+        "cpu_ms_per_chain": {side: {kind: statistics.mean(r[f"{side}_cpu_ms_per_chain"][kind] for r in rs)
+                                    for kind in CPU_KINDS} for side in ("harvest", "bare")},
         "states": states,
     })
     return out
@@ -343,13 +395,6 @@ def bench_latency(url: str, ticks: int, open_n: int = 100) -> dict:
 
 # --------------------------------------------------------------------------- e. memory
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -366,8 +411,7 @@ def bench_memory(url: str, evaluations: int, positions: int = 1000) -> dict:
     try:
         w.wait_ready()
         celery_main = w.proc.pid
-        pool = wait_for(lambda: [c for p in _children(celery_main) for c in _children(p)] or _children(celery_main),
-                        30, 0.05, "the worker's pool process")
+        pool = wait_for(lambda: _pool_pids(celery_main), 30, 0.05, "the worker's pool process")
         scans = evaluations // positions
         for k in range(scans):
             app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
@@ -435,6 +479,11 @@ def main() -> int:
           f"alternating: ratio median {p['ratio']:.2f} (target ≥ 0.8: {ok('pipeline')}), pooled "
           f"{p['pooled_ratio']:.2f}; per round " + ", ".join(f"{r['harvest_chains_per_s']:.0f}/{r['bare_4task_chains_per_s']:.0f}/s"
                                                             for r in p["rounds"]) + f"; {p['states']}")
+    cpu = p["cpu_ms_per_chain"]
+    h_cpu, b_cpu = sum(cpu["harvest"].values()), sum(cpu["bare"].values())
+    print(f"           machine CPU per chain (mean of the rounds): harvest {h_cpu:.1f} ms vs bare {b_cpu:.1f} ms "
+          f"(CPU ratio {b_cpu / h_cpu:.2f}); harvest's extra by process: "
+          + ", ".join(f"{kind} {cpu['harvest'][kind] - cpu['bare'][kind]:+.2f}" for kind in CPU_KINDS) + " ms")
     if p["scan_rounds"]:
         print(f"           chains started by the beat scan in a worker (its read of all "
               f"{p['scan_rounds'][0]['positions_scanned']} open positions included): ratio median "

@@ -22,9 +22,14 @@ def test_performance_benchmark_runs_every_section(tmp_path):
     pipe = res["pipeline"]
     assert len(pipe["rounds"]) == 7 and len(pipe["scan_rounds"]) == 2  # published here, started by the scan
     assert pipe["states"] == {"FILLED": 20 * 9}
+    for side in ("harvest", "bare"):  # machine CPU per chain, by process
+        cpu = pipe["cpu_ms_per_chain"][side]
+        assert set(cpu) == {"redis", "benchmark", "scan_consumer", "scan_pool", "orders_consumer", "orders_pool"}
+        assert all(v >= 0 for v in cpu.values()) and cpu["scan_pool"] + cpu["orders_pool"] > 0
     rounds = res["scan"]["rounds"]  # 1 % actionable: 2 new partials a round, nothing else
     assert [r["chains_published"] for r in rounds] == [2] * len(rounds)
     assert res["latency"]["acknowledged"] >= 5
     assert len(res["memory"]["samples"]) >= 2  # 2000 evaluations = 2 scans of 1000 positions
-    for line in ("a. kernel", "b. scan", "c. pipeline", "chains started by the beat scan", "d. latency", "e. memory"):
+    for line in ("a. kernel", "b. scan", "c. pipeline", "machine CPU per chain", "chains started by the beat scan",
+                 "d. latency", "e. memory"):
         assert line in p.stdout
