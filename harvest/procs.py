@@ -139,8 +139,12 @@ class CeleryProcess:
         self.args = args or []
         self.log = tempfile.NamedTemporaryFile(prefix=f"harvest-{kind}-", suffix=".log", delete=False)
         self.proc: subprocess.Popen | None = None
+        self._kept: str | None = None  # the log, kept here once stop() removed its file
 
     def start(self) -> "CeleryProcess":
+        """Start the process (once: a stopped one is not started again; make a new one)."""
+        if self._kept is not None:
+            raise RuntimeError(f"this celery {self.kind} was stopped; start a new CeleryProcess")
         level = ["-l", "INFO"] if self.kind in ("worker", "beat") else []
         cmd = [sys.executable, "-m", "celery", "-A", "tasks", self.kind, *level, *self.args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -148,6 +152,9 @@ class CeleryProcess:
         return self
 
     def output(self) -> str:
+        """Everything the process printed so far (after :meth:`stop`: all of it)."""
+        if self._kept is not None:
+            return self._kept
         return Path(self.log.name).read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -159,14 +166,22 @@ class CeleryProcess:
         wait_for(ok, timeout, 0.1, what=f"celery {self.kind} to be ready")
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait(10)
+        """SIGTERM to the process group (SIGKILL after ``timeout`` s); returns the exit code
+        (None when it never started).
+        The log moves from its temporary file into memory (:meth:`output`), so no file is
+        left behind."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        if self._kept is None:
+            self._kept = self.output()
+            self.log.close()
+            Path(self.log.name).unlink(missing_ok=True)
+        return self.proc.returncode if self.proc is not None else None
 
 
 def worker(env: dict[str, str], namespace: str, concurrency: int = 2) -> CeleryProcess:
