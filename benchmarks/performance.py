@@ -61,6 +61,8 @@ from harvest.procs import RedisServer, wait_for  # noqa: E402
 TARGETS = {"kernel_ratio": 50.0, "scan_wall_s": 1.0, "pipeline_ratio": 0.8, "latency_p99_ms": 250.0,
            "rss_growth_mb": 5.0}
 NOOP = ["-I", "benchmarks.noop_tasks"]
+#: Workers of the pipeline rounds with the exchange's work removed (see benchmarks/instant_venue.py).
+INSTANT = ["-I", "benchmarks.noop_tasks,benchmarks.instant_venue"]
 
 
 # --------------------------------------------------------------------------- a. kernel
@@ -180,8 +182,8 @@ def _prime(app, ns: str, rt, processes: int = 2) -> None:
     wait_for(lambda: _counter(rt, "scan:runs") == runs + processes, 240, 0.005, "the priming scans")
 
 
-def _workers(env, ns, scan_c=2, orders_c=2):
-    ws = [start_worker(env, ns, "scan", scan_c, *NOOP), start_worker(env, ns, "orders", orders_c, *NOOP)]
+def _workers(env, ns, scan_c=2, orders_c=2, preload=NOOP):
+    ws = [start_worker(env, ns, "scan", scan_c, *preload), start_worker(env, ns, "orders", orders_c, *preload)]
     for w in ws:
         w.wait_ready()
     return ws
@@ -256,7 +258,7 @@ def _harvest_canvas(env: dict[str, str]):
     return action_chain, load_positions, decide
 
 
-def bench_pipeline(url: str, n: int, rounds: int = 7, scan_rounds: int = 2) -> dict:
+def bench_pipeline(url: str, n: int, rounds: int = 7, scan_rounds: int = 2, instant_rounds: int = 2) -> dict:
     """``rounds`` rounds, each n harvest chains and n bare 4-task chains back to back (the
     order alternates, so a machine that speeds up or slows down during the run does not
     favour either side); the figure is the median of the rounds' ratios (their pooled
@@ -267,8 +269,12 @@ def bench_pipeline(url: str, n: int, rounds: int = 7, scan_rounds: int = 2) -> d
     in which the beat scan (of every position opened so far) starts the chains. Every timed
     side also records the machine CPU it used per chain, by process (Redis, this process,
     each worker's consumer and pool processes; Linux ``/proc``): the rate follows it when
-    the CPUs are busy, and it shows where harvest's extra goes."""
-    syms = symbols(n * (rounds + scan_rounds), "P")
+    the CPUs are busy, and it shows where harvest's extra goes. Last, ``instant_rounds``
+    pairs like the first ones on workers whose venue answers from memory
+    (:mod:`benchmarks.instant_venue`): the stages without the paper engine's work, which on a
+    real exchange runs on the exchange's machines, not on these 2 CPUs (a decomposition, not
+    a target figure)."""
+    syms = symbols(n * (rounds + scan_rounds + instant_rounds), "P")
     ns, env, rt = fresh_namespace(url, "perf", syms, 0.0)
     app = celery_app(env)
     paper = paper_of(rt)
@@ -277,7 +283,7 @@ def bench_pipeline(url: str, n: int, rounds: int = 7, scan_rounds: int = 2) -> d
 
     ws = _workers(env, ns)
     queues = ["scan", "scan", "orders", "orders"]
-    out: dict = {"chains": n, "rounds": [], "scan_rounds": [], "workers": "scan -c 2, orders -c 2"}
+    out: dict = {"chains": n, "rounds": [], "scan_rounds": [], "instant_rounds": [], "workers": "scan -c 2, orders -c 2"}
     try:
         _bare_chains(app, ns, rt, 50, queues)  # warm-up of the pools
         _prime(app, ns, rt)
@@ -320,17 +326,22 @@ def bench_pipeline(url: str, n: int, rounds: int = 7, scan_rounds: int = 2) -> d
             cpu0 = _cpu_by_kind(rt, ws)
             return _bare_chains(app, ns, rt, n, queues), _cpu_ms_per_chain(cpu0)
 
-        for k in range(rounds + scan_rounds):
-            run = harvest_round if k < rounds else scan_round
+        for k in range(rounds + scan_rounds + instant_rounds):
+            if k == rounds + scan_rounds:  # workers whose venue answers from memory
+                for w in ws:
+                    w.stop()
+                ws[:] = _workers({**env, "HARVEST_BENCH_INSTANT_VENUE": "1"}, ns, preload=INSTANT)
+                _bare_chains(app, ns, rt, 50, queues)
+            run = scan_round if rounds <= k < rounds + scan_rounds else harvest_round
             if k % 2 == 0:
                 (bare, bare_cpu), (harvest, harvest_cpu) = bare_round(), run(k)
             else:
                 (harvest, harvest_cpu), (bare, bare_cpu) = run(k), bare_round()
             row = {"harvest_chains_per_s": harvest, "bare_4task_chains_per_s": bare, "ratio": harvest / bare,
                    "harvest_cpu_ms_per_chain": harvest_cpu, "bare_cpu_ms_per_chain": bare_cpu}
-            if k >= rounds:
-                row["positions_scanned"] = n * (rounds + scan_rounds)  # every position stays open
-            out["rounds" if k < rounds else "scan_rounds"].append(row)
+            if run is scan_round:
+                row["positions_scanned"] = n * (rounds + scan_rounds + instant_rounds)  # every position stays open
+            out["rounds" if k < rounds else "scan_rounds" if run is scan_round else "instant_rounds"].append(row)
         states: dict[str, int] = {}
         for p in rt.plans.all_plans():
             states[p.state] = states.get(p.state, 0) + 1
@@ -347,6 +358,8 @@ def bench_pipeline(url: str, n: int, rounds: int = 7, scan_rounds: int = 2) -> d
                          / sum(1 / r["harvest_chains_per_s"] for r in rs)),
         "scan_started_ratio": (statistics.median(r["ratio"] for r in out["scan_rounds"])
                                if out["scan_rounds"] else None),
+        "instant_ratio": (statistics.median(r["ratio"] for r in out["instant_rounds"])
+                          if out["instant_rounds"] else None),
         # Machine CPU per chain by process (mean over the rounds, ms): where harvest's extra goes.
         "cpu_ms_per_chain": {side: {kind: statistics.mean(r[f"{side}_cpu_ms_per_chain"][kind] for r in rs)
                                     for kind in CPU_KINDS} for side in ("harvest", "bare")},
@@ -489,6 +502,14 @@ def main() -> int:
               f"{p['scan_rounds'][0]['positions_scanned']} open positions included): ratio median "
               f"{p['scan_started_ratio']:.2f}; per round "
               + ", ".join(f"{r['harvest_chains_per_s']:.0f}/{r['bare_4task_chains_per_s']:.0f}/s" for r in p["scan_rounds"]))
+    if p["instant_rounds"]:
+        ir = p["instant_rounds"]
+        h_i = statistics.mean(sum(r["harvest_cpu_ms_per_chain"].values()) for r in ir)
+        b_i = statistics.mean(sum(r["bare_cpu_ms_per_chain"].values()) for r in ir)
+        print(f"           the same chains with the exchange's work removed (the workers' venue answers from memory, "
+              f"benchmarks/instant_venue.py; a decomposition, not the target figure): ratio median "
+              f"{p['instant_ratio']:.2f}; machine CPU per chain harvest {h_i:.1f} ms vs bare {b_i:.1f} ms; per round "
+              + ", ".join(f"{r['harvest_chains_per_s']:.0f}/{r['bare_4task_chains_per_s']:.0f}/s" for r in ir))
     print(f"d. latency scan tick → order acknowledged (emulator, python-binance), {lt['acknowledged']} ticks: "
           f"p50 {lt['p50_ms']:.0f} ms, p99 {lt['p99_ms']:.0f} ms, max {lt['max_ms']:.0f} ms "
           f"(target p99 ≤ 250 ms: {ok('latency')})")

@@ -20,8 +20,9 @@ def test_performance_benchmark_runs_every_section(tmp_path):
     res = json.loads(out.read_text())
     assert set(res["met"]) == {"kernel", "scan", "pipeline", "latency", "memory"}
     pipe = res["pipeline"]
-    assert len(pipe["rounds"]) == 7 and len(pipe["scan_rounds"]) == 2  # published here, started by the scan
-    assert pipe["states"] == {"FILLED": 20 * 9}
+    # published here; started by the scan; published here to workers whose venue answers from memory
+    assert (len(pipe["rounds"]), len(pipe["scan_rounds"]), len(pipe["instant_rounds"])) == (7, 2, 2)
+    assert pipe["states"] == {"FILLED": 20 * 11}
     for side in ("harvest", "bare"):  # machine CPU per chain, by process
         cpu = pipe["cpu_ms_per_chain"][side]
         assert set(cpu) == {"redis", "benchmark", "scan_consumer", "scan_pool", "orders_consumer", "orders_pool"}
@@ -31,5 +32,6 @@ def test_performance_benchmark_runs_every_section(tmp_path):
     assert res["latency"]["acknowledged"] >= 5
     assert len(res["memory"]["samples"]) >= 2  # 2000 evaluations = 2 scans of 1000 positions
     for line in ("a. kernel", "b. scan", "c. pipeline", "machine CPU per chain", "chains started by the beat scan",
+                 "exchange's work removed",
                  "d. latency", "e. memory"):
         assert line in p.stdout
