@@ -38,6 +38,7 @@ def test_killing_every_worker_sends_nothing_and_shows_in_the_scorecard(redis_url
         wait_for(lambda: emu.faults.fired().get("latency"), 30, what="execute to be sending the order")
         for p in procs:
             _kill(p)  # every worker and beat, mid-send
+            p.stop()  # already dead: keeps its log in memory, removes the file
         # Down: the second position becomes actionable too; nothing acts on it.
         emu.venue.set_mark(syms[1], mark_at_r(rt, syms[1], 2.2))
         card = wait_for(lambda: (c := build_scorecard(rt))["heartbeat_age_s"].get("beat", 0) > 3 and c, 30,
