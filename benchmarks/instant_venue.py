@@ -16,6 +16,7 @@ import time
 
 from celery.signals import worker_process_init
 
+from harvest.paper import TAKER_FEE_RATE
 from harvest.venue import OrderResult, VenuePosition
 
 ENV_FLAG = "HARVEST_BENCH_INSTANT_VENUE"
@@ -52,7 +53,7 @@ class InstantVenue:
     def _filled(self, symbol: str, side: str, qty: float, cid: str) -> OrderResult:
         mark = self._positions[symbol].mark_price
         return OrderResult(symbol=symbol, client_order_id=cid, order_id=1, side=side, type="MARKET", status="FILLED",
-                           orig_qty=qty, executed_qty=qty, avg_price=mark, commission=qty * mark * 0.0005,
+                           orig_qty=qty, executed_qty=qty, avg_price=mark, commission=qty * mark * TAKER_FEE_RATE,
                            update_time=time.time())
 
     def __getattr__(self, name: str):

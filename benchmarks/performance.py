@@ -22,7 +22,9 @@ c. pipeline — actionable ``propose → guard → execute → confirm`` chains 
    (harvest's own :func:`workflows.action_chain` for the decisions a scan would make), so
    the ratio is what harvest's four stages cost against four no-ops. Beside it, rounds whose
    chains the beat scan starts in a worker (scan publish to every plan terminal, the scan's
-   read of every open position included) against bare rounds too.
+   read of every open position included) against bare rounds too, and rounds on workers
+   whose venue answers from memory (:mod:`benchmarks.instant_venue`: the stages without the
+   paper engine's work; a decomposition, not a target figure).
 d. latency — scan tick → order acknowledged by the exchange (the plan's ``scanned_at`` →
    ``acked_at``), p50/p99, on the emulator through python-binance, one actionable position
    per tick among 100 open.

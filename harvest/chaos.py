@@ -107,11 +107,8 @@ class _Procs:
 
     def kill(self, role: str) -> None:
         """SIGKILL the role's whole process group (main process and pool)."""
-        p = self.procs[role]
         self.expected_down.add(role)
-        if p.proc is not None and p.proc.poll() is None:
-            os.killpg(p.proc.pid, signal.SIGKILL)
-            p.proc.wait(10)
+        self.procs[role].kill()
 
     def stop_all(self) -> None:
         for p in self.procs.values():

@@ -167,16 +167,25 @@ class CeleryProcess:
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM to the process group (SIGKILL after ``timeout`` s); returns the exit code
-        (None when it never started).
-        The log moves from its temporary file into memory (:meth:`output`), so no file is
-        left behind."""
+        (None when it never started). The log moves from its temporary file into memory
+        (:meth:`output`), so no file is left behind."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+                return self.kill()
+        return self._ended()
+
+    def kill(self) -> int | None:
+        """SIGKILL to the process group (main process and pool: a crash, nothing cleaned up),
+        waiting up to 10 s; returns the exit code. The log moves into memory as on :meth:`stop`."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        return self._ended()
+
+    def _ended(self) -> int | None:
         if self._kept is None:
             self._kept = self.output()
             self.log.close()

@@ -4,8 +4,6 @@ restart the plan ends with exactly one order."""
 
 from __future__ import annotations
 
-import os
-import signal
 import uuid
 
 from harvest.loadgen import env_for, mark_at_r, open_positions, runtime, start_emulator, start_worker
@@ -13,11 +11,6 @@ from harvest.models import Action
 from harvest.plans import TERMINAL, make_plan_id
 from harvest.procs import CeleryProcess, wait_for
 from harvest.scorecard import build_scorecard
-
-
-def _kill(p: CeleryProcess) -> None:
-    os.killpg(p.proc.pid, signal.SIGKILL)
-    p.proc.wait(10)
 
 
 def test_killing_every_worker_sends_nothing_and_shows_in_the_scorecard(redis_url):
@@ -37,8 +30,7 @@ def test_killing_every_worker_sends_nothing_and_shows_in_the_scorecard(redis_url
         emu.venue.set_mark(syms[0], mark_at_r(rt, syms[0], 2.2))
         wait_for(lambda: emu.faults.fired().get("latency"), 30, what="execute to be sending the order")
         for p in procs:
-            _kill(p)  # every worker and beat, mid-send
-            p.stop()  # already dead: keeps its log in memory, removes the file
+            p.kill()  # every worker and beat (SIGKILL to the process group), mid-send
         # Down: the second position becomes actionable too; nothing acts on it.
         emu.venue.set_mark(syms[1], mark_at_r(rt, syms[1], 2.2))
         card = wait_for(lambda: (c := build_scorecard(rt))["heartbeat_age_s"].get("beat", 0) > 3 and c, 30,
