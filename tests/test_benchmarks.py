@@ -35,3 +35,21 @@ def test_performance_benchmark_runs_every_section(tmp_path):
                  "exchange's work removed",
                  "d. latency", "e. memory"):
         assert line in p.stdout
+
+
+def test_stage_profile_runs_and_counts_round_trips(tmp_path):
+    out = tmp_path / "stages.json"
+    p = subprocess.run([sys.executable, "benchmarks/stages.py", "--plans", "30", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = json.loads(out.read_text())
+    assert res["ends"] == {"FILLED": 30}
+    st = res["stages"]
+    # Redis round trips per plan, by stage (the README's figures; a change that adds one shows here).
+    assert {s: st[s]["round_trips"] for s in st} == {"propose": 1, "guard": 3, "execute": 3, "confirm": 3}
+    assert all(st[s]["cpu_ms"] > 0 for s in st) and st["propose"]["exchange_cpu_ms"] == 0
+    assert all(st[s]["exchange_cpu_ms"] > 0 for s in ("guard", "execute", "confirm"))
+    assert res["redis_calls_per_plan"]["script transition"] == 3  # APPROVED, SUBMITTED, FILLED
+    assert res["redis_cpu_us_per_plan"] > 0
+    for line in ("propose", "guard", "execute", "confirm", "Redis server CPU per plan"):
+        assert line in p.stdout
