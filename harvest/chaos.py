@@ -103,6 +103,7 @@ class _Procs:
         for role, p in list(self.procs.items()):
             if role not in self.expected_down and p.proc is not None and p.proc.poll() is not None:
                 self.restarts[role] += 1
+                p.stop()  # exited on its own: its log leaves its temporary file (into memory)
                 self.start(role)
 
     def kill(self, role: str) -> None:
