@@ -448,10 +448,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--positions", type=int, default=10_000, help="open positions (kernel and scan runs)")
     ap.add_argument("--chains", type=int, default=300, help="actionable chains per round (pipeline run)")
+    ap.add_argument("--rounds", type=int, default=7, help="pipeline rounds, harvest and bare (the target figure)")
+    ap.add_argument("--instant-rounds", type=int, default=2,
+                    help="pipeline rounds with the exchange's work removed (a decomposition; 7 makes it as "
+                         "steady as the target figure)")
     ap.add_argument("--ticks", type=int, default=100, help="scan ticks (latency run)")
     ap.add_argument("--evaluations", type=int, default=100_000, help="position evaluations (memory run)")
     ap.add_argument("--json", help="also write the results to this file")
     a = ap.parse_args()
+    if a.rounds < 1 or a.instant_rounds < 0:
+        ap.error("--rounds must be at least 1 and --instant-rounds at least 0")
     os.environ.pop("HARVEST_FAPI_URL", None)
     out = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
            "targets": TARGETS}
@@ -459,7 +465,7 @@ def main() -> int:
     server = RedisServer().start()
     try:
         out["scan"] = bench_scan(server.url, a.positions)
-        out["pipeline"] = bench_pipeline(server.url, a.chains)
+        out["pipeline"] = bench_pipeline(server.url, a.chains, rounds=a.rounds, instant_rounds=a.instant_rounds)
         out["latency"] = bench_latency(server.url, a.ticks)
         out["memory"] = bench_memory(server.url, a.evaluations)
     finally:

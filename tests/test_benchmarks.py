@@ -14,15 +14,15 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_performance_benchmark_runs_every_section(tmp_path):
     out = tmp_path / "perf.json"
     p = subprocess.run([sys.executable, "benchmarks/performance.py", "--positions", "200", "--chains", "20",
-                        "--ticks", "5", "--evaluations", "2000", "--json", str(out)],
+                        "--ticks", "5", "--evaluations", "2000", "--instant-rounds", "3", "--json", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode in (0, 1), p.stdout + p.stderr  # 1: a target missed at this toy size
     res = json.loads(out.read_text())
     assert set(res["met"]) == {"kernel", "scan", "pipeline", "latency", "memory"}
     pipe = res["pipeline"]
     # published here; started by the scan; published here to workers whose venue answers from memory
-    assert (len(pipe["rounds"]), len(pipe["scan_rounds"]), len(pipe["instant_rounds"])) == (7, 2, 2)
-    assert pipe["states"] == {"FILLED": 20 * 11}
+    assert (len(pipe["rounds"]), len(pipe["scan_rounds"]), len(pipe["instant_rounds"])) == (7, 2, 3)
+    assert pipe["states"] == {"FILLED": 20 * 12}
     for side in ("harvest", "bare"):  # machine CPU per chain, by process
         cpu = pipe["cpu_ms_per_chain"][side]
         assert set(cpu) == {"redis", "benchmark", "scan_consumer", "scan_pool", "orders_consumer", "orders_pool"}
