@@ -35,7 +35,13 @@ class InstantVenue:
         return list(self._positions.values())
 
     def position(self, symbol: str) -> VenuePosition | None:
-        return self._positions.get(symbol)
+        """The position as read at start, at the mark the benchmark set since (one GET: the
+        guard re-reads R_net from the mark, so a start-time mark would reject every plan)."""
+        p = self._positions.get(symbol)
+        if p is None:
+            return None
+        mark = self._paper.r.get(self._paper.k_mark(symbol))
+        return p if mark is None else p.model_copy(update={"mark_price": float(mark)})
 
     def filters(self, symbol: str):
         if symbol not in self._filters:

@@ -11,6 +11,12 @@ Facts used (``../shared/reference/binance-fapi.md``, python-binance 1.0.37):
 * closes are MARKET orders with ``newClientOrderId`` = the plan's clientOrderId and
   ``newOrderRespType=RESULT``; one-way mode sends ``reduceOnly=true``, hedge mode sends
   ``positionSide`` and no ``reduceOnly`` (Binance answers -1106 to it);
+* a position's opening time (its epoch and age) from ``GET /fapi/v1/userTrades``: the fill
+  that took it from flat (or through zero) is the opening, so a close and a same-side
+  re-open between two scans is a new epoch (:func:`opening_time`; re-read only when
+  positionAmt or entryPrice changed); funding per epoch from ``GET /fapi/v1/income``
+  (``FUNDING_FEE`` rows at or after the opening, each applied once by ``tranId``; polled at
+  most every ``funding_poll_s``);
 * the protective stop is a closePosition STOP_MARKET through the algo-order endpoint
   (python-binance routes conditional types to ``/fapi/v1/algoOrder`` and replaces
   ``newClientOrderId`` with ``clientAlgoId``, so harvest passes ``clientAlgoId`` itself);
@@ -47,13 +53,14 @@ from binance.exceptions import BinanceAPIException, BinanceRequestException
 
 from harvest.data import SymbolFilters, filters_from_exchange_info
 from harvest.models import Side
-from harvest.venue import BAD_SYMBOL, OrderResult, Venue, VenueError, VenuePosition
+from harvest.venue import BAD_SYMBOL, POSITION_MODE_CODES, OrderResult, Venue, VenueError, VenuePosition
 
 log = logging.getLogger("harvest.venue")
 
 #: Request weights of the endpoints used (Binance's documented figures).
 WEIGHT = {"positions": 5, "symbol_config": 5, "dual": 30, "open_algo_all": 40, "open_algo": 1,
-          "mark": 1, "klines": 2, "exchange_info": 1, "order": 1, "get_order": 1, "cancel": 1, "trades": 5, "time": 1}
+          "mark": 1, "klines": 2, "exchange_info": 1, "order": 1, "get_order": 1, "cancel": 1, "trades": 5, "time": 1,
+          "income": 30}
 #: Share of the weight budget each priority may use: closes go ahead of stop moves and reads.
 PRIORITY_SHARE = {"close": 1.0, "stop": 0.85, "read": 0.7}
 _ALGO_TO_ORDER_STATUS = {"NEW": "NEW", "TRIGGERING": "NEW", "TRIGGERED": "NEW", "FINISHED": "FILLED",
@@ -63,19 +70,27 @@ _ALGO_TO_ORDER_STATUS = {"NEW": "NEW", "TRIGGERING": "NEW", "TRIGGERED": "NEW", 
 def classify(exc: Exception) -> VenueError:
     """Map a python-binance / requests exception to a :class:`VenueError` of one class.
 
-    * HTTP 429 / 418 → retryable, ``retry_after`` from ``Retry-After`` (s);
-    * HTTP 5xx: message "Unknown error…" or code -1006/-1007 → unknown; "Service
-      Unavailable." or "Internal error…" (-1001) → retryable; anything else → unknown
-      (the safe side: look the order up);
+    Only Binance's own JSON answers are taken at their word; anything else (an HTML page
+    from a load balancer, a truncated or garbled body) says nothing about whether an order
+    ran, so it is ``unknown`` (look the order up before anything is sent again):
+
+    * HTTP 429 / 418 with a JSON body → retryable, ``retry_after`` from ``Retry-After`` (s);
+    * JSON code -1006/-1007 or message "Unknown error…" → unknown;
+    * JSON message "Service Unavailable." or "Internal error…", or code -1001 / -1008 →
+      retryable (not executed);
+    * any other HTTP 5xx, and any error body that is not JSON → unknown;
     * ``requests`` ConnectTimeout / refused connection (the request never left) → retryable;
-      ReadTimeout and every other transport error → unknown;
+      ReadTimeout and every other transport error (a body cut short included) → unknown;
     * ``BinanceRequestException`` (2xx that is not JSON) → unknown;
-    * any other BinanceAPIException → a rejection with Binance's code and message.
+    * any other BinanceAPIException with a JSON body → a rejection with Binance's code and message.
     """
     if isinstance(exc, BinanceAPIException):
         status = int(exc.status_code or 0)
         code = int(exc.code or 0)
         msg = str(exc.message or "")
+        if msg.startswith("Invalid JSON error message"):  # python-binance's wording for a non-JSON body
+            return VenueError(code, f"non-JSON answer, HTTP {status}: {msg[len('Invalid JSON error message from Binance: '):][:200]}",
+                              status, unknown=True)
         headers = getattr(exc.response, "headers", None) or {}
         if status in (429, 418):
             try:
@@ -85,13 +100,13 @@ def classify(exc: Exception) -> VenueError:
             return VenueError(code or -1003, msg, status, retryable=True, retry_after=ra)
         if code in (-1006, -1007) or "Unknown error" in msg:
             return VenueError(code, msg, status, unknown=True)
-        if "Service Unavailable" in msg or "Internal error" in msg or code == -1001:
+        if msg.startswith(("Service Unavailable", "Internal error")) or code in (-1001, -1008):
             return VenueError(code, msg, status, retryable=True)
         if status >= 500:
             return VenueError(code, msg, status, unknown=True)
         return VenueError(code, msg, status)
     if isinstance(exc, BinanceRequestException):
-        return VenueError(0, str(exc), 200, unknown=True)
+        return VenueError(0, str(exc)[:300], 200, unknown=True)
     if isinstance(exc, requests.exceptions.ConnectTimeout) or _never_connected(exc):
         return VenueError(0, f"connection failed before the request was sent: {type(exc).__name__}", 0, retryable=True)
     if isinstance(exc, requests.exceptions.RequestException):
@@ -231,7 +246,7 @@ class BinanceVenue(Venue):
     """
 
     def __init__(self, r: redis.Redis, ns: str, client_factory: Callable[[], Client], weight_limit: int,
-                 cache_ttl_s: float = 300.0):
+                 cache_ttl_s: float = 300.0, funding_poll_s: float = 60.0):
         self.r = r
         self.ns = ns
         self._factory = client_factory
@@ -244,6 +259,10 @@ class BinanceVenue(Venue):
         self.k_info = f"{ns}:venue:exchange_info"
         self.k_leverage = f"{ns}:venue:leverage"
         self.k_dual = f"{ns}:venue:dual"
+        self.k_opening = f"{ns}:venue:opening"
+        self.k_funding = f"{ns}:venue:funding"
+        self.k_funding_poll = f"{ns}:venue:funding_polled"
+        self.funding_poll_s = funding_poll_s
 
     # ------------------------------------------------------------------ plumbing
 
@@ -370,6 +389,8 @@ class BinanceVenue(Venue):
         algo = self._call("futures_get_open_orders", "open_algo" if symbol else "open_algo_all", "read",
                           conditional=True, **params)
         lev = self._leverage(sorted(by_sym))
+        opened = self._openings({s: x for s, (x,) in by_sym.items()})
+        funding = self._funding(opened)
         out = []
         for s, (x,) in sorted(by_sym.items()):
             amt = _num(x["positionAmt"])
@@ -377,34 +398,124 @@ class BinanceVenue(Venue):
             stops = [_num(o["triggerPrice"]) for o in algo
                      if o.get("symbol") == s and o.get("closePosition") in (True, "true")
                      and o.get("orderType", o.get("type")) == "STOP_MARKET" and o.get("side") == side.close_order_side]
+            liq = _num(x.get("liquidationPrice") or 0)
             out.append(VenuePosition(
                 symbol=s, side=side, qty=abs(amt), entry_price=_num(x["entryPrice"]), mark_price=_num(x["markPrice"]),
-                leverage=max(1.0, lev.get(s, 1.0)), opened_at=None,
+                leverage=max(1.0, lev.get(s, 1.0)), opened_at=opened.get(s),
                 stop_price=(max(stops) if side is Side.LONG else min(stops)) if stops else None,
+                liquidation_price=liq if liq > 0 else None, funding_paid=funding.get(s, 0.0),
             ))
         return out
+
+    def _openings(self, rows: dict[str, dict]) -> dict[str, float | None]:
+        """Opening time (Unix s) of each open position (positionRisk rows by symbol), or None
+        when the trades read do not reach back to it. Cached per symbol with the positionAmt and
+        entryPrice it was found for; re-read from userTrades (weight 5) only when either moved.
+        A userTrades call that fails keeps the cached time (or None): the epoch is then kept."""
+        if not rows:
+            return {}
+        syms = sorted(rows)
+        cached = dict(zip(syms, self.r.hmget(self.k_opening, syms), strict=True))
+        out: dict[str, float | None] = {}
+        for s in syms:
+            x = rows[s]
+            key = f"{x['positionAmt']}|{x['entryPrice']}"
+            c = json.loads(cached[s]) if cached[s] else None
+            if c is not None and c.get("k") == key:
+                out[s] = c.get("t")
+                continue
+            try:
+                trades = self._call("futures_account_trades", "trades", "read", symbol=s, limit=1000)
+                leg = x.get("positionSide", "BOTH")
+                t = opening_time([tr for tr in trades if tr.get("positionSide", "BOTH") in (leg, "BOTH")],
+                                 str(x["positionAmt"]))
+            except VenueError as e:
+                log.warning("opening of %s not read (%s); epoch kept", s, e)
+                out[s] = c.get("t") if c else None
+                continue
+            if t is None and c is not None and (float(c.get("amt", 0)) > 0) == (_num(x["positionAmt"]) > 0):
+                t = c.get("t")  # the opening is older than the trades read: the cached one stands
+            out[s] = t
+            self.r.hset(self.k_opening, s, json.dumps({"k": key, "t": t, "amt": str(x["positionAmt"])}))
+        return out
+
+    def _funding(self, opened: dict[str, float | None]) -> dict[str, float]:
+        """Funding paid (USDT, negative when received) by each position since its opening, from
+        ``GET /fapi/v1/income?incomeType=FUNDING_FEE`` (weight 30): every row at or after the
+        epoch's opening, applied once (by ``tranId``). The income endpoint is polled at most
+        every ``funding_poll_s`` for the account; between polls the stored sums stand. A failed
+        poll keeps them (funding is informative, never a reason to skip a scan)."""
+        known = {s: t for s, t in opened.items() if t is not None}
+        if not known:
+            return {}
+        syms = sorted(known)
+        state = {s: json.loads(v) if v else None for s, v in zip(syms, self.r.hmget(self.k_funding, syms), strict=True)}
+        for s in syms:
+            if state[s] is None or state[s].get("opened") != known[s]:
+                state[s] = {"opened": known[s], "paid": 0.0, "last": -1}
+        poll = self.funding_poll_s <= 0 or bool(self.r.set(self.k_funding_poll, "1", nx=True,
+                                                            ex=max(1, int(self.funding_poll_s))))
+        if poll:
+            try:
+                start = int(min(known.values()) * 1000)
+                rows: list[dict] = []
+                for _ in range(5):  # pages of 1000, oldest first
+                    page = self._call("futures_income_history", "income", "read", incomeType="FUNDING_FEE",
+                                      startTime=start, limit=1000)
+                    rows += page
+                    if len(page) < 1000:
+                        break
+                    start = int(_num(page[-1]["time"])) + 1
+                for row in sorted(rows, key=lambda r: int(_num(r["tranId"]))):
+                    st = state.get(row.get("symbol"))
+                    tran = int(_num(row["tranId"]))
+                    if st is None or _num(row["time"]) < st["opened"] * 1000 or tran <= st["last"]:
+                        continue
+                    st["paid"] -= _num(row["income"])
+                    st["last"] = tran
+            except VenueError as e:
+                log.warning("funding not read (%s); the last sums stand", e)
+        self.r.hset(self.k_funding, mapping={s: json.dumps(st) for s, st in state.items()})
+        return {s: float(st["paid"]) for s, st in state.items()}
 
     def position(self, symbol: str) -> VenuePosition | None:
         return next(iter(self.positions(symbol)), None)
 
+    def _mode_refreshed(self, send: Callable[[bool], Any], priority: str) -> Any:
+        """``send(dual)`` with the cached position mode; on -4061/-4059 (the account's mode
+        changed under the cache: the order was refused, nothing ran) the mode is read again
+        from the exchange and the same request (same clientOrderId) is sent once more."""
+        try:
+            return send(self.dual(priority))
+        except VenueError as e:
+            if e.code not in POSITION_MODE_CODES:
+                raise
+            self.r.delete(self.k_dual)
+            log.warning("position mode changed under the cache (%s); refreshed, sending again", e)
+            return send(self.dual(priority))
+
     @answers(sends=True)
     def close_market(self, symbol: str, side: str, qty: str, client_order_id: str) -> OrderResult:
-        params: dict[str, Any] = {"symbol": symbol, "side": side, "type": "MARKET", "quantity": qty,
-                                  "newClientOrderId": client_order_id, "newOrderRespType": "RESULT"}
-        if self.dual("close"):
-            params["positionSide"] = "LONG" if side == "SELL" else "SHORT"
-        else:
-            params["reduceOnly"] = "true"
-        return self._order(self._call("futures_create_order", "order", "close", **params))
+        def send(dual: bool) -> Any:
+            params: dict[str, Any] = {"symbol": symbol, "side": side, "type": "MARKET", "quantity": qty,
+                                      "newClientOrderId": client_order_id, "newOrderRespType": "RESULT"}
+            if dual:
+                params["positionSide"] = "LONG" if side == "SELL" else "SHORT"
+            else:
+                params["reduceOnly"] = "true"
+            return self._call("futures_create_order", "order", "close", **params)
+        return self._order(self._mode_refreshed(send, "close"))
 
     @answers(sends=True)
     def move_stop(self, symbol: str, side: str, stop_price: str, client_order_id: str) -> OrderResult:
-        dual = self.dual("stop")
-        params: dict[str, Any] = {"symbol": symbol, "side": side, "type": "STOP_MARKET", "triggerPrice": stop_price,
-                                  "closePosition": "true", "workingType": "MARK_PRICE", "clientAlgoId": client_order_id}
-        if dual:
-            params["positionSide"] = "LONG" if side == "SELL" else "SHORT"
-        new = self._algo(self._call("futures_create_order", "order", "stop", **params))
+        def send(dual: bool) -> Any:
+            params: dict[str, Any] = {"symbol": symbol, "side": side, "type": "STOP_MARKET", "triggerPrice": stop_price,
+                                      "closePosition": "true", "workingType": "MARK_PRICE",
+                                      "clientAlgoId": client_order_id}
+            if dual:
+                params["positionSide"] = "LONG" if side == "SELL" else "SHORT"
+            return self._call("futures_create_order", "order", "stop", **params)
+        new = self._algo(self._mode_refreshed(send, "stop"))
         # The new stop works; only now are the older stops of this position cancelled. A
         # failure here is not the order's failure (it is placed): the older, looser stops stay
         # until the next move, and nothing is re-sent.
@@ -473,6 +584,26 @@ class BinanceVenue(Venue):
             stop_price=_num(x["triggerPrice"]) if x.get("triggerPrice") else None, reduce_only=True,
             update_time=_num(x.get("updateTime", 0)) / 1000,
         )
+
+
+def opening_time(trades: list[dict], position_amt: str) -> float | None:
+    """When the position now ``position_amt`` (signed, base units, as positionRisk gives it)
+    was opened (Unix s): walking the fills (userTrades rows: ``side``, ``qty``, ``time`` ms)
+    back from the newest, the fill before which the position was flat, or on the other side,
+    is its opening. None when the fills read do not reach back to it. Decimal arithmetic, so
+    a round trip to exactly zero is seen."""
+    from decimal import Decimal
+
+    pos = Decimal(position_amt)
+    if pos == 0:
+        return None
+    for t in sorted(trades, key=lambda x: (int(_num(x["time"])), int(_num(x.get("id", 0)))), reverse=True):
+        q = Decimal(str(t["qty"]))
+        before = pos - (q if t["side"] == "BUY" else -q)
+        if before == 0 or (before > 0) != (pos > 0):
+            return _num(t["time"]) / 1000.0
+        pos = before
+    return None
 
 
 def make_client(api_key: str, api_secret: str, futures_url: str | None, testnet: bool, timeout_s: float,

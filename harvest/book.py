@@ -14,7 +14,8 @@ import numpy as np
 
 from harvest.exit_ladder import compute_levels
 from harvest.kernel import PositionBatch, batch_row
-from harvest.models import HarvestTheta, MarketState, Position
+from harvest.margin import clamp_stop
+from harvest.models import HarvestTheta, MarketState, Position, Side
 from harvest.venue import VenuePosition
 
 
@@ -33,13 +34,14 @@ def is_new_epoch(vp: VenuePosition, entry: dict[str, Any] | None) -> bool:
 
 
 def new_book_entry(vp: VenuePosition, market: MarketState | None, now: float, theta: HarvestTheta) -> dict[str, Any]:
-    """Book entry for a new epoch. The initial stop is the venue's working stop when it is on
-    the loss side of entry, else the LSF ladder's stop (with the volatility floor)."""
+    """Book entry for a new epoch. The initial stop (hence 1R) is the venue's working stop when
+    it is on the loss side of entry, else the LSF ladder's stop (with the capped volatility
+    floor, kept inside the liquidation price the venue reports)."""
     s = vp.side.sign
     stop = vp.stop_price
     if stop is None or s * (vp.entry_price - stop) <= 0:
-        stop = compute_levels(vp.entry_price, vp.side, vp.leverage, theta,
-                              sigma=market.sigma if market else None).sl_price
+        stop = compute_levels(vp.entry_price, vp.side, vp.leverage, theta, sigma=market.sigma if market else None,
+                              liquidation_price=vp.liquidation_price).sl_price
     opened = vp.opened_at if vp.opened_at is not None else now
     return {
         "symbol": vp.symbol, "side": vp.side, "epoch": epoch_of(vp, now), "opened_at": opened,
@@ -87,3 +89,28 @@ def valid_rows(b: PositionBatch, leverage: np.ndarray) -> np.ndarray:
               & (b.harvested_tier >= 0) & (b.harvested_tier <= 3))
         loss_side = np.where(b.side_sign > 0, b.initial_stop < b.entry_price, b.initial_stop > b.entry_price)
     return ok & loss_side
+
+
+def unprotected(vp: VenuePosition) -> bool:
+    """Whether the position has no stop that can trigger: none working on the venue, or the
+    working one at or beyond the liquidation price (the position is liquidated first)."""
+    stop = vp.stop_price
+    if stop is None:
+        return True
+    liq = vp.liquidation_price
+    if liq is None:
+        return False
+    return stop <= liq if vp.side is Side.LONG else stop >= liq
+
+
+def protective_stop(vp: VenuePosition, entry: dict[str, Any], theta: HarvestTheta) -> tuple[float, bool]:
+    """The stop a PROTECT plan places (USDT) and whether the mark is already through it.
+
+    The book's initial stop (the epoch's 1R, from the strategy's stop or the exit ladder)
+    moved inside the liquidation price with ``theta.liquidation_buffer``
+    (:func:`harvest.margin.clamp_stop`). A mark at or through it means the stop would have
+    triggered: the position is closed instead (``stop_breached``)."""
+    stop = clamp_stop(vp.side, float(entry["initial_stop"]), vp.entry_price, vp.liquidation_price,
+                      theta.liquidation_buffer)
+    through = vp.mark_price <= stop if vp.side is Side.LONG else vp.mark_price >= stop
+    return stop, through

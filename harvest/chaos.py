@@ -28,14 +28,22 @@ kind of fault (:data:`WAVES`):
 ``second_beat``         a second beat started beside the first (the lock keeps one active);
                         the first is then SIGKILLed and the second takes over
 ``duplicate_scans``     five extra scans published at once
+``storm_503``           the order endpoint answers 503 "Service Unavailable." for longer than
+                        a plan's TTL, then recovers: plans end FAILED or EXPIRED, and their
+                        decisions' next attempts (plan lineage) must carry the exits out
 
-It then waits for quiescence (no open plan, empty queues, and no actionable position
-without a plan, twice in a row) and reports JSON: plans, terminal, states, orders per plan
-(max), duplicate orders, lost plans, time to drain, faults injected by kind, restarts.
+It then waits for quiescence (no open plan, empty queues, no actionable position without a
+plan and no decision waiting for its next attempt, twice in a row) and reports JSON: plans,
+terminal, states, orders per plan (max), duplicate orders, lost plans, ``unachieved``, time to
+drain, faults injected by kind, restarts.
 
-Orders are counted from the exchange's own records (the emulator's paper engine): each
-record is an order the exchange accepted, keyed by its ``hv-<plan_id>-<step>``
-clientOrderId; a plan with more than one is a duplicate.
+Orders are counted from the exchange's own records (the emulator's paper engine): every fill
+of a MARKET order (a clientOrderId re-used after a fill fills again there, as Binance allows,
+and counts again) and every stop placed, keyed by the ``hv-<plan_id>-<step>`` clientOrderId; a
+plan with more than one is a duplicate. ``unachieved`` counts what the faults left undone once
+the system drained: decisions still retrying, positions whose decision is a close that are not
+flat, and positions without a stop that can trigger (none, or one beyond the liquidation
+price); an abandoned decision is not unachieved (its reason is on the plan and the scorecard).
 """
 
 from __future__ import annotations
@@ -65,7 +73,7 @@ from settings.celery import celery_config
 
 #: The wave's fault, in order; waves beyond these run without a fault.
 WAVES = ("http_429", "unknown_503_after_accept", "sigkill_execute", "timeout_after_accept", "redis_restart",
-         "unknown_503", "sigkill_confirm", "second_beat", "duplicate_scans", "none")
+         "unknown_503", "sigkill_confirm", "second_beat", "duplicate_scans", "storm_503")
 #: Read timeout of the workers' exchange requests (s); ``timeout_after_accept`` answers later.
 VENUE_TIMEOUT_S = 2.0
 #: Plan TTL of the run (s): plans orphaned by a killed worker end by the sweeper at it.
@@ -151,6 +159,7 @@ class _Run:
             HARVEST_SWEEP_INTERVAL_S="2", HARVEST_RECONCILE_INTERVAL_S="10", HARVEST_MARKET_REFRESH_S="3600",
             HARVEST_EXCHANGE_INFO_INTERVAL_S="3600", HARVEST_HEARTBEAT_INTERVAL_S="2", HARVEST_CONFIRM_RETRY_S="0.5",
             HARVEST_RETRY_BACKOFF_S="0.3", HARVEST_RETRY_BACKOFF_MAX_S="3", HARVEST_MAX_SEND_ATTEMPTS="10",
+            HARVEST_ATTEMPT_BACKOFF_S="1", HARVEST_ATTEMPT_BACKOFF_MAX_S="5",
             HARVEST_VENUE_TIMEOUT_S=repr(VENUE_TIMEOUT_S))
         if self.broker:
             self.env["HARVEST_BROKER_URL"] = self.broker
@@ -202,6 +211,8 @@ class _Run:
             f.inject("POST /fapi/v1/order", "latency", times=2, latency_s=1.5)
         elif kind == "sigkill_confirm":  # confirm waits in the order look-up while its worker is killed
             f.inject("GET /fapi/v1/order", "latency", times=2, latency_s=1.5)
+        elif kind == "storm_503":  # every order refused until the storm is over (_strike ends it)
+            f.inject("POST /fapi/v1/order", "unavailable_503", times=10**9)
 
     def _strike(self, kind: str, latency_fired: int, before: int) -> None:
         """The harness-side fault of a wave, once its plans are in flight."""
@@ -226,6 +237,16 @@ class _Run:
             self.faults[kind] += 1
             wait_for(lambda: "beat: Starting" in procs.procs["beat2"].output(), 60, 0.1, "the second beat to start")
             procs.kill("beat")  # the first dies; the standby takes the lock over
+        elif kind == "storm_503":
+            # The storm outlasts a plan's TTL: the wave's first plans end FAILED or EXPIRED.
+            wait_for(lambda: self.n_plans() > before, 60, 0.05, "the wave's first plans")
+            end = time.monotonic() + self.plan_ttl_s + 5.0
+            while time.monotonic() < end:  # the fault's duration, not a synchronisation
+                procs.supervise()
+                time.sleep(0.2)
+            self.emu.faults.clear()
+            self.faults[kind] += 1
+            self.say(f"chaos: 503 storm over after {self.plan_ttl_s + 5.0:.0f} s")
         elif kind == "duplicate_scans":
             client = Celery("chaos")
             client.conf.update(celery_config(settings_of(self.env)))
@@ -256,22 +277,39 @@ class _Run:
 
     # ------------------------------------------------------------------ quiescence and report
 
-    def unplanned(self) -> list[str]:
-        """plan_ids of decisions the positions call for now that have no plan (a lost plan)."""
-        from tasks.evaluate import decide, load_positions  # tasks.* builds the Celery app on import
+    def outstanding(self) -> tuple[list[str], dict[str, int]]:
+        """What the positions call for now and is not done: plan_ids of decisions due to start
+        that have no plan (a lost plan), and the unachieved counts — ``retrying`` (a decision
+        waiting for its next attempt), ``close_not_done`` (a position still open whose decision
+        is a close), ``unprotected`` (no stop that can trigger). ``(["?"], {"?": 1})`` while the
+        venue or Redis does not answer."""
+        from harvest.book import unprotected
+        from harvest.models import Action
+        from tasks.evaluate import decide_and_plan, load_positions  # tasks.* builds the Celery app on import
 
         try:
             rows, now = load_positions(self.rt)
-            ids = [plan_id_for(d) for d in decide(self.rt, rows, now)]
+            planned = decide_and_plan(self.rt, rows, now)
+            ids = [plan_id_for(d) for d, nx in planned if nx.starts]
+            exists = self.rt.plans.exists_many(ids)
         except (VenueError, redis.RedisError):
-            return ["?"]
-        return [pid for pid, ex in zip(ids, self.rt.plans.exists_many(ids)) if not ex]
+            return ["?"], {"?": 1}
+        left = {"retrying": sum(1 for _, nx in planned if nx.kind == "waiting"),
+                "close_not_done": sum(1 for d, nx in planned
+                                      if d.action is Action.FULL_CLOSE_PROPOSED and nx.kind != "abandoned"),
+                "unprotected": sum(1 for vp, _, _ in rows if unprotected(vp))}
+        return [pid for pid, ex in zip(ids, exists) if not ex], left
+
+    def unplanned(self) -> list[str]:
+        """plan_ids of decisions the positions call for now that have no plan (a lost plan)."""
+        return self.outstanding()[0]
 
     def _quiet(self) -> bool:
         self.procs.supervise()
         if self.open_count() != 0 or any(_redis_safe(lambda: queue_depths(self.rt), {"?": 1}).values()):
             return False
-        return not self.unplanned()
+        missing, left = self.outstanding()
+        return not missing and not left.get("retrying") and not left.get("?")
 
     def drain(self, timeout_s: float) -> float:
         """Wait until nothing is open, the queues are empty and no actionable position lacks a
@@ -295,12 +333,15 @@ class _Run:
             self.faults[kind] += fired.get(kind, 0)
         all_plans = list(self.rt.plans.all_plans())
         states = Counter(p.state for p in all_plans)
-        per_plan: Counter[str] = Counter()  # the exchange's own order records, by plan_id
-        for o in self.paper.orders(harvest_only=True):
-            per_plan[o.client_order_id[len(CLIENT_ORDER_PREFIX):len(CLIENT_ORDER_PREFIX) + 16]] += 1
+        per_plan: Counter[str] = Counter()  # the exchange's own records, by plan_id: fills and stops placed
+        cids = [t["clientOrderId"] for t in self.paper.trades() if t["clientOrderId"].startswith(CLIENT_ORDER_PREFIX)]
+        cids += [o.client_order_id for o in self.paper.orders(harvest_only=True) if o.algo]
+        for cid in cids:
+            per_plan[cid[len(CLIENT_ORDER_PREFIX):len(CLIENT_ORDER_PREFIX) + 16]] += 1
         known = {p.plan_id for p in all_plans}
         non_terminal = [p.plan_id for p in all_plans if p.state not in TERMINAL]
-        missing = self.unplanned()
+        missing, left = self.outstanding()
+        lineages = Counter(p.lineage for p in all_plans if p.lineage)
         rep = {
             "plans": len(all_plans),
             "terminal": sum(n for s, n in states.items() if s in TERMINAL),
@@ -313,6 +354,10 @@ class _Run:
             "non_terminal": len(non_terminal),
             "unplanned_decisions": len(missing),
             "lost_plans": len(non_terminal) + len(missing),
+            "unachieved": sum(left.values()),
+            "unachieved_by_kind": left,
+            "decisions": len(lineages),
+            "decisions_retried": sum(1 for n in lineages.values() if n > 1),
             "time_to_drain_s": round(drained_s, 2),
             "wall_s": round(time.monotonic() - self.t_start, 2),
             "faults_injected": dict(sorted(self.faults.items())),
@@ -320,7 +365,7 @@ class _Run:
             "broker": "amqp" if self.broker and self.broker.startswith("amqp") else "redis",
         }
         rep["ok"] = (rep["duplicate_orders"] == 0 and rep["lost_plans"] == 0 and rep["orders_without_plan"] == 0
-                     and rep["terminal"] == rep["plans"])
+                     and rep["terminal"] == rep["plans"] and rep["unachieved"] == 0)
         return rep
 
     def stop(self) -> None:
@@ -343,9 +388,10 @@ def run_chaos(plans: int = 200, broker: str | None = None, waves: int = 10, drai
 
     ``{"plans", "terminal", "states", "positions", "orders", "orders_per_plan_max",
     "duplicate_orders", "orders_without_plan", "non_terminal", "unplanned_decisions",
-    "lost_plans", "time_to_drain_s", "wall_s", "faults_injected", "restarts", "broker", "ok"}``
-    (counts; seconds). ``ok``: no duplicate order, no order without a plan, no lost plan, and
-    every plan terminal. Raises RuntimeError when redis-server is missing; AssertionError
+    "lost_plans", "unachieved", "unachieved_by_kind", "decisions", "decisions_retried",
+    "time_to_drain_s", "wall_s", "faults_injected", "restarts", "broker", "ok"}`` (counts;
+    seconds). ``ok``: no duplicate order, no order without a plan, no lost plan, every plan
+    terminal, and nothing unachieved. Raises RuntimeError when redis-server is missing; AssertionError
     when set-up times out.
     """
     run = _Run(plans, broker, plan_ttl_s, progress or (lambda m: None))
@@ -387,7 +433,9 @@ def format_report(rep: dict) -> str:
         f"  states: {json.dumps(rep['states'])}",
         f"  orders: {rep['orders']} (max per plan {rep['orders_per_plan_max']}, duplicates {rep['duplicate_orders']}, "
         f"without a plan {rep['orders_without_plan']})",
-        f"  lost plans: {rep['lost_plans']} (unplanned decisions {rep['unplanned_decisions']})",
+        f"  lost plans: {rep['lost_plans']} (unplanned decisions {rep['unplanned_decisions']}); "
+        f"unachieved: {rep['unachieved']} {json.dumps(rep['unachieved_by_kind'])}",
+        f"  decisions: {rep['decisions']} ({rep['decisions_retried']} needed more than one attempt)",
         f"  drained in {rep['time_to_drain_s']} s after the last wave; {rep['wall_s']} s in all",
         f"  faults: {json.dumps(rep['faults_injected'])}; restarts: {json.dumps(rep['restarts'])}",
     ])

@@ -20,6 +20,9 @@ GET  /fapi/v1/openOrders                   yes     working orders
 POST /fapi/v1/algoOrder                    yes     CONDITIONAL STOP_MARKET closePosition
 GET / DELETE /fapi/v1/algoOrder            yes     by clientAlgoId or algoId
 GET  /fapi/v1/openAlgoOrders               yes     working stops
+GET  /fapi/v1/leverageBracket              yes     maintenance-margin brackets (shipped table)
+GET  /fapi/v1/userTrades                   yes     fills: openings, closes, triggered stops
+GET  /fapi/v1/income                       yes     funding settlements (FUNDING_FEE)
 =========================================  ======  ==========================================
 
 Signed requests are checked like Binance: API key in ``X-MBX-APIKEY`` (-2015), HMAC-SHA256
@@ -35,7 +38,8 @@ held in Redis (``<ns>:emu:faults``), so tests, ``harvest chaos`` and the HTTP ad
 * ``latency`` — wait ``latency_s``, then execute and answer (longer than the client's read
   timeout, this is a timeout whose request is executed late);
 * ``http_429`` / ``http_418`` — rate limited / IP banned, ``Retry-After`` header, nothing done;
-* ``unavailable_503`` — 503 "Service Unavailable." (plain text), nothing done;
+* ``unavailable_503`` — 503 ``{"code": -1008, "msg": "Service Unavailable."}``, nothing done
+  (Binance's code for this answer is not documented; a JSON body is what makes it Binance's);
 * ``internal_503`` — 503 -1001 "Internal error; unable to process your request…", nothing done;
 * ``unknown_503`` — 503 "Unknown error, please check your request or try again later.", and
   the request was NOT executed (the look-up then answers -2013);
@@ -43,7 +47,16 @@ held in Redis (``<ns>:emu:faults``), so tests, ``harvest chaos`` and the HTTP ad
 * ``timeout_after_accept`` — the request IS executed, the answer comes after ``latency_s``
   (longer than the client's read timeout);
 * ``timestamp_1021`` — -1021 without doing anything (``skew_ms`` shifts the server clock
-  instead, for a real skew).
+  instead, for a real skew);
+* ``html_503`` — a load balancer's HTML 503 page, nothing done; ``html_503_after_accept`` —
+  the request IS executed, then the same HTML page (only a JSON answer is Binance's word, so
+  both are unknown outcomes to the client);
+* ``garbage_200_after_accept`` — executed, answered 200 with a body that is not JSON;
+* ``truncated_after_accept`` — executed, the body is cut short (the connection closes before
+  Content-Length bytes arrive);
+* ``partial_fill`` — a reduce-only MARKET close fills only ``fraction`` (default 0.4) of its
+  quantity, the rest expires (status EXPIRED, executedQty partial): price protection or a
+  thin book in a cascade.
 
 Each fault fires ``times`` times (default 1) and is then gone. The **order log** is the
 paper engine's stream ``<ns>:paper:<account>:orderlog``: every HTTP order request (with the
@@ -66,16 +79,20 @@ from urllib.parse import parse_qsl, urlsplit
 
 import redis
 
-from harvest.data import SymbolFilters, load_exchange_info, load_funding, load_klines
+from harvest.data import SymbolFilters, load_brackets_raw, load_exchange_info, load_funding, load_klines
 from harvest.paper import MarketClock, PaperVenue
 from harvest.venue import OrderResult, VenueError
 
 log = logging.getLogger("harvest.emulator")
 
 FAULT_KINDS = ("latency", "http_429", "http_418", "unavailable_503", "internal_503", "unknown_503",
-               "unknown_503_after_accept", "timeout_after_accept", "timestamp_1021")
+               "unknown_503_after_accept", "timeout_after_accept", "timestamp_1021", "html_503",
+               "html_503_after_accept", "garbage_200_after_accept", "truncated_after_accept", "partial_fill")
+#: What a load balancer in front of an exchange answers when it fails: a page, not Binance's JSON.
+HTML_503 = ("<html><body><h1>503 Service Unavailable</h1>\nNo server is available to handle this request.\n"
+            "</body></html>\n")
 #: Request weights (Binance's figures for these endpoints, rounded up).
-WEIGHTS = {"klines": 2, "userTrades": 5, "positionRisk": 5, "symbolConfig": 5, "positionSide/dual": 30, "openOrders": 1,
+WEIGHTS = {"klines": 2, "userTrades": 5, "leverageBracket": 1, "income": 30, "positionRisk": 5, "symbolConfig": 5, "positionSide/dual": 30, "openOrders": 1,
            "openAlgoOrders": 1, "exchangeInfo": 1, "premiumIndex": 1, "order": 1, "algoOrder": 1}
 WEIGHT_LIMIT_1M = 2400
 CONDITIONAL_TYPES = ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET")
@@ -99,9 +116,10 @@ class _Server(ThreadingHTTPServer):
 class ApiError(Exception):
     """An error answer: HTTP status, Binance code and message (or a plain-text body)."""
 
-    def __init__(self, status: int, code: int | None, msg: str, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, code: int | None, msg: str, headers: dict[str, str] | None = None,
+                 html: bool = False):
         super().__init__(msg)
-        self.status, self.code, self.msg, self.headers = status, code, msg, headers or {}
+        self.status, self.code, self.msg, self.headers, self.html = status, code, msg, headers or {}, html
 
     @classmethod
     def of(cls, e: VenueError) -> "ApiError":
@@ -119,13 +137,13 @@ class Faults:
         self.k_fired = f"{ns}:emu:faults_fired"
 
     def inject(self, endpoint: str, kind: str, times: int = 1, latency_s: float = 0.0,
-               retry_after: float = 1.0) -> None:
-        """Arm a fault. ``endpoint`` is ``"METHOD /fapi/vN/path"`` or ``"*"``. Raises
-        ValueError for an unknown kind."""
+               retry_after: float = 1.0, fraction: float = 0.4) -> None:
+        """Arm a fault. ``endpoint`` is ``"METHOD /fapi/vN/path"`` or ``"*"``; ``fraction``:
+        the share a ``partial_fill`` fills (0..1). Raises ValueError for an unknown kind."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; one of {FAULT_KINDS}")
-        self.r.hset(self.key, endpoint, json.dumps({"kind": kind, "times": int(times),
-                                                   "latency_s": float(latency_s), "retry_after": float(retry_after)}))
+        self.r.hset(self.key, endpoint, json.dumps({"kind": kind, "times": int(times), "latency_s": float(latency_s),
+                                                   "retry_after": float(retry_after), "fraction": float(fraction)}))
 
     def clear(self) -> None:
         """Disarm every fault and the clock skew (fired counts stay)."""
@@ -293,12 +311,17 @@ class Emulator:
         return int(p.execute()[0])
 
     def _reply(self, h: BaseHTTPRequestHandler, status: int, body: Any, headers: dict[str, str] | None = None,
-               used: int = 0) -> None:
+               used: int = 0, claim: int | None = None, content_type: str | None = None) -> None:
+        """Answer ``body`` (a str as text, anything else as JSON). ``claim``: the
+        Content-Length to announce when it is not the body's (a truncated answer: the
+        connection is closed after the short body)."""
         raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         try:
             h.send_response(status)
-            h.send_header("Content-Type", "text/plain" if isinstance(body, str) else "application/json")
-            h.send_header("Content-Length", str(len(raw)))
+            h.send_header("Content-Type", content_type or ("text/plain" if isinstance(body, str) else "application/json"))
+            h.send_header("Content-Length", str(claim if claim is not None else len(raw)))
+            if claim is not None:
+                h.close_connection = True
             h.send_header("X-MBX-USED-WEIGHT-1M", str(used))
             for k, v in (headers or {}).items():
                 h.send_header(k, v)
@@ -337,7 +360,9 @@ class Emulator:
                 raise ApiError(418, -1003, f"Way too many requests; IP banned until {until}. Please use the "
                                "websocket for live updates to avoid bans.", {"Retry-After": f"{fault['retry_after']:g}"})
             elif kind == "unavailable_503":
-                raise ApiError(503, None, "Service Unavailable.")
+                raise ApiError(503, -1008, "Service Unavailable.")
+            elif kind == "html_503":
+                raise ApiError(503, None, HTML_503, html=True)
             elif kind == "internal_503":
                 raise ApiError(503, -1001, "Internal error; unable to process your request. Please try again.")
             elif kind == "unknown_503":
@@ -346,19 +371,27 @@ class Emulator:
                 raise ApiError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
             if path not in _PUBLIC:
                 self._authenticate(h, parts.query, body, params)
+            if kind == "partial_fill":
+                self.venue.set_partial_fills(float(fault.get("fraction", 0.4)))
             result = self._route(method, path, params)
             if kind == "unknown_503_after_accept":
                 raise ApiError(503, None, "Unknown error, please check your request or try again later.")
+            if kind == "html_503_after_accept":
+                raise ApiError(503, None, HTML_503, html=True)
             if kind == "timeout_after_accept":
                 time.sleep(fault["latency_s"])
             if order_call:
                 self._log_http(endpoint, params, 200, None, kind)
+            if kind == "garbage_200_after_accept":
+                return self._reply(h, 200, "<html>ok</html>\x00\x01", used=used)
+            if kind == "truncated_after_accept":
+                return self._reply(h, 200, json.dumps(result)[:20], used=used, claim=len(json.dumps(result)))
             self._reply(h, 200, result, used=used)
         except ApiError as e:
             if order_call:
                 self._log_http(endpoint, params, e.status, e.code, fault["kind"] if fault else None)
             body_out: Any = e.msg if e.code is None else {"code": e.code, "msg": e.msg}
-            self._reply(h, e.status, body_out, e.headers, used=used)
+            self._reply(h, e.status, body_out, e.headers, used=used, content_type="text/html" if e.html else None)
         except Exception as e:  # a bug here must not look like an exchange decision
             log.exception("emulator error on %s", endpoint)
             self._reply(h, 500, {"code": -1000, "msg": f"An unknown error occurred while processing the request. {e}"},
@@ -432,7 +465,11 @@ class Emulator:
             if path == "/fapi/v1/algoOrder":
                 return self._algo(method, p)
             if path == "/fapi/v1/userTrades":
-                return self._trades(self._symbol(p), p.get("orderId"))
+                return self._trades(self._symbol(p), p)
+            if path == "/fapi/v1/income":
+                return self._income(p)
+            if path == "/fapi/v1/leverageBracket":
+                return self._brackets(self._symbol(p, required=False))
             if path == "/fapi/v1/openOrders":
                 return [_order_json(o) for o in v.open_orders(self._symbol(p, required=False), algo=False)]
             if path == "/fapi/v1/openAlgoOrders":
@@ -492,7 +529,8 @@ class Emulator:
                    "positionAmt": SymbolFilters.fmt_float(amt), "entryPrice": SymbolFilters.fmt_float(vp.entry_price),
                    "breakEvenPrice": SymbolFilters.fmt_float(vp.entry_price), "markPrice": SymbolFilters.fmt_float(vp.mark_price),
                    "unRealizedProfit": SymbolFilters.fmt_float((vp.mark_price - vp.entry_price) * amt),
-                   "liquidationPrice": "0", "notional": SymbolFilters.fmt_float(notional),
+                   "liquidationPrice": SymbolFilters.fmt_float(vp.liquidation_price or 0.0),
+                   "notional": SymbolFilters.fmt_float(notional),
                    "initialMargin": SymbolFilters.fmt_float(abs(notional) / vp.leverage),
                    "maintMargin": SymbolFilters.fmt_float(abs(notional) * 0.004), "marginAsset": "USDT",
                    "updateTime": now_ms}
@@ -501,20 +539,54 @@ class Emulator:
             out.append(row)
         return out
 
-    def _trades(self, sym: str, order_id: str | None) -> list[dict[str, Any]]:
-        """One trade per filled MARKET order (the engine fills each in one piece)."""
-        out = []
-        for o in self.venue.orders():
-            if o.symbol != sym or o.algo or o.executed_qty <= 0 or (order_id and str(o.order_id) != order_id):
-                continue
-            out.append({"symbol": sym, "id": o.order_id, "orderId": o.order_id, "side": o.side,
-                        "positionSide": o.position_side, "price": SymbolFilters.fmt_float(o.avg_price),
-                        "qty": SymbolFilters.fmt_float(o.executed_qty),
-                        "quoteQty": SymbolFilters.fmt_float(o.executed_qty * o.avg_price),
-                        "realizedPnl": SymbolFilters.fmt_float(o.realized_pnl),
-                        "commission": SymbolFilters.fmt_float(o.commission), "commissionAsset": "USDT",
-                        "buyer": o.side == "BUY", "maker": False, "time": int(o.update_time * 1000)})
-        return out
+    def _brackets(self, sym: str | None) -> Any:
+        """``GET /fapi/v1/leverageBracket``: the shipped table, a synthetic listing answering with
+        its source symbol's tiers (one object for ``symbol``, a list without)."""
+        by = {row["symbol"]: row for row in load_brackets_raw()}
+        if sym is not None:
+            row = by.get(self.venue.source(sym)) or by["BTCUSDT"]
+            return [dict(row, symbol=sym)]
+        return list(by.values())
+
+    def _trades(self, sym: str, p: dict) -> list[dict[str, Any]]:
+        """``GET /fapi/v1/userTrades``: the account's fills of ``sym`` (openings, closes and
+        triggered stops) from the paper engine's trade log, oldest first; ``orderId``,
+        ``fromId`` and ``limit`` (default 500, at most 1000: the most recent ones) as Binance
+        takes them. Times are market times (ms)."""
+        try:
+            limit = max(1, min(1000, int(p.get("limit", 500))))
+            order_id = int(p["orderId"]) if p.get("orderId") else None
+            from_id = int(p["fromId"]) if p.get("fromId") else None
+        except ValueError:
+            raise ApiError(400, -1100, "Illegal characters found in a parameter.") from None
+        rows = [t for t in self.venue.trades() if t["symbol"] == sym and (order_id is None or t["orderId"] == order_id)
+                and (from_id is None or t["id"] >= from_id)]
+        rows = rows[:limit] if from_id is not None else rows[-limit:]
+        return [{"symbol": sym, "id": t["id"], "orderId": t["orderId"], "side": t["side"],
+                 "positionSide": t["positionSide"], "price": SymbolFilters.fmt_float(t["price"]),
+                 "qty": SymbolFilters.fmt_float(t["qty"]), "quoteQty": SymbolFilters.fmt_float(t["qty"] * t["price"]),
+                 "realizedPnl": SymbolFilters.fmt_float(t["realizedPnl"]),
+                 "commission": SymbolFilters.fmt_float(t["commission"]), "commissionAsset": "USDT",
+                 "buyer": t["side"] == "BUY", "maker": False, "time": int(t["time"] * 1000)} for t in rows]
+
+    def _income(self, p: dict) -> list[dict[str, Any]]:
+        """``GET /fapi/v1/income``: funding settlements (``incomeType=FUNDING_FEE``; other types
+        have no rows here) of one or every symbol, oldest first, ``startTime``/``endTime`` (ms,
+        market time) and ``limit`` (default 100, at most 1000)."""
+        if p.get("incomeType") not in (None, "FUNDING_FEE"):
+            return []
+        sym = self._symbol(p, required=False)
+        try:
+            start = int(p["startTime"]) if p.get("startTime") else None
+            end = int(p["endTime"]) if p.get("endTime") else None
+            limit = max(1, min(1000, int(p.get("limit", 100))))
+        except ValueError:
+            raise ApiError(400, -1100, "Illegal characters found in a parameter.") from None
+        rows = [x for x in self.venue.income() if (sym is None or x["symbol"] == sym)
+                and (start is None or x["time"] * 1000 >= start) and (end is None or x["time"] * 1000 <= end)]
+        return [{"symbol": x["symbol"], "incomeType": "FUNDING_FEE", "income": SymbolFilters.fmt_float(x["income"]),
+                 "asset": "USDT", "info": "", "time": int(x["time"] * 1000), "tranId": x["tranId"], "tradeId": ""}
+                for x in rows[:limit]]
 
     def _order(self, method: str, p: dict) -> dict[str, Any]:
         v = self.venue
@@ -588,7 +660,8 @@ class Emulator:
                         self.faults.set_skew(int(d["skew_ms"]))
                     for f in d.get("faults", []):
                         self.faults.inject(f["endpoint"], f["kind"], int(f.get("times", 1)),
-                                           float(f.get("latency_s", 0.0)), float(f.get("retry_after", 1.0)))
+                                           float(f.get("latency_s", 0.0)), float(f.get("retry_after", 1.0)),
+                                           float(f.get("fraction", 0.4)))
                 except (ValueError, KeyError, TypeError) as e:
                     return self._reply(h, 400, {"error": str(e)})
                 return self._reply(h, 200, self.faults.armed())

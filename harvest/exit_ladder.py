@@ -11,8 +11,14 @@ Close scheme by leverage (seed 000, lines 89–102): 1–10× → 30/30/40 %, 11
 
 Volatility adjustment (applied here): the stop distance is floored at
 ``vol_floor_k · sigma · sqrt(60)`` — ``vol_floor_k`` standard deviations of a one-hour move —
-so that a stop is never placed inside ordinary noise. It is applied only when ``sigma`` is given.
-Funding is not used to move the levels; it enters the decision through R_net instead.
+so that a stop is never placed inside ordinary noise. It is applied only when ``sigma`` is given,
+and the floor itself is capped at ``theta.sl_floor_cap`` (a cascade's volatility once made a
+60 % stop). Funding is not used to move the levels; it enters the decision through R_net instead.
+
+Liquidation: given the position's liquidation price, the stop is moved inside it, keeping
+``theta.liquidation_buffer`` of the entry→liquidation distance (:func:`harvest.margin.clamp_stop`):
+a stop beyond the liquidation price never triggers (the default ladder's stop lies beyond it
+from about 46× leverage up).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import math
 
 from pydantic import BaseModel
 
+from harvest.margin import clamp_stop
 from harvest.models import HarvestTheta, Side
 
 
@@ -37,6 +44,7 @@ class Levels(BaseModel):
     tp_prices: tuple[float, float, float]
     sl_price: float
     close_scheme: tuple[float, float, float]
+    sl_clamped: bool = False
 
 
 def leverage_scaling_factor(leverage: float) -> float:
@@ -67,11 +75,14 @@ def compute_levels(
     theta: HarvestTheta | None = None,
     sigma: float | None = None,
     vol_floor_k: float = 2.0,
+    liquidation_price: float | None = None,
 ) -> Levels:
     """Exit ladder of one position.
 
     entry_price: USDT (> 0); side: LONG/SHORT; leverage: ≥ 1; sigma: optional std of
-    1-minute log returns (fraction) for the volatility floor of the stop.
+    1-minute log returns (fraction) for the volatility floor of the stop (capped at
+    ``theta.sl_floor_cap``); liquidation_price: optional (USDT), the stop is kept inside it
+    (``sl_clamped`` says it was moved).
     Returns :class:`Levels` with prices on the profit side (tp) and loss side (sl) of entry.
     Raises ValueError on a non-positive entry price or invalid leverage.
     """
@@ -87,10 +98,13 @@ def compute_levels(
     )
     sl = theta.base_sl * (1.0 + (1.0 - lsf) * 0.8)
     if sigma is not None and sigma > 0 and math.isfinite(sigma):
-        sl = max(sl, vol_floor_k * sigma * math.sqrt(60.0))
+        sl = max(sl, min(vol_floor_k * sigma * math.sqrt(60.0), theta.sl_floor_cap))
     s = side.sign
     tp_prices = tuple(entry_price * (1.0 + s * f) for f in tps)
-    sl_price = entry_price * (1.0 - s * sl)
+    raw_sl = entry_price * (1.0 - s * sl)
+    sl_price = clamp_stop(side, raw_sl, entry_price, liquidation_price, theta.liquidation_buffer)
+    if sl_price != raw_sl:
+        sl = abs(entry_price - sl_price) / entry_price
     return Levels(
         lsf=lsf,
         tp_fractions=tps,
@@ -98,4 +112,5 @@ def compute_levels(
         tp_prices=tp_prices,  # type: ignore[arg-type]
         sl_price=sl_price,
         close_scheme=close_scheme(leverage),
+        sl_clamped=sl_price != raw_sl,
     )

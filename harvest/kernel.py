@@ -8,9 +8,12 @@ at once on numpy arrays. Both use the same IEEE-754 operations in the same order
 
 Formulas (source: DESIGN §2, seeds 000/001):
 
-* ``R_unit = |entry_price − initial_stop| × qty_at_open``  (USDT)
-* ``R_net = (unrealized_pnl − est_exit_fee − funding_paid) / R_unit`` with
-  ``unrealized_pnl = sign × (mark − entry) × qty`` and ``est_exit_fee = taker_fee_rate × mark × qty``
+* ``R_unit = |entry_price − initial_stop| × qty``  (USDT; 1R of the quantity still open, so a
+  partial close does not move R_net: DESIGN §2 as corrected)
+* ``R_net = (unrealized_pnl − est_exit_fee − funding_on_open_qty) / R_unit`` with
+  ``unrealized_pnl = sign × (mark − entry) × qty``, ``est_exit_fee = taker_fee_rate × mark × qty``
+  and ``funding_on_open_qty = funding_paid / qty_at_open × qty`` (the epoch's funding per unit
+  opened, times the open quantity)
 * kill-score components, each clipped to 0..1:
 
   - ``regime_flip``: 1 when the regime was TREND at entry and now is CHOP/MR or a TREND
@@ -56,15 +59,17 @@ def _clip01(x: float) -> float:
 
 
 def compute_r_net(position: Position, theta: HarvestTheta) -> float:
-    """R-multiple of the position's net open profit (dimensionless).
+    """R-multiple of the net open profit per unit still open (dimensionless).
 
-    ``(sign·(mark − entry)·qty − taker_fee_rate·mark·qty − funding_paid) / (|entry − initial_stop|·qty_at_open)``.
-    The denominator is positive by the Position model's validation (stop ≠ entry, qty_at_open > 0).
+    ``(sign·(mark − entry)·qty − taker_fee_rate·mark·qty − funding_paid/qty_at_open·qty) /
+    (|entry − initial_stop|·qty)``. The denominator is positive by the Position model's
+    validation (stop ≠ entry, qty > 0).
     """
-    r_unit = abs(position.entry_price - position.initial_stop) * position.qty_at_open
+    r_unit = abs(position.entry_price - position.initial_stop) * position.qty
     upnl = position.side.sign * (position.mark_price - position.entry_price) * position.qty
     fee = theta.taker_fee_rate * position.mark_price * position.qty
-    return (upnl - fee - position.funding_paid) / r_unit
+    funding = position.funding_paid / position.qty_at_open * position.qty
+    return (upnl - fee - funding) / r_unit
 
 
 def _regime_flip(entry: MarketState | None, now: MarketState, side_sign: int) -> float:
@@ -300,10 +305,11 @@ def evaluate_batch(b: PositionBatch, now: float, theta: HarvestTheta) -> BatchRe
     """Evaluate n positions at once; identical results to :func:`compute_harvest_proposal`
     applied to each (same operations, same order). ``now``: Unix seconds."""
     s = b.side_sign
-    r_unit = np.abs(b.entry_price - b.initial_stop) * b.qty_at_open
+    r_unit = np.abs(b.entry_price - b.initial_stop) * b.qty
     upnl = s * (b.mark_price - b.entry_price) * b.qty
     fee = theta.taker_fee_rate * b.mark_price * b.qty
-    r_net = (upnl - fee - b.funding_paid) / r_unit
+    funding = b.funding_paid / b.qty_at_open * b.qty
+    r_net = (upnl - fee - funding) / r_unit
 
     entry_trend = b.has_entry & b.entry_trend
     against = b.now_trend & (b.now_dir == -s)

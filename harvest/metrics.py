@@ -15,7 +15,10 @@ to one consistent set of series (no per-process registries to merge).
   orders_total                                    counter    result (terminal state after a send)
   order_sends_total                               counter    outcome (accepted/unknown/not_executed)
   guard_blocks_total                              counter    reason
-  duplicates_blocked_total                        counter
+  duplicates_blocked_total                        counter    (true repeats)
+  retries_started_total                           counter
+  decisions                                       gauge      status (retrying/abandoned), reason
+  market_state_age_seconds                        gauge      symbol
   malformed_messages_total                        counter    stage
   stale_messages_dropped_total                    counter    task
   reconcile_findings_total                        counter    kind (ghost_dropped, unknown_order, …)
@@ -172,9 +175,9 @@ class HarvestCollector:
         rt = self.rt
         k = rt.plans.k
         p = rt.r.pipeline(transaction=False)
-        for key in (k.metrics_plans, k.metrics_orders, k.metrics_sends, k.counters, k.heartbeat):
+        for key in (k.metrics_plans, k.metrics_orders, k.metrics_sends, k.counters, k.heartbeat, k.decisions):
             p.hgetall(key)
-        plans, orders, sends, counters, beats = p.execute()
+        plans, orders, sends, counters, beats, decisions = p.execute()
 
         g = GaugeMetricFamily("harvest_plans", "Plans now in each state, by action", labels=["action", "state"])
         for f, v in sorted(plans.items()):
@@ -200,7 +203,25 @@ class HarvestCollector:
                                             labels=["kind"]), counters, "reconcile:")
         dup = int(counters.get("scan:duplicates_skipped", 0)) + sum(
             int(v) for f, v in counters.items() if f.startswith("dedup:"))
-        yield CounterMetricFamily("harvest_duplicates_blocked", "Repeated decisions that found their plan", value=dup)
+        yield CounterMetricFamily("harvest_duplicates_blocked", "True repeats: decisions whose plan was in flight or "
+                                  "had taken effect", value=dup)
+        yield CounterMetricFamily("harvest_retries_started", "Further attempts of decisions whose last plan ended "
+                                  "without effect", value=int(counters.get("scan:retries_started", 0)))
+        g = GaugeMetricFamily("harvest_decisions", "Decisions the last scan saw stuck: retrying (backing off) or "
+                              "abandoned, by reason", labels=["status", "reason"])
+        for f, v in sorted(decisions.items()):
+            if f == "waiting":
+                g.add_metric(["retrying", ""], float(v))
+            elif f.startswith("abandoned:"):
+                g.add_metric(["abandoned", f.split(":", 1)[1]], float(v))
+        yield g
+        g = GaugeMetricFamily("harvest_market_state_age_seconds", "Wall seconds since each symbol's cached market "
+                              "state was computed (stale past market_stale_s: no kill decision from it)",
+                              labels=["symbol"])
+        for sym, st in zip(rt.settings.symbols, rt.market.get_many(list(rt.settings.symbols)), strict=True):
+            if st is not None and st.computed_at is not None:
+                g.add_metric([sym], max(0.0, time.time() - st.computed_at))
+        yield g
         yield CounterMetricFamily("harvest_scans", "Scans run", value=int(counters.get("scan:runs", 0)))
         yield CounterMetricFamily("harvest_chains_started", "Action chains started by scans",
                                   value=int(counters.get("scan:chains_started", 0)))

@@ -29,6 +29,11 @@ class Side(str, Enum):
         """Binance order side that reduces this position (SELL closes a LONG)."""
         return "SELL" if self is Side.LONG else "BUY"
 
+    @property
+    def open_order_side(self) -> str:
+        """Binance order side that opens or adds to this position (BUY for a LONG)."""
+        return "BUY" if self is Side.LONG else "SELL"
+
 
 class Regime(str, Enum):
     """Market regime (see :mod:`harvest.market` for the classification rule)."""
@@ -47,7 +52,13 @@ class Action(str, Enum):
     PARTIAL_75 = "PARTIAL_75"
     FULL_CLOSE_PROPOSED = "FULL_CLOSE_PROPOSED"
     PROFIT_LOCK_SL = "PROFIT_LOCK_SL"
+    #: Place the protective stop of a position that has no working one (none on the exchange,
+    #: or one beyond the liquidation price): DESIGN §3 "PROTECT".
+    PROTECT = "PROTECT"
 
+
+#: Actions that place a stop (a closePosition STOP_MARKET), as opposed to closing quantity.
+STOP_ACTIONS = frozenset({Action.PROFIT_LOCK_SL, Action.PROTECT})
 
 #: Integer codes used by the batch kernel (numpy arrays cannot hold enums).
 ACTION_CODES: tuple[Action, ...] = (
@@ -106,6 +117,17 @@ class HarvestTheta(BaseModel):
     # Exit ladder (fractions of entry price), DESIGN §2 "ExitBrain".
     base_tp: float = Field(0.02, gt=0, lt=1)
     base_sl: float = Field(0.01, gt=0, lt=1)
+    sl_floor_cap: float = Field(
+        0.05, gt=0, lt=1, description="largest stop distance (fraction of entry) the volatility floor may impose")
+    liquidation_buffer: float = Field(
+        0.1, ge=0, lt=1, description="a stop keeps this fraction of the entry→liquidation distance from the "
+        "liquidation price (0: at it)")
+    stop_min_distance: float = Field(
+        0.001, ge=0, lt=0.5, description="a new stop sits at least this fraction of the mark (plus one tick) "
+        "away from the mark, on the loss side")
+    guard_r_tolerance: float = Field(
+        0.25, ge=0, le=2, description="the guard accepts a partial whose R_net, re-read, is this many R "
+        "below its tier (the mark moves between scan and guard)")
     # Market state windows (1-minute bars) and the regime classifier.
     sigma_window: int = Field(60, ge=5, le=10_000)
     ts_window: int = Field(60, ge=5, le=10_000)
@@ -150,6 +172,8 @@ class MarketState(BaseModel):
     p_trend: float = Field(ge=0, le=1)
     regime: Regime
     trend_dir: int = Field(0, ge=-1, le=1)
+    computed_at: float | None = Field(None, description="wall time (Unix s) the state was computed; the scan "
+                                      "treats an older one than market_stale_s as stale (None: unknown, not aged)")
 
     @field_validator("sigma", "ts", "p_trend", "ts_time")
     @classmethod
@@ -252,25 +276,42 @@ class Decision(BaseModel):
     new_stop: float | None = Field(None, gt=0)
     r_net: float
     kill_score: float = Field(ge=0, le=1)
-    components: dict[str, float] = {}
-    reason_codes: list[str] = []
+    components: dict[str, float] = Field({}, max_length=8)
+    reason_codes: list[str] = Field([], max_length=16)
     mark_price: float = Field(gt=0)
     regime: Regime | None = None
     decided_at: float
     scanned_at: float | None = Field(None, ge=0, description="wall time (Unix s) of the scan tick that decided it; "
                                      "latency metrics only, not part of the plan's identity")
+    attempt: int = Field(0, ge=0, le=1_000_000, description="attempt of this decision (plan lineage, DESIGN §3)")
+    remaining_qty: float | None = Field(None, gt=0, description="base units still to close for a partial tier whose "
+                                        "earlier attempt filled only in part (None: the tier's fraction)")
 
     @field_validator("r_net", "mark_price", "decided_at", "close_fraction")
     @classmethod
     def _finite_fields(cls, v: float, info) -> float:
         return _finite(info.field_name, v)
 
+    @field_validator("reason_codes")
+    @classmethod
+    def _short_codes(cls, v: list[str]) -> list[str]:
+        if any(len(c) > 64 for c in v):
+            raise ValueError("a reason code is at most 64 characters")
+        return v
+
+    @field_validator("components")
+    @classmethod
+    def _short_names(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(len(k) > 32 for k in v):
+            raise ValueError("a component name is at most 32 characters")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> "Decision":
         if self.action is Action.NONE:
             raise ValueError("a NONE decision makes no plan")
-        if self.action is Action.PROFIT_LOCK_SL and self.new_stop is None:
-            raise ValueError("PROFIT_LOCK_SL needs new_stop")
+        if self.action in STOP_ACTIONS and self.new_stop is None:
+            raise ValueError(f"{self.action.value} needs new_stop")
         if self.action in ACTION_TIER and self.tier != ACTION_TIER[self.action]:
             raise ValueError(f"{self.action.value} needs tier {ACTION_TIER[self.action]}")
         return self
@@ -325,4 +366,7 @@ class Plan(BaseModel):
     error_message: str | None = None
     step: int = 0
     send: str | None = None
+    lineage: str = Field("", description="the decision's lineage id: every attempt of one decision shares it")
+    attempt: int = 0
+    remaining_qty: float | None = None
     decision: dict = {}

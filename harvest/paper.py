@@ -24,7 +24,9 @@ Keys: ``<ns>:clock``, ``<ns>:paper:mark:<symbol>``, ``<ns>:paper:<account>:pos:<
 ``<ns>:paper:<account>:positions``, ``<ns>:paper:<account>:orders``,
 ``<ns>:paper:<account>:stops:<symbol>`` (working stop clientAlgoId → price),
 ``<ns>:paper:<account>:orderlog`` (stream), ``<ns>:paper:<account>:pnl``,
-``<ns>:paper:<account>:dual``.
+``<ns>:paper:<account>:dual``, ``<ns>:paper:<account>:trades`` (list: every fill, as
+``/fapi/v1/userTrades`` reports it, market time), ``<ns>:paper:<account>:income`` (list: every
+funding settlement, as ``/fapi/v1/income`` reports it).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from operator import itemgetter
 import numpy as np
 import redis
 
-from harvest.data import SHIPPED_SYMBOLS, SymbolFilters, load_funding, load_klines, shipped_filters
+from harvest.data import SHIPPED_SYMBOLS, SymbolFilters, load_brackets_raw, load_funding, load_klines, shipped_filters
+from harvest.margin import Bracket, brackets_from_response, liquidation_price
 from harvest.models import Side
 from harvest.venue import (
     BAD_SYMBOL,
@@ -65,6 +68,25 @@ SHIPPED = frozenset(SHIPPED_SYMBOLS)
 TAKER_FEE_RATE = 0.0005
 
 
+_BRACKETS: dict[str, tuple[Bracket, ...]] = {}
+
+
+def brackets(source: str) -> tuple[Bracket, ...]:
+    """Maintenance-margin brackets of a shipped symbol (the shipped leverageBracket table)."""
+    if not _BRACKETS:
+        _BRACKETS.update(brackets_from_response(load_brackets_raw()))
+    return _BRACKETS.get(source) or _BRACKETS["BTCUSDT"]
+
+
+def paper_liquidation(source: str, side: Side, qty: float, entry_price: float, leverage: float) -> float | None:
+    """The paper engine's liquidation price (USDT): isolated margin on the shipped brackets
+    (:func:`harvest.margin.liquidation_price`; the more dangerous reading than cross)."""
+    try:
+        return liquidation_price(side, qty, entry_price, leverage, brackets(source))
+    except ValueError:
+        return None
+
+
 #: The position-row fields a report needs, in the order :data:`_READ_POSITIONS_LUA` returns them.
 _ROW_FIELDS = ("side", "qty", "entry_price", "leverage", "opened_at", "settled_at", "funding_paid")
 _SIDES = {s.value: s for s in Side}
@@ -85,32 +107,39 @@ end
 return out
 """
 
-#: One position's row, working stop prices, mark override, the market clock and the position
-#: mode, in one call: KEYS = pos, stops, mark, clock, dual keys and, optionally, the orders
-#: hash (ARGV[1]: the clientOrderId to read from it). Returns ``[[field, value, …], [stop
-#: price, …], override or nil, clock or nil, dual or nil, order JSON or nil]``.
+#: One position's row, working stop prices, mark override, the market clock, the position
+#: mode and whether a partial fill is armed, in one call: KEYS = pos, stops, mark, clock, dual,
+#: partial-fill keys and, optionally, the orders hash (ARGV[1]: the clientOrderId to read from
+#: it). Returns ``[[field, value, …], [stop price, …], override or nil, clock or nil, dual or
+#: nil, order JSON or nil, partial-fill JSON or nil]``.
 _SNAPSHOT_LUA = """
 local order = false
-if KEYS[6] then order = redis.call('HGET', KEYS[6], ARGV[1]) end
+if KEYS[7] then order = redis.call('HGET', KEYS[7], ARGV[1]) end
 return {redis.call('HGETALL', KEYS[1]), redis.call('HVALS', KEYS[2]), redis.call('GET', KEYS[3]),
-        redis.call('GET', KEYS[4]), redis.call('GET', KEYS[5]), order}
+        redis.call('GET', KEYS[4]), redis.call('GET', KEYS[5]), order, redis.call('GET', KEYS[6])}
 """
 
 
 #: A reduce-only fill, applied only if the position row is still as it was read (compare-and-
 #: set on qty, side, entry price and settled_at; any settlement, fill or re-open changes one).
-#: KEYS: position, orders, pnl, order log, order id sequence. ARGV: clientOrderId, qty, side,
-#: entry_price, settled_at (as read), qty after, order JSON (``"order_id":0,`` is replaced by
-#: the id drawn here), realized PnL, commission, symbol, FILL log data, wall ts, market ts.
-#: Returns the order id (> 0), -1 for a duplicate clientOrderId, 0 when the row changed.
+#: KEYS: position, orders, pnl, order log, order id sequence, trades. ARGV: clientOrderId, qty,
+#: side, entry_price, settled_at (as read), qty after, order JSON (``"order_id":0,`` is replaced
+#: by the id drawn here), realized PnL, commission, symbol, FILL log data, wall ts, market ts,
+#: trade JSON (``"orderId":0,`` replaced likewise; ``"id":0,`` by the same id).
+#: Returns the order id (> 0), -1 for a clientOrderId of a still-working order, 0 when the row
+#: changed. Binance keeps a clientOrderId unique only among *open* orders: the id of a filled
+#: MARKET order is free again, and the engine fills it again (the more dangerous reading).
 _FILL_LUA = """
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -1 end
+local ex = redis.call('HGET', KEYS[2], ARGV[1])
+if ex and string.find(ex, '"status":"NEW"', 1, true) then return -1 end
 local row = redis.call('HMGET', KEYS[1], 'qty', 'side', 'entry_price', 'settled_at')
 for i = 1, 4 do if (row[i] or '') ~= ARGV[i + 1] then return 0 end end
 local id = redis.call('INCR', KEYS[5])
 local order = string.gsub(ARGV[7], '"order_id":0,', '"order_id":' .. id .. ',', 1)
 redis.call('HSET', KEYS[1], 'qty', ARGV[6])
 redis.call('HSET', KEYS[2], ARGV[1], order)
+local trade = string.gsub(string.gsub(ARGV[14], '"orderId":0,', '"orderId":' .. id .. ',', 1), '"id":0,', '"id":' .. id .. ',', 1)
+redis.call('RPUSH', KEYS[6], trade)
 redis.call('HINCRBYFLOAT', KEYS[3], ARGV[10] .. ':realized', ARGV[8])
 redis.call('HINCRBYFLOAT', KEYS[3], ARGV[10] .. ':commission', ARGV[9])
 redis.call('XADD', KEYS[4], '*', 'kind', 'FILL', 'symbol', ARGV[10], 'ts', ARGV[12], 'market_ts', ARGV[13],
@@ -126,6 +155,16 @@ def _tightest(prices: list[float], side: Side) -> float | None:
     if not prices:
         return None
     return max(prices) if side is Side.LONG else min(prices)
+
+
+def _trade_json(order_id: int, symbol: str, side: str, position_side: str, qty: float, price: float, pnl: float,
+                fee: float, market_t: float, client_order_id: str) -> str:
+    """One fill as the trade log keeps it (``/fapi/v1/userTrades``' fields, numbers as
+    numbers; ``time`` in market seconds). ``order_id`` 0 is a placeholder the fill script
+    replaces (``id`` too: one trade per order here)."""
+    return json.dumps({"id": order_id, "orderId": order_id, "symbol": symbol, "side": side, "positionSide": position_side,
+                       "qty": qty, "price": price, "realizedPnl": pnl, "commission": fee, "time": market_t,
+                       "clientOrderId": client_order_id}, separators=(",", ":"))
 
 
 class _SettleProbe:
@@ -223,6 +262,10 @@ class PaperVenue(Venue):
         self.k_pnl = f"{base}:pnl"
         self.k_seq = f"{base}:order_seq"
         self.k_dual = f"{base}:dual"
+        self.k_trades = f"{base}:trades"
+        self.k_income = f"{base}:income"
+        self.k_partial = f"{base}:partial_fills"
+        self._partial_armed = False
         self._base = base
 
     # ------------------------------------------------------------------ market data
@@ -312,9 +355,10 @@ class PaperVenue(Venue):
     # ------------------------------------------------------------------ positions
 
     def open_position(self, symbol: str, side: Side | str, qty: float, leverage: float,
-                      stop_price: float | None = None) -> VenuePosition:
+                      stop_price: float | None = None, client_order_id: str | None = None) -> VenuePosition:
         """Open (or add to) a position at the mark price, as a strategy would; charges the
-        taker fee. Used by the demo scenario and tests (harvest itself never opens)."""
+        taker fee and records the fill in the trade log. Used by the demo scenario and tests
+        (harvest itself never opens)."""
         side = Side(side)
         f = self.filters(symbol)
         q = f.round_qty(qty)
@@ -344,8 +388,11 @@ class PaperVenue(Venue):
             })
             p.sadd(self.k_positions, symbol)
             p.hincrbyfloat(self.k_pnl, f"{symbol}:commission", float(q) * mark * self.fee_rate)
+            p.rpush(self.k_trades, _trade_json(oid, symbol, side.open_order_side, "BOTH", float(q), mark, 0.0,
+                                               float(q) * mark * self.fee_rate, now, client_order_id or f"paper-{oid}"))
             return None
 
+        oid = self._next_order_id()
         self.r.transaction(tx, key, value_from_callable=True)
         self._log("OPEN", symbol, {"side": side.value, "qty": SymbolFilters.fmt(q), "price": mark})
         if stop_price is not None:
@@ -447,11 +494,13 @@ class PaperVenue(Venue):
         if probe.funding_due(src, last) or (stop is not None and probe.stop_hit(src, last, side, stop, override)):
             self._settle(sym)  # an event to settle: the transactional path
             return self._position(sym)
+        entry, lev = float(entry_s), float(leverage_s)
         return VenuePosition(
-            symbol=sym, side=side, qty=qty, entry_price=float(entry_s),
+            symbol=sym, side=side, qty=qty, entry_price=entry,
             mark_price=float(override) if override is not None else probe.mark(src),
-            leverage=float(leverage_s), opened_at=float(opened_s), stop_price=stop,
+            leverage=lev, opened_at=float(opened_s), stop_price=stop,
             funding_paid=float(funding_s) if funding_s is not None else 0.0,
+            liquidation_price=paper_liquidation(src, side, qty, entry, lev),
         )
 
     def position(self, symbol: str) -> VenuePosition | None:
@@ -470,13 +519,15 @@ class PaperVenue(Venue):
             dict[str, str], VenuePosition | None, str | None, bool, str | None]:
         """:meth:`_row` and, with ``order_cid``, that order's stored JSON (None when there
         is none) read in the same call."""
-        keys = [self.k_pos(symbol), self.k_stops(symbol), self.k_mark(symbol), self.clock.key, self.k_dual]
-        flat, stop_vals, override, clock_raw, dual, order = self._snapshot(
+        keys = [self.k_pos(symbol), self.k_stops(symbol), self.k_mark(symbol), self.clock.key, self.k_dual,
+                self.k_partial]
+        flat, stop_vals, override, clock_raw, dual, order, partial = self._snapshot(
             keys=keys + ([self.k_orders] if order_cid is not None else []),
             args=[order_cid] if order_cid is not None else [])
         probe = _SettleProbe(self.clock.now(clock_raw))
         h = dict(zip(flat[::2], flat[1::2], strict=True))
         pos = self._report(symbol, [h.get(f) for f in _ROW_FIELDS], stop_vals, override, probe)
+        self._partial_armed = partial is not None
         return h, pos, clock_raw, dual == "true", order
 
     def _position(self, symbol: str) -> VenuePosition | None:
@@ -484,11 +535,13 @@ class PaperVenue(Venue):
         if not h or float(h["qty"]) <= 0:
             return None
         side = Side(h["side"])
+        qty, entry, lev = float(h["qty"]), float(h["entry_price"]), float(h["leverage"])
         return VenuePosition(
-            symbol=symbol, side=side, qty=float(h["qty"]), entry_price=float(h["entry_price"]),
-            mark_price=self.mark_price(symbol), leverage=float(h["leverage"]),
+            symbol=symbol, side=side, qty=qty, entry_price=entry,
+            mark_price=self.mark_price(symbol), leverage=lev,
             opened_at=float(h["opened_at"]), stop_price=self.working_stop(symbol, side),
             funding_paid=float(h.get("funding_paid", 0.0)),
+            liquidation_price=paper_liquidation(self.source(symbol), side, qty, entry, lev),
         )
 
     def working_stop(self, symbol: str, side: Side) -> float | None:
@@ -515,9 +568,11 @@ class PaperVenue(Venue):
             ft, fr = load_funding(src)
             sel = (ft > last) & (ft <= now)
             funding = 0.0
+            events = []
             if sel.any():
                 kl = load_klines(src)
-                funding = float(sum(side.sign * r * qty * kl.mark_at(t) for t, r in zip(ft[sel], fr[sel], strict=True)))
+                events = [(float(t), side.sign * r * qty * kl.mark_at(t)) for t, r in zip(ft[sel], fr[sel], strict=True)]
+                funding = float(sum(x for _, x in events))
             # Stop trigger on the path since the last settlement.
             stop = _tightest(list(stops.values()), side)
             trigger = stop if stop is not None and _SettleProbe(now).stop_hit(src, last, side, stop, override) else None
@@ -528,6 +583,9 @@ class PaperVenue(Venue):
                                  "funding_paid": repr(float(h.get("funding_paid", 0.0)) + funding)})
             if funding:
                 p.hincrbyfloat(self.k_pnl, f"{symbol}:funding", funding)
+            for i, (t, paid) in enumerate(events):  # /fapi/v1/income rows: income < 0 when paid
+                p.rpush(self.k_income, json.dumps({"symbol": symbol, "incomeType": "FUNDING_FEE", "income": -paid,
+                                                   "time": t, "tranId": tran_base + i}))
             if trigger is not None:
                 pnl = side.sign * (trigger - float(h["entry_price"])) * qty
                 fee = trigger * qty * self.fee_rate
@@ -537,9 +595,13 @@ class PaperVenue(Venue):
                 p.hincrbyfloat(self.k_pnl, f"{symbol}:realized", pnl)
                 p.hincrbyfloat(self.k_pnl, f"{symbol}:commission", fee)
                 p.hincrby(self.k_pnl, f"{symbol}:stops_hit", 1)
+                p.rpush(self.k_trades, _trade_json(trade_id, symbol, side.close_order_side, "BOTH", qty, trigger, pnl,
+                                                   fee, now, hit_cid))
                 return side, qty, trigger, hit_cid, pnl, fee, list(stops)
             return None
 
+        trade_id = self._next_order_id()
+        tran_base = trade_id * 1000
         hit = self.r.transaction(tx, key, k_stops, value_from_callable=True)
         if hit is not None:
             side, qty, trigger, hit_cid, pnl, fee, cids = hit
@@ -550,6 +612,47 @@ class PaperVenue(Venue):
 
     def _next_order_id(self) -> int:
         return int(self.r.incr(self.k_seq))
+
+    def _working(self, client_order_id: str) -> bool:
+        """Whether an order with this clientOrderId is still working (status NEW): the only
+        case in which Binance refuses the id (-4116)."""
+        raw = self.r.hget(self.k_orders, client_order_id)
+        return raw is not None and OrderResult.model_validate_json(raw).status == "NEW"
+
+    def set_partial_fills(self, fraction: float, times: int = 1) -> None:
+        """The next ``times`` reduce-only MARKET closes fill only ``fraction`` (0..1) of their
+        quantity (rounded down to stepSize) and the rest expires (status EXPIRED with a
+        partial executedQty), as price protection or a thin book in a cascade does."""
+        if not 0 <= fraction < 1 or times < 1:
+            raise ValueError("fraction in [0, 1) and times >= 1 required")
+        self.r.set(self.k_partial, json.dumps({"fraction": fraction, "times": int(times)}))
+
+    _TAKE_PARTIAL = """
+    local raw = redis.call('GET', KEYS[1])
+    if not raw then return false end
+    local d = cjson.decode(raw)
+    d['times'] = d['times'] - 1
+    if d['times'] <= 0 then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], cjson.encode(d)) end
+    return tostring(d['fraction'])
+    """
+
+    def _take_partial(self) -> float | None:
+        """Consume one armed partial fill (:meth:`set_partial_fills`): its fraction, or None."""
+        raw = self.r.eval(self._TAKE_PARTIAL, 1, self.k_partial)
+        return float(raw) if raw else None
+
+    def trades(self) -> list[dict]:
+        """Every fill in the order it happened — openings, reduce-only closes (a re-used
+        clientOrderId's fills each counted: the orders hash keeps only the latest record per
+        id) and triggered stops — as ``{"id", "orderId", "symbol", "side", "positionSide",
+        "qty", "price", "realizedPnl", "commission", "time" (market s), "clientOrderId"}``.
+        The emulator serves it as ``/fapi/v1/userTrades``; the chaos harness counts it."""
+        return [json.loads(x) for x in self.r.lrange(self.k_trades, 0, -1)]
+
+    def income(self) -> list[dict]:
+        """Every funding settlement, oldest first: ``{"symbol", "incomeType": "FUNDING_FEE",
+        "income" (USDT, negative when paid), "time" (market s), "tranId"}``."""
+        return [json.loads(x) for x in self.r.lrange(self.k_income, 0, -1)]
 
     def _log(self, kind: str, symbol: str, data: dict) -> None:
         self.r.xadd(self.k_log, {"kind": kind, "symbol": symbol, "ts": repr(time.time()),
@@ -627,13 +730,13 @@ class PaperVenue(Venue):
         closing = reduce_only or (ps in ("LONG", "SHORT") and Side(ps).close_order_side == side)
         if not closing:
             self.position(symbol)  # settles a funding event or stop hit due since the last settlement
-            if self.r.hexists(self.k_orders, client_order_id):
+            if self._working(client_order_id):
                 raise VenueError(*DUPLICATE_CID)
             open_side = Side.LONG if side == "BUY" else Side.SHORT
             if ps in ("LONG", "SHORT") and Side(ps) is not open_side:
                 raise VenueError(*POSITION_SIDE_MISMATCH)
             mark = self.mark_price(symbol)
-            self.open_position(symbol, open_side, float(q), leverage)
+            self.open_position(symbol, open_side, float(q), leverage, client_order_id=client_order_id)
             order = OrderResult(symbol=symbol, client_order_id=client_order_id, order_id=self._next_order_id(),
                                 side=side, type="MARKET", status="FILLED", position_side=ps, orig_qty=float(q),
                                 executed_qty=float(q), avg_price=mark, reduce_only=False,
@@ -641,34 +744,43 @@ class PaperVenue(Venue):
             self.r.hset(self.k_orders, client_order_id, order.model_dump_json())
             return order
 
+        fraction = None
         for attempt in range(_FILL_ATTEMPTS):
             h, now_pos, clock_raw, _ = row if attempt == 0 and row is not None else self._row(symbol)
             pos_q = Decimal(h["qty"]) if h else Decimal(0)
             pos_side = Side(h["side"]) if h else None
             if pos_q <= 0 or pos_side is None or now_pos is None or pos_side.close_order_side != side \
                     or (ps != "BOTH" and Side(ps) is not pos_side):
-                if self.r.hexists(self.k_orders, client_order_id):
+                if self._working(client_order_id):
                     raise VenueError(*DUPLICATE_CID)
                 self._log("REJECT", symbol, {"clientOrderId": client_order_id, "code": REDUCE_ONLY_REJECTED[0]})
                 raise VenueError(*REDUCE_ONLY_REJECTED)
             fill_q = min(q, pos_q)
+            status = "FILLED"
+            if attempt == 0 and self._partial_armed:  # seen armed by the snapshot read of this row
+                fraction = self._take_partial()
+            if fraction is not None:  # price protection / a thin book: the rest of the MARKET order expires
+                fill_q = f.round_qty(fill_q * Decimal(repr(fraction)))
+                status = "EXPIRED"
             mark = now_pos.mark_price
             pnl = pos_side.sign * (mark - float(h["entry_price"])) * float(fill_q)
             fee = mark * float(fill_q) * self.fee_rate
             left = pos_q - fill_q
             order = OrderResult(
                 symbol=symbol, client_order_id=client_order_id, order_id=0, side=side,
-                type="MARKET", status="FILLED", position_side=ps, orig_qty=float(q), executed_qty=float(fill_q),
+                type="MARKET", status=status, position_side=ps, orig_qty=float(q), executed_qty=float(fill_q),
                 avg_price=mark, reduce_only=reduce_only, realized_pnl=pnl, commission=fee, update_time=time.time(),
             )
             log_data = {"clientOrderId": client_order_id, "side": side, "qty": SymbolFilters.fmt(fill_q),
                         "price": mark, "realizedPnl": pnl}
             oid = int(self._fill(
-                keys=[self.k_pos(symbol), self.k_orders, self.k_pnl, self.k_log, self.k_seq],
+                keys=[self.k_pos(symbol), self.k_orders, self.k_pnl, self.k_log, self.k_seq, self.k_trades],
                 args=[client_order_id, h.get("qty", ""), h.get("side", ""), h.get("entry_price", ""),
                       h.get("settled_at", ""), SymbolFilters.fmt(left) if left > 0 else "0", order.model_dump_json(),
                       repr(pnl), repr(fee), symbol, json.dumps(log_data, default=str), repr(time.time()),
-                      repr(self.clock.now(clock_raw))]))
+                      repr(self.clock.now(clock_raw)),
+                      _trade_json(0, symbol, side, ps, float(fill_q), mark, pnl, fee, self.clock.now(clock_raw),
+                                  client_order_id)]))
             if oid == -1:
                 raise VenueError(*DUPLICATE_CID)
             if oid > 0:
@@ -706,8 +818,9 @@ class PaperVenue(Venue):
         mark = self.mark_price(symbol) if check_trigger else 0.0
 
         def tx(p):
-            if p.hexists(self.k_orders, client_algo_id):
-                raise VenueError(*DUPLICATE_CID)
+            raw = p.hget(self.k_orders, client_algo_id)
+            if raw is not None and OrderResult.model_validate_json(raw).status == "NEW":
+                raise VenueError(*DUPLICATE_CID)  # unique among open orders only
             h = p.hgetall(key)
             if not h or Decimal(h["qty"]) <= 0 or Side(h["side"]).close_order_side != side \
                     or (ps != "BOTH" and Side(ps).value != h["side"]):

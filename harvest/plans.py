@@ -1,14 +1,23 @@
-"""Plan identity and life cycle (DESIGN §3). Pure, no I/O.
+"""Plan identity, lineage and life cycle (DESIGN §3). Pure, no I/O.
 
-This module is the one place a plan_id is made (:func:`make_plan_id`) and where the legal
-state transitions are defined (:data:`TRANSITIONS`); :class:`harvest.store.PlanStore`
-applies them atomically in Redis.
+This module is the one place a plan_id is made (:func:`make_plan_id`), where the legal
+state transitions are defined (:data:`TRANSITIONS`; :class:`harvest.store.PlanStore`
+applies them atomically in Redis), and where it is decided whether a decision that was
+tried before gets another attempt (:func:`next_attempt`).
+
+**Lineage.** One decision on one position epoch (account, symbol, epoch, action, key) is a
+*lineage*; each try of it is a plan with its own plan_id, ``h(…, attempt)``. A plan that ended
+without effect (FAILED, EXPIRED, CANCELED, REJECTED for a reason that can change, or a
+partial fill's remainder) lets the next scan start attempt + 1 after a backoff; a rejection
+that cannot change in this epoch (:data:`FINAL_REJECTIONS`) abandons the lineage, visibly.
+Two scans that race compute the same next plan_id, so the dedup by plan_id still holds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 
 from harvest.models import Action, Decision
 
@@ -49,24 +58,39 @@ def decision_key(decision: Decision) -> str:
         return f"stop={decision.new_stop:.10g}"
     if decision.action is Action.FULL_CLOSE_PROPOSED:
         return "full"
+    if decision.action is Action.PROTECT:
+        return "protect"
     return f"tier={decision.tier}"
 
 
-def make_plan_id(account: str, symbol: str, epoch: str, action: Action | str, key: str) -> str:
-    """plan_id = first 16 hex digits of SHA-256 over (account, symbol, epoch, action, key).
+def lineage_id(account: str, symbol: str, epoch: str, action: Action | str, key: str) -> str:
+    """Lineage id = first 16 hex digits of SHA-256 over (account, symbol, epoch, action, key):
+    what every attempt of one decision shares. Never depends on wall-clock time."""
+    raw = "|".join((account, symbol, epoch, Action(action).value, key))
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
-    Deterministic: the same decision on the same position epoch always yields the same
-    plan_id (so it executes at most once); a new tier, stop or epoch yields a new one.
-    Never depends on wall-clock time.
+
+def make_plan_id(account: str, symbol: str, epoch: str, action: Action | str, key: str, attempt: int = 0) -> str:
+    """plan_id = first 16 hex digits of SHA-256 over (account, symbol, epoch, action, key,
+    attempt).
+
+    Deterministic: the same decision on the same position epoch at the same attempt always
+    yields the same plan_id (so it executes at most once); a new tier, stop, epoch or
+    attempt yields a new one. Never depends on wall-clock time.
     """
-    action = Action(action).value
-    raw = "|".join((account, symbol, epoch, action, key))
+    raw = "|".join((account, symbol, epoch, Action(action).value, key, str(int(attempt))))
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 def plan_id_for(decision: Decision) -> str:
-    """plan_id of a :class:`Decision` (see :func:`make_plan_id`)."""
-    return make_plan_id(decision.account, decision.symbol, decision.epoch, decision.action, decision_key(decision))
+    """plan_id of a :class:`Decision` at its ``attempt`` (see :func:`make_plan_id`)."""
+    return make_plan_id(decision.account, decision.symbol, decision.epoch, decision.action, decision_key(decision),
+                        decision.attempt)
+
+
+def lineage_of(decision: Decision) -> str:
+    """Lineage id of a :class:`Decision` (see :func:`lineage_id`)."""
+    return lineage_id(decision.account, decision.symbol, decision.epoch, decision.action, decision_key(decision))
 
 
 def client_order_id(plan_id: str, step: int = 0) -> str:
@@ -76,3 +100,96 @@ def client_order_id(plan_id: str, step: int = 0) -> str:
     if not _CLIENT_ID_RE.match(cid):
         raise ValueError(f"invalid clientOrderId {cid!r}")
     return cid
+
+
+# --------------------------------------------------------------------------- lineage
+
+#: Guard and exchange rejections that cannot change within the position epoch: the lineage
+#: is abandoned (shown with its reason), never retried. Every other way a plan ends without
+#: effect — FAILED, EXPIRED, CANCELED, a partial fill, a rejection that can change (-4061
+#: position mode, -2022 a position that moved, a tier the mark fell back from, the venue
+#: unavailable, the position busy) — gets the next attempt after a backoff.
+FINAL_REJECTIONS: frozenset[str] = frozenset({
+    "symbol_not_allowed", "side_mismatch", "epoch_changed", "ghost_position", "below_min_qty", "tier_harvested",
+    "stop_not_tighter", "stop_through_mark", "no_stop_inside_liquidation", "already_protected",
+    # exchange rejections of the request itself (precision, symbol, quantity bounds)
+    "exchange_rejected:-1111", "exchange_rejected:-1121", "exchange_rejected:-4003", "exchange_rejected:-4004",
+    "exchange_rejected:-4005",
+})
+#: Actions tried until they succeed, an operator cancels them or trading halts: a kill close
+#: (until the position is flat) and the protective stop. Others give up after
+#: ``max_attempts`` (``attempts_exhausted``).
+PERSISTENT_ACTIONS: frozenset[Action] = frozenset({Action.FULL_CLOSE_PROPOSED, Action.PROTECT})
+
+
+@dataclass(frozen=True)
+class LatestPlan:
+    """What the lineage's latest plan says (read from the store): its attempt, state, the
+    reason of its last transition, when it last changed (Unix s), and for a close the qty
+    sent (``order_qty``, base units), filled (``executed_qty``) and still owed
+    (``remaining_qty``, the tier's remainder it was asked to close)."""
+
+    attempt: int
+    state: str
+    reason: str
+    updated_at: float
+    order_qty: float | None = None
+    executed_qty: float | None = None
+    remaining_qty: float | None = None
+
+
+@dataclass(frozen=True)
+class NextAttempt:
+    """What the scan does with a decision (:func:`next_attempt`).
+
+    ``kind``: ``new`` (first attempt), ``retry`` (a further attempt now), ``repeat`` (a true
+    repeat: the latest plan is in flight or took effect), ``waiting`` (ended without effect,
+    backing off until ``next_at``), ``abandoned`` (``reason`` says why). ``attempt`` is the
+    attempt to start (for new/retry) or the latest one; ``remaining_qty`` the base units a
+    partial tier still owes (None: its fraction of the position)."""
+
+    kind: str
+    attempt: int
+    reason: str = ""
+    next_at: float | None = None
+    remaining_qty: float | None = None
+
+    @property
+    def starts(self) -> bool:
+        """Whether the scan starts a chain for it now."""
+        return self.kind in ("new", "retry")
+
+
+def attempt_backoff(attempt: int, base_s: float, cap_s: float) -> float:
+    """Seconds to wait after attempt ``attempt`` (0-based) ended without effect before the
+    next: ``min(cap, base × 2^attempt)`` (5 s doubling to 5 min by default)."""
+    return min(cap_s, base_s * 2.0 ** min(attempt, 60))
+
+
+def next_attempt(action: Action, latest: LatestPlan | None, now: float, base_s: float, cap_s: float,
+                 max_attempts: int) -> NextAttempt:
+    """Whether a decision the kernel made again gets a plan, and which attempt (rules in the
+    module docstring). ``latest``: the lineage's latest plan, None when it has none; ``now``:
+    Unix s; backoff :func:`attempt_backoff`; ``max_attempts`` bounds non-persistent actions."""
+    if latest is None:
+        return NextAttempt("new", 0)
+    n = latest.attempt
+    if latest.state in NON_TERMINAL:
+        return NextAttempt("repeat", n, "in_flight")
+    if latest.state == "SHADOWED":
+        return NextAttempt("repeat", n, "shadowed")
+    if latest.state == "FILLED" and action is not Action.PROTECT:
+        return NextAttempt("repeat", n, "done")
+    if latest.state == "REJECTED" and latest.reason in FINAL_REJECTIONS:
+        return NextAttempt("abandoned", n, latest.reason)
+    # Ended without (full) effect; or a PROTECT whose stop is gone again (the decision recurs).
+    if action not in PERSISTENT_ACTIONS and n + 1 >= max_attempts:
+        return NextAttempt("abandoned", n, "attempts_exhausted")
+    remaining = latest.remaining_qty
+    if latest.state == "PARTIALLY_FILLED" and latest.order_qty and latest.executed_qty is not None:
+        left = latest.order_qty - latest.executed_qty
+        remaining = left if left > 0 else None
+    due = latest.updated_at + attempt_backoff(n, base_s, cap_s)
+    if now < due:
+        return NextAttempt("waiting", n, latest.reason or latest.state.lower(), next_at=due, remaining_qty=remaining)
+    return NextAttempt("retry", n + 1, latest.reason or latest.state.lower(), remaining_qty=remaining)

@@ -51,7 +51,7 @@ def build_venue(s: HarvestSettings, r: redis.Redis, clock: MarketClock) -> Venue
     return BinanceVenue(
         r, s.namespace,
         lambda: make_client(key, secret, s.fapi_url, s.venue == "testnet", s.venue_timeout_s, s.recv_window_ms),
-        weight_limit=s.venue_weight_limit_1m,
+        weight_limit=s.venue_weight_limit_1m, funding_poll_s=s.funding_poll_s,
     )
 
 

@@ -79,12 +79,16 @@ def build_scorecard(rt: Runtime) -> dict:
     by = defaultdict(Counter)
     non_terminal = 0
     plans = 0
+    lineages: dict[str, int] = {}  # lineage → its latest attempt
     for p in rt.plans.all_plans():
         plans += 1
         by[p.action.value][p.state] += 1
         if p.state not in TERMINAL:
             non_terminal += 1
+        if p.lineage:
+            lineages[p.lineage] = max(lineages.get(p.lineage, 0), p.attempt)
     counters = rt.plans.counters()
+    stuck = {k: int(v) for k, v in rt.r.hgetall(rt.plans.k.decisions).items() if k != "updated_at"}
     orders: Counter = Counter()
     book = paper_engine(rt)
     for o in book.orders(harvest_only=True) if book else []:
@@ -107,6 +111,14 @@ def build_scorecard(rt: Runtime) -> dict:
         "guard_blocks": {k.split(":", 1)[1]: v for k, v in sorted(counters.items()) if k.startswith("guard:")},
         "duplicates_blocked": counters.get("scan:duplicates_skipped", 0)
         + sum(v for k, v in counters.items() if k.startswith("dedup:")),
+        "decisions": {
+            "lineages": len(lineages),
+            "retried": sum(1 for n in lineages.values() if n > 0),
+            "retries_started": counters.get("scan:retries_started", 0),
+            "retrying": stuck.get("waiting", 0),
+            "abandoned": {k.split(":", 1)[1]: v for k, v in sorted(stuck.items()) if k.startswith("abandoned:")},
+        },
+        "market_state_age_s": _market_ages(rt),
         "malformed": {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("malformed:")},
         "stale_dropped": {k.split(":", 2)[2]: v for k, v in sorted(counters.items()) if k.startswith("stale:expired:")},
         "reconcile": {k.split(":", 1)[1]: v for k, v in sorted(counters.items())
@@ -120,6 +132,14 @@ def build_scorecard(rt: Runtime) -> dict:
         "queue_lag_s": queue_lag(rt),
         "heartbeat_age_s": {k: round(now - v, 3) for k, v in sorted(rt.plans.heartbeats().items())},
     }
+
+
+def _market_ages(rt: Runtime) -> dict[str, float | None]:
+    """Wall seconds since each allowlisted symbol's cached market state was computed (None:
+    none cached, or computed before states carried their time)."""
+    now = time.time()
+    return {s: (round(now - m.computed_at, 1) if m is not None and m.computed_at is not None else None)
+            for s, m in zip(rt.settings.symbols, rt.market.get_many(list(rt.settings.symbols)), strict=True)}
 
 
 def _or_none(fn, rt: Runtime):
@@ -139,7 +159,13 @@ def _positions_open(rt: Runtime) -> int | None:
 def format_scorecard(card: dict) -> str:
     """Human-readable scorecard (the same figures as the JSON form)."""
     lines = [f"plans: {card['plans']}  executed: {card['executed']}  non-terminal: {card['non_terminal']}"
-             f"  duplicates blocked: {card['duplicates_blocked']}  scans: {card['scans']}"]
+             f"  true repeats: {card['duplicates_blocked']}  scans: {card['scans']}"]
+    dec = card.get("decisions")
+    if dec:
+        ab = dec["abandoned"]
+        lines.append(f"decisions: {dec['lineages']}  retried: {dec['retried']} ({dec['retries_started']} further "
+                     f"attempts)  retrying now: {dec['retrying']}  abandoned: {sum(ab.values())}"
+                     + (" (" + "  ".join(f"{k}={v}" for k, v in ab.items()) + ")" if ab else ""))
     lines.append("plans by action and state:")
     for a, states in card["plans_by_action"].items():
         lines.append(f"  {a:<22} " + "  ".join(f"{s}={n}" for s, n in sorted(states.items())))
@@ -160,6 +186,9 @@ def format_scorecard(card: dict) -> str:
     if card.get("queue_lag_s"):
         lines.append("queue lag (s, oldest waiting message): "
                      + "  ".join(f"{k}={'n/a' if v is None else v}" for k, v in card["queue_lag_s"].items()))
+    ages = card.get("market_state_age_s") or {}
+    if ages:
+        lines.append("market state age (s): " + "  ".join(f"{k}={'n/a' if v is None else v}" for k, v in ages.items()))
     if card.get("heartbeat_age_s"):
         lines.append("heartbeat age (s): " + "  ".join(f"{k}={v}" for k, v in card["heartbeat_age_s"].items()))
     return "\n".join(lines)

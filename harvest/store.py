@@ -13,11 +13,13 @@ Key layout (``<ns>`` = settings.namespace)::
     <ns>:plan:<plan_id>              hash   the plan
     <ns>:plans:open                  zset   non-terminal plan_ids by expires_at
     <ns>:plans:index                 zset   every plan_id by created_at
+    <ns>:lineage:<lineage_id>        hash   attempt and plan_id of the decision's latest plan
     <ns>:stream:results              stream one entry per transition
     <ns>:inflight:<account>:<symbol> string plan_id holding the position (TTL = plan TTL)
     <ns>:book:<account>:<symbol>     hash   harvest's book of a position epoch
     <ns>:market:<symbol>             string MarketState JSON
     <ns>:counters                    hash   guard blocks, dedup skips, scans …
+    <ns>:decisions                   hash   decisions retrying / abandoned at the last scan
     <ns>:heartbeat                   hash   name → last Unix time
     <ns>:metrics:*                   hashes plans by action|state, orders by result, sends by
                                             outcome, histograms (see harvest.metrics)
@@ -35,23 +37,56 @@ import redis
 
 from harvest.metrics import DEFERRED, scan_to_fill
 from harvest.models import MarketState, Plan, Side
-from harvest.plans import TERMINAL, allowed_from
+from harvest.plans import TERMINAL, LatestPlan, allowed_from
 
 log = logging.getLogger("harvest.plans")
 
+# KEYS: 1 plan, 2 open plans, 3 plan index, 4 results stream, 5 plans-by-state gauge, 6 the
+# lineage hash. ARGV: 1 plan_id, 2 created_at, 3 expires_at, 4 stream maxlen, 5 symbol, 6 action,
+# 7 data (JSON), 8 attempt, 9 plan key prefix, 10… the plan's field/value pairs.
+# Reply: false when created; the existing plan's state for a true repeat; 'stale_attempt' when
+# the attempt is not the lineage's next one (its latest plan is still in flight, or the
+# attempt skips or repeats one).
 _CREATE_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return redis.call('HGET', KEYS[1], 'state')
 end
+local n = tonumber(ARGV[8])
+local la = redis.call('HGET', KEYS[6], 'attempt')
+if n == 0 then
+  if la then return 'stale_attempt' end
+else
+  if not la or tonumber(la) ~= n - 1 then return 'stale_attempt' end
+  local st = redis.call('HGET', ARGV[9] .. redis.call('HGET', KEYS[6], 'plan_id'), 'state')
+  if st == 'PROPOSED' or st == 'APPROVED' or st == 'SUBMITTED' then return 'stale_attempt' end
+end
 local f = {}
-for i = 8, #ARGV do f[#f + 1] = ARGV[i] end
+for i = 10, #ARGV do f[#f + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(f))
+redis.call('HSET', KEYS[6], 'attempt', ARGV[8], 'plan_id', ARGV[1], 'updated_at', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'plan_id', ARGV[1], 'symbol', ARGV[5],
   'action', ARGV[6], 'from', '', 'to', 'PROPOSED', 'reason', 'proposed', 'ts', ARGV[2], 'data', ARGV[7])
 redis.call('HINCRBY', KEYS[5], ARGV[6] .. '|PROPOSED', 1)
 return false
+"""
+
+#: The latest plan of each lineage in KEYS (lineage hashes); ARGV[1] the plan key prefix:
+#: ``[[attempt, state, reason, updated_at, order_qty, executed_qty, remaining_qty] or {}, …]``.
+_LATEST_LUA = """
+local out = {}
+for i, k in ipairs(KEYS) do
+  local h = redis.call('HMGET', k, 'attempt', 'plan_id')
+  if h[1] and h[2] then
+    local p = redis.call('HMGET', ARGV[1] .. h[2], 'state', 'reason', 'updated_at', 'order_qty', 'executed_qty',
+                         'remaining_qty')
+    out[i] = {h[1], p[1] or '', p[2] or '', p[3] or '0', p[4] or '', p[5] or '', p[6] or ''}
+  else
+    out[i] = {}
+  end
+end
+return out
 """
 
 # KEYS: 1 plan, 2 open plans, 3 results stream, 4 plans-by-state gauge, 5 orders-by-result
@@ -142,14 +177,16 @@ return 1
 """
 
 
-#: A plan and its position's book entry (ARGV[1]: the book key prefix ``<ns>:book:``):
-#: ``{plan HGETALL, book HGETALL}``, both flat; an empty plan when it does not exist.
+#: A plan, its position's book entry and its symbol's cached market state (ARGV[1]: the book
+#: key prefix ``<ns>:book:``, ARGV[2]: the market key prefix ``<ns>:market:``):
+#: ``{plan HGETALL, book HGETALL, market JSON or false}``; an empty plan when it does not exist.
 _PLAN_AND_BOOK_LUA = """
 local p = redis.call('HGETALL', KEYS[1])
 local f = {}
 for i = 1, #p, 2 do f[p[i]] = p[i + 1] end
-if not (f['account'] and f['symbol']) then return {p, {}} end
-return {p, redis.call('HGETALL', ARGV[1] .. f['account'] .. ':' .. f['symbol'])}
+if not (f['account'] and f['symbol']) then return {p, {}, false} end
+return {p, redis.call('HGETALL', ARGV[1] .. f['account'] .. ':' .. f['symbol']),
+        redis.call('GET', ARGV[2] .. f['symbol'])}
 """
 
 #: States in which a plan's order is acknowledged done (scan-to-fill latency is observed,
@@ -157,7 +194,7 @@ return {p, redis.call('HGETALL', ARGV[1] .. f['account'] .. ':' .. f['symbol'])}
 FILLED_STATES = ("FILLED", "PARTIALLY_FILLED")
 
 _PLAN_FLOATS = ("close_fraction", "new_stop", "scanned_at", "acked_at", "created_at", "updated_at", "expires_at",
-                "executed_qty", "avg_price", "realized_pnl", "position_qty_after")
+                "executed_qty", "avg_price", "realized_pnl", "position_qty_after", "remaining_qty")
 
 
 #: HGETALL of every key in KEYS, in one call: ``[[field, value, …], …]`` in KEYS order.
@@ -250,6 +287,14 @@ class Keys:
         return f"{self.ns}:plan:{plan_id}"
 
     @property
+    def plan_prefix(self) -> str:
+        """``<ns>:plan:`` — a plan key is this + plan_id."""
+        return f"{self.ns}:plan:"
+
+    def lineage(self, lineage_id: str) -> str:
+        return f"{self.ns}:lineage:{lineage_id}"
+
+    @property
     def open_plans(self) -> str:
         return f"{self.ns}:plans:open"
 
@@ -286,6 +331,12 @@ class Keys:
     @property
     def counters(self) -> str:
         return f"{self.ns}:counters"
+
+    @property
+    def decisions(self) -> str:
+        """hash: the decisions the last scan saw not starting — ``waiting`` (retrying after a
+        backoff) and ``abandoned:<reason>`` counts — and ``updated_at`` (Unix s)."""
+        return f"{self.ns}:decisions"
 
     @property
     def heartbeat(self) -> str:
@@ -326,6 +377,7 @@ class PlanStore:
         self.k = Keys(ns)
         self.maxlen = stream_maxlen
         self._create = r.register_script(_CREATE_LUA)
+        self._latest = r.register_script(_LATEST_LUA)
         self._transition = r.register_script(_TRANSITION_LUA)
         self._mark_send = r.register_script(_MARK_SEND_LUA)
         self._claim_resend = r.register_script(_CLAIM_RESEND_LUA)
@@ -335,18 +387,21 @@ class PlanStore:
     def create(self, plan: dict[str, Any], data: dict[str, Any]) -> str | None:
         """Create a plan in state PROPOSED unless its plan_id exists.
 
-        ``plan``: the plan's fields (plan_id, symbol, action, created_at, expires_at, …);
-        ``data``: the decision's inputs recorded on the stream. Returns None when created,
-        else the existing plan's state (a true repeat: nothing is written).
+        ``plan``: the plan's fields (plan_id, lineage, attempt, symbol, action, created_at,
+        expires_at, …); ``data``: the decision's inputs recorded on the stream. The lineage's
+        latest plan moves to it in the same step. Returns None when created, else the existing
+        plan's state (a true repeat: nothing is written) or ``"stale_attempt"`` (the attempt is
+        not the lineage's next: its latest plan is in flight, or attempts were skipped).
         """
         pid = plan["plan_id"]
         fields = dict(plan, state="PROPOSED", updated_at=plan["created_at"], reason="proposed")
         existing = run_script(
             self.r, self._create,
-            keys=[self.k.plan(pid), self.k.open_plans, self.k.plan_index, self.k.results, self.k.metrics_plans],
+            keys=[self.k.plan(pid), self.k.open_plans, self.k.plan_index, self.k.results, self.k.metrics_plans,
+                  self.k.lineage(plan["lineage"])],
             args=[pid, _enc(plan["created_at"]), _enc(plan["expires_at"]), self.maxlen,
                   plan["symbol"], _enc(plan["action"]), json.dumps(data, sort_keys=True, default=str),
-                  *_flat(fields)],
+                  int(plan.get("attempt", 0)), self.k.plan_prefix, *_flat(fields)],
         )
         if existing is None:
             _log_transition(pid, plan["symbol"], _enc(plan["action"]), "", "PROPOSED", "proposed")
@@ -468,16 +523,22 @@ class PlanStore:
             h = p.execute()[0]
         return self.parse(h) if h else None
 
-    def get_with_book(self, plan_id: str) -> tuple[Plan | None, dict[str, Any] | None]:
-        """The plan and the book entry of its position (decoded as by
-        :meth:`BookStore.decode`; None when there is none) in one round trip, which also
-        carries the queued metric observations. ``(None, None)`` when no such plan_id exists."""
-        flat_plan, flat_book = run_script(self.r, self._plan_and_book, keys=[self.k.plan(plan_id)],
-                                          args=[self.k.book_prefix])
+    def get_with_book(self, plan_id: str) -> tuple[Plan | None, dict[str, Any] | None, MarketState | None]:
+        """The plan, the book entry of its position (decoded as by :meth:`BookStore.decode`;
+        None when there is none) and its symbol's cached market state (None when there is
+        none or it does not parse) in one round trip, which also carries the queued metric
+        observations. ``(None, None, None)`` when no such plan_id exists."""
+        flat_plan, flat_book, market = run_script(self.r, self._plan_and_book, keys=[self.k.plan(plan_id)],
+                                                  args=[self.k.book_prefix, f"{self.k.ns}:market:"])
         if not flat_plan:
-            return None, None
+            return None, None, None
         plan = self.parse(dict(zip(flat_plan[::2], flat_plan[1::2], strict=True)))
-        return plan, BookStore.decode(dict(zip(flat_book[::2], flat_book[1::2], strict=True))) if flat_book else None
+        entry = BookStore.decode(dict(zip(flat_book[::2], flat_book[1::2], strict=True))) if flat_book else None
+        try:
+            state = market_state_from_json(market) if market else None
+        except ValueError:
+            state = None
+        return plan, entry, state
 
     @staticmethod
     def parse(h: dict[str, str]) -> Plan:
@@ -486,11 +547,26 @@ class PlanStore:
         for f in _PLAN_FLOATS:
             if f in d:
                 d[f] = float(d[f])
-        for f in ("tier", "error_code", "step"):
+        for f in ("tier", "error_code", "step", "attempt"):
             if f in d:
                 d[f] = int(d[f])
         d["decision"] = json.loads(d.get("decision", "{}"))
         return Plan.model_validate(d)
+
+    def latest_many(self, lineage_ids: list[str]) -> list[LatestPlan | None]:
+        """The latest plan of each lineage (None when the lineage has none), one round trip."""
+        if not lineage_ids:
+            return []
+        rows = self._latest(keys=[self.k.lineage(x) for x in lineage_ids], args=[self.k.plan_prefix])
+        out: list[LatestPlan | None] = []
+        for row in rows:
+            if not row:
+                out.append(None)
+                continue
+            att, state, reason, upd, oq, eq, rq = row
+            out.append(LatestPlan(int(att), state, reason, float(upd or 0), float(oq) if oq else None,
+                                  float(eq) if eq else None, float(rq) if rq else None))
+        return out
 
     def exists_many(self, plan_ids: list[str]) -> list[bool]:
         """Whether each plan_id exists (one round trip)."""

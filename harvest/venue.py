@@ -57,12 +57,16 @@ BAD_SYMBOL = (-1121, "Invalid symbol.")
 UNKNOWN_ORDER = (-2011, "Unknown order sent.")
 PARAM_NOT_REQUIRED = (-1106, "Parameter '%s' sent when not required.")
 POSITION_SIDE_MISMATCH = (-4061, "Order's position side does not match user's setting.")
+#: Position-mode rejections: the account's mode changed under a cached one; refresh and retry.
+POSITION_MODE_CODES = (-4061, -4059)
 
 
 class VenuePosition(BaseModel):
     """A position as the venue reports it (exchange truth). qty > 0 in base units; prices in
     USDT; ``opened_at`` (s) when the venue knows it; ``stop_price`` of the working
-    closePosition stop, if any; ``funding_paid`` USDT paid (negative when received)."""
+    closePosition stop, if any; ``funding_paid`` USDT paid (negative when received);
+    ``liquidation_price`` (USDT) when the venue reports one (Binance's ``liquidationPrice``,
+    ``"0"`` meaning none)."""
 
     symbol: str
     side: Side
@@ -73,6 +77,7 @@ class VenuePosition(BaseModel):
     opened_at: float | None = None
     stop_price: float | None = None
     funding_paid: float = 0.0
+    liquidation_price: float | None = None
 
 
 class OrderResult(BaseModel):

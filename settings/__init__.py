@@ -79,6 +79,8 @@ class HarvestSettings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="exchange API key (env or secret file only)")
     api_secret: SecretStr | None = Field(None, description="exchange API secret (env or secret file only)")
     venue_timeout_s: float = Field(5.0, gt=0, le=60, description="HTTP connect/read timeout of exchange requests")
+    funding_poll_s: float = Field(60.0, ge=0, le=86_400, description="how often the python-binance venue reads "
+                                  "funding (GET /fapi/v1/income, weight 30); 0: on every position read")
     recv_window_ms: int = Field(5000, ge=100, le=60_000, description="recvWindow of signed requests")
     venue_weight_limit_1m: int = Field(1800, ge=10, le=1_000_000,
                                        description="request weight per minute the whole fleet may use (Binance allows "
@@ -98,6 +100,14 @@ class HarvestSettings(BaseSettings):
     exchange_info_interval_s: float = Field(300.0, gt=0, le=86_400, description="exchangeInfo / leverage / position-mode refresh")
     plan_ttl_s: float = Field(120.0, ge=5, le=86_400, description="a plan not terminal by then is EXPIRED by the sweeper")
     confirm_retry_s: float = Field(0.5, gt=0, le=60, description="delay between confirm look-ups of an order")
+    attempt_backoff_s: float = Field(5.0, ge=0.1, le=3600, description="wait after a decision's attempt ended without "
+                                     "effect before the next one; doubles per attempt")
+    attempt_backoff_max_s: float = Field(300.0, ge=0.1, le=86_400, description="cap of that wait")
+    max_decision_attempts: int = Field(20, ge=1, le=10_000, description="attempts of a partial or profit lock before "
+                                       "it is abandoned (kill closes and protective stops never give up)")
+    market_stale_s: float | None = Field(None, gt=0, le=86_400, description="a cached market state older than this "
+                                         "(wall s) is stale: no kill decision is made from it (default: 3 × the "
+                                         "longer of the scan and market refresh intervals)")
     results_stream_maxlen: int = Field(100_000, ge=1000)
     # Paper venue market clock (replay of the shipped klines).
     paper_replay_start: float = Field(1750464000.0, description="market time where the replay starts (s); default 2025-06-21 00:00 UTC")
@@ -148,6 +158,12 @@ class HarvestSettings(BaseSettings):
             raise ValueError(f"venue {self.venue!r} through python-binance needs HARVEST_API_KEY and HARVEST_API_SECRET "
                              "(environment or secret files in HARVEST_SECRETS_DIR)")
         return self
+
+    @property
+    def market_stale_after_s(self) -> float:
+        """Age (wall s) from which a cached market state is stale (``market_stale_s`` or its
+        default, 3 × the longer of the scan and market-refresh intervals)."""
+        return self.market_stale_s or 3.0 * max(self.scan_interval_s, self.market_refresh_s)
 
     @property
     def uses_binance(self) -> bool:

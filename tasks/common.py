@@ -9,7 +9,7 @@ import re
 import time
 from typing import Any
 
-from harvest.models import Plan
+from harvest.models import MarketState, Plan
 from harvest.runtime import Runtime
 
 log = logging.getLogger("harvest")
@@ -79,16 +79,17 @@ def load_acknowledged_plan(rt: Runtime, stage: str, payload: Any) -> Plan | None
 
 
 def load_plan_and_book(rt: Runtime, stage: str, payload: Any,
-                       book: bool = True) -> tuple[Plan | None, dict[str, Any] | None]:
+                       book: bool = True) -> tuple[Plan | None, dict[str, Any] | None, MarketState | None]:
     """:func:`load_plan` and, with ``book``, the book entry of the plan's position (see
-    :meth:`harvest.store.BookStore.decode`; None when there is none), in one round trip."""
+    :meth:`harvest.store.BookStore.decode`; None when there is none) and its symbol's cached
+    market state, in one round trip."""
     pid = checked_ref(rt, stage, payload)
     if pid is None:
-        return None, None
-    plan, entry = rt.plans.get_with_book(pid) if book else (rt.plans.get(pid), None)
+        return None, None, None
+    plan, entry, market = rt.plans.get_with_book(pid) if book else (rt.plans.get(pid), None, None)
     if plan is None:
         record_rejected(rt, stage, payload, "unknown plan_id")
-    return plan, entry
+    return plan, entry, market
 
 
 def record_rejected(rt: Runtime, stage: str, payload: Any, error: Exception | str) -> None:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import time
 
-from harvest.models import Action, Plan
+from harvest.models import STOP_ACTIONS, Plan
 from harvest.runtime import Runtime, get_runtime
-from harvest.store import FILLED_STATES
 from harvest.venue import VenueError
 from tasks.app import app
 from tasks.common import load_acknowledged_plan
@@ -30,7 +29,7 @@ def resolve_submitted(rt: Runtime, plan: Plan, final: bool) -> str:
     Returns the state written, or ``"pending"``."""
     try:
         o, vp, position_read = rt.venue.order_and_position(plan.symbol, plan.client_order_id,
-                                                           conditional=plan.action is Action.PROFIT_LOCK_SL)
+                                                           conditional=plan.action in STOP_ACTIONS)
     except VenueError as e:
         if e.code != -2013:
             # The look-up itself failed: try again — but not forever. A TTL past the plan's
@@ -56,7 +55,7 @@ def resolve_submitted(rt: Runtime, plan: Plan, final: bool) -> str:
             rt.plans.transition(plan.plan_id, "EXPIRED", "order_not_found_at_ttl", data={"code": e.code})
             return "EXPIRED"
         return PENDING
-    if plan.action is Action.PROFIT_LOCK_SL:
+    if plan.action in STOP_ACTIONS:
         if o.status in ("NEW", "FILLED"):
             to, reason = "FILLED", "stop_working"
         elif o.status in ("CANCELED", "EXPIRED"):
@@ -78,10 +77,13 @@ def resolve_submitted(rt: Runtime, plan: Plan, final: bool) -> str:
     if position_read:  # the order's outcome is known; the position size is only informative
         fields["position_qty_after"] = vp.qty if vp is not None else 0.0
     book, fill = None, None
-    if to in FILLED_STATES:  # the book follows only if the state moves (same script)
+    if to == "FILLED":  # the book follows only if the state moves (same script)
+        # A tier is harvested only when its whole quantity filled; a partial fill's remainder
+        # is the decision's next attempt (harvest.plans.next_attempt).
         book = {"tier": plan.tier or None}
-        if plan.action is Action.PROFIT_LOCK_SL and o.stop_price is not None:
+        if plan.action in STOP_ACTIONS and o.stop_price is not None:
             book["set"] = {"current_stop": o.stop_price}
+    if to in ("FILLED", "PARTIALLY_FILLED"):
         fill = (plan.scanned_at if plan.scanned_at is not None else plan.created_at, plan.action.value)
     rt.plans.transition(plan.plan_id, to, reason, data=fields, fields=fields, book=book, fill=fill)
     return to

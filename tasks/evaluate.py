@@ -7,15 +7,19 @@ the single-position ``harvest.evaluate`` task that heads the five-stage chain on
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
-from harvest.book import is_new_epoch, new_book_entry, position_row, to_position, valid_rows
-from harvest.kernel import PositionBatch, compute_harvest_proposal, evaluate_batch, reason_codes
-from harvest.models import ACTION_CODES, KILL_COMPONENTS, Action, Decision, MarketState, Position
+from harvest.book import (
+    is_new_epoch, new_book_entry, position_row, protective_stop, to_position, unprotected, valid_rows,
+)
+from harvest.kernel import PositionBatch, evaluate_batch, reason_codes
+from harvest.models import ACTION_CODES, KILL_COMPONENTS, Action, Decision, HarvestTheta, MarketState, Position
+from harvest.plans import NextAttempt, lineage_of, next_attempt
 from harvest.runtime import Runtime, get_runtime
 from harvest.venue import VenuePosition
 from tasks.app import app
@@ -97,33 +101,71 @@ def load_positions(rt: Runtime, symbols: set[str] | None = None) -> tuple[list[R
 
 
 def make_decision(pos: Position, m: MarketState, now: float, action: Action, tier: int, fraction: float,
-                  new_stop: float | None, r_net: float, kill: float, comps: dict[str, float]) -> Decision:
-    """A :class:`Decision` (the propose payload) from one evaluated position."""
+                  new_stop: float | None, r_net: float, kill: float, comps: dict[str, float],
+                  reasons: list[str] | None = None) -> Decision:
+    """A :class:`Decision` (the propose payload) from one evaluated position; ``reasons``
+    replace the kernel's reason codes (protection decisions)."""
     return Decision(
         account=pos.account, symbol=pos.symbol, epoch=pos.epoch, side=pos.side, action=action, tier=tier,
         close_fraction=fraction, new_stop=new_stop, r_net=r_net, kill_score=kill, components=comps,
-        reason_codes=reason_codes(action, comps),
+        reason_codes=reasons if reasons is not None else reason_codes(action, comps),
         mark_price=pos.mark_price, regime=m.regime, decided_at=now,
     )
 
 
+def _fresh(rt: Runtime, rows: list[Row]) -> list[Row]:
+    """The rows with a stale market state (older than ``market_stale_s``) stripped of their
+    entry state: the kill score's market components are then 0 (no decision is made from a
+    state that stopped refreshing; age still counts). Counted ``scan:market_stale``."""
+    limit = rt.settings.market_stale_after_s
+    wall = time.time()
+    out: list[Row] = []
+    stale = 0
+    for vp, e, m in rows:
+        if m.computed_at is not None and wall - m.computed_at > limit:
+            stale += 1
+            e = {**e, "entry_state": None}
+        out.append((vp, e, m))
+    if stale:
+        rt.plans.count("scan:market_stale", stale)
+    return out
+
+
+def protection(vp: VenuePosition, entry: dict[str, Any], theta: HarvestTheta, action: Action) -> tuple[Action, float | None, list[str]] | None:
+    """What an unprotected position (:func:`harvest.book.unprotected`) does instead of the
+    kernel's ``action``: None to keep it (a kill close, or a profit lock, which places a stop
+    itself); else PROTECT at :func:`harvest.book.protective_stop`, or a full close
+    ``stop_breached`` when the mark is already through that stop."""
+    if action in (Action.FULL_CLOSE_PROPOSED, Action.PROFIT_LOCK_SL):
+        return None
+    stop, through = protective_stop(vp, entry, theta)
+    why = "stop_beyond_liquidation" if vp.stop_price is not None else "no_stop"
+    if through:
+        return Action.FULL_CLOSE_PROPOSED, None, ["stop_breached", why]
+    return Action.PROTECT, stop, ["protect", why]
+
+
 def decide(rt: Runtime, rows: list[Row], now: float) -> list[Decision]:
     """Batch-evaluate positions (one :func:`harvest.kernel.evaluate_batch` call over arrays
-    built straight from the rows); a Decision for each one that needs action. Only those get
-    a validated :class:`Position` model; rows it would reject are left out and counted
-    (``scan:invalid_position``), found by the vectorized :func:`harvest.book.valid_rows`."""
+    built straight from the rows); a Decision for each one that needs action, and for every
+    position without a stop that can trigger (:func:`protection`). Only those get a validated
+    :class:`Position` model; rows it would reject are left out and counted
+    (``scan:invalid_position``), found by the vectorized :func:`harvest.book.valid_rows`. A
+    stale market state makes no kill decision (:func:`_fresh`)."""
     if not rows:
         return []
     theta = rt.settings.theta
     acct = rt.settings.account
+    rows = _fresh(rt, rows)
     batch = PositionBatch.from_rows([position_row(vp, e, m) for vp, e, m in rows])
     ok = valid_rows(batch, np.array([vp.leverage for vp, _, _ in rows], dtype=np.float64))
     idx = np.flatnonzero(ok)
     if len(idx) < len(rows):
         rt.plans.count("scan:invalid_position", len(rows) - len(idx))
     res = evaluate_batch(batch.select(idx), now, theta)
+    naked = [k for k, i in enumerate(idx.tolist()) if unprotected(rows[i][0])]
     out = []
-    for k in np.flatnonzero(res.action).tolist():
+    for k in sorted(set(np.flatnonzero(res.action).tolist()) | set(naked)):
         vp, entry, m = rows[int(idx[k])]
         try:
             pos = to_position(acct, vp, entry)
@@ -132,35 +174,65 @@ def decide(rt: Runtime, rows: list[Row], now: float) -> list[Decision]:
             continue
         comps = {name: float(res.components[j, k]) for j, name in enumerate(KILL_COMPONENTS)}
         stop = float(res.new_stop[k])
-        out.append(make_decision(pos, m, now, ACTION_CODES[int(res.action[k])], int(res.tier[k]),
-                                 float(res.close_fraction[k]), None if np.isnan(stop) else stop,
-                                 float(res.r_net[k]), float(res.kill_score[k]), comps))
+        action, tier, fraction = ACTION_CODES[int(res.action[k])], int(res.tier[k]), float(res.close_fraction[k])
+        new_stop, reasons = (None if np.isnan(stop) else stop), None
+        if unprotected(vp):
+            alt = protection(vp, entry, theta, action)
+            if alt is not None:
+                action, new_stop, reasons = alt
+                tier, fraction = 0, (1.0 if action is Action.FULL_CLOSE_PROPOSED else 0.0)
+        if action is Action.NONE:
+            continue
+        out.append(make_decision(pos, m, now, action, tier, fraction, new_stop, float(res.r_net[k]),
+                                 float(res.kill_score[k]), comps, reasons))
     return out
+
+
+def plan_decisions(rt: Runtime, decisions: list[Decision]) -> list[tuple[Decision, NextAttempt]]:
+    """Each decision with what its lineage says (:func:`harvest.plans.next_attempt`, one
+    round trip for all): a decision that starts a chain carries its attempt (and, for a tier
+    filled in part, the quantity still owed)."""
+    s = rt.settings
+    latest = rt.plans.latest_many([lineage_of(d) for d in decisions])
+    wall = time.time()
+    out = []
+    for d, last in zip(decisions, latest, strict=True):
+        nx = next_attempt(d.action, last, wall, s.attempt_backoff_s, s.attempt_backoff_max_s, s.max_decision_attempts)
+        if nx.starts and (nx.attempt or nx.remaining_qty):
+            d = d.model_copy(update={"attempt": nx.attempt,
+                                     "remaining_qty": nx.remaining_qty if d.tier else None})
+        out.append((d, nx))
+    return out
+
+
+def decide_and_plan(rt: Runtime, rows: list[Row], now: float) -> list[tuple[Decision, NextAttempt]]:
+    """:func:`decide` and :func:`plan_decisions`, with one more step: a position whose
+    partial tier is waiting for its next attempt or abandoned is evaluated again as if that
+    tier were harvested, so a stuck partial never freezes the profit lock (or anything else
+    the position calls for). Returns every decision with its lineage verdict."""
+    planned = plan_decisions(rt, decide(rt, rows, now))
+    blocked = {d.symbol: d.tier for d, nx in planned if d.tier and nx.kind in ("waiting", "abandoned")}
+    if not blocked:
+        return planned
+    again = [(vp, {**e, "harvested_tier": max(int(e.get("harvested_tier", 0)), blocked[vp.symbol])}, m)
+             for vp, e, m in rows if vp.symbol in blocked]
+    return planned + plan_decisions(rt, [d for d in decide(rt, again, now) if not d.tier])
 
 
 @app.task(name="harvest.evaluate", bind=True)
 def evaluate(self, ref: dict[str, Any]) -> dict | None:
-    """Evaluate one position on demand (single-position kernel form).
+    """Evaluate one position on demand (the scan's rules on one row, lineage included).
 
     ref: ``{"symbol": "BTCUSDT"}``. Returns the Decision as a dict, or None when the position
-    needs nothing (or is not open); a malformed ref is recorded and yields None.
+    needs nothing (or is not open, or its decision is in flight, done, backing off or
+    abandoned); a malformed ref is recorded and yields None.
     """
     rt = get_runtime()
     if not isinstance(ref, dict) or not isinstance(ref.get("symbol"), str):
         record_rejected(rt, "evaluate", ref, "expected {'symbol': str}")
         return None
     rows, now = load_positions(rt, {ref["symbol"]})
-    if not rows:
-        return None
-    vp, entry, m = rows[0]
-    try:
-        pos = to_position(rt.settings.account, vp, entry)
-    except ValidationError as e:
-        rt.plans.count("scan:invalid_position")
-        record_rejected(rt, "evaluate", ref, e)
-        return None
-    p = compute_harvest_proposal(pos, m, now, rt.settings.theta)
-    if p.action is Action.NONE:
-        return None
-    d = make_decision(pos, m, now, p.action, p.tier, p.close_fraction, p.new_stop, p.r_net, p.kill_score, p.components)
-    return d.model_dump(mode="json")
+    for d, nx in decide_and_plan(rt, rows, now):
+        if nx.starts:
+            return d.model_dump(mode="json")
+    return None

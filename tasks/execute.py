@@ -29,7 +29,7 @@ import logging
 import random
 import time
 
-from harvest.models import Action, Plan
+from harvest.models import STOP_ACTIONS, Plan
 from harvest.plans import client_order_id
 from harvest.runtime import Runtime, get_runtime
 from harvest.venue import VenueError
@@ -47,7 +47,7 @@ def retry_delay(step: int, base_s: float, cap_s: float, retry_after: float | Non
 
 def _send(rt: Runtime, plan: Plan, cid: str) -> None:
     side = plan.side.close_order_side
-    if plan.action is Action.PROFIT_LOCK_SL:
+    if plan.action in STOP_ACTIONS:
         rt.venue.move_stop(plan.symbol, side, plan.stop_price or "", cid)
     else:
         rt.venue.close_market(plan.symbol, side, plan.order_qty or "", cid)

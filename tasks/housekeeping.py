@@ -31,14 +31,15 @@ def refresh_market() -> int:
     now = rt.market_now()
     theta = rt.settings.theta
     states = []
+    stamp = {"computed_at": time.time()}
     for sym in rt.settings.symbols:
         try:
             if rt.settings.uses_binance:
                 closes = rt.venue.closed_closes(sym, max(theta.sigma_window, theta.ts_window) + 1)  # type: ignore[attr-defined]
-                states.append(market_state_from_closes(sym, closes, now, theta))
+                states.append(market_state_from_closes(sym, closes, now, theta).model_copy(update=stamp))
             else:  # the paper engine: shipped klines (a synthetic listing uses its source's)
                 src = rt.venue.source(sym)  # type: ignore[attr-defined]
-                states.append(market_state_at(load_klines(src), now, theta).model_copy(update={"symbol": sym}))
+                states.append(market_state_at(load_klines(src), now, theta).model_copy(update={"symbol": sym, **stamp}))
         except (FileNotFoundError, ValueError, VenueError) as e:
             rt.plans.count("market:unavailable")
             log.warning("market state for %s unavailable: %s", sym, e)

@@ -1,18 +1,27 @@
 """The beat scan: evaluate every open position in one batch and start the
-``propose → guard → execute → confirm`` chain only for positions that need action, skipping
-decisions whose plan already exists (true repeats) and positions with a plan in flight."""
+``propose → guard → execute → confirm`` chain only for positions that need action.
+
+Each decision's lineage (:func:`harvest.plans.next_attempt`) says what to do with it: start
+it (``new``, or ``retry`` — the next attempt of a decision whose last plan ended without
+effect, after its backoff), or not: a true ``repeat`` (its plan is in flight or took effect),
+``waiting`` for its backoff, or ``abandoned`` (a rejection that cannot change in the epoch).
+A position whose in-flight lock another plan holds is skipped (``busy``). The counts of
+decisions retrying and abandoned (by reason) are kept as the scan saw them last
+(``<ns>:decisions``), for the scorecard and ``/metrics``.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 
 from harvest.metrics import scan_duration
 from harvest.plans import plan_id_for
 from harvest.runtime import get_runtime
 from harvest.venue import VenueError
 from tasks.app import app
-from tasks.evaluate import decide, load_positions
+from tasks.evaluate import decide_and_plan, load_positions
 from workflows import action_chain
 
 log = logging.getLogger("harvest")
@@ -20,42 +29,55 @@ log = logging.getLogger("harvest")
 
 @app.task(name="harvest.scan_positions")
 def scan_positions() -> dict:
-    """One scan. Returns ``{"positions", "actionable", "started", "duplicates", "busy",
-    "seconds"}`` (counts; wall seconds)."""
+    """One scan. Returns ``{"positions", "actionable", "started", "retries", "duplicates",
+    "waiting", "abandoned", "busy", "seconds"}`` (counts; wall seconds); ``duplicates``
+    counts true repeats."""
     t0 = time.perf_counter()
     scanned_at = time.time()
     rt = get_runtime()
     try:
-        pairs, now = load_positions(rt)
+        rows, now = load_positions(rt)
     except VenueError as e:  # the exchange did not answer: this tick is skipped, the next one retries
         rt.plans.count(f"scan:venue_error:{e.code}")
         log.warning("scan skipped: positions unavailable (%s)", e)
         return {"positions": 0, "actionable": 0, "started": 0, "duplicates": 0, "busy": 0,
                 "seconds": time.perf_counter() - t0, "error": e.code}
-    decisions = decide(rt, pairs, now)
-    ids = [plan_id_for(d) for d in decisions]
-    exists = rt.plans.exists_many(ids)
-    holders = rt.plans.inflight_many(rt.settings.account, [d.symbol for d in decisions])
-    started = dup = busy = 0
-    for d, pid, ex, holder in zip(decisions, ids, exists, holders, strict=True):
-        if ex:
-            dup += 1
-        elif holder is not None:
-            busy += 1
-        else:
-            payload = d.model_dump(mode="json")
-            payload["scanned_at"] = scanned_at
-            action_chain(payload, pid).apply_async()
-            started += 1
+    planned = decide_and_plan(rt, rows, now)
+    starting = [d for d, nx in planned if nx.starts]
+    holders = dict(zip([d.symbol for d in starting],
+                       rt.plans.inflight_many(rt.settings.account, [d.symbol for d in starting]), strict=True))
+    kinds: Counter[str] = Counter()
+    stuck: Counter[str] = Counter()
+    for d, nx in planned:
+        if not nx.starts:
+            kinds[nx.kind] += 1
+            if nx.kind == "waiting":
+                stuck["waiting"] += 1
+            elif nx.kind == "abandoned":
+                stuck[f"abandoned:{nx.reason}"] += 1
+            continue
+        if holders.get(d.symbol) is not None:
+            kinds["busy"] += 1
+            continue
+        payload = d.model_dump(mode="json")
+        payload["scanned_at"] = scanned_at
+        action_chain(payload, plan_id_for(d)).apply_async()
+        kinds[nx.kind] += 1
+    started = kinds["new"] + kinds["retry"]
     p = rt.r.pipeline(transaction=False)
     k = rt.plans.k.counters
     p.hincrby(k, "scan:runs", 1)
     p.hincrby(k, "scan:chains_started", started)
-    p.hincrby(k, "scan:duplicates_skipped", dup)
-    p.hincrby(k, "scan:busy_skipped", busy)
+    p.hincrby(k, "scan:retries_started", kinds["retry"])
+    p.hincrby(k, "scan:duplicates_skipped", kinds["repeat"])
+    p.hincrby(k, "scan:busy_skipped", kinds["busy"])
+    dk = rt.plans.k.decisions
+    p.delete(dk)
+    p.hset(dk, mapping={"updated_at": repr(time.time()), **{n: c for n, c in stuck.items()}})
     p.hset(rt.plans.k.heartbeat, "scan", repr(time.time()))
     seconds = time.perf_counter() - t0
     scan_duration(rt.r, rt.settings.namespace).observe(seconds, pipe=p)
     p.execute()
-    return {"positions": len(pairs), "actionable": len(decisions), "started": started,
-            "duplicates": dup, "busy": busy, "seconds": seconds}
+    return {"positions": len(rows), "actionable": len(planned), "started": started, "retries": kinds["retry"],
+            "duplicates": kinds["repeat"], "waiting": kinds["waiting"], "abandoned": kinds["abandoned"],
+            "busy": kinds["busy"], "seconds": seconds}

@@ -24,7 +24,7 @@ def test_demo_default_run_json():
     assert by["PARTIAL_25"].get("FILLED", 0) >= 1
     assert by["FULL_CLOSE_PROPOSED"].get("FILLED", 0) >= 1
     assert card["orders"]["MARKET:FILLED"] == sum(
-        n for a, st in by.items() if a != "PROFIT_LOCK_SL" for s, n in st.items() if s == "FILLED")
+        n for a, st in by.items() if a not in ("PROFIT_LOCK_SL", "PROTECT") for s, n in st.items() if s == "FILLED")
     assert "market 2025-06-21" in p.stderr  # progress display
     # The default goes through python-binance and the fapi emulator, like live trading.
     assert card["venue_path"] == "emulator" and "python-binance → fapi emulator" in p.stderr

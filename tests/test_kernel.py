@@ -102,7 +102,9 @@ def test_exit_ladder_hand_computed():
     assert [close_scheme(x) for x in (5, 10, 11, 30, 31, 50)] == [
         (0.3, 0.3, 0.4), (0.3, 0.3, 0.4), (0.4, 0.4, 0.2), (0.4, 0.4, 0.2), (0.5, 0.3, 0.2), (0.5, 0.3, 0.2)]
     # Volatility floor: 2σ of a one-hour move.
-    assert compute_levels(100.0, "LONG", 10, TH, sigma=0.005).sl_fraction == pytest.approx(2 * 0.005 * math.sqrt(60))
+    assert compute_levels(100.0, "LONG", 10, TH, sigma=0.002).sl_fraction == pytest.approx(2 * 0.002 * math.sqrt(60))
+    # ... capped at sl_floor_cap (a cascade's sigma once made a 60 % stop).
+    assert compute_levels(100.0, "LONG", 10, TH, sigma=0.05).sl_fraction == pytest.approx(TH.sl_floor_cap)
     with pytest.raises(ValueError):
         leverage_scaling_factor(0.5)
 

@@ -188,3 +188,14 @@ def load_exchange_info() -> dict:
 def shipped_filters() -> dict[str, SymbolFilters]:
     """Filters of the shipped exchangeInfo, by symbol."""
     return filters_from_exchange_info(load_exchange_info())
+
+
+BRACKETS = DATA_DIR / "brackets" / "fapi-leverageBracket.json"
+
+
+@lru_cache(maxsize=1)
+def load_brackets_raw() -> list[dict]:
+    """The shipped ``GET /fapi/v1/leverageBracket`` answer (see ``brackets/`` in the data
+    README: modeled, not a snapshot)."""
+    with open(BRACKETS) as f:
+        return json.load(f)
