@@ -246,7 +246,7 @@ class BinanceVenue(Venue):
     """
 
     def __init__(self, r: redis.Redis, ns: str, client_factory: Callable[[], Client], weight_limit: int,
-                 cache_ttl_s: float = 300.0, funding_poll_s: float = 60.0):
+                 cache_ttl_s: float = 300.0, funding_poll_s: float = 60.0, max_clock_offset_ms: int = 1000):
         self.r = r
         self.ns = ns
         self._factory = client_factory
@@ -263,6 +263,7 @@ class BinanceVenue(Venue):
         self.k_funding = f"{ns}:venue:funding"
         self.k_funding_poll = f"{ns}:venue:funding_polled"
         self.funding_poll_s = funding_poll_s
+        self.max_clock_offset_ms = max_clock_offset_ms
 
     # ------------------------------------------------------------------ plumbing
 
@@ -303,14 +304,28 @@ class BinanceVenue(Venue):
             self.budget.observe(int(used))
 
     @answers()
-    def resync_time(self) -> float:
-        """Set the client's ``timestamp_offset`` (ms) from ``/fapi/v1/time``; returns it."""
+    def clock_offset_ms(self) -> int:
+        """The exchange's clock minus this machine's (ms), from ``GET /fapi/v1/time`` (weight
+        1; the request's mid-point stands for local time). Recorded in Redis
+        (``<ns>:venue:clock_offset_ms``) for ``/metrics`` and the scorecard."""
+        self.budget.reserve(WEIGHT["time"], "read")
         t0 = time.time()
-        server = self.client.futures_time()["serverTime"]
+        server = _num(self.client.futures_time()["serverTime"])
         t1 = time.time()
-        self.client.timestamp_offset = int(server - (t0 + t1) / 2 * 1000)
-        log.info("venue time offset resynced: %d ms", self.client.timestamp_offset)
-        return self.client.timestamp_offset
+        offset = int(server - (t0 + t1) / 2 * 1000)
+        self.r.set(f"{self.ns}:venue:clock_offset_ms", offset, ex=3600)
+        return offset
+
+    def resync_time(self) -> float:
+        """Set the client's ``timestamp_offset`` (ms) from ``/fapi/v1/time``; returns it. A
+        large offset is absorbed for signing, but not hidden: it is logged as an error when
+        it passes ``max_clock_offset_ms`` (and shows in ``/metrics``)."""
+        offset = self.clock_offset_ms()
+        self.client.timestamp_offset = offset
+        level = logging.ERROR if abs(offset) > self.max_clock_offset_ms else logging.INFO
+        log.log(level, "venue time offset resynced: %d ms (this machine's clock is %s by %.1f s)", offset,
+                "behind" if offset > 0 else "ahead", abs(offset) / 1000)
+        return offset
 
     # ------------------------------------------------------------------ reference data
 
@@ -347,14 +362,23 @@ class BinanceVenue(Venue):
         return raw == "true"
 
     def _leverage(self, symbols: list[str]) -> dict[str, float]:
+        """Leverage per symbol from ``GET /fapi/v1/symbolConfig`` (weight 5), cached
+        ``cache_ttl_s``: one call per missing symbol, or one call for every symbol when more
+        than one is missing (a first sight of many positions)."""
         cached = dict(zip(symbols, self.r.hmget(self.k_leverage, symbols), strict=True)) if symbols else {}
         out = {s: float(v) for s, v in cached.items() if v is not None}
-        for s in [s for s, v in cached.items() if v is None]:
-            rows = self._call("futures_symbol_config", "symbol_config", "read", symbol=s)
-            lev = next((_num(x["leverage"]) for x in rows if x.get("symbol") == s), 1.0)
-            out[s] = lev
-            self.r.hset(self.k_leverage, s, repr(lev))
-            self.r.expire(self.k_leverage, int(self.cache_ttl_s))
+        missing = [s for s, v in cached.items() if v is None]
+        if not missing:
+            return out
+        rows = self._call("futures_symbol_config", "symbol_config", "read",
+                          **({"symbol": missing[0]} if len(missing) == 1 else {}))
+        found = {x.get("symbol"): _num(x["leverage"]) for x in rows}
+        fresh = {s: found.get(s, 1.0) for s in missing}
+        out.update(fresh)
+        p = self.r.pipeline(transaction=False)
+        p.hset(self.k_leverage, mapping={s: repr(v) for s, v in fresh.items()})
+        p.expire(self.k_leverage, int(self.cache_ttl_s))
+        p.execute()
         return out
 
     # ------------------------------------------------------------------ Venue
@@ -606,10 +630,37 @@ def opening_time(trades: list[dict], position_amt: str) -> float | None:
     return None
 
 
+def emulator_handshake(futures_url: str, timeout_s: float) -> None:
+    """Check that ``futures_url`` is harvest's fapi emulator: on a loopback address and
+    answering ``GET /_emu/hello`` with its handshake. Raises VenueError (a rejection: nothing
+    is sent) when it answers as something else; retryable when nothing answers (the emulator
+    restarting). The paper venue never reaches a real exchange, whatever its URL."""
+    from harvest.emulator import HANDSHAKE
+    from settings import is_loopback_url
+
+    root = futures_url.rstrip("/").removesuffix("/fapi")
+    if not is_loopback_url(futures_url):
+        raise VenueError(-9001, f"{futures_url} is not on a loopback address: the paper venue talks only to the "
+                         "local emulator")
+    try:
+        answer = requests.get(f"{root}/_emu/hello", timeout=timeout_s).json()
+    except requests.exceptions.RequestException as e:  # not reachable now: nothing sent, try again later
+        raise VenueError(0, f"{futures_url} did not answer the emulator's handshake ({type(e).__name__})", 0,
+                         retryable=True) from None
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or answer.get("emulator") != HANDSHAKE:
+        raise VenueError(-9001, f"{futures_url} is not harvest's fapi emulator (handshake answer {str(answer)[:80]!r})")
+
+
 def make_client(api_key: str, api_secret: str, futures_url: str | None, testnet: bool, timeout_s: float,
                 recv_window_ms: int) -> Client:
     """A python-binance ``Client`` for USDⓈ-M futures: ``ping=False``; ``futures_url``
-    overrides ``FUTURES_URL`` (the emulator); ``testnet`` selects Binance's futures testnet."""
+    overrides ``FUTURES_URL`` (the emulator: its handshake is checked first,
+    :func:`emulator_handshake`); ``testnet`` selects Binance's futures testnet. Raises
+    VenueError when ``futures_url`` is not the emulator."""
+    if futures_url:
+        emulator_handshake(futures_url, timeout_s)
     c = Client(api_key, api_secret, ping=False, testnet=testnet, requests_params={"timeout": timeout_s})
     if futures_url:
         c.FUTURES_URL = futures_url.rstrip("/")

@@ -333,6 +333,8 @@ class _Run:
             self.faults[kind] += fired.get(kind, 0)
         all_plans = list(self.rt.plans.all_plans())
         states = Counter(p.state for p in all_plans)
+        why = Counter(f"{p.state} {p.reason}" + (f" {p.error_code}" if p.error_code else "") + f" step {p.step}"
+                      for p in all_plans if p.state != "FILLED")
         per_plan: Counter[str] = Counter()  # the exchange's own records, by plan_id: fills and stops placed
         cids = [t["clientOrderId"] for t in self.paper.trades() if t["clientOrderId"].startswith(CLIENT_ORDER_PREFIX)]
         cids += [o.client_order_id for o in self.paper.orders(harvest_only=True) if o.algo]
@@ -346,6 +348,7 @@ class _Run:
             "plans": len(all_plans),
             "terminal": sum(n for s, n in states.items() if s in TERMINAL),
             "states": dict(sorted(states.items())),
+            "ended_without_effect": dict(why.most_common()),
             "positions": self.n,
             "orders": sum(per_plan.values()),
             "orders_per_plan_max": max(per_plan.values(), default=0),
@@ -386,7 +389,8 @@ def run_chaos(plans: int = 200, broker: str | None = None, waves: int = 10, drai
     ``plan_ttl_s``: the plans' TTL (s), which bounds how long a plan orphaned by a kill waits
     for the sweeper; ``progress``: called with one line per step. Returns the report:
 
-    ``{"plans", "terminal", "states", "positions", "orders", "orders_per_plan_max",
+    ``{"plans", "terminal", "states", "ended_without_effect" ("<state> <reason> [code] step n" →
+    plans), "positions", "orders", "orders_per_plan_max",
     "duplicate_orders", "orders_without_plan", "non_terminal", "unplanned_decisions",
     "lost_plans", "unachieved", "unachieved_by_kind", "decisions", "decisions_retried",
     "time_to_drain_s", "wall_s", "faults_injected", "restarts", "broker", "ok"}`` (counts;
@@ -430,7 +434,7 @@ def format_report(rep: dict) -> str:
     return "\n".join([
         f"chaos {verdict} on {rep['broker']}: {rep['plans']} plans for {rep['positions']} positions, "
         f"{rep['terminal']} terminal, {rep['non_terminal']} non-terminal",
-        f"  states: {json.dumps(rep['states'])}",
+        f"  states: {json.dumps(rep['states'])}; without effect: {json.dumps(rep['ended_without_effect'])}",
         f"  orders: {rep['orders']} (max per plan {rep['orders_per_plan_max']}, duplicates {rep['duplicate_orders']}, "
         f"without a plan {rep['orders_without_plan']})",
         f"  lost plans: {rep['lost_plans']} (unplanned decisions {rep['unplanned_decisions']}); "

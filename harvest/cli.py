@@ -91,9 +91,9 @@ def _cmd_chaos(a: argparse.Namespace) -> int:
 
 
 def _cmd_metrics(a: argparse.Namespace) -> int:
-    from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+    from prometheus_client import CollectorRegistry, generate_latest
 
-    from harvest.metrics import HarvestCollector
+    from harvest.metrics import HarvestCollector, serve_metrics
     from harvest.runtime import get_runtime
     from harvest.scorecard import queue_depths
 
@@ -103,10 +103,12 @@ def _cmd_metrics(a: argparse.Namespace) -> int:
     if a.once:
         sys.stdout.write(generate_latest(registry).decode())
         return 0
-    server, thread = start_http_server(a.port, addr=a.host, registry=registry)
-    print(f"harvest metrics for namespace {rt.settings.namespace} on http://{a.host}:{a.port}/metrics", flush=True)
+    auth = rt.settings.metrics_basic_auth
+    server = serve_metrics(registry, a.host, a.port, auth.get_secret_value() if auth else None)
+    print(f"harvest metrics for namespace {rt.settings.namespace} on http://{a.host}:{a.port}/metrics"
+          + (" (basic auth)" if auth else ""), flush=True)
     try:
-        thread.join()
+        server.serve_forever()
     except KeyboardInterrupt:
         server.shutdown()
     return 0
@@ -189,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--json", action="store_true", help="print the report as JSON (exit 1 when not ok)")
     c.set_defaults(fn=_cmd_chaos)
     m = sub.add_parser("metrics", help="serve Prometheus metrics of the namespace's live state (/metrics)")
-    m.add_argument("--host", default="0.0.0.0")
+    m.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s; a scraper on "
+                   "another host needs 0.0.0.0 and HARVEST_METRICS_BASIC_AUTH)")
     m.add_argument("--port", type=int, default=9808)
     m.add_argument("--once", action="store_true", help="print the exposition once to stdout and exit")
     m.set_defaults(fn=_cmd_metrics)

@@ -100,6 +100,11 @@ _ALGO_STATUS = {"NEW": "NEW", "CANCELED": "CANCELED", "FILLED": "FINISHED", "EXP
                 "REJECTED": "REJECTED"}
 
 
+#: What ``GET /_emu/hello`` answers in ``"emulator"``: the paper venue sends orders through
+#: python-binance only to a server on a loopback address that answers this (never by a name).
+HANDSHAKE = "harvest-fapi-emulator"
+
+
 class _Server(ThreadingHTTPServer):
     """The HTTP server; a client that hung up (a killed worker, a read timeout) is logged at
     DEBUG, not printed as a traceback."""
@@ -452,9 +457,10 @@ class Emulator:
             if path in ("/fapi/v3/positionRisk", "/fapi/v2/positionRisk") and method == "GET":
                 return self._positions(p, with_leverage=path.startswith("/fapi/v2"))
             if path == "/fapi/v1/symbolConfig":
-                return [{"symbol": vp.symbol, "marginType": "CROSSED", "isAutoAddMargin": False,
-                         "leverage": int(vp.leverage), "maxNotionalValue": "1000000"} for vp in v.positions()
-                        if p.get("symbol") in (None, vp.symbol)]
+                sym = self._symbol(p, required=False)
+                vps = [x for x in (v.position(sym),) if x is not None] if sym else v.positions()
+                return [{"symbol": vp.symbol, "marginType": "ISOLATED", "isAutoAddMargin": False,
+                         "leverage": int(vp.leverage), "maxNotionalValue": "1000000"} for vp in vps]
             if path == "/fapi/v1/positionSide/dual":
                 if method == "POST":
                     v.set_dual(p.get("dualSidePosition") == "true")
@@ -644,6 +650,8 @@ class Emulator:
     # ------------------------------------------------------------------ admin
 
     def _admin(self, h: BaseHTTPRequestHandler, method: str, path: str, body: str) -> None:
+        if path == "/_emu/hello" and method == "GET":  # the handshake harvest's paper venue requires
+            return self._reply(h, 200, {"emulator": HANDSHAKE, "namespace": self.ns})
         if path == "/_emu/orderlog" and method == "GET":
             return self._reply(h, 200, self.order_log())
         if path == "/_emu/faults":

@@ -29,6 +29,7 @@ to one consistent set of series (no per-process registries to merge).
   queue_depth                                     gauge      queue
   heartbeat_age_seconds                           gauge      component (beat, scan, market, …)
   exchange_weight_used / exchange_weight_limit    gauge      (request weight, current minute)
+  clock_offset_seconds                            gauge      (exchange minus local, last reconcile)
   positions_open                                  gauge
   ==============================================  =========  ====================================
 """
@@ -249,6 +250,10 @@ class HarvestCollector:
         for name, ts in sorted(beats.items()):
             g.add_metric([name], max(0.0, now - float(ts)))
         yield g
+        offset = rt.r.get(f"{rt.settings.namespace}:venue:clock_offset_ms")
+        if offset is not None:
+            yield GaugeMetricFamily("harvest_clock_offset_seconds", "The exchange's clock minus this machine's, at "
+                                    "the last reconcile", value=float(offset) / 1000)
         budget = self.budget
         yield GaugeMetricFamily("harvest_exchange_weight_used", "Request weight used in the current minute",
                                 value=float(budget.used()))
@@ -268,3 +273,31 @@ def _histograms(cls, name: str, doc: str, h: RedisHistogram, label: str | None):
     for lab, (buckets, total, _count) in sorted(h.snapshot().items()):
         fam.add_metric([lab] if label else [], buckets, total)
     yield fam
+
+
+def serve_metrics(registry, host: str, port: int, basic_auth: str | None = None):
+    """A threading WSGI server for ``registry``'s exposition on ``host:port`` (``/metrics``
+    and ``/``), not yet serving (call ``serve_forever``). ``basic_auth``: ``"user:password"``
+    every request must present (compared in constant time), else 401."""
+    import base64
+    import hmac
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    inner = make_wsgi_app(registry)
+    want = ("Basic " + base64.b64encode(basic_auth.encode()).decode()).encode() if basic_auth else None
+
+    def app(environ, start_response):
+        if want is not None and not hmac.compare_digest(environ.get("HTTP_AUTHORIZATION", "").encode(), want):
+            start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="harvest metrics"'),
+                                                ("Content-Type", "text/plain")])
+            return [b"authentication required\n"]
+        return inner(environ, start_response)
+
+    class _Quiet(WSGIRequestHandler):
+        def log_message(self, *args):  # one line per scrape would drown the logs
+            pass
+
+    return make_server(host, port, app, ThreadingWSGIServer, handler_class=_Quiet)

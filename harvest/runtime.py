@@ -44,6 +44,8 @@ def build_venue(s: HarvestSettings, r: redis.Redis, clock: MarketClock) -> Venue
     the settings (environment / secret files) and go nowhere else."""
     if not s.uses_binance:
         return PaperVenue(r, s.namespace, s.account, clock, fee_rate=s.theta.taker_fee_rate)
+    if s.venue != "paper" and not s.live_trading_opt_in:  # settings refuse it; never rely on one check
+        raise RuntimeError(f"venue {s.venue!r} reaches a non-local exchange: HARVEST_LIVE_TRADING_OPT_IN=true needed")
     from harvest.binance_venue import BinanceVenue, make_client
 
     key = s.api_key.get_secret_value() if s.api_key else ""
@@ -52,6 +54,7 @@ def build_venue(s: HarvestSettings, r: redis.Redis, clock: MarketClock) -> Venue
         r, s.namespace,
         lambda: make_client(key, secret, s.fapi_url, s.venue == "testnet", s.venue_timeout_s, s.recv_window_ms),
         weight_limit=s.venue_weight_limit_1m, funding_poll_s=s.funding_poll_s,
+        max_clock_offset_ms=s.max_clock_offset_ms,
     )
 
 

@@ -18,11 +18,11 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError as SourceError
 
-from harvest.data import SHIPPED_SYMBOLS
+from harvest.data import SHIPPED_SPAN, SHIPPED_SYMBOLS
 from harvest.models import HarvestTheta
 
 ENV_PREFIX = "HARVEST_"
-SECRET_FIELDS = ("api_key", "api_secret")
+SECRET_FIELDS = ("api_key", "api_secret", "metrics_basic_auth")
 
 
 _CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
@@ -72,15 +72,21 @@ class HarvestSettings(BaseSettings):
     account: str = Field("paper", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="account label, part of every plan_id")
     venue: Literal["paper", "testnet", "live"] = Field(
         "paper", description="paper (default; in-process engine, or the fapi emulator at fapi_url), "
-        "testnet (Binance futures testnet), live (real money; needs live_trading_opt_in)")
-    live_trading_opt_in: bool = Field(False, description="must be true for venue=live")
+        "testnet (Binance futures testnet), live (real money); both of the latter need live_trading_opt_in")
+    live_trading_opt_in: bool = Field(False, description="must be true for every venue that reaches a non-local "
+                                      "exchange (testnet, live)")
     fapi_url: str | None = Field(None, description="paper venue through python-binance against this fapi base URL "
-                                 "(e.g. http://127.0.0.1:8790/fapi from `harvest emulator`)")
+                                 "of the local emulator (a loopback address, e.g. http://127.0.0.1:8790/fapi from "
+                                 "`harvest emulator`; the emulator must answer its handshake)")
     api_key: SecretStr | None = Field(None, description="exchange API key (env or secret file only)")
     api_secret: SecretStr | None = Field(None, description="exchange API secret (env or secret file only)")
+    metrics_basic_auth: SecretStr | None = Field(None, description="user:password that `harvest metrics` requires "
+                                                 "(HTTP basic auth; env or secret file only); unset: no auth")
     venue_timeout_s: float = Field(5.0, gt=0, le=60, description="HTTP connect/read timeout of exchange requests")
     funding_poll_s: float = Field(60.0, ge=0, le=86_400, description="how often the python-binance venue reads "
                                   "funding (GET /fapi/v1/income, weight 30); 0: on every position read")
+    max_clock_offset_ms: int = Field(1000, ge=10, le=600_000, description="a clock offset from the exchange beyond "
+                                     "this (ms) is logged as an error, counted and alerted (it is absorbed for signing)")
     recv_window_ms: int = Field(5000, ge=100, le=60_000, description="recvWindow of signed requests")
     venue_weight_limit_1m: int = Field(1800, ge=10, le=1_000_000,
                                        description="request weight per minute the whole fleet may use (Binance allows "
@@ -92,12 +98,14 @@ class HarvestSettings(BaseSettings):
     mode: Literal["shadow", "live"] = Field("live", description="shadow: plans end SHADOWED, no order is sent")
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(SHIPPED_SYMBOLS),
                                                     description="symbol allowlist, comma-separated")
-    scan_interval_s: float = Field(5.0, gt=0, le=3600)
-    market_refresh_s: float = Field(5.0, gt=0, le=3600)
-    reconcile_interval_s: float = Field(30.0, gt=0, le=86_400)
-    sweep_interval_s: float = Field(10.0, gt=0, le=3600)
-    heartbeat_interval_s: float = Field(5.0, gt=0, le=3600)
-    exchange_info_interval_s: float = Field(300.0, gt=0, le=86_400, description="exchangeInfo / leverage / position-mode refresh")
+    # Lower bounds: a scan every 0.01 s (accepted once) ran 1437 scans in 25 s, 1318 of them
+    # refused by the request-weight budget.
+    scan_interval_s: float = Field(5.0, ge=0.2, le=3600)
+    market_refresh_s: float = Field(5.0, ge=0.2, le=3600)
+    reconcile_interval_s: float = Field(30.0, ge=1, le=86_400)
+    sweep_interval_s: float = Field(10.0, ge=0.5, le=3600)
+    heartbeat_interval_s: float = Field(5.0, ge=0.5, le=3600)
+    exchange_info_interval_s: float = Field(300.0, ge=10, le=86_400, description="exchangeInfo / leverage / position-mode refresh")
     plan_ttl_s: float = Field(120.0, ge=5, le=86_400, description="a plan not terminal by then is EXPIRED by the sweeper")
     confirm_retry_s: float = Field(0.5, gt=0, le=60, description="delay between confirm look-ups of an order")
     attempt_backoff_s: float = Field(5.0, ge=0.1, le=3600, description="wait after a decision's attempt ended without "
@@ -110,7 +118,9 @@ class HarvestSettings(BaseSettings):
                                          "longer of the scan and market refresh intervals)")
     results_stream_maxlen: int = Field(100_000, ge=1000)
     # Paper venue market clock (replay of the shipped klines).
-    paper_replay_start: float = Field(1750464000.0, description="market time where the replay starts (s); default 2025-06-21 00:00 UTC")
+    paper_replay_start: float = Field(1750464000.0, ge=SHIPPED_SPAN[0] + 3600, le=SHIPPED_SPAN[1],
+                                      description="market time where the replay starts (s), inside the shipped "
+                                      "klines with an hour of history; default 2025-06-21 00:00 UTC")
     paper_replay_speed: float = Field(1.0, ge=0, le=100_000, description="market seconds per wall second")
     paper_balance_usdt: float = Field(100_000.0, gt=0)
     theta: HarvestTheta = Field(default_factory=HarvestTheta)
@@ -146,12 +156,24 @@ class HarvestSettings(BaseSettings):
     def _fapi_url(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^https?://[^/]+/fapi/?$", v):
             raise ValueError("must be a fapi base URL such as http://127.0.0.1:8790/fapi")
+        if v is not None and not is_loopback_url(v):
+            raise ValueError("must point at the local emulator on a loopback address (127.0.0.0/8, ::1, localhost); "
+                             "a real exchange is HARVEST_VENUE=testnet or live, with HARVEST_LIVE_TRADING_OPT_IN=true")
+        return v
+
+    @field_validator("metrics_basic_auth")
+    @classmethod
+    def _user_password(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and ":" not in v.get_secret_value():
+            raise ValueError("must be user:password")
         return v
 
     @model_validator(mode="after")
     def _venue_rules(self) -> "HarvestSettings":
-        if self.venue == "live" and not self.live_trading_opt_in:
-            raise ValueError("venue 'live' trades real money and is refused unless HARVEST_LIVE_TRADING_OPT_IN=true")
+        if self.venue in ("live", "testnet") and not self.live_trading_opt_in:
+            raise ValueError(f"venue {self.venue!r} reaches a non-local exchange ("
+                             + ("real money" if self.venue == "live" else "Binance's testnet")
+                             + ") and is refused unless HARVEST_LIVE_TRADING_OPT_IN=true")
         if self.venue != "paper" and self.fapi_url:
             raise ValueError("HARVEST_FAPI_URL points the paper venue at an emulator; unset it for testnet/live")
         if (self.venue != "paper" or self.fapi_url) and not (self.api_key and self.api_secret):
@@ -182,6 +204,21 @@ class HarvestSettings(BaseSettings):
         return f"{self.namespace}.{kind}"
 
 
+def is_loopback_url(url: str) -> bool:
+    """Whether the URL's host is this machine: a 127.0.0.0/8 or ::1 address, or ``localhost``
+    (names are not resolved: ``localhost`` is taken as loopback by RFC 6761, any other
+    name is not)."""
+    import ipaddress
+
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def mask_url(url: str) -> str:
     """A URL as it may be shown (logs, errors): its password replaced by ``**``."""
     return re.sub(r"^([a-z+]+://[^:@/]*:)[^@/]*@", r"\1**@", url)
@@ -208,16 +245,55 @@ def _explain(err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+#: ``HARVEST_*`` variables that are not settings: read by the set-up (secret files), the tests
+#: and the benchmarks. Any other unknown ``HARVEST_*`` variable stops start-up.
+NOT_SETTINGS = ("HARVEST_SECRETS_DIR",)
+NOT_SETTINGS_PREFIXES = ("HARVEST_TEST_", "HARVEST_BENCH_", "HARVEST_HYPOTHESIS_")
+
+
+def unknown_variables(names: list[str] | set[str]) -> list[str]:
+    """Of the variable names given, the ``HARVEST_*`` ones that name no setting (a typo such
+    as ``HARVEST_MOD=shadow`` would otherwise be ignored and the mode stay live), each with
+    the closest known name: ``["HARVEST_MOD (did you mean HARVEST_MODE?)", …]``. Nested
+    names (``HARVEST_THETA__KILL_THRESHOLD``) are checked against the nested model."""
+    import difflib
+
+    fields = HarvestSettings.model_fields
+    known = [ENV_PREFIX + f.upper() for f in fields]
+    nested = {f: getattr(info.annotation, "model_fields", None) for f, info in fields.items()}
+    known += [f"{ENV_PREFIX}{f.upper()}__{g.upper()}" for f, sub in nested.items() if sub for g in sub]
+    out = []
+    for name in sorted(names):
+        up = name.upper()
+        if not up.startswith(ENV_PREFIX) or up in NOT_SETTINGS or up.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        head, sep, tail = up[len(ENV_PREFIX):].partition("__")
+        if up in known or (not sep and head.lower() in fields):
+            continue
+        close = difflib.get_close_matches(up, known, n=1, cutoff=0.6)
+        out.append(name + (f" (did you mean {close[0]}?)" if close else ""))
+    return out
+
+
 def load_settings(**overrides) -> HarvestSettings:
     """Read and validate the settings (environment, ``.env``, secret files, then ``overrides``).
 
     Secret files: with ``HARVEST_SECRETS_DIR`` set, a file named like the variable in lower
-    case (``harvest_api_key``, ``harvest_api_secret``) supplies the value, as Docker and
-    Kubernetes secrets mount them; the environment wins over a file.
+    case (``harvest_api_key``, ``harvest_api_secret``, ``harvest_metrics_basic_auth``) supplies
+    the value, as Docker and Kubernetes secrets mount them; the environment wins over a file.
 
     Raises :class:`SettingsError` with one line per invalid field, e.g.
-    ``invalid setting HARVEST_SCAN_INTERVAL_S='-1': Input should be greater than 0``.
+    ``invalid setting HARVEST_SCAN_INTERVAL_S='-1': Input should be greater than 0``, and for
+    an unknown ``HARVEST_*`` variable in the environment or ``.env`` (:func:`unknown_variables`).
     """
+    names = set(os.environ)
+    if os.path.isfile(".env"):
+        from dotenv import dotenv_values
+
+        names |= {k for k in dotenv_values(".env") if k}
+    bad = unknown_variables(names)
+    if bad:
+        raise SettingsError("unknown setting " + "; ".join(bad))
     secrets_dir = os.environ.get(f"{ENV_PREFIX}SECRETS_DIR")
     if secrets_dir and "_secrets_dir" not in overrides:
         if not os.path.isdir(secrets_dir):

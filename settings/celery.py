@@ -47,6 +47,8 @@ Reliability choices for orders (each is a key of :func:`celery_config`):
 
 from __future__ import annotations
 
+from urllib.parse import unquote, urlsplit, urlunsplit
+
 from kombu import Exchange, Queue
 
 from settings import HarvestSettings, tls_options
@@ -142,10 +144,28 @@ def beat_schedule(s: HarvestSettings) -> dict:
     return out
 
 
+def split_password(url: str) -> tuple[str, dict[str, str]]:
+    """A Redis URL without its credentials, and the credentials as client options
+    (``{"username", "password"}``, present ones only). Celery masks ``broker_url`` where it
+    shows its configuration (``celery inspect conf``, Flower's worker pages) but not other keys
+    holding a URL; a password passed as an option under a ``password`` key is masked."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url, {}
+    creds = {k: unquote(v) for k, v in (("username", parts.username), ("password", parts.password)) if v}
+    netloc = parts.hostname or ""
+    if ":" in netloc:  # an IPv6 literal
+        netloc = f"[{netloc}]"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), creds
+
+
 def celery_config(s: HarvestSettings) -> dict:
     """The Celery app's configuration mapping (pass to ``app.conf.update``)."""
     exchange = Exchange(s.namespace, type="direct")
     kinds = ("scan", "orders", "housekeeping")
+    redbeat_url, redbeat_creds = split_password(s.redis_url)
     return {
         "broker_url": s.broker,
         "broker_connection_retry_on_startup": True,
@@ -170,6 +190,8 @@ def celery_config(s: HarvestSettings) -> dict:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Celery's consumer with a guard: a broker outage never ends the worker (tasks/consumer.py).
+        "worker_consumer": "tasks.consumer:HarvestConsumer",
         "task_time_limit": TASK_TIME_LIMIT_S,
         "task_soft_time_limit": TASK_TIME_LIMIT_S - 10,
         "task_annotations": task_annotations(s),
@@ -180,13 +202,13 @@ def celery_config(s: HarvestSettings) -> dict:
         # One beat: celery-redbeat keeps the schedule in Redis and holds a lock there.
         "beat_scheduler": "tasks.beat:HarvestScheduler",
         "beat_max_loop_interval": BEAT_MAX_LOOP_S,
-        "redbeat_redis_url": s.redis_url,
+        "redbeat_redis_url": redbeat_url,  # credentials in the options, where Celery masks them
         # rediss:// (TLS): the certificate options of the URL's query, for kombu and redbeat.
         "broker_use_ssl": tls_options(s.broker),
         "redbeat_redis_use_ssl": tls_options(s.redis_url),
         "redbeat_key_prefix": f"{s.namespace}:beat:",
         "redbeat_lock_timeout": BEAT_LOCK_TIMEOUT_S,
-        "redbeat_redis_options": {"retry_period": 30, "health_check_interval": 30},
+        "redbeat_redis_options": {"retry_period": 30, "health_check_interval": 30, **redbeat_creds},
         "harvest_namespace": s.namespace,
         "timezone": "UTC",
         "enable_utc": True,

@@ -22,6 +22,11 @@ app.conf.update(celery_config(settings))
 
 log = logging.getLogger("harvest")
 
+# An item on a Redis queue that is not a Celery message is recorded and dropped, never a crash.
+from tasks.poison import install as _install_poison_guard  # noqa: E402
+
+_install_poison_guard(settings.redis_url, settings.namespace)
+
 if settings.uses_binance:
     # Imported here, in the worker's main process, so that every pool process inherits it
     # at fork instead of paying ~0.3 s on its first order.

@@ -122,8 +122,29 @@ def reconcile_once(rt: Runtime) -> dict:
             resolve_submitted(rt, plan, final=False)
     swept = sweep_once(rt, time.time())
     rt.r.hset(rt.plans.k.counters, "positions_open", len(rows))
+    check_clock(rt)
     return {"positions": len(rows), "ghosts_dropped": ghosts, "closed_outside": closed, "unknown_orders": unknown,
             "adopted": adopted, "swept": swept, "open_plans": rt.plans.count_open()}
+
+
+def check_clock(rt: Runtime) -> int | None:
+    """The exchange's clock against this machine's (python-binance venues; ms): beyond
+    ``max_clock_offset_ms`` it is logged as an error and counted (``venue:clock_offset_exceeded``;
+    ``/metrics`` ``harvest_clock_offset_seconds``). None on the paper engine or when the exchange
+    does not answer."""
+    measure = getattr(rt.venue, "clock_offset_ms", None)
+    if measure is None:
+        return None
+    try:
+        offset = measure()
+    except VenueError as e:
+        log.warning("exchange clock not read: %s", e)
+        return None
+    if abs(offset) > rt.settings.max_clock_offset_ms:
+        rt.plans.count("venue:clock_offset_exceeded")
+        log.error("this machine's clock is %.1f s %s the exchange's (limit %d ms): fix NTP", abs(offset) / 1000,
+                  "behind" if offset > 0 else "ahead of", rt.settings.max_clock_offset_ms)
+    return offset
 
 
 @app.task(name="harvest.reconcile")

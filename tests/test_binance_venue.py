@@ -155,6 +155,33 @@ def test_timestamp_1021_resyncs_once_then_is_a_clear_rejection(emu, bv):
     assert len(hv_orders(emu)) == 1
 
 
+def test_a_clock_offset_beyond_the_limit_is_an_error_not_absorbed_silently(emu, bv, caplog):
+    """Old main: a 50-minute clock offset was absorbed by the -1021 resync without a word."""
+    import logging
+
+    from tasks.housekeeping import check_clock
+
+    class Rt:  # what check_clock reads of a runtime
+        venue = bv
+        settings = load_settings(max_clock_offset_ms=1000)
+
+        class plans:  # noqa: N801
+            counted: list[str] = []
+
+            @classmethod
+            def count(cls, name):
+                cls.counted.append(name)
+
+    emu.faults.set_skew(50 * 60 * 1000)
+    with caplog.at_level(logging.ERROR, logger="harvest"):
+        offset = check_clock(Rt)
+    assert abs(offset - 3_000_000) < 2_000 and Rt.plans.counted == ["venue:clock_offset_exceeded"]
+    assert any("clock is 3000" in r.getMessage() for r in caplog.records)
+    assert int(emu.r.get(f"{emu.ns}:venue:clock_offset_ms")) == offset
+    emu.faults.set_skew(200)
+    assert abs(check_clock(Rt) - 200) < 150 and Rt.plans.counted == ["venue:clock_offset_exceeded"]
+
+
 def test_bad_signature_is_a_clear_error(emu):
     bad = venue_for(emu, secret="not-the-secret")
     with pytest.raises(VenueError) as e:
@@ -190,7 +217,10 @@ def test_live_venue_refuses_without_opt_in():
     assert "HARVEST_LIVE_TRADING_OPT_IN" in str(e.value)
     assert load_settings(venue="live", api_key="k", api_secret="s", live_trading_opt_in=True).venue == "live"
     with pytest.raises(SettingsError) as e:
-        load_settings(venue="testnet")
+        load_settings(venue="testnet")  # Binance's testnet is a non-local exchange too
+    assert "HARVEST_LIVE_TRADING_OPT_IN" in str(e.value)
+    with pytest.raises(SettingsError) as e:
+        load_settings(venue="testnet", live_trading_opt_in=True)
     assert "HARVEST_API_KEY" in str(e.value)
     # The same refusal stops a real start-up, with the message and without the secret.
     env = {"HARVEST_VENUE": "live", "HARVEST_API_KEY": "AKIA-not-a-real-key", "HARVEST_API_SECRET": "sekrit-value"}

@@ -62,12 +62,14 @@ def env(emu):
 @pytest.fixture(scope="module")
 def pipeline(env):
     w = worker(env, NS).start()
-    w.wait_ready()
-    b = CeleryProcess("beat", env).start()  # the market refresh (hourly) leaves the tests' states alone
-    b.wait_ready()
-    yield w, b
-    b.stop()
-    w.stop()
+    b = CeleryProcess("beat", env)  # the market refresh (hourly) leaves the tests' states alone
+    try:
+        w.wait_ready()
+        b.start().wait_ready()
+        yield w, b
+    finally:
+        b.stop()
+        w.stop()
 
 
 @pytest.fixture()

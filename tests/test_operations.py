@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -50,9 +51,11 @@ def ops_worker(emu):
 @pytest.fixture(scope="module")
 def flower(ops_worker):
     port = free_port()
-    f = CeleryProcess("flower", {}, [f"--port={port}", "--address=127.0.0.1", "--read_only=True",
-                                     f"--basic-auth={FLOWER_USER}:{FLOWER_PASSWORD}"])
+    # Credentials from the environment, as the README runs it: never in argv, where `ps` shows them.
+    f = CeleryProcess("flower", {"FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}"},
+                      [f"--port={port}", "--address=127.0.0.1", "--read_only=True"])
     f.start()
+    assert FLOWER_PASSWORD not in open(f"/proc/{f.proc.pid}/cmdline").read()
     f.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     wait_for(lambda: _get(f.url + "/healthcheck", auth=False)[0] == 200, 30, 0.2, "Flower to answer")
     # Flower sees events from now on: wait until a task event of ours shows in its API.
@@ -187,6 +190,41 @@ def test_metrics_exporter_serves_the_pipeline(rt):
     # the exporter reads the fleet-wide counter of the minute it was scraped in
     assert m[("harvest_exchange_weight_limit", ())] == load_settings().venue_weight_limit_1m
     assert 1 <= m[("harvest_exchange_weight_used", ())] <= int(rt.r.get(minute) or 0)
+
+
+def test_metrics_exporter_binds_loopback_and_can_require_basic_auth():
+    """Old main: `harvest metrics` listened on 0.0.0.0 with no auth."""
+    from harvest.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["metrics", "--help"])
+    port = free_port()
+    env = dict(os.environ, HARVEST_METRICS_BASIC_AUTH="prom:scrape-pw-31")
+    proc = subprocess.Popen([sys.executable, "-m", "harvest.cli", "metrics", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: _status(f"http://127.0.0.1:{port}/metrics") == 401, 30, 0.1, "the exporter")
+        token = base64.b64encode(b"prom:scrape-pw-31").decode()
+        assert _status(f"http://127.0.0.1:{port}/metrics", f"Basic {token}") == 200
+        assert _status(f"http://127.0.0.1:{port}/metrics", "Basic " + base64.b64encode(b"prom:wrong").decode()) == 401
+        out = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout if shutil.which("ss") else ""
+        assert f"0.0.0.0:{port}" not in out and f"*:{port}" not in out
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _status(url: str, authorization: str | None = None) -> int:
+    req = urllib.request.Request(url)
+    if authorization:
+        req.add_header("Authorization", authorization)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
 
 
 def test_json_logs_one_line_per_plan_transition_with_task_id(rt, ops_worker):

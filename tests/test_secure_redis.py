@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 
 import pytest
 
-from harvest.loadgen import env_for, open_positions, runtime, start_worker
+from harvest.loadgen import celery_app, env_for, open_positions, runtime, start_worker
 from harvest.models import Action
 from harvest.plans import TERMINAL, make_plan_id
 from harvest.procs import CeleryProcess, RedisServer, wait_for
@@ -44,6 +45,11 @@ def test_pipeline_runs_on_a_password_and_tls_redis_and_never_logs_the_password(s
         plan = wait_for(lambda: (p := rt.plans.get(pid)) is not None and p.state in TERMINAL and p, 60,
                         what="the plan to end")
         assert plan.state == "FILLED"
+        # What `celery inspect conf` and Flower's worker pages show: the configuration, masked.
+        # (Old main showed redbeat_redis_url with the password.)
+        conf = celery_app(env).control.inspect(timeout=10).conf()
+        assert conf and any("redbeat_redis_url" in c for c in conf.values()), conf
+        assert PASSWORD not in json.dumps(conf)
     finally:
         worker.stop()
         beat.stop()

@@ -22,6 +22,10 @@ FUNDING_DIR = DATA_DIR / "funding"
 EXCHANGE_INFO = DATA_DIR / "exchange_info" / "fapi-exchangeInfo-2024-10-02.json"
 #: Symbols the shipped data covers (klines, funding and filters).
 SHIPPED_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT")
+#: Market times (Unix s) the shipped klines of every symbol cover: from the first bar's open
+#: (2025-06-14 00:00 UTC) to the earliest last bar's close (2025-06-24 10:32 UTC). Tested
+#: against the files (tests/test_market_data.py).
+SHIPPED_SPAN = (1749859200.0, 1750761120.0)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,87 @@
+"""Settings that must not pass (issue 19): no path to a non-local exchange without the opt-in,
+whatever the venue is called; unknown HARVEST_* variables; intervals and replay times out of
+bounds. The emulator is recognised by where it is and by its handshake, never by a name."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from harvest.binance_venue import emulator_handshake, make_client
+from harvest.venue import VenueError
+from settings import SettingsError, load_settings, unknown_variables
+
+KEYS = {"api_key": "k", "api_secret": "s"}
+URLS = [None, "http://127.0.0.1:8790/fapi", "http://localhost:8790/fapi", "http://[::1]:8790/fapi",
+        "https://fapi.binance.com/fapi", "http://10.0.0.5:8790/fapi", "http://emulator.local:8790/fapi"]
+
+
+@pytest.mark.parametrize("venue,url,opt_in", list(itertools.product(["paper", "testnet", "live"], URLS, [False, True])))
+def test_every_combination_of_venue_url_and_opt_in(venue, url, opt_in):
+    """Old main: HARVEST_VENUE=paper with HARVEST_FAPI_URL=https://fapi.binance.com/fapi built a
+    mainnet client with the paper clock driving decisions."""
+    kw = dict(KEYS, venue=venue, live_trading_opt_in=opt_in)
+    if url:
+        kw["fapi_url"] = url
+    local = url is not None and "127.0.0.1" in url or url is not None and ("localhost" in url or "[::1]" in url)
+    allowed = (venue == "paper" and (url is None or local)) or (venue != "paper" and url is None and opt_in)
+    if allowed:
+        s = load_settings(**kw)
+        assert (s.venue, s.fapi_url) == (venue, url)
+    else:
+        with pytest.raises(SettingsError) as e:
+            load_settings(**kw)
+        assert "HARVEST_" in str(e.value)
+
+
+class _NotTheEmulator(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b'{"serverTime": 1}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_a_loopback_server_that_is_not_the_emulator_gets_no_order():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _NotTheEmulator)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/fapi"
+        with pytest.raises(VenueError) as e:
+            make_client("k", "s", url, False, 2.0, 5000)
+        assert "not harvest's fapi emulator" in e.value.message
+        with pytest.raises(VenueError) as e:
+            emulator_handshake("http://127.0.0.1:1/fapi", 0.5)  # nothing listening: try again later
+        assert e.value.kind == "retryable"
+        with pytest.raises(VenueError):
+            emulator_handshake("https://fapi.binance.com/fapi", 0.5)  # refused before any request
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_unknown_variables_stop_start_up_naming_the_closest(monkeypatch):
+    """Old main: HARVEST_MOD=shadow was ignored and the mode stayed live."""
+    monkeypatch.setenv("HARVEST_MOD", "shadow")
+    with pytest.raises(SettingsError) as e:
+        load_settings()
+    assert "HARVEST_MOD (did you mean HARVEST_MODE?)" in str(e.value)
+    assert unknown_variables({"HARVEST_THETA__KILL_THRESHLD", "HARVEST_MODE", "HARVEST_THETA__T1_R", "PATH",
+                              "HARVEST_TEST_REDIS_URL", "HARVEST_SECRETS_DIR"}) == [
+        "HARVEST_THETA__KILL_THRESHLD (did you mean HARVEST_THETA__KILL_THRESHOLD?)"]
+
+
+@pytest.mark.parametrize("field,value", [("scan_interval_s", 0.01), ("market_refresh_s", 0.05),
+                                         ("paper_replay_start", -1e300), ("paper_replay_start", 1.9e9),
+                                         ("sweep_interval_s", 0.1)])
+def test_bounds(field, value):
+    with pytest.raises(SettingsError) as e:
+        load_settings(**{field: value})
+    assert f"HARVEST_{field.upper()}" in str(e.value)
