@@ -60,7 +60,7 @@ log = logging.getLogger("harvest.venue")
 #: Request weights of the endpoints used (Binance's documented figures).
 WEIGHT = {"positions": 5, "symbol_config": 5, "dual": 30, "open_algo_all": 40, "open_algo": 1,
           "mark": 1, "klines": 2, "exchange_info": 1, "order": 1, "get_order": 1, "cancel": 1, "trades": 5, "time": 1,
-          "income": 30}
+          "income": 30, "all_orders": 5}
 #: Share of the weight budget each priority may use: closes go ahead of stop moves and reads.
 PRIORITY_SHARE = {"close": 1.0, "stop": 0.85, "read": 0.7}
 _ALGO_TO_ORDER_STATUS = {"NEW": "NEW", "TRIGGERING": "NEW", "TRIGGERED": "NEW", "FINISHED": "FILLED",
@@ -568,6 +568,15 @@ class BinanceVenue(Venue):
             out += [self._order(x) for x in self._call("futures_get_open_orders", weight, "read", **sym)]
         if algo is not False:
             out += [self._algo(x) for x in self._call("futures_get_open_orders", weight, "read", conditional=True, **sym)]
+        return out
+
+    @answers()
+    def all_orders(self, symbols: list[str]) -> list[OrderResult]:
+        """``GET /fapi/v1/allOrders`` of each symbol (weight 5 each, the last 1000 orders)."""
+        out: list[OrderResult] = []
+        for s in symbols:
+            out += [self._order(x) for x in self._call("futures_get_all_orders", "all_orders", "read", symbol=s,
+                                                       limit=1000)]
         return out
 
     @answers()

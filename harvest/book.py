@@ -20,10 +20,13 @@ from harvest.venue import VenuePosition
 
 
 def epoch_of(vp: VenuePosition, first_seen: float) -> str:
-    """Epoch label of a position opening: side initial + opening time in whole seconds
-    (the venue's opening time when it reports one, else when harvest first saw it)."""
-    opened = vp.opened_at if vp.opened_at is not None else first_seen
-    return f"{vp.side.value[0]}{int(opened)}"
+    """Epoch label of a position opening, from exchange truth only (never wall time, so the
+    same opening gets the same label after a loss of state): side initial + the opening
+    fill's time in whole seconds when the venue reports it, else side initial + ``p`` + the
+    entry price. ``first_seen`` is not part of the label (it dates the epoch's age)."""
+    if vp.opened_at is not None:
+        return f"{vp.side.value[0]}{int(vp.opened_at)}"
+    return f"{vp.side.value[0]}p{vp.entry_price!r}"[:64]
 
 
 def is_new_epoch(vp: VenuePosition, entry: dict[str, Any] | None) -> bool:

@@ -160,7 +160,8 @@ class _Run:
             HARVEST_EXCHANGE_INFO_INTERVAL_S="3600", HARVEST_HEARTBEAT_INTERVAL_S="2", HARVEST_CONFIRM_RETRY_S="0.5",
             HARVEST_RETRY_BACKOFF_S="0.3", HARVEST_RETRY_BACKOFF_MAX_S="3", HARVEST_MAX_SEND_ATTEMPTS="10",
             HARVEST_ATTEMPT_BACKOFF_S="1", HARVEST_ATTEMPT_BACKOFF_MAX_S="5",
-            HARVEST_VENUE_TIMEOUT_S=repr(VENUE_TIMEOUT_S))
+            HARVEST_VENUE_TIMEOUT_S=repr(VENUE_TIMEOUT_S),
+            HARVEST_THROWAWAY_STATE="false")  # the state Redis keeps AOF (fsync always): durable
         if self.broker:
             self.env["HARVEST_BROKER_URL"] = self.broker
         # The exchange: paper engine + emulator on their own Redis; positions opened at 0 R.

@@ -30,6 +30,7 @@ from harvest.exit_ladder import compute_levels
 from harvest.market import market_state_at
 from harvest.models import Side
 from harvest.procs import CeleryProcess, RedisServer, wait_for, worker
+from harvest.recovery import mark_recovered
 from harvest.runtime import Runtime, build_runtime
 from harvest.scorecard import build_scorecard, format_scorecard, queue_depths
 from harvest.venue import VenueError
@@ -96,7 +97,7 @@ def run_demo(start: str = DEFAULT_START, hours: float = 24.0, speed: float = 144
         "HARVEST_REDIS_URL": url, "HARVEST_NAMESPACE": ns, "HARVEST_VENUE": "paper", "HARVEST_MODE": "live",
         "HARVEST_SCAN_INTERVAL_S": "0.25", "HARVEST_MARKET_REFRESH_S": "0.25", "HARVEST_SWEEP_INTERVAL_S": "2",
         "HARVEST_RECONCILE_INTERVAL_S": "5", "HARVEST_HEARTBEAT_INTERVAL_S": "1", "HARVEST_PLAN_TTL_S": "30",
-        "HARVEST_MARKET_STALE_S": "3", "HARVEST_ATTEMPT_BACKOFF_S": "1", "HARVEST_ATTEMPT_BACKOFF_MAX_S": "10",
+        "HARVEST_MARKET_STALE_S": "3", "HARVEST_THROWAWAY_STATE": "true", "HARVEST_ATTEMPT_BACKOFF_S": "1", "HARVEST_ATTEMPT_BACKOFF_MAX_S": "10",
         "HARVEST_PAPER_REPLAY_START": repr(t_start), "HARVEST_PAPER_REPLAY_SPEED": "0",
     }
     env.pop("HARVEST_BROKER_URL", None)
@@ -122,6 +123,7 @@ def run_demo(start: str = DEFAULT_START, hours: float = 24.0, speed: float = 144
         print(f"harvest demo: paper venue ({path}), real klines {iso(t_start)} → {iso(t_end)} UTC at {speed:g}× "
               f"(Redis {'private' if server else url}, namespace {ns})", file=log, flush=True)
         rt.clock.set(t_start, 0.0, end=t_end)
+        mark_recovered(rt.r, ns)  # a fresh paper account: nothing to recover
         _seed_market(rt)
         closed_at: dict[str, float] = {}
         for sym, lev in SCENARIO.items():

@@ -17,6 +17,7 @@ POST /fapi/v1/order                        yes     MARKET (reduceOnly / position
                                                    conditional type answers -4120
 GET / DELETE /fapi/v1/order                yes     by origClientOrderId or orderId
 GET  /fapi/v1/openOrders                   yes     working orders
+GET  /fapi/v1/allOrders                    yes     every order of a symbol (the last 1000)
 POST /fapi/v1/algoOrder                    yes     CONDITIONAL STOP_MARKET closePosition
 GET / DELETE /fapi/v1/algoOrder            yes     by clientAlgoId or algoId
 GET  /fapi/v1/openAlgoOrders               yes     working stops
@@ -92,7 +93,7 @@ FAULT_KINDS = ("latency", "http_429", "http_418", "unavailable_503", "internal_5
 HTML_503 = ("<html><body><h1>503 Service Unavailable</h1>\nNo server is available to handle this request.\n"
             "</body></html>\n")
 #: Request weights (Binance's figures for these endpoints, rounded up).
-WEIGHTS = {"klines": 2, "userTrades": 5, "leverageBracket": 1, "income": 30, "positionRisk": 5, "symbolConfig": 5, "positionSide/dual": 30, "openOrders": 1,
+WEIGHTS = {"klines": 2, "userTrades": 5, "leverageBracket": 1, "income": 30, "allOrders": 5, "positionRisk": 5, "symbolConfig": 5, "positionSide/dual": 30, "openOrders": 1,
            "openAlgoOrders": 1, "exchangeInfo": 1, "premiumIndex": 1, "order": 1, "algoOrder": 1}
 WEIGHT_LIMIT_1M = 2400
 CONDITIONAL_TYPES = ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET")
@@ -476,6 +477,10 @@ class Emulator:
                 return self._income(p)
             if path == "/fapi/v1/leverageBracket":
                 return self._brackets(self._symbol(p, required=False))
+            if path == "/fapi/v1/allOrders":
+                sym = self._symbol(p)
+                rows = [o for o in v.orders() if o.symbol == sym and not o.algo]
+                return [_order_json(o) for o in sorted(rows, key=lambda o: o.order_id)][-1000:]
             if path == "/fapi/v1/openOrders":
                 return [_order_json(o) for o in v.open_orders(self._symbol(p, required=False), algo=False)]
             if path == "/fapi/v1/openAlgoOrders":

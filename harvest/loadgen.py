@@ -24,7 +24,7 @@ def env_for(url: str, ns: str, syms: list[str], **extra: str) -> dict[str, str]:
     overrides or adds variables."""
     return {"HARVEST_REDIS_URL": url, "HARVEST_NAMESPACE": ns, "HARVEST_SYMBOLS": ",".join(syms),
             "HARVEST_PAPER_REPLAY_SPEED": "0", "HARVEST_PAPER_REPLAY_START": repr(T0), "HARVEST_PLAN_TTL_S": "120",
-            "HARVEST_MODE": "live", **extra}
+            "HARVEST_MODE": "live", "HARVEST_THROWAWAY_STATE": "true", **extra}
 
 
 def runtime(env: dict[str, str]):
@@ -61,8 +61,11 @@ def mark_at_r(rt, sym: str, r_multiple: float) -> float:
 
 def open_positions(rt, syms: list[str], r_multiple: float = 0.0) -> None:
     """One LONG per symbol at a round entry with a stop 1 % below (1R), marked at
-    ``r_multiple`` R, written in bulk; market states (TREND) cached for every symbol."""
+    ``r_multiple`` R, written in bulk; market states (TREND) cached for every symbol. The
+    account is a fresh one harvest never traded: its state is marked whole
+    (:func:`harvest.recovery.mark_recovered`)."""
     from harvest.models import MarketState, Regime
+    from harvest.recovery import mark_recovered
 
     paper = paper_of(rt)
     paper.list_symbols({s: SHIPPED_SYMBOLS[i % len(SHIPPED_SYMBOLS)] for i, s in enumerate(syms)})
@@ -73,16 +76,21 @@ def open_positions(rt, syms: list[str], r_multiple: float = 0.0) -> None:
                      "opened_at": T0, "stop_price": stop})
         marks[sym] = mark_at_r(rt, sym, r_multiple)
     paper.seed_positions(rows, marks)
+    mark_recovered(rt.r, rt.settings.namespace)
     rt.market.put_many([MarketState(symbol=s, ts_time=T0, sigma=0.001, ts=0.5, p_trend=0.9, regime=Regime.TREND,
                                     trend_dir=1) for s in syms])
 
 
 def clean(rt) -> None:
-    """Delete every key of the namespace; the paper clock back at T0, standing still."""
+    """Delete every key of the namespace; the paper clock back at T0, standing still; the
+    (empty) state marked whole, as for a fresh account."""
+    from harvest.recovery import mark_recovered
+
     keys = list(rt.r.scan_iter(f"{rt.settings.namespace}:*", count=1000))
     for i in range(0, len(keys), 10_000):
         rt.r.delete(*keys[i:i + 10_000])
     rt.clock.set(T0, 0.0)
+    mark_recovered(rt.r, rt.settings.namespace)
 
 
 def fresh_namespace(url: str, prefix: str, syms: list[str], r_multiple: float | None = None):

@@ -917,6 +917,11 @@ class PaperVenue(Venue):
         out = [OrderResult.model_validate_json(v) for v in self.r.hvals(self.k_orders)]
         return [o for o in out if o.client_order_id.startswith("hv-")] if harvest_only else out
 
+    def all_orders(self, symbols: list[str]) -> list[OrderResult]:
+        """Every order of these symbols the engine recorded (latest record per clientOrderId)."""
+        want = set(symbols)
+        return [o for o in self.orders() if o.symbol in want]
+
     def pnl(self) -> dict[str, dict[str, float]]:
         """Per symbol: realized (gross), commission, funding (USDT) and stops_hit."""
         out: dict[str, dict[str, float]] = {}

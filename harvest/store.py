@@ -14,6 +14,8 @@ Key layout (``<ns>`` = settings.namespace)::
     <ns>:plans:open                  zset   non-terminal plan_ids by expires_at
     <ns>:plans:index                 zset   every plan_id by created_at
     <ns>:lineage:<lineage_id>        hash   attempt and plan_id of the decision's latest plan
+    <ns>:state:recovered             string the state is known whole (set by harvest.recovery)
+    <ns>:plans:recovered             set    plan_ids known only from the exchange's records
     <ns>:stream:results              stream one entry per transition
     <ns>:inflight:<account>:<symbol> string plan_id holding the position (TTL = plan TTL)
     <ns>:book:<account>:<symbol>     hash   harvest's book of a position epoch
@@ -42,14 +44,23 @@ from harvest.plans import TERMINAL, LatestPlan, allowed_from
 log = logging.getLogger("harvest.plans")
 
 # KEYS: 1 plan, 2 open plans, 3 plan index, 4 results stream, 5 plans-by-state gauge, 6 the
-# lineage hash. ARGV: 1 plan_id, 2 created_at, 3 expires_at, 4 stream maxlen, 5 symbol, 6 action,
+# lineage hash, 7 the set of plan_ids known only from the exchange's records, 8 the state-recovered
+# marker (no plan is made while the state is not known whole). ARGV: 1 plan_id, 2 created_at, 3 expires_at, 4 stream maxlen, 5 symbol, 6 action,
 # 7 data (JSON), 8 attempt, 9 plan key prefix, 10… the plan's field/value pairs.
-# Reply: false when created; the existing plan's state for a true repeat; 'stale_attempt' when
+# Reply: false when created; the existing plan's state for a true repeat; 'RECOVERED' for a plan
+# whose order the exchange shows after a loss of state (the lineage records it FILLED, nothing
+# is created, nothing is sent); 'STATE_NOT_RECOVERED' while the marker is missing; 'stale_attempt' when
 # the attempt is not the lineage's next one (its latest plan is still in flight, or the
 # attempt skips or repeats one).
 _CREATE_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return redis.call('HGET', KEYS[1], 'state')
+end
+if redis.call('EXISTS', KEYS[8]) == 0 then return 'STATE_NOT_RECOVERED' end
+if redis.call('SISMEMBER', KEYS[7], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[6], 'attempt', ARGV[8], 'plan_id', ARGV[1], 'state', 'FILLED',
+             'reason', 'recovered_from_exchange', 'updated_at', ARGV[2])
+  return 'RECOVERED'
 end
 local n = tonumber(ARGV[8])
 local la = redis.call('HGET', KEYS[6], 'attempt')
@@ -74,13 +85,16 @@ return false
 
 #: The latest plan of each lineage in KEYS (lineage hashes); ARGV[1] the plan key prefix:
 #: ``[[attempt, state, reason, updated_at, order_qty, executed_qty, remaining_qty] or {}, …]``.
+#: A lineage whose latest plan is known only from the exchange's records (state lost, see
+#: :mod:`harvest.recovery`) answers with the state the lineage itself keeps.
 _LATEST_LUA = """
 local out = {}
 for i, k in ipairs(KEYS) do
-  local h = redis.call('HMGET', k, 'attempt', 'plan_id')
+  local h = redis.call('HMGET', k, 'attempt', 'plan_id', 'state', 'reason', 'updated_at')
   if h[1] and h[2] then
     local p = redis.call('HMGET', ARGV[1] .. h[2], 'state', 'reason', 'updated_at', 'order_qty', 'executed_qty',
                          'remaining_qty')
+    if not p[1] then p = {h[3], h[4], h[5], false, false, false} end  -- recovered from the exchange
     out[i] = {h[1], p[1] or '', p[2] or '', p[3] or '0', p[4] or '', p[5] or '', p[6] or ''}
   else
     out[i] = {}
@@ -104,6 +118,7 @@ local o = cjson.decode(ARGV[8])
 local ok = false
 for _, s in ipairs(o['from']) do if s == cur then ok = true end end
 if not ok then return {0, cur, action, h[3]} end
+if o['require'] and redis.call('EXISTS', o['require']) == 0 then return {0, 'STATE_NOT_RECOVERED', action, h[3]} end
 local pos = (h[5] or '') .. ':' .. (h[3] or '')
 local lock = ARGV[9] .. pos
 if o['lock_ttl'] and not redis.call('SET', lock, ARGV[1], 'NX', 'EX', o['lock_ttl']) then
@@ -295,6 +310,18 @@ class Keys:
         return f"{self.ns}:lineage:{lineage_id}"
 
     @property
+    def recovered(self) -> str:
+        """string: present while the state is known whole — set by :mod:`harvest.recovery`
+        after it read the exchange's records; a Redis that restarted empty lacks it, and
+        execute sends nothing until it is back."""
+        return f"{self.ns}:state:recovered"
+
+    @property
+    def recovered_plans(self) -> str:
+        """set: plan_ids whose orders the exchange shows but the store had lost."""
+        return f"{self.ns}:plans:recovered"
+
+    @property
     def open_plans(self) -> str:
         return f"{self.ns}:plans:open"
 
@@ -398,7 +425,7 @@ class PlanStore:
         existing = run_script(
             self.r, self._create,
             keys=[self.k.plan(pid), self.k.open_plans, self.k.plan_index, self.k.results, self.k.metrics_plans,
-                  self.k.lineage(plan["lineage"])],
+                  self.k.lineage(plan["lineage"]), self.k.recovered_plans, self.k.recovered],
             args=[pid, _enc(plan["created_at"]), _enc(plan["expires_at"]), self.maxlen,
                   plan["symbol"], _enc(plan["action"]), json.dumps(data, sort_keys=True, default=str),
                   int(plan.get("attempt", 0)), self.k.plan_prefix, *_flat(fields)],
@@ -443,18 +470,23 @@ class PlanStore:
         return applied, before
 
     def transition_and_get(self, plan_id: str, to: str, reason: str, fields: dict[str, Any] | None = None,
-                           data: dict[str, Any] | None = None) -> tuple[bool, str, Plan | None]:
+                           data: dict[str, Any] | None = None,
+                           require_recovered: bool = False) -> tuple[bool, str, Plan | None]:
         """:meth:`transition`, and the plan as it is after the transition (None when it was
         not applied), in the same round trip: ``(applied, state before, plan)``. Execute uses
-        it for APPROVED → SUBMITTED, which needs the plan only once it holds the send."""
-        return self._apply(plan_id, to, reason, data, fields, None, None, None, None, True)
+        it for APPROVED → SUBMITTED, which needs the plan only once it holds the send.
+        ``require_recovered``: apply only while the state is known whole
+        (:attr:`Keys.recovered` exists, see :mod:`harvest.recovery`); otherwise nothing is
+        written and the state before reads ``STATE_NOT_RECOVERED``."""
+        return self._apply(plan_id, to, reason, data, fields, None, None, None, None, True,
+                           require=self.k.recovered if require_recovered else None)
 
     def _apply(self, plan_id: str, to: str, reason: str, data: dict[str, Any] | None, fields: dict[str, Any] | None,
                now: float | None, lock_ttl_s: float | None, book: dict[str, Any] | None,
-               fill: tuple[float, str] | None, read: bool) -> tuple[bool, str, Plan | None]:
+               fill: tuple[float, str] | None, read: bool, require: str | None = None) -> tuple[bool, str, Plan | None]:
         """The one call of :data:`_TRANSITION_LUA` (see :meth:`transition`)."""
         now = time.time() if now is None else now
-        opts: dict[str, Any] = {"from": sorted(allowed_from(to)), "read": read or None}
+        opts: dict[str, Any] = {"from": sorted(allowed_from(to)), "read": read or None, "require": require}
         if lock_ttl_s is not None:
             opts["lock_ttl"] = max(1, int(lock_ttl_s))
         if book:

@@ -140,6 +140,12 @@ class Venue(ABC):
         stops, False only regular orders, None both). Raises VenueError."""
         raise NotImplementedError
 
+    def all_orders(self, symbols: list[str]) -> list[OrderResult]:
+        """Every regular order of these symbols the venue still reports (working, filled,
+        cancelled, expired; Binance: the last 1000 per symbol within its retention), for
+        recovery after a loss of state (:mod:`harvest.recovery`). Raises VenueError."""
+        raise NotImplementedError
+
     @abstractmethod
     def get_order(self, symbol: str, client_order_id: str, conditional: bool = False) -> OrderResult:
         """Look an order up by clientOrderId (``conditional``: a stop, by clientAlgoId).

@@ -96,6 +96,8 @@ class HarvestSettings(BaseSettings):
     retry_backoff_max_s: float = Field(20.0, gt=0, le=600, description="cap of the retry delay")
     log_format: Literal["text", "json"] = Field("text", description="text lines, or one JSON object per line")
     mode: Literal["shadow", "live"] = Field("live", description="shadow: plans end SHADOWED, no order is sent")
+    throwaway_state: bool = Field(False, description="the state Redis may lose what it holds (the demo, tests): "
+                                  "orders are sent without AOF persistence; never for a real account")
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(SHIPPED_SYMBOLS),
                                                     description="symbol allowlist, comma-separated")
     # Lower bounds: a scan every 0.01 s (accepted once) ran 1437 scans in 25 s, 1318 of them

@@ -209,11 +209,19 @@ def decide_and_plan(rt: Runtime, rows: list[Row], now: float) -> list[tuple[Deci
     """:func:`decide` and :func:`plan_decisions`, with one more step: a position whose
     partial tier is waiting for its next attempt or abandoned is evaluated again as if that
     tier were harvested, so a stuck partial never freezes the profit lock (or anything else
-    the position calls for). Returns every decision with its lineage verdict."""
+    the position calls for). A tier whose lineage says it was done (FILLED) while the book
+    says otherwise — the book lost with the state, or read just before the fill — is marked
+    harvested in the book and treated the same way. Returns every decision with its lineage
+    verdict."""
     planned = plan_decisions(rt, decide(rt, rows, now))
-    blocked = {d.symbol: d.tier for d, nx in planned if d.tier and nx.kind in ("waiting", "abandoned")}
+    blocked = {d.symbol: d.tier for d, nx in planned
+               if d.tier and (nx.kind in ("waiting", "abandoned") or (nx.kind == "repeat" and nx.reason == "done"))}
     if not blocked:
         return planned
+    done = {d.symbol: {"harvested_tier": d.tier} for d, nx in planned
+            if d.tier and nx.kind == "repeat" and nx.reason == "done"}
+    if done:
+        rt.book.update_many(rt.settings.account, done)
     again = [(vp, {**e, "harvested_tier": max(int(e.get("harvested_tier", 0)), blocked[vp.symbol])}, m)
              for vp, e, m in rows if vp.symbol in blocked]
     return planned + plan_decisions(rt, [d for d in decide(rt, again, now) if not d.tier])

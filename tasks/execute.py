@@ -31,6 +31,7 @@ import time
 
 from harvest.models import STOP_ACTIONS, Plan
 from harvest.plans import client_order_id
+from harvest.recovery import durable_cached
 from harvest.runtime import Runtime, get_runtime
 from harvest.venue import VenueError
 from tasks.app import app
@@ -59,6 +60,19 @@ def _end(rt: Runtime, plan: Plan, to: str, reason: str, e: VenueError) -> None:
                         fields={"error_code": e.code, "error_message": e.message})
 
 
+def _state_refusal(rt: Runtime) -> str | None:
+    """``state_not_durable`` when the state Redis keeps nothing across a restart and the
+    deployment did not say it is throw-away (:func:`harvest.recovery.durable_cached`), else None."""
+    if rt.settings.throwaway_state:
+        return None
+    ok, why = durable_cached(rt.r)
+    if ok:
+        return None
+    log.error("no order sent: the state Redis is not durable (%s); run it with AOF (appendfsync everysec) "
+              "or set HARVEST_THROWAWAY_STATE=true for a throw-away setup", why)
+    return "state_not_durable"
+
+
 @app.task(name="harvest.execute", bind=True, acks_late=True, max_retries=None)
 def execute(self, ref: dict | None, step: int = 0) -> dict | None:
     """ref: ``{"plan_id": …}`` of an APPROVED plan (``step`` > 0: a re-send after the
@@ -69,12 +83,23 @@ def execute(self, ref: dict | None, step: int = 0) -> dict | None:
         record_rejected(rt, "execute", {"ref": ref, "step": step}, "step must be an int >= 0")
         return None
     if step == 0:
-        # APPROVED → SUBMITTED before the send; the same round trip reads the plan back.
+        # APPROVED → SUBMITTED before the send; the same round trip reads the plan back, and
+        # applies only while the state is known whole (harvest.recovery).
         pid = checked_ref(rt, "execute", ref)
         if pid is None:
             return None
+        refusal = _state_refusal(rt)
+        if refusal is not None:
+            rt.plans.count(f"execute:{refusal}")
+            rt.plans.transition(pid, "FAILED", refusal)
+            return None
         _, before, plan = rt.plans.transition_and_get(pid, "SUBMITTED", "order_sent",
-                                                      fields={"step": 0, "send": "sending"})
+                                                      fields={"step": 0, "send": "sending"}, require_recovered=True)
+        if before == "STATE_NOT_RECOVERED":  # Redis lost its state: nothing is sent before recovery
+            rt.plans.count("execute:state_not_recovered")
+            rt.plans.transition(pid, "FAILED", "state_not_recovered")
+            log.warning("plan %s not sent: the state is not recovered from the exchange yet", pid)
+            return None
         if plan is None:
             if before == "":
                 record_rejected(rt, "execute", ref, "unknown plan_id")

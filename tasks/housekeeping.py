@@ -10,6 +10,7 @@ import time
 from harvest.data import load_klines
 from harvest.market import market_state_at, market_state_from_closes
 from harvest.plans import CLIENT_ORDER_PREFIX
+from harvest.recovery import ensure_recovered
 from harvest.runtime import Runtime, get_runtime
 from harvest.venue import VenueError
 from tasks.app import app
@@ -59,6 +60,8 @@ def _report(rt: Runtime, kind: str, **fields) -> None:
 def reconcile_once(rt: Runtime) -> dict:
     """Exchange truth against local state, once (the beat task and ``harvest reconcile``).
 
+    0. State: when ``<ns>:state:recovered`` is missing (a Redis that restarted empty, a first
+       start), the exchange's harvest orders are read first (:func:`harvest.recovery.recover`).
     1. Positions: new epochs started, ghost book entries (no position on the venue) dropped
        (:func:`tasks.evaluate.load_positions`).
     2. Plans of positions closed (or closed and re-opened) outside harvest: PROPOSED /
@@ -74,6 +77,7 @@ def reconcile_once(rt: Runtime) -> dict:
     ``adopted``, ``swept`` (state → n), ``open_plans``. Raises VenueError when the venue does
     not answer (nothing is changed then).
     """
+    recovered = ensure_recovered(rt)  # first: a Redis that lost its state learns what was sent
     before = rt.plans.counters().get("reconcile:ghost_dropped", 0)
     rows, _ = load_positions(rt)
     ghosts = rt.plans.counters().get("reconcile:ghost_dropped", 0) - before
@@ -124,7 +128,8 @@ def reconcile_once(rt: Runtime) -> dict:
     rt.r.hset(rt.plans.k.counters, "positions_open", len(rows))
     check_clock(rt)
     return {"positions": len(rows), "ghosts_dropped": ghosts, "closed_outside": closed, "unknown_orders": unknown,
-            "adopted": adopted, "swept": swept, "open_plans": rt.plans.count_open()}
+            "adopted": adopted, "swept": swept, "open_plans": rt.plans.count_open(),
+            "recovered": recovered or {}}
 
 
 def check_clock(rt: Runtime) -> int | None:

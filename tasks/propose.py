@@ -20,8 +20,9 @@ def propose(decision: dict | None) -> dict | None:
     """decision: a :class:`harvest.models.Decision` as a dict (None: nothing to do).
 
     Returns ``{"plan_id": …}`` for a new plan, None for a repeat (counted as
-    ``dedup:<state>``), an attempt out of order (``dedup:stale_attempt``) or a malformed
-    payload (recorded, never executed).
+    ``dedup:<state>``; ``dedup:RECOVERED`` for a plan whose order the exchange showed after a
+    loss of state), an attempt out of order (``dedup:stale_attempt``), a state not yet
+    recovered (``dedup:STATE_NOT_RECOVERED``) or a malformed payload (recorded, never executed).
     """
     if decision is None:
         return None

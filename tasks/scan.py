@@ -42,6 +42,15 @@ def scan_positions() -> dict:
         log.warning("scan skipped: positions unavailable (%s)", e)
         return {"positions": 0, "actionable": 0, "started": 0, "duplicates": 0, "busy": 0,
                 "seconds": time.perf_counter() - t0, "error": e.code}
+    if not rt.r.exists(rt.plans.k.recovered):
+        # The state was lost (or this is a first start): nothing starts until reconcile has
+        # read the exchange's records (harvest.recovery); plan creation refuses it too.
+        rt.plans.count("scan:awaiting_recovery")
+        if rt.r.set(f"{rt.settings.namespace}:state:recovering", "1", nx=True, ex=30):
+            log.warning("state not known whole: reconcile starts recovery from the exchange")
+            app.send_task("harvest.reconcile", queue=rt.settings.queue("housekeeping"))
+        return {"positions": len(rows), "actionable": 0, "started": 0, "duplicates": 0, "busy": 0,
+                "seconds": time.perf_counter() - t0, "awaiting_recovery": True}
     planned = decide_and_plan(rt, rows, now)
     starting = [d for d, nx in planned if nx.starts]
     holders = dict(zip([d.symbol for d in starting],

@@ -33,6 +33,7 @@ def pytest_configure(config):
     os.environ["HARVEST_MODE"] = "live"
     os.environ["HARVEST_PLAN_TTL_S"] = "30"
     os.environ["HARVEST_PAPER_REPLAY_SPEED"] = "0"
+    os.environ["HARVEST_THROWAWAY_STATE"] = "true"  # private redis-servers without AOF
 
 
 def pytest_unconfigure(config):

@@ -1,0 +1,126 @@
+"""State that must not be lost, and what harvest does when it was (issue 19.3).
+
+harvest's Redis holds the plans and their lineages, the book of each position epoch and the
+in-flight locks. Lost, the next scan would decide the same exits again and send them a second
+time: Binance keeps a clientOrderId unique only among *open* orders, so even the same
+``hv-<plan_id>-0`` fills again. Two defences:
+
+* **Durable state.** :func:`durability` reads the Redis's persistence (AOF with ``appendfsync``
+  ``everysec`` or ``always``); execute sends nothing to a Redis without it
+  (``state_not_durable``) unless the deployment says it is throw-away
+  (``HARVEST_THROWAWAY_STATE=true``: the demo, the tests).
+* **Recovery before any send.** The key ``<ns>:state:recovered`` says the state is known
+  whole. A Redis that restarted empty (or a first start) lacks it; execute's
+  APPROVED → SUBMITTED compare-and-set then fails (``state_not_recovered``) and the plan ends
+  FAILED, to be tried again by its lineage. :func:`recover` — run by reconcile, which the scan
+  starts when it sees the key missing — reads the exchange's own records of the account
+  (every order of each symbol in use, ``GET /fapi/v1/allOrders``, and the working stops), and
+  every ``hv-<plan_id>-<step>`` order whose plan the store does not know joins
+  ``<ns>:plans:recovered``: a decision that makes that plan_id again finds it there and is a
+  true repeat (its lineage records it FILLED), so the lost plan's order is found, not repeated.
+  Only then is the key set. Epoch labels come from the exchange (the opening fill's time, else
+  the entry price), never from wall time, so the same decision makes the same plan_id after
+  the loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+
+import redis
+
+from harvest.plans import CLIENT_ORDER_PREFIX
+from harvest.venue import Venue, VenueError
+
+log = logging.getLogger("harvest")
+
+#: ``hv-<plan_id>-<step>`` (:func:`harvest.plans.client_order_id`).
+HV_CID = re.compile(rf"^{CLIENT_ORDER_PREFIX}([0-9a-f]{{16}})-(\d+)$")
+#: How long a process trusts its last reading of the Redis's persistence (s).
+DURABILITY_TTL_S = 60.0
+_DURABLE: dict[int, tuple[float, bool, str]] = {}
+
+
+def durability(r: redis.Redis) -> tuple[bool, str]:
+    """Whether the Redis keeps what it is told across a restart: AOF on with ``appendfsync``
+    ``everysec`` or ``always`` (``(True, "aof everysec")``), else ``(False, why)``. Where
+    ``CONFIG`` is not allowed (a managed Redis), ``aof_enabled`` from ``INFO persistence``
+    decides. Raises redis.RedisError when the Redis does not answer."""
+    info = r.info("persistence")
+    if int(info.get("aof_enabled", 0)) != 1:
+        return False, "AOF is off (appendonly no)"
+    try:
+        fsync = (r.config_get("appendfsync") or {}).get("appendfsync", "")
+    except redis.ResponseError:  # CONFIG disabled: AOF on is all that can be read
+        return True, "aof (appendfsync not readable)"
+    if fsync not in ("everysec", "always"):
+        return False, f"appendfsync {fsync!r} (everysec or always needed)"
+    return True, f"aof {fsync}"
+
+
+def durable_cached(r: redis.Redis) -> tuple[bool, str]:
+    """:func:`durability`, read at most every :data:`DURABILITY_TTL_S` per process."""
+    now = time.monotonic()
+    hit = _DURABLE.get(os.getpid())
+    if hit is None or now - hit[0] > DURABILITY_TTL_S:
+        ok, why = durability(r)
+        _DURABLE[os.getpid()] = hit = (now, ok, why)
+    return hit[1], hit[2]
+
+
+def harvest_order_ids(venue: Venue, symbols: list[str]) -> dict[str, str]:
+    """plan_id → clientOrderId of every harvest order the exchange shows for these symbols:
+    all orders (``Venue.all_orders``) and the working ones. Raises VenueError."""
+    out: dict[str, str] = {}
+    for o in venue.all_orders(symbols) + venue.open_orders():
+        m = HV_CID.match(o.client_order_id)
+        if m:
+            out[m.group(1)] = o.client_order_id
+    return out
+
+
+def recover(rt) -> dict:
+    """Make the state whole from the exchange's records (module docstring) and mark it so.
+    ``rt``: a :class:`harvest.runtime.Runtime`. Returns ``{"orders_seen", "plans_recovered",
+    "symbols"}``. Raises VenueError when the exchange does not answer (the key stays unset:
+    nothing is sent until a later run succeeds)."""
+    k = rt.plans.k
+    symbols = sorted(set(rt.settings.symbols) | {p.symbol for p in rt.venue.positions()})
+    found = harvest_order_ids(rt.venue, symbols)
+    known = rt.plans.exists_many(list(found))
+    lost = [pid for pid, ex in zip(found, known) if not ex]
+    p = rt.r.pipeline(transaction=True)
+    if lost:
+        p.sadd(k.recovered_plans, *lost)
+    p.set(k.recovered, repr(time.time()))
+    p.execute()
+    if lost:
+        log.warning("state recovered from the exchange: %d harvest orders had no plan in the store; a decision "
+                    "that makes one of those plan_ids again is a repeat, never a second order", len(lost))
+    rt.plans.count("recovery:runs")
+    if lost:
+        rt.plans.count("recovery:plans_recovered", len(lost))
+    return {"orders_seen": len(found), "plans_recovered": len(lost), "symbols": len(symbols)}
+
+
+def ensure_recovered(rt) -> dict | None:
+    """:func:`recover` when the state is not known whole (``<ns>:state:recovered`` missing);
+    None when it is. Raises VenueError as :func:`recover`."""
+    if rt.r.exists(rt.plans.k.recovered):
+        return None
+    try:
+        return recover(rt)
+    except VenueError:
+        rt.plans.count("recovery:venue_error")
+        raise
+
+
+def mark_recovered(r: redis.Redis, namespace: str) -> None:
+    """Mark a namespace's state whole without reading the exchange: for a namespace set up
+    afresh against an exchange account harvest never traded (tests, benchmarks, the demo)."""
+    from harvest.store import Keys
+
+    r.set(Keys(namespace).recovered, repr(time.time()))
