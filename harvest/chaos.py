@@ -28,6 +28,10 @@ kind of fault (:data:`WAVES`):
 ``second_beat``         a second beat started beside the first (the lock keeps one active);
                         the first is then SIGKILLed and the second takes over
 ``duplicate_scans``     five extra scans published at once
+``html_503_after_accept``  orders executed, answered with a load balancer's HTML 503 page
+``redis_restart_empty`` the state Redis (and Redis broker) restarted without its data: every
+                        plan, lineage, book entry and queued message gone; nothing may be
+                        sent before reconcile has read the exchange's harvest orders
 ``storm_503``           the order endpoint answers 503 "Service Unavailable." for longer than
                         a plan's TTL, then recovers: plans end FAILED or EXPIRED, and their
                         decisions' next attempts (plan lineage) must carry the exits out
@@ -73,7 +77,8 @@ from settings.celery import celery_config
 
 #: The wave's fault, in order; waves beyond these run without a fault.
 WAVES = ("http_429", "unknown_503_after_accept", "sigkill_execute", "timeout_after_accept", "redis_restart",
-         "unknown_503", "sigkill_confirm", "second_beat", "duplicate_scans", "storm_503")
+         "unknown_503", "sigkill_confirm", "second_beat", "duplicate_scans", "html_503_after_accept",
+         "redis_restart_empty", "storm_503")
 #: Read timeout of the workers' exchange requests (s); ``timeout_after_accept`` answers later.
 VENUE_TIMEOUT_S = 2.0
 #: Plan TTL of the run (s): plans orphaned by a killed worker end by the sweeper at it.
@@ -148,6 +153,7 @@ class _Run:
         self.faults: Counter[str] = Counter()
         self.emu = None  # the running harvest.emulator.Emulator
         self.procs: _Procs | None = None
+        self.lost_before = 0  # plans that existed when the state Redis came back empty
 
     # ------------------------------------------------------------------ set-up
 
@@ -204,7 +210,7 @@ class _Run:
         f = self.emu.faults
         if kind == "http_429":
             f.inject("*", "http_429", times=k * 3, retry_after=1.0)
-        elif kind in ("unknown_503_after_accept", "unknown_503"):
+        elif kind in ("unknown_503_after_accept", "unknown_503", "html_503_after_accept"):
             f.inject("POST /fapi/v1/order", kind, times=k)
         elif kind == "timeout_after_accept":
             f.inject("POST /fapi/v1/order", kind, times=k, latency_s=VENUE_TIMEOUT_S + 1.0)
@@ -228,11 +234,16 @@ class _Run:
             procs.expected_down.discard("orders_worker")
             procs.start("orders_worker").wait_ready(120)
             self.faults[kind] += 1
-        elif kind == "redis_restart":
+        elif kind in ("redis_restart", "redis_restart_empty"):
             wait_for(lambda: self.n_plans() > before, 60, 0.05, "the wave's first plans")
-            down = self.state.restart()
+            empty = kind == "redis_restart_empty"
+            if empty:
+                self.lost_before = self.n_plans()
+            down = self.state.restart(empty=empty)
+            if empty:  # what the market refresh would write again within its interval (hourly in this run)
+                self.rt.market.put_many(self.xrt.market.get_many(self.syms))
             self.faults[kind] += 1
-            self.say(f"chaos: state Redis restarted (down {down:.2f} s)")
+            self.say(f"chaos: state Redis restarted{' EMPTY' if empty else ''} (down {down:.2f} s)")
         elif kind == "second_beat":
             procs.start("beat2")
             self.faults[kind] += 1
@@ -267,6 +278,8 @@ class _Run:
             p.set(self.paper.k_mark(s), repr(mark_at_r(self.xrt, s, 2.2)))
         p.execute()
         self._strike(kind, latency_fired, before)
+        if kind == "redis_restart_empty":
+            before = 0  # every plan went with the state; the wave's plans come after recovery
         try:  # the next wave's fault must not replace this one's before it fired
             wait_for(lambda: (self.procs.supervise(),
                               self.n_plans() >= before + len(batch) and not self.emu.faults.armed())[1],
@@ -330,7 +343,8 @@ class _Run:
 
     def report(self, drained_s: float) -> dict:
         fired = self.emu.faults.fired()
-        for kind in ("http_429", "unknown_503_after_accept", "timeout_after_accept", "unknown_503"):
+        for kind in ("http_429", "unknown_503_after_accept", "timeout_after_accept", "unknown_503",
+                     "html_503_after_accept"):
             self.faults[kind] += fired.get(kind, 0)
         all_plans = list(self.rt.plans.all_plans())
         states = Counter(p.state for p in all_plans)
@@ -341,7 +355,8 @@ class _Run:
         cids += [o.client_order_id for o in self.paper.orders(harvest_only=True) if o.algo]
         for cid in cids:
             per_plan[cid[len(CLIENT_ORDER_PREFIX):len(CLIENT_ORDER_PREFIX) + 16]] += 1
-        known = {p.plan_id for p in all_plans}
+        recovered = set(self.rt.r.smembers(self.rt.plans.k.recovered_plans))
+        known = {p.plan_id for p in all_plans} | recovered  # a plan lost with the state, found on the exchange
         non_terminal = [p.plan_id for p in all_plans if p.state not in TERMINAL]
         missing, left = self.outstanding()
         lineages = Counter(p.lineage for p in all_plans if p.lineage)
@@ -360,6 +375,8 @@ class _Run:
             "lost_plans": len(non_terminal) + len(missing),
             "unachieved": sum(left.values()),
             "unachieved_by_kind": left,
+            "plans_lost_with_state": self.lost_before,
+            "plans_recovered_from_exchange": len(recovered),
             "decisions": len(lineages),
             "decisions_retried": sum(1 for n in lineages.values() if n > 1),
             "time_to_drain_s": round(drained_s, 2),
@@ -383,7 +400,7 @@ class _Run:
         self.exchange.stop()
 
 
-def run_chaos(plans: int = 200, broker: str | None = None, waves: int = 10, drain_timeout_s: float = 600.0,
+def run_chaos(plans: int = 200, broker: str | None = None, waves: int = len(WAVES), drain_timeout_s: float = 600.0,
               plan_ttl_s: float = PLAN_TTL_S, progress: Callable[[str], None] | None = None) -> dict:
     """Run the harness (see module docstring) with ``plans`` positions, each made actionable
     once, in ``waves`` waves; ``broker``: a Celery broker URL (default: the state Redis);

@@ -149,6 +149,7 @@ def _cmd_schedule(a: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``harvest`` console script."""
     from harvest.chaos import PLAN_TTL_S as CHAOS_PLAN_TTL_S
+    from harvest.chaos import WAVES as CHAOS_WAVES
     from harvest.demo import DEFAULT_START
 
     p = argparse.ArgumentParser(prog="harvest", description="Exit-management engine for Binance USD-M futures.")
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(default %(default)s)")
     c.add_argument("--broker", default=None, metavar="URL",
                    help="Celery broker, e.g. amqp://guest:guest@127.0.0.1:5672// (default: the run's own Redis)")
-    c.add_argument("--waves", type=int, default=10, help="waves of positions, one fault kind each (default %(default)s)")
+    c.add_argument("--waves", type=int, default=len(CHAOS_WAVES),
+                   help="waves of positions, one fault kind each (default %(default)s: every kind once)")
     c.add_argument("--plan-ttl", type=float, default=CHAOS_PLAN_TTL_S, help="plan TTL of the run, s: a plan orphaned by a kill "
                    "ends by the sweeper at it (default %(default)s)")
     c.add_argument("--drain-timeout", type=float, default=600.0, help="longest wait for quiescence, s (default %(default)s)")

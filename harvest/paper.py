@@ -439,7 +439,7 @@ class PaperVenue(Venue):
                 order = OrderResult(symbol=sym, client_order_id=cid, order_id=first + i,
                                     side=side.close_order_side, type="STOP_MARKET", status="NEW", position_side="BOTH",
                                     close_position=True, algo=True, stop_price=float(row["stop_price"]),
-                                    reduce_only=True, update_time=time.time())
+                                    reduce_only=True, update_time=self.clock.now())
                 p.hset(self.k_stops(sym), cid, repr(float(row["stop_price"])))
                 p.hset(self.k_orders, cid, order.model_dump_json())
         for sym, price in (marks or {}).items():
@@ -686,9 +686,9 @@ class PaperVenue(Venue):
             if filled is not None and cid == filled[0]:
                 _, qty, price, pnl, fee = filled
                 o = o.model_copy(update={"status": "FILLED", "executed_qty": qty, "avg_price": price,
-                                         "realized_pnl": pnl, "commission": fee, "update_time": time.time()})
+                                         "realized_pnl": pnl, "commission": fee, "update_time": self.clock.now()})
             else:
-                o = o.model_copy(update={"status": "EXPIRED", "update_time": time.time()})
+                o = o.model_copy(update={"status": "EXPIRED", "update_time": self.clock.now()})
                 self._log("STOP_EXPIRED", symbol, {"clientAlgoId": cid})
             self.r.hset(self.k_orders, cid, o.model_dump_json())
 
@@ -740,7 +740,7 @@ class PaperVenue(Venue):
             order = OrderResult(symbol=symbol, client_order_id=client_order_id, order_id=self._next_order_id(),
                                 side=side, type="MARKET", status="FILLED", position_side=ps, orig_qty=float(q),
                                 executed_qty=float(q), avg_price=mark, reduce_only=False,
-                                commission=float(q) * mark * self.fee_rate, update_time=time.time())
+                                commission=float(q) * mark * self.fee_rate, update_time=self.clock.now())
             self.r.hset(self.k_orders, client_order_id, order.model_dump_json())
             return order
 
@@ -769,7 +769,8 @@ class PaperVenue(Venue):
             order = OrderResult(
                 symbol=symbol, client_order_id=client_order_id, order_id=0, side=side,
                 type="MARKET", status=status, position_side=ps, orig_qty=float(q), executed_qty=float(fill_q),
-                avg_price=mark, reduce_only=reduce_only, realized_pnl=pnl, commission=fee, update_time=time.time(),
+                avg_price=mark, reduce_only=reduce_only, realized_pnl=pnl, commission=fee,
+                update_time=self.clock.now(clock_raw),
             )
             log_data = {"clientOrderId": client_order_id, "side": side, "qty": SymbolFilters.fmt(fill_q),
                         "price": mark, "realizedPnl": pnl}
@@ -832,7 +833,7 @@ class PaperVenue(Venue):
             order = OrderResult(
                 symbol=symbol, client_order_id=client_algo_id, order_id=self._next_order_id(), side=side,
                 type="STOP_MARKET", status="NEW", position_side=ps, close_position=True, algo=True,
-                stop_price=float(sp), reduce_only=True, update_time=time.time(),
+                stop_price=float(sp), reduce_only=True, update_time=self.clock.now(),
             )
             p.multi()
             p.hset(self.k_stops(symbol), client_algo_id, SymbolFilters.fmt(sp))
@@ -852,7 +853,7 @@ class PaperVenue(Venue):
             o = OrderResult.model_validate_json(raw)
             if o.symbol != symbol or o.status != "NEW":
                 raise VenueError(*UNKNOWN_ORDER)
-            o = o.model_copy(update={"status": "CANCELED", "update_time": time.time()})
+            o = o.model_copy(update={"status": "CANCELED", "update_time": self.clock.now()})
             p.multi()
             p.hset(self.k_orders, client_order_id, o.model_dump_json())
             p.hdel(self.k_stops(symbol), client_order_id)

@@ -103,11 +103,17 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait(10)
 
-    def restart(self) -> float:
+    def restart(self, empty: bool = False) -> float:
         """Stop the server (SIGTERM: clients see their connections drop) and start it again on
-        the same port and data directory. Returns the seconds it was down."""
+        the same port and data directory; ``empty``: without its data (the AOF and RDB files
+        removed in between: a Redis that lost its state). Returns the seconds it was down."""
         t0 = time.monotonic()
         self._terminate()
+        if empty:
+            for name in os.listdir(self.dir):
+                if name.startswith(("appendonly", "dump")):
+                    path = os.path.join(self.dir, name)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         self.start()
         return time.monotonic() - t0
 

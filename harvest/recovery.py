@@ -13,7 +13,8 @@ time: Binance keeps a clientOrderId unique only among *open* orders, so even the
   whole. A Redis that restarted empty (or a first start) lacks it; execute's
   APPROVED → SUBMITTED compare-and-set then fails (``state_not_recovered``) and the plan ends
   FAILED, to be tried again by its lineage. :func:`recover` — run by reconcile, which the scan
-  starts when it sees the key missing — reads the exchange's own records of the account
+  starts when it sees the key missing, a grace period after the loss was first seen (a send
+  under way then has reached the exchange's books) — reads the exchange's own records of the account
   (every order of each symbol in use, ``GET /fapi/v1/allOrders``, and the working stops), and
   every ``hv-<plan_id>-<step>`` order whose plan the store does not know joins
   ``<ns>:plans:recovered``: a decision that makes that plan_id again finds it there and is a
@@ -71,27 +72,56 @@ def durable_cached(r: redis.Redis) -> tuple[bool, str]:
     return hit[1], hit[2]
 
 
-def harvest_order_ids(venue: Venue, symbols: list[str]) -> dict[str, str]:
+def harvest_order_ids(venue: Venue, symbols: list[str], orders: list | None = None) -> dict[str, str]:
     """plan_id → clientOrderId of every harvest order the exchange shows for these symbols:
-    all orders (``Venue.all_orders``) and the working ones. Raises VenueError."""
+    all orders (``Venue.all_orders``, or ``orders`` when already read) and the working ones.
+    Raises VenueError."""
     out: dict[str, str] = {}
-    for o in venue.all_orders(symbols) + venue.open_orders():
+    for o in (venue.all_orders(symbols) if orders is None else orders) + venue.open_orders():
         m = HV_CID.match(o.client_order_id)
         if m:
             out[m.group(1)] = o.client_order_id
     return out
 
 
-def recover(rt) -> dict:
+def tiers_done(orders: list, symbol: str, side_close: str, opened_at: float) -> int:
+    """How many partial tiers an epoch has had, at least, by the exchange's records: the
+    distinct harvest plans whose MARKET orders on the closing side filled (in part or whole)
+    since the epoch's opening (``opened_at``, Unix s of the exchange's clock), at most 3. A
+    remainder's further attempt counts as another plan, so this can only overstate: a tier
+    may be skipped after a loss of state, a close is never sent twice."""
+    plans = set()
+    for o in orders:
+        m = HV_CID.match(o.client_order_id)
+        if (m and o.symbol == symbol and not o.algo and o.type == "MARKET" and o.side == side_close
+                and o.executed_qty > 0 and o.update_time >= opened_at):
+            plans.add(m.group(1))
+    return min(3, len(plans))
+
+
+def recover(rt, rows: list) -> dict:
     """Make the state whole from the exchange's records (module docstring) and mark it so.
-    ``rt``: a :class:`harvest.runtime.Runtime`. Returns ``{"orders_seen", "plans_recovered",
+    ``rt``: a :class:`harvest.runtime.Runtime`; ``rows``: the open positions as the scan
+    loads them (``tasks.evaluate.load_positions``: book entries made afresh where they were
+    lost). Each one's harvested tier is raised to :func:`tiers_done` (a lost
+    plan of a later attempt has a plan_id no decision remakes at attempt 0: the tier keeps
+    it from being decided again). Returns ``{"orders_seen", "plans_recovered", "tiers_restored",
     "symbols"}``. Raises VenueError when the exchange does not answer (the key stays unset:
     nothing is sent until a later run succeeds)."""
     k = rt.plans.k
-    symbols = sorted(set(rt.settings.symbols) | {p.symbol for p in rt.venue.positions()})
-    found = harvest_order_ids(rt.venue, symbols)
+    symbols = sorted(set(rt.settings.symbols) | {vp.symbol for vp, _, _ in rows})
+    orders = rt.venue.all_orders(symbols)
+    found = harvest_order_ids(rt.venue, symbols, orders)
     known = rt.plans.exists_many(list(found))
     lost = [pid for pid, ex in zip(found, known) if not ex]
+    tiers = {}
+    for vp, entry, _ in rows:
+        if vp.opened_at is None:
+            continue  # the opening is older than the venue's records: no estimate
+        done = tiers_done(orders, vp.symbol, vp.side.close_order_side, vp.opened_at)
+        if done > int(entry.get("harvested_tier", 0)):
+            tiers[vp.symbol] = {"harvested_tier": done}
+    rt.book.update_many(rt.settings.account, tiers)
     p = rt.r.pipeline(transaction=True)
     if lost:
         p.sadd(k.recovered_plans, *lost)
@@ -103,16 +133,27 @@ def recover(rt) -> dict:
     rt.plans.count("recovery:runs")
     if lost:
         rt.plans.count("recovery:plans_recovered", len(lost))
-    return {"orders_seen": len(found), "plans_recovered": len(lost), "symbols": len(symbols)}
+    return {"orders_seen": len(found), "plans_recovered": len(lost), "tiers_restored": len(tiers),
+            "symbols": len(symbols)}
 
 
-def ensure_recovered(rt) -> dict | None:
+def ensure_recovered(rt, load_rows) -> dict | None:
     """:func:`recover` when the state is not known whole (``<ns>:state:recovered`` missing);
-    None when it is. Raises VenueError as :func:`recover`."""
+    None when it is. ``load_rows()``: the open positions as the scan loads them. The records
+    are read only a grace period (the venue timeout + 1 s) after the loss was first seen, so
+    that an order whose send was under way when the state went is on the exchange's books by
+    then; until then ``{"waiting_s": …}``. Raises VenueError as :func:`recover`."""
     if rt.r.exists(rt.plans.k.recovered):
         return None
+    now = time.time()
+    k_seen = f"{rt.settings.namespace}:state:lost_seen_at"
+    rt.r.set(k_seen, repr(now), nx=True, ex=3600)
+    seen = float(rt.r.get(k_seen) or now)
+    grace = rt.settings.venue_timeout_s + 1.0
+    if now < seen + grace:
+        return {"waiting_s": round(seen + grace - now, 2)}
     try:
-        return recover(rt)
+        return recover(rt, load_rows())
     except VenueError:
         rt.plans.count("recovery:venue_error")
         raise

@@ -85,7 +85,8 @@ class OrderResult(BaseModel):
     PARTIALLY_FILLED, CANCELED, REJECTED or EXPIRED; quantities in base units (strings on the
     wire, floats here); avg_price USDT; realized_pnl and commission USDT. ``algo`` marks a
     conditional order of the algo-order service (its clientAlgoId in ``client_order_id``, its
-    algoId in ``order_id``; algoStatus FINISHED is reported as FILLED)."""
+    algoId in ``order_id``; algoStatus FINISHED is reported as FILLED). ``update_time``: Unix
+    s of the exchange's clock (the paper engine's market clock)."""
 
     symbol: str
     client_order_id: str

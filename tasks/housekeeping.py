@@ -77,7 +77,8 @@ def reconcile_once(rt: Runtime) -> dict:
     ``adopted``, ``swept`` (state → n), ``open_plans``. Raises VenueError when the venue does
     not answer (nothing is changed then).
     """
-    recovered = ensure_recovered(rt)  # first: a Redis that lost its state learns what was sent
+    # First: a Redis that lost its state learns what was sent before anything else happens.
+    recovered = ensure_recovered(rt, lambda: load_positions(rt)[0])
     before = rt.plans.counters().get("reconcile:ghost_dropped", 0)
     rows, _ = load_positions(rt)
     ghosts = rt.plans.counters().get("reconcile:ghost_dropped", 0) - before
@@ -108,6 +109,8 @@ def reconcile_once(rt: Runtime) -> dict:
             continue  # not harvest's (a strategy's own stop, a manual order)
         pid, step = m.group(1), int(m.group(2))
         plan = plans.get(pid) or rt.plans.get(pid)
+        if plan is None and rt.r.sismember(rt.plans.k.recovered_plans, pid):
+            continue  # a plan lost with the state, known again from the exchange (harvest.recovery)
         if plan is None:
             unknown += 1
             _report(rt, "unknown_order", client_order_id=o.client_order_id, symbol=o.symbol, type=o.type,

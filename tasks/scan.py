@@ -46,7 +46,7 @@ def scan_positions() -> dict:
         # The state was lost (or this is a first start): nothing starts until reconcile has
         # read the exchange's records (harvest.recovery); plan creation refuses it too.
         rt.plans.count("scan:awaiting_recovery")
-        if rt.r.set(f"{rt.settings.namespace}:state:recovering", "1", nx=True, ex=30):
+        if rt.r.set(f"{rt.settings.namespace}:state:recovering", "1", nx=True, ex=2):
             log.warning("state not known whole: reconcile starts recovery from the exchange")
             app.send_task("harvest.reconcile", queue=rt.settings.queue("housekeeping"))
         return {"positions": len(rows), "actionable": 0, "started": 0, "duplicates": 0, "busy": 0,

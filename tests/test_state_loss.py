@@ -68,16 +68,88 @@ def test_state_lost_sends_nothing_until_recovered_and_never_repeats_the_lost_ord
     rt.r.delete(*lost)
     assert rt.plans.get(first.plan_id) is None
 
-    def recovered_repeat():
+    def recovered():
         scan(ns)
-        return rt.plans.counters().get("dedup:RECOVERED", 0) >= 1
-    wait_for(recovered_repeat, 40, 0.5, "the same decision to meet the recovered plan")
+        return rt.r.exists(rt.plans.k.recovered)
+    wait_for(recovered, 40, 0.5, "recovery from the exchange")
     counters = rt.plans.counters()
     assert counters.get("scan:awaiting_recovery", 0) >= 1 and counters.get("recovery:plans_recovered") == 1
-    wait_for(lambda: (rt.book.get_many(rt.settings.account, ["BTCUSDT"])[0] or {}).get("harvested_tier") == 1, 20,
-             what="the book to learn that tier 1 was done")
+    assert rt.r.sismember(rt.plans.k.recovered_plans, first.plan_id)  # the lost plan, known again
+    assert (rt.book.get_many(rt.settings.account, ["BTCUSDT"])[0] or {}).get("harvested_tier") == 1
     for _ in range(3):  # later scans: still the one order
         scan(ns)
     wait_for(lambda: rt.plans.counters().get("scan:runs", 0) >= 4, 20, what="the scans")
     assert len(hv_fills(rt, "BTCUSDT")) == 1
     assert not [p for p in rt.plans.all_plans() if p.action is Action.PARTIAL_25 and p.state == "FILLED"]
+
+
+def test_a_lost_later_attempt_is_not_repeated_either():
+    """A decision whose order went out at attempt 1 (attempt 0 failed) has a plan_id no decision
+    remakes at attempt 0 after the loss: the book's tier, restored from the exchange's orders,
+    keeps the tier from being decided again (python-binance against the emulator)."""
+    from harvest.emulator import Emulator
+
+    ns = BASE + "-a"
+    rt = build_runtime(load_settings(namespace=ns))
+    clean(rt)
+    key, secret = "loss-key", "loss-secret"
+    emu = Emulator(rt.r, ns, rt.settings.account, key, secret, clock=rt.clock).start()
+    env = {"HARVEST_NAMESPACE": ns, "HARVEST_FAPI_URL": emu.url, "HARVEST_API_KEY": key, "HARVEST_API_SECRET": secret,
+           "HARVEST_MAX_SEND_ATTEMPTS": "1", "HARVEST_ATTEMPT_BACKOFF_S": "0.2", "HARVEST_VENUE_TIMEOUT_S": "1"}
+    w = worker(env, ns, 2).start()
+    try:
+        w.wait_ready()
+        e, s = 100_000.0, 99_000.0
+        rt.market.put_many([__import__("tests.pipeline_helpers", fromlist=["state"]).state("BTCUSDT")])
+        rt.venue.set_mark("BTCUSDT", e)
+        rt.venue.open_position("BTCUSDT", "LONG", 1.0, 10.0, stop_price=s, client_order_id="strategy-open")
+        emu.faults.inject("POST /fapi/v1/order", "unavailable_503", times=1)  # attempt 0: not executed
+        rt.venue.set_mark("BTCUSDT", mark_for_r(e, s, 1.0, 1.0, 2.2, "LONG"))
+
+        def filled():
+            scan(ns)
+            return next((p for p in rt.plans.all_plans() if p.state == "FILLED"), None)
+        done = wait_for(filled, 30, 0.3, "tier 1 at a later attempt")
+        assert done.attempt == 1 and len(hv_fills(rt, "BTCUSDT")) == 1
+        keep = (f"{ns}:paper:", f"{ns}:clock", f"{ns}:market:", f"{ns}:emu:")
+        rt.r.delete(*[k for k in rt.r.scan_iter(f"{ns}:*") if not k.startswith(keep)])
+
+        def restored():
+            scan(ns)
+            return (rt.book.get_many(rt.settings.account, ["BTCUSDT"])[0] or {}).get("harvested_tier") == 1
+        wait_for(restored, 40, 0.5, "recovery to restore the tier")
+        for _ in range(4):
+            scan(ns)
+        wait_for(lambda: rt.plans.counters().get("scan:runs", 0) >= 5, 20, what="the scans")
+        assert len(hv_fills(rt, "BTCUSDT")) == 1
+        assert not [p for p in rt.plans.all_plans() if p.action is Action.PARTIAL_25]
+    finally:
+        w.stop()
+        emu.stop()
+        clean(rt)
+
+
+def test_plan_creation_knows_recovered_plans_and_waits_for_recovery():
+    """The store's side: no plan while the state is not known whole; a plan_id the exchange
+    showed after a loss is a true repeat whose lineage reads FILLED."""
+    import time as _t
+
+    from harvest.models import Side
+    from harvest.plans import lineage_id, make_plan_id
+
+    rt = build_runtime(load_settings(namespace=BASE + "-s"))
+    clean(rt)
+    lid = lineage_id("paper", "BTCUSDT", "L1", Action.PARTIAL_25, "tier=1")
+    pid = make_plan_id("paper", "BTCUSDT", "L1", Action.PARTIAL_25, "tier=1", 0)
+    now = _t.time()
+    plan = {"plan_id": pid, "lineage": lid, "attempt": 0, "account": "paper", "symbol": "BTCUSDT", "epoch": "L1",
+            "side": Side.LONG, "action": Action.PARTIAL_25, "tier": 1, "close_fraction": 0.25, "created_at": now,
+            "expires_at": now + 30, "client_order_id": f"hv-{pid}-0"}
+    rt.r.delete(rt.plans.k.recovered)
+    assert rt.plans.create(plan, {}) == "STATE_NOT_RECOVERED" and rt.plans.get(pid) is None
+    rt.r.sadd(rt.plans.k.recovered_plans, pid)
+    rt.r.set(rt.plans.k.recovered, "1")
+    assert rt.plans.create(plan, {}) == "RECOVERED" and rt.plans.get(pid) is None
+    [latest] = rt.plans.latest_many([lid])
+    assert (latest.attempt, latest.state, latest.reason) == (0, "FILLED", "recovered_from_exchange")
+    clean(rt)
