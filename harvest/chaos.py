@@ -68,6 +68,7 @@ from celery import Celery
 from harvest.loadgen import (
     clean, env_for, mark_at_r, open_positions, paper_of, runtime, settings_of, start_emulator, start_worker, symbols,
 )
+from harvest.models import STOP_ACTIONS
 from harvest.plans import CLIENT_ORDER_PREFIX, TERMINAL, plan_id_for
 from harvest.procs import CeleryProcess, RedisServer, wait_for
 from harvest.scorecard import queue_depths
@@ -351,10 +352,20 @@ class _Run:
         why = Counter(f"{p.state} {p.reason}" + (f" {p.error_code}" if p.error_code else "") + f" step {p.step}"
                       for p in all_plans if p.state != "FILLED")
         per_plan: Counter[str] = Counter()  # the exchange's own records, by plan_id: fills and stops placed
-        cids = [t["clientOrderId"] for t in self.paper.trades() if t["clientOrderId"].startswith(CLIENT_ORDER_PREFIX)]
-        cids += [o.client_order_id for o in self.paper.orders(harvest_only=True) if o.algo]
+        fills = [t["clientOrderId"] for t in self.paper.trades() if t["clientOrderId"].startswith(CLIENT_ORDER_PREFIX)]
+        cids = fills + [o.client_order_id for o in self.paper.orders(harvest_only=True) if o.algo]
         for cid in cids:
             per_plan[cid[len(CLIENT_ORDER_PREFIX):len(CLIENT_ORDER_PREFIX) + 16]] += 1
+        # Per decision (lineage): plans with a MARKET fill on the exchange beyond the first,
+        # less those a partial fill legitimately asked for (its remainder is the next attempt).
+        filled_plans = {cid[len(CLIENT_ORDER_PREFIX):len(CLIENT_ORDER_PREFIX) + 16] for cid in fills}
+        by_lineage: dict[str, list] = {}
+        for p in all_plans:
+            if p.lineage:
+                by_lineage.setdefault(p.lineage, []).append(p)
+        lineage_dups = sum(max(0, sum(1 for p in ps if p.plan_id in filled_plans and p.action not in STOP_ACTIONS)
+                                  - 1 - sum(1 for p in ps if p.state == "PARTIALLY_FILLED"))
+                           for ps in by_lineage.values())
         recovered = set(self.rt.r.smembers(self.rt.plans.k.recovered_plans))
         known = {p.plan_id for p in all_plans} | recovered  # a plan lost with the state, found on the exchange
         non_terminal = [p.plan_id for p in all_plans if p.state not in TERMINAL]
@@ -369,6 +380,7 @@ class _Run:
             "orders": sum(per_plan.values()),
             "orders_per_plan_max": max(per_plan.values(), default=0),
             "duplicate_orders": sum(n - 1 for n in per_plan.values() if n > 1),
+            "duplicate_fills_per_decision": lineage_dups,
             "orders_without_plan": sum(n for pid, n in per_plan.items() if pid not in known),
             "non_terminal": len(non_terminal),
             "unplanned_decisions": len(missing),
@@ -385,7 +397,8 @@ class _Run:
             "restarts": dict(self.procs.restarts),
             "broker": "amqp" if self.broker and self.broker.startswith("amqp") else "redis",
         }
-        rep["ok"] = (rep["duplicate_orders"] == 0 and rep["lost_plans"] == 0 and rep["orders_without_plan"] == 0
+        rep["ok"] = (rep["duplicate_orders"] == 0 and rep["duplicate_fills_per_decision"] == 0
+                     and rep["lost_plans"] == 0 and rep["orders_without_plan"] == 0
                      and rep["terminal"] == rep["plans"] and rep["unachieved"] == 0)
         return rep
 
@@ -408,7 +421,8 @@ def run_chaos(plans: int = 200, broker: str | None = None, waves: int = len(WAVE
     for the sweeper; ``progress``: called with one line per step. Returns the report:
 
     ``{"plans", "terminal", "states", "ended_without_effect" ("<state> <reason> [code] step n" →
-    plans), "positions", "orders", "orders_per_plan_max",
+    plans), "positions", "duplicate_fills_per_decision" (a decision's plans with a fill beyond
+    the first and the remainders partial fills asked for), "orders", "orders_per_plan_max",
     "duplicate_orders", "orders_without_plan", "non_terminal", "unplanned_decisions",
     "lost_plans", "unachieved", "unachieved_by_kind", "decisions", "decisions_retried",
     "time_to_drain_s", "wall_s", "faults_injected", "restarts", "broker", "ok"}`` (counts;
@@ -454,6 +468,7 @@ def format_report(rep: dict) -> str:
         f"{rep['terminal']} terminal, {rep['non_terminal']} non-terminal",
         f"  states: {json.dumps(rep['states'])}; without effect: {json.dumps(rep['ended_without_effect'])}",
         f"  orders: {rep['orders']} (max per plan {rep['orders_per_plan_max']}, duplicates {rep['duplicate_orders']}, "
+        f"duplicate fills per decision {rep['duplicate_fills_per_decision']}, "
         f"without a plan {rep['orders_without_plan']})",
         f"  lost plans: {rep['lost_plans']} (unplanned decisions {rep['unplanned_decisions']}); "
         f"unachieved: {rep['unachieved']} {json.dumps(rep['unachieved_by_kind'])}",

@@ -104,6 +104,7 @@ def build_scorecard(rt: Runtime) -> dict:
     now = time.time()
     return {
         "plans": plans,
+        "plans_archived": int(rt.r.zcard(rt.plans.k.archived)),
         "plans_by_action": {a: dict(c) for a, c in sorted(by.items())},
         "executed": sum(c.get("FILLED", 0) + c.get("PARTIALLY_FILLED", 0) for c in by.values()),
         "non_terminal": non_terminal,

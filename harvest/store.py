@@ -16,6 +16,8 @@ Key layout (``<ns>`` = settings.namespace)::
     <ns>:lineage:<lineage_id>        hash   attempt and plan_id of the decision's latest plan
     <ns>:state:recovered             string the state is known whole (set by harvest.recovery)
     <ns>:plans:recovered             set    plan_ids known only from the exchange's records
+    <ns>:plans:archive               hash   terminal plans past their retention (JSON), still readable
+    <ns>:plans:archived              zset   their plan_ids by last change
     <ns>:stream:results              stream one entry per transition
     <ns>:inflight:<account>:<symbol> string plan_id holding the position (TTL = plan TTL)
     <ns>:book:<account>:<symbol>     hash   harvest's book of a position epoch
@@ -204,6 +206,38 @@ return {p, redis.call('HGETALL', ARGV[1] .. f['account'] .. ':' .. f['symbol']),
         redis.call('GET', ARGV[2] .. f['symbol'])}
 """
 
+#: Archive the terminal plans, of the plan_ids in ARGV[3…], last changed before ARGV[1] (Unix s).
+#: ARGV[2]: the plan key prefix. KEYS: 1 plan index, 2 archive hash, 3 archived index, 4 the
+#: lineage key prefix (a prefix, not a key: the engine runs on one Redis). A plan's fields move
+#: to the archive as one JSON object; its lineage keeps the state it ended in. Returns how many
+#: were archived.
+_ARCHIVE_LUA = """
+local n = 0
+for i = 3, #ARGV do
+  local pid = ARGV[i]
+  local key = ARGV[2] .. pid
+  local h = redis.call('HGETALL', key)
+  local f = {}
+  for j = 1, #h, 2 do f[h[j]] = h[j + 1] end
+  local st = f['state']
+  local terminal = st and st ~= 'PROPOSED' and st ~= 'APPROVED' and st ~= 'SUBMITTED'
+  if terminal and tonumber(f['updated_at'] or '0') < tonumber(ARGV[1]) then
+    redis.call('HSET', KEYS[2], pid, cjson.encode(f))
+    redis.call('ZADD', KEYS[3], f['updated_at'], pid)
+    redis.call('ZREM', KEYS[1], pid)
+    redis.call('DEL', key)
+    if f['lineage'] then
+      local lk = KEYS[4] .. f['lineage']
+      if redis.call('HGET', lk, 'plan_id') == pid then
+        redis.call('HSET', lk, 'state', st, 'reason', f['reason'] or '', 'updated_at', f['updated_at'])
+      end
+    end
+    n = n + 1
+  end
+end
+return n
+"""
+
 #: States in which a plan's order is acknowledged done (scan-to-fill latency is observed,
 #: a filled tier is marked harvested).
 FILLED_STATES = ("FILLED", "PARTIALLY_FILLED")
@@ -310,6 +344,16 @@ class Keys:
         return f"{self.ns}:lineage:{lineage_id}"
 
     @property
+    def archive(self) -> str:
+        """hash: plan_id → the plan's fields as JSON, for terminal plans past their retention."""
+        return f"{self.ns}:plans:archive"
+
+    @property
+    def archived(self) -> str:
+        """zset: archived plan_ids by when they last changed."""
+        return f"{self.ns}:plans:archived"
+
+    @property
     def recovered(self) -> str:
         """string: present while the state is known whole — set by :mod:`harvest.recovery`
         after it read the exchange's records; a Redis that restarted empty lacks it, and
@@ -405,6 +449,7 @@ class PlanStore:
         self.maxlen = stream_maxlen
         self._create = r.register_script(_CREATE_LUA)
         self._latest = r.register_script(_LATEST_LUA)
+        self._archive = r.register_script(_ARCHIVE_LUA)
         self._transition = r.register_script(_TRANSITION_LUA)
         self._mark_send = r.register_script(_MARK_SEND_LUA)
         self._claim_resend = r.register_script(_CLAIM_RESEND_LUA)
@@ -553,7 +598,26 @@ class PlanStore:
             p.hgetall(self.k.plan(plan_id))
             DEFERRED.drain_into(p)
             h = p.execute()[0]
-        return self.parse(h) if h else None
+        if not h:
+            return self.get_archived(plan_id)
+        return self.parse(h)
+
+    def get_archived(self, plan_id: str) -> Plan | None:
+        """A plan moved to the archive after its retention (:meth:`archive_before`), or None."""
+        raw = self.r.hget(self.k.archive, plan_id)
+        return self.parse(json.loads(raw)) if raw else None
+
+    def archive_before(self, cutoff: float, limit: int = 1000) -> int:
+        """Move terminal plans last changed before ``cutoff`` (Unix s) out of the live
+        structures into the archive (their fields stay readable by :meth:`get`; their
+        transitions stay on the results stream until it is trimmed; their lineage keeps the
+        state each ended in). At most ``limit`` of the oldest plans are looked at per call.
+        Returns how many were archived."""
+        pids = self.r.zrangebyscore(self.k.plan_index, "-inf", f"({cutoff!r}", start=0, num=limit)
+        if not pids:
+            return 0
+        return int(self._archive(keys=[self.k.plan_index, self.k.archive, self.k.archived, f"{self.k.ns}:lineage:"],
+                                 args=[repr(cutoff), self.k.plan_prefix, *pids]))
 
     def get_with_book(self, plan_id: str) -> tuple[Plan | None, dict[str, Any] | None, MarketState | None]:
         """The plan, the book entry of its position (decoded as by :meth:`BookStore.decode`;

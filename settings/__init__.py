@@ -110,6 +110,8 @@ class HarvestSettings(BaseSettings):
     exchange_info_interval_s: float = Field(300.0, ge=10, le=86_400, description="exchangeInfo / leverage / position-mode refresh")
     plan_ttl_s: float = Field(120.0, ge=5, le=86_400, description="a plan not terminal by then is EXPIRED by the sweeper")
     confirm_retry_s: float = Field(0.5, gt=0, le=60, description="delay between confirm look-ups of an order")
+    plan_retention_s: float = Field(7 * 86_400.0, ge=60, le=366 * 86_400, description="a terminal plan older than this "
+                                    "moves to the archive (still readable by plan_id; the live index stays small)")
     attempt_backoff_s: float = Field(5.0, ge=0.1, le=3600, description="wait after a decision's attempt ended without "
                                      "effect before the next one; doubles per attempt")
     attempt_backoff_max_s: float = Field(300.0, ge=0.1, le=86_400, description="cap of that wait")

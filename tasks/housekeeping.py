@@ -196,9 +196,15 @@ def sweep_once(rt: Runtime, now: float) -> dict[str, int]:
 
 @app.task(name="harvest.sweep_plans")
 def sweep_plans() -> dict:
-    """Beat task: :func:`sweep_once` at the current time. Returns state written → count."""
+    """Beat task: :func:`sweep_once` at the current time, then terminal plans past
+    ``plan_retention_s`` to the archive (``archived``). Returns state written → count."""
     rt = get_runtime()
-    ended = sweep_once(rt, time.time())
+    now = time.time()
+    ended = sweep_once(rt, now)
+    archived = rt.plans.archive_before(now - rt.settings.plan_retention_s)
+    if archived:
+        ended["archived"] = archived
+        log.info("archived %d terminal plans past their retention", archived)
     rt.plans.beat("sweep")
     return ended
 

@@ -18,6 +18,7 @@ PLANS = 30
 
 def _check(rep: dict) -> None:
     assert rep["duplicate_orders"] == 0 and rep["orders_per_plan_max"] == 1, rep
+    assert rep["duplicate_fills_per_decision"] == 0, rep
     assert rep["orders_without_plan"] == 0, rep
     assert rep["lost_plans"] == 0 and rep["non_terminal"] == 0 and rep["terminal"] == rep["plans"], rep
     assert rep["unachieved"] == 0, rep  # the 503 storm outlasted the plans' TTL; their next attempts filled

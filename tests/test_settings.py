@@ -85,3 +85,29 @@ def test_bounds(field, value):
     with pytest.raises(SettingsError) as e:
         load_settings(**{field: value})
     assert f"HARVEST_{field.upper()}" in str(e.value)
+
+
+def test_schedule_set_refuses_an_interval_below_the_bound():
+    """Old main: `harvest schedule set scan 0.01` was accepted (1437 scans in 25 s)."""
+    from tasks.beat import _validate
+
+    s = load_settings()
+    with pytest.raises(ValueError) as e:
+        _validate(s, "scan", 0.01)
+    assert "HARVEST_SCAN_INTERVAL_S" in str(e.value)
+    assert _validate(s, "scan", 0.25) == 0.25
+
+
+def test_decision_fields_have_size_limits():
+    """Old main: a decision with a 1 MB reason_codes was stored whole."""
+    from pydantic import ValidationError
+
+    from harvest.models import Decision
+
+    base = dict(account="paper", symbol="BTCUSDT", epoch="L1", side="LONG", action="PARTIAL_25", tier=1,
+                close_fraction=0.25, r_net=2.1, kill_score=0.1, mark_price=100.0, decided_at=1.0)
+    Decision.model_validate(dict(base, reason_codes=["harvest_partial_25"]))
+    for bad in ({"reason_codes": ["x" * 1_000_000]}, {"reason_codes": ["a"] * 100},
+                {"components": {f"c{i}": 0.1 for i in range(50)}}, {"components": {"x" * 100: 0.1}}):
+        with pytest.raises(ValidationError):
+            Decision.model_validate(dict(base, **bad))

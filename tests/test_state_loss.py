@@ -14,7 +14,7 @@ from harvest.runtime import build_runtime
 from settings import load_settings
 from tasks.app import app
 from tests.harness import wait_for, worker
-from tests.pipeline_helpers import clean, mark_for_r, open_position
+from tests.pipeline_helpers import clean, mark_for_r, open_position, state
 
 BASE = os.environ["HARVEST_NAMESPACE"]
 
@@ -25,6 +25,15 @@ def hv_fills(rt, symbol):
 
 def scan(ns):
     app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
+
+
+def partial_plan_ending(ns, rt, state: str):
+    """A LONG at 2.2 R, one scan, and the first plan that ends in ``state``."""
+    e, s = 100_000.0, 99_000.0
+    open_position(rt, "BTCUSDT", "LONG", 1.0, e, s, mark=mark_for_r(e, s, 1.0, 1.0, 2.2, "LONG"))
+    scan(ns)
+    return wait_for(lambda: next((p for p in rt.plans.all_plans() if p.state == state), None), 30,
+                    what=f"a plan ending {state}")
 
 
 @pytest.fixture()
@@ -45,22 +54,14 @@ def ns_worker(request):
 @pytest.mark.parametrize("ns_worker", ["d"], indirect=True)
 def test_no_order_to_a_state_redis_without_persistence(ns_worker):
     ns, rt = ns_worker
-    e, s = 100_000.0, 99_000.0
-    open_position(rt, "BTCUSDT", "LONG", 1.0, e, s, mark=mark_for_r(e, s, 1.0, 1.0, 2.2, "LONG"))
-    scan(ns)
-    plan = wait_for(lambda: next((p for p in rt.plans.all_plans() if p.state == "FAILED"), None), 30,
-                    what="the plan to be refused")
+    plan = partial_plan_ending(ns, rt, "FAILED")
     assert plan.reason == "state_not_durable" and not hv_fills(rt, "BTCUSDT")
 
 
 @pytest.mark.parametrize("ns_worker", ["l"], indirect=True)
 def test_state_lost_sends_nothing_until_recovered_and_never_repeats_the_lost_order(ns_worker):
     ns, rt = ns_worker
-    e, s = 100_000.0, 99_000.0
-    open_position(rt, "BTCUSDT", "LONG", 1.0, e, s, mark=mark_for_r(e, s, 1.0, 1.0, 2.2, "LONG"))
-    scan(ns)
-    first = wait_for(lambda: next((p for p in rt.plans.all_plans() if p.state == "FILLED"), None), 30,
-                     what="tier 1")
+    first = partial_plan_ending(ns, rt, "FILLED")
     assert first.action is Action.PARTIAL_25 and len(hv_fills(rt, "BTCUSDT")) == 1
     # The state Redis comes back empty; the exchange (the paper engine's keys here) keeps its records.
     keep = (f"{ns}:paper:", f"{ns}:clock", f"{ns}:market:")
@@ -100,7 +101,7 @@ def test_a_lost_later_attempt_is_not_repeated_either():
     try:
         w.wait_ready()
         e, s = 100_000.0, 99_000.0
-        rt.market.put_many([__import__("tests.pipeline_helpers", fromlist=["state"]).state("BTCUSDT")])
+        rt.market.put_many([state("BTCUSDT")])
         rt.venue.set_mark("BTCUSDT", e)
         rt.venue.open_position("BTCUSDT", "LONG", 1.0, 10.0, stop_price=s, client_order_id="strategy-open")
         emu.faults.inject("POST /fapi/v1/order", "unavailable_503", times=1)  # attempt 0: not executed
@@ -152,4 +153,31 @@ def test_plan_creation_knows_recovered_plans_and_waits_for_recovery():
     assert rt.plans.create(plan, {}) == "RECOVERED" and rt.plans.get(pid) is None
     [latest] = rt.plans.latest_many([lid])
     assert (latest.attempt, latest.state, latest.reason) == (0, "FILLED", "recovered_from_exchange")
+    clean(rt)
+
+
+def test_terminal_plans_past_retention_are_archived_and_stay_readable():
+    """Old main: plans were never deleted (and a 1 MB reason list was stored whole)."""
+    import time as _t
+
+    from harvest.models import Side
+    from harvest.plans import lineage_id, make_plan_id
+
+    rt = build_runtime(load_settings(namespace=BASE + "-r"))
+    clean(rt)
+    lid = lineage_id("paper", "BTCUSDT", "L1", Action.PARTIAL_25, "tier=1")
+    pid = make_plan_id("paper", "BTCUSDT", "L1", Action.PARTIAL_25, "tier=1", 0)
+    now = _t.time()
+    rt.plans.create({"plan_id": pid, "lineage": lid, "attempt": 0, "account": "paper", "symbol": "BTCUSDT",
+                     "epoch": "L1", "side": Side.LONG, "action": Action.PARTIAL_25, "tier": 1, "close_fraction": 0.25,
+                     "created_at": now - 100, "expires_at": now + 30, "client_order_id": f"hv-{pid}-0"}, {})
+    assert rt.plans.archive_before(now) == 0  # not terminal: never archived
+    rt.plans.transition(pid, "REJECTED", "below_min_qty", now=now - 50)
+    assert rt.plans.archive_before(now - 60) == 0  # within its retention
+    assert rt.plans.archive_before(now) == 1
+    assert not rt.r.exists(rt.plans.k.plan(pid)) and pid not in list(p.plan_id for p in rt.plans.all_plans())
+    again = rt.plans.get(pid)  # still readable
+    assert (again.state, again.reason, again.tier) == ("REJECTED", "below_min_qty", 1)
+    [latest] = rt.plans.latest_many([lid])  # the lineage still knows how it ended
+    assert (latest.state, latest.reason) == ("REJECTED", "below_min_qty")
     clean(rt)
