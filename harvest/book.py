@@ -44,7 +44,8 @@ def new_book_entry(vp: VenuePosition, market: MarketState | None, now: float, th
     stop = vp.stop_price
     if stop is None or s * (vp.entry_price - stop) <= 0:
         stop = compute_levels(vp.entry_price, vp.side, vp.leverage, theta, sigma=market.sigma if market else None,
-                              liquidation_price=vp.liquidation_price).sl_price
+                              liquidation_price=vp.liquidation_price,
+                              interval_s=market.interval_s if market else 60).sl_price
     opened = vp.opened_at if vp.opened_at is not None else now
     return {
         "symbol": vp.symbol, "side": vp.side, "epoch": epoch_of(vp, now), "opened_at": opened,

@@ -10,7 +10,8 @@ Close scheme by leverage (seed 000, lines 89–102): 1–10× → 30/30/40 %, 11
 31×+ → 50/30/20 %.
 
 Volatility adjustment (applied here): the stop distance is floored at
-``vol_floor_k · sigma · sqrt(60)`` — ``vol_floor_k`` standard deviations of a one-hour move —
+``vol_floor_k · sigma · sqrt(3600 / interval_s)`` — ``vol_floor_k`` standard deviations of a
+one-hour move, ``sigma`` being per bar of ``interval_s`` seconds —
 so that a stop is never placed inside ordinary noise. It is applied only when ``sigma`` is given,
 and the floor itself is capped at ``theta.sl_floor_cap`` (a cascade's volatility once made a
 60 % stop). Funding is not used to move the levels; it enters the decision through R_net instead.
@@ -76,12 +77,13 @@ def compute_levels(
     sigma: float | None = None,
     vol_floor_k: float = 2.0,
     liquidation_price: float | None = None,
+    interval_s: int = 60,
 ) -> Levels:
     """Exit ladder of one position.
 
     entry_price: USDT (> 0); side: LONG/SHORT; leverage: ≥ 1; sigma: optional std of
-    1-minute log returns (fraction) for the volatility floor of the stop (capped at
-    ``theta.sl_floor_cap``); liquidation_price: optional (USDT), the stop is kept inside it
+    log returns per bar of ``interval_s`` seconds (fraction) for the volatility floor of the
+    stop (capped at ``theta.sl_floor_cap``); liquidation_price: optional (USDT), the stop is kept inside it
     (``sl_clamped`` says it was moved).
     Returns :class:`Levels` with prices on the profit side (tp) and loss side (sl) of entry.
     Raises ValueError on a non-positive entry price or invalid leverage.
@@ -98,7 +100,7 @@ def compute_levels(
     )
     sl = theta.base_sl * (1.0 + (1.0 - lsf) * 0.8)
     if sigma is not None and sigma > 0 and math.isfinite(sigma):
-        sl = max(sl, min(vol_floor_k * sigma * math.sqrt(60.0), theta.sl_floor_cap))
+        sl = max(sl, min(vol_floor_k * sigma * math.sqrt(3600.0 / interval_s), theta.sl_floor_cap))
     s = side.sign
     tp_prices = tuple(entry_price * (1.0 + s * f) for f in tps)
     raw_sl = entry_price * (1.0 - s * sl)

@@ -21,8 +21,8 @@ Order of the rules (the first that blocks decides):
      tier's fraction of the position (or the remainder an earlier attempt left), rounded
      down to stepSize, dust folded into a full close, ``below_min_qty`` when nothing is left;
    * full close: ``kill_not_confirmed`` unless the kill score recomputed from the cached market
-     state (not a stale one) reaches the threshold or the mark is through the stop in force
-     (``stop_breached``);
+     state (not a stale one) reaches the threshold, the mark is through the stop in force
+     (``stop_breached``), or the position is older than ``max_hold_s`` (``time_stop``);
    * stop (profit lock, protect): the price rounded to tickSize toward the mark; ``already_protected``
      (protect: a working stop inside liquidation exists), ``stop_not_tighter`` (lock: must
      tighten the stop in force), ``stop_through_mark`` (at least one tick plus
@@ -183,6 +183,9 @@ def check_full_close(plan: Plan, vp: VenuePosition, entry: dict, f: SymbolFilter
     stop = stop_in_force(vp, entry)
     if breached(vp.side, vp.mark_price, stop):
         return _sized(plan, vp, f, dict(data, confirmed="stop_breached", stop=stop))
+    age = c.market_time() - float(entry["opened_at"])
+    if age >= c.theta.max_hold_s:
+        return _sized(plan, vp, f, dict(data, confirmed="time_stop", age_s=age))
     kill = None
     if market is not None and market.computed_at is not None and c.now - market.computed_at > c.market_stale_s:
         market = None  # stale: confirms nothing

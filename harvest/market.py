@@ -1,15 +1,18 @@
-"""Market state of a symbol from 1-minute closes (DESIGN §2). Pure, no I/O.
+"""Market state of a symbol from closed bars (DESIGN §2). Pure, no I/O.
 
-Given the closes c₀..c_t of the bars closed at market time t (1-minute bars):
+Given the closes c₀..c_t of the bars closed at market time t (bars of ``interval_s``
+seconds: 60 for the shipped 1m data; never a bar still forming):
 
 * ``sigma``: sample standard deviation (ddof=1) of the last ``sigma_window`` log returns
-  ``ln(cᵢ / cᵢ₋₁)`` — fraction per minute.
+  ``ln(cᵢ / cᵢ₋₁)`` — fraction per bar (``MarketState.interval_s`` says which).
 * ``ts`` (trend strength, 0..1): Kaufman's efficiency ratio over ``ts_window`` bars,
   ``|c_t − c_{t−W}| / Σ|cᵢ − cᵢ₋₁|`` (net move over path length; 0 for a flat window).
 * ``p_trend`` (0..1): logistic ``1 / (1 + exp(−(ts − ts_mid) / ts_scale))``.
 * ``trend_dir``: sign of ``c_t − c_{t−W}``.
 * ``regime``: TREND when ``p_trend ≥ trend_p``; otherwise MR (mean-reverting) when the lag-1
   autocorrelation of the window's log returns is ≤ ``mr_autocorr``; otherwise CHOP.
+* ``regime_bars``: the bars (up to ``regime_confirm_bars``) the regime, and a TREND's
+  direction, has held: the persistence the kernel asks of a regime flip.
 
 On the shipped June 2025 data (W = 60) the efficiency ratio has median ≈ 0.10 and
 90th percentile ≈ 0.25; the default ``ts_mid = 0.30`` makes TREND the top few percent.
@@ -25,19 +28,8 @@ from harvest.data import Klines
 from harvest.models import HarvestTheta, MarketState, Regime
 
 
-def market_state_from_closes(
-    symbol: str, closes: np.ndarray, ts_time: float, theta: HarvestTheta
-) -> MarketState:
-    """Market state from closes (USDT, shape (n,), oldest first, n ≥ max window + 1).
-
-    Raises ValueError when there are too few closes or a close is not a positive number.
-    """
-    need = max(theta.sigma_window, theta.ts_window) + 1
-    c = np.asarray(closes, dtype=np.float64)[-need:]
-    if c.size < need:
-        raise ValueError(f"{symbol}: need {need} closes, got {c.size}")
-    if not np.all(np.isfinite(c)) or np.any(c <= 0):
-        raise ValueError(f"{symbol}: closes must be positive finite numbers")
+def _classify(c: np.ndarray, theta: HarvestTheta) -> tuple[float, float, float, int, Regime]:
+    """(sigma, ts, p_trend, trend_dir, regime) of the closes ``c`` (the last window + 1)."""
     r = np.diff(np.log(c))
     sigma = float(np.std(r[-theta.sigma_window:], ddof=1))
     w = c[-(theta.ts_window + 1):]
@@ -54,13 +46,43 @@ def market_state_from_closes(
         den = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b)))
         ac = float(np.dot(a, b)) / den if den > 0 else 0.0
         regime = Regime.MR if ac <= theta.mr_autocorr else Regime.CHOP
+    return sigma, ts, p_trend, trend_dir, regime
+
+
+def market_state_from_closes(
+    symbol: str, closes: np.ndarray, ts_time: float, theta: HarvestTheta, interval_s: int = 60
+) -> MarketState:
+    """Market state from closes (USDT, shape (n,), oldest first, n ≥ max window + 1) of bars
+    of ``interval_s`` seconds. Windows count bars. ``regime_bars``: for how many of the last
+    bars (up to ``theta.regime_confirm_bars``, as far as the closes reach) the regime — with
+    its direction when TREND — has been the current one (the kernel counts a regime flip as
+    full only once it has persisted that long: a one-bar flicker is not a flip).
+
+    Raises ValueError when there are too few closes or a close is not a positive number.
+    """
+    need = max(theta.sigma_window, theta.ts_window) + 1
+    all_c = np.asarray(closes, dtype=np.float64)[-(need + theta.regime_confirm_bars - 1):]
+    c = all_c[-need:]
+    if c.size < need:
+        raise ValueError(f"{symbol}: need {need} closes, got {c.size}")
+    if not np.all(np.isfinite(all_c)) or np.any(all_c <= 0):
+        raise ValueError(f"{symbol}: closes must be positive finite numbers")
+    sigma, ts, p_trend, trend_dir, regime = _classify(c, theta)
+    key = (regime, trend_dir if regime is Regime.TREND else 0)
+    bars = 1
+    while bars < theta.regime_confirm_bars and all_c.size - bars >= need:
+        _, _, _, d, reg = _classify(all_c[:all_c.size - bars][-need:], theta)
+        if (reg, d if reg is Regime.TREND else 0) != key:
+            break
+        bars += 1
     return MarketState(
-        symbol=symbol, ts_time=ts_time, sigma=sigma, ts=ts, p_trend=p_trend, regime=regime, trend_dir=trend_dir
+        symbol=symbol, ts_time=ts_time, sigma=sigma, ts=ts, p_trend=p_trend, regime=regime, trend_dir=trend_dir,
+        interval_s=interval_s, regime_bars=bars,
     )
 
 
 def market_state_at(klines: Klines, t: float, theta: HarvestTheta) -> MarketState:
-    """Market state at market time t (s) from the bars *closed* by t (no look-ahead).
+    """Market state at market time t (s) from the bars *closed* by t, whatever the klines'
+    interval (no look-ahead: a 5-minute bar counts only once its five minutes are over).
     Raises ValueError when t has too little history before it."""
-    end = int(np.searchsorted(klines.open_time, t - 60, side="right"))
-    return market_state_from_closes(klines.symbol, klines.close[:end], t, theta)
+    return market_state_from_closes(klines.symbol, klines.close[:klines.closed_by(t)], t, theta, klines.interval_s)

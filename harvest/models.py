@@ -137,6 +137,13 @@ class HarvestTheta(BaseModel):
     mr_autocorr: float = Field(
         -0.10, gt=-1, lt=0, description="lag-1 return autocorrelation at or below which regime = MR"
     )
+    regime_confirm_bars: int = Field(
+        3, ge=1, le=100, description="bars a regime flip must persist before regime_flip counts in full (1: at once); "
+        "before that only the graded p_trend collapse counts")
+    # Time stop.
+    max_hold_s: float = Field(
+        7 * 86_400.0, gt=0, description="a position held this long (s, from its opening fill) is closed "
+        "(time_stop): age alone can lift the kill score only to 1 − e^(−w_age)")
 
     @model_validator(mode="after")
     def _tiers_increase(self) -> "HarvestTheta":
@@ -145,6 +152,12 @@ class HarvestTheta(BaseModel):
                 f"t1_r < t2_r < t3_r required, got {self.t1_r}, {self.t2_r}, {self.t3_r}"
             )
         return self
+
+    @property
+    def closes_needed(self) -> int:
+        """Closed bars a market state reads: the longer window + 1, and the bars back to confirm
+        a regime (:func:`harvest.market.market_state_from_closes`)."""
+        return max(self.sigma_window, self.ts_window) + self.regime_confirm_bars
 
     @property
     def tier_r(self) -> tuple[float, float, float]:
@@ -159,7 +172,7 @@ TIER_FRACTION = {1: 0.25, 2: 0.50, 3: 0.75}
 class MarketState(BaseModel):
     """Market state of one symbol at one instant (computed by :mod:`harvest.market`).
 
-    sigma: std of 1-minute log returns (fraction per minute); ts: trend strength 0..1;
+    sigma: std of log returns per bar of ``interval_s`` seconds (fraction); ts: trend strength 0..1;
     p_trend: probability of a trending market 0..1; trend_dir: +1 up, -1 down, 0 flat.
     """
 
@@ -174,6 +187,10 @@ class MarketState(BaseModel):
     trend_dir: int = Field(0, ge=-1, le=1)
     computed_at: float | None = Field(None, description="wall time (Unix s) the state was computed; the scan "
                                       "treats an older one than market_stale_s as stale (None: unknown, not aged)")
+    interval_s: int = Field(60, ge=1, le=86_400 * 7, description="seconds per bar of the closes it was computed "
+                            "from (sigma is per bar)")
+    regime_bars: int = Field(1, ge=1, le=10_000, description="bars the regime (with a TREND's direction) has held, "
+                             "up to theta.regime_confirm_bars; a flip counts in full only once confirmed")
 
     @field_validator("sigma", "ts", "p_trend", "ts_time")
     @classmethod

@@ -102,13 +102,13 @@ def load_positions(rt: Runtime, symbols: set[str] | None = None) -> tuple[list[R
 
 def make_decision(pos: Position, m: MarketState, now: float, action: Action, tier: int, fraction: float,
                   new_stop: float | None, r_net: float, kill: float, comps: dict[str, float],
-                  reasons: list[str] | None = None) -> Decision:
+                  reasons: list[str] | None = None, time_stop: bool = False) -> Decision:
     """A :class:`Decision` (the propose payload) from one evaluated position; ``reasons``
-    replace the kernel's reason codes (protection decisions)."""
+    replace the kernel's reason codes (protection decisions); ``time_stop``: a close by age."""
     return Decision(
         account=pos.account, symbol=pos.symbol, epoch=pos.epoch, side=pos.side, action=action, tier=tier,
         close_fraction=fraction, new_stop=new_stop, r_net=r_net, kill_score=kill, components=comps,
-        reason_codes=reasons if reasons is not None else reason_codes(action, comps),
+        reason_codes=reasons if reasons is not None else reason_codes(action, comps, time_stop),
         mark_price=pos.mark_price, regime=m.regime, decided_at=now,
     )
 
@@ -184,7 +184,7 @@ def decide(rt: Runtime, rows: list[Row], now: float) -> list[Decision]:
         if action is Action.NONE:
             continue
         out.append(make_decision(pos, m, now, action, tier, fraction, new_stop, float(res.r_net[k]),
-                                 float(res.kill_score[k]), comps, reasons))
+                                 float(res.kill_score[k]), comps, reasons, bool(res.time_stop[k])))
     return out
 
 

@@ -36,7 +36,7 @@ def refresh_market() -> int:
     for sym in rt.settings.symbols:
         try:
             if rt.settings.uses_binance:
-                closes = rt.venue.closed_closes(sym, max(theta.sigma_window, theta.ts_window) + 1)  # type: ignore[attr-defined]
+                closes = rt.venue.closed_closes(sym, theta.closes_needed)  # type: ignore[attr-defined]
                 states.append(market_state_from_closes(sym, closes, now, theta).model_copy(update=stamp))
             else:  # the paper engine: shipped klines (a synthetic listing uses its source's)
                 src = rt.venue.source(sym)  # type: ignore[attr-defined]

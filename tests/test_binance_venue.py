@@ -240,10 +240,11 @@ def test_market_state_from_the_venue_klines_matches_the_shipped_data(emu, bv):
 
     theta = HarvestTheta()
     emu.clock.set(T0 + 37 * 60 + 20, 0.0)  # mid-bar: the open bar is not used
-    closes = bv.closed_closes("ETHUSDT", 61)
+    n = theta.closes_needed  # the windows and the bars back that confirm a regime
+    closes = bv.closed_closes("ETHUSDT", n)
     kl = load_klines("ETHUSDT")
     end = kl.index_at(T0 + 37 * 60 + 20)
-    assert list(closes) == list(kl.close[end - 61:end])
+    assert list(closes) == list(kl.close[end - n:end])
     now = emu.clock.now()
     assert market_state_from_closes("ETHUSDT", closes, now, theta) == market_state_at(kl, now, theta)
 

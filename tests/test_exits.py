@@ -118,8 +118,10 @@ def test_kill_close_after_a_503_storm_ends_filled_once_the_exchange_recovers(rt,
     assert rt.venue.position(sym) is not None and not hv_trades(emu, sym)
     emu.faults.clear()
     wait_for(lambda: rt.venue.position(sym) is None, 40, what="the position to be closed")
-    done = [p for p in plans_of(rt, sym, Action.FULL_CLOSE_PROPOSED) if p.state == "FILLED"]
-    assert len(done) == 1 and done[0].attempt >= 2
+    wait_for(lambda: rt.plans.count_open() == 0, 20, what="confirm to record the fill")
+    kills = plans_of(rt, sym, Action.FULL_CLOSE_PROPOSED)
+    done = [p for p in kills if p.state == "FILLED"]
+    assert len(done) == 1 and done[0].attempt >= 2, [(p.attempt, p.state, p.reason, p.step, p.send) for p in kills]
     assert len(hv_trades(emu, sym)) == 1  # one close order, however many attempts
 
 

@@ -24,8 +24,9 @@ from harvest.models import Action, HarvestTheta, MarketState, Position, Regime
 TH = HarvestTheta()
 
 
-def ms(regime=Regime.TREND, p=0.9, ts=0.5, sigma=0.001, d=1, symbol="BTCUSDT"):
-    return MarketState(symbol=symbol, ts_time=0.0, sigma=sigma, ts=ts, p_trend=p, regime=regime, trend_dir=d)
+def ms(regime=Regime.TREND, p=0.9, ts=0.5, sigma=0.001, d=1, symbol="BTCUSDT", bars=3):
+    return MarketState(symbol=symbol, ts_time=0.0, sigma=sigma, ts=ts, p_trend=p, regime=regime, trend_dir=d,
+                       regime_bars=bars)
 
 
 def pos(side="LONG", entry=100.0, stop=95.0, mark=110.0, qty=2.0, qty0=2.0, funding=0.0, opened=0.0,
@@ -63,6 +64,12 @@ def test_kill_components_hand_computed():
     # Regime flip to CHOP, and a TREND against the position, both count fully.
     assert compute_kill_score(pos(entry_state=entry), ms(Regime.CHOP, p=0.2), 0.0, TH).components["regime_flip"] == 1.0
     assert compute_kill_score(pos(entry_state=entry), ms(d=-1), 0.0, TH).components["regime_flip"] == 1.0
+    # ... once confirmed: a flip that has held for fewer than regime_confirm_bars bars counts
+    # only as the graded collapse (issue 20's repro: TREND against at p 0.92 killed at once).
+    assert compute_kill_score(pos(entry_state=entry), ms(Regime.CHOP, p=0.2, bars=2), 0.0, TH).components[
+        "regime_flip"] == pytest.approx((0.9 - 0.2) / 0.9)
+    repro = compute_harvest_proposal(pos(mark=100.0, entry_state=ms(p=0.92)), ms(d=-1, p=0.92, bars=1), 60.0, TH)
+    assert repro.action is Action.NONE and repro.components["regime_flip"] == 0.0
     # Entry not TREND: no regime component; flip alone suffices (1 − e⁻¹ = 0.632 ≥ 0.6).
     assert compute_kill_score(pos(entry_state=ms(Regime.CHOP, p=0.2)), ms(Regime.MR, p=0.1), 0.0, TH).components["regime_flip"] == 0.0
     assert kill_score_from_components(1, 0, 0, 0, TH).score == pytest.approx(1 - math.exp(-1))
@@ -77,6 +84,21 @@ def test_actions_by_tier():
     assert determine_harvest_action(1.9, 0.59, 0, TH)[0] is Action.NONE
     assert determine_harvest_action(1.9, 0.60, 0, TH)[0] is Action.FULL_CLOSE_PROPOSED
     assert determine_harvest_action(2.5, 0.1, 0, TH)[2] == ["harvest_partial_25"]
+    # The time stop: past max_hold_s the position is closed whatever the kill score.
+    assert determine_harvest_action(2.5, 0.1, 0, TH, TH.max_hold_s) == (Action.FULL_CLOSE_PROPOSED, 0, ["time_stop"])
+    assert determine_harvest_action(2.5, 0.1, 0, TH, TH.max_hold_s - 1)[0] is Action.PARTIAL_25
+
+
+def test_time_stop_in_both_forms():
+    """Old main: age alone scores at most 1 − e^−0.3 = 0.26; two replay trades were held 218 days."""
+    old = pos(mark=100.5, opened=0.0, entry_state=ms())
+    now = TH.max_hold_s + 60.0
+    p = compute_harvest_proposal(old, ms(), now, TH)
+    assert (p.action, p.reason_codes, p.close_fraction) == (Action.FULL_CLOSE_PROPOSED, ["time_stop"], 1.0)
+    b = evaluate_batch(PositionBatch.from_models([(old, ms())]), now, TH)
+    assert b.actions() == [Action.FULL_CLOSE_PROPOSED] and bool(b.time_stop[0])
+    young = evaluate_batch(PositionBatch.from_models([(old, ms())]), 60.0, TH)
+    assert young.actions() == [Action.NONE] and not bool(young.time_stop[0])
 
 
 def test_profit_lock_hand_computed():

@@ -122,3 +122,50 @@ def test_worker_refuses_to_start_on_bad_settings():
                        capture_output=True, text=True, timeout=60)
     assert p.returncode != 0
     assert "HARVEST_THETA__KILL_THRESHOLD='abc'" in (p.stdout + p.stderr)
+
+
+def _five_minute(k):
+    """The shipped 1-minute klines folded into 5-minute bars (open of the first, high/low of
+    all, close of the last), as the archive's 5m files are."""
+    from harvest.data import Klines
+
+    n = (len(k.open_time) // 5) * 5
+    shape = (n // 5, 5)
+    return Klines(symbol=k.symbol, open_time=k.open_time[:n].reshape(shape)[:, 0], open=k.open[:n].reshape(shape)[:, 0],
+                  high=k.high[:n].reshape(shape).max(axis=1), low=k.low[:n].reshape(shape).min(axis=1),
+                  close=k.close[:n].reshape(shape)[:, -1], volume=k.volume[:n].reshape(shape).sum(axis=1))
+
+
+@pytest.mark.parametrize("minutes", [1, 5])
+def test_market_state_knows_the_interval_and_never_reads_a_forming_bar(minutes):
+    """Old main: market_state_at assumed 1-minute bars; on 5-minute klines it used the bar still
+    forming (up to 4 minutes of look-ahead), and Klines.end was 1m-based."""
+    from dataclasses import replace
+
+    k1 = load_klines("ETHUSDT")
+    k = k1 if minutes == 1 else _five_minute(k1)
+    assert k.interval_s == 60 * minutes and k.end == k.open_time[-1] + 60 * minutes
+    i = 400
+    for into in (0, 59, 60 * minutes - 1):  # anywhere inside bar i: bar i is still forming
+        t = float(k.open_time[i] + into)
+        m = market_state_at(k, t, TH)
+        assert k.closed_by(t) == i and m.interval_s == 60 * minutes
+        assert m == market_state_from_closes("ETHUSDT", k.close[:i], t, TH, 60 * minutes)
+        # the forming bar's close may be anything: the state does not move
+        bumped = replace(k, close=np.where(np.arange(len(k.close)) == i, k.close[i] * 1.5, k.close))
+        assert market_state_at(bumped, t, TH) == m
+    assert k.closed_by(float(k.open_time[i] + 60 * minutes)) == i + 1  # closed once its interval is over
+
+
+def test_regime_bars_count_how_long_the_regime_has_held():
+    th = HarvestTheta(sigma_window=5, ts_window=5, regime_confirm_bars=3)
+    up = np.array([10.0, 11, 12, 13, 14, 15, 16, 17, 18])
+    m = market_state_from_closes("X", up, 0.0, th)
+    assert (m.regime, m.trend_dir, m.regime_bars) == (Regime.TREND, 1, 3)  # held for (at least) 3 bars
+    turned = np.concatenate([up, [15.0, 12.0, 10.0, 9.0, 8.0]])  # the window's net move turns down
+    held = [market_state_from_closes("X", turned[:n], 0.0, th) for n in range(10, 15)]
+    assert [(m.regime, m.trend_dir, m.regime_bars) for m in held] == [
+        (Regime.CHOP, 1, 1), (Regime.TREND, -1, 1), (Regime.TREND, -1, 2), (Regime.TREND, -1, 3),
+        (Regime.TREND, -1, 3)]  # a new regime counts its bars up to regime_confirm_bars
+    short = market_state_from_closes("X", up[-6:], 0.0, th)  # too few closes to look back: one bar
+    assert short.regime_bars == 1

@@ -11,7 +11,7 @@ import io
 import json
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +30,9 @@ SHIPPED_SPAN = (1749859200.0, 1750761120.0)
 
 @dataclass(frozen=True)
 class Klines:
-    """1-minute klines of one symbol: ``open_time`` in Unix seconds (int64, ascending),
-    prices in USDT (float64), volume in base units. All arrays have shape (n,)."""
+    """Klines of one symbol at one interval: ``open_time`` in Unix seconds (int64, ascending),
+    prices in USDT (float64), volume in base units, all of shape (n,). The bar interval
+    (:attr:`interval_s`) is read from the data: the most common step between open times."""
 
     symbol: str
     open_time: np.ndarray
@@ -53,6 +54,16 @@ class Klines:
         """Mark price (USDT) at market time t: the close of the bar containing t."""
         return float(self.close[self.index_at(t)])
 
+    @cached_property
+    def interval_s(self) -> int:
+        """Seconds per bar (60 for 1m, 300 for 5m, …): the most common step between open
+        times (a gap in the data does not change it). 60 for a single bar."""
+        steps = np.diff(self.open_time)
+        if steps.size == 0:
+            return 60
+        vals, counts = np.unique(steps, return_counts=True)
+        return int(vals[int(np.argmax(counts))])
+
     @property
     def start(self) -> float:
         return float(self.open_time[0])
@@ -60,7 +71,12 @@ class Klines:
     @property
     def end(self) -> float:
         """Close time of the last bar (s)."""
-        return float(self.open_time[-1] + 60)
+        return float(self.open_time[-1] + self.interval_s)
+
+    def closed_by(self, t: float) -> int:
+        """How many bars have closed by market time ``t`` (s): those with ``open_time +
+        interval_s ≤ t`` (a bar still forming at ``t`` is not among them)."""
+        return int(np.searchsorted(self.open_time, t - self.interval_s, side="right"))
 
 
 def _to_seconds(ts: np.ndarray) -> np.ndarray:
