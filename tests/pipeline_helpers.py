@@ -4,25 +4,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+from harvest.loadgen import T0, clean  # noqa: F401  (one clean for tests, benchmarks and chaos)
 from harvest.models import MarketState, Regime
 from harvest.plans import TERMINAL
 from harvest.runtime import Runtime, build_runtime
 from settings import load_settings
 from tests.harness import wait_for
-
-T0 = 1750464000.0  # 2025-06-21 00:00 UTC, inside the shipped data
-
-
-def clean(rt: Runtime) -> None:
-    """Delete every key of the namespace's state (queues, named '<ns>.<kind>', stay); the
-    empty state marked whole, as for a fresh account."""
-    from harvest.recovery import mark_recovered
-
-    keys = list(rt.r.scan_iter(f"{rt.settings.namespace}:*", count=1000))
-    if keys:
-        rt.r.delete(*keys)
-    rt.clock.set(T0, 0.0)
-    mark_recovered(rt.r, rt.settings.namespace)
 
 
 def state(symbol: str, regime: Regime = Regime.TREND, p: float = 0.9, ts: float = 0.5,
