@@ -1,5 +1,5 @@
 """The ``harvest`` command line: ``demo``, ``emulator``, ``scorecard``, ``reconcile``, ``schedule``,
-``chaos``, ``metrics`` (each with --help)."""
+``chaos``, ``metrics``, ``trading``, ``plans``, ``plan`` (each with --help)."""
 
 from __future__ import annotations
 
@@ -114,6 +114,101 @@ def _cmd_metrics(a: argparse.Namespace) -> int:
     return 0
 
 
+def _who() -> str:
+    import getpass
+    import os
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no user database entry (a container): the numeric id
+        return f"uid:{os.getuid()}"
+
+
+def _cmd_trading(a: argparse.Namespace) -> int:
+    from harvest.runtime import get_runtime
+    from harvest.trading import DEPLOYMENT, effective, read, set_state
+
+    rt = get_runtime()
+    k = rt.plans.k
+    if a.action != "show":
+        state = {"halt": "HALTED", "reduce": "REDUCING", "resume": "ACTIVE", "shadow": "SHADOW"}[a.action]
+        set_state(rt.r, k.trading, f"{rt.settings.namespace}:stream:trading", state, a.account, _who(), a.reason)
+    states = read(rt.r, k.trading)
+    acct = a.account or rt.settings.account
+    out = {"deployment": states.get(DEPLOYMENT, "ACTIVE"), "accounts": {x: v for x, v in states.items() if x != DEPLOYMENT},
+           "in_force": {acct: effective(states, acct, rt.settings.mode)}}
+    if a.json:
+        print(json.dumps(out))
+    else:
+        print(f"deployment: {out['deployment']}  " + "  ".join(f"account {x}: {v}" for x, v in out["accounts"].items())
+              + f"  (in force for {acct}: {out['in_force'][acct]})")
+    return 0
+
+
+def _plan_row(p) -> dict:
+    return {"plan_id": p.plan_id, "symbol": p.symbol, "action": p.action.value, "tier": p.tier, "attempt": p.attempt,
+            "state": p.state, "reason": p.reason, "created_at": p.created_at, "updated_at": p.updated_at,
+            "order_qty": p.order_qty, "stop_price": p.stop_price, "executed_qty": p.executed_qty,
+            "realized_pnl": p.realized_pnl}
+
+
+def _cmd_plans(a: argparse.Namespace) -> int:
+    from harvest.demo import parse_time
+    from harvest.runtime import get_runtime
+
+    rt = get_runtime()
+    since = parse_time(a.since) if a.since else None
+    rows = [_plan_row(p) for p in rt.plans.all_plans()
+            if (a.account is None or p.account == a.account) and (a.symbol is None or p.symbol == a.symbol)
+            and (a.state is None or p.state == a.state.upper()) and (since is None or p.created_at >= since)]
+    if a.json:
+        print(json.dumps(rows))
+        return 0
+    from datetime import datetime, timezone
+
+    for r in rows:
+        t = datetime.fromtimestamp(r["created_at"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{t}  {r['plan_id']}  {r['symbol']:<10} {r['action']:<20} #{r['attempt']:<2} {r['state']:<16} {r['reason']}")
+    print(f"{len(rows)} plans")
+    return 0
+
+
+def _cmd_plan(a: argparse.Namespace) -> int:
+    from harvest.runtime import get_runtime
+
+    rt = get_runtime()
+    plan = rt.plans.get(a.plan_id)
+    if plan is None:
+        print(f"harvest plan: no plan {a.plan_id!r}", file=sys.stderr)
+        return 2
+    if a.action == "cancel":
+        if plan.state not in ("PROPOSED", "APPROVED"):
+            print(f"harvest plan: {a.plan_id} is {plan.state}: only a PROPOSED or APPROVED plan can be cancelled "
+                  "(a SUBMITTED one's order is with the exchange; confirm resolves it)", file=sys.stderr)
+            return 2
+        ok, before = rt.plans.transition(a.plan_id, "REJECTED", "operator_cancel", data={"who": _who()})
+        print(f"{a.plan_id}: {'cancelled (REJECTED operator_cancel; its decision is not tried again this epoch)' if ok else f'not cancelled: it moved to {before}'}")
+        return 0 if ok else 1
+    ledger = {"plan": plan.model_dump(mode="json"),
+              "transitions": rt.plans.history(a.plan_id, sends=True)}
+    if a.json:
+        print(json.dumps(ledger, default=str))
+        return 0
+    p = plan
+    d = p.decision
+    print(f"plan {p.plan_id}  {p.symbol} {p.side.value} epoch {p.epoch}  {p.action.value} tier {p.tier} "
+          f"attempt {p.attempt}  lineage {p.lineage}")
+    print(f"state {p.state} ({p.reason})  clientOrderId {p.client_order_id}")
+    print(f"decision: mark {d.get('mark_price')}  R_net {d.get('r_net')}  kill {d.get('kill_score')}  "
+          f"regime {d.get('regime')}  reasons {d.get('reason_codes')}")
+    print(f"components: {d.get('components')}")
+    print(f"order: qty {p.order_qty}  stop {p.stop_price}  executed {p.executed_qty} @ {p.avg_price}  "
+          f"realized PnL (net of fees) {p.realized_pnl}  error {p.error_code} {p.error_message or ''}")
+    for t in ledger["transitions"]:
+        print(f"  {t.get('ts')}  {t.get('from') or '-':>9} → {t.get('to'):<16} {t.get('reason')}  {t.get('data', '')[:200]}")
+    return 0
+
+
 def _cmd_schedule(a: argparse.Namespace) -> int:
     from settings import get_settings
     from tasks.app import app
@@ -198,6 +293,25 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--port", type=int, default=9808)
     m.add_argument("--once", action="store_true", help="print the exposition once to stdout and exit")
     m.set_defaults(fn=_cmd_metrics)
+    t = sub.add_parser("trading", help="show or switch the trading state: halt (no order at all), reduce, shadow, "
+                       "resume; for the deployment or one account")
+    t.add_argument("action", nargs="?", default="show", choices=["show", "halt", "reduce", "resume", "shadow"])
+    t.add_argument("--account", default=None, help="one account (default: the whole deployment)")
+    t.add_argument("--reason", default="", help="why (recorded with who asked)")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(fn=_cmd_trading)
+    pl = sub.add_parser("plans", help="list plans (newest last)")
+    pl.add_argument("--account")
+    pl.add_argument("--symbol")
+    pl.add_argument("--state")
+    pl.add_argument("--since", help="ISO-8601 UTC or Unix seconds")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(fn=_cmd_plans)
+    pn = sub.add_parser("plan", help="a plan's ledger (show), or cancel a PROPOSED/APPROVED plan")
+    pn.add_argument("action", choices=["show", "cancel"])
+    pn.add_argument("plan_id")
+    pn.add_argument("--json", action="store_true")
+    pn.set_defaults(fn=_cmd_plan)
     sc = sub.add_parser("schedule", help="list or change the beat schedule at runtime (no restart)")
     scs = sc.add_subparsers(dest="action")
     sl = scs.add_parser("list", help="every beat entry: interval, expires, next run")

@@ -112,6 +112,7 @@ def client_order_id(plan_id: str, step: int = 0) -> str:
 FINAL_REJECTIONS: frozenset[str] = frozenset({
     "symbol_not_allowed", "side_mismatch", "epoch_changed", "ghost_position", "below_min_qty", "tier_harvested",
     "stop_not_tighter", "stop_through_mark", "no_stop_inside_liquidation", "already_protected",
+    "operator_cancel",
     # exchange rejections of the request itself (precision, symbol, quantity bounds)
     "exchange_rejected:-1111", "exchange_rejected:-1121", "exchange_rejected:-4003", "exchange_rejected:-4004",
     "exchange_rejected:-4005",

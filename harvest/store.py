@@ -17,6 +17,7 @@ Key layout (``<ns>`` = settings.namespace)::
     <ns>:state:recovered             string the state is known whole (set by harvest.recovery)
     <ns>:plans:recovered             set    plan_ids known only from the exchange's records
     <ns>:plans:archive               hash   terminal plans past their retention (JSON), still readable
+    <ns>:trading                     hash   trading state: deployment (``*``) and per account
     <ns>:plans:archived              zset   their plan_ids by last change
     <ns>:stream:results              stream one entry per transition
     <ns>:inflight:<account>:<symbol> string plan_id holding the position (TTL = plan TTL)
@@ -121,6 +122,10 @@ local ok = false
 for _, s in ipairs(o['from']) do if s == cur then ok = true end end
 if not ok then return {0, cur, action, h[3]} end
 if o['require'] and redis.call('EXISTS', o['require']) == 0 then return {0, 'STATE_NOT_RECOVERED', action, h[3]} end
+if o['trading'] then
+  local t = redis.call('HMGET', o['trading'], '*', h[5] or '')
+  if t[1] == 'HALTED' or t[2] == 'HALTED' then return {0, 'HALTED', action, h[3]} end
+end
 local pos = (h[5] or '') .. ':' .. (h[3] or '')
 local lock = ARGV[9] .. pos
 if o['lock_ttl'] and not redis.call('SET', lock, ARGV[1], 'NX', 'EX', o['lock_ttl']) then
@@ -194,16 +199,18 @@ return 1
 """
 
 
-#: A plan, its position's book entry and its symbol's cached market state (ARGV[1]: the book
-#: key prefix ``<ns>:book:``, ARGV[2]: the market key prefix ``<ns>:market:``):
-#: ``{plan HGETALL, book HGETALL, market JSON or false}``; an empty plan when it does not exist.
+#: A plan, its position's book entry, its symbol's cached market state and the trading states
+#: (ARGV[1]: the book key prefix ``<ns>:book:``, ARGV[2]: the market key prefix ``<ns>:market:``,
+#: ARGV[3]: the trading hash): ``{plan HGETALL, book HGETALL, market JSON or false, trading
+#: HGETALL}``; an empty plan when it does not exist.
 _PLAN_AND_BOOK_LUA = """
 local p = redis.call('HGETALL', KEYS[1])
 local f = {}
 for i = 1, #p, 2 do f[p[i]] = p[i + 1] end
-if not (f['account'] and f['symbol']) then return {p, {}, false} end
+local t = redis.call('HGETALL', ARGV[3])
+if not (f['account'] and f['symbol']) then return {p, {}, false, t} end
 return {p, redis.call('HGETALL', ARGV[1] .. f['account'] .. ':' .. f['symbol']),
-        redis.call('GET', ARGV[2] .. f['symbol'])}
+        redis.call('GET', ARGV[2] .. f['symbol']), t}
 """
 
 #: Archive the terminal plans, of the plan_ids in ARGV[3…], last changed before ARGV[1] (Unix s).
@@ -344,6 +351,12 @@ class Keys:
         return f"{self.ns}:lineage:{lineage_id}"
 
     @property
+    def trading(self) -> str:
+        """hash: trading state (ACTIVE, REDUCING, HALTED, SHADOW) for the deployment (field
+        ``*``) and per account (field = account); see :mod:`harvest.trading`."""
+        return f"{self.ns}:trading"
+
+    @property
     def archive(self) -> str:
         """hash: plan_id → the plan's fields as JSON, for terminal plans past their retention."""
         return f"{self.ns}:plans:archive"
@@ -450,6 +463,8 @@ class PlanStore:
         self._create = r.register_script(_CREATE_LUA)
         self._latest = r.register_script(_LATEST_LUA)
         self._archive = r.register_script(_ARCHIVE_LUA)
+        #: The trading states the last :meth:`get_with_book` read (``{"*" or account: state}``).
+        self.last_trading: dict[str, str] = {}
         self._transition = r.register_script(_TRANSITION_LUA)
         self._mark_send = r.register_script(_MARK_SEND_LUA)
         self._claim_resend = r.register_script(_CLAIM_RESEND_LUA)
@@ -522,16 +537,20 @@ class PlanStore:
         it for APPROVED → SUBMITTED, which needs the plan only once it holds the send.
         ``require_recovered``: apply only while the state is known whole
         (:attr:`Keys.recovered` exists, see :mod:`harvest.recovery`); otherwise nothing is
-        written and the state before reads ``STATE_NOT_RECOVERED``."""
+        written and the state before reads ``STATE_NOT_RECOVERED``; and only while trading is not
+        HALTED for the deployment or the plan's account (:attr:`Keys.trading`; else ``HALTED``)."""
         return self._apply(plan_id, to, reason, data, fields, None, None, None, None, True,
-                           require=self.k.recovered if require_recovered else None)
+                           require=self.k.recovered if require_recovered else None,
+                           trading=self.k.trading if require_recovered else None)
 
     def _apply(self, plan_id: str, to: str, reason: str, data: dict[str, Any] | None, fields: dict[str, Any] | None,
                now: float | None, lock_ttl_s: float | None, book: dict[str, Any] | None,
-               fill: tuple[float, str] | None, read: bool, require: str | None = None) -> tuple[bool, str, Plan | None]:
+               fill: tuple[float, str] | None, read: bool, require: str | None = None,
+               trading: str | None = None) -> tuple[bool, str, Plan | None]:
         """The one call of :data:`_TRANSITION_LUA` (see :meth:`transition`)."""
         now = time.time() if now is None else now
-        opts: dict[str, Any] = {"from": sorted(allowed_from(to)), "read": read or None, "require": require}
+        opts: dict[str, Any] = {"from": sorted(allowed_from(to)), "read": read or None, "require": require,
+                                "trading": trading}
         if lock_ttl_s is not None:
             opts["lock_ttl"] = max(1, int(lock_ttl_s))
         if book:
@@ -623,9 +642,12 @@ class PlanStore:
         """The plan, the book entry of its position (decoded as by :meth:`BookStore.decode`;
         None when there is none) and its symbol's cached market state (None when there is
         none or it does not parse) in one round trip, which also carries the queued metric
-        observations. ``(None, None, None)`` when no such plan_id exists."""
-        flat_plan, flat_book, market = run_script(self.r, self._plan_and_book, keys=[self.k.plan(plan_id)],
-                                                  args=[self.k.book_prefix, f"{self.k.ns}:market:"])
+        observations. ``(None, None, None)`` when no such plan_id exists. The trading states
+        read in the same round trip are left in :attr:`last_trading`."""
+        flat_plan, flat_book, market, trading = run_script(
+            self.r, self._plan_and_book, keys=[self.k.plan(plan_id)],
+            args=[self.k.book_prefix, f"{self.k.ns}:market:", self.k.trading])
+        self.last_trading = dict(zip(trading[::2], trading[1::2], strict=True))
         if not flat_plan:
             return None, None, None
         plan = self.parse(dict(zip(flat_plan[::2], flat_plan[1::2], strict=True)))

@@ -100,6 +100,11 @@ def execute(self, ref: dict | None, step: int = 0) -> dict | None:
             rt.plans.transition(pid, "FAILED", "state_not_recovered")
             log.warning("plan %s not sent: the state is not recovered from the exchange yet", pid)
             return None
+        if before == "HALTED":  # an operator halted trading after the guard approved it
+            rt.plans.count("execute:halted")
+            rt.plans.transition(pid, "FAILED", "halted")
+            log.warning("plan %s not sent: trading is halted", pid)
+            return None
         if plan is None:
             if before == "":
                 record_rejected(rt, "execute", ref, "unknown plan_id")

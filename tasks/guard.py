@@ -9,7 +9,9 @@ listed there); this task does the reads and the one transition:
    retried every second until the TTL, then EXPIRED ``venue_unavailable``);
 3. :func:`harvest.guard_rules.verdict`: a :class:`~harvest.guard_rules.Block` ends the plan
    REJECTED or EXPIRED with its reason (counted ``guard:<reason>``);
-4. shadow mode: SHADOWED ``shadow_mode`` (what would have been sent is recorded);
+4. trading state (:mod:`harvest.trading`, read with the plan): HALTED → REJECTED ``halted``
+   (tried again by its lineage once trading resumes); SHADOW (or ``HARVEST_MODE=shadow``) →
+   SHADOWED ``shadow_mode`` (what would have been sent is recorded);
 5. otherwise APPROVED with the exact order quantity / stop price, taking the position's
    in-flight lock in the same compare-and-set; while another plan holds it the plan stays
    PROPOSED and the guard retries (1 s) until the TTL, then EXPIRED ``position_busy``.
@@ -22,6 +24,7 @@ import time
 from harvest.guard_rules import Block, GuardContext, verdict
 from harvest.models import Plan
 from harvest.runtime import Runtime, get_runtime
+from harvest.trading import effective
 from harvest.venue import VenueError
 from tasks.app import app
 from tasks.common import load_plan_and_book
@@ -63,7 +66,11 @@ def guard(self, ref: dict | None) -> dict | None:
         return None
     if out.note:
         rt.plans.count(f"guard:{out.note}")
-    if s.mode == "shadow":
+    trading = effective(rt.plans.last_trading, plan.account, s.mode)  # read with the plan, no extra round trip
+    if trading == "HALTED":
+        _block(rt, plan, Block("REJECTED", "halted", {"trading": trading}))
+        return None
+    if trading == "SHADOW":
         rt.plans.count("guard:shadow_mode")
         rt.plans.transition(pid, "SHADOWED", "shadow_mode", data={"guard": "shadow_mode", **out.data},
                             fields=out.fields)

@@ -19,6 +19,7 @@ from collections import Counter
 from harvest.metrics import scan_duration
 from harvest.plans import plan_id_for
 from harvest.runtime import get_runtime
+from harvest.trading import effective
 from harvest.venue import VenueError
 from tasks.app import app
 from tasks.evaluate import decide_and_plan, load_positions
@@ -42,7 +43,15 @@ def scan_positions() -> dict:
         log.warning("scan skipped: positions unavailable (%s)", e)
         return {"positions": 0, "actionable": 0, "started": 0, "duplicates": 0, "busy": 0,
                 "seconds": time.perf_counter() - t0, "error": e.code}
-    if not rt.r.exists(rt.plans.k.recovered):
+    p = rt.r.pipeline(transaction=False)
+    p.exists(rt.plans.k.recovered)
+    p.hgetall(rt.plans.k.trading)
+    recovered, trading = p.execute()
+    if effective(trading, rt.settings.account, rt.settings.mode) == "HALTED":
+        rt.plans.count("scan:halted")  # no chain starts; stops resting on the exchange stay
+        return {"positions": len(rows), "actionable": 0, "started": 0, "duplicates": 0, "busy": 0,
+                "seconds": time.perf_counter() - t0, "halted": True}
+    if not recovered:
         # The state was lost (or this is a first start): nothing starts until reconcile has
         # read the exchange's records (harvest.recovery); plan creation refuses it too.
         rt.plans.count("scan:awaiting_recovery")

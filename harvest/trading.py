@@ -1,0 +1,67 @@
+"""Trading states (DESIGN §4): the operator's switch, per account and for the whole deployment.
+
+=========  ====================================================================================
+ACTIVE     normal operation
+REDUCING   only closes and stop moves that tighten — all harvest ever sends (it never opens or
+           widens), so nothing changes for harvest; kept for the desk's other tools and the record
+SHADOW     decisions are made and guarded, plans end SHADOWED, nothing is sent
+HALTED     no order at all: the scan starts no chain, the guard rejects (``halted``), execute's
+           compare-and-set refuses to send; stops already resting on the exchange stay
+=========  ====================================================================================
+
+The state in force for an account is the stricter of the deployment's and the account's
+(HALTED > SHADOW > REDUCING > ACTIVE). It lives in Redis (``<ns>:trading``), so a change is
+seen by every worker before its next order (execute reads it in the same compare-and-set that
+claims the send) and survives restarts; every change is recorded with who asked on
+``<ns>:stream:trading``. ``HARVEST_MODE=shadow`` keeps working as the deployment's SHADOW.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+STATES = ("ACTIVE", "REDUCING", "SHADOW", "HALTED")
+_RANK = {s: i for i, s in enumerate(STATES)}
+#: The deployment-wide field of the trading hash.
+DEPLOYMENT = "*"
+
+
+def stricter(a: str, b: str) -> str:
+    """The stricter of two trading states (HALTED > SHADOW > REDUCING > ACTIVE)."""
+    return a if _RANK[a] >= _RANK[b] else b
+
+
+def effective(states: dict[str, str], account: str, mode: str = "live") -> str:
+    """The state in force for ``account``: the stricter of the deployment's (``*``), the
+    account's, and SHADOW when ``mode`` (``HARVEST_MODE``) is shadow. Unknown values count
+    as HALTED (a corrupted switch stops trading rather than trading)."""
+    out = "SHADOW" if mode == "shadow" else "ACTIVE"
+    for v in (states.get(DEPLOYMENT), states.get(account)):
+        if v is not None:
+            out = stricter(out, v if v in _RANK else "HALTED")
+    return out
+
+
+def read(r: redis.Redis, key: str) -> dict[str, str]:
+    """The trading hash: ``{"*" or account: state}``."""
+    return r.hgetall(key)
+
+
+def set_state(r: redis.Redis, key: str, stream: str, state: str, account: str | None, who: str,
+              reason: str = "") -> None:
+    """Set the deployment's (``account`` None) or an account's trading state, recorded with
+    ``who`` asked and why on ``stream``. Raises ValueError for an unknown state."""
+    state = state.upper()
+    if state not in _RANK:
+        raise ValueError(f"unknown trading state {state!r}; one of {', '.join(STATES)}")
+    field = account or DEPLOYMENT
+    p = r.pipeline(transaction=True)
+    if state == "ACTIVE":
+        p.hdel(key, field)
+    else:
+        p.hset(key, field, state)
+    p.xadd(stream, {"scope": field, "state": state, "who": who[:64], "reason": reason[:200], "ts": repr(time.time())},
+           maxlen=10_000, approximate=True)
+    p.execute()
