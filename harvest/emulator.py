@@ -52,9 +52,10 @@ held in Redis (``<ns>:emu:faults``), so tests, ``harvest chaos`` and the HTTP ad
 * ``html_503`` — a load balancer's HTML 503 page, nothing done; ``html_503_after_accept`` —
   the request IS executed, then the same HTML page (only a JSON answer is Binance's word, so
   both are unknown outcomes to the client);
-* ``garbage_200_after_accept`` — executed, answered 200 with a body that is not JSON;
-* ``truncated_after_accept`` — executed, the body is cut short (the connection closes before
-  Content-Length bytes arrive);
+* ``garbage_200`` / ``garbage_200_after_accept`` — not executed / executed, answered 200 with a
+  body that is not JSON (a proxy's page);
+* ``truncated`` / ``truncated_after_accept`` — not executed / executed, the body is cut short
+  (the connection closes before Content-Length bytes arrive);
 * ``partial_fill`` — a reduce-only MARKET close fills only ``fraction`` (default 0.4) of its
   quantity, the rest expires (status EXPIRED, executedQty partial): price protection or a
   thin book in a cascade.
@@ -88,7 +89,8 @@ log = logging.getLogger("harvest.emulator")
 
 FAULT_KINDS = ("latency", "http_429", "http_418", "unavailable_503", "internal_503", "unknown_503",
                "unknown_503_after_accept", "timeout_after_accept", "timestamp_1021", "html_503",
-               "html_503_after_accept", "garbage_200_after_accept", "truncated_after_accept", "partial_fill")
+               "html_503_after_accept", "garbage_200", "garbage_200_after_accept", "truncated",
+               "truncated_after_accept", "partial_fill")
 #: What a load balancer in front of an exchange answers when it fails: a page, not Binance's JSON.
 HTML_503 = ("<html><body><h1>503 Service Unavailable</h1>\nNo server is available to handle this request.\n"
             "</body></html>\n")
@@ -369,6 +371,12 @@ class Emulator:
                 raise ApiError(503, -1008, "Service Unavailable.")
             elif kind == "html_503":
                 raise ApiError(503, None, HTML_503, html=True)
+            elif kind in ("garbage_200", "truncated"):  # answered by something in front of the exchange
+                if order_call:
+                    self._log_http(endpoint, params, 200, None, kind)
+                if kind == "garbage_200":
+                    return self._reply(h, 200, "<html>ok</html>\x00\x01", used=used)
+                return self._reply(h, 200, '{"orderId": 1, "sta', used=used, claim=400)
             elif kind == "internal_503":
                 raise ApiError(503, -1001, "Internal error; unable to process your request. Please try again.")
             elif kind == "unknown_503":
