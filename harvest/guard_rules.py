@@ -220,9 +220,10 @@ def check_stop(plan: Plan, vp: VenuePosition, entry: dict, f: SymbolFilters, c: 
     """A stop placement (profit lock or protect): rounded toward the mark, then the checks."""
     assert plan.new_stop is not None
     side = plan.side
-    toward_mark = "up" if side is Side.LONG else "down"
-    sp = f.round_price(plan.new_stop, toward_mark if plan.action is Action.PROTECT else
-                       ("down" if side is Side.LONG else "up"))
+    # A protective stop rounds toward the mark (tighter: it stays inside liquidation); a profit
+    # lock toward entry, as it always has.
+    up = (plan.action is Action.PROTECT) == (side is Side.LONG)
+    sp = f.round_price(plan.new_stop, "up" if up else "down")
     stop = float(sp)
     d = dict(data, stop=f.fmt(sp))
     current = vp.stop_price

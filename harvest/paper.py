@@ -265,7 +265,6 @@ class PaperVenue(Venue):
         self.k_trades = f"{base}:trades"
         self.k_income = f"{base}:income"
         self.k_partial = f"{base}:partial_fills"
-        self._partial_armed = False
         self._base = base
 
     # ------------------------------------------------------------------ market data
@@ -508,17 +507,18 @@ class PaperVenue(Venue):
         Redis call when none is."""
         return self._row(symbol)[1]
 
-    def _row(self, symbol: str) -> tuple[dict[str, str], VenuePosition | None, str | None, bool]:
+    def _row(self, symbol: str) -> tuple[dict[str, str], VenuePosition | None, str | None, bool, bool]:
         """(position row as stored, the position as :meth:`position` reports it, the raw
-        market clock, whether the account is in hedge mode) in one Redis call when nothing is
-        due. When a settlement ran, the row is the one read before it (a compare-and-set
-        against it then fails and reads again)."""
-        return self._read_row(symbol)[:4]
+        market clock, whether the account is in hedge mode, whether a partial fill is armed)
+        in one Redis call when nothing is due. When a settlement ran, the row is the one read
+        before it (a compare-and-set against it then fails and reads again)."""
+        h, pos, clock_raw, dual, _, partial = self._read_row(symbol)
+        return h, pos, clock_raw, dual, partial
 
     def _read_row(self, symbol: str, order_cid: str | None = None) -> tuple[
-            dict[str, str], VenuePosition | None, str | None, bool, str | None]:
-        """:meth:`_row` and, with ``order_cid``, that order's stored JSON (None when there
-        is none) read in the same call."""
+            dict[str, str], VenuePosition | None, str | None, bool, str | None, bool]:
+        """:meth:`_row`'s first four values, with ``order_cid`` that order's stored JSON (None
+        when there is none), and whether a partial fill is armed, read in the same call."""
         keys = [self.k_pos(symbol), self.k_stops(symbol), self.k_mark(symbol), self.clock.key, self.k_dual,
                 self.k_partial]
         flat, stop_vals, override, clock_raw, dual, order, partial = self._snapshot(
@@ -527,8 +527,7 @@ class PaperVenue(Venue):
         probe = _SettleProbe(self.clock.now(clock_raw))
         h = dict(zip(flat[::2], flat[1::2], strict=True))
         pos = self._report(symbol, [h.get(f) for f in _ROW_FIELDS], stop_vals, override, probe)
-        self._partial_armed = partial is not None
-        return h, pos, clock_raw, dual == "true", order
+        return h, pos, clock_raw, dual == "true", order, partial is not None
 
     def _position(self, symbol: str) -> VenuePosition | None:
         h = self.r.hgetall(self.k_pos(symbol))
@@ -746,7 +745,7 @@ class PaperVenue(Venue):
 
         fraction = None
         for attempt in range(_FILL_ATTEMPTS):
-            h, now_pos, clock_raw, _ = row if attempt == 0 and row is not None else self._row(symbol)
+            h, now_pos, clock_raw, _, partial_armed = row if attempt == 0 and row is not None else self._row(symbol)
             pos_q = Decimal(h["qty"]) if h else Decimal(0)
             pos_side = Side(h["side"]) if h else None
             if pos_q <= 0 or pos_side is None or now_pos is None or pos_side.close_order_side != side \
@@ -757,7 +756,7 @@ class PaperVenue(Venue):
                 raise VenueError(*REDUCE_ONLY_REJECTED)
             fill_q = min(q, pos_q)
             status = "FILLED"
-            if attempt == 0 and self._partial_armed:  # seen armed by the snapshot read of this row
+            if attempt == 0 and partial_armed:  # seen armed by the snapshot read of this row
                 fraction = self._take_partial()
             if fraction is not None:  # price protection / a thin book: the rest of the MARKET order expires
                 fill_q = f.round_qty(fill_q * Decimal(repr(fraction)))
@@ -896,7 +895,7 @@ class PaperVenue(Venue):
                            conditional: bool = False) -> tuple[OrderResult, VenuePosition | None, bool]:
         """The order and the position after it, read together in one Redis call (see
         :meth:`harvest.venue.Venue.order_and_position`)."""
-        _, pos, _, _, raw = self._read_row(symbol, client_order_id)
+        _, pos, _, _, raw, _ = self._read_row(symbol, client_order_id)
         return self._order(raw, symbol, conditional), pos, True
 
     @staticmethod

@@ -117,21 +117,16 @@ def _fresh(rt: Runtime, rows: list[Row]) -> list[Row]:
     """The rows with a stale market state (older than ``market_stale_s``) stripped of their
     entry state: the kill score's market components are then 0 (no decision is made from a
     state that stopped refreshing; age still counts). Counted ``scan:market_stale``."""
-    limit = rt.settings.market_stale_after_s
-    wall = time.time()
-    out: list[Row] = []
-    stale = 0
-    for vp, e, m in rows:
-        if m.computed_at is not None and wall - m.computed_at > limit:
-            stale += 1
-            e = {**e, "entry_state": None}
-        out.append((vp, e, m))
-    if stale:
-        rt.plans.count("scan:market_stale", stale)
-    return out
+    since = time.time() - rt.settings.market_stale_after_s
+    stale = {i for i, (_, _, m) in enumerate(rows) if m.computed_at is not None and m.computed_at < since}
+    if not stale:
+        return rows  # the usual case: nothing copied
+    rt.plans.count("scan:market_stale", len(stale))
+    return [(vp, {**e, "entry_state": None}, m) if i in stale else (vp, e, m) for i, (vp, e, m) in enumerate(rows)]
 
 
-def protection(vp: VenuePosition, entry: dict[str, Any], theta: HarvestTheta, action: Action) -> tuple[Action, float | None, list[str]] | None:
+def protection(vp: VenuePosition, entry: dict[str, Any], theta: HarvestTheta,
+               action: Action) -> tuple[Action, float | None, list[str]] | None:
     """What an unprotected position (:func:`harvest.book.unprotected`) does instead of the
     kernel's ``action``: None to keep it (a kill close, or a profit lock, which places a stop
     itself); else PROTECT at :func:`harvest.book.protective_stop`, or a full close
@@ -163,9 +158,9 @@ def decide(rt: Runtime, rows: list[Row], now: float) -> list[Decision]:
     if len(idx) < len(rows):
         rt.plans.count("scan:invalid_position", len(rows) - len(idx))
     res = evaluate_batch(batch.select(idx), now, theta)
-    naked = [k for k, i in enumerate(idx.tolist()) if unprotected(rows[i][0])]
+    naked = {k for k, i in enumerate(idx.tolist()) if unprotected(rows[i][0])}
     out = []
-    for k in sorted(set(np.flatnonzero(res.action).tolist()) | set(naked)):
+    for k in sorted(set(np.flatnonzero(res.action).tolist()) | naked):
         vp, entry, m = rows[int(idx[k])]
         try:
             pos = to_position(acct, vp, entry)
@@ -176,7 +171,7 @@ def decide(rt: Runtime, rows: list[Row], now: float) -> list[Decision]:
         stop = float(res.new_stop[k])
         action, tier, fraction = ACTION_CODES[int(res.action[k])], int(res.tier[k]), float(res.close_fraction[k])
         new_stop, reasons = (None if np.isnan(stop) else stop), None
-        if unprotected(vp):
+        if k in naked:
             alt = protection(vp, entry, theta, action)
             if alt is not None:
                 action, new_stop, reasons = alt

@@ -39,10 +39,8 @@ class PoisonRecorder:
         self.url = redis_url
         self.ns = namespace
         self._r: redis.Redis | None = None
-        self.count = 0
 
     def record(self, raw: object, error: str) -> None:
-        self.count += 1
         text = raw if isinstance(raw, str) else repr(raw)
         log.error("dropped an item on the broker that is not a Celery message (%s): %r", error, text[:200])
         try:

@@ -47,19 +47,24 @@ def scan_positions() -> dict:
     p.exists(rt.plans.k.recovered)
     p.hgetall(rt.plans.k.trading)
     recovered, trading = p.execute()
+    held = None
     if effective(trading, rt.settings.account, rt.settings.mode) == "HALTED":
-        rt.plans.count("scan:halted")  # no chain starts; stops resting on the exchange stay
-        return {"positions": len(rows), "actionable": 0, "started": 0, "duplicates": 0, "busy": 0,
-                "seconds": time.perf_counter() - t0, "halted": True}
-    if not recovered:
+        held = "halted"  # no chain starts; stops resting on the exchange stay
+    elif not recovered:
         # The state was lost (or this is a first start): nothing starts until reconcile has
         # read the exchange's records (harvest.recovery); plan creation refuses it too.
-        rt.plans.count("scan:awaiting_recovery")
+        held = "awaiting_recovery"
         if rt.r.set(f"{rt.settings.namespace}:state:recovering", "1", nx=True, ex=2):
             log.warning("state not known whole: reconcile starts recovery from the exchange")
             app.send_task("harvest.reconcile", queue=rt.settings.queue("housekeeping"))
+    if held is not None:  # the scan ran (its heartbeat says so) but starts nothing
+        p = rt.r.pipeline(transaction=False)
+        p.hincrby(rt.plans.k.counters, "scan:runs", 1)
+        p.hincrby(rt.plans.k.counters, f"scan:{held}", 1)
+        p.hset(rt.plans.k.heartbeat, "scan", repr(time.time()))
+        p.execute()
         return {"positions": len(rows), "actionable": 0, "started": 0, "duplicates": 0, "busy": 0,
-                "seconds": time.perf_counter() - t0, "awaiting_recovery": True}
+                "seconds": time.perf_counter() - t0, held: True}
     planned = decide_and_plan(rt, rows, now)
     starting = [d for d, nx in planned if nx.starts]
     holders = dict(zip([d.symbol for d in starting],
