@@ -49,7 +49,7 @@ held in Redis (``<ns>:emu:faults``), so tests, ``harvest chaos`` and the HTTP ad
   (longer than the client's read timeout);
 * ``timestamp_1021`` — -1021 without doing anything (``skew_ms`` shifts the server clock
   instead, for a real skew);
-* ``html_503`` — a load balancer's HTML 503 page, nothing done; ``html_503_after_accept`` —
+* ``html_503`` / ``html_502`` — a load balancer's HTML 503 / 502 page, nothing done; ``html_503_after_accept`` —
   the request IS executed, then the same HTML page (only a JSON answer is Binance's word, so
   both are unknown outcomes to the client);
 * ``garbage_200`` / ``garbage_200_after_accept`` — not executed / executed, answered 200 with a
@@ -88,12 +88,13 @@ from harvest.venue import OrderResult, VenueError
 log = logging.getLogger("harvest.emulator")
 
 FAULT_KINDS = ("latency", "http_429", "http_418", "unavailable_503", "internal_503", "unknown_503",
-               "unknown_503_after_accept", "timeout_after_accept", "timestamp_1021", "html_503",
+               "unknown_503_after_accept", "timeout_after_accept", "timestamp_1021", "html_502", "html_503",
                "html_503_after_accept", "garbage_200", "garbage_200_after_accept", "truncated",
                "truncated_after_accept", "partial_fill")
 #: What a load balancer in front of an exchange answers when it fails: a page, not Binance's JSON.
 HTML_503 = ("<html><body><h1>503 Service Unavailable</h1>\nNo server is available to handle this request.\n"
             "</body></html>\n")
+HTML_502 = "<html><body><h1>502 Bad Gateway</h1>\nThe server returned an invalid or incomplete response.\n</body></html>\n"
 #: Request weights (Binance's figures for these endpoints, rounded up).
 WEIGHTS = {"klines": 2, "userTrades": 5, "leverageBracket": 1, "income": 30, "allOrders": 5, "positionRisk": 5, "symbolConfig": 5, "positionSide/dual": 30, "openOrders": 1,
            "openAlgoOrders": 1, "exchangeInfo": 1, "premiumIndex": 1, "order": 1, "algoOrder": 1}
@@ -371,6 +372,8 @@ class Emulator:
                 raise ApiError(503, -1008, "Service Unavailable.")
             elif kind == "html_503":
                 raise ApiError(503, None, HTML_503, html=True)
+            elif kind == "html_502":
+                raise ApiError(502, None, HTML_502, html=True)
             elif kind in ("garbage_200", "truncated"):  # answered by something in front of the exchange
                 if order_call:
                     self._log_http(endpoint, params, 200, None, kind)

@@ -78,6 +78,7 @@ CASES = [
     # Only Binance's JSON answers are its word: a proxy's HTML 503, a garbled or truncated 200
     # are unknown outcomes, resolved by look-up (executed: one order at step 0; not: a resend).
     ("html_503", 1, {}, "FILLED", 1, 1),
+    ("html_502", 1, {}, "FILLED", 1, 1),
     ("garbage_200", 1, {}, "FILLED", 1, 1),
     ("truncated", 1, {}, "FILLED", 1, 1),
     ("html_503_after_accept", 1, {}, "FILLED", 1, 0),
