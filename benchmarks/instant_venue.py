@@ -16,8 +16,8 @@ import time
 
 from celery.signals import worker_process_init
 
-from harvest.paper import TAKER_FEE_RATE
-from harvest.venue import OrderResult, VenuePosition
+from harvest.venues.paper_settlement import TAKER_FEE_RATE
+from harvest.venues.base import OrderResult, VenuePosition
 
 ENV_FLAG = "HARVEST_BENCH_INSTANT_VENUE"
 
@@ -70,7 +70,7 @@ class InstantVenue:
 def _install(**_):
     if os.environ.get(ENV_FLAG) != "1":
         return
-    from harvest.runtime import get_runtime
+    from harvest.services.runtime import get_runtime
 
     rt = get_runtime()
     rt.venue = InstantVenue(rt.venue)

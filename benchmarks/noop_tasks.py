@@ -5,7 +5,7 @@ processes. A worker loads them with ``-I benchmarks.noop_tasks``; harvest never 
 
 from __future__ import annotations
 
-from harvest.runtime import get_runtime
+from harvest.services.runtime import get_runtime
 from tasks.app import app
 
 

@@ -7,8 +7,8 @@ processes with harvest's own configuration (acks late, prefetch 1, JSON), the pa
 and the fapi emulator behind python-binance for the latency run. Prints one line per figure
 with its target and writes everything to JSON.
 
-a. kernel — :func:`harvest.kernel.evaluate_batch` over 10 000 positions vs
-   :func:`harvest.kernel.compute_harvest_proposal` called per position (same inputs).
+a. kernel — :func:`harvest.domain.kernel.evaluate_batch` over 10 000 positions vs
+   :func:`harvest.domain.kernel.compute_harvest_proposal` called per position (same inputs).
 b. scan — one beat scan of 10 000 open paper positions, ~1 % actionable: wall time from
    publish to the scan's end (every chain published) on a scan worker with 2 processes, the
    tasks it published, in steady state (each process has scanned once before, untimed);
@@ -58,7 +58,7 @@ from _setup import (  # noqa: E402
     symbols,
 )
 
-from harvest.procs import RedisServer, wait_for  # noqa: E402
+from harvest.ops.procs import RedisServer, wait_for  # noqa: E402
 
 TARGETS = {"kernel_ratio": 50.0, "scan_wall_s": 1.0, "pipeline_ratio": 0.8, "latency_p99_ms": 250.0,
            "rss_growth_mb": 5.0}
@@ -71,8 +71,8 @@ INSTANT = ["-I", "benchmarks.noop_tasks,benchmarks.instant_venue"]
 
 def bench_kernel(n: int) -> dict:
     """Batch vs per-position kernel over the same n random positions (best of 3 each)."""
-    from harvest.kernel import PositionBatch, compute_harvest_proposal, evaluate_batch
-    from harvest.models import HarvestTheta, MarketState, Position, Regime, Side
+    from harvest.domain.kernel import PositionBatch, compute_harvest_proposal, evaluate_batch
+    from harvest.domain.models import HarvestTheta, MarketState, Position, Regime, Side
 
     rnd = random.Random(7)
     theta = HarvestTheta()
@@ -250,7 +250,7 @@ def _harvest_canvas(env: dict[str, str]):
         from celery.signals import before_task_publish
 
         import tasks  # noqa: F401  (every task registered, as in a worker)
-        from tasks.evaluate import decide, load_positions
+        from harvest.services.decide import decide, load_positions
         from workflows import action_chain
     finally:
         os.environ.clear()
@@ -281,7 +281,7 @@ def bench_pipeline(url: str, n: int, rounds: int = 7, scan_rounds: int = 2, inst
     app = celery_app(env)
     paper = paper_of(rt)
     action_chain, load_positions, decide = _harvest_canvas(env)
-    from harvest.plans import plan_id_for
+    from harvest.services.decide import chain_payload
 
     ws = _workers(env, ns)
     queues = ["scan", "scan", "orders", "orders"]
@@ -299,11 +299,7 @@ def bench_pipeline(url: str, n: int, rounds: int = 7, scan_rounds: int = 2, inst
             _set_marks(rt, paper, batch, 2.1)
             pairs, now = load_positions(rt)
             scanned_at = time.time()
-            chains = []
-            for d in decide(rt, pairs, now):
-                payload = d.model_dump(mode="json")
-                payload["scanned_at"] = scanned_at
-                chains.append((payload, plan_id_for(d)))
+            chains = [chain_payload(d, scanned_at) for d in decide(rt, pairs, now)]
             if len(chains) != n:
                 raise RuntimeError(f"{len(chains)} decisions for {n} actionable positions")
             cpu0, t0 = _cpu_by_kind(rt, ws), time.perf_counter()

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _setup import clean, fresh_namespace, symbols  # noqa: E402
 
-from harvest.procs import RedisServer  # noqa: E402
+from harvest.ops.procs import RedisServer  # noqa: E402
 
 STAGES = ("propose", "guard", "execute", "confirm")
 #: The paper engine's entry points the stages call (timed as the exchange's share).
@@ -92,9 +92,9 @@ def run(url: str, plans: int, warmup: int = 20, logged: int = 300) -> dict:
     ns, env, rt0 = fresh_namespace(url, "stages", syms, 2.1)
     os.environ.update(env)  # before tasks.app reads the settings
     import tasks  # noqa: F401  (every task registered, as in a worker)
-    from harvest.runtime import get_runtime
+    from harvest.services.runtime import get_runtime
     from tasks.confirm import confirm
-    from tasks.evaluate import decide, load_positions
+    from harvest.services.decide import decide, load_positions
     from tasks.execute import execute
     from tasks.guard import guard
     from tasks.propose import propose

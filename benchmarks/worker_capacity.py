@@ -33,7 +33,7 @@ from _setup import env_for as _env  # noqa: E402
 from _setup import fresh_namespace, start_emulator, start_worker  # noqa: E402
 from _setup import symbols as _symbols  # noqa: E402
 
-from harvest.procs import RedisServer, wait_for  # noqa: E402
+from harvest.ops.procs import RedisServer, wait_for  # noqa: E402
 
 
 def scan_rate(url: str, positions: int, scans: int = 10) -> dict:
@@ -113,7 +113,7 @@ def market_refresh_ms(url: str) -> dict:
     from settings import get_settings
 
     get_settings.cache_clear()
-    from harvest.runtime import reset_runtime
+    from harvest.services.runtime import reset_runtime
 
     reset_runtime()
     from tasks.housekeeping import refresh_market

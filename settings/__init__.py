@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError as SourceError
 
 from harvest.data import SHIPPED_SPAN, SHIPPED_SYMBOLS
-from harvest.models import HarvestTheta
+from harvest.domain.models import HarvestTheta
 
 ENV_PREFIX = "HARVEST_"
 SECRET_FIELDS = ("api_key", "api_secret", "metrics_basic_auth")

@@ -30,7 +30,7 @@ _install_poison_guard(settings.redis_url, settings.namespace)
 if settings.uses_binance:
     # Imported here, in the worker's main process, so that every pool process inherits it
     # at fork instead of paying ~0.3 s on its first order.
-    import harvest.binance_venue  # noqa: F401,E402
+    import harvest.venues.binance  # noqa: F401,E402
 
 
 @setup_logging.connect
@@ -51,14 +51,14 @@ def _stamp_sent_at(headers=None, **_):
 @task_prerun.connect
 def _observe_queue_wait(task=None, **_):
     """Seconds from publish to start, by queue (``harvest_queue_wait_seconds``); queued and
-    written with the task's first plan read or write (:data:`harvest.metrics.DEFERRED`), or
+    written with the task's first plan read or write (:data:`harvest.ops.metrics.DEFERRED`), or
     at the task's end. Never fails a task."""
     try:
         sent = getattr(task.request, "sent_at", None)
         if sent is None:
             return
-        from harvest.metrics import DEFERRED, queue_wait
-        from harvest.runtime import get_runtime
+        from harvest.store.counters import DEFERRED, queue_wait
+        from harvest.services.runtime import get_runtime
 
         queue = (task.request.delivery_info or {}).get("routing_key") or "-"
         DEFERRED.add(queue_wait(get_runtime().r, settings.namespace), max(0.0, time.time() - float(sent)), queue)
@@ -70,8 +70,8 @@ def _observe_queue_wait(task=None, **_):
 def _flush_metrics(**_):
     """Write the metric observations no round trip of the task carried (none, usually)."""
     try:
-        from harvest.metrics import DEFERRED
-        from harvest.runtime import get_runtime
+        from harvest.store.counters import DEFERRED
+        from harvest.services.runtime import get_runtime
 
         DEFERRED.flush(get_runtime().r)
     except Exception:  # pragma: no cover - metrics must not break the pipeline
@@ -83,7 +83,7 @@ def _warm_runtime(**_):
     """Build each pool process's runtime (settings, Redis client, venue) as the process
     starts, not inside its first task; a failure here is logged and retried by that task."""
     try:
-        from harvest.runtime import get_runtime
+        from harvest.services.runtime import get_runtime
 
         get_runtime()
     except Exception:  # pragma: no cover - the first task builds it again and reports

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from typing import Any
 
-from harvest.models import MarketState, Plan
-from harvest.runtime import Runtime
+from harvest.domain.models import MarketState, Plan
+from harvest.domain.plans import PLAN_ID_RE
+from harvest.services.runtime import Runtime
 
 log = logging.getLogger("harvest")
-_PLAN_ID = re.compile(r"^[0-9a-f]{16}$")
 
 
 class MalformedMessage(ValueError):
@@ -25,7 +24,7 @@ def plan_ref(payload: Any) -> str | None:
     earlier stage stopped the chain). Raises MalformedMessage otherwise."""
     if payload is None:
         return None
-    if not isinstance(payload, dict) or not isinstance(payload.get("plan_id"), str) or not _PLAN_ID.match(payload["plan_id"]):
+    if not isinstance(payload, dict) or not isinstance(payload.get("plan_id"), str) or not PLAN_ID_RE.match(payload["plan_id"]):
         raise MalformedMessage(f"expected {{'plan_id': <16 hex digits>}}, got {str(payload)[:200]!r}")
     return payload["plan_id"]
 

@@ -5,7 +5,7 @@ number of deliveries of this task exactly one sends. A redelivery that finds the
 SUBMITTED sends nothing and hands over to confirm, which looks the order up by its
 clientOrderId (derived from the plan_id).
 
-What an exchange answer does to the plan (error classes of :class:`harvest.venue.VenueError`):
+What an exchange answer does to the plan (error classes of :class:`harvest.venues.base.VenueError`):
 
 * accepted → the ref handed to confirm carries the step and ``acked_at``; confirm records
   ``send=accepted`` in the round trip that reads the plan, then reads the fill;
@@ -29,11 +29,11 @@ import logging
 import random
 import time
 
-from harvest.models import STOP_ACTIONS, Plan
-from harvest.plans import client_order_id
-from harvest.recovery import durable_cached
-from harvest.runtime import Runtime, get_runtime
-from harvest.venue import VenueError
+from harvest.domain.models import STOP_ACTIONS, Plan
+from harvest.domain.plans import client_order_id
+from harvest.services.recovery import durable_cached
+from harvest.services.runtime import Runtime, get_runtime
+from harvest.venues.base import VenueError
 from tasks.app import app
 from tasks.common import checked_ref, load_plan, record_rejected
 
@@ -62,7 +62,7 @@ def _end(rt: Runtime, plan: Plan, to: str, reason: str, e: VenueError) -> None:
 
 def _state_refusal(rt: Runtime) -> str | None:
     """``state_not_durable`` when the state Redis keeps nothing across a restart and the
-    deployment did not say it is throw-away (:func:`harvest.recovery.durable_cached`), else None."""
+    deployment did not say it is throw-away (:func:`harvest.services.recovery.durable_cached`), else None."""
     if rt.settings.throwaway_state:
         return None
     ok, why = durable_cached(rt.r)
@@ -84,7 +84,7 @@ def execute(self, ref: dict | None, step: int = 0) -> dict | None:
         return None
     if step == 0:
         # APPROVED → SUBMITTED before the send; the same round trip reads the plan back, and
-        # applies only while the state is known whole (harvest.recovery).
+        # applies only while the state is known whole (harvest.services.recovery).
         pid = checked_ref(rt, "execute", ref)
         if pid is None:
             return None

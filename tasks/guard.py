@@ -1,15 +1,15 @@
 """Stage 3, guard: the checks a plan must pass before any order.
 
-The rules are pure functions in :mod:`harvest.guard_rules` (their order and reasons are
+The rules are pure functions in :mod:`harvest.domain.guard_rules` (their order and reasons are
 listed there); this task does the reads and the one transition:
 
 1. state is PROPOSED (else a repeat delivery: nothing to do);
 2. the plan, its position's book entry and the symbol's cached market state in one round
    trip; the position and the symbol filters from the venue (a venue that does not answer:
    retried every second until the TTL, then EXPIRED ``venue_unavailable``);
-3. :func:`harvest.guard_rules.verdict`: a :class:`~harvest.guard_rules.Block` ends the plan
+3. :func:`harvest.domain.guard_rules.verdict`: a :class:`~harvest.domain.guard_rules.Block` ends the plan
    REJECTED or EXPIRED with its reason (counted ``guard:<reason>``);
-4. trading state (:mod:`harvest.trading`, read with the plan): HALTED → REJECTED ``halted``
+4. trading state (:mod:`harvest.domain.trading`, read with the plan): HALTED → REJECTED ``halted``
    (tried again by its lineage once trading resumes); SHADOW (or ``HARVEST_MODE=shadow``) →
    SHADOWED ``shadow_mode`` (what would have been sent is recorded);
 5. otherwise APPROVED with the exact order quantity / stop price, taking the position's
@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import time
 
-from harvest.guard_rules import Block, GuardContext, verdict
-from harvest.models import Plan
-from harvest.runtime import Runtime, get_runtime
-from harvest.trading import effective
-from harvest.venue import VenueError
+from harvest.domain.guard_rules import Block, GuardContext, verdict
+from harvest.domain.models import Plan
+from harvest.services.runtime import Runtime, get_runtime
+from harvest.domain.trading import effective
+from harvest.venues.base import VenueError
 from tasks.app import app
 from tasks.common import load_plan_and_book
 

@@ -4,22 +4,17 @@ plans, heartbeat."""
 from __future__ import annotations
 
 import logging
-import re
 import time
 
 from harvest.data import load_klines
-from harvest.market import market_state_at, market_state_from_closes
-from harvest.plans import CLIENT_ORDER_PREFIX
-from harvest.recovery import ensure_recovered
-from harvest.runtime import Runtime, get_runtime
-from harvest.venue import VenueError
+from harvest.domain.market import market_state_at, market_state_from_closes
+from harvest.services.reconcile import reconcile_once, sweep_once
+from harvest.services.runtime import get_runtime
+from harvest.venues.base import VenueError
 from tasks.app import app
-from tasks.confirm import PENDING, resolve_submitted
-from tasks.evaluate import load_positions
+from workflows import start_resend
 
 log = logging.getLogger("harvest")
-#: ``hv-<plan_id>-<step>`` (:func:`harvest.plans.client_order_id`).
-_HV_CID = re.compile(rf"^{CLIENT_ORDER_PREFIX}([0-9a-f]{{16}})-(\d+)$")
 
 
 @app.task(name="harvest.refresh_market")
@@ -49,149 +44,18 @@ def refresh_market() -> int:
     return len(states)
 
 
-def _report(rt: Runtime, kind: str, **fields) -> None:
-    """One finding of reconciliation on ``<ns>:stream:reconcile`` (and a counter, a log line)."""
-    rt.r.xadd(f"{rt.settings.namespace}:stream:reconcile", {"kind": kind, "ts": repr(time.time()),
-              **{k: str(v) for k, v in fields.items()}}, maxlen=10_000, approximate=True)
-    rt.plans.count(f"reconcile:{kind}")
-    log.warning("reconcile: %s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
-
-
-def reconcile_once(rt: Runtime) -> dict:
-    """Exchange truth against local state, once (the beat task and ``harvest reconcile``).
-
-    0. State: when ``<ns>:state:recovered`` is missing (a Redis that restarted empty, a first
-       start), the exchange's harvest orders are read first (:func:`harvest.recovery.recover`).
-    1. Positions: new epochs started, ghost book entries (no position on the venue) dropped
-       (:func:`tasks.evaluate.load_positions`).
-    2. Plans of positions closed (or closed and re-opened) outside harvest: PROPOSED /
-       APPROVED end EXPIRED (``position_closed_outside``, no order was sent); SUBMITTED ones
-       are resolved by looking their order up, never by re-sending.
-    3. Working orders carrying harvest's ``hv-<plan_id>-<step>`` clientOrderId: the plan is
-       unknown to the store → reported (``unknown_order``, nothing is cancelled: an operator
-       decides); the plan is APPROVED → adopted (SUBMITTED with that clientOrderId, send
-       ``accepted``) and resolved; SUBMITTED → resolved.
-    4. Plans past their TTL: :func:`sweep_once`.
-
-    Returns counts: ``positions``, ``ghosts_dropped``, ``closed_outside``, ``unknown_orders``,
-    ``adopted``, ``swept`` (state → n), ``open_plans``. Raises VenueError when the venue does
-    not answer (nothing is changed then).
-    """
-    # First: a Redis that lost its state learns what was sent before anything else happens.
-    recovered = ensure_recovered(rt, lambda: load_positions(rt)[0])
-    before = rt.plans.counters().get("reconcile:ghost_dropped", 0)
-    rows, _ = load_positions(rt)
-    ghosts = rt.plans.counters().get("reconcile:ghost_dropped", 0) - before
-    # Open positions by the book after ghosts were dropped: every symbol the venue shows open,
-    # including any skipped for want of a market state (their plans are not "closed outside").
-    acct = rt.settings.account
-    open_syms = sorted(rt.book.symbols(acct))
-    epochs = {s: (e or {}).get("epoch") for s, e in zip(open_syms, rt.book.get_many(acct, open_syms, ("side", "epoch")))}
-    open_orders = rt.venue.open_orders()  # type: ignore[attr-defined]
-    closed = adopted = unknown = 0
-    plans = {p.plan_id: p for p in rt.plans.open_plans()}
-    for plan in plans.values():
-        if plan.account != acct or epochs.get(plan.symbol) == plan.epoch:
-            continue
-        if plan.state in ("PROPOSED", "APPROVED"):
-            ok, _ = rt.plans.transition(plan.plan_id, "EXPIRED", "position_closed_outside",
-                                        data={"open_epoch": epochs.get(plan.symbol)})
-            closed += ok
-        # "sending": execute owns it, or its send was accepted and confirm has yet to record
-        # that and resolve it; the sweeper resolves it at the TTL if confirm never runs.
-        elif plan.state == "SUBMITTED" and plan.send != "sending":
-            # Final look-up: with the position gone nothing more will fill; a plan whose
-            # order closed the position itself reads FILLED here.
-            closed += resolve_submitted(rt, plan, final=True) != PENDING
-    for o in open_orders:
-        m = _HV_CID.match(o.client_order_id)
-        if m is None:
-            continue  # not harvest's (a strategy's own stop, a manual order)
-        pid, step = m.group(1), int(m.group(2))
-        plan = plans.get(pid) or rt.plans.get(pid)
-        if plan is None and rt.r.sismember(rt.plans.k.recovered_plans, pid):
-            continue  # a plan lost with the state, known again from the exchange (harvest.recovery)
-        if plan is None:
-            unknown += 1
-            _report(rt, "unknown_order", client_order_id=o.client_order_id, symbol=o.symbol, type=o.type,
-                    status=o.status, side=o.side)
-        elif plan.state == "APPROVED":
-            ok, _ = rt.plans.transition(pid, "SUBMITTED", "adopted_from_exchange",
-                                        data={"client_order_id": o.client_order_id, "step": step},
-                                        fields={"client_order_id": o.client_order_id, "step": step, "send": "accepted"})
-            if ok:
-                adopted += 1
-                _report(rt, "adopted_order", plan_id=pid, client_order_id=o.client_order_id, symbol=o.symbol)
-                fresh = rt.plans.get(pid)
-                if fresh is not None:
-                    resolve_submitted(rt, fresh, final=False)
-        elif plan.state == "SUBMITTED" and plan.client_order_id == o.client_order_id:
-            resolve_submitted(rt, plan, final=False)
-    swept = sweep_once(rt, time.time())
-    rt.r.hset(rt.plans.k.counters, "positions_open", len(rows))
-    check_clock(rt)
-    return {"positions": len(rows), "ghosts_dropped": ghosts, "closed_outside": closed, "unknown_orders": unknown,
-            "adopted": adopted, "swept": swept, "open_plans": rt.plans.count_open(),
-            "recovered": recovered or {}}
-
-
-def check_clock(rt: Runtime) -> int | None:
-    """The exchange's clock against this machine's (python-binance venues; ms): beyond
-    ``max_clock_offset_ms`` it is logged as an error and counted (``venue:clock_offset_exceeded``;
-    ``/metrics`` ``harvest_clock_offset_seconds``). None on the paper engine or when the exchange
-    does not answer."""
-    measure = getattr(rt.venue, "clock_offset_ms", None)
-    if measure is None:
-        return None
-    try:
-        offset = measure()
-    except VenueError as e:
-        log.warning("exchange clock not read: %s", e)
-        return None
-    if abs(offset) > rt.settings.max_clock_offset_ms:
-        rt.plans.count("venue:clock_offset_exceeded")
-        log.error("this machine's clock is %.1f s %s the exchange's (limit %d ms): fix NTP", abs(offset) / 1000,
-                  "behind" if offset > 0 else "ahead of", rt.settings.max_clock_offset_ms)
-    return offset
-
-
 @app.task(name="harvest.reconcile")
 def reconcile() -> dict:
     """Beat task: :func:`reconcile_once`; a venue that does not answer skips this run."""
     rt = get_runtime()
     try:
-        out = reconcile_once(rt)
+        out = reconcile_once(rt, resend=start_resend)
     except VenueError as e:
         rt.plans.count(f"reconcile:venue_error:{e.code}")
         log.warning("reconcile skipped: venue unavailable (%s)", e)
         return {"error": e.code}
     rt.plans.beat("reconcile")
     return out
-
-
-def sweep_once(rt: Runtime, now: float) -> dict[str, int]:
-    """End every plan past its TTL: PROPOSED/APPROVED → EXPIRED (no order was sent);
-    SUBMITTED → resolved by looking the order up (final: an order that does not exist ends
-    the plan EXPIRED), never by re-sending. Returns state written → count."""
-    ended: dict[str, int] = {}
-    for pid in rt.plans.expired_open(now):
-        plan = rt.plans.get(pid)
-        if plan is None:
-            continue
-        if plan.state in ("PROPOSED", "APPROVED"):
-            ok, _ = rt.plans.transition(pid, "EXPIRED", "ttl_expired")
-            out = "EXPIRED" if ok else "raced"
-        elif plan.state == "SUBMITTED":
-            try:
-                out = resolve_submitted(rt, plan, final=True)
-            except VenueError:  # resolve_submitted answers most venue errors itself
-                out = PENDING
-        else:
-            continue
-        ended[out] = ended.get(out, 0) + 1
-    if ended:
-        log.info("sweep ended stale plans: %s", ended)
-    return ended
 
 
 @app.task(name="harvest.sweep_plans")

@@ -8,16 +8,16 @@ import time
 
 from pydantic import ValidationError
 
-from harvest.models import Decision
-from harvest.plans import client_order_id, lineage_of, plan_id_for
-from harvest.runtime import get_runtime
+from harvest.domain.models import Decision
+from harvest.domain.plans import client_order_id, lineage_of, plan_id_for
+from harvest.services.runtime import get_runtime
 from tasks.app import app
 from tasks.common import record_rejected
 
 
 @app.task(name="harvest.propose")
 def propose(decision: dict | None) -> dict | None:
-    """decision: a :class:`harvest.models.Decision` as a dict (None: nothing to do).
+    """decision: a :class:`harvest.domain.models.Decision` as a dict (None: nothing to do).
 
     Returns ``{"plan_id": …}`` for a new plan, None for a repeat (counted as
     ``dedup:<state>``; ``dedup:RECOVERED`` for a plan whose order the exchange showed after a

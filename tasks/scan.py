@@ -1,7 +1,7 @@
 """The beat scan: evaluate every open position in one batch and start the
 ``propose → guard → execute → confirm`` chain only for positions that need action.
 
-Each decision's lineage (:func:`harvest.plans.next_attempt`) says what to do with it: start
+Each decision's lineage (:func:`harvest.domain.plans.next_attempt`) says what to do with it: start
 it (``new``, or ``retry`` — the next attempt of a decision whose last plan ended without
 effect, after its backoff), or not: a true ``repeat`` (its plan is in flight or took effect),
 ``waiting`` for its backoff, or ``abandoned`` (a rejection that cannot change in the epoch).
@@ -16,13 +16,12 @@ import logging
 import time
 from collections import Counter
 
-from harvest.metrics import scan_duration
-from harvest.plans import plan_id_for
-from harvest.runtime import get_runtime
-from harvest.trading import effective
-from harvest.venue import VenueError
+from harvest.store.counters import scan_duration
+from harvest.services.decide import chain_payload, decide_and_plan, load_positions
+from harvest.services.runtime import get_runtime
+from harvest.domain.trading import effective
+from harvest.venues.base import VenueError
 from tasks.app import app
-from tasks.evaluate import decide_and_plan, load_positions
 from workflows import action_chain
 
 log = logging.getLogger("harvest")
@@ -52,7 +51,7 @@ def scan_positions() -> dict:
         held = "halted"  # no chain starts; stops resting on the exchange stay
     elif not recovered:
         # The state was lost (or this is a first start): nothing starts until reconcile has
-        # read the exchange's records (harvest.recovery); plan creation refuses it too.
+        # read the exchange's records (harvest.services.recovery); plan creation refuses it too.
         held = "awaiting_recovery"
         if rt.r.set(f"{rt.settings.namespace}:state:recovering", "1", nx=True, ex=2):
             log.warning("state not known whole: reconcile starts recovery from the exchange")
@@ -82,9 +81,7 @@ def scan_positions() -> dict:
         if holders.get(d.symbol) is not None:
             kinds["busy"] += 1
             continue
-        payload = d.model_dump(mode="json")
-        payload["scanned_at"] = scanned_at
-        action_chain(payload, plan_id_for(d)).apply_async()
+        action_chain(*chain_payload(d, scanned_at)).apply_async()
         kinds[nx.kind] += 1
     started = kinds["new"] + kinds["retry"]
     p = rt.r.pipeline(transaction=False)

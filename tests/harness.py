@@ -1,3 +1,3 @@
-"""Test harness: re-exports the process helpers of :mod:`harvest.procs`."""
+"""Test harness: re-exports the process helpers of :mod:`harvest.ops.procs`."""
 
-from harvest.procs import CeleryProcess, RedisServer, free_port, wait_for, worker  # noqa: F401
+from harvest.ops.procs import CeleryProcess, RedisServer, free_port, wait_for, worker  # noqa: F401

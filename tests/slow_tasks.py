@@ -2,7 +2,7 @@
 
 import time
 
-from harvest.runtime import get_runtime
+from harvest.services.runtime import get_runtime
 from tasks.app import app
 
 

@@ -16,7 +16,7 @@ import uuid
 import pytest
 import redis
 
-from harvest.procs import ROOT
+from harvest.ops.procs import ROOT
 from settings.celery import BEAT_MAX_LOOP_S
 from tests.harness import CeleryProcess
 
@@ -55,7 +55,7 @@ def _gaps(arrivals) -> list[float]:
 
 
 def harvest_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harvest.cli", *args], cwd=ROOT, env={**os.environ, **env},
+    return subprocess.run([sys.executable, "-m", "harvest.ops.cli", *args], cwd=ROOT, env={**os.environ, **env},
                           capture_output=True, text=True, timeout=60)
 
 

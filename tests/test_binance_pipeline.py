@@ -8,10 +8,10 @@ import os
 
 import pytest
 
-from harvest.emulator import Emulator
-from harvest.models import Action
-from harvest.plans import make_plan_id
-from harvest.runtime import build_runtime
+from harvest.venues.emulator import Emulator
+from harvest.domain.models import Action
+from harvest.domain.plans import make_plan_id
+from harvest.services.runtime import build_runtime
 from settings import load_settings
 from tasks.app import app
 from tests.harness import wait_for, worker

@@ -10,11 +10,11 @@ import sys
 import pytest
 import redis
 
-from harvest.binance_venue import BinanceVenue, make_client
-from harvest.emulator import Emulator
-from harvest.paper import MarketClock
-from harvest.procs import ROOT, free_port
-from harvest.venue import VenueError
+from harvest.venues.binance import BinanceVenue, make_client
+from harvest.venues.emulator import Emulator
+from harvest.venues.clock import MarketClock
+from harvest.ops.procs import ROOT, free_port
+from harvest.venues.base import VenueError
 from settings import SettingsError, load_settings
 from tests.pipeline_helpers import T0
 
@@ -159,7 +159,7 @@ def test_a_clock_offset_beyond_the_limit_is_an_error_not_absorbed_silently(emu, 
     """Old main: a 50-minute clock offset was absorbed by the -1021 resync without a word."""
     import logging
 
-    from tasks.housekeeping import check_clock
+    from harvest.services.reconcile import check_clock
 
     class Rt:  # what check_clock reads of a runtime
         venue = bv
@@ -226,7 +226,7 @@ def test_live_venue_refuses_without_opt_in():
     env = {"HARVEST_VENUE": "live", "HARVEST_API_KEY": "AKIA-not-a-real-key", "HARVEST_API_SECRET": "sekrit-value"}
     import os
 
-    out = subprocess.run([sys.executable, "-m", "harvest.cli", "reconcile"], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "harvest.ops.cli", "reconcile"], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, **env}, timeout=60)
     assert out.returncode != 0
     assert "HARVEST_LIVE_TRADING_OPT_IN" in out.stderr + out.stdout
@@ -235,8 +235,8 @@ def test_live_venue_refuses_without_opt_in():
 
 def test_market_state_from_the_venue_klines_matches_the_shipped_data(emu, bv):
     from harvest.data import load_klines
-    from harvest.market import market_state_at, market_state_from_closes
-    from harvest.models import HarvestTheta
+    from harvest.domain.market import market_state_at, market_state_from_closes
+    from harvest.domain.models import HarvestTheta
 
     theta = HarvestTheta()
     emu.clock.set(T0 + 37 * 60 + 20, 0.0)  # mid-bar: the open bar is not used

@@ -10,8 +10,8 @@ import json
 import subprocess
 import sys
 
-from harvest.chaos import WAVES, run_chaos
-from harvest.procs import ROOT
+from harvest.ops.chaos import WAVES, run_chaos
+from harvest.ops.procs import ROOT
 
 PLANS = 30
 
@@ -33,7 +33,7 @@ def _check(rep: dict) -> None:
 
 def test_chaos_cli_on_redis():
     """``harvest chaos --json`` as an operator runs it (the run's own Redis as broker)."""
-    out = subprocess.run([sys.executable, "-m", "harvest.cli", "chaos", "--plans", str(PLANS), "--plan-ttl", "20",
+    out = subprocess.run([sys.executable, "-m", "harvest.ops.cli", "chaos", "--plans", str(PLANS), "--plan-ttl", "20",
                           "--json"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rep = json.loads(out.stdout)

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import uuid
 
-from harvest.loadgen import env_for, mark_at_r, open_positions, runtime, start_emulator, start_worker
-from harvest.models import Action
-from harvest.plans import TERMINAL, make_plan_id
-from harvest.procs import CeleryProcess, wait_for
-from harvest.scorecard import build_scorecard
+from harvest.ops.loadgen import env_for, mark_at_r, open_positions, runtime, start_emulator, start_worker
+from harvest.domain.models import Action
+from harvest.domain.plans import TERMINAL, make_plan_id
+from harvest.ops.procs import CeleryProcess, wait_for
+from harvest.ops.scorecard import build_scorecard
 
 
 def test_killing_every_worker_sends_nothing_and_shows_in_the_scorecard(redis_url):

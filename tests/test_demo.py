@@ -15,7 +15,7 @@ def test_demo_default_run_json():
     """The README's main job on its defaults: 2025-06-21 UTC, a market day per wall minute."""
     env = {**os.environ}
     env.pop("HARVEST_NAMESPACE", None)
-    p = subprocess.run([sys.executable, "-m", "harvest.cli", "demo", "--json"], cwd=ROOT, env=env,
+    p = subprocess.run([sys.executable, "-m", "harvest.ops.cli", "demo", "--json"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     card = json.loads(p.stdout)

@@ -121,8 +121,8 @@ def test_compose_and_dockerfile_wire_every_role():
 
 
 def test_grafana_dashboard_queries_only_served_series():
-    from harvest.metrics import HarvestCollector
-    from harvest.runtime import build_runtime
+    from harvest.ops.metrics import HarvestCollector
+    from harvest.services.runtime import build_runtime
     from settings import load_settings
 
     rt = build_runtime(load_settings())

@@ -17,11 +17,11 @@ import time
 
 import pytest
 
-from harvest.binance_venue import BinanceVenue
-from harvest.emulator import Emulator
-from harvest.models import Action, Regime
-from harvest.plans import TERMINAL
-from harvest.runtime import build_runtime
+from harvest.venues.binance import BinanceVenue
+from harvest.venues.emulator import Emulator
+from harvest.domain.models import Action, Regime
+from harvest.domain.plans import TERMINAL
+from harvest.services.runtime import build_runtime
 from settings import load_settings
 from tests.harness import CeleryProcess, wait_for, worker
 from tests.pipeline_helpers import T0, clean, mark_for_r, state
@@ -185,8 +185,8 @@ def test_a_naked_position_gets_its_stop_within_a_scan_inside_liquidation(rt, emu
 
 def test_funding_reaches_r_net_on_the_python_binance_path(rt, emu):
     """Old main: positionRisk carries no funding, so R_net on testnet/live never counted it."""
-    from harvest.book import to_position
-    from harvest.kernel import compute_r_net
+    from harvest.domain.book import to_position
+    from harvest.domain.kernel import compute_r_net
 
     sym = "BTCUSDT"
     rt.market.put_many([state(sym, Regime.CHOP, p=0.2, ts=0.1)])
@@ -208,7 +208,7 @@ def test_funding_reaches_r_net_on_the_python_binance_path(rt, emu):
 
 def test_a_stale_market_state_makes_no_kill_decision(rt, emu):
     """Old main: a state that stopped refreshing (503 on klines) was used as if fresh."""
-    from tasks.evaluate import decide, load_positions
+    from harvest.services.decide import decide, load_positions
 
     sym = "STALEUSDT"
     rt.market.put_many([state(sym, Regime.TREND, trend_dir=1)])

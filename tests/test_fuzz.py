@@ -18,16 +18,17 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from harvest.binance_venue import BinanceVenue
-from harvest.plans import TERMINAL
-from harvest.runtime import build_runtime
+from harvest.venues.binance import BinanceVenue
+from harvest.domain.plans import TERMINAL
+from harvest.services.runtime import build_runtime
 from settings import ENV_PREFIX, HarvestSettings, SettingsError, load_settings
 from tasks.confirm import confirm
-from tasks.evaluate import decide, evaluate, load_positions
+from harvest.services.decide import decide, load_positions
+from tasks.evaluate import evaluate
 from tasks.execute import execute
 from tasks.guard import guard
 from tasks.propose import propose
-from harvest.venue import VenueError
+from harvest.venues.base import VenueError
 from tests.pipeline_helpers import clean, mark_for_r, open_position
 
 SYM = "BTCUSDT"

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from harvest.models import Action
-from harvest.plans import make_plan_id
-from harvest.runtime import build_runtime
+from harvest.domain.models import Action
+from harvest.domain.plans import make_plan_id
+from harvest.services.runtime import build_runtime
 from settings import load_settings
 from tasks.app import app
 from tests.harness import wait_for, worker
@@ -84,18 +84,18 @@ def test_symbol_not_allowed(rt):
 def test_decision_for_the_other_side_is_rejected_before_any_order(rt):
     """A well-formed decision whose side is not the position's (a corrupted or forged message)
     never reaches the exchange: a close sent the wrong way is stopped by the guard."""
-    from tasks.evaluate import decide, load_positions
+    from harvest.services.decide import decide, load_positions
     from workflows import action_chain
 
     e, s = 100_000.0, 99_000.0
     open_position(rt, "BTCUSDT", "LONG", 1.0, e, s, mark=mark_for_r(e, s, 1.0, 1.0, 2.2, "LONG"))
     rows, now = load_positions(rt)
     [d] = decide(rt, rows, now)
-    from harvest.models import Side
+    from harvest.domain.models import Side
 
     wrong = d.model_copy(update={"side": Side.SHORT})
     action_chain(wrong.model_dump(mode="json")).apply_async()
-    from harvest.plans import plan_id_for
+    from harvest.domain.plans import plan_id_for
 
     plan = wait_terminal(rt, plan_id_for(wrong))
     assert (plan.state, plan.reason) == ("REJECTED", "side_mismatch")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from harvest.exit_ladder import close_scheme, compute_levels, leverage_scaling_factor
-from harvest.kernel import (
+from harvest.domain.exit_ladder import close_scheme, compute_levels, leverage_scaling_factor
+from harvest.domain.kernel import (
     PositionBatch,
     compute_harvest_proposal,
     compute_kill_score,
@@ -19,7 +19,7 @@ from harvest.kernel import (
     evaluate_batch,
     kill_score_from_components,
 )
-from harvest.models import Action, HarvestTheta, MarketState, Position, Regime
+from harvest.domain.models import Action, HarvestTheta, MarketState, Position, Regime
 
 TH = HarvestTheta()
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from harvest.data import filters_from_exchange_info, load_exchange_info, load_klines, read_klines, shipped_filters
-from harvest.market import market_state_at, market_state_from_closes
-from harvest.models import HarvestTheta, Regime
+from harvest.domain.market import market_state_at, market_state_from_closes
+from harvest.domain.models import HarvestTheta, Regime
 from settings import SettingsError, load_settings
 
 TH = HarvestTheta()

@@ -16,11 +16,11 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harvest.binance_venue import WeightBudget
-from harvest.models import Action
-from harvest.plans import make_plan_id
-from harvest.procs import ROOT
-from harvest.runtime import build_runtime
+from harvest.venues.binance import WeightBudget
+from harvest.domain.models import Action
+from harvest.domain.plans import make_plan_id
+from harvest.ops.procs import ROOT
+from harvest.services.runtime import build_runtime
 from settings import load_settings
 from tasks.app import app
 from tests.harness import CeleryProcess, free_port, wait_for, worker
@@ -157,7 +157,7 @@ def test_metrics_exporter_serves_the_pipeline(rt):
     budget = WeightBudget(rt.r, NS, rt.settings.venue_weight_limit_1m)
     assert sum(int(rt.r.get(k) or 0) for k in rt.r.scan_iter(f"{NS}:venue:weight:*")) > 0
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "harvest.cli", "metrics", "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "harvest.ops.cli", "metrics", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: _get(f"http://127.0.0.1:{port}/metrics", auth=False)[0] == 200, 30, 0.1, "the exporter")
@@ -194,13 +194,13 @@ def test_metrics_exporter_serves_the_pipeline(rt):
 
 def test_metrics_exporter_binds_loopback_and_can_require_basic_auth():
     """Old main: `harvest metrics` listened on 0.0.0.0 with no auth."""
-    from harvest.cli import main
+    from harvest.ops.cli import main
 
     with pytest.raises(SystemExit):
         main(["metrics", "--help"])
     port = free_port()
     env = dict(os.environ, HARVEST_METRICS_BASIC_AUTH="prom:scrape-pw-31")
-    proc = subprocess.Popen([sys.executable, "-m", "harvest.cli", "metrics", "--port", str(port)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "harvest.ops.cli", "metrics", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: _status(f"http://127.0.0.1:{port}/metrics") == 401, 30, 0.1, "the exporter")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harvest.venue import VenueError
+from harvest.venues.base import VenueError
 from tests.pipeline_helpers import T0, clean_paper_venue
 
 
@@ -69,7 +69,7 @@ def test_order_and_position_read_together(venue):
     venue.close_market("BTCUSDT", "SELL", "0.006", "hv-rest")
     assert venue.order_and_position("BTCUSDT", "hv-rest")[1:] == (None, True)  # flat after the close
 
-    from harvest.venue import Venue
+    from harvest.venues.base import Venue
 
     class PositionDown(type(venue)):  # the base class's version, with a failing position read
         order_and_position = Venue.order_and_position

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from harvest.models import Action
-from harvest.plans import make_plan_id
-from harvest.runtime import build_runtime
+from harvest.domain.models import Action
+from harvest.domain.plans import make_plan_id
+from harvest.services.runtime import build_runtime
 from settings import load_settings
 from tests.harness import worker
 from tests.pipeline_helpers import T0, clean, epoch, mark_for_r, open_position, state, wait_quiet, wait_terminal
@@ -88,7 +88,7 @@ def test_kill_score_full_close(rt):
     scan()  # first sight: entry state TREND captured; nothing to do
     wait_quiet(rt)
     assert rt.plans.count_open() == 0 and not fills(rt, SYM)
-    from harvest.models import Regime
+    from harvest.domain.models import Regime
 
     rt.market.put_many([state(SYM, Regime.CHOP, p=0.2, ts=0.1)])
     scan()
@@ -103,7 +103,7 @@ def test_kill_score_full_close(rt):
 def test_ghost_position_blocked(rt):
     entry, stop = 100_000.0, 99_000.0
     open_position(rt, SYM, "LONG", 1.0, entry, stop, mark=mark_for_r(entry, stop, 1.0, 1.0, 2.1, "LONG"))
-    from tasks.evaluate import decide, load_positions
+    from harvest.services.decide import decide, load_positions
     from workflows import action_chain
 
     pairs, now = load_positions(rt)
@@ -151,7 +151,7 @@ def test_duplicate_deliveries_send_one_order(rt):
     """The same decision delivered five times (two beats, a redelivery…): one plan, one order."""
     entry, stop = 100_000.0, 99_000.0
     open_position(rt, SYM, "LONG", 1.0, entry, stop, mark=mark_for_r(entry, stop, 1.0, 1.0, 2.1, "LONG"))
-    from tasks.evaluate import decide, load_positions
+    from harvest.services.decide import decide, load_positions
     from workflows import action_chain
 
     pairs, now = load_positions(rt)

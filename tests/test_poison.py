@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from harvest.runtime import build_runtime
+from harvest.services.runtime import build_runtime
 from settings import load_settings
 from tasks.app import app
 from tests.harness import wait_for, worker

@@ -9,10 +9,10 @@ import time
 import pytest
 from celery.exceptions import Retry
 
-from harvest.runtime import build_runtime
+from harvest.services.runtime import build_runtime
 from settings import load_settings
 from tasks.confirm import confirm
-from tasks.evaluate import decide, load_positions
+from harvest.services.decide import decide, load_positions
 from tasks.execute import execute
 from tasks.guard import guard
 from tasks.propose import propose

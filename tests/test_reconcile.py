@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
-from harvest.plans import client_order_id
-from harvest.procs import ROOT
-from harvest.runtime import build_runtime
+from harvest.domain.plans import client_order_id
+from harvest.ops.procs import ROOT
+from harvest.services.runtime import build_runtime
 from settings import load_settings
-from tasks.evaluate import decide, load_positions
+from harvest.services.decide import decide, load_positions
 from tasks.guard import guard
-from tasks.housekeeping import reconcile_once
+from harvest.services.reconcile import reconcile_once
 from tasks.propose import propose
 from tests.pipeline_helpers import T0, clean, mark_for_r, open_position
 
@@ -80,7 +80,7 @@ def test_unknown_harvest_order_is_reported_not_cancelled(rt):
     assert rec["kind"] == "unknown_order" and rec["client_order_id"] == cid
     assert [o.client_order_id for o in rt.venue.open_orders(SYM, algo=True) if o.client_order_id == cid] == [cid]
     assert rt.plans.counters()["reconcile:unknown_order"] == 1
-    from harvest.scorecard import build_scorecard
+    from harvest.ops.scorecard import build_scorecard
 
     assert build_scorecard(rt)["reconcile"]["unknown_order"] == 1
 
@@ -90,7 +90,7 @@ def test_working_order_of_an_approved_plan_is_adopted_and_resolved(rt):
     exchange has the plan's stop working: the plan adopts it and ends by its state."""
     plan = approved_plan(rt)
     rt.venue.place_stop(SYM, "SELL", "99500", plan.client_order_id)  # as if execute had sent it
-    from harvest.models import Action
+    from harvest.domain.models import Action
 
     # Make the plan a profit lock, the only kind of order that stays working on the venue.
     rt.r.hset(rt.plans.k.plan(plan.plan_id), mapping={"action": Action.PROFIT_LOCK_SL.value, "stop_price": "99500"})
@@ -115,7 +115,7 @@ def test_stuck_submitted_plan_past_ttl_is_resolved_by_lookup_never_resent(rt):
 def test_harvest_reconcile_cli_reports_json(rt):
     approved_plan(rt)
     rt.venue.close_market(SYM, "SELL", "1", "manual-close-2")
-    out = subprocess.run([sys.executable, "-m", "harvest.cli", "reconcile", "--json"], cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "harvest.ops.cli", "reconcile", "--json"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60, env={**os.environ})
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)

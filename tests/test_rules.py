@@ -7,17 +7,17 @@ import math
 
 import pytest
 
-from harvest.book import protective_stop, unprotected
+from harvest.domain.book import protective_stop, unprotected
 from harvest.data import load_brackets_raw, shipped_filters
-from harvest.exit_ladder import compute_levels
-from harvest.guard_rules import Approval, Block, GuardContext, close_quantity, verdict
-from harvest.kernel import compute_harvest_proposal, compute_r_net
-from harvest.margin import brackets_from_response, clamp_stop, liquidation_price, stop_bound
-from harvest.models import Action, HarvestTheta, MarketState, Plan, Position, Regime, Side
-from harvest.plans import (
+from harvest.domain.exit_ladder import compute_levels
+from harvest.domain.guard_rules import Approval, Block, GuardContext, close_quantity, verdict
+from harvest.domain.kernel import compute_harvest_proposal, compute_r_net
+from harvest.domain.margin import brackets_from_response, clamp_stop, liquidation_price, stop_bound
+from harvest.domain.models import Action, HarvestTheta, MarketState, Plan, Position, Regime, Side
+from harvest.domain.plans import (
     FINAL_REJECTIONS, LatestPlan, attempt_backoff, lineage_id, make_plan_id, next_attempt,
 )
-from harvest.venue import VenuePosition
+from harvest.venues.base import VenuePosition
 
 TH = HarvestTheta()
 BR = brackets_from_response(load_brackets_raw())

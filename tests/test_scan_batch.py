@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from harvest.book import position_row, to_position, valid_rows
+from harvest.domain.book import position_row, to_position, valid_rows
 from harvest.data import load_klines
-from harvest.kernel import PositionBatch
-from harvest.models import MarketState, Regime, Side
-from harvest.venue import VenuePosition
+from harvest.domain.kernel import PositionBatch
+from harvest.domain.models import MarketState, Regime, Side
+from harvest.venues.base import VenuePosition
 from tests.pipeline_helpers import T0, clean_paper_venue
 
 ODD = st.sampled_from([0.0, -1.0, 1e-300, 1e308, math.inf, -math.inf, math.nan])

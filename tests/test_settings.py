@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from harvest.binance_venue import emulator_handshake, make_client
-from harvest.venue import VenueError
+from harvest.venues.binance import emulator_handshake, make_client
+from harvest.venues.base import VenueError
 from settings import SettingsError, load_settings, unknown_variables
 
 KEYS = {"api_key": "k", "api_secret": "s"}
@@ -102,7 +102,7 @@ def test_decision_fields_have_size_limits():
     """Old main: a decision with a 1 MB reason_codes was stored whole."""
     from pydantic import ValidationError
 
-    from harvest.models import Decision
+    from harvest.domain.models import Decision
 
     base = dict(account="paper", symbol="BTCUSDT", epoch="L1", side="LONG", action="PARTIAL_25", tier=1,
                 close_fraction=0.25, r_net=2.1, kill_score=0.1, mark_price=100.0, decided_at=1.0)

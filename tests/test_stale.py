@@ -7,9 +7,9 @@ import os
 import re
 import time
 
-from harvest.models import Action
-from harvest.plans import make_plan_id
-from harvest.runtime import build_runtime
+from harvest.domain.models import Action
+from harvest.domain.plans import make_plan_id
+from harvest.services.runtime import build_runtime
 from settings import load_settings
 from tasks.app import app
 from tasks.stale import QUIET_S
@@ -73,7 +73,7 @@ def test_expired_backlog_drains_fast_runs_nothing_and_logs_one_line():
     assert "Discarding revoked task" not in out and "] received" not in out
     assert sum(v for k, v in counters.items() if k.startswith("stale:expired:")) == N
     assert counters["stale:expired:harvest.execute"] == N // 4 + (N % 4 > 2)
-    from harvest.scorecard import build_scorecard
+    from harvest.ops.scorecard import build_scorecard
 
     assert sum(build_scorecard(rt)["stale_dropped"].values()) == N  # what the operator sees
     # Nothing ran: no plan made, no message rejected, no order, no scan.

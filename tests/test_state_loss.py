@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from harvest.models import Action
-from harvest.runtime import build_runtime
+from harvest.domain.models import Action
+from harvest.services.runtime import build_runtime
 from settings import load_settings
 from tasks.app import app
 from tests.harness import wait_for, worker
@@ -88,7 +88,7 @@ def test_a_lost_later_attempt_is_not_repeated_either():
     """A decision whose order went out at attempt 1 (attempt 0 failed) has a plan_id no decision
     remakes at attempt 0 after the loss: the book's tier, restored from the exchange's orders,
     keeps the tier from being decided again (python-binance against the emulator)."""
-    from harvest.emulator import Emulator
+    from harvest.venues.emulator import Emulator
 
     ns = BASE + "-a"
     rt = build_runtime(load_settings(namespace=ns))
@@ -135,8 +135,8 @@ def test_plan_creation_knows_recovered_plans_and_waits_for_recovery():
     showed after a loss is a true repeat whose lineage reads FILLED."""
     import time as _t
 
-    from harvest.models import Side
-    from harvest.plans import lineage_id, make_plan_id
+    from harvest.domain.models import Side
+    from harvest.domain.plans import lineage_id, make_plan_id
 
     rt = build_runtime(load_settings(namespace=BASE + "-s"))
     clean(rt)
@@ -160,8 +160,8 @@ def test_terminal_plans_past_retention_are_archived_and_stay_readable():
     """Old main: plans were never deleted (and a 1 MB reason list was stored whole)."""
     import time as _t
 
-    from harvest.models import Side
-    from harvest.plans import lineage_id, make_plan_id
+    from harvest.domain.models import Side
+    from harvest.domain.plans import lineage_id, make_plan_id
 
     rt = build_runtime(load_settings(namespace=BASE + "-r"))
     clean(rt)

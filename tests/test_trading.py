@@ -11,11 +11,11 @@ import subprocess
 import sys
 import time
 
-from harvest.models import Action, Side
-from harvest.plans import lineage_id, make_plan_id
-from harvest.procs import ROOT
-from harvest.runtime import build_runtime
-from harvest.trading import effective
+from harvest.domain.models import Action, Side
+from harvest.domain.plans import lineage_id, make_plan_id
+from harvest.ops.procs import ROOT
+from harvest.services.runtime import build_runtime
+from harvest.domain.trading import effective
 from settings import load_settings
 from tasks.app import app
 from tests.harness import wait_for, worker
@@ -25,7 +25,7 @@ NS = os.environ["HARVEST_NAMESPACE"] + "-t"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harvest.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "harvest.ops.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "HARVEST_NAMESPACE": NS}, timeout=60)
 
 

@@ -8,8 +8,8 @@ import uuid
 
 import redis
 
-from harvest.loadgen import celery_app
-from harvest.procs import CeleryProcess, RedisServer, wait_for
+from harvest.ops.loadgen import celery_app
+from harvest.ops.procs import CeleryProcess, RedisServer, wait_for
 
 
 def test_worker_survives_broker_outages_while_a_task_runs():

@@ -1,5 +1,6 @@
-"""Canvases of the pipeline (Celery chains), built from task names so that this package
-imports no task module.
+"""Canvases of the pipeline (Celery chains), built from task names on the current Celery app
+(the ``tasks`` app in a worker, or whatever app the caller passes), so that this package
+imports no task module and ``from workflows import full_chain`` works on its own.
 
 * :func:`action_chain` — ``propose → guard → execute → confirm`` for one decision; the beat
   scan starts one per position that needs action.
@@ -18,10 +19,10 @@ and action. Task arguments never hold secrets (only decisions and ``{"plan_id"}`
 
 from __future__ import annotations
 
-from celery import chain
+from celery import Celery, chain, current_app
 from celery.canvas import Signature
 
-from tasks.app import app, settings
+from settings import get_settings
 
 _AFTER_PROPOSE = ("harvest.guard", "harvest.execute", "harvest.confirm")
 
@@ -31,13 +32,15 @@ def label(**fields) -> str:
     return " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
 
 
-def _sig(name: str, *args, argsrepr: str, **kwargs) -> Signature:
-    return app.signature(name, args=args, kwargs=kwargs, expires=settings.plan_ttl_s, argsrepr=argsrepr)
+def _sig(name: str, *args, argsrepr: str, app: Celery | None = None, **kwargs) -> Signature:
+    """A signature of task ``name`` on ``app`` (default: the current app), expiring after the plan TTL."""
+    return (app or current_app).signature(name, args=args, kwargs=kwargs, expires=get_settings().plan_ttl_s,
+                                          argsrepr=argsrepr)
 
 
 def action_chain(decision: dict, plan_id: str | None = None) -> Signature:
     """``propose(decision) | guard | execute | confirm``. decision: a Decision as a JSON dict;
-    plan_id: its plan_id (:func:`harvest.plans.plan_id_for`), shown in Flower."""
+    plan_id: its plan_id (:func:`harvest.domain.plans.plan_id_for`), shown in Flower."""
     shown = label(plan_id=plan_id, symbol=decision.get("symbol"), action=decision.get("action"))
     return chain(_sig("harvest.propose", decision, argsrepr=shown), *(_sig(n, argsrepr=shown) for n in _AFTER_PROPOSE))
 
@@ -55,3 +58,9 @@ def resend_chain(plan_id: str, step: int, symbol: str | None = None, action: str
     shown = label(plan_id=plan_id, symbol=symbol, action=action, step=step)
     return chain(_sig("harvest.execute", {"plan_id": plan_id}, argsrepr=shown, step=step),
                  _sig("harvest.confirm", argsrepr=shown))
+
+
+def start_resend(plan_id: str, step: int, symbol: str, action: str) -> None:
+    """Publish :func:`resend_chain` (the :data:`harvest.services.execution.Resend` that tasks and
+    operator tools hand to the services)."""
+    resend_chain(plan_id, step, symbol, action).apply_async()

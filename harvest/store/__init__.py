@@ -2,7 +2,7 @@
 counters and heartbeats.
 
 :meth:`PlanStore.transition` is the one place a plan changes state: a Lua script checks the
-current state against :data:`harvest.plans.TRANSITIONS` and, atomically, writes the new state,
+current state against :data:`harvest.domain.plans.TRANSITIONS` and, atomically, writes the new state,
 takes the position's in-flight lock on approval and releases it on a terminal state, marks a
 filled tier harvested in the book, observes the scan-to-fill latency, and appends the
 transition (with the decision's inputs) to the results stream ``<ns>:stream:results``. One
@@ -14,7 +14,7 @@ Key layout (``<ns>`` = settings.namespace)::
     <ns>:plans:open                  zset   non-terminal plan_ids by expires_at
     <ns>:plans:index                 zset   every plan_id by created_at
     <ns>:lineage:<lineage_id>        hash   attempt and plan_id of the decision's latest plan
-    <ns>:state:recovered             string the state is known whole (set by harvest.recovery)
+    <ns>:state:recovered             string the state is known whole (set by harvest.services.recovery)
     <ns>:plans:recovered             set    plan_ids known only from the exchange's records
     <ns>:plans:archive               hash   terminal plans past their retention (JSON), still readable
     <ns>:trading                     hash   trading state: deployment (``*``) and per account
@@ -27,7 +27,7 @@ Key layout (``<ns>`` = settings.namespace)::
     <ns>:decisions                   hash   decisions retrying / abandoned at the last scan
     <ns>:heartbeat                   hash   name → last Unix time
     <ns>:metrics:*                   hashes plans by action|state, orders by result, sends by
-                                            outcome, histograms (see harvest.metrics)
+                                            outcome, histograms (see harvest.ops.metrics)
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from typing import Any, Callable, Iterable
 
 import redis
 
-from harvest.metrics import DEFERRED, scan_to_fill
-from harvest.models import MarketState, Plan, Side
-from harvest.plans import TERMINAL, LatestPlan, allowed_from
+from harvest.store.counters import DEFERRED, scan_to_fill
+from harvest.domain.models import MarketState, Plan, Side
+from harvest.domain.plans import TERMINAL, LatestPlan, allowed_from
 
 log = logging.getLogger("harvest.plans")
 
@@ -89,7 +89,7 @@ return false
 #: The latest plan of each lineage in KEYS (lineage hashes); ARGV[1] the plan key prefix:
 #: ``[[attempt, state, reason, updated_at, order_qty, executed_qty, remaining_qty] or {}, …]``.
 #: A lineage whose latest plan is known only from the exchange's records (state lost, see
-#: :mod:`harvest.recovery`) answers with the state the lineage itself keeps.
+#: :mod:`harvest.services.recovery`) answers with the state the lineage itself keeps.
 _LATEST_LUA = """
 local out = {}
 for i, k in ipairs(KEYS) do
@@ -305,7 +305,7 @@ def _lua_opts(opts: dict[str, Any]) -> str:
 def run_script(r: redis.Redis, script, keys: list[str], args: list[Any],
                then: Callable[[Any], None] | None = None) -> Any:
     """Run a registered Lua script (``r.register_script``) and, in the same round trip, write
-    the metric observations this process has queued (:data:`harvest.metrics.DEFERRED`).
+    the metric observations this process has queued (:data:`harvest.ops.metrics.DEFERRED`).
     ``then`` queues more commands (reads) on the pipeline, to run right after the script.
     Returns the script's reply, or ``(reply, [replies of then's commands])`` with ``then``;
     raises what the script or those commands raise."""
@@ -353,7 +353,7 @@ class Keys:
     @property
     def trading(self) -> str:
         """hash: trading state (ACTIVE, REDUCING, HALTED, SHADOW) for the deployment (field
-        ``*``) and per account (field = account); see :mod:`harvest.trading`."""
+        ``*``) and per account (field = account); see :mod:`harvest.domain.trading`."""
         return f"{self.ns}:trading"
 
     @property
@@ -368,7 +368,7 @@ class Keys:
 
     @property
     def recovered(self) -> str:
-        """string: present while the state is known whole — set by :mod:`harvest.recovery`
+        """string: present while the state is known whole — set by :mod:`harvest.services.recovery`
         after it read the exchange's records; a Redis that restarted empty lacks it, and
         execute sends nothing until it is back."""
         return f"{self.ns}:state:recovered"
@@ -536,7 +536,7 @@ class PlanStore:
         not applied), in the same round trip: ``(applied, state before, plan)``. Execute uses
         it for APPROVED → SUBMITTED, which needs the plan only once it holds the send.
         ``require_recovered``: apply only while the state is known whole
-        (:attr:`Keys.recovered` exists, see :mod:`harvest.recovery`); otherwise nothing is
+        (:attr:`Keys.recovered` exists, see :mod:`harvest.services.recovery`); otherwise nothing is
         written and the state before reads ``STATE_NOT_RECOVERED``; and only while trading is not
         HALTED for the deployment or the plan's account (:attr:`Keys.trading`; else ``HALTED``)."""
         return self._apply(plan_id, to, reason, data, fields, None, None, None, None, True,
@@ -755,7 +755,7 @@ class BookStore:
 
     FIELDS_FLOAT = ("opened_at", "entry_price", "qty_at_open", "initial_stop", "current_stop",
                     "peak_price", "trough_price", "leverage")
-    #: The fields the scan reads (:func:`tasks.evaluate.load_positions`): what the kernel, the
+    #: The fields the scan reads (:func:`harvest.services.decide.load_positions`): what the kernel, the
     #: epoch check and the peak/trough update use. ``side`` first: a missing entry has none.
     SCAN_FIELDS = ("side", "epoch", "opened_at", "qty_at_open", "initial_stop", "harvested_tier",
                    "peak_price", "trough_price", "entry_state")

@@ -18,10 +18,6 @@ claims the send) and survives restarts; every change is recorded with who asked 
 
 from __future__ import annotations
 
-import time
-
-import redis
-
 STATES = ("ACTIVE", "REDUCING", "SHADOW", "HALTED")
 _RANK = {s: i for i, s in enumerate(STATES)}
 #: The deployment-wide field of the trading hash.
@@ -42,26 +38,3 @@ def effective(states: dict[str, str], account: str, mode: str = "live") -> str:
         if v is not None:
             out = stricter(out, v if v in _RANK else "HALTED")
     return out
-
-
-def read(r: redis.Redis, key: str) -> dict[str, str]:
-    """The trading hash: ``{"*" or account: state}``."""
-    return r.hgetall(key)
-
-
-def set_state(r: redis.Redis, key: str, stream: str, state: str, account: str | None, who: str,
-              reason: str = "") -> None:
-    """Set the deployment's (``account`` None) or an account's trading state, recorded with
-    ``who`` asked and why on ``stream``. Raises ValueError for an unknown state."""
-    state = state.upper()
-    if state not in _RANK:
-        raise ValueError(f"unknown trading state {state!r}; one of {', '.join(STATES)}")
-    field = account or DEPLOYMENT
-    p = r.pipeline(transaction=True)
-    if state == "ACTIVE":
-        p.hdel(key, field)
-    else:
-        p.hset(key, field, state)
-    p.xadd(stream, {"scope": field, "state": state, "who": who[:64], "reason": reason[:200], "ts": repr(time.time())},
-           maxlen=10_000, approximate=True)
-    p.execute()

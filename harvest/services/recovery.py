@@ -28,18 +28,15 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 
 import redis
 
-from harvest.plans import CLIENT_ORDER_PREFIX
-from harvest.venue import Venue, VenueError
+from harvest.domain.plans import parse_client_order_id
+from harvest.venues.base import Venue, VenueError
 
 log = logging.getLogger("harvest")
 
-#: ``hv-<plan_id>-<step>`` (:func:`harvest.plans.client_order_id`).
-HV_CID = re.compile(rf"^{CLIENT_ORDER_PREFIX}([0-9a-f]{{16}})-(\d+)$")
 #: How long a process trusts its last reading of the Redis's persistence (s).
 DURABILITY_TTL_S = 60.0
 _DURABLE: dict[int, tuple[float, bool, str]] = {}
@@ -78,9 +75,9 @@ def harvest_order_ids(venue: Venue, symbols: list[str], orders: list | None = No
     Raises VenueError."""
     out: dict[str, str] = {}
     for o in (venue.all_orders(symbols) if orders is None else orders) + venue.open_orders():
-        m = HV_CID.match(o.client_order_id)
-        if m:
-            out[m.group(1)] = o.client_order_id
+        parsed = parse_client_order_id(o.client_order_id)
+        if parsed:
+            out[parsed[0]] = o.client_order_id
     return out
 
 
@@ -92,17 +89,17 @@ def tiers_done(orders: list, symbol: str, side_close: str, opened_at: float) -> 
     may be skipped after a loss of state, a close is never sent twice."""
     plans = set()
     for o in orders:
-        m = HV_CID.match(o.client_order_id)
-        if (m and o.symbol == symbol and not o.algo and o.type == "MARKET" and o.side == side_close
+        parsed = parse_client_order_id(o.client_order_id)
+        if (parsed and o.symbol == symbol and not o.algo and o.type == "MARKET" and o.side == side_close
                 and o.executed_qty > 0 and o.update_time >= opened_at):
-            plans.add(m.group(1))
+            plans.add(parsed[0])
     return min(3, len(plans))
 
 
 def recover(rt, rows: list) -> dict:
     """Make the state whole from the exchange's records (module docstring) and mark it so.
-    ``rt``: a :class:`harvest.runtime.Runtime`; ``rows``: the open positions as the scan
-    loads them (``tasks.evaluate.load_positions``: book entries made afresh where they were
+    ``rt``: a :class:`harvest.services.runtime.Runtime`; ``rows``: the open positions as the scan
+    loads them (``harvest.services.decide.load_positions``: book entries made afresh where they were
     lost). Each one's harvested tier is raised to :func:`tiers_done` (a lost
     plan of a later attempt has a plan_id no decision remakes at attempt 0: the tier keeps
     it from being decided again). Returns ``{"orders_seen", "plans_recovered", "tiers_restored",

@@ -10,10 +10,10 @@ import json
 import time
 from collections import Counter, defaultdict
 
-from harvest.paper import PaperVenue
-from harvest.plans import TERMINAL
-from harvest.runtime import Runtime
-from harvest.venue import VenueError
+from harvest.venues.paper import PaperVenue
+from harvest.domain.plans import TERMINAL
+from harvest.services.runtime import Runtime
+from harvest.venues.base import VenueError
 
 
 KINDS = ("scan", "orders", "housekeeping")

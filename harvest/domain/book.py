@@ -12,11 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from harvest.exit_ladder import compute_levels
-from harvest.kernel import PositionBatch, batch_row
-from harvest.margin import clamp_stop
-from harvest.models import HarvestTheta, MarketState, Position, Side
-from harvest.venue import VenuePosition
+from harvest.domain.exit_ladder import compute_levels
+from harvest.domain.kernel import PositionBatch, batch_row
+from harvest.domain.margin import clamp_stop
+from harvest.domain.models import HarvestTheta, MarketState, Position, Side, VenuePosition
 
 
 def epoch_of(vp: VenuePosition, first_seen: float) -> str:
@@ -71,7 +70,7 @@ def to_position(account: str, vp: VenuePosition, entry: dict[str, Any]) -> Posit
 
 
 def position_row(vp: VenuePosition, entry: dict[str, Any], m: MarketState) -> tuple[float, ...]:
-    """The :class:`harvest.kernel.PositionBatch` row of what :func:`to_position` would build
+    """The :class:`harvest.domain.kernel.PositionBatch` row of what :func:`to_position` would build
     from the same inputs (same values, no model): the batch scan's per-position cost."""
     stop = vp.stop_price if vp.stop_price is not None else entry["initial_stop"]
     return batch_row(vp.side.sign, vp.qty, max(entry["qty_at_open"], vp.qty), vp.entry_price, vp.mark_price,
@@ -112,7 +111,7 @@ def protective_stop(vp: VenuePosition, entry: dict[str, Any], theta: HarvestThet
 
     The book's initial stop (the epoch's 1R, from the strategy's stop or the exit ladder)
     moved inside the liquidation price with ``theta.liquidation_buffer``
-    (:func:`harvest.margin.clamp_stop`). A mark at or through it means the stop would have
+    (:func:`harvest.domain.margin.clamp_stop`). A mark at or through it means the stop would have
     triggered: the position is closed instead (``stop_breached``)."""
     stop = clamp_stop(vp.side, float(entry["initial_stop"]), vp.entry_price, vp.liquidation_price,
                       theta.liquidation_buffer)

@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from harvest.data import Klines
-from harvest.models import HarvestTheta, MarketState, Regime
+from harvest.domain.models import HarvestTheta, MarketState, Regime
 
 
 def _classify(c: np.ndarray, theta: HarvestTheta) -> tuple[float, float, float, int, Regime]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 
 from harvest.data import SHIPPED_SYMBOLS
-from harvest.procs import CeleryProcess
+from harvest.ops.procs import CeleryProcess
 
 #: Market time of every load run (the paper clock stands still: replay speed 0).
 T0 = 1750464000.0
@@ -28,15 +28,15 @@ def env_for(url: str, ns: str, syms: list[str], **extra: str) -> dict[str, str]:
 
 
 def runtime(env: dict[str, str]):
-    """A :class:`harvest.runtime.Runtime` for that environment (this process)."""
-    from harvest.runtime import build_runtime
+    """A :class:`harvest.services.runtime.Runtime` for that environment (this process)."""
+    from harvest.services.runtime import build_runtime
 
     return build_runtime(settings_of(env))
 
 
 def paper_of(rt):
     """The paper engine of the namespace (also behind the emulator)."""
-    from harvest.paper import PaperVenue
+    from harvest.venues.paper import PaperVenue
 
     return rt.venue if isinstance(rt.venue, PaperVenue) else PaperVenue(rt.r, rt.settings.namespace,
                                                                        rt.settings.account, rt.clock)
@@ -63,9 +63,9 @@ def open_positions(rt, syms: list[str], r_multiple: float = 0.0) -> None:
     """One LONG per symbol at a round entry with a stop 1 % below (1R), marked at
     ``r_multiple`` R, written in bulk; market states (TREND) cached for every symbol. The
     account is a fresh one harvest never traded: its state is marked whole
-    (:func:`harvest.recovery.mark_recovered`)."""
-    from harvest.models import MarketState, Regime
-    from harvest.recovery import mark_recovered
+    (:func:`harvest.services.recovery.mark_recovered`)."""
+    from harvest.domain.models import MarketState, Regime
+    from harvest.services.recovery import mark_recovered
 
     paper = paper_of(rt)
     paper.list_symbols({s: SHIPPED_SYMBOLS[i % len(SHIPPED_SYMBOLS)] for i, s in enumerate(syms)})
@@ -84,7 +84,7 @@ def open_positions(rt, syms: list[str], r_multiple: float = 0.0) -> None:
 def clean(rt) -> None:
     """Delete every key of the namespace; the paper clock back at T0, standing still; the
     (empty) state marked whole, as for a fresh account."""
-    from harvest.recovery import mark_recovered
+    from harvest.services.recovery import mark_recovered
 
     keys = list(rt.r.scan_iter(f"{rt.settings.namespace}:*", count=1000))
     for i in range(0, len(keys), 10_000):
@@ -108,10 +108,10 @@ def fresh_namespace(url: str, prefix: str, syms: list[str], r_multiple: float | 
 def start_emulator(rt, env: dict[str, str]):
     """The fapi emulator on the namespace's paper engine, with fresh fake keys; ``env`` gains
     the HARVEST_* variables that point workers at it (python-binance venue, a weight budget
-    that never binds). Returns the running :class:`harvest.emulator.Emulator`."""
+    that never binds). Returns the running :class:`harvest.venues.emulator.Emulator`."""
     import secrets
 
-    from harvest.emulator import Emulator
+    from harvest.venues.emulator import Emulator
 
     key, secret = secrets.token_hex(8), secrets.token_hex(16)
     emu = Emulator(rt.r, rt.settings.namespace, rt.settings.account, key, secret, clock=rt.clock,

@@ -22,7 +22,7 @@ Facts used (``../shared/reference/binance-fapi.md``, python-binance 1.0.37):
   ``newClientOrderId`` with ``clientAlgoId``, so harvest passes ``clientAlgoId`` itself);
   a stop move places the new stop *before* cancelling the old one.
 
-Errors are mapped to one :class:`~harvest.venue.VenueError` class each (:func:`classify`):
+Errors are mapped to one :class:`~harvest.venues.base.VenueError` class each (:func:`classify`):
 ``unknown`` (read timeout, 503 "Unknown error…", -1006/-1007: look the order up, never
 re-send blind), ``retryable`` (429/418 with ``Retry-After``, 503 "Service Unavailable." /
 "Internal error…", a connection that never reached the server), or a rejection. A -1021 is
@@ -52,8 +52,15 @@ from binance.client import Client
 from binance.exceptions import BinanceAPIException, BinanceRequestException
 
 from harvest.data import SymbolFilters, filters_from_exchange_info
-from harvest.models import Side
-from harvest.venue import BAD_SYMBOL, POSITION_MODE_CODES, OrderResult, Venue, VenueError, VenuePosition
+from harvest.domain.models import Side
+from harvest.venues.base import (
+    BAD_SYMBOL,
+    POSITION_MODE_CODES,
+    OrderResult,
+    Venue,
+    VenueError,
+    VenuePosition,
+)
 
 log = logging.getLogger("harvest.venue")
 
@@ -238,7 +245,7 @@ class WeightBudget:
 
 
 class BinanceVenue(Venue):
-    """:class:`~harvest.venue.Venue` on python-binance (see module docstring).
+    """:class:`~harvest.venues.base.Venue` on python-binance (see module docstring).
 
     ``client_factory`` builds the process's ``Client`` (lazily, again after a fork).
     ``cache_ttl_s``: how long exchangeInfo, leverage and position mode are reused (beat
@@ -644,7 +651,7 @@ def emulator_handshake(futures_url: str, timeout_s: float) -> None:
     answering ``GET /_emu/hello`` with its handshake. Raises VenueError (a rejection: nothing
     is sent) when it answers as something else; retryable when nothing answers (the emulator
     restarting). The paper venue never reaches a real exchange, whatever its URL."""
-    from harvest.emulator import HANDSHAKE
+    from harvest.venues.emulator import HANDSHAKE
     from settings import is_loopback_url
 
     root = futures_url.rstrip("/").removesuffix("/fapi")

@@ -14,9 +14,10 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from harvest.paper import MarketClock, PaperVenue
+from harvest.venues.clock import MarketClock
+from harvest.venues.paper import PaperVenue
 from harvest.store import BookStore, MarketCache, PlanStore
-from harvest.venue import Venue
+from harvest.venues.base import Venue
 from settings import HarvestSettings, get_settings
 
 
@@ -38,15 +39,17 @@ class Runtime:
         return self.clock.now() if self.clock is not None else time.time()
 
 
-def build_venue(s: HarvestSettings, r: redis.Redis, clock: MarketClock) -> Venue:
+def build_venue(s: HarvestSettings, r: redis.Redis, clock: MarketClock | None) -> Venue:
     """The venue named by the settings: the in-process paper engine, or python-binance
     (against the emulator at ``fapi_url``, the testnet, or live). API keys are read here from
     the settings (environment / secret files) and go nowhere else."""
     if not s.uses_binance:
+        if clock is None:
+            raise ValueError("the paper venue needs its market clock (HARVEST_VENUE=paper)")
         return PaperVenue(r, s.namespace, s.account, clock, fee_rate=s.theta.taker_fee_rate)
     if s.venue != "paper" and not s.live_trading_opt_in:  # settings refuse it; never rely on one check
         raise RuntimeError(f"venue {s.venue!r} reaches a non-local exchange: HARVEST_LIVE_TRADING_OPT_IN=true needed")
-    from harvest.binance_venue import BinanceVenue, make_client
+    from harvest.venues.binance import BinanceVenue, make_client
 
     key = s.api_key.get_secret_value() if s.api_key else ""
     secret = s.api_secret.get_secret_value() if s.api_secret else ""
@@ -78,7 +81,9 @@ def build_runtime(s: HarvestSettings) -> Runtime:
     connection must not cross a fork: :func:`get_runtime` builds a new runtime in a child."""
     r = redis.Redis.from_url(s.redis_url, decode_responses=True, health_check_interval=30, retry=REDIS_RETRY,
                              retry_on_error=REDIS_RETRY_ON, single_connection_client=True)
-    clock = MarketClock(r, s.namespace, s.paper_replay_start, s.paper_replay_speed)
+    # The replay's market clock belongs to the paper venue (in process or emulated); an
+    # exchange (testnet, live) needs none: its market time is the wall clock.
+    clock = MarketClock(r, s.namespace, s.paper_replay_start, s.paper_replay_speed) if s.venue == "paper" else None
     venue = build_venue(s, r, clock)
     return Runtime(
         settings=s,
@@ -87,7 +92,7 @@ def build_runtime(s: HarvestSettings) -> Runtime:
         book=BookStore(r, s.namespace),
         market=MarketCache(r, s.namespace),
         venue=venue,
-        clock=clock if s.venue == "paper" else None,
+        clock=clock,
     )
 
 

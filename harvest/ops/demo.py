@@ -1,7 +1,7 @@
 """``harvest demo``: the whole pipeline on the paper venue and the shipped real klines.
 
 It starts (when ``HARVEST_REDIS_URL`` is not set) a private redis-server, the fapi emulator
-(:mod:`harvest.emulator`, on a free loopback port, with throw-away API credentials), then a
+(:mod:`harvest.venues.emulator`, on a free loopback port, with throw-away API credentials), then a
 real Celery worker and beat as child processes that reach the paper engine through
 python-binance and the emulator — the code path of live trading (``--in-process`` skips the
 emulator and lets the workers call the paper engine directly); opens a scenario of positions (six symbols, LONG and
@@ -25,15 +25,15 @@ from datetime import datetime, timezone
 import redis
 
 from harvest.data import SHIPPED_SYMBOLS, load_klines
-from harvest.emulator import Emulator
-from harvest.exit_ladder import compute_levels
-from harvest.market import market_state_at
-from harvest.models import Side
-from harvest.procs import CeleryProcess, RedisServer, wait_for, worker
-from harvest.recovery import mark_recovered
-from harvest.runtime import Runtime, build_runtime
-from harvest.scorecard import build_scorecard, format_scorecard, queue_depths
-from harvest.venue import VenueError
+from harvest.venues.emulator import Emulator
+from harvest.domain.exit_ladder import compute_levels
+from harvest.domain.market import market_state_at
+from harvest.domain.models import Side
+from harvest.ops.procs import CeleryProcess, RedisServer, wait_for, worker
+from harvest.services.recovery import mark_recovered
+from harvest.services.runtime import Runtime, build_runtime
+from harvest.ops.scorecard import build_scorecard, format_scorecard, queue_depths
+from harvest.venues.base import VenueError
 from settings import load_settings
 
 #: The scenario: symbol → leverage (5–50×). Sides follow the last hour's trend at entry.

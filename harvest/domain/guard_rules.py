@@ -29,7 +29,7 @@ Order of the rules (the first that blocks decides):
      ``stop_min_distance`` of the mark on the loss side), ``no_stop_inside_liquidation``
      (beyond the liquidation price it would never trigger).
 
-Rejections that cannot change in the epoch are listed in :data:`harvest.plans.FINAL_REJECTIONS`
+Rejections that cannot change in the epoch are listed in :data:`harvest.domain.plans.FINAL_REJECTIONS`
 (the lineage ends); the others (``tier_not_reached``, ``kill_not_confirmed``) let a later
 attempt try again.
 """
@@ -42,11 +42,10 @@ from typing import Any, Callable
 
 from pydantic import ValidationError
 
-from harvest.book import is_new_epoch, to_position
+from harvest.domain.book import is_new_epoch, to_position
 from harvest.data import SymbolFilters
-from harvest.kernel import compute_kill_score, compute_r_net
-from harvest.models import STOP_ACTIONS, Action, HarvestTheta, MarketState, Plan, Side
-from harvest.venue import VenuePosition
+from harvest.domain.kernel import compute_kill_score, compute_r_net
+from harvest.domain.models import STOP_ACTIONS, Action, HarvestTheta, MarketState, Plan, Side, VenuePosition
 
 
 @dataclass(frozen=True)

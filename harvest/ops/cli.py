@@ -9,7 +9,7 @@ import sys
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
-    from harvest.demo import run_demo
+    from harvest.ops.demo import run_demo
 
     card = run_demo(start=a.start, hours=a.hours, speed=a.speed, as_json=a.json, concurrency=a.concurrency, keep=a.keep,
                     in_process=a.in_process)
@@ -21,8 +21,8 @@ def _cmd_emulator(a: argparse.Namespace) -> int:
 
     import redis
 
-    from harvest.emulator import Emulator
-    from harvest.paper import MarketClock
+    from harvest.venues.emulator import Emulator
+    from harvest.venues.clock import MarketClock
     from settings import get_settings
 
     s = get_settings()
@@ -53,8 +53,8 @@ def _cmd_emulator(a: argparse.Namespace) -> int:
 
 
 def _cmd_scorecard(a: argparse.Namespace) -> int:
-    from harvest.runtime import get_runtime
-    from harvest.scorecard import build_scorecard, format_scorecard
+    from harvest.services.runtime import get_runtime
+    from harvest.ops.scorecard import build_scorecard, format_scorecard
 
     card = build_scorecard(get_runtime())
     print(json.dumps(card, indent=2, sort_keys=True) if a.json else format_scorecard(card))
@@ -62,12 +62,14 @@ def _cmd_scorecard(a: argparse.Namespace) -> int:
 
 
 def _cmd_reconcile(a: argparse.Namespace) -> int:
-    from harvest.runtime import get_runtime
-    from harvest.venue import VenueError
-    from tasks.housekeeping import reconcile_once
+    import tasks.app  # noqa: F401  (the Celery app a resend is published on)
+    from harvest.services.reconcile import reconcile_once
+    from harvest.services.runtime import get_runtime
+    from harvest.venues.base import VenueError
+    from workflows import start_resend
 
     try:
-        out = reconcile_once(get_runtime())
+        out = reconcile_once(get_runtime(), resend=start_resend)
     except VenueError as e:
         print(f"harvest reconcile: venue unavailable ({e}); nothing changed", file=sys.stderr)
         return 1
@@ -76,7 +78,7 @@ def _cmd_reconcile(a: argparse.Namespace) -> int:
 
 
 def _cmd_chaos(a: argparse.Namespace) -> int:
-    from harvest.chaos import format_report, run_chaos
+    from harvest.ops.chaos import format_report, run_chaos
 
     def say(m: str) -> None:  # progress on stderr; stdout carries only the report
         print(m, file=sys.stderr, flush=True)
@@ -93,9 +95,9 @@ def _cmd_chaos(a: argparse.Namespace) -> int:
 def _cmd_metrics(a: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from harvest.metrics import HarvestCollector, serve_metrics
-    from harvest.runtime import get_runtime
-    from harvest.scorecard import queue_depths
+    from harvest.ops.metrics import HarvestCollector, serve_metrics
+    from harvest.services.runtime import get_runtime
+    from harvest.ops.scorecard import queue_depths
 
     rt = get_runtime()
     registry = CollectorRegistry(auto_describe=False)
@@ -125,8 +127,9 @@ def _who() -> str:
 
 
 def _cmd_trading(a: argparse.Namespace) -> int:
-    from harvest.runtime import get_runtime
-    from harvest.trading import DEPLOYMENT, effective, read, set_state
+    from harvest.services.runtime import get_runtime
+    from harvest.domain.trading import DEPLOYMENT, effective
+    from harvest.store.trading import read, set_state
 
     rt = get_runtime()
     k = rt.plans.k
@@ -153,8 +156,8 @@ def _plan_row(p) -> dict:
 
 
 def _cmd_plans(a: argparse.Namespace) -> int:
-    from harvest.demo import parse_time
-    from harvest.runtime import get_runtime
+    from harvest.ops.demo import parse_time
+    from harvest.services.runtime import get_runtime
 
     rt = get_runtime()
     since = parse_time(a.since) if a.since else None
@@ -174,7 +177,7 @@ def _cmd_plans(a: argparse.Namespace) -> int:
 
 
 def _cmd_plan(a: argparse.Namespace) -> int:
-    from harvest.runtime import get_runtime
+    from harvest.services.runtime import get_runtime
 
     rt = get_runtime()
     plan = rt.plans.get(a.plan_id)
@@ -243,9 +246,9 @@ def _cmd_schedule(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``harvest`` console script."""
-    from harvest.chaos import PLAN_TTL_S as CHAOS_PLAN_TTL_S
-    from harvest.chaos import WAVES as CHAOS_WAVES
-    from harvest.demo import DEFAULT_START
+    from harvest.ops.chaos import PLAN_TTL_S as CHAOS_PLAN_TTL_S
+    from harvest.ops.chaos import WAVES as CHAOS_WAVES
+    from harvest.ops.demo import DEFAULT_START
 
     p = argparse.ArgumentParser(prog="harvest", description="Exit-management engine for Binance USD-M futures.")
     sub = p.add_subparsers(dest="cmd", required=True)

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from pydantic import BaseModel
 
 from harvest.data import SymbolFilters
-from harvest.models import Side
+from harvest.domain.models import Side, VenuePosition  # noqa: F401  (the venue's position report)
 
 
 class VenueError(Exception):
@@ -59,25 +59,6 @@ PARAM_NOT_REQUIRED = (-1106, "Parameter '%s' sent when not required.")
 POSITION_SIDE_MISMATCH = (-4061, "Order's position side does not match user's setting.")
 #: Position-mode rejections: the account's mode changed under a cached one; refresh and retry.
 POSITION_MODE_CODES = (-4061, -4059)
-
-
-class VenuePosition(BaseModel):
-    """A position as the venue reports it (exchange truth). qty > 0 in base units; prices in
-    USDT; ``opened_at`` (s) when the venue knows it; ``stop_price`` of the working
-    closePosition stop, if any; ``funding_paid`` USDT paid (negative when received);
-    ``liquidation_price`` (USDT) when the venue reports one (Binance's ``liquidationPrice``,
-    ``"0"`` meaning none)."""
-
-    symbol: str
-    side: Side
-    qty: float
-    entry_price: float
-    mark_price: float
-    leverage: float
-    opened_at: float | None = None
-    stop_price: float | None = None
-    funding_paid: float = 0.0
-    liquidation_price: float | None = None
 
 
 class OrderResult(BaseModel):
@@ -144,7 +125,7 @@ class Venue(ABC):
     def all_orders(self, symbols: list[str]) -> list[OrderResult]:
         """Every regular order of these symbols the venue still reports (working, filled,
         cancelled, expired; Binance: the last 1000 per symbol within its retention), for
-        recovery after a loss of state (:mod:`harvest.recovery`). Raises VenueError."""
+        recovery after a loss of state (:mod:`harvest.services.recovery`). Raises VenueError."""
         raise NotImplementedError
 
     @abstractmethod

@@ -19,11 +19,15 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from harvest.models import Action, Decision
+from harvest.domain.models import Action, Decision
 
 #: Prefix of every clientOrderId harvest sends (exchange-side idempotency key).
 CLIENT_ORDER_PREFIX = "hv-"
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
+#: A plan_id: 16 lowercase hex digits (:func:`make_plan_id`).
+PLAN_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+#: harvest's clientOrderId, ``hv-<plan_id>-<step>`` (:func:`client_order_id`).
+_HV_CID_RE = re.compile(rf"^{CLIENT_ORDER_PREFIX}([0-9a-f]{{16}})-(\d+)$")
 
 #: Legal transitions: state → states it may move to. EXPIRED is reachable from every
 #: non-terminal state; terminal states have no way out.
@@ -100,6 +104,13 @@ def client_order_id(plan_id: str, step: int = 0) -> str:
     if not _CLIENT_ID_RE.match(cid):
         raise ValueError(f"invalid clientOrderId {cid!r}")
     return cid
+
+
+def parse_client_order_id(cid: str) -> tuple[str, int] | None:
+    """``(plan_id, step)`` of a harvest clientOrderId (``hv-<plan_id>-<step>``); None for any
+    other id (a strategy's own order, a manual one)."""
+    m = _HV_CID_RE.match(cid)
+    return (m.group(1), int(m.group(2))) if m else None
 
 
 # --------------------------------------------------------------------------- lineage

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from harvest.models import Side
+from harvest.domain.models import Side
 
 
 @dataclass(frozen=True)

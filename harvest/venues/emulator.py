@@ -81,9 +81,16 @@ from urllib.parse import parse_qsl, urlsplit
 
 import redis
 
-from harvest.data import SymbolFilters, load_brackets_raw, load_exchange_info, load_funding, load_klines
-from harvest.paper import MarketClock, PaperVenue
-from harvest.venue import OrderResult, VenueError
+from harvest.data import (
+    SymbolFilters,
+    load_brackets_raw,
+    load_exchange_info,
+    load_funding,
+    load_klines,
+)
+from harvest.venues.base import OrderResult, VenueError
+from harvest.venues.clock import MarketClock
+from harvest.venues.paper import PaperVenue
 
 log = logging.getLogger("harvest.emulator")
 

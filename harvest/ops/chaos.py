@@ -6,7 +6,7 @@ The set-up is harvest as deployed, on this machine:
 * a **state Redis** (private, AOF with ``appendfsync always``, so it can be restarted under
   load) holding plans, book, market states and — unless ``broker`` is given — the Celery
   queues; ``broker="amqp://…"`` puts the queues on RabbitMQ instead;
-* an **exchange**: the fapi emulator (:mod:`harvest.emulator`) in this process, on its own
+* an **exchange**: the fapi emulator (:mod:`harvest.venues.emulator`) in this process, on its own
   Redis, reached by the workers through python-binance;
 * a **scan worker** (``scan`` + ``housekeeping`` queues), an **orders worker** (``orders``),
   and **beat**, as ``celery`` child processes; a supervisor restarts any that exits (as
@@ -65,14 +65,14 @@ from typing import Callable
 import redis
 from celery import Celery
 
-from harvest.loadgen import (
+from harvest.ops.loadgen import (
     clean, env_for, mark_at_r, open_positions, paper_of, runtime, settings_of, start_emulator, start_worker, symbols,
 )
-from harvest.models import STOP_ACTIONS
-from harvest.plans import CLIENT_ORDER_PREFIX, TERMINAL, plan_id_for
-from harvest.procs import CeleryProcess, RedisServer, wait_for
-from harvest.scorecard import queue_depths
-from harvest.venue import VenueError
+from harvest.domain.models import STOP_ACTIONS
+from harvest.domain.plans import CLIENT_ORDER_PREFIX, TERMINAL, plan_id_for
+from harvest.ops.procs import CeleryProcess, RedisServer, wait_for
+from harvest.ops.scorecard import queue_depths
+from harvest.venues.base import VenueError
 from settings import mask_url
 from settings.celery import celery_config
 
@@ -152,7 +152,7 @@ class _Run:
         self.env: dict[str, str] = {}
         self.plan_ttl_s = plan_ttl_s
         self.faults: Counter[str] = Counter()
-        self.emu = None  # the running harvest.emulator.Emulator
+        self.emu = None  # the running harvest.venues.emulator.Emulator
         self.procs: _Procs | None = None
         self.lost_before = 0  # plans that existed when the state Redis came back empty
 
@@ -298,9 +298,9 @@ class _Run:
         waiting for its next attempt), ``close_not_done`` (a position still open whose decision
         is a close), ``unprotected`` (no stop that can trigger). ``(["?"], {"?": 1})`` while the
         venue or Redis does not answer."""
-        from harvest.book import unprotected
-        from harvest.models import Action
-        from tasks.evaluate import decide_and_plan, load_positions  # tasks.* builds the Celery app on import
+        from harvest.domain.book import unprotected
+        from harvest.domain.models import Action
+        from harvest.services.decide import decide_and_plan, load_positions
 
         try:
             rows, now = load_positions(self.rt)

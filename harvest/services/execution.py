@@ -1,0 +1,90 @@
+"""Resolving a sent order from exchange truth (the service behind stage 5, confirm, the sweeper
+and reconciliation): look the order up by clientOrderId and end its plan when the outcome is
+known; nothing is re-sent blind."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from harvest.domain.models import STOP_ACTIONS, Plan
+from harvest.services.runtime import Runtime
+from harvest.venues.base import VenueError
+
+#: :func:`resolve_submitted`'s answer while the order's outcome is not known yet.
+PENDING = "pending"
+
+#: Starts the send of step ``step`` of a plan known not placed: ``(plan_id, step, symbol,
+#: action) -> None`` (:func:`workflows.start_resend`; passed in, since services import no canvas).
+Resend = Callable[[str, int, str, str], None]
+
+
+def resolve_submitted(rt: Runtime, plan: Plan, final: bool, resend: Resend | None = None) -> str:
+    """Look up a SUBMITTED plan's order by clientOrderId and end the plan when its outcome is
+    known. ``final`` (at the TTL): an order that does not exist ends EXPIRED — it is never
+    re-sent; a look-up that still fails one more TTL later ends EXPIRED ``lookup_failed``.
+    Not final, an order proved not placed is sent again as the next step through ``resend``
+    while attempts and the TTL allow (``"resent"``); without ``resend`` it is left to a caller
+    that has one (``"pending"``). Returns the state written, ``"resent"`` or ``"pending"``."""
+    try:
+        o, vp, position_read = rt.venue.order_and_position(plan.symbol, plan.client_order_id,
+                                                           conditional=plan.action in STOP_ACTIONS)
+    except VenueError as e:
+        if e.code != -2013:
+            # The look-up itself failed: try again — but not forever. A TTL past the plan's
+            # own without one readable answer ends it EXPIRED with the error recorded (no
+            # re-send: an operator reconciles the order by its clientOrderId).
+            if final and time.time() >= plan.expires_at + rt.settings.plan_ttl_s:
+                rt.plans.transition(plan.plan_id, "EXPIRED", "lookup_failed",
+                                    data={"code": e.code, "message": e.message, "client_order_id": plan.client_order_id},
+                                    fields={"error_code": e.code, "error_message": e.message[:500]})
+                return "EXPIRED"
+            return PENDING
+        if plan.send in ("unknown", "not_executed"):
+            # Known not placed. Send again as the next step if attempts and time allow.
+            rt.plans.mark_send(plan.plan_id, plan.step, "not_executed", {"code": e.code, "looked_up": True})
+            nxt = plan.step + 1
+            if not final and nxt < rt.settings.max_send_attempts and time.time() < plan.expires_at:
+                if resend is None:
+                    return PENDING
+                resend(plan.plan_id, nxt, plan.symbol, plan.action.value)
+                return "resent"
+            rt.plans.transition(plan.plan_id, "FAILED", "not_placed", data={"code": e.code, "step": plan.step},
+                                fields={"error_code": e.code, "error_message": e.message})
+            return "FAILED"
+        if final:
+            rt.plans.transition(plan.plan_id, "EXPIRED", "order_not_found_at_ttl", data={"code": e.code})
+            return "EXPIRED"
+        return PENDING
+    if plan.action in STOP_ACTIONS:
+        if o.status in ("NEW", "FILLED"):
+            to, reason = "FILLED", "stop_working"
+        elif o.status in ("CANCELED", "EXPIRED"):
+            to, reason = "CANCELED", f"stop_{o.status.lower()}"
+        else:
+            to, reason = "REJECTED", "stop_rejected"
+    elif o.status == "FILLED":
+        to, reason = "FILLED", "order_filled"
+    elif o.status in ("NEW", "PARTIALLY_FILLED") and not final:
+        return PENDING
+    elif o.executed_qty > 0:
+        to, reason = "PARTIALLY_FILLED", f"order_{o.status.lower()}"
+    elif o.status == "REJECTED":
+        to, reason = "REJECTED", "order_rejected"
+    else:
+        to, reason = "CANCELED", f"order_{o.status.lower()}"
+    fields: dict = {"executed_qty": o.executed_qty, "avg_price": o.avg_price, "order_status": o.status,
+                    "realized_pnl": o.realized_pnl - o.commission, "commission": o.commission}
+    if position_read:  # the order's outcome is known; the position size is only informative
+        fields["position_qty_after"] = vp.qty if vp is not None else 0.0
+    book, fill = None, None
+    if to == "FILLED":  # the book follows only if the state moves (same script)
+        # A tier is harvested only when its whole quantity filled; a partial fill's remainder
+        # is the decision's next attempt (harvest.domain.plans.next_attempt).
+        book = {"tier": plan.tier or None}
+        if plan.action in STOP_ACTIONS and o.stop_price is not None:
+            book["set"] = {"current_stop": o.stop_price}
+    if to in ("FILLED", "PARTIALLY_FILLED"):
+        fill = (plan.scanned_at if plan.scanned_at is not None else plan.created_at, plan.action.value)
+    rt.plans.transition(plan.plan_id, to, reason, data=fields, fields=fields, book=book, fill=fill)
+    return to

@@ -1,0 +1,452 @@
+"""The paper venue: a matching engine with Binance USDⓈ-M semantics, state in Redis.
+
+* One-way positions (one per symbol per account); reduce-only MARKET orders fill at the mark
+  price, capped at the position's size (as Binance reduces a reduce-only order).
+* Symbol filters of the shipped exchangeInfo (MARKET_LOT_SIZE, PRICE_FILTER, MIN_NOTIONAL):
+  a quantity that is not a stepSize multiple is rejected -1111, below minQty -4004, above
+  maxQty -4005; reduce-only orders are exempt from minNotional, as on Binance.
+* Taker fee on every fill (``commission``); ``realized_pnl`` is gross of fees, as Binance
+  reports it.
+* Protective stops are conditional (algo) orders: closePosition STOP_MARKETs, any number per
+  position. The tightest working one triggers when a kline's low (LONG) or high (SHORT) since
+  the last settlement crosses it and fills the whole position at the stop price (algoStatus
+  FINISHED); the others, and every stop of a position closed to zero, end EXPIRED.
+* Position mode: one-way (``reduceOnly``) by default; hedge mode (``set_dual(True)``) takes
+  ``positionSide`` LONG/SHORT instead and rejects ``reduceOnly`` with -1106, as Binance does.
+  The engine still holds one leg per symbol.
+* Funding from the shipped funding files: at each ``calc_time`` the position pays
+  ``side_sign × rate × qty × mark`` (positive rate: longs pay).
+* Mark prices come from the :class:`MarketClock`, which replays the shipped 1-minute klines:
+  ``market_time = anchor_market + (wall − anchor_wall) × speed``, held in Redis so every
+  process sees the same market time; a per-symbol override (``set_mark``) serves tests.
+
+Keys: ``<ns>:clock``, ``<ns>:paper:mark:<symbol>``, ``<ns>:paper:<account>:pos:<symbol>``,
+``<ns>:paper:<account>:positions``, ``<ns>:paper:<account>:orders``,
+``<ns>:paper:<account>:stops:<symbol>`` (working stop clientAlgoId → price),
+``<ns>:paper:<account>:orderlog`` (stream), ``<ns>:paper:<account>:pnl``,
+``<ns>:paper:<account>:dual``, ``<ns>:paper:<account>:trades`` (list: every fill, as
+``/fapi/v1/userTrades`` reports it, market time), ``<ns>:paper:<account>:income`` (list: every
+funding settlement, as ``/fapi/v1/income`` reports it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from decimal import Decimal
+from operator import itemgetter
+
+import redis
+
+from harvest.data import (
+    SymbolFilters,
+    load_klines,
+    shipped_filters,
+)
+from harvest.domain.models import Side
+from harvest.venues.base import (
+    BAD_SYMBOL,
+    DUPLICATE_CID,
+    ORDER_NOT_FOUND,
+    PARAM_NOT_REQUIRED,
+    POSITION_SIDE_MISMATCH,
+    PRECISION,
+    QTY_GT_MAX,
+    QTY_LE_ZERO,
+    QTY_LT_MIN,
+    REDUCE_ONLY_REJECTED,
+    UNKNOWN_ORDER,
+    WOULD_TRIGGER,
+    OrderResult,
+    Venue,
+    VenueError,
+    VenuePosition,
+)
+from harvest.venues.clock import MarketClock
+from harvest.venues.paper_fixtures import PaperFixtures
+from harvest.venues.paper_settlement import (
+    _FILL_ATTEMPTS,
+    _FILL_LUA,
+    _READ_POSITIONS_LUA,
+    _ROW_FIELDS,
+    _SNAPSHOT_LUA,
+    SHIPPED,
+    TAKER_FEE_RATE,
+    PaperSettlement,
+    _SettleProbe,
+    _trade_json,
+)
+
+
+class PaperVenue(PaperFixtures, PaperSettlement, Venue):
+    """Paper trading on one account (see module docstring). ``r``: redis.Redis with
+    ``decode_responses=True``."""
+
+    def __init__(self, r: redis.Redis, ns: str, account: str, clock: MarketClock,
+                 fee_rate: float = TAKER_FEE_RATE):
+        self.r = r
+        self.ns = ns
+        self.account = account
+        self.clock = clock
+        self.fee_rate = fee_rate
+        self._filters = dict(shipped_filters())  # its own copy: listings are added to it
+        self._read_positions = r.register_script(_READ_POSITIONS_LUA)
+        self._snapshot = r.register_script(_SNAPSHOT_LUA)
+        self._fill = r.register_script(_FILL_LUA)
+        self._sources: dict[str, str] = {}  # synthetic listing → shipped symbol
+        self._all_listings_read = False
+        base = f"{ns}:paper:{account}"
+        self.k_positions = f"{base}:positions"
+        self.k_orders = f"{base}:orders"
+        self.k_log = f"{base}:orderlog"
+        self.k_pnl = f"{base}:pnl"
+        self.k_seq = f"{base}:order_seq"
+        self.k_dual = f"{base}:dual"
+        self.k_trades = f"{base}:trades"
+        self.k_income = f"{base}:income"
+        self.k_partial = f"{base}:partial_fills"
+        self._base = base
+
+    # ------------------------------------------------------------------ market data
+
+    def k_pos(self, symbol: str) -> str:
+        return f"{self._base}:pos:{symbol}"
+
+    def k_stops(self, symbol: str) -> str:
+        return f"{self._base}:stops:{symbol}"
+
+    def dual(self) -> bool:
+        """Whether the account is in hedge mode (Binance's ``dualSidePosition``)."""
+        return self.r.get(self.k_dual) == "true"
+
+    def k_mark(self, symbol: str) -> str:
+        return f"{self.ns}:paper:mark:{symbol}"
+
+    @property
+    def k_listings(self) -> str:
+        return f"{self.ns}:paper:listings"
+
+    def listings(self) -> dict[str, str]:
+        """Synthetic symbol → the shipped symbol it trades like."""
+        return self.r.hgetall(self.k_listings)
+
+    def source(self, symbol: str) -> str:
+        """The shipped symbol whose data prices ``symbol`` (itself, or its listing's). A
+        listing never changes, so listings are cached per process: the first symbol not yet
+        cached reads every listing in one round trip (a worker that meets one synthetic symbol
+        meets many), a later one only its own."""
+        if symbol in SHIPPED:
+            return symbol
+        like = self._sources.get(symbol)
+        if like is None and not self._all_listings_read:
+            self._sources.update(self.listings())
+            self._all_listings_read = True
+            like = self._sources.get(symbol)
+        if like is None:
+            like = self.r.hget(self.k_listings, symbol)
+            if like is None:
+                return symbol  # not listed (yet): not cached
+            self._sources[symbol] = like
+        return like
+
+    def filters(self, symbol: str) -> SymbolFilters:
+        f = self._filters.get(symbol)
+        if f is None:
+            like = self.source(symbol)
+            if like == symbol or like not in self._filters:
+                raise VenueError(*BAD_SYMBOL)
+            f = self._filters[symbol] = dataclasses.replace(self._filters[like], symbol=symbol)
+        return f
+
+    def mark_price(self, symbol: str) -> float:
+        override = self.r.get(self.k_mark(symbol))
+        if override is not None:
+            return float(override)
+        return load_klines(self.source(symbol)).mark_at(self.clock.now())
+
+    # ------------------------------------------------------------------ positions
+
+    def positions(self) -> list[VenuePosition]:
+        """Open positions, by symbol, after settling stops and funding up to the current market
+        time. Rows with qty 0 are never reported (exchange truth has no ghosts).
+
+        One Redis call reads every position row, its working stops and its mark override
+        (:data:`_READ_POSITIONS_LUA`); only a position with a funding event or a stop hit since
+        its last settlement goes through the per-position settlement transaction. A position
+        with neither is reported as read and keeps its ``settled_at`` (the next settlement
+        covers the whole interval; placing a stop settles first, so a stop never sees prices
+        from before it existed)."""
+        now = self.clock.now()
+        rows = self._read_positions(keys=[self.k_positions],
+                                    args=[f"{self._base}:pos:", f"{self._base}:stops:", f"{self.ns}:paper:mark:",
+                                          *_ROW_FIELDS])
+        if any(r[0] not in SHIPPED and r[0] not in self._sources for r in rows):
+            self._sources.update(self.listings())  # one read for every listing not yet cached
+        probe = _SettleProbe(now)
+        out = []
+        for sym, vals, stop_vals, override in sorted(rows, key=itemgetter(0)):
+            pos = self._report(sym, vals, stop_vals, override, probe)
+            if pos is not None:
+                out.append(pos)
+        return out
+
+    def position(self, symbol: str) -> VenuePosition | None:
+        """One open position (None when flat), settled up to now when an event is due; one
+        Redis call when none is."""
+        return self._row(symbol)[1]
+
+    def _next_order_id(self) -> int:
+        return int(self.r.incr(self.k_seq))
+
+    def _working(self, client_order_id: str) -> bool:
+        """Whether an order with this clientOrderId is still working (status NEW): the only
+        case in which Binance refuses the id (-4116)."""
+        raw = self.r.hget(self.k_orders, client_order_id)
+        return raw is not None and OrderResult.model_validate_json(raw).status == "NEW"
+
+    def _check_qty(self, f: SymbolFilters, qty: str) -> Decimal:
+        try:
+            q = Decimal(qty)
+        except Exception:
+            raise VenueError(-1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed.") from None
+        if not q.is_finite() or q <= 0:
+            raise VenueError(*QTY_LE_ZERO)
+        if q % f.step_size != 0:
+            raise VenueError(*PRECISION)
+        if q < f.min_qty:
+            raise VenueError(*QTY_LT_MIN)
+        if q > f.max_qty:
+            raise VenueError(*QTY_GT_MAX)
+        return q
+
+    def _check_position_side(self, position_side: str | None, reduce_only: bool, dual: bool | None = None) -> str:
+        dual = self.dual() if dual is None else dual
+        ps = (position_side or "BOTH").upper()
+        if dual:
+            if reduce_only:
+                raise VenueError(PARAM_NOT_REQUIRED[0], PARAM_NOT_REQUIRED[1] % "reduceOnly")
+            if ps not in ("LONG", "SHORT"):
+                raise VenueError(*POSITION_SIDE_MISMATCH)
+        elif ps != "BOTH":
+            raise VenueError(*POSITION_SIDE_MISMATCH)
+        return ps
+
+    def close_market(self, symbol: str, side: str, qty: str, client_order_id: str) -> OrderResult:
+        """Reduce-only MARKET close (one-way) or the closing leg in hedge mode (a SELL closes
+        the LONG leg, a BUY the SHORT one)."""
+        row = self._row(symbol)  # the position and the position mode, one round trip
+        dual = row[3]
+        ps = ("LONG" if side == "SELL" else "SHORT") if dual else "BOTH"
+        return self.submit_market(symbol, side, qty, client_order_id, reduce_only=not dual, position_side=ps, dual=dual,
+                                  row=row)
+
+    def submit_market(self, symbol: str, side: str, qty: str, client_order_id: str, reduce_only: bool,
+                      position_side: str | None = None, leverage: float = 10.0,
+                      dual: bool | None = None, row: tuple | None = None) -> OrderResult:
+        """A MARKET order as /fapi/v1/order takes it. It closes when ``reduce_only`` (one-way)
+        or when ``position_side`` names the position and ``side`` is its closing side (hedge);
+        otherwise it opens or adds (strategy orders; harvest itself only closes). Raises
+        VenueError with Binance's codes (-1111, -4003/-4004/-4005, -2022, -4116, -1106, -4061).
+        ``dual``: the position mode when the caller already read it; ``row``: a
+        :meth:`_row` the caller read just now (the first fill attempt uses it)."""
+        f = self.filters(symbol)
+        q = self._check_qty(f, qty)
+        ps = self._check_position_side(position_side, reduce_only, dual)
+        if side not in ("BUY", "SELL"):
+            raise VenueError(-1117, "Invalid side.")
+        closing = reduce_only or (ps in ("LONG", "SHORT") and Side(ps).close_order_side == side)
+        if not closing:
+            self.position(symbol)  # settles a funding event or stop hit due since the last settlement
+            if self._working(client_order_id):
+                raise VenueError(*DUPLICATE_CID)
+            open_side = Side.LONG if side == "BUY" else Side.SHORT
+            if ps in ("LONG", "SHORT") and Side(ps) is not open_side:
+                raise VenueError(*POSITION_SIDE_MISMATCH)
+            mark = self.mark_price(symbol)
+            self.open_position(symbol, open_side, float(q), leverage, client_order_id=client_order_id)
+            order = OrderResult(symbol=symbol, client_order_id=client_order_id, order_id=self._next_order_id(),
+                                side=side, type="MARKET", status="FILLED", position_side=ps, orig_qty=float(q),
+                                executed_qty=float(q), avg_price=mark, reduce_only=False,
+                                commission=float(q) * mark * self.fee_rate, update_time=self.clock.now())
+            self.r.hset(self.k_orders, client_order_id, order.model_dump_json())
+            return order
+
+        fraction = None
+        for attempt in range(_FILL_ATTEMPTS):
+            h, now_pos, clock_raw, _, partial_armed = row if attempt == 0 and row is not None else self._row(symbol)
+            pos_q = Decimal(h["qty"]) if h else Decimal(0)
+            pos_side = Side(h["side"]) if h else None
+            if pos_q <= 0 or pos_side is None or now_pos is None or pos_side.close_order_side != side \
+                    or (ps != "BOTH" and Side(ps) is not pos_side):
+                if self._working(client_order_id):
+                    raise VenueError(*DUPLICATE_CID)
+                self._log("REJECT", symbol, {"clientOrderId": client_order_id, "code": REDUCE_ONLY_REJECTED[0]})
+                raise VenueError(*REDUCE_ONLY_REJECTED)
+            fill_q = min(q, pos_q)
+            status = "FILLED"
+            if attempt == 0 and partial_armed:  # seen armed by the snapshot read of this row
+                fraction = self._take_partial()
+            if fraction is not None:  # price protection / a thin book: the rest of the MARKET order expires
+                fill_q = f.round_qty(fill_q * Decimal(repr(fraction)))
+                status = "EXPIRED"
+            mark = now_pos.mark_price
+            pnl = pos_side.sign * (mark - float(h["entry_price"])) * float(fill_q)
+            fee = mark * float(fill_q) * self.fee_rate
+            left = pos_q - fill_q
+            order = OrderResult(
+                symbol=symbol, client_order_id=client_order_id, order_id=0, side=side,
+                type="MARKET", status=status, position_side=ps, orig_qty=float(q), executed_qty=float(fill_q),
+                avg_price=mark, reduce_only=reduce_only, realized_pnl=pnl, commission=fee,
+                update_time=self.clock.now(clock_raw),
+            )
+            log_data = {"clientOrderId": client_order_id, "side": side, "qty": SymbolFilters.fmt(fill_q),
+                        "price": mark, "realizedPnl": pnl}
+            oid = int(self._fill(
+                keys=[self.k_pos(symbol), self.k_orders, self.k_pnl, self.k_log, self.k_seq, self.k_trades],
+                args=[client_order_id, h.get("qty", ""), h.get("side", ""), h.get("entry_price", ""),
+                      h.get("settled_at", ""), SymbolFilters.fmt(left) if left > 0 else "0", order.model_dump_json(),
+                      repr(pnl), repr(fee), symbol, json.dumps(log_data, default=str), repr(time.time()),
+                      repr(self.clock.now(clock_raw)),
+                      _trade_json(0, symbol, side, ps, float(fill_q), mark, pnl, fee, self.clock.now(clock_raw),
+                                  client_order_id)]))
+            if oid == -1:
+                raise VenueError(*DUPLICATE_CID)
+            if oid > 0:
+                order = order.model_copy(update={"order_id": oid})
+                break
+        else:
+            raise VenueError(-1001, "Internal error; unable to process your request. Please try again.", 503,
+                             retryable=True)  # nothing was filled
+        if left <= 0:  # flat: its closePosition stops have nothing left to protect
+            cids = list(self.r.hkeys(self.k_stops(symbol)))
+            self.r.delete(self.k_stops(symbol))
+            self._end_stops(symbol, cids)
+        return order
+
+    def place_stop(self, symbol: str, side: str, stop_price: str, client_algo_id: str,
+                   position_side: str | None = None, check_trigger: bool = True,
+                   check_tick: bool = True) -> OrderResult:
+        """A closePosition STOP_MARKET (an algo order, status NEW) at ``stop_price``, working
+        beside any other stop of the position. Raises VenueError -1111 (tickSize), -2021
+        (would trigger immediately), -2022 (no position to protect on that side), -4116
+        (clientAlgoId in use)."""
+        f = self.filters(symbol)
+        try:
+            sp = Decimal(stop_price)
+        except Exception:
+            raise VenueError(-1102, "Mandatory parameter 'triggerPrice' was not sent, was empty/null, or malformed.") from None
+        if not sp.is_finite() or sp <= 0 or (check_tick and sp % f.tick_size != 0):
+            raise VenueError(*PRECISION)
+        dual = self.dual()
+        ps = (position_side or "BOTH").upper()
+        if (dual and ps not in ("LONG", "SHORT")) or (not dual and ps != "BOTH"):
+            raise VenueError(*POSITION_SIDE_MISMATCH)
+        self._settle(symbol)
+        key = self.k_pos(symbol)
+        mark = self.mark_price(symbol) if check_trigger else 0.0
+
+        def tx(p):
+            raw = p.hget(self.k_orders, client_algo_id)
+            if raw is not None and OrderResult.model_validate_json(raw).status == "NEW":
+                raise VenueError(*DUPLICATE_CID)  # unique among open orders only
+            h = p.hgetall(key)
+            if not h or Decimal(h["qty"]) <= 0 or Side(h["side"]).close_order_side != side \
+                    or (ps != "BOTH" and Side(ps).value != h["side"]):
+                raise VenueError(*REDUCE_ONLY_REJECTED)
+            pos_side = Side(h["side"])
+            if check_trigger and ((pos_side is Side.LONG and float(sp) >= mark)
+                                  or (pos_side is Side.SHORT and float(sp) <= mark)):
+                raise VenueError(*WOULD_TRIGGER)
+            order = OrderResult(
+                symbol=symbol, client_order_id=client_algo_id, order_id=self._next_order_id(), side=side,
+                type="STOP_MARKET", status="NEW", position_side=ps, close_position=True, algo=True,
+                stop_price=float(sp), reduce_only=True, update_time=self.clock.now(),
+            )
+            p.multi()
+            p.hset(self.k_stops(symbol), client_algo_id, SymbolFilters.fmt(sp))
+            p.hset(self.k_orders, client_algo_id, order.model_dump_json())
+            return order
+
+        order = self.r.transaction(tx, key, self.k_orders, self.k_stops(symbol), value_from_callable=True)
+        self._log("STOP_NEW", symbol, {"clientAlgoId": client_algo_id, "stopPrice": SymbolFilters.fmt(sp)})
+        return order
+
+    def cancel_order(self, symbol: str, client_order_id: str) -> OrderResult:
+        """Cancel a working order (a stop). Raises VenueError -2011 when it is not open."""
+        def tx(p):
+            raw = p.hget(self.k_orders, client_order_id)
+            if raw is None:
+                raise VenueError(*UNKNOWN_ORDER)
+            o = OrderResult.model_validate_json(raw)
+            if o.symbol != symbol or o.status != "NEW":
+                raise VenueError(*UNKNOWN_ORDER)
+            o = o.model_copy(update={"status": "CANCELED", "update_time": self.clock.now()})
+            p.multi()
+            p.hset(self.k_orders, client_order_id, o.model_dump_json())
+            p.hdel(self.k_stops(symbol), client_order_id)
+            return o
+
+        o = self.r.transaction(tx, self.k_orders, self.k_stops(symbol), value_from_callable=True)
+        self._log("STOP_CANCELED", symbol, {"clientAlgoId": client_order_id})
+        return o
+
+    def open_orders(self, symbol: str | None = None, algo: bool | None = None) -> list[OrderResult]:
+        """Orders still working (status NEW), optionally of one symbol / kind. Only stops can
+        be working (MARKET orders fill at once), so this reads the per-symbol working-stop
+        hashes, never the whole order history."""
+        if algo is False:
+            return []
+        syms = [symbol] if symbol else sorted(self.r.smembers(self.k_positions))
+        p = self.r.pipeline(transaction=False)
+        for s in syms:
+            p.hkeys(self.k_stops(s))
+        cids = [c for keys in p.execute() for c in keys]
+        raws = self.r.hmget(self.k_orders, cids) if cids else []
+        return [o for o in (OrderResult.model_validate_json(x) for x in raws if x) if o.status == "NEW"]
+
+    def move_stop(self, symbol: str, side: str, stop_price: str, client_order_id: str) -> OrderResult:
+        """Place the new stop, then cancel the position's other stops (never unprotected)."""
+        ps = ("LONG" if side == "SELL" else "SHORT") if self.dual() else None
+        order = self.place_stop(symbol, side, stop_price, client_order_id, position_side=ps)
+        for o in self.open_orders(symbol, algo=True):
+            if o.client_order_id != client_order_id:
+                try:
+                    self.cancel_order(symbol, o.client_order_id)
+                except VenueError:
+                    pass  # already triggered or gone: nothing left to cancel
+        return order
+
+    def get_order(self, symbol: str, client_order_id: str, conditional: bool = False) -> OrderResult:
+        return self._order(self.r.hget(self.k_orders, client_order_id), symbol, conditional)
+
+    def order_and_position(self, symbol: str, client_order_id: str,
+                           conditional: bool = False) -> tuple[OrderResult, VenuePosition | None, bool]:
+        """The order and the position after it, read together in one Redis call (see
+        :meth:`harvest.venues.base.Venue.order_and_position`)."""
+        _, pos, _, _, raw, _ = self._read_row(symbol, client_order_id)
+        return self._order(raw, symbol, conditional), pos, True
+
+    @staticmethod
+    def _order(raw: str | None, symbol: str, conditional: bool) -> OrderResult:
+        """An order from its stored JSON; VenueError -2013 when there is none for that
+        symbol and kind."""
+        if raw is None:
+            raise VenueError(*ORDER_NOT_FOUND)
+        o = OrderResult.model_validate_json(raw)
+        if o.symbol != symbol or o.algo != conditional:
+            raise VenueError(*ORDER_NOT_FOUND)
+        return o
+
+    # ------------------------------------------------------------------ reporting
+
+    def orders(self, harvest_only: bool = False) -> list[OrderResult]:
+        """Every order of this account (``harvest_only``: those whose clientOrderId carries
+        harvest's ``hv-`` prefix, i.e. not a strategy's opening stop)."""
+        out = [OrderResult.model_validate_json(v) for v in self.r.hvals(self.k_orders)]
+        return [o for o in out if o.client_order_id.startswith("hv-")] if harvest_only else out
+
+    def all_orders(self, symbols: list[str]) -> list[OrderResult]:
+        """Every order of these symbols the engine recorded (latest record per clientOrderId)."""
+        want = set(symbols)
+        return [o for o in self.orders() if o.symbol in want]

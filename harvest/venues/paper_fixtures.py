@@ -1,0 +1,163 @@
+"""What tests, the demo and the load generator use to set the paper engine's world up: open and
+seed positions, set marks, list synthetic symbols, switch the position mode, arm partial fills
+(a mixin of :class:`harvest.venues.paper.PaperVenue`; an exchange has no such calls)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+from harvest.data import (
+    SymbolFilters,
+)
+from harvest.domain.models import Side
+from harvest.venues.base import (
+    QTY_LT_MIN,
+    OrderResult,
+    VenueError,
+    VenuePosition,
+)
+from harvest.venues.paper_settlement import (
+    SHIPPED,
+    _trade_json,
+)
+
+
+class PaperFixtures:
+    """Set-up calls of :class:`harvest.venues.paper.PaperVenue` (a mixin)."""
+
+    def set_dual(self, on: bool) -> None:
+        """Switch the account between one-way (False) and hedge mode (True)."""
+        self.r.set(self.k_dual, "true" if on else "false")
+
+    def set_mark(self, symbol: str, price: float | None) -> None:
+        """Override the mark price of a symbol (None returns it to the kline replay)."""
+        if price is None:
+            self.r.delete(self.k_mark(symbol))
+        else:
+            self.r.set(self.k_mark(symbol), repr(float(price)))
+
+    def list_symbol(self, symbol: str, like: str) -> None:
+        """List a synthetic symbol that trades with the filters, klines and funding of the
+        shipped symbol ``like`` (load tests and benchmarks need more symbols than the shipped
+        data has). Raises ValueError for a malformed name or an unknown ``like``."""
+        self.list_symbols({symbol: like})
+
+    def list_symbols(self, likes: dict[str, str]) -> None:
+        """:meth:`list_symbol` for many symbols at once (synthetic symbol → shipped symbol)."""
+        for symbol, like in likes.items():
+            if not symbol.isalnum() or not symbol.isupper() or len(symbol) > 20:
+                raise ValueError(f"invalid symbol {symbol!r}")
+            if like not in SHIPPED:
+                raise ValueError(f"{like!r} is not a shipped symbol")
+        if likes:
+            self.r.hset(self.k_listings, mapping=likes)
+
+    def open_position(self, symbol: str, side: Side | str, qty: float, leverage: float,
+                      stop_price: float | None = None, client_order_id: str | None = None) -> VenuePosition:
+        """Open (or add to) a position at the mark price, as a strategy would; charges the
+        taker fee and records the fill in the trade log. Used by the demo scenario and tests
+        (harvest itself never opens)."""
+        side = Side(side)
+        f = self.filters(symbol)
+        q = f.round_qty(qty)
+        if q < f.min_qty:
+            raise VenueError(*QTY_LT_MIN)
+        mark = self.mark_price(symbol)
+        now = self.clock.now()
+        key = self.k_pos(symbol)
+
+        def tx(p):
+            cur = p.hgetall(key)
+            if cur and Decimal(cur["qty"]) <= 0:
+                cur = {}  # flat: a new opening, with its own opening time (a new epoch)
+            if cur and cur["side"] != side.value:
+                raise VenueError(-2019, "Opposite position open; close it first (paper venue is one-way).")
+            old_q = Decimal(cur["qty"]) if cur else Decimal(0)
+            new_q = old_q + q
+            entry = (float(old_q) * float(cur["entry_price"]) + float(q) * mark) / float(new_q) if cur else mark
+            p.multi()
+            p.delete(key)
+            p.hset(key, mapping={
+                "symbol": symbol, "side": side.value, "qty": SymbolFilters.fmt(new_q),
+                "entry_price": repr(entry), "leverage": repr(float(leverage)),
+                "opened_at": cur.get("opened_at", repr(now)) if cur else repr(now),
+                "settled_at": cur.get("settled_at", repr(now)) if cur else repr(now),
+                "funding_paid": cur.get("funding_paid", "0.0") if cur else "0.0",
+            })
+            p.sadd(self.k_positions, symbol)
+            p.hincrbyfloat(self.k_pnl, f"{symbol}:commission", float(q) * mark * self.fee_rate)
+            p.rpush(self.k_trades, _trade_json(oid, symbol, side.open_order_side, "BOTH", float(q), mark, 0.0,
+                                               float(q) * mark * self.fee_rate, now, client_order_id or f"paper-{oid}"))
+            return None
+
+        oid = self._next_order_id()
+        self.r.transaction(tx, key, value_from_callable=True)
+        self._log("OPEN", symbol, {"side": side.value, "qty": SymbolFilters.fmt(q), "price": mark})
+        if stop_price is not None:
+            sp = f.round_price(stop_price, "down" if side is Side.LONG else "up")
+            self.place_stop(symbol, side.close_order_side, SymbolFilters.fmt(sp),
+                            f"paper-{symbol}-{self._next_order_id()}", check_trigger=False)
+        return self._position(symbol)
+
+    def set_position(self, symbol: str, side: Side | str, qty: float, entry_price: float, leverage: float,
+                     opened_at: float | None = None, stop_price: float | None = None) -> None:
+        """Write a position as-is (tests: a known entry price; qty 0 makes a ghost row)."""
+        now = self.clock.now() if opened_at is None else opened_at
+        mapping = {"symbol": symbol, "side": Side(side).value, "qty": repr(float(qty)),
+                   "entry_price": repr(float(entry_price)), "leverage": repr(float(leverage)),
+                   "opened_at": repr(now), "settled_at": repr(now), "funding_paid": "0.0"}
+        p = self.r.pipeline(transaction=True)
+        p.delete(self.k_pos(symbol), self.k_stops(symbol))
+        p.hset(self.k_pos(symbol), mapping=mapping)
+        p.sadd(self.k_positions, symbol)
+        p.execute()
+        if stop_price is not None and qty > 0:
+            self.place_stop(symbol, Side(side).close_order_side, repr(float(stop_price)),
+                            f"paper-{symbol}-{self._next_order_id()}", check_trigger=False, check_tick=False)
+
+    def seed_positions(self, rows: list[dict], marks: dict[str, float] | None = None) -> None:
+        """Write many positions in one pipeline (benchmarks and load tests; what
+        :meth:`set_position` does one at a time). rows: ``{"symbol", "side", "qty",
+        "entry_price", "leverage", "opened_at", "stop_price" (optional)}``, prices USDT, times
+        market seconds; ``marks``: mark overrides by symbol. A stop is a working closePosition
+        STOP_MARKET with a ``paper-`` clientAlgoId, as a strategy would have placed."""
+        first = int(self.r.incrby(self.k_seq, len(rows))) - len(rows) + 1
+        p = self.r.pipeline(transaction=False)
+        for i, row in enumerate(rows):
+            sym, side = row["symbol"], Side(row["side"])
+            t = repr(float(row["opened_at"]))
+            p.delete(self.k_pos(sym), self.k_stops(sym))
+            p.hset(self.k_pos(sym), mapping={
+                "symbol": sym, "side": side.value, "qty": repr(float(row["qty"])),
+                "entry_price": repr(float(row["entry_price"])), "leverage": repr(float(row["leverage"])),
+                "opened_at": t, "settled_at": t, "funding_paid": "0.0"})
+            p.sadd(self.k_positions, sym)
+            if row.get("stop_price") is not None:
+                cid = f"paper-{sym}-{first + i}"
+                order = OrderResult(symbol=sym, client_order_id=cid, order_id=first + i,
+                                    side=side.close_order_side, type="STOP_MARKET", status="NEW", position_side="BOTH",
+                                    close_position=True, algo=True, stop_price=float(row["stop_price"]),
+                                    reduce_only=True, update_time=self.clock.now())
+                p.hset(self.k_stops(sym), cid, repr(float(row["stop_price"])))
+                p.hset(self.k_orders, cid, order.model_dump_json())
+        for sym, price in (marks or {}).items():
+            p.set(self.k_mark(sym), repr(float(price)))
+        p.execute()
+
+    def raw_positions(self) -> list[dict]:
+        """Position rows as stored, including rows with qty 0 (what a careless counter
+        would count)."""
+        syms = sorted(self.r.smembers(self.k_positions))
+        p = self.r.pipeline(transaction=False)
+        for s in syms:
+            p.hgetall(self.k_pos(s))
+        return [h for h in p.execute() if h]
+
+    def set_partial_fills(self, fraction: float, times: int = 1) -> None:
+        """The next ``times`` reduce-only MARKET closes fill only ``fraction`` (0..1) of their
+        quantity (rounded down to stepSize) and the rest expires (status EXPIRED with a
+        partial executedQty), as price protection or a thin book in a cascade does."""
+        if not 0 <= fraction < 1 or times < 1:
+            raise ValueError("fraction in [0, 1) and times >= 1 required")
+        self.r.set(self.k_partial, json.dumps({"fraction": fraction, "times": int(times)}))
