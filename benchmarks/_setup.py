@@ -11,6 +11,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from harvest.ops.loadgen import (  # noqa: E402,F401
-    T0, celery_app, clean, env_for, fresh_namespace, mark_at_r, open_positions, paper_of, runtime, settings_of,
-    start_emulator, start_worker, symbols,
+    T0,
+    celery_app,
+    clean,
+    env_for,
+    fresh_namespace,
+    mark_at_r,
+    open_positions,
+    paper_of,
+    runtime,
+    settings_of,
+    start_emulator,
+    start_worker,
+    symbols,
 )

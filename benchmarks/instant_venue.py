@@ -16,8 +16,8 @@ import time
 
 from celery.signals import worker_process_init
 
-from harvest.venues.paper_settlement import TAKER_FEE_RATE
 from harvest.venues.base import OrderResult, VenuePosition
+from harvest.venues.paper_settlement import TAKER_FEE_RATE
 
 ENV_FLAG = "HARVEST_BENCH_INSTANT_VENUE"
 

@@ -58,7 +58,7 @@ from _setup import (  # noqa: E402
     symbols,
 )
 
-from harvest.ops.procs import RedisServer, wait_for  # noqa: E402
+from harvest.ops.procs import RedisServer, child_pids, wait_for  # noqa: E402
 
 TARGETS = {"kernel_ratio": 50.0, "scan_wall_s": 1.0, "pipeline_ratio": 0.8, "latency_p99_ms": 250.0,
            "rss_growth_mb": 5.0}
@@ -71,7 +71,11 @@ INSTANT = ["-I", "benchmarks.noop_tasks,benchmarks.instant_venue"]
 
 def bench_kernel(n: int) -> dict:
     """Batch vs per-position kernel over the same n random positions (best of 3 each)."""
-    from harvest.domain.kernel import PositionBatch, compute_harvest_proposal, evaluate_batch
+    from harvest.domain.kernel import (
+        PositionBatch,
+        compute_harvest_proposal,
+        evaluate_batch,
+    )
     from harvest.domain.models import HarvestTheta, MarketState, Position, Regime, Side
 
     rnd = random.Random(7)
@@ -111,16 +115,9 @@ def bench_kernel(n: int) -> dict:
 
 # --------------------------------------------------------------------------- helpers
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 def _pool_pids(worker_pid: int) -> list[int]:
     """The pool processes of a ``celery worker`` (its children, or theirs behind a wrapper)."""
-    return [c for p in _children(worker_pid) for c in _children(p)] or _children(worker_pid)
+    return [c for p in child_pids(worker_pid) for c in child_pids(p)] or child_pids(worker_pid)
 
 
 def _cpu_s(pid: int) -> float:

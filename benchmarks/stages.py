@@ -92,9 +92,9 @@ def run(url: str, plans: int, warmup: int = 20, logged: int = 300) -> dict:
     ns, env, rt0 = fresh_namespace(url, "stages", syms, 2.1)
     os.environ.update(env)  # before tasks.app reads the settings
     import tasks  # noqa: F401  (every task registered, as in a worker)
+    from harvest.services.decide import decide, load_positions
     from harvest.services.runtime import get_runtime
     from tasks.confirm import confirm
-    from harvest.services.decide import decide, load_positions
     from tasks.execute import execute
     from tasks.guard import guard
     from tasks.propose import propose

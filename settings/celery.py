@@ -22,7 +22,7 @@ Reliability choices for orders (each is a key of :func:`celery_config`):
   (``worker_cancel_long_running_tasks_on_connection_loss``): with acks late, a message
   whose broker connection dropped is delivered again; the running copy is cancelled so the
   two never run side by side.
-* **Time limits per stage** (:data:`TIME_LIMITS_S`, as ``task_annotations``): the hard
+* **Time limits per stage** (:data:`TIME_LIMITS_S`, on each task's decorator): the hard
   limit kills the pool process (the message is then redelivered, see above); the soft
   limit comes first and raises inside the task, where execute records the send outcome as
   unknown and confirm looks it up.
@@ -110,10 +110,10 @@ def default_retry_delay_s(s: HarvestSettings, task: str) -> float:
 
 
 def task_annotations(s: HarvestSettings) -> dict[str, dict]:
-    """Per-task attributes Celery applies at registration: time limits and retry delay."""
-    return {name: {"soft_time_limit": soft, "time_limit": hard,
-                   "default_retry_delay": default_retry_delay_s(s, name)}
-            for name, (soft, hard) in TIME_LIMITS_S.items()}
+    """Per-task attributes that depend on the settings, applied at registration: the retry
+    delay. (Each task's time limits, acks and retry bound are declared on its decorator,
+    :func:`tasks.common.contract`.)"""
+    return {name: {"default_retry_delay": default_retry_delay_s(s, name)} for name in TIME_LIMITS_S}
 
 
 #: Beat entry name → (task, the settings field of its interval). ``harvest schedule set NAME

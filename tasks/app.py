@@ -10,7 +10,13 @@ import logging
 import time
 
 from celery import Celery
-from celery.signals import before_task_publish, setup_logging, task_postrun, task_prerun, worker_process_init
+from celery.signals import (
+    before_task_publish,
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+)
 
 from settings import get_settings
 from settings.celery import celery_config
@@ -57,8 +63,8 @@ def _observe_queue_wait(task=None, **_):
         sent = getattr(task.request, "sent_at", None)
         if sent is None:
             return
-        from harvest.store.counters import DEFERRED, queue_wait
         from harvest.services.runtime import get_runtime
+        from harvest.store.counters import DEFERRED, queue_wait
 
         queue = (task.request.delivery_info or {}).get("routing_key") or "-"
         DEFERRED.add(queue_wait(get_runtime().r, settings.namespace), max(0.0, time.time() - float(sent)), queue)
@@ -70,8 +76,8 @@ def _observe_queue_wait(task=None, **_):
 def _flush_metrics(**_):
     """Write the metric observations no round trip of the task carried (none, usually)."""
     try:
-        from harvest.store.counters import DEFERRED
         from harvest.services.runtime import get_runtime
+        from harvest.store.counters import DEFERRED
 
         DEFERRED.flush(get_runtime().r)
     except Exception:  # pragma: no cover - metrics must not break the pipeline

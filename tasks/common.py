@@ -1,5 +1,6 @@
-"""Helpers shared by the stages: validation of the small task payloads and the record of
-rejected (malformed) messages."""
+"""What every task shares: :class:`HarvestTask` (the base class: the process's runtime, the
+task's contract, the load-or-reject plumbing), validation of the small task payloads and the
+record of rejected (malformed) messages."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import logging
 import time
 from typing import Any
 
+from celery import Task
+
 from harvest.domain.models import MarketState, Plan
 from harvest.domain.plans import PLAN_ID_RE
-from harvest.services.runtime import Runtime
+from harvest.services.runtime import Runtime, get_runtime
+from settings.celery import TIME_LIMITS_S
 
 log = logging.getLogger("harvest")
 
@@ -102,3 +106,48 @@ def record_rejected(rt: Runtime, stage: str, payload: Any, error: Exception | st
               {"stage": stage, "error": text, "payload": body, "ts": repr(time.time())}, maxlen=10_000, approximate=True)
     rt.plans.count(f"malformed:{stage}")
     log.warning("rejected malformed message at %s: %s", stage, text.splitlines()[0] if text else "")
+
+
+def contract(name: str, *, acks_late: bool, max_retries: int | None, stage: str | None = None) -> dict[str, Any]:
+    """A task's reliability contract, for its ``@app.task`` decorator: its name, the base class
+    :class:`HarvestTask`, ``acks_late`` (and ``reject_on_worker_lost`` with it: a message whose
+    worker died is delivered again — only for stages that are idempotent by plan state), the
+    retry bound ``max_retries`` (None: bounded by the plan TTL instead, the task's own rule),
+    and its soft and hard time limits (s) from :data:`settings.celery.TIME_LIMITS_S`. Expiry
+    is carried by each message (plan TTL, :mod:`workflows`; beat interval, :mod:`tasks.beat`).
+    ``stage``: the name its rejected messages are recorded under (default: the name's last part)."""
+    soft, hard = TIME_LIMITS_S[name]
+    return {"name": name, "base": HarvestTask, "acks_late": acks_late, "reject_on_worker_lost": acks_late,
+            "max_retries": max_retries, "soft_time_limit": soft, "time_limit": hard,
+            "stage": stage or name.rsplit(".", 1)[-1]}
+
+
+class HarvestTask(Task):
+    """Base class of every harvest task (``@app.task(**contract(...))``): the process's
+    :class:`harvest.services.runtime.Runtime` as :attr:`rt`, and the stage's load-or-reject
+    plumbing — a malformed or unknown payload is recorded on ``<ns>:stream:rejected`` under
+    :attr:`stage` and the method answers None; it is never executed."""
+
+    #: The stage name rejected messages are recorded under (set by :func:`contract`).
+    stage: str = ""
+
+    @property
+    def rt(self) -> Runtime:
+        """This process's runtime (built once per process, :func:`get_runtime`)."""
+        return get_runtime()
+
+    def reject(self, payload: Any, error: Exception | str) -> None:
+        """Record a malformed message (:func:`record_rejected`)."""
+        record_rejected(self.rt, self.stage, payload, error)
+
+    def plan(self, payload: Any) -> Plan | None:
+        """:func:`load_plan` for this stage."""
+        return load_plan(self.rt, self.stage, payload)
+
+    def plan_and_book(self, payload: Any) -> tuple[Plan | None, dict[str, Any] | None, MarketState | None]:
+        """:func:`load_plan_and_book` for this stage."""
+        return load_plan_and_book(self.rt, self.stage, payload)
+
+    def acknowledged_plan(self, payload: Any) -> Plan | None:
+        """:func:`load_acknowledged_plan` for this stage."""
+        return load_acknowledged_plan(self.rt, self.stage, payload)

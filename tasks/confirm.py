@@ -12,24 +12,25 @@ from __future__ import annotations
 
 import time
 
+from harvest.domain.models import PlanState, SendState
 from harvest.services.execution import PENDING, resolve_submitted
-from harvest.services.runtime import get_runtime
 from tasks.app import app
-from tasks.common import load_acknowledged_plan
+from tasks.common import contract
 from workflows import start_resend
 
-@app.task(name="harvest.confirm", bind=True, max_retries=None, acks_late=True)
+
+@app.task(bind=True, **contract("harvest.confirm", acks_late=True, max_retries=None))
 def confirm(self, ref: dict | None) -> str | None:
     """ref: ``{"plan_id": …}``, with ``"step"`` and ``"acked_at"`` when execute's send was
     accepted (recorded here, with the plan read: :func:`tasks.common.load_acknowledged_plan`).
     Returns the terminal state written, or None when the plan is not SUBMITTED; retries every
     ``confirm_retry_s`` while the outcome is pending, until the plan's TTL, when the look-up
     is final."""
-    rt = get_runtime()
-    plan = load_acknowledged_plan(rt, "confirm", ref)
-    if plan is None or plan.state != "SUBMITTED":
+    rt = self.rt
+    plan = self.acknowledged_plan(ref)
+    if plan is None or plan.state != PlanState.SUBMITTED:
         return None
-    if plan.send == "not_executed":
+    if plan.send == SendState.NOT_EXECUTED:
         return None  # execute's own retry owns the next send
     final = time.time() >= plan.expires_at
     out = resolve_submitted(rt, plan, final, resend=start_resend)

@@ -6,12 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from harvest.services.decide import decide_and_plan, load_positions
-from harvest.services.runtime import get_runtime
 from tasks.app import app
-from tasks.common import record_rejected
+from tasks.common import contract
 
 
-@app.task(name="harvest.evaluate", bind=True)
+@app.task(bind=True, **contract("harvest.evaluate", acks_late=True, max_retries=0))
 def evaluate(self, ref: dict[str, Any]) -> dict | None:
     """Evaluate one position on demand (the scan's rules on one row, lineage included).
 
@@ -19,9 +18,9 @@ def evaluate(self, ref: dict[str, Any]) -> dict | None:
     needs nothing (or is not open, or its decision is in flight, done, backing off or
     abandoned); a malformed ref is recorded and yields None.
     """
-    rt = get_runtime()
+    rt = self.rt
     if not isinstance(ref, dict) or not isinstance(ref.get("symbol"), str):
-        record_rejected(rt, "evaluate", ref, "expected {'symbol': str}")
+        self.reject(ref, "expected {'symbol': str}")
         return None
     rows, now = load_positions(rt, {ref["symbol"]})
     for d, nx in decide_and_plan(rt, rows, now):

@@ -29,13 +29,13 @@ import logging
 import random
 import time
 
-from harvest.domain.models import STOP_ACTIONS, Plan
+from harvest.domain.models import STOP_ACTIONS, Plan, PlanState, SendState
 from harvest.domain.plans import client_order_id
 from harvest.services.recovery import durable_cached
-from harvest.services.runtime import Runtime, get_runtime
+from harvest.services.runtime import Runtime
 from harvest.venues.base import VenueError
 from tasks.app import app
-from tasks.common import checked_ref, load_plan, record_rejected
+from tasks.common import checked_ref, contract
 
 log = logging.getLogger("harvest")
 
@@ -73,14 +73,14 @@ def _state_refusal(rt: Runtime) -> str | None:
     return "state_not_durable"
 
 
-@app.task(name="harvest.execute", bind=True, acks_late=True, max_retries=None)
+@app.task(bind=True, **contract("harvest.execute", acks_late=True, max_retries=None))
 def execute(self, ref: dict | None, step: int = 0) -> dict | None:
     """ref: ``{"plan_id": …}`` of an APPROVED plan (``step`` > 0: a re-send after the
     previous send was known not executed). Returns the ref for confirm — ``{"plan_id", "step",
     "acked_at"}`` after an accepted send, ``{"plan_id"}`` otherwise — or None."""
-    rt = get_runtime()
+    rt = self.rt
     if not isinstance(step, int) or step < 0:
-        record_rejected(rt, "execute", {"ref": ref, "step": step}, "step must be an int >= 0")
+        self.reject({"ref": ref, "step": step}, "step must be an int >= 0")
         return None
     if step == 0:
         # APPROVED → SUBMITTED before the send; the same round trip reads the plan back, and
@@ -91,55 +91,55 @@ def execute(self, ref: dict | None, step: int = 0) -> dict | None:
         refusal = _state_refusal(rt)
         if refusal is not None:
             rt.plans.count(f"execute:{refusal}")
-            rt.plans.transition(pid, "FAILED", refusal)
+            rt.plans.transition(pid, PlanState.FAILED, refusal)
             return None
-        _, before, plan = rt.plans.transition_and_get(pid, "SUBMITTED", "order_sent",
-                                                      fields={"step": 0, "send": "sending"}, require_recovered=True)
+        _, before, plan = rt.plans.transition_and_get(pid, PlanState.SUBMITTED, "order_sent",
+                                                      fields={"step": 0, "send": SendState.SENDING}, require_recovered=True)
         if before == "STATE_NOT_RECOVERED":  # Redis lost its state: nothing is sent before recovery
             rt.plans.count("execute:state_not_recovered")
-            rt.plans.transition(pid, "FAILED", "state_not_recovered")
+            rt.plans.transition(pid, PlanState.FAILED, "state_not_recovered")
             log.warning("plan %s not sent: the state is not recovered from the exchange yet", pid)
             return None
         if before == "HALTED":  # an operator halted trading after the guard approved it
             rt.plans.count("execute:halted")
-            rt.plans.transition(pid, "FAILED", "halted")
+            rt.plans.transition(pid, PlanState.FAILED, "halted")
             log.warning("plan %s not sent: trading is halted", pid)
             return None
         if plan is None:
             if before == "":
-                record_rejected(rt, "execute", ref, "unknown plan_id")
+                self.reject(ref, "unknown plan_id")
             # SUBMITTED already: a redelivery, never re-sent (confirm resolves it).
-            return {"plan_id": pid} if before == "SUBMITTED" else None
+            return {"plan_id": pid} if before == PlanState.SUBMITTED else None
         cid = plan.client_order_id
     else:
-        plan = load_plan(rt, "execute", ref)
+        plan = self.plan(ref)
         if plan is None:
             return None
         pid = plan.plan_id
         cid = client_order_id(pid, step)
         if not rt.plans.claim_resend(pid, step, cid):
-            return {"plan_id": pid} if plan.state == "SUBMITTED" else None
+            return {"plan_id": pid} if plan.state == PlanState.SUBMITTED else None
     plan = plan.model_copy(update={"step": step, "client_order_id": cid})
     try:
         _send(rt, plan, cid)
     except VenueError as e:
         if e.unknown:
-            rt.plans.mark_send(pid, step, "unknown", {"code": e.code, "message": e.message})
+            rt.plans.mark_send(pid, step, SendState.UNKNOWN, {"code": e.code, "message": e.message})
             log.warning("plan %s step %d: order outcome unknown (%s); confirm will look it up", pid, step, e)
             return {"plan_id": pid}
         if e.retryable:
-            rt.plans.mark_send(pid, step, "not_executed", {"code": e.code, "message": e.message},
+            rt.plans.mark_send(pid, step, SendState.NOT_EXECUTED, {"code": e.code, "message": e.message},
                                fields={"error_code": e.code, "error_message": e.message})
             delay = retry_delay(step, rt.settings.retry_backoff_s, rt.settings.retry_backoff_max_s, e.retry_after)
             if step + 1 < rt.settings.max_send_attempts and time.time() + delay < plan.expires_at:
                 log.info("plan %s step %d not executed (%s); next send in %.2f s", pid, step, e, delay)
                 raise self.retry(args=(ref,), kwargs={"step": step + 1}, countdown=delay)
-            _end(rt, plan, "FAILED", f"not_executed:{e.code}", e)
+            _end(rt, plan, PlanState.FAILED, f"not_executed:{e.code}", e)
             return None
-        _end(rt, plan, "REJECTED", f"exchange_rejected:{e.code}", e)
+        _end(rt, plan, PlanState.REJECTED, f"exchange_rejected:{e.code}", e)
         return None
     except Exception as e:  # connection loss etc.: the order may or may not exist
-        rt.plans.mark_send(pid, step, "unknown", {"error": type(e).__name__})
+        rt.plans.mark_send(pid, step, SendState.UNKNOWN, {"error": type(e).__name__})
         log.exception("plan %s: order outcome unknown (%s); confirm will look it up", pid, type(e).__name__)
         return {"plan_id": pid}
     # Accepted: confirm records it (send "accepted", acked_at) with its plan read, one round

@@ -22,12 +22,12 @@ from __future__ import annotations
 import time
 
 from harvest.domain.guard_rules import Block, GuardContext, verdict
-from harvest.domain.models import Plan
-from harvest.services.runtime import Runtime, get_runtime
+from harvest.domain.models import Plan, PlanState
 from harvest.domain.trading import effective
+from harvest.services.runtime import Runtime
 from harvest.venues.base import VenueError
 from tasks.app import app
-from tasks.common import load_plan_and_book
+from tasks.common import contract
 
 
 def _block(rt: Runtime, plan: Plan, b: Block) -> None:
@@ -36,16 +36,16 @@ def _block(rt: Runtime, plan: Plan, b: Block) -> None:
     rt.plans.transition(plan.plan_id, b.to, b.reason, data={"guard": b.reason, **b.data})
 
 
-@app.task(name="harvest.guard", bind=True, max_retries=None)
+@app.task(bind=True, **contract("harvest.guard", acks_late=True, max_retries=None))
 def guard(self, ref: dict | None) -> dict | None:
     """ref: ``{"plan_id": …}``. Returns the ref when APPROVED, else None (blocked, shadowed,
     expired or a repeat). Retries (1 s) while another plan holds the position, up to the TTL."""
-    rt = get_runtime()
-    plan, entry, market = load_plan_and_book(rt, "guard", ref)
+    rt = self.rt
+    plan, entry, market = self.plan_and_book(ref)
     if plan is None:
         return None
     pid = plan.plan_id
-    if plan.state != "PROPOSED":
+    if plan.state != PlanState.PROPOSED:
         rt.plans.count("guard:not_proposed")
         return None
     s = rt.settings
@@ -58,7 +58,7 @@ def guard(self, ref: dict | None) -> dict | None:
         except VenueError as e:
             if time.time() + 1.0 < plan.expires_at:
                 raise self.retry(countdown=1.0, exc=e) from e
-            _block(rt, plan, Block("EXPIRED", "venue_unavailable", {"code": e.code}))
+            _block(rt, plan, Block(PlanState.EXPIRED, "venue_unavailable", {"code": e.code}))
             return None
     out = verdict(plan, vp, entry, f, market, ctx)
     if isinstance(out, Block):
@@ -68,22 +68,22 @@ def guard(self, ref: dict | None) -> dict | None:
         rt.plans.count(f"guard:{out.note}")
     trading = effective(rt.plans.last_trading, plan.account, s.mode)  # read with the plan, no extra round trip
     if trading == "HALTED":
-        _block(rt, plan, Block("REJECTED", "halted", {"trading": trading}))
+        _block(rt, plan, Block(PlanState.REJECTED, "halted", {"trading": trading}))
         return None
     if trading == "SHADOW":
         rt.plans.count("guard:shadow_mode")
-        rt.plans.transition(pid, "SHADOWED", "shadow_mode", data={"guard": "shadow_mode", **out.data},
+        rt.plans.transition(pid, PlanState.SHADOWED, "shadow_mode", data={"guard": "shadow_mode", **out.data},
                             fields=out.fields)
         return None
     # The in-flight lock is taken by the approval itself (one script: approved ⇔ locked).
-    ok, before = rt.plans.transition(pid, "APPROVED", out.note or "guard_passed",
+    ok, before = rt.plans.transition(pid, PlanState.APPROVED, out.note or "guard_passed",
                                      data={"guard": "passed", **out.data}, fields=out.fields,
                                      lock_ttl_s=s.plan_ttl_s)
     if ok:
         return {"plan_id": pid}
-    if before == "PROPOSED":  # still PROPOSED, not approved: another plan holds the position
+    if before == PlanState.PROPOSED:  # still PROPOSED, not approved: another plan holds the position
         rt.plans.count("guard:position_busy")
         if time.time() + 1.0 < plan.expires_at:
             raise self.retry(countdown=1.0)
-        _block(rt, plan, Block("EXPIRED", "position_busy"))
+        _block(rt, plan, Block(PlanState.EXPIRED, "position_busy"))
     return None

@@ -12,12 +12,13 @@ from harvest.services.reconcile import reconcile_once, sweep_once
 from harvest.services.runtime import get_runtime
 from harvest.venues.base import VenueError
 from tasks.app import app
+from tasks.common import contract
 from workflows import start_resend
 
 log = logging.getLogger("harvest")
 
 
-@app.task(name="harvest.refresh_market")
+@app.task(**contract("harvest.refresh_market", acks_late=True, max_retries=0))
 def refresh_market() -> int:
     """Recompute the market state of every allowlisted symbol at the current market time
     and cache it: from the venue's closed 1m klines on python-binance venues (testnet, live,
@@ -44,7 +45,7 @@ def refresh_market() -> int:
     return len(states)
 
 
-@app.task(name="harvest.reconcile")
+@app.task(**contract("harvest.reconcile", acks_late=True, max_retries=0))
 def reconcile() -> dict:
     """Beat task: :func:`reconcile_once`; a venue that does not answer skips this run."""
     rt = get_runtime()
@@ -58,7 +59,7 @@ def reconcile() -> dict:
     return out
 
 
-@app.task(name="harvest.sweep_plans")
+@app.task(**contract("harvest.sweep_plans", acks_late=True, max_retries=0))
 def sweep_plans() -> dict:
     """Beat task: :func:`sweep_once` at the current time, then terminal plans past
     ``plan_retention_s`` to the archive (``archived``). Returns state written → count."""
@@ -73,7 +74,7 @@ def sweep_plans() -> dict:
     return ended
 
 
-@app.task(name="harvest.refresh_exchange_info")
+@app.task(**contract("harvest.refresh_exchange_info", acks_late=True, max_retries=0))
 def refresh_exchange_info() -> int:
     """Refresh the venue's cached exchangeInfo filters, leverage and position mode (python-
     binance venues; the paper engine ships its filters). Returns #symbols, or -1 on error."""
@@ -90,7 +91,7 @@ def refresh_exchange_info() -> int:
         return -1
 
 
-@app.task(name="harvest.heartbeat")
+@app.task(**contract("harvest.heartbeat", acks_late=True, max_retries=0))
 def heartbeat() -> float:
     """Record that beat and a housekeeping worker are alive (Unix time)."""
     now = time.time()

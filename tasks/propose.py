@@ -10,13 +10,12 @@ from pydantic import ValidationError
 
 from harvest.domain.models import Decision
 from harvest.domain.plans import client_order_id, lineage_of, plan_id_for
-from harvest.services.runtime import get_runtime
 from tasks.app import app
-from tasks.common import record_rejected
+from tasks.common import contract
 
 
-@app.task(name="harvest.propose")
-def propose(decision: dict | None) -> dict | None:
+@app.task(bind=True, **contract("harvest.propose", acks_late=True, max_retries=0))
+def propose(self, decision: dict | None) -> dict | None:
     """decision: a :class:`harvest.domain.models.Decision` as a dict (None: nothing to do).
 
     Returns ``{"plan_id": …}`` for a new plan, None for a repeat (counted as
@@ -26,11 +25,11 @@ def propose(decision: dict | None) -> dict | None:
     """
     if decision is None:
         return None
-    rt = get_runtime()
+    rt = self.rt
     try:
         d = Decision.model_validate(decision)
     except ValidationError as e:
-        record_rejected(rt, "propose", decision, e)
+        self.reject(decision, e)
         return None
     pid = plan_id_for(d)
     now = time.time()

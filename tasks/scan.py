@@ -16,18 +16,19 @@ import logging
 import time
 from collections import Counter
 
-from harvest.store.counters import scan_duration
+from harvest.domain.trading import effective
 from harvest.services.decide import chain_payload, decide_and_plan, load_positions
 from harvest.services.runtime import get_runtime
-from harvest.domain.trading import effective
+from harvest.store.counters import scan_duration
 from harvest.venues.base import VenueError
 from tasks.app import app
+from tasks.common import contract
 from workflows import action_chain
 
 log = logging.getLogger("harvest")
 
 
-@app.task(name="harvest.scan_positions")
+@app.task(**contract("harvest.scan_positions", acks_late=True, max_retries=0))
 def scan_positions() -> dict:
     """One scan. Returns ``{"positions", "actionable", "started", "retries", "duplicates",
     "waiting", "abandoned", "busy", "seconds"}`` (counts; wall seconds); ``duplicates``

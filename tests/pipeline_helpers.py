@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from harvest.ops.loadgen import T0, clean  # noqa: F401  (one clean for tests, benchmarks and chaos)
 from harvest.domain.models import MarketState, Regime
 from harvest.domain.plans import TERMINAL
+from harvest.ops.loadgen import T0, clean  # noqa: F401  (one clean for tests, benchmarks and chaos)
 from harvest.services.runtime import Runtime, build_runtime
 from settings import load_settings
 from tests.harness import wait_for
@@ -53,8 +53,8 @@ def wait_quiet(rt: Runtime, timeout: float = 30.0) -> None:
 @contextmanager
 def emulator(key: str, secret: str):
     """The fapi emulator on the test namespace's paper engine, accepting these credentials."""
-    from harvest.venues.emulator import Emulator
     from harvest.services.runtime import build_runtime
+    from harvest.venues.emulator import Emulator
     from settings import load_settings
 
     s = load_settings()

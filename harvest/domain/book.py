@@ -15,7 +15,13 @@ import numpy as np
 from harvest.domain.exit_ladder import compute_levels
 from harvest.domain.kernel import PositionBatch, batch_row
 from harvest.domain.margin import clamp_stop
-from harvest.domain.models import HarvestTheta, MarketState, Position, Side, VenuePosition
+from harvest.domain.models import (
+    HarvestTheta,
+    MarketState,
+    Position,
+    Side,
+    VenuePosition,
+)
 
 
 def epoch_of(vp: VenuePosition, first_seen: float) -> str:

@@ -42,10 +42,19 @@ from typing import Any, Callable
 
 from pydantic import ValidationError
 
-from harvest.domain.book import is_new_epoch, to_position
 from harvest.data import SymbolFilters
+from harvest.domain.book import is_new_epoch, to_position
 from harvest.domain.kernel import compute_kill_score, compute_r_net
-from harvest.domain.models import STOP_ACTIONS, Action, HarvestTheta, MarketState, Plan, Side, VenuePosition
+from harvest.domain.models import (
+    STOP_ACTIONS,
+    Action,
+    HarvestTheta,
+    MarketState,
+    Plan,
+    PlanState,
+    Side,
+    VenuePosition,
+)
 
 
 @dataclass(frozen=True)
@@ -91,23 +100,23 @@ Rule = Callable[[Plan, "VenuePosition | None", "dict[str, Any] | None", GuardCon
 
 def ttl(plan: Plan, vp: VenuePosition | None, entry: dict | None, c: GuardContext) -> Block | None:
     """EXPIRED ``plan_ttl_expired`` once the plan's TTL passed."""
-    return Block("EXPIRED", "plan_ttl_expired") if c.now > plan.expires_at else None
+    return Block(PlanState.EXPIRED, "plan_ttl_expired") if c.now > plan.expires_at else None
 
 
 def allowlist(plan: Plan, vp: VenuePosition | None, entry: dict | None, c: GuardContext) -> Block | None:
     """REJECTED ``symbol_not_allowed`` for a symbol off the allowlist."""
-    return Block("REJECTED", "symbol_not_allowed") if plan.symbol not in c.symbols else None
+    return Block(PlanState.REJECTED, "symbol_not_allowed") if plan.symbol not in c.symbols else None
 
 
 def position_exists(plan: Plan, vp: VenuePosition | None, entry: dict | None, c: GuardContext) -> Block | None:
     """REJECTED ``ghost_position`` when the venue reports no open position."""
-    return Block("REJECTED", "ghost_position") if vp is None or vp.qty <= 0 else None
+    return Block(PlanState.REJECTED, "ghost_position") if vp is None or vp.qty <= 0 else None
 
 
 def same_side(plan: Plan, vp: VenuePosition | None, entry: dict | None, c: GuardContext) -> Block | None:
     """REJECTED ``side_mismatch`` when the position is on the other side."""
     assert vp is not None
-    return Block("REJECTED", "side_mismatch", {"position_side": vp.side.value}) if vp.side is not plan.side else None
+    return Block(PlanState.REJECTED, "side_mismatch", {"position_side": vp.side.value}) if vp.side is not plan.side else None
 
 
 def same_epoch(plan: Plan, vp: VenuePosition | None, entry: dict | None, c: GuardContext) -> Block | None:
@@ -115,7 +124,7 @@ def same_epoch(plan: Plan, vp: VenuePosition | None, entry: dict | None, c: Guar
     another opening."""
     assert vp is not None
     if entry is None or entry.get("epoch") != plan.epoch or is_new_epoch(vp, entry):
-        return Block("REJECTED", "epoch_changed")
+        return Block(PlanState.REJECTED, "epoch_changed")
     return None
 
 
@@ -167,11 +176,11 @@ def check_partial(plan: Plan, vp: VenuePosition, entry: dict, f: SymbolFilters, 
                   data: dict) -> Block | Approval:
     """A partial close: tier not yet harvested and reached, then its quantity."""
     if int(entry.get("harvested_tier", 0)) >= plan.tier:
-        return Block("REJECTED", "tier_harvested", {"harvested_tier": entry.get("harvested_tier")})
+        return Block(PlanState.REJECTED, "tier_harvested", {"harvested_tier": entry.get("harvested_tier")})
     r = _r_net(plan, vp, entry, c)
     need = c.theta.tier_r[plan.tier - 1] - c.theta.guard_r_tolerance
     if r is None or r < need:
-        return Block("REJECTED", "tier_not_reached", {"r_net": r, "tier_r": c.theta.tier_r[plan.tier - 1]})
+        return Block(PlanState.REJECTED, "tier_not_reached", {"r_net": r, "tier_r": c.theta.tier_r[plan.tier - 1]})
     return _sized(plan, vp, f, dict(data, r_net=r))
 
 
@@ -194,14 +203,14 @@ def check_full_close(plan: Plan, vp: VenuePosition, entry: dict, f: SymbolFilter
         except ValidationError:
             kill = None
     if kill is None or kill < c.theta.kill_threshold:
-        return Block("REJECTED", "kill_not_confirmed", {"kill_score": kill})
+        return Block(PlanState.REJECTED, "kill_not_confirmed", {"kill_score": kill})
     return _sized(plan, vp, f, dict(data, confirmed="kill_score", kill_score=kill))
 
 
 def _sized(plan: Plan, vp: VenuePosition, f: SymbolFilters, data: dict) -> Block | Approval:
     q, note = close_quantity(f, plan, vp)
     if q is None:
-        return Block("REJECTED", note, data)
+        return Block(PlanState.REJECTED, note, data)
     qty = f.fmt(q)
     return Approval({"order_qty": qty}, dict(data, order_qty=qty, **({"note": note} if note else {})), note)
 
@@ -228,16 +237,16 @@ def check_stop(plan: Plan, vp: VenuePosition, entry: dict, f: SymbolFilters, c: 
     current = vp.stop_price
     if plan.action is Action.PROTECT:
         if current is not None and inside_liquidation(side, current, vp.liquidation_price):
-            return Block("REJECTED", "already_protected", dict(d, current=current))
+            return Block(PlanState.REJECTED, "already_protected", dict(d, current=current))
     else:
         in_force = stop_in_force(vp, entry)
         if side.sign * (stop - in_force) <= 0:
-            return Block("REJECTED", "stop_not_tighter", dict(d, current=in_force))
+            return Block(PlanState.REJECTED, "stop_not_tighter", dict(d, current=in_force))
     gap = float(f.tick_size) + c.theta.stop_min_distance * vp.mark_price
     if side.sign * (vp.mark_price - stop) < gap:
-        return Block("REJECTED", "stop_through_mark", dict(d, mark=vp.mark_price, min_gap=gap))
+        return Block(PlanState.REJECTED, "stop_through_mark", dict(d, mark=vp.mark_price, min_gap=gap))
     if not inside_liquidation(side, stop, vp.liquidation_price):
-        return Block("REJECTED", "no_stop_inside_liquidation", dict(d, liquidation_price=vp.liquidation_price))
+        return Block(PlanState.REJECTED, "no_stop_inside_liquidation", dict(d, liquidation_price=vp.liquidation_price))
     return Approval({"stop_price": f.fmt(sp)}, dict(d, stop_price=f.fmt(sp)))
 
 

@@ -45,6 +45,7 @@ import numpy as np
 from harvest.domain.models import (
     ACTION_CODES,
     KILL_COMPONENTS,
+    TIER_FRACTION,
     Action,
     HarvestTheta,
     KillScore,
@@ -52,7 +53,6 @@ from harvest.domain.models import (
     Position,
     Proposal,
     Regime,
-    TIER_FRACTION,
 )
 
 _CODE = {a: i for i, a in enumerate(ACTION_CODES)}

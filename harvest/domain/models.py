@@ -7,8 +7,7 @@ quantities in base units, times in seconds since the Unix epoch (UTC), fractions
 from __future__ import annotations
 
 import math
-from enum import Enum
-from typing import Literal
+from enum import Enum, StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -33,6 +32,12 @@ class Side(str, Enum):
     def open_order_side(self) -> str:
         """Binance order side that opens or adds to this position (BUY for a LONG)."""
         return "BUY" if self is Side.LONG else "SELL"
+
+    @staticmethod
+    def closed_by(order_side: str) -> "Side":
+        """The position a reduce-only order of Binance side ``order_side`` closes (SELL closes a
+        LONG): the ``positionSide`` that order needs in hedge mode."""
+        return Side.LONG if order_side == "SELL" else Side.SHORT
 
 
 class Regime(str, Enum):
@@ -334,18 +339,33 @@ class Decision(BaseModel):
         return self
 
 
-PlanState = Literal[
-    "PROPOSED",
-    "APPROVED",
-    "REJECTED",
-    "SHADOWED",
-    "SUBMITTED",
-    "FILLED",
-    "PARTIALLY_FILLED",
-    "CANCELED",
-    "FAILED",
-    "EXPIRED",
-]
+class PlanState(StrEnum):
+    """A plan's life-cycle state (DESIGN §3; the legal moves are
+    :data:`harvest.domain.plans.TRANSITIONS`). A ``str``: stored in Redis and compared as its
+    name."""
+
+    PROPOSED = "PROPOSED"
+    APPROVED = "APPROVED"
+    REJECTED = "REJECTED"
+    SHADOWED = "SHADOWED"
+    SUBMITTED = "SUBMITTED"
+    FILLED = "FILLED"
+    PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    CANCELED = "CANCELED"
+    FAILED = "FAILED"
+    EXPIRED = "EXPIRED"
+
+
+class SendState(StrEnum):
+    """The outcome of a plan's current send (``Plan.send``): ``sending`` (sent or being sent;
+    an accepted send stays ``sending`` until confirm records it), ``accepted``, ``unknown``
+    (no answer that says whether the order exists: a look-up decides) or ``not_executed``
+    (known not placed: the next step may send again)."""
+
+    SENDING = "sending"
+    ACCEPTED = "accepted"
+    UNKNOWN = "unknown"
+    NOT_EXECUTED = "not_executed"
 
 
 class Plan(BaseModel):
@@ -382,7 +402,7 @@ class Plan(BaseModel):
     error_code: int | None = None
     error_message: str | None = None
     step: int = 0
-    send: str | None = None
+    send: SendState | None = None
     lineage: str = Field("", description="the decision's lineage id: every attempt of one decision shares it")
     attempt: int = 0
     remaining_qty: float | None = None

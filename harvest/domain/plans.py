@@ -19,7 +19,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from harvest.domain.models import Action, Decision
+from harvest.domain.models import Action, Decision, PlanState
 
 #: Prefix of every clientOrderId harvest sends (exchange-side idempotency key).
 CLIENT_ORDER_PREFIX = "hv-"
@@ -31,23 +31,19 @@ _HV_CID_RE = re.compile(rf"^{CLIENT_ORDER_PREFIX}([0-9a-f]{{16}})-(\d+)$")
 
 #: Legal transitions: state → states it may move to. EXPIRED is reachable from every
 #: non-terminal state; terminal states have no way out.
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "PROPOSED": frozenset({"APPROVED", "REJECTED", "SHADOWED", "EXPIRED"}),
-    "APPROVED": frozenset({"SUBMITTED", "FAILED", "EXPIRED"}),
-    "SUBMITTED": frozenset({"FILLED", "PARTIALLY_FILLED", "CANCELED", "FAILED", "REJECTED", "EXPIRED"}),
-    "REJECTED": frozenset(),
-    "SHADOWED": frozenset(),
-    "FILLED": frozenset(),
-    "PARTIALLY_FILLED": frozenset(),
-    "CANCELED": frozenset(),
-    "FAILED": frozenset(),
-    "EXPIRED": frozenset(),
+_S = PlanState
+TRANSITIONS: dict[PlanState, frozenset[PlanState]] = {
+    _S.PROPOSED: frozenset({_S.APPROVED, _S.REJECTED, _S.SHADOWED, _S.EXPIRED}),
+    _S.APPROVED: frozenset({_S.SUBMITTED, _S.FAILED, _S.EXPIRED}),
+    _S.SUBMITTED: frozenset({_S.FILLED, _S.PARTIALLY_FILLED, _S.CANCELED, _S.FAILED, _S.REJECTED, _S.EXPIRED}),
+    **{s: frozenset() for s in (_S.REJECTED, _S.SHADOWED, _S.FILLED, _S.PARTIALLY_FILLED, _S.CANCELED, _S.FAILED,
+                                _S.EXPIRED)},
 }
-TERMINAL: frozenset[str] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
-NON_TERMINAL: frozenset[str] = frozenset(TRANSITIONS) - TERMINAL
+TERMINAL: frozenset[PlanState] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+NON_TERMINAL: frozenset[PlanState] = frozenset(TRANSITIONS) - TERMINAL
 
 
-def allowed_from(target: str) -> frozenset[str]:
+def allowed_from(target: str) -> frozenset[PlanState]:
     """States from which ``target`` may be entered. Raises KeyError for an unknown state."""
     if target not in TRANSITIONS:
         raise KeyError(f"unknown plan state {target!r}")
@@ -188,17 +184,17 @@ def next_attempt(action: Action, latest: LatestPlan | None, now: float, base_s: 
     n = latest.attempt
     if latest.state in NON_TERMINAL:
         return NextAttempt("repeat", n, "in_flight")
-    if latest.state == "SHADOWED":
+    if latest.state == PlanState.SHADOWED:
         return NextAttempt("repeat", n, "shadowed")
-    if latest.state == "FILLED" and action is not Action.PROTECT:
+    if latest.state == PlanState.FILLED and action is not Action.PROTECT:
         return NextAttempt("repeat", n, "done")
-    if latest.state == "REJECTED" and latest.reason in FINAL_REJECTIONS:
+    if latest.state == PlanState.REJECTED and latest.reason in FINAL_REJECTIONS:
         return NextAttempt("abandoned", n, latest.reason)
     # Ended without (full) effect; or a PROTECT whose stop is gone again (the decision recurs).
     if action not in PERSISTENT_ACTIONS and n + 1 >= max_attempts:
         return NextAttempt("abandoned", n, "attempts_exhausted")
     remaining = latest.remaining_qty
-    if latest.state == "PARTIALLY_FILLED" and latest.order_qty and latest.executed_qty is not None:
+    if latest.state == PlanState.PARTIALLY_FILLED and latest.order_qty and latest.executed_qty is not None:
         left = latest.order_qty - latest.executed_qty
         remaining = left if left > 0 else None
     due = latest.updated_at + attempt_backoff(n, base_s, cap_s)

@@ -59,18 +59,26 @@ import sys
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 from typing import Callable
 
 import redis
 from celery import Celery
 
-from harvest.ops.loadgen import (
-    clean, env_for, mark_at_r, open_positions, paper_of, runtime, settings_of, start_emulator, start_worker, symbols,
-)
-from harvest.domain.models import STOP_ACTIONS
+from harvest.domain.models import STOP_ACTIONS, PlanState
 from harvest.domain.plans import CLIENT_ORDER_PREFIX, TERMINAL, plan_id_for
-from harvest.ops.procs import CeleryProcess, RedisServer, wait_for
+from harvest.ops.loadgen import (
+    clean,
+    env_for,
+    mark_at_r,
+    open_positions,
+    paper_of,
+    runtime,
+    settings_of,
+    start_emulator,
+    start_worker,
+    symbols,
+)
+from harvest.ops.procs import CeleryProcess, RedisServer, child_pids, wait_for
 from harvest.ops.scorecard import queue_depths
 from harvest.venues.base import VenueError
 from settings import mask_url
@@ -84,14 +92,6 @@ WAVES = ("http_429", "unknown_503_after_accept", "sigkill_execute", "timeout_aft
 VENUE_TIMEOUT_S = 2.0
 #: Plan TTL of the run (s): plans orphaned by a killed worker end by the sweeper at it.
 PLAN_TTL_S = 45.0
-
-
-def _children(pid: int) -> list[int]:
-    """Direct child pids of ``pid`` (Linux /proc)."""
-    try:
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 class _Procs:
@@ -226,7 +226,7 @@ class _Run:
         """The harness-side fault of a wave, once its plans are in flight."""
         procs = self.procs
         if kind == "sigkill_execute" and self._fired("latency", latency_fired):
-            pids = _children(procs.procs["orders_worker"].proc.pid)
+            pids = child_pids(procs.procs["orders_worker"].proc.pid)
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
             self.faults[kind] += len(pids)
@@ -350,7 +350,7 @@ class _Run:
         all_plans = list(self.rt.plans.all_plans())
         states = Counter(p.state for p in all_plans)
         why = Counter(f"{p.state} {p.reason}" + (f" {p.error_code}" if p.error_code else "") + f" step {p.step}"
-                      for p in all_plans if p.state != "FILLED")
+                      for p in all_plans if p.state != PlanState.FILLED)
         per_plan: Counter[str] = Counter()  # the exchange's own records, by plan_id: fills and stops placed
         fills = [t["clientOrderId"] for t in self.paper.trades() if t["clientOrderId"].startswith(CLIENT_ORDER_PREFIX)]
         cids = fills + [o.client_order_id for o in self.paper.orders(harvest_only=True) if o.algo]
@@ -364,7 +364,7 @@ class _Run:
             if p.lineage:
                 by_lineage.setdefault(p.lineage, []).append(p)
         lineage_dups = sum(max(0, sum(1 for p in ps if p.plan_id in filled_plans and p.action not in STOP_ACTIONS)
-                                  - 1 - sum(1 for p in ps if p.state == "PARTIALLY_FILLED"))
+                                  - 1 - sum(1 for p in ps if p.state == PlanState.PARTIALLY_FILLED))
                            for ps in by_lineage.values())
         recovered = set(self.rt.r.smembers(self.rt.plans.k.recovered_plans))
         known = {p.plan_id for p in all_plans} | recovered  # a plan lost with the state, found on the exchange

@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from harvest.domain.models import PlanState
+
 
 def _cmd_demo(a: argparse.Namespace) -> int:
     from harvest.ops.demo import run_demo
@@ -21,8 +23,8 @@ def _cmd_emulator(a: argparse.Namespace) -> int:
 
     import redis
 
-    from harvest.venues.emulator import Emulator
     from harvest.venues.clock import MarketClock
+    from harvest.venues.emulator import Emulator
     from settings import get_settings
 
     s = get_settings()
@@ -53,8 +55,8 @@ def _cmd_emulator(a: argparse.Namespace) -> int:
 
 
 def _cmd_scorecard(a: argparse.Namespace) -> int:
-    from harvest.services.runtime import get_runtime
     from harvest.ops.scorecard import build_scorecard, format_scorecard
+    from harvest.services.runtime import get_runtime
 
     card = build_scorecard(get_runtime())
     print(json.dumps(card, indent=2, sort_keys=True) if a.json else format_scorecard(card))
@@ -96,8 +98,8 @@ def _cmd_metrics(a: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry, generate_latest
 
     from harvest.ops.metrics import HarvestCollector, serve_metrics
-    from harvest.services.runtime import get_runtime
     from harvest.ops.scorecard import queue_depths
+    from harvest.services.runtime import get_runtime
 
     rt = get_runtime()
     registry = CollectorRegistry(auto_describe=False)
@@ -127,8 +129,8 @@ def _who() -> str:
 
 
 def _cmd_trading(a: argparse.Namespace) -> int:
-    from harvest.services.runtime import get_runtime
     from harvest.domain.trading import DEPLOYMENT, effective
+    from harvest.services.runtime import get_runtime
     from harvest.store.trading import read, set_state
 
     rt = get_runtime()
@@ -185,11 +187,11 @@ def _cmd_plan(a: argparse.Namespace) -> int:
         print(f"harvest plan: no plan {a.plan_id!r}", file=sys.stderr)
         return 2
     if a.action == "cancel":
-        if plan.state not in ("PROPOSED", "APPROVED"):
+        if plan.state not in (PlanState.PROPOSED, PlanState.APPROVED):
             print(f"harvest plan: {a.plan_id} is {plan.state}: only a PROPOSED or APPROVED plan can be cancelled "
                   "(a SUBMITTED one's order is with the exchange; confirm resolves it)", file=sys.stderr)
             return 2
-        ok, before = rt.plans.transition(a.plan_id, "REJECTED", "operator_cancel", data={"who": _who()})
+        ok, before = rt.plans.transition(a.plan_id, PlanState.REJECTED, "operator_cancel", data={"who": _who()})
         print(f"{a.plan_id}: {'cancelled (REJECTED operator_cancel; its decision is not tried again this epoch)' if ok else f'not cancelled: it moved to {before}'}")
         return 0 if ok else 1
     ledger = {"plan": plan.model_dump(mode="json"),

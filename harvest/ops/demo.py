@@ -25,15 +25,15 @@ from datetime import datetime, timezone
 import redis
 
 from harvest.data import SHIPPED_SYMBOLS, load_klines
-from harvest.venues.emulator import Emulator
 from harvest.domain.exit_ladder import compute_levels
 from harvest.domain.market import market_state_at
 from harvest.domain.models import Side
 from harvest.ops.procs import CeleryProcess, RedisServer, wait_for, worker
+from harvest.ops.scorecard import build_scorecard, format_scorecard, queue_depths
 from harvest.services.recovery import mark_recovered
 from harvest.services.runtime import Runtime, build_runtime
-from harvest.ops.scorecard import build_scorecard, format_scorecard, queue_depths
 from harvest.venues.base import VenueError
+from harvest.venues.emulator import Emulator
 from settings import load_settings
 
 #: The scenario: symbol → leverage (5–50×). Sides follow the last hour's trend at entry.

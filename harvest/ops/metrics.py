@@ -40,8 +40,15 @@ import time
 from typing import Callable, Iterable
 
 from harvest.store.counters import (  # noqa: F401  (re-exported: the exporter's series)
-    DEFERRED, QUEUE_WAIT_BUCKETS, SCAN_BUCKETS, SCAN_TO_FILL_BUCKETS, DeferredObservations, RedisHistogram,
-    queue_wait, scan_duration, scan_to_fill,
+    DEFERRED,
+    QUEUE_WAIT_BUCKETS,
+    SCAN_BUCKETS,
+    SCAN_TO_FILL_BUCKETS,
+    DeferredObservations,
+    RedisHistogram,
+    queue_wait,
+    scan_duration,
+    scan_to_fill,
 )
 
 
@@ -68,7 +75,11 @@ class HarvestCollector:
         return []
 
     def collect(self) -> Iterable:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
 
         rt = self.rt
         k = rt.plans.k

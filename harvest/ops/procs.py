@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-ROOT = Path(__file__).resolve().parent.parent  # where the tasks package lives
+ROOT = Path(__file__).resolve().parents[2]  # the project root, where the tasks package lives
 
 
 def free_port() -> int:
@@ -34,6 +34,14 @@ def wait_for(pred: Callable[[], object], timeout: float = 30.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct child pids of ``pid`` (Linux ``/proc``; [] elsewhere or when it has ended)."""
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def _venv_redis() -> str | None:

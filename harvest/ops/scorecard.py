@@ -10,11 +10,11 @@ import json
 import time
 from collections import Counter, defaultdict
 
-from harvest.venues.paper import PaperVenue
+from harvest.domain.models import PlanState
 from harvest.domain.plans import TERMINAL
 from harvest.services.runtime import Runtime
 from harvest.venues.base import VenueError
-
+from harvest.venues.paper import PaperVenue
 
 KINDS = ("scan", "orders", "housekeeping")
 
@@ -106,7 +106,7 @@ def build_scorecard(rt: Runtime) -> dict:
         "plans": plans,
         "plans_archived": int(rt.r.zcard(rt.plans.k.archived)),
         "plans_by_action": {a: dict(c) for a, c in sorted(by.items())},
-        "executed": sum(c.get("FILLED", 0) + c.get("PARTIALLY_FILLED", 0) for c in by.values()),
+        "executed": sum(c.get(PlanState.FILLED, 0) + c.get(PlanState.PARTIALLY_FILLED, 0) for c in by.values()),
         "non_terminal": non_terminal,
         "orders": dict(sorted(orders.items())),
         "guard_blocks": {k.split(":", 1)[1]: v for k, v in sorted(counters.items()) if k.startswith("guard:")},

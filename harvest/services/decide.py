@@ -18,13 +18,27 @@ import numpy as np
 from pydantic import ValidationError
 
 from harvest.domain.book import (
-    is_new_epoch, new_book_entry, position_row, protective_stop, to_position, unprotected, valid_rows,
+    is_new_epoch,
+    new_book_entry,
+    position_row,
+    protective_stop,
+    to_position,
+    unprotected,
+    valid_rows,
 )
 from harvest.domain.kernel import PositionBatch, evaluate_batch, reason_codes
-from harvest.domain.models import ACTION_CODES, KILL_COMPONENTS, Action, Decision, HarvestTheta, MarketState, Position, VenuePosition
+from harvest.domain.models import (
+    ACTION_CODES,
+    KILL_COMPONENTS,
+    Action,
+    Decision,
+    HarvestTheta,
+    MarketState,
+    Position,
+    VenuePosition,
+)
 from harvest.domain.plans import NextAttempt, lineage_of, next_attempt, plan_id_for
 from harvest.services.runtime import Runtime
-
 
 #: One open position as the scan sees it: exchange truth, harvest's book entry (decoded, see
 #: :class:`harvest.store.BookStore`) and the symbol's market state now.

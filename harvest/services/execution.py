@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from harvest.domain.models import STOP_ACTIONS, Plan
+from harvest.domain.models import STOP_ACTIONS, Plan, PlanState, SendState
 from harvest.services.runtime import Runtime
 from harvest.venues.base import VenueError
 
@@ -35,56 +35,56 @@ def resolve_submitted(rt: Runtime, plan: Plan, final: bool, resend: Resend | Non
             # own without one readable answer ends it EXPIRED with the error recorded (no
             # re-send: an operator reconciles the order by its clientOrderId).
             if final and time.time() >= plan.expires_at + rt.settings.plan_ttl_s:
-                rt.plans.transition(plan.plan_id, "EXPIRED", "lookup_failed",
+                rt.plans.transition(plan.plan_id, PlanState.EXPIRED, "lookup_failed",
                                     data={"code": e.code, "message": e.message, "client_order_id": plan.client_order_id},
                                     fields={"error_code": e.code, "error_message": e.message[:500]})
-                return "EXPIRED"
+                return PlanState.EXPIRED
             return PENDING
-        if plan.send in ("unknown", "not_executed"):
+        if plan.send in (SendState.UNKNOWN, SendState.NOT_EXECUTED):
             # Known not placed. Send again as the next step if attempts and time allow.
-            rt.plans.mark_send(plan.plan_id, plan.step, "not_executed", {"code": e.code, "looked_up": True})
+            rt.plans.mark_send(plan.plan_id, plan.step, SendState.NOT_EXECUTED, {"code": e.code, "looked_up": True})
             nxt = plan.step + 1
             if not final and nxt < rt.settings.max_send_attempts and time.time() < plan.expires_at:
                 if resend is None:
                     return PENDING
                 resend(plan.plan_id, nxt, plan.symbol, plan.action.value)
                 return "resent"
-            rt.plans.transition(plan.plan_id, "FAILED", "not_placed", data={"code": e.code, "step": plan.step},
+            rt.plans.transition(plan.plan_id, PlanState.FAILED, "not_placed", data={"code": e.code, "step": plan.step},
                                 fields={"error_code": e.code, "error_message": e.message})
-            return "FAILED"
+            return PlanState.FAILED
         if final:
-            rt.plans.transition(plan.plan_id, "EXPIRED", "order_not_found_at_ttl", data={"code": e.code})
-            return "EXPIRED"
+            rt.plans.transition(plan.plan_id, PlanState.EXPIRED, "order_not_found_at_ttl", data={"code": e.code})
+            return PlanState.EXPIRED
         return PENDING
     if plan.action in STOP_ACTIONS:
         if o.status in ("NEW", "FILLED"):
-            to, reason = "FILLED", "stop_working"
+            to, reason = PlanState.FILLED, "stop_working"
         elif o.status in ("CANCELED", "EXPIRED"):
-            to, reason = "CANCELED", f"stop_{o.status.lower()}"
+            to, reason = PlanState.CANCELED, f"stop_{o.status.lower()}"
         else:
-            to, reason = "REJECTED", "stop_rejected"
+            to, reason = PlanState.REJECTED, "stop_rejected"
     elif o.status == "FILLED":
-        to, reason = "FILLED", "order_filled"
+        to, reason = PlanState.FILLED, "order_filled"
     elif o.status in ("NEW", "PARTIALLY_FILLED") and not final:
         return PENDING
     elif o.executed_qty > 0:
-        to, reason = "PARTIALLY_FILLED", f"order_{o.status.lower()}"
+        to, reason = PlanState.PARTIALLY_FILLED, f"order_{o.status.lower()}"
     elif o.status == "REJECTED":
-        to, reason = "REJECTED", "order_rejected"
+        to, reason = PlanState.REJECTED, "order_rejected"
     else:
-        to, reason = "CANCELED", f"order_{o.status.lower()}"
+        to, reason = PlanState.CANCELED, f"order_{o.status.lower()}"
     fields: dict = {"executed_qty": o.executed_qty, "avg_price": o.avg_price, "order_status": o.status,
                     "realized_pnl": o.realized_pnl - o.commission, "commission": o.commission}
     if position_read:  # the order's outcome is known; the position size is only informative
         fields["position_qty_after"] = vp.qty if vp is not None else 0.0
     book, fill = None, None
-    if to == "FILLED":  # the book follows only if the state moves (same script)
+    if to == PlanState.FILLED:  # the book follows only if the state moves (same script)
         # A tier is harvested only when its whole quantity filled; a partial fill's remainder
         # is the decision's next attempt (harvest.domain.plans.next_attempt).
         book = {"tier": plan.tier or None}
         if plan.action in STOP_ACTIONS and o.stop_price is not None:
             book["set"] = {"current_stop": o.stop_price}
-    if to in ("FILLED", "PARTIALLY_FILLED"):
+    if to in (PlanState.FILLED, PlanState.PARTIALLY_FILLED):
         fill = (plan.scanned_at if plan.scanned_at is not None else plan.created_at, plan.action.value)
     rt.plans.transition(plan.plan_id, to, reason, data=fields, fields=fields, book=book, fill=fill)
     return to

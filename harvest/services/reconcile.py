@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
+from harvest.domain.models import PlanState, SendState
 from harvest.domain.plans import parse_client_order_id
 from harvest.services.decide import load_positions
 from harvest.services.execution import PENDING, Resend, resolve_submitted
@@ -62,13 +63,13 @@ def reconcile_once(rt: Runtime, resend: Resend | None = None) -> dict:
     for plan in plans.values():
         if plan.account != acct or epochs.get(plan.symbol) == plan.epoch:
             continue
-        if plan.state in ("PROPOSED", "APPROVED"):
-            ok, _ = rt.plans.transition(plan.plan_id, "EXPIRED", "position_closed_outside",
+        if plan.state in (PlanState.PROPOSED, PlanState.APPROVED):
+            ok, _ = rt.plans.transition(plan.plan_id, PlanState.EXPIRED, "position_closed_outside",
                                         data={"open_epoch": epochs.get(plan.symbol)})
             closed += ok
         # "sending": execute owns it, or its send was accepted and confirm has yet to record
         # that and resolve it; the sweeper resolves it at the TTL if confirm never runs.
-        elif plan.state == "SUBMITTED" and plan.send != "sending":
+        elif plan.state == PlanState.SUBMITTED and plan.send != SendState.SENDING:
             # Final look-up: with the position gone nothing more will fill; a plan whose
             # order closed the position itself reads FILLED here.
             closed += resolve_submitted(rt, plan, final=True) != PENDING
@@ -84,17 +85,17 @@ def reconcile_once(rt: Runtime, resend: Resend | None = None) -> dict:
             unknown += 1
             _report(rt, "unknown_order", client_order_id=o.client_order_id, symbol=o.symbol, type=o.type,
                     status=o.status, side=o.side)
-        elif plan.state == "APPROVED":
-            ok, _ = rt.plans.transition(pid, "SUBMITTED", "adopted_from_exchange",
+        elif plan.state == PlanState.APPROVED:
+            ok, _ = rt.plans.transition(pid, PlanState.SUBMITTED, "adopted_from_exchange",
                                         data={"client_order_id": o.client_order_id, "step": step},
-                                        fields={"client_order_id": o.client_order_id, "step": step, "send": "accepted"})
+                                        fields={"client_order_id": o.client_order_id, "step": step, "send": SendState.ACCEPTED})
             if ok:
                 adopted += 1
                 _report(rt, "adopted_order", plan_id=pid, client_order_id=o.client_order_id, symbol=o.symbol)
                 fresh = rt.plans.get(pid)
                 if fresh is not None:
                     resolve_submitted(rt, fresh, final=False, resend=resend)
-        elif plan.state == "SUBMITTED" and plan.client_order_id == o.client_order_id:
+        elif plan.state == PlanState.SUBMITTED and plan.client_order_id == o.client_order_id:
             resolve_submitted(rt, plan, final=False, resend=resend)
     swept = sweep_once(rt, time.time())
     rt.r.hset(rt.plans.k.counters, "positions_open", len(rows))
@@ -133,10 +134,10 @@ def sweep_once(rt: Runtime, now: float) -> dict[str, int]:
         plan = rt.plans.get(pid)
         if plan is None:
             continue
-        if plan.state in ("PROPOSED", "APPROVED"):
-            ok, _ = rt.plans.transition(pid, "EXPIRED", "ttl_expired")
-            out = "EXPIRED" if ok else "raced"
-        elif plan.state == "SUBMITTED":
+        if plan.state in (PlanState.PROPOSED, PlanState.APPROVED):
+            ok, _ = rt.plans.transition(pid, PlanState.EXPIRED, "ttl_expired")
+            out = PlanState.EXPIRED if ok else "raced"
+        elif plan.state == PlanState.SUBMITTED:
             try:
                 out = resolve_submitted(rt, plan, final=True)
             except VenueError:  # resolve_submitted answers most venue errors itself

@@ -14,10 +14,10 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from harvest.venues.clock import MarketClock
-from harvest.venues.paper import PaperVenue
 from harvest.store import BookStore, MarketCache, PlanStore
 from harvest.venues.base import Venue
+from harvest.venues.clock import MarketClock
+from harvest.venues.paper import PaperVenue
 from settings import HarvestSettings, get_settings
 
 

@@ -40,9 +40,9 @@ from typing import Any, Callable, Iterable
 
 import redis
 
-from harvest.store.counters import DEFERRED, scan_to_fill
-from harvest.domain.models import MarketState, Plan, Side
+from harvest.domain.models import MarketState, Plan, PlanState, SendState, Side
 from harvest.domain.plans import TERMINAL, LatestPlan, allowed_from
+from harvest.store.counters import DEFERRED, scan_to_fill
 
 log = logging.getLogger("harvest.plans")
 
@@ -247,7 +247,7 @@ return n
 
 #: States in which a plan's order is acknowledged done (scan-to-fill latency is observed,
 #: a filled tier is marked harvested).
-FILLED_STATES = ("FILLED", "PARTIALLY_FILLED")
+FILLED_STATES = (PlanState.FILLED, PlanState.PARTIALLY_FILLED)
 
 _PLAN_FLOATS = ("close_fraction", "new_stop", "scanned_at", "acked_at", "created_at", "updated_at", "expires_at",
                 "executed_qty", "avg_price", "realized_pnl", "position_qty_after", "remaining_qty")
@@ -481,7 +481,7 @@ class PlanStore:
         not the lineage's next: its latest plan is in flight, or attempts were skipped).
         """
         pid = plan["plan_id"]
-        fields = dict(plan, state="PROPOSED", updated_at=plan["created_at"], reason="proposed")
+        fields = dict(plan, state=PlanState.PROPOSED, updated_at=plan["created_at"], reason="proposed")
         existing = run_script(
             self.r, self._create,
             keys=[self.k.plan(pid), self.k.open_plans, self.k.plan_index, self.k.results, self.k.metrics_plans,
@@ -491,7 +491,7 @@ class PlanStore:
                   int(plan.get("attempt", 0)), self.k.plan_prefix, *_flat(fields)],
         )
         if existing is None:
-            _log_transition(pid, plan["symbol"], _enc(plan["action"]), "", "PROPOSED", "proposed")
+            _log_transition(pid, plan["symbol"], _enc(plan["action"]), "", PlanState.PROPOSED, "proposed")
         return existing
 
     def transition(
@@ -596,8 +596,8 @@ class PlanStore:
         (with the queued metric observations). Confirm uses it: execute hands the
         acknowledgement on instead of spending a round trip of its own on it. Returns the
         plan, or None when no such plan_id exists."""
-        keys, args = self._mark_send_args(plan_id, step, "accepted", None, {"acked_at": acked_at}, acked_at,
-                                          only_from="sending")
+        keys, args = self._mark_send_args(plan_id, step, SendState.ACCEPTED, None, {"acked_at": acked_at}, acked_at,
+                                          only_from=SendState.SENDING)
         _, (h,) = run_script(self.r, self._mark_send, keys, args, then=lambda p: p.hgetall(self.k.plan(plan_id)))
         return self.parse(h) if h else None
 

@@ -531,7 +531,7 @@ class BinanceVenue(Venue):
             params: dict[str, Any] = {"symbol": symbol, "side": side, "type": "MARKET", "quantity": qty,
                                       "newClientOrderId": client_order_id, "newOrderRespType": "RESULT"}
             if dual:
-                params["positionSide"] = "LONG" if side == "SELL" else "SHORT"
+                params["positionSide"] = Side.closed_by(side).value
             else:
                 params["reduceOnly"] = "true"
             return self._call("futures_create_order", "order", "close", **params)
@@ -544,7 +544,7 @@ class BinanceVenue(Venue):
                                       "closePosition": "true", "workingType": "MARK_PRICE",
                                       "clientAlgoId": client_order_id}
             if dual:
-                params["positionSide"] = "LONG" if side == "SELL" else "SHORT"
+                params["positionSide"] = Side.closed_by(side).value
             return self._call("futures_create_order", "order", "stop", **params)
         new = self._algo(self._mode_refreshed(send, "stop"))
         # The new stop works; only now are the older stops of this position cancelled. A

@@ -45,6 +45,7 @@ from harvest.data import (
     shipped_filters,
 )
 from harvest.domain.models import Side
+from harvest.domain.plans import CLIENT_ORDER_PREFIX
 from harvest.venues.base import (
     BAD_SYMBOL,
     DUPLICATE_CID,
@@ -237,7 +238,7 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         the LONG leg, a BUY the SHORT one)."""
         row = self._row(symbol)  # the position and the position mode, one round trip
         dual = row[3]
-        ps = ("LONG" if side == "SELL" else "SHORT") if dual else "BOTH"
+        ps = Side.closed_by(side).value if dual else "BOTH"
         return self.submit_market(symbol, side, qty, client_order_id, reduce_only=not dual, position_side=ps, dual=dual,
                                   row=row)
 
@@ -407,7 +408,7 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
 
     def move_stop(self, symbol: str, side: str, stop_price: str, client_order_id: str) -> OrderResult:
         """Place the new stop, then cancel the position's other stops (never unprotected)."""
-        ps = ("LONG" if side == "SELL" else "SHORT") if self.dual() else None
+        ps = Side.closed_by(side).value if self.dual() else None
         order = self.place_stop(symbol, side, stop_price, client_order_id, position_side=ps)
         for o in self.open_orders(symbol, algo=True):
             if o.client_order_id != client_order_id:
@@ -444,7 +445,7 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         """Every order of this account (``harvest_only``: those whose clientOrderId carries
         harvest's ``hv-`` prefix, i.e. not a strategy's opening stop)."""
         out = [OrderResult.model_validate_json(v) for v in self.r.hvals(self.k_orders)]
-        return [o for o in out if o.client_order_id.startswith("hv-")] if harvest_only else out
+        return [o for o in out if o.client_order_id.startswith(CLIENT_ORDER_PREFIX)] if harvest_only else out
 
     def all_orders(self, symbols: list[str]) -> list[OrderResult]:
         """Every order of these symbols the engine recorded (latest record per clientOrderId)."""

@@ -6,9 +6,15 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from harvest.domain.exit_ladder import close_scheme, compute_levels, leverage_scaling_factor
+from harvest.domain.exit_ladder import (
+    close_scheme,
+    compute_levels,
+    leverage_scaling_factor,
+)
 from harvest.domain.kernel import (
     PositionBatch,
     compute_harvest_proposal,

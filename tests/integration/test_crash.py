@@ -6,9 +6,16 @@ from __future__ import annotations
 
 import uuid
 
-from harvest.ops.loadgen import env_for, mark_at_r, open_positions, runtime, start_emulator, start_worker
 from harvest.domain.models import Action
 from harvest.domain.plans import TERMINAL, make_plan_id
+from harvest.ops.loadgen import (
+    env_for,
+    mark_at_r,
+    open_positions,
+    runtime,
+    start_emulator,
+    start_worker,
+)
 from harvest.ops.procs import CeleryProcess, wait_for
 from harvest.ops.scorecard import build_scorecard
 

@@ -16,15 +16,20 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harvest.venues.binance import WeightBudget
 from harvest.domain.models import Action
 from harvest.domain.plans import make_plan_id
 from harvest.ops.procs import ROOT
-from harvest.services.runtime import build_runtime
+from harvest.venues.binance import WeightBudget
 from settings import load_settings
 from tasks.app import app
 from tests.harness import CeleryProcess, free_port, wait_for, worker
-from tests.pipeline_helpers import emulator, clean, epoch, mark_for_r, open_position, wait_terminal
+from tests.pipeline_helpers import (
+    emulator,
+    epoch,
+    mark_for_r,
+    open_position,
+    wait_terminal,
+)
 
 KEY, SECRET = "ops-key-3b9d0c7e", "ops-secret-a41f77d2e0"
 NS = os.environ["HARVEST_NAMESPACE"]
@@ -68,9 +73,8 @@ def flower(ops_worker):
 
 
 @pytest.fixture()
-def rt(ops_worker, emu):
-    rt = build_runtime(load_settings())
-    clean(rt)
+def rt(ops_worker, emu, rt):
+    """The shared clean runtime (tests/integration/conftest.py), once the processes run."""
     emu.faults.clear()
     return rt
 

@@ -12,7 +12,14 @@ from harvest.services.runtime import build_runtime
 from settings import load_settings
 from tasks.app import app
 from tests.harness import wait_for, worker
-from tests.pipeline_helpers import clean, epoch, mark_for_r, open_position, wait_quiet, wait_terminal
+from tests.pipeline_helpers import (
+    clean,
+    epoch,
+    mark_for_r,
+    open_position,
+    wait_quiet,
+    wait_terminal,
+)
 
 NS = os.environ["HARVEST_NAMESPACE"]
 SHADOW_NS = NS + "-s"
@@ -30,9 +37,8 @@ def workers():
 
 
 @pytest.fixture()
-def rt(workers):
-    rt = build_runtime(load_settings())
-    clean(rt)
+def rt(workers, rt):
+    """The shared clean runtime (tests/integration/conftest.py), once the processes run."""
     return rt
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from harvest.store.counters import DEFERRED, queue_wait
 from harvest.services.runtime import build_runtime
+from harvest.store.counters import DEFERRED, queue_wait
 from settings import load_settings
 from tests.pipeline_helpers import clean
 

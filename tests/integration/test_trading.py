@@ -13,9 +13,9 @@ import time
 
 from harvest.domain.models import Action, Side
 from harvest.domain.plans import lineage_id, make_plan_id
+from harvest.domain.trading import effective
 from harvest.ops.procs import ROOT
 from harvest.services.runtime import build_runtime
-from harvest.domain.trading import effective
 from settings import load_settings
 from tasks.app import app
 from tests.harness import wait_for, worker
@@ -42,7 +42,9 @@ def test_halt_blocks_the_next_plan_and_resume_lets_it_through():
         app.send_task("harvest.scan_positions", queue=f"{NS}.scan")
         wait_for(lambda: rt.plans.counters().get("scan:halted", 0) >= 1, 20, what="a scan under the halt")
         assert not list(rt.plans.all_plans())  # the scan started nothing
-        from workflows import full_chain  # an on-demand chain while halted: blocked at the guard
+        from workflows import (
+            full_chain,  # an on-demand chain while halted: blocked at the guard
+        )
 
         full_chain("BTCUSDT").apply_async(queue=f"{NS}.scan")
         blocked = wait_for(lambda: next(iter(rt.plans.all_plans()), None), 20, what="the on-demand plan")

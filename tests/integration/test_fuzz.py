@@ -18,17 +18,17 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from harvest.venues.binance import BinanceVenue
 from harvest.domain.plans import TERMINAL
+from harvest.services.decide import decide, load_positions
 from harvest.services.runtime import build_runtime
+from harvest.venues.base import VenueError
+from harvest.venues.binance import BinanceVenue
 from settings import ENV_PREFIX, HarvestSettings, SettingsError, load_settings
 from tasks.confirm import confirm
-from harvest.services.decide import decide, load_positions
 from tasks.evaluate import evaluate
 from tasks.execute import execute
 from tasks.guard import guard
 from tasks.propose import propose
-from harvest.venues.base import VenueError
 from tests.pipeline_helpers import clean, mark_for_r, open_position
 
 SYM = "BTCUSDT"

@@ -12,14 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harvest.data import filters_from_exchange_info, load_exchange_info, load_klines, read_klines, shipped_filters
+from harvest.data import (
+    filters_from_exchange_info,
+    load_exchange_info,
+    load_klines,
+    read_klines,
+    shipped_filters,
+)
 from harvest.domain.market import market_state_at, market_state_from_closes
 from harvest.domain.models import HarvestTheta, Regime
 from settings import SettingsError, load_settings
 
 TH = HarvestTheta()
-FIXTURES = Path(__file__).parent / "fixtures"
-ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_efficiency_ratio_hand_computed():

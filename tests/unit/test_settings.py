@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from harvest.venues.binance import emulator_handshake, make_client
 from harvest.venues.base import VenueError
+from harvest.venues.binance import emulator_handshake, make_client
 from settings import SettingsError, load_settings, unknown_variables
 
 KEYS = {"api_key": "k", "api_secret": "s"}

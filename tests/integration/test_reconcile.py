@@ -8,27 +8,17 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from harvest.domain.plans import client_order_id
 from harvest.ops.procs import ROOT
-from harvest.services.runtime import build_runtime
-from settings import load_settings
 from harvest.services.decide import decide, load_positions
-from tasks.guard import guard
 from harvest.services.reconcile import reconcile_once
+from tasks.guard import guard
 from tasks.propose import propose
-from tests.pipeline_helpers import T0, clean, mark_for_r, open_position
+from tests.pipeline_helpers import T0, mark_for_r, open_position
 
 SYM = "BTCUSDT"
 NS = os.environ["HARVEST_NAMESPACE"]
-
-
-@pytest.fixture()
-def rt():
-    rt = build_runtime(load_settings())
-    clean(rt)
-    return rt
 
 
 def approved_plan(rt, r: float = 2.2):

@@ -9,23 +9,14 @@ import time
 import pytest
 from celery.exceptions import Retry
 
-from harvest.services.runtime import build_runtime
-from settings import load_settings
-from tasks.confirm import confirm
 from harvest.services.decide import decide, load_positions
+from tasks.confirm import confirm
 from tasks.execute import execute
 from tasks.guard import guard
 from tasks.propose import propose
-from tests.pipeline_helpers import clean, mark_for_r, open_position
+from tests.pipeline_helpers import mark_for_r, open_position
 
 SYM = "BTCUSDT"
-
-
-@pytest.fixture()
-def rt():
-    rt = build_runtime(load_settings())
-    clean(rt)
-    return rt
 
 
 def proposed(rt) -> dict:

@@ -8,10 +8,16 @@ import pytest
 
 from harvest.domain.models import Action
 from harvest.domain.plans import make_plan_id
-from harvest.services.runtime import build_runtime
-from settings import load_settings
 from tests.harness import worker
-from tests.pipeline_helpers import T0, clean, epoch, mark_for_r, open_position, state, wait_quiet, wait_terminal
+from tests.pipeline_helpers import (
+    T0,
+    epoch,
+    mark_for_r,
+    open_position,
+    state,
+    wait_quiet,
+    wait_terminal,
+)
 
 SYM = "BTCUSDT"
 
@@ -26,9 +32,8 @@ def live_worker():
 
 
 @pytest.fixture()
-def rt(live_worker):
-    rt = build_runtime(load_settings())
-    clean(rt)
+def rt(live_worker, rt):
+    """The shared clean runtime (tests/integration/conftest.py), once the processes run."""
     return rt
 
 

@@ -8,14 +8,18 @@ import os
 
 import pytest
 
-from harvest.venues.emulator import Emulator
 from harvest.domain.models import Action
 from harvest.domain.plans import make_plan_id
-from harvest.services.runtime import build_runtime
-from settings import load_settings
+from harvest.venues.emulator import Emulator
 from tasks.app import app
 from tests.harness import wait_for, worker
-from tests.pipeline_helpers import emulator, clean, epoch, mark_for_r, open_position, wait_terminal
+from tests.pipeline_helpers import (
+    emulator,
+    epoch,
+    mark_for_r,
+    open_position,
+    wait_terminal,
+)
 
 KEY, SECRET = "pipeline-key-5f1e", "pipeline-secret-9a7c"
 NS = os.environ["HARVEST_NAMESPACE"]
@@ -39,9 +43,8 @@ def binance_worker(emu):
 
 
 @pytest.fixture()
-def rt(binance_worker, emu):
-    rt = build_runtime(load_settings())
-    clean(rt)
+def rt(binance_worker, emu, rt):
+    """The shared clean runtime (tests/integration/conftest.py), once the processes run."""
     emu.faults.clear()
     return rt
 

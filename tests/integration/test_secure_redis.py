@@ -9,9 +9,15 @@ import uuid
 
 import pytest
 
-from harvest.ops.loadgen import celery_app, env_for, open_positions, runtime, start_worker
 from harvest.domain.models import Action
 from harvest.domain.plans import TERMINAL, make_plan_id
+from harvest.ops.loadgen import (
+    celery_app,
+    env_for,
+    open_positions,
+    runtime,
+    start_worker,
+)
 from harvest.ops.procs import CeleryProcess, RedisServer, wait_for
 
 PASSWORD = "pw-" + uuid.uuid4().hex[:12]

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from harvest.domain.book import position_row, to_position, valid_rows
 from harvest.data import load_klines
+from harvest.domain.book import position_row, to_position, valid_rows
 from harvest.domain.kernel import PositionBatch
 from harvest.domain.models import MarketState, Regime, Side
 from harvest.venues.base import VenuePosition

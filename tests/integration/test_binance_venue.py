@@ -10,11 +10,11 @@ import sys
 import pytest
 import redis
 
-from harvest.venues.binance import BinanceVenue, make_client
-from harvest.venues.emulator import Emulator
-from harvest.venues.clock import MarketClock
 from harvest.ops.procs import ROOT, free_port
 from harvest.venues.base import VenueError
+from harvest.venues.binance import BinanceVenue, make_client
+from harvest.venues.clock import MarketClock
+from harvest.venues.emulator import Emulator
 from settings import SettingsError, load_settings
 from tests.pipeline_helpers import T0
 

@@ -7,17 +7,41 @@ import math
 
 import pytest
 
-from harvest.domain.book import protective_stop, unprotected
 from harvest.data import load_brackets_raw, shipped_filters
+from harvest.domain.book import protective_stop, unprotected
 from harvest.domain.exit_ladder import compute_levels
-from harvest.domain.guard_rules import Approval, Block, GuardContext, close_quantity, verdict
-from harvest.domain.kernel import compute_harvest_proposal, compute_r_net
-from harvest.domain.margin import brackets_from_response, clamp_stop, liquidation_price, stop_bound
-from harvest.domain.models import Action, HarvestTheta, MarketState, Plan, Position, Regime, Side
-from harvest.domain.plans import (
-    FINAL_REJECTIONS, LatestPlan, attempt_backoff, lineage_id, make_plan_id, next_attempt,
+from harvest.domain.guard_rules import (
+    Approval,
+    Block,
+    GuardContext,
+    close_quantity,
+    verdict,
 )
-from harvest.venues.base import VenuePosition
+from harvest.domain.kernel import compute_harvest_proposal, compute_r_net
+from harvest.domain.margin import (
+    brackets_from_response,
+    clamp_stop,
+    liquidation_price,
+    stop_bound,
+)
+from harvest.domain.models import (
+    Action,
+    HarvestTheta,
+    MarketState,
+    Plan,
+    Position,
+    Regime,
+    Side,
+)
+from harvest.domain.plans import (
+    FINAL_REJECTIONS,
+    LatestPlan,
+    attempt_backoff,
+    lineage_id,
+    make_plan_id,
+    next_attempt,
+)
+from tests.unit.test_guard_rules import book, vpos
 
 TH = HarvestTheta()
 BR = brackets_from_response(load_brackets_raw())
@@ -149,107 +173,6 @@ def test_r_net_per_open_unit_makes_tier_two_reachable():
     assert compute_harvest_proposal(p, m, T0 + 60, th).action is Action.PARTIAL_50
     # funding per unit opened, on the open quantity: 1 USDT paid on 1.0 opened = 1 R per unit
     assert compute_r_net(pos(qty=0.5, mark_price=102.0, funding_paid=1.0), th) == pytest.approx(2.0 - 1.0)
-
-
-# --------------------------------------------------------------------------- guard rules
-
-def plan(action=Action.PARTIAL_25, tier=1, fraction=0.25, new_stop=None, **kw) -> Plan:
-    base = dict(plan_id="0123456789abcdef", account="paper", symbol="BTCUSDT", epoch="L1", side=Side.LONG,
-                action=action, tier=tier, close_fraction=fraction, new_stop=new_stop, state="PROPOSED",
-                created_at=T0, updated_at=T0, expires_at=T0 + 30, client_order_id="hv-0123456789abcdef-0")
-    base.update(kw)
-    return Plan(**base)
-
-
-def vpos(mark=100_000.0, qty=0.1, stop=99_000.0, lev=10.0, side=Side.LONG, entry=100_000.0) -> VenuePosition:
-    liq = liquidation_price(side, qty, entry, lev, BR["BTCUSDT"])
-    return VenuePosition(symbol="BTCUSDT", side=side, qty=qty, entry_price=entry, mark_price=mark, leverage=lev,
-                         stop_price=stop, liquidation_price=liq)
-
-
-def book(tier=0, stop=99_000.0, entry_state=None):
-    return {"epoch": "L1", "side": Side.LONG, "opened_at": T0, "entry_price": 100_000.0, "qty_at_open": 0.1,
-            "initial_stop": stop, "harvested_tier": tier, "entry_state": entry_state}
-
-
-CTX = GuardContext(frozenset({"BTCUSDT"}), TH, T0 + 1, T0 + 1)
-
-
-def test_common_rules_in_order():
-    assert verdict(plan(), vpos(), book(), F, None, GuardContext(frozenset({"BTCUSDT"}), TH, T0 + 31, T0)).reason \
-        == "plan_ttl_expired"
-    assert verdict(plan(symbol="ETHUSDT"), None, None, None, None, CTX).reason == "symbol_not_allowed"
-    assert verdict(plan(), None, book(), F, None, CTX).reason == "ghost_position"
-    assert verdict(plan(side=Side.SHORT), vpos(), book(), F, None, CTX).reason == "side_mismatch"
-    assert verdict(plan(epoch="L0"), vpos(), book(), F, None, CTX).reason == "epoch_changed"
-
-
-def test_forged_partial_75_at_2_2r_after_tier_one_is_rejected():
-    """Issue 19.5: a forged PARTIAL_75 at 2.2 R after tier 1 closed 5.6 of 7.5."""
-    mark = 100_000.0 + 2.2 * 1_000.0 + 60.0  # ~2.2 R net of the fee
-    out = verdict(plan(Action.PARTIAL_75, 3, 0.75), vpos(mark=mark), book(tier=1), F, None, CTX)
-    assert isinstance(out, Block) and out.reason == "tier_not_reached"
-    assert verdict(plan(), vpos(mark=mark), book(tier=1), F, None, CTX).reason == "tier_harvested"
-    ok = verdict(plan(), vpos(mark=mark), book(tier=0), F, None, CTX)
-    assert isinstance(ok, Approval) and ok.fields == {"order_qty": "0.025"}
-
-
-def test_forged_stop_at_the_mark_is_rejected():
-    """Issue 19.5: a forged PROFIT_LOCK_SL with the stop at the mark was filled at once."""
-    out = verdict(plan(Action.PROFIT_LOCK_SL, 0, 0.0, new_stop=103_000.0), vpos(mark=103_000.0), book(), F, None, CTX)
-    assert isinstance(out, Block) and out.reason == "stop_through_mark"
-    close = 103_000.0 - 0.5 * TH.stop_min_distance * 103_000.0  # inside the minimum distance
-    assert verdict(plan(Action.PROFIT_LOCK_SL, 0, 0.0, new_stop=close), vpos(mark=103_000.0), book(), F, None,
-                   CTX).reason == "stop_through_mark"
-    assert verdict(plan(Action.PROFIT_LOCK_SL, 0, 0.0, new_stop=98_000.0), vpos(mark=103_000.0), book(), F, None,
-                   CTX).reason == "stop_not_tighter"
-    ok = verdict(plan(Action.PROFIT_LOCK_SL, 0, 0.0, new_stop=101_500.0), vpos(mark=103_000.0), book(), F, None, CTX)
-    assert isinstance(ok, Approval) and ok.fields == {"stop_price": "101500"}
-
-
-def test_protect_rules():
-    naked = vpos(stop=None, lev=50)
-    liq = naked.liquidation_price
-    assert liq is not None and liq > 98_000.0
-    ok = verdict(plan(Action.PROTECT, 0, 0.0, new_stop=99_000.0), naked, book(), F, None, CTX)
-    assert isinstance(ok, Approval)
-    assert verdict(plan(Action.PROTECT, 0, 0.0, new_stop=liq - 10), naked, book(), F, None, CTX).reason \
-        == "no_stop_inside_liquidation"
-    assert verdict(plan(Action.PROTECT, 0, 0.0, new_stop=99_000.0), vpos(stop=99_500.0, lev=50), book(), F, None,
-                   CTX).reason == "already_protected"
-
-
-def test_full_close_needs_the_kill_recomputed_or_a_breached_stop():
-    calm = MarketState(symbol="BTCUSDT", ts_time=T0, sigma=0.001, ts=0.5, p_trend=0.9, regime=Regime.TREND, trend_dir=1)
-    flipped = calm.model_copy(update={"regime": Regime.CHOP, "p_trend": 0.1, "ts": 0.05})
-    full = plan(Action.FULL_CLOSE_PROPOSED, 0, 1.0)
-    assert verdict(full, vpos(), book(entry_state=calm), F, calm, CTX).reason == "kill_not_confirmed"
-    assert verdict(full, vpos(), book(entry_state=calm), F, None, CTX).reason == "kill_not_confirmed"
-    ok = verdict(full, vpos(), book(entry_state=calm), F, flipped, CTX)
-    assert isinstance(ok, Approval) and ok.data["confirmed"] == "kill_score" and ok.fields == {"order_qty": "0.1"}
-    stale = GuardContext(frozenset({"BTCUSDT"}), TH, T0 + 1, T0 + 1, market_stale_s=15.0)
-    assert verdict(full, vpos(), book(entry_state=calm), F, flipped.model_copy(update={"computed_at": T0 - 60}),
-                   stale).reason == "kill_not_confirmed"
-    assert isinstance(verdict(full, vpos(), book(entry_state=calm), F,
-                              flipped.model_copy(update={"computed_at": T0 - 5}), stale), Approval)
-    breach = verdict(full, vpos(mark=98_900.0), book(entry_state=calm), F, calm, CTX)
-    assert isinstance(breach, Approval) and breach.data["confirmed"] == "stop_breached"
-
-
-def test_close_quantity_rounding_dust_and_remainder():
-    p = plan()
-    q, note = close_quantity(F, p, vpos(qty=0.1))
-    assert (str(q), note) == ("0.025", "")
-    q, note = close_quantity(F, p, vpos(qty=0.0045))  # remainder 0.0034 → 340 USDT ≥ minNotional? yes
-    assert str(q) == "0.001"
-    q, note = close_quantity(F, p, vpos(qty=0.002))  # 0.0005 → 0.000: nothing to send, the rest is no dust
-    assert (q, note) == (None, "below_min_qty")
-    q, note = close_quantity(F, p, vpos(qty=0.005, mark=20_000.0))  # rest 0.004 × 20 000 < 100 USDT minNotional
-    assert (str(q), note) == ("0.005", "dust_folded")
-    q, note = close_quantity(F, plan(remaining_qty=0.015), vpos(qty=0.075))  # the tier's remainder
-    assert str(q) == "0.015"
-    assert close_quantity(F, plan(), VenuePosition(symbol="BTCUSDT", side=Side.LONG, qty=0.0009, entry_price=1.0,
-                                                   mark_price=1.0, leverage=1.0))[1] == "below_min_qty"
 
 
 # --------------------------------------------------------------------------- protection
