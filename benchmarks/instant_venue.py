@@ -51,16 +51,27 @@ class InstantVenue:
     def close_market(self, symbol: str, side: str, qty: str, client_order_id: str) -> OrderResult:
         return self._filled(symbol, side, float(qty), client_order_id)
 
-    def order_and_position(self, symbol: str, client_order_id: str,
-                           conditional: bool = False) -> tuple[OrderResult, VenuePosition | None, bool]:
+    def order_and_position(
+        self, symbol: str, client_order_id: str, conditional: bool = False
+    ) -> tuple[OrderResult, VenuePosition | None, bool]:
         p = self._positions[symbol]
         return self._filled(symbol, p.side.close_order_side, p.qty / 4, client_order_id), p, True
 
     def _filled(self, symbol: str, side: str, qty: float, cid: str) -> OrderResult:
         mark = self._positions[symbol].mark_price
-        return OrderResult(symbol=symbol, client_order_id=cid, order_id=1, side=side, type="MARKET", status="FILLED",
-                           orig_qty=qty, executed_qty=qty, avg_price=mark, commission=qty * mark * TAKER_FEE_RATE,
-                           update_time=time.time())
+        return OrderResult(
+            symbol=symbol,
+            client_order_id=cid,
+            order_id=1,
+            side=side,
+            type="MARKET",
+            status="FILLED",
+            orig_qty=qty,
+            executed_qty=qty,
+            avg_price=mark,
+            commission=qty * mark * TAKER_FEE_RATE,
+            update_time=time.time(),
+        )
 
     def __getattr__(self, name: str):
         return getattr(self._paper, name)

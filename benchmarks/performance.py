@@ -60,14 +60,20 @@ from _setup import (  # noqa: E402
 
 from harvest.ops.procs import RedisServer, child_pids, wait_for  # noqa: E402
 
-TARGETS = {"kernel_ratio": 50.0, "scan_wall_s": 1.0, "pipeline_ratio": 0.8, "latency_p99_ms": 250.0,
-           "rss_growth_mb": 5.0}
+TARGETS = {
+    "kernel_ratio": 50.0,
+    "scan_wall_s": 1.0,
+    "pipeline_ratio": 0.8,
+    "latency_p99_ms": 250.0,
+    "rss_growth_mb": 5.0,
+}
 NOOP = ["-I", "benchmarks.noop_tasks"]
 #: Workers of the pipeline rounds with the exchange's work removed (see benchmarks/instant_venue.py).
 INSTANT = ["-I", "benchmarks.noop_tasks,benchmarks.instant_venue"]
 
 
 # --------------------------------------------------------------------------- a. kernel
+
 
 def bench_kernel(n: int) -> dict:
     """Batch vs per-position kernel over the same n random positions (best of 3 each)."""
@@ -88,12 +94,30 @@ def bench_kernel(n: int) -> dict:
         stop = entry * (1 - side.sign * rnd.uniform(0.005, 0.05))
         mark = entry * (1 + side.sign * rnd.uniform(-0.04, 0.2))
         reg = [Regime.TREND, Regime.CHOP, Regime.MR]
-        es = MarketState(symbol=f"S{i}", ts_time=T0, sigma=rnd.uniform(0, 0.01), ts=rnd.random(), p_trend=rnd.random(),
-                         regime=rnd.choice(reg), trend_dir=rnd.choice([-1, 0, 1]))
+        es = MarketState(
+            symbol=f"S{i}",
+            ts_time=T0,
+            sigma=rnd.uniform(0, 0.01),
+            ts=rnd.random(),
+            p_trend=rnd.random(),
+            regime=rnd.choice(reg),
+            trend_dir=rnd.choice([-1, 0, 1]),
+        )
         ms = es.model_copy(update={"sigma": rnd.uniform(0, 0.02), "ts": rnd.random(), "regime": rnd.choice(reg)})
-        pos = Position(symbol=f"S{i}", side=side, qty=1.0, qty_at_open=1.0, entry_price=entry, mark_price=mark,
-                       leverage=10, initial_stop=stop, opened_at=T0 + rnd.uniform(0, 80_000), epoch="e",
-                       harvested_tier=rnd.choice([0, 0, 1, 2]), entry_state=es)
+        pos = Position(
+            symbol=f"S{i}",
+            side=side,
+            qty=1.0,
+            qty_at_open=1.0,
+            entry_price=entry,
+            mark_price=mark,
+            leverage=10,
+            initial_stop=stop,
+            opened_at=T0 + rnd.uniform(0, 80_000),
+            epoch="e",
+            harvested_tier=rnd.choice([0, 0, 1, 2]),
+            entry_state=es,
+        )
         pairs.append((pos, ms))
 
     def best(f, k=3):
@@ -108,12 +132,20 @@ def bench_kernel(n: int) -> dict:
     batch = PositionBatch.from_models(pairs)
     batch_s = best(lambda: evaluate_batch(batch, now, theta), 5)
     build_s = best(lambda: PositionBatch.from_models(pairs))
-    return {"positions": n, "loop_s": loop_s, "batch_s": batch_s, "build_arrays_s": build_s,
-            "ratio": loop_s / batch_s, "ratio_incl_build": loop_s / (batch_s + build_s),
-            "loop_positions_per_s": n / loop_s, "batch_positions_per_s": n / batch_s}
+    return {
+        "positions": n,
+        "loop_s": loop_s,
+        "batch_s": batch_s,
+        "build_arrays_s": build_s,
+        "ratio": loop_s / batch_s,
+        "ratio_incl_build": loop_s / (batch_s + build_s),
+        "loop_positions_per_s": n / loop_s,
+        "batch_positions_per_s": n / batch_s,
+    }
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def _pool_pids(worker_pid: int) -> list[int]:
     """The pool processes of a ``celery worker`` (its children, or theirs behind a wrapper)."""
@@ -157,8 +189,11 @@ def _bare_chains(app, ns: str, rt, n: int, queues: list[str]) -> float:
     sigs = [app.signature("bench.noop", queue=f"{ns}.{q}") for q in queues[:-1]]
     t0 = time.perf_counter()
     for _ in range(n):
-        chain(app.signature("bench.noop", args=(None,), queue=f"{ns}.{queues[0]}"), *sigs[1:],
-              app.signature("bench.done", kwargs={"key": key}, queue=f"{ns}.{queues[-1]}")).apply_async()
+        chain(
+            app.signature("bench.noop", args=(None,), queue=f"{ns}.{queues[0]}"),
+            *sigs[1:],
+            app.signature("bench.done", kwargs={"key": key}, queue=f"{ns}.{queues[-1]}"),
+        ).apply_async()
     wait_for(lambda: int(rt.r.get(key) or 0) >= n, 600, 0.02, f"{n} bare chains")
     return n / (time.perf_counter() - t0)
 
@@ -194,6 +229,7 @@ def _all_terminal(rt, n: int) -> bool:
 
 # --------------------------------------------------------------------------- b. scan
 
+
 def bench_scan(url: str, n: int, rounds: int = 3, baseline_chains: int = 1000) -> dict:
     syms = symbols(n)
     ns, env, rt = fresh_namespace(url, "perf", syms, 0.0)
@@ -205,18 +241,24 @@ def bench_scan(url: str, n: int, rounds: int = 3, baseline_chains: int = 1000) -
     try:
         _prime(app, ns, rt)
         for k in range(rounds):
-            batch = syms[k * actionable:(k + 1) * actionable]
+            batch = syms[k * actionable : (k + 1) * actionable]
             _set_marks(rt, paper, batch, 2.1)
             runs, started = _counter(rt, "scan:runs"), _counter(rt, "scan:chains_started")
             t0 = time.perf_counter()
             app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
-            wait_for(lambda: _counter(rt, "scan:runs") == runs + 1, 60, 0.01, "the scan")
+            wait_for(lambda runs=runs: _counter(rt, "scan:runs") == runs + 1, 60, 0.01, "the scan")
             wall = time.perf_counter() - t0
             chains = _counter(rt, "scan:chains_started") - started
-            wait_for(lambda: _all_terminal(rt, (k + 1) * actionable), 300, 0.01, "the round's plans terminal")
+            wait_for(lambda k=k: _all_terminal(rt, (k + 1) * actionable), 300, 0.01, "the round's plans terminal")
             _set_marks(rt, paper, batch, 0.0)  # back at entry: the next scan has 1 % actionable again
-            out["rounds"].append({"scan_wall_s": wall, "chains_published": chains, "tasks_published": 4 * chains,
-                                  "until_all_terminal_s": time.perf_counter() - t0})
+            out["rounds"].append(
+                {
+                    "scan_wall_s": wall,
+                    "chains_published": chains,
+                    "tasks_published": 4 * chains,
+                    "until_all_terminal_s": time.perf_counter() - t0,
+                }
+            )
         rate = _bare_chains(app, ns, rt, baseline_chains, ["scan", "scan", "scan", "orders", "orders"])
         out["bare_5task_chains_per_s"] = rate
         out["chain_per_position_design_s"] = n / rate
@@ -229,6 +271,7 @@ def bench_scan(url: str, n: int, rounds: int = 3, baseline_chains: int = 1000) -
 
 
 # --------------------------------------------------------------------------- c. pipeline
+
 
 def _harvest_canvas(env: dict[str, str]):
     """harvest's own Celery app, canvases and scan decisions in this process, for the
@@ -282,7 +325,13 @@ def bench_pipeline(url: str, n: int, rounds: int = 7, scan_rounds: int = 2, inst
 
     ws = _workers(env, ns)
     queues = ["scan", "scan", "orders", "orders"]
-    out: dict = {"chains": n, "rounds": [], "scan_rounds": [], "instant_rounds": [], "workers": "scan -c 2, orders -c 2"}
+    out: dict = {
+        "chains": n,
+        "rounds": [],
+        "scan_rounds": [],
+        "instant_rounds": [],
+        "workers": "scan -c 2, orders -c 2",
+    }
     try:
         _bare_chains(app, ns, rt, 50, queues)  # warm-up of the pools
         _prime(app, ns, rt)
@@ -292,7 +341,7 @@ def bench_pipeline(url: str, n: int, rounds: int = 7, scan_rounds: int = 2, inst
             return {kind: 1000 * (after[kind] - before[kind]) / n for kind in CPU_KINDS}
 
         def harvest_round(k: int) -> tuple[float, dict[str, float]]:
-            batch = syms[k * n:(k + 1) * n]
+            batch = syms[k * n : (k + 1) * n]
             _set_marks(rt, paper, batch, 2.1)
             pairs, now = load_positions(rt)
             scanned_at = time.time()
@@ -308,7 +357,7 @@ def bench_pipeline(url: str, n: int, rounds: int = 7, scan_rounds: int = 2, inst
             return rate, cpu
 
         def scan_round(k: int) -> tuple[float, dict[str, float]]:
-            batch = syms[k * n:(k + 1) * n]
+            batch = syms[k * n : (k + 1) * n]
             _set_marks(rt, paper, batch, 2.1)
             cpu0, t0 = _cpu_by_kind(rt, ws), time.perf_counter()
             app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
@@ -332,8 +381,13 @@ def bench_pipeline(url: str, n: int, rounds: int = 7, scan_rounds: int = 2, inst
                 (bare, bare_cpu), (harvest, harvest_cpu) = bare_round(), run(k)
             else:
                 (harvest, harvest_cpu), (bare, bare_cpu) = run(k), bare_round()
-            row = {"harvest_chains_per_s": harvest, "bare_4task_chains_per_s": bare, "ratio": harvest / bare,
-                   "harvest_cpu_ms_per_chain": harvest_cpu, "bare_cpu_ms_per_chain": bare_cpu}
+            row = {
+                "harvest_chains_per_s": harvest,
+                "bare_4task_chains_per_s": bare,
+                "ratio": harvest / bare,
+                "harvest_cpu_ms_per_chain": harvest_cpu,
+                "bare_cpu_ms_per_chain": bare_cpu,
+            }
             if run is scan_round:
                 row["positions_scanned"] = n * (rounds + scan_rounds + instant_rounds)  # every position stays open
             out["rounds" if k < rounds else "scan_rounds" if run is scan_round else "instant_rounds"].append(row)
@@ -345,25 +399,33 @@ def bench_pipeline(url: str, n: int, rounds: int = 7, scan_rounds: int = 2, inst
             w.stop()
         clean(rt)
     rs = out["rounds"]
-    out.update({
-        "harvest_chains_per_s": statistics.median(r["harvest_chains_per_s"] for r in rs),
-        "bare_4task_chains_per_s": statistics.median(r["bare_4task_chains_per_s"] for r in rs),
-        "ratio": statistics.median(r["ratio"] for r in rs),
-        "pooled_ratio": (sum(1 / r["bare_4task_chains_per_s"] for r in rs)
-                         / sum(1 / r["harvest_chains_per_s"] for r in rs)),
-        "scan_started_ratio": (statistics.median(r["ratio"] for r in out["scan_rounds"])
-                               if out["scan_rounds"] else None),
-        "instant_ratio": (statistics.median(r["ratio"] for r in out["instant_rounds"])
-                          if out["instant_rounds"] else None),
-        # Machine CPU per chain by process (mean over the rounds, ms): where harvest's extra goes.
-        "cpu_ms_per_chain": {side: {kind: statistics.mean(r[f"{side}_cpu_ms_per_chain"][kind] for r in rs)
-                                    for kind in CPU_KINDS} for side in ("harvest", "bare")},
-        "states": states,
-    })
+    out.update(
+        {
+            "harvest_chains_per_s": statistics.median(r["harvest_chains_per_s"] for r in rs),
+            "bare_4task_chains_per_s": statistics.median(r["bare_4task_chains_per_s"] for r in rs),
+            "ratio": statistics.median(r["ratio"] for r in rs),
+            "pooled_ratio": (
+                sum(1 / r["bare_4task_chains_per_s"] for r in rs) / sum(1 / r["harvest_chains_per_s"] for r in rs)
+            ),
+            "scan_started_ratio": (
+                statistics.median(r["ratio"] for r in out["scan_rounds"]) if out["scan_rounds"] else None
+            ),
+            "instant_ratio": (
+                statistics.median(r["ratio"] for r in out["instant_rounds"]) if out["instant_rounds"] else None
+            ),
+            # Machine CPU per chain by process (mean over the rounds, ms): where harvest's extra goes.
+            "cpu_ms_per_chain": {
+                side: {kind: statistics.mean(r[f"{side}_cpu_ms_per_chain"][kind] for r in rs) for kind in CPU_KINDS}
+                for side in ("harvest", "bare")
+            },
+            "states": states,
+        }
+    )
     return out
 
 
 # --------------------------------------------------------------------------- d. latency
+
 
 def bench_latency(url: str, ticks: int, open_n: int = 100) -> dict:
     syms = symbols(open_n, "L")
@@ -385,8 +447,16 @@ def bench_latency(url: str, ticks: int, open_n: int = 100) -> dict:
             app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
             # One tick at a time: this tick's scan ran and the plans it started are terminal
             # (no backlog of scans ahead of the next tick's chains).
-            wait_for(lambda: _counter(rt, "scan:runs") > runs and rt.r.zcard(rt.plans.k.plan_index) > plans
-                     and rt.plans.count_open() == 0, 60, 0.002, "the tick's plans terminal")
+            wait_for(
+                lambda runs=runs, plans=plans: (
+                    _counter(rt, "scan:runs") > runs
+                    and rt.r.zcard(rt.plans.k.plan_index) > plans
+                    and rt.plans.count_open() == 0
+                ),
+                60,
+                0.002,
+                "the tick's plans terminal",
+            )
         for p in rt.plans.all_plans():
             if p.acked_at is not None and p.scanned_at is not None:
                 lat.append(1000 * (p.acked_at - p.scanned_at))
@@ -397,11 +467,18 @@ def bench_latency(url: str, ticks: int, open_n: int = 100) -> dict:
         clean(rt)
     lat.sort()
     q = statistics.quantiles(lat, n=100, method="inclusive")
-    return {"ticks": ticks, "open_positions": open_n, "acknowledged": len(lat), "p50_ms": q[49], "p99_ms": q[98],
-            "max_ms": lat[-1]}
+    return {
+        "ticks": ticks,
+        "open_positions": open_n,
+        "acknowledged": len(lat),
+        "p50_ms": q[49],
+        "p99_ms": q[98],
+        "max_ms": lat[-1],
+    }
 
 
 # --------------------------------------------------------------------------- e. memory
+
 
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -423,28 +500,38 @@ def bench_memory(url: str, evaluations: int, positions: int = 1000) -> dict:
         scans = evaluations // positions
         for k in range(scans):
             app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
-            wait_for(lambda: _counter(rt, "scan:runs") == k + 1, 60, 0.01, "a scan")
+            wait_for(lambda k=k: _counter(rt, "scan:runs") == k + 1, 60, 0.01, "a scan")
             if (k + 1) % max(1, scans // 10) == 0:
                 samples.append({"evaluations": (k + 1) * positions, "rss_mb": max(_rss_mb(p) for p in pool)})
     finally:
         w.stop()
         clean(rt)
     warm = samples[0]["rss_mb"]
-    return {"positions_per_scan": positions, "evaluations": evaluations, "samples": samples,
-            "rss_after_first_tenth_mb": warm, "rss_end_mb": samples[-1]["rss_mb"],
-            "growth_mb": samples[-1]["rss_mb"] - warm}
+    return {
+        "positions_per_scan": positions,
+        "evaluations": evaluations,
+        "samples": samples,
+        "rss_after_first_tenth_mb": warm,
+        "rss_end_mb": samples[-1]["rss_mb"],
+        "growth_mb": samples[-1]["rss_mb"] - warm,
+    }
 
 
 # --------------------------------------------------------------------------- main
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--positions", type=int, default=10_000, help="open positions (kernel and scan runs)")
     ap.add_argument("--chains", type=int, default=300, help="actionable chains per round (pipeline run)")
     ap.add_argument("--rounds", type=int, default=7, help="pipeline rounds, harvest and bare (the target figure)")
-    ap.add_argument("--instant-rounds", type=int, default=2,
-                    help="pipeline rounds with the exchange's work removed (a decomposition; 7 makes it as "
-                         "steady as the target figure)")
+    ap.add_argument(
+        "--instant-rounds",
+        type=int,
+        default=2,
+        help="pipeline rounds with the exchange's work removed (a decomposition; 7 makes it as "
+        "steady as the target figure)",
+    )
     ap.add_argument("--ticks", type=int, default=100, help="scan ticks (latency run)")
     ap.add_argument("--evaluations", type=int, default=100_000, help="position evaluations (memory run)")
     ap.add_argument("--json", help="also write the results to this file")
@@ -452,8 +539,10 @@ def main() -> int:
     if a.rounds < 1 or a.instant_rounds < 0:
         ap.error("--rounds must be at least 1 and --instant-rounds at least 0")
     os.environ.pop("HARVEST_FAPI_URL", None)
-    out = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-           "targets": TARGETS}
+    out = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "targets": TARGETS,
+    }
     out["kernel"] = bench_kernel(a.positions)
     server = RedisServer().start()
     try:
@@ -477,46 +566,68 @@ def main() -> int:
         return "met" if checks[name] else "MISSED"
 
     print(f"machine: {out['machine']['cpus']} CPUs, Python {out['machine']['python']}, {out['machine']['platform']}")
-    print(f"a. kernel  {k['positions']} positions: batch {1000 * k['batch_s']:.2f} ms "
-          f"({k['batch_positions_per_s']:,.0f}/s) vs loop {1000 * k['loop_s']:.0f} ms "
-          f"({k['loop_positions_per_s']:,.0f}/s) → ratio {k['ratio']:.0f}× (target ≥ 50×: {ok('kernel')}); "
-          f"with array build from models {k['ratio_incl_build']:.0f}×")
+    print(
+        f"a. kernel  {k['positions']} positions: batch {1000 * k['batch_s']:.2f} ms "
+        f"({k['batch_positions_per_s']:,.0f}/s) vs loop {1000 * k['loop_s']:.0f} ms "
+        f"({k['loop_positions_per_s']:,.0f}/s) → ratio {k['ratio']:.0f}× (target ≥ 50×: {ok('kernel')}); "
+        f"with array build from models {k['ratio_incl_build']:.0f}×"
+    )
     rounds = ", ".join(f"{1000 * r['scan_wall_s']:.0f} ms" for r in s["rounds"])
-    print(f"b. scan    {s['positions']} positions, {s['actionable_per_scan']} actionable, scan worker -c 2: "
-          f"wall {rounds} (worst {1000 * s['scan_wall_s']:.0f} ms; target ≤ 1000 ms: {ok('scan')}); "
-          f"{s['rounds'][0]['chains_published']} chains = {s['rounds'][0]['tasks_published']} tasks published; "
-          f"all plans terminal after {s['rounds'][0]['until_all_terminal_s']:.2f} s")
-    print(f"           baseline: bare 5-task no-op chains {s['bare_5task_chains_per_s']:.0f}/s → a chain per position "
-          f"would take {s['chain_per_position_design_s']:.1f} s for {s['positions']} positions "
-          f"({s['chain_per_position_design_s'] / s['scan_wall_s']:.0f}× the batch scan)")
-    print(f"c. pipeline {len(p['rounds'])} rounds of {p['chains']} chains ({p['workers']}), harvest and bare "
-          f"alternating: ratio median {p['ratio']:.2f} (target ≥ 0.8: {ok('pipeline')}), pooled "
-          f"{p['pooled_ratio']:.2f}; per round " + ", ".join(f"{r['harvest_chains_per_s']:.0f}/{r['bare_4task_chains_per_s']:.0f}/s"
-                                                            for r in p["rounds"]) + f"; {p['states']}")
+    print(
+        f"b. scan    {s['positions']} positions, {s['actionable_per_scan']} actionable, scan worker -c 2: "
+        f"wall {rounds} (worst {1000 * s['scan_wall_s']:.0f} ms; target ≤ 1000 ms: {ok('scan')}); "
+        f"{s['rounds'][0]['chains_published']} chains = {s['rounds'][0]['tasks_published']} tasks published; "
+        f"all plans terminal after {s['rounds'][0]['until_all_terminal_s']:.2f} s"
+    )
+    print(
+        f"           baseline: bare 5-task no-op chains {s['bare_5task_chains_per_s']:.0f}/s → a chain per position "
+        f"would take {s['chain_per_position_design_s']:.1f} s for {s['positions']} positions "
+        f"({s['chain_per_position_design_s'] / s['scan_wall_s']:.0f}× the batch scan)"
+    )
+    print(
+        f"c. pipeline {len(p['rounds'])} rounds of {p['chains']} chains ({p['workers']}), harvest and bare "
+        f"alternating: ratio median {p['ratio']:.2f} (target ≥ 0.8: {ok('pipeline')}), pooled "
+        f"{p['pooled_ratio']:.2f}; per round "
+        + ", ".join(f"{r['harvest_chains_per_s']:.0f}/{r['bare_4task_chains_per_s']:.0f}/s" for r in p["rounds"])
+        + f"; {p['states']}"
+    )
     cpu = p["cpu_ms_per_chain"]
     h_cpu, b_cpu = sum(cpu["harvest"].values()), sum(cpu["bare"].values())
-    print(f"           machine CPU per chain (mean of the rounds): harvest {h_cpu:.1f} ms vs bare {b_cpu:.1f} ms "
-          f"(CPU ratio {b_cpu / h_cpu:.2f}); harvest's extra by process: "
-          + ", ".join(f"{kind} {cpu['harvest'][kind] - cpu['bare'][kind]:+.2f}" for kind in CPU_KINDS) + " ms")
+    print(
+        f"           machine CPU per chain (mean of the rounds): harvest {h_cpu:.1f} ms vs bare {b_cpu:.1f} ms "
+        f"(CPU ratio {b_cpu / h_cpu:.2f}); harvest's extra by process: "
+        + ", ".join(f"{kind} {cpu['harvest'][kind] - cpu['bare'][kind]:+.2f}" for kind in CPU_KINDS)
+        + " ms"
+    )
     if p["scan_rounds"]:
-        print(f"           chains started by the beat scan in a worker (its read of all "
-              f"{p['scan_rounds'][0]['positions_scanned']} open positions included): ratio median "
-              f"{p['scan_started_ratio']:.2f}; per round "
-              + ", ".join(f"{r['harvest_chains_per_s']:.0f}/{r['bare_4task_chains_per_s']:.0f}/s" for r in p["scan_rounds"]))
+        print(
+            f"           chains started by the beat scan in a worker (its read of all "
+            f"{p['scan_rounds'][0]['positions_scanned']} open positions included): ratio median "
+            f"{p['scan_started_ratio']:.2f}; per round "
+            + ", ".join(
+                f"{r['harvest_chains_per_s']:.0f}/{r['bare_4task_chains_per_s']:.0f}/s" for r in p["scan_rounds"]
+            )
+        )
     if p["instant_rounds"]:
         ir = p["instant_rounds"]
         h_i = statistics.mean(sum(r["harvest_cpu_ms_per_chain"].values()) for r in ir)
         b_i = statistics.mean(sum(r["bare_cpu_ms_per_chain"].values()) for r in ir)
-        print(f"           the same chains with the exchange's work removed (the workers' venue answers from memory, "
-              f"benchmarks/instant_venue.py; a decomposition, not the target figure): ratio median "
-              f"{p['instant_ratio']:.2f}; machine CPU per chain harvest {h_i:.1f} ms vs bare {b_i:.1f} ms; per round "
-              + ", ".join(f"{r['harvest_chains_per_s']:.0f}/{r['bare_4task_chains_per_s']:.0f}/s" for r in ir))
-    print(f"d. latency scan tick → order acknowledged (emulator, python-binance), {lt['acknowledged']} ticks: "
-          f"p50 {lt['p50_ms']:.0f} ms, p99 {lt['p99_ms']:.0f} ms, max {lt['max_ms']:.0f} ms "
-          f"(target p99 ≤ 250 ms: {ok('latency')})")
-    print(f"e. memory  scan worker pool process over {m['evaluations']:,} evaluations: RSS "
-          f"{m['rss_after_first_tenth_mb']:.1f} MB after the first tenth → {m['rss_end_mb']:.1f} MB at the end "
-          f"(growth {m['growth_mb']:+.1f} MB; target ≤ 5 MB: {ok('memory')})")
+        print(
+            f"           the same chains with the exchange's work removed (the workers' venue answers from memory, "
+            f"benchmarks/instant_venue.py; a decomposition, not the target figure): ratio median "
+            f"{p['instant_ratio']:.2f}; machine CPU per chain harvest {h_i:.1f} ms vs bare {b_i:.1f} ms; per round "
+            + ", ".join(f"{r['harvest_chains_per_s']:.0f}/{r['bare_4task_chains_per_s']:.0f}/s" for r in ir)
+        )
+    print(
+        f"d. latency scan tick → order acknowledged (emulator, python-binance), {lt['acknowledged']} ticks: "
+        f"p50 {lt['p50_ms']:.0f} ms, p99 {lt['p99_ms']:.0f} ms, max {lt['max_ms']:.0f} ms "
+        f"(target p99 ≤ 250 ms: {ok('latency')})"
+    )
+    print(
+        f"e. memory  scan worker pool process over {m['evaluations']:,} evaluations: RSS "
+        f"{m['rss_after_first_tenth_mb']:.1f} MB after the first tenth → {m['rss_end_mb']:.1f} MB at the end "
+        f"(growth {m['growth_mb']:+.1f} MB; target ≤ 5 MB: {ok('memory')})"
+    )
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))
     return 0 if all(checks.values()) else 1

@@ -79,6 +79,7 @@ class Timed:
                 return f(*args, **kwargs)
             finally:
                 self.cpu[self.stage] += time.process_time() - c0
+
         return timed
 
 
@@ -132,16 +133,24 @@ def run(url: str, plans: int, warmup: int = 20, logged: int = 300) -> dict:
 
     run_plans(decisions[:warmup], False)  # scripts loaded, caches warm
     redis_cpu0 = _redis_cpu_s(rt0.r)
-    run_plans(decisions[warmup:warmup + plans], True)
+    run_plans(decisions[warmup : warmup + plans], True)
     redis_cpu = _redis_cpu_s(rt0.r) - redis_cpu0
-    scripts = {s.sha: name for name, s in (("create", rt.plans._create), ("transition", rt.plans._transition),
-                                           ("mark_send", rt.plans._mark_send), ("plan_and_book", rt.plans._plan_and_book),
-                                           ("paper_snapshot", rt.venue._snapshot), ("paper_fill", rt.venue._fill))}
+    scripts = {
+        s.sha: name
+        for name, s in (
+            ("create", rt.plans._create),
+            ("transition", rt.plans._transition),
+            ("mark_send", rt.plans._mark_send),
+            ("plan_and_book", rt.plans._plan_and_book),
+            ("paper_snapshot", rt.venue._snapshot),
+            ("paper_fill", rt.venue._fill),
+        )
+    }
     rt0.r.config_set("slowlog-max-len", 1_000_000)
     rt0.r.config_set("slowlog-log-slower-than", 0)
     rt0.r.slowlog_reset()
     try:
-        run_plans(decisions[warmup + plans:], False)
+        run_plans(decisions[warmup + plans :], False)
         log = rt0.r.slowlog_get(1_000_000)
     finally:
         rt0.r.config_set("slowlog-log-slower-than", 10_000)
@@ -158,9 +167,17 @@ def run(url: str, plans: int, warmup: int = 20, logged: int = 300) -> dict:
         server[name].append(e["duration"])
     per = 1000 / plans
     return {
-        "plans": plans, "ends": dict(ends),
-        "stages": {s: {"cpu_ms": cpu[s] * per, "wall_ms": wall[s] * per, "round_trips": rts[s] / plans,
-                       "exchange_cpu_ms": venue.cpu[s] * per} for s in STAGES},
+        "plans": plans,
+        "ends": dict(ends),
+        "stages": {
+            s: {
+                "cpu_ms": cpu[s] * per,
+                "wall_ms": wall[s] * per,
+                "round_trips": rts[s] / plans,
+                "exchange_cpu_ms": venue.cpu[s] * per,
+            }
+            for s in STAGES
+        },
         "redis_cpu_us_per_plan": 1e6 * redis_cpu / plans,
         "slowlog_plans": logged,
         "redis_us_per_plan": {k: sum(v) / logged for k, v in sorted(server.items(), key=lambda kv: -sum(kv[1]))},
@@ -185,17 +202,25 @@ def main() -> int:
     finally:
         server.stop()
     st = res["stages"]
-    print(f"{res['plans']} plans, one after another, in this process (paper venue, private redis-server); "
-          f"they ended {res['ends']}")
+    print(
+        f"{res['plans']} plans, one after another, in this process (paper venue, private redis-server); "
+        f"they ended {res['ends']}"
+    )
     print(f"{'stage':9s} {'CPU ms':>7s} {'wall ms':>8s} {'round trips':>12s} {'of which exchange CPU ms':>25s}")
     for s in STAGES:
-        print(f"{s:9s} {st[s]['cpu_ms']:7.3f} {st[s]['wall_ms']:8.3f} {st[s]['round_trips']:12.2f} "
-              f"{st[s]['exchange_cpu_ms']:25.3f}")
-    print(f"{'total':9s} {sum(x['cpu_ms'] for x in st.values()):7.3f} {sum(x['wall_ms'] for x in st.values()):8.3f} "
-          f"{sum(x['round_trips'] for x in st.values()):12.2f} {sum(x['exchange_cpu_ms'] for x in st.values()):25.3f}")
-    print(f"Redis server CPU per plan: {res['redis_cpu_us_per_plan']:.0f} µs (INFO). Time by script and by command, "
-          f"SLOWLOG over {res['slowlog_plans']} more plans (µs and calls per plan; most commands run inside the "
-          "scripts, and their time is part of the script's):")
+        print(
+            f"{s:9s} {st[s]['cpu_ms']:7.3f} {st[s]['wall_ms']:8.3f} {st[s]['round_trips']:12.2f} "
+            f"{st[s]['exchange_cpu_ms']:25.3f}"
+        )
+    print(
+        f"{'total':9s} {sum(x['cpu_ms'] for x in st.values()):7.3f} {sum(x['wall_ms'] for x in st.values()):8.3f} "
+        f"{sum(x['round_trips'] for x in st.values()):12.2f} {sum(x['exchange_cpu_ms'] for x in st.values()):25.3f}"
+    )
+    print(
+        f"Redis server CPU per plan: {res['redis_cpu_us_per_plan']:.0f} µs (INFO). Time by script and by command, "
+        f"SLOWLOG over {res['slowlog_plans']} more plans (µs and calls per plan; most commands run inside the "
+        "scripts, and their time is part of the script's):"
+    )
     for k, us in res["redis_us_per_plan"].items():
         print(f"  {k:22s} {us:7.1f} µs  {res['redis_calls_per_plan'][k]:5.2f} calls")
     if a.json:

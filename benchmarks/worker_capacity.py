@@ -60,8 +60,13 @@ def scan_rate(url: str, positions: int, scans: int = 10) -> dict:
     finally:
         w.stop()
         _clean(rt)
-    return {"positions": positions, "scans": scans, "seconds": round(dt, 3), "scans_per_s": round(scans / dt, 2),
-            "ms_per_scan": round(1000 * dt / scans, 1)}
+    return {
+        "positions": positions,
+        "scans": scans,
+        "seconds": round(dt, 3),
+        "scans_per_s": round(scans / dt, 2),
+        "ms_per_scan": round(1000 * dt / scans, 1),
+    }
 
 
 def order_rate(url: str, plans: int, concurrency: int, emulator_latency_s: float | None) -> dict:
@@ -87,8 +92,12 @@ def order_rate(url: str, plans: int, concurrency: int, emulator_latency_s: float
         t0 = time.perf_counter()
         app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
         wait_for(lambda: int(rt.plans.counters().get("scan:runs", 0)) == 1, 120, 0.01, "the scan")
-        wait_for(lambda: rt.r.zcard(rt.plans.k.plan_index) >= plans and rt.plans.count_open() == 0, 600, 0.02,
-                 "every plan terminal")
+        wait_for(
+            lambda: rt.r.zcard(rt.plans.k.plan_index) >= plans and rt.plans.count_open() == 0,
+            600,
+            0.02,
+            "every plan terminal",
+        )
         dt = time.perf_counter() - t0
         states = {}
         for p in rt.plans.all_plans():
@@ -99,9 +108,14 @@ def order_rate(url: str, plans: int, concurrency: int, emulator_latency_s: float
         if emu is not None:
             emu.stop()
         _clean(rt)
-    return {"venue": "emulator +%d ms/order" % round(1000 * emulator_latency_s) if emu else "paper in-process",
-            "orders_concurrency": concurrency, "plans": plans, "states": states, "seconds": round(dt, 2),
-            "plans_per_s": round(plans / dt, 1)}
+    return {
+        "venue": "emulator +%d ms/order" % round(1000 * emulator_latency_s) if emu else "paper in-process",
+        "orders_concurrency": concurrency,
+        "plans": plans,
+        "states": states,
+        "seconds": round(dt, 2),
+        "plans_per_s": round(plans / dt, 1),
+    }
 
 
 def market_refresh_ms(url: str) -> dict:
@@ -133,22 +147,30 @@ def main() -> int:
     a = ap.parse_args()
     server = RedisServer().start()
     try:
-        out = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-               "scan": [scan_rate(server.url, n) for n in (10, 100, a.positions)],
-               "orders": [order_rate(server.url, a.plans, c, None) for c in (1, 2, 4)]
-               + [order_rate(server.url, a.plans, c, 0.05) for c in (1, 4, 8)],
-               "housekeeping": market_refresh_ms(server.url)}
+        out = {
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "scan": [scan_rate(server.url, n) for n in (10, 100, a.positions)],
+            "orders": [order_rate(server.url, a.plans, c, None) for c in (1, 2, 4)]
+            + [order_rate(server.url, a.plans, c, 0.05) for c in (1, 4, 8)],
+            "housekeeping": market_refresh_ms(server.url),
+        }
     finally:
         server.stop()
     print(f"machine: {out['machine']['cpus']} CPUs, Python {out['machine']['python']}")
     for s in out["scan"]:
-        print(f"scan worker -c 1: {s['positions']:>5} positions/scan → {s['scans_per_s']:>7.1f} scans/s "
-              f"({s['ms_per_scan']} ms/scan)")
+        print(
+            f"scan worker -c 1: {s['positions']:>5} positions/scan → {s['scans_per_s']:>7.1f} scans/s "
+            f"({s['ms_per_scan']} ms/scan)"
+        )
     for o in out["orders"]:
-        print(f"orders worker -c {o['orders_concurrency']} ({o['venue']}): {o['plans_per_s']:>6.1f} plans/s "
-              f"({o['plans']} plans in {o['seconds']} s; {o['states']})")
-    print(f"housekeeping: market refresh of {out['housekeeping']['symbols']} symbols "
-          f"{out['housekeeping']['ms_per_refresh']} ms")
+        print(
+            f"orders worker -c {o['orders_concurrency']} ({o['venue']}): {o['plans_per_s']:>6.1f} plans/s "
+            f"({o['plans']} plans in {o['seconds']} s; {o['states']})"
+        )
+    print(
+        f"housekeeping: market refresh of {out['housekeeping']['symbols']} symbols "
+        f"{out['housekeeping']['ms_per_refresh']} ms"
+    )
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))
     return 0

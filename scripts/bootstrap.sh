@@ -2,6 +2,7 @@
 # Set harvest up in ./.venv (idempotent) and run one thing in it:
 #   bash scripts/bootstrap.sh demo [harvest demo flags]   — the main job
 #   bash scripts/bootstrap.sh test [pytest flags]         — the test suite
+#   bash scripts/bootstrap.sh check                       — lint, format and type checks
 #   bash scripts/bootstrap.sh setup                       — set up only
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,6 +71,10 @@ shift || true
 case "$cmd" in
   demo) exec .venv/bin/harvest demo "$@" ;;
   test) ensure_rabbitmq; exec .venv/bin/python -m pytest "$@" ;;
+  check)
+    .venv/bin/ruff check .
+    .venv/bin/ruff format --check .
+    .venv/bin/mypy ;;
   setup) echo "harvest is set up in .venv (activate: . .venv/bin/activate)" ;;
-  *) echo "usage: bash scripts/bootstrap.sh demo|test|setup [args]" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/bootstrap.sh demo|test|check|setup [args]" >&2; exit 2 ;;
 esac

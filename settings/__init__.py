@@ -68,38 +68,67 @@ class HarvestSettings(BaseSettings):
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="state store (plans, book, paper venue)")
     broker_url: str | None = Field(None, description="Celery broker; defaults to redis_url")
-    namespace: str = Field("harvest", pattern=r"^[a-z][a-z0-9-]{0,31}$", description="prefix of Redis keys and queue names")
+    namespace: str = Field(
+        "harvest", pattern=r"^[a-z][a-z0-9-]{0,31}$", description="prefix of Redis keys and queue names"
+    )
     account: str = Field("paper", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="account label, part of every plan_id")
     venue: Literal["paper", "testnet", "live"] = Field(
-        "paper", description="paper (default; in-process engine, or the fapi emulator at fapi_url), "
-        "testnet (Binance futures testnet), live (real money); both of the latter need live_trading_opt_in")
-    live_trading_opt_in: bool = Field(False, description="must be true for every venue that reaches a non-local "
-                                      "exchange (testnet, live)")
-    fapi_url: str | None = Field(None, description="paper venue through python-binance against this fapi base URL "
-                                 "of the local emulator (a loopback address, e.g. http://127.0.0.1:8790/fapi from "
-                                 "`harvest emulator`; the emulator must answer its handshake)")
+        "paper",
+        description="paper (default; in-process engine, or the fapi emulator at fapi_url), "
+        "testnet (Binance futures testnet), live (real money); both of the latter need live_trading_opt_in",
+    )
+    live_trading_opt_in: bool = Field(
+        False, description="must be true for every venue that reaches a non-local exchange (testnet, live)"
+    )
+    fapi_url: str | None = Field(
+        None,
+        description="paper venue through python-binance against this fapi base URL "
+        "of the local emulator (a loopback address, e.g. http://127.0.0.1:8790/fapi from "
+        "`harvest emulator`; the emulator must answer its handshake)",
+    )
     api_key: SecretStr | None = Field(None, description="exchange API key (env or secret file only)")
     api_secret: SecretStr | None = Field(None, description="exchange API secret (env or secret file only)")
-    metrics_basic_auth: SecretStr | None = Field(None, description="user:password that `harvest metrics` requires "
-                                                 "(HTTP basic auth; env or secret file only); unset: no auth")
+    metrics_basic_auth: SecretStr | None = Field(
+        None,
+        description="user:password that `harvest metrics` requires "
+        "(HTTP basic auth; env or secret file only); unset: no auth",
+    )
     venue_timeout_s: float = Field(5.0, gt=0, le=60, description="HTTP connect/read timeout of exchange requests")
-    funding_poll_s: float = Field(60.0, ge=0, le=86_400, description="how often the python-binance venue reads "
-                                  "funding (GET /fapi/v1/income, weight 30); 0: on every position read")
-    max_clock_offset_ms: int = Field(1000, ge=10, le=600_000, description="a clock offset from the exchange beyond "
-                                     "this (ms) is logged as an error, counted and alerted (it is absorbed for signing)")
+    funding_poll_s: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="how often the python-binance venue reads "
+        "funding (GET /fapi/v1/income, weight 30); 0: on every position read",
+    )
+    max_clock_offset_ms: int = Field(
+        1000,
+        ge=10,
+        le=600_000,
+        description="a clock offset from the exchange beyond "
+        "this (ms) is logged as an error, counted and alerted (it is absorbed for signing)",
+    )
     recv_window_ms: int = Field(5000, ge=100, le=60_000, description="recvWindow of signed requests")
-    venue_weight_limit_1m: int = Field(1800, ge=10, le=1_000_000,
-                                       description="request weight per minute the whole fleet may use (Binance allows "
-                                       "2400; keep headroom for other tools on the same IP)")
+    venue_weight_limit_1m: int = Field(
+        1800,
+        ge=10,
+        le=1_000_000,
+        description="request weight per minute the whole fleet may use (Binance allows "
+        "2400; keep headroom for other tools on the same IP)",
+    )
     max_send_attempts: int = Field(5, ge=1, le=20, description="sends of one plan's order known not executed, at most")
     retry_backoff_s: float = Field(0.5, gt=0, le=60, description="first retry delay of a not-executed send; doubles")
     retry_backoff_max_s: float = Field(20.0, gt=0, le=600, description="cap of the retry delay")
     log_format: Literal["text", "json"] = Field("text", description="text lines, or one JSON object per line")
     mode: Literal["shadow", "live"] = Field("live", description="shadow: plans end SHADOWED, no order is sent")
-    throwaway_state: bool = Field(False, description="the state Redis may lose what it holds (the demo, tests): "
-                                  "orders are sent without AOF persistence; never for a real account")
-    symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(SHIPPED_SYMBOLS),
-                                                    description="symbol allowlist, comma-separated")
+    throwaway_state: bool = Field(
+        False,
+        description="the state Redis may lose what it holds (the demo, tests): "
+        "orders are sent without AOF persistence; never for a real account",
+    )
+    symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(SHIPPED_SYMBOLS), description="symbol allowlist, comma-separated"
+    )
     # Lower bounds: a scan every 0.01 s (accepted once) ran 1437 scans in 25 s, 1318 of them
     # refused by the request-weight budget.
     scan_interval_s: float = Field(5.0, ge=0.2, le=3600)
@@ -107,24 +136,51 @@ class HarvestSettings(BaseSettings):
     reconcile_interval_s: float = Field(30.0, ge=1, le=86_400)
     sweep_interval_s: float = Field(10.0, ge=0.5, le=3600)
     heartbeat_interval_s: float = Field(5.0, ge=0.5, le=3600)
-    exchange_info_interval_s: float = Field(300.0, ge=10, le=86_400, description="exchangeInfo / leverage / position-mode refresh")
-    plan_ttl_s: float = Field(120.0, ge=5, le=86_400, description="a plan not terminal by then is EXPIRED by the sweeper")
+    exchange_info_interval_s: float = Field(
+        300.0, ge=10, le=86_400, description="exchangeInfo / leverage / position-mode refresh"
+    )
+    plan_ttl_s: float = Field(
+        120.0, ge=5, le=86_400, description="a plan not terminal by then is EXPIRED by the sweeper"
+    )
     confirm_retry_s: float = Field(0.5, gt=0, le=60, description="delay between confirm look-ups of an order")
-    plan_retention_s: float = Field(7 * 86_400.0, ge=60, le=366 * 86_400, description="a terminal plan older than this "
-                                    "moves to the archive (still readable by plan_id; the live index stays small)")
-    attempt_backoff_s: float = Field(5.0, ge=0.1, le=3600, description="wait after a decision's attempt ended without "
-                                     "effect before the next one; doubles per attempt")
+    plan_retention_s: float = Field(
+        7 * 86_400.0,
+        ge=60,
+        le=366 * 86_400,
+        description="a terminal plan older than this "
+        "moves to the archive (still readable by plan_id; the live index stays small)",
+    )
+    attempt_backoff_s: float = Field(
+        5.0,
+        ge=0.1,
+        le=3600,
+        description="wait after a decision's attempt ended without effect before the next one; doubles per attempt",
+    )
     attempt_backoff_max_s: float = Field(300.0, ge=0.1, le=86_400, description="cap of that wait")
-    max_decision_attempts: int = Field(20, ge=1, le=10_000, description="attempts of a partial or profit lock before "
-                                       "it is abandoned (kill closes and protective stops never give up)")
-    market_stale_s: float | None = Field(None, gt=0, le=86_400, description="a cached market state older than this "
-                                         "(wall s) is stale: no kill decision is made from it (default: 3 × the "
-                                         "longer of the scan and market refresh intervals)")
+    max_decision_attempts: int = Field(
+        20,
+        ge=1,
+        le=10_000,
+        description="attempts of a partial or profit lock before "
+        "it is abandoned (kill closes and protective stops never give up)",
+    )
+    market_stale_s: float | None = Field(
+        None,
+        gt=0,
+        le=86_400,
+        description="a cached market state older than this "
+        "(wall s) is stale: no kill decision is made from it (default: 3 × the "
+        "longer of the scan and market refresh intervals)",
+    )
     results_stream_maxlen: int = Field(100_000, ge=1000)
     # Paper venue market clock (replay of the shipped klines).
-    paper_replay_start: float = Field(1750464000.0, ge=SHIPPED_SPAN[0] + 3600, le=SHIPPED_SPAN[1],
-                                      description="market time where the replay starts (s), inside the shipped "
-                                      "klines with an hour of history; default 2025-06-21 00:00 UTC")
+    paper_replay_start: float = Field(
+        1750464000.0,
+        ge=SHIPPED_SPAN[0] + 3600,
+        le=SHIPPED_SPAN[1],
+        description="market time where the replay starts (s), inside the shipped "
+        "klines with an hour of history; default 2025-06-21 00:00 UTC",
+    )
     paper_replay_speed: float = Field(1.0, ge=0, le=100_000, description="market seconds per wall second")
     paper_balance_usdt: float = Field(100_000.0, gt=0)
     theta: HarvestTheta = Field(default_factory=HarvestTheta)
@@ -161,8 +217,10 @@ class HarvestSettings(BaseSettings):
         if v is not None and not re.match(r"^https?://[^/]+/fapi/?$", v):
             raise ValueError("must be a fapi base URL such as http://127.0.0.1:8790/fapi")
         if v is not None and not is_loopback_url(v):
-            raise ValueError("must point at the local emulator on a loopback address (127.0.0.0/8, ::1, localhost); "
-                             "a real exchange is HARVEST_VENUE=testnet or live, with HARVEST_LIVE_TRADING_OPT_IN=true")
+            raise ValueError(
+                "must point at the local emulator on a loopback address (127.0.0.0/8, ::1, localhost); "
+                "a real exchange is HARVEST_VENUE=testnet or live, with HARVEST_LIVE_TRADING_OPT_IN=true"
+            )
         return v
 
     @field_validator("metrics_basic_auth")
@@ -175,14 +233,18 @@ class HarvestSettings(BaseSettings):
     @model_validator(mode="after")
     def _venue_rules(self) -> "HarvestSettings":
         if self.venue in ("live", "testnet") and not self.live_trading_opt_in:
-            raise ValueError(f"venue {self.venue!r} reaches a non-local exchange ("
-                             + ("real money" if self.venue == "live" else "Binance's testnet")
-                             + ") and is refused unless HARVEST_LIVE_TRADING_OPT_IN=true")
+            raise ValueError(
+                f"venue {self.venue!r} reaches a non-local exchange ("
+                + ("real money" if self.venue == "live" else "Binance's testnet")
+                + ") and is refused unless HARVEST_LIVE_TRADING_OPT_IN=true"
+            )
         if self.venue != "paper" and self.fapi_url:
             raise ValueError("HARVEST_FAPI_URL points the paper venue at an emulator; unset it for testnet/live")
         if (self.venue != "paper" or self.fapi_url) and not (self.api_key and self.api_secret):
-            raise ValueError(f"venue {self.venue!r} through python-binance needs HARVEST_API_KEY and HARVEST_API_SECRET "
-                             "(environment or secret files in HARVEST_SECRETS_DIR)")
+            raise ValueError(
+                f"venue {self.venue!r} through python-binance needs HARVEST_API_KEY and HARVEST_API_SECRET "
+                "(environment or secret files in HARVEST_SECRETS_DIR)"
+            )
         return self
 
     @property
@@ -271,7 +333,7 @@ def unknown_variables(names: list[str] | set[str]) -> list[str]:
         up = name.upper()
         if not up.startswith(ENV_PREFIX) or up in NOT_SETTINGS or up.startswith(NOT_SETTINGS_PREFIXES):
             continue
-        head, sep, tail = up[len(ENV_PREFIX):].partition("__")
+        head, sep, tail = up[len(ENV_PREFIX) :].partition("__")
         if up in known or (not sep and head.lower() in fields):
             continue
         close = difflib.get_close_matches(up, known, n=1, cutoff=0.6)

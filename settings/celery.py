@@ -139,8 +139,11 @@ def beat_schedule(s: HarvestSettings) -> dict:
     out = {}
     for name, (task, field) in BEAT_ENTRIES.items():
         interval = float(getattr(s, field))
-        out[name] = {"task": task, "schedule": interval,
-                     "options": {"queue": s.queue(ROUTES[task]), "expires": interval}}
+        out[name] = {
+            "task": task,
+            "schedule": interval,
+            "options": {"queue": s.queue(ROUTES[task]), "expires": interval},
+        }
     return out
 
 

@@ -39,8 +39,9 @@ def configure_logging(fmt: str = "text", level: int | str = logging.INFO, stream
     ``level``. Idempotent: replaces the handlers a previous call installed."""
     handler = logging.StreamHandler(stream or sys.stderr)
     if fmt == "json":
-        handler.setFormatter(JsonFormatter(JSON_FIELDS, rename_fields={"levelname": "level", "asctime": "time"},
-                                           timestamp=False))
+        handler.setFormatter(
+            JsonFormatter(JSON_FIELDS, rename_fields={"levelname": "level", "asctime": "time"}, timestamp=False)
+        )
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     handler.addFilter(TaskContextFilter())

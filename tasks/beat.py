@@ -98,8 +98,9 @@ def _validate(settings: HarvestSettings, name: str, seconds: Any) -> float:
     try:
         return float(TypeAdapter(Annotated[float, *info.metadata]).validate_python(seconds))
     except ValidationError as e:
-        raise ValueError(f"invalid interval for {name} (HARVEST_{field.upper()}) {seconds!r}: "
-                         f"{e.errors()[0]['msg']}") from None
+        raise ValueError(
+            f"invalid interval for {name} (HARVEST_{field.upper()}) {seconds!r}: {e.errors()[0]['msg']}"
+        ) from None
 
 
 def list_schedule(app, settings: HarvestSettings) -> list[dict]:
@@ -110,10 +111,16 @@ def list_schedule(app, settings: HarvestSettings) -> list[dict]:
     overrides = r.hgetall(overrides_key(settings.namespace))
     out = []
     for name, (task, field) in BEAT_ENTRIES.items():
-        row: dict[str, Any] = {"name": name, "task": task, "interval_s": float(getattr(settings, field)),
-                               "expires_s": float(getattr(settings, field)), "installed": False,
-                               "source": "override" if name in overrides else "settings",
-                               "last_run_at": None, "next_run_in_s": None}
+        row: dict[str, Any] = {
+            "name": name,
+            "task": task,
+            "interval_s": float(getattr(settings, field)),
+            "expires_s": float(getattr(settings, field)),
+            "installed": False,
+            "source": "override" if name in overrides else "settings",
+            "last_run_at": None,
+            "next_run_in_s": None,
+        }
         if name in overrides:
             row["interval_s"] = row["expires_s"] = float(overrides[name])
         try:

@@ -28,7 +28,11 @@ def plan_ref(payload: Any) -> str | None:
     earlier stage stopped the chain). Raises MalformedMessage otherwise."""
     if payload is None:
         return None
-    if not isinstance(payload, dict) or not isinstance(payload.get("plan_id"), str) or not PLAN_ID_RE.match(payload["plan_id"]):
+    if (
+        not isinstance(payload, dict)
+        or not isinstance(payload.get("plan_id"), str)
+        or not PLAN_ID_RE.match(payload["plan_id"])
+    ):
         raise MalformedMessage(f"expected {{'plan_id': <16 hex digits>}}, got {str(payload)[:200]!r}")
     return payload["plan_id"]
 
@@ -41,8 +45,14 @@ def send_ack(payload: dict) -> tuple[int, float] | None:
     if "acked_at" not in payload and "step" not in payload:
         return None
     step, at = payload.get("step"), payload.get("acked_at")
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0 \
-            or not isinstance(at, (int, float)) or isinstance(at, bool) or not 0 < at <= time.time() + 60:
+    if (
+        not isinstance(step, int)
+        or isinstance(step, bool)
+        or step < 0
+        or not isinstance(at, (int, float))
+        or isinstance(at, bool)
+        or not 0 < at <= time.time() + 60
+    ):
         raise MalformedMessage(f"expected step (int >= 0) and acked_at (Unix s) together, got {str(payload)[:200]!r}")
     return step, float(at)
 
@@ -81,8 +91,9 @@ def load_acknowledged_plan(rt: Runtime, stage: str, payload: Any) -> Plan | None
     return plan
 
 
-def load_plan_and_book(rt: Runtime, stage: str, payload: Any,
-                       book: bool = True) -> tuple[Plan | None, dict[str, Any] | None, MarketState | None]:
+def load_plan_and_book(
+    rt: Runtime, stage: str, payload: Any, book: bool = True
+) -> tuple[Plan | None, dict[str, Any] | None, MarketState | None]:
     """:func:`load_plan` and, with ``book``, the book entry of the plan's position (see
     :meth:`harvest.store.BookStore.decode`; None when there is none) and its symbol's cached
     market state, in one round trip."""
@@ -102,8 +113,12 @@ def record_rejected(rt: Runtime, stage: str, payload: Any, error: Exception | st
         body = json.dumps(payload, default=str)[:2000]
     except Exception:  # pragma: no cover - json.dumps with default=str rarely fails
         body = repr(payload)[:2000]
-    rt.r.xadd(f"{rt.settings.namespace}:stream:rejected",
-              {"stage": stage, "error": text, "payload": body, "ts": repr(time.time())}, maxlen=10_000, approximate=True)
+    rt.r.xadd(
+        f"{rt.settings.namespace}:stream:rejected",
+        {"stage": stage, "error": text, "payload": body, "ts": repr(time.time())},
+        maxlen=10_000,
+        approximate=True,
+    )
     rt.plans.count(f"malformed:{stage}")
     log.warning("rejected malformed message at %s: %s", stage, text.splitlines()[0] if text else "")
 
@@ -117,9 +132,16 @@ def contract(name: str, *, acks_late: bool, max_retries: int | None, stage: str 
     is carried by each message (plan TTL, :mod:`workflows`; beat interval, :mod:`tasks.beat`).
     ``stage``: the name its rejected messages are recorded under (default: the name's last part)."""
     soft, hard = TIME_LIMITS_S[name]
-    return {"name": name, "base": HarvestTask, "acks_late": acks_late, "reject_on_worker_lost": acks_late,
-            "max_retries": max_retries, "soft_time_limit": soft, "time_limit": hard,
-            "stage": stage or name.rsplit(".", 1)[-1]}
+    return {
+        "name": name,
+        "base": HarvestTask,
+        "acks_late": acks_late,
+        "reject_on_worker_lost": acks_late,
+        "max_retries": max_retries,
+        "soft_time_limit": soft,
+        "time_limit": hard,
+        "stage": stage or name.rsplit(".", 1)[-1],
+    }
 
 
 class HarvestTask(Task):

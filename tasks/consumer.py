@@ -40,8 +40,11 @@ class HarvestConsumer(Consumer):
                 try:
                     close()
                 except AttributeError as e:  # celery 5.7 closes after collect(); see module docstring
-                    log.warning("broker connection closed after it was collected (%r); unacknowledged messages "
-                                "return after the visibility timeout", e)
+                    log.warning(
+                        "broker connection closed after it was collected (%r); unacknowledged messages "
+                        "return after the visibility timeout",
+                        e,
+                    )
 
             conn.close = guarded_close
         return super().on_connection_error_after_connected(exc)

@@ -43,7 +43,7 @@ log = logging.getLogger("harvest")
 def retry_delay(step: int, base_s: float, cap_s: float, retry_after: float | None) -> float:
     """Delay (s) before send ``step + 1``: ``max(Retry-After, min(cap, base × 2^step))``
     with up to 25 % added jitter (so a fleet does not retry in lock-step)."""
-    return max(retry_after or 0.0, min(cap_s, base_s * 2 ** step)) * random.uniform(1.0, 1.25)
+    return max(retry_after or 0.0, min(cap_s, base_s * 2**step)) * random.uniform(1.0, 1.25)
 
 
 def _send(rt: Runtime, plan: Plan, cid: str) -> None:
@@ -56,8 +56,13 @@ def _send(rt: Runtime, plan: Plan, cid: str) -> None:
 
 def _end(rt: Runtime, plan: Plan, to: str, reason: str, e: VenueError) -> None:
     rt.plans.count(f"exchange_{e.kind}:{e.code}")
-    rt.plans.transition(plan.plan_id, to, reason, data={"code": e.code, "message": e.message, "step": plan.step},
-                        fields={"error_code": e.code, "error_message": e.message})
+    rt.plans.transition(
+        plan.plan_id,
+        to,
+        reason,
+        data={"code": e.code, "message": e.message, "step": plan.step},
+        fields={"error_code": e.code, "error_message": e.message},
+    )
 
 
 def _state_refusal(rt: Runtime) -> str | None:
@@ -68,8 +73,11 @@ def _state_refusal(rt: Runtime) -> str | None:
     ok, why = durable_cached(rt.r)
     if ok:
         return None
-    log.error("no order sent: the state Redis is not durable (%s); run it with AOF (appendfsync everysec) "
-              "or set HARVEST_THROWAWAY_STATE=true for a throw-away setup", why)
+    log.error(
+        "no order sent: the state Redis is not durable (%s); run it with AOF (appendfsync everysec) "
+        "or set HARVEST_THROWAWAY_STATE=true for a throw-away setup",
+        why,
+    )
     return "state_not_durable"
 
 
@@ -93,8 +101,13 @@ def execute(self, ref: dict | None, step: int = 0) -> dict | None:
             rt.plans.count(f"execute:{refusal}")
             rt.plans.transition(pid, PlanState.FAILED, refusal)
             return None
-        _, before, plan = rt.plans.transition_and_get(pid, PlanState.SUBMITTED, "order_sent",
-                                                      fields={"step": 0, "send": SendState.SENDING}, require_recovered=True)
+        _, before, plan = rt.plans.transition_and_get(
+            pid,
+            PlanState.SUBMITTED,
+            "order_sent",
+            fields={"step": 0, "send": SendState.SENDING},
+            require_recovered=True,
+        )
         if before == "STATE_NOT_RECOVERED":  # Redis lost its state: nothing is sent before recovery
             rt.plans.count("execute:state_not_recovered")
             rt.plans.transition(pid, PlanState.FAILED, "state_not_recovered")
@@ -128,12 +141,17 @@ def execute(self, ref: dict | None, step: int = 0) -> dict | None:
             log.warning("plan %s step %d: order outcome unknown (%s); confirm will look it up", pid, step, e)
             return {"plan_id": pid}
         if e.retryable:
-            rt.plans.mark_send(pid, step, SendState.NOT_EXECUTED, {"code": e.code, "message": e.message},
-                               fields={"error_code": e.code, "error_message": e.message})
+            rt.plans.mark_send(
+                pid,
+                step,
+                SendState.NOT_EXECUTED,
+                {"code": e.code, "message": e.message},
+                fields={"error_code": e.code, "error_message": e.message},
+            )
             delay = retry_delay(step, rt.settings.retry_backoff_s, rt.settings.retry_backoff_max_s, e.retry_after)
             if step + 1 < rt.settings.max_send_attempts and time.time() + delay < plan.expires_at:
                 log.info("plan %s step %d not executed (%s); next send in %.2f s", pid, step, e, delay)
-                raise self.retry(args=(ref,), kwargs={"step": step + 1}, countdown=delay)
+                raise self.retry(args=(ref,), kwargs={"step": step + 1}, countdown=delay) from e
             _end(rt, plan, PlanState.FAILED, f"not_executed:{e.code}", e)
             return None
         _end(rt, plan, PlanState.REJECTED, f"exchange_rejected:{e.code}", e)

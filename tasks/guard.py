@@ -72,13 +72,19 @@ def guard(self, ref: dict | None) -> dict | None:
         return None
     if trading == "SHADOW":
         rt.plans.count("guard:shadow_mode")
-        rt.plans.transition(pid, PlanState.SHADOWED, "shadow_mode", data={"guard": "shadow_mode", **out.data},
-                            fields=out.fields)
+        rt.plans.transition(
+            pid, PlanState.SHADOWED, "shadow_mode", data={"guard": "shadow_mode", **out.data}, fields=out.fields
+        )
         return None
     # The in-flight lock is taken by the approval itself (one script: approved ⇔ locked).
-    ok, before = rt.plans.transition(pid, PlanState.APPROVED, out.note or "guard_passed",
-                                     data={"guard": "passed", **out.data}, fields=out.fields,
-                                     lock_ttl_s=s.plan_ttl_s)
+    ok, before = rt.plans.transition(
+        pid,
+        PlanState.APPROVED,
+        out.note or "guard_passed",
+        data={"guard": "passed", **out.data},
+        fields=out.fields,
+        lock_ttl_s=s.plan_ttl_s,
+    )
     if ok:
         return {"plan_id": pid}
     if before == PlanState.PROPOSED:  # still PROPOSED, not approved: another plan holds the position

@@ -47,8 +47,12 @@ class PoisonRecorder:
             if self._r is None:
                 self._r = redis.Redis.from_url(self.url)
             p = self._r.pipeline(transaction=False)
-            p.xadd(f"{self.ns}:stream:rejected", {"stage": "broker", "error": error[:1000], "payload": text[:2000],
-                                                  "ts": repr(time.time())}, maxlen=10_000, approximate=True)
+            p.xadd(
+                f"{self.ns}:stream:rejected",
+                {"stage": "broker", "error": error[:1000], "payload": text[:2000], "ts": repr(time.time())},
+                maxlen=10_000,
+                approximate=True,
+            )
             p.hincrby(f"{self.ns}:counters", "malformed:broker", 1)
             p.execute()
         except redis.RedisError as e:  # the record is informative; the worker goes on
@@ -78,9 +82,17 @@ def tolerant_loads(s, *args, **kwargs):
         return d
     if _RECORDER is not None:
         _RECORDER.record(s, error)
-    return {"body": "", "content-type": UNDECODABLE, "content-encoding": "utf-8", "headers": {},
-            "properties": {"delivery_tag": uuid.uuid4().hex, "body_encoding": "base64",
-                           "delivery_info": {"exchange": "", "routing_key": ""}}}
+    return {
+        "body": "",
+        "content-type": UNDECODABLE,
+        "content-encoding": "utf-8",
+        "headers": {},
+        "properties": {
+            "delivery_tag": uuid.uuid4().hex,
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": "", "routing_key": ""},
+        },
+    }
 
 
 def install(redis_url: str, namespace: str) -> None:
@@ -88,4 +100,3 @@ def install(redis_url: str, namespace: str) -> None:
     global _RECORDER
     _RECORDER = PoisonRecorder(redis_url, namespace)
     _kombu_redis.loads = tolerant_loads
-

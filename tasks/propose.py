@@ -34,15 +34,35 @@ def propose(self, decision: dict | None) -> dict | None:
     pid = plan_id_for(d)
     now = time.time()
     plan = {
-        "plan_id": pid, "lineage": lineage_of(d), "attempt": d.attempt, "remaining_qty": d.remaining_qty,
-        "account": d.account, "symbol": d.symbol, "epoch": d.epoch, "side": d.side,
-        "action": d.action, "tier": d.tier, "close_fraction": d.close_fraction, "new_stop": d.new_stop,
-        "scanned_at": None if d.scanned_at is None else min(d.scanned_at, now), "created_at": now, "expires_at": now + rt.settings.plan_ttl_s,
-        "client_order_id": client_order_id(pid), "decision": d.model_dump(mode="json"),
+        "plan_id": pid,
+        "lineage": lineage_of(d),
+        "attempt": d.attempt,
+        "remaining_qty": d.remaining_qty,
+        "account": d.account,
+        "symbol": d.symbol,
+        "epoch": d.epoch,
+        "side": d.side,
+        "action": d.action,
+        "tier": d.tier,
+        "close_fraction": d.close_fraction,
+        "new_stop": d.new_stop,
+        "scanned_at": None if d.scanned_at is None else min(d.scanned_at, now),
+        "created_at": now,
+        "expires_at": now + rt.settings.plan_ttl_s,
+        "client_order_id": client_order_id(pid),
+        "decision": d.model_dump(mode="json"),
     }
-    data = {"r_net": d.r_net, "kill_score": d.kill_score, "components": d.components, "mark_price": d.mark_price,
-            "regime": d.regime.value if d.regime else None, "reason_codes": d.reason_codes, "epoch": d.epoch,
-            "attempt": d.attempt, "remaining_qty": d.remaining_qty}
+    data = {
+        "r_net": d.r_net,
+        "kill_score": d.kill_score,
+        "components": d.components,
+        "mark_price": d.mark_price,
+        "regime": d.regime.value if d.regime else None,
+        "reason_codes": d.reason_codes,
+        "epoch": d.epoch,
+        "attempt": d.attempt,
+        "remaining_qty": d.remaining_qty,
+    }
     existing = rt.plans.create(plan, data)
     if existing is not None:
         rt.plans.count(f"dedup:{existing}")

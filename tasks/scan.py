@@ -41,8 +41,15 @@ def scan_positions() -> dict:
     except VenueError as e:  # the exchange did not answer: this tick is skipped, the next one retries
         rt.plans.count(f"scan:venue_error:{e.code}")
         log.warning("scan skipped: positions unavailable (%s)", e)
-        return {"positions": 0, "actionable": 0, "started": 0, "duplicates": 0, "busy": 0,
-                "seconds": time.perf_counter() - t0, "error": e.code}
+        return {
+            "positions": 0,
+            "actionable": 0,
+            "started": 0,
+            "duplicates": 0,
+            "busy": 0,
+            "seconds": time.perf_counter() - t0,
+            "error": e.code,
+        }
     p = rt.r.pipeline(transaction=False)
     p.exists(rt.plans.k.recovered)
     p.hgetall(rt.plans.k.trading)
@@ -63,12 +70,24 @@ def scan_positions() -> dict:
         p.hincrby(rt.plans.k.counters, f"scan:{held}", 1)
         p.hset(rt.plans.k.heartbeat, "scan", repr(time.time()))
         p.execute()
-        return {"positions": len(rows), "actionable": 0, "started": 0, "duplicates": 0, "busy": 0,
-                "seconds": time.perf_counter() - t0, held: True}
+        return {
+            "positions": len(rows),
+            "actionable": 0,
+            "started": 0,
+            "duplicates": 0,
+            "busy": 0,
+            "seconds": time.perf_counter() - t0,
+            held: True,
+        }
     planned = decide_and_plan(rt, rows, now)
     starting = [d for d, nx in planned if nx.starts]
-    holders = dict(zip([d.symbol for d in starting],
-                       rt.plans.inflight_many(rt.settings.account, [d.symbol for d in starting]), strict=True))
+    holders = dict(
+        zip(
+            [d.symbol for d in starting],
+            rt.plans.inflight_many(rt.settings.account, [d.symbol for d in starting]),
+            strict=True,
+        )
+    )
     kinds: Counter[str] = Counter()
     stuck: Counter[str] = Counter()
     for d, nx in planned:
@@ -99,6 +118,14 @@ def scan_positions() -> dict:
     seconds = time.perf_counter() - t0
     scan_duration(rt.r, rt.settings.namespace).observe(seconds, pipe=p)
     p.execute()
-    return {"positions": len(rows), "actionable": len(planned), "started": started, "retries": kinds["retry"],
-            "duplicates": kinds["repeat"], "waiting": kinds["waiting"], "abandoned": kinds["abandoned"],
-            "busy": kinds["busy"], "seconds": seconds}
+    return {
+        "positions": len(rows),
+        "actionable": len(planned),
+        "started": started,
+        "retries": kinds["retry"],
+        "duplicates": kinds["repeat"],
+        "waiting": kinds["waiting"],
+        "abandoned": kinds["abandoned"],
+        "busy": kinds["busy"],
+        "seconds": seconds,
+    }

@@ -96,10 +96,16 @@ class StaleDrops:
     @staticmethod
     def _log(backlog: Counter[str], seconds: float) -> None:
         total = sum(backlog.values())
-        parts = ", ".join(f"{k.split(':', 2)[2]} {n}" + ("" if k.startswith("stale:expired") else " (revoked)")
-                          for k, n in sorted(backlog.items()))
-        log.warning("dropped %d stale messages in %.1f s without running them (%s); no stage ran, no order was sent",
-                    total, seconds, parts)
+        parts = ", ".join(
+            f"{k.split(':', 2)[2]} {n}" + ("" if k.startswith("stale:expired") else " (revoked)")
+            for k, n in sorted(backlog.items())
+        )
+        log.warning(
+            "dropped %d stale messages in %.1f s without running them (%s); no stage ran, no order was sent",
+            total,
+            seconds,
+            parts,
+        )
 
 
 class StaleLogFilter(logging.Filter):

@@ -12,19 +12,36 @@ from settings import load_settings
 from tests.harness import wait_for
 
 
-def state(symbol: str, regime: Regime = Regime.TREND, p: float = 0.9, ts: float = 0.5,
-          sigma: float = 0.001, trend_dir: int = 1) -> MarketState:
+def state(
+    symbol: str,
+    regime: Regime = Regime.TREND,
+    p: float = 0.9,
+    ts: float = 0.5,
+    sigma: float = 0.001,
+    trend_dir: int = 1,
+) -> MarketState:
     return MarketState(symbol=symbol, ts_time=T0, sigma=sigma, ts=ts, p_trend=p, regime=regime, trend_dir=trend_dir)
 
 
-def open_position(rt: Runtime, symbol: str, side: str, qty: float, entry: float, stop: float,
-                  leverage: float = 10.0, mark: float | None = None, market: MarketState | None = None) -> None:
+def open_position(
+    rt: Runtime,
+    symbol: str,
+    side: str,
+    qty: float,
+    entry: float,
+    stop: float,
+    leverage: float = 10.0,
+    mark: float | None = None,
+    market: MarketState | None = None,
+) -> None:
     rt.venue.set_position(symbol, side, qty, entry, leverage, opened_at=T0, stop_price=stop)
     rt.venue.set_mark(symbol, mark if mark is not None else entry)
     rt.market.put_many([market or state(symbol, trend_dir=1 if side == "LONG" else -1)])
 
 
-def mark_for_r(entry: float, stop: float, qty: float, qty_at_open: float, r: float, side: str, fee: float = 0.0005) -> float:
+def mark_for_r(
+    entry: float, stop: float, qty: float, qty_at_open: float, r: float, side: str, fee: float = 0.0005
+) -> float:
     """Mark price at which R_net = r (no funding): solves sign·(m − e)·q − fee·m·q = r·|e − s|·q0."""
     s = 1 if side == "LONG" else -1
     r_unit = abs(entry - stop) * qty_at_open
@@ -42,6 +59,7 @@ def wait_terminal(rt: Runtime, plan_id: str, timeout: float = 30.0):
     def done():
         p = rt.plans.get(plan_id)
         return p if p is not None and p.state in TERMINAL else None
+
     return wait_for(done, timeout, what=f"plan {plan_id} to reach a terminal state")
 
 

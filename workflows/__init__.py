@@ -34,8 +34,9 @@ def label(**fields) -> str:
 
 def _sig(name: str, *args, argsrepr: str, app: Celery | None = None, **kwargs) -> Signature:
     """A signature of task ``name`` on ``app`` (default: the current app), expiring after the plan TTL."""
-    return (app or current_app).signature(name, args=args, kwargs=kwargs, expires=get_settings().plan_ttl_s,
-                                          argsrepr=argsrepr)
+    return (app or current_app).signature(
+        name, args=args, kwargs=kwargs, expires=get_settings().plan_ttl_s, argsrepr=argsrepr
+    )
 
 
 def action_chain(decision: dict, plan_id: str | None = None) -> Signature:
@@ -48,16 +49,21 @@ def action_chain(decision: dict, plan_id: str | None = None) -> Signature:
 def full_chain(symbol: str) -> Signature:
     """``evaluate({"symbol": symbol}) | propose | guard | execute | confirm``."""
     shown = label(symbol=symbol)
-    return chain(_sig("harvest.evaluate", {"symbol": symbol}, argsrepr=shown), _sig("harvest.propose", argsrepr=shown),
-                 *(_sig(n, argsrepr=shown) for n in _AFTER_PROPOSE))
+    return chain(
+        _sig("harvest.evaluate", {"symbol": symbol}, argsrepr=shown),
+        _sig("harvest.propose", argsrepr=shown),
+        *(_sig(n, argsrepr=shown) for n in _AFTER_PROPOSE),
+    )
 
 
 def resend_chain(plan_id: str, step: int, symbol: str | None = None, action: str | None = None) -> Signature:
     """``execute({"plan_id"}, step=step) | confirm``: send step ``step`` of a SUBMITTED plan
     whose previous send was proved not placed (execute claims the step atomically)."""
     shown = label(plan_id=plan_id, symbol=symbol, action=action, step=step)
-    return chain(_sig("harvest.execute", {"plan_id": plan_id}, argsrepr=shown, step=step),
-                 _sig("harvest.confirm", argsrepr=shown))
+    return chain(
+        _sig("harvest.execute", {"plan_id": plan_id}, argsrepr=shown, step=step),
+        _sig("harvest.confirm", argsrepr=shown),
+    )
 
 
 def start_resend(plan_id: str, step: int, symbol: str, action: str) -> None:

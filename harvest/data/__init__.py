@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -179,7 +180,7 @@ class SymbolFilters:
         return SymbolFilters.fmt(Decimal(repr(float(x))))
 
 
-def filters_from_exchange_info(info: dict) -> dict[str, SymbolFilters]:
+def filters_from_exchange_info(info: dict[str, Any]) -> dict[str, SymbolFilters]:
     """Parse a raw ``/fapi/v1/exchangeInfo`` response into filters per symbol.
     Raises KeyError/ValueError on a response without the expected filters."""
     out: dict[str, SymbolFilters] = {}
@@ -198,10 +199,11 @@ def filters_from_exchange_info(info: dict) -> dict[str, SymbolFilters]:
 
 
 @lru_cache(maxsize=1)
-def load_exchange_info() -> dict:
+def load_exchange_info() -> dict[str, Any]:
     """The shipped raw exchangeInfo response (dict)."""
     with open(EXCHANGE_INFO) as f:
-        return json.load(f)
+        info: dict[str, Any] = json.load(f)
+    return info
 
 
 @lru_cache(maxsize=1)
@@ -214,8 +216,9 @@ BRACKETS = DATA_DIR / "brackets" / "fapi-leverageBracket.json"
 
 
 @lru_cache(maxsize=1)
-def load_brackets_raw() -> list[dict]:
+def load_brackets_raw() -> list[dict[str, Any]]:
     """The shipped ``GET /fapi/v1/leverageBracket`` answer (see ``brackets/`` in the data
     README: modeled, not a snapshot)."""
     with open(BRACKETS) as f:
-        return json.load(f)
+        rows: list[dict[str, Any]] = json.load(f)
+    return rows

@@ -48,15 +48,30 @@ def new_book_entry(vp: VenuePosition, market: MarketState | None, now: float, th
     s = vp.side.sign
     stop = vp.stop_price
     if stop is None or s * (vp.entry_price - stop) <= 0:
-        stop = compute_levels(vp.entry_price, vp.side, vp.leverage, theta, sigma=market.sigma if market else None,
-                              liquidation_price=vp.liquidation_price,
-                              interval_s=market.interval_s if market else 60).sl_price
+        stop = compute_levels(
+            vp.entry_price,
+            vp.side,
+            vp.leverage,
+            theta,
+            sigma=market.sigma if market else None,
+            liquidation_price=vp.liquidation_price,
+            interval_s=market.interval_s if market else 60,
+        ).sl_price
     opened = vp.opened_at if vp.opened_at is not None else now
     return {
-        "symbol": vp.symbol, "side": vp.side, "epoch": epoch_of(vp, now), "opened_at": opened,
-        "entry_price": vp.entry_price, "qty_at_open": vp.qty, "initial_stop": stop,
-        "current_stop": vp.stop_price, "harvested_tier": 0, "peak_price": vp.mark_price,
-        "trough_price": vp.mark_price, "leverage": vp.leverage, "entry_state": market,
+        "symbol": vp.symbol,
+        "side": vp.side,
+        "epoch": epoch_of(vp, now),
+        "opened_at": opened,
+        "entry_price": vp.entry_price,
+        "qty_at_open": vp.qty,
+        "initial_stop": stop,
+        "current_stop": vp.stop_price,
+        "harvested_tier": 0,
+        "peak_price": vp.mark_price,
+        "trough_price": vp.mark_price,
+        "leverage": vp.leverage,
+        "entry_state": market,
     }
 
 
@@ -67,11 +82,23 @@ def to_position(account: str, vp: VenuePosition, entry: dict[str, Any]) -> Posit
     peak = max(entry.get("peak_price") or vp.mark_price, vp.mark_price)
     trough = min(entry.get("trough_price") or vp.mark_price, vp.mark_price)
     return Position(
-        account=account, symbol=vp.symbol, side=vp.side, qty=vp.qty,
-        qty_at_open=max(entry["qty_at_open"], vp.qty), entry_price=vp.entry_price, mark_price=vp.mark_price,
-        leverage=vp.leverage, initial_stop=entry["initial_stop"], current_stop=vp.stop_price,
-        opened_at=entry["opened_at"], epoch=entry["epoch"], peak_price=peak, trough_price=trough,
-        harvested_tier=entry["harvested_tier"], funding_paid=vp.funding_paid, entry_state=entry.get("entry_state"),
+        account=account,
+        symbol=vp.symbol,
+        side=vp.side,
+        qty=vp.qty,
+        qty_at_open=max(entry["qty_at_open"], vp.qty),
+        entry_price=vp.entry_price,
+        mark_price=vp.mark_price,
+        leverage=vp.leverage,
+        initial_stop=entry["initial_stop"],
+        current_stop=vp.stop_price,
+        opened_at=entry["opened_at"],
+        epoch=entry["epoch"],
+        peak_price=peak,
+        trough_price=trough,
+        harvested_tier=entry["harvested_tier"],
+        funding_paid=vp.funding_paid,
+        entry_state=entry.get("entry_state"),
     )
 
 
@@ -79,9 +106,20 @@ def position_row(vp: VenuePosition, entry: dict[str, Any], m: MarketState) -> tu
     """The :class:`harvest.domain.kernel.PositionBatch` row of what :func:`to_position` would build
     from the same inputs (same values, no model): the batch scan's per-position cost."""
     stop = vp.stop_price if vp.stop_price is not None else entry["initial_stop"]
-    return batch_row(vp.side.sign, vp.qty, max(entry["qty_at_open"], vp.qty), vp.entry_price, vp.mark_price,
-                     entry["initial_stop"], stop, entry["opened_at"], entry["harvested_tier"], vp.funding_paid,
-                     entry.get("entry_state"), m)
+    return batch_row(
+        vp.side.sign,
+        vp.qty,
+        max(entry["qty_at_open"], vp.qty),
+        vp.entry_price,
+        vp.mark_price,
+        entry["initial_stop"],
+        stop,
+        entry["opened_at"],
+        entry["harvested_tier"],
+        vp.funding_paid,
+        entry.get("entry_state"),
+        m,
+    )
 
 
 def valid_rows(b: PositionBatch, leverage: np.ndarray) -> np.ndarray:
@@ -89,15 +127,28 @@ def valid_rows(b: PositionBatch, leverage: np.ndarray) -> np.ndarray:
     constraints, vectorized (finite positive qty, qty at open, entry, mark and initial stop; a
     positive stop in force; finite funding; leverage 1..125; tier 0..3; the initial stop on
     the loss side of entry). ``leverage``: shape (n,). Tests hold it equal to the model."""
+
     def pos(x: np.ndarray) -> np.ndarray:
-        return np.isfinite(x) & (x > 0)
+        m: np.ndarray = np.isfinite(x) & (x > 0)
+        return m
 
     with np.errstate(invalid="ignore"):
-        ok = (pos(b.qty) & pos(b.qty_at_open) & pos(b.entry_price) & pos(b.mark_price) & pos(b.initial_stop)
-              & (b.stop > 0) & np.isfinite(b.funding_paid) & (leverage >= 1) & (leverage <= 125)
-              & (b.harvested_tier >= 0) & (b.harvested_tier <= 3))
+        ok = (
+            pos(b.qty)
+            & pos(b.qty_at_open)
+            & pos(b.entry_price)
+            & pos(b.mark_price)
+            & pos(b.initial_stop)
+            & (b.stop > 0)
+            & np.isfinite(b.funding_paid)
+            & (leverage >= 1)
+            & (leverage <= 125)
+            & (b.harvested_tier >= 0)
+            & (b.harvested_tier <= 3)
+        )
         loss_side = np.where(b.side_sign > 0, b.initial_stop < b.entry_price, b.initial_stop > b.entry_price)
-    return ok & loss_side
+    out: np.ndarray = ok & loss_side
+    return out
 
 
 def unprotected(vp: VenuePosition) -> bool:
@@ -119,7 +170,8 @@ def protective_stop(vp: VenuePosition, entry: dict[str, Any], theta: HarvestThet
     moved inside the liquidation price with ``theta.liquidation_buffer``
     (:func:`harvest.domain.margin.clamp_stop`). A mark at or through it means the stop would have
     triggered: the position is closed instead (``stop_breached``)."""
-    stop = clamp_stop(vp.side, float(entry["initial_stop"]), vp.entry_price, vp.liquidation_price,
-                      theta.liquidation_buffer)
+    stop = clamp_stop(
+        vp.side, float(entry["initial_stop"]), vp.entry_price, vp.liquidation_price, theta.liquidation_buffer
+    )
     through = vp.mark_price <= stop if vp.side is Side.LONG else vp.mark_price >= stop
     return stop, through

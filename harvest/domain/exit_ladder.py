@@ -111,7 +111,7 @@ def compute_levels(
         lsf=lsf,
         tp_fractions=tps,
         sl_fraction=sl,
-        tp_prices=tp_prices,  # type: ignore[arg-type]
+        tp_prices=tp_prices,
         sl_price=sl_price,
         close_scheme=close_scheme(leverage),
         sl_clamped=sl_price != raw_sl,

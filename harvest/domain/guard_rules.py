@@ -98,28 +98,34 @@ class GuardContext:
 Rule = Callable[[Plan, "VenuePosition | None", "dict[str, Any] | None", GuardContext], "Block | None"]
 
 
-def ttl(plan: Plan, vp: VenuePosition | None, entry: dict | None, c: GuardContext) -> Block | None:
+def ttl(plan: Plan, vp: VenuePosition | None, entry: dict[str, Any] | None, c: GuardContext) -> Block | None:
     """EXPIRED ``plan_ttl_expired`` once the plan's TTL passed."""
     return Block(PlanState.EXPIRED, "plan_ttl_expired") if c.now > plan.expires_at else None
 
 
-def allowlist(plan: Plan, vp: VenuePosition | None, entry: dict | None, c: GuardContext) -> Block | None:
+def allowlist(plan: Plan, vp: VenuePosition | None, entry: dict[str, Any] | None, c: GuardContext) -> Block | None:
     """REJECTED ``symbol_not_allowed`` for a symbol off the allowlist."""
     return Block(PlanState.REJECTED, "symbol_not_allowed") if plan.symbol not in c.symbols else None
 
 
-def position_exists(plan: Plan, vp: VenuePosition | None, entry: dict | None, c: GuardContext) -> Block | None:
+def position_exists(
+    plan: Plan, vp: VenuePosition | None, entry: dict[str, Any] | None, c: GuardContext
+) -> Block | None:
     """REJECTED ``ghost_position`` when the venue reports no open position."""
     return Block(PlanState.REJECTED, "ghost_position") if vp is None or vp.qty <= 0 else None
 
 
-def same_side(plan: Plan, vp: VenuePosition | None, entry: dict | None, c: GuardContext) -> Block | None:
+def same_side(plan: Plan, vp: VenuePosition | None, entry: dict[str, Any] | None, c: GuardContext) -> Block | None:
     """REJECTED ``side_mismatch`` when the position is on the other side."""
     assert vp is not None
-    return Block(PlanState.REJECTED, "side_mismatch", {"position_side": vp.side.value}) if vp.side is not plan.side else None
+    return (
+        Block(PlanState.REJECTED, "side_mismatch", {"position_side": vp.side.value})
+        if vp.side is not plan.side
+        else None
+    )
 
 
-def same_epoch(plan: Plan, vp: VenuePosition | None, entry: dict | None, c: GuardContext) -> Block | None:
+def same_epoch(plan: Plan, vp: VenuePosition | None, entry: dict[str, Any] | None, c: GuardContext) -> Block | None:
     """REJECTED ``epoch_changed`` when the book's epoch is not the plan's or the venue shows
     another opening."""
     assert vp is not None
@@ -154,14 +160,14 @@ def close_quantity(f: SymbolFilters, plan: Plan, vp: VenuePosition) -> tuple[Dec
     return q, note
 
 
-def _r_net(plan: Plan, vp: VenuePosition, entry: dict, c: GuardContext) -> float | None:
+def _r_net(plan: Plan, vp: VenuePosition, entry: dict[str, Any], c: GuardContext) -> float | None:
     try:
         return compute_r_net(to_position(c.account, vp, entry), c.theta)
     except (ValidationError, ZeroDivisionError):
         return None
 
 
-def stop_in_force(vp: VenuePosition, entry: dict) -> float:
+def stop_in_force(vp: VenuePosition, entry: dict[str, Any]) -> float:
     """The stop protecting the position: the venue's working stop, else the book's initial
     stop (USDT)."""
     return vp.stop_price if vp.stop_price is not None else float(entry["initial_stop"])
@@ -172,8 +178,9 @@ def breached(side: Side, mark: float, stop: float) -> bool:
     return mark <= stop if side is Side.LONG else mark >= stop
 
 
-def check_partial(plan: Plan, vp: VenuePosition, entry: dict, f: SymbolFilters, c: GuardContext,
-                  data: dict) -> Block | Approval:
+def check_partial(
+    plan: Plan, vp: VenuePosition, entry: dict[str, Any], f: SymbolFilters, c: GuardContext, data: dict[str, Any]
+) -> Block | Approval:
     """A partial close: tier not yet harvested and reached, then its quantity."""
     if int(entry.get("harvested_tier", 0)) >= plan.tier:
         return Block(PlanState.REJECTED, "tier_harvested", {"harvested_tier": entry.get("harvested_tier")})
@@ -184,8 +191,15 @@ def check_partial(plan: Plan, vp: VenuePosition, entry: dict, f: SymbolFilters, 
     return _sized(plan, vp, f, dict(data, r_net=r))
 
 
-def check_full_close(plan: Plan, vp: VenuePosition, entry: dict, f: SymbolFilters, market: MarketState | None,
-                     c: GuardContext, data: dict) -> Block | Approval:
+def check_full_close(
+    plan: Plan,
+    vp: VenuePosition,
+    entry: dict[str, Any],
+    f: SymbolFilters,
+    market: MarketState | None,
+    c: GuardContext,
+    data: dict[str, Any],
+) -> Block | Approval:
     """A full close: the kill score recomputed from the cached market state reaches the
     threshold, or the mark is through the stop in force."""
     stop = stop_in_force(vp, entry)
@@ -207,7 +221,7 @@ def check_full_close(plan: Plan, vp: VenuePosition, entry: dict, f: SymbolFilter
     return _sized(plan, vp, f, dict(data, confirmed="kill_score", kill_score=kill))
 
 
-def _sized(plan: Plan, vp: VenuePosition, f: SymbolFilters, data: dict) -> Block | Approval:
+def _sized(plan: Plan, vp: VenuePosition, f: SymbolFilters, data: dict[str, Any]) -> Block | Approval:
     q, note = close_quantity(f, plan, vp)
     if q is None:
         return Block(PlanState.REJECTED, note, data)
@@ -223,8 +237,9 @@ def inside_liquidation(side: Side, stop: float, liquidation: float | None) -> bo
     return stop > liquidation if side is Side.LONG else stop < liquidation
 
 
-def check_stop(plan: Plan, vp: VenuePosition, entry: dict, f: SymbolFilters, c: GuardContext,
-               data: dict) -> Block | Approval:
+def check_stop(
+    plan: Plan, vp: VenuePosition, entry: dict[str, Any], f: SymbolFilters, c: GuardContext, data: dict[str, Any]
+) -> Block | Approval:
     """A stop placement (profit lock or protect): rounded toward the mark, then the checks."""
     assert plan.new_stop is not None
     side = plan.side
@@ -250,8 +265,14 @@ def check_stop(plan: Plan, vp: VenuePosition, entry: dict, f: SymbolFilters, c: 
     return Approval({"stop_price": f.fmt(sp)}, dict(d, stop_price=f.fmt(sp)))
 
 
-def verdict(plan: Plan, vp: VenuePosition | None, entry: dict[str, Any] | None, f: SymbolFilters | None,
-            market: MarketState | None, c: GuardContext) -> Block | Approval:
+def verdict(
+    plan: Plan,
+    vp: VenuePosition | None,
+    entry: dict[str, Any] | None,
+    f: SymbolFilters | None,
+    market: MarketState | None,
+    c: GuardContext,
+) -> Block | Approval:
     """Every rule in order (module docstring): the first :class:`Block`, or the
     :class:`Approval` with the exact order. ``f`` may be None only when a common rule blocks
     (the task reads filters for a plan that got that far)."""

@@ -88,9 +88,7 @@ def _regime_flip(entry: MarketState | None, now: MarketState, side_sign: int, co
     return _clip01((entry.p_trend - now.p_trend) / entry.p_trend)
 
 
-def compute_kill_score(
-    position: Position, market: MarketState, now: float, theta: HarvestTheta
-) -> KillScore:
+def compute_kill_score(position: Position, market: MarketState, now: float, theta: HarvestTheta) -> KillScore:
     """Kill score 0..1 of one position (module docstring gives the formula).
 
     market: the symbol's state now; ``position.entry_state`` the state at entry (without it the
@@ -181,16 +179,15 @@ def compute_profit_lock(position: Position, r_net: float, theta: HarvestTheta) -
     return None
 
 
-def compute_harvest_proposal(
-    position: Position, market: MarketState, now: float, theta: HarvestTheta
-) -> Proposal:
+def compute_harvest_proposal(position: Position, market: MarketState, now: float, theta: HarvestTheta) -> Proposal:
     """Full decision for one position: R_net, kill score, action, tier, close fraction
     (of the remaining qty) and, for PROFIT_LOCK_SL, the new stop. Priority: full close, then
     the highest unharvested tier, then the profit lock."""
     r_net = compute_r_net(position, theta)
     kill = compute_kill_score(position, market, now, theta)
-    action, tier, reasons = determine_harvest_action(r_net, kill.score, position.harvested_tier, theta,
-                                                     now - position.opened_at)
+    action, tier, reasons = determine_harvest_action(
+        r_net, kill.score, position.harvested_tier, theta, now - position.opened_at
+    )
     new_stop = None
     fraction = 0.0
     if action is Action.FULL_CLOSE_PROPOSED:
@@ -254,16 +251,30 @@ class PositionBatch:
         """Build the arrays from rows of :func:`batch_row` (one tuple per position, values in
         the order of the fields) with one array conversion."""
         a = np.array(rows, dtype=np.float64).reshape(len(rows), len(_BATCH_FIELDS))
-        return cls(**{f: a[:, j].astype(_BATCH_DTYPES.get(f, np.float64))
-                      for j, f in enumerate(_BATCH_FIELDS)})
+        return cls(**{f: a[:, j].astype(_BATCH_DTYPES.get(f, np.float64)) for j, f in enumerate(_BATCH_FIELDS)})
 
     @classmethod
     def from_models(cls, pairs: list[tuple[Position, MarketState]]) -> "PositionBatch":
         """Build the arrays from (position, market state now) pairs."""
-        return cls.from_rows([
-            batch_row(p.side.sign, p.qty, p.qty_at_open, p.entry_price, p.mark_price, p.initial_stop, p.stop,
-                      p.opened_at, p.harvested_tier, p.funding_paid, p.entry_state, m)
-            for p, m in pairs])
+        return cls.from_rows(
+            [
+                batch_row(
+                    p.side.sign,
+                    p.qty,
+                    p.qty_at_open,
+                    p.entry_price,
+                    p.mark_price,
+                    p.initial_stop,
+                    p.stop,
+                    p.opened_at,
+                    p.harvested_tier,
+                    p.funding_paid,
+                    p.entry_state,
+                    m,
+                )
+                for p, m in pairs
+            ]
+        )
 
     def select(self, idx: np.ndarray) -> "PositionBatch":
         """The rows at ``idx`` (integer indices or a boolean mask), as a new batch."""
@@ -274,19 +285,47 @@ _BATCH_FIELDS: tuple[str, ...] = tuple(PositionBatch.__dataclass_fields__)
 _BATCH_DTYPES = {"harvested_tier": np.int64, "has_entry": bool, "entry_trend": bool, "now_trend": bool}
 
 
-def batch_row(side_sign: float, qty: float, qty_at_open: float, entry_price: float, mark_price: float,
-              initial_stop: float, stop: float, opened_at: float, harvested_tier: int, funding_paid: float,
-              entry_state: MarketState | None, m: MarketState) -> tuple[float, ...]:
+def batch_row(
+    side_sign: float,
+    qty: float,
+    qty_at_open: float,
+    entry_price: float,
+    mark_price: float,
+    initial_stop: float,
+    stop: float,
+    opened_at: float,
+    harvested_tier: int,
+    funding_paid: float,
+    entry_state: MarketState | None,
+    m: MarketState,
+) -> tuple[float, ...]:
     """One position as a row of :class:`PositionBatch` values, in field order (prices USDT,
     qty base units, ``stop`` the stop in force, times s; ``entry_state`` the market state at
     the epoch's start, ``m`` the one now). The single definition of the column order."""
     e = entry_state
     return (
-        side_sign, qty, qty_at_open, entry_price, mark_price, initial_stop, stop, opened_at, harvested_tier,
-        funding_paid, e is not None,
-        e is not None and e.regime is Regime.TREND, e.trend_dir if e is not None else 0,
-        e.p_trend if e is not None else 0.0, e.sigma if e is not None else 0.0, e.ts if e is not None else 0.0,
-        m.regime is Regime.TREND, m.trend_dir, m.p_trend, m.sigma, m.ts, m.regime_bars,
+        side_sign,
+        qty,
+        qty_at_open,
+        entry_price,
+        mark_price,
+        initial_stop,
+        stop,
+        opened_at,
+        harvested_tier,
+        funding_paid,
+        e is not None,
+        e is not None and e.regime is Regime.TREND,
+        e.trend_dir if e is not None else 0,
+        e.p_trend if e is not None else 0.0,
+        e.sigma if e is not None else 0.0,
+        e.ts if e is not None else 0.0,
+        m.regime is Regime.TREND,
+        m.trend_dir,
+        m.p_trend,
+        m.sigma,
+        m.ts,
+        m.regime_bars,
     )
 
 
@@ -342,12 +381,7 @@ def evaluate_batch(b: PositionBatch, now: float, theta: HarvestTheta) -> BatchRe
     c_td = np.where(b.has_entry & (b.entry_ts > 0.0), td, 0.0)
     c_age = np.clip((now - b.opened_at) / theta.max_age_s, 0.0, 1.0)
 
-    x = (
-        theta.w_regime_flip * c_rf
-        + theta.w_sigma_spike * c_ss
-        + theta.w_ts_drop * c_td
-        + theta.w_age_penalty * c_age
-    )
+    x = theta.w_regime_flip * c_rf + theta.w_sigma_spike * c_ss + theta.w_ts_drop * c_td + theta.w_age_penalty * c_age
     kill = 1.0 - np.exp(-x)
 
     reached = np.where(r_net >= theta.t3_r, 3, np.where(r_net >= theta.t2_r, 2, np.where(r_net >= theta.t1_r, 1, 0)))

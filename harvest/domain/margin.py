@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from harvest.domain.models import Side
 
@@ -40,15 +41,25 @@ class Bracket:
     max_leverage: float
 
 
-def brackets_from_response(rows: list[dict]) -> dict[str, tuple[Bracket, ...]]:
+def brackets_from_response(rows: list[dict[str, Any]]) -> dict[str, tuple[Bracket, ...]]:
     """Brackets per symbol from a ``GET /fapi/v1/leverageBracket`` answer (a list of
     ``{"symbol", "brackets": [{"notionalFloor", "notionalCap", "maintMarginRatio", "cum",
     "initialLeverage"}, …]}``). Raises KeyError/ValueError on another shape."""
     out: dict[str, tuple[Bracket, ...]] = {}
     for row in rows:
-        tiers = sorted((Bracket(float(b["notionalFloor"]), float(b["notionalCap"]), float(b["maintMarginRatio"]),
-                                float(b["cum"]), float(b["initialLeverage"])) for b in row["brackets"]),
-                       key=lambda b: b.floor)
+        tiers = sorted(
+            (
+                Bracket(
+                    float(b["notionalFloor"]),
+                    float(b["notionalCap"]),
+                    float(b["maintMarginRatio"]),
+                    float(b["cum"]),
+                    float(b["initialLeverage"]),
+                )
+                for b in row["brackets"]
+            ),
+            key=lambda b: b.floor,
+        )
         if not tiers:
             raise ValueError(f"{row['symbol']}: no brackets")
         out[str(row["symbol"])] = tuple(tiers)
@@ -63,8 +74,9 @@ def bracket_for(brackets: tuple[Bracket, ...], notional: float) -> Bracket:
     return brackets[-1]
 
 
-def liquidation_price(side: Side, qty: float, entry_price: float, leverage: float,
-                      brackets: tuple[Bracket, ...]) -> float | None:
+def liquidation_price(
+    side: Side, qty: float, entry_price: float, leverage: float, brackets: tuple[Bracket, ...]
+) -> float | None:
     """Isolated-margin liquidation price (USDT; module docstring), or None when there is none
     (a LONG whose formula gives ≤ 0: at 1× a long is never liquidated). Raises ValueError for
     a non-positive qty, entry price or a leverage below 1."""

@@ -31,8 +31,8 @@ from harvest.domain.models import HarvestTheta, MarketState, Regime
 def _classify(c: np.ndarray, theta: HarvestTheta) -> tuple[float, float, float, int, Regime]:
     """(sigma, ts, p_trend, trend_dir, regime) of the closes ``c`` (the last window + 1)."""
     r = np.diff(np.log(c))
-    sigma = float(np.std(r[-theta.sigma_window:], ddof=1))
-    w = c[-(theta.ts_window + 1):]
+    sigma = float(np.std(r[-theta.sigma_window :], ddof=1))
+    w = c[-(theta.ts_window + 1) :]
     net = w[-1] - w[0]
     path = float(np.sum(np.abs(np.diff(w))))
     ts = min(1.0, abs(net) / path) if path > 0 else 0.0
@@ -41,7 +41,7 @@ def _classify(c: np.ndarray, theta: HarvestTheta) -> tuple[float, float, float, 
     if p_trend >= theta.trend_p:
         regime = Regime.TREND
     else:
-        rw = r[-theta.ts_window:]
+        rw = r[-theta.ts_window :]
         a, b = rw[:-1] - rw[:-1].mean(), rw[1:] - rw[1:].mean()
         den = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b)))
         ac = float(np.dot(a, b)) / den if den > 0 else 0.0
@@ -61,7 +61,7 @@ def market_state_from_closes(
     Raises ValueError when there are too few closes or a close is not a positive number.
     """
     need = max(theta.sigma_window, theta.ts_window) + 1
-    all_c = np.asarray(closes, dtype=np.float64)[-(need + theta.regime_confirm_bars - 1):]
+    all_c = np.asarray(closes, dtype=np.float64)[-(need + theta.regime_confirm_bars - 1) :]
     c = all_c[-need:]
     if c.size < need:
         raise ValueError(f"{symbol}: need {need} closes, got {c.size}")
@@ -71,13 +71,20 @@ def market_state_from_closes(
     key = (regime, trend_dir if regime is Regime.TREND else 0)
     bars = 1
     while bars < theta.regime_confirm_bars and all_c.size - bars >= need:
-        _, _, _, d, reg = _classify(all_c[:all_c.size - bars][-need:], theta)
+        _, _, _, d, reg = _classify(all_c[: all_c.size - bars][-need:], theta)
         if (reg, d if reg is Regime.TREND else 0) != key:
             break
         bars += 1
     return MarketState(
-        symbol=symbol, ts_time=ts_time, sigma=sigma, ts=ts, p_trend=p_trend, regime=regime, trend_dir=trend_dir,
-        interval_s=interval_s, regime_bars=bars,
+        symbol=symbol,
+        ts_time=ts_time,
+        sigma=sigma,
+        ts=ts,
+        p_trend=p_trend,
+        regime=regime,
+        trend_dir=trend_dir,
+        interval_s=interval_s,
+        regime_bars=bars,
     )
 
 
@@ -85,4 +92,4 @@ def market_state_at(klines: Klines, t: float, theta: HarvestTheta) -> MarketStat
     """Market state at market time t (s) from the bars *closed* by t, whatever the klines'
     interval (no look-ahead: a 5-minute bar counts only once its five minutes are over).
     Raises ValueError when t has too little history before it."""
-    return market_state_from_closes(klines.symbol, klines.close[:klines.closed_by(t)], t, theta, klines.interval_s)
+    return market_state_from_closes(klines.symbol, klines.close[: klines.closed_by(t)], t, theta, klines.interval_s)

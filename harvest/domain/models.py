@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 from enum import Enum, StrEnum
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class Side(str, Enum):
@@ -106,9 +107,7 @@ class HarvestTheta(BaseModel):
     w_ts_drop: float = Field(0.5, ge=0)
     w_age_penalty: float = Field(0.3, ge=0)
     max_age_s: float = Field(86_400.0, gt=0, description="age at which age_penalty = 1 (s)")
-    sigma_spike_ratio: float = Field(
-        2.0, gt=1, description="sigma_now / sigma_entry at which sigma_spike reaches 1"
-    )
+    sigma_spike_ratio: float = Field(2.0, gt=1, description="sigma_now / sigma_entry at which sigma_spike reaches 1")
     # Costs.
     taker_fee_rate: float = Field(0.0005, ge=0, lt=0.01, description="fraction of notional")
     # Profit lock (ratcheting stop).
@@ -123,16 +122,29 @@ class HarvestTheta(BaseModel):
     base_tp: float = Field(0.02, gt=0, lt=1)
     base_sl: float = Field(0.01, gt=0, lt=1)
     sl_floor_cap: float = Field(
-        0.05, gt=0, lt=1, description="largest stop distance (fraction of entry) the volatility floor may impose")
+        0.05, gt=0, lt=1, description="largest stop distance (fraction of entry) the volatility floor may impose"
+    )
     liquidation_buffer: float = Field(
-        0.1, ge=0, lt=1, description="a stop keeps this fraction of the entry→liquidation distance from the "
-        "liquidation price (0: at it)")
+        0.1,
+        ge=0,
+        lt=1,
+        description="a stop keeps this fraction of the entry→liquidation distance from the "
+        "liquidation price (0: at it)",
+    )
     stop_min_distance: float = Field(
-        0.001, ge=0, lt=0.5, description="a new stop sits at least this fraction of the mark (plus one tick) "
-        "away from the mark, on the loss side")
+        0.001,
+        ge=0,
+        lt=0.5,
+        description="a new stop sits at least this fraction of the mark (plus one tick) "
+        "away from the mark, on the loss side",
+    )
     guard_r_tolerance: float = Field(
-        0.25, ge=0, le=2, description="the guard accepts a partial whose R_net, re-read, is this many R "
-        "below its tier (the mark moves between scan and guard)")
+        0.25,
+        ge=0,
+        le=2,
+        description="the guard accepts a partial whose R_net, re-read, is this many R "
+        "below its tier (the mark moves between scan and guard)",
+    )
     # Market state windows (1-minute bars) and the regime classifier.
     sigma_window: int = Field(60, ge=5, le=10_000)
     ts_window: int = Field(60, ge=5, le=10_000)
@@ -143,19 +155,24 @@ class HarvestTheta(BaseModel):
         -0.10, gt=-1, lt=0, description="lag-1 return autocorrelation at or below which regime = MR"
     )
     regime_confirm_bars: int = Field(
-        3, ge=1, le=100, description="bars a regime flip must persist before regime_flip counts in full (1: at once); "
-        "before that only the graded p_trend collapse counts")
+        3,
+        ge=1,
+        le=100,
+        description="bars a regime flip must persist before regime_flip counts in full (1: at once); "
+        "before that only the graded p_trend collapse counts",
+    )
     # Time stop.
     max_hold_s: float = Field(
-        7 * 86_400.0, gt=0, description="a position held this long (s, from its opening fill) is closed "
-        "(time_stop): age alone can lift the kill score only to 1 − e^(−w_age)")
+        7 * 86_400.0,
+        gt=0,
+        description="a position held this long (s, from its opening fill) is closed "
+        "(time_stop): age alone can lift the kill score only to 1 − e^(−w_age)",
+    )
 
     @model_validator(mode="after")
     def _tiers_increase(self) -> "HarvestTheta":
         if not (self.t1_r < self.t2_r < self.t3_r):
-            raise ValueError(
-                f"t1_r < t2_r < t3_r required, got {self.t1_r}, {self.t2_r}, {self.t3_r}"
-            )
+            raise ValueError(f"t1_r < t2_r < t3_r required, got {self.t1_r}, {self.t2_r}, {self.t3_r}")
         return self
 
     @property
@@ -190,17 +207,26 @@ class MarketState(BaseModel):
     p_trend: float = Field(ge=0, le=1)
     regime: Regime
     trend_dir: int = Field(0, ge=-1, le=1)
-    computed_at: float | None = Field(None, description="wall time (Unix s) the state was computed; the scan "
-                                      "treats an older one than market_stale_s as stale (None: unknown, not aged)")
-    interval_s: int = Field(60, ge=1, le=86_400 * 7, description="seconds per bar of the closes it was computed "
-                            "from (sigma is per bar)")
-    regime_bars: int = Field(1, ge=1, le=10_000, description="bars the regime (with a TREND's direction) has held, "
-                             "up to theta.regime_confirm_bars; a flip counts in full only once confirmed")
+    computed_at: float | None = Field(
+        None,
+        description="wall time (Unix s) the state was computed; the scan "
+        "treats an older one than market_stale_s as stale (None: unknown, not aged)",
+    )
+    interval_s: int = Field(
+        60, ge=1, le=86_400 * 7, description="seconds per bar of the closes it was computed from (sigma is per bar)"
+    )
+    regime_bars: int = Field(
+        1,
+        ge=1,
+        le=10_000,
+        description="bars the regime (with a TREND's direction) has held, "
+        "up to theta.regime_confirm_bars; a flip counts in full only once confirmed",
+    )
 
     @field_validator("sigma", "ts", "p_trend", "ts_time")
     @classmethod
-    def _finite_fields(cls, v: float, info) -> float:
-        return _finite(info.field_name, v)
+    def _finite_fields(cls, v: float, info: ValidationInfo) -> float:
+        return _finite(info.field_name or "?", v)
 
 
 class Position(BaseModel):
@@ -233,8 +259,8 @@ class Position(BaseModel):
 
     @field_validator("qty", "qty_at_open", "entry_price", "mark_price", "initial_stop", "funding_paid")
     @classmethod
-    def _finite_fields(cls, v: float, info) -> float:
-        return _finite(info.field_name, v)
+    def _finite_fields(cls, v: float, info: ValidationInfo) -> float:
+        return _finite(info.field_name or "?", v)
 
     @model_validator(mode="after")
     def _stop_on_loss_side(self) -> "Position":
@@ -303,16 +329,24 @@ class Decision(BaseModel):
     mark_price: float = Field(gt=0)
     regime: Regime | None = None
     decided_at: float
-    scanned_at: float | None = Field(None, ge=0, description="wall time (Unix s) of the scan tick that decided it; "
-                                     "latency metrics only, not part of the plan's identity")
+    scanned_at: float | None = Field(
+        None,
+        ge=0,
+        description="wall time (Unix s) of the scan tick that decided it; "
+        "latency metrics only, not part of the plan's identity",
+    )
     attempt: int = Field(0, ge=0, le=1_000_000, description="attempt of this decision (plan lineage, DESIGN §3)")
-    remaining_qty: float | None = Field(None, gt=0, description="base units still to close for a partial tier whose "
-                                        "earlier attempt filled only in part (None: the tier's fraction)")
+    remaining_qty: float | None = Field(
+        None,
+        gt=0,
+        description="base units still to close for a partial tier whose "
+        "earlier attempt filled only in part (None: the tier's fraction)",
+    )
 
     @field_validator("r_net", "mark_price", "decided_at", "close_fraction")
     @classmethod
-    def _finite_fields(cls, v: float, info) -> float:
-        return _finite(info.field_name, v)
+    def _finite_fields(cls, v: float, info: ValidationInfo) -> float:
+        return _finite(info.field_name or "?", v)
 
     @field_validator("reason_codes")
     @classmethod
@@ -406,7 +440,7 @@ class Plan(BaseModel):
     lineage: str = Field("", description="the decision's lineage id: every attempt of one decision shares it")
     attempt: int = 0
     remaining_qty: float | None = None
-    decision: dict = {}
+    decision: dict[str, Any] = {}
 
 
 class VenuePosition(BaseModel):

@@ -36,8 +36,10 @@ TRANSITIONS: dict[PlanState, frozenset[PlanState]] = {
     _S.PROPOSED: frozenset({_S.APPROVED, _S.REJECTED, _S.SHADOWED, _S.EXPIRED}),
     _S.APPROVED: frozenset({_S.SUBMITTED, _S.FAILED, _S.EXPIRED}),
     _S.SUBMITTED: frozenset({_S.FILLED, _S.PARTIALLY_FILLED, _S.CANCELED, _S.FAILED, _S.REJECTED, _S.EXPIRED}),
-    **{s: frozenset() for s in (_S.REJECTED, _S.SHADOWED, _S.FILLED, _S.PARTIALLY_FILLED, _S.CANCELED, _S.FAILED,
-                                _S.EXPIRED)},
+    **{
+        s: frozenset()
+        for s in (_S.REJECTED, _S.SHADOWED, _S.FILLED, _S.PARTIALLY_FILLED, _S.CANCELED, _S.FAILED, _S.EXPIRED)
+    },
 }
 TERMINAL: frozenset[PlanState] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
 NON_TERMINAL: frozenset[PlanState] = frozenset(TRANSITIONS) - TERMINAL
@@ -84,8 +86,9 @@ def make_plan_id(account: str, symbol: str, epoch: str, action: Action | str, ke
 
 def plan_id_for(decision: Decision) -> str:
     """plan_id of a :class:`Decision` at its ``attempt`` (see :func:`make_plan_id`)."""
-    return make_plan_id(decision.account, decision.symbol, decision.epoch, decision.action, decision_key(decision),
-                        decision.attempt)
+    return make_plan_id(
+        decision.account, decision.symbol, decision.epoch, decision.action, decision_key(decision), decision.attempt
+    )
 
 
 def lineage_of(decision: Decision) -> str:
@@ -116,14 +119,27 @@ def parse_client_order_id(cid: str) -> tuple[str, int] | None:
 #: effect — FAILED, EXPIRED, CANCELED, a partial fill, a rejection that can change (-4061
 #: position mode, -2022 a position that moved, a tier the mark fell back from, the venue
 #: unavailable, the position busy) — gets the next attempt after a backoff.
-FINAL_REJECTIONS: frozenset[str] = frozenset({
-    "symbol_not_allowed", "side_mismatch", "epoch_changed", "ghost_position", "below_min_qty", "tier_harvested",
-    "stop_not_tighter", "stop_through_mark", "no_stop_inside_liquidation", "already_protected",
-    "operator_cancel",
-    # exchange rejections of the request itself (precision, symbol, quantity bounds)
-    "exchange_rejected:-1111", "exchange_rejected:-1121", "exchange_rejected:-4003", "exchange_rejected:-4004",
-    "exchange_rejected:-4005",
-})
+FINAL_REJECTIONS: frozenset[str] = frozenset(
+    {
+        "symbol_not_allowed",
+        "side_mismatch",
+        "epoch_changed",
+        "ghost_position",
+        "below_min_qty",
+        "tier_harvested",
+        "stop_not_tighter",
+        "stop_through_mark",
+        "no_stop_inside_liquidation",
+        "already_protected",
+        "operator_cancel",
+        # exchange rejections of the request itself (precision, symbol, quantity bounds)
+        "exchange_rejected:-1111",
+        "exchange_rejected:-1121",
+        "exchange_rejected:-4003",
+        "exchange_rejected:-4004",
+        "exchange_rejected:-4005",
+    }
+)
 #: Actions tried until they succeed, an operator cancels them or trading halts: a kill close
 #: (until the position is flat) and the protective stop. Others give up after
 #: ``max_attempts`` (``attempts_exhausted``).
@@ -174,8 +190,9 @@ def attempt_backoff(attempt: int, base_s: float, cap_s: float) -> float:
     return min(cap_s, base_s * 2.0 ** min(attempt, 60))
 
 
-def next_attempt(action: Action, latest: LatestPlan | None, now: float, base_s: float, cap_s: float,
-                 max_attempts: int) -> NextAttempt:
+def next_attempt(
+    action: Action, latest: LatestPlan | None, now: float, base_s: float, cap_s: float, max_attempts: int
+) -> NextAttempt:
     """Whether a decision the kernel made again gets a plan, and which attempt (rules in the
     module docstring). ``latest``: the lineage's latest plan, None when it has none; ``now``:
     Unix s; backoff :func:`attempt_backoff`; ``max_attempts`` bounds non-persistent actions."""

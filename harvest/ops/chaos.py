@@ -85,9 +85,20 @@ from settings import mask_url
 from settings.celery import celery_config
 
 #: The wave's fault, in order; waves beyond these run without a fault.
-WAVES = ("http_429", "unknown_503_after_accept", "sigkill_execute", "timeout_after_accept", "redis_restart",
-         "unknown_503", "sigkill_confirm", "second_beat", "duplicate_scans", "html_503_after_accept",
-         "redis_restart_empty", "storm_503")
+WAVES = (
+    "http_429",
+    "unknown_503_after_accept",
+    "sigkill_execute",
+    "timeout_after_accept",
+    "redis_restart",
+    "unknown_503",
+    "sigkill_confirm",
+    "second_beat",
+    "duplicate_scans",
+    "html_503_after_accept",
+    "redis_restart_empty",
+    "storm_503",
+)
 #: Read timeout of the workers' exchange requests (s); ``timeout_after_accept`` answers later.
 VENUE_TIMEOUT_S = 2.0
 #: Plan TTL of the run (s): plans orphaned by a killed worker end by the sweeper at it.
@@ -162,13 +173,25 @@ class _Run:
         self.state.start()
         self.exchange.start()
         self.env = env_for(
-            self.state.url, self.ns, self.syms, HARVEST_PLAN_TTL_S=repr(self.plan_ttl_s), HARVEST_SCAN_INTERVAL_S="1",
-            HARVEST_SWEEP_INTERVAL_S="2", HARVEST_RECONCILE_INTERVAL_S="10", HARVEST_MARKET_REFRESH_S="3600",
-            HARVEST_EXCHANGE_INFO_INTERVAL_S="3600", HARVEST_HEARTBEAT_INTERVAL_S="2", HARVEST_CONFIRM_RETRY_S="0.5",
-            HARVEST_RETRY_BACKOFF_S="0.3", HARVEST_RETRY_BACKOFF_MAX_S="3", HARVEST_MAX_SEND_ATTEMPTS="10",
-            HARVEST_ATTEMPT_BACKOFF_S="1", HARVEST_ATTEMPT_BACKOFF_MAX_S="5",
+            self.state.url,
+            self.ns,
+            self.syms,
+            HARVEST_PLAN_TTL_S=repr(self.plan_ttl_s),
+            HARVEST_SCAN_INTERVAL_S="1",
+            HARVEST_SWEEP_INTERVAL_S="2",
+            HARVEST_RECONCILE_INTERVAL_S="10",
+            HARVEST_MARKET_REFRESH_S="3600",
+            HARVEST_EXCHANGE_INFO_INTERVAL_S="3600",
+            HARVEST_HEARTBEAT_INTERVAL_S="2",
+            HARVEST_CONFIRM_RETRY_S="0.5",
+            HARVEST_RETRY_BACKOFF_S="0.3",
+            HARVEST_RETRY_BACKOFF_MAX_S="3",
+            HARVEST_MAX_SEND_ATTEMPTS="10",
+            HARVEST_ATTEMPT_BACKOFF_S="1",
+            HARVEST_ATTEMPT_BACKOFF_MAX_S="5",
             HARVEST_VENUE_TIMEOUT_S=repr(VENUE_TIMEOUT_S),
-            HARVEST_THROWAWAY_STATE="false")  # the state Redis keeps AOF (fsync always): durable
+            HARVEST_THROWAWAY_STATE="false",
+        )  # the state Redis keeps AOF (fsync always): durable
         if self.broker:
             self.env["HARVEST_BROKER_URL"] = self.broker
         # The exchange: paper engine + emulator on their own Redis; positions opened at 0 R.
@@ -186,8 +209,10 @@ class _Run:
             self.procs.start(role)
         for role in ("scan_worker", "orders_worker", "beat"):
             self.procs.procs[role].wait_ready(120)
-        self.say(f"chaos: {self.n} positions, namespace {self.ns}, "
-                 f"broker {mask_url(self.broker) if self.broker else 'redis (state)'}; workers and beat up")
+        self.say(
+            f"chaos: {self.n} positions, namespace {self.ns}, "
+            f"broker {mask_url(self.broker) if self.broker else 'redis (state)'}; workers and beat up"
+        )
 
     # ------------------------------------------------------------------ waves
 
@@ -200,8 +225,12 @@ class _Run:
     def _fired(self, kind: str, before: int, timeout: float = 30.0) -> bool:
         """Wait (bounded) until an exchange fault of ``kind`` fired again; whether it did."""
         try:
-            wait_for(lambda: (self.procs.supervise(), self.emu.faults.fired().get(kind, 0) > before)[1], timeout, 0.02,
-                     what=f"a {kind} fault to fire")
+            wait_for(
+                lambda: (self.procs.supervise(), self.emu.faults.fired().get(kind, 0) > before)[1],
+                timeout,
+                0.02,
+                what=f"a {kind} fault to fire",
+            )
             return True
         except AssertionError:
             return False
@@ -282,9 +311,14 @@ class _Run:
         if kind == "redis_restart_empty":
             before = 0  # every plan went with the state; the wave's plans come after recovery
         try:  # the next wave's fault must not replace this one's before it fired
-            wait_for(lambda: (self.procs.supervise(),
-                              self.n_plans() >= before + len(batch) and not self.emu.faults.armed())[1],
-                     120, 0.1, f"wave {i + 1}'s plans and faults")
+            wait_for(
+                lambda: (self.procs.supervise(), self.n_plans() >= before + len(batch) and not self.emu.faults.armed())[
+                    1
+                ],
+                120,
+                0.1,
+                f"wave {i + 1}'s plans and faults",
+            )
         except AssertionError:
             self.say(f"chaos: wave {i + 1} ({kind}): plans still arriving or faults armed, moving on")
             self.emu.faults.clear()
@@ -309,11 +343,14 @@ class _Run:
             exists = self.rt.plans.exists_many(ids)
         except (VenueError, redis.RedisError):
             return ["?"], {"?": 1}
-        left = {"retrying": sum(1 for _, nx in planned if nx.kind == "waiting"),
-                "close_not_done": sum(1 for d, nx in planned
-                                      if d.action is Action.FULL_CLOSE_PROPOSED and nx.kind != "abandoned"),
-                "unprotected": sum(1 for vp, _, _ in rows if unprotected(vp))}
-        return [pid for pid, ex in zip(ids, exists) if not ex], left
+        left = {
+            "retrying": sum(1 for _, nx in planned if nx.kind == "waiting"),
+            "close_not_done": sum(
+                1 for d, nx in planned if d.action is Action.FULL_CLOSE_PROPOSED and nx.kind != "abandoned"
+            ),
+            "unprotected": sum(1 for vp, _, _ in rows if unprotected(vp)),
+        }
+        return [pid for pid, ex in zip(ids, exists, strict=True) if not ex], left
 
     def unplanned(self) -> list[str]:
         """plan_ids of decisions the positions call for now that have no plan (a lost plan)."""
@@ -344,28 +381,42 @@ class _Run:
 
     def report(self, drained_s: float) -> dict:
         fired = self.emu.faults.fired()
-        for kind in ("http_429", "unknown_503_after_accept", "timeout_after_accept", "unknown_503",
-                     "html_503_after_accept"):
+        for kind in (
+            "http_429",
+            "unknown_503_after_accept",
+            "timeout_after_accept",
+            "unknown_503",
+            "html_503_after_accept",
+        ):
             self.faults[kind] += fired.get(kind, 0)
         all_plans = list(self.rt.plans.all_plans())
         states = Counter(p.state for p in all_plans)
-        why = Counter(f"{p.state} {p.reason}" + (f" {p.error_code}" if p.error_code else "") + f" step {p.step}"
-                      for p in all_plans if p.state != PlanState.FILLED)
+        why = Counter(
+            f"{p.state} {p.reason}" + (f" {p.error_code}" if p.error_code else "") + f" step {p.step}"
+            for p in all_plans
+            if p.state != PlanState.FILLED
+        )
         per_plan: Counter[str] = Counter()  # the exchange's own records, by plan_id: fills and stops placed
         fills = [t["clientOrderId"] for t in self.paper.trades() if t["clientOrderId"].startswith(CLIENT_ORDER_PREFIX)]
         cids = fills + [o.client_order_id for o in self.paper.orders(harvest_only=True) if o.algo]
         for cid in cids:
-            per_plan[cid[len(CLIENT_ORDER_PREFIX):len(CLIENT_ORDER_PREFIX) + 16]] += 1
+            per_plan[cid[len(CLIENT_ORDER_PREFIX) : len(CLIENT_ORDER_PREFIX) + 16]] += 1
         # Per decision (lineage): plans with a MARKET fill on the exchange beyond the first,
         # less those a partial fill legitimately asked for (its remainder is the next attempt).
-        filled_plans = {cid[len(CLIENT_ORDER_PREFIX):len(CLIENT_ORDER_PREFIX) + 16] for cid in fills}
+        filled_plans = {cid[len(CLIENT_ORDER_PREFIX) : len(CLIENT_ORDER_PREFIX) + 16] for cid in fills}
         by_lineage: dict[str, list] = {}
         for p in all_plans:
             if p.lineage:
                 by_lineage.setdefault(p.lineage, []).append(p)
-        lineage_dups = sum(max(0, sum(1 for p in ps if p.plan_id in filled_plans and p.action not in STOP_ACTIONS)
-                                  - 1 - sum(1 for p in ps if p.state == PlanState.PARTIALLY_FILLED))
-                           for ps in by_lineage.values())
+        lineage_dups = sum(
+            max(
+                0,
+                sum(1 for p in ps if p.plan_id in filled_plans and p.action not in STOP_ACTIONS)
+                - 1
+                - sum(1 for p in ps if p.state == PlanState.PARTIALLY_FILLED),
+            )
+            for ps in by_lineage.values()
+        )
         recovered = set(self.rt.r.smembers(self.rt.plans.k.recovered_plans))
         known = {p.plan_id for p in all_plans} | recovered  # a plan lost with the state, found on the exchange
         non_terminal = [p.plan_id for p in all_plans if p.state not in TERMINAL]
@@ -397,9 +448,14 @@ class _Run:
             "restarts": dict(self.procs.restarts),
             "broker": "amqp" if self.broker and self.broker.startswith("amqp") else "redis",
         }
-        rep["ok"] = (rep["duplicate_orders"] == 0 and rep["duplicate_fills_per_decision"] == 0
-                     and rep["lost_plans"] == 0 and rep["orders_without_plan"] == 0
-                     and rep["terminal"] == rep["plans"] and rep["unachieved"] == 0)
+        rep["ok"] = (
+            rep["duplicate_orders"] == 0
+            and rep["duplicate_fills_per_decision"] == 0
+            and rep["lost_plans"] == 0
+            and rep["orders_without_plan"] == 0
+            and rep["terminal"] == rep["plans"]
+            and rep["unachieved"] == 0
+        )
         return rep
 
     def stop(self) -> None:
@@ -413,8 +469,14 @@ class _Run:
         self.exchange.stop()
 
 
-def run_chaos(plans: int = 200, broker: str | None = None, waves: int = len(WAVES), drain_timeout_s: float = 600.0,
-              plan_ttl_s: float = PLAN_TTL_S, progress: Callable[[str], None] | None = None) -> dict:
+def run_chaos(
+    plans: int = 200,
+    broker: str | None = None,
+    waves: int = len(WAVES),
+    drain_timeout_s: float = 600.0,
+    plan_ttl_s: float = PLAN_TTL_S,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Run the harness (see module docstring) with ``plans`` positions, each made actionable
     once, in ``waves`` waves; ``broker``: a Celery broker URL (default: the state Redis);
     ``plan_ttl_s``: the plans' TTL (s), which bounds how long a plan orphaned by a kill waits
@@ -463,16 +525,19 @@ def _delete_amqp_queues(broker: str, ns: str) -> None:
 def format_report(rep: dict) -> str:
     """The report as a few human-readable lines."""
     verdict = "OK" if rep["ok"] else "FAILED"
-    return "\n".join([
-        f"chaos {verdict} on {rep['broker']}: {rep['plans']} plans for {rep['positions']} positions, "
-        f"{rep['terminal']} terminal, {rep['non_terminal']} non-terminal",
-        f"  states: {json.dumps(rep['states'])}; without effect: {json.dumps(rep['ended_without_effect'])}",
-        f"  orders: {rep['orders']} (max per plan {rep['orders_per_plan_max']}, duplicates {rep['duplicate_orders']}, "
-        f"duplicate fills per decision {rep['duplicate_fills_per_decision']}, "
-        f"without a plan {rep['orders_without_plan']})",
-        f"  lost plans: {rep['lost_plans']} (unplanned decisions {rep['unplanned_decisions']}); "
-        f"unachieved: {rep['unachieved']} {json.dumps(rep['unachieved_by_kind'])}",
-        f"  decisions: {rep['decisions']} ({rep['decisions_retried']} needed more than one attempt)",
-        f"  drained in {rep['time_to_drain_s']} s after the last wave; {rep['wall_s']} s in all",
-        f"  faults: {json.dumps(rep['faults_injected'])}; restarts: {json.dumps(rep['restarts'])}",
-    ])
+    return "\n".join(
+        [
+            f"chaos {verdict} on {rep['broker']}: {rep['plans']} plans for {rep['positions']} positions, "
+            f"{rep['terminal']} terminal, {rep['non_terminal']} non-terminal",
+            f"  states: {json.dumps(rep['states'])}; without effect: {json.dumps(rep['ended_without_effect'])}",
+            f"  orders: {rep['orders']} (max per plan {rep['orders_per_plan_max']}, "
+            f"duplicates {rep['duplicate_orders']}, "
+            f"duplicate fills per decision {rep['duplicate_fills_per_decision']}, "
+            f"without a plan {rep['orders_without_plan']})",
+            f"  lost plans: {rep['lost_plans']} (unplanned decisions {rep['unplanned_decisions']}); "
+            f"unachieved: {rep['unachieved']} {json.dumps(rep['unachieved_by_kind'])}",
+            f"  decisions: {rep['decisions']} ({rep['decisions_retried']} needed more than one attempt)",
+            f"  drained in {rep['time_to_drain_s']} s after the last wave; {rep['wall_s']} s in all",
+            f"  faults: {json.dumps(rep['faults_injected'])}; restarts: {json.dumps(rep['restarts'])}",
+        ]
+    )

@@ -13,8 +13,15 @@ from harvest.domain.models import PlanState
 def _cmd_demo(a: argparse.Namespace) -> int:
     from harvest.ops.demo import run_demo
 
-    card = run_demo(start=a.start, hours=a.hours, speed=a.speed, as_json=a.json, concurrency=a.concurrency, keep=a.keep,
-                    in_process=a.in_process)
+    card = run_demo(
+        start=a.start,
+        hours=a.hours,
+        speed=a.speed,
+        as_json=a.json,
+        concurrency=a.concurrency,
+        keep=a.keep,
+        in_process=a.in_process,
+    )
     return 0 if card["non_terminal"] == 0 else 1
 
 
@@ -29,14 +36,25 @@ def _cmd_emulator(a: argparse.Namespace) -> int:
 
     s = get_settings()
     if not (s.api_key and s.api_secret):
-        print("harvest emulator: set HARVEST_API_KEY and HARVEST_API_SECRET (any values; the workers use the same)",
-              file=sys.stderr)
+        print(
+            "harvest emulator: set HARVEST_API_KEY and HARVEST_API_SECRET (any values; the workers use the same)",
+            file=sys.stderr,
+        )
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     r = redis.Redis.from_url(s.redis_url, decode_responses=True)
     clock = MarketClock(r, s.namespace, s.paper_replay_start, s.paper_replay_speed)
-    emu = Emulator(r, s.namespace, s.account, s.api_key.get_secret_value(), s.api_secret.get_secret_value(),
-                   clock=clock, host=a.host, port=a.port, fee_rate=s.theta.taker_fee_rate)
+    emu = Emulator(
+        r,
+        s.namespace,
+        s.account,
+        s.api_key.get_secret_value(),
+        s.api_secret.get_secret_value(),
+        clock=clock,
+        host=a.host,
+        port=a.port,
+        fee_rate=s.theta.taker_fee_rate,
+    )
     if a.dual:
         emu.venue.set_dual(True)
     for spec in a.fault:
@@ -45,8 +63,11 @@ def _cmd_emulator(a: argparse.Namespace) -> int:
         emu.faults.inject(endpoint, kind, int(times or 1))
     if a.skew_ms:
         emu.faults.set_skew(a.skew_ms)
-    print(f"fapi emulator on {emu.url} (namespace {s.namespace}, account {s.account}); "
-          f"point workers at it with HARVEST_FAPI_URL={emu.url}", flush=True)
+    print(
+        f"fapi emulator on {emu.url} (namespace {s.namespace}, account {s.account}); "
+        f"point workers at it with HARVEST_FAPI_URL={emu.url}",
+        flush=True,
+    )
     try:
         emu.serve_forever()
     except KeyboardInterrupt:
@@ -84,9 +105,16 @@ def _cmd_chaos(a: argparse.Namespace) -> int:
 
     def say(m: str) -> None:  # progress on stderr; stdout carries only the report
         print(m, file=sys.stderr, flush=True)
+
     try:
-        rep = run_chaos(plans=a.plans, broker=a.broker, waves=a.waves, drain_timeout_s=a.drain_timeout,
-                        plan_ttl_s=a.plan_ttl, progress=say)
+        rep = run_chaos(
+            plans=a.plans,
+            broker=a.broker,
+            waves=a.waves,
+            drain_timeout_s=a.drain_timeout,
+            plan_ttl_s=a.plan_ttl,
+            progress=say,
+        )
     except (RuntimeError, AssertionError) as e:
         print(f"harvest chaos: could not run: {e}", file=sys.stderr)
         return 2
@@ -109,8 +137,11 @@ def _cmd_metrics(a: argparse.Namespace) -> int:
         return 0
     auth = rt.settings.metrics_basic_auth
     server = serve_metrics(registry, a.host, a.port, auth.get_secret_value() if auth else None)
-    print(f"harvest metrics for namespace {rt.settings.namespace} on http://{a.host}:{a.port}/metrics"
-          + (" (basic auth)" if auth else ""), flush=True)
+    print(
+        f"harvest metrics for namespace {rt.settings.namespace} on http://{a.host}:{a.port}/metrics"
+        + (" (basic auth)" if auth else ""),
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -140,21 +171,38 @@ def _cmd_trading(a: argparse.Namespace) -> int:
         set_state(rt.r, k.trading, f"{rt.settings.namespace}:stream:trading", state, a.account, _who(), a.reason)
     states = read(rt.r, k.trading)
     acct = a.account or rt.settings.account
-    out = {"deployment": states.get(DEPLOYMENT, "ACTIVE"), "accounts": {x: v for x, v in states.items() if x != DEPLOYMENT},
-           "in_force": {acct: effective(states, acct, rt.settings.mode)}}
+    out = {
+        "deployment": states.get(DEPLOYMENT, "ACTIVE"),
+        "accounts": {x: v for x, v in states.items() if x != DEPLOYMENT},
+        "in_force": {acct: effective(states, acct, rt.settings.mode)},
+    }
     if a.json:
         print(json.dumps(out))
     else:
-        print(f"deployment: {out['deployment']}  " + "  ".join(f"account {x}: {v}" for x, v in out["accounts"].items())
-              + f"  (in force for {acct}: {out['in_force'][acct]})")
+        print(
+            f"deployment: {out['deployment']}  "
+            + "  ".join(f"account {x}: {v}" for x, v in out["accounts"].items())
+            + f"  (in force for {acct}: {out['in_force'][acct]})"
+        )
     return 0
 
 
 def _plan_row(p) -> dict:
-    return {"plan_id": p.plan_id, "symbol": p.symbol, "action": p.action.value, "tier": p.tier, "attempt": p.attempt,
-            "state": p.state, "reason": p.reason, "created_at": p.created_at, "updated_at": p.updated_at,
-            "order_qty": p.order_qty, "stop_price": p.stop_price, "executed_qty": p.executed_qty,
-            "realized_pnl": p.realized_pnl}
+    return {
+        "plan_id": p.plan_id,
+        "symbol": p.symbol,
+        "action": p.action.value,
+        "tier": p.tier,
+        "attempt": p.attempt,
+        "state": p.state,
+        "reason": p.reason,
+        "created_at": p.created_at,
+        "updated_at": p.updated_at,
+        "order_qty": p.order_qty,
+        "stop_price": p.stop_price,
+        "executed_qty": p.executed_qty,
+        "realized_pnl": p.realized_pnl,
+    }
 
 
 def _cmd_plans(a: argparse.Namespace) -> int:
@@ -163,9 +211,14 @@ def _cmd_plans(a: argparse.Namespace) -> int:
 
     rt = get_runtime()
     since = parse_time(a.since) if a.since else None
-    rows = [_plan_row(p) for p in rt.plans.all_plans()
-            if (a.account is None or p.account == a.account) and (a.symbol is None or p.symbol == a.symbol)
-            and (a.state is None or p.state == a.state.upper()) and (since is None or p.created_at >= since)]
+    rows = [
+        _plan_row(p)
+        for p in rt.plans.all_plans()
+        if (a.account is None or p.account == a.account)
+        and (a.symbol is None or p.symbol == a.symbol)
+        and (a.state is None or p.state == a.state.upper())
+        and (since is None or p.created_at >= since)
+    ]
     if a.json:
         print(json.dumps(rows))
         return 0
@@ -173,7 +226,10 @@ def _cmd_plans(a: argparse.Namespace) -> int:
 
     for r in rows:
         t = datetime.fromtimestamp(r["created_at"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{t}  {r['plan_id']}  {r['symbol']:<10} {r['action']:<20} #{r['attempt']:<2} {r['state']:<16} {r['reason']}")
+        print(
+            f"{t}  {r['plan_id']}  {r['symbol']:<10} {r['action']:<20} #{r['attempt']:<2} "
+            f"{r['state']:<16} {r['reason']}"
+        )
     print(f"{len(rows)} plans")
     return 0
 
@@ -188,29 +244,41 @@ def _cmd_plan(a: argparse.Namespace) -> int:
         return 2
     if a.action == "cancel":
         if plan.state not in (PlanState.PROPOSED, PlanState.APPROVED):
-            print(f"harvest plan: {a.plan_id} is {plan.state}: only a PROPOSED or APPROVED plan can be cancelled "
-                  "(a SUBMITTED one's order is with the exchange; confirm resolves it)", file=sys.stderr)
+            print(
+                f"harvest plan: {a.plan_id} is {plan.state}: only a PROPOSED or APPROVED plan can be cancelled "
+                "(a SUBMITTED one's order is with the exchange; confirm resolves it)",
+                file=sys.stderr,
+            )
             return 2
         ok, before = rt.plans.transition(a.plan_id, PlanState.REJECTED, "operator_cancel", data={"who": _who()})
-        print(f"{a.plan_id}: {'cancelled (REJECTED operator_cancel; its decision is not tried again this epoch)' if ok else f'not cancelled: it moved to {before}'}")
+        done = "cancelled (REJECTED operator_cancel; its decision is not tried again this epoch)"
+        print(f"{a.plan_id}: {done if ok else f'not cancelled: it moved to {before}'}")
         return 0 if ok else 1
-    ledger = {"plan": plan.model_dump(mode="json"),
-              "transitions": rt.plans.history(a.plan_id, sends=True)}
+    ledger = {"plan": plan.model_dump(mode="json"), "transitions": rt.plans.history(a.plan_id, sends=True)}
     if a.json:
         print(json.dumps(ledger, default=str))
         return 0
     p = plan
     d = p.decision
-    print(f"plan {p.plan_id}  {p.symbol} {p.side.value} epoch {p.epoch}  {p.action.value} tier {p.tier} "
-          f"attempt {p.attempt}  lineage {p.lineage}")
+    print(
+        f"plan {p.plan_id}  {p.symbol} {p.side.value} epoch {p.epoch}  {p.action.value} tier {p.tier} "
+        f"attempt {p.attempt}  lineage {p.lineage}"
+    )
     print(f"state {p.state} ({p.reason})  clientOrderId {p.client_order_id}")
-    print(f"decision: mark {d.get('mark_price')}  R_net {d.get('r_net')}  kill {d.get('kill_score')}  "
-          f"regime {d.get('regime')}  reasons {d.get('reason_codes')}")
+    print(
+        f"decision: mark {d.get('mark_price')}  R_net {d.get('r_net')}  kill {d.get('kill_score')}  "
+        f"regime {d.get('regime')}  reasons {d.get('reason_codes')}"
+    )
     print(f"components: {d.get('components')}")
-    print(f"order: qty {p.order_qty}  stop {p.stop_price}  executed {p.executed_qty} @ {p.avg_price}  "
-          f"realized PnL (net of fees) {p.realized_pnl}  error {p.error_code} {p.error_message or ''}")
+    print(
+        f"order: qty {p.order_qty}  stop {p.stop_price}  executed {p.executed_qty} @ {p.avg_price}  "
+        f"realized PnL (net of fees) {p.realized_pnl}  error {p.error_code} {p.error_message or ''}"
+    )
     for t in ledger["transitions"]:
-        print(f"  {t.get('ts')}  {t.get('from') or '-':>9} → {t.get('to'):<16} {t.get('reason')}  {t.get('data', '')[:200]}")
+        print(
+            f"  {t.get('ts')}  {t.get('from') or '-':>9} → {t.get('to'):<16} {t.get('reason')}  "
+            f"{t.get('data', '')[:200]}"
+        )
     return 0
 
 
@@ -240,7 +308,9 @@ def _cmd_schedule(a: argparse.Namespace) -> int:
     for row in rows:
         nxt = "-" if row["next_run_in_s"] is None else f"{row['next_run_in_s']:.1f}"
         src = row["source"] + ("" if row["installed"] else "*")
-        print(f"{row['name']:<14}{row['task']:<32}{row['interval_s']:>10g}{row['expires_s'] or 0:>12g}  {src:<9}{nxt:>12}")
+        print(
+            f"{row['name']:<14}{row['task']:<32}{row['interval_s']:>10g}{row['expires_s'] or 0:>12g}  {src:<9}{nxt:>12}"
+        )
     if not all(r["installed"] for r in rows):
         print("* not installed yet: beat has not started on this namespace")
     return 0
@@ -255,51 +325,94 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="harvest", description="Exit-management engine for Binance USD-M futures.")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="run the whole pipeline on the paper venue and real klines, print a scorecard")
-    d.add_argument("--start", default=DEFAULT_START, help="market start, ISO-8601 UTC or Unix seconds (default %(default)s)")
+    d.add_argument(
+        "--start", default=DEFAULT_START, help="market start, ISO-8601 UTC or Unix seconds (default %(default)s)"
+    )
     d.add_argument("--hours", type=float, default=24.0, help="market hours to replay (default %(default)s)")
-    d.add_argument("--speed", type=float, default=1440.0,
-                   help="market seconds per wall second (default %(default)s: a market day per minute)")
+    d.add_argument(
+        "--speed",
+        type=float,
+        default=1440.0,
+        help="market seconds per wall second (default %(default)s: a market day per minute)",
+    )
     d.add_argument("--concurrency", type=int, default=2, help="worker processes (default %(default)s)")
     d.add_argument("--keep", action="store_true", help="keep the demo's Redis keys afterwards")
     d.add_argument("--json", action="store_true", help="print the scorecard as one JSON object")
-    d.add_argument("--in-process", action="store_true",
-                   help="workers call the paper engine directly instead of python-binance + the fapi emulator")
+    d.add_argument(
+        "--in-process",
+        action="store_true",
+        help="workers call the paper engine directly instead of python-binance + the fapi emulator",
+    )
     d.set_defaults(fn=_cmd_demo)
     e = sub.add_parser("emulator", help="serve the local Binance fapi emulator (paper engine, real data, faults)")
     e.add_argument("--host", default="127.0.0.1")
     e.add_argument("--port", type=int, default=8790)
     e.add_argument("--dual", action="store_true", help="start the account in hedge mode")
-    e.add_argument("--fault", action="append", default=[], metavar="ENDPOINT=KIND[:TIMES]",
-                   help='inject a fault, e.g. "POST /fapi/v1/order=unknown_503_after_accept:3" (repeatable)')
+    e.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="ENDPOINT=KIND[:TIMES]",
+        help='inject a fault, e.g. "POST /fapi/v1/order=unknown_503_after_accept:3" (repeatable)',
+    )
     e.add_argument("--skew-ms", type=int, default=0, help="run the server clock this many ms ahead (-1021 test)")
     e.set_defaults(fn=_cmd_emulator)
     s = sub.add_parser("scorecard", help="the harvest scorecard from live state (HARVEST_* settings)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_cmd_scorecard)
-    r = sub.add_parser("reconcile", help="reconcile local state with the venue once: ghosts, plans of positions closed outside, unknown hv- orders, stuck plans")
+    r = sub.add_parser(
+        "reconcile",
+        help="reconcile local state with the venue once: ghosts, plans of positions closed outside, "
+        "unknown hv- orders, stuck plans",
+    )
     r.add_argument("--json", action="store_true")
     r.set_defaults(fn=_cmd_reconcile)
-    c = sub.add_parser("chaos", help="drive N plans through real workers, beat, Redis and the emulator while "
-                       "injecting crashes, restarts and exchange faults; report duplicates, lost plans, drain time")
-    c.add_argument("--plans", type=int, default=200, help="positions made actionable, one plan or more each "
-                   "(default %(default)s)")
-    c.add_argument("--broker", default=None, metavar="URL",
-                   help="Celery broker, e.g. amqp://guest:guest@127.0.0.1:5672// (default: the run's own Redis)")
-    c.add_argument("--waves", type=int, default=len(CHAOS_WAVES),
-                   help="waves of positions, one fault kind each (default %(default)s: every kind once)")
-    c.add_argument("--plan-ttl", type=float, default=CHAOS_PLAN_TTL_S, help="plan TTL of the run, s: a plan orphaned by a kill "
-                   "ends by the sweeper at it (default %(default)s)")
-    c.add_argument("--drain-timeout", type=float, default=600.0, help="longest wait for quiescence, s (default %(default)s)")
+    c = sub.add_parser(
+        "chaos",
+        help="drive N plans through real workers, beat, Redis and the emulator while "
+        "injecting crashes, restarts and exchange faults; report duplicates, lost plans, drain time",
+    )
+    c.add_argument(
+        "--plans", type=int, default=200, help="positions made actionable, one plan or more each (default %(default)s)"
+    )
+    c.add_argument(
+        "--broker",
+        default=None,
+        metavar="URL",
+        help="Celery broker, e.g. amqp://guest:guest@127.0.0.1:5672// (default: the run's own Redis)",
+    )
+    c.add_argument(
+        "--waves",
+        type=int,
+        default=len(CHAOS_WAVES),
+        help="waves of positions, one fault kind each (default %(default)s: every kind once)",
+    )
+    c.add_argument(
+        "--plan-ttl",
+        type=float,
+        default=CHAOS_PLAN_TTL_S,
+        help="plan TTL of the run, s: a plan orphaned by a kill ends by the sweeper at it (default %(default)s)",
+    )
+    c.add_argument(
+        "--drain-timeout", type=float, default=600.0, help="longest wait for quiescence, s (default %(default)s)"
+    )
     c.add_argument("--json", action="store_true", help="print the report as JSON (exit 1 when not ok)")
     c.set_defaults(fn=_cmd_chaos)
     m = sub.add_parser("metrics", help="serve Prometheus metrics of the namespace's live state (/metrics)")
-    m.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s; a scraper on "
-                   "another host needs 0.0.0.0 and HARVEST_METRICS_BASIC_AUTH)")
+    m.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default %(default)s; a scraper on "
+        "another host needs 0.0.0.0 and HARVEST_METRICS_BASIC_AUTH)",
+    )
     m.add_argument("--port", type=int, default=9808)
     m.add_argument("--once", action="store_true", help="print the exposition once to stdout and exit")
     m.set_defaults(fn=_cmd_metrics)
-    t = sub.add_parser("trading", help="show or switch the trading state: halt (no order at all), reduce, shadow, "
-                       "resume; for the deployment or one account")
+    t = sub.add_parser(
+        "trading",
+        help="show or switch the trading state: halt (no order at all), reduce, shadow, "
+        "resume; for the deployment or one account",
+    )
     t.add_argument("action", nargs="?", default="show", choices=["show", "halt", "reduce", "resume", "shadow"])
     t.add_argument("--account", default=None, help="one account (default: the whole deployment)")
     t.add_argument("--reason", default="", help="why (recorded with who asked)")

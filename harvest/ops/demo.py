@@ -74,8 +74,16 @@ def _open(rt: Runtime, symbol: str, leverage: int, t: float) -> None:
     rt.venue.open_position(symbol, side, NOTIONAL_USDT / price, leverage, stop_price=stop)  # type: ignore[attr-defined]
 
 
-def run_demo(start: str = DEFAULT_START, hours: float = 24.0, speed: float = 1440.0, as_json: bool = False,
-             concurrency: int = 2, keep: bool = False, in_process: bool = False, out=sys.stdout) -> dict:
+def run_demo(
+    start: str = DEFAULT_START,
+    hours: float = 24.0,
+    speed: float = 1440.0,
+    as_json: bool = False,
+    concurrency: int = 2,
+    keep: bool = False,
+    in_process: bool = False,
+    out=sys.stdout,
+) -> dict:
     """Run the main job and return the scorecard (also printed). Raises RuntimeError when no
     Redis can be had, AssertionError when a child process fails to start or drain in time."""
     t_start = parse_time(start)
@@ -94,34 +102,56 @@ def run_demo(start: str = DEFAULT_START, hours: float = 24.0, speed: float = 144
         url = server.url
     ns = "demo-" + uuid.uuid4().hex[:8]
     env = {
-        "HARVEST_REDIS_URL": url, "HARVEST_NAMESPACE": ns, "HARVEST_VENUE": "paper", "HARVEST_MODE": "live",
-        "HARVEST_SCAN_INTERVAL_S": "0.25", "HARVEST_MARKET_REFRESH_S": "0.25", "HARVEST_SWEEP_INTERVAL_S": "2",
-        "HARVEST_RECONCILE_INTERVAL_S": "5", "HARVEST_HEARTBEAT_INTERVAL_S": "1", "HARVEST_PLAN_TTL_S": "30",
-        "HARVEST_MARKET_STALE_S": "3", "HARVEST_THROWAWAY_STATE": "true", "HARVEST_ATTEMPT_BACKOFF_S": "1", "HARVEST_ATTEMPT_BACKOFF_MAX_S": "10",
-        "HARVEST_PAPER_REPLAY_START": repr(t_start), "HARVEST_PAPER_REPLAY_SPEED": "0",
+        "HARVEST_REDIS_URL": url,
+        "HARVEST_NAMESPACE": ns,
+        "HARVEST_VENUE": "paper",
+        "HARVEST_MODE": "live",
+        "HARVEST_SCAN_INTERVAL_S": "0.25",
+        "HARVEST_MARKET_REFRESH_S": "0.25",
+        "HARVEST_SWEEP_INTERVAL_S": "2",
+        "HARVEST_RECONCILE_INTERVAL_S": "5",
+        "HARVEST_HEARTBEAT_INTERVAL_S": "1",
+        "HARVEST_PLAN_TTL_S": "30",
+        "HARVEST_MARKET_STALE_S": "3",
+        "HARVEST_THROWAWAY_STATE": "true",
+        "HARVEST_ATTEMPT_BACKOFF_S": "1",
+        "HARVEST_ATTEMPT_BACKOFF_MAX_S": "10",
+        "HARVEST_PAPER_REPLAY_START": repr(t_start),
+        "HARVEST_PAPER_REPLAY_SPEED": "0",
     }
     env.pop("HARVEST_BROKER_URL", None)
     os.environ.pop("HARVEST_BROKER_URL", None)
     # The demo's own runtime is the strategy's side: it opens positions in the paper engine.
-    settings = load_settings(**{k[len("HARVEST_"):].lower(): v for k, v in env.items()})
+    settings = load_settings(**{k[len("HARVEST_") :].lower(): v for k, v in env.items()})
     rt = build_runtime(settings)
     emu = None
     if not in_process:
         key, secret = secrets.token_hex(16), secrets.token_hex(32)
         # Market time runs SPEED× faster than on a real exchange, and so does the request rate:
         # the emulator's weight limit and harvest's budget are scaled up alike.
-        emu = Emulator(rt.r, ns, settings.account, key, secret, clock=rt.clock,
-                       weight_limit_1m=DEMO_WEIGHT_LIMIT_1M).start()
+        emu = Emulator(
+            rt.r, ns, settings.account, key, secret, clock=rt.clock, weight_limit_1m=DEMO_WEIGHT_LIMIT_1M
+        ).start()
         # Credentials reach the workers through their environment only, as in a deployment.
-        env.update({"HARVEST_FAPI_URL": emu.url, "HARVEST_API_KEY": key, "HARVEST_API_SECRET": secret,
-                    "HARVEST_VENUE_WEIGHT_LIMIT_1M": str(DEMO_WEIGHT_LIMIT_1M * 3 // 4)})
+        env.update(
+            {
+                "HARVEST_FAPI_URL": emu.url,
+                "HARVEST_API_KEY": key,
+                "HARVEST_API_SECRET": secret,
+                "HARVEST_VENUE_WEIGHT_LIMIT_1M": str(DEMO_WEIGHT_LIMIT_1M * 3 // 4),
+            }
+        )
     path = f"python-binance → fapi emulator {emu.url}" if emu else "in-process paper engine"
     w = worker(env, ns, concurrency)
     b = CeleryProcess("beat", env)
     wall0 = time.time()
     try:
-        print(f"harvest demo: paper venue ({path}), real klines {iso(t_start)} → {iso(t_end)} UTC at {speed:g}× "
-              f"(Redis {'private' if server else url}, namespace {ns})", file=log, flush=True)
+        print(
+            f"harvest demo: paper venue ({path}), real klines {iso(t_start)} → {iso(t_end)} UTC at {speed:g}× "
+            f"(Redis {'private' if server else url}, namespace {ns})",
+            file=log,
+            flush=True,
+        )
         rt.clock.set(t_start, 0.0, end=t_end)
         mark_recovered(rt.r, ns)  # a fresh paper account: nothing to recover
         _seed_market(rt)
@@ -150,9 +180,11 @@ def run_demo(start: str = DEFAULT_START, hours: float = 24.0, speed: float = 144
                         pass
             if time.time() - last_print >= (0.5 if log.isatty() else 10.0) or now >= t_end:
                 last_print = time.time()
-                line = (f"market {iso(now)}  {100 * (now - t_start) / (t_end - t_start):5.1f}%  "
-                        f"open positions {len(open_syms)}  plans {rt.r.zcard(rt.plans.k.plan_index)}  "
-                        f"in flight {rt.plans.count_open()}")
+                line = (
+                    f"market {iso(now)}  {100 * (now - t_start) / (t_end - t_start):5.1f}%  "
+                    f"open positions {len(open_syms)}  plans {rt.r.zcard(rt.plans.k.plan_index)}  "
+                    f"in flight {rt.plans.count_open()}"
+                )
                 print(("\r" + line) if log.isatty() else line, end="" if log.isatty() else "\n", file=log, flush=True)
             if now >= t_end:
                 break
@@ -160,12 +192,17 @@ def run_demo(start: str = DEFAULT_START, hours: float = 24.0, speed: float = 144
         if log.isatty():
             print(file=log)
         b.stop()
-        wait_for(lambda: rt.plans.count_open() == 0 and not any(queue_depths(rt).values()), 60, 0.1,
-                 "the pipeline to drain")
+        wait_for(
+            lambda: rt.plans.count_open() == 0 and not any(queue_depths(rt).values()), 60, 0.1, "the pipeline to drain"
+        )
         w.stop()
         card = build_scorecard(rt)
-        card["window"] = {"start": iso(t_start), "end": iso(t_end), "speed": speed,
-                          "wall_seconds": round(time.time() - wall0, 1)}
+        card["window"] = {
+            "start": iso(t_start),
+            "end": iso(t_end),
+            "speed": speed,
+            "wall_seconds": round(time.time() - wall0, 1),
+        }
         card["venue_path"] = "emulator" if emu else "in-process"
         if emu is not None:
             card["emulator_order_requests"] = sum(1 for x in emu.order_log() if x["kind"] == "HTTP")
@@ -188,8 +225,9 @@ def run_demo(start: str = DEFAULT_START, hours: float = 24.0, speed: float = 144
 
 def _seed_market(rt: Runtime) -> None:
     now = rt.clock.now()
-    rt.market.put_many([market_state_at(load_klines(s), now, rt.settings.theta) for s in rt.settings.symbols
-                        if s in SHIPPED_SYMBOLS])
+    rt.market.put_many(
+        [market_state_at(load_klines(s), now, rt.settings.theta) for s in rt.settings.symbols if s in SHIPPED_SYMBOLS]
+    )
 
 
 def _cleanup(r: redis.Redis, ns: str) -> None:

@@ -22,9 +22,17 @@ def symbols(n: int, prefix: str = "B") -> list[str]:
 def env_for(url: str, ns: str, syms: list[str], **extra: str) -> dict[str, str]:
     """HARVEST_* environment of a load namespace (paper venue, clock at T0); ``extra``
     overrides or adds variables."""
-    return {"HARVEST_REDIS_URL": url, "HARVEST_NAMESPACE": ns, "HARVEST_SYMBOLS": ",".join(syms),
-            "HARVEST_PAPER_REPLAY_SPEED": "0", "HARVEST_PAPER_REPLAY_START": repr(T0), "HARVEST_PLAN_TTL_S": "120",
-            "HARVEST_MODE": "live", "HARVEST_THROWAWAY_STATE": "true", **extra}
+    return {
+        "HARVEST_REDIS_URL": url,
+        "HARVEST_NAMESPACE": ns,
+        "HARVEST_SYMBOLS": ",".join(syms),
+        "HARVEST_PAPER_REPLAY_SPEED": "0",
+        "HARVEST_PAPER_REPLAY_START": repr(T0),
+        "HARVEST_PLAN_TTL_S": "120",
+        "HARVEST_MODE": "live",
+        "HARVEST_THROWAWAY_STATE": "true",
+        **extra,
+    }
 
 
 def runtime(env: dict[str, str]):
@@ -38,8 +46,11 @@ def paper_of(rt):
     """The paper engine of the namespace (also behind the emulator)."""
     from harvest.venues.paper import PaperVenue
 
-    return rt.venue if isinstance(rt.venue, PaperVenue) else PaperVenue(rt.r, rt.settings.namespace,
-                                                                       rt.settings.account, rt.clock)
+    return (
+        rt.venue
+        if isinstance(rt.venue, PaperVenue)
+        else PaperVenue(rt.r, rt.settings.namespace, rt.settings.account, rt.clock)
+    )
 
 
 def _geometry(paper, sym: str) -> tuple[float, float, float]:
@@ -72,13 +83,26 @@ def open_positions(rt, syms: list[str], r_multiple: float = 0.0) -> None:
     rows, marks = [], {}
     for sym in syms:
         entry, stop, qty = _geometry(paper, sym)
-        rows.append({"symbol": sym, "side": "LONG", "qty": qty, "entry_price": entry, "leverage": 10.0,
-                     "opened_at": T0, "stop_price": stop})
+        rows.append(
+            {
+                "symbol": sym,
+                "side": "LONG",
+                "qty": qty,
+                "entry_price": entry,
+                "leverage": 10.0,
+                "opened_at": T0,
+                "stop_price": stop,
+            }
+        )
         marks[sym] = mark_at_r(rt, sym, r_multiple)
     paper.seed_positions(rows, marks)
     mark_recovered(rt.r, rt.settings.namespace)
-    rt.market.put_many([MarketState(symbol=s, ts_time=T0, sigma=0.001, ts=0.5, p_trend=0.9, regime=Regime.TREND,
-                                    trend_dir=1) for s in syms])
+    rt.market.put_many(
+        [
+            MarketState(symbol=s, ts_time=T0, sigma=0.001, ts=0.5, p_trend=0.9, regime=Regime.TREND, trend_dir=1)
+            for s in syms
+        ]
+    )
 
 
 def clean(rt) -> None:
@@ -88,7 +112,7 @@ def clean(rt) -> None:
 
     keys = list(rt.r.scan_iter(f"{rt.settings.namespace}:*", count=1000))
     for i in range(0, len(keys), 10_000):
-        rt.r.delete(*keys[i:i + 10_000])
+        rt.r.delete(*keys[i : i + 10_000])
     rt.clock.set(T0, 0.0)
     mark_recovered(rt.r, rt.settings.namespace)
 
@@ -114,10 +138,17 @@ def start_emulator(rt, env: dict[str, str]):
     from harvest.venues.emulator import Emulator
 
     key, secret = secrets.token_hex(8), secrets.token_hex(16)
-    emu = Emulator(rt.r, rt.settings.namespace, rt.settings.account, key, secret, clock=rt.clock,
-                   weight_limit_1m=10_000_000).start()
-    env.update({"HARVEST_FAPI_URL": emu.url, "HARVEST_API_KEY": key, "HARVEST_API_SECRET": secret,
-                "HARVEST_VENUE_WEIGHT_LIMIT_1M": "1000000"})
+    emu = Emulator(
+        rt.r, rt.settings.namespace, rt.settings.account, key, secret, clock=rt.clock, weight_limit_1m=10_000_000
+    ).start()
+    env.update(
+        {
+            "HARVEST_FAPI_URL": emu.url,
+            "HARVEST_API_KEY": key,
+            "HARVEST_API_SECRET": secret,
+            "HARVEST_VENUE_WEIGHT_LIMIT_1M": "1000000",
+        }
+    )
     return emu
 
 
@@ -125,16 +156,28 @@ def start_worker(env: dict[str, str], ns: str, queue: str, c: int, *extra: str) 
     """A worker on the namespace's queue(s) ``queue`` (kinds, comma-separated: ``"scan"``,
     ``"scan,housekeeping"``) with ``c`` processes (not yet waited for)."""
     kinds = queue.split(",")
-    return CeleryProcess("worker", env, ["-Q", ",".join(f"{ns}.{k}" for k in kinds), "-c", str(c),
-                                         "-n", f"{'+'.join(kinds)}-{uuid.uuid4().hex[:4]}@%h",
-                                         "--without-mingle", "--without-gossip", *extra]).start()
+    return CeleryProcess(
+        "worker",
+        env,
+        [
+            "-Q",
+            ",".join(f"{ns}.{k}" for k in kinds),
+            "-c",
+            str(c),
+            "-n",
+            f"{'+'.join(kinds)}-{uuid.uuid4().hex[:4]}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            *extra,
+        ],
+    ).start()
 
 
 def settings_of(env: dict[str, str]):
     """The :class:`settings.HarvestSettings` of that environment (os.environ untouched)."""
     from settings import load_settings
 
-    return load_settings(**{k[len("HARVEST_"):].lower(): v for k, v in env.items()})
+    return load_settings(**{k[len("HARVEST_") :].lower(): v for k, v in env.items()})
 
 
 def celery_app(env: dict[str, str]):

@@ -93,8 +93,9 @@ class HarvestCollector:
             action, _, state = f.partition("|")
             g.add_metric([action, state], float(v))
         yield g
-        c = CounterMetricFamily("harvest_orders", "Plans that ended after an order was sent, by terminal state",
-                                labels=["result"])
+        c = CounterMetricFamily(
+            "harvest_orders", "Plans that ended after an order was sent, by terminal state", labels=["result"]
+        )
         for f, v in sorted(orders.items()):
             c.add_metric([f], float(v))
         yield c
@@ -102,48 +103,98 @@ class HarvestCollector:
         for f, v in sorted(sends.items()):
             c.add_metric([f], float(v))
         yield c
-        yield _labelled(CounterMetricFamily("harvest_guard_blocks", "Plans the guard blocked, by reason",
-                                            labels=["reason"]), counters, "guard:")
-        yield _labelled(CounterMetricFamily("harvest_malformed_messages", "Malformed task payloads rejected",
-                                            labels=["stage"]), counters, "malformed:")
-        yield _labelled(CounterMetricFamily("harvest_stale_messages_dropped", "Messages past their expires, dropped "
-                                            "unexecuted by the worker", labels=["task"]), counters, "stale:expired:")
-        yield _labelled(CounterMetricFamily("harvest_reconcile_findings", "What reconciliation found and did",
-                                            labels=["kind"]), counters, "reconcile:")
+        yield _labelled(
+            CounterMetricFamily("harvest_guard_blocks", "Plans the guard blocked, by reason", labels=["reason"]),
+            counters,
+            "guard:",
+        )
+        yield _labelled(
+            CounterMetricFamily("harvest_malformed_messages", "Malformed task payloads rejected", labels=["stage"]),
+            counters,
+            "malformed:",
+        )
+        yield _labelled(
+            CounterMetricFamily(
+                "harvest_stale_messages_dropped",
+                "Messages past their expires, dropped unexecuted by the worker",
+                labels=["task"],
+            ),
+            counters,
+            "stale:expired:",
+        )
+        yield _labelled(
+            CounterMetricFamily("harvest_reconcile_findings", "What reconciliation found and did", labels=["kind"]),
+            counters,
+            "reconcile:",
+        )
         dup = int(counters.get("scan:duplicates_skipped", 0)) + sum(
-            int(v) for f, v in counters.items() if f.startswith("dedup:"))
-        yield CounterMetricFamily("harvest_duplicates_blocked", "True repeats: decisions whose plan was in flight or "
-                                  "had taken effect", value=dup)
-        yield CounterMetricFamily("harvest_retries_started", "Further attempts of decisions whose last plan ended "
-                                  "without effect", value=int(counters.get("scan:retries_started", 0)))
-        g = GaugeMetricFamily("harvest_decisions", "Decisions the last scan saw stuck: retrying (backing off) or "
-                              "abandoned, by reason", labels=["status", "reason"])
+            int(v) for f, v in counters.items() if f.startswith("dedup:")
+        )
+        yield CounterMetricFamily(
+            "harvest_duplicates_blocked",
+            "True repeats: decisions whose plan was in flight or had taken effect",
+            value=dup,
+        )
+        yield CounterMetricFamily(
+            "harvest_retries_started",
+            "Further attempts of decisions whose last plan ended without effect",
+            value=int(counters.get("scan:retries_started", 0)),
+        )
+        g = GaugeMetricFamily(
+            "harvest_decisions",
+            "Decisions the last scan saw stuck: retrying (backing off) or abandoned, by reason",
+            labels=["status", "reason"],
+        )
         for f, v in sorted(decisions.items()):
             if f == "waiting":
                 g.add_metric(["retrying", ""], float(v))
             elif f.startswith("abandoned:"):
                 g.add_metric(["abandoned", f.split(":", 1)[1]], float(v))
         yield g
-        g = GaugeMetricFamily("harvest_market_state_age_seconds", "Wall seconds since each symbol's cached market "
-                              "state was computed (stale past market_stale_s: no kill decision from it)",
-                              labels=["symbol"])
+        g = GaugeMetricFamily(
+            "harvest_market_state_age_seconds",
+            "Wall seconds since each symbol's cached market "
+            "state was computed (stale past market_stale_s: no kill decision from it)",
+            labels=["symbol"],
+        )
         for sym, st in zip(rt.settings.symbols, rt.market.get_many(list(rt.settings.symbols)), strict=True):
             if st is not None and st.computed_at is not None:
                 g.add_metric([sym], max(0.0, time.time() - st.computed_at))
         yield g
         yield CounterMetricFamily("harvest_scans", "Scans run", value=int(counters.get("scan:runs", 0)))
-        yield CounterMetricFamily("harvest_chains_started", "Action chains started by scans",
-                                  value=int(counters.get("scan:chains_started", 0)))
+        yield CounterMetricFamily(
+            "harvest_chains_started",
+            "Action chains started by scans",
+            value=int(counters.get("scan:chains_started", 0)),
+        )
         if "positions_open" in counters:
-            yield GaugeMetricFamily("harvest_positions_open", "Open positions at the last reconcile",
-                                    value=float(counters["positions_open"]))
+            yield GaugeMetricFamily(
+                "harvest_positions_open",
+                "Open positions at the last reconcile",
+                value=float(counters["positions_open"]),
+            )
 
-        yield from _histograms(HistogramMetricFamily, "harvest_scan_duration_seconds",
-                               "Wall time of one scan of every open position", self.scan, None)
-        yield from _histograms(HistogramMetricFamily, "harvest_scan_to_fill_seconds",
-                               "Scan tick to order acknowledged (FILLED), by action", self.fill, "action")
-        yield from _histograms(HistogramMetricFamily, "harvest_queue_wait_seconds",
-                               "Published to started by a worker, by queue", self.wait, "queue")
+        yield from _histograms(
+            HistogramMetricFamily,
+            "harvest_scan_duration_seconds",
+            "Wall time of one scan of every open position",
+            self.scan,
+            None,
+        )
+        yield from _histograms(
+            HistogramMetricFamily,
+            "harvest_scan_to_fill_seconds",
+            "Scan tick to order acknowledged (FILLED), by action",
+            self.fill,
+            "action",
+        )
+        yield from _histograms(
+            HistogramMetricFamily,
+            "harvest_queue_wait_seconds",
+            "Published to started by a worker, by queue",
+            self.wait,
+            "queue",
+        )
 
         g = GaugeMetricFamily("harvest_queue_depth", "Messages waiting in each queue", labels=["queue"])
         try:
@@ -153,26 +204,32 @@ class HarvestCollector:
             pass
         yield g
         now = time.time()
-        g = GaugeMetricFamily("harvest_heartbeat_age_seconds", "Seconds since each component last reported",
-                              labels=["component"])
+        g = GaugeMetricFamily(
+            "harvest_heartbeat_age_seconds", "Seconds since each component last reported", labels=["component"]
+        )
         for name, ts in sorted(beats.items()):
             g.add_metric([name], max(0.0, now - float(ts)))
         yield g
         offset = rt.r.get(f"{rt.settings.namespace}:venue:clock_offset_ms")
         if offset is not None:
-            yield GaugeMetricFamily("harvest_clock_offset_seconds", "The exchange's clock minus this machine's, at "
-                                    "the last reconcile", value=float(offset) / 1000)
+            yield GaugeMetricFamily(
+                "harvest_clock_offset_seconds",
+                "The exchange's clock minus this machine's, at the last reconcile",
+                value=float(offset) / 1000,
+            )
         budget = self.budget
-        yield GaugeMetricFamily("harvest_exchange_weight_used", "Request weight used in the current minute",
-                                value=float(budget.used()))
-        yield GaugeMetricFamily("harvest_exchange_weight_limit", "Request weight the fleet may use per minute",
-                                value=float(budget.limit))
+        yield GaugeMetricFamily(
+            "harvest_exchange_weight_used", "Request weight used in the current minute", value=float(budget.used())
+        )
+        yield GaugeMetricFamily(
+            "harvest_exchange_weight_limit", "Request weight the fleet may use per minute", value=float(budget.limit)
+        )
 
 
 def _labelled(family, counters: dict, prefix: str):
     for f, v in sorted(counters.items()):
         if f.startswith(prefix):
-            family.add_metric([f[len(prefix):]], float(v))
+            family.add_metric([f[len(prefix) :]], float(v))
     return family
 
 
@@ -199,8 +256,10 @@ def serve_metrics(registry, host: str, port: int, basic_auth: str | None = None)
 
     def app(environ, start_response):
         if want is not None and not hmac.compare_digest(environ.get("HTTP_AUTHORIZATION", "").encode(), want):
-            start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="harvest metrics"'),
-                                                ("Content-Type", "text/plain")])
+            start_response(
+                "401 Unauthorized",
+                [("WWW-Authenticate", 'Basic realm="harvest metrics"'), ("Content-Type", "text/plain")],
+            )
             return [b"authentication required\n"]
         return inner(environ, start_response)
 

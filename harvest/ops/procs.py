@@ -80,11 +80,43 @@ class RedisServer:
             openssl = shutil.which("openssl")
             if not openssl:
                 raise RuntimeError("openssl not found: it makes the test certificate of a TLS redis-server")
-            subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-                            "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                           check=True, capture_output=True, timeout=60)
-        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert, "--tls-key-file", key,
-                "--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]
+            subprocess.run(
+                [
+                    openssl,
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    key,
+                    "-out",
+                    cert,
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            cert,
+            "--tls-auth-clients",
+            "no",
+        ]
 
     def start(self) -> "RedisServer":
         if not self.binary:
@@ -93,9 +125,23 @@ class RedisServer:
         listen = self._tls_args() if self.tls else ["--port", str(self.port)]
         auth = ["--requirepass", self.password] if self.password else []
         self.proc = subprocess.Popen(
-            [self.binary, *listen, "--bind", "127.0.0.1", "--save", "", *durability, *auth,
-             "--dir", self.dir, "--logfile", os.path.join(self.dir, "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                self.binary,
+                *listen,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                *durability,
+                *auth,
+                "--dir",
+                self.dir,
+                "--logfile",
+                os.path.join(self.dir, "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         import redis
 
         r = redis.Redis.from_url(self.url)
@@ -161,8 +207,9 @@ class CeleryProcess:
             raise RuntimeError(f"this celery {self.kind} was stopped; start a new CeleryProcess")
         level = ["-l", "INFO"] if self.kind in ("worker", "beat") else []
         cmd = [sys.executable, "-m", "celery", "-A", "tasks", self.kind, *level, *self.args]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         return self
 
     def output(self) -> str:
@@ -173,10 +220,12 @@ class CeleryProcess:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         marker = "ready." if self.kind == "worker" else "beat: Starting"
+
         def ok():
             if self.proc.poll() is not None:
                 raise AssertionError(f"celery {self.kind} exited {self.proc.returncode}:\n{self.output()[-3000:]}")
             return marker in self.output()
+
         wait_for(ok, timeout, 0.1, what=f"celery {self.kind} to be ready")
 
     def stop(self, timeout: float = 30.0) -> int | None:
@@ -210,5 +259,8 @@ class CeleryProcess:
 def worker(env: dict[str, str], namespace: str, concurrency: int = 2) -> CeleryProcess:
     """A worker consuming the namespace's three queues with ``concurrency`` processes."""
     queues = ",".join(f"{namespace}.{k}" for k in ("scan", "orders", "housekeeping"))
-    return CeleryProcess("worker", env, ["-Q", queues, "-c", str(concurrency), "-n", f"{namespace}@%h",
-                                         "--without-mingle", "--without-gossip"])
+    return CeleryProcess(
+        "worker",
+        env,
+        ["-Q", queues, "-c", str(concurrency), "-n", f"{namespace}@%h", "--without-mingle", "--without-gossip"],
+    )

@@ -20,7 +20,10 @@ KINDS = ("scan", "orders", "housekeeping")
 
 
 def _redis_broker(rt: Runtime) -> bool:
-    return rt.settings.broker.startswith(("redis://", "rediss://", "unix://")) and rt.settings.broker == rt.settings.redis_url
+    return (
+        rt.settings.broker.startswith(("redis://", "rediss://", "unix://"))
+        and rt.settings.broker == rt.settings.redis_url
+    )
 
 
 def queue_depths(rt: Runtime) -> dict[str, int]:
@@ -31,7 +34,7 @@ def queue_depths(rt: Runtime) -> dict[str, int]:
         p = rt.r.pipeline(transaction=False)
         for k in KINDS:
             p.llen(rt.settings.queue(k))
-        return dict(zip(KINDS, (int(n) for n in p.execute())))
+        return dict(zip(KINDS, (int(n) for n in p.execute()), strict=True))
     from kombu import Connection
 
     out = {}
@@ -55,7 +58,7 @@ def queue_lag(rt: Runtime) -> dict[str, float | None]:
         p.lindex(rt.settings.queue(k), -1)  # kombu LPUSHes and BRPOPs: the oldest is last
     now = time.time()
     out: dict[str, float | None] = {}
-    for k, raw in zip(KINDS, p.execute()):
+    for k, raw in zip(KINDS, p.execute(), strict=True):
         try:
             out[k] = round(max(0.0, now - float(json.loads(raw)["headers"]["sent_at"])), 3) if raw else 0.0
         except (ValueError, KeyError, TypeError):
@@ -97,9 +100,13 @@ def build_scorecard(rt: Runtime) -> dict:
     total = 0.0
     for sym, v in sorted(book.pnl().items()) if book else []:
         net = v.get("realized", 0.0) - v.get("commission", 0.0) - v.get("funding", 0.0)
-        pnl[sym] = {"realized": round(v.get("realized", 0.0), 4), "commission": round(v.get("commission", 0.0), 4),
-                    "funding": round(v.get("funding", 0.0), 4), "net": round(net, 4),
-                    "stops_hit": int(v.get("stops_hit", 0))}
+        pnl[sym] = {
+            "realized": round(v.get("realized", 0.0), 4),
+            "commission": round(v.get("commission", 0.0), 4),
+            "funding": round(v.get("funding", 0.0), 4),
+            "net": round(net, 4),
+            "stops_hit": int(v.get("stops_hit", 0)),
+        }
         total += net
     now = time.time()
     return {
@@ -122,8 +129,11 @@ def build_scorecard(rt: Runtime) -> dict:
         "market_state_age_s": _market_ages(rt),
         "malformed": {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("malformed:")},
         "stale_dropped": {k.split(":", 2)[2]: v for k, v in sorted(counters.items()) if k.startswith("stale:expired:")},
-        "reconcile": {k.split(":", 1)[1]: v for k, v in sorted(counters.items())
-                      if k.startswith("reconcile:") and not k.startswith("reconcile:venue_error")},
+        "reconcile": {
+            k.split(":", 1)[1]: v
+            for k, v in sorted(counters.items())
+            if k.startswith("reconcile:") and not k.startswith("reconcile:venue_error")
+        },
         "scans": counters.get("scan:runs", 0),
         "chains_started": counters.get("scan:chains_started", 0),
         "realized_pnl": pnl,
@@ -139,8 +149,10 @@ def _market_ages(rt: Runtime) -> dict[str, float | None]:
     """Wall seconds since each allowlisted symbol's cached market state was computed (None:
     none cached, or computed before states carried their time)."""
     now = time.time()
-    return {s: (round(now - m.computed_at, 1) if m is not None and m.computed_at is not None else None)
-            for s, m in zip(rt.settings.symbols, rt.market.get_many(list(rt.settings.symbols)), strict=True)}
+    return {
+        s: (round(now - m.computed_at, 1) if m is not None and m.computed_at is not None else None)
+        for s, m in zip(rt.settings.symbols, rt.market.get_many(list(rt.settings.symbols)), strict=True)
+    }
 
 
 def _or_none(fn, rt: Runtime):
@@ -159,14 +171,18 @@ def _positions_open(rt: Runtime) -> int | None:
 
 def format_scorecard(card: dict) -> str:
     """Human-readable scorecard (the same figures as the JSON form)."""
-    lines = [f"plans: {card['plans']}  executed: {card['executed']}  non-terminal: {card['non_terminal']}"
-             f"  true repeats: {card['duplicates_blocked']}  scans: {card['scans']}"]
+    lines = [
+        f"plans: {card['plans']}  executed: {card['executed']}  non-terminal: {card['non_terminal']}"
+        f"  true repeats: {card['duplicates_blocked']}  scans: {card['scans']}"
+    ]
     dec = card.get("decisions")
     if dec:
         ab = dec["abandoned"]
-        lines.append(f"decisions: {dec['lineages']}  retried: {dec['retried']} ({dec['retries_started']} further "
-                     f"attempts)  retrying now: {dec['retrying']}  abandoned: {sum(ab.values())}"
-                     + (" (" + "  ".join(f"{k}={v}" for k, v in ab.items()) + ")" if ab else ""))
+        lines.append(
+            f"decisions: {dec['lineages']}  retried: {dec['retried']} ({dec['retries_started']} further "
+            f"attempts)  retrying now: {dec['retrying']}  abandoned: {sum(ab.values())}"
+            + (" (" + "  ".join(f"{k}={v}" for k, v in ab.items()) + ")" if ab else "")
+        )
     lines.append("plans by action and state:")
     for a, states in card["plans_by_action"].items():
         lines.append(f"  {a:<22} " + "  ".join(f"{s}={n}" for s, n in sorted(states.items())))
@@ -180,13 +196,19 @@ def format_scorecard(card: dict) -> str:
         lines.append("reconcile: " + "  ".join(f"{k}={v}" for k, v in card["reconcile"].items()))
     lines.append("realized PnL (USDT): net total %.2f" % card["realized_pnl_total"])
     for sym, v in card["realized_pnl"].items():
-        lines.append(f"  {sym:<9} net {v['net']:>10.2f}  realized {v['realized']:>10.2f}  fees {v['commission']:>8.2f}"
-                     f"  funding {v['funding']:>7.2f}  stops hit {v['stops_hit']}")
-    lines.append(f"positions open: {card['positions_open']}  queue depth: "
-                 + "  ".join(f"{k}={v}" for k, v in card["queue_depth"].items()))
+        lines.append(
+            f"  {sym:<9} net {v['net']:>10.2f}  realized {v['realized']:>10.2f}  fees {v['commission']:>8.2f}"
+            f"  funding {v['funding']:>7.2f}  stops hit {v['stops_hit']}"
+        )
+    lines.append(
+        f"positions open: {card['positions_open']}  queue depth: "
+        + "  ".join(f"{k}={v}" for k, v in card["queue_depth"].items())
+    )
     if card.get("queue_lag_s"):
-        lines.append("queue lag (s, oldest waiting message): "
-                     + "  ".join(f"{k}={'n/a' if v is None else v}" for k, v in card["queue_lag_s"].items()))
+        lines.append(
+            "queue lag (s, oldest waiting message): "
+            + "  ".join(f"{k}={'n/a' if v is None else v}" for k, v in card["queue_lag_s"].items())
+        )
     ages = card.get("market_state_age_s") or {}
     if ages:
         lines.append("market state age (s): " + "  ".join(f"{k}={'n/a' if v is None else v}" for k, v in ages.items()))

@@ -63,8 +63,10 @@ def _booked(rt: Runtime, acct: str) -> tuple[dict[str, dict[str, Any] | None], d
     """Book entries (the scan's fields) and cached market states of every symbol in the
     account's book: ``({symbol: entry or None}, {symbol: state or None})``."""
     syms = sorted(rt.book.symbols(acct))
-    return (dict(zip(syms, rt.book.get_many(acct, syms, rt.book.SCAN_FIELDS))),
-            dict(zip(syms, rt.market.get_many(syms))))
+    return (
+        dict(zip(syms, rt.book.get_many(acct, syms, rt.book.SCAN_FIELDS), strict=True)),
+        dict(zip(syms, rt.market.get_many(syms), strict=True)),
+    )
 
 
 def load_positions(rt: Runtime, symbols: set[str] | None = None) -> tuple[list[Row], float]:
@@ -87,8 +89,8 @@ def load_positions(rt: Runtime, symbols: set[str] | None = None) -> tuple[list[R
     syms = [v.symbol for v in vps]
     ghosts = set(booked) - set(syms)  # in the book, not on the venue (full scans only)
     new = [s for s in syms if s not in booked]  # first sight (or a partial scan): read them now
-    booked.update(zip(new, rt.book.get_many(acct, new, rt.book.SCAN_FIELDS)))
-    booked_markets.update(zip(new, rt.market.get_many(new)))
+    booked.update(zip(new, rt.book.get_many(acct, new, rt.book.SCAN_FIELDS), strict=True))
+    booked_markets.update(zip(new, rt.market.get_many(new), strict=True))
     entries = [booked[s] for s in syms]
     markets = [booked_markets[s] for s in syms]
     rows: list[Row] = []
@@ -100,9 +102,13 @@ def load_positions(rt: Runtime, symbols: set[str] | None = None) -> tuple[list[R
             continue
         if is_new_epoch(vp, entry):
             entry = epochs[vp.symbol] = new_book_entry(vp, m, now, rt.settings.theta)
-        elif vp.mark_price > (entry.get("peak_price") or 0) or vp.mark_price < (entry.get("trough_price") or float("inf")):
-            extremes[vp.symbol] = {"peak_price": max(entry.get("peak_price") or 0, vp.mark_price),
-                                   "trough_price": min(entry.get("trough_price") or float("inf"), vp.mark_price)}
+        elif vp.mark_price > (entry.get("peak_price") or 0) or vp.mark_price < (
+            entry.get("trough_price") or float("inf")
+        ):
+            extremes[vp.symbol] = {
+                "peak_price": max(entry.get("peak_price") or 0, vp.mark_price),
+                "trough_price": min(entry.get("trough_price") or float("inf"), vp.mark_price),
+            }
             entry = {**entry, **extremes[vp.symbol]}
         rows.append((vp, entry, m))
     rt.book.put_many(acct, epochs)
@@ -114,16 +120,38 @@ def load_positions(rt: Runtime, symbols: set[str] | None = None) -> tuple[list[R
     return rows, now
 
 
-def make_decision(pos: Position, m: MarketState, now: float, action: Action, tier: int, fraction: float,
-                  new_stop: float | None, r_net: float, kill: float, comps: dict[str, float],
-                  reasons: list[str] | None = None, time_stop: bool = False) -> Decision:
+def make_decision(
+    pos: Position,
+    m: MarketState,
+    now: float,
+    action: Action,
+    tier: int,
+    fraction: float,
+    new_stop: float | None,
+    r_net: float,
+    kill: float,
+    comps: dict[str, float],
+    reasons: list[str] | None = None,
+    time_stop: bool = False,
+) -> Decision:
     """A :class:`Decision` (the propose payload) from one evaluated position; ``reasons``
     replace the kernel's reason codes (protection decisions); ``time_stop``: a close by age."""
     return Decision(
-        account=pos.account, symbol=pos.symbol, epoch=pos.epoch, side=pos.side, action=action, tier=tier,
-        close_fraction=fraction, new_stop=new_stop, r_net=r_net, kill_score=kill, components=comps,
+        account=pos.account,
+        symbol=pos.symbol,
+        epoch=pos.epoch,
+        side=pos.side,
+        action=action,
+        tier=tier,
+        close_fraction=fraction,
+        new_stop=new_stop,
+        r_net=r_net,
+        kill_score=kill,
+        components=comps,
         reason_codes=reasons if reasons is not None else reason_codes(action, comps, time_stop),
-        mark_price=pos.mark_price, regime=m.regime, decided_at=now,
+        mark_price=pos.mark_price,
+        regime=m.regime,
+        decided_at=now,
     )
 
 
@@ -139,8 +167,9 @@ def _fresh(rt: Runtime, rows: list[Row]) -> list[Row]:
     return [(vp, {**e, "entry_state": None}, m) if i in stale else (vp, e, m) for i, (vp, e, m) in enumerate(rows)]
 
 
-def protection(vp: VenuePosition, entry: dict[str, Any], theta: HarvestTheta,
-               action: Action) -> tuple[Action, float | None, list[str]] | None:
+def protection(
+    vp: VenuePosition, entry: dict[str, Any], theta: HarvestTheta, action: Action
+) -> tuple[Action, float | None, list[str]] | None:
     """What an unprotected position (:func:`harvest.domain.book.unprotected`) does instead of the
     kernel's ``action``: None to keep it (a kill close, or a profit lock, which places a stop
     itself); else PROTECT at :func:`harvest.domain.book.protective_stop`, or a full close
@@ -192,8 +221,22 @@ def decide(rt: Runtime, rows: list[Row], now: float) -> list[Decision]:
                 tier, fraction = 0, (1.0 if action is Action.FULL_CLOSE_PROPOSED else 0.0)
         if action is Action.NONE:
             continue
-        out.append(make_decision(pos, m, now, action, tier, fraction, new_stop, float(res.r_net[k]),
-                                 float(res.kill_score[k]), comps, reasons, bool(res.time_stop[k])))
+        out.append(
+            make_decision(
+                pos,
+                m,
+                now,
+                action,
+                tier,
+                fraction,
+                new_stop,
+                float(res.r_net[k]),
+                float(res.kill_score[k]),
+                comps,
+                reasons,
+                bool(res.time_stop[k]),
+            )
+        )
     return out
 
 
@@ -208,8 +251,7 @@ def plan_decisions(rt: Runtime, decisions: list[Decision]) -> list[tuple[Decisio
     for d, last in zip(decisions, latest, strict=True):
         nx = next_attempt(d.action, last, wall, s.attempt_backoff_s, s.attempt_backoff_max_s, s.max_decision_attempts)
         if nx.starts and (nx.attempt or nx.remaining_qty):
-            d = d.model_copy(update={"attempt": nx.attempt,
-                                     "remaining_qty": nx.remaining_qty if d.tier else None})
+            d = d.model_copy(update={"attempt": nx.attempt, "remaining_qty": nx.remaining_qty if d.tier else None})
         out.append((d, nx))
     return out
 
@@ -223,16 +265,25 @@ def decide_and_plan(rt: Runtime, rows: list[Row], now: float) -> list[tuple[Deci
     harvested in the book and treated the same way. Returns every decision with its lineage
     verdict."""
     planned = plan_decisions(rt, decide(rt, rows, now))
-    blocked = {d.symbol: d.tier for d, nx in planned
-               if d.tier and (nx.kind in ("waiting", "abandoned") or (nx.kind == "repeat" and nx.reason == "done"))}
+    blocked = {
+        d.symbol: d.tier
+        for d, nx in planned
+        if d.tier and (nx.kind in ("waiting", "abandoned") or (nx.kind == "repeat" and nx.reason == "done"))
+    }
     if not blocked:
         return planned
-    done = {d.symbol: {"harvested_tier": d.tier} for d, nx in planned
-            if d.tier and nx.kind == "repeat" and nx.reason == "done"}
+    done = {
+        d.symbol: {"harvested_tier": d.tier}
+        for d, nx in planned
+        if d.tier and nx.kind == "repeat" and nx.reason == "done"
+    }
     if done:
         rt.book.update_many(rt.settings.account, done)
-    again = [(vp, {**e, "harvested_tier": max(int(e.get("harvested_tier", 0)), blocked[vp.symbol])}, m)
-             for vp, e, m in rows if vp.symbol in blocked]
+    again = [
+        (vp, {**e, "harvested_tier": max(int(e.get("harvested_tier", 0)), blocked[vp.symbol])}, m)
+        for vp, e, m in rows
+        if vp.symbol in blocked
+    ]
     return planned + plan_decisions(rt, [d for d in decide(rt, again, now) if not d.tier])
 
 

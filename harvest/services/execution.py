@@ -27,17 +27,22 @@ def resolve_submitted(rt: Runtime, plan: Plan, final: bool, resend: Resend | Non
     while attempts and the TTL allow (``"resent"``); without ``resend`` it is left to a caller
     that has one (``"pending"``). Returns the state written, ``"resent"`` or ``"pending"``."""
     try:
-        o, vp, position_read = rt.venue.order_and_position(plan.symbol, plan.client_order_id,
-                                                           conditional=plan.action in STOP_ACTIONS)
+        o, vp, position_read = rt.venue.order_and_position(
+            plan.symbol, plan.client_order_id, conditional=plan.action in STOP_ACTIONS
+        )
     except VenueError as e:
         if e.code != -2013:
             # The look-up itself failed: try again — but not forever. A TTL past the plan's
             # own without one readable answer ends it EXPIRED with the error recorded (no
             # re-send: an operator reconciles the order by its clientOrderId).
             if final and time.time() >= plan.expires_at + rt.settings.plan_ttl_s:
-                rt.plans.transition(plan.plan_id, PlanState.EXPIRED, "lookup_failed",
-                                    data={"code": e.code, "message": e.message, "client_order_id": plan.client_order_id},
-                                    fields={"error_code": e.code, "error_message": e.message[:500]})
+                rt.plans.transition(
+                    plan.plan_id,
+                    PlanState.EXPIRED,
+                    "lookup_failed",
+                    data={"code": e.code, "message": e.message, "client_order_id": plan.client_order_id},
+                    fields={"error_code": e.code, "error_message": e.message[:500]},
+                )
                 return PlanState.EXPIRED
             return PENDING
         if plan.send in (SendState.UNKNOWN, SendState.NOT_EXECUTED):
@@ -49,8 +54,13 @@ def resolve_submitted(rt: Runtime, plan: Plan, final: bool, resend: Resend | Non
                     return PENDING
                 resend(plan.plan_id, nxt, plan.symbol, plan.action.value)
                 return "resent"
-            rt.plans.transition(plan.plan_id, PlanState.FAILED, "not_placed", data={"code": e.code, "step": plan.step},
-                                fields={"error_code": e.code, "error_message": e.message})
+            rt.plans.transition(
+                plan.plan_id,
+                PlanState.FAILED,
+                "not_placed",
+                data={"code": e.code, "step": plan.step},
+                fields={"error_code": e.code, "error_message": e.message},
+            )
             return PlanState.FAILED
         if final:
             rt.plans.transition(plan.plan_id, PlanState.EXPIRED, "order_not_found_at_ttl", data={"code": e.code})
@@ -73,8 +83,13 @@ def resolve_submitted(rt: Runtime, plan: Plan, final: bool, resend: Resend | Non
         to, reason = PlanState.REJECTED, "order_rejected"
     else:
         to, reason = PlanState.CANCELED, f"order_{o.status.lower()}"
-    fields: dict = {"executed_qty": o.executed_qty, "avg_price": o.avg_price, "order_status": o.status,
-                    "realized_pnl": o.realized_pnl - o.commission, "commission": o.commission}
+    fields: dict = {
+        "executed_qty": o.executed_qty,
+        "avg_price": o.avg_price,
+        "order_status": o.status,
+        "realized_pnl": o.realized_pnl - o.commission,
+        "commission": o.commission,
+    }
     if position_read:  # the order's outcome is known; the position size is only informative
         fields["position_qty_after"] = vp.qty if vp is not None else 0.0
     book, fill = None, None

@@ -19,8 +19,12 @@ log = logging.getLogger("harvest")
 
 def _report(rt: Runtime, kind: str, **fields) -> None:
     """One finding of reconciliation on ``<ns>:stream:reconcile`` (and a counter, a log line)."""
-    rt.r.xadd(f"{rt.settings.namespace}:stream:reconcile", {"kind": kind, "ts": repr(time.time()),
-              **{k: str(v) for k, v in fields.items()}}, maxlen=10_000, approximate=True)
+    rt.r.xadd(
+        f"{rt.settings.namespace}:stream:reconcile",
+        {"kind": kind, "ts": repr(time.time()), **{k: str(v) for k, v in fields.items()}},
+        maxlen=10_000,
+        approximate=True,
+    )
     rt.plans.count(f"reconcile:{kind}")
     log.warning("reconcile: %s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
 
@@ -56,7 +60,10 @@ def reconcile_once(rt: Runtime, resend: Resend | None = None) -> dict:
     # including any skipped for want of a market state (their plans are not "closed outside").
     acct = rt.settings.account
     open_syms = sorted(rt.book.symbols(acct))
-    epochs = {s: (e or {}).get("epoch") for s, e in zip(open_syms, rt.book.get_many(acct, open_syms, ("side", "epoch")))}
+    epochs = {
+        s: (e or {}).get("epoch")
+        for s, e in zip(open_syms, rt.book.get_many(acct, open_syms, ("side", "epoch")), strict=True)
+    }
     open_orders = rt.venue.open_orders()  # type: ignore[attr-defined]
     closed = adopted = unknown = 0
     plans = {p.plan_id: p for p in rt.plans.open_plans()}
@@ -64,8 +71,9 @@ def reconcile_once(rt: Runtime, resend: Resend | None = None) -> dict:
         if plan.account != acct or epochs.get(plan.symbol) == plan.epoch:
             continue
         if plan.state in (PlanState.PROPOSED, PlanState.APPROVED):
-            ok, _ = rt.plans.transition(plan.plan_id, PlanState.EXPIRED, "position_closed_outside",
-                                        data={"open_epoch": epochs.get(plan.symbol)})
+            ok, _ = rt.plans.transition(
+                plan.plan_id, PlanState.EXPIRED, "position_closed_outside", data={"open_epoch": epochs.get(plan.symbol)}
+            )
             closed += ok
         # "sending": execute owns it, or its send was accepted and confirm has yet to record
         # that and resolve it; the sweeper resolves it at the TTL if confirm never runs.
@@ -83,12 +91,23 @@ def reconcile_once(rt: Runtime, resend: Resend | None = None) -> dict:
             continue  # a plan lost with the state, known again from the exchange (harvest.services.recovery)
         if plan is None:
             unknown += 1
-            _report(rt, "unknown_order", client_order_id=o.client_order_id, symbol=o.symbol, type=o.type,
-                    status=o.status, side=o.side)
+            _report(
+                rt,
+                "unknown_order",
+                client_order_id=o.client_order_id,
+                symbol=o.symbol,
+                type=o.type,
+                status=o.status,
+                side=o.side,
+            )
         elif plan.state == PlanState.APPROVED:
-            ok, _ = rt.plans.transition(pid, PlanState.SUBMITTED, "adopted_from_exchange",
-                                        data={"client_order_id": o.client_order_id, "step": step},
-                                        fields={"client_order_id": o.client_order_id, "step": step, "send": SendState.ACCEPTED})
+            ok, _ = rt.plans.transition(
+                pid,
+                PlanState.SUBMITTED,
+                "adopted_from_exchange",
+                data={"client_order_id": o.client_order_id, "step": step},
+                fields={"client_order_id": o.client_order_id, "step": step, "send": SendState.ACCEPTED},
+            )
             if ok:
                 adopted += 1
                 _report(rt, "adopted_order", plan_id=pid, client_order_id=o.client_order_id, symbol=o.symbol)
@@ -100,9 +119,16 @@ def reconcile_once(rt: Runtime, resend: Resend | None = None) -> dict:
     swept = sweep_once(rt, time.time())
     rt.r.hset(rt.plans.k.counters, "positions_open", len(rows))
     check_clock(rt)
-    return {"positions": len(rows), "ghosts_dropped": ghosts, "closed_outside": closed, "unknown_orders": unknown,
-            "adopted": adopted, "swept": swept, "open_plans": rt.plans.count_open(),
-            "recovered": recovered or {}}
+    return {
+        "positions": len(rows),
+        "ghosts_dropped": ghosts,
+        "closed_outside": closed,
+        "unknown_orders": unknown,
+        "adopted": adopted,
+        "swept": swept,
+        "open_plans": rt.plans.count_open(),
+        "recovered": recovered or {},
+    }
 
 
 def check_clock(rt: Runtime) -> int | None:
@@ -120,8 +146,12 @@ def check_clock(rt: Runtime) -> int | None:
         return None
     if abs(offset) > rt.settings.max_clock_offset_ms:
         rt.plans.count("venue:clock_offset_exceeded")
-        log.error("this machine's clock is %.1f s %s the exchange's (limit %d ms): fix NTP", abs(offset) / 1000,
-                  "behind" if offset > 0 else "ahead of", rt.settings.max_clock_offset_ms)
+        log.error(
+            "this machine's clock is %.1f s %s the exchange's (limit %d ms): fix NTP",
+            abs(offset) / 1000,
+            "behind" if offset > 0 else "ahead of",
+            rt.settings.max_clock_offset_ms,
+        )
     return offset
 
 

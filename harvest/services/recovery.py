@@ -90,8 +90,15 @@ def tiers_done(orders: list, symbol: str, side_close: str, opened_at: float) -> 
     plans = set()
     for o in orders:
         parsed = parse_client_order_id(o.client_order_id)
-        if (parsed and o.symbol == symbol and not o.algo and o.type == "MARKET" and o.side == side_close
-                and o.executed_qty > 0 and o.update_time >= opened_at):
+        if (
+            parsed
+            and o.symbol == symbol
+            and not o.algo
+            and o.type == "MARKET"
+            and o.side == side_close
+            and o.executed_qty > 0
+            and o.update_time >= opened_at
+        ):
             plans.add(parsed[0])
     return min(3, len(plans))
 
@@ -110,7 +117,7 @@ def recover(rt, rows: list) -> dict:
     orders = rt.venue.all_orders(symbols)
     found = harvest_order_ids(rt.venue, symbols, orders)
     known = rt.plans.exists_many(list(found))
-    lost = [pid for pid, ex in zip(found, known) if not ex]
+    lost = [pid for pid, ex in zip(found, known, strict=True) if not ex]
     tiers = {}
     for vp, entry, _ in rows:
         if vp.opened_at is None:
@@ -125,13 +132,20 @@ def recover(rt, rows: list) -> dict:
     p.set(k.recovered, repr(time.time()))
     p.execute()
     if lost:
-        log.warning("state recovered from the exchange: %d harvest orders had no plan in the store; a decision "
-                    "that makes one of those plan_ids again is a repeat, never a second order", len(lost))
+        log.warning(
+            "state recovered from the exchange: %d harvest orders had no plan in the store; a decision "
+            "that makes one of those plan_ids again is a repeat, never a second order",
+            len(lost),
+        )
     rt.plans.count("recovery:runs")
     if lost:
         rt.plans.count("recovery:plans_recovered", len(lost))
-    return {"orders_seen": len(found), "plans_recovered": len(lost), "tiers_restored": len(tiers),
-            "symbols": len(symbols)}
+    return {
+        "orders_seen": len(found),
+        "plans_recovered": len(lost),
+        "tiers_restored": len(tiers),
+        "symbols": len(symbols),
+    }
 
 
 def ensure_recovered(rt, load_rows) -> dict | None:

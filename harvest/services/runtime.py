@@ -54,9 +54,11 @@ def build_venue(s: HarvestSettings, r: redis.Redis, clock: MarketClock | None) -
     key = s.api_key.get_secret_value() if s.api_key else ""
     secret = s.api_secret.get_secret_value() if s.api_secret else ""
     return BinanceVenue(
-        r, s.namespace,
+        r,
+        s.namespace,
         lambda: make_client(key, secret, s.fapi_url, s.venue == "testnet", s.venue_timeout_s, s.recv_window_ms),
-        weight_limit=s.venue_weight_limit_1m, funding_poll_s=s.funding_poll_s,
+        weight_limit=s.venue_weight_limit_1m,
+        funding_poll_s=s.funding_poll_s,
         max_clock_offset_ms=s.max_clock_offset_ms,
     )
 
@@ -79,8 +81,14 @@ def build_runtime(s: HarvestSettings) -> Runtime:
     a fifth of the stages' client CPU. Threads of one process share it under the client's
     lock; pipelines and transactions still take their own connection from the pool. The
     connection must not cross a fork: :func:`get_runtime` builds a new runtime in a child."""
-    r = redis.Redis.from_url(s.redis_url, decode_responses=True, health_check_interval=30, retry=REDIS_RETRY,
-                             retry_on_error=REDIS_RETRY_ON, single_connection_client=True)
+    r = redis.Redis.from_url(
+        s.redis_url,
+        decode_responses=True,
+        health_check_interval=30,
+        retry=REDIS_RETRY,
+        retry_on_error=REDIS_RETRY_ON,
+        single_connection_client=True,
+    )
     # The replay's market clock belongs to the paper venue (in process or emulated); an
     # exchange (testnet, live) needs none: its market time is the wall clock.
     clock = MarketClock(r, s.namespace, s.paper_replay_start, s.paper_replay_speed) if s.venue == "paper" else None

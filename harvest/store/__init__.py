@@ -48,8 +48,9 @@ log = logging.getLogger("harvest.plans")
 
 # KEYS: 1 plan, 2 open plans, 3 plan index, 4 results stream, 5 plans-by-state gauge, 6 the
 # lineage hash, 7 the set of plan_ids known only from the exchange's records, 8 the state-recovered
-# marker (no plan is made while the state is not known whole). ARGV: 1 plan_id, 2 created_at, 3 expires_at, 4 stream maxlen, 5 symbol, 6 action,
-# 7 data (JSON), 8 attempt, 9 plan key prefix, 10… the plan's field/value pairs.
+# marker (no plan is made while the state is not known whole). ARGV: 1 plan_id, 2 created_at,
+# 3 expires_at, 4 stream maxlen, 5 symbol, 6 action, 7 data (JSON), 8 attempt, 9 plan key
+# prefix, 10… the plan's field/value pairs.
 # Reply: false when created; the existing plan's state for a true repeat; 'RECOVERED' for a plan
 # whose order the exchange shows after a loss of state (the lineage records it FILLED, nothing
 # is created, nothing is sent); 'STATE_NOT_RECOVERED' while the marker is missing; 'stale_attempt' when
@@ -249,8 +250,20 @@ return n
 #: a filled tier is marked harvested).
 FILLED_STATES = (PlanState.FILLED, PlanState.PARTIALLY_FILLED)
 
-_PLAN_FLOATS = ("close_fraction", "new_stop", "scanned_at", "acked_at", "created_at", "updated_at", "expires_at",
-                "executed_qty", "avg_price", "realized_pnl", "position_qty_after", "remaining_qty")
+_PLAN_FLOATS = (
+    "close_fraction",
+    "new_stop",
+    "scanned_at",
+    "acked_at",
+    "created_at",
+    "updated_at",
+    "expires_at",
+    "executed_qty",
+    "avg_price",
+    "realized_pnl",
+    "position_qty_after",
+    "remaining_qty",
+)
 
 
 #: HGETALL of every key in KEYS, in one call: ``[[field, value, …], …]`` in KEYS order.
@@ -302,8 +315,9 @@ def _lua_opts(opts: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in opts.items() if v is not None})
 
 
-def run_script(r: redis.Redis, script, keys: list[str], args: list[Any],
-               then: Callable[[Any], None] | None = None) -> Any:
+def run_script(
+    r: redis.Redis, script, keys: list[str], args: list[Any], then: Callable[[Any], None] | None = None
+) -> Any:
     """Run a registered Lua script (``r.register_script``) and, in the same round trip, write
     the metric observations this process has queued (:data:`harvest.ops.metrics.DEFERRED`).
     ``then`` queues more commands (reads) on the pipeline, to run right after the script.
@@ -318,7 +332,7 @@ def run_script(r: redis.Redis, script, keys: list[str], args: list[Any],
     n_then = len(p) - 1
     DEFERRED.drain_into(p)
     out = p.execute(raise_on_error=False)
-    res, extra = out[0], out[1:1 + n_then]
+    res, extra = out[0], out[1 : 1 + n_then]
     if isinstance(res, redis.exceptions.NoScriptError):  # first call on this server: load it
         res = script(keys=keys, args=args)
         if then is not None:
@@ -444,10 +458,24 @@ class Keys:
 
 def _log_transition(plan_id: str, symbol: str | None, action: str | None, frm: str, to: str, reason: str) -> None:
     """The one log line per plan transition (text: key=value; JSON: the same fields)."""
-    log.info("plan_transition plan_id=%s symbol=%s action=%s from=%s state=%s reason=%s",
-             plan_id, symbol, action, frm or "-", to, reason,
-             extra={"event": "plan_transition", "plan_id": plan_id, "symbol": symbol, "action": action,
-                    "from_state": frm or None, "state": to, "reason": reason})
+    log.info(
+        "plan_transition plan_id=%s symbol=%s action=%s from=%s state=%s reason=%s",
+        plan_id,
+        symbol,
+        action,
+        frm or "-",
+        to,
+        reason,
+        extra={
+            "event": "plan_transition",
+            "plan_id": plan_id,
+            "symbol": symbol,
+            "action": action,
+            "from_state": frm or None,
+            "state": to,
+            "reason": reason,
+        },
+    )
 
 
 class PlanStore:
@@ -483,12 +511,30 @@ class PlanStore:
         pid = plan["plan_id"]
         fields = dict(plan, state=PlanState.PROPOSED, updated_at=plan["created_at"], reason="proposed")
         existing = run_script(
-            self.r, self._create,
-            keys=[self.k.plan(pid), self.k.open_plans, self.k.plan_index, self.k.results, self.k.metrics_plans,
-                  self.k.lineage(plan["lineage"]), self.k.recovered_plans, self.k.recovered],
-            args=[pid, _enc(plan["created_at"]), _enc(plan["expires_at"]), self.maxlen,
-                  plan["symbol"], _enc(plan["action"]), json.dumps(data, sort_keys=True, default=str),
-                  int(plan.get("attempt", 0)), self.k.plan_prefix, *_flat(fields)],
+            self.r,
+            self._create,
+            keys=[
+                self.k.plan(pid),
+                self.k.open_plans,
+                self.k.plan_index,
+                self.k.results,
+                self.k.metrics_plans,
+                self.k.lineage(plan["lineage"]),
+                self.k.recovered_plans,
+                self.k.recovered,
+            ],
+            args=[
+                pid,
+                _enc(plan["created_at"]),
+                _enc(plan["expires_at"]),
+                self.maxlen,
+                plan["symbol"],
+                _enc(plan["action"]),
+                json.dumps(data, sort_keys=True, default=str),
+                int(plan.get("attempt", 0)),
+                self.k.plan_prefix,
+                *_flat(fields),
+            ],
         )
         if existing is None:
             _log_transition(pid, plan["symbol"], _enc(plan["action"]), "", PlanState.PROPOSED, "proposed")
@@ -529,9 +575,15 @@ class PlanStore:
         applied, before, _ = self._apply(plan_id, to, reason, data, fields, now, lock_ttl_s, book, fill, False)
         return applied, before
 
-    def transition_and_get(self, plan_id: str, to: str, reason: str, fields: dict[str, Any] | None = None,
-                           data: dict[str, Any] | None = None,
-                           require_recovered: bool = False) -> tuple[bool, str, Plan | None]:
+    def transition_and_get(
+        self,
+        plan_id: str,
+        to: str,
+        reason: str,
+        fields: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+        require_recovered: bool = False,
+    ) -> tuple[bool, str, Plan | None]:
         """:meth:`transition`, and the plan as it is after the transition (None when it was
         not applied), in the same round trip: ``(applied, state before, plan)``. Execute uses
         it for APPROVED → SUBMITTED, which needs the plan only once it holds the send.
@@ -539,18 +591,44 @@ class PlanStore:
         (:attr:`Keys.recovered` exists, see :mod:`harvest.services.recovery`); otherwise nothing is
         written and the state before reads ``STATE_NOT_RECOVERED``; and only while trading is not
         HALTED for the deployment or the plan's account (:attr:`Keys.trading`; else ``HALTED``)."""
-        return self._apply(plan_id, to, reason, data, fields, None, None, None, None, True,
-                           require=self.k.recovered if require_recovered else None,
-                           trading=self.k.trading if require_recovered else None)
+        return self._apply(
+            plan_id,
+            to,
+            reason,
+            data,
+            fields,
+            None,
+            None,
+            None,
+            None,
+            True,
+            require=self.k.recovered if require_recovered else None,
+            trading=self.k.trading if require_recovered else None,
+        )
 
-    def _apply(self, plan_id: str, to: str, reason: str, data: dict[str, Any] | None, fields: dict[str, Any] | None,
-               now: float | None, lock_ttl_s: float | None, book: dict[str, Any] | None,
-               fill: tuple[float, str] | None, read: bool, require: str | None = None,
-               trading: str | None = None) -> tuple[bool, str, Plan | None]:
+    def _apply(
+        self,
+        plan_id: str,
+        to: str,
+        reason: str,
+        data: dict[str, Any] | None,
+        fields: dict[str, Any] | None,
+        now: float | None,
+        lock_ttl_s: float | None,
+        book: dict[str, Any] | None,
+        fill: tuple[float, str] | None,
+        read: bool,
+        require: str | None = None,
+        trading: str | None = None,
+    ) -> tuple[bool, str, Plan | None]:
         """The one call of :data:`_TRANSITION_LUA` (see :meth:`transition`)."""
         now = time.time() if now is None else now
-        opts: dict[str, Any] = {"from": sorted(allowed_from(to)), "read": read or None, "require": require,
-                                "trading": trading}
+        opts: dict[str, Any] = {
+            "from": sorted(allowed_from(to)),
+            "read": read or None,
+            "require": require,
+            "trading": trading,
+        }
         if lock_ttl_s is not None:
             opts["lock_ttl"] = max(1, int(lock_ttl_s))
         if book:
@@ -561,11 +639,22 @@ class PlanStore:
             opts["hist"] = {"incr": incr, "sum": list(total)}
         k = self.k
         res = run_script(
-            self.r, self._transition,
+            self.r,
+            self._transition,
             keys=[k.plan(plan_id), k.open_plans, k.results, k.metrics_plans, k.metrics_orders, self.scan_to_fill.key],
-            args=[plan_id, to, _enc(now), reason, self.maxlen, "1" if to in TERMINAL else "0",
-                  json.dumps(data or {}, sort_keys=True, default=str), _lua_opts(opts), k.inflight_prefix,
-                  k.book_prefix, *_flat(fields or {})],
+            args=[
+                plan_id,
+                to,
+                _enc(now),
+                reason,
+                self.maxlen,
+                "1" if to in TERMINAL else "0",
+                json.dumps(data or {}, sort_keys=True, default=str),
+                _lua_opts(opts),
+                k.inflight_prefix,
+                k.book_prefix,
+                *_flat(fields or {}),
+            ],
         )
         applied = bool(int(res[0]))
         if not applied:
@@ -574,14 +663,38 @@ class PlanStore:
         plan = self.parse(dict(zip(res[4][::2], res[4][1::2], strict=True))) if read else None
         return True, res[1], plan
 
-    def _mark_send_args(self, plan_id: str, step: int, outcome: str, data: dict[str, Any] | None,
-                        fields: dict[str, Any] | None, now: float, only_from: str = "") -> tuple[list, list]:
-        return ([self.k.plan(plan_id), self.k.results, self.k.metrics_sends],
-                [plan_id, step, outcome, _enc(now), self.maxlen, json.dumps(data or {}, sort_keys=True, default=str),
-                 only_from, *_flat(fields or {})])
+    def _mark_send_args(
+        self,
+        plan_id: str,
+        step: int,
+        outcome: str,
+        data: dict[str, Any] | None,
+        fields: dict[str, Any] | None,
+        now: float,
+        only_from: str = "",
+    ) -> tuple[list, list]:
+        return (
+            [self.k.plan(plan_id), self.k.results, self.k.metrics_sends],
+            [
+                plan_id,
+                step,
+                outcome,
+                _enc(now),
+                self.maxlen,
+                json.dumps(data or {}, sort_keys=True, default=str),
+                only_from,
+                *_flat(fields or {}),
+            ],
+        )
 
-    def mark_send(self, plan_id: str, step: int, outcome: str, data: dict[str, Any] | None = None,
-                  fields: dict[str, Any] | None = None) -> bool:
+    def mark_send(
+        self,
+        plan_id: str,
+        step: int,
+        outcome: str,
+        data: dict[str, Any] | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> bool:
         """Record the outcome of send ``step`` of a SUBMITTED plan: ``accepted``,
         ``unknown`` (look the order up) or ``not_executed`` (may be sent again under the next
         step's clientOrderId). No state change; the stream gets a ``send_<outcome>`` entry.
@@ -596,16 +709,21 @@ class PlanStore:
         (with the queued metric observations). Confirm uses it: execute hands the
         acknowledgement on instead of spending a round trip of its own on it. Returns the
         plan, or None when no such plan_id exists."""
-        keys, args = self._mark_send_args(plan_id, step, SendState.ACCEPTED, None, {"acked_at": acked_at}, acked_at,
-                                          only_from=SendState.SENDING)
+        keys, args = self._mark_send_args(
+            plan_id, step, SendState.ACCEPTED, None, {"acked_at": acked_at}, acked_at, only_from=SendState.SENDING
+        )
         _, (h,) = run_script(self.r, self._mark_send, keys, args, then=lambda p: p.hgetall(self.k.plan(plan_id)))
         return self.parse(h) if h else None
 
     def claim_resend(self, plan_id: str, step: int, client_order_id: str) -> bool:
         """Claim send ``step`` (≥ 1) of a SUBMITTED plan whose previous send is known not
         executed; switches the plan to that step's clientOrderId. Exactly one caller wins."""
-        return bool(self._claim_resend(keys=[self.k.plan(plan_id), self.k.results],
-                                       args=[plan_id, step, client_order_id, _enc(time.time()), self.maxlen]))
+        return bool(
+            self._claim_resend(
+                keys=[self.k.plan(plan_id), self.k.results],
+                args=[plan_id, step, client_order_id, _enc(time.time()), self.maxlen],
+            )
+        )
 
     def get(self, plan_id: str) -> Plan | None:
         """The plan, or None when no such plan_id exists (queued metric observations ride
@@ -635,8 +753,12 @@ class PlanStore:
         pids = self.r.zrangebyscore(self.k.plan_index, "-inf", f"({cutoff!r}", start=0, num=limit)
         if not pids:
             return 0
-        return int(self._archive(keys=[self.k.plan_index, self.k.archive, self.k.archived, f"{self.k.ns}:lineage:"],
-                                 args=[repr(cutoff), self.k.plan_prefix, *pids]))
+        return int(
+            self._archive(
+                keys=[self.k.plan_index, self.k.archive, self.k.archived, f"{self.k.ns}:lineage:"],
+                args=[repr(cutoff), self.k.plan_prefix, *pids],
+            )
+        )
 
     def get_with_book(self, plan_id: str) -> tuple[Plan | None, dict[str, Any] | None, MarketState | None]:
         """The plan, the book entry of its position (decoded as by :meth:`BookStore.decode`;
@@ -645,8 +767,11 @@ class PlanStore:
         observations. ``(None, None, None)`` when no such plan_id exists. The trading states
         read in the same round trip are left in :attr:`last_trading`."""
         flat_plan, flat_book, market, trading = run_script(
-            self.r, self._plan_and_book, keys=[self.k.plan(plan_id)],
-            args=[self.k.book_prefix, f"{self.k.ns}:market:", self.k.trading])
+            self.r,
+            self._plan_and_book,
+            keys=[self.k.plan(plan_id)],
+            args=[self.k.book_prefix, f"{self.k.ns}:market:", self.k.trading],
+        )
         self.last_trading = dict(zip(trading[::2], trading[1::2], strict=True))
         if not flat_plan:
             return None, None, None
@@ -682,8 +807,17 @@ class PlanStore:
                 out.append(None)
                 continue
             att, state, reason, upd, oq, eq, rq = row
-            out.append(LatestPlan(int(att), state, reason, float(upd or 0), float(oq) if oq else None,
-                                  float(eq) if eq else None, float(rq) if rq else None))
+            out.append(
+                LatestPlan(
+                    int(att),
+                    state,
+                    reason,
+                    float(upd or 0),
+                    float(oq) if oq else None,
+                    float(eq) if eq else None,
+                    float(rq) if rq else None,
+                )
+            )
         return out
 
     def exists_many(self, plan_ids: list[str]) -> list[bool]:
@@ -707,7 +841,7 @@ class PlanStore:
         """The plans of ``plan_ids`` that exist, in that order (one round trip per ``batch``)."""
         for i in range(0, len(plan_ids), batch):
             p = self.r.pipeline(transaction=False)
-            for pid in plan_ids[i:i + batch]:
+            for pid in plan_ids[i : i + batch]:
                 p.hgetall(self.k.plan(pid))
             for h in p.execute():
                 if h:
@@ -725,8 +859,11 @@ class PlanStore:
         """State transitions of one plan from the results stream, oldest first (``sends``:
         also the send records of a SUBMITTED plan, ``from == to``, reason ``send_*`` /
         ``resend_step_*``)."""
-        return [f for _, f in self.r.xrange(self.k.results, count=count)
-                if f.get("plan_id") == plan_id and (sends or f.get("from") != f.get("to"))]
+        return [
+            f
+            for _, f in self.r.xrange(self.k.results, count=count)
+            if f.get("plan_id") == plan_id and (sends or f.get("from") != f.get("to"))
+        ]
 
     def inflight_many(self, account: str, symbols: list[str]) -> list[str | None]:
         """Holder plan_id of each position's in-flight lock (None when free)."""
@@ -753,12 +890,29 @@ class BookStore:
     """harvest's book of each position epoch (what the exchange does not know: initial stop,
     qty at open, entry market state, harvested tier, peak/trough), one hash per position."""
 
-    FIELDS_FLOAT = ("opened_at", "entry_price", "qty_at_open", "initial_stop", "current_stop",
-                    "peak_price", "trough_price", "leverage")
+    FIELDS_FLOAT = (
+        "opened_at",
+        "entry_price",
+        "qty_at_open",
+        "initial_stop",
+        "current_stop",
+        "peak_price",
+        "trough_price",
+        "leverage",
+    )
     #: The fields the scan reads (:func:`harvest.services.decide.load_positions`): what the kernel, the
     #: epoch check and the peak/trough update use. ``side`` first: a missing entry has none.
-    SCAN_FIELDS = ("side", "epoch", "opened_at", "qty_at_open", "initial_stop", "harvested_tier",
-                   "peak_price", "trough_price", "entry_state")
+    SCAN_FIELDS = (
+        "side",
+        "epoch",
+        "opened_at",
+        "qty_at_open",
+        "initial_stop",
+        "harvested_tier",
+        "peak_price",
+        "trough_price",
+        "entry_state",
+    )
 
     def __init__(self, r: redis.Redis, ns: str):
         self.r = r
@@ -766,8 +920,9 @@ class BookStore:
         self._hgetall_many = r.register_script(_HGETALL_MANY_LUA)
         self._hmget_many = r.register_script(_HMGET_MANY_LUA)
 
-    def get_many(self, account: str, symbols: list[str],
-                 fields: tuple[str, ...] | None = None) -> list[dict[str, Any] | None]:
+    def get_many(
+        self, account: str, symbols: list[str], fields: tuple[str, ...] | None = None
+    ) -> list[dict[str, Any] | None]:
         """Book entries (decoded) for the symbols, None where there is none (one Redis call).
         ``fields``: read only these (must include ``side``; e.g. :data:`SCAN_FIELDS`), which
         keeps a 10 000-position reply small."""
@@ -778,8 +933,12 @@ class BookStore:
             flats = self._hgetall_many(keys=keys)
             return [self.decode(dict(zip(f[::2], f[1::2], strict=True))) if f else None for f in flats]
         rows = self._hmget_many(keys=keys, args=list(fields))
-        return [self.decode({k: v for k, v in zip(fields, row) if v is not None}) if row[0] is not None else None
-                for row in rows]
+        return [
+            self.decode({k: v for k, v in zip(fields, row, strict=True) if v is not None})
+            if row[0] is not None
+            else None
+            for row in rows
+        ]
 
     @classmethod
     def decode(cls, h: dict[str, str]) -> dict[str, Any]:

@@ -67,9 +67,9 @@ class RedisHistogram:
 class DeferredObservations:
     """Histogram observations of this process waiting for the next Redis round trip a stage
     makes anyway: :meth:`drain_into` adds them to that pipeline (the plan read that starts
-    guard, execute and confirm), so a metric costs no round trip of its own. :meth:`flush` writes what is left at the end of a task
-    (one round trip, only when nothing carried them). Per process, not thread-safe: Celery's
-    prefork pool runs one task at a time per process."""
+    guard, execute and confirm), so a metric costs no round trip of its own. :meth:`flush`
+    writes what is left at the end of a task (one round trip, only when nothing carried them).
+    Per process, not thread-safe: Celery's prefork pool runs one task at a time per process."""
 
     def __init__(self) -> None:
         self._items: list[tuple[RedisHistogram, float, str]] = []

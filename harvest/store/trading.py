@@ -15,8 +15,9 @@ def read(r: redis.Redis, key: str) -> dict[str, str]:
     return r.hgetall(key)
 
 
-def set_state(r: redis.Redis, key: str, stream: str, state: str, account: str | None, who: str,
-              reason: str = "") -> None:
+def set_state(
+    r: redis.Redis, key: str, stream: str, state: str, account: str | None, who: str, reason: str = ""
+) -> None:
     """Set the deployment's (``account`` None) or an account's trading state, recorded with
     ``who`` asked and why on ``stream``. Raises ValueError for an unknown state."""
     state = state.upper()
@@ -28,6 +29,10 @@ def set_state(r: redis.Redis, key: str, stream: str, state: str, account: str | 
         p.hdel(key, field)
     else:
         p.hset(key, field, state)
-    p.xadd(stream, {"scope": field, "state": state, "who": who[:64], "reason": reason[:200], "ts": repr(time.time())},
-           maxlen=10_000, approximate=True)
+    p.xadd(
+        stream,
+        {"scope": field, "state": state, "who": who[:64], "reason": reason[:200], "ts": repr(time.time())},
+        maxlen=10_000,
+        approximate=True,
+    )
     p.execute()

@@ -28,8 +28,15 @@ class VenueError(Exception):
     * neither — a rejection (-1111, -2022, -4164, …): final, never retried.
     """
 
-    def __init__(self, code: int, message: str, http_status: int = 400, unknown: bool = False,
-                 retryable: bool = False, retry_after: float | None = None):
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        http_status: int = 400,
+        unknown: bool = False,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
@@ -133,8 +140,9 @@ class Venue(ABC):
         """Look an order up by clientOrderId (``conditional``: a stop, by clientAlgoId).
         Raises VenueError -2013 when it does not exist."""
 
-    def order_and_position(self, symbol: str, client_order_id: str,
-                           conditional: bool = False) -> tuple[OrderResult, VenuePosition | None, bool]:
+    def order_and_position(
+        self, symbol: str, client_order_id: str, conditional: bool = False
+    ) -> tuple[OrderResult, VenuePosition | None, bool]:
         """:meth:`get_order` and then the position of the same symbol, as confirm reads them
         after an order: ``(order, position or None when flat, whether the position was
         read)``. The order look-up raises as :meth:`get_order` does; a failed position read

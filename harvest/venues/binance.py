@@ -65,13 +65,34 @@ from harvest.venues.base import (
 log = logging.getLogger("harvest.venue")
 
 #: Request weights of the endpoints used (Binance's documented figures).
-WEIGHT = {"positions": 5, "symbol_config": 5, "dual": 30, "open_algo_all": 40, "open_algo": 1,
-          "mark": 1, "klines": 2, "exchange_info": 1, "order": 1, "get_order": 1, "cancel": 1, "trades": 5, "time": 1,
-          "income": 30, "all_orders": 5}
+WEIGHT = {
+    "positions": 5,
+    "symbol_config": 5,
+    "dual": 30,
+    "open_algo_all": 40,
+    "open_algo": 1,
+    "mark": 1,
+    "klines": 2,
+    "exchange_info": 1,
+    "order": 1,
+    "get_order": 1,
+    "cancel": 1,
+    "trades": 5,
+    "time": 1,
+    "income": 30,
+    "all_orders": 5,
+}
 #: Share of the weight budget each priority may use: closes go ahead of stop moves and reads.
 PRIORITY_SHARE = {"close": 1.0, "stop": 0.85, "read": 0.7}
-_ALGO_TO_ORDER_STATUS = {"NEW": "NEW", "TRIGGERING": "NEW", "TRIGGERED": "NEW", "FINISHED": "FILLED",
-                         "CANCELED": "CANCELED", "EXPIRED": "EXPIRED", "REJECTED": "REJECTED"}
+_ALGO_TO_ORDER_STATUS = {
+    "NEW": "NEW",
+    "TRIGGERING": "NEW",
+    "TRIGGERED": "NEW",
+    "FINISHED": "FILLED",
+    "CANCELED": "CANCELED",
+    "EXPIRED": "EXPIRED",
+    "REJECTED": "REJECTED",
+}
 
 
 def classify(exc: Exception) -> VenueError:
@@ -96,8 +117,12 @@ def classify(exc: Exception) -> VenueError:
         code = int(exc.code or 0)
         msg = str(exc.message or "")
         if msg.startswith("Invalid JSON error message"):  # python-binance's wording for a non-JSON body
-            return VenueError(code, f"non-JSON answer, HTTP {status}: {msg[len('Invalid JSON error message from Binance: '):][:200]}",
-                              status, unknown=True)
+            return VenueError(
+                code,
+                f"non-JSON answer, HTTP {status}: {msg[len('Invalid JSON error message from Binance: ') :][:200]}",
+                status,
+                unknown=True,
+            )
         headers = getattr(exc.response, "headers", None) or {}
         if status in (429, 418):
             try:
@@ -162,6 +187,7 @@ def answers(sends: bool = False):
     wrong type, NaN/inf) raises VenueError code 0 "malformed exchange answer" instead of a
     parsing error — ``unknown`` when the request sent an order (look it up before anything
     is sent again), a plain error otherwise. No worker crashes on a malformed answer."""
+
     def deco(fn):
         @functools.wraps(fn)
         def wrapper(self, *args, **kwargs):
@@ -170,9 +196,15 @@ def answers(sends: bool = False):
             except VenueError:
                 raise
             except _MALFORMED as e:
-                raise VenueError(0, f"malformed exchange answer to {fn.__name__}: {type(e).__name__}: {str(e)[:200]}",
-                                 200, unknown=sends) from None
+                raise VenueError(
+                    0,
+                    f"malformed exchange answer to {fn.__name__}: {type(e).__name__}: {str(e)[:200]}",
+                    200,
+                    unknown=sends,
+                ) from None
+
         return wrapper
+
     return deco
 
 
@@ -227,8 +259,13 @@ class WeightBudget:
         ceiling = int(self.limit * PRIORITY_SHARE[priority])
         ok, wait = self._reserve(keys=[self.key(now), self.k_backoff], args=[weight, ceiling, repr(now)])
         if not int(ok):
-            raise VenueError(-1003, f"local request-weight budget: {priority} request held back", 429,
-                             retryable=True, retry_after=float(wait))
+            raise VenueError(
+                -1003,
+                f"local request-weight budget: {priority} request held back",
+                429,
+                retryable=True,
+                retry_after=float(wait),
+            )
 
     def observe(self, used_weight: int) -> None:
         """Record the exchange's ``X-MBX-USED-WEIGHT-1M`` for this minute."""
@@ -252,8 +289,16 @@ class BinanceVenue(Venue):
     refreshes exchangeInfo). Raises VenueError from every call; never sleeps.
     """
 
-    def __init__(self, r: redis.Redis, ns: str, client_factory: Callable[[], Client], weight_limit: int,
-                 cache_ttl_s: float = 300.0, funding_poll_s: float = 60.0, max_clock_offset_ms: int = 1000):
+    def __init__(
+        self,
+        r: redis.Redis,
+        ns: str,
+        client_factory: Callable[[], Client],
+        weight_limit: int,
+        cache_ttl_s: float = 300.0,
+        funding_poll_s: float = 60.0,
+        max_clock_offset_ms: int = 1000,
+    ):
         self.r = r
         self.ns = ns
         self._factory = client_factory
@@ -330,8 +375,13 @@ class BinanceVenue(Venue):
         offset = self.clock_offset_ms()
         self.client.timestamp_offset = offset
         level = logging.ERROR if abs(offset) > self.max_clock_offset_ms else logging.INFO
-        log.log(level, "venue time offset resynced: %d ms (this machine's clock is %s by %.1f s)", offset,
-                "behind" if offset > 0 else "ahead", abs(offset) / 1000)
+        log.log(
+            level,
+            "venue time offset resynced: %d ms (this machine's clock is %s by %.1f s)",
+            offset,
+            "behind" if offset > 0 else "ahead",
+            abs(offset) / 1000,
+        )
         return offset
 
     # ------------------------------------------------------------------ reference data
@@ -377,8 +427,9 @@ class BinanceVenue(Venue):
         missing = [s for s, v in cached.items() if v is None]
         if not missing:
             return out
-        rows = self._call("futures_symbol_config", "symbol_config", "read",
-                          **({"symbol": missing[0]} if len(missing) == 1 else {}))
+        rows = self._call(
+            "futures_symbol_config", "symbol_config", "read", **({"symbol": missing[0]} if len(missing) == 1 else {})
+        )
         found = {x.get("symbol"): _num(x["leverage"]) for x in rows}
         fresh = {s: found.get(s, 1.0) for s in missing}
         out.update(fresh)
@@ -406,8 +457,11 @@ class BinanceVenue(Venue):
         """Open positions (positionAmt ≠ 0). In hedge mode a symbol with both legs open is
         not reported (harvest manages one leg per symbol) and is logged."""
         params = {"symbol": symbol} if symbol else {}
-        rows = [x for x in self._call("futures_position_information", "positions", "read", **params)
-                if _num(x["positionAmt"]) != 0.0]
+        rows = [
+            x
+            for x in self._call("futures_position_information", "positions", "read", **params)
+            if _num(x["positionAmt"]) != 0.0
+        ]
         by_sym: dict[str, list[dict]] = {}
         for x in rows:
             by_sym.setdefault(_sym(x["symbol"]), []).append(x)
@@ -417,8 +471,9 @@ class BinanceVenue(Venue):
                 del by_sym[s]
         if not by_sym:
             return []
-        algo = self._call("futures_get_open_orders", "open_algo" if symbol else "open_algo_all", "read",
-                          conditional=True, **params)
+        algo = self._call(
+            "futures_get_open_orders", "open_algo" if symbol else "open_algo_all", "read", conditional=True, **params
+        )
         lev = self._leverage(sorted(by_sym))
         opened = self._openings({s: x for s, (x,) in by_sym.items()})
         funding = self._funding(opened)
@@ -426,16 +481,29 @@ class BinanceVenue(Venue):
         for s, (x,) in sorted(by_sym.items()):
             amt = _num(x["positionAmt"])
             side = Side.LONG if amt > 0 else Side.SHORT
-            stops = [_num(o["triggerPrice"]) for o in algo
-                     if o.get("symbol") == s and o.get("closePosition") in (True, "true")
-                     and o.get("orderType", o.get("type")) == "STOP_MARKET" and o.get("side") == side.close_order_side]
+            stops = [
+                _num(o["triggerPrice"])
+                for o in algo
+                if o.get("symbol") == s
+                and o.get("closePosition") in (True, "true")
+                and o.get("orderType", o.get("type")) == "STOP_MARKET"
+                and o.get("side") == side.close_order_side
+            ]
             liq = _num(x.get("liquidationPrice") or 0)
-            out.append(VenuePosition(
-                symbol=s, side=side, qty=abs(amt), entry_price=_num(x["entryPrice"]), mark_price=_num(x["markPrice"]),
-                leverage=max(1.0, lev.get(s, 1.0)), opened_at=opened.get(s),
-                stop_price=(max(stops) if side is Side.LONG else min(stops)) if stops else None,
-                liquidation_price=liq if liq > 0 else None, funding_paid=funding.get(s, 0.0),
-            ))
+            out.append(
+                VenuePosition(
+                    symbol=s,
+                    side=side,
+                    qty=abs(amt),
+                    entry_price=_num(x["entryPrice"]),
+                    mark_price=_num(x["markPrice"]),
+                    leverage=max(1.0, lev.get(s, 1.0)),
+                    opened_at=opened.get(s),
+                    stop_price=(max(stops) if side is Side.LONG else min(stops)) if stops else None,
+                    liquidation_price=liq if liq > 0 else None,
+                    funding_paid=funding.get(s, 0.0),
+                )
+            )
         return out
 
     def _openings(self, rows: dict[str, dict]) -> dict[str, float | None]:
@@ -458,8 +526,9 @@ class BinanceVenue(Venue):
             try:
                 trades = self._call("futures_account_trades", "trades", "read", symbol=s, limit=1000)
                 leg = x.get("positionSide", "BOTH")
-                t = opening_time([tr for tr in trades if tr.get("positionSide", "BOTH") in (leg, "BOTH")],
-                                 str(x["positionAmt"]))
+                t = opening_time(
+                    [tr for tr in trades if tr.get("positionSide", "BOTH") in (leg, "BOTH")], str(x["positionAmt"])
+                )
             except VenueError as e:
                 log.warning("opening of %s not read (%s); epoch kept", s, e)
                 out[s] = c.get("t") if c else None
@@ -484,15 +553,22 @@ class BinanceVenue(Venue):
         for s in syms:
             if state[s] is None or state[s].get("opened") != known[s]:
                 state[s] = {"opened": known[s], "paid": 0.0, "last": -1}
-        poll = self.funding_poll_s <= 0 or bool(self.r.set(self.k_funding_poll, "1", nx=True,
-                                                            ex=max(1, int(self.funding_poll_s))))
+        poll = self.funding_poll_s <= 0 or bool(
+            self.r.set(self.k_funding_poll, "1", nx=True, ex=max(1, int(self.funding_poll_s)))
+        )
         if poll:
             try:
                 start = int(min(known.values()) * 1000)
                 rows: list[dict] = []
                 for _ in range(5):  # pages of 1000, oldest first
-                    page = self._call("futures_income_history", "income", "read", incomeType="FUNDING_FEE",
-                                      startTime=start, limit=1000)
+                    page = self._call(
+                        "futures_income_history",
+                        "income",
+                        "read",
+                        incomeType="FUNDING_FEE",
+                        startTime=start,
+                        limit=1000,
+                    )
                     rows += page
                     if len(page) < 1000:
                         break
@@ -528,24 +604,38 @@ class BinanceVenue(Venue):
     @answers(sends=True)
     def close_market(self, symbol: str, side: str, qty: str, client_order_id: str) -> OrderResult:
         def send(dual: bool) -> Any:
-            params: dict[str, Any] = {"symbol": symbol, "side": side, "type": "MARKET", "quantity": qty,
-                                      "newClientOrderId": client_order_id, "newOrderRespType": "RESULT"}
+            params: dict[str, Any] = {
+                "symbol": symbol,
+                "side": side,
+                "type": "MARKET",
+                "quantity": qty,
+                "newClientOrderId": client_order_id,
+                "newOrderRespType": "RESULT",
+            }
             if dual:
                 params["positionSide"] = Side.closed_by(side).value
             else:
                 params["reduceOnly"] = "true"
             return self._call("futures_create_order", "order", "close", **params)
+
         return self._order(self._mode_refreshed(send, "close"))
 
     @answers(sends=True)
     def move_stop(self, symbol: str, side: str, stop_price: str, client_order_id: str) -> OrderResult:
         def send(dual: bool) -> Any:
-            params: dict[str, Any] = {"symbol": symbol, "side": side, "type": "STOP_MARKET", "triggerPrice": stop_price,
-                                      "closePosition": "true", "workingType": "MARK_PRICE",
-                                      "clientAlgoId": client_order_id}
+            params: dict[str, Any] = {
+                "symbol": symbol,
+                "side": side,
+                "type": "STOP_MARKET",
+                "triggerPrice": stop_price,
+                "closePosition": "true",
+                "workingType": "MARK_PRICE",
+                "clientAlgoId": client_order_id,
+            }
             if dual:
                 params["positionSide"] = Side.closed_by(side).value
             return self._call("futures_create_order", "order", "stop", **params)
+
         new = self._algo(self._mode_refreshed(send, "stop"))
         # The new stop works; only now are the older stops of this position cancelled. A
         # failure here is not the order's failure (it is placed): the older, looser stops stay
@@ -556,8 +646,11 @@ class BinanceVenue(Venue):
             log.warning("stops of %s not listed after the move (%s); older stops stay", symbol, e)
             return new
         for o in working:
-            if (o.get("clientAlgoId") != client_order_id and o.get("side") == side
-                    and o.get("closePosition") in (True, "true")):
+            if (
+                o.get("clientAlgoId") != client_order_id
+                and o.get("side") == side
+                and o.get("closePosition") in (True, "true")
+            ):
                 try:
                     self._call("futures_cancel_order", "cancel", "stop", symbol=symbol, clientAlgoId=o["clientAlgoId"])
                 except VenueError as e:  # triggered or gone meanwhile; the new stop protects
@@ -574,7 +667,9 @@ class BinanceVenue(Venue):
         if algo is not True:
             out += [self._order(x) for x in self._call("futures_get_open_orders", weight, "read", **sym)]
         if algo is not False:
-            out += [self._algo(x) for x in self._call("futures_get_open_orders", weight, "read", conditional=True, **sym)]
+            out += [
+                self._algo(x) for x in self._call("futures_get_open_orders", weight, "read", conditional=True, **sym)
+            ]
         return out
 
     @answers()
@@ -582,21 +677,28 @@ class BinanceVenue(Venue):
         """``GET /fapi/v1/allOrders`` of each symbol (weight 5 each, the last 1000 orders)."""
         out: list[OrderResult] = []
         for s in symbols:
-            out += [self._order(x) for x in self._call("futures_get_all_orders", "all_orders", "read", symbol=s,
-                                                       limit=1000)]
+            out += [
+                self._order(x) for x in self._call("futures_get_all_orders", "all_orders", "read", symbol=s, limit=1000)
+            ]
         return out
 
     @answers()
     def get_order(self, symbol: str, client_order_id: str, conditional: bool = False) -> OrderResult:
         if conditional:
-            return self._algo(self._call("futures_get_order", "get_order", "close", symbol=symbol,
-                                         clientAlgoId=client_order_id))
-        o = self._order(self._call("futures_get_order", "get_order", "close", symbol=symbol,
-                                   origClientOrderId=client_order_id))
+            return self._algo(
+                self._call("futures_get_order", "get_order", "close", symbol=symbol, clientAlgoId=client_order_id)
+            )
+        o = self._order(
+            self._call("futures_get_order", "get_order", "close", symbol=symbol, origClientOrderId=client_order_id)
+        )
         if o.executed_qty > 0:
             trades = self._call("futures_account_trades", "trades", "read", symbol=symbol, orderId=o.order_id)
-            o = o.model_copy(update={"realized_pnl": sum(_num(t.get("realizedPnl", 0)) for t in trades),
-                                     "commission": sum(_num(t.get("commission", 0)) for t in trades)})
+            o = o.model_copy(
+                update={
+                    "realized_pnl": sum(_num(t.get("realizedPnl", 0)) for t in trades),
+                    "commission": sum(_num(t.get("commission", 0)) for t in trades),
+                }
+            )
         return o
 
     # ------------------------------------------------------------------ parsing
@@ -606,10 +708,17 @@ class BinanceVenue(Venue):
         if x.get("status") not in ORDER_STATUSES:
             raise ValueError(f"unknown order status {str(x.get('status'))[:40]!r}")
         return OrderResult(
-            symbol=_sym(x["symbol"]), client_order_id=x["clientOrderId"], order_id=int(_num(x["orderId"])), side=x["side"],
-            type=x.get("type", "MARKET"), status=x["status"], position_side=x.get("positionSide", "BOTH"),
-            orig_qty=_num(x.get("origQty") or 0), executed_qty=_num(x.get("executedQty") or 0),
-            avg_price=_num(x.get("avgPrice") or 0), reduce_only=bool(x.get("reduceOnly", False)),
+            symbol=_sym(x["symbol"]),
+            client_order_id=x["clientOrderId"],
+            order_id=int(_num(x["orderId"])),
+            side=x["side"],
+            type=x.get("type", "MARKET"),
+            status=x["status"],
+            position_side=x.get("positionSide", "BOTH"),
+            orig_qty=_num(x.get("origQty") or 0),
+            executed_qty=_num(x.get("executedQty") or 0),
+            avg_price=_num(x.get("avgPrice") or 0),
+            reduce_only=bool(x.get("reduceOnly", False)),
             stop_price=_num(x["stopPrice"]) if _num(x.get("stopPrice") or 0) else None,
             update_time=_num(x.get("updateTime", 0)) / 1000,
         )
@@ -617,11 +726,19 @@ class BinanceVenue(Venue):
     @staticmethod
     def _algo(x: dict[str, Any]) -> OrderResult:
         return OrderResult(
-            symbol=_sym(x["symbol"]), client_order_id=x["clientAlgoId"], order_id=int(_num(x["algoId"])), side=x["side"],
-            type=x.get("orderType", "STOP_MARKET"), status=_ALGO_TO_ORDER_STATUS.get(x.get("algoStatus", ""), "NEW"),
-            position_side=x.get("positionSide", "BOTH"), close_position=x.get("closePosition") in (True, "true"),
-            algo=True, executed_qty=_num(x.get("executedQty") or 0), avg_price=_num(x.get("avgPrice") or 0),
-            stop_price=_num(x["triggerPrice"]) if x.get("triggerPrice") else None, reduce_only=True,
+            symbol=_sym(x["symbol"]),
+            client_order_id=x["clientAlgoId"],
+            order_id=int(_num(x["algoId"])),
+            side=x["side"],
+            type=x.get("orderType", "STOP_MARKET"),
+            status=_ALGO_TO_ORDER_STATUS.get(x.get("algoStatus", ""), "NEW"),
+            position_side=x.get("positionSide", "BOTH"),
+            close_position=x.get("closePosition") in (True, "true"),
+            algo=True,
+            executed_qty=_num(x.get("executedQty") or 0),
+            avg_price=_num(x.get("avgPrice") or 0),
+            stop_price=_num(x["triggerPrice"]) if x.get("triggerPrice") else None,
+            reduce_only=True,
             update_time=_num(x.get("updateTime", 0)) / 1000,
         )
 
@@ -656,21 +773,24 @@ def emulator_handshake(futures_url: str, timeout_s: float) -> None:
 
     root = futures_url.rstrip("/").removesuffix("/fapi")
     if not is_loopback_url(futures_url):
-        raise VenueError(-9001, f"{futures_url} is not on a loopback address: the paper venue talks only to the "
-                         "local emulator")
+        raise VenueError(
+            -9001, f"{futures_url} is not on a loopback address: the paper venue talks only to the local emulator"
+        )
     try:
         answer = requests.get(f"{root}/_emu/hello", timeout=timeout_s).json()
     except requests.exceptions.RequestException as e:  # not reachable now: nothing sent, try again later
-        raise VenueError(0, f"{futures_url} did not answer the emulator's handshake ({type(e).__name__})", 0,
-                         retryable=True) from None
+        raise VenueError(
+            0, f"{futures_url} did not answer the emulator's handshake ({type(e).__name__})", 0, retryable=True
+        ) from None
     except ValueError:
         answer = None
     if not isinstance(answer, dict) or answer.get("emulator") != HANDSHAKE:
         raise VenueError(-9001, f"{futures_url} is not harvest's fapi emulator (handshake answer {str(answer)[:80]!r})")
 
 
-def make_client(api_key: str, api_secret: str, futures_url: str | None, testnet: bool, timeout_s: float,
-                recv_window_ms: int) -> Client:
+def make_client(
+    api_key: str, api_secret: str, futures_url: str | None, testnet: bool, timeout_s: float, recv_window_ms: int
+) -> Client:
     """A python-binance ``Client`` for USDⓈ-M futures: ``ping=False``; ``futures_url``
     overrides ``FUTURES_URL`` (the emulator: its handshake is checked first,
     :func:`emulator_handshake`); ``testnet`` selects Binance's futures testnet. Raises

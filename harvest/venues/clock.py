@@ -21,10 +21,17 @@ class MarketClock:
     def set(self, market_start: float, speed: float, end: float | None = None, wall: float | None = None) -> None:
         """Anchor the clock: market time ``market_start`` now, advancing ``speed`` market
         seconds per wall second, never beyond ``end``."""
-        self.r.set(self.key, json.dumps({
-            "anchor_wall": time.time() if wall is None else wall,
-            "anchor_market": market_start, "speed": speed, "end": end,
-        }))
+        self.r.set(
+            self.key,
+            json.dumps(
+                {
+                    "anchor_wall": time.time() if wall is None else wall,
+                    "anchor_market": market_start,
+                    "speed": speed,
+                    "end": end,
+                }
+            ),
+        )
 
     def now(self, raw: str | None = None) -> float:
         """Current market time (s). Anchors at the settings' default on first use. ``raw``:
@@ -33,8 +40,11 @@ class MarketClock:
             raw = self.r.get(self.key)
         if raw is None:
             start, speed = self.default
-            self.r.set(self.key, json.dumps({"anchor_wall": time.time(), "anchor_market": start,
-                                             "speed": speed, "end": None}), nx=True)
+            self.r.set(
+                self.key,
+                json.dumps({"anchor_wall": time.time(), "anchor_market": start, "speed": speed, "end": None}),
+                nx=True,
+            )
             raw = self.r.get(self.key)
         c = json.loads(raw)
         t = c["anchor_market"] + (time.time() - c["anchor_wall"]) * c["speed"]

@@ -94,21 +94,58 @@ from harvest.venues.paper import PaperVenue
 
 log = logging.getLogger("harvest.emulator")
 
-FAULT_KINDS = ("latency", "http_429", "http_418", "unavailable_503", "internal_503", "unknown_503",
-               "unknown_503_after_accept", "timeout_after_accept", "timestamp_1021", "html_502", "html_503",
-               "html_503_after_accept", "garbage_200", "garbage_200_after_accept", "truncated",
-               "truncated_after_accept", "partial_fill")
+FAULT_KINDS = (
+    "latency",
+    "http_429",
+    "http_418",
+    "unavailable_503",
+    "internal_503",
+    "unknown_503",
+    "unknown_503_after_accept",
+    "timeout_after_accept",
+    "timestamp_1021",
+    "html_502",
+    "html_503",
+    "html_503_after_accept",
+    "garbage_200",
+    "garbage_200_after_accept",
+    "truncated",
+    "truncated_after_accept",
+    "partial_fill",
+)
 #: What a load balancer in front of an exchange answers when it fails: a page, not Binance's JSON.
-HTML_503 = ("<html><body><h1>503 Service Unavailable</h1>\nNo server is available to handle this request.\n"
-            "</body></html>\n")
-HTML_502 = "<html><body><h1>502 Bad Gateway</h1>\nThe server returned an invalid or incomplete response.\n</body></html>\n"
+HTML_503 = (
+    "<html><body><h1>503 Service Unavailable</h1>\nNo server is available to handle this request.\n</body></html>\n"
+)
+HTML_502 = (
+    "<html><body><h1>502 Bad Gateway</h1>\nThe server returned an invalid or incomplete response.\n</body></html>\n"
+)
 #: Request weights (Binance's figures for these endpoints, rounded up).
-WEIGHTS = {"klines": 2, "userTrades": 5, "leverageBracket": 1, "income": 30, "allOrders": 5, "positionRisk": 5, "symbolConfig": 5, "positionSide/dual": 30, "openOrders": 1,
-           "openAlgoOrders": 1, "exchangeInfo": 1, "premiumIndex": 1, "order": 1, "algoOrder": 1}
+WEIGHTS = {
+    "klines": 2,
+    "userTrades": 5,
+    "leverageBracket": 1,
+    "income": 30,
+    "allOrders": 5,
+    "positionRisk": 5,
+    "symbolConfig": 5,
+    "positionSide/dual": 30,
+    "openOrders": 1,
+    "openAlgoOrders": 1,
+    "exchangeInfo": 1,
+    "premiumIndex": 1,
+    "order": 1,
+    "algoOrder": 1,
+}
 WEIGHT_LIMIT_1M = 2400
 CONDITIONAL_TYPES = ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET")
-_ALGO_STATUS = {"NEW": "NEW", "CANCELED": "CANCELED", "FILLED": "FINISHED", "EXPIRED": "EXPIRED",
-                "REJECTED": "REJECTED"}
+_ALGO_STATUS = {
+    "NEW": "NEW",
+    "CANCELED": "CANCELED",
+    "FILLED": "FINISHED",
+    "EXPIRED": "EXPIRED",
+    "REJECTED": "REJECTED",
+}
 
 
 #: What ``GET /_emu/hello`` answers in ``"emulator"``: the paper venue sends orders through
@@ -132,8 +169,9 @@ class _Server(ThreadingHTTPServer):
 class ApiError(Exception):
     """An error answer: HTTP status, Binance code and message (or a plain-text body)."""
 
-    def __init__(self, status: int, code: int | None, msg: str, headers: dict[str, str] | None = None,
-                 html: bool = False):
+    def __init__(
+        self, status: int, code: int | None, msg: str, headers: dict[str, str] | None = None, html: bool = False
+    ):
         super().__init__(msg)
         self.status, self.code, self.msg, self.headers, self.html = status, code, msg, headers or {}, html
 
@@ -152,14 +190,32 @@ class Faults:
         self.k_skew = f"{ns}:emu:skew_ms"
         self.k_fired = f"{ns}:emu:faults_fired"
 
-    def inject(self, endpoint: str, kind: str, times: int = 1, latency_s: float = 0.0,
-               retry_after: float = 1.0, fraction: float = 0.4) -> None:
+    def inject(
+        self,
+        endpoint: str,
+        kind: str,
+        times: int = 1,
+        latency_s: float = 0.0,
+        retry_after: float = 1.0,
+        fraction: float = 0.4,
+    ) -> None:
         """Arm a fault. ``endpoint`` is ``"METHOD /fapi/vN/path"`` or ``"*"``; ``fraction``:
         the share a ``partial_fill`` fills (0..1). Raises ValueError for an unknown kind."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; one of {FAULT_KINDS}")
-        self.r.hset(self.key, endpoint, json.dumps({"kind": kind, "times": int(times), "latency_s": float(latency_s),
-                                                   "retry_after": float(retry_after), "fraction": float(fraction)}))
+        self.r.hset(
+            self.key,
+            endpoint,
+            json.dumps(
+                {
+                    "kind": kind,
+                    "times": int(times),
+                    "latency_s": float(latency_s),
+                    "retry_after": float(retry_after),
+                    "fraction": float(fraction),
+                }
+            ),
+        )
 
     def clear(self) -> None:
         """Disarm every fault and the clock skew (fired counts stay)."""
@@ -205,12 +261,24 @@ class Faults:
 def _order_json(o: OrderResult) -> dict[str, Any]:
     """An order as /fapi/v1/order returns it (numbers as strings)."""
     return {
-        "orderId": o.order_id, "clientOrderId": o.client_order_id, "symbol": o.symbol, "status": o.status,
-        "side": o.side, "positionSide": o.position_side, "type": o.type, "origType": o.type,
-        "origQty": SymbolFilters.fmt_float(o.orig_qty), "executedQty": SymbolFilters.fmt_float(o.executed_qty),
-        "cumQuote": SymbolFilters.fmt_float(o.executed_qty * o.avg_price), "avgPrice": SymbolFilters.fmt_float(o.avg_price),
-        "price": "0", "stopPrice": SymbolFilters.fmt_float(o.stop_price or 0.0), "reduceOnly": o.reduce_only,
-        "closePosition": o.close_position, "timeInForce": "GTC", "workingType": "CONTRACT_PRICE",
+        "orderId": o.order_id,
+        "clientOrderId": o.client_order_id,
+        "symbol": o.symbol,
+        "status": o.status,
+        "side": o.side,
+        "positionSide": o.position_side,
+        "type": o.type,
+        "origType": o.type,
+        "origQty": SymbolFilters.fmt_float(o.orig_qty),
+        "executedQty": SymbolFilters.fmt_float(o.executed_qty),
+        "cumQuote": SymbolFilters.fmt_float(o.executed_qty * o.avg_price),
+        "avgPrice": SymbolFilters.fmt_float(o.avg_price),
+        "price": "0",
+        "stopPrice": SymbolFilters.fmt_float(o.stop_price or 0.0),
+        "reduceOnly": o.reduce_only,
+        "closePosition": o.close_position,
+        "timeInForce": "GTC",
+        "workingType": "CONTRACT_PRICE",
         "updateTime": int(o.update_time * 1000),
     }
 
@@ -218,13 +286,26 @@ def _order_json(o: OrderResult) -> dict[str, Any]:
 def _algo_json(o: OrderResult) -> dict[str, Any]:
     """A conditional order as /fapi/v1/algoOrder returns it."""
     return {
-        "algoId": o.order_id, "clientAlgoId": o.client_order_id, "algoType": "CONDITIONAL",
-        "orderType": o.type, "symbol": o.symbol, "side": o.side, "positionSide": o.position_side,
-        "timeInForce": "GTC", "quantity": "0", "algoStatus": _ALGO_STATUS.get(o.status, o.status),
-        "triggerPrice": SymbolFilters.fmt_float(o.stop_price or 0.0), "price": "0", "workingType": "MARK_PRICE",
-        "closePosition": o.close_position, "priceProtect": False, "reduceOnly": True,
-        "executedQty": SymbolFilters.fmt_float(o.executed_qty), "avgPrice": SymbolFilters.fmt_float(o.avg_price),
-        "createTime": int(o.update_time * 1000), "updateTime": int(o.update_time * 1000),
+        "algoId": o.order_id,
+        "clientAlgoId": o.client_order_id,
+        "algoType": "CONDITIONAL",
+        "orderType": o.type,
+        "symbol": o.symbol,
+        "side": o.side,
+        "positionSide": o.position_side,
+        "timeInForce": "GTC",
+        "quantity": "0",
+        "algoStatus": _ALGO_STATUS.get(o.status, o.status),
+        "triggerPrice": SymbolFilters.fmt_float(o.stop_price or 0.0),
+        "price": "0",
+        "workingType": "MARK_PRICE",
+        "closePosition": o.close_position,
+        "priceProtect": False,
+        "reduceOnly": True,
+        "executedQty": SymbolFilters.fmt_float(o.executed_qty),
+        "avgPrice": SymbolFilters.fmt_float(o.avg_price),
+        "createTime": int(o.update_time * 1000),
+        "updateTime": int(o.update_time * 1000),
     }
 
 
@@ -237,9 +318,19 @@ class Emulator:
     python-binance's ``FUTURES_URL``.
     """
 
-    def __init__(self, r: redis.Redis, ns: str, account: str, api_key: str, api_secret: str,
-                 clock: MarketClock | None = None, host: str = "127.0.0.1", port: int = 0,
-                 fee_rate: float = 0.0005, weight_limit_1m: int = WEIGHT_LIMIT_1M):
+    def __init__(
+        self,
+        r: redis.Redis,
+        ns: str,
+        account: str,
+        api_key: str,
+        api_secret: str,
+        clock: MarketClock | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        fee_rate: float = 0.0005,
+        weight_limit_1m: int = WEIGHT_LIMIT_1M,
+    ):
         self.r = r
         self.ns = ns
         self.api_key = api_key
@@ -326,15 +417,25 @@ class Emulator:
         p.expire(key, 120)
         return int(p.execute()[0])
 
-    def _reply(self, h: BaseHTTPRequestHandler, status: int, body: Any, headers: dict[str, str] | None = None,
-               used: int = 0, claim: int | None = None, content_type: str | None = None) -> None:
+    def _reply(
+        self,
+        h: BaseHTTPRequestHandler,
+        status: int,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        used: int = 0,
+        claim: int | None = None,
+        content_type: str | None = None,
+    ) -> None:
         """Answer ``body`` (a str as text, anything else as JSON). ``claim``: the
         Content-Length to announce when it is not the body's (a truncated answer: the
         connection is closed after the short body)."""
         raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         try:
             h.send_response(status)
-            h.send_header("Content-Type", content_type or ("text/plain" if isinstance(body, str) else "application/json"))
+            h.send_header(
+                "Content-Type", content_type or ("text/plain" if isinstance(body, str) else "application/json")
+            )
             h.send_header("Content-Length", str(claim if claim is not None else len(raw)))
             if claim is not None:
                 h.close_connection = True
@@ -362,19 +463,32 @@ class Emulator:
         fault = self.faults.take(endpoint)
         try:
             if used > self.weight_limit_1m:
-                raise ApiError(429, -1003, f"Too many requests; current limit is {self.weight_limit_1m} requests per minute.",
-                               {"Retry-After": str(60 - int(time.time()) % 60)})
+                raise ApiError(
+                    429,
+                    -1003,
+                    f"Too many requests; current limit is {self.weight_limit_1m} requests per minute.",
+                    {"Retry-After": str(60 - int(time.time()) % 60)},
+                )
             kind = fault["kind"] if fault else None
             if kind == "latency":
                 time.sleep(fault["latency_s"])
             elif kind == "http_429":
-                raise ApiError(429, -1003, "Too many requests; current limit is 2400 requests per minute. Please use "
-                               "the websocket for live updates to avoid polling the API.",
-                               {"Retry-After": f"{fault['retry_after']:g}"})
+                raise ApiError(
+                    429,
+                    -1003,
+                    "Too many requests; current limit is 2400 requests per minute. Please use "
+                    "the websocket for live updates to avoid polling the API.",
+                    {"Retry-After": f"{fault['retry_after']:g}"},
+                )
             elif kind == "http_418":
                 until = int((time.time() + fault["retry_after"]) * 1000)
-                raise ApiError(418, -1003, f"Way too many requests; IP banned until {until}. Please use the "
-                               "websocket for live updates to avoid bans.", {"Retry-After": f"{fault['retry_after']:g}"})
+                raise ApiError(
+                    418,
+                    -1003,
+                    f"Way too many requests; IP banned until {until}. Please use the "
+                    "websocket for live updates to avoid bans.",
+                    {"Retry-After": f"{fault['retry_after']:g}"},
+                )
             elif kind == "unavailable_503":
                 raise ApiError(503, -1008, "Service Unavailable.")
             elif kind == "html_503":
@@ -418,13 +532,20 @@ class Emulator:
             self._reply(h, e.status, body_out, e.headers, used=used, content_type="text/html" if e.html else None)
         except Exception as e:  # a bug here must not look like an exchange decision
             log.exception("emulator error on %s", endpoint)
-            self._reply(h, 500, {"code": -1000, "msg": f"An unknown error occurred while processing the request. {e}"},
-                        used=used)
+            self._reply(
+                h,
+                500,
+                {"code": -1000, "msg": f"An unknown error occurred while processing the request. {e}"},
+                used=used,
+            )
 
     def _log_http(self, endpoint: str, params: dict, status: int, code: int | None, fault: str | None) -> None:
         cid = params.get("newClientOrderId") or params.get("clientAlgoId") or params.get("origClientOrderId") or ""
-        self.venue._log("HTTP", params.get("symbol", ""), {
-            "endpoint": endpoint, "clientId": cid, "status": status, "code": code, "fault": fault})
+        self.venue._log(
+            "HTTP",
+            params.get("symbol", ""),
+            {"endpoint": endpoint, "clientId": cid, "status": status, "code": code, "fault": fault},
+        )
 
     def _authenticate(self, h: BaseHTTPRequestHandler, query: str, body: str, params: dict) -> None:
         if h.headers.get("X-MBX-APIKEY") != self.api_key:
@@ -441,7 +562,9 @@ class Emulator:
             ts = int(params["timestamp"])
             window = int(params.get("recvWindow", 5000))
         except (KeyError, ValueError):
-            raise ApiError(400, -1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed.") from None
+            raise ApiError(
+                400, -1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed."
+            ) from None
         now = self.server_ms()
         if not (ts < now + 1000 and now - ts <= window):
             raise ApiError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
@@ -478,8 +601,16 @@ class Emulator:
             if path == "/fapi/v1/symbolConfig":
                 sym = self._symbol(p, required=False)
                 vps = [x for x in (v.position(sym),) if x is not None] if sym else v.positions()
-                return [{"symbol": vp.symbol, "marginType": "ISOLATED", "isAutoAddMargin": False,
-                         "leverage": int(vp.leverage), "maxNotionalValue": "1000000"} for vp in vps]
+                return [
+                    {
+                        "symbol": vp.symbol,
+                        "marginType": "ISOLATED",
+                        "isAutoAddMargin": False,
+                        "leverage": int(vp.leverage),
+                        "maxNotionalValue": "1000000",
+                    }
+                    for vp in vps
+                ]
             if path == "/fapi/v1/positionSide/dual":
                 if method == "POST":
                     v.set_dual(p.get("dualSidePosition") == "true")
@@ -519,8 +650,18 @@ class Emulator:
         out = []
         for i in range(max(0, end - limit), end):
             t = int(kl.open_time[i]) * 1000
-            out.append([t, *(SymbolFilters.fmt_float(float(a[i])) for a in (kl.open, kl.high, kl.low, kl.close, kl.volume)),
-                        t + 59_999, "0", 0, "0", "0", "0"])
+            out.append(
+                [
+                    t,
+                    *(SymbolFilters.fmt_float(float(a[i])) for a in (kl.open, kl.high, kl.low, kl.close, kl.volume)),
+                    t + 59_999,
+                    "0",
+                    0,
+                    "0",
+                    "0",
+                    "0",
+                ]
+            )
         return out
 
     def _exchange_info(self) -> dict[str, Any]:
@@ -539,11 +680,16 @@ class Emulator:
         ft, fr = load_funding(self.venue.source(symbol))
         nxt = ft[ft > now]
         last = fr[ft <= now]
-        return {"symbol": symbol, "markPrice": SymbolFilters.fmt_float(mark), "indexPrice": SymbolFilters.fmt_float(mark),
-                "estimatedSettlePrice": SymbolFilters.fmt_float(mark),
-                "lastFundingRate": SymbolFilters.fmt_float(float(last[-1]) if len(last) else 0.0),
-                "nextFundingTime": int(nxt[0] * 1000) if len(nxt) else 0, "interestRate": "0.00010000",
-                "time": self.server_ms()}
+        return {
+            "symbol": symbol,
+            "markPrice": SymbolFilters.fmt_float(mark),
+            "indexPrice": SymbolFilters.fmt_float(mark),
+            "estimatedSettlePrice": SymbolFilters.fmt_float(mark),
+            "lastFundingRate": SymbolFilters.fmt_float(float(last[-1]) if len(last) else 0.0),
+            "nextFundingTime": int(nxt[0] * 1000) if len(nxt) else 0,
+            "interestRate": "0.00010000",
+            "time": self.server_ms(),
+        }
 
     def _positions(self, p: dict, with_leverage: bool) -> list[dict[str, Any]]:
         sym = self._symbol(p, required=False)
@@ -554,15 +700,21 @@ class Emulator:
         for vp in vps:
             amt = vp.qty * vp.side.sign
             notional = amt * vp.mark_price
-            row = {"symbol": vp.symbol, "positionSide": vp.side.value if dual else "BOTH",
-                   "positionAmt": SymbolFilters.fmt_float(amt), "entryPrice": SymbolFilters.fmt_float(vp.entry_price),
-                   "breakEvenPrice": SymbolFilters.fmt_float(vp.entry_price), "markPrice": SymbolFilters.fmt_float(vp.mark_price),
-                   "unRealizedProfit": SymbolFilters.fmt_float((vp.mark_price - vp.entry_price) * amt),
-                   "liquidationPrice": SymbolFilters.fmt_float(vp.liquidation_price or 0.0),
-                   "notional": SymbolFilters.fmt_float(notional),
-                   "initialMargin": SymbolFilters.fmt_float(abs(notional) / vp.leverage),
-                   "maintMargin": SymbolFilters.fmt_float(abs(notional) * 0.004), "marginAsset": "USDT",
-                   "updateTime": now_ms}
+            row = {
+                "symbol": vp.symbol,
+                "positionSide": vp.side.value if dual else "BOTH",
+                "positionAmt": SymbolFilters.fmt_float(amt),
+                "entryPrice": SymbolFilters.fmt_float(vp.entry_price),
+                "breakEvenPrice": SymbolFilters.fmt_float(vp.entry_price),
+                "markPrice": SymbolFilters.fmt_float(vp.mark_price),
+                "unRealizedProfit": SymbolFilters.fmt_float((vp.mark_price - vp.entry_price) * amt),
+                "liquidationPrice": SymbolFilters.fmt_float(vp.liquidation_price or 0.0),
+                "notional": SymbolFilters.fmt_float(notional),
+                "initialMargin": SymbolFilters.fmt_float(abs(notional) / vp.leverage),
+                "maintMargin": SymbolFilters.fmt_float(abs(notional) * 0.004),
+                "marginAsset": "USDT",
+                "updateTime": now_ms,
+            }
             if with_leverage:
                 row["leverage"] = str(int(vp.leverage))
             out.append(row)
@@ -588,15 +740,33 @@ class Emulator:
             from_id = int(p["fromId"]) if p.get("fromId") else None
         except ValueError:
             raise ApiError(400, -1100, "Illegal characters found in a parameter.") from None
-        rows = [t for t in self.venue.trades() if t["symbol"] == sym and (order_id is None or t["orderId"] == order_id)
-                and (from_id is None or t["id"] >= from_id)]
+        rows = [
+            t
+            for t in self.venue.trades()
+            if t["symbol"] == sym
+            and (order_id is None or t["orderId"] == order_id)
+            and (from_id is None or t["id"] >= from_id)
+        ]
         rows = rows[:limit] if from_id is not None else rows[-limit:]
-        return [{"symbol": sym, "id": t["id"], "orderId": t["orderId"], "side": t["side"],
-                 "positionSide": t["positionSide"], "price": SymbolFilters.fmt_float(t["price"]),
-                 "qty": SymbolFilters.fmt_float(t["qty"]), "quoteQty": SymbolFilters.fmt_float(t["qty"] * t["price"]),
-                 "realizedPnl": SymbolFilters.fmt_float(t["realizedPnl"]),
-                 "commission": SymbolFilters.fmt_float(t["commission"]), "commissionAsset": "USDT",
-                 "buyer": t["side"] == "BUY", "maker": False, "time": int(t["time"] * 1000)} for t in rows]
+        return [
+            {
+                "symbol": sym,
+                "id": t["id"],
+                "orderId": t["orderId"],
+                "side": t["side"],
+                "positionSide": t["positionSide"],
+                "price": SymbolFilters.fmt_float(t["price"]),
+                "qty": SymbolFilters.fmt_float(t["qty"]),
+                "quoteQty": SymbolFilters.fmt_float(t["qty"] * t["price"]),
+                "realizedPnl": SymbolFilters.fmt_float(t["realizedPnl"]),
+                "commission": SymbolFilters.fmt_float(t["commission"]),
+                "commissionAsset": "USDT",
+                "buyer": t["side"] == "BUY",
+                "maker": False,
+                "time": int(t["time"] * 1000),
+            }
+            for t in rows
+        ]
 
     def _income(self, p: dict) -> list[dict[str, Any]]:
         """``GET /fapi/v1/income``: funding settlements (``incomeType=FUNDING_FEE``; other types
@@ -611,11 +781,26 @@ class Emulator:
             limit = max(1, min(1000, int(p.get("limit", 100))))
         except ValueError:
             raise ApiError(400, -1100, "Illegal characters found in a parameter.") from None
-        rows = [x for x in self.venue.income() if (sym is None or x["symbol"] == sym)
-                and (start is None or x["time"] * 1000 >= start) and (end is None or x["time"] * 1000 <= end)]
-        return [{"symbol": x["symbol"], "incomeType": "FUNDING_FEE", "income": SymbolFilters.fmt_float(x["income"]),
-                 "asset": "USDT", "info": "", "time": int(x["time"] * 1000), "tranId": x["tranId"], "tradeId": ""}
-                for x in rows[:limit]]
+        rows = [
+            x
+            for x in self.venue.income()
+            if (sym is None or x["symbol"] == sym)
+            and (start is None or x["time"] * 1000 >= start)
+            and (end is None or x["time"] * 1000 <= end)
+        ]
+        return [
+            {
+                "symbol": x["symbol"],
+                "incomeType": "FUNDING_FEE",
+                "income": SymbolFilters.fmt_float(x["income"]),
+                "asset": "USDT",
+                "info": "",
+                "time": int(x["time"] * 1000),
+                "tranId": x["tranId"],
+                "tradeId": "",
+            }
+            for x in rows[:limit]
+        ]
 
     def _order(self, method: str, p: dict) -> dict[str, Any]:
         v = self.venue
@@ -628,8 +813,14 @@ class Emulator:
                 raise ApiError(400, -1116, "Invalid orderType.")
             cid = p.get("newClientOrderId") or f"emu-{v._next_order_id()}"
             _check_client_id(cid)
-            o = v.submit_market(sym, p.get("side", ""), p.get("quantity", ""), cid,
-                                reduce_only=p.get("reduceOnly") == "true", position_side=p.get("positionSide"))
+            o = v.submit_market(
+                sym,
+                p.get("side", ""),
+                p.get("quantity", ""),
+                cid,
+                reduce_only=p.get("reduceOnly") == "true",
+                position_side=p.get("positionSide"),
+            )
             if p.get("newOrderRespType") != "RESULT":  # ACK: the order as accepted
                 return dict(_order_json(o), status="NEW", executedQty="0", cumQuote="0", avgPrice="0.00")
             return _order_json(o)
@@ -650,7 +841,9 @@ class Emulator:
                 raise ApiError(400, -1106, "Parameter 'quantity' sent when not required.")
             cid = p.get("clientAlgoId") or f"emu-{v._next_order_id()}"
             _check_client_id(cid)
-            o = v.place_stop(sym, p.get("side", ""), p.get("triggerPrice", ""), cid, position_side=p.get("positionSide"))
+            o = v.place_stop(
+                sym, p.get("side", ""), p.get("triggerPrice", ""), cid, position_side=p.get("positionSide")
+            )
             return _algo_json(o)
         o = self._find(sym, p, algo=True)
         if method == "DELETE":
@@ -679,8 +872,11 @@ class Emulator:
             return self._reply(h, 200, self.order_log())
         if path == "/_emu/faults":
             if method == "GET":
-                return self._reply(h, 200, {"armed": self.faults.armed(), "fired": self.faults.fired(),
-                                            "skew_ms": self.faults.skew_ms()})
+                return self._reply(
+                    h,
+                    200,
+                    {"armed": self.faults.armed(), "fired": self.faults.fired(), "skew_ms": self.faults.skew_ms()},
+                )
             if method == "DELETE":
                 self.faults.clear()
                 return self._reply(h, 200, {"cleared": True})
@@ -690,9 +886,14 @@ class Emulator:
                     if "skew_ms" in d:
                         self.faults.set_skew(int(d["skew_ms"]))
                     for f in d.get("faults", []):
-                        self.faults.inject(f["endpoint"], f["kind"], int(f.get("times", 1)),
-                                           float(f.get("latency_s", 0.0)), float(f.get("retry_after", 1.0)),
-                                           float(f.get("fraction", 0.4)))
+                        self.faults.inject(
+                            f["endpoint"],
+                            f["kind"],
+                            int(f.get("times", 1)),
+                            float(f.get("latency_s", 0.0)),
+                            float(f.get("retry_after", 1.0)),
+                            float(f.get("fraction", 0.4)),
+                        )
                 except (ValueError, KeyError, TypeError) as e:
                     return self._reply(h, 400, {"error": str(e)})
                 return self._reply(h, 200, self.faults.armed())

@@ -84,8 +84,7 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
     """Paper trading on one account (see module docstring). ``r``: redis.Redis with
     ``decode_responses=True``."""
 
-    def __init__(self, r: redis.Redis, ns: str, account: str, clock: MarketClock,
-                 fee_rate: float = TAKER_FEE_RATE):
+    def __init__(self, r: redis.Redis, ns: str, account: str, clock: MarketClock, fee_rate: float = TAKER_FEE_RATE):
         self.r = r
         self.ns = ns
         self.account = account
@@ -179,9 +178,10 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         covers the whole interval; placing a stop settles first, so a stop never sees prices
         from before it existed)."""
         now = self.clock.now()
-        rows = self._read_positions(keys=[self.k_positions],
-                                    args=[f"{self._base}:pos:", f"{self._base}:stops:", f"{self.ns}:paper:mark:",
-                                          *_ROW_FIELDS])
+        rows = self._read_positions(
+            keys=[self.k_positions],
+            args=[f"{self._base}:pos:", f"{self._base}:stops:", f"{self.ns}:paper:mark:", *_ROW_FIELDS],
+        )
         if any(r[0] not in SHIPPED and r[0] not in self._sources for r in rows):
             self._sources.update(self.listings())  # one read for every listing not yet cached
         probe = _SettleProbe(now)
@@ -210,7 +210,9 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         try:
             q = Decimal(qty)
         except Exception:
-            raise VenueError(-1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed.") from None
+            raise VenueError(
+                -1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed."
+            ) from None
         if not q.is_finite() or q <= 0:
             raise VenueError(*QTY_LE_ZERO)
         if q % f.step_size != 0:
@@ -239,12 +241,22 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         row = self._row(symbol)  # the position and the position mode, one round trip
         dual = row[3]
         ps = Side.closed_by(side).value if dual else "BOTH"
-        return self.submit_market(symbol, side, qty, client_order_id, reduce_only=not dual, position_side=ps, dual=dual,
-                                  row=row)
+        return self.submit_market(
+            symbol, side, qty, client_order_id, reduce_only=not dual, position_side=ps, dual=dual, row=row
+        )
 
-    def submit_market(self, symbol: str, side: str, qty: str, client_order_id: str, reduce_only: bool,
-                      position_side: str | None = None, leverage: float = 10.0,
-                      dual: bool | None = None, row: tuple | None = None) -> OrderResult:
+    def submit_market(
+        self,
+        symbol: str,
+        side: str,
+        qty: str,
+        client_order_id: str,
+        reduce_only: bool,
+        position_side: str | None = None,
+        leverage: float = 10.0,
+        dual: bool | None = None,
+        row: tuple | None = None,
+    ) -> OrderResult:
         """A MARKET order as /fapi/v1/order takes it. It closes when ``reduce_only`` (one-way)
         or when ``position_side`` names the position and ``side`` is its closing side (hedge);
         otherwise it opens or adds (strategy orders; harvest itself only closes). Raises
@@ -266,10 +278,21 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
                 raise VenueError(*POSITION_SIDE_MISMATCH)
             mark = self.mark_price(symbol)
             self.open_position(symbol, open_side, float(q), leverage, client_order_id=client_order_id)
-            order = OrderResult(symbol=symbol, client_order_id=client_order_id, order_id=self._next_order_id(),
-                                side=side, type="MARKET", status="FILLED", position_side=ps, orig_qty=float(q),
-                                executed_qty=float(q), avg_price=mark, reduce_only=False,
-                                commission=float(q) * mark * self.fee_rate, update_time=self.clock.now())
+            order = OrderResult(
+                symbol=symbol,
+                client_order_id=client_order_id,
+                order_id=self._next_order_id(),
+                side=side,
+                type="MARKET",
+                status="FILLED",
+                position_side=ps,
+                orig_qty=float(q),
+                executed_qty=float(q),
+                avg_price=mark,
+                reduce_only=False,
+                commission=float(q) * mark * self.fee_rate,
+                update_time=self.clock.now(),
+            )
             self.r.hset(self.k_orders, client_order_id, order.model_dump_json())
             return order
 
@@ -278,8 +301,13 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
             h, now_pos, clock_raw, _, partial_armed = row if attempt == 0 and row is not None else self._row(symbol)
             pos_q = Decimal(h["qty"]) if h else Decimal(0)
             pos_side = Side(h["side"]) if h else None
-            if pos_q <= 0 or pos_side is None or now_pos is None or pos_side.close_order_side != side \
-                    or (ps != "BOTH" and Side(ps) is not pos_side):
+            if (
+                pos_q <= 0
+                or pos_side is None
+                or now_pos is None
+                or pos_side.close_order_side != side
+                or (ps != "BOTH" and Side(ps) is not pos_side)
+            ):
                 if self._working(client_order_id):
                     raise VenueError(*DUPLICATE_CID)
                 self._log("REJECT", symbol, {"clientOrderId": client_order_id, "code": REDUCE_ONLY_REJECTED[0]})
@@ -296,38 +324,85 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
             fee = mark * float(fill_q) * self.fee_rate
             left = pos_q - fill_q
             order = OrderResult(
-                symbol=symbol, client_order_id=client_order_id, order_id=0, side=side,
-                type="MARKET", status=status, position_side=ps, orig_qty=float(q), executed_qty=float(fill_q),
-                avg_price=mark, reduce_only=reduce_only, realized_pnl=pnl, commission=fee,
+                symbol=symbol,
+                client_order_id=client_order_id,
+                order_id=0,
+                side=side,
+                type="MARKET",
+                status=status,
+                position_side=ps,
+                orig_qty=float(q),
+                executed_qty=float(fill_q),
+                avg_price=mark,
+                reduce_only=reduce_only,
+                realized_pnl=pnl,
+                commission=fee,
                 update_time=self.clock.now(clock_raw),
             )
-            log_data = {"clientOrderId": client_order_id, "side": side, "qty": SymbolFilters.fmt(fill_q),
-                        "price": mark, "realizedPnl": pnl}
-            oid = int(self._fill(
-                keys=[self.k_pos(symbol), self.k_orders, self.k_pnl, self.k_log, self.k_seq, self.k_trades],
-                args=[client_order_id, h.get("qty", ""), h.get("side", ""), h.get("entry_price", ""),
-                      h.get("settled_at", ""), SymbolFilters.fmt(left) if left > 0 else "0", order.model_dump_json(),
-                      repr(pnl), repr(fee), symbol, json.dumps(log_data, default=str), repr(time.time()),
-                      repr(self.clock.now(clock_raw)),
-                      _trade_json(0, symbol, side, ps, float(fill_q), mark, pnl, fee, self.clock.now(clock_raw),
-                                  client_order_id)]))
+            log_data = {
+                "clientOrderId": client_order_id,
+                "side": side,
+                "qty": SymbolFilters.fmt(fill_q),
+                "price": mark,
+                "realizedPnl": pnl,
+            }
+            oid = int(
+                self._fill(
+                    keys=[self.k_pos(symbol), self.k_orders, self.k_pnl, self.k_log, self.k_seq, self.k_trades],
+                    args=[
+                        client_order_id,
+                        h.get("qty", ""),
+                        h.get("side", ""),
+                        h.get("entry_price", ""),
+                        h.get("settled_at", ""),
+                        SymbolFilters.fmt(left) if left > 0 else "0",
+                        order.model_dump_json(),
+                        repr(pnl),
+                        repr(fee),
+                        symbol,
+                        json.dumps(log_data, default=str),
+                        repr(time.time()),
+                        repr(self.clock.now(clock_raw)),
+                        _trade_json(
+                            0,
+                            symbol,
+                            side,
+                            ps,
+                            float(fill_q),
+                            mark,
+                            pnl,
+                            fee,
+                            self.clock.now(clock_raw),
+                            client_order_id,
+                        ),
+                    ],
+                )
+            )
             if oid == -1:
                 raise VenueError(*DUPLICATE_CID)
             if oid > 0:
                 order = order.model_copy(update={"order_id": oid})
                 break
         else:
-            raise VenueError(-1001, "Internal error; unable to process your request. Please try again.", 503,
-                             retryable=True)  # nothing was filled
+            raise VenueError(
+                -1001, "Internal error; unable to process your request. Please try again.", 503, retryable=True
+            )  # nothing was filled
         if left <= 0:  # flat: its closePosition stops have nothing left to protect
             cids = list(self.r.hkeys(self.k_stops(symbol)))
             self.r.delete(self.k_stops(symbol))
             self._end_stops(symbol, cids)
         return order
 
-    def place_stop(self, symbol: str, side: str, stop_price: str, client_algo_id: str,
-                   position_side: str | None = None, check_trigger: bool = True,
-                   check_tick: bool = True) -> OrderResult:
+    def place_stop(
+        self,
+        symbol: str,
+        side: str,
+        stop_price: str,
+        client_algo_id: str,
+        position_side: str | None = None,
+        check_trigger: bool = True,
+        check_tick: bool = True,
+    ) -> OrderResult:
         """A closePosition STOP_MARKET (an algo order, status NEW) at ``stop_price``, working
         beside any other stop of the position. Raises VenueError -1111 (tickSize), -2021
         (would trigger immediately), -2022 (no position to protect on that side), -4116
@@ -336,7 +411,9 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         try:
             sp = Decimal(stop_price)
         except Exception:
-            raise VenueError(-1102, "Mandatory parameter 'triggerPrice' was not sent, was empty/null, or malformed.") from None
+            raise VenueError(
+                -1102, "Mandatory parameter 'triggerPrice' was not sent, was empty/null, or malformed."
+            ) from None
         if not sp.is_finite() or sp <= 0 or (check_tick and sp % f.tick_size != 0):
             raise VenueError(*PRECISION)
         dual = self.dual()
@@ -352,17 +429,31 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
             if raw is not None and OrderResult.model_validate_json(raw).status == "NEW":
                 raise VenueError(*DUPLICATE_CID)  # unique among open orders only
             h = p.hgetall(key)
-            if not h or Decimal(h["qty"]) <= 0 or Side(h["side"]).close_order_side != side \
-                    or (ps != "BOTH" and Side(ps).value != h["side"]):
+            if (
+                not h
+                or Decimal(h["qty"]) <= 0
+                or Side(h["side"]).close_order_side != side
+                or (ps != "BOTH" and Side(ps).value != h["side"])
+            ):
                 raise VenueError(*REDUCE_ONLY_REJECTED)
             pos_side = Side(h["side"])
-            if check_trigger and ((pos_side is Side.LONG and float(sp) >= mark)
-                                  or (pos_side is Side.SHORT and float(sp) <= mark)):
+            if check_trigger and (
+                (pos_side is Side.LONG and float(sp) >= mark) or (pos_side is Side.SHORT and float(sp) <= mark)
+            ):
                 raise VenueError(*WOULD_TRIGGER)
             order = OrderResult(
-                symbol=symbol, client_order_id=client_algo_id, order_id=self._next_order_id(), side=side,
-                type="STOP_MARKET", status="NEW", position_side=ps, close_position=True, algo=True,
-                stop_price=float(sp), reduce_only=True, update_time=self.clock.now(),
+                symbol=symbol,
+                client_order_id=client_algo_id,
+                order_id=self._next_order_id(),
+                side=side,
+                type="STOP_MARKET",
+                status="NEW",
+                position_side=ps,
+                close_position=True,
+                algo=True,
+                stop_price=float(sp),
+                reduce_only=True,
+                update_time=self.clock.now(),
             )
             p.multi()
             p.hset(self.k_stops(symbol), client_algo_id, SymbolFilters.fmt(sp))
@@ -375,6 +466,7 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
 
     def cancel_order(self, symbol: str, client_order_id: str) -> OrderResult:
         """Cancel a working order (a stop). Raises VenueError -2011 when it is not open."""
+
         def tx(p):
             raw = p.hget(self.k_orders, client_order_id)
             if raw is None:
@@ -421,8 +513,9 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
     def get_order(self, symbol: str, client_order_id: str, conditional: bool = False) -> OrderResult:
         return self._order(self.r.hget(self.k_orders, client_order_id), symbol, conditional)
 
-    def order_and_position(self, symbol: str, client_order_id: str,
-                           conditional: bool = False) -> tuple[OrderResult, VenuePosition | None, bool]:
+    def order_and_position(
+        self, symbol: str, client_order_id: str, conditional: bool = False
+    ) -> tuple[OrderResult, VenuePosition | None, bool]:
         """The order and the position after it, read together in one Redis call (see
         :meth:`harvest.venues.base.Venue.order_and_position`)."""
         _, pos, _, _, raw, _ = self._read_row(symbol, client_order_id)

@@ -53,8 +53,15 @@ class PaperFixtures:
         if likes:
             self.r.hset(self.k_listings, mapping=likes)
 
-    def open_position(self, symbol: str, side: Side | str, qty: float, leverage: float,
-                      stop_price: float | None = None, client_order_id: str | None = None) -> VenuePosition:
+    def open_position(
+        self,
+        symbol: str,
+        side: Side | str,
+        qty: float,
+        leverage: float,
+        stop_price: float | None = None,
+        client_order_id: str | None = None,
+    ) -> VenuePosition:
         """Open (or add to) a position at the mark price, as a strategy would; charges the
         taker fee and records the fill in the trade log. Used by the demo scenario and tests
         (harvest itself never opens)."""
@@ -78,17 +85,36 @@ class PaperFixtures:
             entry = (float(old_q) * float(cur["entry_price"]) + float(q) * mark) / float(new_q) if cur else mark
             p.multi()
             p.delete(key)
-            p.hset(key, mapping={
-                "symbol": symbol, "side": side.value, "qty": SymbolFilters.fmt(new_q),
-                "entry_price": repr(entry), "leverage": repr(float(leverage)),
-                "opened_at": cur.get("opened_at", repr(now)) if cur else repr(now),
-                "settled_at": cur.get("settled_at", repr(now)) if cur else repr(now),
-                "funding_paid": cur.get("funding_paid", "0.0") if cur else "0.0",
-            })
+            p.hset(
+                key,
+                mapping={
+                    "symbol": symbol,
+                    "side": side.value,
+                    "qty": SymbolFilters.fmt(new_q),
+                    "entry_price": repr(entry),
+                    "leverage": repr(float(leverage)),
+                    "opened_at": cur.get("opened_at", repr(now)) if cur else repr(now),
+                    "settled_at": cur.get("settled_at", repr(now)) if cur else repr(now),
+                    "funding_paid": cur.get("funding_paid", "0.0") if cur else "0.0",
+                },
+            )
             p.sadd(self.k_positions, symbol)
             p.hincrbyfloat(self.k_pnl, f"{symbol}:commission", float(q) * mark * self.fee_rate)
-            p.rpush(self.k_trades, _trade_json(oid, symbol, side.open_order_side, "BOTH", float(q), mark, 0.0,
-                                               float(q) * mark * self.fee_rate, now, client_order_id or f"paper-{oid}"))
+            p.rpush(
+                self.k_trades,
+                _trade_json(
+                    oid,
+                    symbol,
+                    side.open_order_side,
+                    "BOTH",
+                    float(q),
+                    mark,
+                    0.0,
+                    float(q) * mark * self.fee_rate,
+                    now,
+                    client_order_id or f"paper-{oid}",
+                ),
+            )
             return None
 
         oid = self._next_order_id()
@@ -96,25 +122,51 @@ class PaperFixtures:
         self._log("OPEN", symbol, {"side": side.value, "qty": SymbolFilters.fmt(q), "price": mark})
         if stop_price is not None:
             sp = f.round_price(stop_price, "down" if side is Side.LONG else "up")
-            self.place_stop(symbol, side.close_order_side, SymbolFilters.fmt(sp),
-                            f"paper-{symbol}-{self._next_order_id()}", check_trigger=False)
+            self.place_stop(
+                symbol,
+                side.close_order_side,
+                SymbolFilters.fmt(sp),
+                f"paper-{symbol}-{self._next_order_id()}",
+                check_trigger=False,
+            )
         return self._position(symbol)
 
-    def set_position(self, symbol: str, side: Side | str, qty: float, entry_price: float, leverage: float,
-                     opened_at: float | None = None, stop_price: float | None = None) -> None:
+    def set_position(
+        self,
+        symbol: str,
+        side: Side | str,
+        qty: float,
+        entry_price: float,
+        leverage: float,
+        opened_at: float | None = None,
+        stop_price: float | None = None,
+    ) -> None:
         """Write a position as-is (tests: a known entry price; qty 0 makes a ghost row)."""
         now = self.clock.now() if opened_at is None else opened_at
-        mapping = {"symbol": symbol, "side": Side(side).value, "qty": repr(float(qty)),
-                   "entry_price": repr(float(entry_price)), "leverage": repr(float(leverage)),
-                   "opened_at": repr(now), "settled_at": repr(now), "funding_paid": "0.0"}
+        mapping = {
+            "symbol": symbol,
+            "side": Side(side).value,
+            "qty": repr(float(qty)),
+            "entry_price": repr(float(entry_price)),
+            "leverage": repr(float(leverage)),
+            "opened_at": repr(now),
+            "settled_at": repr(now),
+            "funding_paid": "0.0",
+        }
         p = self.r.pipeline(transaction=True)
         p.delete(self.k_pos(symbol), self.k_stops(symbol))
         p.hset(self.k_pos(symbol), mapping=mapping)
         p.sadd(self.k_positions, symbol)
         p.execute()
         if stop_price is not None and qty > 0:
-            self.place_stop(symbol, Side(side).close_order_side, repr(float(stop_price)),
-                            f"paper-{symbol}-{self._next_order_id()}", check_trigger=False, check_tick=False)
+            self.place_stop(
+                symbol,
+                Side(side).close_order_side,
+                repr(float(stop_price)),
+                f"paper-{symbol}-{self._next_order_id()}",
+                check_trigger=False,
+                check_tick=False,
+            )
 
     def seed_positions(self, rows: list[dict], marks: dict[str, float] | None = None) -> None:
         """Write many positions in one pipeline (benchmarks and load tests; what
@@ -128,17 +180,36 @@ class PaperFixtures:
             sym, side = row["symbol"], Side(row["side"])
             t = repr(float(row["opened_at"]))
             p.delete(self.k_pos(sym), self.k_stops(sym))
-            p.hset(self.k_pos(sym), mapping={
-                "symbol": sym, "side": side.value, "qty": repr(float(row["qty"])),
-                "entry_price": repr(float(row["entry_price"])), "leverage": repr(float(row["leverage"])),
-                "opened_at": t, "settled_at": t, "funding_paid": "0.0"})
+            p.hset(
+                self.k_pos(sym),
+                mapping={
+                    "symbol": sym,
+                    "side": side.value,
+                    "qty": repr(float(row["qty"])),
+                    "entry_price": repr(float(row["entry_price"])),
+                    "leverage": repr(float(row["leverage"])),
+                    "opened_at": t,
+                    "settled_at": t,
+                    "funding_paid": "0.0",
+                },
+            )
             p.sadd(self.k_positions, sym)
             if row.get("stop_price") is not None:
                 cid = f"paper-{sym}-{first + i}"
-                order = OrderResult(symbol=sym, client_order_id=cid, order_id=first + i,
-                                    side=side.close_order_side, type="STOP_MARKET", status="NEW", position_side="BOTH",
-                                    close_position=True, algo=True, stop_price=float(row["stop_price"]),
-                                    reduce_only=True, update_time=self.clock.now())
+                order = OrderResult(
+                    symbol=sym,
+                    client_order_id=cid,
+                    order_id=first + i,
+                    side=side.close_order_side,
+                    type="STOP_MARKET",
+                    status="NEW",
+                    position_side="BOTH",
+                    close_position=True,
+                    algo=True,
+                    stop_price=float(row["stop_price"]),
+                    reduce_only=True,
+                    update_time=self.clock.now(),
+                )
                 p.hset(self.k_stops(sym), cid, repr(float(row["stop_price"])))
                 p.hset(self.k_orders, cid, order.model_dump_json())
         for sym, price in (marks or {}).items():

@@ -99,7 +99,8 @@ local id = redis.call('INCR', KEYS[5])
 local order = string.gsub(ARGV[7], '"order_id":0,', '"order_id":' .. id .. ',', 1)
 redis.call('HSET', KEYS[1], 'qty', ARGV[6])
 redis.call('HSET', KEYS[2], ARGV[1], order)
-local trade = string.gsub(string.gsub(ARGV[14], '"orderId":0,', '"orderId":' .. id .. ',', 1), '"id":0,', '"id":' .. id .. ',', 1)
+local trade = string.gsub(ARGV[14], '"orderId":0,', '"orderId":' .. id .. ',', 1)
+trade = string.gsub(trade, '"id":0,', '"id":' .. id .. ',', 1)
 redis.call('RPUSH', KEYS[6], trade)
 redis.call('HINCRBYFLOAT', KEYS[3], ARGV[10] .. ':realized', ARGV[8])
 redis.call('HINCRBYFLOAT', KEYS[3], ARGV[10] .. ':commission', ARGV[9])
@@ -118,14 +119,37 @@ def _tightest(prices: list[float], side: Side) -> float | None:
     return max(prices) if side is Side.LONG else min(prices)
 
 
-def _trade_json(order_id: int, symbol: str, side: str, position_side: str, qty: float, price: float, pnl: float,
-                fee: float, market_t: float, client_order_id: str) -> str:
+def _trade_json(
+    order_id: int,
+    symbol: str,
+    side: str,
+    position_side: str,
+    qty: float,
+    price: float,
+    pnl: float,
+    fee: float,
+    market_t: float,
+    client_order_id: str,
+) -> str:
     """One fill as the trade log keeps it (``/fapi/v1/userTrades``' fields, numbers as
     numbers; ``time`` in market seconds). ``order_id`` 0 is a placeholder the fill script
     replaces (``id`` too: one trade per order here)."""
-    return json.dumps({"id": order_id, "orderId": order_id, "symbol": symbol, "side": side, "positionSide": position_side,
-                       "qty": qty, "price": price, "realizedPnl": pnl, "commission": fee, "time": market_t,
-                       "clientOrderId": client_order_id}, separators=(",", ":"))
+    return json.dumps(
+        {
+            "id": order_id,
+            "orderId": order_id,
+            "symbol": symbol,
+            "side": side,
+            "positionSide": position_side,
+            "qty": qty,
+            "price": price,
+            "realizedPnl": pnl,
+            "commission": fee,
+            "time": market_t,
+            "clientOrderId": client_order_id,
+        },
+        separators=(",", ":"),
+    )
 
 
 class _SettleProbe:
@@ -164,7 +188,7 @@ class _SettleProbe:
         if rng is None:
             kl = load_klines(src)
             i0, i1 = kl.index_at(last), kl.index_at(self.now)
-            rng = self._ranges[(src, last)] = (float(kl.low[i0:i1 + 1].min()), float(kl.high[i0:i1 + 1].max()))
+            rng = self._ranges[(src, last)] = (float(kl.low[i0 : i1 + 1].min()), float(kl.high[i0 : i1 + 1].max()))
         return rng[0] <= stop if side is Side.LONG else rng[1] >= stop
 
 
@@ -172,8 +196,9 @@ class PaperSettlement:
     """Settlement half of :class:`harvest.venues.paper.PaperVenue` (a mixin: it uses the venue's
     keys, clock and scripts)."""
 
-    def _report(self, sym: str, vals: list[str | None], stop_vals: list[str], override: str | None,
-                probe: "_SettleProbe") -> VenuePosition | None:
+    def _report(
+        self, sym: str, vals: list[str | None], stop_vals: list[str], override: str | None, probe: "_SettleProbe"
+    ) -> VenuePosition | None:
         """A position as read (``vals``: the row's :data:`_ROW_FIELDS` values, None where
         absent; working stop prices; mark override), or — when a funding event or a stop hit
         is due since its last settlement — as settled. None for no row or qty ≤ 0."""
@@ -189,9 +214,14 @@ class PaperSettlement:
             return self._position(sym)
         entry, lev = float(entry_s), float(leverage_s)
         return VenuePosition(
-            symbol=sym, side=side, qty=qty, entry_price=entry,
+            symbol=sym,
+            side=side,
+            qty=qty,
+            entry_price=entry,
             mark_price=float(override) if override is not None else probe.mark(src),
-            leverage=lev, opened_at=float(opened_s), stop_price=stop,
+            leverage=lev,
+            opened_at=float(opened_s),
+            stop_price=stop,
             funding_paid=float(funding_s) if funding_s is not None else 0.0,
             liquidation_price=paper_liquidation(src, side, qty, entry, lev),
         )
@@ -204,15 +234,23 @@ class PaperSettlement:
         h, pos, clock_raw, dual, _, partial = self._read_row(symbol)
         return h, pos, clock_raw, dual, partial
 
-    def _read_row(self, symbol: str, order_cid: str | None = None) -> tuple[
-            dict[str, str], VenuePosition | None, str | None, bool, str | None, bool]:
+    def _read_row(
+        self, symbol: str, order_cid: str | None = None
+    ) -> tuple[dict[str, str], VenuePosition | None, str | None, bool, str | None, bool]:
         """:meth:`_row`'s first four values, with ``order_cid`` that order's stored JSON (None
         when there is none), and whether a partial fill is armed, read in the same call."""
-        keys = [self.k_pos(symbol), self.k_stops(symbol), self.k_mark(symbol), self.clock.key, self.k_dual,
-                self.k_partial]
+        keys = [
+            self.k_pos(symbol),
+            self.k_stops(symbol),
+            self.k_mark(symbol),
+            self.clock.key,
+            self.k_dual,
+            self.k_partial,
+        ]
         flat, stop_vals, override, clock_raw, dual, order, partial = self._snapshot(
             keys=keys + ([self.k_orders] if order_cid is not None else []),
-            args=[order_cid] if order_cid is not None else [])
+            args=[order_cid] if order_cid is not None else [],
+        )
         probe = _SettleProbe(self.clock.now(clock_raw))
         h = dict(zip(flat[::2], flat[1::2], strict=True))
         pos = self._report(symbol, [h.get(f) for f in _ROW_FIELDS], stop_vals, override, probe)
@@ -225,9 +263,14 @@ class PaperSettlement:
         side = Side(h["side"])
         qty, entry, lev = float(h["qty"]), float(h["entry_price"]), float(h["leverage"])
         return VenuePosition(
-            symbol=symbol, side=side, qty=qty, entry_price=entry,
-            mark_price=self.mark_price(symbol), leverage=lev,
-            opened_at=float(h["opened_at"]), stop_price=self.working_stop(symbol, side),
+            symbol=symbol,
+            side=side,
+            qty=qty,
+            entry_price=entry,
+            mark_price=self.mark_price(symbol),
+            leverage=lev,
+            opened_at=float(h["opened_at"]),
+            stop_price=self.working_stop(symbol, side),
             funding_paid=float(h.get("funding_paid", 0.0)),
             liquidation_price=paper_liquidation(self.source(symbol), side, qty, entry, lev),
         )
@@ -259,7 +302,9 @@ class PaperSettlement:
             events = []
             if sel.any():
                 kl = load_klines(src)
-                events = [(float(t), side.sign * r * qty * kl.mark_at(t)) for t, r in zip(ft[sel], fr[sel], strict=True)]
+                events = [
+                    (float(t), side.sign * r * qty * kl.mark_at(t)) for t, r in zip(ft[sel], fr[sel], strict=True)
+                ]
                 funding = float(sum(x for _, x in events))
             # Stop trigger on the path since the last settlement.
             stop = _tightest(list(stops.values()), side)
@@ -267,13 +312,25 @@ class PaperSettlement:
             if not funding and trigger is None and now == last:
                 return None
             p.multi()
-            p.hset(key, mapping={"settled_at": repr(now),
-                                 "funding_paid": repr(float(h.get("funding_paid", 0.0)) + funding)})
+            p.hset(
+                key,
+                mapping={"settled_at": repr(now), "funding_paid": repr(float(h.get("funding_paid", 0.0)) + funding)},
+            )
             if funding:
                 p.hincrbyfloat(self.k_pnl, f"{symbol}:funding", funding)
             for i, (t, paid) in enumerate(events):  # /fapi/v1/income rows: income < 0 when paid
-                p.rpush(self.k_income, json.dumps({"symbol": symbol, "incomeType": "FUNDING_FEE", "income": -paid,
-                                                   "time": t, "tranId": tran_base + i}))
+                p.rpush(
+                    self.k_income,
+                    json.dumps(
+                        {
+                            "symbol": symbol,
+                            "incomeType": "FUNDING_FEE",
+                            "income": -paid,
+                            "time": t,
+                            "tranId": tran_base + i,
+                        }
+                    ),
+                )
             if trigger is not None:
                 pnl = side.sign * (trigger - float(h["entry_price"])) * qty
                 fee = trigger * qty * self.fee_rate
@@ -283,8 +340,10 @@ class PaperSettlement:
                 p.hincrbyfloat(self.k_pnl, f"{symbol}:realized", pnl)
                 p.hincrbyfloat(self.k_pnl, f"{symbol}:commission", fee)
                 p.hincrby(self.k_pnl, f"{symbol}:stops_hit", 1)
-                p.rpush(self.k_trades, _trade_json(trade_id, symbol, side.close_order_side, "BOTH", qty, trigger, pnl,
-                                                   fee, now, hit_cid))
+                p.rpush(
+                    self.k_trades,
+                    _trade_json(trade_id, symbol, side.close_order_side, "BOTH", qty, trigger, pnl, fee, now, hit_cid),
+                )
                 return side, qty, trigger, hit_cid, pnl, fee, list(stops)
             return None
 
@@ -293,7 +352,9 @@ class PaperSettlement:
         hit = self.r.transaction(tx, key, k_stops, value_from_callable=True)
         if hit is not None:
             side, qty, trigger, hit_cid, pnl, fee, cids = hit
-            self._log("STOP_TRIGGERED", symbol, {"clientAlgoId": hit_cid, "side": side.value, "qty": qty, "price": trigger})
+            self._log(
+                "STOP_TRIGGERED", symbol, {"clientAlgoId": hit_cid, "side": side.value, "qty": qty, "price": trigger}
+            )
             self._end_stops(symbol, cids, filled=(hit_cid, qty, trigger, pnl, fee))
 
     # ------------------------------------------------------------------ orders
@@ -326,8 +387,16 @@ class PaperSettlement:
         return [json.loads(x) for x in self.r.lrange(self.k_income, 0, -1)]
 
     def _log(self, kind: str, symbol: str, data: dict) -> None:
-        self.r.xadd(self.k_log, {"kind": kind, "symbol": symbol, "ts": repr(time.time()),
-                                 "market_ts": repr(self.clock.now()), "data": json.dumps(data, default=str)})
+        self.r.xadd(
+            self.k_log,
+            {
+                "kind": kind,
+                "symbol": symbol,
+                "ts": repr(time.time()),
+                "market_ts": repr(self.clock.now()),
+                "data": json.dumps(data, default=str),
+            },
+        )
 
     def _end_stops(self, symbol: str, cids: list[str], filled: tuple | None = None) -> None:
         """Record the end of stops no longer working: the triggered one FILLED (algoStatus
@@ -341,8 +410,16 @@ class PaperSettlement:
                 continue
             if filled is not None and cid == filled[0]:
                 _, qty, price, pnl, fee = filled
-                o = o.model_copy(update={"status": "FILLED", "executed_qty": qty, "avg_price": price,
-                                         "realized_pnl": pnl, "commission": fee, "update_time": self.clock.now()})
+                o = o.model_copy(
+                    update={
+                        "status": "FILLED",
+                        "executed_qty": qty,
+                        "avg_price": price,
+                        "realized_pnl": pnl,
+                        "commission": fee,
+                        "update_time": self.clock.now(),
+                    }
+                )
             else:
                 o = o.model_copy(update={"status": "EXPIRED", "update_time": self.clock.now()})
                 self._log("STOP_EXPIRED", symbol, {"clientAlgoId": cid})

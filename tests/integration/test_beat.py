@@ -34,9 +34,14 @@ def ns(redis_url):
 
 def _env(ns: str, scan_s: float) -> dict[str, str]:
     # Long intervals for the other entries: only scans reach the scan queue while we watch.
-    return {"HARVEST_NAMESPACE": ns, "HARVEST_SCAN_INTERVAL_S": str(scan_s), "HARVEST_MARKET_REFRESH_S": "600",
-            "HARVEST_SWEEP_INTERVAL_S": "600", "HARVEST_HEARTBEAT_INTERVAL_S": "600",
-            "HARVEST_RECONCILE_INTERVAL_S": "600"}
+    return {
+        "HARVEST_NAMESPACE": ns,
+        "HARVEST_SCAN_INTERVAL_S": str(scan_s),
+        "HARVEST_MARKET_REFRESH_S": "600",
+        "HARVEST_SWEEP_INTERVAL_S": "600",
+        "HARVEST_HEARTBEAT_INTERVAL_S": "600",
+        "HARVEST_RECONCILE_INTERVAL_S": "600",
+    }
 
 
 def _arrivals(r: redis.Redis, queue: str, n: int, timeout: float = 10.0) -> list[tuple[float, dict]]:
@@ -51,12 +56,18 @@ def _arrivals(r: redis.Redis, queue: str, n: int, timeout: float = 10.0) -> list
 
 
 def _gaps(arrivals) -> list[float]:
-    return [b[0] - a[0] for a, b in zip(arrivals, arrivals[1:])]
+    return [b[0] - a[0] for a, b in zip(arrivals[:-1], arrivals[1:], strict=True)]
 
 
 def harvest_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harvest.ops.cli", *args], cwd=ROOT, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "harvest.ops.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_schedule_set_changes_the_cadence_of_a_running_beat(redis_url, ns):

@@ -33,9 +33,15 @@ def emu():
 
 @pytest.fixture(scope="module")
 def binance_worker(emu):
-    env = {"HARVEST_FAPI_URL": emu.url, "HARVEST_API_KEY": KEY, "HARVEST_API_SECRET": SECRET,
-           "HARVEST_VENUE_TIMEOUT_S": "1.0", "HARVEST_RETRY_BACKOFF_S": "0.1", "HARVEST_CONFIRM_RETRY_S": "0.2",
-           "HARVEST_MAX_SEND_ATTEMPTS": "4"}
+    env = {
+        "HARVEST_FAPI_URL": emu.url,
+        "HARVEST_API_KEY": KEY,
+        "HARVEST_API_SECRET": SECRET,
+        "HARVEST_VENUE_TIMEOUT_S": "1.0",
+        "HARVEST_RETRY_BACKOFF_S": "0.1",
+        "HARVEST_CONFIRM_RETRY_S": "0.2",
+        "HARVEST_MAX_SEND_ATTEMPTS": "4",
+    }
     w = worker(env, NS).start()
     w.wait_ready()
     yield w
@@ -90,8 +96,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("kind,times,extra,final,n_orders,step", CASES,
-                         ids=[f"{c[0]}x{c[1]}" for c in CASES])
+@pytest.mark.parametrize("kind,times,extra,final,n_orders,step", CASES, ids=[f"{c[0]}x{c[1]}" for c in CASES])
 def test_fault_ends_in_right_state_with_one_order(rt, emu, kind, times, extra, final, n_orders, step):
     if kind:
         emu.faults.inject("POST /fapi/v1/order", kind, times=times, **extra)
@@ -129,7 +134,9 @@ def test_profit_lock_never_leaves_the_position_without_a_stop(rt, emu):
     scan_via_worker()
     wait_for(lambda: rt.book.get_many(rt.settings.account, ["BTCUSDT"])[0], 20, what="book entry")
     expected = e + 0.5 * (rt.venue.mark_price("BTCUSDT") - e)
-    pid = make_plan_id(rt.settings.account, "BTCUSDT", epoch(rt, "BTCUSDT"), Action.PROFIT_LOCK_SL, f"stop={expected:.10g}")
+    pid = make_plan_id(
+        rt.settings.account, "BTCUSDT", epoch(rt, "BTCUSDT"), Action.PROFIT_LOCK_SL, f"stop={expected:.10g}"
+    )
     plan = wait_terminal(rt, pid)
     assert (plan.state, plan.reason) == ("FILLED", "stop_working")
     events = [x for x in emu.order_log() if x["symbol"] == "BTCUSDT" and x["kind"].startswith("STOP_")]
@@ -165,6 +172,7 @@ def test_api_credentials_appear_nowhere_but_the_environment(rt, emu, binance_wor
                 seen.append(cmd["command"])
                 if stop.is_set():
                     return
+
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     wait_for(lambda: rt.r.ping() and seen, 10, what="MONITOR to see commands")
@@ -178,8 +186,11 @@ def test_api_credentials_appear_nowhere_but_the_environment(rt, emu, binance_wor
     import re
 
     # kombu base64-encodes message bodies: decode them, so the task arguments are searched.
-    bodies = [base64.b64decode(b).decode(errors="replace")
-              for c in seen for b in re.findall(r'body\\?": \\?"([A-Za-z0-9+/=]{8,})', c)]
+    bodies = [
+        base64.b64decode(b).decode(errors="replace")
+        for c in seen
+        for b in re.findall(r'body\\?": \\?"([A-Za-z0-9+/=]{8,})', c)
+    ]
     assert any('"plan_id"' in b for b in bodies), "the run's task messages (and arguments) passed through MONITOR"
     assert [c for c in seen + bodies if KEY in c or SECRET in c] == []
     found = []

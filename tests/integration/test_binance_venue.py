@@ -55,8 +55,14 @@ def test_every_endpoint_through_python_binance(emu, bv):
     assert str(f.step_size) == "0.001" and str(f.tick_size) == "0.10"
     assert bv.mark_price("BTCUSDT") == 101_000.0  # premiumIndex
     [p] = bv.positions()  # v3 positionRisk + symbolConfig leverage + openAlgoOrders stop
-    assert (p.symbol, p.side.value, p.qty, p.entry_price, p.leverage, p.stop_price) == \
-        ("BTCUSDT", "LONG", 0.01, 100_000.0, 20.0, 99_000.0)
+    assert (p.symbol, p.side.value, p.qty, p.entry_price, p.leverage, p.stop_price) == (
+        "BTCUSDT",
+        "LONG",
+        0.01,
+        100_000.0,
+        20.0,
+        99_000.0,
+    )
     o = bv.close_market("BTCUSDT", "SELL", "0.004", "hv-0123456789abcdef-0")  # RESULT response
     assert (o.status, o.executed_qty, o.avg_price) == ("FILLED", 0.004, 101_000.0)
     got = bv.get_order("BTCUSDT", "hv-0123456789abcdef-0")  # + userTrades for realized PnL
@@ -80,8 +86,18 @@ def test_every_endpoint_through_python_binance(emu, bv):
 def test_conditional_order_on_the_order_endpoint_is_refused(emu, bv):
     emu.venue.set_position("ETHUSDT", "LONG", 1.0, 2500.0, 10.0, opened_at=T0)
     with pytest.raises(Exception) as e:  # python-binance itself never does this; the emulator checks Binance's rule
-        bv.client._request_futures_api("post", "order", True, data={
-            "symbol": "ETHUSDT", "side": "SELL", "type": "STOP_MARKET", "stopPrice": "2400", "closePosition": "true"})
+        bv.client._request_futures_api(
+            "post",
+            "order",
+            True,
+            data={
+                "symbol": "ETHUSDT",
+                "side": "SELL",
+                "type": "STOP_MARKET",
+                "stopPrice": "2400",
+                "closePosition": "true",
+            },
+        )
     assert e.value.code == -4120
 
 
@@ -94,8 +110,9 @@ def test_hedge_mode_sends_position_side_not_reduce_only(emu, bv):
     assert o.status == "FILLED" and o.position_side == "SHORT"
     assert eng.position("SOLUSDT").qty == 7.0
     with pytest.raises(Exception) as e:  # reduceOnly in hedge mode: Binance's -1106
-        bv.client.futures_create_order(symbol="SOLUSDT", side="BUY", type="MARKET", quantity="1",
-                                       positionSide="SHORT", reduceOnly="true")
+        bv.client.futures_create_order(
+            symbol="SOLUSDT", side="BUY", type="MARKET", quantity="1", positionSide="SHORT", reduceOnly="true"
+        )
     assert e.value.code == -1106
     s = bv.move_stop("SOLUSDT", "BUY", "145.000", "hv-00000000000000cc-0")
     assert s.position_side == "SHORT"
@@ -135,7 +152,11 @@ def test_rejection_keeps_binance_code_and_message(emu, bv):
     emu.venue.set_position("BTCUSDT", "LONG", 0.010, 100_000.0, 20.0, opened_at=T0)
     with pytest.raises(VenueError) as e:
         bv.close_market("BTCUSDT", "SELL", "0.0005", "hv-0000000000000002-0")
-    assert (e.value.code, e.value.message, e.value.kind) == (-1111, "Precision is over the maximum defined for this asset.", "rejected")
+    assert (e.value.code, e.value.message, e.value.kind) == (
+        -1111,
+        "Precision is over the maximum defined for this asset.",
+        "rejected",
+    )
     with pytest.raises(VenueError) as e:
         bv.close_market("BTCUSDT", "BUY", "0.001", "hv-0000000000000003-0")
     assert (e.value.code, e.value.kind) == (-2022, "rejected")
@@ -191,7 +212,9 @@ def test_bad_signature_is_a_clear_error(emu):
 
 def test_connection_refused_is_retryable(emu):
     port = free_port()
-    v = BinanceVenue(emu.r, emu.ns, lambda: make_client(KEY, SECRET, f"http://127.0.0.1:{port}/fapi", False, 1.0, 5000), 1800)
+    v = BinanceVenue(
+        emu.r, emu.ns, lambda: make_client(KEY, SECRET, f"http://127.0.0.1:{port}/fapi", False, 1.0, 5000), 1800
+    )
     with pytest.raises(VenueError) as e:
         v.close_market("BTCUSDT", "SELL", "0.001", "hv-0000000000000006-0")
     assert e.value.kind == "retryable"
@@ -226,8 +249,14 @@ def test_live_venue_refuses_without_opt_in():
     env = {"HARVEST_VENUE": "live", "HARVEST_API_KEY": "AKIA-not-a-real-key", "HARVEST_API_SECRET": "sekrit-value"}
     import os
 
-    out = subprocess.run([sys.executable, "-m", "harvest.ops.cli", "reconcile"], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, **env}, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "harvest.ops.cli", "reconcile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
     assert out.returncode != 0
     assert "HARVEST_LIVE_TRADING_OPT_IN" in out.stderr + out.stdout
     assert "sekrit-value" not in out.stderr + out.stdout and "AKIA-not-a-real-key" not in out.stderr + out.stdout
@@ -244,7 +273,7 @@ def test_market_state_from_the_venue_klines_matches_the_shipped_data(emu, bv):
     closes = bv.closed_closes("ETHUSDT", n)
     kl = load_klines("ETHUSDT")
     end = kl.index_at(T0 + 37 * 60 + 20)
-    assert list(closes) == list(kl.close[end - n:end])
+    assert list(closes) == list(kl.close[end - n : end])
     now = emu.clock.now()
     assert market_state_from_closes("ETHUSDT", closes, now, theta) == market_state_at(kl, now, theta)
 

@@ -49,14 +49,28 @@ def emu():
 
 @pytest.fixture(scope="module")
 def env(emu):
-    return {"HARVEST_NAMESPACE": NS, "HARVEST_SYMBOLS": SYMBOLS, "HARVEST_FAPI_URL": emu.url,
-            "HARVEST_API_KEY": KEY, "HARVEST_API_SECRET": SECRET, "HARVEST_VENUE_TIMEOUT_S": "1.0",
-            "HARVEST_RETRY_BACKOFF_S": "0.1", "HARVEST_CONFIRM_RETRY_S": "0.2", "HARVEST_MAX_SEND_ATTEMPTS": "2",
-            "HARVEST_ATTEMPT_BACKOFF_S": "0.3", "HARVEST_ATTEMPT_BACKOFF_MAX_S": "1", "HARVEST_FUNDING_POLL_S": "0",
-            "HARVEST_SCAN_INTERVAL_S": "0.5", "HARVEST_MARKET_REFRESH_S": "3600", "HARVEST_RECONCILE_INTERVAL_S": "3600",
-            "HARVEST_EXCHANGE_INFO_INTERVAL_S": "3600", "HARVEST_SWEEP_INTERVAL_S": "1", "HARVEST_PLAN_TTL_S": "20",
-            # scans every 0.5 s of 8 positions: far more weight than an account's minute allows
-            "HARVEST_VENUE_WEIGHT_LIMIT_1M": "1000000"}
+    return {
+        "HARVEST_NAMESPACE": NS,
+        "HARVEST_SYMBOLS": SYMBOLS,
+        "HARVEST_FAPI_URL": emu.url,
+        "HARVEST_API_KEY": KEY,
+        "HARVEST_API_SECRET": SECRET,
+        "HARVEST_VENUE_TIMEOUT_S": "1.0",
+        "HARVEST_RETRY_BACKOFF_S": "0.1",
+        "HARVEST_CONFIRM_RETRY_S": "0.2",
+        "HARVEST_MAX_SEND_ATTEMPTS": "2",
+        "HARVEST_ATTEMPT_BACKOFF_S": "0.3",
+        "HARVEST_ATTEMPT_BACKOFF_MAX_S": "1",
+        "HARVEST_FUNDING_POLL_S": "0",
+        "HARVEST_SCAN_INTERVAL_S": "0.5",
+        "HARVEST_MARKET_REFRESH_S": "3600",
+        "HARVEST_RECONCILE_INTERVAL_S": "3600",
+        "HARVEST_EXCHANGE_INFO_INTERVAL_S": "3600",
+        "HARVEST_SWEEP_INTERVAL_S": "1",
+        "HARVEST_PLAN_TTL_S": "20",
+        # scans every 0.5 s of 8 positions: far more weight than an account's minute allows
+        "HARVEST_VENUE_WEIGHT_LIMIT_1M": "1000000",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +94,9 @@ def rt(pipeline, emu):
 
 def binance_runtime(emu):
     """A runtime on the python-binance venue, as the workers build it, in this process."""
-    return build_runtime(settings(fapi_url=emu.url, api_key=KEY, api_secret=SECRET, funding_poll_s=0,
-                                  venue_weight_limit_1m=1_000_000))
+    return build_runtime(
+        settings(fapi_url=emu.url, api_key=KEY, api_secret=SECRET, funding_poll_s=0, venue_weight_limit_1m=1_000_000)
+    )
 
 
 def binance_venue(emu) -> BinanceVenue:
@@ -111,8 +126,11 @@ def test_kill_close_after_a_503_storm_ends_filled_once_the_exchange_recovers(rt,
     wait_for(lambda: book_of(rt, sym), 20, what="the epoch's book entry")
     emu.faults.inject("POST /fapi/v1/order", "unavailable_503", times=10_000)
     rt.market.put_many([state(sym, Regime.CHOP, p=0.1, ts=0.05)])  # the regime flipped: kill
-    wait_for(lambda: len([p for p in plans_of(rt, sym, Action.FULL_CLOSE_PROPOSED) if p.state == "FAILED"]) >= 2,
-             40, what="two failed attempts of the kill close")
+    wait_for(
+        lambda: len([p for p in plans_of(rt, sym, Action.FULL_CLOSE_PROPOSED) if p.state == "FAILED"]) >= 2,
+        40,
+        what="two failed attempts of the kill close",
+    )
     kills = plans_of(rt, sym, Action.FULL_CLOSE_PROPOSED)
     assert len({p.lineage for p in kills}) == 1 and len({p.plan_id for p in kills}) == len(kills)
     assert rt.venue.position(sym) is not None and not hv_trades(emu, sym)
@@ -133,8 +151,11 @@ def test_position_mode_change_is_refreshed_and_retried_in_the_plan(rt, emu):
     rt.market.put_many([state(sym, Regime.TREND, trend_dir=1)])
     rt.venue.set_position(sym, "LONG", 10.0, e, 10.0, opened_at=T0, stop_price=s)
     rt.venue.set_mark(sym, mark_for_r(e, s, 10.0, 10.0, 2.2, "LONG"))
-    plan = wait_for(lambda: next((p for p in plans_of(rt, sym, Action.PARTIAL_25) if p.state in TERMINAL), None),
-                    30, what="the partial to end")
+    plan = wait_for(
+        lambda: next((p for p in plans_of(rt, sym, Action.PARTIAL_25) if p.state in TERMINAL), None),
+        30,
+        what="the partial to end",
+    )
     assert (plan.state, plan.attempt) == ("FILLED", 0), (plan.reason, plan.error_code)
     answers = [x["data"].get("code") for x in emu.order_log() if x["kind"] == "HTTP" and x["symbol"] == sym]
     assert answers[:2] == [-4061, None]  # refused in the old mode, then sent again and filled
@@ -149,8 +170,11 @@ def test_close_and_reopen_between_scans_harvests_again_in_the_new_epoch(rt, emu)
     paper.set_mark(sym, 150.0)
     paper.open_position(sym, "LONG", 10.0, 10.0, stop_price=148.5, client_order_id="strategy-open-1")
     paper.set_mark(sym, mark_for_r(150.0, 148.5, 10.0, 10.0, 2.2, "LONG"))
-    first = wait_for(lambda: next((p for p in plans_of(rt, sym, Action.PARTIAL_25) if p.state == "FILLED"), None),
-                     30, what="tier 1 of the first epoch")
+    first = wait_for(
+        lambda: next((p for p in plans_of(rt, sym, Action.PARTIAL_25) if p.state == "FILLED"), None),
+        30,
+        what="tier 1 of the first epoch",
+    )
     e1 = first.epoch
     # The strategy closes the rest and opens again, same side, later; both between two scans
     # or not, the venue's fills say it is another opening.
@@ -162,8 +186,11 @@ def test_close_and_reopen_between_scans_harvests_again_in_the_new_epoch(rt, emu)
     [vp] = [p for p in binance_venue(emu).positions() if p.symbol == sym]
     assert vp.opened_at == pytest.approx(T0 + 3600.0)  # from userTrades, not first sight
     paper.set_mark(sym, mark_for_r(160.0, 158.4, 10.0, 10.0, 2.2, "LONG"))
-    second = wait_for(lambda: next((p for p in plans_of(rt, sym, Action.PARTIAL_25)
-                                    if p.state == "FILLED" and p.epoch != e1), None), 30, what="tier 1 of the new epoch")
+    second = wait_for(
+        lambda: next((p for p in plans_of(rt, sym, Action.PARTIAL_25) if p.state == "FILLED" and p.epoch != e1), None),
+        30,
+        what="tier 1 of the new epoch",
+    )
     assert book_of(rt, sym)["opened_at"] == pytest.approx(T0 + 3600.0) and second.attempt == 0
 
 
@@ -174,8 +201,11 @@ def test_a_naked_position_gets_its_stop_within_a_scan_inside_liquidation(rt, emu
     rt.market.put_many([state(sym, Regime.CHOP, p=0.2, ts=0.1)])
     rt.venue.set_position(sym, "LONG", 10_000.0, 2.0, 50.0, opened_at=T0)  # no stop
     rt.venue.set_mark(sym, 2.0)
-    plan = wait_for(lambda: next((p for p in plans_of(rt, sym, Action.PROTECT) if p.state in TERMINAL), None),
-                    20, what="the protective stop")
+    plan = wait_for(
+        lambda: next((p for p in plans_of(rt, sym, Action.PROTECT) if p.state in TERMINAL), None),
+        20,
+        what="the protective stop",
+    )
     assert plan.state == "FILLED", (plan.reason, plan.error_code)
     vp = emu.venue.position(sym)
     assert vp.stop_price is not None and vp.liquidation_price is not None
@@ -236,8 +266,11 @@ def test_a_partial_fill_remainder_is_the_next_attempt(rt, emu):
     rt.market.put_many([state(sym, Regime.TREND, trend_dir=1)])
     rt.venue.set_position(sym, "LONG", 100_000.0, e, 10.0, opened_at=T0, stop_price=s)
     rt.venue.set_mark(sym, mark_for_r(e, s, 100_000.0, 100_000.0, 2.2, "LONG"))
-    done = wait_for(lambda: next((p for p in plans_of(rt, sym, Action.PARTIAL_25) if p.state == "FILLED"), None),
-                    30, what="the tier's remainder to fill")
+    done = wait_for(
+        lambda: next((p for p in plans_of(rt, sym, Action.PARTIAL_25) if p.state == "FILLED"), None),
+        30,
+        what="the tier's remainder to fill",
+    )
     first = [p for p in plans_of(rt, sym, Action.PARTIAL_25) if p.attempt == 0]
     assert first[0].state == "PARTIALLY_FILLED" and first[0].executed_qty == pytest.approx(10_000.0)
     assert done.attempt == 1 and done.remaining_qty == pytest.approx(15_000.0)
@@ -252,8 +285,11 @@ def test_a_stuck_partial_does_not_freeze_the_profit_lock(rt, emu):
     rt.market.put_many([state(sym, Regime.TREND, trend_dir=1)])
     rt.venue.set_position(sym, "LONG", 0.003, e, 10.0, opened_at=T0, stop_price=s)  # 25 % < minQty
     rt.venue.set_mark(sym, mark_for_r(e, s, 0.003, 0.003, 2.2, "LONG"))
-    lock = wait_for(lambda: next((p for p in plans_of(rt, sym, Action.PROFIT_LOCK_SL) if p.state == "FILLED"), None),
-                    30, what="the profit lock")
+    lock = wait_for(
+        lambda: next((p for p in plans_of(rt, sym, Action.PROFIT_LOCK_SL) if p.state == "FILLED"), None),
+        30,
+        what="the profit lock",
+    )
     [part] = plans_of(rt, sym, Action.PARTIAL_25)
     assert (part.state, part.reason) == ("REJECTED", "below_min_qty")
     assert emu.venue.position(sym).stop_price == pytest.approx(float(lock.stop_price))

@@ -36,13 +36,21 @@ NS = os.environ["HARVEST_NAMESPACE"]
 FUZZ = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], deadline=None)
 
 BAD_NUMBERS = st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 0.0, -0.0, 1e308, -1e308, 1e-320, 2**63, -(2**63)])
-JUNK = st.one_of(BAD_NUMBERS, st.none(), st.booleans(), st.integers(), st.text(max_size=20),
-                 st.sampled_from(["", "NaN", "inf", "1e999", "0x10", "BTCUSDT", "FOOUSDT", "btcusdt", "hv-x-0"]),
-                 st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3))
-JSONISH = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=30)),
-                       lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                               st.dictionaries(st.text(max_size=12), inner, max_size=5)),
-                       max_leaves=12)
+JUNK = st.one_of(
+    BAD_NUMBERS,
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.text(max_size=20),
+    st.sampled_from(["", "NaN", "inf", "1e999", "0x10", "BTCUSDT", "FOOUSDT", "btcusdt", "hv-x-0"]),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+)
+JSONISH = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=30)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=5)),
+    max_leaves=12,
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +88,25 @@ PLAUSIBLE = {
 def mutated_decisions(draw) -> list[tuple[str, object]]:
     """Edits of a genuine decision: (field, new value) — a plausible but wrong value, junk,
     or a missing field."""
-    fields = ["account", "symbol", "epoch", "side", "action", "tier", "close_fraction", "new_stop", "r_net",
-              "kill_score", "components", "reason_codes", "mark_price", "regime", "decided_at", "scanned_at", "extra"]
+    fields = [
+        "account",
+        "symbol",
+        "epoch",
+        "side",
+        "action",
+        "tier",
+        "close_fraction",
+        "new_stop",
+        "r_net",
+        "kill_score",
+        "components",
+        "reason_codes",
+        "mark_price",
+        "regime",
+        "decided_at",
+        "scanned_at",
+        "extra",
+    ]
     edits = []
     for field in draw(st.lists(st.sampled_from(fields), min_size=1, max_size=3)):
         choices = [JUNK, st.just("<missing>")] + ([PLAUSIBLE[field]] * 3 if field in PLAUSIBLE else [])
@@ -130,8 +155,11 @@ def test_mutated_decisions_never_crash_and_only_a_valid_decision_of_the_live_pos
 
 
 @FUZZ
-@given(payload=JSONISH, stage=st.sampled_from(["propose", "guard", "execute", "confirm", "evaluate"]),
-       step=st.one_of(st.just(0), JUNK))
+@given(
+    payload=JSONISH,
+    stage=st.sampled_from(["propose", "guard", "execute", "confirm", "evaluate"]),
+    step=st.one_of(st.just(0), JUNK),
+)
 def test_arbitrary_payloads_at_any_stage_are_recorded_never_executed(rt, payload, stage, step):
     _genuine(rt)
     fn = {"propose": propose, "guard": guard, "execute": execute, "confirm": confirm, "evaluate": evaluate}[stage]
@@ -163,10 +191,15 @@ def _env(name: str, value: str):
 
 
 @FUZZ
-@given(field=st.sampled_from(_FIELDS + _THETA),
-       value=st.one_of(st.text(max_size=40).filter(lambda t: "\x00" not in t),
-                       st.sampled_from(["nan", "inf", "-inf", "-1", "0", "1e308", "-0", "", " ", "[]", "{}", "true",
-                                        "null", "[1,", '{"a":'])))
+@given(
+    field=st.sampled_from(_FIELDS + _THETA),
+    value=st.one_of(
+        st.text(max_size=40).filter(lambda t: "\x00" not in t),
+        st.sampled_from(
+            ["nan", "inf", "-inf", "-1", "0", "1e308", "-0", "", " ", "[]", "{}", "true", "null", "[1,", '{"a":']
+        ),
+    ),
+)
 def test_any_bad_setting_stops_start_up_with_its_name(field, value):
     var = f"{ENV_PREFIX}{field.upper()}"
     with _env(var, value):
@@ -189,6 +222,7 @@ def test_any_bad_setting_stops_start_up_with_its_name(field, value):
 
 # ---------------------------------------------------------------------------- exchange answers
 
+
 class _Client:
     """A python-binance Client stand-in that answers every call with ``answer`` (the fuzzed
     body python-binance would have decoded from the wire)."""
@@ -204,11 +238,29 @@ class _Client:
         raise AttributeError(name)
 
 
-ORDER_FIELDS = {"symbol": SYM, "clientOrderId": "hv-0123456789abcdef-0", "orderId": 7, "side": "SELL",
-                "type": "MARKET", "status": "FILLED", "origQty": "0.25", "executedQty": "0.25", "avgPrice": "101000",
-                "updateTime": 1750464000000, "positionAmt": "1", "entryPrice": "100000", "markPrice": "101000",
-                "dualSidePosition": False, "leverage": 10, "algoId": 9, "clientAlgoId": "hv-0123456789abcdef-0",
-                "algoStatus": "NEW", "triggerPrice": "99500", "closePosition": True, "orderType": "STOP_MARKET"}
+ORDER_FIELDS = {
+    "symbol": SYM,
+    "clientOrderId": "hv-0123456789abcdef-0",
+    "orderId": 7,
+    "side": "SELL",
+    "type": "MARKET",
+    "status": "FILLED",
+    "origQty": "0.25",
+    "executedQty": "0.25",
+    "avgPrice": "101000",
+    "updateTime": 1750464000000,
+    "positionAmt": "1",
+    "entryPrice": "100000",
+    "markPrice": "101000",
+    "dualSidePosition": False,
+    "leverage": 10,
+    "algoId": 9,
+    "clientAlgoId": "hv-0123456789abcdef-0",
+    "algoStatus": "NEW",
+    "triggerPrice": "99500",
+    "closePosition": True,
+    "orderType": "STOP_MARKET",
+}
 
 
 @st.composite
@@ -226,8 +278,21 @@ def answers(draw):
 
 
 @FUZZ
-@given(answer=answers(), call=st.sampled_from(["positions", "get_order", "get_algo", "close_market", "move_stop",
-                                                "open_orders", "mark_price", "closed_closes"]))
+@given(
+    answer=answers(),
+    call=st.sampled_from(
+        [
+            "positions",
+            "get_order",
+            "get_algo",
+            "close_market",
+            "move_stop",
+            "open_orders",
+            "mark_price",
+            "closed_closes",
+        ]
+    ),
+)
 def test_malformed_exchange_answers_become_venue_errors(rt, answer, call):
     v = BinanceVenue(rt.r, NS, lambda: _Client(answer), weight_limit=1_000_000)
     rt.r.set(v.k_dual, "false")
@@ -264,4 +329,3 @@ def test_slow_profile_runs_at_least_ten_thousand_examples():
         assert current.default.max_examples >= 10_000
     else:
         assert current.default.max_examples >= 100
-

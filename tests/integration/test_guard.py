@@ -142,16 +142,31 @@ def test_shadow_mode_records_no_order(shadow_rt):
     assert rt.venue.position("BTCUSDT").qty == 1.0
 
 
-@pytest.mark.parametrize("task,payload", [
-    ("harvest.propose", {"symbol": "BTCUSDT", "action": "FULL_CLOSE_PROPOSED"}),
-    ("harvest.propose", {"account": "paper", "symbol": "BTCUSDT", "epoch": "L1", "side": "LONG",
-                         "action": "PARTIAL_25", "tier": 1, "r_net": float("nan"), "kill_score": 0.1,
-                         "mark_price": 1.0, "decided_at": 0.0}),
-    ("harvest.guard", {"plan_id": "'; DROP"}),
-    ("harvest.execute", ["not", "a", "dict"]),
-    ("harvest.confirm", "garbage"),
-    ("harvest.evaluate", 42),
-])
+@pytest.mark.parametrize(
+    "task,payload",
+    [
+        ("harvest.propose", {"symbol": "BTCUSDT", "action": "FULL_CLOSE_PROPOSED"}),
+        (
+            "harvest.propose",
+            {
+                "account": "paper",
+                "symbol": "BTCUSDT",
+                "epoch": "L1",
+                "side": "LONG",
+                "action": "PARTIAL_25",
+                "tier": 1,
+                "r_net": float("nan"),
+                "kill_score": 0.1,
+                "mark_price": 1.0,
+                "decided_at": 0.0,
+            },
+        ),
+        ("harvest.guard", {"plan_id": "'; DROP"}),
+        ("harvest.execute", ["not", "a", "dict"]),
+        ("harvest.confirm", "garbage"),
+        ("harvest.evaluate", 42),
+    ],
+)
 def test_malformed_message_rejected_and_recorded(rt, task, payload):
     stage = task.split(".")[1]
     queue = f"{NS}.orders" if stage in ("execute", "confirm") else f"{NS}.scan"

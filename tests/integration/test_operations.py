@@ -45,8 +45,12 @@ def emu():
 
 @pytest.fixture(scope="module")
 def ops_worker(emu):
-    env = {"HARVEST_FAPI_URL": emu.url, "HARVEST_API_KEY": KEY, "HARVEST_API_SECRET": SECRET,
-           "HARVEST_LOG_FORMAT": "json"}
+    env = {
+        "HARVEST_FAPI_URL": emu.url,
+        "HARVEST_API_KEY": KEY,
+        "HARVEST_API_SECRET": SECRET,
+        "HARVEST_LOG_FORMAT": "json",
+    }
     w = worker(env, NS).start()
     w.wait_ready()
     yield w
@@ -57,16 +61,21 @@ def ops_worker(emu):
 def flower(ops_worker):
     port = free_port()
     # Credentials from the environment, as the README runs it: never in argv, where `ps` shows them.
-    f = CeleryProcess("flower", {"FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}"},
-                      [f"--port={port}", "--address=127.0.0.1", "--read_only=True"])
+    f = CeleryProcess(
+        "flower",
+        {"FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}"},
+        [f"--port={port}", "--address=127.0.0.1", "--read_only=True"],
+    )
     f.start()
     assert FLOWER_PASSWORD not in open(f"/proc/{f.proc.pid}/cmdline").read()
     f.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     wait_for(lambda: _get(f.url + "/healthcheck", auth=False)[0] == 200, 30, 0.2, "Flower to answer")
+
     # Flower sees events from now on: wait until a task event of ours shows in its API.
     def seen():
         app.send_task("harvest.heartbeat", queue=f"{NS}.housekeeping")
         return any(t["name"] == "harvest.heartbeat" for t in _tasks(f.url).values())
+
     wait_for(seen, 30, 0.5, "Flower to receive task events")
     yield f
     f.stop()
@@ -114,6 +123,7 @@ def test_flower_lists_every_stage_by_plan_id_and_is_read_only(rt, flower):
     def stages():
         ts = [t for t in _tasks(flower.url).values() if pid in (t.get("args") or "")]
         return ts if {t["name"] for t in ts} >= set(STAGES) and all(t["state"] == "SUCCESS" for t in ts) else None
+
     ts = wait_for(stages, 20, 0.2, "Flower to list the plan's four stages")
     for t in ts:
         assert t["args"] == f"plan_id={pid} symbol=BTCUSDT action=PARTIAL_25"
@@ -161,8 +171,14 @@ def test_metrics_exporter_serves_the_pipeline(rt):
     budget = WeightBudget(rt.r, NS, rt.settings.venue_weight_limit_1m)
     assert sum(int(rt.r.get(k) or 0) for k in rt.r.scan_iter(f"{NS}:venue:weight:*")) > 0
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "harvest.ops.cli", "metrics", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harvest.ops.cli", "metrics", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_for(lambda: _get(f"http://127.0.0.1:{port}/metrics", auth=False)[0] == 200, 30, 0.1, "the exporter")
         # The gauge is the current minute's counter, which may have rolled over since the
@@ -204,8 +220,14 @@ def test_metrics_exporter_binds_loopback_and_can_require_basic_auth():
         main(["metrics", "--help"])
     port = free_port()
     env = dict(os.environ, HARVEST_METRICS_BASIC_AUTH="prom:scrape-pw-31")
-    proc = subprocess.Popen([sys.executable, "-m", "harvest.ops.cli", "metrics", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harvest.ops.cli", "metrics", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_for(lambda: _status(f"http://127.0.0.1:{port}/metrics") == 401, 30, 0.1, "the exporter")
         token = base64.b64encode(b"prom:scrape-pw-31").decode()
@@ -243,6 +265,7 @@ def test_json_logs_one_line_per_plan_transition_with_task_id(rt, ops_worker):
                 if rec.get("event") == "plan_transition" and rec.get("plan_id") == pid:
                     out.append(rec)
         return out if len(out) >= 4 else None
+
     recs = wait_for(lines, 10, 0.1, "the transition log lines")
     assert [r["state"] for r in recs] == ["PROPOSED", "APPROVED", "SUBMITTED", "FILLED"]
     tasks = [r["task_name"] for r in recs]

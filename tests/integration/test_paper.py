@@ -61,8 +61,11 @@ def test_order_and_position_read_together(venue):
     o, vp, read = venue.order_and_position("BTCUSDT", "hv-part")
     assert (o.status, o.executed_qty, read) == ("FILLED", pytest.approx(0.004), True)
     assert vp.qty == pytest.approx(0.006) and vp.mark_price == pytest.approx(101_000.0)
-    for sym, cid, conditional in (("BTCUSDT", "nope", False), ("ETHUSDT", "hv-part", False),
-                                  ("BTCUSDT", "hv-part", True)):
+    for sym, cid, conditional in (
+        ("BTCUSDT", "nope", False),
+        ("ETHUSDT", "hv-part", False),
+        ("BTCUSDT", "hv-part", True),
+    ):
         with pytest.raises(VenueError) as e:
             venue.order_and_position(sym, cid, conditional)
         assert code(e) == -2013

@@ -65,7 +65,11 @@ def test_partial_25_then_dedup_then_partial_50(rt):
     assert plan.position_qty_after == pytest.approx(0.75)
     hist = [h["to"] for h in rt.plans.history(pid)]
     assert hist == ["PROPOSED", "APPROVED", "SUBMITTED", "FILLED"]
-    assert [h["reason"] for h in rt.plans.history(pid, sends=True)][2:] == ["order_sent", "send_accepted", "order_filled"]
+    assert [h["reason"] for h in rt.plans.history(pid, sends=True)][2:] == [
+        "order_sent",
+        "send_accepted",
+        "order_filled",
+    ]
     assert rt.book.get_many(rt.settings.account, [SYM])[0]["harvested_tier"] == 1
 
     # Same state, next scans: no second close order.
@@ -167,8 +171,11 @@ def test_duplicate_deliveries_send_one_order(rt):
     assert wait_terminal(rt, pid).state == "FILLED"
     from tests.harness import wait_for
 
-    wait_for(lambda: sum(v for k, v in rt.plans.counters().items() if k.startswith("dedup:")) == 4, 20,
-             what="four repeats blocked")
+    wait_for(
+        lambda: sum(v for k, v in rt.plans.counters().items() if k.startswith("dedup:")) == 4,
+        20,
+        what="four repeats blocked",
+    )
     assert len(fills(rt, SYM)) == 1
     assert [h["to"] for h in rt.plans.history(pid)] == ["PROPOSED", "APPROVED", "SUBMITTED", "FILLED"]
 

@@ -69,8 +69,9 @@ def test_fill_raises_the_tier_observes_latency_and_releases_the_lock_once(rt):
     assert fills_observed(rt) == 1
     assert rt.r.exists(lock_key(rt)) == 0
     # A repeat of the terminal transition changes nothing: no second observation, no tier.
-    ok, before = rt.plans.transition(plan.plan_id, "FILLED", "order_filled",
-                                     book={"tier": 3}, fill=(plan.created_at, "PARTIAL_25"))
+    ok, before = rt.plans.transition(
+        plan.plan_id, "FILLED", "order_filled", book={"tier": 3}, fill=(plan.created_at, "PARTIAL_25")
+    )
     assert (ok, before) == (False, "FILLED")
     assert fills_observed(rt) == 1
     assert rt.book.get_many(rt.settings.account, [SYM])[0]["harvested_tier"] == 1
@@ -93,7 +94,9 @@ def test_transition_and_get_reads_the_plan_back_only_when_applied(rt):
     pid = ref["plan_id"]
     assert rt.plans.transition_and_get(pid, "SUBMITTED", "order_sent") == (False, "PROPOSED", None)
     assert guard(ref) == ref
-    ok, before, plan = rt.plans.transition_and_get(pid, "SUBMITTED", "order_sent", fields={"step": 0, "send": "sending"})
+    ok, before, plan = rt.plans.transition_and_get(
+        pid, "SUBMITTED", "order_sent", fields={"step": 0, "send": "sending"}
+    )
     assert (ok, before) == (True, "APPROVED")
     assert (plan.plan_id, plan.state, plan.send, plan.symbol) == (pid, "SUBMITTED", "sending", SYM)
     assert plan == rt.plans.get(pid)
@@ -121,8 +124,13 @@ def test_confirm_records_the_accepted_send_once_with_its_plan_read(rt):
     assert rt.plans.get_after_accepted("0" * 16, 0, ack["acked_at"]) is None
 
     before = rt.r.xlen(f"{rt.settings.namespace}:stream:rejected")
-    for forged in ({**ack, "step": "0"}, {**ack, "step": -1}, {**ack, "acked_at": time.time() + 3600},
-                   {**ack, "acked_at": True}, {"plan_id": pid, "step": 0}):
+    for forged in (
+        {**ack, "step": "0"},
+        {**ack, "step": -1},
+        {**ack, "acked_at": time.time() + 3600},
+        {**ack, "acked_at": True},
+        {"plan_id": pid, "step": 0},
+    ):
         assert confirm(forged) is None
     assert rt.r.xlen(f"{rt.settings.namespace}:stream:rejected") == before + 5
     assert rt.plans.counters()["malformed:confirm"] == 5

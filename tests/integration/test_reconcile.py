@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 
-
 from harvest.domain.plans import client_order_id
 from harvest.ops.procs import ROOT
 from harvest.services.decide import decide, load_positions
@@ -105,8 +104,14 @@ def test_stuck_submitted_plan_past_ttl_is_resolved_by_lookup_never_resent(rt):
 def test_harvest_reconcile_cli_reports_json(rt):
     approved_plan(rt)
     rt.venue.close_market(SYM, "SELL", "1", "manual-close-2")
-    out = subprocess.run([sys.executable, "-m", "harvest.ops.cli", "reconcile", "--json"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60, env={**os.environ})
+    out = subprocess.run(
+        [sys.executable, "-m", "harvest.ops.cli", "reconcile", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
+    )
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
     assert rep["closed_outside"] == 1 and rep["open_plans"] == 0

@@ -26,14 +26,41 @@ STATE = MarketState(symbol="BTCUSDT", ts_time=T0, sigma=0.001, ts=0.4, p_trend=0
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
-@given(side=st.sampled_from(list(Side)), qty=NUM, qty_open=NUM, entry=NUM, mark=NUM, lev=NUM, init_stop=NUM,
-       cur_stop=st.one_of(st.none(), NUM), tier=st.integers(-1, 4), funding=NUM, has_entry=st.booleans())
-def test_valid_rows_is_the_position_model(side, qty, qty_open, entry, mark, lev, init_stop, cur_stop, tier, funding,
-                                          has_entry):
-    vp = VenuePosition(symbol="BTCUSDT", side=side, qty=qty, entry_price=entry, mark_price=mark, leverage=lev,
-                       opened_at=T0, stop_price=cur_stop, funding_paid=funding)
-    entry_d = {"qty_at_open": qty_open, "initial_stop": init_stop, "opened_at": T0, "epoch": "L1",
-               "harvested_tier": tier, "entry_state": STATE if has_entry else None}
+@given(
+    side=st.sampled_from(list(Side)),
+    qty=NUM,
+    qty_open=NUM,
+    entry=NUM,
+    mark=NUM,
+    lev=NUM,
+    init_stop=NUM,
+    cur_stop=st.one_of(st.none(), NUM),
+    tier=st.integers(-1, 4),
+    funding=NUM,
+    has_entry=st.booleans(),
+)
+def test_valid_rows_is_the_position_model(
+    side, qty, qty_open, entry, mark, lev, init_stop, cur_stop, tier, funding, has_entry
+):
+    vp = VenuePosition(
+        symbol="BTCUSDT",
+        side=side,
+        qty=qty,
+        entry_price=entry,
+        mark_price=mark,
+        leverage=lev,
+        opened_at=T0,
+        stop_price=cur_stop,
+        funding_paid=funding,
+    )
+    entry_d = {
+        "qty_at_open": qty_open,
+        "initial_stop": init_stop,
+        "opened_at": T0,
+        "epoch": "L1",
+        "harvested_tier": tier,
+        "entry_state": STATE if has_entry else None,
+    }
     try:
         pos = to_position("acct", vp, entry_d)
     except ValidationError:
@@ -77,7 +104,7 @@ def test_a_stop_placed_after_a_dip_never_sees_the_dip(venue):
     # The first bar after T0 whose close is above the lowest low since T0 (a dip, then a recovery).
     for j in range(i0 + 2, i0 + 2000):
         low = float(kl.low[i0:j].min())
-        if kl.close[j] > low * 1.004 and kl.low[j:j + 3].min() > low * 1.002:
+        if kl.close[j] > low * 1.004 and kl.low[j : j + 3].min() > low * 1.002:
             break
     else:  # pragma: no cover - the shipped data has such a dip
         pytest.skip("no dip and recovery in the shipped data")

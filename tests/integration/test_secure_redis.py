@@ -45,11 +45,15 @@ def test_pipeline_runs_on_a_password_and_tls_redis_and_never_logs_the_password(s
     try:
         worker.wait_ready()
         beat.wait_ready()
-        epoch = wait_for(lambda: (rt.book.get_many(rt.settings.account, [sym])[0] or {}).get("epoch"), 60,
-                         what="beat's scan to open the book epoch")
+        epoch = wait_for(
+            lambda: (rt.book.get_many(rt.settings.account, [sym])[0] or {}).get("epoch"),
+            60,
+            what="beat's scan to open the book epoch",
+        )
         pid = make_plan_id(rt.settings.account, sym, epoch, Action.PARTIAL_25, "tier=1")
-        plan = wait_for(lambda: (p := rt.plans.get(pid)) is not None and p.state in TERMINAL and p, 60,
-                        what="the plan to end")
+        plan = wait_for(
+            lambda: (p := rt.plans.get(pid)) is not None and p.state in TERMINAL and p, 60, what="the plan to end"
+        )
         assert plan.state == "FILLED"
         # What `celery inspect conf` and Flower's worker pages show: the configuration, masked.
         # (Old main showed redbeat_redis_url with the password.)

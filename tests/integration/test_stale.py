@@ -33,10 +33,23 @@ def test_expired_backlog_drains_fast_runs_nothing_and_logs_one_line():
     # An actionable position (2R), so that a propose or scan that ran would make a plan.
     e, s = 100_000.0, 99_000.0
     open_position(rt, "BTCUSDT", "LONG", 1.0, e, s, mark=mark_for_r(e, s, 1.0, 1.0, 2.2, "LONG"))
-    decision = {"account": rt.settings.account, "symbol": "BTCUSDT", "epoch": "e1", "side": "LONG",
-                "action": Action.PARTIAL_25.value, "tier": 1, "close_fraction": 0.25, "new_stop": None,
-                "r_net": 2.2, "kill_score": 0.0, "components": {}, "reason_codes": ["R_2"], "mark_price": 102_000.0,
-                "regime": "TREND", "decided_at": T0}
+    decision = {
+        "account": rt.settings.account,
+        "symbol": "BTCUSDT",
+        "epoch": "e1",
+        "side": "LONG",
+        "action": Action.PARTIAL_25.value,
+        "tier": 1,
+        "close_fraction": 0.25,
+        "new_stop": None,
+        "r_net": 2.2,
+        "kill_score": 0.0,
+        "components": {},
+        "reason_codes": ["R_2"],
+        "mark_price": 102_000.0,
+        "regime": "TREND",
+        "decided_at": T0,
+    }
     pid = make_plan_id(rt.settings.account, "BTCUSDT", "e1", Action.PARTIAL_25, "tier=1")
 
     # The outage: no worker; beat and scans keep publishing, every message expiring soon.
@@ -44,8 +57,12 @@ def test_expired_backlog_drains_fast_runs_nothing_and_logs_one_line():
     # messages' life allows 4 ms each, so the backlog is whole before any of it expires.
     life_s = 2.0 + N * 0.004
     expires_at = time.time() + life_s
-    kinds = [("harvest.scan_positions", (), {}), ("harvest.propose", (decision,), {}),
-             ("harvest.execute", ({"plan_id": pid},), {}), ("harvest.confirm", ({"plan_id": pid},), {})]
+    kinds = [
+        ("harvest.scan_positions", (), {}),
+        ("harvest.propose", (decision,), {}),
+        ("harvest.execute", ({"plan_id": pid},), {}),
+        ("harvest.confirm", ({"plan_id": pid},), {}),
+    ]
     with app.producer_or_acquire() as producer:
         for i in range(N):
             name, args, kwargs = kinds[i % len(kinds)]
@@ -61,12 +78,18 @@ def test_expired_backlog_drains_fast_runs_nothing_and_logs_one_line():
         wait_for(lambda: _depth(rt) == 0, 60, what="the stale backlog to drain")
         drained_s = time.monotonic() - t0
         # The summary comes QUIET_S after the last drop (and the counts with it).
-        line = wait_for(lambda: re.search(r"dropped (\d+) stale messages in [\d.]+ s.*\n", w.output()), 10 + QUIET_S,
-                        what="the summary line")
+        line = wait_for(
+            lambda: re.search(r"dropped (\d+) stale messages in [\d.]+ s.*\n", w.output()),
+            10 + QUIET_S,
+            what="the summary line",
+        )
         counters = rt.plans.counters()
     finally:
         w.stop()
-    print(f"\n{N} expired messages drained in {drained_s:.2f} s ({N / drained_s:.0f}/s); worker log: {line.group(0).strip()}")
+    print(
+        f"\n{N} expired messages drained in {drained_s:.2f} s ({N / drained_s:.0f}/s); "
+        f"worker log: {line.group(0).strip()}"
+    )
     assert drained_s < 30  # seconds, not the hours the old consumer spent replaying
     out = w.output()
     assert int(line.group(1)) == N and out.count("stale messages in") == 1

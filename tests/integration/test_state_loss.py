@@ -32,8 +32,9 @@ def partial_plan_ending(ns, rt, state: str):
     e, s = 100_000.0, 99_000.0
     open_position(rt, "BTCUSDT", "LONG", 1.0, e, s, mark=mark_for_r(e, s, 1.0, 1.0, 2.2, "LONG"))
     scan(ns)
-    return wait_for(lambda: next((p for p in rt.plans.all_plans() if p.state == state), None), 30,
-                    what=f"a plan ending {state}")
+    return wait_for(
+        lambda: next((p for p in rt.plans.all_plans() if p.state == state), None), 30, what=f"a plan ending {state}"
+    )
 
 
 @pytest.fixture()
@@ -72,6 +73,7 @@ def test_state_lost_sends_nothing_until_recovered_and_never_repeats_the_lost_ord
     def recovered():
         scan(ns)
         return rt.r.exists(rt.plans.k.recovered)
+
     wait_for(recovered, 40, 0.5, "recovery from the exchange")
     counters = rt.plans.counters()
     assert counters.get("scan:awaiting_recovery", 0) >= 1 and counters.get("recovery:plans_recovered") == 1
@@ -95,8 +97,15 @@ def test_a_lost_later_attempt_is_not_repeated_either():
     clean(rt)
     key, secret = "loss-key", "loss-secret"
     emu = Emulator(rt.r, ns, rt.settings.account, key, secret, clock=rt.clock).start()
-    env = {"HARVEST_NAMESPACE": ns, "HARVEST_FAPI_URL": emu.url, "HARVEST_API_KEY": key, "HARVEST_API_SECRET": secret,
-           "HARVEST_MAX_SEND_ATTEMPTS": "1", "HARVEST_ATTEMPT_BACKOFF_S": "0.2", "HARVEST_VENUE_TIMEOUT_S": "1"}
+    env = {
+        "HARVEST_NAMESPACE": ns,
+        "HARVEST_FAPI_URL": emu.url,
+        "HARVEST_API_KEY": key,
+        "HARVEST_API_SECRET": secret,
+        "HARVEST_MAX_SEND_ATTEMPTS": "1",
+        "HARVEST_ATTEMPT_BACKOFF_S": "0.2",
+        "HARVEST_VENUE_TIMEOUT_S": "1",
+    }
     w = worker(env, ns, 2).start()
     try:
         w.wait_ready()
@@ -110,6 +119,7 @@ def test_a_lost_later_attempt_is_not_repeated_either():
         def filled():
             scan(ns)
             return next((p for p in rt.plans.all_plans() if p.state == "FILLED"), None)
+
         done = wait_for(filled, 30, 0.3, "tier 1 at a later attempt")
         assert done.attempt == 1 and len(hv_fills(rt, "BTCUSDT")) == 1
         keep = (f"{ns}:paper:", f"{ns}:clock", f"{ns}:market:", f"{ns}:emu:")
@@ -118,6 +128,7 @@ def test_a_lost_later_attempt_is_not_repeated_either():
         def restored():
             scan(ns)
             return (rt.book.get_many(rt.settings.account, ["BTCUSDT"])[0] or {}).get("harvested_tier") == 1
+
         wait_for(restored, 40, 0.5, "recovery to restore the tier")
         for _ in range(4):
             scan(ns)
@@ -143,9 +154,21 @@ def test_plan_creation_knows_recovered_plans_and_waits_for_recovery():
     lid = lineage_id("paper", "BTCUSDT", "L1", Action.PARTIAL_25, "tier=1")
     pid = make_plan_id("paper", "BTCUSDT", "L1", Action.PARTIAL_25, "tier=1", 0)
     now = _t.time()
-    plan = {"plan_id": pid, "lineage": lid, "attempt": 0, "account": "paper", "symbol": "BTCUSDT", "epoch": "L1",
-            "side": Side.LONG, "action": Action.PARTIAL_25, "tier": 1, "close_fraction": 0.25, "created_at": now,
-            "expires_at": now + 30, "client_order_id": f"hv-{pid}-0"}
+    plan = {
+        "plan_id": pid,
+        "lineage": lid,
+        "attempt": 0,
+        "account": "paper",
+        "symbol": "BTCUSDT",
+        "epoch": "L1",
+        "side": Side.LONG,
+        "action": Action.PARTIAL_25,
+        "tier": 1,
+        "close_fraction": 0.25,
+        "created_at": now,
+        "expires_at": now + 30,
+        "client_order_id": f"hv-{pid}-0",
+    }
     rt.r.delete(rt.plans.k.recovered)
     assert rt.plans.create(plan, {}) == "STATE_NOT_RECOVERED" and rt.plans.get(pid) is None
     rt.r.sadd(rt.plans.k.recovered_plans, pid)
@@ -168,9 +191,24 @@ def test_terminal_plans_past_retention_are_archived_and_stay_readable():
     lid = lineage_id("paper", "BTCUSDT", "L1", Action.PARTIAL_25, "tier=1")
     pid = make_plan_id("paper", "BTCUSDT", "L1", Action.PARTIAL_25, "tier=1", 0)
     now = _t.time()
-    rt.plans.create({"plan_id": pid, "lineage": lid, "attempt": 0, "account": "paper", "symbol": "BTCUSDT",
-                     "epoch": "L1", "side": Side.LONG, "action": Action.PARTIAL_25, "tier": 1, "close_fraction": 0.25,
-                     "created_at": now - 100, "expires_at": now + 30, "client_order_id": f"hv-{pid}-0"}, {})
+    rt.plans.create(
+        {
+            "plan_id": pid,
+            "lineage": lid,
+            "attempt": 0,
+            "account": "paper",
+            "symbol": "BTCUSDT",
+            "epoch": "L1",
+            "side": Side.LONG,
+            "action": Action.PARTIAL_25,
+            "tier": 1,
+            "close_fraction": 0.25,
+            "created_at": now - 100,
+            "expires_at": now + 30,
+            "client_order_id": f"hv-{pid}-0",
+        },
+        {},
+    )
     assert rt.plans.archive_before(now) == 0  # not terminal: never archived
     rt.plans.transition(pid, "REJECTED", "below_min_qty", now=now - 50)
     assert rt.plans.archive_before(now - 60) == 0  # within its retention

@@ -25,8 +25,14 @@ NS = os.environ["HARVEST_NAMESPACE"] + "-t"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harvest.ops.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "HARVEST_NAMESPACE": NS}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "harvest.ops.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HARVEST_NAMESPACE": NS},
+        timeout=60,
+    )
 
 
 def test_halt_blocks_the_next_plan_and_resume_lets_it_through():
@@ -48,16 +54,20 @@ def test_halt_blocks_the_next_plan_and_resume_lets_it_through():
 
         full_chain("BTCUSDT").apply_async(queue=f"{NS}.scan")
         blocked = wait_for(lambda: next(iter(rt.plans.all_plans()), None), 20, what="the on-demand plan")
-        blocked = wait_for(lambda: (p := rt.plans.get(blocked.plan_id)) and p.state != "PROPOSED" and p, 20,
-                           what="the guard's verdict")
+        blocked = wait_for(
+            lambda: (p := rt.plans.get(blocked.plan_id)) and p.state != "PROPOSED" and p, 20, what="the guard's verdict"
+        )
         assert (blocked.state, blocked.reason) == ("REJECTED", "halted")
-        assert rt.venue.position("BTCUSDT").qty == 1.0 and not [t for t in rt.venue.trades() if t["clientOrderId"].startswith("hv-")]
+        assert rt.venue.position("BTCUSDT").qty == 1.0 and not [
+            t for t in rt.venue.trades() if t["clientOrderId"].startswith("hv-")
+        ]
         assert cli("trading", "resume").returncode == 0
         assert effective(rt.r.hgetall(rt.plans.k.trading), "paper") == "ACTIVE"
 
         def filled():
             app.send_task("harvest.scan_positions", queue=f"{NS}.scan")
             return next((p for p in rt.plans.all_plans() if p.state == "FILLED"), None)
+
         done = wait_for(filled, 30, 0.3, "the decision to go through after resume")
         assert done.action is Action.PARTIAL_25 and done.attempt == 1 and done.lineage == blocked.lineage
         changes = [f for _, f in rt.r.xrange(f"{NS}:stream:trading")]
@@ -69,7 +79,11 @@ def test_halt_blocks_the_next_plan_and_resume_lets_it_through():
         assert show.returncode == 0 and "PARTIAL_25" in show.stdout and "order_filled" in show.stdout
         ledger = json.loads(cli("plan", "show", done.plan_id, "--json").stdout)
         assert [t["to"] for t in ledger["transitions"] if t["from"] != t["to"]] == [
-            "PROPOSED", "APPROVED", "SUBMITTED", "FILLED"]
+            "PROPOSED",
+            "APPROVED",
+            "SUBMITTED",
+            "FILLED",
+        ]
         assert cli("plan", "show", "0000000000000000").returncode == 2
     finally:
         w.stop()
@@ -82,9 +96,23 @@ def test_plan_cancel_is_final_and_recorded():
     lid = lineage_id("paper", "ETHUSDT", "L1", Action.FULL_CLOSE_PROPOSED, "full")
     pid = make_plan_id("paper", "ETHUSDT", "L1", Action.FULL_CLOSE_PROPOSED, "full", 0)
     now = time.time()
-    rt.plans.create({"plan_id": pid, "lineage": lid, "attempt": 0, "account": "paper", "symbol": "ETHUSDT",
-                     "epoch": "L1", "side": Side.LONG, "action": Action.FULL_CLOSE_PROPOSED, "close_fraction": 1.0,
-                     "created_at": now, "expires_at": now + 30, "client_order_id": f"hv-{pid}-0"}, {})
+    rt.plans.create(
+        {
+            "plan_id": pid,
+            "lineage": lid,
+            "attempt": 0,
+            "account": "paper",
+            "symbol": "ETHUSDT",
+            "epoch": "L1",
+            "side": Side.LONG,
+            "action": Action.FULL_CLOSE_PROPOSED,
+            "close_fraction": 1.0,
+            "created_at": now,
+            "expires_at": now + 30,
+            "client_order_id": f"hv-{pid}-0",
+        },
+        {},
+    )
     out = cli("plan", "cancel", pid)
     assert out.returncode == 0 and "operator_cancel" in out.stdout
     assert rt.plans.get(pid).reason == "operator_cancel"

@@ -13,9 +13,28 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_performance_benchmark_runs_every_section(tmp_path):
     out = tmp_path / "perf.json"
-    p = subprocess.run([sys.executable, "benchmarks/performance.py", "--positions", "200", "--chains", "20",
-                        "--ticks", "5", "--evaluations", "2000", "--instant-rounds", "3", "--json", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/performance.py",
+            "--positions",
+            "200",
+            "--chains",
+            "20",
+            "--ticks",
+            "5",
+            "--evaluations",
+            "2000",
+            "--instant-rounds",
+            "3",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode in (0, 1), p.stdout + p.stderr  # 1: a target missed at this toy size
     res = json.loads(out.read_text())
     assert set(res["met"]) == {"kernel", "scan", "pipeline", "latency", "memory"}
@@ -31,16 +50,28 @@ def test_performance_benchmark_runs_every_section(tmp_path):
     assert [r["chains_published"] for r in rounds] == [2] * len(rounds)
     assert res["latency"]["acknowledged"] >= 5
     assert len(res["memory"]["samples"]) >= 2  # 2000 evaluations = 2 scans of 1000 positions
-    for line in ("a. kernel", "b. scan", "c. pipeline", "machine CPU per chain", "chains started by the beat scan",
-                 "exchange's work removed",
-                 "d. latency", "e. memory"):
+    for line in (
+        "a. kernel",
+        "b. scan",
+        "c. pipeline",
+        "machine CPU per chain",
+        "chains started by the beat scan",
+        "exchange's work removed",
+        "d. latency",
+        "e. memory",
+    ):
         assert line in p.stdout
 
 
 def test_stage_profile_runs_and_counts_round_trips(tmp_path):
     out = tmp_path / "stages.json"
-    p = subprocess.run([sys.executable, "benchmarks/stages.py", "--plans", "30", "--json", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "benchmarks/stages.py", "--plans", "30", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     res = json.loads(out.read_text())
     assert res["ends"] == {"FILLED": 30}

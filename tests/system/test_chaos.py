@@ -33,8 +33,13 @@ def _check(rep: dict) -> None:
 
 def test_chaos_cli_on_redis():
     """``harvest chaos --json`` as an operator runs it (the run's own Redis as broker)."""
-    out = subprocess.run([sys.executable, "-m", "harvest.ops.cli", "chaos", "--plans", str(PLANS), "--plan-ttl", "20",
-                          "--json"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, "-m", "harvest.ops.cli", "chaos", "--plans", str(PLANS), "--plan-ttl", "20", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rep = json.loads(out.stdout)
     assert rep["broker"] == "redis"

@@ -15,8 +15,14 @@ def test_demo_default_run_json():
     """The README's main job on its defaults: 2025-06-21 UTC, a market day per wall minute."""
     env = {**os.environ}
     env.pop("HARVEST_NAMESPACE", None)
-    p = subprocess.run([sys.executable, "-m", "harvest.ops.cli", "demo", "--json"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "harvest.ops.cli", "demo", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     card = json.loads(p.stdout)
     assert card["non_terminal"] == 0
@@ -24,7 +30,8 @@ def test_demo_default_run_json():
     assert by["PARTIAL_25"].get("FILLED", 0) >= 1
     assert by["FULL_CLOSE_PROPOSED"].get("FILLED", 0) >= 1
     assert card["orders"]["MARKET:FILLED"] == sum(
-        n for a, st in by.items() if a not in ("PROFIT_LOCK_SL", "PROTECT") for s, n in st.items() if s == "FILLED")
+        n for a, st in by.items() if a not in ("PROFIT_LOCK_SL", "PROTECT") for s, n in st.items() if s == "FILLED"
+    )
     assert "market 2025-06-21" in p.stderr  # progress display
     # The default goes through python-binance and the fapi emulator, like live trading.
     assert card["venue_path"] == "emulator" and "python-binance → fapi emulator" in p.stderr

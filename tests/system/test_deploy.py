@@ -32,8 +32,13 @@ def test_systemd_units_verify(tmp_path):
     # that every ExecStart binary exists, so point them at this interpreter's bin directory.
     bindir = str(Path(sys.executable).parent) + "/"
     units = sorted(DEPLOY.glob("systemd/*.service")) + sorted(DEPLOY.glob("systemd/*.target"))
-    assert {u.name for u in units} >= {"harvest-worker@.service", "harvest-beat.service", "harvest-flower.service",
-                                       "harvest-metrics.service", "harvest.target"}
+    assert {u.name for u in units} >= {
+        "harvest-worker@.service",
+        "harvest-beat.service",
+        "harvest-flower.service",
+        "harvest-metrics.service",
+        "harvest.target",
+    }
     for u in units:
         text = u.read_text()
         if u.suffix == ".service":
@@ -56,7 +61,9 @@ def test_systemd_verify_catches_a_broken_unit(tmp_path):
         pytest.skip("systemd-analyze not installed")
     bad = tmp_path / "harvest-bad.service"
     bad.write_text("[Service]\nExecStart=/nonexistent/celery -A tasks beat\nProtectSystem=bogus\n")
-    out = subprocess.run(["systemd-analyze", "verify", "--man=no", str(bad)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(bad)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode != 0 or "harvest-bad" in out.stdout + out.stderr
 
 
@@ -137,6 +144,13 @@ def test_grafana_dashboard_queries_only_served_series():
     assert len(exprs) >= 10
     used = {m for e in exprs for m in re.findall(r"\bharvest_[a-z0-9_]+", e)}
     assert used <= served, used - served
-    assert {"harvest_plans", "harvest_orders_total", "harvest_guard_blocks_total", "harvest_queue_depth",
-            "harvest_heartbeat_age_seconds", "harvest_exchange_weight_used",
-            "harvest_scan_to_fill_seconds_bucket", "harvest_scan_duration_seconds_bucket"} <= used
+    assert {
+        "harvest_plans",
+        "harvest_orders_total",
+        "harvest_guard_blocks_total",
+        "harvest_queue_depth",
+        "harvest_heartbeat_age_seconds",
+        "harvest_exchange_weight_used",
+        "harvest_scan_to_fill_seconds_bucket",
+        "harvest_scan_duration_seconds_bucket",
+    } <= used

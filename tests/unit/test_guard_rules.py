@@ -5,8 +5,23 @@ from __future__ import annotations
 
 from harvest.data import load_brackets_raw, shipped_filters
 from harvest.domain.guard_rules import (
-    COMMON_RULES, Approval, Block, GuardContext, allowlist, breached, check_full_close, check_partial, check_stop,
-    close_quantity, inside_liquidation, position_exists, same_epoch, same_side, stop_in_force, ttl, verdict,
+    COMMON_RULES,
+    Approval,
+    Block,
+    GuardContext,
+    allowlist,
+    breached,
+    check_full_close,
+    check_partial,
+    check_stop,
+    close_quantity,
+    inside_liquidation,
+    position_exists,
+    same_epoch,
+    same_side,
+    stop_in_force,
+    ttl,
+    verdict,
 )
 from harvest.domain.margin import brackets_from_response, liquidation_price
 from harvest.domain.models import Action, HarvestTheta, MarketState, Plan, PlanState, Regime, Side, VenuePosition
@@ -19,31 +34,63 @@ T0 = 1_750_464_000.0
 
 # --------------------------------------------------------------------------- guard rules
 
+
 def plan(action=Action.PARTIAL_25, tier=1, fraction=0.25, new_stop=None, **kw) -> Plan:
-    base = dict(plan_id="0123456789abcdef", account="paper", symbol="BTCUSDT", epoch="L1", side=Side.LONG,
-                action=action, tier=tier, close_fraction=fraction, new_stop=new_stop, state="PROPOSED",
-                created_at=T0, updated_at=T0, expires_at=T0 + 30, client_order_id="hv-0123456789abcdef-0")
+    base = dict(
+        plan_id="0123456789abcdef",
+        account="paper",
+        symbol="BTCUSDT",
+        epoch="L1",
+        side=Side.LONG,
+        action=action,
+        tier=tier,
+        close_fraction=fraction,
+        new_stop=new_stop,
+        state="PROPOSED",
+        created_at=T0,
+        updated_at=T0,
+        expires_at=T0 + 30,
+        client_order_id="hv-0123456789abcdef-0",
+    )
     base.update(kw)
     return Plan(**base)
 
 
 def vpos(mark=100_000.0, qty=0.1, stop=99_000.0, lev=10.0, side=Side.LONG, entry=100_000.0) -> VenuePosition:
     liq = liquidation_price(side, qty, entry, lev, BR["BTCUSDT"])
-    return VenuePosition(symbol="BTCUSDT", side=side, qty=qty, entry_price=entry, mark_price=mark, leverage=lev,
-                         stop_price=stop, liquidation_price=liq)
+    return VenuePosition(
+        symbol="BTCUSDT",
+        side=side,
+        qty=qty,
+        entry_price=entry,
+        mark_price=mark,
+        leverage=lev,
+        stop_price=stop,
+        liquidation_price=liq,
+    )
 
 
 def book(tier=0, stop=99_000.0, entry_state=None):
-    return {"epoch": "L1", "side": Side.LONG, "opened_at": T0, "entry_price": 100_000.0, "qty_at_open": 0.1,
-            "initial_stop": stop, "harvested_tier": tier, "entry_state": entry_state}
+    return {
+        "epoch": "L1",
+        "side": Side.LONG,
+        "opened_at": T0,
+        "entry_price": 100_000.0,
+        "qty_at_open": 0.1,
+        "initial_stop": stop,
+        "harvested_tier": tier,
+        "entry_state": entry_state,
+    }
 
 
 CTX = GuardContext(frozenset({"BTCUSDT"}), TH, T0 + 1, T0 + 1)
 
 
 def test_common_rules_in_order():
-    assert verdict(plan(), vpos(), book(), F, None, GuardContext(frozenset({"BTCUSDT"}), TH, T0 + 31, T0)).reason \
+    assert (
+        verdict(plan(), vpos(), book(), F, None, GuardContext(frozenset({"BTCUSDT"}), TH, T0 + 31, T0)).reason
         == "plan_ttl_expired"
+    )
     assert verdict(plan(symbol="ETHUSDT"), None, None, None, None, CTX).reason == "symbol_not_allowed"
     assert verdict(plan(), None, book(), F, None, CTX).reason == "ghost_position"
     assert verdict(plan(side=Side.SHORT), vpos(), book(), F, None, CTX).reason == "side_mismatch"
@@ -65,10 +112,16 @@ def test_forged_stop_at_the_mark_is_rejected():
     out = verdict(plan(Action.PROFIT_LOCK_SL, 0, 0.0, new_stop=103_000.0), vpos(mark=103_000.0), book(), F, None, CTX)
     assert isinstance(out, Block) and out.reason == "stop_through_mark"
     close = 103_000.0 - 0.5 * TH.stop_min_distance * 103_000.0  # inside the minimum distance
-    assert verdict(plan(Action.PROFIT_LOCK_SL, 0, 0.0, new_stop=close), vpos(mark=103_000.0), book(), F, None,
-                   CTX).reason == "stop_through_mark"
-    assert verdict(plan(Action.PROFIT_LOCK_SL, 0, 0.0, new_stop=98_000.0), vpos(mark=103_000.0), book(), F, None,
-                   CTX).reason == "stop_not_tighter"
+    assert (
+        verdict(plan(Action.PROFIT_LOCK_SL, 0, 0.0, new_stop=close), vpos(mark=103_000.0), book(), F, None, CTX).reason
+        == "stop_through_mark"
+    )
+    assert (
+        verdict(
+            plan(Action.PROFIT_LOCK_SL, 0, 0.0, new_stop=98_000.0), vpos(mark=103_000.0), book(), F, None, CTX
+        ).reason
+        == "stop_not_tighter"
+    )
     ok = verdict(plan(Action.PROFIT_LOCK_SL, 0, 0.0, new_stop=101_500.0), vpos(mark=103_000.0), book(), F, None, CTX)
     assert isinstance(ok, Approval) and ok.fields == {"stop_price": "101500"}
 
@@ -79,10 +132,16 @@ def test_protect_rules():
     assert liq is not None and liq > 98_000.0
     ok = verdict(plan(Action.PROTECT, 0, 0.0, new_stop=99_000.0), naked, book(), F, None, CTX)
     assert isinstance(ok, Approval)
-    assert verdict(plan(Action.PROTECT, 0, 0.0, new_stop=liq - 10), naked, book(), F, None, CTX).reason \
+    assert (
+        verdict(plan(Action.PROTECT, 0, 0.0, new_stop=liq - 10), naked, book(), F, None, CTX).reason
         == "no_stop_inside_liquidation"
-    assert verdict(plan(Action.PROTECT, 0, 0.0, new_stop=99_000.0), vpos(stop=99_500.0, lev=50), book(), F, None,
-                   CTX).reason == "already_protected"
+    )
+    assert (
+        verdict(
+            plan(Action.PROTECT, 0, 0.0, new_stop=99_000.0), vpos(stop=99_500.0, lev=50), book(), F, None, CTX
+        ).reason
+        == "already_protected"
+    )
 
 
 def test_full_close_needs_the_kill_recomputed_or_a_breached_stop():
@@ -94,10 +153,16 @@ def test_full_close_needs_the_kill_recomputed_or_a_breached_stop():
     ok = verdict(full, vpos(), book(entry_state=calm), F, flipped, CTX)
     assert isinstance(ok, Approval) and ok.data["confirmed"] == "kill_score" and ok.fields == {"order_qty": "0.1"}
     stale = GuardContext(frozenset({"BTCUSDT"}), TH, T0 + 1, T0 + 1, market_stale_s=15.0)
-    assert verdict(full, vpos(), book(entry_state=calm), F, flipped.model_copy(update={"computed_at": T0 - 60}),
-                   stale).reason == "kill_not_confirmed"
-    assert isinstance(verdict(full, vpos(), book(entry_state=calm), F,
-                              flipped.model_copy(update={"computed_at": T0 - 5}), stale), Approval)
+    assert (
+        verdict(
+            full, vpos(), book(entry_state=calm), F, flipped.model_copy(update={"computed_at": T0 - 60}), stale
+        ).reason
+        == "kill_not_confirmed"
+    )
+    assert isinstance(
+        verdict(full, vpos(), book(entry_state=calm), F, flipped.model_copy(update={"computed_at": T0 - 5}), stale),
+        Approval,
+    )
     breach = verdict(full, vpos(mark=98_900.0), book(entry_state=calm), F, calm, CTX)
     assert isinstance(breach, Approval) and breach.data["confirmed"] == "stop_breached"
 
@@ -114,11 +179,18 @@ def test_close_quantity_rounding_dust_and_remainder():
     assert (str(q), note) == ("0.005", "dust_folded")
     q, note = close_quantity(F, plan(remaining_qty=0.015), vpos(qty=0.075))  # the tier's remainder
     assert str(q) == "0.015"
-    assert close_quantity(F, plan(), VenuePosition(symbol="BTCUSDT", side=Side.LONG, qty=0.0009, entry_price=1.0,
-                                                   mark_price=1.0, leverage=1.0))[1] == "below_min_qty"
+    assert (
+        close_quantity(
+            F,
+            plan(),
+            VenuePosition(symbol="BTCUSDT", side=Side.LONG, qty=0.0009, entry_price=1.0, mark_price=1.0, leverage=1.0),
+        )[1]
+        == "below_min_qty"
+    )
 
 
 # --------------------------------------------------------------------------- each rule on its own
+
 
 def test_ttl():
     assert ttl(plan(), vpos(), book(), CTX) is None
@@ -193,10 +265,22 @@ def test_check_stop():
     lock = plan(Action.PROFIT_LOCK_SL, 0, 0.0, new_stop=101_500.04)
     out = check_stop(lock, vpos(mark=103_000.0), book(), F, CTX, {})
     assert isinstance(out, Approval) and out.fields == {"stop_price": "101500"}  # toward entry: down for a LONG
-    assert check_stop(plan(Action.PROFIT_LOCK_SL, 0, 0.0, new_stop=98_000.0), vpos(mark=103_000.0), book(), F, CTX,
-                      {}).reason == "stop_not_tighter"
-    assert check_stop(plan(Action.PROFIT_LOCK_SL, 0, 0.0, new_stop=103_000.0), vpos(mark=103_000.0), book(), F, CTX,
-                      {}).reason == "stop_through_mark"
+    assert (
+        check_stop(
+            plan(Action.PROFIT_LOCK_SL, 0, 0.0, new_stop=98_000.0), vpos(mark=103_000.0), book(), F, CTX, {}
+        ).reason
+        == "stop_not_tighter"
+    )
+    assert (
+        check_stop(
+            plan(Action.PROFIT_LOCK_SL, 0, 0.0, new_stop=103_000.0), vpos(mark=103_000.0), book(), F, CTX, {}
+        ).reason
+        == "stop_through_mark"
+    )
     naked = vpos(stop=None, lev=50)
-    assert check_stop(plan(Action.PROTECT, 0, 0.0, new_stop=naked.liquidation_price - 10), naked, book(), F, CTX,
-                      {}).reason == "no_stop_inside_liquidation"
+    assert (
+        check_stop(
+            plan(Action.PROTECT, 0, 0.0, new_stop=naked.liquidation_price - 10), naked, book(), F, CTX, {}
+        ).reason
+        == "no_stop_inside_liquidation"
+    )

@@ -31,18 +31,43 @@ TH = HarvestTheta()
 
 
 def ms(regime=Regime.TREND, p=0.9, ts=0.5, sigma=0.001, d=1, symbol="BTCUSDT", bars=3):
-    return MarketState(symbol=symbol, ts_time=0.0, sigma=sigma, ts=ts, p_trend=p, regime=regime, trend_dir=d,
-                       regime_bars=bars)
+    return MarketState(
+        symbol=symbol, ts_time=0.0, sigma=sigma, ts=ts, p_trend=p, regime=regime, trend_dir=d, regime_bars=bars
+    )
 
 
-def pos(side="LONG", entry=100.0, stop=95.0, mark=110.0, qty=2.0, qty0=2.0, funding=0.0, opened=0.0,
-        tier=0, entry_state=None, current_stop=None):
-    return Position(symbol="BTCUSDT", side=side, qty=qty, qty_at_open=qty0, entry_price=entry, mark_price=mark,
-                    initial_stop=stop, current_stop=current_stop, opened_at=opened, epoch="L0", harvested_tier=tier,
-                    funding_paid=funding, entry_state=entry_state)
+def pos(
+    side="LONG",
+    entry=100.0,
+    stop=95.0,
+    mark=110.0,
+    qty=2.0,
+    qty0=2.0,
+    funding=0.0,
+    opened=0.0,
+    tier=0,
+    entry_state=None,
+    current_stop=None,
+):
+    return Position(
+        symbol="BTCUSDT",
+        side=side,
+        qty=qty,
+        qty_at_open=qty0,
+        entry_price=entry,
+        mark_price=mark,
+        initial_stop=stop,
+        current_stop=current_stop,
+        opened_at=opened,
+        epoch="L0",
+        harvested_tier=tier,
+        funding_paid=funding,
+        entry_state=entry_state,
+    )
 
 
 # ------------------------------------------------------------------ hand-computed cases
+
 
 def test_r_net_hand_computed():
     # upnl = (110 − 100)·2 = 20; fee = 0.0005·110·2 = 0.11; funding 1; R = 5·2 = 10
@@ -73,11 +98,17 @@ def test_kill_components_hand_computed():
     # ... once confirmed: a flip that has held for fewer than regime_confirm_bars bars counts
     # only as the graded collapse (issue 20's repro: TREND against at p 0.92 killed at once).
     assert compute_kill_score(pos(entry_state=entry), ms(Regime.CHOP, p=0.2, bars=2), 0.0, TH).components[
-        "regime_flip"] == pytest.approx((0.9 - 0.2) / 0.9)
+        "regime_flip"
+    ] == pytest.approx((0.9 - 0.2) / 0.9)
     repro = compute_harvest_proposal(pos(mark=100.0, entry_state=ms(p=0.92)), ms(d=-1, p=0.92, bars=1), 60.0, TH)
     assert repro.action is Action.NONE and repro.components["regime_flip"] == 0.0
     # Entry not TREND: no regime component; flip alone suffices (1 − e⁻¹ = 0.632 ≥ 0.6).
-    assert compute_kill_score(pos(entry_state=ms(Regime.CHOP, p=0.2)), ms(Regime.MR, p=0.1), 0.0, TH).components["regime_flip"] == 0.0
+    assert (
+        compute_kill_score(pos(entry_state=ms(Regime.CHOP, p=0.2)), ms(Regime.MR, p=0.1), 0.0, TH).components[
+            "regime_flip"
+        ]
+        == 0.0
+    )
     assert kill_score_from_components(1, 0, 0, 0, TH).score == pytest.approx(1 - math.exp(-1))
 
 
@@ -128,7 +159,13 @@ def test_exit_ladder_hand_computed():
     assert lv.sl_price == pytest.approx(100 * (1 - lv.sl_fraction))
     assert compute_levels(100.0, "SHORT", 10, TH).sl_price == pytest.approx(100 * (1 + lv.sl_fraction))
     assert [close_scheme(x) for x in (5, 10, 11, 30, 31, 50)] == [
-        (0.3, 0.3, 0.4), (0.3, 0.3, 0.4), (0.4, 0.4, 0.2), (0.4, 0.4, 0.2), (0.5, 0.3, 0.2), (0.5, 0.3, 0.2)]
+        (0.3, 0.3, 0.4),
+        (0.3, 0.3, 0.4),
+        (0.4, 0.4, 0.2),
+        (0.4, 0.4, 0.2),
+        (0.5, 0.3, 0.2),
+        (0.5, 0.3, 0.2),
+    ]
     # Volatility floor: 2σ of a one-hour move.
     assert compute_levels(100.0, "LONG", 10, TH, sigma=0.002).sl_fraction == pytest.approx(2 * 0.002 * math.sqrt(60))
     # ... capped at sl_floor_cap (a cascade's sigma once made a 60 % stop).
@@ -196,15 +233,40 @@ def position_and_market(draw):
     qty0 = draw(st.floats(0.001, 1e4))
     qty = qty0 * draw(st.sampled_from([1.0, 0.75, 0.5, 0.25, 0.1]))
     has_entry = draw(st.booleans())
-    es = MarketState(symbol="X", ts_time=0, sigma=draw(st.floats(0, 0.01)), ts=draw(st.floats(0, 1)),
-                     p_trend=draw(st.floats(0, 1)), regime=draw(regime_st), trend_dir=draw(st.sampled_from([-1, 0, 1])))
-    now_ms = MarketState(symbol="X", ts_time=0, sigma=draw(st.floats(0, 0.01)), ts=draw(st.floats(0, 1)),
-                         p_trend=draw(st.floats(0, 1)), regime=draw(regime_st), trend_dir=draw(st.sampled_from([-1, 0, 1])))
+    es = MarketState(
+        symbol="X",
+        ts_time=0,
+        sigma=draw(st.floats(0, 0.01)),
+        ts=draw(st.floats(0, 1)),
+        p_trend=draw(st.floats(0, 1)),
+        regime=draw(regime_st),
+        trend_dir=draw(st.sampled_from([-1, 0, 1])),
+    )
+    now_ms = MarketState(
+        symbol="X",
+        ts_time=0,
+        sigma=draw(st.floats(0, 0.01)),
+        ts=draw(st.floats(0, 1)),
+        p_trend=draw(st.floats(0, 1)),
+        regime=draw(regime_st),
+        trend_dir=draw(st.sampled_from([-1, 0, 1])),
+    )
     cur = draw(st.one_of(st.none(), st.floats(0.0, 0.99)))
-    p = Position(symbol="X", side=side, qty=qty, qty_at_open=qty0, entry_price=entry, mark_price=mark,
-                 initial_stop=entry - s * dist, current_stop=None if cur is None else entry - s * dist * cur,
-                 opened_at=0.0, epoch="E", harvested_tier=draw(st.integers(0, 3)),
-                 funding_paid=draw(st.floats(-10, 10)), entry_state=es if has_entry else None)
+    p = Position(
+        symbol="X",
+        side=side,
+        qty=qty,
+        qty_at_open=qty0,
+        entry_price=entry,
+        mark_price=mark,
+        initial_stop=entry - s * dist,
+        current_stop=None if cur is None else entry - s * dist * cur,
+        opened_at=0.0,
+        epoch="E",
+        harvested_tier=draw(st.integers(0, 3)),
+        funding_paid=draw(st.floats(-10, 10)),
+        entry_state=es if has_entry else None,
+    )
     return p, now_ms
 
 

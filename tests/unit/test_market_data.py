@@ -124,8 +124,14 @@ def test_settings_from_the_environment(monkeypatch):
 
 def test_worker_refuses_to_start_on_bad_settings():
     env = {**os.environ, "HARVEST_THETA__KILL_THRESHOLD": "abc"}
-    p = subprocess.run([sys.executable, "-m", "celery", "-A", "tasks", "worker", "--help"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--help"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode != 0
     assert "HARVEST_THETA__KILL_THRESHOLD='abc'" in (p.stdout + p.stderr)
 
@@ -137,9 +143,15 @@ def _five_minute(k):
 
     n = (len(k.open_time) // 5) * 5
     shape = (n // 5, 5)
-    return Klines(symbol=k.symbol, open_time=k.open_time[:n].reshape(shape)[:, 0], open=k.open[:n].reshape(shape)[:, 0],
-                  high=k.high[:n].reshape(shape).max(axis=1), low=k.low[:n].reshape(shape).min(axis=1),
-                  close=k.close[:n].reshape(shape)[:, -1], volume=k.volume[:n].reshape(shape).sum(axis=1))
+    return Klines(
+        symbol=k.symbol,
+        open_time=k.open_time[:n].reshape(shape)[:, 0],
+        open=k.open[:n].reshape(shape)[:, 0],
+        high=k.high[:n].reshape(shape).max(axis=1),
+        low=k.low[:n].reshape(shape).min(axis=1),
+        close=k.close[:n].reshape(shape)[:, -1],
+        volume=k.volume[:n].reshape(shape).sum(axis=1),
+    )
 
 
 @pytest.mark.parametrize("minutes", [1, 5])
@@ -171,7 +183,11 @@ def test_regime_bars_count_how_long_the_regime_has_held():
     turned = np.concatenate([up, [15.0, 12.0, 10.0, 9.0, 8.0]])  # the window's net move turns down
     held = [market_state_from_closes("X", turned[:n], 0.0, th) for n in range(10, 15)]
     assert [(m.regime, m.trend_dir, m.regime_bars) for m in held] == [
-        (Regime.CHOP, 1, 1), (Regime.TREND, -1, 1), (Regime.TREND, -1, 2), (Regime.TREND, -1, 3),
-        (Regime.TREND, -1, 3)]  # a new regime counts its bars up to regime_confirm_bars
+        (Regime.CHOP, 1, 1),
+        (Regime.TREND, -1, 1),
+        (Regime.TREND, -1, 2),
+        (Regime.TREND, -1, 3),
+        (Regime.TREND, -1, 3),
+    ]  # a new regime counts its bars up to regime_confirm_bars
     short = market_state_from_closes("X", up[-6:], 0.0, th)  # too few closes to look back: one bar
     assert short.regime_bars == 1

@@ -10,13 +10,6 @@ import pytest
 from harvest.data import load_brackets_raw, shipped_filters
 from harvest.domain.book import protective_stop, unprotected
 from harvest.domain.exit_ladder import compute_levels
-from harvest.domain.guard_rules import (
-    Approval,
-    Block,
-    GuardContext,
-    close_quantity,
-    verdict,
-)
 from harvest.domain.kernel import compute_harvest_proposal, compute_r_net
 from harvest.domain.margin import (
     brackets_from_response,
@@ -28,7 +21,6 @@ from harvest.domain.models import (
     Action,
     HarvestTheta,
     MarketState,
-    Plan,
     Position,
     Regime,
     Side,
@@ -51,13 +43,16 @@ T0 = 1_750_464_000.0
 
 # --------------------------------------------------------------------------- lineage
 
+
 def test_attempt_is_part_of_the_plan_id_not_of_the_lineage():
     ids = {make_plan_id("a", "BTCUSDT", "L1", Action.FULL_CLOSE_PROPOSED, "full", n) for n in range(5)}
     assert len(ids) == 5
-    assert make_plan_id("a", "BTCUSDT", "L1", "FULL_CLOSE_PROPOSED", "full", 3) == \
-        make_plan_id("a", "BTCUSDT", "L1", Action.FULL_CLOSE_PROPOSED, "full", 3)
-    assert lineage_id("a", "BTCUSDT", "L1", Action.FULL_CLOSE_PROPOSED, "full") != \
-        lineage_id("a", "BTCUSDT", "L2", Action.FULL_CLOSE_PROPOSED, "full")
+    assert make_plan_id("a", "BTCUSDT", "L1", "FULL_CLOSE_PROPOSED", "full", 3) == make_plan_id(
+        "a", "BTCUSDT", "L1", Action.FULL_CLOSE_PROPOSED, "full", 3
+    )
+    assert lineage_id("a", "BTCUSDT", "L1", Action.FULL_CLOSE_PROPOSED, "full") != lineage_id(
+        "a", "BTCUSDT", "L2", Action.FULL_CLOSE_PROPOSED, "full"
+    )
 
 
 def latest(state, reason="", attempt=0, at=T0, **kw):
@@ -80,21 +75,33 @@ def test_a_failed_exit_gets_its_next_attempt_after_the_backoff():
     assert nxt(Action.PARTIAL_25, latest("EXPIRED", "position_busy", attempt=3), now=T0 + 40).attempt == 4
 
 
-@pytest.mark.parametrize("state,reason,kind", [
-    ("PROPOSED", "proposed", "repeat"), ("SUBMITTED", "order_sent", "repeat"), ("FILLED", "order_filled", "repeat"),
-    ("SHADOWED", "shadow_mode", "repeat"), ("REJECTED", "below_min_qty", "abandoned"),
-    ("REJECTED", "stop_not_tighter", "abandoned"), ("REJECTED", "exchange_rejected:-1111", "abandoned"),
-    ("REJECTED", "exchange_rejected:-4061", "retry"), ("REJECTED", "tier_not_reached", "retry"),
-    ("REJECTED", "kill_not_confirmed", "retry"), ("EXPIRED", "venue_unavailable", "retry"),
-    ("CANCELED", "order_expired", "retry"), ("FAILED", "not_placed", "retry"),
-])
+@pytest.mark.parametrize(
+    "state,reason,kind",
+    [
+        ("PROPOSED", "proposed", "repeat"),
+        ("SUBMITTED", "order_sent", "repeat"),
+        ("FILLED", "order_filled", "repeat"),
+        ("SHADOWED", "shadow_mode", "repeat"),
+        ("REJECTED", "below_min_qty", "abandoned"),
+        ("REJECTED", "stop_not_tighter", "abandoned"),
+        ("REJECTED", "exchange_rejected:-1111", "abandoned"),
+        ("REJECTED", "exchange_rejected:-4061", "retry"),
+        ("REJECTED", "tier_not_reached", "retry"),
+        ("REJECTED", "kill_not_confirmed", "retry"),
+        ("EXPIRED", "venue_unavailable", "retry"),
+        ("CANCELED", "order_expired", "retry"),
+        ("FAILED", "not_placed", "retry"),
+    ],
+)
 def test_true_repeats_final_rejections_and_retries(state, reason, kind):
     assert nxt(Action.PARTIAL_25, latest(state, reason)).kind == kind
 
 
 def test_kill_and_protect_never_give_up_others_do():
     last = latest("FAILED", "not_executed:-1008", attempt=19)
-    assert nxt(Action.PARTIAL_50, last).kind == "abandoned" and nxt(Action.PARTIAL_50, last).reason == "attempts_exhausted"
+    assert (
+        nxt(Action.PARTIAL_50, last).kind == "abandoned" and nxt(Action.PARTIAL_50, last).reason == "attempts_exhausted"
+    )
     assert nxt(Action.FULL_CLOSE_PROPOSED, last).attempt == 20
     assert nxt(Action.PROTECT, last).attempt == 20
     # a protective stop that took effect and is gone again (the decision recurs) is placed again
@@ -116,6 +123,7 @@ def test_final_rejections_are_the_ones_that_cannot_change():
 
 
 # --------------------------------------------------------------------------- liquidation
+
 
 def test_liquidation_price_matches_the_formula_by_hand():
     # BTC, 0.1 at 100 000 (notional 10 000, bracket 1: MMR 0.4 %, cum 0), 50×
@@ -157,9 +165,20 @@ def test_clamp_keeps_the_buffer_and_leaves_inner_stops_alone():
 
 # --------------------------------------------------------------------------- R_net per open unit
 
+
 def pos(**kw) -> Position:
-    base = dict(symbol="BTCUSDT", side=Side.LONG, qty=1.0, qty_at_open=1.0, entry_price=100.0, mark_price=100.0,
-                leverage=5, initial_stop=99.0, opened_at=T0, epoch="L1")
+    base = dict(
+        symbol="BTCUSDT",
+        side=Side.LONG,
+        qty=1.0,
+        qty_at_open=1.0,
+        entry_price=100.0,
+        mark_price=100.0,
+        leverage=5,
+        initial_stop=99.0,
+        opened_at=T0,
+        epoch="L1",
+    )
     base.update(kw)
     return Position(**base)
 
@@ -176,6 +195,7 @@ def test_r_net_per_open_unit_makes_tier_two_reachable():
 
 
 # --------------------------------------------------------------------------- protection
+
 
 def test_protection_of_a_naked_or_doomed_position():
     assert unprotected(vpos(stop=None)) and not unprotected(vpos(stop=99_000.0))

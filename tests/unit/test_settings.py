@@ -15,8 +15,15 @@ from harvest.venues.binance import emulator_handshake, make_client
 from settings import SettingsError, load_settings, unknown_variables
 
 KEYS = {"api_key": "k", "api_secret": "s"}
-URLS = [None, "http://127.0.0.1:8790/fapi", "http://localhost:8790/fapi", "http://[::1]:8790/fapi",
-        "https://fapi.binance.com/fapi", "http://10.0.0.5:8790/fapi", "http://emulator.local:8790/fapi"]
+URLS = [
+    None,
+    "http://127.0.0.1:8790/fapi",
+    "http://localhost:8790/fapi",
+    "http://[::1]:8790/fapi",
+    "https://fapi.binance.com/fapi",
+    "http://10.0.0.5:8790/fapi",
+    "http://emulator.local:8790/fapi",
+]
 
 
 @pytest.mark.parametrize("venue,url,opt_in", list(itertools.product(["paper", "testnet", "live"], URLS, [False, True])))
@@ -73,14 +80,28 @@ def test_unknown_variables_stop_start_up_naming_the_closest(monkeypatch):
     with pytest.raises(SettingsError) as e:
         load_settings()
     assert "HARVEST_MOD (did you mean HARVEST_MODE?)" in str(e.value)
-    assert unknown_variables({"HARVEST_THETA__KILL_THRESHLD", "HARVEST_MODE", "HARVEST_THETA__T1_R", "PATH",
-                              "HARVEST_TEST_REDIS_URL", "HARVEST_SECRETS_DIR"}) == [
-        "HARVEST_THETA__KILL_THRESHLD (did you mean HARVEST_THETA__KILL_THRESHOLD?)"]
+    assert unknown_variables(
+        {
+            "HARVEST_THETA__KILL_THRESHLD",
+            "HARVEST_MODE",
+            "HARVEST_THETA__T1_R",
+            "PATH",
+            "HARVEST_TEST_REDIS_URL",
+            "HARVEST_SECRETS_DIR",
+        }
+    ) == ["HARVEST_THETA__KILL_THRESHLD (did you mean HARVEST_THETA__KILL_THRESHOLD?)"]
 
 
-@pytest.mark.parametrize("field,value", [("scan_interval_s", 0.01), ("market_refresh_s", 0.05),
-                                         ("paper_replay_start", -1e300), ("paper_replay_start", 1.9e9),
-                                         ("sweep_interval_s", 0.1)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("scan_interval_s", 0.01),
+        ("market_refresh_s", 0.05),
+        ("paper_replay_start", -1e300),
+        ("paper_replay_start", 1.9e9),
+        ("sweep_interval_s", 0.1),
+    ],
+)
 def test_bounds(field, value):
     with pytest.raises(SettingsError) as e:
         load_settings(**{field: value})
@@ -104,10 +125,25 @@ def test_decision_fields_have_size_limits():
 
     from harvest.domain.models import Decision
 
-    base = dict(account="paper", symbol="BTCUSDT", epoch="L1", side="LONG", action="PARTIAL_25", tier=1,
-                close_fraction=0.25, r_net=2.1, kill_score=0.1, mark_price=100.0, decided_at=1.0)
+    base = dict(
+        account="paper",
+        symbol="BTCUSDT",
+        epoch="L1",
+        side="LONG",
+        action="PARTIAL_25",
+        tier=1,
+        close_fraction=0.25,
+        r_net=2.1,
+        kill_score=0.1,
+        mark_price=100.0,
+        decided_at=1.0,
+    )
     Decision.model_validate(dict(base, reason_codes=["harvest_partial_25"]))
-    for bad in ({"reason_codes": ["x" * 1_000_000]}, {"reason_codes": ["a"] * 100},
-                {"components": {f"c{i}": 0.1 for i in range(50)}}, {"components": {"x" * 100: 0.1}}):
+    for bad in (
+        {"reason_codes": ["x" * 1_000_000]},
+        {"reason_codes": ["a"] * 100},
+        {"components": {f"c{i}": 0.1 for i in range(50)}},
+        {"components": {"x" * 100: 0.1}},
+    ):
         with pytest.raises(ValidationError):
             Decision.model_validate(dict(base, **bad))
