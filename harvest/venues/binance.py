@@ -1,7 +1,7 @@
 """The Binance USDⓈ-M futures venue on python-binance's ``Client`` (testnet, live, and the
 local fapi emulator that stands in for both in tests and in ``harvest demo``).
 
-Facts used (``../shared/reference/binance-fapi.md``, python-binance 1.0.37):
+Facts used (``docs/reference/binance-fapi.md``, python-binance 1.0.37):
 
 * one ``Client`` per process, ``ping=False`` (the constructor would ping spot on the
   internet), ``requests_params={"timeout": venue_timeout_s}``; for the emulator

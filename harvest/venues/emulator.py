@@ -1,7 +1,7 @@
 """A local Binance USDⓈ-M futures (fapi) server on 127.0.0.1, backed by the paper engine.
 
 It serves the endpoints harvest's python-binance adapter uses, with Binance's wire formats
-(``../shared/reference/binance-fapi.md``):
+(``docs/reference/binance-fapi.md``):
 
 =========================================  ======  ==========================================
 path                                       signed  what

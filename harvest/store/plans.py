@@ -1,0 +1,464 @@
+"""Plans in Redis: :class:`PlanStore`, where a plan changes state (:meth:`PlanStore.transition`,
+one compare-and-set script), its lineage, sends, archive and the results stream."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Iterable
+
+import redis
+
+from harvest.domain.models import MarketState, Plan, PlanState, SendState
+from harvest.domain.plans import TERMINAL, LatestPlan, allowed_from
+from harvest.store.books import BookStore
+from harvest.store.counters import DEFERRED, scan_to_fill
+from harvest.store.keys import Keys
+from harvest.store.market import market_state_from_json
+from harvest.store.scripts import (
+    _ARCHIVE_LUA,
+    _CLAIM_RESEND_LUA,
+    _CREATE_LUA,
+    _LATEST_LUA,
+    _MARK_SEND_LUA,
+    _PLAN_AND_BOOK_LUA,
+    _PLAN_FLOATS,
+    _TRANSITION_LUA,
+    _enc,
+    _flat,
+    _lua_opts,
+    run_script,
+)
+
+log = logging.getLogger("harvest.plans")
+
+
+def _log_transition(plan_id: str, symbol: str | None, action: str | None, frm: str, to: str, reason: str) -> None:
+    """The one log line per plan transition (text: key=value; JSON: the same fields)."""
+    log.info(
+        "plan_transition plan_id=%s symbol=%s action=%s from=%s state=%s reason=%s",
+        plan_id,
+        symbol,
+        action,
+        frm or "-",
+        to,
+        reason,
+        extra={
+            "event": "plan_transition",
+            "plan_id": plan_id,
+            "symbol": symbol,
+            "action": action,
+            "from_state": frm or None,
+            "state": to,
+            "reason": reason,
+        },
+    )
+
+
+class PlanStore:
+    """Plans in Redis with atomic, audited transitions (see module docstring).
+
+    ``r`` must be a ``redis.Redis`` created with ``decode_responses=True``.
+    """
+
+    def __init__(self, r: redis.Redis, ns: str, stream_maxlen: int = 100_000):
+        self.r = r
+        self.k = Keys(ns)
+        self.maxlen = stream_maxlen
+        self._create = r.register_script(_CREATE_LUA)
+        self._latest = r.register_script(_LATEST_LUA)
+        self._archive = r.register_script(_ARCHIVE_LUA)
+        #: The trading states the last :meth:`get_with_book` read (``{"*" or account: state}``).
+        self.last_trading: dict[str, str] = {}
+        self._transition = r.register_script(_TRANSITION_LUA)
+        self._mark_send = r.register_script(_MARK_SEND_LUA)
+        self._claim_resend = r.register_script(_CLAIM_RESEND_LUA)
+        self._plan_and_book = r.register_script(_PLAN_AND_BOOK_LUA)
+        self.scan_to_fill = scan_to_fill(r, ns)
+
+    def create(self, plan: dict[str, Any], data: dict[str, Any]) -> str | None:
+        """Create a plan in state PROPOSED unless its plan_id exists.
+
+        ``plan``: the plan's fields (plan_id, lineage, attempt, symbol, action, created_at,
+        expires_at, …); ``data``: the decision's inputs recorded on the stream. The lineage's
+        latest plan moves to it in the same step. Returns None when created, else the existing
+        plan's state (a true repeat: nothing is written) or ``"stale_attempt"`` (the attempt is
+        not the lineage's next: its latest plan is in flight, or attempts were skipped).
+        """
+        pid = plan["plan_id"]
+        fields = dict(plan, state=PlanState.PROPOSED, updated_at=plan["created_at"], reason="proposed")
+        existing = run_script(
+            self.r,
+            self._create,
+            keys=[
+                self.k.plan(pid),
+                self.k.open_plans,
+                self.k.plan_index,
+                self.k.results,
+                self.k.metrics_plans,
+                self.k.lineage(plan["lineage"]),
+                self.k.recovered_plans,
+                self.k.recovered,
+            ],
+            args=[
+                pid,
+                _enc(plan["created_at"]),
+                _enc(plan["expires_at"]),
+                self.maxlen,
+                plan["symbol"],
+                _enc(plan["action"]),
+                json.dumps(data, sort_keys=True, default=str),
+                int(plan.get("attempt", 0)),
+                self.k.plan_prefix,
+                *_flat(fields),
+            ],
+        )
+        if existing is None:
+            _log_transition(pid, plan["symbol"], _enc(plan["action"]), "", PlanState.PROPOSED, "proposed")
+        return existing
+
+    def transition(
+        self,
+        plan_id: str,
+        to: str,
+        reason: str,
+        data: dict[str, Any] | None = None,
+        fields: dict[str, Any] | None = None,
+        now: float | None = None,
+        lock_ttl_s: float | None = None,
+        book: dict[str, Any] | None = None,
+        fill: tuple[float, str] | None = None,
+    ) -> tuple[bool, str]:
+        """Compare-and-set the plan's state to ``to`` if its current state may move there,
+        in one Lua call with everything that must happen only if it does.
+
+        ``fields`` are written to the plan in the same step; ``data`` goes on the stream.
+        The position (its in-flight lock, released on a terminal state, and its book entry)
+        is the plan's own account and symbol. Options, each applied only when the state moves:
+
+        * ``lock_ttl_s``: take the position's in-flight lock for this plan (TTL, s) first;
+          when another plan holds it nothing is written and the result is
+          ``(False, <current state>)`` with the current state one ``to`` may be reached from;
+        * ``book``: ``{"tier": n}`` raises the book's harvested tier to n (never lowers) and
+          ``{"set": {field: value}}`` writes fields, both only while the book entry is the
+          plan's epoch;
+        * ``fill``: ``(since, action)``: the scan-to-fill latency ``now - since`` (since: Unix
+          s of the plan's scan, or creation) is observed under the action's label in the
+          same step, so a repeat observes nothing.
+
+        Returns (applied, state before; ``""`` when no such plan exists). Raises KeyError
+        for an unknown target state.
+        """
+        applied, before, _ = self._apply(plan_id, to, reason, data, fields, now, lock_ttl_s, book, fill, False)
+        return applied, before
+
+    def transition_and_get(
+        self,
+        plan_id: str,
+        to: str,
+        reason: str,
+        fields: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+        require_recovered: bool = False,
+    ) -> tuple[bool, str, Plan | None]:
+        """:meth:`transition`, and the plan as it is after the transition (None when it was
+        not applied), in the same round trip: ``(applied, state before, plan)``. Execute uses
+        it for APPROVED → SUBMITTED, which needs the plan only once it holds the send.
+        ``require_recovered``: apply only while the state is known whole
+        (:attr:`Keys.recovered` exists, see :mod:`harvest.services.recovery`); otherwise nothing is
+        written and the state before reads ``STATE_NOT_RECOVERED``; and only while trading is not
+        HALTED for the deployment or the plan's account (:attr:`Keys.trading`; else ``HALTED``)."""
+        return self._apply(
+            plan_id,
+            to,
+            reason,
+            data,
+            fields,
+            None,
+            None,
+            None,
+            None,
+            True,
+            require=self.k.recovered if require_recovered else None,
+            trading=self.k.trading if require_recovered else None,
+        )
+
+    def _apply(
+        self,
+        plan_id: str,
+        to: str,
+        reason: str,
+        data: dict[str, Any] | None,
+        fields: dict[str, Any] | None,
+        now: float | None,
+        lock_ttl_s: float | None,
+        book: dict[str, Any] | None,
+        fill: tuple[float, str] | None,
+        read: bool,
+        require: str | None = None,
+        trading: str | None = None,
+    ) -> tuple[bool, str, Plan | None]:
+        """The one call of :data:`_TRANSITION_LUA` (see :meth:`transition`)."""
+        now = time.time() if now is None else now
+        opts: dict[str, Any] = {
+            "from": sorted(allowed_from(to)),
+            "read": read or None,
+            "require": require,
+            "trading": trading,
+        }
+        if lock_ttl_s is not None:
+            opts["lock_ttl"] = max(1, int(lock_ttl_s))
+        if book:
+            b = {"tier": book.get("tier") or None, "set": _flat(book.get("set") or {}) or None}
+            opts["book"] = {k: v for k, v in b.items() if v is not None} or None
+        if fill is not None:
+            incr, total = self.scan_to_fill.fields(max(0.0, now - fill[0]), fill[1])
+            opts["hist"] = {"incr": incr, "sum": list(total)}
+        k = self.k
+        res = run_script(
+            self.r,
+            self._transition,
+            keys=[k.plan(plan_id), k.open_plans, k.results, k.metrics_plans, k.metrics_orders, self.scan_to_fill.key],
+            args=[
+                plan_id,
+                to,
+                _enc(now),
+                reason,
+                self.maxlen,
+                "1" if to in TERMINAL else "0",
+                json.dumps(data or {}, sort_keys=True, default=str),
+                _lua_opts(opts),
+                k.inflight_prefix,
+                k.book_prefix,
+                *_flat(fields or {}),
+            ],
+        )
+        applied = bool(int(res[0]))
+        if not applied:
+            return False, res[1], None
+        _log_transition(plan_id, res[3], res[2], res[1], to, reason)
+        plan = self.parse(dict(zip(res[4][::2], res[4][1::2], strict=True))) if read else None
+        return True, res[1], plan
+
+    def _mark_send_args(
+        self,
+        plan_id: str,
+        step: int,
+        outcome: str,
+        data: dict[str, Any] | None,
+        fields: dict[str, Any] | None,
+        now: float,
+        only_from: str = "",
+    ) -> tuple[list, list]:
+        return (
+            [self.k.plan(plan_id), self.k.results, self.k.metrics_sends],
+            [
+                plan_id,
+                step,
+                outcome,
+                _enc(now),
+                self.maxlen,
+                json.dumps(data or {}, sort_keys=True, default=str),
+                only_from,
+                *_flat(fields or {}),
+            ],
+        )
+
+    def mark_send(
+        self,
+        plan_id: str,
+        step: int,
+        outcome: str,
+        data: dict[str, Any] | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> bool:
+        """Record the outcome of send ``step`` of a SUBMITTED plan: ``accepted``,
+        ``unknown`` (look the order up) or ``not_executed`` (may be sent again under the next
+        step's clientOrderId). No state change; the stream gets a ``send_<outcome>`` entry.
+        Returns False when the plan is no longer SUBMITTED at that step."""
+        keys, args = self._mark_send_args(plan_id, step, outcome, data, fields, time.time())
+        return bool(self._mark_send(keys=keys, args=args))
+
+    def get_after_accepted(self, plan_id: str, step: int, acked_at: float) -> Plan | None:
+        """Record that send ``step`` of a SUBMITTED plan was accepted by the exchange at
+        ``acked_at`` (Unix s, as execute measured it) — only while that send is still
+        ``sending``, so a repeat records nothing — and read the plan back, in one round trip
+        (with the queued metric observations). Confirm uses it: execute hands the
+        acknowledgement on instead of spending a round trip of its own on it. Returns the
+        plan, or None when no such plan_id exists."""
+        keys, args = self._mark_send_args(
+            plan_id, step, SendState.ACCEPTED, None, {"acked_at": acked_at}, acked_at, only_from=SendState.SENDING
+        )
+        _, (h,) = run_script(self.r, self._mark_send, keys, args, then=lambda p: p.hgetall(self.k.plan(plan_id)))
+        return self.parse(h) if h else None
+
+    def claim_resend(self, plan_id: str, step: int, client_order_id: str) -> bool:
+        """Claim send ``step`` (≥ 1) of a SUBMITTED plan whose previous send is known not
+        executed; switches the plan to that step's clientOrderId. Exactly one caller wins."""
+        return bool(
+            self._claim_resend(
+                keys=[self.k.plan(plan_id), self.k.results],
+                args=[plan_id, step, client_order_id, _enc(time.time()), self.maxlen],
+            )
+        )
+
+    def get(self, plan_id: str) -> Plan | None:
+        """The plan, or None when no such plan_id exists (queued metric observations ride
+        along on the same round trip)."""
+        if not DEFERRED.pending:
+            h = self.r.hgetall(self.k.plan(plan_id))
+        else:
+            p = self.r.pipeline(transaction=False)
+            p.hgetall(self.k.plan(plan_id))
+            DEFERRED.drain_into(p)
+            h = p.execute()[0]
+        if not h:
+            return self.get_archived(plan_id)
+        return self.parse(h)
+
+    def get_archived(self, plan_id: str) -> Plan | None:
+        """A plan moved to the archive after its retention (:meth:`archive_before`), or None."""
+        raw = self.r.hget(self.k.archive, plan_id)
+        return self.parse(json.loads(raw)) if raw else None
+
+    def archive_before(self, cutoff: float, limit: int = 1000) -> int:
+        """Move terminal plans last changed before ``cutoff`` (Unix s) out of the live
+        structures into the archive (their fields stay readable by :meth:`get`; their
+        transitions stay on the results stream until it is trimmed; their lineage keeps the
+        state each ended in). At most ``limit`` of the oldest plans are looked at per call.
+        Returns how many were archived."""
+        pids = self.r.zrangebyscore(self.k.plan_index, "-inf", f"({cutoff!r}", start=0, num=limit)
+        if not pids:
+            return 0
+        return int(
+            self._archive(
+                keys=[self.k.plan_index, self.k.archive, self.k.archived, f"{self.k.ns}:lineage:"],
+                args=[repr(cutoff), self.k.plan_prefix, *pids],
+            )
+        )
+
+    def get_with_book(self, plan_id: str) -> tuple[Plan | None, dict[str, Any] | None, MarketState | None]:
+        """The plan, the book entry of its position (decoded as by :meth:`BookStore.decode`;
+        None when there is none) and its symbol's cached market state (None when there is
+        none or it does not parse) in one round trip, which also carries the queued metric
+        observations. ``(None, None, None)`` when no such plan_id exists. The trading states
+        read in the same round trip are left in :attr:`last_trading`."""
+        flat_plan, flat_book, market, trading = run_script(
+            self.r,
+            self._plan_and_book,
+            keys=[self.k.plan(plan_id)],
+            args=[self.k.book_prefix, f"{self.k.ns}:market:", self.k.trading],
+        )
+        self.last_trading = dict(zip(trading[::2], trading[1::2], strict=True))
+        if not flat_plan:
+            return None, None, None
+        plan = self.parse(dict(zip(flat_plan[::2], flat_plan[1::2], strict=True)))
+        entry = BookStore.decode(dict(zip(flat_book[::2], flat_book[1::2], strict=True))) if flat_book else None
+        try:
+            state = market_state_from_json(market) if market else None
+        except ValueError:
+            state = None
+        return plan, entry, state
+
+    @staticmethod
+    def parse(h: dict[str, str]) -> Plan:
+        """A :class:`Plan` from a plan hash as stored."""
+        d: dict[str, Any] = dict(h)
+        for f in _PLAN_FLOATS:
+            if f in d:
+                d[f] = float(d[f])
+        for f in ("tier", "error_code", "step", "attempt"):
+            if f in d:
+                d[f] = int(d[f])
+        d["decision"] = json.loads(d.get("decision", "{}"))
+        return Plan.model_validate(d)
+
+    def latest_many(self, lineage_ids: list[str]) -> list[LatestPlan | None]:
+        """The latest plan of each lineage (None when the lineage has none), one round trip."""
+        if not lineage_ids:
+            return []
+        rows = self._latest(keys=[self.k.lineage(x) for x in lineage_ids], args=[self.k.plan_prefix])
+        out: list[LatestPlan | None] = []
+        for row in rows:
+            if not row:
+                out.append(None)
+                continue
+            att, state, reason, upd, oq, eq, rq = row
+            out.append(
+                LatestPlan(
+                    int(att),
+                    state,
+                    reason,
+                    float(upd or 0),
+                    float(oq) if oq else None,
+                    float(eq) if eq else None,
+                    float(rq) if rq else None,
+                )
+            )
+        return out
+
+    def exists_many(self, plan_ids: list[str]) -> list[bool]:
+        """Whether each plan_id exists (one round trip)."""
+        if not plan_ids:
+            return []
+        p = self.r.pipeline(transaction=False)
+        for pid in plan_ids:
+            p.exists(self.k.plan(pid))
+        return [bool(x) for x in p.execute()]
+
+    def expired_open(self, now: float, limit: int = 1000) -> list[str]:
+        """Non-terminal plan_ids whose expires_at ≤ now (oldest first)."""
+        return self.r.zrangebyscore(self.k.open_plans, "-inf", now, start=0, num=limit)
+
+    def count_open(self) -> int:
+        """Number of non-terminal plans."""
+        return int(self.r.zcard(self.k.open_plans))
+
+    def get_many(self, plan_ids: list[str], batch: int = 500) -> Iterable[Plan]:
+        """The plans of ``plan_ids`` that exist, in that order (one round trip per ``batch``)."""
+        for i in range(0, len(plan_ids), batch):
+            p = self.r.pipeline(transaction=False)
+            for pid in plan_ids[i : i + batch]:
+                p.hgetall(self.k.plan(pid))
+            for h in p.execute():
+                if h:
+                    yield self.parse(h)
+
+    def all_plans(self, batch: int = 500) -> Iterable[Plan]:
+        """Every plan, oldest first."""
+        return self.get_many(self.r.zrange(self.k.plan_index, 0, -1), batch)
+
+    def open_plans(self) -> list[Plan]:
+        """Every non-terminal plan."""
+        return list(self.get_many(self.r.zrange(self.k.open_plans, 0, -1)))
+
+    def history(self, plan_id: str, count: int = 10_000, sends: bool = False) -> list[dict[str, str]]:
+        """State transitions of one plan from the results stream, oldest first (``sends``:
+        also the send records of a SUBMITTED plan, ``from == to``, reason ``send_*`` /
+        ``resend_step_*``)."""
+        return [
+            f
+            for _, f in self.r.xrange(self.k.results, count=count)
+            if f.get("plan_id") == plan_id and (sends or f.get("from") != f.get("to"))
+        ]
+
+    def inflight_many(self, account: str, symbols: list[str]) -> list[str | None]:
+        """Holder plan_id of each position's in-flight lock (None when free)."""
+        if not symbols:
+            return []
+        return self.r.mget([self.k.inflight(account, s) for s in symbols])
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add n to counter ``name`` (e.g. ``guard:ghost_position``)."""
+        self.r.hincrby(self.k.counters, name, n)
+
+    def counters(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.r.hgetall(self.k.counters).items()}
+
+    def beat(self, name: str, now: float | None = None) -> None:
+        """Record a heartbeat (Unix time) for ``name``."""
+        self.r.hset(self.k.heartbeat, name, repr(time.time() if now is None else now))
+
+    def heartbeats(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.r.hgetall(self.k.heartbeat).items()}
