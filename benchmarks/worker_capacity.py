@@ -45,7 +45,7 @@ def scan_rate(url: str, positions: int, scans: int = 10) -> dict:
     from settings import load_settings
     from settings.celery import celery_config
 
-    app = Celery("bench")
+    app = Celery("bench", set_as_current=False)
     app.conf.update(celery_config(load_settings()))
     w = start_worker(env, ns, "scan", 1)
     try:
@@ -82,7 +82,7 @@ def order_rate(url: str, plans: int, concurrency: int, emulator_latency_s: float
     from settings import load_settings
     from settings.celery import celery_config
 
-    app = Celery("bench")
+    app = Celery("bench", set_as_current=False)
     app.conf.update(celery_config(load_settings()))
     scan_w = start_worker(env, ns, "scan", 2)
     orders_w = start_worker(env, ns, "orders", concurrency)

@@ -290,7 +290,7 @@ class _Run:
             self.faults[kind] += 1
             self.say(f"chaos: 503 storm over after {self.plan_ttl_s + 5.0:.0f} s")
         elif kind == "duplicate_scans":
-            client = Celery("chaos")
+            client = Celery("chaos", set_as_current=False)
             client.conf.update(celery_config(settings_of(self.env)))
             for _ in range(5):
                 client.send_task("harvest.scan_positions", queue=f"{self.ns}.scan")

@@ -186,6 +186,6 @@ def celery_app(env: dict[str, str]):
 
     from settings.celery import celery_config
 
-    app = Celery("bench")
+    app = Celery("bench", set_as_current=False)
     app.conf.update(celery_config(settings_of(env)))
     return app
