@@ -9,6 +9,7 @@ import csv
 import gzip
 import io
 import json
+import zipfile
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from functools import cached_property, lru_cache
@@ -90,35 +91,83 @@ def _to_seconds(ts: np.ndarray) -> np.ndarray:
     return ts
 
 
-def read_klines(path: str | Path, symbol: str | None = None) -> Klines:
-    """Read a kline CSV (optionally gzip'd) in any of Binance's layouts: the 6-column
-    ``open_time,open,high,low,close,volume`` file, the public archive's 12-column file with
-    or without its header. Raises ValueError on an empty or malformed file."""
-    path = Path(path)
+class KlineFileError(ValueError):
+    """A file that is not klines: the message names the file, the line (1-based, in the CSV)
+    and the problem."""
+
+
+def _read_text(path: Path) -> tuple[str, str]:
+    """The CSV text of a kline file and the name to report: ``.csv``, ``.csv.gz``, or a ``.zip``
+    holding exactly one ``.csv`` (the layout of data.binance.vision). Raises KlineFileError."""
+    if path.suffix == ".zip":
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = [n for n in z.namelist() if not n.endswith("/")]
+                if len(names) != 1 or not names[0].endswith(".csv"):
+                    raise KlineFileError(f"{path}: a kline archive holds one .csv, found {names[:5]}")
+                return z.read(names[0]).decode("utf-8", errors="strict"), f"{path}!{names[0]}"
+        except zipfile.BadZipFile as e:
+            raise KlineFileError(f"{path}: not a zip archive ({e})") from e
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        text = f.read()
-    rows = list(csv.reader(io.StringIO(text)))
-    if rows and rows[0] and not rows[0][0].strip().lstrip("-").isdigit():
-        rows = rows[1:]
-    rows = [r for r in rows if r]
-    if not rows:
-        raise ValueError(f"{path}: no kline rows")
     try:
-        arr = np.array([[float(x) for x in r[:6]] for r in rows], dtype=np.float64)
-    except (ValueError, IndexError) as e:
-        raise ValueError(f"{path}: malformed kline row ({e})") from e
-    order = np.argsort(arr[:, 0], kind="stable")
-    arr = arr[order]
+        with opener(path, "rt") as f:
+            return f.read(), str(path)
+    except (OSError, UnicodeDecodeError, EOFError) as e:
+        raise KlineFileError(f"{path}: unreadable ({e})") from e
+
+
+def read_klines(path: str | Path, symbol: str | None = None) -> Klines:
+    """Read a kline file in any of Binance's layouts: the 6-column
+    ``open_time,open,high,low,close,volume`` file, the public archive's 12-column file with a
+    header (futures) or without (spot), as ``.csv``, ``.csv.gz`` or the archive's ``.zip``;
+    open times in s, ms or µs. The symbol is ``symbol`` or the file name's first ``-`` part.
+
+    Nothing is guessed: a file with too few columns, a value that is not a number, a NaN or
+    infinite value, a price ≤ 0, a high below the low, the open or the close, a low above
+    them, a negative volume, or open times that are not strictly increasing (unsorted or
+    duplicate bars) is refused. Raises KlineFileError (a ValueError) naming the file, the line
+    and the problem.
+    """
+    path = Path(path)
+    text, name = _read_text(path)
+    head = text[: text.find("\n") + 1 or len(text)]
+    first = 1 if head.strip() and not head.strip().split(",")[0].strip().lstrip("-").isdigit() else 0
+    try:  # the fast path: numpy's C parser over the whole table
+        vals = np.loadtxt(io.StringIO(text), delimiter=",", usecols=range(6), skiprows=first, ndmin=2, dtype=np.float64)
+    except ValueError:  # find the row and say what is wrong with it
+        for i, r in enumerate(csv.reader(io.StringIO(text))):
+            if i < first or not r:
+                continue
+            if len(r) < 6:
+                raise KlineFileError(f"{name}, line {i + 1}: {len(r)} columns, a kline row has at least 6") from None
+            try:
+                [float(x) for x in r[:6]]
+            except ValueError as e:
+                raise KlineFileError(f"{name}, line {i + 1}: not a number ({e})") from None
+        raise
+    if vals.shape[0] == 0:
+        raise KlineFileError(f"{name}: no kline rows")
+    # 1-based file line of each row (blank lines are skipped by the parser)
+    lines = np.flatnonzero([bool(x.strip()) for x in text.splitlines()])[first:] + 1
+
+    def refuse(mask: Any, problem: str) -> None:
+        if mask.any():
+            k = int(np.argmax(mask))
+            raise KlineFileError(f"{name}, line {lines[k]}: {problem}")
+
+    refuse(~np.isfinite(vals).all(axis=1), "a value is NaN or infinite")
+    o, h, lo, c, v = vals[:, 1], vals[:, 2], vals[:, 3], vals[:, 4], vals[:, 5]
+    refuse((vals[:, 1:5] <= 0).any(axis=1), "a price is not positive")
+    refuse((h < lo) | (h < o) | (h < c) | (lo > o) | (lo > c), "high/low do not bound the open and close")
+    refuse(v < 0, "negative volume")
+    times = _to_seconds(vals[:, 0])
+    step = np.diff(times)
+    if step.size:
+        refuse(np.concatenate([[False], step == 0]), "duplicate open time")
+        refuse(np.concatenate([[False], step < 0]), "open time before the previous row's (unsorted)")
     sym = symbol or path.name.split("-", 1)[0]
     return Klines(
-        symbol=sym,
-        open_time=_to_seconds(arr[:, 0]),
-        open=arr[:, 1],
-        high=arr[:, 2],
-        low=arr[:, 3],
-        close=arr[:, 4],
-        volume=arr[:, 5],
+        symbol=sym, open_time=times, open=o.copy(), high=h.copy(), low=lo.copy(), close=c.copy(), volume=v.copy()
     )
 
 

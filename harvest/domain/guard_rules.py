@@ -145,15 +145,29 @@ def close_quantity(f: SymbolFilters, plan: Plan, vp: VenuePosition) -> tuple[Dec
     Full close: the whole position. Partial: ``remaining_qty`` when an earlier attempt of the
     tier filled in part (capped at the position), else ``close_fraction`` of the position;
     rounded *down* to stepSize; a remainder below minQty or minNotional is folded into a full
-    close (it could never be closed on its own)."""
-    pos_q = Decimal(str(vp.qty))
-    if plan.action is Action.FULL_CLOSE_PROPOSED:
+    close (it could never be closed on its own). (:func:`close_quantity_of`, on plain values.)"""
+    want = None
+    if plan.action is not Action.FULL_CLOSE_PROPOSED:
+        want = plan.remaining_qty if plan.remaining_qty else None
+    return close_quantity_of(
+        f, vp.qty, vp.mark_price, plan.action is Action.FULL_CLOSE_PROPOSED, plan.close_fraction, want
+    )
+
+
+def close_quantity_of(
+    f: SymbolFilters, position_qty: float, mark: float, full: bool, fraction: float, want_qty: float | None = None
+) -> tuple[Decimal | None, str]:
+    """:func:`close_quantity` on plain values (the guard and the replay share it): the position's
+    qty (base units) and mark (USDT), a full close or ``fraction`` (0..1) of the position, or
+    ``want_qty`` (a tier's remainder). Returns (qty or None, note)."""
+    pos_q = Decimal(str(position_qty))
+    if full:
         q, note = f.round_qty(pos_q), ""
     else:
-        want = Decimal(str(plan.remaining_qty)) if plan.remaining_qty else pos_q * Decimal(str(plan.close_fraction))
+        want = Decimal(str(want_qty)) if want_qty else pos_q * Decimal(str(fraction))
         q, note = f.round_qty(min(want, pos_q)), ""
         rest = pos_q - q
-        if rest > 0 and (rest < f.min_qty or rest * Decimal(str(vp.mark_price)) < f.min_notional):
+        if rest > 0 and (rest < f.min_qty or rest * Decimal(str(mark)) < f.min_notional):
             q, note = f.round_qty(pos_q), "dust_folded"
     if q < f.min_qty or q <= 0:
         return None, "below_min_qty"

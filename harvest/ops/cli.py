@@ -316,6 +316,73 @@ def _cmd_schedule(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replay(a: argparse.Namespace) -> int:
+    import math
+
+    from harvest.data import KlineFileError
+    from harvest.lab.engine import POLICIES, FillModel
+    from harvest.lab.entries import EntriesError
+    from harvest.lab.market import FundingFileError
+    from harvest.lab.report import table, write_html
+    from harvest.lab.run import run_replay
+    from settings import load_settings
+
+    policies = [x.strip() for x in a.policies.split(",") if x.strip()]
+    unknown = [x for x in policies if x not in POLICIES]
+    if unknown or not policies:
+        print(f"harvest replay: unknown policy {unknown}: choose from {', '.join(POLICIES)}", file=sys.stderr)
+        return 2
+    theta = load_settings().theta
+    fill = FillModel(a.scan_delay, a.trailing_positive, a.trailing_offset, a.time_stop_hours * 3600)
+    from harvest.ops.demo import parse_time
+
+    try:
+        doc, runs, m = run_replay(
+            a.data or [],
+            policies,
+            theta,
+            fill,
+            a.entries,
+            a.rule,
+            a.every_minutes * 60,
+            a.n,
+            a.seed,
+            a.margin,
+            a.leverage,
+            parse_time(a.start) if a.start else None,
+            parse_time(a.end) if a.end else None,
+            progress=not a.json and sys.stderr.isatty(),
+        )
+    except (KlineFileError, FundingFileError, EntriesError, ValueError, FileNotFoundError) as e:
+        print(f"harvest replay: {e}", file=sys.stderr)
+        return 2
+    if a.html:
+        write_html(a.html, doc, runs, m)
+    if a.json:
+
+        def clean(x):
+            if isinstance(x, float) and not math.isfinite(x):
+                return None
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items()}
+            if isinstance(x, list):
+                return [clean(v) for v in x]
+            return x
+
+        print(json.dumps(clean(doc), indent=2))
+    else:
+        r = doc["run"]
+        on = ", ".join(f"{s} ({n} bars)" for s, n in r["bars"].items())
+        print(
+            f"harvest replay: {r['n_entries']} entries on {on}, {r['kernel_evaluations']} kernel evaluations "
+            f"in {r['seconds']:.1f} s"
+        )
+        print(table(doc))
+        if a.html:
+            print(f"report: {a.html}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``harvest`` console script."""
     from harvest.ops.chaos import PLAN_TTL_S as CHAOS_PLAN_TTL_S
@@ -430,6 +497,45 @@ def main(argv: list[str] | None = None) -> int:
     pn.add_argument("plan_id")
     pn.add_argument("--json", action="store_true")
     pn.set_defaults(fn=_cmd_plan)
+    rp = sub.add_parser(
+        "replay",
+        help="replay exit policies over real klines with the live kernel and compare them (the policy lab)",
+        description="Replays positions over real klines with harvest's batch kernel and baselines, on the same "
+        "entries, and compares them. Fill model: decisions act at the open of the next bar after the scan delay; "
+        "a stop fills at its price or at the open of a bar that gapped through it; a take-profit at its price or "
+        "the open beyond it; the stop first when one bar reaches both; closes rounded to stepSize with dust "
+        "folded as the guard does; taker fee on every fill; funding at each funding time; liquidation when a bar "
+        "reaches the liquidation price with no stop before it; what is open at the end closes at the last close.",
+    )
+    rp.add_argument(
+        "--data",
+        nargs="*",
+        help="kline files (.csv, .csv.gz, the archive's .zip; any interval); "
+        "default: the shipped data. Funding is read from a ../funding/ folder beside lab files",
+    )
+    rp.add_argument(
+        "--policies",
+        default="default,lsf_ladder,bracket,trailing,time,hold",
+        help="comma-separated, the first is the base of the paired differences (default %(default)s)",
+    )
+    rp.add_argument("--entries", help="CSV of positions: symbol,side,entry_time,entry_price,qty,leverage[,stop]")
+    rp.add_argument(
+        "--rule", default="grid", choices=["grid", "random", "demo"], help="generated entries (default grid)"
+    )
+    rp.add_argument("--every-minutes", type=float, default=60.0, help="grid/demo spacing (default %(default)s)")
+    rp.add_argument("--n", type=int, default=500, help="random entries per symbol (default %(default)s)")
+    rp.add_argument("--seed", type=int, default=7)
+    rp.add_argument("--margin", type=float, default=100.0, help="USDT of margin per generated entry (default 100)")
+    rp.add_argument("--leverage", type=float, default=10.0, help="leverage of generated entries (default 10)")
+    rp.add_argument("--start", help="first entry time (ISO-8601 UTC or Unix s)")
+    rp.add_argument("--end", help="entries before this time")
+    rp.add_argument("--scan-delay", type=float, default=0.0, help="s from a bar's close to the order (default 0)")
+    rp.add_argument("--trailing-positive", type=float, default=0.01, help="trailing stop distance, fraction (0.01)")
+    rp.add_argument("--trailing-offset", type=float, default=0.02, help="profit that arms it, fraction (0.02)")
+    rp.add_argument("--time-stop-hours", type=float, default=24.0, help="the time baseline's hold (24)")
+    rp.add_argument("--html", help="write the HTML report here")
+    rp.add_argument("--json", action="store_true", help="print the report as JSON")
+    rp.set_defaults(fn=_cmd_replay)
     sc = sub.add_parser("schedule", help="list or change the beat schedule at runtime (no restart)")
     scs = sc.add_subparsers(dest="action")
     sl = scs.add_parser("list", help="every beat entry: interval, expires, next run")

@@ -23,6 +23,7 @@ RANKS = {
     "harvest.models": 1,
     "harvest.store": 2,
     "harvest.venues": 2,
+    "harvest.lab": 2,  # the policy lab: domain + data, reads files
     "harvest.services": 3,
     "workflows": 4,
     "tasks": 4,

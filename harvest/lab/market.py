@@ -1,0 +1,161 @@
+"""The replay's market: klines of one or more symbols laid end to end on one bar axis, their
+funding per bar, and the market state after each bar closes.
+
+Each symbol's bars occupy ``[start[s], start[s] + n[s])`` of the concatenated arrays, so a
+trade is a bar index and the engine steps every open trade one bar at a time without looking
+up its symbol. Funding: every funding event (``calc_time``, rate) is summed into the bar whose
+open ≤ calc_time < close, and paid at that bar's close price (the mark). Files: klines through
+:func:`harvest.data.read_klines` (strict: a file that is not klines is refused naming the line);
+funding from a ``calc_time,funding_rate`` CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from harvest.data import SHIPPED_SYMBOLS, Klines, load_funding, load_klines, read_klines
+from harvest.domain.market import MarketSeries, market_series
+from harvest.domain.models import HarvestTheta
+
+
+class FundingFileError(ValueError):
+    """A funding file that does not read: the message names the file, the line and the problem."""
+
+
+def read_funding(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(calc_time s, rate fraction)`` from a ``calc_time,funding_rate`` CSV (the archive's
+    ``fundingRate`` files and the lab's); times in s/ms/µs. Raises FundingFileError."""
+    path = Path(path)
+    times, rates = [], []
+    with open(path) as f:
+        for i, r in enumerate(csv.reader(f)):
+            if not r or (i == 0 and not r[0].strip().isdigit()):
+                continue
+            try:
+                times.append(int(float(r[0])))
+                rates.append(float(r[1 if len(r) < 3 else 2]) if len(r) >= 2 else float("nan"))
+            except (ValueError, IndexError) as e:
+                raise FundingFileError(f"{path}, line {i + 1}: not a funding row ({e})") from e
+            if not np.isfinite(rates[-1]) or abs(rates[-1]) > 0.05:
+                raise FundingFileError(f"{path}, line {i + 1}: funding rate {rates[-1]!r} is not a plausible fraction")
+    t = np.array(times, dtype=np.int64)
+    t = np.where(t > 10**14, t // 1_000_000, np.where(t > 10**11, t // 1000, t))
+    if t.size > 1 and np.any(np.diff(t) <= 0):
+        raise FundingFileError(f"{path}: calc_time not strictly increasing")
+    return t, np.array(rates)
+
+
+def funding_for(klines_path: Path, symbol: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The funding file beside a lab kline file (``../funding/<SYMBOL>-funding-*.csv`` that
+    overlaps it), or None."""
+    d = klines_path.resolve().parent.parent / "funding"
+    for f in sorted(d.glob(f"{symbol}-funding-*.csv")) if d.is_dir() else []:
+        return read_funding(f)
+    return None
+
+
+@dataclass
+class ReplayMarket:
+    """Every symbol's bars on one axis (see module docstring). Arrays of shape (N,) over all
+    bars: ``open_time`` (s), ``open``/``high``/``low``/``close`` (USDT), ``funding`` (summed
+    rate of the bar's funding events, fraction), and the market state after each bar
+    (:class:`harvest.domain.market.MarketSeries` fields). ``start``/``count``: per symbol."""
+
+    symbols: list[str]
+    interval_s: list[int]
+    start: dict[str, int]
+    count: dict[str, int]
+    open_time: np.ndarray
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    funding: np.ndarray
+    series: MarketSeries
+    has_funding: dict[str, bool] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def bar_of(self, symbol: str, t: float) -> int:
+        """Global index of the bar of ``symbol`` that contains market time ``t`` (s).
+        Raises ValueError outside the symbol's data."""
+        s, n = self.start[symbol], self.count[symbol]
+        ot = self.open_time[s : s + n]
+        i = int(np.searchsorted(ot, t, side="right")) - 1
+        if i < 0 or t >= ot[-1] + self.interval_of(symbol):
+            raise ValueError(f"{symbol}: time {t:.0f} outside the data ({ot[0]:.0f} .. {ot[-1]:.0f})")
+        return s + i
+
+    def interval_of(self, symbol: str) -> int:
+        return self.interval_s[self.symbols.index(symbol)]
+
+    def symbol_of_bar(self, b: np.ndarray) -> np.ndarray:
+        """Symbol index of each global bar index."""
+        starts = np.array([self.start[s] for s in self.symbols])
+        return np.searchsorted(starts, b, side="right") - 1
+
+    @property
+    def end_bar(self) -> dict[str, int]:
+        """Global index of each symbol's last bar."""
+        return {s: self.start[s] + self.count[s] - 1 for s in self.symbols}
+
+
+def build_market(
+    data: list[tuple[Klines, tuple[np.ndarray, np.ndarray] | None, str]], theta: HarvestTheta
+) -> ReplayMarket:
+    """Lay ``(klines, funding or None, source)`` of each symbol end to end and compute the
+    market state after every bar (window lengths of ``theta``). Raises ValueError when a
+    symbol appears twice."""
+    syms = [k.symbol for k, _, _ in data]
+    if len(set(syms)) != len(syms):
+        raise ValueError(f"a symbol appears twice: {syms}")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("open_time", "open", "high", "low", "close", "funding")}
+    series_parts: list[MarketSeries] = []
+    start, count, has_f, src, start_i = {}, {}, {}, {}, 0
+    for k, fund, source in data:
+        n = k.close.size
+        start[k.symbol], count[k.symbol], src[k.symbol] = start_i, n, source
+        start_i += n
+        for name in ("open_time", "open", "high", "low", "close"):
+            parts[name].append(getattr(k, name).astype(np.float64))
+        f = np.zeros(n)
+        if fund is not None and fund[0].size:
+            idx = np.searchsorted(k.open_time, fund[0], side="right") - 1
+            ok = (idx >= 0) & (fund[0] < k.open_time[-1] + k.interval_s)
+            np.add.at(f, idx[ok], fund[1][ok])
+        has_f[k.symbol] = fund is not None and fund[0].size > 0
+        parts["funding"].append(f)
+        series_parts.append(market_series(k.close, theta))
+    cat = {name: np.concatenate(v) for name, v in parts.items()}
+    series = MarketSeries(
+        **{f: np.concatenate([getattr(s, f) for s in series_parts]) for f in MarketSeries.__dataclass_fields__}
+    )
+    return ReplayMarket(
+        symbols=syms,
+        interval_s=[k.interval_s for k, _, _ in data],
+        start=start,
+        count=count,
+        series=series,
+        has_funding=has_f,
+        sources=src,
+        **cat,
+    )
+
+
+def load_market(paths: list[str], theta: HarvestTheta) -> ReplayMarket:
+    """The market of kline files (any Binance archive layout; the symbol from each file name)
+    with the funding file beside each lab file, or of the shipped data when ``paths`` is empty
+    or holds ``shipped``. Raises KlineFileError / FundingFileError / ValueError."""
+    data = []
+    if not paths or paths == ["shipped"]:
+        for s in SHIPPED_SYMBOLS:
+            data.append((load_klines(s), load_funding(s), "shipped"))
+    else:
+        for p in paths:
+            path = Path(p)
+            k = read_klines(path)
+            data.append((k, funding_for(path, k.symbol), str(path)))
+    return build_market(data, theta)
