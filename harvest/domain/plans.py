@@ -55,14 +55,19 @@ def allowed_from(target: str) -> frozenset[PlanState]:
 def decision_key(decision: Decision) -> str:
     """What distinguishes one decision from another on the same position epoch:
     the tier for partials, ``full`` for a full close, the new stop (rounded to 10
-    significant digits, before tick rounding) for a profit lock."""
-    if decision.action is Action.PROFIT_LOCK_SL:
-        return f"stop={decision.new_stop:.10g}"
-    if decision.action is Action.FULL_CLOSE_PROPOSED:
+    significant digits, before tick rounding) for a profit lock (:func:`decision_key_of`)."""
+    return decision_key_of(decision.action, decision.tier, decision.new_stop)
+
+
+def decision_key_of(action: Action, tier: int, new_stop: float | None) -> str:
+    """:func:`decision_key` on plain values (the replay's decisions use it too)."""
+    if action is Action.PROFIT_LOCK_SL:
+        return f"stop={new_stop:.10g}"
+    if action is Action.FULL_CLOSE_PROPOSED:
         return "full"
-    if decision.action is Action.PROTECT:
+    if action is Action.PROTECT:
         return "protect"
-    return f"tier={decision.tier}"
+    return f"tier={tier}"
 
 
 def lineage_id(account: str, symbol: str, epoch: str, action: Action | str, key: str) -> str:

@@ -17,8 +17,8 @@
   the bar opened beyond it. When one bar reaches both, the stop fills (the dangerous reading).
 * Liquidation (isolated margin, Binance's brackets) when the bar reaches the liquidation price
   and no stop lies between it and the mark: closed at the liquidation price.
-* Funding at each funding time within a bar, on the quantity open, at the bar's close
-  (positive rate: longs pay).
+* Funding at each funding time, by the bar that ends at or after it, on the quantity open,
+  at the bar's close (positive rate: longs pay).
 * A position still open at the end of its data closes at the last close (``end_of_data``).
 
 **Policies**: ``default`` (the harvest kernel: partials at R tiers, profit lock, kill score,
@@ -116,9 +116,16 @@ def simulate(
     theta: HarvestTheta,
     fill: FillModel = FillModel(),
     record: int = 0,
+    sample: list[tuple[PositionBatch, np.ndarray]] | None = None,
+    sample_rows: int = 20_000,
+    decisions: list[tuple[int, int, Action, int, float]] | None = None,
 ) -> Trades:
     """Manage every entry with ``policy`` (module docstring) until it is closed. ``record``:
-    keep the order events of the first ``record`` entries (for the report's charts).
+    keep the order events of the first ``record`` entries (for the report's charts);
+    ``sample``: a list that receives the first ``sample_rows`` kernel inputs as evaluated
+    ``(batch, now)`` (the benchmark replays them one position at a time); ``decisions``: a list
+    that receives every decision of a harvest policy as ``(entry index, global bar of the scan,
+    action, tier, new stop or NaN)`` (the agreement test compares them with the pipeline's).
     Raises ValueError for an unknown policy or no entries."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)}")
@@ -136,7 +143,8 @@ def simulate(
     q0 = np.array([x.qty for x in entries])
     liq = np.array([_liq(x.symbol, x.side, x.qty, x.price, x.leverage) for x in entries])
     ent = bar0 - 1  # the market state known at entry: after the previous bar closed
-    has_entry = ser.valid[ent] & (ent >= np.array([m.start[m.symbols[i]] for i in sym_idx]))
+    ent = np.maximum(ent, 0)
+    has_entry = ser.valid[ent] & (bar0 - 1 >= np.array([m.start[m.symbols[i]] for i in sym_idx]))
     stop0 = np.empty(n)
     tps = np.empty((n, 3))
     scheme = np.empty((n, 3))
@@ -155,147 +163,179 @@ def simulate(
     ru = np.abs(e - stop0)  # 1R per unit (USDT)
     opened_at = m.open_time[bar0]
 
-    qty, stop = q0.copy(), stop0.copy()
-    tier = np.zeros(n, dtype=np.int64)
-    tp_done = np.zeros(n, dtype=np.int64)
+    # Per-trade outputs (global order) ...
     realized, fees, funding = np.zeros(n), fee * e * q0, np.zeros(n)
-    is_open = np.ones(n, dtype=bool)
     exit_bar = np.full(n, -1, dtype=np.int64)
     reason = np.full(n, "", dtype=object)
     partials = np.zeros(n, dtype=np.int64)
     mae, mfe = np.zeros(n), np.zeros(n)
-    pend = np.zeros(n, dtype=np.int64)
-    pend_due = np.full(n, -1, dtype=np.int64)
-    pend_frac, pend_stop = np.zeros(n), np.zeros(n)
-    pend_tier = np.zeros(n, dtype=np.int64)
-    pend_reason = np.full(n, "", dtype=object)
-    delay_bars = np.floor(fill.scan_delay_s / interval).astype(np.int64)
     events: dict[int, list[tuple[float, str, float, float]]] = {i: [] for i in range(min(record, n))}
     for i in events:
         events[i].append((float(opened_at[i]), "entry", float(e[i]), float(q0[i])))
         events[i].append((float(opened_at[i]), "stop", float(stop0[i]), 0.0))
+    # ... and the live trades' state, compacted to the trades still open (one row each), so a
+    # step works on contiguous arrays and never gathers from the whole set.
+    L: dict[str, np.ndarray] = {
+        "gid": np.arange(n),
+        "bar0": bar0,
+        "last": last,
+        "interval": interval,
+        "delay": np.floor(fill.scan_delay_s / interval).astype(np.int64),
+        "s": s,
+        "e": e,
+        "q0": q0,
+        "ru": ru,
+        "stop0": stop0,
+        "liq": liq,
+        "opened_at": opened_at,
+        "tp0": tps[:, 0].copy(),
+        "tp1": tps[:, 1].copy(),
+        "tp2": tps[:, 2].copy(),
+        "sch0": scheme[:, 0].copy(),
+        "sch1": scheme[:, 1].copy(),
+        "has_entry": has_entry,
+        "entry_trend": has_entry & (ser.regime[ent] == 0),
+        "entry_dir": np.where(has_entry, ser.trend_dir[ent], 0).astype(np.float64),
+        "entry_p": np.where(has_entry, ser.p_trend[ent], 0.0),
+        "entry_sigma": np.where(has_entry, ser.sigma[ent], 0.0),
+        "entry_ts": np.where(has_entry, ser.ts[ent], 0.0),
+        "qty": q0.copy(),
+        "stop": stop0.copy(),
+        "tier": np.zeros(n, dtype=np.int64),
+        "tp_done": np.zeros(n, dtype=np.int64),
+        "realized": np.zeros(n),
+        "fees": fee * e * q0,
+        "funding": np.zeros(n),
+        "mae": np.zeros(n),
+        "mfe": np.zeros(n),
+        "partials": np.zeros(n, dtype=np.int64),
+        "exit_bar": np.full(n, -1, dtype=np.int64),
+        "reason": np.full(n, "", dtype=object),
+        "pend": np.zeros(n, dtype=np.int64),
+        "pend_due": np.full(n, -1, dtype=np.int64),
+        "pend_frac": np.zeros(n),
+        "pend_stop": np.zeros(n),
+        "pend_tier": np.zeros(n, dtype=np.int64),
+        "pend_reason": np.full(n, "", dtype=object),
+        "open": np.ones(n, dtype=bool),
+        "flushed": np.zeros(n, dtype=bool),
+    }
     evaluations = 0
     harvest_like = policy in ("default", "lsf_ladder")
+    recorded = min(record, n)
 
-    def close(idx: np.ndarray, b: np.ndarray, price: np.ndarray, q: np.ndarray, why: str | np.ndarray) -> None:
-        """Close ``q`` of the trades ``idx`` at ``price`` in bar ``b``; a trade whose qty reaches
-        zero ends with ``why``."""
-        if idx.size == 0:
+    def close(i: np.ndarray, b: np.ndarray, price: np.ndarray, q: np.ndarray, why: str | np.ndarray) -> None:
+        """Close ``q`` of the live rows ``i`` at ``price`` in bar ``b``; a row whose qty
+        reaches zero ends with ``why``."""
+        if i.size == 0:
             return
-        realized[idx] += s[idx] * (price - e[idx]) * q
-        fees[idx] += fee * price * q
-        qty[idx] -= q
-        done = qty[idx] <= q0[idx] * 1e-12
-        qty[idx[done]] = 0.0
-        is_open[idx[done]] = False
-        exit_bar[idx[done]] = b[done]
-        reason[idx[done]] = why[done] if isinstance(why, np.ndarray) else why
-        partials[idx[~done]] += 1
-        for j, i in enumerate(idx.tolist()):
-            if i in events:
+        L["realized"][i] += L["s"][i] * (price - L["e"][i]) * q
+        L["fees"][i] += fee * price * q
+        L["qty"][i] -= q
+        done = L["qty"][i] <= L["q0"][i] * 1e-12
+        d = i[done]
+        L["qty"][d] = 0.0
+        L["open"][d] = False
+        L["exit_bar"][d] = b[done]
+        L["reason"][d] = why[done] if isinstance(why, np.ndarray) else why
+        L["partials"][i[~done]] += 1
+        if recorded:
+            for j in np.flatnonzero(L["gid"][i] < recorded).tolist():
                 label = (why[j] if isinstance(why, np.ndarray) else why) if done[j] else "partial"
-                events[i].append((float(m.open_time[b[j]]), str(label), float(price[j]), float(q[j])))
+                events[int(L["gid"][i[j]])].append((float(m.open_time[b[j]]), str(label), float(price[j]), float(q[j])))
 
-    alive = np.arange(n)
     k = 0
-    while alive.size:
-        b = bar0[alive] + k
+    while L["open"].any():
+        s_, e_, st_ = L["s"], L["e"], L["stop"]
+        b = np.minimum(L["bar0"] + k, L["last"])  # rows that ended may linger until the next compaction
         o, h, lo, c = m.open[b], m.high[b], m.low[b], m.close[b]
-        sa = s[alive]
         # (1) the decision due at this bar's open
-        due = alive[pend_due[alive] == b]
+        op0 = L["open"].copy()  # open at the bar's start: its excursion counts
+        due = np.flatnonzero((L["pend_due"] == b) & op0)
         if due.size:
-            bd = bar0[due] + k
-            od = m.open[bd]
-            full = due[pend[due] == _P_FULL]
-            close(full, bar0[full] + k, m.open[bar0[full] + k], qty[full].copy(), pend_reason[full].astype(str))
-            for i in due[pend[due] == _P_PART].tolist():
-                bi = bar0[i] + k
-                f = filters.get(m.symbols[sym_idx[i]])
+            kind = L["pend"][due]
+            full = due[kind == _P_FULL]
+            close(full, b[full], o[full], L["qty"][full].copy(), L["pend_reason"][full].astype(str))
+            for i in due[kind == _P_PART].tolist():
+                f = filters.get(m.symbols[sym_idx[L["gid"][i]]])
                 if f is not None:
-                    qd, _ = close_quantity_of(f, qty[i], float(m.open[bi]), False, float(pend_frac[i]))
+                    qd, _ = close_quantity_of(f, float(L["qty"][i]), float(o[i]), False, float(L["pend_frac"][i]))
                     qc = float(qd) if qd is not None else 0.0
                 else:
-                    qc = qty[i] * pend_frac[i]
-                tier[i] = pend_tier[i]
+                    qc = float(L["qty"][i] * L["pend_frac"][i])
+                L["tier"][i] = L["pend_tier"][i]
                 if qc > 0:
-                    close(np.array([i]), np.array([bi]), np.array([m.open[bi]]), np.array([qc]), "partial_close")
-            mv = due[pend[due] == _P_STOP]
+                    ii = np.array([i])
+                    close(ii, b[ii], o[ii], np.array([qc]), "partial_close")
+            mv = due[kind == _P_STOP]
             if mv.size:
-                om = m.open[bar0[mv] + k]
-                ok = (s[mv] * (pend_stop[mv] - stop[mv]) > 0) & (s[mv] * (om - pend_stop[mv]) > 0)
-                stop[mv[ok]] = pend_stop[mv[ok]]
-                for i in mv[ok].tolist():
-                    if i in events:
-                        events[i].append((float(m.open_time[bar0[i] + k]), "stop", float(stop[i]), 0.0))
-            del od
-            pend[due], pend_due[due] = _NONE, -1
+                new = L["pend_stop"][mv]
+                ok = (s_[mv] * (new - st_[mv]) > 0) & (s_[mv] * (o[mv] - new) > 0)
+                st_[mv[ok]] = new[ok]
+                if recorded:
+                    for i in mv[ok].tolist():
+                        if L["gid"][i] < recorded:
+                            events[int(L["gid"][i])].append((float(m.open_time[b[i]]), "stop", float(st_[i]), 0.0))
+            L["pend"][due], L["pend_due"][due] = _NONE, -1
         # (2) liquidation, stop, take-profits within the bar
-        op = is_open[alive]
-        worst = np.where(sa > 0, lo, h)
-        best = np.where(sa > 0, h, lo)
-        lq = liq[alive]
-        st = stop[alive]
-        hit_liq = op & ~np.isnan(lq) & (sa * (worst - lq) <= 0) & (sa * (st - lq) <= 0)
-        hit_stop = op & ~hit_liq & (sa * (worst - st) <= 0)
-        idx = alive[hit_liq]
-        close(idx, b[hit_liq], lq[hit_liq], qty[idx].copy(), "liquidation")
-        idx = alive[hit_stop]
-        px = np.where(sa * (o - st) <= 0, o, st)[hit_stop]
-        why = np.where(stop[idx] == stop0[idx], "stop", "locked_stop")
-        close(idx, b[hit_stop], px, qty[idx].copy(), why)
+        op = L["open"]
+        worst = np.where(s_ > 0, lo, h)
+        best = np.where(s_ > 0, h, lo)
+        lq = L["liq"]
+        hit_liq = op & ~np.isnan(lq) & (s_ * (worst - lq) <= 0) & (s_ * (st_ - lq) <= 0)
+        hit_stop = op & ~hit_liq & (s_ * (worst - st_) <= 0)
+        i = np.flatnonzero(hit_liq)
+        close(i, b[i], lq[i], L["qty"][i].copy(), "liquidation")
+        i = np.flatnonzero(hit_stop)
+        if i.size:
+            px = np.where(s_[i] * (o[i] - st_[i]) <= 0, o[i], st_[i])
+            why = np.where(st_[i] == L["stop0"][i], "stop", "locked_stop")
+            close(i, b[i], px, L["qty"][i].copy(), why)
         if policy in ("bracket", "lsf_ladder"):
             for lvl in (2,) if policy == "bracket" else (0, 1, 2):
-                op = is_open[alive]
-                tp = tps[alive, lvl]
-                hit = op & (sa * (best - tp) >= 0) & (tp_done[alive] <= lvl)
-                if not hit.any():
+                tp = L[f"tp{lvl}"]
+                hit = L["open"] & (s_ * (best - tp) >= 0) & (L["tp_done"] <= lvl)
+                i = np.flatnonzero(hit)
+                if i.size == 0:
                     continue
-                idx = alive[hit]
-                px = np.where(sa[hit] * (o[hit] - tp[hit]) >= 0, o[hit], tp[hit])
+                px = np.where(s_[i] * (o[i] - tp[i]) >= 0, o[i], tp[i])
                 if policy == "bracket" or lvl == 2:
-                    q = qty[idx].copy()
+                    q = L["qty"][i].copy()
                 else:
-                    q = np.minimum(qty[idx], scheme[idx, lvl] * q0[idx])
-                tp_done[idx] = lvl + 1
-                close(idx, b[hit], px, q, "take_profit")
+                    q = np.minimum(L["qty"][i], L[f"sch{lvl}"][i] * L["q0"][i])
+                L["tp_done"][i] = lvl + 1
+                close(i, b[i], px, q, "take_profit")
         # (3) funding on what is open through the bar
-        op = is_open[alive]
         fr = m.funding[b]
-        paying = op & (fr != 0)
-        if paying.any():
-            idx = alive[paying]
-            funding[idx] += sa[paying] * fr[paying] * qty[idx] * c[paying]
+        i = np.flatnonzero(L["open"] & (fr != 0))
+        if i.size:
+            L["funding"][i] += s_[i] * fr[i] * L["qty"][i] * c[i]
         # (4) excursions
-        mae[alive] = np.minimum(mae[alive], sa * (worst - e[alive]) / ru[alive])
-        mfe[alive] = np.maximum(mfe[alive], sa * (best - e[alive]) / ru[alive])
+        L["mae"][op0] = np.minimum(L["mae"][op0], (s_ * (worst - e_) / L["ru"])[op0])
+        L["mfe"][op0] = np.maximum(L["mfe"][op0], (s_ * (best - e_) / L["ru"])[op0])
         # (5) the scan at the bar's close
-        op = is_open[alive] & (pend[alive] == _NONE) & (b < last[alive])
-        now = m.open_time[b] + interval[alive]
-        if op.any() and harvest_like:
-            idx, bi = alive[op], b[op]
-            valid = ser.valid[bi]
-            idx, bi = idx[valid], bi[valid]
-            if idx.size:
-                eb = ent[idx]
-                he = has_entry[idx]
+        op = L["open"] & (L["pend"] == _NONE) & (b < L["last"])
+        if harvest_like:
+            i = np.flatnonzero(op & ser.valid[b])
+            if i.size:
+                bi = b[i]
                 batch = PositionBatch(
-                    side_sign=s[idx],
-                    qty=qty[idx],
-                    qty_at_open=q0[idx],
-                    entry_price=e[idx],
-                    mark_price=m.close[bi],
-                    initial_stop=stop0[idx],
-                    stop=stop[idx],
-                    opened_at=opened_at[idx],
-                    harvested_tier=tier[idx],
-                    funding_paid=funding[idx],
-                    has_entry=he,
-                    entry_trend=he & (ser.regime[eb] == 0),
-                    entry_dir=np.where(he, ser.trend_dir[eb], 0).astype(np.float64),
-                    entry_p=np.where(he, ser.p_trend[eb], 0.0),
-                    entry_sigma=np.where(he, ser.sigma[eb], 0.0),
-                    entry_ts=np.where(he, ser.ts[eb], 0.0),
+                    side_sign=s_[i],
+                    qty=L["qty"][i],
+                    qty_at_open=L["q0"][i],
+                    entry_price=e_[i],
+                    mark_price=c[i],
+                    initial_stop=L["stop0"][i],
+                    stop=st_[i],
+                    opened_at=L["opened_at"][i],
+                    harvested_tier=L["tier"][i],
+                    funding_paid=L["funding"][i],
+                    has_entry=L["has_entry"][i],
+                    entry_trend=L["entry_trend"][i],
+                    entry_dir=L["entry_dir"][i],
+                    entry_p=L["entry_p"][i],
+                    entry_sigma=L["entry_sigma"][i],
+                    entry_ts=L["entry_ts"][i],
                     now_trend=ser.regime[bi] == 0,
                     now_dir=ser.trend_dir[bi].astype(np.float64),
                     now_p=ser.p_trend[bi],
@@ -303,40 +343,71 @@ def simulate(
                     now_ts=ser.ts[bi],
                     now_bars=ser.regime_bars[bi].astype(np.float64),
                 )
-                res = evaluate_batch(batch, m.open_time[bi] + interval[idx], theta)  # type: ignore[arg-type]
-                evaluations += idx.size
-                due_b = bi + 1 + delay_bars[idx]
+                now = m.open_time[bi] + L["interval"][i]
+                res = evaluate_batch(batch, now, theta)  # type: ignore[arg-type]
+                if sample is not None and evaluations < sample_rows:
+                    sample.append((batch, now))
+                evaluations += i.size
+                due_b = bi + 1 + L["delay"][i]
+                if decisions is not None:
+                    acted = np.flatnonzero(res.action != 0)
+                    if policy == "lsf_ladder":
+                        acted = acted[res.action[acted] == _FULL]
+                    for j in acted.tolist():
+                        decisions.append(
+                            (
+                                int(L["gid"][i[j]]),
+                                int(bi[j]),
+                                ACTION_CODES[int(res.action[j])],
+                                int(res.tier[j]),
+                                float(res.new_stop[j]),
+                            )
+                        )
                 kill = res.action == _FULL
-                sel = idx[kill]
-                pend[sel], pend_due[sel] = _P_FULL, due_b[kill]
-                pend_reason[sel] = np.where(res.time_stop[kill], "time_stop", "kill_score")
+                sel = i[kill]
+                L["pend"][sel], L["pend_due"][sel] = _P_FULL, due_b[kill]
+                L["pend_reason"][sel] = np.where(res.time_stop[kill], "time_stop", "kill_score")
                 if policy == "default":
                     part = (res.action >= 1) & (res.action <= 3)
-                    sel = idx[part]
-                    pend[sel], pend_due[sel] = _P_PART, due_b[part]
-                    pend_frac[sel], pend_tier[sel] = res.close_fraction[part], res.tier[part]
+                    sel = i[part]
+                    L["pend"][sel], L["pend_due"][sel] = _P_PART, due_b[part]
+                    L["pend_frac"][sel], L["pend_tier"][sel] = res.close_fraction[part], res.tier[part]
                     lock = res.action == _LOCK
-                    sel = idx[lock]
-                    pend[sel], pend_due[sel], pend_stop[sel] = _P_STOP, due_b[lock], res.new_stop[lock]
-        elif op.any() and policy == "trailing":
-            idx = alive[op]
-            profit = s[idx] * (c[op] - e[idx]) / e[idx]
+                    sel = i[lock]
+                    L["pend"][sel], L["pend_due"][sel], L["pend_stop"][sel] = _P_STOP, due_b[lock], res.new_stop[lock]
+        elif policy == "trailing":
+            i = np.flatnonzero(op)
+            profit = s_[i] * (c[i] - e_[i]) / e_[i]
             armed = profit >= fill.trailing_offset
-            cand = np.where(
-                s[idx] > 0, best[op] * (1 - fill.trailing_positive), best[op] * (1 + fill.trailing_positive)
-            )
-            tighter = armed & (s[idx] * (cand - stop[idx]) > 0) & (s[idx] * (c[op] - cand) > 0)
-            stop[idx[tighter]] = cand[tighter]
-        elif op.any() and policy == "time":
-            idx = alive[op]
-            old = (now[op] - opened_at[idx]) >= fill.time_stop_s
-            sel = idx[old]
-            pend[sel], pend_due[sel], pend_reason[sel] = _P_FULL, b[op][old] + 1 + delay_bars[sel], "time_stop"
+            cand = np.where(s_[i] > 0, best[i] * (1 - fill.trailing_positive), best[i] * (1 + fill.trailing_positive))
+            tighter = armed & (s_[i] * (cand - st_[i]) > 0) & (s_[i] * (c[i] - cand) > 0)
+            st_[i[tighter]] = cand[tighter]
+        elif policy == "time":
+            old = op & ((m.open_time[b] + L["interval"] - L["opened_at"]) >= fill.time_stop_s)
+            i = np.flatnonzero(old)
+            L["pend"][i], L["pend_due"][i], L["pend_reason"][i] = _P_FULL, b[i] + 1 + L["delay"][i], "time_stop"
         # (6) the end of the data
-        end = is_open[alive] & (b >= last[alive])
-        idx = alive[end]
-        close(idx, b[end], c[end], qty[idx].copy(), "end_of_data")
-        alive = alive[is_open[alive]]
+        i = np.flatnonzero(L["open"] & (b >= L["last"]))
+        close(i, b[i], c[i], L["qty"][i].copy(), "end_of_data")
+        # (7) the trades that ended leave the live set (in bulk: once a tenth of the rows ended)
+        gone = ~L["open"] & ~L["flushed"]
+        if gone.any():
+            g = L["gid"][gone]
+            for name, out in (
+                ("realized", realized),
+                ("fees", fees),
+                ("funding", funding),
+                ("mae", mae),
+                ("mfe", mfe),
+                ("partials", partials),
+                ("exit_bar", exit_bar),
+                ("reason", reason),
+            ):
+                out[g] = L[name][gone]
+            L["flushed"][gone] = True
+        keep = L["open"]
+        if keep.sum() < 0.9 * keep.size:
+            L = {name: v[keep] for name, v in L.items()}
         k += 1
 
     net = realized - fees - funding

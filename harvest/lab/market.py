@@ -123,8 +123,9 @@ def build_market(
             parts[name].append(getattr(k, name).astype(np.float64))
         f = np.zeros(n)
         if fund is not None and fund[0].size:
-            idx = np.searchsorted(k.open_time, fund[0], side="right") - 1
-            ok = (idx >= 0) & (fund[0] < k.open_time[-1] + k.interval_s)
+            # the bar that ends at or after the funding time: paid by what is open until then
+            idx = np.searchsorted(k.open_time, fund[0], side="left") - 1
+            ok = (idx >= 0) & (fund[0] <= k.open_time[-1] + k.interval_s)
             np.add.at(f, idx[ok], fund[1][ok])
         has_f[k.symbol] = fund is not None and fund[0].size > 0
         parts["funding"].append(f)
@@ -159,3 +160,30 @@ def load_market(paths: list[str], theta: HarvestTheta) -> ReplayMarket:
             k = read_klines(path)
             data.append((k, funding_for(path, k.symbol), str(path)))
     return build_market(data, theta)
+
+
+def build_market_like(m: ReplayMarket, theta: HarvestTheta) -> ReplayMarket:
+    """``m`` with its market states recomputed for ``theta``'s windows and regime parameters
+    (the bars and funding unchanged)."""
+    parts = []
+    for s in m.symbols:
+        a, n = m.start[s], m.count[s]
+        parts.append(market_series(m.close[a : a + n], theta))
+    series = MarketSeries(
+        **{f: np.concatenate([getattr(p, f) for p in parts]) for f in MarketSeries.__dataclass_fields__}
+    )
+    return ReplayMarket(
+        symbols=m.symbols,
+        interval_s=m.interval_s,
+        start=m.start,
+        count=m.count,
+        open_time=m.open_time,
+        open=m.open,
+        high=m.high,
+        low=m.low,
+        close=m.close,
+        funding=m.funding,
+        series=series,
+        has_funding=m.has_funding,
+        sources=m.sources,
+    )

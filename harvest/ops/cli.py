@@ -316,6 +316,71 @@ def _cmd_schedule(a: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_tune(a: argparse.Namespace, policies: list[str], theta, fill) -> int:
+    import math
+
+    from harvest.data import KlineFileError
+    from harvest.lab.entries import EntriesError, generate, read_entries
+    from harvest.lab.market import FundingFileError, load_market
+    from harvest.lab.tune import tune
+    from harvest.ops.demo import parse_time
+
+    try:
+        m = load_market(a.data or [], theta)
+        entries = (
+            read_entries(a.entries, m, theta)
+            if a.entries
+            else generate(m, theta, a.rule, a.every_minutes * 60, a.n, a.seed, a.margin, a.leverage)
+        )
+        if a.split:
+            split = parse_time(a.split)
+        else:  # the first 70 % of the entries' span trains, the rest tests
+            times = sorted(float(m.open_time[x.bar]) for x in entries)
+            split = times[int(len(times) * 0.7)] if times else 0.0
+        doc = tune(
+            m,
+            entries,
+            split,
+            theta,
+            fill,
+            [p for p in policies if p != "default"],
+            a.trials,
+            a.seed,
+            progress=not a.json and sys.stderr.isatty(),
+        )
+    except (KlineFileError, FundingFileError, EntriesError, ValueError, FileNotFoundError) as e:
+        print(f"harvest replay --tune: {e}", file=sys.stderr)
+        return 2
+
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x
+
+    if a.json:
+        print(json.dumps(clean(doc), indent=2))
+        return 0
+    from datetime import datetime, timezone
+
+    from harvest.lab.report import table
+
+    when = datetime.fromtimestamp(doc["split"], timezone.utc).strftime("%Y-%m-%d %H:%M")
+    print(
+        f"harvest replay --tune: {doc['trials']} trials on {doc['n_train']} training entries (before {when} UTC), "
+        f"judged on {doc['n_test']} later entries"
+    )
+    for span in ("train", "test"):
+        print(f"\n{span} span (paired differences against the tuned default):")
+        print(table({"base": "tuned", **doc[span]}))
+    print("\nto apply the tuned theta:")
+    print("\n".join(doc["lines"]) or "(the configured theta won: nothing to change)")
+    return 0
+
+
 def _cmd_replay(a: argparse.Namespace) -> int:
     import math
 
@@ -336,6 +401,8 @@ def _cmd_replay(a: argparse.Namespace) -> int:
     fill = FillModel(a.scan_delay, a.trailing_positive, a.trailing_offset, a.time_stop_hours * 3600)
     from harvest.ops.demo import parse_time
 
+    if a.tune:
+        return _replay_tune(a, policies, theta, fill)
     try:
         doc, runs, m = run_replay(
             a.data or [],
@@ -533,6 +600,14 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--trailing-positive", type=float, default=0.01, help="trailing stop distance, fraction (0.01)")
     rp.add_argument("--trailing-offset", type=float, default=0.02, help="profit that arms it, fraction (0.02)")
     rp.add_argument("--time-stop-hours", type=float, default=24.0, help="the time baseline's hold (24)")
+    rp.add_argument(
+        "--tune",
+        action="store_true",
+        help="search theta with Optuna on a training span, judge it "
+        "on the later test span against the baselines, print the HARVEST_THETA__ lines",
+    )
+    rp.add_argument("--split", help="with --tune: the first test entry time (default: 70 %% of the entries train)")
+    rp.add_argument("--trials", type=int, default=60, help="with --tune: Optuna trials (default %(default)s)")
     rp.add_argument("--html", help="write the HTML report here")
     rp.add_argument("--json", action="store_true", help="print the report as JSON")
     rp.set_defaults(fn=_cmd_replay)

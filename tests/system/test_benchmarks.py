@@ -84,3 +84,20 @@ def test_stage_profile_runs_and_counts_round_trips(tmp_path):
     assert res["redis_cpu_us_per_plan"] > 0
     for line in ("propose", "guard", "execute", "confirm", "Redis server CPU per plan"):
         assert line in p.stdout
+
+
+def test_replay_benchmark_runs(tmp_path):
+    """The replay benchmark's harness end to end on a sparse grid (the figures come from the full
+    run, benchmarks/README.md): it prints the batch rate and the ratio to the single loop."""
+    out = tmp_path / "replay.json"
+    p = subprocess.run(
+        [sys.executable, "benchmarks/replay.py", "--every-minutes", "720", "--single-rows", "500", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode in (0, 1), p.stdout + p.stderr
+    res = json.loads(out.read_text())
+    assert res["evaluations"] > 0 and res["single_loop_rows"] == 500 and res["ratio"] > 0
+    assert "M/s" in p.stdout and "×" in p.stdout
