@@ -184,6 +184,11 @@ class HarvestSettings(BaseSettings):
     paper_replay_speed: float = Field(1.0, ge=0, le=100_000, description="market seconds per wall second")
     paper_balance_usdt: float = Field(100_000.0, gt=0)
     theta: HarvestTheta = Field(default_factory=HarvestTheta)
+    policy: Literal["r_ladder", "lsf_ladder"] | None = Field(
+        None,
+        description="the harvest policy (DESIGN §2): r_ladder (partials at R tiers) or lsf_ladder (partials "
+        "at the exit ladder's take-profit prices); sets theta.policy (HARVEST_THETA__POLICY says the same)",
+    )
 
     @field_validator("symbols", mode="before")
     @classmethod
@@ -229,6 +234,14 @@ class HarvestSettings(BaseSettings):
         if v is not None and ":" not in v.get_secret_value():
             raise ValueError("must be user:password")
         return v
+
+    @model_validator(mode="after")
+    def _policy_into_theta(self) -> "HarvestSettings":
+        if self.policy is not None and self.policy != self.theta.policy:
+            if "policy" in self.theta.model_fields_set:
+                raise ValueError(f"HARVEST_POLICY={self.policy} and HARVEST_THETA__POLICY={self.theta.policy} disagree")
+            object.__setattr__(self, "theta", self.theta.model_copy(update={"policy": self.policy}))
+        return self
 
     @model_validator(mode="after")
     def _venue_rules(self) -> "HarvestSettings":

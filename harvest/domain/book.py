@@ -119,6 +119,7 @@ def position_row(vp: VenuePosition, entry: dict[str, Any], m: MarketState) -> tu
         vp.funding_paid,
         entry.get("entry_state"),
         m,
+        vp.leverage,
     )
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from pydantic import BaseModel
 
 from harvest.domain.margin import clamp_stop
@@ -116,3 +117,21 @@ def compute_levels(
         close_scheme=close_scheme(leverage),
         sl_clamped=sl_price != raw_sl,
     )
+
+
+def ladder_targets(
+    entry_price: np.ndarray, side_sign: np.ndarray, leverage: np.ndarray, theta: HarvestTheta
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ladder's take-profit prices and its close scheme for many positions (the
+    ``lsf_ladder`` policy's tiers; arrays of shape (n,) in, (3, n) out): ``tp[k] = entry·(1 +
+    side·f_k)`` with ``f`` of :func:`compute_levels`, and the fractions of the opening qty of
+    :func:`close_scheme`. Uses ``numpy.log``, so the single-position kernel, which calls this on
+    one-element arrays, agrees with the batch bit for bit."""
+    lsf = 1.0 / (1.0 + np.log(leverage + 1.0))
+    f = np.vstack([theta.base_tp * (0.6 + lsf), theta.base_tp * (1.2 + lsf / 2.0), theta.base_tp * (1.8 + lsf / 4.0)])
+    tp = entry_price * (1.0 + side_sign * f)
+    lev = np.round(leverage)
+    scheme = np.where(
+        lev <= 10, [[0.30], [0.30], [0.40]], np.where(lev <= 30, [[0.40], [0.40], [0.20]], [[0.50], [0.30], [0.20]])
+    )
+    return tp, scheme

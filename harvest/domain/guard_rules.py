@@ -44,7 +44,7 @@ from pydantic import ValidationError
 
 from harvest.data import SymbolFilters
 from harvest.domain.book import is_new_epoch, to_position
-from harvest.domain.kernel import compute_kill_score, compute_r_net
+from harvest.domain.kernel import compute_kill_score, compute_r_net, ladder_tier
 from harvest.domain.models import (
     STOP_ACTIONS,
     Action,
@@ -195,10 +195,22 @@ def breached(side: Side, mark: float, stop: float) -> bool:
 def check_partial(
     plan: Plan, vp: VenuePosition, entry: dict[str, Any], f: SymbolFilters, c: GuardContext, data: dict[str, Any]
 ) -> Block | Approval:
-    """A partial close: tier not yet harvested and reached, then its quantity."""
+    """A partial close: tier not yet harvested and reached (by ``theta.policy``: R_net at the
+    tier's R, or the mark at the exit ladder's take-profit price; either within
+    ``guard_r_tolerance`` R), then its quantity."""
     if int(entry.get("harvested_tier", 0)) >= plan.tier:
         return Block(PlanState.REJECTED, "tier_harvested", {"harvested_tier": entry.get("harvested_tier")})
     r = _r_net(plan, vp, entry, c)
+    if c.theta.policy == "lsf_ladder":
+        tol = plan.side.sign * c.theta.guard_r_tolerance * abs(vp.entry_price - float(entry["initial_stop"]))
+        try:
+            nearer = to_position(c.account, vp.model_copy(update={"mark_price": vp.mark_price + tol}), entry)
+            reached = ladder_tier(nearer, c.theta)[0]
+        except (ValidationError, ZeroDivisionError):
+            reached = 0
+        if reached < plan.tier:
+            return Block(PlanState.REJECTED, "tier_not_reached", {"r_net": r, "policy": "lsf_ladder"})
+        return _sized(plan, vp, f, dict(data, r_net=r))
     need = c.theta.tier_r[plan.tier - 1] - c.theta.guard_r_tolerance
     if r is None or r < need:
         return Block(PlanState.REJECTED, "tier_not_reached", {"r_net": r, "tier_r": c.theta.tier_r[plan.tier - 1]})

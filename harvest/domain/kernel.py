@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harvest.domain.exit_ladder import ladder_targets
 from harvest.domain.models import (
     ACTION_CODES,
     KILL_COMPONENTS,
@@ -131,16 +132,23 @@ def kill_score_from_components(
 
 
 def determine_harvest_action(
-    r_net: float, kill_score: float, harvested_tier: int, theta: HarvestTheta, age_s: float = 0.0
+    r_net: float,
+    kill_score: float,
+    harvested_tier: int,
+    theta: HarvestTheta,
+    age_s: float = 0.0,
+    reached: int | None = None,
 ) -> tuple[Action, int, list[str]]:
     """Action, tier (0..3) and reason codes from R_net, the kill score, the tier already
-    harvested this epoch (0..3) and the position's age (s; the time stop). Never returns a
-    tier ≤ ``harvested_tier``."""
+    harvested this epoch (0..3) and the position's age (s; the time stop). ``reached``: the
+    tier the price has reached when the policy's tiers are not R tiers (``lsf_ladder``:
+    :func:`ladder_tier`). Never returns a tier ≤ ``harvested_tier``."""
     if age_s >= theta.max_hold_s:
         return Action.FULL_CLOSE_PROPOSED, 0, ["time_stop"]
     if kill_score >= theta.kill_threshold:
         return Action.FULL_CLOSE_PROPOSED, 0, ["kill_score_triggered"]
-    reached = 3 if r_net >= theta.t3_r else (2 if r_net >= theta.t2_r else (1 if r_net >= theta.t1_r else 0))
+    if reached is None:
+        reached = 3 if r_net >= theta.t3_r else (2 if r_net >= theta.t2_r else (1 if r_net >= theta.t1_r else 0))
     if reached > harvested_tier:
         action = _PARTIAL[reached]
         return action, reached, [f"harvest_{action.value.lower()}"]
@@ -179,14 +187,31 @@ def compute_profit_lock(position: Position, r_net: float, theta: HarvestTheta) -
     return None
 
 
+def ladder_tier(position: Position, theta: HarvestTheta) -> tuple[int, tuple[float, float, float, float]]:
+    """The ``lsf_ladder`` tier the mark has reached (0..3: the highest take-profit price at or
+    through which the mark is) and the cumulative close scheme ``(0, S1, S2, 1)`` (fractions of
+    the opening qty closed once tiers 0..3 are harvested); :func:`ladder_targets` on one row."""
+    tp, scheme = ladder_targets(
+        np.array([position.entry_price]), np.array([float(position.side.sign)]), np.array([position.leverage]), theta
+    )
+    s = position.side.sign
+    over = [bool(s * (position.mark_price - float(tp[k, 0])) >= 0.0) for k in range(3)]
+    reached = 3 if over[2] else (2 if over[1] else (1 if over[0] else 0))
+    s1 = float(scheme[0, 0])
+    return reached, (0.0, s1, s1 + float(scheme[1, 0]), 1.0)
+
+
 def compute_harvest_proposal(position: Position, market: MarketState, now: float, theta: HarvestTheta) -> Proposal:
     """Full decision for one position: R_net, kill score, action, tier, close fraction
     (of the remaining qty) and, for PROFIT_LOCK_SL, the new stop. Priority: full close, then
-    the highest unharvested tier, then the profit lock."""
+    the highest unharvested tier (by ``theta.policy``: R tiers, or the exit ladder's prices
+    closing ``(S_tier − S_harvested) / (1 − S_harvested)`` of the remaining qty), then the
+    profit lock."""
     r_net = compute_r_net(position, theta)
     kill = compute_kill_score(position, market, now, theta)
+    reached, cum = ladder_tier(position, theta) if theta.policy == "lsf_ladder" else (None, None)
     action, tier, reasons = determine_harvest_action(
-        r_net, kill.score, position.harvested_tier, theta, now - position.opened_at
+        r_net, kill.score, position.harvested_tier, theta, now - position.opened_at, reached
     )
     new_stop = None
     fraction = 0.0
@@ -194,6 +219,9 @@ def compute_harvest_proposal(position: Position, market: MarketState, now: float
         fraction = 1.0
         if reasons != ["time_stop"]:
             reasons = kill.reasons
+    elif tier and cum is not None:
+        done = cum[min(max(position.harvested_tier, 0), 3)]
+        fraction = (cum[tier] - done) / (1.0 - done) if 1.0 - done > 0.0 else 0.0
     elif tier:
         fraction = TIER_FRACTION[tier]
     else:
@@ -221,7 +249,8 @@ class PositionBatch:
     """Struct of arrays for :func:`evaluate_batch`; every array has shape (n,), float64 unless
     noted. ``side_sign`` ±1; ``stop`` the stop in force; ``has_entry`` (bool) whether an entry
     market state exists; ``*_trend`` (bool) regime == TREND; ``*_dir`` trend direction ±1/0;
-    ``now_bars`` the bars the regime now has held (``MarketState.regime_bars``)."""
+    ``now_bars`` the bars the regime now has held (``MarketState.regime_bars``); ``leverage`` the
+    position's (the ``lsf_ladder`` policy's take-profits depend on it)."""
 
     side_sign: np.ndarray
     qty: np.ndarray
@@ -245,6 +274,7 @@ class PositionBatch:
     now_sigma: np.ndarray
     now_ts: np.ndarray
     now_bars: np.ndarray
+    leverage: np.ndarray
 
     @classmethod
     def from_rows(cls, rows: list[tuple[float, ...]]) -> "PositionBatch":
@@ -271,6 +301,7 @@ class PositionBatch:
                     p.funding_paid,
                     p.entry_state,
                     m,
+                    p.leverage,
                 )
                 for p, m in pairs
             ]
@@ -298,6 +329,7 @@ def batch_row(
     funding_paid: float,
     entry_state: MarketState | None,
     m: MarketState,
+    leverage: float = 1.0,
 ) -> tuple[float, ...]:
     """One position as a row of :class:`PositionBatch` values, in field order (prices USDT,
     qty base units, ``stop`` the stop in force, times s; ``entry_state`` the market state at
@@ -326,6 +358,7 @@ def batch_row(
         m.sigma,
         m.ts,
         m.regime_bars,
+        leverage,
     )
 
 
@@ -384,7 +417,14 @@ def evaluate_batch(b: PositionBatch, now: float, theta: HarvestTheta) -> BatchRe
     x = theta.w_regime_flip * c_rf + theta.w_sigma_spike * c_ss + theta.w_ts_drop * c_td + theta.w_age_penalty * c_age
     kill = 1.0 - np.exp(-x)
 
-    reached = np.where(r_net >= theta.t3_r, 3, np.where(r_net >= theta.t2_r, 2, np.where(r_net >= theta.t1_r, 1, 0)))
+    if theta.policy == "lsf_ladder":
+        tp, scheme = ladder_targets(b.entry_price, s, b.leverage, theta)
+        over = s * (b.mark_price - tp) >= 0.0
+        reached = np.where(over[2], 3, np.where(over[1], 2, np.where(over[0], 1, 0)))
+    else:
+        reached = np.where(
+            r_net >= theta.t3_r, 3, np.where(r_net >= theta.t2_r, 2, np.where(r_net >= theta.t1_r, 1, 0))
+        )
     timed = (now - b.opened_at) >= theta.max_hold_s
     killed = timed | (kill >= theta.kill_threshold)
     partial = ~killed & (reached > b.harvested_tier)
@@ -399,8 +439,15 @@ def evaluate_batch(b: PositionBatch, now: float, theta: HarvestTheta) -> BatchRe
     action = np.where(lock, _CODE[Action.PROFIT_LOCK_SL], action)
     action = np.where(partial, tier, action)  # codes 1..3 are PARTIAL_25/50/75
     action = np.where(killed, _CODE[Action.FULL_CLOSE_PROPOSED], action)
-    frac_by_tier = np.array([0.0, TIER_FRACTION[1], TIER_FRACTION[2], TIER_FRACTION[3]])
-    close_fraction = np.where(killed, 1.0, frac_by_tier[tier])
+    if theta.policy == "lsf_ladder":
+        cum = np.vstack([np.zeros_like(r_net), scheme[0], scheme[0] + scheme[1], np.ones_like(r_net)])
+        rows = np.arange(r_net.size)
+        done = cum[np.clip(b.harvested_tier, 0, 3), rows]
+        ladder = _safe_div(cum[tier, rows] - done, 1.0 - done)
+        close_fraction = np.where(killed, 1.0, np.where(partial, ladder, 0.0))
+    else:
+        frac_by_tier = np.array([0.0, TIER_FRACTION[1], TIER_FRACTION[2], TIER_FRACTION[3]])
+        close_fraction = np.where(killed, 1.0, frac_by_tier[tier])
     return BatchResult(
         action=action,
         tier=tier,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from enum import Enum, StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -96,6 +96,10 @@ class HarvestTheta(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
+    # Which ladder sets the partial closes (DESIGN §2): ``r_ladder`` — tiers at R_net ≥ t1/t2/t3
+    # closing 25/50/75 % of the remaining qty; ``lsf_ladder`` — tiers at the exit ladder's
+    # tp1/tp2/tp3 prices closing its leverage scheme of the opening qty (the last one closes all).
+    policy: Literal["r_ladder", "lsf_ladder"] = "r_ladder"
     # Harvest tiers (R-multiples of R_net) and the fraction of the *remaining* qty each closes.
     t1_r: float = Field(2.0, gt=0, description="R_net that triggers PARTIAL_25")
     t2_r: float = Field(4.0, gt=0, description="R_net that triggers PARTIAL_50")

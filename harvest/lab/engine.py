@@ -21,10 +21,11 @@
   at the bar's close (positive rate: longs pay).
 * A position still open at the end of its data closes at the last close (``end_of_data``).
 
-**Policies**: ``default`` (the harvest kernel: partials at R tiers, profit lock, kill score,
-time stop), ``lsf_ladder`` (DESIGN §2: take-profits at the exit ladder's tp1..tp3 closing its
-leverage scheme of the opening qty, the ladder's stop, and the kernel's kill score and time
-stop), ``bracket`` (the stop and one take-profit at the ladder's tp3), ``trailing``
+**Policies**: ``default`` (the harvest kernel with the configured theta: partials at its
+tiers, profit lock, kill score, time stop), ``lsf_ladder`` (the same kernel with
+``theta.policy = lsf_ladder``, DESIGN §2: its partials at the exit ladder's tp1..tp3 prices,
+closing the ladder's leverage scheme of the opening qty, decided at the scan like any other),
+``bracket`` (the stop and one take-profit at the ladder's tp3), ``trailing``
 (freqtrade's ``trailing_stop_positive`` / ``trailing_stop_positive_offset``: once the profit
 reaches the offset, the stop trails the bar's best price by ``positive``), ``time`` (the stop,
 and a market close after ``time_stop_s``), ``hold`` (the stop only).
@@ -185,6 +186,7 @@ def simulate(
         "e": e,
         "q0": q0,
         "ru": ru,
+        "lev": np.array([x.leverage for x in entries], dtype=np.float64),
         "stop0": stop0,
         "liq": liq,
         "opened_at": opened_at,
@@ -222,6 +224,7 @@ def simulate(
     }
     evaluations = 0
     harvest_like = policy in ("default", "lsf_ladder")
+    kernel_theta = theta.model_copy(update={"policy": "lsf_ladder"}) if policy == "lsf_ladder" else theta
     recorded = min(record, n)
 
     def close(i: np.ndarray, b: np.ndarray, price: np.ndarray, q: np.ndarray, why: str | np.ndarray) -> None:
@@ -291,18 +294,15 @@ def simulate(
             px = np.where(s_[i] * (o[i] - st_[i]) <= 0, o[i], st_[i])
             why = np.where(st_[i] == L["stop0"][i], "stop", "locked_stop")
             close(i, b[i], px, L["qty"][i].copy(), why)
-        if policy in ("bracket", "lsf_ladder"):
-            for lvl in (2,) if policy == "bracket" else (0, 1, 2):
+        if policy == "bracket":
+            for lvl in (2,):
                 tp = L[f"tp{lvl}"]
                 hit = L["open"] & (s_ * (best - tp) >= 0) & (L["tp_done"] <= lvl)
                 i = np.flatnonzero(hit)
                 if i.size == 0:
                     continue
                 px = np.where(s_[i] * (o[i] - tp[i]) >= 0, o[i], tp[i])
-                if policy == "bracket" or lvl == 2:
-                    q = L["qty"][i].copy()
-                else:
-                    q = np.minimum(L["qty"][i], L[f"sch{lvl}"][i] * L["q0"][i])
+                q = L["qty"][i].copy()
                 L["tp_done"][i] = lvl + 1
                 close(i, b[i], px, q, "take_profit")
         # (3) funding on what is open through the bar
@@ -342,18 +342,16 @@ def simulate(
                     now_sigma=ser.sigma[bi],
                     now_ts=ser.ts[bi],
                     now_bars=ser.regime_bars[bi].astype(np.float64),
+                    leverage=L["lev"][i],
                 )
                 now = m.open_time[bi] + L["interval"][i]
-                res = evaluate_batch(batch, now, theta)  # type: ignore[arg-type]
+                res = evaluate_batch(batch, now, kernel_theta)  # type: ignore[arg-type]
                 if sample is not None and evaluations < sample_rows:
                     sample.append((batch, now))
                 evaluations += i.size
                 due_b = bi + 1 + L["delay"][i]
                 if decisions is not None:
-                    acted = np.flatnonzero(res.action != 0)
-                    if policy == "lsf_ladder":
-                        acted = acted[res.action[acted] == _FULL]
-                    for j in acted.tolist():
+                    for j in np.flatnonzero(res.action != 0).tolist():
                         decisions.append(
                             (
                                 int(L["gid"][i[j]]),
@@ -367,14 +365,13 @@ def simulate(
                 sel = i[kill]
                 L["pend"][sel], L["pend_due"][sel] = _P_FULL, due_b[kill]
                 L["pend_reason"][sel] = np.where(res.time_stop[kill], "time_stop", "kill_score")
-                if policy == "default":
-                    part = (res.action >= 1) & (res.action <= 3)
-                    sel = i[part]
-                    L["pend"][sel], L["pend_due"][sel] = _P_PART, due_b[part]
-                    L["pend_frac"][sel], L["pend_tier"][sel] = res.close_fraction[part], res.tier[part]
-                    lock = res.action == _LOCK
-                    sel = i[lock]
-                    L["pend"][sel], L["pend_due"][sel], L["pend_stop"][sel] = _P_STOP, due_b[lock], res.new_stop[lock]
+                part = (res.action >= 1) & (res.action <= 3)
+                sel = i[part]
+                L["pend"][sel], L["pend_due"][sel] = _P_PART, due_b[part]
+                L["pend_frac"][sel], L["pend_tier"][sel] = res.close_fraction[part], res.tier[part]
+                lock = res.action == _LOCK
+                sel = i[lock]
+                L["pend"][sel], L["pend_due"][sel], L["pend_stop"][sel] = _P_STOP, due_b[lock], res.new_stop[lock]
         elif policy == "trailing":
             i = np.flatnonzero(op)
             profit = s_[i] * (c[i] - e_[i]) / e_[i]

@@ -112,3 +112,34 @@ def test_replay_and_pipeline_make_the_same_decisions(rt):
     print(f"\n{len(replay)} decisions compared: {sorted(replay)}")
     assert replay, "the window holds decisions to compare"
     assert pipeline == replay, (sorted(pipeline - replay)[:5], sorted(replay - pipeline)[:5])
+
+
+def test_the_pipeline_runs_the_lsf_ladder_policy():
+    """``HARVEST_POLICY=lsf_ladder`` in a worker: a 10× long whose mark passed the ladder's tp1
+    gets tier 1 closing the scheme's 30 % of the opening qty (not the R ladder's 25 % at 2 R)."""
+    from harvest.domain.exit_ladder import compute_levels
+    from harvest.services.runtime import build_runtime
+    from tasks.app import app
+    from tests.pipeline_helpers import clean, open_position
+
+    ns = os.environ["HARVEST_NAMESPACE"] + "-lsf"
+    rt = build_runtime(load_settings(namespace=ns))
+    clean(rt)
+    w = worker({"HARVEST_NAMESPACE": ns, "HARVEST_POLICY": "lsf_ladder"}, ns, 2).start()
+    try:
+        w.wait_ready()
+        theta = load_settings(policy="lsf_ladder").theta
+        e = 100_000.0
+        tp1 = compute_levels(e, "LONG", 10.0, theta).tp_prices[0]
+        open_position(rt, "BTCUSDT", "LONG", 1.0, e, 99_000.0, leverage=10.0, mark=tp1 + 10)
+        assert (tp1 + 10 - e) / 1_000.0 < 2.0  # under 2 R: the R ladder would hold
+        app.send_task("harvest.scan_positions", queue=f"{ns}.scan")
+        plan = wait_for(
+            lambda: next((p for p in rt.plans.all_plans() if p.state in ("FILLED", "REJECTED", "FAILED")), None),
+            30,
+            what="the tier's plan",
+        )
+        assert (plan.action, plan.tier, plan.state, plan.order_qty) == (Action.PARTIAL_25, 1, "FILLED", "0.3")
+        assert rt.venue.position("BTCUSDT").qty == pytest.approx(0.7)
+    finally:
+        w.stop()

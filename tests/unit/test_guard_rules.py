@@ -284,3 +284,18 @@ def test_check_stop():
         ).reason
         == "no_stop_inside_liquidation"
     )
+
+
+def test_check_partial_under_the_lsf_ladder_policy():
+    """With ``policy = lsf_ladder`` a tier is reached at the exit ladder's price (within the
+    guard's tolerance), not at an R multiple."""
+    from harvest.domain.exit_ladder import compute_levels
+
+    th = TH.model_copy(update={"policy": "lsf_ladder"})
+    ctx = GuardContext(frozenset({"BTCUSDT"}), th, T0 + 1, T0 + 1)
+    tp1 = compute_levels(100_000.0, Side.LONG, 10.0, th).tp_prices[0]
+    at = check_partial(plan(fraction=0.3), vpos(mark=tp1 + 1), book(), F, ctx, {})
+    assert isinstance(at, Approval) and at.fields == {"order_qty": "0.03"}
+    assert check_partial(plan(fraction=0.3), vpos(mark=tp1 - 1_000), book(), F, ctx, {}).reason == "tier_not_reached"
+    # the R tiers do not apply: 2.2 R is below the ladder's tp1 at 10× (≈ 1.8 % ≈ 1.8 R here)
+    assert tp1 < 100_000.0 + 2.2 * 1_000.0

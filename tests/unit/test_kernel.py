@@ -271,11 +271,16 @@ def position_and_market(draw):
 
 
 @hsettings(max_examples=300)
-@given(st.lists(position_and_market(), min_size=1, max_size=20), st.floats(0, 200_000))
-def test_batch_equals_single_exactly(pairs, now):
-    res = evaluate_batch(PositionBatch.from_models(pairs), now, TH)
+@given(
+    st.lists(position_and_market(), min_size=1, max_size=20),
+    st.floats(0, 200_000),
+    st.sampled_from(["r_ladder", "lsf_ladder"]),
+)
+def test_batch_equals_single_exactly(pairs, now, policy):
+    th = TH.model_copy(update={"policy": policy})
+    res = evaluate_batch(PositionBatch.from_models(pairs), now, th)
     for i, (p, m) in enumerate(pairs):
-        single = compute_harvest_proposal(p, m, now, TH)
+        single = compute_harvest_proposal(p, m, now, th)
         assert res.actions()[i] is single.action
         assert int(res.tier[i]) == single.tier
         assert float(res.r_net[i]) == single.r_net
@@ -295,3 +300,24 @@ def test_position_rejects_bad_numbers():
         pos(stop=105.0)  # a LONG's stop above entry
     with pytest.raises(ValueError):
         pos(qty=0.0)
+
+
+def test_the_lsf_ladder_policy_closes_the_scheme_at_the_ladders_prices():
+    """``policy = lsf_ladder`` (DESIGN §2): tiers at the exit ladder's tp1..tp3, each closing its
+    leverage scheme of the opening qty (10×: 30/30/40 %), the last one all that is left."""
+    from harvest.domain.exit_ladder import compute_levels
+
+    th = TH.model_copy(update={"policy": "lsf_ladder"})
+    lv = compute_levels(100.0, "LONG", 10.0, th)
+    calm = ms(Regime.CHOP, p=0.2)
+    p = pos(mark=lv.tp_prices[0] + 0.001, entry_state=calm).model_copy(update={"leverage": 10.0})
+    out = compute_harvest_proposal(p, calm, 60.0, th)
+    assert (out.action, out.tier, out.close_fraction) == (Action.PARTIAL_25, 1, pytest.approx(0.30))
+    assert compute_harvest_proposal(p, calm, 60.0, TH).action is not Action.PARTIAL_25  # not 2 R yet
+    p2 = p.model_copy(update={"mark_price": lv.tp_prices[1] + 0.001, "harvested_tier": 1, "qty": 0.7})
+    out = compute_harvest_proposal(p2, calm, 60.0, th)
+    assert (out.tier, out.close_fraction) == (2, pytest.approx(0.30 / 0.70))
+    p3 = p.model_copy(update={"mark_price": lv.tp_prices[2] + 0.001, "harvested_tier": 1})
+    assert compute_harvest_proposal(p3, calm, 60.0, th).close_fraction == 1.0  # tiers 2 and 3 at once: all
+    below = p.model_copy(update={"mark_price": lv.tp_prices[0] - 0.001})
+    assert compute_harvest_proposal(below, calm, 60.0, th).tier == 0

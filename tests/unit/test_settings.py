@@ -92,6 +92,23 @@ def test_unknown_variables_stop_start_up_naming_the_closest(monkeypatch):
     ) == ["HARVEST_THETA__KILL_THRESHLD (did you mean HARVEST_THETA__KILL_THRESHOLD?)"]
 
 
+def test_the_policy_is_a_validated_setting(monkeypatch):
+    """Issue 20: ``HARVEST_POLICY=lsf_ladder`` was silently ignored; now it sets the kernel's
+    policy, an unknown one stops start-up naming it, and two spellings may not disagree."""
+    monkeypatch.setenv("HARVEST_POLICY", "lsf_ladder")
+    assert load_settings().theta.policy == "lsf_ladder"
+    monkeypatch.setenv("HARVEST_POLICY", "martingale")
+    with pytest.raises(SettingsError) as e:
+        load_settings()
+    assert "HARVEST_POLICY='martingale'" in str(e.value) and "lsf_ladder" in str(e.value)
+    monkeypatch.setenv("HARVEST_POLICY", "r_ladder")
+    monkeypatch.setenv("HARVEST_THETA__POLICY", "lsf_ladder")
+    with pytest.raises(SettingsError, match="disagree"):
+        load_settings()
+    monkeypatch.delenv("HARVEST_POLICY")
+    assert load_settings().theta.policy == "lsf_ladder"
+
+
 @pytest.mark.parametrize(
     "field,value",
     [
