@@ -12,7 +12,7 @@ funding from a ``calc_time,funding_rate`` CSV.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +103,13 @@ class ReplayMarket:
         return {s: self.start[s] + self.count[s] - 1 for s in self.symbols}
 
 
+def _concat(parts: list[MarketSeries]) -> MarketSeries:
+    """The symbols' market series end to end, on the market's one bar axis."""
+    return MarketSeries(
+        **{f: np.concatenate([getattr(p, f) for p in parts]) for f in MarketSeries.__dataclass_fields__}
+    )
+
+
 def build_market(
     data: list[tuple[Klines, tuple[np.ndarray, np.ndarray] | None, str]], theta: HarvestTheta
 ) -> ReplayMarket:
@@ -131,9 +138,7 @@ def build_market(
         parts["funding"].append(f)
         series_parts.append(market_series(k.close, theta))
     cat = {name: np.concatenate(v) for name, v in parts.items()}
-    series = MarketSeries(
-        **{f: np.concatenate([getattr(s, f) for s in series_parts]) for f in MarketSeries.__dataclass_fields__}
-    )
+    series = _concat(series_parts)
     return ReplayMarket(
         symbols=syms,
         interval_s=[k.interval_s for k, _, _ in data],
@@ -165,25 +170,5 @@ def load_market(paths: list[str], theta: HarvestTheta) -> ReplayMarket:
 def build_market_like(m: ReplayMarket, theta: HarvestTheta) -> ReplayMarket:
     """``m`` with its market states recomputed for ``theta``'s windows and regime parameters
     (the bars and funding unchanged)."""
-    parts = []
-    for s in m.symbols:
-        a, n = m.start[s], m.count[s]
-        parts.append(market_series(m.close[a : a + n], theta))
-    series = MarketSeries(
-        **{f: np.concatenate([getattr(p, f) for p in parts]) for f in MarketSeries.__dataclass_fields__}
-    )
-    return ReplayMarket(
-        symbols=m.symbols,
-        interval_s=m.interval_s,
-        start=m.start,
-        count=m.count,
-        open_time=m.open_time,
-        open=m.open,
-        high=m.high,
-        low=m.low,
-        close=m.close,
-        funding=m.funding,
-        series=series,
-        has_funding=m.has_funding,
-        sources=m.sources,
-    )
+    parts = [market_series(m.close[m.start[s] : m.start[s] + m.count[s]], theta) for s in m.symbols]
+    return replace(m, series=_concat(parts))

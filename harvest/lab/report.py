@@ -56,22 +56,29 @@ def table(doc: dict[str, Any]) -> str:
 def write_html(path: str | Path, doc: dict[str, Any], runs: dict[str, Trades], m: ReplayMarket) -> None:
     """The report as one self-contained HTML file (module docstring)."""
     import plotly.graph_objects as go
+    from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
+    color = {name: qualitative.Plotly[i % len(qualitative.Plotly)] for i, name in enumerate(runs)}
     figs = []
     eq = make_subplots(rows=2, cols=1, shared_xaxes=True, subplot_titles=("equity (USDT)", "drawdown (USDT)"))
     for name, t in runs.items():
         o = np.argsort(t.exit_time, kind="stable")
         x = (t.exit_time[o]).astype("datetime64[s]")
         e = np.cumsum(t.net[o])
-        eq.add_trace(go.Scatter(x=x, y=e, name=name, mode="lines", legendgroup=name), row=1, col=1)
+        line = {"color": color[name]}
+        eq.add_trace(go.Scatter(x=x, y=e, name=name, mode="lines", legendgroup=name, line=line), row=1, col=1)
         dd = e - np.maximum.accumulate(np.maximum(e, 0))
-        eq.add_trace(go.Scatter(x=x, y=dd, name=name, mode="lines", legendgroup=name, showlegend=False), row=2, col=1)
+        eq.add_trace(
+            go.Scatter(x=x, y=dd, name=name, mode="lines", legendgroup=name, showlegend=False, line=line), row=2, col=1
+        )
     eq.update_layout(height=600, title="Equity and drawdown per policy (realized at each exit)")
     figs.append(eq)
     hist = go.Figure()
     for name, t in runs.items():
-        hist.add_trace(go.Histogram(x=np.clip(t.r, -3, 8), name=name, opacity=0.55, nbinsx=60))
+        hist.add_trace(
+            go.Histogram(x=np.clip(t.r, -3, 8), name=name, opacity=0.55, nbinsx=60, marker_color=color[name])
+        )
     hist.update_layout(barmode="overlay", title="R per trade (clipped to −3..8)", height=400)
     figs.append(hist)
     base = runs.get("default") or next(iter(runs.values()))

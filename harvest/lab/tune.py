@@ -65,12 +65,18 @@ def tune(
     trials: int = 60,
     seed: int = 7,
     progress: bool = False,
+    fields: list[str] | None = None,
 ) -> dict[str, Any]:
     """Tune on the entries opening before ``split`` (market time, s), judge after it (module
     docstring). Returns a JSON-ready document: ``best_theta`` (the changed fields), ``lines``,
     ``train`` and ``test`` (per policy: summary; paired differences against the tuned default),
-    ``trials``. Raises ValueError when either span has no entries."""
+    ``trials``. ``fields``: search only these of :data:`SPACE` (the rest stay as configured).
+    Raises ValueError when either span has no entries or a field is not in the space."""
     import optuna
+
+    space = {k: SPACE[k] for k in (fields or list(SPACE))} if all(k in SPACE for k in fields or []) else None
+    if space is None:
+        raise ValueError(f"--tune-fields must be among {', '.join(SPACE)}")
 
     train = [x for x in entries if m.open_time[x.bar] < split]
     test = [x for x in entries if m.open_time[x.bar] >= split]
@@ -94,7 +100,7 @@ def tune(
 
     def objective(trial: "optuna.Trial") -> float:
         params: dict[str, Any] = {}
-        for name, (lo, hi, kind) in SPACE.items():
+        for name, (lo, hi, kind) in space.items():
             params[name] = (
                 trial.suggest_int(name, int(lo), int(hi)) if kind == "int" else trial.suggest_float(name, lo, hi)
             )
@@ -108,7 +114,7 @@ def tune(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    study.enqueue_trial({name: getattr(theta, name) for name in SPACE})  # the configured theta is trial 0
+    study.enqueue_trial({name: getattr(theta, name) for name in space})  # the configured theta is trial 0
     study.optimize(objective, n_trials=trials, show_progress_bar=progress)
     best = HarvestTheta.model_validate({**theta.model_dump(), **study.best_params})
 

@@ -316,8 +316,20 @@ def _cmd_schedule(a: argparse.Namespace) -> int:
     return 0
 
 
-def _replay_tune(a: argparse.Namespace, policies: list[str], theta, fill) -> int:
+def _json_safe(x):
+    """``x`` with every non-finite float as None (JSON has no NaN or Infinity)."""
     import math
+
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def _replay_tune(a: argparse.Namespace, policies: list[str], theta, fill) -> int:
 
     from harvest.data import KlineFileError
     from harvest.lab.entries import EntriesError, generate, read_entries
@@ -347,22 +359,14 @@ def _replay_tune(a: argparse.Namespace, policies: list[str], theta, fill) -> int
             a.trials,
             a.seed,
             progress=not a.json and sys.stderr.isatty(),
+            fields=[x.strip() for x in a.tune_fields.split(",") if x.strip()] if a.tune_fields else None,
         )
     except (KlineFileError, FundingFileError, EntriesError, ValueError, FileNotFoundError) as e:
         print(f"harvest replay --tune: {e}", file=sys.stderr)
         return 2
 
-    def clean(x):
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [clean(v) for v in x]
-        return x
-
     if a.json:
-        print(json.dumps(clean(doc), indent=2))
+        print(json.dumps(_json_safe(doc), indent=2))
         return 0
     from datetime import datetime, timezone
 
@@ -382,8 +386,6 @@ def _replay_tune(a: argparse.Namespace, policies: list[str], theta, fill) -> int
 
 
 def _cmd_replay(a: argparse.Namespace) -> int:
-    import math
-
     from harvest.data import KlineFileError
     from harvest.lab.engine import POLICIES, FillModel
     from harvest.lab.entries import EntriesError
@@ -426,17 +428,7 @@ def _cmd_replay(a: argparse.Namespace) -> int:
     if a.html:
         write_html(a.html, doc, runs, m)
     if a.json:
-
-        def clean(x):
-            if isinstance(x, float) and not math.isfinite(x):
-                return None
-            if isinstance(x, dict):
-                return {k: clean(v) for k, v in x.items()}
-            if isinstance(x, list):
-                return [clean(v) for v in x]
-            return x
-
-        print(json.dumps(clean(doc), indent=2))
+        print(json.dumps(_json_safe(doc), indent=2))
     else:
         r = doc["run"]
         on = ", ".join(f"{s} ({n} bars)" for s, n in r["bars"].items())
@@ -608,6 +600,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     rp.add_argument("--split", help="with --tune: the first test entry time (default: 70 %% of the entries train)")
     rp.add_argument("--trials", type=int, default=60, help="with --tune: Optuna trials (default %(default)s)")
+    rp.add_argument(
+        "--tune-fields",
+        help="with --tune: the theta fields to search, comma-separated (default: all of harvest.lab.tune.SPACE)",
+    )
     rp.add_argument("--html", help="write the HTML report here")
     rp.add_argument("--json", action="store_true", help="print the report as JSON")
     rp.set_defaults(fn=_cmd_replay)
