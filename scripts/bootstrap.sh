@@ -66,11 +66,23 @@ ensure_rabbitmq() {
   echo "no RabbitMQ on 127.0.0.1:5672: the RabbitMQ chaos test will be skipped" >&2
 }
 
+# The alert rules' tests run promtool (Debian's prometheus package); without it they are skipped
+# with their reason.
+ensure_promtool() {
+  command -v promtool >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing promtool (Debian package prometheus)…" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || true
+    command -v systemctl >/dev/null 2>&1 && systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+  command -v promtool >/dev/null 2>&1 || echo "promtool not found: the alert-rule tests will be skipped" >&2
+}
+
 cmd=${1:-setup}
 shift || true
 case "$cmd" in
   demo) exec .venv/bin/harvest demo "$@" ;;
-  test) ensure_rabbitmq; exec .venv/bin/python -m pytest "$@" ;;
+  test) ensure_rabbitmq; ensure_promtool; exec .venv/bin/python -m pytest "$@" ;;
   check)
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .

@@ -16,6 +16,7 @@ import logging
 import time
 from collections import Counter
 
+from harvest.domain.book import unprotected
 from harvest.domain.trading import effective
 from harvest.services.decide import chain_payload, decide_and_plan, load_positions
 from harvest.services.runtime import get_runtime
@@ -111,6 +112,7 @@ def scan_positions() -> dict:
     p.hincrby(k, "scan:retries_started", kinds["retry"])
     p.hincrby(k, "scan:duplicates_skipped", kinds["repeat"])
     p.hincrby(k, "scan:busy_skipped", kinds["busy"])
+    p.hset(k, "positions_unprotected", sum(1 for vp, _, _ in rows if unprotected(vp)))
     dk = rt.plans.k.decisions
     p.delete(dk)
     p.hset(dk, mapping={"updated_at": repr(time.time()), **{n: c for n, c in stuck.items()}})

@@ -31,6 +31,8 @@ to one consistent set of series (no per-process registries to merge).
   exchange_weight_used / exchange_weight_limit    gauge      (request weight, current minute)
   clock_offset_seconds                            gauge      (exchange minus local, last reconcile)
   positions_open                                  gauge
+  positions_unprotected                           gauge      (no stop that can trigger, last scan)
+  trading_state                                   gauge      scope (* or account), state (1 = in force)
   ==============================================  =========  ====================================
 """
 
@@ -167,6 +169,27 @@ class HarvestCollector:
             "Action chains started by scans",
             value=int(counters.get("scan:chains_started", 0)),
         )
+        if "positions_unprotected" in counters:
+            yield GaugeMetricFamily(
+                "harvest_positions_unprotected",
+                "Open positions without a stop that can trigger (none working, or one beyond the "
+                "liquidation price) at the last scan",
+                value=float(counters["positions_unprotected"]),
+            )
+        from harvest.domain.trading import STATES
+
+        g = GaugeMetricFamily(
+            "harvest_trading_state",
+            "The trading state of the deployment (scope *) and of each account with its own: 1 for the "
+            "state in force (ACTIVE, REDUCING, SHADOW, HALTED)",
+            labels=["scope", "state"],
+        )
+        switch = rt.r.hgetall(k.trading)
+        for scope in sorted({"*", *switch}):
+            now_state = switch.get(scope, "ACTIVE")
+            for st_name in STATES:
+                g.add_metric([scope, st_name], 1.0 if st_name == now_state else 0.0)
+        yield g
         if "positions_open" in counters:
             yield GaugeMetricFamily(
                 "harvest_positions_open",

@@ -134,6 +134,7 @@ def test_grafana_dashboard_queries_only_served_series():
 
     rt = build_runtime(load_settings())
     rt.r.hsetnx(rt.plans.k.counters, "positions_open", 0)  # served once a reconcile has run
+    rt.r.hsetnx(rt.plans.k.counters, "positions_unprotected", 0)  # served once a scan has run
     served = set()
     for fam in HarvestCollector(rt, lambda: {}).collect():
         served.add(fam.name + ("_total" if fam.type == "counter" else ""))
@@ -154,3 +155,33 @@ def test_grafana_dashboard_queries_only_served_series():
         "harvest_scan_to_fill_seconds_bucket",
         "harvest_scan_duration_seconds_bucket",
     } <= used
+
+
+def _promtool() -> str:
+    tool = shutil.which("promtool")
+    if tool is None:
+        pytest.skip("promtool not installed (Debian's prometheus package; scripts/bootstrap.sh installs it as root)")
+    return tool
+
+
+def test_alert_rules_check_and_pass_their_unit_tests():
+    """deploy/prometheus/harvest-rules.yml: valid (promtool check rules) and each alert fires when
+    and only when it should (promtool test rules on harvest-rules.test.yml)."""
+    tool = _promtool()
+    d = ROOT / "deploy" / "prometheus"
+    out = subprocess.run(
+        [tool, "check", "rules", "harvest-rules.yml"], cwd=d, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
+    out = subprocess.run(
+        [tool, "test", "rules", "harvest-rules.test.yml"], cwd=d, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
+
+
+def test_every_alert_has_a_runbook_entry():
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/harvest-rules.yml").read_text())
+    names = [r["alert"] for g in rules["groups"] for r in g["rules"]]
+    runbook = (ROOT / "deploy/README.md").read_text()
+    for name in names:
+        assert f"### {name}" in runbook, name
