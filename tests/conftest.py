@@ -22,6 +22,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 from tests.harness import RedisServer
+from tests.kill_theta import KILL_SCORE_ENV
 
 # Hypothesis profiles: "ci" (default) keeps the suite quick; HARVEST_HYPOTHESIS_PROFILE=slow
 # runs at least 10 000 examples per property (the fuzzing of tests/integration/test_fuzz.py).
@@ -62,6 +63,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["HARVEST_PLAN_TTL_S"] = "30"
     os.environ["HARVEST_PAPER_REPLAY_SPEED"] = "0"
     os.environ["HARVEST_THROWAWAY_STATE"] = "true"  # private redis-servers without AOF
+    os.environ.update(KILL_SCORE_ENV)  # the kill score the tests exercise (tests/kill_theta.py)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

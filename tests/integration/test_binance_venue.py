@@ -16,6 +16,7 @@ from harvest.venues.binance import BinanceVenue, make_client
 from harvest.venues.clock import MarketClock
 from harvest.venues.emulator import Emulator
 from settings import SettingsError, load_settings
+from tests.kill_theta import KILL_SCORE_THETA
 from tests.pipeline_helpers import T0
 
 KEY, SECRET = "emu-test-key", "emu-test-secret"
@@ -267,7 +268,7 @@ def test_market_state_from_the_venue_klines_matches_the_shipped_data(emu, bv):
     from harvest.domain.market import market_state_at, market_state_from_closes
     from harvest.domain.models import HarvestTheta
 
-    theta = HarvestTheta()
+    theta = HarvestTheta(**KILL_SCORE_THETA)
     emu.clock.set(T0 + 37 * 60 + 20, 0.0)  # mid-bar: the open bar is not used
     n = theta.closes_needed  # the windows and the bars back that confirm a regime
     closes = bv.closed_closes("ETHUSDT", n)

@@ -25,8 +25,9 @@ from harvest.domain.guard_rules import (
 )
 from harvest.domain.margin import brackets_from_response, liquidation_price
 from harvest.domain.models import Action, HarvestTheta, MarketState, Plan, PlanState, Regime, Side, VenuePosition
+from tests.kill_theta import KILL_SCORE_THETA
 
-TH = HarvestTheta()
+TH = HarvestTheta(**KILL_SCORE_THETA)
 BR = brackets_from_response(load_brackets_raw())
 F = shipped_filters()["BTCUSDT"]
 T0 = 1_750_464_000.0

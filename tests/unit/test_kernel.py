@@ -26,8 +26,9 @@ from harvest.domain.kernel import (
     kill_score_from_components,
 )
 from harvest.domain.models import Action, HarvestTheta, MarketState, Position, Regime
+from tests.kill_theta import KILL_SCORE_THETA
 
-TH = HarvestTheta()
+TH = HarvestTheta(**KILL_SCORE_THETA)
 
 
 def ms(regime=Regime.TREND, p=0.9, ts=0.5, sigma=0.001, d=1, symbol="BTCUSDT", bars=3):
@@ -321,3 +322,18 @@ def test_the_lsf_ladder_policy_closes_the_scheme_at_the_ladders_prices():
     assert compute_harvest_proposal(p3, calm, 60.0, th).close_fraction == 1.0  # tiers 2 and 3 at once: all
     below = p.model_copy(update={"mark_price": lv.tp_prices[0] - 0.001})
     assert compute_harvest_proposal(below, calm, 60.0, th).tier == 0
+
+
+def test_the_shipped_default_kill_score_does_not_fire_alone():
+    """The lab's defaults (README "The policy lab"): every component at its maximum gives
+    1 − e^(−(0.45 + 0.30 + 0.64 + 0.3)) ≈ 0.82, below the 0.94 threshold; the time stop still
+    closes a position held max_hold_s."""
+    th = HarvestTheta()
+    top = kill_score_from_components(1.0, 1.0, 1.0, 1.0, th)
+    assert top.score == pytest.approx(1 - math.exp(-1.69)) and top.score < th.kill_threshold
+    assert determine_harvest_action(0.5, top.score, 0, th)[0] is Action.NONE
+    assert determine_harvest_action(0.5, top.score, 0, th, th.max_hold_s) == (
+        Action.FULL_CLOSE_PROPOSED,
+        0,
+        ["time_stop"],
+    )

@@ -16,8 +16,9 @@ from harvest.lab.engine import FillModel, simulate
 from harvest.lab.entries import EntriesError, Entry, generate, read_entries
 from harvest.lab.market import build_market
 from harvest.lab.stats import block_bootstrap_mean, paired, summarize
+from tests.kill_theta import KILL_SCORE_THETA
 
-TH = HarvestTheta()
+TH = HarvestTheta(**KILL_SCORE_THETA)
 T0 = 1_700_000_000
 HEADER = (
     "open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,taker_buy_quote_volume,"

@@ -22,8 +22,9 @@ from harvest.data import (
 from harvest.domain.market import market_state_at, market_state_from_closes
 from harvest.domain.models import HarvestTheta, Regime
 from settings import SettingsError, load_settings
+from tests.kill_theta import KILL_SCORE_THETA
 
-TH = HarvestTheta()
+TH = HarvestTheta(**KILL_SCORE_THETA)
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ROOT = Path(__file__).resolve().parents[2]
 

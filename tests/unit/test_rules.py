@@ -33,9 +33,10 @@ from harvest.domain.plans import (
     make_plan_id,
     next_attempt,
 )
+from tests.kill_theta import KILL_SCORE_THETA
 from tests.unit.test_guard_rules import book, vpos
 
-TH = HarvestTheta()
+TH = HarvestTheta(**KILL_SCORE_THETA)
 BR = brackets_from_response(load_brackets_raw())
 F = shipped_filters()["BTCUSDT"]
 T0 = 1_750_464_000.0
