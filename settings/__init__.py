@@ -22,7 +22,7 @@ from harvest.data import SHIPPED_SPAN, SHIPPED_SYMBOLS
 from harvest.domain.models import HarvestTheta
 
 ENV_PREFIX = "HARVEST_"
-SECRET_FIELDS = ("api_key", "api_secret", "metrics_basic_auth")
+SECRET_FIELDS = ("api_key", "api_secret", "metrics_basic_auth", "notify_urls")
 
 
 _CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
@@ -92,6 +92,20 @@ class HarvestSettings(BaseSettings):
         None,
         description="user:password that `harvest metrics` requires "
         "(HTTP basic auth; env or secret file only); unset: no auth",
+    )
+    notify_urls: SecretStr | None = Field(
+        None,
+        description="apprise URLs that `harvest notify` sends to, comma-separated (tgram://…, slack://…, "
+        "discord://…, mailto://…, json://host/path …; they hold tokens: env or secret file only); unset: no notices",
+    )
+    notify_repeat_s: float = Field(
+        600.0,
+        ge=10,
+        le=86_400,
+        description="a condition that holds (no stop, stale market, …) is repeated at most this often",
+    )
+    notify_max_per_min: int = Field(
+        20, ge=1, le=1000, description="notices sent per minute at most; the rest summarized"
     )
     venue_timeout_s: float = Field(5.0, gt=0, le=60, description="HTTP connect/read timeout of exchange requests")
     funding_poll_s: float = Field(

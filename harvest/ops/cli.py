@@ -316,6 +316,28 @@ def _cmd_schedule(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_notify(a: argparse.Namespace) -> int:
+    from harvest.ops.notify import apprise_sender, run
+    from harvest.services.runtime import get_runtime
+
+    rt = get_runtime()
+    if rt.settings.notify_urls is None:
+        print(
+            "harvest notify: HARVEST_NOTIFY_URLS is not set (apprise URLs: tgram://, slack://, json://…)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        send = apprise_sender(rt.settings.notify_urls.get_secret_value())
+    except ValueError as e:
+        print(f"harvest notify: {e}", file=sys.stderr)
+        return 2
+    try:
+        return run(rt, send, a.interval, once=a.once)
+    except KeyboardInterrupt:
+        return 0
+
+
 def _json_safe(x):
     """``x`` with every non-finite float as None (JSON has no NaN or Infinity)."""
     import math
@@ -607,6 +629,14 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--html", help="write the HTML report here")
     rp.add_argument("--json", action="store_true", help="print the report as JSON")
     rp.set_defaults(fn=_cmd_replay)
+    nt = sub.add_parser(
+        "notify",
+        help="send notices through apprise (HARVEST_NOTIFY_URLS): kill closes and fills, a position without a "
+        "stop, a stale market state, the pipeline stopped, decisions abandoned, trading-state changes",
+    )
+    nt.add_argument("--interval", type=float, default=2.0, help="seconds between passes (default %(default)s)")
+    nt.add_argument("--once", action="store_true", help="one pass, then exit")
+    nt.set_defaults(fn=_cmd_notify)
     sc = sub.add_parser("schedule", help="list or change the beat schedule at runtime (no restart)")
     scs = sc.add_subparsers(dest="action")
     sl = scs.add_parser("list", help="every beat entry: interval, expires, next run")

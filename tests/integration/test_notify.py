@@ -1,0 +1,142 @@
+"""Notifications (issue 22): a kill close that filled reaches a local webhook through apprise
+(``json://``), once; a position without a stop is told and then throttled; a trading-state
+change is told with who asked; a webhook that is down costs a count, not the pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from harvest.domain.models import Action, PlanState
+from harvest.domain.notices import Health, Notice, Throttle, from_health
+from harvest.domain.plans import lineage_id, make_plan_id
+from harvest.ops.notify import apprise_sender, notify_once
+from harvest.ops.procs import free_port
+from harvest.services.runtime import build_runtime
+from harvest.store.trading import set_state
+from settings import load_settings
+from tests.pipeline_helpers import clean
+
+NS = os.environ["HARVEST_NAMESPACE"] + "-notify"
+
+
+class Hook:
+    """A local webhook: records every JSON body POSTed to it."""
+
+    def __init__(self):
+        self.bodies: list[dict] = []
+        hook = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                n = int(self.headers.get("Content-Length", 0))
+                hook.bodies.append(json.loads(self.rfile.read(n)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), H)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"json://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture()
+def hook():
+    h = Hook()
+    yield h
+    h.close()
+
+
+@pytest.fixture()
+def rt():
+    r = build_runtime(load_settings(namespace=NS))
+    clean(r)
+    r.plans.beat("beat")
+    r.plans.beat("scan")
+    return r
+
+
+def _kill_close_filled(rt) -> str:
+    now = time.time()
+    pid = make_plan_id(rt.settings.account, "BTCUSDT", "L1", Action.FULL_CLOSE_PROPOSED, "full")
+    plan = {
+        "lineage": lineage_id(rt.settings.account, "BTCUSDT", "L1", Action.FULL_CLOSE_PROPOSED, "full"),
+        "attempt": 0,
+        "plan_id": pid,
+        "account": rt.settings.account,
+        "symbol": "BTCUSDT",
+        "epoch": "L1",
+        "side": "LONG",
+        "action": "FULL_CLOSE_PROPOSED",
+        "tier": 0,
+        "close_fraction": 1.0,
+        "created_at": now,
+        "expires_at": now + 30,
+        "client_order_id": f"hv-{pid}-0",
+    }
+    rt.plans.create(plan, {})
+    for to, why in (
+        (PlanState.APPROVED, "guard_passed"),
+        (PlanState.SUBMITTED, "order_sent"),
+        (PlanState.FILLED, "order_filled"),
+    ):
+        assert rt.plans.transition(pid, to, why)[0]
+    return pid
+
+
+def test_a_kill_close_reaches_the_webhook_once(rt, hook):
+    send = apprise_sender(hook.url)
+    throttle = Throttle(repeat_s=600, per_min=20)
+    notify_once(rt, send, throttle)  # nothing yet: the pipeline is healthy
+    assert hook.bodies == []
+    pid = _kill_close_filled(rt)
+    out = notify_once(rt, send, throttle)
+    assert out["sent"] == 1 and len(hook.bodies) == 1
+    body = hook.bodies[0]
+    assert body["title"] == "harvest: BTCUSDT closed" and pid in body["message"] and "FILLED" in body["message"]
+    assert body["type"] == "warning"
+    notify_once(rt, send, throttle)  # the stream's cursor moved on: no repeat
+    assert len(hook.bodies) == 1
+
+
+def test_a_condition_is_told_then_throttled_and_trading_changes_are_told(rt, hook):
+    send = apprise_sender(hook.url)
+    throttle = Throttle(repeat_s=600, per_min=20)
+    rt.r.hset(rt.plans.k.counters, "positions_unprotected", 2)
+    notify_once(rt, send, throttle)
+    notify_once(rt, send, throttle)
+    told = [b for b in hook.bodies if b["title"] == "harvest: position without a stop"]
+    assert len(told) == 1 and "2 open position(s)" in told[0]["message"] and told[0]["type"] == "failure"
+    set_state(rt.r, rt.plans.k.trading, f"{NS}:stream:trading", "HALTED", None, "ops-alice", "exchange incident")
+    notify_once(rt, send, throttle)
+    halted = [b for b in hook.bodies if b["title"] == "harvest: trading HALTED"]
+    assert len(halted) == 1 and "ops-alice" in halted[0]["message"] and "exchange incident" in halted[0]["message"]
+
+
+def test_a_webhook_that_is_down_costs_a_count_not_the_pipeline(rt):
+    send = apprise_sender(f"json://127.0.0.1:{free_port()}/nobody")
+    _kill_close_filled(rt)
+    t0 = time.monotonic()
+    out = notify_once(rt, send, Throttle(repeat_s=600, per_min=20))
+    assert out["sent"] == 0 and out["failed"] == 1 and time.monotonic() - t0 < 30
+    assert rt.plans.counters().get("notify:failed") == 1
+
+
+def test_the_pipeline_stopping_and_the_rate_cap():
+    h = Health({"beat": 3.0}, {"BTCUSDT": 200.0}, 0, {"attempts_exhausted": 1}, 0, 60.0, 15.0)
+    keys = [n.key for n in from_health(h)]
+    assert keys == ["heartbeat:scan", "market:BTCUSDT", "abandoned:attempts_exhausted"]
+    t = Throttle(repeat_s=600, per_min=2)
+    many = [Notice(f"plan:{i}", "info", "t", "b") for i in range(5)]
+    assert len(t.admit(many, 0.0)) == 2 and t.suppressed == 3
+    assert len(t.admit(many[2:], 61.0)) == 2  # a minute later: the window is free again
