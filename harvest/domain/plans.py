@@ -165,6 +165,8 @@ class LatestPlan:
     order_qty: float | None = None
     executed_qty: float | None = None
     remaining_qty: float | None = None
+    #: An operator asked for the next attempt now (``harvest plan retry``): no backoff, no bound.
+    operator_retry: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,15 +212,17 @@ def next_attempt(
         return NextAttempt("repeat", n, "shadowed")
     if latest.state == PlanState.FILLED and action is not Action.PROTECT:
         return NextAttempt("repeat", n, "done")
+    remaining = latest.remaining_qty
+    if latest.state == PlanState.PARTIALLY_FILLED and latest.order_qty and latest.executed_qty is not None:
+        left = latest.order_qty - latest.executed_qty
+        remaining = left if left > 0 else None
+    if latest.operator_retry:  # asked for by an operator, recorded with who: now, whatever the bounds
+        return NextAttempt("retry", n + 1, "operator_retry", remaining_qty=remaining)
     if latest.state == PlanState.REJECTED and latest.reason in FINAL_REJECTIONS:
         return NextAttempt("abandoned", n, latest.reason)
     # Ended without (full) effect; or a PROTECT whose stop is gone again (the decision recurs).
     if action not in PERSISTENT_ACTIONS and n + 1 >= max_attempts:
         return NextAttempt("abandoned", n, "attempts_exhausted")
-    remaining = latest.remaining_qty
-    if latest.state == PlanState.PARTIALLY_FILLED and latest.order_qty and latest.executed_qty is not None:
-        left = latest.order_qty - latest.executed_qty
-        remaining = left if left > 0 else None
     due = latest.updated_at + attempt_backoff(n, base_s, cap_s)
     if now < due:
         return NextAttempt("waiting", n, latest.reason or latest.state.lower(), next_at=due, remaining_qty=remaining)

@@ -254,6 +254,21 @@ def _cmd_plan(a: argparse.Namespace) -> int:
         done = "cancelled (REJECTED operator_cancel; its decision is not tried again this epoch)"
         print(f"{a.plan_id}: {done if ok else f'not cancelled: it moved to {before}'}")
         return 0 if ok else 1
+    if a.action == "retry":
+        from harvest.domain.plans import NON_TERMINAL
+
+        if plan.state in NON_TERMINAL:
+            print(f"harvest plan: {a.plan_id} is {plan.state}: still in flight, nothing to retry", file=sys.stderr)
+            return 2
+        if plan.state in (PlanState.FILLED, PlanState.SHADOWED):
+            print(f"harvest plan: {a.plan_id} is {plan.state}: it took effect, nothing to retry", file=sys.stderr)
+            return 2
+        rt.plans.request_retry(plan, _who())
+        print(
+            f"{a.plan_id}: retry requested (by {_who()}): the next scan that makes this decision again gives it "
+            "its next attempt at once, whatever its backoff or attempt bound"
+        )
+        return 0
     ledger = {"plan": plan.model_dump(mode="json"), "transitions": rt.plans.history(a.plan_id, sends=True)}
     if a.json:
         print(json.dumps(ledger, default=str))
@@ -573,8 +588,12 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--since", help="ISO-8601 UTC or Unix seconds")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(fn=_cmd_plans)
-    pn = sub.add_parser("plan", help="a plan's ledger (show), or cancel a PROPOSED/APPROVED plan")
-    pn.add_argument("action", choices=["show", "cancel"])
+    pn = sub.add_parser(
+        "plan",
+        help="a plan's ledger (show), cancel a PROPOSED/APPROVED plan, or retry the decision of a plan that "
+        "ended without effect now",
+    )
+    pn.add_argument("action", choices=["show", "cancel", "retry"])
     pn.add_argument("plan_id")
     pn.add_argument("--json", action="store_true")
     pn.set_defaults(fn=_cmd_plan)

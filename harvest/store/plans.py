@@ -384,7 +384,7 @@ class PlanStore:
             if not row:
                 out.append(None)
                 continue
-            att, state, reason, upd, oq, eq, rq = row
+            att, state, reason, upd, oq, eq, rq, retry = (*row, "")[:8]
             out.append(
                 LatestPlan(
                     int(att),
@@ -394,9 +394,33 @@ class PlanStore:
                     float(oq) if oq else None,
                     float(eq) if eq else None,
                     float(rq) if rq else None,
+                    operator_retry=bool(retry),
                 )
             )
         return out
+
+    def request_retry(self, plan: Plan, who: str) -> None:
+        """Ask for the next attempt of ``plan``'s decision now (``harvest plan retry``): marks its
+        lineage (the next plan the scan makes for the decision skips the backoff and the attempt
+        bound, and spends the mark) and records who asked on the results stream."""
+        p = self.r.pipeline(transaction=True)
+        p.hset(self.k.lineage(plan.lineage), "retry", json.dumps({"who": who[:64], "ts": time.time()}))
+        p.xadd(
+            self.k.results,
+            {
+                "plan_id": plan.plan_id,
+                "symbol": plan.symbol,
+                "action": plan.action.value,
+                "from": plan.state,
+                "to": plan.state,
+                "reason": "operator_retry",
+                "ts": repr(time.time()),
+                "data": json.dumps({"who": who[:64]}),
+            },
+            maxlen=self.maxlen,
+            approximate=True,
+        )
+        p.execute()
 
     def exists_many(self, plan_ids: list[str]) -> list[bool]:
         """Whether each plan_id exists (one round trip)."""

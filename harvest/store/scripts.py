@@ -45,6 +45,7 @@ local f = {}
 for i = 10, #ARGV do f[#f + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(f))
 redis.call('HSET', KEYS[6], 'attempt', ARGV[8], 'plan_id', ARGV[1], 'updated_at', ARGV[2])
+redis.call('HDEL', KEYS[6], 'retry')  -- an operator's retry is spent by the plan it made
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'plan_id', ARGV[1], 'symbol', ARGV[5],
@@ -60,12 +61,12 @@ return false
 _LATEST_LUA = """
 local out = {}
 for i, k in ipairs(KEYS) do
-  local h = redis.call('HMGET', k, 'attempt', 'plan_id', 'state', 'reason', 'updated_at')
+  local h = redis.call('HMGET', k, 'attempt', 'plan_id', 'state', 'reason', 'updated_at', 'retry')
   if h[1] and h[2] then
     local p = redis.call('HMGET', ARGV[1] .. h[2], 'state', 'reason', 'updated_at', 'order_qty', 'executed_qty',
                          'remaining_qty')
     if not p[1] then p = {h[3], h[4], h[5], false, false, false} end  -- recovered from the exchange
-    out[i] = {h[1], p[1] or '', p[2] or '', p[3] or '0', p[4] or '', p[5] or '', p[6] or ''}
+    out[i] = {h[1], p[1] or '', p[2] or '', p[3] or '0', p[4] or '', p[5] or '', p[6] or '', h[6] or ''}
   else
     out[i] = {}
   end

@@ -12,7 +12,7 @@ import sys
 import time
 
 from harvest.domain.models import Action, Side
-from harvest.domain.plans import lineage_id, make_plan_id
+from harvest.domain.plans import NextAttempt, lineage_id, make_plan_id, next_attempt
 from harvest.domain.trading import effective
 from harvest.ops.procs import ROOT
 from harvest.services.runtime import build_runtime
@@ -119,4 +119,34 @@ def test_plan_cancel_is_final_and_recorded():
     [latest] = rt.plans.latest_many([lid])
     assert latest.reason == "operator_cancel"
     assert cli("plan", "cancel", pid).returncode == 2  # terminal: nothing to cancel
+    # an operator asks for the decision again: recorded with who, and the next plan is attempt 1 at once
+    out = cli("plan", "retry", pid)
+    assert out.returncode == 0 and "retry requested" in out.stdout, out.stderr
+    [latest] = rt.plans.latest_many([lid])
+    assert latest.operator_retry
+    assert next_attempt(Action.FULL_CLOSE_PROPOSED, latest, time.time(), 300, 300, 20) == NextAttempt(
+        "retry", 1, "operator_retry"
+    )
+    assert [h["reason"] for h in rt.plans.history(pid, sends=True)][-1] == "operator_retry"  # in the ledger
+    pid1 = make_plan_id("paper", "ETHUSDT", "L1", Action.FULL_CLOSE_PROPOSED, "full", 1)
+    rt.plans.create(
+        {
+            "plan_id": pid1,
+            "lineage": lid,
+            "attempt": 1,
+            "account": "paper",
+            "symbol": "ETHUSDT",
+            "epoch": "L1",
+            "side": Side.LONG,
+            "action": Action.FULL_CLOSE_PROPOSED,
+            "close_fraction": 1.0,
+            "created_at": now,
+            "expires_at": now + 30,
+            "client_order_id": f"hv-{pid1}-0",
+        },
+        {},
+    )
+    [latest] = rt.plans.latest_many([lid])
+    assert (latest.attempt, latest.operator_retry) == (1, False)  # the retry is spent by the plan it made
+    assert cli("plan", "retry", pid1).returncode == 2  # in flight: nothing to retry
     clean(rt)
