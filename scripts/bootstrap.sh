@@ -78,11 +78,22 @@ ensure_promtool() {
   command -v promtool >/dev/null 2>&1 || echo "promtool not found: the alert-rule tests will be skipped" >&2
 }
 
+# The console's browser test drives Debian's chromium (Playwright's own browser download does not
+# work offline); without it that test is skipped with its reason.
+ensure_chromium() {
+  [ -x /usr/bin/chromium ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium (Debian package)…" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || true
+  fi
+  [ -x /usr/bin/chromium ] || echo "chromium not found: the console's browser test will be skipped" >&2
+}
+
 cmd=${1:-setup}
 shift || true
 case "$cmd" in
   demo) exec .venv/bin/harvest demo "$@" ;;
-  test) ensure_rabbitmq; ensure_promtool; exec .venv/bin/python -m pytest "$@" ;;
+  test) ensure_rabbitmq; ensure_promtool; ensure_chromium; exec .venv/bin/python -m pytest "$@" ;;
   check)
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .

@@ -22,7 +22,7 @@ from harvest.data import SHIPPED_SPAN, SHIPPED_SYMBOLS
 from harvest.domain.models import HarvestTheta
 
 ENV_PREFIX = "HARVEST_"
-SECRET_FIELDS = ("api_key", "api_secret", "metrics_basic_auth", "notify_urls")
+SECRET_FIELDS = ("api_key", "api_secret", "metrics_basic_auth", "notify_urls", "console_password")
 
 
 _CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
@@ -97,6 +97,9 @@ class HarvestSettings(BaseSettings):
         None,
         description="apprise URLs that `harvest notify` sends to, comma-separated (tgram://…, slack://…, "
         "discord://…, mailto://…, json://host/path …; they hold tokens: env or secret file only); unset: no notices",
+    )
+    console_password: SecretStr | None = Field(
+        None, description="what `harvest console` asks before a change (env or secret file only); unset: read-only"
     )
     notify_repeat_s: float = Field(
         600.0,

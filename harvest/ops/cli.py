@@ -353,6 +353,20 @@ def _cmd_notify(a: argparse.Namespace) -> int:
         return 0
 
 
+def _cmd_console(a: argparse.Namespace) -> int:
+    from harvest.ops.console import serve
+    from harvest.services.runtime import get_runtime
+
+    rt = get_runtime()
+    pw = rt.settings.console_password.get_secret_value() if rt.settings.console_password else None
+    print(f"harvest console: http://{a.host}:{a.port}/ ({'changes need the console password' if pw else 'read-only'})")
+    try:
+        serve(rt, a.host, a.port, pw)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def _json_safe(x):
     """``x`` with every non-finite float as None (JSON has no NaN or Infinity)."""
     import math
@@ -648,6 +662,13 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--html", help="write the HTML report here")
     rp.add_argument("--json", action="store_true", help="print the report as JSON")
     rp.set_defaults(fn=_cmd_replay)
+    co = sub.add_parser(
+        "console",
+        help="serve the operator's page: positions, plans and their ledgers, the trading switch, queues, heartbeats",
+    )
+    co.add_argument("--host", default="127.0.0.1", help="bind address (default %(default)s: this machine only)")
+    co.add_argument("--port", type=int, default=8710, help="port (default %(default)s)")
+    co.set_defaults(fn=_cmd_console)
     nt = sub.add_parser(
         "notify",
         help="send notices through apprise (HARVEST_NOTIFY_URLS): kill closes and fills, a position without a "
