@@ -94,11 +94,27 @@ def build_scorecard(rt: Runtime) -> dict:
     stuck = {k: int(v) for k, v in rt.r.hgetall(rt.plans.k.decisions).items() if k != "updated_at"}
     orders: Counter = Counter()
     book = paper_engine(rt)
-    for o in book.orders(harvest_only=True) if book else []:
+    records = getattr(rt.venue, "account_records", None)
+    source = "paper engine"
+    if records is not None:  # python-binance (emulator, testnet, live): the exchange's own records
+        try:
+            venue_orders, venue_pnl = records(list(rt.settings.symbols))
+            source = "exchange (allOrders, userTrades, income)"
+        except VenueError:
+            venue_orders, venue_pnl, source = [], {}, "exchange unavailable"
+        listed = venue_orders
+        book_pnl = {
+            s: {**v, "stops_hit": (book.pnl().get(s, {}).get("stops_hit", 0) if book else 0)}
+            for s, v in venue_pnl.items()
+        }
+    else:
+        listed = book.orders(harvest_only=True) if book else []
+        book_pnl = book.pnl() if book else {}
+    for o in listed:
         orders[f"{o.type}:{o.status}"] += 1
     pnl = {}
     total = 0.0
-    for sym, v in sorted(book.pnl().items()) if book else []:
+    for sym, v in sorted(book_pnl.items()):
         net = v.get("realized", 0.0) - v.get("commission", 0.0) - v.get("funding", 0.0)
         pnl[sym] = {
             "realized": round(v.get("realized", 0.0), 4),
@@ -137,6 +153,7 @@ def build_scorecard(rt: Runtime) -> dict:
         "scans": counters.get("scan:runs", 0),
         "chains_started": counters.get("scan:chains_started", 0),
         "realized_pnl": pnl,
+        "pnl_source": source,
         "realized_pnl_total": round(total, 4),
         "positions_open": _positions_open(rt),
         "queue_depth": _or_none(queue_depths, rt),

@@ -53,6 +53,7 @@ from binance.exceptions import BinanceAPIException, BinanceRequestException
 
 from harvest.data import SymbolFilters, filters_from_exchange_info
 from harvest.domain.models import Side
+from harvest.domain.plans import CLIENT_ORDER_PREFIX
 from harvest.venues.base import (
     BAD_SYMBOL,
     POSITION_MODE_CODES,
@@ -681,6 +682,35 @@ class BinanceVenue(Venue):
                 self._order(x) for x in self._call("futures_get_all_orders", "all_orders", "read", symbol=s, limit=1000)
             ]
         return out
+
+    @answers()
+    def account_records(self, symbols: list[str]) -> tuple[list[OrderResult], dict[str, dict[str, float]]]:
+        """Exchange truth for the scorecard: harvest's orders (``GET /fapi/v1/allOrders``, the
+        ``hv-`` clientOrderIds; weight 5 a symbol) and per symbol the realized PnL and commission
+        of their fills (``GET /fapi/v1/userTrades``, weight 5 a symbol) and the funding paid
+        (``GET /fapi/v1/income?incomeType=FUNDING_FEE``, weight 30; negative when received), as
+        ``{symbol: {"realized", "commission", "funding", "trades"}}`` (USDT; the last 1000 rows of
+        each). Raises VenueError."""
+        orders = [o for o in self.all_orders(symbols) if o.client_order_id.startswith(CLIENT_ORDER_PREFIX)]
+        ids = {o.order_id for o in orders}
+        pnl: dict[str, dict[str, float]] = {}
+        for s in symbols:
+            rows = [
+                x
+                for x in self._call("futures_account_trades", "trades", "read", symbol=s, limit=1000)
+                if x.get("orderId") in ids
+            ]
+            income = self._call(
+                "futures_income_history", "income", "read", incomeType="FUNDING_FEE", symbol=s, limit=1000
+            )
+            if rows or income:
+                pnl[s] = {
+                    "realized": sum(_num(x.get("realizedPnl", 0)) for x in rows),
+                    "commission": sum(_num(x.get("commission", 0)) for x in rows),
+                    "funding": -sum(_num(x.get("income", 0)) for x in income),
+                    "trades": float(len(rows)),
+                }
+        return orders, pnl
 
     @answers()
     def get_order(self, symbol: str, client_order_id: str, conditional: bool = False) -> OrderResult:

@@ -141,6 +141,15 @@ def test_kill_close_after_a_503_storm_ends_filled_once_the_exchange_recovers(rt,
     done = [p for p in kills if p.state == "FILLED"]
     assert len(done) == 1 and done[0].attempt >= 2, [(p.attempt, p.state, p.reason, p.step, p.send) for p in kills]
     assert len(hv_trades(emu, sym)) == 1  # one close order, however many attempts
+    # the scorecard from exchange truth (python-binance: allOrders, userTrades, income), not the paper engine
+    from harvest.ops.scorecard import build_scorecard
+
+    card = build_scorecard(binance_runtime(emu))
+    assert card["pnl_source"].startswith("exchange")
+    assert card["orders"].get("MARKET:FILLED", 0) >= 1
+    row = card["realized_pnl"][sym]
+    assert row["realized"] - row["commission"] == pytest.approx(done[0].realized_pnl)  # the plan's, net of fees
+    assert row["commission"] > 0
 
 
 def test_position_mode_change_is_refreshed_and_retried_in_the_plan(rt, emu):
