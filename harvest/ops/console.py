@@ -79,7 +79,9 @@ _INDEX = """{% extends "base" %}{% block body %}
 <div><h2>Realized PnL (USDT)</h2><table>{% for s, v, w in pnl %}
 <tr><td class="l">{{ s }}</td><td>{{ v }}</td><td class="l"><span class="bar" style="width:{{ w }}px"></span></td></tr>
 {% else %}<tr><td class="l">none yet</td></tr>{% endfor %}</table></div>
-<div><h2>Queues</h2><table>{% for q, n in queues.items() %}<tr><td class="l">{{ q }}</td><td>{{ n }}</td></tr>{% endfor %}</table></div>
+</div><div class="grid"><div id="pnl-chart"><h2>Realized PnL over time (USDT)</h2>{{ pnl_svg|safe }}</div>
+<div id="states-chart"><h2>Plans per state over time</h2>{{ states_svg|safe }}</div></div>
+<div class="grid"><div><h2>Queues</h2><table>{% for q, n in queues.items() %}<tr><td class="l">{{ q }}</td><td>{{ n }}</td></tr>{% endfor %}</table></div>
 <div><h2>Heartbeats (s ago)</h2><table id="heartbeats">{% for c, a in beats.items() %}
 <tr><td class="l">{{ c }}</td><td>{{ a }}</td></tr>{% endfor %}</table></div></div>
 {% endblock %}"""
@@ -106,6 +108,58 @@ def _utc(ts: float | str | None) -> str:
 
 def _num(x: float | None, spec: str = ".6g") -> str:
     return "—" if x is None else format(x, spec)
+
+
+def _svg(series: dict[str, list[tuple[float, float]]], width: int = 520, height: int = 160) -> str:
+    """Inline SVG polylines of ``{name: [(t, value), …]}`` on shared axes (no script, no library)."""
+    pts = [p for s in series.values() for p in s]
+    if not pts:
+        return "<p><em>nothing yet</em></p>"
+    t0, t1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    v0, v1 = min(0.0, min(p[1] for p in pts)), max(0.0, max(p[1] for p in pts))
+    sx = (width - 10) / ((t1 - t0) or 1.0)
+    sy = (height - 20) / ((v1 - v0) or 1.0)
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    out = [f'<svg width="{width}" height="{height + 16 * len(series)}" role="img">']
+    zero = height - 10 - (0 - v0) * sy
+    out.append(f'<line x1="5" x2="{width - 5}" y1="{zero:.1f}" y2="{zero:.1f}" stroke="#ccc"/>')
+    for i, (name, s) in enumerate(sorted(series.items())):
+        c = colors[i % len(colors)]
+        line = " ".join(f"{5 + (t - t0) * sx:.1f},{height - 10 - (v - v0) * sy:.1f}" for t, v in s)
+        out.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{line}"/>')
+        if s:  # the latest point, visible even when it is the only one
+            x, y = 5 + (s[-1][0] - t0) * sx, height - 10 - (s[-1][1] - v0) * sy
+            out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{c}"/>')
+        last = s[-1][1] if s else 0
+        out.append(f'<text x="5" y="{height + 12 + 16 * i}" fill="{c}" font-size="12">{name}: {last:.6g}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _over_time(rt: Runtime, count: int = 20_000) -> tuple[str, str]:
+    """Realized PnL (USDT, cumulative, net of fees, as plans recorded it) and plans per state
+    (cumulative transitions into each state) over time, from the results stream, as SVG."""
+    import json
+
+    pnl: list[tuple[float, float]] = []
+    states: dict[str, list[tuple[float, float]]] = {}
+    total = 0.0
+    counts: dict[str, int] = {}
+    for _, f in rt.r.xrevrange(rt.plans.k.results, count=count)[::-1]:
+        if f.get("from") == f.get("to"):
+            continue
+        ts, to = float(f.get("ts", 0) or 0), f.get("to", "?")
+        counts[to] = counts.get(to, 0) + 1
+        states.setdefault(to, []).append((ts, float(counts[to])))
+        if to in ("FILLED", "PARTIALLY_FILLED"):
+            try:
+                v = json.loads(f.get("data") or "{}").get("realized_pnl")
+            except ValueError:
+                v = None
+            if isinstance(v, (int, float)):
+                total += v
+                pnl.append((ts, total))
+    return _svg({"realized PnL": pnl}), _svg(states)
 
 
 def make_app(rt: Runtime, password: str | None) -> Starlette:
@@ -159,6 +213,7 @@ def make_app(rt: Runtime, password: str | None) -> Starlette:
         except Exception:  # the broker unreachable: the page still answers
             queues = {"?": -1}
         beats = {k: f"{max(0.0, time.time() - v):.1f}" for k, v in sorted(rt.plans.heartbeats().items())}
+        pnl_svg, states_svg = _over_time(rt)
         return render(
             "index",
             title="positions",
@@ -187,6 +242,8 @@ def make_app(rt: Runtime, password: str | None) -> Starlette:
             pnl=[(k, f"{v:.2f}", int(200 * abs(v) / ptop)) for k, v in sorted(pnl.items())],
             queues=queues,
             beats=beats,
+            pnl_svg=pnl_svg,
+            states_svg=states_svg,
         )
 
     def plan(request: Request) -> Response:

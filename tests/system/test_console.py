@@ -86,6 +86,8 @@ def test_the_console_in_a_browser(console, tmp_path):
             expect(page.locator("#positions")).to_contain_text("BTCUSDT")
             expect(page.locator("#plans")).to_contain_text("PARTIAL_25")
             expect(page.locator("#trading")).to_have_text("ACTIVE")
+            expect(page.locator("#states-chart svg polyline")).not_to_have_count(0)  # plans per state over time
+            expect(page.locator("#pnl-chart")).to_contain_text("realized PnL")
             # HARVEST_TEST_CONSOLE_SCREENSHOT=docs/console.png: the README's picture, from this run
             shot = os.environ.get("HARVEST_TEST_CONSOLE_SCREENSHOT") or str(tmp_path / "console.png")
             page.screenshot(path=shot, full_page=True)
