@@ -139,3 +139,43 @@ def tune(
         "train": judge(train),
         "test": judge(test),
     }
+
+
+def walk_forward(
+    m: ReplayMarket,
+    entries: list[Entry],
+    splits: list[float],
+    theta: HarvestTheta,
+    fill: FillModel,
+    baselines: list[str],
+    trials: int = 60,
+    seed: int = 7,
+    fields: list[str] | None = None,
+) -> dict[str, Any]:
+    """Walk-forward tuning: for each ``splits[i]`` (market time, s, ascending) tune on every entry
+    before it (an expanding window) and judge on the entries from it to the next split (the last
+    fold: to the end), as :func:`tune` does for one fold. Returns ``{"folds": [tune's document
+    per fold], "summary": per fold the tuned default's test mean R and its paired difference
+    with the configured theta and each baseline}``. Raises ValueError for unsorted splits or a
+    fold without training or test entries."""
+    if sorted(splits) != list(splits) or len(set(splits)) != len(splits):
+        raise ValueError("walk-forward splits must be strictly increasing")
+    folds, summary = [], []
+    for i, split in enumerate(splits):
+        end = splits[i + 1] if i + 1 < len(splits) else float("inf")
+        span = [x for x in entries if m.open_time[x.bar] < end]
+        doc = tune(m, span, split, theta, fill, baselines, trials, seed, fields=fields)
+        folds.append(doc)
+        test = doc["test"]
+        summary.append(
+            {
+                "train_until": split,
+                "test_until": None if end == float("inf") else end,
+                "n_test": doc["n_test"],
+                "tuned_mean_r": test["policies"]["tuned"]["mean_r"],
+                "tuned_mean_r_ci95": test["policies"]["tuned"]["mean_r_ci95"],
+                "vs": {p: d for p, d in test["paired"].items()},
+                "lines": doc["lines"],
+            }
+        )
+    return {"folds": folds, "summary": summary}

@@ -395,10 +395,43 @@ def _replay_tune(a: argparse.Namespace, policies: list[str], theta, fill) -> int
             if a.entries
             else generate(m, theta, a.rule, a.every_minutes * 60, a.n, a.seed, a.margin, a.leverage)
         )
+        times = sorted(float(m.open_time[x.bar]) for x in entries)
+        if a.folds > 1:  # walk-forward: the second half of the entries in `folds` test spans
+            from harvest.lab.tune import walk_forward
+
+            cuts = [times[int(len(times) * (0.5 + 0.5 * k / a.folds))] for k in range(a.folds)] if times else []
+            wf = walk_forward(
+                m,
+                entries,
+                cuts,
+                theta,
+                fill,
+                [p for p in policies if p != "default"],
+                a.trials,
+                a.seed,
+                fields=[x.strip() for x in a.tune_fields.split(",") if x.strip()] if a.tune_fields else None,
+            )
+            if a.json:
+                print(json.dumps(_json_safe(wf), indent=2))
+                return 0
+            from datetime import datetime, timezone
+
+            for f in wf["summary"]:
+                when = datetime.fromtimestamp(f["train_until"], timezone.utc).strftime("%Y-%m-%d")
+                lo, hi = f["tuned_mean_r_ci95"]
+                vs = "  ".join(
+                    f"{p} {d['mean_r_diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+                    for p, d in f["vs"].items()
+                )
+                print(
+                    f"fold from {when}: {f['n_test']} test entries, tuned default {f['tuned_mean_r']:+.3f} R "
+                    f"[{lo:+.3f}, {hi:+.3f}]; others − tuned: {vs}"
+                )
+                print("  " + (" ".join(f["lines"]) or "(the configured theta won)"))
+            return 0
         if a.split:
             split = parse_time(a.split)
         else:  # the first 70 % of the entries' span trains, the rest tests
-            times = sorted(float(m.open_time[x.bar]) for x in entries)
             split = times[int(len(times) * 0.7)] if times else 0.0
         doc = tune(
             m,
@@ -655,6 +688,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     rp.add_argument("--split", help="with --tune: the first test entry time (default: 70 %% of the entries train)")
     rp.add_argument("--trials", type=int, default=60, help="with --tune: Optuna trials (default %(default)s)")
+    rp.add_argument(
+        "--folds",
+        type=int,
+        default=1,
+        help="with --tune: walk-forward folds over the second half of "
+        "the entries, each trained on everything before it (default 1: one split)",
+    )
     rp.add_argument(
         "--tune-fields",
         help="with --tune: the theta fields to search, comma-separated (default: all of harvest.lab.tune.SPACE)",

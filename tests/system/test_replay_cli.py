@@ -111,3 +111,16 @@ def test_the_lab_file_of_the_issue():
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert doc["run"]["interval_s"] == {"BTCUSDT": 300} and doc["run"]["funding"] == {"BTCUSDT": True}
+
+
+def test_walk_forward_folds_each_judged_after_its_training():
+    p = harvest(
+        "--tune", "--folds", "2", "--trials", "2", "--policies", "default,bracket", *SPARSE, "--json", timeout=600
+    )
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert len(doc["folds"]) == len(doc["summary"]) == 2
+    first, second = doc["summary"]
+    assert first["train_until"] < second["train_until"] and first["test_until"] == second["train_until"]
+    assert second["test_until"] is None and set(first["vs"]) == {"configured", "bracket"}
+    assert doc["folds"][1]["n_train"] > doc["folds"][0]["n_train"]  # an expanding window
