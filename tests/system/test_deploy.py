@@ -120,7 +120,10 @@ def test_compose_and_dockerfile_wire_every_role():
         if name != "redis":
             env = svc["environment"]
             assert env["HARVEST_SECRETS_DIR"] == "/run/secrets" and "HARVEST_API_KEY" not in env, name
-            assert set(svc["secrets"]) == {"harvest_api_key", "harvest_api_secret"}
+            assert {"harvest_api_key", "harvest_api_secret"} <= set(svc["secrets"]), name
+    assert services["console"]["ports"] == ["127.0.0.1:8710:8710"]
+    assert "harvest_console_password" in services["console"]["secrets"]
+    assert services["notify"]["command"] == ["harvest", "notify"]
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     for pkg in ("harvest", "settings", "tasks", "workflows"):
         assert f"COPY {pkg} ./{pkg}" in dockerfile
