@@ -143,12 +143,10 @@ def simulate(
     e = np.array([x.price for x in entries])
     q0 = np.array([x.qty for x in entries])
     liq = np.array([_liq(x.symbol, x.side, x.qty, x.price, x.leverage) for x in entries])
-    ent = bar0 - 1  # the market state known at entry: after the previous bar closed
-    ent = np.maximum(ent, 0)
+    ent = np.maximum(bar0 - 1, 0)  # the market state known at entry: after the previous bar closed
     has_entry = ser.valid[ent] & (bar0 - 1 >= np.array([m.start[m.symbols[i]] for i in sym_idx]))
     stop0 = np.empty(n)
-    tps = np.empty((n, 3))
-    scheme = np.empty((n, 3))
+    tp3 = np.empty(n)  # the bracket's one take-profit
     for i, x in enumerate(entries):
         lv = compute_levels(
             x.price,
@@ -160,7 +158,7 @@ def simulate(
             interval_s=int(interval[i]),
         )
         stop0[i] = x.stop if x.stop is not None else lv.sl_price
-        tps[i], scheme[i] = lv.tp_prices, lv.close_scheme
+        tp3[i] = lv.tp_prices[2]
     ru = np.abs(e - stop0)  # 1R per unit (USDT)
     opened_at = m.open_time[bar0]
 
@@ -190,11 +188,7 @@ def simulate(
         "stop0": stop0,
         "liq": liq,
         "opened_at": opened_at,
-        "tp0": tps[:, 0].copy(),
-        "tp1": tps[:, 1].copy(),
-        "tp2": tps[:, 2].copy(),
-        "sch0": scheme[:, 0].copy(),
-        "sch1": scheme[:, 1].copy(),
+        "tp3": tp3,
         "has_entry": has_entry,
         "entry_trend": has_entry & (ser.regime[ent] == 0),
         "entry_dir": np.where(has_entry, ser.trend_dir[ent], 0).astype(np.float64),
@@ -204,7 +198,6 @@ def simulate(
         "qty": q0.copy(),
         "stop": stop0.copy(),
         "tier": np.zeros(n, dtype=np.int64),
-        "tp_done": np.zeros(n, dtype=np.int64),
         "realized": np.zeros(n),
         "fees": fee * e * q0,
         "funding": np.zeros(n),
@@ -295,16 +288,11 @@ def simulate(
             why = np.where(st_[i] == L["stop0"][i], "stop", "locked_stop")
             close(i, b[i], px, L["qty"][i].copy(), why)
         if policy == "bracket":
-            for lvl in (2,):
-                tp = L[f"tp{lvl}"]
-                hit = L["open"] & (s_ * (best - tp) >= 0) & (L["tp_done"] <= lvl)
-                i = np.flatnonzero(hit)
-                if i.size == 0:
-                    continue
+            tp = L["tp3"]
+            i = np.flatnonzero(L["open"] & (s_ * (best - tp) >= 0))
+            if i.size:
                 px = np.where(s_[i] * (o[i] - tp[i]) >= 0, o[i], tp[i])
-                q = L["qty"][i].copy()
-                L["tp_done"][i] = lvl + 1
-                close(i, b[i], px, q, "take_profit")
+                close(i, b[i], px, L["qty"][i].copy(), "take_profit")
         # (3) funding on what is open through the bar
         fr = m.funding[b]
         i = np.flatnonzero(L["open"] & (fr != 0))

@@ -380,37 +380,42 @@ def _json_safe(x):
     return x
 
 
+def _entry_args(a: argparse.Namespace) -> tuple:
+    """The generated entries' options of ``harvest replay`` in :func:`harvest.lab.run.load_inputs`'s
+    order after the entries CSV: rule, spacing (s), random count, seed, margin, leverage, start, end."""
+    from harvest.ops.demo import parse_time
+
+    return (
+        a.rule,
+        a.every_minutes * 60,
+        a.n,
+        a.seed,
+        a.margin,
+        a.leverage,
+        parse_time(a.start) if a.start else None,
+        parse_time(a.end) if a.end else None,
+    )
+
+
 def _replay_tune(a: argparse.Namespace, policies: list[str], theta, fill) -> int:
 
     from harvest.data import KlineFileError
-    from harvest.lab.entries import EntriesError, generate, read_entries
-    from harvest.lab.market import FundingFileError, load_market
+    from harvest.lab.entries import EntriesError
+    from harvest.lab.market import FundingFileError
+    from harvest.lab.run import load_inputs
     from harvest.lab.tune import tune
     from harvest.ops.demo import parse_time
 
+    baselines = [p for p in policies if p != "default"]
+    fields = [x.strip() for x in a.tune_fields.split(",") if x.strip()] if a.tune_fields else None
     try:
-        m = load_market(a.data or [], theta)
-        entries = (
-            read_entries(a.entries, m, theta)
-            if a.entries
-            else generate(m, theta, a.rule, a.every_minutes * 60, a.n, a.seed, a.margin, a.leverage)
-        )
+        m, entries = load_inputs(a.data or [], theta, a.entries, *_entry_args(a))
         times = sorted(float(m.open_time[x.bar]) for x in entries)
         if a.folds > 1:  # walk-forward: the second half of the entries in `folds` test spans
             from harvest.lab.tune import walk_forward
 
             cuts = [times[int(len(times) * (0.5 + 0.5 * k / a.folds))] for k in range(a.folds)] if times else []
-            wf = walk_forward(
-                m,
-                entries,
-                cuts,
-                theta,
-                fill,
-                [p for p in policies if p != "default"],
-                a.trials,
-                a.seed,
-                fields=[x.strip() for x in a.tune_fields.split(",") if x.strip()] if a.tune_fields else None,
-            )
+            wf = walk_forward(m, entries, cuts, theta, fill, baselines, a.trials, a.seed, fields=fields)
             if a.json:
                 print(json.dumps(_json_safe(wf), indent=2))
                 return 0
@@ -439,11 +444,11 @@ def _replay_tune(a: argparse.Namespace, policies: list[str], theta, fill) -> int
             split,
             theta,
             fill,
-            [p for p in policies if p != "default"],
+            baselines,
             a.trials,
             a.seed,
             progress=not a.json and sys.stderr.isatty(),
-            fields=[x.strip() for x in a.tune_fields.split(",") if x.strip()] if a.tune_fields else None,
+            fields=fields,
         )
     except (KlineFileError, FundingFileError, EntriesError, ValueError, FileNotFoundError) as e:
         print(f"harvest replay --tune: {e}", file=sys.stderr)
@@ -485,7 +490,6 @@ def _cmd_replay(a: argparse.Namespace) -> int:
         return 2
     theta = load_settings().theta
     fill = FillModel(a.scan_delay, a.trailing_positive, a.trailing_offset, a.time_stop_hours * 3600)
-    from harvest.ops.demo import parse_time
 
     if a.tune:
         return _replay_tune(a, policies, theta, fill)
@@ -496,14 +500,7 @@ def _cmd_replay(a: argparse.Namespace) -> int:
             theta,
             fill,
             a.entries,
-            a.rule,
-            a.every_minutes * 60,
-            a.n,
-            a.seed,
-            a.margin,
-            a.leverage,
-            parse_time(a.start) if a.start else None,
-            parse_time(a.end) if a.end else None,
+            *_entry_args(a),
             progress=not a.json and sys.stderr.isatty(),
         )
     except (KlineFileError, FundingFileError, EntriesError, ValueError, FileNotFoundError) as e:

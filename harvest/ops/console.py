@@ -199,10 +199,11 @@ def make_app(rt: Runtime, password: str | None) -> Starlette:
                     "tier": entry.get("harvested_tier", 0),
                 }
             )
-        plans = sorted(rt.plans.all_plans(), key=lambda p: p.created_at)[-50:][::-1]
+        every = list(rt.plans.all_plans())  # oldest first (the plan index)
+        plans = every[-50:][::-1]
         per: dict[str, int] = {}
         pnl: dict[str, float] = {}
-        for p in rt.plans.all_plans():
+        for p in every:
             per[p.state] = per.get(p.state, 0) + 1
             if p.realized_pnl is not None:
                 pnl[p.symbol] = pnl.get(p.symbol, 0.0) + p.realized_pnl

@@ -86,9 +86,17 @@ class HarvestCollector:
         rt = self.rt
         k = rt.plans.k
         p = rt.r.pipeline(transaction=False)
-        for key in (k.metrics_plans, k.metrics_orders, k.metrics_sends, k.counters, k.heartbeat, k.decisions):
+        for key in (
+            k.metrics_plans,
+            k.metrics_orders,
+            k.metrics_sends,
+            k.counters,
+            k.heartbeat,
+            k.decisions,
+            k.trading,
+        ):
             p.hgetall(key)
-        plans, orders, sends, counters, beats, decisions = p.execute()
+        plans, orders, sends, counters, beats, decisions, switch = p.execute()
 
         g = GaugeMetricFamily("harvest_plans", "Plans now in each state, by action", labels=["action", "state"])
         for f, v in sorted(plans.items()):
@@ -184,7 +192,6 @@ class HarvestCollector:
             "state in force (ACTIVE, REDUCING, SHADOW, HALTED)",
             labels=["scope", "state"],
         )
-        switch = rt.r.hgetall(k.trading)
         for scope in sorted({"*", *switch}):
             now_state = switch.get(scope, "ACTIVE")
             for st_name in STATES:

@@ -103,10 +103,8 @@ def build_scorecard(rt: Runtime) -> dict:
         except VenueError:
             venue_orders, venue_pnl, source = [], {}, "exchange unavailable"
         listed = venue_orders
-        book_pnl = {
-            s: {**v, "stops_hit": (book.pnl().get(s, {}).get("stops_hit", 0) if book else 0)}
-            for s, v in venue_pnl.items()
-        }
+        paper_pnl = book.pnl() if book else {}  # the paper engine's own count of stops hit, when there is one
+        book_pnl = {s: {**v, "stops_hit": paper_pnl.get(s, {}).get("stops_hit", 0)} for s, v in venue_pnl.items()}
     else:
         listed = book.orders(harvest_only=True) if book else []
         book_pnl = book.pnl() if book else {}
