@@ -21,6 +21,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
         concurrency=a.concurrency,
         keep=a.keep,
         in_process=a.in_process,
+        namespace=a.namespace,
     )
     return 0 if card["non_terminal"] == 0 else 1
 
@@ -544,6 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     d.add_argument("--concurrency", type=int, default=2, help="worker processes (default %(default)s)")
     d.add_argument("--keep", action="store_true", help="keep the demo's Redis keys afterwards")
+    d.add_argument(
+        "--namespace",
+        help="Redis key and queue prefix (default demo-<random>); name one to watch the demo with "
+        "`harvest console` or `harvest plans` (same HARVEST_REDIS_URL and HARVEST_NAMESPACE)",
+    )
     d.add_argument("--json", action="store_true", help="print the scorecard as one JSON object")
     d.add_argument(
         "--in-process",

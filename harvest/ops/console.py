@@ -39,7 +39,9 @@ from harvest.store.trading import set_state
 from harvest.venues.base import VenueError
 
 _BASE = """<!doctype html><html><head><meta charset="utf-8"><title>harvest — {{ title }}</title>
-{% if refresh %}<meta http-equiv="refresh" content="{{ refresh }}">{% endif %}
+{% if refresh %}<script>/* reload every {{ refresh }} s, but never while the operator is using the switch */
+setInterval(function(){var f=document.getElementById("switch");
+if(!f||!(f.contains(document.activeElement)||f.password.value))location.reload()},{{ refresh }}000)</script>{% endif %}
 <style>
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222} table{border-collapse:collapse;margin:.5em 0 1.5em}
 td,th{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:right;font-size:.9em} th{background:#f3f3f3}

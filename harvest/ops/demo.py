@@ -82,15 +82,21 @@ def run_demo(
     concurrency: int = 2,
     keep: bool = False,
     in_process: bool = False,
+    namespace: str | None = None,
     out=sys.stdout,
 ) -> dict:
-    """Run the main job and return the scorecard (also printed). Raises RuntimeError when no
-    Redis can be had, AssertionError when a child process fails to start or drain in time."""
+    """Run the main job and return the scorecard (also printed). ``namespace``: the Redis key and
+    queue prefix (default ``demo-<random>``; give one to watch the demo with ``harvest console``
+    or ``harvest plans`` on the same ``HARVEST_REDIS_URL``). Raises SystemExit for an invalid
+    namespace, an unusable window or no Redis, AssertionError when a child process fails to start
+    or drain in time."""
     t_start = parse_time(start)
     t_end = t_start + hours * 3600.0
     kl_end = min(load_klines(s).end for s in SCENARIO)
     if t_end > kl_end:
         raise SystemExit(f"the shipped data ends {iso(kl_end)}; shorten --hours or move --start")
+    ns = namespace or "demo-" + uuid.uuid4().hex[:8]
+    load_settings(namespace=ns)  # an invalid --namespace stops here, with the rule it breaks
     log = sys.stderr if as_json else out
     server = None
     url = os.environ.get("HARVEST_REDIS_URL")
@@ -100,7 +106,6 @@ def run_demo(
             raise SystemExit("no redis-server found: set HARVEST_REDIS_URL or run the README's set-up command")
         server.start()
         url = server.url
-    ns = "demo-" + uuid.uuid4().hex[:8]
     env = {
         "HARVEST_REDIS_URL": url,
         "HARVEST_NAMESPACE": ns,

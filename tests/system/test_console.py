@@ -1,12 +1,15 @@
 """The operator's console end to end in a real browser (issue 22): headless Chromium from
-Debian's package driven by Playwright, against ``harvest console`` and a real worker. The page
-shows the positions and plans, a plan's ledger opens one click away, the switch halts trading
+Debian's package driven by Playwright, against ``harvest console`` watching a running ``harvest
+demo`` (its worker, beat, emulator and python-binance). The page shows the positions and plans,
+a plan's ledger opens one click away, the switch halts trading
 (the next plan is blocked ``halted``) and resumes it; changes need the password and the form's
 CSRF token; bad requests get a 4xx."""
 
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -19,12 +22,14 @@ import pytest
 from harvest.ops.procs import free_port
 from harvest.services.runtime import build_runtime
 from settings import load_settings
-from tests.harness import wait_for, worker
-from tests.pipeline_helpers import clean, mark_for_r, open_position
+from tests.harness import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 NS = os.environ["HARVEST_NAMESPACE"] + "-console"
+DEMO_NS = os.environ["HARVEST_NAMESPACE"] + "-demo"
+#: a demo window whose first plans come a few market hours in (seconds of wall time)
+DEMO_START, DEMO_HOURS, DEMO_SPEED = "2025-06-21T12:00:00Z", 12, 480
 PASSWORD = "console-pw-27"
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
@@ -41,17 +46,16 @@ def _status(url: str, data: dict | None = None) -> int:
         return 0
 
 
-@pytest.fixture()
-def console():
+def _console(namespace: str, env: dict[str, str]):
+    """``harvest console`` on ``namespace`` (a free loopback port); yields its URL."""
     port = free_port()
-    env = {**os.environ, "HARVEST_NAMESPACE": NS, "HARVEST_CONSOLE_PASSWORD": PASSWORD}
+    env = {**env, "HARVEST_NAMESPACE": namespace, "HARVEST_CONSOLE_PASSWORD": PASSWORD}
     proc = subprocess.Popen(
         [sys.executable, "-m", "harvest.ops.cli", "console", "--port", str(port)],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -62,29 +66,76 @@ def console():
         proc.wait(timeout=10)
 
 
-def test_the_console_in_a_browser(console, tmp_path):
+@pytest.fixture()
+def console():
+    yield from _console(NS, dict(os.environ))
+
+
+def _user_env() -> dict[str, str]:
+    """The environment of a new user's shell: no HARVEST_* setting but the Redis to use."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HARVEST_")}
+    env["HARVEST_REDIS_URL"] = os.environ["HARVEST_REDIS_URL"]
+    return env
+
+
+@pytest.fixture()
+def demo(tmp_path):
+    """``harvest demo --namespace DEMO_NS`` as a user runs it (python-binance → the fapi
+    emulator, a real worker and beat): a window whose first plans come within seconds. Yields
+    (process, its output file); interrupted (SIGINT: it cleans up) if the test leaves it running."""
+    out = tmp_path / "demo.out"
+    with out.open("w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harvest.ops.cli", "demo", "--namespace", DEMO_NS]
+            + ["--start", DEMO_START, "--hours", str(DEMO_HOURS), "--speed", str(DEMO_SPEED)],
+            cwd=ROOT,
+            env=_user_env(),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc, out
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def _profit_mark(p) -> float:
+    """A mark far in a position's favour (10 % from entry: ≥ 20R at the demo's 0.5 % stop)."""
+    return p.entry_price * (1.10 if p.side.value == "LONG" else 0.90)
+
+
+def test_the_console_in_a_browser_during_a_demo(demo, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from tasks.app import app
+    from harvest.ops.loadgen import celery_app
     from workflows import full_chain
 
-    rt = build_runtime(load_settings(namespace=NS))
-    clean(rt)
-    w = worker({"HARVEST_NAMESPACE": NS}, NS, 2).start()
+    proc, out = demo
+    env = {"HARVEST_REDIS_URL": os.environ["HARVEST_REDIS_URL"], "HARVEST_NAMESPACE": DEMO_NS}
+    rt = build_runtime(load_settings(**{k[len("HARVEST_") :].lower(): v for k, v in env.items()}))
+    client = celery_app(env)  # publishes to the demo's queues
+    console_gen = _console(DEMO_NS, _user_env())
+    console = next(console_gen)
     try:
-        w.wait_ready()
-        e, s = 100_000.0, 99_000.0
-        open_position(rt, "BTCUSDT", "LONG", 1.0, e, s, mark=mark_for_r(e, s, 1.0, 1.0, 2.2, "LONG"))
-        app.send_task("harvest.scan_positions", queue=f"{NS}.scan")
         first = wait_for(
-            lambda: next((p for p in rt.plans.all_plans() if p.state == "FILLED"), None), 30, what="the tier's plan"
+            lambda: next((p for p in rt.plans.all_plans() if p.state == "FILLED"), None),
+            120,
+            what="the demo's first executed plan",
         )
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(console + "/")
-            expect(page.locator("#positions")).to_contain_text("BTCUSDT")
-            expect(page.locator("#plans")).to_contain_text("PARTIAL_25")
+            # the demo's open positions (they close and re-open as the market runs)
+            open_now = re.compile("|".join(p.symbol for p in rt.venue.positions()))
+            expect(page.locator("#positions")).to_contain_text(open_now, timeout=15_000)
+            expect(page.locator("#plans")).to_contain_text(first.plan_id, timeout=15_000)
             expect(page.locator("#trading")).to_have_text("ACTIVE")
             expect(page.locator("#states-chart svg polyline")).not_to_have_count(0)  # plans per state over time
             expect(page.locator("#pnl-chart")).to_contain_text("realized PnL")
@@ -93,20 +144,27 @@ def test_the_console_in_a_browser(console, tmp_path):
             page.screenshot(path=shot, full_page=True)
             page.click(f"text={first.plan_id}")
             expect(page.locator("#ledger")).to_contain_text(first.plan_id)
-            expect(page.locator("#transitions")).to_contain_text("order_filled")
+            for seen in ("proposed", "guard_passed", "order_sent", "FILLED"):  # the life cycle, sent and done
+                expect(page.locator("#transitions")).to_contain_text(seen)
             page.go_back()
-            # halt from the page: the next plan is blocked at the guard with reason `halted`
+            # halt from the page; the beat's scans now start no chain, and a chain started on
+            # demand for a position whose mark is far in profit is blocked at the guard: `halted`
             page.select_option("#state", "HALTED")
             page.fill("#password", PASSWORD)
             page.click("#apply")
             expect(page.locator("#trading")).to_have_text("HALTED")
-            full_chain("BTCUSDT").apply_async(queue=f"{NS}.scan")
-            blocked = wait_for(
-                lambda: next((p for p in rt.plans.all_plans() if p.reason == "halted"), None),
-                30,
-                what="the plan blocked by the halt",
-            )
-            assert blocked.state == "REJECTED"
+            pos = rt.venue.positions()[0]
+            rt.venue.set_mark(pos.symbol, _profit_mark(pos))
+            try:
+                full_chain(pos.symbol, app=client).apply_async(queue=f"{DEMO_NS}.scan")
+                blocked = wait_for(
+                    lambda: next((p for p in rt.plans.all_plans() if p.reason == "halted"), None),
+                    30,
+                    what="the plan blocked by the halt",
+                )
+            finally:
+                rt.venue.set_mark(pos.symbol, None)  # back to the replay before trading resumes
+            assert blocked.state == "REJECTED" and blocked.symbol == pos.symbol
             page.reload()
             expect(page.locator("#plans")).to_contain_text("halted")
             page.select_option("#state", "ACTIVE")
@@ -114,10 +172,13 @@ def test_the_console_in_a_browser(console, tmp_path):
             page.click("#apply")
             expect(page.locator("#trading")).to_have_text("ACTIVE")
             browser.close()
-        assert rt.r.xlen(f"{NS}:stream:trading") == 2  # both changes recorded, by "console"
+        assert rt.r.xlen(f"{DEMO_NS}:stream:trading") == 2  # both changes recorded, by "console"
+        # the demo runs to its end and drains: every plan terminal, the halt in its scorecard
+        assert proc.wait(timeout=DEMO_HOURS * 3600 / DEMO_SPEED + 120) == 0, out.read_text()[-3000:]
+        assert "halted=1" in out.read_text(), out.read_text()[-3000:]
     finally:
-        w.stop()
-        clean(rt)
+        console_gen.close()
+        client.close()
 
 
 def test_changes_need_the_password_and_the_form_and_bad_requests_get_a_4xx(console):
