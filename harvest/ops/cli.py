@@ -1,5 +1,5 @@
 """The ``harvest`` command line: ``demo``, ``emulator``, ``scorecard``, ``reconcile``, ``schedule``,
-``chaos``, ``metrics``, ``trading``, ``plans``, ``plan`` (each with --help)."""
+``chaos``, ``metrics``, ``trading``, ``plans``, ``plan``, ``streams`` (each with --help)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def _cmd_emulator(a: argparse.Namespace) -> int:
 
     from harvest.venues.clock import MarketClock
     from harvest.venues.emulator import Emulator
+    from harvest.venues.emulator_streams import StreamServer
     from settings import get_settings
 
     s = get_settings()
@@ -64,9 +65,10 @@ def _cmd_emulator(a: argparse.Namespace) -> int:
         emu.faults.inject(endpoint, kind, int(times or 1))
     if a.skew_ms:
         emu.faults.set_skew(a.skew_ms)
+    emu.streams = StreamServer(emu, host=a.host, port=a.stream_port).start()
     print(
-        f"fapi emulator on {emu.url} (namespace {s.namespace}, account {s.account}); "
-        f"point workers at it with HARVEST_FAPI_URL={emu.url}",
+        f"fapi emulator on {emu.url}, streams on {emu.stream_url} (namespace {s.namespace}, account {s.account}); "
+        f"point workers and `harvest streams` at it with HARVEST_FAPI_URL={emu.url}",
         flush=True,
     )
     try:
@@ -121,6 +123,24 @@ def _cmd_chaos(a: argparse.Namespace) -> int:
         return 2
     print(json.dumps(rep, indent=2) if a.json else format_report(rep))
     return 0 if rep["ok"] else 1
+
+
+def _cmd_streams(a: argparse.Namespace) -> int:
+    import logging
+
+    from harvest.services.runtime import get_runtime
+    from harvest.services.streams import run_streams
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rt = get_runtime()
+    symbols = [x.strip().upper() for x in a.symbols.split(",") if x.strip()] if a.symbols else None
+    print(
+        f"harvest streams: account {rt.settings.account} (namespace {rt.settings.namespace}); "
+        f"cache in {rt.settings.namespace}:streams:{rt.settings.account}:*",
+        flush=True,
+    )
+    run_streams(rt, symbols)
+    return 0
 
 
 def _cmd_metrics(a: argparse.Namespace) -> int:
@@ -560,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("emulator", help="serve the local Binance fapi emulator (paper engine, real data, faults)")
     e.add_argument("--host", default="127.0.0.1")
     e.add_argument("--port", type=int, default=8790)
+    e.add_argument("--stream-port", type=int, default=8791, help="websocket streams (default %(default)s)")
     e.add_argument("--dual", action="store_true", help="start the account in hedge mode")
     e.add_argument(
         "--fault",
@@ -611,6 +632,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     c.add_argument("--json", action="store_true", help="print the report as JSON (exit 1 when not ok)")
     c.set_defaults(fn=_cmd_chaos)
+    st = sub.add_parser(
+        "streams",
+        help="hold the account's user data stream and the mark-price streams; keep the position cache in Redis",
+    )
+    st.add_argument("--symbols", help="comma-separated mark-price streams (default: HARVEST_SYMBOLS)")
+    st.set_defaults(fn=_cmd_streams)
     m = sub.add_parser("metrics", help="serve Prometheus metrics of the namespace's live state (/metrics)")
     m.add_argument(
         "--host",

@@ -793,9 +793,10 @@ def opening_time(trades: list[dict], position_amt: str) -> float | None:
     return None
 
 
-def emulator_handshake(futures_url: str, timeout_s: float) -> None:
+def emulator_handshake(futures_url: str, timeout_s: float) -> dict:
     """Check that ``futures_url`` is harvest's fapi emulator: on a loopback address and
-    answering ``GET /_emu/hello`` with its handshake. Raises VenueError (a rejection: nothing
+    answering ``GET /_emu/hello`` with its handshake; returns the answer (``namespace``,
+    ``stream_url``: its websocket streams or None). Raises VenueError (a rejection: nothing
     is sent) when it answers as something else; retryable when nothing answers (the emulator
     restarting). The paper venue never reaches a real exchange, whatever its URL."""
     from harvest.venues.emulator import HANDSHAKE
@@ -816,6 +817,7 @@ def emulator_handshake(futures_url: str, timeout_s: float) -> None:
         answer = None
     if not isinstance(answer, dict) or answer.get("emulator") != HANDSHAKE:
         raise VenueError(-9001, f"{futures_url} is not harvest's fapi emulator (handshake answer {str(answer)[:80]!r})")
+    return answer
 
 
 def make_client(

@@ -24,7 +24,11 @@ GET  /fapi/v1/openAlgoOrders               yes     working stops
 GET  /fapi/v1/leverageBracket              yes     maintenance-margin brackets (shipped table)
 GET  /fapi/v1/userTrades                   yes     fills: openings, closes, triggered stops
 GET  /fapi/v1/income                       yes     funding settlements (FUNDING_FEE)
+POST / PUT / DELETE /fapi/v1/listenKey     key     the user data stream's key (streams below)
 =========================================  ======  ==========================================
+
+The websocket streams (user data, mark prices) are served on a second port by
+:mod:`harvest.venues.emulator_streams` (``start(streams=True)``; ``stream_url``).
 
 Signed requests are checked like Binance: API key in ``X-MBX-APIKEY`` (-2015), HMAC-SHA256
 of the query string + body as received minus ``signature`` (-1022), ``timestamp <
@@ -90,6 +94,7 @@ from harvest.data import (
 )
 from harvest.venues.base import OrderResult, VenueError
 from harvest.venues.clock import MarketClock
+from harvest.venues.emulator_streams import LISTEN_KEY_TTL_S, ListenKeyMissing, ListenKeys, StreamServer
 from harvest.venues.paper import PaperVenue
 
 log = logging.getLogger("harvest.emulator")
@@ -330,6 +335,7 @@ class Emulator:
         port: int = 0,
         fee_rate: float = 0.0005,
         weight_limit_1m: int = WEIGHT_LIMIT_1M,
+        listen_key_ttl_s: float = LISTEN_KEY_TTL_S,
     ):
         self.r = r
         self.ns = ns
@@ -338,6 +344,8 @@ class Emulator:
         self.clock = clock or MarketClock(r, ns, time.time(), 1.0)
         self.venue = PaperVenue(r, ns, account, self.clock, fee_rate=fee_rate)
         self.faults = Faults(r, ns)
+        self.listen_keys = ListenKeys(r, ns, listen_key_ttl_s)
+        self.streams: StreamServer | None = None
         self.weight_limit_1m = weight_limit_1m
         self._info = load_exchange_info()
         self._symbols = {s["symbol"] for s in self._info["symbols"]}
@@ -382,18 +390,32 @@ class Emulator:
         """Base URL for python-binance's ``FUTURES_URL`` (``http://127.0.0.1:<port>/fapi``)."""
         return f"http://127.0.0.1:{self.port}/fapi"
 
-    def start(self) -> "Emulator":
-        """Serve in a daemon thread; returns self."""
+    @property
+    def stream_url(self) -> str | None:
+        """python-binance's ``FSTREAM_URL`` for this emulator's websocket streams (None when
+        they are not served: ``start(streams=False)``)."""
+        return self.streams.url if self.streams else None
+
+    def start(self, streams: bool = True, stream_tick_s: float = 1.0) -> "Emulator":
+        """Serve REST in a daemon thread and, with ``streams``, the websocket streams
+        (:mod:`harvest.venues.emulator_streams`) on another free port; returns self."""
         self._thread = threading.Thread(target=self._server.serve_forever, name="fapi-emulator", daemon=True)
         self._thread.start()
+        if streams:
+            self.streams = StreamServer(self, tick_s=stream_tick_s).start()
         return self
 
-    def serve_forever(self) -> None:
-        """Serve in the calling thread until interrupted (``harvest emulator``)."""
+    def serve_forever(self, streams: bool = True) -> None:
+        """Serve REST in the calling thread until interrupted (``harvest emulator``) and, with
+        ``streams``, the websocket streams in a daemon thread."""
+        if streams and self.streams is None:
+            self.streams = StreamServer(self).start()
         self._server.serve_forever()
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
+        """Stop serving and close the sockets."""
+        if self.streams is not None:
+            self.streams.stop()
         self._server.shutdown()
         self._server.server_close()
 
@@ -507,7 +529,10 @@ class Emulator:
                 raise ApiError(503, None, "Unknown error, please check your request or try again later.")
             elif kind == "timestamp_1021":
                 raise ApiError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
-            if path not in _PUBLIC:
+            if path == "/fapi/v1/listenKey":  # USER_STREAM: the API key, no signature
+                if h.headers.get("X-MBX-APIKEY") != self.api_key:
+                    raise ApiError(401, -2015, "Invalid API-key, IP, or permissions for action.")
+            elif path not in _PUBLIC:
                 self._authenticate(h, parts.query, body, params)
             if kind == "partial_fill":
                 self.venue.set_partial_fills(float(fault.get("fraction", 0.4)))
@@ -616,6 +641,17 @@ class Emulator:
                     v.set_dual(p.get("dualSidePosition") == "true")
                     return {"code": 200, "msg": "success"}
                 return {"dualSidePosition": v.dual()}
+            if path == "/fapi/v1/listenKey":
+                if method == "POST":
+                    return {"listenKey": self.listen_keys.create()}
+                if method == "PUT":
+                    try:
+                        return {"listenKey": self.listen_keys.keepalive()}
+                    except ListenKeyMissing:
+                        raise ApiError(400, -1125, "This listenKey does not exist.") from None
+                if method == "DELETE":
+                    self.listen_keys.delete()
+                    return {}
             if path == "/fapi/v1/order":
                 return self._order(method, p)
             if path == "/fapi/v1/algoOrder":
@@ -867,7 +903,10 @@ class Emulator:
 
     def _admin(self, h: BaseHTTPRequestHandler, method: str, path: str, body: str) -> None:
         if path == "/_emu/hello" and method == "GET":  # the handshake harvest's paper venue requires
-            return self._reply(h, 200, {"emulator": HANDSHAKE, "namespace": self.ns})
+            # the streams' URL as this client reaches the emulator (its Host header), on the streams' port
+            host = urlsplit("//" + (h.headers.get("Host") or "127.0.0.1")).hostname or "127.0.0.1"
+            ws = f"ws://{host}:{self.streams.port}/" if self.streams else None
+            return self._reply(h, 200, {"emulator": HANDSHAKE, "namespace": self.ns, "stream_url": ws})
         if path == "/_emu/orderlog" and method == "GET":
             return self._reply(h, 200, self.order_log())
         if path == "/_emu/faults":

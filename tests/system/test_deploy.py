@@ -124,6 +124,7 @@ def test_compose_and_dockerfile_wire_every_role():
     assert services["console"]["ports"] == ["127.0.0.1:8710:8710"]
     assert "harvest_console_password" in services["console"]["secrets"]
     assert services["notify"]["command"] == ["harvest", "notify"]
+    assert services["streams"]["command"] == ["harvest", "streams"]
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     for pkg in ("harvest", "settings", "tasks", "workflows"):
         assert f"COPY {pkg} ./{pkg}" in dockerfile

@@ -1,0 +1,229 @@
+"""Binance USDⓈ-M stream events, parsed and checked (issue 23). Pure, no I/O.
+
+:func:`parse_event` turns one raw websocket message (a dict, as python-binance hands it over;
+a combined stream's ``{"stream", "data"}`` wrapper is unwrapped) into one of:
+
+* :class:`PositionUpdate` — per symbol of an ``ACCOUNT_UPDATE``'s ``a.P``: ``positionAmt``
+  (``pa``, signed: > 0 LONG, < 0 SHORT, 0 flat) and entry price (``ep``) in one-way mode;
+* :class:`TradeUpdate` — an ``ORDER_TRADE_UPDATE``: clientOrderId ``c``, side ``S``, status
+  ``X``, last fill ``l`` @ ``L``, cumulative ``z``, average ``ap``, realized PnL ``rp``,
+  commission ``n``, original type ``ot``;
+* :class:`AlgoUpdate` — an ``ALGO_UPDATE`` (conditional orders): clientAlgoId ``caid``,
+  status ``X`` (NEW, TRIGGERING, TRIGGERED, FINISHED, CANCELED, REJECTED, EXPIRED), trigger
+  price ``tp``;
+* :class:`MarkPrice` — a ``markPriceUpdate``: mark ``p``, funding rate ``r``, next funding
+  ``T``;
+* :class:`ListenKeyExpired` — the user stream is over: a new listenKey is needed;
+* :class:`StreamGap` — python-binance's ``{"e": "error"}``: the connection dropped (events
+  may have been lost; only a REST resync closes the gap).
+
+Anything else raises :class:`MalformedEvent` (recorded and ignored by the caller, never
+applied). Field letters: Binance's "User Data Streams" and "Mark Price Stream" pages.
+
+:func:`is_newer` is the ordering rule: an event applies only when its event time ``E`` (ms) is
+not older than the last one applied to the same key (Binance: for one connection, events of
+one type are ordered by ``E``; across reconnects they are not, so the rule is kept per key).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+ALGO_STATUSES = ("NEW", "TRIGGERING", "TRIGGERED", "FINISHED", "CANCELED", "REJECTED", "EXPIRED")
+
+
+class MalformedEvent(ValueError):
+    """A stream message that is not a well-formed event of a known type (the reason is the
+    message)."""
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    event_ms: int
+
+
+class PositionUpdate(_Event):
+    """A position after an account change: ``amt`` signed base units (0 = flat), ``entry`` USDT."""
+
+    symbol: str
+    amt: float
+    entry: float
+    reason: str
+
+
+class TradeUpdate(_Event):
+    """An order's change: ``last_qty`` filled now at ``last_price``; ``cum_qty`` in all."""
+
+    symbol: str
+    client_id: str
+    side: str
+    status: str
+    exec_type: str
+    orig_type: str
+    last_qty: float
+    last_price: float
+    cum_qty: float
+    avg_price: float
+    realized_pnl: float
+    commission: float
+    reduce_only: bool
+
+
+class AlgoUpdate(_Event):
+    """A conditional order's change (``status`` in :data:`ALGO_STATUSES`)."""
+
+    symbol: str
+    client_id: str
+    status: str
+    order_type: str
+    trigger_price: float
+
+
+class MarkPrice(_Event):
+    """Mark price (USDT), funding rate (fraction per 8 h), next funding time (ms)."""
+
+    symbol: str
+    mark: float
+    funding_rate: float
+    next_funding_ms: int
+
+
+class ListenKeyExpired(_Event):
+    listen_key: str
+
+
+class StreamGap(_Event):
+    """The client library reported a dropped or failed connection (``kind``: its exception)."""
+
+    kind: str
+
+
+Event = PositionUpdate | TradeUpdate | AlgoUpdate | MarkPrice | ListenKeyExpired | StreamGap
+
+
+def _num(d: dict[str, Any], k: str, what: str) -> float:
+    try:
+        v = float(d[k])
+    except (KeyError, TypeError, ValueError):
+        raise MalformedEvent(f"{what}: field {k!r} missing or not a number") from None
+    if not math.isfinite(v):
+        raise MalformedEvent(f"{what}: field {k!r} is not finite")
+    return v
+
+
+def _str(d: dict[str, Any], k: str, what: str) -> str:
+    v = d.get(k)
+    if not isinstance(v, str) or not v:
+        raise MalformedEvent(f"{what}: field {k!r} missing or not a string")
+    return v
+
+
+def _ms(d: dict[str, Any], k: str, what: str) -> int:
+    v = d.get(k)
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise MalformedEvent(f"{what}: field {k!r} missing or not a time in ms")
+    return v
+
+
+def parse_event(raw: Any, now_ms: int) -> list[Event]:
+    """The events of one stream message (an ``ACCOUNT_UPDATE`` yields one per position).
+    ``now_ms``: the receiver's clock, stamped on a :class:`StreamGap`. Raises MalformedEvent."""
+    if not isinstance(raw, dict):
+        raise MalformedEvent("not a JSON object")
+    if "stream" in raw and "data" in raw:
+        raw = raw["data"]
+        if not isinstance(raw, dict):
+            raise MalformedEvent("combined stream: data is not an object")
+    kind = raw.get("e")
+    if kind == "error":
+        return [StreamGap(event_ms=now_ms, kind=str(raw.get("type") or "error")[:80])]
+    if not isinstance(kind, str):
+        raise MalformedEvent("no event type 'e'")
+    e = _ms(raw, "E", kind)
+    if kind == "markPriceUpdate":
+        mark = _num(raw, "p", kind)
+        if mark <= 0:
+            raise MalformedEvent(f"{kind}: mark price {mark} ≤ 0")
+        return [
+            MarkPrice(
+                event_ms=e,
+                symbol=_str(raw, "s", kind),
+                mark=mark,
+                funding_rate=_num(raw, "r", kind),
+                next_funding_ms=_ms(raw, "T", kind),
+            )
+        ]
+    if kind == "listenKeyExpired":
+        return [ListenKeyExpired(event_ms=e, listen_key=str(raw.get("listenKey") or ""))]
+    if kind == "ACCOUNT_UPDATE":
+        a = raw.get("a")
+        if not isinstance(a, dict) or not isinstance(a.get("P", []), list):
+            raise MalformedEvent(f"{kind}: 'a' or 'a.P' missing")
+        out: list[Event] = []
+        for p in a.get("P", []):
+            if not isinstance(p, dict):
+                raise MalformedEvent(f"{kind}: a position is not an object")
+            if p.get("ps", "BOTH") != "BOTH":
+                raise MalformedEvent(f"{kind}: hedge-mode position side {p.get('ps')!r} (harvest runs one-way)")
+            entry = _num(p, "ep", kind)
+            if entry < 0:
+                raise MalformedEvent(f"{kind}: entry price {entry} < 0")
+            out.append(
+                PositionUpdate(
+                    event_ms=e,
+                    symbol=_str(p, "s", kind),
+                    amt=_num(p, "pa", kind),
+                    entry=entry,
+                    reason=str(a.get("m") or ""),
+                )
+            )
+        return out
+    if kind == "ORDER_TRADE_UPDATE":
+        o = raw.get("o")
+        if not isinstance(o, dict):
+            raise MalformedEvent(f"{kind}: 'o' missing")
+        return [
+            TradeUpdate(
+                event_ms=e,
+                symbol=_str(o, "s", kind),
+                client_id=_str(o, "c", kind),
+                side=_str(o, "S", kind),
+                status=_str(o, "X", kind),
+                exec_type=_str(o, "x", kind),
+                orig_type=str(o.get("ot") or o.get("o") or ""),
+                last_qty=_num(o, "l", kind),
+                last_price=_num(o, "L", kind),
+                cum_qty=_num(o, "z", kind),
+                avg_price=_num(o, "ap", kind),
+                realized_pnl=_num(o, "rp", kind),
+                commission=float(o.get("n") or 0.0),
+                reduce_only=bool(o.get("R")),
+            )
+        ]
+    if kind == "ALGO_UPDATE":
+        o = raw.get("o")
+        if not isinstance(o, dict):
+            raise MalformedEvent(f"{kind}: 'o' missing")
+        status = _str(o, "X", kind)
+        if status not in ALGO_STATUSES:
+            raise MalformedEvent(f"{kind}: unknown algo status {status!r}")
+        return [
+            AlgoUpdate(
+                event_ms=e,
+                symbol=_str(o, "s", kind),
+                client_id=_str(o, "caid", kind),
+                status=status,
+                order_type=str(o.get("o") or ""),
+                trigger_price=float(o.get("tp") or 0.0),
+            )
+        ]
+    raise MalformedEvent(f"unknown event type {kind!r}")
+
+
+def is_newer(event_ms: int, last_ms: int | None) -> bool:
+    """Whether an event of time ``event_ms`` may be applied after one of ``last_ms`` (None:
+    nothing applied yet). Equal times apply (Binance sends several events in one ms)."""
+    return last_ms is None or event_ms >= last_ms

@@ -1,0 +1,204 @@
+"""``harvest streams``: hold an account's user data stream and the mark-price streams of its
+symbols, and write what they say into Redis (:class:`harvest.store.streams.StreamCache`)
+(issue 23, first step: one account per process).
+
+The order of trust: a user data stream is only as good as its continuity, so
+
+1. the stream is opened first (python-binance: POST listenKey, connect), then positions are
+   read once from REST (positionRisk) into the cache, stamped with the request's start time:
+   an event older than that is ignored, one newer applies;
+2. each ``ACCOUNT_UPDATE`` updates the cached position of its symbols (ordered by event time);
+   fills and algo-order updates are appended to the account's events stream;
+3. a drop (python-binance reports ``{"e": "error"}`` and reconnects), an expired listenKey or
+   a stream that cannot be (re)opened marks the cache untrusted at once — readers fall back to
+   REST — and it is trusted again only after the next REST resync on a live connection;
+4. a malformed event is counted (``streams:malformed``) and logged, never applied.
+
+The mark-price streams (``<symbol>@markPrice@1s``) go to ``<ns>:streams:marks``; a market
+stream silent for ``silence_s`` is reopened. Nothing here sends an order: losing this process
+loses only freshness (the cache turns stale and readers use REST).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+
+from harvest.domain.stream_events import (
+    AlgoUpdate,
+    ListenKeyExpired,
+    MalformedEvent,
+    MarkPrice,
+    PositionUpdate,
+    StreamGap,
+    TradeUpdate,
+    parse_event,
+)
+from harvest.services.runtime import Runtime
+from harvest.store.streams import StreamCache
+from harvest.venues.binance_streams import (
+    StreamClosed,
+    is_streaming,
+    mark_price_socket,
+    socket_manager,
+    stream_url_of,
+    user_socket,
+)
+
+log = logging.getLogger("harvest.streams")
+
+
+class AccountStreams:
+    """The streams of ``rt``'s account (see module docstring). ``symbols``: the mark-price
+    streams to hold (default: the settings' symbols); ``silence_s``: how long a market stream
+    may say nothing before it is reopened (wall s); ``keepalive_s``: listenKey PUT interval."""
+
+    def __init__(
+        self, rt: Runtime, symbols: list[str] | None = None, silence_s: float = 10.0, keepalive_s: float = 30 * 60
+    ):
+        self.rt = rt
+        self.symbols = list(symbols or rt.settings.symbols)
+        self.silence_s, self.keepalive_s = silence_s, keepalive_s
+        self.cache = StreamCache(rt.r, rt.settings.namespace, rt.settings.account)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.listen_keys = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Hold the streams until ``stop`` is set. Exchange errors are logged and retried with
+        backoff (1 s doubling to 60 s), never raised."""
+        self.cache.distrust("start")
+        url = await asyncio.to_thread(stream_url_of, self.rt.settings)  # the emulator's handshake: blocking I/O
+        client, bsm = socket_manager(self.rt.settings, url, self.keepalive_s)
+        try:
+            await asyncio.gather(self._user(bsm, stop), self._market(bsm, stop), self._beat(stop))
+        finally:
+            self.cache.distrust("stop")
+            await client.close_connection()
+
+    # ------------------------------------------------------------------ user data stream
+
+    async def _user(self, bsm, stop: asyncio.Event) -> None:
+        backoff = 1.0
+        while not stop.is_set():
+            why = "connect"
+            try:
+                sock = user_socket(bsm)
+                async with sock:
+                    self.listen_keys += 1
+                    self.cache.note(listen_keys=self.listen_keys)
+                    await self._resync()
+                    backoff = 1.0
+                    why = await self._consume(sock, stop)
+            except Exception as e:  # an exchange or network error never ends the process
+                log.warning("user data stream: %s: %s", type(e).__name__, str(e)[:200])
+            if stop.is_set():
+                return
+            self.cache.distrust(why)
+            log.info("user data stream ended (%s); reopening in %.0f s", why, backoff)
+            await _wait(stop, backoff)
+            backoff = min(60.0, backoff * 2)
+
+    async def _consume(self, sock, stop: asyncio.Event) -> str:
+        """Apply the stream's events until it ends; returns why it ended."""
+        resync_due = False
+        while not stop.is_set():
+            try:
+                msg = await asyncio.wait_for(sock.recv(), 1.0)
+            except asyncio.TimeoutError:
+                msg = None
+            except StreamClosed:
+                return "closed"
+            if msg is not None:
+                try:
+                    events = parse_event(msg, int(time.time() * 1000))
+                except MalformedEvent as e:
+                    self.cache.count("malformed")
+                    log.warning("malformed stream event ignored: %s", e)
+                    continue
+                for ev in events:
+                    if isinstance(ev, StreamGap):
+                        self.cache.distrust("drop")
+                        resync_due = True
+                    elif isinstance(ev, ListenKeyExpired):
+                        return "listen_key_expired"
+                    elif isinstance(ev, PositionUpdate):
+                        self.cache.apply_position(ev)
+                    elif isinstance(ev, (TradeUpdate, AlgoUpdate)):
+                        self.cache.record(ev)
+            if resync_due and is_streaming(sock):
+                await self._resync()  # reconnected: what the gap hid comes from REST
+                resync_due = False
+        return "stop"
+
+    async def _resync(self) -> None:
+        started = int(time.time() * 1000)
+        vps = await asyncio.to_thread(self.rt.venue.positions)
+        self.cache.resync({vp.symbol: (vp.qty * vp.side.sign, vp.entry_price) for vp in vps}, started)
+        log.info("positions resynchronised from REST: %d open", len(vps))
+
+    # ------------------------------------------------------------------ market streams
+
+    async def _market(self, bsm, stop: asyncio.Event) -> None:
+        if not self.symbols:
+            return
+        backoff = 1.0
+        while not stop.is_set():
+            try:
+                sock = mark_price_socket(bsm, self.symbols)
+                async with sock:
+                    last = time.monotonic()
+                    while not stop.is_set() and time.monotonic() - last < self.silence_s:
+                        try:
+                            msg = await asyncio.wait_for(sock.recv(), 1.0)
+                        except asyncio.TimeoutError:
+                            continue
+                        try:
+                            events = parse_event(msg, int(time.time() * 1000))
+                        except MalformedEvent as e:
+                            self.cache.count("malformed")
+                            log.warning("malformed market event ignored: %s", e)
+                            continue
+                        for ev in events:
+                            if isinstance(ev, MarkPrice):
+                                self.cache.put_mark(ev)
+                                last = time.monotonic()
+                                backoff = 1.0
+                    if not stop.is_set():
+                        self.cache.count("gap:market_silent")
+            except StreamClosed:
+                self.cache.count("gap:market_closed")
+            except Exception as e:
+                log.warning("market stream: %s: %s", type(e).__name__, str(e)[:200])
+            if not stop.is_set():
+                await _wait(stop, backoff)
+                backoff = min(60.0, backoff * 2)
+
+    async def _beat(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.rt.plans.beat("streams")
+            self.cache.note(owner=self.owner)
+            await _wait(stop, 1.0)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
+def run_streams(rt: Runtime, symbols: list[str] | None = None) -> None:
+    """Run :class:`AccountStreams` until SIGINT/SIGTERM (``harvest streams``)."""
+    import signal
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await AccountStreams(rt, symbols).run(stop)
+
+    asyncio.run(main())

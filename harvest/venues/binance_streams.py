@@ -1,0 +1,79 @@
+"""python-binance's websocket side for ``harvest streams`` (issue 23): an ``AsyncClient`` and a
+``BinanceSocketManager`` pointed at the venue's streams. I/O only; what the events mean is
+:mod:`harvest.domain.stream_events`, what is done with them :mod:`harvest.services.streams`.
+
+* live: Binance's ``wss://fstream.binance.com/`` (python-binance's default);
+* testnet: python-binance's ``FSTREAM_TESTNET_URL``;
+* paper through the emulator (``fapi_url``): the ``stream_url`` the emulator's handshake
+  answers — a loopback address, checked like ``fapi_url``; an emulator that serves no streams
+  is a :class:`VenueError`.
+
+The user data stream's listenKey is created, kept alive (PUT every ``keepalive_s``) and
+re-created by python-binance's ``KeepAliveWebsocket``; reconnection after a drop by its
+``ReconnectingWebsocket`` (which reports the drop as ``{"e": "error"}``).
+"""
+
+from __future__ import annotations
+
+from binance import AsyncClient, BinanceSocketManager
+from binance.exceptions import ReadLoopClosed as StreamClosed
+from binance.ws.constants import WSListenerState
+from binance.ws.reconnecting_websocket import ReconnectingWebsocket
+
+from harvest.venues.base import VenueError
+from harvest.venues.binance import emulator_handshake
+from settings import HarvestSettings, is_loopback_url
+
+
+def stream_url_of(s: HarvestSettings) -> str | None:
+    """The websocket base URL for ``s`` (None: python-binance's default for the venue).
+    Raises VenueError when the emulator serves no streams or names a non-loopback URL."""
+    if s.venue != "paper":
+        return None
+    if not s.fapi_url:
+        raise VenueError(-9001, "the in-process paper venue has no streams: run the fapi emulator (HARVEST_FAPI_URL)")
+    url = emulator_handshake(s.fapi_url, s.venue_timeout_s).get("stream_url")
+    if not url or not is_loopback_url(url):
+        raise VenueError(-9001, f"the emulator at {s.fapi_url} serves no streams on a loopback address ({url!r})")
+    return url
+
+
+def socket_manager(
+    s: HarvestSettings, url: str | None, keepalive_s: float = 30 * 60
+) -> tuple[AsyncClient, BinanceSocketManager]:
+    """(client, manager) for the account of ``s`` with streams at ``url`` (:func:`stream_url_of`;
+    call this inside the event loop that will use them); credentials from the settings
+    (environment or secret files, never arguments). Close with ``await client.close_connection()``."""
+    if not (s.api_key and s.api_secret):
+        raise VenueError(-2015, "streams need HARVEST_API_KEY and HARVEST_API_SECRET")
+    client = AsyncClient(s.api_key.get_secret_value(), s.api_secret.get_secret_value(), testnet=s.venue == "testnet")
+    if s.fapi_url:
+        client.FUTURES_URL = s.fapi_url.rstrip("/")
+    bsm = BinanceSocketManager(client, user_timeout=keepalive_s)
+    if url:
+        bsm.FSTREAM_URL = url
+    return client, bsm
+
+
+def user_socket(bsm: BinanceSocketManager) -> ReconnectingWebsocket:
+    """The account's user data stream (an async context manager; ``recv()`` gives each message
+    as a dict; raises :data:`StreamClosed` once python-binance has given up reconnecting)."""
+    return _quick(bsm.futures_user_socket())
+
+
+def mark_price_socket(bsm: BinanceSocketManager, symbols: list[str]) -> ReconnectingWebsocket:
+    """One combined stream of ``<symbol>@markPrice@1s`` for ``symbols``."""
+    return _quick(bsm.futures_multiplex_socket([f"{s.lower()}@markPrice@1s" for s in symbols]))
+
+
+def is_streaming(sock: ReconnectingWebsocket) -> bool:
+    """Whether the socket is connected (not reconnecting after a drop)."""
+    return sock.ws_state == WSListenerState.STREAMING
+
+
+def _quick(sock: ReconnectingWebsocket) -> ReconnectingWebsocket:
+    sock.TIMEOUT = 1.0  # python-binance's read loop notices a close within 1 s, not 10
+    return sock
+
+
+__all__ = ["StreamClosed", "is_streaming", "mark_price_socket", "socket_manager", "stream_url_of", "user_socket"]

@@ -1,0 +1,457 @@
+"""The fapi emulator's websocket streams (issue 23): Binance's USDⓈ-M user data stream and
+mark-price market streams, over real websockets (the ``websockets`` library), served from the
+paper engine's state in Redis.
+
+Paths, as python-binance 1.0.37's :class:`binance.ws.streams.BinanceSocketManager` builds them
+when its ``FSTREAM_URL`` is :attr:`StreamServer.url` (Binance's routed form, and the legacy one):
+
+=================================================  ==========================================
+path                                               what
+=================================================  ==========================================
+``/private/ws?listenKey=K``, ``/ws/K``             the account's user data stream
+``/market/ws/<symbol>@markPrice@1s``, ``/ws/…``    one market stream (raw events)
+``/market/stream?streams=a/b``, ``/stream?…``      combined: ``{"stream": name, "data": event}``
+=================================================  ==========================================
+
+**listenKey** (REST, API key only, weight 1; :class:`ListenKeys`): ``POST /fapi/v1/listenKey``
+returns the account's one active key and extends it to ``ttl_s`` (Binance: 60 min); ``PUT``
+extends it or answers -1125 "This listenKey does not exist."; ``DELETE`` closes it. When a
+connected key expires the stream sends ``{"e": "listenKeyExpired", …}`` and closes.
+
+**User events**, from the paper engine's order log (``<ns>:paper:<account>:orderlog``), in
+its order, ``E``/``T`` in wall milliseconds:
+
+* a fill (harvest's MARKET close, a strategy's opening) → ``ORDER_TRADE_UPDATE`` (``x`` TRADE,
+  ``X`` FILLED or EXPIRED for a partial fill) then ``ACCOUNT_UPDATE`` (``m`` ORDER, the
+  symbol's position after it: ``pa``, ``ep``, ``up``);
+* a stop placed / cancelled / expired → ``ALGO_UPDATE`` ``X`` NEW / CANCELED / EXPIRED;
+* a stop triggered → ``ALGO_UPDATE`` TRIGGERED, ``ORDER_TRADE_UPDATE`` (``ot`` STOP_MARKET),
+  ``ALGO_UPDATE`` FINISHED, ``ACCOUNT_UPDATE``.
+
+The position in an ``ACCOUNT_UPDATE`` is read when the event is sent, so it may already include
+a later change: the dangerous reading (a client must take the REST position as the truth
+after any gap, never add up deltas). Funding is not streamed yet (REST ``income`` has it).
+
+**Market events**: ``markPriceUpdate`` every second per subscribed symbol (``p`` the paper
+engine's mark, ``r`` the funding rate in force, ``T`` the next funding time).
+
+**Settlement**: while anything is connected, the server settles the paper engine (stops,
+liquidations, funding) every ``tick_s`` wall seconds, as the exchange would without a REST
+poll; a stop that triggers is pushed without anybody asking.
+
+**Faults** (:data:`STREAM_FAULT_KINDS`, armed with :meth:`StreamServer.inject`, each fires once
+per ``times``): ``drop`` closes every connection of a kind (``user`` or ``market``) without a
+close frame's courtesy; ``expire`` expires the listenKey now; ``delay`` holds the next user
+events for ``latency_s``; ``reorder`` swaps the next two user events; ``gap`` drops the next
+user event silently (only a REST resync can close it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+import redis
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from harvest.data import SymbolFilters
+
+if TYPE_CHECKING:
+    from harvest.venues.emulator import Emulator
+
+log = logging.getLogger("harvest.emulator.streams")
+
+STREAM_FAULT_KINDS = ("drop", "expire", "delay", "reorder", "gap", "malformed")
+LISTEN_KEY_TTL_S = 3600.0
+
+
+class ListenKeyMissing(Exception):
+    """PUT on a listenKey that does not exist (Binance -1125)."""
+
+
+class ListenKeys:
+    """The account's one listenKey, in Redis (``<ns>:emu:listenkey``, expiring ``ttl_s`` s
+    after its last POST or PUT)."""
+
+    def __init__(self, r: redis.Redis, ns: str, ttl_s: float = LISTEN_KEY_TTL_S):
+        self.r, self.key, self.ttl_ms = r, f"{ns}:emu:listenkey", int(ttl_s * 1000)
+
+    def create(self) -> str:
+        """POST: the active key (a new one when none), extended."""
+        key = self.r.get(self.key) or secrets.token_urlsafe(48)[:64]
+        self.r.set(self.key, key, px=self.ttl_ms)
+        return key
+
+    def keepalive(self) -> str:
+        """PUT: extend the active key. Raises ListenKeyMissing when there is none."""
+        key = self.r.get(self.key)
+        if key is None or not self.r.pexpire(self.key, self.ttl_ms):
+            raise ListenKeyMissing
+        return key
+
+    def delete(self) -> None:
+        """DELETE: close the key (its streams end)."""
+        self.r.delete(self.key)
+
+    def expire_now(self) -> None:
+        """The ``expire`` fault: the key is gone, as after 60 minutes without a keepalive."""
+        self.r.delete(self.key)
+
+    def valid(self, key: str) -> bool:
+        return bool(key) and self.r.get(self.key) == key
+
+
+class StreamServer:
+    """The websocket side of one emulator (see module docstring). ``start()`` serves on
+    127.0.0.1 (``port`` 0: any free port) in a daemon thread with its own event loop; ``url``
+    is the value for python-binance's ``BinanceSocketManager.FSTREAM_URL``."""
+
+    def __init__(self, emu: Emulator, host: str = "127.0.0.1", port: int = 0, tick_s: float = 1.0):
+        self.emu, self.host, self._port, self.tick_s = emu, host, port, tick_s
+        self.venue = emu.venue
+        self.keys = emu.listen_keys
+        self.k_faults = f"{emu.ns}:emu:stream_faults"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._users: dict[ServerConnection, str] = {}  # connection → its listenKey
+        self._markets: dict[ServerConnection, tuple[list[str], bool]] = {}  # → (streams, combined)
+        self.sent = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``ws://<host>:<port>/`` (127.0.0.1 when serving on every address): python-binance's
+        ``FSTREAM_URL`` on this machine."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        return f"ws://{host}:{self._port}/"
+
+    def start(self) -> StreamServer:
+        """Serve in a daemon thread; returns self once listening."""
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="fapi-streams", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the emulator's stream server did not start")
+        return self
+
+    def stop(self) -> None:
+        """Close every connection and stop serving."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def inject(self, kind: str, times: int = 1, latency_s: float = 0.0, target: str = "user") -> None:
+        """Arm a stream fault (:data:`STREAM_FAULT_KINDS`); ``target``: ``user`` or ``market``
+        (``drop`` only). Raises ValueError for an unknown kind or target."""
+        if kind not in STREAM_FAULT_KINDS or target not in ("user", "market"):
+            raise ValueError(f"unknown stream fault {kind!r}/{target!r}; kinds {STREAM_FAULT_KINDS}")
+        self.emu.r.hset(self.k_faults, f"{target}:{kind}", json.dumps({"times": int(times), "latency_s": latency_s}))
+
+    def _take(self, target: str, kind: str) -> dict | None:
+        field = f"{target}:{kind}"
+        raw = self.emu.r.hget(self.k_faults, field)
+        if raw is None:
+            return None
+        d = json.loads(raw)
+        if d["times"] <= 1:
+            self.emu.r.hdel(self.k_faults, field)
+        else:
+            self.emu.r.hset(self.k_faults, field, json.dumps(dict(d, times=d["times"] - 1)))
+        self.emu.r.hincrby(f"{self.emu.ns}:emu:faults_fired", f"stream_{kind}", 1)
+        return d
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with serve(self._serve, self.host, self._port, process_request=self._check, compression=None) as server:
+            self._port = server.sockets[0].getsockname()[1] if self._port == 0 else self._port
+            self._ready.set()
+            ticker = asyncio.create_task(self._ticker())
+            await self._stop.wait()
+            ticker.cancel()
+            server.close()
+
+    # ------------------------------------------------------------------ connections
+
+    @staticmethod
+    def _route(path: str) -> tuple[str, list[str], bool] | None:
+        """(kind, names, combined) of a request path; None when it is not a stream path."""
+        parts = urlsplit(path)
+        p = parts.path.rstrip("/")
+        for prefix in ("/private", "/market", "/public"):
+            if p.startswith(prefix + "/") or p == prefix:
+                p = p[len(prefix) :]
+                break
+        q = parse_qs(parts.query)
+        if p == "/ws" and "listenKey" in q:
+            return "user", [q["listenKey"][0]], False
+        if p == "/stream" and "streams" in q:
+            return "market", [s for s in q["streams"][0].split("/") if s], True
+        if p.startswith("/ws/"):
+            name = p[len("/ws/") :]
+            return ("market", [name], False) if "@" in name else ("user", [name], False)
+        return None
+
+    def _check(self, conn: ServerConnection, request: Request) -> Response | None:
+        route = self._route(request.path)
+        if route is None:
+            return conn.respond(404, "unknown stream path\n")
+        kind, names, _ = route
+        if kind == "user" and not self.keys.valid(names[0]):
+            return conn.respond(400, "invalid listenKey\n")
+        if kind == "market" and not all(_market_stream(n) for n in names):
+            return conn.respond(400, "unknown market stream\n")
+        return None
+
+    async def _serve(self, conn: ServerConnection) -> None:
+        route = self._route(conn.request.path if conn.request else "")
+        assert route is not None  # _check refused the others
+        kind, names, combined = route
+        if kind == "user":
+            self._users[conn] = names[0]
+            try:
+                await self._user(conn)
+            finally:
+                self._users.pop(conn, None)
+        else:
+            self._markets[conn] = (names, combined)
+            try:
+                await conn.wait_closed()
+            finally:
+                self._markets.pop(conn, None)
+
+    async def _user(self, conn: ServerConnection) -> None:
+        """Tail the order log from now and send each entry's events, in order."""
+        last = await asyncio.to_thread(self._log_tip)
+        pending: list[dict] = []
+        while True:
+            entries = await asyncio.to_thread(self._read_log, last)
+            for eid, fields in entries:
+                last = eid
+                pending.extend(await asyncio.to_thread(self._events_of, fields))
+            if pending:
+                batch, pending = pending, []
+                if self._take("user", "gap"):
+                    batch = []
+                if self._take("user", "malformed"):
+                    bad = {"s": "BTCUSDT", "pa": "NaN", "ep": "1", "ps": "BOTH"}
+                    batch.insert(
+                        0, {"e": "ACCOUNT_UPDATE", "E": int(time.time() * 1000), "a": {"m": "ORDER", "P": [bad]}}
+                    )
+                if len(batch) >= 2 and self._take("user", "reorder"):
+                    batch[0], batch[1] = batch[1], batch[0]
+                delay = self._take("user", "delay")
+                if delay:
+                    await asyncio.sleep(delay["latency_s"])
+                for ev in batch:
+                    try:
+                        await conn.send(json.dumps(ev))
+                        self.sent += 1
+                    except ConnectionClosed:
+                        return
+            if conn.state.name in ("CLOSING", "CLOSED"):
+                return
+
+    def _log_tip(self) -> str:
+        last = self.emu.r.xrevrange(self.venue.k_log, count=1)
+        return last[0][0] if last else "0-0"
+
+    def _read_log(self, after: str) -> list[tuple[str, dict]]:
+        got = self.emu.r.xread({self.venue.k_log: after}, count=100, block=200)
+        return [(eid, f) for _, rows in got for eid, f in rows] if got else []
+
+    # ------------------------------------------------------------------ events
+
+    def _events_of(self, f: dict) -> list[dict]:
+        """The user-stream events of one order-log entry (none for HTTP and REJECT)."""
+        kind, sym = f.get("kind"), f.get("symbol", "")
+        try:
+            d = json.loads(f.get("data") or "{}")
+        except ValueError:
+            return []
+        now = int(time.time() * 1000)
+        if kind in ("FILL", "OPEN"):
+            side = d.get("side")
+            side = side if side in ("BUY", "SELL") else ("BUY" if side == "LONG" else "SELL")
+            return [
+                self._trade(sym, d.get("clientOrderId") or f"open-{now}", side, d, "MARKET", now),
+                self._account(sym, now),
+            ]
+        if kind in ("STOP_NEW", "STOP_CANCELED", "STOP_EXPIRED"):
+            status = {"STOP_NEW": "NEW", "STOP_CANCELED": "CANCELED", "STOP_EXPIRED": "EXPIRED"}[kind]
+            return [_algo(sym, d.get("clientAlgoId", ""), status, d.get("stopPrice", "0"), now)]
+        if kind == "STOP_TRIGGERED":
+            cid = d.get("clientAlgoId", "")
+            side = "SELL" if d.get("side") == "LONG" else "BUY"
+            fill = {"qty": d.get("qty"), "price": d.get("price"), "realizedPnl": d.get("realizedPnl", 0)}
+            return [
+                _algo(sym, cid, "TRIGGERED", d.get("price", "0"), now),
+                self._trade(sym, cid, side, fill, "STOP_MARKET", now),
+                _algo(sym, cid, "FINISHED", d.get("price", "0"), now),
+                self._account(sym, now),
+            ]
+        return []
+
+    def _trade(self, sym: str, cid: str, side: str, d: dict, orig_type: str, now: int) -> dict:
+        qty, price = str(d.get("qty", "0")), str(d.get("price", "0"))
+        status = "EXPIRED" if d.get("expired") else "FILLED"
+        return {
+            "e": "ORDER_TRADE_UPDATE",
+            "E": now,
+            "T": now,
+            "o": {
+                "s": sym,
+                "c": cid,
+                "S": side,
+                "o": "MARKET",
+                "f": "GTC",
+                "q": qty,
+                "p": "0",
+                "ap": price,
+                "sp": "0",
+                "x": "TRADE",
+                "X": status,
+                "i": int(d.get("orderId") or 0),
+                "l": qty,
+                "z": qty,
+                "L": price,
+                "n": str(d.get("commission", "0")),
+                "N": "USDT",
+                "T": now,
+                "t": int(d.get("orderId") or 0),
+                "R": orig_type != "MARKET" or bool(d.get("clientOrderId")),
+                "ps": "BOTH",
+                "rp": str(d.get("realizedPnl", "0")),
+                "ot": orig_type,
+            },
+        }
+
+    def _account(self, sym: str, now: int) -> dict:
+        vp = self.venue.position(sym)
+        amt = (vp.qty * vp.side.sign) if vp else 0.0
+        entry = vp.entry_price if vp else 0.0
+        mark = vp.mark_price if vp else self.venue.mark_price(sym)
+        return {
+            "e": "ACCOUNT_UPDATE",
+            "E": now,
+            "T": now,
+            "a": {
+                "m": "ORDER",
+                "B": [{"a": "USDT", "wb": "0", "cw": "0", "bc": "0"}],
+                "P": [
+                    {
+                        "s": sym,
+                        "pa": SymbolFilters.fmt_float(amt),
+                        "ep": SymbolFilters.fmt_float(entry),
+                        "bep": SymbolFilters.fmt_float(entry),
+                        "cr": "0",
+                        "up": SymbolFilters.fmt_float((mark - entry) * amt),
+                        "mt": "isolated",
+                        "iw": "0",
+                        "ps": "BOTH",
+                    }
+                ],
+            },
+        }
+
+    # ------------------------------------------------------------------ the clock
+
+    async def _ticker(self) -> None:
+        """Every ``tick_s``: settle the paper engine (stops trigger unasked), send mark prices,
+        end streams whose listenKey expired, fire ``drop``/``expire`` faults."""
+        while True:
+            await asyncio.sleep(self.tick_s)
+            try:
+                await self._tick()
+            except Exception:  # a tick that fails must not end the server
+                log.exception("stream tick failed")
+
+    async def _tick(self) -> None:
+        if self._take("user", "expire"):
+            self.keys.expire_now()
+        for target, conns in (("user", self._users), ("market", self._markets)):
+            if conns and self._take(target, "drop"):
+                for c in list(conns):
+                    c.transport.abort()  # no close frame: a dropped connection
+        if self._users:
+            await asyncio.to_thread(self.venue.positions)  # settle: stops, liquidations, funding
+            now = int(time.time() * 1000)
+            for c, key in list(self._users.items()):
+                if not self.keys.valid(key):
+                    try:
+                        await c.send(json.dumps({"e": "listenKeyExpired", "E": now, "listenKey": key}))
+                    except ConnectionClosed:
+                        pass
+                    await c.close(1000, "listenKey expired")
+        if self._markets:
+            syms = {_market_stream(n) for names, _ in self._markets.values() for n in names}
+            marks = await asyncio.to_thread(lambda: {s: self._mark_event(s) for s in syms if s})
+            for c, (names, combined) in list(self._markets.items()):
+                for n in names:
+                    ev = marks.get(_market_stream(n) or "")
+                    if ev is None:
+                        continue
+                    try:
+                        await c.send(json.dumps({"stream": n, "data": ev} if combined else ev))
+                        self.sent += 1
+                    except ConnectionClosed:
+                        break
+
+    def _mark_event(self, sym: str) -> dict:
+        now = int(time.time() * 1000)
+        premium = self.emu._premium(sym)
+        return {
+            "e": "markPriceUpdate",
+            "E": now,
+            "s": sym,
+            "p": premium["markPrice"],
+            "i": premium["indexPrice"],
+            "P": premium["estimatedSettlePrice"],
+            "r": premium["lastFundingRate"],
+            "T": premium["nextFundingTime"],
+        }
+
+
+def _market_stream(name: str) -> str | None:
+    """The symbol of a ``<symbol>@markPrice[@1s]`` stream name (upper case); None otherwise."""
+    sym, _, rest = name.partition("@")
+    return sym.upper() if sym and rest in ("markPrice", "markPrice@1s") else None
+
+
+def _algo(sym: str, cid: str, status: str, stop: Any, now: int) -> dict:
+    return {
+        "e": "ALGO_UPDATE",
+        "T": now,
+        "E": now,
+        "o": {
+            "caid": cid,
+            "aid": 0,
+            "at": "CONDITIONAL",
+            "o": "STOP_MARKET",
+            "s": sym,
+            "ps": "BOTH",
+            "f": "GTE_GTC",
+            "q": "0",
+            "X": status,
+            "tp": str(stop),
+            "p": "0",
+            "wt": "MARK_PRICE",
+            "cp": True,
+            "pP": False,
+        },
+    }

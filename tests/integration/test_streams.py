@@ -1,0 +1,132 @@
+"""``harvest streams`` against the emulator's websocket streams (issue 23, first step): a real
+``harvest streams`` process (python-binance's socket managers) keeps the position cache, the
+fills and algo-order updates and the mark prices in Redis from the user data stream and the
+market streams; a dropped connection, a silent gap, an expired listenKey and a malformed event
+each end with the cache matching the exchange again, never with a wrong position trusted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harvest.domain.models import Side
+from harvest.services.runtime import build_runtime
+from harvest.store.streams import StreamCache
+from harvest.venues.emulator import Emulator
+from settings import load_settings
+from tests.harness import wait_for
+from tests.pipeline_helpers import clean
+
+ROOT = Path(__file__).resolve().parents[2]
+NS = os.environ["HARVEST_NAMESPACE"] + "-streams"
+KEY, SECRET = "k" * 24, "s" * 48
+
+
+@pytest.fixture()
+def emu(redis_url):
+    rt = build_runtime(load_settings(namespace=NS))
+    clean(rt)
+    e = Emulator(rt.r, NS, rt.settings.account, KEY, SECRET, clock=rt.clock).start(stream_tick_s=0.2)
+    try:
+        yield rt, e
+    finally:
+        e.stop()
+        clean(rt)
+
+
+@pytest.fixture()
+def streams(emu, tmp_path):
+    rt, e = emu
+    env = {
+        **os.environ,
+        "HARVEST_NAMESPACE": NS,
+        "HARVEST_FAPI_URL": e.url,
+        "HARVEST_API_KEY": KEY,
+        "HARVEST_API_SECRET": SECRET,
+    }
+    out = tmp_path / "streams.out"
+    with out.open("w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harvest.ops.cli", "streams", "--symbols", "BTCUSDT,ETHUSDT"],
+            cwd=ROOT,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    cache = StreamCache(rt.r, NS, rt.settings.account)
+    try:
+        wait_for(lambda: cache.trusted() or proc.poll() is not None, 30, what="the first resync")
+        assert proc.poll() is None, out.read_text()
+        yield rt, e, cache
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    assert proc.returncode == 0, out.read_text()[-3000:]
+    assert KEY not in out.read_text() and SECRET not in out.read_text()
+
+
+def _open(rt, symbol: str, side: Side, qty: float) -> float:
+    mark = rt.venue.mark_price(symbol)
+    stop = mark * (0.99 if side is Side.LONG else 1.01)
+    rt.venue.open_position(symbol, side, qty, 10, stop_price=stop)
+    return stop
+
+
+def _amt(cache: StreamCache, symbol: str):
+    rows = cache.positions()
+    return None if rows is None else rows.get(symbol, {}).get("amt", 0.0)
+
+
+def _counter(rt, name: str) -> int:
+    return int(rt.r.hget(f"{NS}:counters", name) or 0)
+
+
+def test_positions_fills_stops_and_marks_arrive_by_stream(streams):
+    rt, e, cache = streams
+    resyncs = _counter(rt, "streams:resyncs")
+    stop = _open(rt, "BTCUSDT", Side.LONG, 0.01)
+    wait_for(lambda: _amt(cache, "BTCUSDT") == 0.01, 10, what="the opening by stream")
+    wait_for(lambda: "BTCUSDT" in cache.marks(max_age_s=5), 10, what="a mark price by stream")
+    assert abs(cache.marks()["BTCUSDT"] / rt.venue.mark_price("BTCUSDT") - 1) < 1e-9
+    # the mark falls through the stop: the emulator settles it unasked and streams the close
+    rt.venue.set_mark("BTCUSDT", stop * 0.995)
+    wait_for(lambda: _amt(cache, "BTCUSDT") == 0, 10, what="the stop's close by stream")
+    kinds = [(ev["type"], ev.get("status"), ev.get("orig_type")) for ev in cache.events()]
+    assert ("AlgoUpdate", "TRIGGERED", None) in kinds
+    assert ("TradeUpdate", "FILLED", "STOP_MARKET") in kinds
+    assert ("AlgoUpdate", "FINISHED", None) in kinds
+    assert _counter(rt, "streams:resyncs") == resyncs  # all of it from the stream, no REST resync
+    assert rt.venue.position("BTCUSDT") is None
+
+
+def test_a_silent_gap_is_closed_by_the_resync_after_a_drop(streams):
+    rt, e, cache = streams
+    e.streams.inject("gap")  # the opening's events are lost without a trace
+    _open(rt, "ETHUSDT", Side.SHORT, 0.5)
+    wait_for(lambda: rt.r.hget(f"{NS}:emu:stream_faults", "user:gap") is None, 10, what="the gap to fire")
+    assert _amt(cache, "ETHUSDT") == 0  # the cache does not know: only REST can tell
+    drops = _counter(rt, "streams:gap:drop")
+    e.streams.inject("drop")
+    wait_for(lambda: _counter(rt, "streams:gap:drop") > drops, 10, what="the drop to be seen")
+    wait_for(lambda: _amt(cache, "ETHUSDT") == -0.5, 20, what="the resync after the reconnection")
+    assert cache.trusted()
+
+
+def test_an_expired_listen_key_opens_a_new_stream_and_a_malformed_event_is_ignored(streams):
+    rt, e, cache = streams
+    e.streams.inject("expire")
+    wait_for(lambda: _counter(rt, "streams:gap:listen_key_expired") == 1, 10, what="the expiry to be seen")
+    wait_for(lambda: cache.health().get("listen_keys") == "2" and cache.trusted(), 20, what="a new listenKey")
+    e.streams.inject("malformed")
+    _open(rt, "BTCUSDT", Side.SHORT, 0.02)
+    wait_for(lambda: _amt(cache, "BTCUSDT") == -0.02, 10, what="the opening on the new stream")
+    assert _counter(rt, "streams:malformed") == 1
