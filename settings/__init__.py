@@ -189,6 +189,13 @@ class HarvestSettings(BaseSettings):
         "(wall s) is stale: no kill decision is made from it (default: 3 × the "
         "longer of the scan and market refresh intervals)",
     )
+    streams_max_age_s: float = Field(
+        3.0,
+        gt=0,
+        le=60,
+        description="the scan reads positions from `harvest streams`' cache instead of positionRisk "
+        "while its heartbeat and mark prices are at most this old (wall s) and it is trusted",
+    )
     results_stream_maxlen: int = Field(100_000, ge=1000)
     # Paper venue market clock (replay of the shipped klines).
     paper_replay_start: float = Field(

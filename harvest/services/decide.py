@@ -39,6 +39,7 @@ from harvest.domain.models import (
 )
 from harvest.domain.plans import NextAttempt, lineage_of, next_attempt, plan_id_for
 from harvest.services.runtime import Runtime
+from harvest.store.streams import StreamCache
 
 #: One open position as the scan sees it: exchange truth, harvest's book entry (decoded, see
 #: :class:`harvest.store.BookStore`) and the symbol's market state now.
@@ -69,9 +70,25 @@ def _booked(rt: Runtime, acct: str) -> tuple[dict[str, dict[str, Any] | None], d
     )
 
 
-def load_positions(rt: Runtime, symbols: set[str] | None = None) -> tuple[list[Row], float]:
+def venue_positions(rt: Runtime, from_streams: bool = True) -> list[VenuePosition]:
+    """The account's open positions: from ``harvest streams``' cache when ``from_streams`` and
+    the cache may stand in for positionRisk (:meth:`harvest.store.streams.StreamCache.snapshot`
+    within ``settings.streams_max_age_s``; no request weight), else from the venue (REST).
+    A read from the cache is counted (``positions:streams``)."""
+    if from_streams:
+        cache = StreamCache(rt.r, rt.settings.namespace, rt.settings.account)
+        age = rt.settings.streams_max_age_s
+        cached = cache.snapshot(age, age)
+        if cached is not None:
+            rt.plans.count("positions:streams")
+            return cached
+    return rt.venue.positions()
+
+
+def load_positions(rt: Runtime, symbols: set[str] | None = None, from_streams: bool = True) -> tuple[list[Row], float]:
     """Open positions with their book entry and the market state of their symbol, and the
-    market time. Starts a new book epoch where the venue shows a new opening; drops ghost book
+    market time (positions: :func:`venue_positions`; ``from_streams`` False reads REST, as
+    reconcile must). Starts a new book epoch where the venue shows a new opening; drops ghost book
     entries (only on a full scan, ``symbols`` None). Positions without a cached market state
     are skipped and counted. Reads are batched: one venue call and, beside it in another
     thread, one book read and one market read; one write of moved peaks/troughs."""
@@ -81,10 +98,10 @@ def load_positions(rt: Runtime, symbols: set[str] | None = None) -> tuple[list[R
         # Harvest's own reads (book entries and market states of every booked position) run
         # in a second thread while the venue's positions are read and parsed here.
         ahead = _reader().submit(_booked, rt, acct)
-        vps = rt.venue.positions()
+        vps = venue_positions(rt, from_streams)
         booked, booked_markets = ahead.result()
     else:
-        vps = [v for v in rt.venue.positions() if v.symbol in symbols]
+        vps = [v for v in venue_positions(rt, from_streams) if v.symbol in symbols]
         booked, booked_markets = {}, {}
     syms = [v.symbol for v in vps]
     ghosts = set(booked) - set(syms)  # in the book, not on the venue (full scans only)

@@ -52,9 +52,9 @@ def reconcile_once(rt: Runtime, resend: Resend | None = None) -> dict:
     not answer (nothing is changed then).
     """
     # First: a Redis that lost its state learns what was sent before anything else happens.
-    recovered = ensure_recovered(rt, lambda: load_positions(rt)[0])
+    recovered = ensure_recovered(rt, lambda: load_positions(rt, from_streams=False)[0])
     before = rt.plans.counters().get("reconcile:ghost_dropped", 0)
-    rows, _ = load_positions(rt)
+    rows, _ = load_positions(rt, from_streams=False)  # exchange truth, never a cache
     ghosts = rt.plans.counters().get("reconcile:ghost_dropped", 0) - before
     # Open positions by the book after ghosts were dropped: every symbol the venue shows open,
     # including any skipped for want of a market state (their plans are not "closed outside").

@@ -8,7 +8,9 @@ The order of trust: a user data stream is only as good as its continuity, so
    read once from REST (positionRisk) into the cache, stamped with the request's start time:
    an event older than that is ignored, one newer applies;
 2. each ``ACCOUNT_UPDATE`` updates the cached position of its symbols (ordered by event time);
-   fills and algo-order updates are appended to the account's events stream;
+   fills and algo-order updates are appended to the account's events stream; any of them marks
+   the cache dirty and, ``settle_s`` later, one REST read refreshes the rows (stop, leverage,
+   liquidation price, opening time, funding are REST's); so a quiet account costs no weight;
 3. a drop (python-binance reports ``{"e": "error"}`` and reconnects), an expired listenKey or
    a stream that cannot be (re)opened marks the cache untrusted at once — readers fall back to
    REST — and it is trusted again only after the next REST resync on a live connection;
@@ -54,10 +56,17 @@ log = logging.getLogger("harvest.streams")
 class AccountStreams:
     """The streams of ``rt``'s account (see module docstring). ``symbols``: the mark-price
     streams to hold (default: the settings' symbols); ``silence_s``: how long a market stream
-    may say nothing before it is reopened (wall s); ``keepalive_s``: listenKey PUT interval."""
+    may say nothing before it is reopened (wall s); ``keepalive_s``: listenKey PUT interval;
+    ``settle_s``: how long after a change (a fill, a stop placed) the rows are re-read from REST
+    (one read for a burst of events)."""
 
     def __init__(
-        self, rt: Runtime, symbols: list[str] | None = None, silence_s: float = 10.0, keepalive_s: float = 30 * 60
+        self,
+        rt: Runtime,
+        symbols: list[str] | None = None,
+        silence_s: float = 10.0,
+        keepalive_s: float = 30 * 60,
+        settle_s: float = 0.25,
     ):
         self.rt = rt
         self.symbols = list(symbols or rt.settings.symbols)
@@ -65,6 +74,9 @@ class AccountStreams:
         self.cache = StreamCache(rt.r, rt.settings.namespace, rt.settings.account)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.listen_keys = 0
+        self.settle_s = settle_s
+        self.grace_s = 3.0
+        self._changed = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Hold the streams until ``stop`` is set. Exchange errors are logged and retried with
@@ -72,11 +84,18 @@ class AccountStreams:
         self.cache.distrust("start")
         url = await asyncio.to_thread(stream_url_of, self.rt.settings)  # the emulator's handshake: blocking I/O
         client, bsm = socket_manager(self.rt.settings, url, self.keepalive_s)
+        tasks = [asyncio.create_task(c) for c in (self._user(bsm, stop), self._market(bsm, stop), self._beat(stop))]
         try:
-            await asyncio.gather(self._user(bsm, stop), self._market(bsm, stop), self._beat(stop))
+            await stop.wait()
+            # python-binance closes a socket once its read loop notices; a reconnection under
+            # way can keep it from noticing, so the close gets a bounded grace, then is cancelled
+            _, late = await asyncio.wait(tasks, timeout=self.grace_s)
+            for t in late:
+                t.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         finally:
             self.cache.distrust("stop")
-            await client.close_connection()
+            await asyncio.wait_for(client.close_connection(), self.grace_s)
 
     # ------------------------------------------------------------------ user data stream
 
@@ -103,10 +122,10 @@ class AccountStreams:
 
     async def _consume(self, sock, stop: asyncio.Event) -> str:
         """Apply the stream's events until it ends; returns why it ended."""
-        resync_due = False
+        resync_due, changed_at = False, None
         while not stop.is_set():
             try:
-                msg = await asyncio.wait_for(sock.recv(), 1.0)
+                msg = await asyncio.wait_for(sock.recv(), 0.1 if changed_at else 1.0)
             except asyncio.TimeoutError:
                 msg = None
             except StreamClosed:
@@ -126,17 +145,25 @@ class AccountStreams:
                         return "listen_key_expired"
                     elif isinstance(ev, PositionUpdate):
                         self.cache.apply_position(ev)
+                        changed_at = changed_at or time.monotonic()
                     elif isinstance(ev, (TradeUpdate, AlgoUpdate)):
                         self.cache.record(ev)
+                        self.cache.mark_dirty()
+                        changed_at = changed_at or time.monotonic()
+                    self._changed = True
             if resync_due and is_streaming(sock):
                 await self._resync()  # reconnected: what the gap hid comes from REST
-                resync_due = False
+                resync_due, changed_at = False, None
+            elif changed_at is not None and time.monotonic() - changed_at >= self.settle_s:
+                await self._resync()  # a change: one REST read brings the rows up to date
+                changed_at = None
         return "stop"
 
     async def _resync(self) -> None:
         started = int(time.time() * 1000)
+        self._changed = False
         vps = await asyncio.to_thread(self.rt.venue.positions)
-        self.cache.resync({vp.symbol: (vp.qty * vp.side.sign, vp.entry_price) for vp in vps}, started)
+        self.cache.resync(vps, started, clean=not self._changed)
         log.info("positions resynchronised from REST: %d open", len(vps))
 
     # ------------------------------------------------------------------ market streams

@@ -4,17 +4,22 @@ algo-order updates, mark prices, and the stream's health. Written by ``harvest s
 
 Keys (``<ns>`` = settings.namespace, ``<a>`` = account)::
 
-    <ns>:streams:<a>:positions   hash    symbol → {"amt", "entry", "event_ms"} (JSON); amt 0 = flat
-    <ns>:streams:<a>:health      hash    synced_ms (last REST resync), trusted (1/0), last_event_ms,
-                                         listen_keys (how many the process has used), owner
+    <ns>:streams:<a>:positions   hash    symbol → {"amt", "entry", "event_ms", "row"} (JSON): row =
+                                         the VenuePosition of the last REST read; amt 0 = flat
+    <ns>:streams:<a>:health      hash    synced_ms (last REST resync), trusted (1/0), dirty (1/0),
+                                         last_event_ms, listen_keys (used so far), owner
     <ns>:streams:<a>:events      stream  fills and algo-order updates, newest last (capped)
     <ns>:streams:marks           hash    symbol → {"mark", "funding_rate", "event_ms"} (JSON)
 
-A position update applies only when its event time is not older than the one stored for the
-symbol (:func:`harvest.domain.stream_events.is_newer`, checked inside one Lua call); a REST
-resync replaces the whole cache and stamps every row with the time the request started, so an
-event older than the resync is ignored. The cache is *trusted* only between a resync and the
-next gap.
+The rows are REST snapshots (positionRisk with its stop, leverage, liquidation price, opening
+time and funding, as :meth:`harvest.venues.base.Venue.positions` reads them); the user data
+stream says *when* they change. A position update applies only when its event time is not older
+than the one stored for the symbol (:func:`harvest.domain.stream_events.is_newer`, checked
+inside one Lua call) and marks the cache *dirty* until the next resync; a resync replaces the
+whole cache and stamps every row with the time its request started, so an event older than the
+resync is ignored. :meth:`StreamCache.snapshot` serves the rows, with the streamed mark price,
+only while the cache is trusted (resynced since the last gap), clean, its writer alive and its
+marks fresh; otherwise None, and the reader uses REST.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import time
 
 import redis
 
+from harvest.domain.models import VenuePosition
 from harvest.domain.stream_events import AlgoUpdate, MarkPrice, PositionUpdate, TradeUpdate
 
 EVENTS_MAXLEN = 10_000
@@ -53,16 +59,23 @@ class StreamCache:
 
     # ------------------------------------------------------------------ writers
 
-    def resync(self, rows: dict[str, tuple[float, float]], started_ms: int) -> None:
-        """Replace the cache with REST truth: ``rows`` symbol → (signed amt, entry USDT) of the
-        open positions; ``started_ms``: when the REST request started. Marks the cache trusted."""
+    def resync(self, vps: list[VenuePosition], started_ms: int, clean: bool = True) -> None:
+        """Replace the cache with REST truth: ``vps`` the open positions as the venue read
+        them; ``started_ms``: when that read started. Marks the cache trusted and, with
+        ``clean``, not dirty (the caller saw no change while it read)."""
         p = self.r.pipeline(transaction=True)
         p.delete(self.k_positions)
-        for sym, (amt, entry) in rows.items():
-            p.hset(self.k_positions, sym, json.dumps({"amt": amt, "entry": entry, "event_ms": started_ms}))
-        p.hset(self.k_health, mapping={"synced_ms": started_ms, "trusted": 1})
+        for vp in vps:
+            row = {"amt": vp.qty * vp.side.sign, "entry": vp.entry_price, "event_ms": started_ms}
+            p.hset(self.k_positions, vp.symbol, json.dumps(dict(row, row=vp.model_dump(mode="json"))))
+        p.hset(self.k_health, mapping={"synced_ms": started_ms, "trusted": 1, **({"dirty": 0} if clean else {})})
         p.hincrby(self.k_counters, "streams:resyncs", 1)
         p.execute()
+
+    def mark_dirty(self) -> None:
+        """A change the rows do not show yet (a fill, a stop placed or cancelled): readers use
+        REST until the next resync."""
+        self.r.hset(self.k_health, "dirty", 1)
 
     def distrust(self, why: str) -> None:
         """A gap (dropped connection, expired listenKey, silence): readers fall back to REST
@@ -78,7 +91,7 @@ class StreamCache:
         row = json.dumps({"amt": ev.amt, "entry": ev.entry, "event_ms": ev.event_ms})
         done = bool(self._apply(keys=[self.k_positions], args=[ev.symbol, row, ev.event_ms]))
         p = self.r.pipeline(transaction=False)
-        p.hset(self.k_health, "last_event_ms", ev.event_ms)
+        p.hset(self.k_health, mapping={"last_event_ms": ev.event_ms, **({"dirty": 1} if done else {})})
         if not done:
             p.hincrby(self.k_counters, "streams:out_of_order", 1)
         p.execute()
@@ -125,6 +138,33 @@ class StreamCache:
             return None
         out = {s: json.loads(v) for s, v in rows.items()}
         return {s: v for s, v in out.items() if v["amt"] != 0}
+
+    def snapshot(
+        self, max_mark_age_s: float, max_beat_age_s: float, now: float | None = None
+    ) -> list[VenuePosition] | None:
+        """The open positions as of the last REST read, each with the streamed mark price, when
+        the cache may stand in for positionRisk: trusted, not dirty, the ``streams`` heartbeat
+        at most ``max_beat_age_s`` old and every such position's mark at most ``max_mark_age_s``
+        old (wall s). None otherwise (read REST)."""
+        now = time.time() if now is None else now
+        p = self.r.pipeline(transaction=True)
+        p.hmget(self.k_health, "trusted", "dirty")
+        p.hget(f"{self.ns}:heartbeat", "streams")
+        p.hgetall(self.k_positions)
+        p.hgetall(self.k_marks)
+        (trusted, dirty), beat, rows, marks = p.execute()
+        if trusted != "1" or dirty == "1" or beat is None or now - float(beat) > max_beat_age_s:
+            return None
+        out = []
+        for sym, raw in sorted(rows.items()):
+            d = json.loads(raw)
+            if d["amt"] == 0:
+                continue
+            m = json.loads(marks[sym]) if sym in marks else None
+            if "row" not in d or m is None or now * 1000 - m["event_ms"] > max_mark_age_s * 1000:
+                return None
+            out.append(VenuePosition.model_validate(dict(d["row"], mark_price=m["mark"])))
+        return out
 
     def marks(self, max_age_s: float | None = None, now: float | None = None) -> dict[str, float]:
         """Mark prices (USDT) by symbol; with ``max_age_s``, only those whose event is that

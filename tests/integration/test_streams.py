@@ -92,7 +92,6 @@ def _counter(rt, name: str) -> int:
 
 def test_positions_fills_stops_and_marks_arrive_by_stream(streams):
     rt, e, cache = streams
-    resyncs = _counter(rt, "streams:resyncs")
     stop = _open(rt, "BTCUSDT", Side.LONG, 0.01)
     wait_for(lambda: _amt(cache, "BTCUSDT") == 0.01, 10, what="the opening by stream")
     wait_for(lambda: "BTCUSDT" in cache.marks(max_age_s=5), 10, what="a mark price by stream")
@@ -104,8 +103,38 @@ def test_positions_fills_stops_and_marks_arrive_by_stream(streams):
     assert ("AlgoUpdate", "TRIGGERED", None) in kinds
     assert ("TradeUpdate", "FILLED", "STOP_MARKET") in kinds
     assert ("AlgoUpdate", "FINISHED", None) in kinds
-    assert _counter(rt, "streams:resyncs") == resyncs  # all of it from the stream, no REST resync
+    assert not [k for k in rt.r.hkeys(f"{NS}:counters") if k.startswith("streams:gap:drop")]  # no gap
     assert rt.venue.position("BTCUSDT") is None
+
+
+def _weight(rt) -> int:
+    return sum(int(rt.r.get(k) or 0) for k in rt.r.scan_iter(f"{NS}:emu:weight:*"))
+
+
+def test_the_scan_reads_the_cache_and_costs_no_request_weight(streams):
+    from harvest.services.decide import venue_positions
+
+    rt, e, cache = streams
+    rest = build_runtime(
+        load_settings(namespace=NS, fapi_url=e.url, api_key=KEY, api_secret=SECRET, streams_max_age_s=3.0)
+    )
+    _open(rt, "ETHUSDT", Side.LONG, 0.4)
+    wait_for(lambda: cache.snapshot(3.0, 3.0), 10, what="the cache, resynced after the opening, with a mark")
+    before, used = _counter(rt, "positions:streams"), _weight(rt)
+    scans = [venue_positions(rest) for _ in range(20)]  # a minute and a half of 5-second scans
+    assert _weight(rt) == used  # not one request
+    assert _counter(rt, "positions:streams") == before + 20
+    (vp,) = scans[-1]
+    truth = rt.venue.position("ETHUSDT")
+    assert (vp.symbol, vp.side, vp.qty, vp.stop_price) == ("ETHUSDT", Side.LONG, 0.4, truth.stop_price)
+    assert vp.mark_price == cache.marks()["ETHUSDT"]
+    # a change makes the cache dirty: the next read is REST's, then the stream's again
+    rt.venue.move_stop("ETHUSDT", "SELL", f"{truth.stop_price * 1.001:.2f}", "h-move-1")
+    moved = venue_positions(rest, from_streams=False)[0].stop_price
+    assert moved != truth.stop_price
+    wait_for(
+        lambda: (c := cache.snapshot(3.0, 3.0)) and c[0].stop_price == moved, 10, what="the moved stop in the cache"
+    )
 
 
 def test_a_silent_gap_is_closed_by_the_resync_after_a_drop(streams):
