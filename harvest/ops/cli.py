@@ -139,7 +139,7 @@ def _cmd_streams(a: argparse.Namespace) -> int:
         f"cache in {rt.settings.namespace}:streams:{rt.settings.account}:*",
         flush=True,
     )
-    run_streams(rt, symbols)
+    run_streams(rt, symbols, lease_s=a.lease_s)
     return 0
 
 
@@ -637,6 +637,13 @@ def main(argv: list[str] | None = None) -> int:
         help="hold the account's user data stream and the mark-price streams; keep the position cache in Redis",
     )
     st.add_argument("--symbols", help="comma-separated mark-price streams (default: HARVEST_SYMBOLS)")
+    st.add_argument(
+        "--lease-s",
+        type=float,
+        default=10.0,
+        help="the account's lease in Redis: another `harvest streams` takes a dead owner's account "
+        "over within this many seconds (default %(default)s)",
+    )
     st.set_defaults(fn=_cmd_streams)
     m = sub.add_parser("metrics", help="serve Prometheus metrics of the namespace's live state (/metrics)")
     m.add_argument(

@@ -58,7 +58,8 @@ class AccountStreams:
     streams to hold (default: the settings' symbols); ``silence_s``: how long a market stream
     may say nothing before it is reopened (wall s); ``keepalive_s``: listenKey PUT interval;
     ``settle_s``: how long after a change (a fill, a stop placed) the rows are re-read from REST
-    (one read for a burst of events)."""
+    (one read for a burst of events); ``lease_s``: how long the account's lease outlives its
+    last renewal (a dead owner's account is taken over within that)."""
 
     def __init__(
         self,
@@ -67,6 +68,7 @@ class AccountStreams:
         silence_s: float = 10.0,
         keepalive_s: float = 30 * 60,
         settle_s: float = 0.25,
+        lease_s: float = 10.0,
     ):
         self.rt = rt
         self.symbols = list(symbols or rt.settings.symbols)
@@ -76,17 +78,46 @@ class AccountStreams:
         self.listen_keys = 0
         self.settle_s = settle_s
         self.grace_s = 3.0
+        self.lease_s = lease_s
         self._changed = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Hold the streams until ``stop`` is set. Exchange errors are logged and retried with
+        """Hold the account's streams until ``stop`` is set, while this process holds the
+        account's lease (:meth:`StreamCache.acquire`; another process waits, and takes over
+        within ``lease_s`` of this one dying). Exchange errors are logged and retried with
         backoff (1 s doubling to 60 s), never raised."""
+        backoff, waiting = 1.0, False
+        while not stop.is_set():
+            if not self.cache.acquire(self.owner, self.lease_s):
+                if not waiting:
+                    log.info("account %s is held by %s; waiting", self.rt.settings.account, self.cache.lease_owner())
+                    waiting = True
+                await _wait(stop, 1.0)
+                continue
+            waiting = False
+            log.info("holding account %s (lease %s s)", self.rt.settings.account, self.lease_s)
+            try:
+                await self._session(stop)
+                backoff = 1.0
+            except Exception as e:  # the emulator's handshake or the client failed: retry
+                log.warning("streams: %s: %s", type(e).__name__, str(e)[:200])
+                await _wait(stop, backoff)
+                backoff = min(60.0, backoff * 2)
+            finally:
+                self.cache.release(self.owner)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        """One holding of the lease: until ``stop`` or the lease is lost."""
         self.cache.distrust("start")
         url = await asyncio.to_thread(stream_url_of, self.rt.settings)  # the emulator's handshake: blocking I/O
         client, bsm = socket_manager(self.rt.settings, url, self.keepalive_s)
-        tasks = [asyncio.create_task(c) for c in (self._user(bsm, stop), self._market(bsm, stop), self._beat(stop))]
+        halt = asyncio.Event()
+        tasks = [asyncio.create_task(c) for c in (self._user(bsm, halt), self._market(bsm, halt), self._beat(halt))]
         try:
-            await stop.wait()
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait([stopped, tasks[2]], return_when=asyncio.FIRST_COMPLETED)  # stop, or the lease lost
+            stopped.cancel()
+            halt.set()
             # python-binance closes a socket once its read loop notices; a reconnection under
             # way can keep it from noticing, so the close gets a bounded grace, then is cancelled
             _, late = await asyncio.wait(tasks, timeout=self.grace_s)
@@ -203,11 +234,15 @@ class AccountStreams:
                 await _wait(stop, backoff)
                 backoff = min(60.0, backoff * 2)
 
-    async def _beat(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
+    async def _beat(self, halt: asyncio.Event) -> None:
+        """Renew the lease and the heartbeat every second; returns when the lease is lost."""
+        while not halt.is_set():
+            if not self.cache.renew(self.owner, self.lease_s):
+                log.error("lost the lease of account %s: letting go of its streams", self.rt.settings.account)
+                return
             self.rt.plans.beat("streams")
             self.cache.note(owner=self.owner)
-            await _wait(stop, 1.0)
+            await _wait(halt, 1.0)
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
@@ -217,7 +252,7 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
-def run_streams(rt: Runtime, symbols: list[str] | None = None) -> None:
+def run_streams(rt: Runtime, symbols: list[str] | None = None, lease_s: float = 10.0) -> None:
     """Run :class:`AccountStreams` until SIGINT/SIGTERM (``harvest streams``)."""
     import signal
 
@@ -226,6 +261,6 @@ def run_streams(rt: Runtime, symbols: list[str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await AccountStreams(rt, symbols).run(stop)
+        await AccountStreams(rt, symbols, lease_s=lease_s).run(stop)
 
     asyncio.run(main())

@@ -9,6 +9,7 @@ Keys (``<ns>`` = settings.namespace, ``<a>`` = account)::
     <ns>:streams:<a>:health      hash    synced_ms (last REST resync), trusted (1/0), dirty (1/0),
                                          last_event_ms, listen_keys (used so far), owner
     <ns>:streams:<a>:events      stream  fills and algo-order updates, newest last (capped)
+    <ns>:streams:<a>:lease       string  the owner (host:pid) holding the account's streams (PX)
     <ns>:streams:marks           hash    symbol → {"mark", "funding_rate", "event_ms"} (JSON)
 
 The rows are REST snapshots (positionRisk with its stop, leverage, liquidation price, opening
@@ -46,6 +47,16 @@ return 1
 """
 
 
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class StreamCache:
     """The stream-fed state of one account (see module docstring). ``r``: decode_responses."""
 
@@ -53,9 +64,29 @@ class StreamCache:
         self.r, self.ns, self.account = r, ns, account
         base = f"{ns}:streams:{account}"
         self.k_positions, self.k_health, self.k_events = f"{base}:positions", f"{base}:health", f"{base}:events"
+        self.k_lease = f"{base}:lease"
         self.k_marks = f"{ns}:streams:marks"
         self.k_counters = f"{ns}:counters"
         self._apply = r.register_script(_APPLY)
+        self._renew = r.register_script(_RENEW)
+        self._release = r.register_script(_RELEASE)
+
+    # ------------------------------------------------------------------ the lease
+
+    def acquire(self, owner: str, ttl_s: float) -> bool:
+        """Take the account's lease when nobody holds it (or ``owner`` already does)."""
+        return bool(self.r.set(self.k_lease, owner, nx=True, px=int(ttl_s * 1000))) or self.renew(owner, ttl_s)
+
+    def renew(self, owner: str, ttl_s: float) -> bool:
+        """Extend the lease if ``owner`` still holds it; False when it was lost."""
+        return bool(self._renew(keys=[self.k_lease], args=[owner, int(ttl_s * 1000)]))
+
+    def release(self, owner: str) -> None:
+        """Give the lease up (only if ``owner`` holds it)."""
+        self._release(keys=[self.k_lease], args=[owner])
+
+    def lease_owner(self) -> str | None:
+        return self.r.get(self.k_lease)
 
     # ------------------------------------------------------------------ writers
 

@@ -140,6 +140,11 @@ class StreamServer:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
         return f"ws://{host}:{self._port}/"
 
+    @property
+    def user_connections(self) -> int:
+        """How many user data streams are connected now."""
+        return len(self._users)
+
     def start(self) -> StreamServer:
         """Serve in a daemon thread; returns self once listening."""
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="fapi-streams", daemon=True)

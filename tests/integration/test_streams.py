@@ -39,9 +39,7 @@ def emu(redis_url):
         clean(rt)
 
 
-@pytest.fixture()
-def streams(emu, tmp_path):
-    rt, e = emu
+def _start(e, out: Path, lease_s: float = 10.0) -> subprocess.Popen:
     env = {
         **os.environ,
         "HARVEST_NAMESPACE": NS,
@@ -49,15 +47,30 @@ def streams(emu, tmp_path):
         "HARVEST_API_KEY": KEY,
         "HARVEST_API_SECRET": SECRET,
     }
-    out = tmp_path / "streams.out"
     with out.open("w") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "harvest.ops.cli", "streams", "--symbols", "BTCUSDT,ETHUSDT"],
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "harvest.ops.cli",
+                "streams",
+                "--symbols",
+                "BTCUSDT,ETHUSDT",
+                "--lease-s",
+                str(lease_s),
+            ],
             cwd=ROOT,
             env=env,
             stdout=f,
             stderr=subprocess.STDOUT,
         )
+
+
+@pytest.fixture()
+def streams(emu, tmp_path):
+    rt, e = emu
+    out = tmp_path / "streams.out"
+    proc = _start(e, out)
     cache = StreamCache(rt.r, NS, rt.settings.account)
     try:
         wait_for(lambda: cache.trusted() or proc.poll() is not None, 30, what="the first resync")
@@ -159,3 +172,30 @@ def test_an_expired_listen_key_opens_a_new_stream_and_a_malformed_event_is_ignor
     _open(rt, "BTCUSDT", Side.SHORT, 0.02)
     wait_for(lambda: _amt(cache, "BTCUSDT") == -0.02, 10, what="the opening on the new stream")
     assert _counter(rt, "streams:malformed") == 1
+
+
+def test_one_owner_per_account_and_a_dead_owners_account_is_taken_over(emu, tmp_path):
+    rt, e = emu
+    cache = StreamCache(rt.r, NS, rt.settings.account)
+    first = _start(e, tmp_path / "first.out", lease_s=3.0)
+    second = None
+    try:
+        wait_for(lambda: cache.trusted(), 30, what="the first owner's resync")
+        owner = cache.lease_owner()
+        assert owner is not None and owner.endswith(f":{first.pid}")
+        second = _start(e, tmp_path / "second.out", lease_s=3.0)
+        wait_for(lambda: "waiting" in (tmp_path / "second.out").read_text(), 20, what="the second to wait")
+        assert e.streams.user_connections == 1  # the second opened no stream of its own
+        first.kill()  # SIGKILL: no release; the lease runs out
+        first.wait(timeout=10)
+        wait_for(lambda: (cache.lease_owner() or "").endswith(f":{second.pid}"), 15, what="the takeover")
+        wait_for(lambda: cache.trusted(), 15, what="the new owner's resync")
+        _open(rt, "BTCUSDT", Side.LONG, 0.03)
+        wait_for(lambda: _amt(cache, "BTCUSDT") == 0.03, 10, what="the new owner's stream")
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=15)
+    assert second.returncode == 0, (tmp_path / "second.out").read_text()[-2000:]
+    assert cache.lease_owner() is None  # released on the way out
