@@ -154,41 +154,39 @@ class AccountStreams:
     async def _consume(self, sock, stop: asyncio.Event) -> str:
         """Apply the stream's events until it ends; returns why it ended."""
         resync_due, changed_at = False, None
-        while not stop.is_set():
-            try:
-                msg = await asyncio.wait_for(sock.recv(), 0.1 if changed_at else 1.0)
-            except asyncio.TimeoutError:
-                msg = None
-            except StreamClosed:
-                return "closed"
-            if msg is not None:
-                try:
-                    events = parse_event(msg, int(time.time() * 1000))
-                except MalformedEvent as e:
-                    self.cache.count("malformed")
-                    log.warning("malformed stream event ignored: %s", e)
-                    continue
-                for ev in events:
-                    if isinstance(ev, StreamGap):
-                        self.cache.distrust("drop")
-                        resync_due = True
-                    elif isinstance(ev, ListenKeyExpired):
-                        return "listen_key_expired"
-                    elif isinstance(ev, PositionUpdate):
-                        self.cache.apply_position(ev)
-                        changed_at = changed_at or time.monotonic()
-                    elif isinstance(ev, (TradeUpdate, AlgoUpdate)):
-                        self.cache.record(ev)
-                        self.cache.mark_dirty()
-                        changed_at = changed_at or time.monotonic()
-                    self._changed = True
-            if resync_due and is_streaming(sock):
-                await self._resync()  # reconnected: what the gap hid comes from REST
-                resync_due, changed_at = False, None
-            elif changed_at is not None and time.monotonic() - changed_at >= self.settle_s:
-                await self._resync()  # a change: one REST read brings the rows up to date
-                changed_at = None
-        return "stop"
+        async with _Pump(sock) as pump:
+            while not stop.is_set():
+                msg = await pump.get(0.1 if changed_at else 1.0)
+                if msg is _CLOSED:
+                    return "closed"
+                if msg is not None:
+                    try:
+                        events = parse_event(msg, int(time.time() * 1000))
+                    except MalformedEvent as e:
+                        self.cache.count("malformed")
+                        log.warning("malformed stream event ignored: %s", e)
+                        continue
+                    for ev in events:
+                        if isinstance(ev, StreamGap):
+                            self.cache.distrust("drop")
+                            resync_due = True
+                        elif isinstance(ev, ListenKeyExpired):
+                            return "listen_key_expired"
+                        elif isinstance(ev, PositionUpdate):
+                            self.cache.apply_position(ev)
+                            changed_at = changed_at or time.monotonic()
+                        elif isinstance(ev, (TradeUpdate, AlgoUpdate)):
+                            self.cache.record(ev)
+                            self.cache.mark_dirty()
+                            changed_at = changed_at or time.monotonic()
+                        self._changed = True
+                if resync_due and is_streaming(sock):
+                    await self._resync()  # reconnected: what the gap hid comes from REST
+                    resync_due, changed_at = False, None
+                elif changed_at is not None and time.monotonic() - changed_at >= self.settle_s:
+                    await self._resync()  # a change: one REST read brings the rows up to date
+                    changed_at = None
+            return "stop"
 
     async def _resync(self) -> None:
         started = int(time.time() * 1000)
@@ -206,12 +204,13 @@ class AccountStreams:
         while not stop.is_set():
             try:
                 sock = mark_price_socket(bsm, self.symbols)
-                async with sock:
+                async with sock, _Pump(sock) as pump:
                     last = time.monotonic()
                     while not stop.is_set() and time.monotonic() - last < self.silence_s:
-                        try:
-                            msg = await asyncio.wait_for(sock.recv(), 1.0)
-                        except asyncio.TimeoutError:
+                        msg = await pump.get(1.0)
+                        if msg is _CLOSED:
+                            raise StreamClosed
+                        if msg is None:
                             continue
                         try:
                             events = parse_event(msg, int(time.time() * 1000))
@@ -243,6 +242,42 @@ class AccountStreams:
             self.rt.plans.beat("streams")
             self.cache.note(owner=self.owner)
             await _wait(halt, 1.0)
+
+
+_CLOSED = object()
+
+
+class _Pump:
+    """Reads a python-binance socket in its own task into an ``asyncio.Queue``, so that waiting
+    with a timeout never cancels the socket's ``recv()`` (a timed-out ``recv()`` is where a
+    message could be lost or held back); ``get(timeout)`` gives a message, None after the
+    timeout, or ``_CLOSED`` once the socket's read loop has ended."""
+
+    def __init__(self, sock):
+        self.sock, self.q = sock, asyncio.Queue()
+        self.task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "_Pump":
+        self.task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self.q.put(await self.sock.recv())
+        except StreamClosed:
+            await self.q.put(_CLOSED)
+
+    async def get(self, timeout: float):
+        try:
+            return await asyncio.wait_for(self.q.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

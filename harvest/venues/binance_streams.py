@@ -10,7 +10,9 @@
 
 The user data stream's listenKey is created, kept alive (PUT every ``keepalive_s``) and
 re-created by python-binance's ``KeepAliveWebsocket``; reconnection after a drop by its
-``ReconnectingWebsocket`` (which reports the drop as ``{"e": "error"}``).
+``ReconnectingWebsocket`` (which reports the drop as ``{"e": "error"}``). Its read loop
+notices a close only when its ``recv`` wait (``TIMEOUT``, 10 s) ends, so closing can take that
+long; :mod:`harvest.services.streams` bounds it by cancelling.
 """
 
 from __future__ import annotations
@@ -58,22 +60,17 @@ def socket_manager(
 def user_socket(bsm: BinanceSocketManager) -> ReconnectingWebsocket:
     """The account's user data stream (an async context manager; ``recv()`` gives each message
     as a dict; raises :data:`StreamClosed` once python-binance has given up reconnecting)."""
-    return _quick(bsm.futures_user_socket())
+    return bsm.futures_user_socket()
 
 
 def mark_price_socket(bsm: BinanceSocketManager, symbols: list[str]) -> ReconnectingWebsocket:
     """One combined stream of ``<symbol>@markPrice@1s`` for ``symbols``."""
-    return _quick(bsm.futures_multiplex_socket([f"{s.lower()}@markPrice@1s" for s in symbols]))
+    return bsm.futures_multiplex_socket([f"{s.lower()}@markPrice@1s" for s in symbols])
 
 
 def is_streaming(sock: ReconnectingWebsocket) -> bool:
     """Whether the socket is connected (not reconnecting after a drop)."""
     return sock.ws_state == WSListenerState.STREAMING
-
-
-def _quick(sock: ReconnectingWebsocket) -> ReconnectingWebsocket:
-    sock.TIMEOUT = 1.0  # python-binance's read loop notices a close within 1 s, not 10
-    return sock
 
 
 __all__ = ["StreamClosed", "is_streaming", "mark_price_socket", "socket_manager", "stream_url_of", "user_socket"]

@@ -119,6 +119,11 @@ class StreamServer:
         self.venue = emu.venue
         self.keys = emu.listen_keys
         self.k_faults = f"{emu.ns}:emu:stream_faults"
+        # The order log is tailed with XREAD BLOCK on a pool of its own: the emulator's client
+        # may hold one connection for all its threads (harvest's runtime client does), and a
+        # blocking read on it would hold up every other command for the block's length.
+        kw = dict(emu.r.connection_pool.connection_kwargs)
+        self._tail = redis.Redis(connection_pool=emu.r.connection_pool.__class__(**kw))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -277,7 +282,7 @@ class StreamServer:
         return last[0][0] if last else "0-0"
 
     def _read_log(self, after: str) -> list[tuple[str, dict]]:
-        got = self.emu.r.xread({self.venue.k_log: after}, count=100, block=200)
+        got = self._tail.xread({self.venue.k_log: after}, count=100, block=200)
         return [(eid, f) for _, rows in got for eid, f in rows] if got else []
 
     # ------------------------------------------------------------------ events

@@ -1,0 +1,120 @@
+"""Request weight of the scan's position reads: REST polling against ``harvest streams``' cache
+(issue 23), measured side by side in one run on the fapi emulator (its weight counter is
+Binance's per-endpoint weight).
+
+    python benchmarks/stream_weight.py [--positions 10] [--scans 24] [--json out.json]
+
+It starts a private redis-server, the emulator (REST and streams) and a real ``harvest
+streams`` process, opens ``--positions`` positions, then reads the account's positions the way
+the beat scan does (:func:`harvest.services.decide.venue_positions`) ``--scans`` times from
+REST and ``--scans`` times with the streams up, and prints the weight per scan and per minute at
+the default 5-second scan interval for both, the weight the streams process spent meanwhile
+(its resyncs; none when nothing changes), and the weight of one change (a stop moved: the
+process re-reads the rows once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import _setup  # noqa: F401  (puts the repository on sys.path)
+from _setup import ROOT, fresh_namespace, start_emulator
+
+from harvest.ops.procs import RedisServer, wait_for
+from harvest.services.decide import venue_positions
+from harvest.services.runtime import build_runtime
+from harvest.store.streams import StreamCache
+from settings import load_settings
+
+SCAN_INTERVAL_S = 5.0
+
+
+def _weight(r, ns: str) -> int:
+    return sum(int(r.get(k) or 0) for k in r.scan_iter(f"{ns}:emu:weight:*"))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--positions", type=int, default=10)
+    p.add_argument("--scans", type=int, default=24)
+    p.add_argument("--json", help="write the figures to this file")
+    a = p.parse_args()
+    server = RedisServer().start()
+    proc = None
+    try:
+        syms = [f"B{i:03d}USDT" for i in range(a.positions)]
+        ns, env, rt = fresh_namespace(server.url, "weight", syms, r_multiple=0.5)
+        emu = start_emulator(rt, env)
+        rest = build_runtime(load_settings(**{k[len("HARVEST_") :].lower(): v for k, v in env.items()}))
+        venue_positions(rest, from_streams=False)  # warm: leverage, opening times, funding cached
+        w0 = _weight(rt.r, ns)
+        for _ in range(a.scans):
+            assert len(venue_positions(rest, from_streams=False)) == a.positions
+        per_scan_rest = (_weight(rt.r, ns) - w0) / a.scans
+
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harvest.ops.cli", "streams", "--symbols", ",".join(syms)],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        cache = StreamCache(rt.r, ns, rt.settings.account)
+        wait_for(lambda: cache.snapshot(3.0, 3.0), 60, what="the stream cache with every mark")
+        w1, t1 = _weight(rt.r, ns), time.monotonic()
+        for _ in range(a.scans):
+            assert len(venue_positions(rest)) == a.positions
+        per_scan_streams = (_weight(rt.r, ns) - w1) / a.scans
+        from_cache = int(rt.r.hget(f"{ns}:counters", "positions:streams") or 0)
+        quiet_s = time.monotonic() - t1
+        # one change: a stop moved on the exchange; the process re-reads the rows once
+        vp = rt.venue.positions()[0]
+        w2 = _weight(rt.r, ns)
+        resyncs = int(rt.r.hget(f"{ns}:counters", "streams:resyncs") or 0)
+        f = rt.venue.filters(vp.symbol)
+        moved = f.fmt(f.round_price(vp.stop_price * 1.001))
+        rt.venue.move_stop(vp.symbol, vp.side.close_order_side, moved, "bench-move-1")
+        wait_for(
+            lambda: int(rt.r.hget(f"{ns}:counters", "streams:resyncs") or 0) > resyncs and cache.snapshot(3.0, 3.0),
+            30,
+            what="the resync after the change",
+        )
+        per_change = _weight(rt.r, ns) - w2
+        per_min = 60.0 / SCAN_INTERVAL_S
+        out = {
+            "positions": a.positions,
+            "scans": a.scans,
+            "rest_weight_per_scan": per_scan_rest,
+            "rest_weight_per_min": per_scan_rest * per_min,
+            "streams_weight_per_scan": per_scan_streams,
+            "streams_weight_per_min": per_scan_streams * per_min,
+            "streams_quiet_span_s": round(quiet_s, 2),
+            "scans_from_cache": from_cache,
+            "weight_per_change": per_change,
+        }
+        print(f"position reads of one account with {a.positions} positions, scans every {SCAN_INTERVAL_S:g} s")
+        print(f"{'':34} {'REST polling':>14} {'streams':>10}")
+        print(f"{'request weight per scan':34} {per_scan_rest:>14.1f} {per_scan_streams:>10.1f}")
+        print(f"{'request weight per minute':34} {per_scan_rest * per_min:>14.1f} {per_scan_streams * per_min:>10.1f}")
+        print(f"scans served from the stream cache: {from_cache} of {a.scans}")
+        print(f"one change (stop moved): the streams process re-reads the rows once: weight {per_change}")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(out, f, indent=2, sort_keys=True)
+        emu.stop()
+        return 0
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
