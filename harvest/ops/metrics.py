@@ -31,6 +31,9 @@ to one consistent set of series (no per-process registries to merge).
   exchange_weight_used / exchange_weight_limit    gauge      (request weight, current minute)
   clock_offset_seconds                            gauge      (exchange minus local, last reconcile)
   positions_open                                  gauge
+  positions_from_streams_total                    counter    (scan reads served by harvest streams)
+  stream_gaps_total                               counter    cause (drop, listen_key_expired, …)
+  stream_events_rejected_total                    counter    (malformed or out of order)
   positions_unprotected                           gauge      (no stop that can trigger, last scan)
   trading_state                                   gauge      scope (* or account), state (1 = in force)
   ==============================================  =========  ====================================
@@ -172,6 +175,21 @@ class HarvestCollector:
                 g.add_metric([sym], max(0.0, time.time() - st.computed_at))
         yield g
         yield CounterMetricFamily("harvest_scans", "Scans run", value=int(counters.get("scan:runs", 0)))
+        yield CounterMetricFamily(
+            "harvest_positions_from_streams",
+            "Position reads served by the stream cache instead of positionRisk (harvest streams)",
+            value=int(counters.get("positions:streams", 0)),
+        )
+        gaps = CounterMetricFamily("harvest_stream_gaps", "Stream gaps by cause (harvest streams)", labels=["cause"])
+        for f, v in sorted(counters.items()):
+            if f.startswith("streams:gap:"):
+                gaps.add_metric([f[len("streams:gap:") :]], int(v))
+        yield gaps
+        yield CounterMetricFamily(
+            "harvest_stream_events_rejected",
+            "Stream events malformed or out of order, recorded and never applied",
+            value=int(counters.get("streams:malformed", 0)) + int(counters.get("streams:out_of_order", 0)),
+        )
         yield CounterMetricFamily(
             "harvest_chains_started",
             "Action chains started by scans",

@@ -197,16 +197,33 @@ class AccountStreams:
 
     # ------------------------------------------------------------------ market streams
 
-    async def _market(self, bsm, stop: asyncio.Event) -> None:
-        if not self.symbols:
-            return
+    def _wanted(self) -> list[str]:
+        """The mark-price streams to hold: the configured symbols and every open position's."""
+        return sorted(set(self.symbols) | self.cache.open_symbols())
+
+    async def _market(self, bsm, halt: asyncio.Event) -> None:
+        """Hold ``<symbol>@markPrice@1s`` for :meth:`_wanted`; reopen when that set changes
+        (a position opened in a new symbol), when the stream is silent ``silence_s``, or after
+        an error (with backoff)."""
         backoff = 1.0
-        while not stop.is_set():
+        while not halt.is_set():
+            names = self._wanted()
+            if not names:
+                await _wait(halt, 1.0)
+                continue
+            silent = False
             try:
-                sock = mark_price_socket(bsm, self.symbols)
+                sock = mark_price_socket(bsm, names)
                 async with sock, _Pump(sock) as pump:
-                    last = time.monotonic()
-                    while not stop.is_set() and time.monotonic() - last < self.silence_s:
+                    last = checked = time.monotonic()
+                    while not halt.is_set():
+                        if time.monotonic() - last >= self.silence_s:
+                            silent = True
+                            break
+                        if time.monotonic() - checked >= 1.0:
+                            checked = time.monotonic()
+                            if self._wanted() != names:
+                                break  # a new symbol: reopen with it at once
                         msg = await pump.get(1.0)
                         if msg is _CLOSED:
                             raise StreamClosed
@@ -223,14 +240,15 @@ class AccountStreams:
                                 self.cache.put_mark(ev)
                                 last = time.monotonic()
                                 backoff = 1.0
-                    if not stop.is_set():
-                        self.cache.count("gap:market_silent")
+                if not silent:
+                    continue
+                self.cache.count("gap:market_silent")
             except StreamClosed:
                 self.cache.count("gap:market_closed")
             except Exception as e:
                 log.warning("market stream: %s: %s", type(e).__name__, str(e)[:200])
-            if not stop.is_set():
-                await _wait(stop, backoff)
+            if not halt.is_set():
+                await _wait(halt, backoff)
                 backoff = min(60.0, backoff * 2)
 
     async def _beat(self, halt: asyncio.Event) -> None:
@@ -256,6 +274,7 @@ class _Pump:
     def __init__(self, sock):
         self.sock, self.q = sock, asyncio.Queue()
         self.task: asyncio.Task | None = None
+        self.closing = False
 
     async def __aenter__(self) -> "_Pump":
         self.task = asyncio.create_task(self._run())
@@ -263,12 +282,16 @@ class _Pump:
 
     async def __aexit__(self, *exc) -> None:
         assert self.task is not None
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+        self.closing = True
+        # Python 3.11's asyncio.wait_for (inside python-binance's recv) can swallow a
+        # cancellation that lands as a message arrives; cancel until the task has ended.
+        while not self.task.done():
+            self.task.cancel()
+            await asyncio.wait([self.task], timeout=0.1)
 
     async def _run(self) -> None:
         try:
-            while True:
+            while not self.closing:
                 await self.q.put(await self.sock.recv())
         except StreamClosed:
             await self.q.put(_CLOSED)

@@ -197,6 +197,10 @@ class StreamCache:
             out.append(VenuePosition.model_validate(dict(d["row"], mark_price=m["mark"])))
         return out
 
+    def open_symbols(self) -> set[str]:
+        """Symbols with an open position in the cache (trusted or not)."""
+        return {s for s, v in self.r.hgetall(self.k_positions).items() if json.loads(v)["amt"] != 0}
+
     def marks(self, max_age_s: float | None = None, now: float | None = None) -> dict[str, float]:
         """Mark prices (USDT) by symbol; with ``max_age_s``, only those whose event is that
         recent (wall clock)."""

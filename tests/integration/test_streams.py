@@ -150,6 +150,14 @@ def test_the_scan_reads_the_cache_and_costs_no_request_weight(streams):
     )
 
 
+def test_a_position_in_a_new_symbol_gets_its_mark_stream(streams):
+    rt, e, cache = streams
+    assert "SOLUSDT" not in cache.marks()  # not in --symbols
+    _open(rt, "SOLUSDT", Side.SHORT, 3.0)
+    wait_for(lambda: "SOLUSDT" in cache.marks(max_age_s=3), 15, what="SOLUSDT's mark stream")
+    wait_for(lambda: cache.snapshot(3.0, 3.0), 10, what="the cache usable with the new symbol")
+
+
 def test_a_silent_gap_is_closed_by_the_resync_after_a_drop(streams):
     rt, e, cache = streams
     e.streams.inject("gap")  # the opening's events are lost without a trace
