@@ -31,6 +31,7 @@ import time
 
 from harvest.domain.stream_events import (
     AlgoUpdate,
+    Event,
     ListenKeyExpired,
     MalformedEvent,
     MarkPrice,
@@ -160,13 +161,7 @@ class AccountStreams:
                 if msg is _CLOSED:
                     return "closed"
                 if msg is not None:
-                    try:
-                        events = parse_event(msg, int(time.time() * 1000))
-                    except MalformedEvent as e:
-                        self.cache.count("malformed")
-                        log.warning("malformed stream event ignored: %s", e)
-                        continue
-                    for ev in events:
+                    for ev in self._parse(msg):
                         if isinstance(ev, StreamGap):
                             self.cache.distrust("drop")
                             resync_due = True
@@ -187,6 +182,15 @@ class AccountStreams:
                     await self._resync()  # a change: one REST read brings the rows up to date
                     changed_at = None
             return "stop"
+
+    def _parse(self, msg) -> list[Event]:
+        """The events of one message; a malformed one is counted and logged, and gives none."""
+        try:
+            return parse_event(msg, int(time.time() * 1000))
+        except MalformedEvent as e:
+            self.cache.count("malformed")
+            log.warning("malformed stream event ignored: %s", e)
+            return []
 
     async def _resync(self) -> None:
         started = int(time.time() * 1000)
@@ -229,13 +233,7 @@ class AccountStreams:
                             raise StreamClosed
                         if msg is None:
                             continue
-                        try:
-                            events = parse_event(msg, int(time.time() * 1000))
-                        except MalformedEvent as e:
-                            self.cache.count("malformed")
-                            log.warning("malformed market event ignored: %s", e)
-                            continue
-                        for ev in events:
+                        for ev in self._parse(msg):
                             if isinstance(ev, MarkPrice):
                                 self.cache.put_mark(ev)
                                 last = time.monotonic()
