@@ -24,19 +24,13 @@ import sys
 import time
 
 import _setup  # noqa: F401  (puts the repository on sys.path)
-from _setup import ROOT, fresh_namespace, start_emulator
+from _setup import ROOT, fresh_namespace, runtime, start_emulator
 
 from harvest.ops.procs import RedisServer, wait_for
 from harvest.services.decide import venue_positions
-from harvest.services.runtime import build_runtime
 from harvest.store.streams import StreamCache
-from settings import load_settings
 
 SCAN_INTERVAL_S = 5.0
-
-
-def _weight(r, ns: str) -> int:
-    return sum(int(r.get(k) or 0) for k in r.scan_iter(f"{ns}:emu:weight:*"))
 
 
 def main() -> int:
@@ -51,12 +45,12 @@ def main() -> int:
         syms = [f"B{i:03d}USDT" for i in range(a.positions)]
         ns, env, rt = fresh_namespace(server.url, "weight", syms, r_multiple=0.5)
         emu = start_emulator(rt, env)
-        rest = build_runtime(load_settings(**{k[len("HARVEST_") :].lower(): v for k, v in env.items()}))
+        rest = runtime(env)  # env now points at the emulator: positions by python-binance
         venue_positions(rest, from_streams=False)  # warm: leverage, opening times, funding cached
-        w0 = _weight(rt.r, ns)
+        w0 = emu.weight_spent()
         for _ in range(a.scans):
             assert len(venue_positions(rest, from_streams=False)) == a.positions
-        per_scan_rest = (_weight(rt.r, ns) - w0) / a.scans
+        per_scan_rest = (emu.weight_spent() - w0) / a.scans
 
         proc = subprocess.Popen(
             [sys.executable, "-m", "harvest.ops.cli", "streams", "--symbols", ",".join(syms)],
@@ -67,15 +61,15 @@ def main() -> int:
         )
         cache = StreamCache(rt.r, ns, rt.settings.account)
         wait_for(lambda: cache.snapshot(3.0, 3.0), 60, what="the stream cache with every mark")
-        w1, t1 = _weight(rt.r, ns), time.monotonic()
+        w1, t1 = emu.weight_spent(), time.monotonic()
         for _ in range(a.scans):
             assert len(venue_positions(rest)) == a.positions
-        per_scan_streams = (_weight(rt.r, ns) - w1) / a.scans
+        per_scan_streams = (emu.weight_spent() - w1) / a.scans
         from_cache = int(rt.r.hget(f"{ns}:counters", "positions:streams") or 0)
         quiet_s = time.monotonic() - t1
         # one change: a stop moved on the exchange; the process re-reads the rows once
         vp = rt.venue.positions()[0]
-        w2 = _weight(rt.r, ns)
+        w2 = emu.weight_spent()
         resyncs = int(rt.r.hget(f"{ns}:counters", "streams:resyncs") or 0)
         f = rt.venue.filters(vp.symbol)
         moved = f.fmt(f.round_price(vp.stop_price * 1.001))
@@ -85,7 +79,7 @@ def main() -> int:
             30,
             what="the resync after the change",
         )
-        per_change = _weight(rt.r, ns) - w2
+        per_change = emu.weight_spent() - w2
         per_min = 60.0 / SCAN_INTERVAL_S
         out = {
             "positions": a.positions,

@@ -432,6 +432,11 @@ class Emulator:
         """Server time (ms): wall time plus the injected skew."""
         return int(time.time() * 1000) + self.faults.skew_ms()
 
+    def weight_spent(self) -> int:
+        """Request weight counted over the minute windows still kept (each lives 120 s): what a
+        measurement a minute or two long has cost, by Binance's per-endpoint weights."""
+        return sum(int(self.r.get(k) or 0) for k in self.r.scan_iter(f"{self._k_weight}:*"))
+
     def _weight(self, w: int) -> int:
         key = f"{self._k_weight}:{int(time.time() // 60)}"
         p = self.r.pipeline(transaction=True)

@@ -101,10 +101,6 @@ class ListenKeys:
         """DELETE: close the key (its streams end)."""
         self.r.delete(self.key)
 
-    def expire_now(self) -> None:
-        """The ``expire`` fault: the key is gone, as after 60 minutes without a keepalive."""
-        self.r.delete(self.key)
-
     def valid(self, key: str) -> bool:
         return bool(key) and self.r.get(self.key) == key
 
@@ -393,7 +389,7 @@ class StreamServer:
 
     async def _tick(self) -> None:
         if self._take("user", "expire"):
-            self.keys.expire_now()
+            self.keys.delete()  # as after 60 minutes without a keepalive
         for target, conns in (("user", self._users), ("market", self._markets)):
             if conns and self._take(target, "drop"):
                 for c in list(conns):

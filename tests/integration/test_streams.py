@@ -120,10 +120,6 @@ def test_positions_fills_stops_and_marks_arrive_by_stream(streams):
     assert rt.venue.position("BTCUSDT") is None
 
 
-def _weight(rt) -> int:
-    return sum(int(rt.r.get(k) or 0) for k in rt.r.scan_iter(f"{NS}:emu:weight:*"))
-
-
 def test_the_scan_reads_the_cache_and_costs_no_request_weight(streams):
     from harvest.services.decide import venue_positions
 
@@ -133,9 +129,9 @@ def test_the_scan_reads_the_cache_and_costs_no_request_weight(streams):
     )
     _open(rt, "ETHUSDT", Side.LONG, 0.4)
     wait_for(lambda: cache.snapshot(3.0, 3.0), 10, what="the cache, resynced after the opening, with a mark")
-    before, used = _counter(rt, "positions:streams"), _weight(rt)
+    before, used = _counter(rt, "positions:streams"), e.weight_spent()
     scans = [venue_positions(rest) for _ in range(20)]  # a minute and a half of 5-second scans
-    assert _weight(rt) == used  # not one request
+    assert e.weight_spent() == used  # not one request
     assert _counter(rt, "positions:streams") == before + 20
     (vp,) = scans[-1]
     truth = rt.venue.position("ETHUSDT")

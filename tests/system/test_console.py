@@ -15,6 +15,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,7 @@ def _status(url: str, data: dict | None = None) -> int:
         return 0
 
 
+@contextmanager
 def _console(namespace: str, env: dict[str, str]):
     """``harvest console`` on ``namespace`` (a free loopback port); yields its URL."""
     port = free_port()
@@ -68,7 +70,8 @@ def _console(namespace: str, env: dict[str, str]):
 
 @pytest.fixture()
 def console():
-    yield from _console(NS, dict(os.environ))
+    with _console(NS, dict(os.environ)) as url:
+        yield url
 
 
 def _user_env() -> dict[str, str]:
@@ -113,16 +116,14 @@ def _profit_mark(p) -> float:
 def test_the_console_in_a_browser_during_a_demo(demo, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from harvest.ops.loadgen import celery_app
+    from harvest.ops.loadgen import celery_app, runtime
     from workflows import full_chain
 
     proc, out = demo
     env = {"HARVEST_REDIS_URL": os.environ["HARVEST_REDIS_URL"], "HARVEST_NAMESPACE": DEMO_NS}
-    rt = build_runtime(load_settings(**{k[len("HARVEST_") :].lower(): v for k, v in env.items()}))
+    rt = runtime(env)
     client = celery_app(env)  # publishes to the demo's queues
-    console_gen = _console(DEMO_NS, _user_env())
-    console = next(console_gen)
-    try:
+    with _console(DEMO_NS, _user_env()) as console:
         first = wait_for(
             lambda: next((p for p in rt.plans.all_plans() if p.state == "FILLED"), None),
             120,
@@ -176,9 +177,7 @@ def test_the_console_in_a_browser_during_a_demo(demo, tmp_path):
         # the demo runs to its end and drains: every plan terminal, the halt in its scorecard
         assert proc.wait(timeout=DEMO_HOURS * 3600 / DEMO_SPEED + 120) == 0, out.read_text()[-3000:]
         assert "halted=1" in out.read_text(), out.read_text()[-3000:]
-    finally:
-        console_gen.close()
-        client.close()
+    client.close()
 
 
 def test_changes_need_the_password_and_the_form_and_bad_requests_get_a_4xx(console):
