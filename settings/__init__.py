@@ -11,7 +11,7 @@ import os
 import re
 import ssl
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -20,6 +20,14 @@ from pydantic_settings.exceptions import SettingsError as SourceError
 
 from harvest.data import SHIPPED_SPAN, SHIPPED_SYMBOLS
 from harvest.domain.models import HarvestTheta
+from settings.accounts import (
+    CREDENTIAL_VAR,
+    AccountSettings,
+    check_accounts,
+    credential_var,
+    merged_theta,
+    read_credential,
+)
 
 ENV_PREFIX = "HARVEST_"
 SECRET_FIELDS = ("api_key", "api_secret", "metrics_basic_auth", "notify_urls", "console_password")
@@ -208,6 +216,15 @@ class HarvestSettings(BaseSettings):
     paper_replay_speed: float = Field(1.0, ge=0, le=100_000, description="market seconds per wall second")
     paper_balance_usdt: float = Field(100_000.0, gt=0)
     theta: HarvestTheta = Field(default_factory=HarvestTheta)
+    symbol_theta: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='theta overrides per symbol, JSON: {"DOGEUSDT": {"kill_threshold": 0.8}}',
+    )
+    accounts: list[AccountSettings] = Field(
+        default_factory=list,
+        description="the accounts this deployment manages, JSON (see settings.accounts); "
+        "empty: the one account of HARVEST_ACCOUNT, HARVEST_VENUE, HARVEST_MODE, HARVEST_API_KEY …",
+    )
     policy: Literal["r_ladder", "lsf_ladder"] | None = Field(
         None,
         description="the harvest policy (DESIGN §2): r_ladder (partials at R tiers) or lsf_ladder (partials "
@@ -230,6 +247,18 @@ class HarvestSettings(BaseSettings):
         if not v:
             raise ValueError("symbol allowlist is empty")
         return v
+
+    @model_validator(mode="after")
+    def _symbol_theta(self) -> "HarvestSettings":
+        for sym, o in self.symbol_theta.items():
+            if sym not in self.symbols:
+                raise ValueError(f"HARVEST_SYMBOL_THETA names {sym}, which is not in HARVEST_SYMBOLS")
+            try:
+                merged_theta(self.theta, o)
+            except ValidationError as e:
+                msg = "; ".join(f"{'.'.join(map(str, x['loc'])) or '(model)'}: {x['msg']}" for x in e.errors())
+                raise ValueError(f"HARVEST_SYMBOL_THETA for {sym}: {msg}") from None
+        return self
 
     @field_validator("redis_url", "broker_url")
     @classmethod
@@ -277,12 +306,102 @@ class HarvestSettings(BaseSettings):
             )
         if self.venue != "paper" and self.fapi_url:
             raise ValueError("HARVEST_FAPI_URL points the paper venue at an emulator; unset it for testnet/live")
+        if self.accounts:
+            return self._account_rules()
         if (self.venue != "paper" or self.fapi_url) and not (self.api_key and self.api_secret):
             raise ValueError(
                 f"venue {self.venue!r} through python-binance needs HARVEST_API_KEY and HARVEST_API_SECRET "
                 "(environment or secret files in HARVEST_SECRETS_DIR)"
             )
         return self
+
+    def _account_rules(self) -> "HarvestSettings":
+        """``HARVEST_ACCOUNTS``: each account's rules, and its credentials read
+        (:func:`settings.accounts.read_credential`) and checked like the single account's."""
+        try:
+            self._check_accounts()
+        except ValueError as e:
+            raise ValueError(f"HARVEST_ACCOUNTS: {e}") from None
+        return self
+
+    def _check_accounts(self) -> None:
+        check_accounts(self.accounts, self.theta, self.symbols, self.symbol_theta)
+        if self.api_key or self.api_secret:
+            raise ValueError(
+                "HARVEST_API_KEY/HARVEST_API_SECRET belong to the single-account set-up; with HARVEST_ACCOUNTS "
+                "each account has its own (HARVEST_ACCOUNT_<NAME>_API_KEY/_API_SECRET)"
+            )
+        filled, keys = [], {}
+        for a in self.accounts:
+            venue = a.venue or self.venue
+            if venue in ("live", "testnet") and not self.live_trading_opt_in:
+                raise ValueError(
+                    f"account {a.name!r}: venue {venue!r} reaches a non-local exchange and is refused "
+                    "unless HARVEST_LIVE_TRADING_OPT_IN=true"
+                )
+            if venue != "paper" and self.fapi_url:
+                raise ValueError(f"account {a.name!r}: venue {venue!r} with HARVEST_FAPI_URL (the emulator's)")
+            key, secret = read_credential(a.name, "key"), read_credential(a.name, "secret")
+            if (venue != "paper" or self.fapi_url) and not (key and secret):
+                raise ValueError(
+                    f"account {a.name!r} (venue {venue!r} through python-binance) needs "
+                    f"{credential_var(a.name, 'key')} and {credential_var(a.name, 'secret')} "
+                    "(environment or secret files in HARVEST_SECRETS_DIR)"
+                )
+            if key is not None:
+                other = keys.setdefault(key.get_secret_value(), a.name)
+                if other != a.name:
+                    raise ValueError(
+                        f"accounts {other!r} and {a.name!r} have the same API key: one exchange account "
+                        "managed twice would get every order twice"
+                    )
+            filled.append(a.model_copy(update={"api_key": key, "api_secret": secret}))
+        known = {credential_var(a.name, w) for a in self.accounts for w in ("key", "secret")}
+        stray = sorted(v for v in os.environ if CREDENTIAL_VAR.match(v) and v not in known)
+        if stray:
+            raise ValueError(f"{', '.join(stray)} names no configured account ({', '.join(self.account_names)})")
+        object.__setattr__(self, "accounts", filled)
+
+    @property
+    def account_names(self) -> list[str]:
+        """The names of the accounts this deployment manages, in configuration order."""
+        return [a.name for a in self.accounts] if self.accounts else [self.account]
+
+    def for_account(self, name: str) -> "HarvestSettings":
+        """These settings as account ``name`` sees them: its ``account``, ``venue``, ``mode``,
+        ``symbols``, ``theta`` (the deployment's with the account's overrides), ``symbol_theta``
+        (the deployment's per symbol, then the account's) and credentials. The single-account
+        set-up answers itself for its own name. Raises KeyError for an account not configured."""
+        if not self.accounts:
+            if name != self.account:
+                raise KeyError(f"unknown account {name!r}; this deployment manages {self.account!r}")
+            return self
+        a = next((x for x in self.accounts if x.name == name), None)
+        if a is None:
+            raise KeyError(f"unknown account {name!r}; configured: {', '.join(self.account_names)}")
+        per_symbol = {
+            sym: {**self.symbol_theta.get(sym, {}), **a.symbol_theta.get(sym, {})}
+            for sym in {*self.symbol_theta, *a.symbol_theta}
+        }
+        out = self.model_copy(
+            update={
+                "account": a.name,
+                "venue": a.venue or self.venue,
+                "mode": a.mode or self.mode,
+                "symbols": list(a.symbols or self.symbols),
+                "theta": merged_theta(self.theta, a.theta),
+                "symbol_theta": per_symbol,
+                "api_key": a.api_key,
+                "api_secret": a.api_secret,
+            }
+        )
+        return out
+
+    def theta_for(self, symbol: str) -> HarvestTheta:
+        """The theta that decides ``symbol``'s positions: :attr:`theta` with ``symbol_theta[symbol]``
+        applied (itself when the symbol has no overrides)."""
+        o = self.symbol_theta.get(symbol)
+        return merged_theta(self.theta, o) if o else self.theta
 
     @property
     def market_stale_after_s(self) -> float:
@@ -338,7 +457,10 @@ def _explain(err: ValidationError) -> str:
         loc = "__".join(str(p) for p in e["loc"])
         given = e.get("input")
         if isinstance(given, dict) and given:  # a nested model's own rule (theta): name its variables
-            names = ", ".join(f"{ENV_PREFIX}{loc.upper()}__{str(k).upper()}={v!r}" for k, v in given.items())
+            names = ", ".join(
+                f"{ENV_PREFIX}{loc.upper()}__{str(k).upper()}={'<hidden>' if k in SECRET_FIELDS else repr(v)}"
+                for k, v in given.items()
+            )
             lines.append(f"invalid setting {names}: {msg}")
             continue
         shown = "<hidden>" if str(e["loc"][0]) in SECRET_FIELDS else repr(given)
@@ -369,6 +491,8 @@ def unknown_variables(names: list[str] | set[str]) -> list[str]:
     for name in sorted(names):
         up = name.upper()
         if not up.startswith(ENV_PREFIX) or up in NOT_SETTINGS or up.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        if CREDENTIAL_VAR.match(up):  # an account's credentials (settings.accounts)
             continue
         head, sep, tail = up[len(ENV_PREFIX) :].partition("__")
         if up in known or (not sep and head.lower() in fields):

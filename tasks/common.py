@@ -106,6 +106,18 @@ def load_plan_and_book(
     return plan, entry, market
 
 
+def account_runtime(rt: Runtime, stage: str, payload: Any, account: str) -> Runtime | None:
+    """The runtime of the account a message names (:meth:`Runtime.for_account`); None for an
+    account the deployment does not manage — the message is recorded (``malformed:<stage>``,
+    reason ``unknown account``) and counted ``unknown_account``, never executed."""
+    try:
+        return rt.for_account(account)
+    except KeyError:
+        rt.plans.count("unknown_account")
+        record_rejected(rt, stage, payload, f"unknown account {account!r}")
+        return None
+
+
 def record_rejected(rt: Runtime, stage: str, payload: Any, error: Exception | str) -> None:
     """Record a malformed message on ``<ns>:stream:rejected`` and count it; log one line."""
     text = str(error)[:1000]
@@ -161,6 +173,10 @@ class HarvestTask(Task):
     def reject(self, payload: Any, error: Exception | str) -> None:
         """Record a malformed message (:func:`record_rejected`)."""
         record_rejected(self.rt, self.stage, payload, error)
+
+    def for_account(self, account: str, payload: Any) -> Runtime | None:
+        """:func:`account_runtime` for this stage."""
+        return account_runtime(self.rt, self.stage, payload, account)
 
     def plan(self, payload: Any) -> Plan | None:
         """:func:`load_plan` for this stage."""

@@ -124,12 +124,21 @@ def execute(self, ref: dict | None, step: int = 0) -> dict | None:
             # SUBMITTED already: a redelivery, never re-sent (confirm resolves it).
             return {"plan_id": pid} if before == PlanState.SUBMITTED else None
         cid = plan.client_order_id
+        acct_rt = self.for_account(plan.account, ref)
+        if acct_rt is None:  # SUBMITTED by this call, nothing sent: it ends here
+            rt.plans.transition(pid, PlanState.FAILED, "unknown_account")
+            return None
+        rt = acct_rt
     else:
         plan = self.plan(ref)
         if plan is None:
             return None
         pid = plan.plan_id
         cid = client_order_id(pid, step)
+        acct_rt = self.for_account(plan.account, ref)
+        if acct_rt is None:
+            return None  # its sweep resolves it by exchange truth, never by a send
+        rt = acct_rt
         if not rt.plans.claim_resend(pid, step, cid):
             return {"plan_id": pid} if plan.state == PlanState.SUBMITTED else None
     plan = plan.model_copy(update={"step": step, "client_order_id": cid})

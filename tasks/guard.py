@@ -48,8 +48,15 @@ def guard(self, ref: dict | None) -> dict | None:
     if plan.state != PlanState.PROPOSED:
         rt.plans.count("guard:not_proposed")
         return None
+    acct_rt = self.for_account(plan.account, ref)
+    if acct_rt is None:
+        _block(rt, plan, Block(PlanState.REJECTED, "unknown_account"))
+        return None
+    rt = acct_rt
     s = rt.settings
-    ctx = GuardContext(frozenset(s.symbols), s.theta, time.time(), rt.market_now, s.account, s.market_stale_after_s)
+    ctx = GuardContext(
+        frozenset(s.symbols), s.theta_for(plan.symbol), time.time(), rt.market_now, s.account, s.market_stale_after_s
+    )
     vp = f = None
     if time.time() <= plan.expires_at and plan.symbol in ctx.symbols:
         try:

@@ -20,8 +20,9 @@ log = logging.getLogger("harvest")
 
 @app.task(**contract("harvest.refresh_market", acks_late=True, max_retries=0))
 def refresh_market() -> int:
-    """Recompute the market state of every allowlisted symbol at the current market time
-    and cache it: from the venue's closed 1m klines on python-binance venues (testnet, live,
+    """Recompute the market state of every symbol any account allows at the current market
+    time and cache it (one state per symbol, shared by the accounts; from the deployment's
+    theta windows): from the venue's closed 1m klines on python-binance venues (testnet, live,
     emulator), from the shipped klines on the in-process paper engine. Returns how many
     symbols were refreshed."""
     rt = get_runtime()
@@ -29,7 +30,8 @@ def refresh_market() -> int:
     theta = rt.settings.theta
     states = []
     stamp = {"computed_at": time.time()}
-    for sym in rt.settings.symbols:
+    symbols = dict.fromkeys(s for a in rt.accounts for s in rt.for_account(a).settings.symbols)
+    for sym in symbols:
         try:
             if rt.settings.uses_binance:
                 closes = rt.venue.closed_closes(sym, theta.closes_needed)  # type: ignore[attr-defined]
@@ -76,19 +78,24 @@ def sweep_plans() -> dict:
 
 @app.task(**contract("harvest.refresh_exchange_info", acks_late=True, max_retries=0))
 def refresh_exchange_info() -> int:
-    """Refresh the venue's cached exchangeInfo filters, leverage and position mode (python-
-    binance venues; the paper engine ships its filters). Returns #symbols, or -1 on error."""
-    rt = get_runtime()
-    refresh = getattr(rt.venue, "refresh_filters", None)
-    if refresh is None:
-        return 0
-    try:
-        rt.r.delete(rt.venue.k_leverage, rt.venue.k_dual)  # type: ignore[attr-defined]
-        return refresh()
-    except VenueError as e:
-        rt.plans.count(f"venue:exchange_info_failed:{e.code}")
-        log.warning("exchangeInfo refresh failed: %s", e)
-        return -1
+    """Refresh each account's cached exchangeInfo filters, leverage and position mode (python-
+    binance venues; the paper engine ships its filters). Returns #symbols (of the last account
+    refreshed), or -1 when any account's refresh failed."""
+    base = get_runtime()
+    out = 0
+    for name in base.accounts:
+        rt = base.for_account(name)
+        refresh = getattr(rt.venue, "refresh_filters", None)
+        if refresh is None:
+            continue
+        try:
+            rt.r.delete(rt.venue.k_leverage, rt.venue.k_dual)  # type: ignore[attr-defined]
+            out = out if out < 0 else refresh()
+        except VenueError as e:
+            rt.plans.count(f"venue:exchange_info_failed:{e.code}")
+            log.warning("exchangeInfo refresh of account %s failed: %s", name, e)
+            out = -1
+    return out
 
 
 @app.task(**contract("harvest.heartbeat", acks_late=True, max_retries=0))

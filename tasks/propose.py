@@ -31,6 +31,8 @@ def propose(self, decision: dict | None) -> dict | None:
     except ValidationError as e:
         self.reject(decision, e)
         return None
+    if self.for_account(d.account, decision) is None:
+        return None
     pid = plan_id_for(d)
     now = time.time()
     plan = {

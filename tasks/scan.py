@@ -7,7 +7,12 @@ effect, after its backoff), or not: a true ``repeat`` (its plan is in flight or 
 ``waiting`` for its backoff, or ``abandoned`` (a rejection that cannot change in the epoch).
 A position whose in-flight lock another plan holds is skipped (``busy``). The counts of
 decisions retrying and abandoned (by reason) are kept as the scan saw them last
-(``<ns>:decisions``), for the scorecard and ``/metrics``.
+(``<ns>:decisions:<account>``), for the scorecard and ``/metrics``.
+
+A deployment with several accounts (``HARVEST_ACCOUNTS``) scans each on its own: beat's scan
+starts a Celery group of one ``harvest.scan_positions(account)`` per account on the scan
+queue, each expiring with the beat interval, so that workers scan accounts in parallel and
+one account's slow exchange holds up no other.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import logging
 import time
 from collections import Counter
 
+from celery import group
+
 from harvest.domain.book import unprotected
 from harvest.domain.trading import effective
 from harvest.services.decide import chain_payload, decide_and_plan, load_positions
@@ -23,20 +30,32 @@ from harvest.services.runtime import get_runtime
 from harvest.store.counters import scan_duration
 from harvest.venues.base import VenueError
 from tasks.app import app
-from tasks.common import contract
+from tasks.common import account_runtime, contract
 from workflows import action_chain
 
 log = logging.getLogger("harvest")
 
 
 @app.task(**contract("harvest.scan_positions", acks_late=True, max_retries=0))
-def scan_positions() -> dict:
-    """One scan. Returns ``{"positions", "actionable", "started", "retries", "duplicates",
-    "waiting", "abandoned", "busy", "seconds"}`` (counts; wall seconds); ``duplicates``
-    counts true repeats."""
+def scan_positions(account: str | None = None) -> dict:
+    """One scan of ``account`` (None: the deployment's only account, or — with several — a
+    group of one scan per account, answered ``{"accounts": n}``). Returns ``{"account",
+    "positions", "actionable", "started", "retries", "duplicates", "waiting", "abandoned",
+    "busy", "seconds"}`` (counts; wall seconds); ``duplicates`` counts true repeats. An account
+    the deployment does not manage is recorded as a malformed message (``{}``)."""
     t0 = time.perf_counter()
     scanned_at = time.time()
-    rt = get_runtime()
+    base = get_runtime()
+    if account is None and len(base.accounts) > 1:
+        s = base.settings
+        group(
+            scan_positions.si(a).set(queue=s.queue("scan"), expires=s.scan_interval_s) for a in base.accounts
+        ).apply_async()
+        return {"accounts": len(base.accounts)}
+    rt = account_runtime(base, "scan_positions", {"account": account}, account or base.accounts[0])
+    if rt is None:
+        return {}
+    acct = rt.settings.account
     try:
         rows, now = load_positions(rt)
     except VenueError as e:  # the exchange did not answer: this tick is skipped, the next one retries
@@ -50,13 +69,14 @@ def scan_positions() -> dict:
             "busy": 0,
             "seconds": time.perf_counter() - t0,
             "error": e.code,
+            "account": acct,
         }
     p = rt.r.pipeline(transaction=False)
     p.exists(rt.plans.k.recovered)
     p.hgetall(rt.plans.k.trading)
     recovered, trading = p.execute()
     held = None
-    if effective(trading, rt.settings.account, rt.settings.mode) == "HALTED":
+    if effective(trading, acct, rt.settings.mode) == "HALTED":
         held = "halted"  # no chain starts; stops resting on the exchange stay
     elif not recovered:
         # The state was lost (or this is a first start): nothing starts until reconcile has
@@ -68,6 +88,7 @@ def scan_positions() -> dict:
     if held is not None:  # the scan ran (its heartbeat says so) but starts nothing
         p = rt.r.pipeline(transaction=False)
         p.hincrby(rt.plans.k.counters, "scan:runs", 1)
+        p.hincrby(rt.plans.k.counters, f"acct:{acct}:scan:runs", 1)
         p.hincrby(rt.plans.k.counters, f"scan:{held}", 1)
         p.hset(rt.plans.k.heartbeat, "scan", repr(time.time()))
         p.execute()
@@ -79,13 +100,14 @@ def scan_positions() -> dict:
             "busy": 0,
             "seconds": time.perf_counter() - t0,
             held: True,
+            "account": acct,
         }
     planned = decide_and_plan(rt, rows, now)
     starting = [d for d, nx in planned if nx.starts]
     holders = dict(
         zip(
             [d.symbol for d in starting],
-            rt.plans.inflight_many(rt.settings.account, [d.symbol for d in starting]),
+            rt.plans.inflight_many(acct, [d.symbol for d in starting]),
             strict=True,
         )
     )
@@ -108,12 +130,14 @@ def scan_positions() -> dict:
     p = rt.r.pipeline(transaction=False)
     k = rt.plans.k.counters
     p.hincrby(k, "scan:runs", 1)
+    p.hincrby(k, f"acct:{acct}:scan:runs", 1)
     p.hincrby(k, "scan:chains_started", started)
     p.hincrby(k, "scan:retries_started", kinds["retry"])
     p.hincrby(k, "scan:duplicates_skipped", kinds["repeat"])
     p.hincrby(k, "scan:busy_skipped", kinds["busy"])
-    p.hset(k, "positions_unprotected", sum(1 for vp, _, _ in rows if unprotected(vp)))
-    dk = rt.plans.k.decisions
+    naked = sum(1 for vp, _, _ in rows if unprotected(vp))
+    p.hset(k, mapping={f"acct:{acct}:positions_unprotected": naked, f"acct:{acct}:positions_scanned": len(rows)})
+    dk = rt.plans.k.decisions(acct)
     p.delete(dk)
     p.hset(dk, mapping={"updated_at": repr(time.time()), **{n: c for n, c in stuck.items()}})
     p.hset(rt.plans.k.heartbeat, "scan", repr(time.time()))
@@ -121,6 +145,7 @@ def scan_positions() -> dict:
     scan_duration(rt.r, rt.settings.namespace).observe(seconds, pipe=p)
     p.execute()
     return {
+        "account": acct,
         "positions": len(rows),
         "actionable": len(planned),
         "started": started,

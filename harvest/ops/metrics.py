@@ -17,12 +17,13 @@ to one consistent set of series (no per-process registries to merge).
   guard_blocks_total                              counter    reason
   duplicates_blocked_total                        counter    (true repeats)
   retries_started_total                           counter
-  decisions                                       gauge      status (retrying/abandoned), reason
+  decisions                                       gauge      account, status (retrying/abandoned), reason
   market_state_age_seconds                        gauge      symbol
   malformed_messages_total                        counter    stage
   stale_messages_dropped_total                    counter    task
   reconcile_findings_total                        counter    kind (ghost_dropped, unknown_order, …)
-  scans_total, chains_started_total               counter
+  scans_total                                     counter    account
+  chains_started_total                            counter
   scan_duration_seconds                           histogram
   scan_to_fill_seconds                            histogram  action
   queue_wait_seconds                              histogram  queue
@@ -30,11 +31,11 @@ to one consistent set of series (no per-process registries to merge).
   heartbeat_age_seconds                           gauge      component (beat, scan, market, …)
   exchange_weight_used / exchange_weight_limit    gauge      (request weight, current minute)
   clock_offset_seconds                            gauge      (exchange minus local, last reconcile)
-  positions_open                                  gauge
+  positions_open                                  gauge      account
   positions_from_streams_total                    counter    (scan reads served by harvest streams)
   stream_gaps_total                               counter    cause (drop, listen_key_expired, …)
   stream_events_rejected_total                    counter    (malformed or out of order)
-  positions_unprotected                           gauge      (no stop that can trigger, last scan)
+  positions_unprotected                           gauge      account (no stop that can trigger, last scan)
   trading_state                                   gauge      scope (* or account), state (1 = in force)
   ==============================================  =========  ====================================
 """
@@ -51,6 +52,8 @@ from harvest.store.counters import (  # noqa: F401  (re-exported: the exporter's
     SCAN_TO_FILL_BUCKETS,
     DeferredObservations,
     RedisHistogram,
+    account_counter,
+    account_decisions,
     queue_wait,
     scan_duration,
     scan_to_fill,
@@ -95,11 +98,12 @@ class HarvestCollector:
             k.metrics_sends,
             k.counters,
             k.heartbeat,
-            k.decisions,
             k.trading,
         ):
             p.hgetall(key)
-        plans, orders, sends, counters, beats, decisions, switch = p.execute()
+        plans, orders, sends, counters, beats, switch = p.execute()
+        accounts = rt.accounts
+        stuck = account_decisions(rt.r, k, accounts)
 
         g = GaugeMetricFamily("harvest_plans", "Plans now in each state, by action", labels=["action", "state"])
         for f, v in sorted(plans.items()):
@@ -156,13 +160,14 @@ class HarvestCollector:
         g = GaugeMetricFamily(
             "harvest_decisions",
             "Decisions the last scan saw stuck: retrying (backing off) or abandoned, by reason",
-            labels=["status", "reason"],
+            labels=["account", "status", "reason"],
         )
-        for f, v in sorted(decisions.items()):
-            if f == "waiting":
-                g.add_metric(["retrying", ""], float(v))
-            elif f.startswith("abandoned:"):
-                g.add_metric(["abandoned", f.split(":", 1)[1]], float(v))
+        for a in accounts:
+            for f, v in sorted(stuck[a].items()):
+                if f == "waiting":
+                    g.add_metric([a, "retrying", ""], float(v))
+                elif f.startswith("abandoned:"):
+                    g.add_metric([a, "abandoned", f.split(":", 1)[1]], float(v))
         yield g
         g = GaugeMetricFamily(
             "harvest_market_state_age_seconds",
@@ -174,7 +179,10 @@ class HarvestCollector:
             if st is not None and st.computed_at is not None:
                 g.add_metric([sym], max(0.0, time.time() - st.computed_at))
         yield g
-        yield CounterMetricFamily("harvest_scans", "Scans run", value=int(counters.get("scan:runs", 0)))
+        c = CounterMetricFamily("harvest_scans", "Scans run, by account", labels=["account"])
+        for a in accounts:
+            c.add_metric([a], account_counter(counters, a, "scan:runs"))
+        yield c
         yield CounterMetricFamily(
             "harvest_positions_from_streams",
             "Position reads served by the stream cache instead of positionRisk (harvest streams)",
@@ -195,13 +203,17 @@ class HarvestCollector:
             "Action chains started by scans",
             value=int(counters.get("scan:chains_started", 0)),
         )
-        if "positions_unprotected" in counters:
-            yield GaugeMetricFamily(
+        scanned = [a for a in accounts if f"acct:{a}:positions_unprotected" in counters]
+        if scanned:
+            g = GaugeMetricFamily(
                 "harvest_positions_unprotected",
                 "Open positions without a stop that can trigger (none working, or one beyond the "
-                "liquidation price) at the last scan",
-                value=float(counters["positions_unprotected"]),
+                "liquidation price) at the account's last scan",
+                labels=["account"],
             )
+            for a in scanned:
+                g.add_metric([a], float(account_counter(counters, a, "positions_unprotected")))
+            yield g
         from harvest.domain.trading import STATES
 
         g = GaugeMetricFamily(
@@ -215,12 +227,12 @@ class HarvestCollector:
             for st_name in STATES:
                 g.add_metric([scope, st_name], 1.0 if st_name == now_state else 0.0)
         yield g
-        if "positions_open" in counters:
-            yield GaugeMetricFamily(
-                "harvest_positions_open",
-                "Open positions at the last reconcile",
-                value=float(counters["positions_open"]),
-            )
+        seen = [a for a in accounts if f"acct:{a}:positions_open" in counters]
+        if seen:
+            g = GaugeMetricFamily("harvest_positions_open", "Open positions at the last reconcile", labels=["account"])
+            for a in seen:
+                g.add_metric([a], float(account_counter(counters, a, "positions_open")))
+            yield g
 
         yield from _histograms(
             HistogramMetricFamily,

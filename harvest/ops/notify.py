@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from typing import Any, Callable
 
 from harvest.domain.notices import Health, Notice, Throttle, from_health, from_trading, from_transition
 from harvest.services.runtime import Runtime
+from harvest.store.counters import account_counter, account_decisions
 
 log = logging.getLogger("harvest.notify")
 Sender = Callable[[list[Notice]], int]
@@ -52,7 +54,10 @@ def _health(rt: Runtime) -> Health:
     s = rt.settings
     beats = rt.plans.heartbeats()
     counters = rt.plans.counters()
-    decisions = rt.r.hgetall(rt.plans.k.decisions)
+    stuck = account_decisions(rt.r, rt.plans.k, rt.accounts)
+    decisions: Counter[str] = Counter()
+    for d in stuck.values():
+        decisions.update(d)
     markets = {}
     for sym, st in zip(s.symbols, rt.market.get_many(list(s.symbols)), strict=True):
         if st is not None and st.computed_at is not None:
@@ -60,7 +65,7 @@ def _health(rt: Runtime) -> Health:
     return Health(
         heartbeat_age_s={k: max(0.0, now - v) for k, v in beats.items()},
         market_age_s=markets,
-        unprotected=int(counters.get("positions_unprotected", 0)),
+        unprotected=sum(account_counter(counters, a, "positions_unprotected") for a in rt.accounts),
         abandoned={f.split(":", 1)[1]: int(v) for f, v in decisions.items() if f.startswith("abandoned:")},
         retrying=int(decisions.get("waiting", 0)),
         heartbeat_limit_s=max(60.0, 6 * max(s.scan_interval_s, s.heartbeat_interval_s)),

@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from harvest.domain.models import PlanState
 from harvest.domain.plans import TERMINAL
 from harvest.services.runtime import Runtime
+from harvest.store.counters import account_counter, account_decisions
 from harvest.venues.base import VenueError
 from harvest.venues.paper import PaperVenue
 
@@ -76,22 +77,9 @@ def paper_engine(rt: Runtime) -> PaperVenue | None:
     return None
 
 
-def build_scorecard(rt: Runtime) -> dict:
-    """Scorecard as a JSON-ready dict. PnL in USDT: ``realized`` (gross), ``commission``,
-    ``funding`` (paid; negative when received) and ``net = realized − commission − funding``."""
-    by = defaultdict(Counter)
-    non_terminal = 0
-    plans = 0
-    lineages: dict[str, int] = {}  # lineage → its latest attempt
-    for p in rt.plans.all_plans():
-        plans += 1
-        by[p.action.value][p.state] += 1
-        if p.state not in TERMINAL:
-            non_terminal += 1
-        if p.lineage:
-            lineages[p.lineage] = max(lineages.get(p.lineage, 0), p.attempt)
-    counters = rt.plans.counters()
-    stuck = {k: int(v) for k, v in rt.r.hgetall(rt.plans.k.decisions).items() if k != "updated_at"}
+def _account_book(rt: Runtime) -> tuple[Counter, dict[str, dict], str]:
+    """One account's harvest orders by ``<type>:<status>``, its PnL per symbol (USDT:
+    ``realized``, ``commission``, ``funding``, ``stops_hit``) and where they were read."""
     orders: Counter = Counter()
     book = paper_engine(rt)
     records = getattr(rt.venue, "account_records", None)
@@ -110,6 +98,61 @@ def build_scorecard(rt: Runtime) -> dict:
         book_pnl = book.pnl() if book else {}
     for o in listed:
         orders[f"{o.type}:{o.status}"] += 1
+    return orders, book_pnl, source
+
+
+def build_scorecard(rt: Runtime) -> dict:
+    """Scorecard as a JSON-ready dict. PnL in USDT: ``realized`` (gross), ``commission``,
+    ``funding`` (paid; negative when received) and ``net = realized − commission − funding``.
+    Figures are the deployment's, summed over its accounts; ``accounts`` has each account's
+    own (mode, venue, plans, executed, plans by state, orders, net PnL, open positions, scans)."""
+    by = defaultdict(Counter)
+    non_terminal = 0
+    plans = 0
+    lineages: dict[str, int] = {}  # lineage → its latest attempt
+    per: dict[str, dict] = {
+        a: {"plans": 0, "executed": 0, "plans_by_state": Counter(), "non_terminal": 0} for a in rt.accounts
+    }
+    for p in rt.plans.all_plans():
+        plans += 1
+        by[p.action.value][p.state] += 1
+        mine = per.setdefault(p.account, {"plans": 0, "executed": 0, "plans_by_state": Counter(), "non_terminal": 0})
+        mine["plans"] += 1
+        mine["plans_by_state"][p.state] += 1
+        mine["executed"] += p.state in (PlanState.FILLED, PlanState.PARTIALLY_FILLED)
+        if p.state not in TERMINAL:
+            non_terminal += 1
+            mine["non_terminal"] += 1
+        if p.lineage:
+            lineages[p.lineage] = max(lineages.get(p.lineage, 0), p.attempt)
+    counters = rt.plans.counters()
+    stuck: Counter[str] = Counter()
+    for d in account_decisions(rt.r, rt.plans.k, rt.accounts).values():
+        stuck.update(d)
+    orders: Counter = Counter()
+    book_pnl: dict[str, dict] = {}
+    sources = set()
+    for a in rt.accounts:
+        ra = rt.for_account(a)
+        a_orders, a_pnl, source = _account_book(ra)
+        orders.update(a_orders)
+        sources.add(source)
+        for sym, v in a_pnl.items():
+            row = book_pnl.setdefault(sym, {})
+            for f, x in v.items():
+                row[f] = row.get(f, 0) + x
+        per[a].update(
+            mode=_mode(rt, ra),
+            venue=ra.settings.venue + (" (emulator)" if ra.settings.fapi_url else ""),
+            orders=dict(sorted(a_orders.items())),
+            realized_pnl_total=round(
+                sum(v.get("realized", 0.0) - v.get("commission", 0.0) - v.get("funding", 0.0) for v in a_pnl.values()),
+                4,
+            ),
+            positions_open=_positions_open(ra),
+            scans=account_counter(counters, a, "scan:runs"),
+        )
+    source = " + ".join(sorted(sources))
     pnl = {}
     total = 0.0
     for sym, v in sorted(book_pnl.items()):
@@ -153,7 +196,10 @@ def build_scorecard(rt: Runtime) -> dict:
         "realized_pnl": pnl,
         "pnl_source": source,
         "realized_pnl_total": round(total, 4),
-        "positions_open": _positions_open(rt),
+        "positions_open": _sum_or_none([per[a]["positions_open"] for a in rt.accounts]),
+        "accounts": {
+            a: {**v, "plans_by_state": dict(sorted(v["plans_by_state"].items()))} for a, v in sorted(per.items())
+        },
         "queue_depth": _or_none(queue_depths, rt),
         "queue_lag_s": queue_lag(rt),
         "heartbeat_age_s": {k: round(now - v, 3) for k, v in sorted(rt.plans.heartbeats().items())},
@@ -175,6 +221,17 @@ def _or_none(fn, rt: Runtime):
         return fn(rt)
     except Exception as e:  # broker unreachable: the scorecard still answers from Redis
         return {"error": str(e)[:200]}
+
+
+def _mode(rt: Runtime, ra: Runtime) -> str:
+    """The account's trading state in force (:func:`harvest.domain.trading.effective`)."""
+    from harvest.domain.trading import effective
+
+    return effective(rt.r.hgetall(rt.plans.k.trading), ra.settings.account, ra.settings.mode)
+
+
+def _sum_or_none(xs: list[int | None]) -> int | None:
+    return None if any(x is None for x in xs) else sum(x for x in xs if x is not None)
 
 
 def _positions_open(rt: Runtime) -> int | None:
@@ -215,6 +272,16 @@ def format_scorecard(card: dict) -> str:
             f"  {sym:<9} net {v['net']:>10.2f}  realized {v['realized']:>10.2f}  fees {v['commission']:>8.2f}"
             f"  funding {v['funding']:>7.2f}  stops hit {v['stops_hit']}"
         )
+    accounts = card.get("accounts") or {}
+    if len(accounts) > 1:
+        lines.append("accounts:")
+        for a, v in accounts.items():
+            lines.append(
+                f"  {a:<12} {v.get('mode', '?'):<8} plans {v['plans']:>4}  executed {v['executed']:>4}  "
+                f"non-terminal {v['non_terminal']}  net PnL {v.get('realized_pnl_total', 0.0):>10.2f}  "
+                f"open {v.get('positions_open')}  scans {v.get('scans', 0)}  "
+                + " ".join(f"{s}={n}" for s, n in v["plans_by_state"].items())
+            )
     lines.append(
         f"positions open: {card['positions_open']}  queue depth: "
         + "  ".join(f"{k}={v}" for k, v in card["queue_depth"].items())

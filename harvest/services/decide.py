@@ -118,7 +118,7 @@ def load_positions(rt: Runtime, symbols: set[str] | None = None, from_streams: b
             rt.plans.count("scan:no_market_state")
             continue
         if is_new_epoch(vp, entry):
-            entry = epochs[vp.symbol] = new_book_entry(vp, m, now, rt.settings.theta)
+            entry = epochs[vp.symbol] = new_book_entry(vp, m, now, rt.settings.theta_for(vp.symbol))
         elif vp.mark_price > (entry.get("peak_price") or 0) or vp.mark_price < (
             entry.get("trough_price") or float("inf")
         ):
@@ -206,12 +206,24 @@ def decide(rt: Runtime, rows: list[Row], now: float) -> list[Decision]:
     position without a stop that can trigger (:func:`protection`). Only those get a validated
     :class:`Position` model; rows it would reject are left out and counted
     (``scan:invalid_position``), found by the vectorized :func:`harvest.domain.book.valid_rows`. A
-    stale market state makes no kill decision (:func:`_fresh`)."""
+    stale market state makes no kill decision (:func:`_fresh`). Symbols with theta overrides
+    (``symbol_theta``, :meth:`settings.HarvestSettings.theta_for`) are evaluated in a batch of
+    their own theta."""
     if not rows:
         return []
-    theta = rt.settings.theta
-    acct = rt.settings.account
     rows = _fresh(rt, rows)
+    s = rt.settings
+    if not s.symbol_theta:
+        return _decide(rt, rows, now, s.theta)
+    groups: dict[HarvestTheta, list[Row]] = {}
+    for row in rows:
+        groups.setdefault(s.theta_for(row[0].symbol), []).append(row)
+    return [d for theta, part in groups.items() for d in _decide(rt, part, now, theta)]
+
+
+def _decide(rt: Runtime, rows: list[Row], now: float, theta: HarvestTheta) -> list[Decision]:
+    """:func:`decide` on rows that share one ``theta``."""
+    acct = rt.settings.account
     batch = PositionBatch.from_rows([position_row(vp, e, m) for vp, e, m in rows])
     ok = valid_rows(batch, np.array([vp.leverage for vp, _, _ in rows], dtype=np.float64))
     idx = np.flatnonzero(ok)

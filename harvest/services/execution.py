@@ -25,7 +25,14 @@ def resolve_submitted(rt: Runtime, plan: Plan, final: bool, resend: Resend | Non
     re-sent; a look-up that still fails one more TTL later ends EXPIRED ``lookup_failed``.
     Not final, an order proved not placed is sent again as the next step through ``resend``
     while attempts and the TTL allow (``"resent"``); without ``resend`` it is left to a caller
-    that has one (``"pending"``). Returns the state written, ``"resent"`` or ``"pending"``."""
+    that has one (``"pending"``). Returns the state written, ``"resent"`` or ``"pending"``.
+    The order is looked up on the plan's own account (``pending`` for an account no longer
+    configured, counted ``unknown_account``: an operator resolves it)."""
+    try:
+        rt = rt.for_account(plan.account)
+    except KeyError:
+        rt.plans.count("unknown_account")
+        return PENDING
     try:
         o, vp, position_read = rt.venue.order_and_position(
             plan.symbol, plan.client_order_id, conditional=plan.action in STOP_ACTIONS

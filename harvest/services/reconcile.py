@@ -52,7 +52,38 @@ def reconcile_once(rt: Runtime, resend: Resend | None = None) -> dict:
     not answer (nothing is changed then).
     """
     # First: a Redis that lost its state learns what was sent before anything else happens.
-    recovered = ensure_recovered(rt, lambda: load_positions(rt, from_streams=False)[0])
+    recovered = ensure_recovered(rt, lambda ra: load_positions(ra, from_streams=False)[0])
+    out: dict = {"positions": 0, "ghosts_dropped": 0, "closed_outside": 0, "unknown_orders": 0, "adopted": 0}
+    per: dict[str, dict] = {}
+    for name in rt.accounts:
+        ra = rt.for_account(name)
+        try:
+            per[name] = _reconcile_account(ra, resend)
+        except VenueError as e:
+            if len(rt.accounts) == 1:
+                raise
+            # One account's exchange not answering holds up no other account.
+            rt.plans.count(f"reconcile:venue_error:{e.code}")
+            log.warning("reconcile of account %s skipped: venue unavailable (%s)", name, e)
+            per[name] = {"error": e.code}
+            continue
+        for f in out:
+            out[f] += per[name][f]
+    swept = sweep_once(rt, time.time())
+    check_clock(rt)
+    return {
+        **out,
+        "swept": swept,
+        "open_plans": rt.plans.count_open(),
+        "recovered": recovered or {},
+        **({"accounts": per} if len(rt.accounts) > 1 else {}),
+    }
+
+
+def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
+    """Steps 1–3 of :func:`reconcile_once` on one account (``rt``: its runtime). Returns
+    ``positions``, ``ghosts_dropped``, ``closed_outside``, ``unknown_orders``, ``adopted``.
+    Raises VenueError when its venue does not answer."""
     before = rt.plans.counters().get("reconcile:ghost_dropped", 0)
     rows, _ = load_positions(rt, from_streams=False)  # exchange truth, never a cache
     ghosts = rt.plans.counters().get("reconcile:ghost_dropped", 0) - before
@@ -87,6 +118,8 @@ def reconcile_once(rt: Runtime, resend: Resend | None = None) -> dict:
             continue  # not harvest's (a strategy's own stop, a manual order)
         pid, step = parsed
         plan = plans.get(pid) or rt.plans.get(pid)
+        if plan is not None and plan.account != acct:
+            continue  # another account's plan_id on this account's books: never adopted here
         if plan is None and rt.r.sismember(rt.plans.k.recovered_plans, pid):
             continue  # a plan lost with the state, known again from the exchange (harvest.services.recovery)
         if plan is None:
@@ -116,18 +149,13 @@ def reconcile_once(rt: Runtime, resend: Resend | None = None) -> dict:
                     resolve_submitted(rt, fresh, final=False, resend=resend)
         elif plan.state == PlanState.SUBMITTED and plan.client_order_id == o.client_order_id:
             resolve_submitted(rt, plan, final=False, resend=resend)
-    swept = sweep_once(rt, time.time())
-    rt.r.hset(rt.plans.k.counters, "positions_open", len(rows))
-    check_clock(rt)
+    rt.r.hset(rt.plans.k.counters, f"acct:{acct}:positions_open", len(rows))
     return {
         "positions": len(rows),
         "ghosts_dropped": ghosts,
         "closed_outside": closed,
         "unknown_orders": unknown,
         "adopted": adopted,
-        "swept": swept,
-        "open_plans": rt.plans.count_open(),
-        "recovered": recovered or {},
     }
 
 

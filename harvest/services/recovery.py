@@ -103,29 +103,36 @@ def tiers_done(orders: list, symbol: str, side_close: str, opened_at: float) -> 
     return min(3, len(plans))
 
 
-def recover(rt, rows: list) -> dict:
-    """Make the state whole from the exchange's records (module docstring) and mark it so.
-    ``rt``: a :class:`harvest.services.runtime.Runtime`; ``rows``: the open positions as the scan
-    loads them (``harvest.services.decide.load_positions``: book entries made afresh where they were
-    lost). Each one's harvested tier is raised to :func:`tiers_done` (a lost
+def recover(rt, load_rows) -> dict:
+    """Make the state whole from the exchange's records (module docstring) and mark it so,
+    reading every account of the deployment before the mark is set.
+    ``rt``: a :class:`harvest.services.runtime.Runtime`; ``load_rows(account_rt)``: that account's
+    open positions as the scan loads them (``harvest.services.decide.load_positions``: book
+    entries made afresh where they were lost). Each one's harvested tier is raised to :func:`tiers_done` (a lost
     plan of a later attempt has a plan_id no decision remakes at attempt 0: the tier keeps
     it from being decided again). Returns ``{"orders_seen", "plans_recovered", "tiers_restored",
     "symbols"}``. Raises VenueError when the exchange does not answer (the key stays unset:
     nothing is sent until a later run succeeds)."""
     k = rt.plans.k
-    symbols = sorted(set(rt.settings.symbols) | {vp.symbol for vp, _, _ in rows})
-    orders = rt.venue.all_orders(symbols)
-    found = harvest_order_ids(rt.venue, symbols, orders)
-    known = rt.plans.exists_many(list(found))
-    lost = [pid for pid, ex in zip(found, known, strict=True) if not ex]
-    tiers = {}
-    for vp, entry, _ in rows:
-        if vp.opened_at is None:
-            continue  # the opening is older than the venue's records: no estimate
-        done = tiers_done(orders, vp.symbol, vp.side.close_order_side, vp.opened_at)
-        if done > int(entry.get("harvested_tier", 0)):
-            tiers[vp.symbol] = {"harvested_tier": done}
-    rt.book.update_many(rt.settings.account, tiers)
+    lost: list[str] = []
+    seen = restored = n_symbols = 0
+    for name in rt.accounts:
+        ra = rt.for_account(name)
+        rows = load_rows(ra)
+        symbols = sorted(set(ra.settings.symbols) | {vp.symbol for vp, _, _ in rows})
+        orders = ra.venue.all_orders(symbols)
+        found = harvest_order_ids(ra.venue, symbols, orders)
+        known = ra.plans.exists_many(list(found))
+        lost += [pid for pid, ex in zip(found, known, strict=True) if not ex]
+        tiers = {}
+        for vp, entry, _ in rows:
+            if vp.opened_at is None:
+                continue  # the opening is older than the venue's records: no estimate
+            done = tiers_done(orders, vp.symbol, vp.side.close_order_side, vp.opened_at)
+            if done > int(entry.get("harvested_tier", 0)):
+                tiers[vp.symbol] = {"harvested_tier": done}
+        ra.book.update_many(name, tiers)
+        seen, restored, n_symbols = seen + len(found), restored + len(tiers), n_symbols + len(symbols)
     p = rt.r.pipeline(transaction=True)
     if lost:
         p.sadd(k.recovered_plans, *lost)
@@ -140,17 +147,12 @@ def recover(rt, rows: list) -> dict:
     rt.plans.count("recovery:runs")
     if lost:
         rt.plans.count("recovery:plans_recovered", len(lost))
-    return {
-        "orders_seen": len(found),
-        "plans_recovered": len(lost),
-        "tiers_restored": len(tiers),
-        "symbols": len(symbols),
-    }
+    return {"orders_seen": seen, "plans_recovered": len(lost), "tiers_restored": restored, "symbols": n_symbols}
 
 
 def ensure_recovered(rt, load_rows) -> dict | None:
     """:func:`recover` when the state is not known whole (``<ns>:state:recovered`` missing);
-    None when it is. ``load_rows()``: the open positions as the scan loads them. The records
+    None when it is. ``load_rows(account_rt)``: an account's open positions as the scan loads them. The records
     are read only a grace period (the venue timeout + 1 s) after the loss was first seen, so
     that an order whose send was under way when the state went is on the exchange's books by
     then; until then ``{"waiting_s": …}``. Raises VenueError as :func:`recover`."""
@@ -164,7 +166,7 @@ def ensure_recovered(rt, load_rows) -> dict | None:
     if now < seen + grace:
         return {"waiting_s": round(seen + grace - now, 2)}
     try:
-        return recover(rt, load_rows())
+        return recover(rt, load_rows)
     except VenueError:
         rt.plans.count("recovery:venue_error")
         raise

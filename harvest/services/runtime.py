@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -33,6 +33,27 @@ class Runtime:
     market: MarketCache
     venue: Venue
     clock: MarketClock | None
+    #: The runtimes of the deployment's accounts by name, shared by all of them (built on demand).
+    peers: dict[str, "Runtime"] = field(default_factory=dict, repr=False)
+
+    @property
+    def accounts(self) -> list[str]:
+        """The names of the accounts the deployment manages (``HARVEST_ACCOUNTS``, or the one
+        account of the single-account set-up)."""
+        return self.settings.account_names
+
+    def for_account(self, name: str) -> "Runtime":
+        """The runtime of account ``name``: the same Redis client, stores and market clock, with
+        the account's settings (:meth:`settings.HarvestSettings.for_account`: venue, mode,
+        symbols, theta, credentials) and its own venue, built once per process. Raises
+        KeyError for an account the deployment does not manage."""
+        if name == self.settings.account:
+            return self
+        rt = self.peers.get(name)
+        if rt is None:
+            s = self.settings.for_account(name)
+            rt = self.peers[name] = replace(self, settings=s, venue=build_venue(s, self.r, self.clock))
+        return rt
 
     def market_now(self) -> float:
         """Market time in Unix seconds (the replay clock on the paper venue, else wall time)."""
@@ -60,6 +81,7 @@ def build_venue(s: HarvestSettings, r: redis.Redis, clock: MarketClock | None) -
         weight_limit=s.venue_weight_limit_1m,
         funding_poll_s=s.funding_poll_s,
         max_clock_offset_ms=s.max_clock_offset_ms,
+        account=s.account,
     )
 
 
@@ -90,10 +112,13 @@ def build_runtime(s: HarvestSettings) -> Runtime:
         single_connection_client=True,
     )
     # The replay's market clock belongs to the paper venue (in process or emulated); an
-    # exchange (testnet, live) needs none: its market time is the wall clock.
-    clock = MarketClock(r, s.namespace, s.paper_replay_start, s.paper_replay_speed) if s.venue == "paper" else None
+    # exchange (testnet, live) needs none: its market time is the wall clock. The runtime
+    # returned is the first account's; the others' are reached by Runtime.for_account.
+    paper = any(s.for_account(a).venue == "paper" for a in s.account_names)
+    clock = MarketClock(r, s.namespace, s.paper_replay_start, s.paper_replay_speed) if paper else None
+    s = s.for_account(s.account_names[0])
     venue = build_venue(s, r, clock)
-    return Runtime(
+    rt = Runtime(
         settings=s,
         r=r,
         plans=PlanStore(r, s.namespace, s.results_stream_maxlen),
@@ -102,6 +127,8 @@ def build_runtime(s: HarvestSettings) -> Runtime:
         venue=venue,
         clock=clock,
     )
+    rt.peers[s.account] = rt
+    return rt
 
 
 _RUNTIME: tuple[int, Runtime] | None = None

@@ -114,3 +114,21 @@ def scan_to_fill(r: redis.Redis, ns: str) -> RedisHistogram:
 def queue_wait(r: redis.Redis, ns: str) -> RedisHistogram:
     """Published → started seconds by queue (observed by the worker's task_prerun hook)."""
     return RedisHistogram(r, f"{ns}:metrics:queue_wait", QUEUE_WAIT_BUCKETS)
+
+
+def account_counter(counters: dict[str, int], account: str, name: str) -> int:
+    """The per-account counter ``name`` (field ``acct:<account>:<name>`` of the namespace's
+    counters hash), 0 when absent."""
+    return int(counters.get(f"acct:{account}:{name}", 0))
+
+
+def account_decisions(r: redis.Redis, keys, accounts: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Each account's stuck decisions as its last scan saw them (``keys``: a
+    :class:`harvest.store.keys.Keys`): ``{account: {"waiting": n, "abandoned:<reason>": n}}``,
+    one round trip."""
+    p = r.pipeline(transaction=False)
+    for a in accounts:
+        p.hgetall(keys.decisions(a))
+    return {
+        a: {f: int(v) for f, v in d.items() if f != "updated_at"} for a, d in zip(accounts, p.execute(), strict=True)
+    }

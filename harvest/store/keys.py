@@ -86,11 +86,10 @@ class Keys:
     def counters(self) -> str:
         return f"{self.ns}:counters"
 
-    @property
-    def decisions(self) -> str:
-        """hash: the decisions the last scan saw not starting — ``waiting`` (retrying after a
-        backoff) and ``abandoned:<reason>`` counts — and ``updated_at`` (Unix s)."""
-        return f"{self.ns}:decisions"
+    def decisions(self, account: str) -> str:
+        """hash: the decisions the account's last scan saw not starting — ``waiting``
+        (retrying after a backoff) and ``abandoned:<reason>`` counts — and ``updated_at`` (Unix s)."""
+        return f"{self.ns}:decisions:{account}"
 
     @property
     def heartbeat(self) -> str:

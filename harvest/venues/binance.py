@@ -287,7 +287,10 @@ class BinanceVenue(Venue):
 
     ``client_factory`` builds the process's ``Client`` (lazily, again after a fork).
     ``cache_ttl_s``: how long exchangeInfo, leverage and position mode are reused (beat
-    refreshes exchangeInfo). Raises VenueError from every call; never sleeps.
+    refreshes exchangeInfo). ``account``: the harvest account the client's API key trades
+    (its cached leverage, position mode, openings and funding are kept under it; the request
+    weight budget is the namespace's, Binance's per-IP limit). Raises VenueError from every
+    call; never sleeps.
     """
 
     def __init__(
@@ -299,9 +302,11 @@ class BinanceVenue(Venue):
         cache_ttl_s: float = 300.0,
         funding_poll_s: float = 60.0,
         max_clock_offset_ms: int = 1000,
+        account: str = "paper",
     ):
         self.r = r
         self.ns = ns
+        self.account = account
         self._factory = client_factory
         self._client: Client | None = None
         self._pid = 0
@@ -310,11 +315,14 @@ class BinanceVenue(Venue):
         self._filters: dict[str, SymbolFilters] = {}
         self._filters_at = 0.0
         self.k_info = f"{ns}:venue:exchange_info"
-        self.k_leverage = f"{ns}:venue:leverage"
-        self.k_dual = f"{ns}:venue:dual"
-        self.k_opening = f"{ns}:venue:opening"
-        self.k_funding = f"{ns}:venue:funding"
-        self.k_funding_poll = f"{ns}:venue:funding_polled"
+        # What belongs to the exchange account (leverage, position mode, openings, funding) is
+        # kept per account; the weight budget and exchangeInfo are the IP's and the market's.
+        acct = f"{ns}:venue:{account}"
+        self.k_leverage = f"{acct}:leverage"
+        self.k_dual = f"{acct}:dual"
+        self.k_opening = f"{acct}:opening"
+        self.k_funding = f"{acct}:funding"
+        self.k_funding_poll = f"{acct}:funding_polled"
         self.funding_poll_s = funding_poll_s
         self.max_clock_offset_ms = max_clock_offset_ms
 

@@ -155,7 +155,7 @@ def test_kill_close_after_a_503_storm_ends_filled_once_the_exchange_recovers(rt,
 def test_position_mode_change_is_refreshed_and_retried_in_the_plan(rt, emu):
     """Old main: a PARTIAL_25 REJECTED -4061 (stale position-mode cache) blocked the position."""
     sym, e, s = "BNBUSDT", 600.0, 594.0
-    rt.r.set(f"{NS}:venue:dual", "true", ex=300)  # harvest read hedge mode earlier ...
+    rt.r.set(f"{NS}:venue:{rt.settings.account}:dual", "true", ex=300)  # harvest read hedge mode earlier ...
     emu.venue.set_dual(False)  # ... and the account is one-way now
     rt.market.put_many([state(sym, Regime.TREND, trend_dir=1)])
     rt.venue.set_position(sym, "LONG", 10.0, e, 10.0, opened_at=T0, stop_price=s)
@@ -302,5 +302,5 @@ def test_a_stuck_partial_does_not_freeze_the_profit_lock(rt, emu):
     [part] = plans_of(rt, sym, Action.PARTIAL_25)
     assert (part.state, part.reason) == ("REJECTED", "below_min_qty")
     assert emu.venue.position(sym).stop_price == pytest.approx(float(lock.stop_price))
-    card_stuck = rt.r.hgetall(rt.plans.k.decisions)
+    card_stuck = rt.r.hgetall(rt.plans.k.decisions(rt.settings.account))
     assert int(card_stuck.get("abandoned:below_min_qty", 0)) >= 1

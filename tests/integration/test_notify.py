@@ -112,7 +112,7 @@ def test_a_kill_close_reaches_the_webhook_once(rt, hook):
 def test_a_condition_is_told_then_throttled_and_trading_changes_are_told(rt, hook):
     send = apprise_sender(hook.url)
     throttle = Throttle(repeat_s=600, per_min=20)
-    rt.r.hset(rt.plans.k.counters, "positions_unprotected", 2)
+    rt.r.hset(rt.plans.k.counters, f"acct:{rt.settings.account}:positions_unprotected", 2)
     notify_once(rt, send, throttle)
     notify_once(rt, send, throttle)
     told = [b for b in hook.bodies if b["title"] == "harvest: position without a stop"]

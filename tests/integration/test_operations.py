@@ -199,7 +199,7 @@ def test_metrics_exporter_serves_the_pipeline(rt):
     assert m[("harvest_order_sends_total", (("outcome", "accepted"),))] == 1
     assert m[("harvest_guard_blocks_total", (("reason", "symbol_not_allowed"),))] == 1
     assert m[("harvest_plans", (("action", "PARTIAL_25"), ("state", "REJECTED")))] == 1
-    assert m[("harvest_scans_total", ())] >= 1
+    assert m[("harvest_scans_total", (("account", rt.settings.account),))] >= 1
     assert m[("harvest_scan_duration_seconds_count", ())] >= 1
     assert m[("harvest_scan_to_fill_seconds_count", (("action", "PARTIAL_25"),))] == 1
     assert 0 < m[("harvest_scan_to_fill_seconds_sum", (("action", "PARTIAL_25"),))] < 30

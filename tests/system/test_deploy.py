@@ -137,8 +137,9 @@ def test_grafana_dashboard_queries_only_served_series():
     from settings import load_settings
 
     rt = build_runtime(load_settings())
-    rt.r.hsetnx(rt.plans.k.counters, "positions_open", 0)  # served once a reconcile has run
-    rt.r.hsetnx(rt.plans.k.counters, "positions_unprotected", 0)  # served once a scan has run
+    acct = rt.settings.account
+    rt.r.hsetnx(rt.plans.k.counters, f"acct:{acct}:positions_open", 0)  # served once a reconcile has run
+    rt.r.hsetnx(rt.plans.k.counters, f"acct:{acct}:positions_unprotected", 0)  # served once a scan has run
     served = set()
     for fam in HarvestCollector(rt, lambda: {}).collect():
         served.add(fam.name + ("_total" if fam.type == "counter" else ""))
