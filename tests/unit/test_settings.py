@@ -164,3 +164,20 @@ def test_decision_fields_have_size_limits():
     ):
         with pytest.raises(ValidationError):
             Decision.model_validate(dict(base, **bad))
+
+
+def test_account_settings_are_checked_at_start_up(monkeypatch):
+    with pytest.raises(SettingsError, match="HARVEST_ACCOUNT_BETA_API_KEY"):
+        load_settings(accounts=[{"name": "beta"}], fapi_url="http://127.0.0.1:1/fapi")
+    monkeypatch.setenv("HARVEST_ACCOUNT_A_API_KEY", "same")
+    monkeypatch.setenv("HARVEST_ACCOUNT_A_API_SECRET", "s1")
+    monkeypatch.setenv("HARVEST_ACCOUNT_B_API_KEY", "same")
+    monkeypatch.setenv("HARVEST_ACCOUNT_B_API_SECRET", "s2")
+    with pytest.raises(SettingsError, match="same API key"):
+        load_settings(accounts=[{"name": "a"}, {"name": "b"}], fapi_url="http://127.0.0.1:1/fapi")
+    with pytest.raises(SettingsError, match="HARVEST_ACCOUNT_B_API_KEY.*names no configured account"):
+        load_settings(accounts=[{"name": "a"}])
+    with pytest.raises(SettingsError, match="account .c.: theta: t1_r"):
+        load_settings(accounts=[{"name": "c", "theta": {"t1_r": -1}}])
+    with pytest.raises(SettingsError, match="live_trading_opt_in|HARVEST_LIVE_TRADING_OPT_IN"):
+        load_settings(accounts=[{"name": "c", "venue": "live"}])
