@@ -134,12 +134,17 @@ def _cmd_streams(a: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rt = get_runtime()
     symbols = [x.strip().upper() for x in a.symbols.split(",") if x.strip()] if a.symbols else None
+    accounts = [x.strip() for x in a.accounts.split(",") if x.strip()] if a.accounts else rt.accounts
+    unknown = [x for x in accounts if x not in rt.accounts]
+    if unknown:
+        print(f"harvest streams: unknown account(s) {', '.join(unknown)}; configured: {', '.join(rt.accounts)}")
+        return 2
     print(
-        f"harvest streams: account {rt.settings.account} (namespace {rt.settings.namespace}); "
-        f"cache in {rt.settings.namespace}:streams:{rt.settings.account}:*",
+        f"harvest streams: accounts {', '.join(accounts)} (namespace {rt.settings.namespace}); "
+        f"caches in {rt.settings.namespace}:streams:<account>:*",
         flush=True,
     )
-    run_streams(rt, symbols, lease_s=a.lease_s)
+    run_streams(rt, symbols, lease_s=a.lease_s, accounts=accounts)
     return 0
 
 
@@ -634,9 +639,14 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(fn=_cmd_chaos)
     st = sub.add_parser(
         "streams",
-        help="hold the account's user data stream and the mark-price streams; keep the position cache in Redis",
+        help="hold the accounts' user data streams and the mark-price streams; keep the position caches in Redis",
     )
-    st.add_argument("--symbols", help="comma-separated mark-price streams (default: HARVEST_SYMBOLS)")
+    st.add_argument("--symbols", help="comma-separated mark-price streams (default: the accounts' symbols)")
+    st.add_argument(
+        "--accounts",
+        help="comma-separated accounts this process holds (default: every account; each under its own lease, "
+        "so several processes can share them)",
+    )
     st.add_argument(
         "--lease-s",
         type=float,

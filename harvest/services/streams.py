@@ -55,25 +55,14 @@ log = logging.getLogger("harvest.streams")
 
 
 class AccountStreams:
-    """The streams of ``rt``'s account (see module docstring). ``symbols``: the mark-price
-    streams to hold (default: the settings' symbols); ``silence_s``: how long a market stream
-    may say nothing before it is reopened (wall s); ``keepalive_s``: listenKey PUT interval;
+    """The user data stream of ``rt``'s account (see module docstring). ``keepalive_s``: listenKey PUT interval;
     ``settle_s``: how long after a change (a fill, a stop placed) the rows are re-read from REST
     (one read for a burst of events); ``lease_s``: how long the account's lease outlives its
     last renewal (a dead owner's account is taken over within that)."""
 
-    def __init__(
-        self,
-        rt: Runtime,
-        symbols: list[str] | None = None,
-        silence_s: float = 10.0,
-        keepalive_s: float = 30 * 60,
-        settle_s: float = 0.25,
-        lease_s: float = 10.0,
-    ):
+    def __init__(self, rt: Runtime, keepalive_s: float = 30 * 60, settle_s: float = 0.25, lease_s: float = 10.0):
         self.rt = rt
-        self.symbols = list(symbols or rt.settings.symbols)
-        self.silence_s, self.keepalive_s = silence_s, keepalive_s
+        self.keepalive_s = keepalive_s
         self.cache = StreamCache(rt.r, rt.settings.namespace, rt.settings.account)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.listen_keys = 0
@@ -113,10 +102,10 @@ class AccountStreams:
         url = await asyncio.to_thread(stream_url_of, self.rt.settings)  # the emulator's handshake: blocking I/O
         client, bsm = socket_manager(self.rt.settings, url, self.keepalive_s)
         halt = asyncio.Event()
-        tasks = [asyncio.create_task(c) for c in (self._user(bsm, halt), self._market(bsm, halt), self._beat(halt))]
+        tasks = [asyncio.create_task(c) for c in (self._user(bsm, halt), self._beat(halt))]
         try:
             stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait([stopped, tasks[2]], return_when=asyncio.FIRST_COMPLETED)  # stop, or the lease lost
+            await asyncio.wait([stopped, tasks[1]], return_when=asyncio.FIRST_COMPLETED)  # stop, or the lease lost
             stopped.cancel()
             halt.set()
             # python-binance closes a socket once its read loop notices; a reconnection under
@@ -147,7 +136,8 @@ class AccountStreams:
                 log.warning("user data stream: %s: %s", type(e).__name__, str(e)[:200])
             if stop.is_set():
                 return
-            self.cache.distrust(why)
+            if why != "listen_key_expired":  # that one was recorded when it was read
+                self.cache.distrust(why)
             log.info("user data stream ended (%s); reopening in %.0f s", why, backoff)
             await _wait(stop, backoff)
             backoff = min(60.0, backoff * 2)
@@ -166,6 +156,8 @@ class AccountStreams:
                             self.cache.distrust("drop")
                             resync_due = True
                         elif isinstance(ev, ListenKeyExpired):
+                            # untrusted now: closing python-binance's socket can take its 10 s read timeout
+                            self.cache.distrust("listen_key_expired")
                             return "listen_key_expired"
                         elif isinstance(ev, PositionUpdate):
                             self.cache.apply_position(ev)
@@ -184,13 +176,7 @@ class AccountStreams:
             return "stop"
 
     def _parse(self, msg) -> list[Event]:
-        """The events of one message; a malformed one is counted and logged, and gives none."""
-        try:
-            return parse_event(msg, int(time.time() * 1000))
-        except MalformedEvent as e:
-            self.cache.count("malformed")
-            log.warning("malformed stream event ignored: %s", e)
-            return []
+        return _parse(self.cache, msg)
 
     async def _resync(self) -> None:
         started = int(time.time() * 1000)
@@ -199,11 +185,50 @@ class AccountStreams:
         self.cache.resync(vps, started, clean=not self._changed)
         log.info("positions resynchronised from REST: %d open", len(vps))
 
-    # ------------------------------------------------------------------ market streams
+    async def _beat(self, halt: asyncio.Event) -> None:
+        """Renew the lease and the heartbeat every second; returns when the lease is lost."""
+        while not halt.is_set():
+            if not self.cache.renew(self.owner, self.lease_s):
+                log.error("lost the lease of account %s: letting go of its streams", self.rt.settings.account)
+                return
+            self.rt.plans.beat("streams")
+            self.cache.note(owner=self.owner)
+            await _wait(halt, 1.0)
+
+
+class MarketStreams:
+    """The mark-price streams (``<symbol>@markPrice@1s``, public: no credentials, no lease) of
+    one ``harvest streams`` process: ``symbols`` and every symbol open in any of ``caches``
+    (the accounts it holds), into ``<ns>:streams:marks``. ``silence_s``: how long a market
+    stream may say nothing before it is reopened (wall s)."""
+
+    def __init__(self, rt: Runtime, symbols: list[str], caches: list[StreamCache], silence_s: float = 10.0):
+        self.rt, self.symbols, self.caches, self.silence_s = rt, list(symbols), caches, silence_s
+        self.cache = caches[0]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Hold the market streams until ``stop``; errors are logged and retried with backoff."""
+        backoff = 1.0
+        while not stop.is_set():
+            try:
+                url = await asyncio.to_thread(stream_url_of, self.rt.settings)
+                client, bsm = socket_manager(self.rt.settings, url, public=True)
+                try:
+                    await self._market(bsm, stop)
+                finally:
+                    await asyncio.wait_for(client.close_connection(), 3.0)
+                backoff = 1.0
+            except Exception as e:
+                log.warning("market streams: %s: %s", type(e).__name__, str(e)[:200])
+                await _wait(stop, backoff)
+                backoff = min(60.0, backoff * 2)
+
+    def _parse(self, msg) -> list[Event]:
+        return _parse(self.cache, msg)
 
     def _wanted(self) -> list[str]:
         """The mark-price streams to hold: the configured symbols and every open position's."""
-        return sorted(set(self.symbols) | self.cache.open_symbols())
+        return sorted(set(self.symbols).union(*(c.open_symbols() for c in self.caches)))
 
     async def _market(self, bsm, halt: asyncio.Event) -> None:
         """Hold ``<symbol>@markPrice@1s`` for :meth:`_wanted`; reopen when that set changes
@@ -248,16 +273,6 @@ class AccountStreams:
             if not halt.is_set():
                 await _wait(halt, backoff)
                 backoff = min(60.0, backoff * 2)
-
-    async def _beat(self, halt: asyncio.Event) -> None:
-        """Renew the lease and the heartbeat every second; returns when the lease is lost."""
-        while not halt.is_set():
-            if not self.cache.renew(self.owner, self.lease_s):
-                log.error("lost the lease of account %s: letting go of its streams", self.rt.settings.account)
-                return
-            self.rt.plans.beat("streams")
-            self.cache.note(owner=self.owner)
-            await _wait(halt, 1.0)
 
 
 _CLOSED = object()
@@ -308,15 +323,35 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
-def run_streams(rt: Runtime, symbols: list[str] | None = None, lease_s: float = 10.0) -> None:
-    """Run :class:`AccountStreams` until SIGINT/SIGTERM (``harvest streams``)."""
+def _parse(cache: StreamCache, msg) -> list[Event]:
+    """The events of one message; a malformed one is counted and logged, and gives none."""
+    try:
+        return parse_event(msg, int(time.time() * 1000))
+    except MalformedEvent as e:
+        cache.count("malformed")
+        log.warning("malformed stream event ignored: %s", e)
+        return []
+
+
+def run_streams(
+    rt: Runtime, symbols: list[str] | None = None, lease_s: float = 10.0, accounts: list[str] | None = None
+) -> None:
+    """Until SIGINT/SIGTERM (``harvest streams``): an :class:`AccountStreams` for each of
+    ``accounts`` (default: every account of the deployment; each held under its own lease, so
+    that several processes share the accounts) and one :class:`MarketStreams` for ``symbols``
+    (default: every symbol of those accounts). Raises KeyError for an account not configured."""
     import signal
+
+    names = accounts or rt.accounts
+    held = [AccountStreams(rt.for_account(a), lease_s=lease_s) for a in names]
+    wanted = symbols or list(dict.fromkeys(s for x in held for s in x.rt.settings.symbols))
+    market = MarketStreams(held[0].rt, wanted, [x.cache for x in held])
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await AccountStreams(rt, symbols, lease_s=lease_s).run(stop)
+        await asyncio.gather(market.run(stop), *(x.run(stop) for x in held))
 
     asyncio.run(main())

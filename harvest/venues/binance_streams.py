@@ -41,14 +41,20 @@ def stream_url_of(s: HarvestSettings) -> str | None:
 
 
 def socket_manager(
-    s: HarvestSettings, url: str | None, keepalive_s: float = 30 * 60
+    s: HarvestSettings, url: str | None, keepalive_s: float = 30 * 60, public: bool = False
 ) -> tuple[AsyncClient, BinanceSocketManager]:
     """(client, manager) for the account of ``s`` with streams at ``url`` (:func:`stream_url_of`;
     call this inside the event loop that will use them); credentials from the settings
-    (environment or secret files, never arguments). Close with ``await client.close_connection()``."""
-    if not (s.api_key and s.api_secret):
-        raise VenueError(-2015, "streams need HARVEST_API_KEY and HARVEST_API_SECRET")
-    client = AsyncClient(s.api_key.get_secret_value(), s.api_secret.get_secret_value(), testnet=s.venue == "testnet")
+    (environment or secret files, never arguments); ``public``: no credentials, for market
+    streams only. Close with ``await client.close_connection()``."""
+    if public:
+        client = AsyncClient(testnet=s.venue == "testnet")
+    elif not (s.api_key and s.api_secret):
+        raise VenueError(-2015, f"the streams of account {s.account!r} need its API key and secret")
+    else:
+        client = AsyncClient(
+            s.api_key.get_secret_value(), s.api_secret.get_secret_value(), testnet=s.venue == "testnet"
+        )
     if s.fapi_url:
         client.FUTURES_URL = s.fapi_url.rstrip("/")
     bsm = BinanceSocketManager(client, user_timeout=keepalive_s)

@@ -79,6 +79,7 @@ import re
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -314,13 +315,26 @@ def _algo_json(o: OrderResult) -> dict[str, Any]:
     }
 
 
+@dataclass
+class EmulatedAccount:
+    """One exchange account the emulator serves: its name (the paper engine's account), the
+    API secret its requests are signed with, its paper engine and its listenKey."""
+
+    name: str
+    secret: bytes
+    venue: PaperVenue
+    listen_keys: ListenKeys
+
+
 class Emulator:
-    """The fapi emulator of one account (see module docstring).
+    """The fapi emulator of one or more accounts (see module docstring), on one IP: the request
+    weight limit is shared by every account, as Binance's is per IP.
 
     ``r``: redis.Redis (``decode_responses=True``) holding the paper engine's state under
-    namespace ``ns``; ``api_key``/``api_secret``: the credentials it accepts. ``start()``
-    serves on 127.0.0.1 (port 0 = any free port) in a daemon thread; ``url`` is the value for
-    python-binance's ``FUTURES_URL``.
+    namespace ``ns``; ``account``, ``api_key``/``api_secret``: the first account and the
+    credentials it accepts (:meth:`add_account` adds more; a request's API key picks its
+    account). ``start()`` serves on 127.0.0.1 (port 0 = any free port) in a daemon thread;
+    ``url`` is the value for python-binance's ``FUTURES_URL``.
     """
 
     def __init__(
@@ -340,11 +354,13 @@ class Emulator:
         self.r = r
         self.ns = ns
         self.api_key = api_key
-        self._secret = api_secret.encode()
         self.clock = clock or MarketClock(r, ns, time.time(), 1.0)
-        self.venue = PaperVenue(r, ns, account, self.clock, fee_rate=fee_rate)
+        self.fee_rate = fee_rate
+        self.listen_key_ttl_s = listen_key_ttl_s
+        self.accounts: dict[str, EmulatedAccount] = {}  # API key → account
+        self._first = self.add_account(account, api_key, api_secret)
+        self._local = threading.local()  # the account of the request a handler thread serves
         self.faults = Faults(r, ns)
-        self.listen_keys = ListenKeys(r, ns, listen_key_ttl_s)
         self.streams: StreamServer | None = None
         self.weight_limit_1m = weight_limit_1m
         self._info = load_exchange_info()
@@ -377,6 +393,40 @@ class Emulator:
         self._server = _Server((host, port), Handler)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
+
+    def add_account(self, account: str, api_key: str, api_secret: str) -> EmulatedAccount:
+        """Serve one more exchange account: requests with ``api_key`` (signed with
+        ``api_secret``) reach the paper engine of ``account``. Returns it. Raises ValueError for
+        an API key or account already served."""
+        if api_key in self.accounts or any(a.name == account for a in self.accounts.values()):
+            raise ValueError(f"account {account!r} or its API key is already served")
+        acct = EmulatedAccount(
+            account,
+            api_secret.encode(),
+            PaperVenue(self.r, self.ns, account, self.clock, fee_rate=self.fee_rate),
+            ListenKeys(self.r, self.ns, self.listen_key_ttl_s, account),
+        )
+        self.accounts[api_key] = acct
+        return acct
+
+    def account(self, name: str) -> EmulatedAccount:
+        """The served account ``name``. Raises KeyError."""
+        return next(a for a in self.accounts.values() if a.name == name)
+
+    @property
+    def _current(self) -> EmulatedAccount:
+        return getattr(self._local, "account", None) or self._first
+
+    @property
+    def venue(self) -> PaperVenue:
+        """The paper engine of the account whose request this thread serves (outside a
+        request, and for a request without a known API key: the first account's)."""
+        return self._current.venue
+
+    @property
+    def listen_keys(self) -> ListenKeys:
+        """The listenKey of the account whose request this thread serves (as :attr:`venue`)."""
+        return self._current.listen_keys
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -475,6 +525,13 @@ class Emulator:
             pass  # the client gave up (read timeout): what was done stays done
 
     def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        self._local.account = self.accounts.get(h.headers.get("X-MBX-APIKEY") or "")
+        try:
+            self._serve(h, method)
+        finally:
+            self._local.account = None
+
+    def _serve(self, h: BaseHTTPRequestHandler, method: str) -> None:
         parts = urlsplit(h.path)
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length).decode() if length else ""
@@ -535,7 +592,7 @@ class Emulator:
             elif kind == "timestamp_1021":
                 raise ApiError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
             if path == "/fapi/v1/listenKey":  # USER_STREAM: the API key, no signature
-                if h.headers.get("X-MBX-APIKEY") != self.api_key:
+                if h.headers.get("X-MBX-APIKEY") not in self.accounts:
                     raise ApiError(401, -2015, "Invalid API-key, IP, or permissions for action.")
             elif path not in _PUBLIC:
                 self._authenticate(h, parts.query, body, params)
@@ -578,14 +635,15 @@ class Emulator:
         )
 
     def _authenticate(self, h: BaseHTTPRequestHandler, query: str, body: str, params: dict) -> None:
-        if h.headers.get("X-MBX-APIKEY") != self.api_key:
+        acct = self.accounts.get(h.headers.get("X-MBX-APIKEY") or "")
+        if acct is None:
             raise ApiError(401, -2015, "Invalid API-key, IP, or permissions for action.")
         total = query + body
         sig = params.get("signature")
         if not sig:
             raise ApiError(400, -1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed.")
         payload = total.replace(f"&signature={sig}", "").replace(f"signature={sig}", "")
-        want = hmac.new(self._secret, payload.encode(), hashlib.sha256).hexdigest()
+        want = hmac.new(acct.secret, payload.encode(), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(want, sig):
             raise ApiError(400, -1022, "Signature for this request is not valid.")
         try:

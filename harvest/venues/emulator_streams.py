@@ -65,7 +65,8 @@ from websockets.http11 import Request, Response
 from harvest.data import SymbolFilters
 
 if TYPE_CHECKING:
-    from harvest.venues.emulator import Emulator
+    from harvest.venues.emulator import EmulatedAccount, Emulator
+    from harvest.venues.paper import PaperVenue
 
 log = logging.getLogger("harvest.emulator.streams")
 
@@ -78,11 +79,11 @@ class ListenKeyMissing(Exception):
 
 
 class ListenKeys:
-    """The account's one listenKey, in Redis (``<ns>:emu:listenkey``, expiring ``ttl_s`` s
-    after its last POST or PUT)."""
+    """An account's one listenKey, in Redis (``<ns>:emu:listenkey:<account>``, expiring
+    ``ttl_s`` s after its last POST or PUT)."""
 
-    def __init__(self, r: redis.Redis, ns: str, ttl_s: float = LISTEN_KEY_TTL_S):
-        self.r, self.key, self.ttl_ms = r, f"{ns}:emu:listenkey", int(ttl_s * 1000)
+    def __init__(self, r: redis.Redis, ns: str, ttl_s: float = LISTEN_KEY_TTL_S, account: str = "paper"):
+        self.r, self.key, self.ttl_ms = r, f"{ns}:emu:listenkey:{account}", int(ttl_s * 1000)
 
     def create(self) -> str:
         """POST: the active key (a new one when none), extended."""
@@ -112,8 +113,6 @@ class StreamServer:
 
     def __init__(self, emu: Emulator, host: str = "127.0.0.1", port: int = 0, tick_s: float = 1.0):
         self.emu, self.host, self._port, self.tick_s = emu, host, port, tick_s
-        self.venue = emu.venue
-        self.keys = emu.listen_keys
         self.k_faults = f"{emu.ns}:emu:stream_faults"
         # The order log is tailed with XREAD BLOCK on a pool of its own: the emulator's client
         # may hold one connection for all its threads (harvest's runtime client does), and a
@@ -124,7 +123,7 @@ class StreamServer:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
-        self._users: dict[ServerConnection, str] = {}  # connection → its listenKey
+        self._users: dict[ServerConnection, tuple[str, EmulatedAccount]] = {}  # → (listenKey, account)
         self._markets: dict[ServerConnection, tuple[list[str], bool]] = {}  # → (streams, combined)
         self.sent = 0
 
@@ -218,7 +217,7 @@ class StreamServer:
         if route is None:
             return conn.respond(404, "unknown stream path\n")
         kind, names, _ = route
-        if kind == "user" and not self.keys.valid(names[0]):
+        if kind == "user" and self._owner(names[0]) is None:
             return conn.respond(400, "invalid listenKey\n")
         if kind == "market" and not all(_market_stream(n) for n in names):
             return conn.respond(400, "unknown market stream\n")
@@ -229,9 +228,12 @@ class StreamServer:
         assert route is not None  # _check refused the others
         kind, names, combined = route
         if kind == "user":
-            self._users[conn] = names[0]
+            acct = self._owner(names[0])
+            if acct is None:  # expired between the handshake and now
+                return
+            self._users[conn] = (names[0], acct)
             try:
-                await self._user(conn)
+                await self._user(conn, acct)
             finally:
                 self._users.pop(conn, None)
         else:
@@ -241,15 +243,20 @@ class StreamServer:
             finally:
                 self._markets.pop(conn, None)
 
-    async def _user(self, conn: ServerConnection) -> None:
-        """Tail the order log from now and send each entry's events, in order."""
-        last = await asyncio.to_thread(self._log_tip)
+    def _owner(self, key: str) -> EmulatedAccount | None:
+        """The account whose live listenKey ``key`` is (None: no account's)."""
+        return next((a for a in list(self.emu.accounts.values()) if a.listen_keys.valid(key)), None)
+
+    async def _user(self, conn: ServerConnection, acct: EmulatedAccount) -> None:
+        """Tail the account's order log from now and send each entry's events, in order."""
+        venue = acct.venue
+        last = await asyncio.to_thread(self._log_tip, venue)
         pending: list[dict] = []
         while True:
-            entries = await asyncio.to_thread(self._read_log, last)
+            entries = await asyncio.to_thread(self._read_log, venue, last)
             for eid, fields in entries:
                 last = eid
-                pending.extend(await asyncio.to_thread(self._events_of, fields))
+                pending.extend(await asyncio.to_thread(self._events_of, venue, fields))
             if pending:
                 batch, pending = pending, []
                 if self._take("user", "gap"):
@@ -273,17 +280,17 @@ class StreamServer:
             if conn.state.name in ("CLOSING", "CLOSED"):
                 return
 
-    def _log_tip(self) -> str:
-        last = self.emu.r.xrevrange(self.venue.k_log, count=1)
+    def _log_tip(self, venue: PaperVenue) -> str:
+        last = self.emu.r.xrevrange(venue.k_log, count=1)
         return last[0][0] if last else "0-0"
 
-    def _read_log(self, after: str) -> list[tuple[str, dict]]:
-        got = self._tail.xread({self.venue.k_log: after}, count=100, block=200)
+    def _read_log(self, venue: PaperVenue, after: str) -> list[tuple[str, dict]]:
+        got = self._tail.xread({venue.k_log: after}, count=100, block=200)
         return [(eid, f) for _, rows in got for eid, f in rows] if got else []
 
     # ------------------------------------------------------------------ events
 
-    def _events_of(self, f: dict) -> list[dict]:
+    def _events_of(self, venue: PaperVenue, f: dict) -> list[dict]:
         """The user-stream events of one order-log entry (none for HTTP and REJECT)."""
         kind, sym = f.get("kind"), f.get("symbol", "")
         try:
@@ -296,7 +303,7 @@ class StreamServer:
             side = side if side in ("BUY", "SELL") else ("BUY" if side == "LONG" else "SELL")
             return [
                 self._trade(sym, d.get("clientOrderId") or f"open-{now}", side, d, "MARKET", now),
-                self._account(sym, now),
+                self._account(venue, sym, now),
             ]
         if kind in ("STOP_NEW", "STOP_CANCELED", "STOP_EXPIRED"):
             status = {"STOP_NEW": "NEW", "STOP_CANCELED": "CANCELED", "STOP_EXPIRED": "EXPIRED"}[kind]
@@ -309,7 +316,7 @@ class StreamServer:
                 _algo(sym, cid, "TRIGGERED", d.get("price", "0"), now),
                 self._trade(sym, cid, side, fill, "STOP_MARKET", now),
                 _algo(sym, cid, "FINISHED", d.get("price", "0"), now),
-                self._account(sym, now),
+                self._account(venue, sym, now),
             ]
         return []
 
@@ -347,11 +354,11 @@ class StreamServer:
             },
         }
 
-    def _account(self, sym: str, now: int) -> dict:
-        vp = self.venue.position(sym)
+    def _account(self, venue: PaperVenue, sym: str, now: int) -> dict:
+        vp = venue.position(sym)
         amt = (vp.qty * vp.side.sign) if vp else 0.0
         entry = vp.entry_price if vp else 0.0
-        mark = vp.mark_price if vp else self.venue.mark_price(sym)
+        mark = vp.mark_price if vp else venue.mark_price(sym)
         return {
             "e": "ACCOUNT_UPDATE",
             "E": now,
@@ -389,16 +396,19 @@ class StreamServer:
 
     async def _tick(self) -> None:
         if self._take("user", "expire"):
-            self.keys.delete()  # as after 60 minutes without a keepalive
+            for a in list(self.emu.accounts.values()):
+                a.listen_keys.delete()  # as after 60 minutes without a keepalive
         for target, conns in (("user", self._users), ("market", self._markets)):
             if conns and self._take(target, "drop"):
                 for c in list(conns):
                     c.transport.abort()  # no close frame: a dropped connection
         if self._users:
-            await asyncio.to_thread(self.venue.positions)  # settle: stops, liquidations, funding
+            venues = {a.name: a.venue for _, a in self._users.values()}
+            for v in venues.values():  # settle: stops, liquidations, funding
+                await asyncio.to_thread(v.positions)
             now = int(time.time() * 1000)
-            for c, key in list(self._users.items()):
-                if not self.keys.valid(key):
+            for c, (key, acct) in list(self._users.items()):
+                if not acct.listen_keys.valid(key):
                     try:
                         await c.send(json.dumps({"e": "listenKeyExpired", "E": now, "listenKey": key}))
                     except ConnectionClosed:
