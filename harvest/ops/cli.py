@@ -22,6 +22,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
         keep=a.keep,
         in_process=a.in_process,
         namespace=a.namespace,
+        accounts=a.accounts,
     )
     return 0 if card["non_terminal"] == 0 else 1
 
@@ -570,6 +571,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     d.add_argument("--concurrency", type=int, default=2, help="worker processes (default %(default)s)")
     d.add_argument("--keep", action="store_true", help="keep the demo's Redis keys afterwards")
+    d.add_argument(
+        "--accounts",
+        type=int,
+        default=3,
+        help="accounts (1–8; default %(default)s: alpha and beta trading, gamma in shadow; with several, "
+        "harvest streams feeds the scans)",
+    )
     d.add_argument(
         "--namespace",
         help="Redis key and queue prefix (default demo-<random>); name one to watch the demo with "

@@ -10,6 +10,12 @@ the klines at an accelerated speed (default: one market day per wall minute) whi
 scans drive evaluate → propose → guard → execute → confirm; re-enters a symbol, as a strategy
 would, some market hours after its position closed; then stops everything cleanly and prints
 the scorecard (``--json``: one JSON object).
+
+By default it runs three accounts (:data:`DEMO_ACCOUNTS`: ``alpha`` and ``beta`` trading,
+``gamma`` in shadow — its plans end SHADOWED, nothing is sent for it), each with the scenario's
+positions and its own API key at the emulator, and a ``harvest streams`` process that holds
+their user data streams and the mark-price streams, so that scans read positions from the
+stream cache instead of polling positionRisk; ``--accounts 1`` runs the single-account set-up.
 """
 
 from __future__ import annotations
@@ -28,13 +34,15 @@ from harvest.data import SHIPPED_SYMBOLS, load_klines
 from harvest.domain.exit_ladder import compute_levels
 from harvest.domain.market import market_state_at
 from harvest.domain.models import Side
-from harvest.ops.procs import CeleryProcess, RedisServer, wait_for, worker
+from harvest.ops.procs import CeleryProcess, HarvestProcess, RedisServer, wait_for, worker
 from harvest.ops.scorecard import build_scorecard, format_scorecard, queue_depths
 from harvest.services.recovery import mark_recovered
 from harvest.services.runtime import Runtime, build_runtime
+from harvest.store.streams import StreamCache
 from harvest.venues.base import VenueError
 from harvest.venues.emulator import Emulator
 from settings import load_settings
+from settings.accounts import credential_var
 
 #: The scenario: symbol → leverage (5–50×). Sides follow the last hour's trend at entry.
 SCENARIO = {"BTCUSDT": 10, "ETHUSDT": 20, "SOLUSDT": 5, "BNBUSDT": 50, "XRPUSDT": 25, "DOGEUSDT": 40}
@@ -45,6 +53,24 @@ STRATEGY_BASE_SL = 0.005
 REENTRY_AFTER_S = 2 * 3600.0
 DEFAULT_START = "2025-06-21T00:00:00Z"
 DEMO_WEIGHT_LIMIT_1M = 240_000
+#: The demo's accounts (the first ``--accounts`` of them; the last of several is in shadow).
+DEMO_ACCOUNTS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta")
+#: The emulator's stream tick (wall s): mark prices and settlement that often. At 1440× a
+#: second is 24 market minutes, so the demo ticks five times a second, and the scan takes a
+#: cached mark up to DEMO_STREAMS_MAX_AGE_S old (about three ticks).
+DEMO_STREAM_TICK_S = 0.2
+DEMO_STREAMS_MAX_AGE_S = 0.6
+
+
+def demo_accounts(n: int) -> list[dict]:
+    """``HARVEST_ACCOUNTS`` of a demo with ``n`` accounts (1–8): the first ``n`` names of
+    :data:`DEMO_ACCOUNTS`, the last in shadow when there are several. Raises SystemExit
+    outside 1–8."""
+    if not 1 <= n <= len(DEMO_ACCOUNTS):
+        raise SystemExit(f"--accounts must be 1 to {len(DEMO_ACCOUNTS)}, not {n}")
+    return [
+        {"name": a, **({"mode": "shadow"} if n > 1 and i == n - 1 else {})} for i, a in enumerate(DEMO_ACCOUNTS[:n])
+    ]
 
 
 def parse_time(text: str) -> float:
@@ -83,13 +109,15 @@ def run_demo(
     keep: bool = False,
     in_process: bool = False,
     namespace: str | None = None,
+    accounts: int = 3,
     out=sys.stdout,
 ) -> dict:
     """Run the main job and return the scorecard (also printed). ``namespace``: the Redis key and
     queue prefix (default ``demo-<random>``; give one to watch the demo with ``harvest console``
-    or ``harvest plans`` on the same ``HARVEST_REDIS_URL``). Raises SystemExit for an invalid
-    namespace, an unusable window or no Redis, AssertionError when a child process fails to start
-    or drain in time."""
+    or ``harvest plans`` on the same ``HARVEST_REDIS_URL``); ``accounts``: how many accounts
+    (:func:`demo_accounts`; with several and the emulator, ``harvest streams`` runs too). Raises
+    SystemExit for an invalid namespace or account count, an unusable window or no Redis,
+    AssertionError when a child process fails to start or drain in time."""
     t_start = parse_time(start)
     t_end = t_start + hours * 3600.0
     kl_end = min(load_klines(s).end for s in SCENARIO)
@@ -97,6 +125,7 @@ def run_demo(
         raise SystemExit(f"the shipped data ends {iso(kl_end)}; shorten --hours or move --start")
     ns = namespace or "demo-" + uuid.uuid4().hex[:8]
     load_settings(namespace=ns)  # an invalid --namespace stops here, with the rule it breaks
+    specs = demo_accounts(accounts) if accounts > 1 else []
     log = sys.stderr if as_json else out
     server = None
     url = os.environ.get("HARVEST_REDIS_URL")
@@ -126,43 +155,58 @@ def run_demo(
     }
     env.pop("HARVEST_BROKER_URL", None)
     os.environ.pop("HARVEST_BROKER_URL", None)
-    # The demo's own runtime is the strategy's side: it opens positions in the paper engine.
-    settings = load_settings(**{k[len("HARVEST_") :].lower(): v for k, v in env.items()})
+    # The demo's own runtime is the strategy's side: it opens positions in the paper engines.
+    settings = load_settings(**{k[len("HARVEST_") :].lower(): v for k, v in env.items()}, accounts=specs)
+    if specs:
+        env["HARVEST_ACCOUNTS"] = json.dumps(specs)
     rt = build_runtime(settings)
     emu = None
+    streams = None
     if not in_process:
-        key, secret = secrets.token_hex(16), secrets.token_hex(32)
         # Market time runs SPEED× faster than on a real exchange, and so does the request rate:
         # the emulator's weight limit and harvest's budget are scaled up alike.
-        emu = Emulator(
-            rt.r, ns, settings.account, key, secret, clock=rt.clock, weight_limit_1m=DEMO_WEIGHT_LIMIT_1M
-        ).start()
+        creds = {a: (secrets.token_hex(16), secrets.token_hex(32)) for a in rt.accounts}
+        first = rt.accounts[0]
+        emu = Emulator(rt.r, ns, first, *creds[first], clock=rt.clock, weight_limit_1m=DEMO_WEIGHT_LIMIT_1M)
+        for a in rt.accounts[1:]:
+            emu.add_account(a, *creds[a])
+        emu.start(streams=bool(specs), stream_tick_s=DEMO_STREAM_TICK_S)
         # Credentials reach the workers through their environment only, as in a deployment.
-        env.update(
-            {
-                "HARVEST_FAPI_URL": emu.url,
-                "HARVEST_API_KEY": key,
-                "HARVEST_API_SECRET": secret,
-                "HARVEST_VENUE_WEIGHT_LIMIT_1M": str(DEMO_WEIGHT_LIMIT_1M * 3 // 4),
-            }
-        )
+        env.update({"HARVEST_FAPI_URL": emu.url, "HARVEST_VENUE_WEIGHT_LIMIT_1M": str(DEMO_WEIGHT_LIMIT_1M * 3 // 4)})
+        if specs:
+            env["HARVEST_STREAMS_MAX_AGE_S"] = repr(DEMO_STREAMS_MAX_AGE_S)
+            for a, (key, secret) in creds.items():
+                env[credential_var(a, "key")], env[credential_var(a, "secret")] = key, secret
+            streams = HarvestProcess("streams", env)
+        else:
+            env.update({"HARVEST_API_KEY": creds[first][0], "HARVEST_API_SECRET": creds[first][1]})
     path = f"python-binance → fapi emulator {emu.url}" if emu else "in-process paper engine"
+    if streams is not None:
+        path += ", positions from harvest streams"
     w = worker(env, ns, concurrency)
     b = CeleryProcess("beat", env)
     wall0 = time.time()
     try:
+        shadow = [a["name"] for a in specs if a.get("mode") == "shadow"]
         print(
             f"harvest demo: paper venue ({path}), real klines {iso(t_start)} → {iso(t_end)} UTC at {speed:g}× "
-            f"(Redis {'private' if server else url}, namespace {ns})",
+            f"(Redis {'private' if server else url}, namespace {ns}"
+            + (f", accounts {', '.join(rt.accounts)}; {', '.join(shadow)} in shadow" if specs else "")
+            + ")",
             file=log,
             flush=True,
         )
         rt.clock.set(t_start, 0.0, end=t_end)
-        mark_recovered(rt.r, ns)  # a fresh paper account: nothing to recover
+        mark_recovered(rt.r, ns)  # fresh paper accounts: nothing to recover
         _seed_market(rt)
-        closed_at: dict[str, float] = {}
-        for sym, lev in SCENARIO.items():
-            _open(rt, sym, lev, t_start)
+        closed_at: dict[tuple[str, str], float] = {}
+        for a in rt.accounts:
+            for sym, lev in SCENARIO.items():
+                _open(rt.for_account(a), sym, lev, t_start)
+        if streams is not None:
+            streams.start()
+            caches = [StreamCache(rt.r, ns, a) for a in rt.accounts]
+            wait_for(lambda: all(c.trusted() for c in caches), 60, 0.1, "harvest streams to hold every account")
         w.start()
         w.wait_ready()
         b.start()
@@ -171,23 +215,27 @@ def run_demo(
         last_print = 0.0
         while True:
             now = rt.clock.now()
-            open_syms = {p.symbol for p in rt.venue.positions()}
-            for sym, lev in SCENARIO.items():
-                if sym in open_syms:
-                    closed_at.pop(sym, None)
-                    continue
-                closed_at.setdefault(sym, now)
-                if now - closed_at[sym] >= REENTRY_AFTER_S and now < t_end - REENTRY_AFTER_S:
-                    try:
-                        _open(rt, sym, lev, now)
-                        closed_at.pop(sym, None)
-                    except VenueError:
-                        pass
+            n_open = 0
+            for a in rt.accounts:
+                ra = rt.for_account(a)
+                open_syms = {p.symbol for p in ra.venue.positions()}
+                n_open += len(open_syms)
+                for sym, lev in SCENARIO.items():
+                    if sym in open_syms:
+                        closed_at.pop((a, sym), None)
+                        continue
+                    closed_at.setdefault((a, sym), now)
+                    if now - closed_at[(a, sym)] >= REENTRY_AFTER_S and now < t_end - REENTRY_AFTER_S:
+                        try:
+                            _open(ra, sym, lev, now)
+                            closed_at.pop((a, sym), None)
+                        except VenueError:
+                            pass
             if time.time() - last_print >= (0.5 if log.isatty() else 10.0) or now >= t_end:
                 last_print = time.time()
                 line = (
                     f"market {iso(now)}  {100 * (now - t_start) / (t_end - t_start):5.1f}%  "
-                    f"open positions {len(open_syms)}  plans {rt.r.zcard(rt.plans.k.plan_index)}  "
+                    f"open positions {n_open}  plans {rt.r.zcard(rt.plans.k.plan_index)}  "
                     f"in flight {rt.plans.count_open()}"
                 )
                 print(("\r" + line) if log.isatty() else line, end="" if log.isatty() else "\n", file=log, flush=True)
@@ -201,6 +249,8 @@ def run_demo(
             lambda: rt.plans.count_open() == 0 and not any(queue_depths(rt).values()), 60, 0.1, "the pipeline to drain"
         )
         w.stop()
+        if streams is not None:
+            streams.stop()
         card = build_scorecard(rt)
         card["window"] = {
             "start": iso(t_start),
@@ -210,7 +260,11 @@ def run_demo(
         }
         card["venue_path"] = "emulator" if emu else "in-process"
         if emu is not None:
-            card["emulator_order_requests"] = sum(1 for x in emu.order_log() if x["kind"] == "HTTP")
+            card["emulator_order_requests"] = sum(
+                1 for a in rt.accounts for x in emu.order_log(a) if x["kind"] == "HTTP"
+            )
+        if streams is not None:
+            card["positions_from_streams"] = rt.plans.counters().get("positions:streams", 0)
         del card["heartbeat_age_s"]
         if as_json:
             print(json.dumps(card, indent=2, sort_keys=True), file=out)
@@ -220,6 +274,8 @@ def run_demo(
     finally:
         b.stop()
         w.stop()
+        if streams is not None:
+            streams.stop()
         if emu is not None:
             emu.stop()
         if not keep:

@@ -201,12 +201,16 @@ class CeleryProcess:
         self.proc: subprocess.Popen | None = None
         self._kept: str | None = None  # the log, kept here once stop() removed its file
 
+    def command(self) -> list[str]:
+        """The command line it runs."""
+        level = ["-l", "INFO"] if self.kind in ("worker", "beat") else []
+        return [sys.executable, "-m", "celery", "-A", "tasks", self.kind, *level, *self.args]
+
     def start(self) -> "CeleryProcess":
         """Start the process (once: a stopped one is not started again; make a new one)."""
         if self._kept is not None:
             raise RuntimeError(f"this celery {self.kind} was stopped; start a new CeleryProcess")
-        level = ["-l", "INFO"] if self.kind in ("worker", "beat") else []
-        cmd = [sys.executable, "-m", "celery", "-A", "tasks", self.kind, *level, *self.args]
+        cmd = self.command()
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -254,6 +258,14 @@ class CeleryProcess:
             self.log.close()
             Path(self.log.name).unlink(missing_ok=True)
         return self.proc.returncode if self.proc is not None else None
+
+
+class HarvestProcess(CeleryProcess):
+    """``harvest <kind> <args>`` (``streams``, ``metrics`` …) as a child process, managed like
+    :class:`CeleryProcess` (its own environment, log, SIGTERM then SIGKILL)."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "harvest.ops.cli", self.kind, *self.args]
 
 
 def worker(env: dict[str, str], namespace: str, concurrency: int = 2) -> CeleryProcess:

@@ -78,7 +78,8 @@ def venue_positions(rt: Runtime, from_streams: bool = True) -> list[VenuePositio
     if from_streams:
         cache = StreamCache(rt.r, rt.settings.namespace, rt.settings.account)
         age = rt.settings.streams_max_age_s
-        cached = cache.snapshot(age, age)
+        # harvest streams beats once a second: its heartbeat may be up to ~3 s old while alive
+        cached = cache.snapshot(age, max(age, 3.0))
         if cached is not None:
             rt.plans.count("positions:streams")
             return cached

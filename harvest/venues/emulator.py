@@ -469,10 +469,12 @@ class Emulator:
         self._server.shutdown()
         self._server.server_close()
 
-    def order_log(self) -> list[dict[str, Any]]:
-        """The order log, oldest first (``kind``, ``symbol``, ``ts``, ``data`` decoded)."""
+    def order_log(self, account: str | None = None) -> list[dict[str, Any]]:
+        """An account's order log (default: the first account's), oldest first (``kind``,
+        ``symbol``, ``ts``, ``data`` decoded)."""
+        venue = self.account(account).venue if account else self.venue
         out = []
-        for _, f in self.r.xrange(self.venue.k_log):
+        for _, f in self.r.xrange(venue.k_log):
             out.append(dict(f, data=json.loads(f.get("data") or "{}")))
         return out
 

@@ -6,6 +6,7 @@ each end with the cache matching the exchange again, never with a wrong position
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -210,3 +211,49 @@ def test_one_owner_per_account_and_a_dead_owners_account_is_taken_over(emu, tmp_
                 p.wait(timeout=15)
     assert second.returncode == 0, (tmp_path / "second.out").read_text()[-2000:]
     assert cache.lease_owner() is None  # released on the way out
+
+
+def test_one_process_holds_the_streams_of_several_accounts_each_apart(emu, tmp_path):
+    """Two accounts on one emulator (one IP): one ``harvest streams`` process holds both user data
+    streams (each under its own lease) and the shared mark streams; what happens on one account
+    reaches only its own cache."""
+    rt, e = emu
+    accounts = [{"name": "desk-a"}, {"name": "desk-b"}]
+    creds = {"desk-a": ("a" * 24, "x" * 48), "desk-b": ("b" * 24, "y" * 48)}
+    for name, (k, s) in creds.items():
+        e.add_account(name, k, s)
+    env = {
+        **os.environ,
+        "HARVEST_NAMESPACE": NS,
+        "HARVEST_FAPI_URL": e.url,
+        "HARVEST_ACCOUNTS": json.dumps(accounts),
+        **{f"HARVEST_ACCOUNT_{n.upper().replace('-', '_')}_API_KEY": k for n, (k, _) in creds.items()},
+        **{f"HARVEST_ACCOUNT_{n.upper().replace('-', '_')}_API_SECRET": s for n, (_, s) in creds.items()},
+    }
+    out = tmp_path / "streams.out"
+    with out.open("w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harvest.ops.cli", "streams", "--symbols", "BTCUSDT"],
+            cwd=ROOT,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    caches = {n: StreamCache(rt.r, NS, n) for n in creds}
+    try:
+        wait_for(lambda: all(c.trusted() for c in caches.values()) or proc.poll() is not None, 30, what="resyncs")
+        assert proc.poll() is None, out.read_text()
+        assert e.streams.user_connections == 2
+        b = e.account("desk-b").venue
+        mark = b.mark_price("ETHUSDT")
+        b.open_position("ETHUSDT", Side.SHORT, 0.7, 10, stop_price=mark * 1.01)
+        wait_for(lambda: _amt(caches["desk-b"], "ETHUSDT") == -0.7, 10, what="desk-b's opening by its stream")
+        wait_for(lambda: "ETHUSDT" in caches["desk-b"].marks(max_age_s=3), 10, what="ETHUSDT's mark stream")
+        assert _amt(caches["desk-a"], "ETHUSDT") == 0  # desk-a's cache never saw it
+        assert caches["desk-a"].lease_owner() == caches["desk-b"].lease_owner()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    text = out.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert not any(k in text or s in text for k, s in creds.values())

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_default_run_json():
-    """The README's main job on its defaults: 2025-06-21 UTC, a market day per wall minute."""
+    """The README's main job on its defaults: 2025-06-21 UTC, a market day per wall minute, three
+    accounts (gamma in shadow) whose positions reach the scans from ``harvest streams``."""
     env = {**os.environ}
     env.pop("HARVEST_NAMESPACE", None)
     p = subprocess.run(
@@ -37,3 +38,12 @@ def test_demo_default_run_json():
     assert card["venue_path"] == "emulator" and "python-binance → fapi emulator" in p.stderr
     assert card["emulator_order_requests"] >= card["orders"]["MARKET:FILLED"]
     assert set(card["realized_pnl"]) >= {"BTCUSDT", "ETHUSDT"}
+    # Three accounts: alpha and beta trade, gamma is in shadow (its plans end SHADOWED, no order).
+    acc = card["accounts"]
+    assert set(acc) == {"alpha", "beta", "gamma"} and "gamma in shadow" in p.stderr
+    assert acc["gamma"]["mode"] == "SHADOW" and acc["gamma"]["plans"] >= 1
+    assert set(acc["gamma"]["plans_by_state"]) == {"SHADOWED"} and acc["gamma"]["orders"] == {}
+    for a in ("alpha", "beta"):
+        assert acc[a]["mode"] == "ACTIVE" and acc[a]["executed"] >= 1 and "SHADOWED" not in acc[a]["plans_by_state"]
+    assert sum(v["plans"] for v in acc.values()) == card["plans"]
+    assert card["positions_from_streams"] > 0  # scans served by the stream cache, not positionRisk
