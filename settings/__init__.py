@@ -536,6 +536,32 @@ def load_settings(**overrides) -> HarvestSettings:
         raise SettingsError(f"invalid setting {name}: {e}") from None
 
 
+#: Settings given as JSON in the environment (decoded by :func:`settings_from_env` as the
+#: environment source decodes them).
+JSON_FIELDS = ("accounts", "symbol_theta")
+
+
+def settings_from_env(env: dict[str, str]) -> HarvestSettings:
+    """:func:`load_settings` with ``env``'s ``HARVEST_*`` values on top (as if they were in the
+    environment; os.environ untouched). Raises SettingsError as it does, also for JSON that does
+    not parse."""
+    import json
+
+    kw: dict[str, Any] = {}
+    for k, v in env.items():
+        if not k.startswith(ENV_PREFIX) or CREDENTIAL_VAR.match(k):
+            continue
+        name = k[len(ENV_PREFIX) :].lower()
+        if name in JSON_FIELDS:
+            try:
+                kw[name] = json.loads(v)
+            except ValueError as e:
+                raise SettingsError(f"invalid setting {k}: not JSON ({e})") from None
+        else:
+            kw[name] = v
+    return load_settings(**kw)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> HarvestSettings:
     """The process's settings, read once (see :func:`load_settings`)."""

@@ -26,7 +26,7 @@ def evaluate(self, ref: dict[str, Any]) -> dict | None:
     rt = self.for_account(str(ref.get("account") or rt.accounts[0]), ref)
     if rt is None:
         return None
-    rows, now = load_positions(rt, {ref["symbol"]})
+    rows, now = load_positions(rt, {ref["symbol"]}, from_streams=False)  # on demand: exchange truth now
     for d, nx in decide_and_plan(rt, rows, now):
         if nx.starts:
             return d.model_dump(mode="json")

@@ -61,20 +61,20 @@ _INDEX = """{% extends "base" %}{% block body %}
 </form>
 <h2>Positions</h2>
 {% if venue_error %}<p><em>venue unavailable: {{ venue_error }}</em></p>{% endif %}
-<table id="positions"><tr><th class="l">symbol</th><th class="l">side</th><th>qty</th><th>entry</th><th>mark</th>
+<table id="positions"><tr><th class="l">account</th><th class="l">symbol</th><th class="l">side</th><th>qty</th><th>entry</th><th>mark</th>
 <th>R_net</th><th>kill</th><th>regime flip</th><th>σ spike</th><th>ts drop</th><th>age</th><th>stop</th>
 <th>liquidation</th><th>tier</th></tr>
-{% for p in positions %}<tr><td class="l">{{ p.symbol }}</td><td class="l">{{ p.side }}</td><td>{{ p.qty }}</td>
+{% for p in positions %}<tr><td class="l">{{ p.account }}</td><td class="l">{{ p.symbol }}</td><td class="l">{{ p.side }}</td><td>{{ p.qty }}</td>
 <td>{{ p.entry }}</td><td>{{ p.mark }}</td><td>{{ p.r_net }}</td><td>{{ p.kill }}</td>
 {% for c in p.components %}<td>{{ c }}</td>{% endfor %}<td>{{ p.stop }}</td><td>{{ p.liq }}</td><td>{{ p.tier }}</td></tr>
-{% else %}<tr><td class="l" colspan="14">no open position</td></tr>{% endfor %}</table>
+{% else %}<tr><td class="l" colspan="15">no open position</td></tr>{% endfor %}</table>
 <h2>Plans</h2>
-<table id="plans"><tr><th class="l">created (UTC)</th><th class="l">plan_id</th><th class="l">symbol</th>
+<table id="plans"><tr><th class="l">created (UTC)</th><th class="l">plan_id</th><th class="l">account</th><th class="l">symbol</th>
 <th class="l">action</th><th>attempt</th><th class="l">state</th><th class="l">reason</th></tr>
 {% for p in plans %}<tr><td class="l">{{ p.created }}</td><td class="l"><a href="/plan/{{ p.plan_id }}">{{ p.plan_id }}</a></td>
-<td class="l">{{ p.symbol }}</td><td class="l">{{ p.action }}</td><td>{{ p.attempt }}</td>
+<td class="l">{{ p.account }}</td><td class="l">{{ p.symbol }}</td><td class="l">{{ p.action }}</td><td>{{ p.attempt }}</td>
 <td class="l">{{ p.state }}</td><td class="l">{{ p.reason }}</td></tr>
-{% else %}<tr><td class="l" colspan="7">no plan yet</td></tr>{% endfor %}</table>
+{% else %}<tr><td class="l" colspan="8">no plan yet</td></tr>{% endfor %}</table>
 <div class="grid"><div><h2>Plans per state</h2><table>{% for s, n, w in per_state %}
 <tr><td class="l">{{ s }}</td><td>{{ n }}</td><td class="l"><span class="bar" style="width:{{ w }}px"></span></td></tr>
 {% endfor %}</table></div>
@@ -164,6 +164,37 @@ def _over_time(rt: Runtime, count: int = 20_000) -> tuple[str, str]:
     return _svg({"realized PnL": pnl}), _svg(states)
 
 
+def _position_rows(rt: Runtime, rows: list, now: float) -> list[dict[str, Any]]:
+    """The positions table's rows of one account (``rt``: its runtime): its exchange truth and
+    what the kernel makes of it now (R_net, kill score and its components, with the theta of
+    the account and symbol)."""
+    s = rt.settings
+    out = []
+    for vp, entry, market in rows:
+        try:
+            prop = compute_harvest_proposal(to_position(s.account, vp, entry), market, now, s.theta_for(vp.symbol))
+            r_net, kill, comps = prop.r_net, prop.kill_score, list(prop.components.values())
+        except ValueError:
+            r_net, kill, comps = None, None, [None] * 4
+        out.append(
+            {
+                "account": s.account,
+                "symbol": vp.symbol,
+                "side": vp.side.value,
+                "qty": _num(vp.qty),
+                "entry": _num(vp.entry_price),
+                "mark": _num(vp.mark_price),
+                "r_net": _num(r_net, ".2f"),
+                "kill": _num(kill, ".3f"),
+                "components": [_num(c, ".2f") for c in comps],
+                "stop": _num(vp.stop_price),
+                "liq": _num(vp.liquidation_price),
+                "tier": entry.get("harvested_tier", 0),
+            }
+        )
+    return out
+
+
 def make_app(rt: Runtime, password: str | None) -> Starlette:
     """The console's app over ``rt`` (namespace, stores, venue). ``password``: what ``POST
     /trading`` requires; None: changes are refused (read-only)."""
@@ -175,33 +206,18 @@ def make_app(rt: Runtime, password: str | None) -> Starlette:
 
     def index(request: Request) -> Response:
         states = rt.r.hgetall(rt.plans.k.trading)
-        positions, venue_error = [], None
-        try:
-            rows, now = load_positions(rt)
-        except VenueError as e:
-            rows, now, venue_error = [], time.time(), str(e)
-        for vp, entry, market in rows:
+        positions, errors = [], []
+        for name in rt.accounts:
+            ra = rt.for_account(name)
             try:
-                prop = compute_harvest_proposal(to_position(s.account, vp, entry), market, now, s.theta)
-                r_net, kill, comps = prop.r_net, prop.kill_score, list(prop.components.values())
-            except ValueError:
-                r_net, kill, comps = None, None, [None] * 4
-            positions.append(
-                {
-                    "symbol": vp.symbol,
-                    "side": vp.side.value,
-                    "qty": _num(vp.qty),
-                    "entry": _num(vp.entry_price),
-                    "mark": _num(vp.mark_price),
-                    "r_net": _num(r_net, ".2f"),
-                    "kill": _num(kill, ".3f"),
-                    "components": [_num(c, ".2f") for c in comps],
-                    "stop": _num(vp.stop_price),
-                    "liq": _num(vp.liquidation_price),
-                    "tier": entry.get("harvested_tier", 0),
-                }
-            )
+                rows, now = load_positions(ra)
+            except VenueError as e:
+                errors.append(f"{name}: {e}")
+                continue
+            positions += _position_rows(ra, rows, now)
+        venue_error = "; ".join(errors) or None
         every = list(rt.plans.all_plans())  # oldest first (the plan index)
+
         plans = every[-50:][::-1]
         per: dict[str, int] = {}
         pnl: dict[str, float] = {}
@@ -223,7 +239,9 @@ def make_app(rt: Runtime, password: str | None) -> Starlette:
             refresh=5,
             trading=effective(states, s.account, s.mode),
             deployment=states.get("*", "ACTIVE"),
-            accounts={a: v for a, v in states.items() if a != "*"},
+            accounts={a: effective(states, a, rt.for_account(a).settings.mode) for a in rt.accounts}
+            if len(rt.accounts) > 1
+            else {a: v for a, v in states.items() if a != "*"},
             states=STATES,
             csrf=csrf,
             can_change=password is not None,
@@ -233,6 +251,7 @@ def make_app(rt: Runtime, password: str | None) -> Starlette:
                 {
                     "created": _utc(p.created_at),
                     "plan_id": p.plan_id,
+                    "account": p.account,
                     "symbol": p.symbol,
                     "action": p.action.value,
                     "attempt": p.attempt,

@@ -41,7 +41,7 @@ from harvest.services.runtime import Runtime, build_runtime
 from harvest.store.streams import StreamCache
 from harvest.venues.base import VenueError
 from harvest.venues.emulator import Emulator
-from settings import load_settings
+from settings import load_settings, settings_from_env
 from settings.accounts import credential_var
 
 #: The scenario: symbol → leverage (5–50×). Sides follow the last hour's trend at entry.
@@ -156,9 +156,9 @@ def run_demo(
     env.pop("HARVEST_BROKER_URL", None)
     os.environ.pop("HARVEST_BROKER_URL", None)
     # The demo's own runtime is the strategy's side: it opens positions in the paper engines.
-    settings = load_settings(**{k[len("HARVEST_") :].lower(): v for k, v in env.items()}, accounts=specs)
     if specs:
         env["HARVEST_ACCOUNTS"] = json.dumps(specs)
+    settings = settings_from_env(env)
     rt = build_runtime(settings)
     emu = None
     streams = None
@@ -196,6 +196,12 @@ def run_demo(
             file=log,
             flush=True,
         )
+        if namespace and specs:
+            print(
+                f"watch it: HARVEST_NAMESPACE={ns} HARVEST_ACCOUNTS='{json.dumps(specs)}' harvest console",
+                file=log,
+                flush=True,
+            )
         rt.clock.set(t_start, 0.0, end=t_end)
         mark_recovered(rt.r, ns)  # fresh paper accounts: nothing to recover
         _seed_market(rt)

@@ -175,9 +175,9 @@ def start_worker(env: dict[str, str], ns: str, queue: str, c: int, *extra: str) 
 
 def settings_of(env: dict[str, str]):
     """The :class:`settings.HarvestSettings` of that environment (os.environ untouched)."""
-    from settings import load_settings
+    from settings import settings_from_env
 
-    return load_settings(**{k[len("HARVEST_") :].lower(): v for k, v in env.items()})
+    return settings_from_env(env)
 
 
 def celery_app(env: dict[str, str]):

@@ -7,6 +7,7 @@ CSRF token; bad requests get a 4xx."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from harvest.ops.demo import demo_accounts
 from harvest.ops.procs import free_port
 from harvest.services.runtime import build_runtime
 from settings import load_settings
@@ -120,10 +122,15 @@ def test_the_console_in_a_browser_during_a_demo(demo, tmp_path):
     from workflows import full_chain
 
     proc, out = demo
-    env = {"HARVEST_REDIS_URL": os.environ["HARVEST_REDIS_URL"], "HARVEST_NAMESPACE": DEMO_NS}
+    # the demo's three accounts: the console (and this test's view) are configured alike, as the
+    # demo's "watch it" line says
+    accounts = {"HARVEST_ACCOUNTS": json.dumps(demo_accounts(3))}
+    env = {"HARVEST_REDIS_URL": os.environ["HARVEST_REDIS_URL"], "HARVEST_NAMESPACE": DEMO_NS, **accounts}
     rt = runtime(env)
     client = celery_app(env)  # publishes to the demo's queues
-    with _console(DEMO_NS, _user_env()) as console:
+    wait_for(lambda: "watch it: " in out.read_text(), 60, what="the demo's watch line")
+    assert accounts["HARVEST_ACCOUNTS"] in out.read_text()
+    with _console(DEMO_NS, {**_user_env(), **accounts}) as console:
         first = wait_for(
             lambda: next((p for p in rt.plans.all_plans() if p.state == "FILLED"), None),
             120,
