@@ -213,9 +213,16 @@ class MarketStreams:
             try:
                 url = await asyncio.to_thread(stream_url_of, self.rt.settings)
                 client, bsm = socket_manager(self.rt.settings, url, public=True)
+                task = asyncio.create_task(self._market(bsm, stop))
                 try:
-                    await self._market(bsm, stop)
+                    await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+                    # python-binance notices a close only when its 10 s read wait ends: bounded
+                    # grace, then cancelled (as AccountStreams does)
+                    await asyncio.wait([task], timeout=3.0)
                 finally:
+                    if not task.done():
+                        task.cancel()
+                        await asyncio.gather(task, return_exceptions=True)
                     await asyncio.wait_for(client.close_connection(), 3.0)
                 backoff = 1.0
             except Exception as e:
