@@ -193,15 +193,18 @@ def _cmd_trading(a: argparse.Namespace) -> int:
 
     rt = get_runtime()
     k = rt.plans.k
+    if a.account is not None and a.account not in rt.accounts:  # a typo must not hold nothing
+        print(f"unknown account {a.account!r}; configured: {', '.join(rt.accounts)}", file=sys.stderr)
+        return 2
     if a.action != "show":
         state = {"halt": "HALTED", "reduce": "REDUCING", "resume": "ACTIVE", "shadow": "SHADOW"}[a.action]
         set_state(rt.r, k.trading, f"{rt.settings.namespace}:stream:trading", state, a.account, _who(), a.reason)
     states = read(rt.r, k.trading)
-    acct = a.account or rt.settings.account
+    shown = [a.account] if a.account else rt.accounts
     out = {
         "deployment": states.get(DEPLOYMENT, "ACTIVE"),
         "accounts": {x: v for x, v in states.items() if x != DEPLOYMENT},
-        "in_force": {acct: effective(states, acct, rt.settings.mode)},
+        "in_force": {x: effective(states, x, rt.for_account(x).settings.mode) for x in shown},
     }
     if a.json:
         print(json.dumps(out))
@@ -209,7 +212,9 @@ def _cmd_trading(a: argparse.Namespace) -> int:
         print(
             f"deployment: {out['deployment']}  "
             + "  ".join(f"account {x}: {v}" for x, v in out["accounts"].items())
-            + f"  (in force for {acct}: {out['in_force'][acct]})"
+            + "  (in force: "
+            + ", ".join(f"{x} {v}" for x, v in out["in_force"].items())
+            + ")"
         )
     return 0
 
