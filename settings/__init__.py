@@ -22,9 +22,11 @@ from harvest.data import SHIPPED_SPAN, SHIPPED_SYMBOLS
 from harvest.domain.models import HarvestTheta
 from settings.accounts import (
     CREDENTIAL_VAR,
+    EXTRA_ENV,
     AccountSettings,
     check_accounts,
     credential_var,
+    credential_vars,
     merged_theta,
     read_credential,
 )
@@ -357,7 +359,7 @@ class HarvestSettings(BaseSettings):
                     )
             filled.append(a.model_copy(update={"api_key": key, "api_secret": secret}))
         known = {credential_var(a.name, w) for a in self.accounts for w in ("key", "secret")}
-        stray = sorted(v for v in os.environ if CREDENTIAL_VAR.match(v) and v not in known)
+        stray = [v for v in credential_vars() if v not in known]
         if stray:
             raise ValueError(f"{', '.join(stray)} names no configured account ({', '.join(self.account_names)})")
         object.__setattr__(self, "accounts", filled)
@@ -543,13 +545,14 @@ JSON_FIELDS = ("accounts", "symbol_theta")
 
 def settings_from_env(env: dict[str, str]) -> HarvestSettings:
     """:func:`load_settings` with ``env``'s ``HARVEST_*`` values on top (as if they were in the
-    environment; os.environ untouched). Raises SettingsError as it does, also for JSON that does
-    not parse."""
+    environment, accounts' credential variables included; os.environ untouched). Raises
+    SettingsError as it does, also for JSON that does not parse."""
     import json
 
     kw: dict[str, Any] = {}
+    creds = {k: v for k, v in env.items() if CREDENTIAL_VAR.match(k)}
     for k, v in env.items():
-        if not k.startswith(ENV_PREFIX) or CREDENTIAL_VAR.match(k):
+        if not k.startswith(ENV_PREFIX) or k in creds:
             continue
         name = k[len(ENV_PREFIX) :].lower()
         if name in JSON_FIELDS:
@@ -559,7 +562,11 @@ def settings_from_env(env: dict[str, str]) -> HarvestSettings:
                 raise SettingsError(f"invalid setting {k}: not JSON ({e})") from None
         else:
             kw[name] = v
-    return load_settings(**kw)
+    token = EXTRA_ENV.set(creds)
+    try:
+        return load_settings(**kw)
+    finally:
+        EXTRA_ENV.reset(token)
 
 
 @lru_cache(maxsize=1)

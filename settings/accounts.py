@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -33,13 +34,23 @@ def credential_var(name: str, which: Literal["key", "secret"]) -> str:
     return f"HARVEST_ACCOUNT_{name.upper().replace('-', '_')}_API_{which.upper()}"
 
 
+#: Credential variables given beside the environment (:func:`settings.settings_from_env`: the
+#: settings of a child process's environment, read in this one); they win over os.environ.
+EXTRA_ENV: ContextVar[dict[str, str] | None] = ContextVar("harvest_extra_env", default=None)
+
+
+def credential_vars() -> list[str]:
+    """The credential variables set (environment and :data:`EXTRA_ENV`)."""
+    return sorted(v for v in {*os.environ, *(EXTRA_ENV.get() or {})} if CREDENTIAL_VAR.match(v))
+
+
 def read_credential(name: str, which: Literal["key", "secret"]) -> SecretStr | None:
     """Account ``name``'s API key or secret from its environment variable
     (:func:`credential_var`) or, failing that, its secret file (the variable's name in lower
     case) in ``HARVEST_SECRETS_DIR``; None when neither exists. The value is stripped of
     surrounding whitespace (a secret file's trailing newline)."""
     var = credential_var(name, which)
-    value = os.environ.get(var)
+    value = (EXTRA_ENV.get() or {}).get(var, os.environ.get(var))
     if value is None:
         d = os.environ.get("HARVEST_SECRETS_DIR")
         path = os.path.join(d, var.lower()) if d else None

@@ -36,6 +36,18 @@ kind of fault (:data:`WAVES`):
                         a plan's TTL, then recovers: plans end FAILED or EXPIRED, and their
                         decisions' next attempts (plan lineage) must carry the exits out
 
+With ``accounts`` > 1 the positions are spread over that many accounts (``HARVEST_ACCOUNTS``,
+one emulator serving them all on one IP, each with its own API key), a ``harvest streams``
+process (supervised like the rest) feeds the scans from the accounts' user data and
+mark-price streams, and each wave also brings a stream fault (:data:`STREAM_FAULTS`, in turn):
+
+``stream_drop``         every stream connection dropped without a close frame
+``stream_expire``       the listenKeys expire (``listenKeyExpired``; a new stream is opened)
+``stream_delay``        the next user-stream events held back 1.5 s
+``stream_reorder``      two user-stream events sent out of order
+``stream_gap``          the next user-stream events lost without a trace (only a resync closes it)
+``streams_sigkill``     the streams process SIGKILLed (restarted by the supervisor)
+
 It then waits for quiescence (no open plan, empty queues, no actionable position without a
 plan and no decision waiting for its next attempt, twice in a row) and reports JSON: plans,
 terminal, states, orders per plan (max), duplicate orders, lost plans, ``unachieved``, time to
@@ -78,7 +90,7 @@ from harvest.ops.loadgen import (
     start_worker,
     symbols,
 )
-from harvest.ops.procs import CeleryProcess, RedisServer, child_pids, wait_for
+from harvest.ops.procs import CeleryProcess, HarvestProcess, RedisServer, child_pids, wait_for
 from harvest.ops.scorecard import queue_depths
 from harvest.venues.base import VenueError
 from settings import mask_url
@@ -99,6 +111,8 @@ WAVES = (
     "redis_restart_empty",
     "storm_503",
 )
+#: The stream faults of a run with several accounts, one per wave in turn (module docstring).
+STREAM_FAULTS = ("stream_drop", "stream_expire", "stream_delay", "stream_reorder", "stream_gap", "streams_sigkill")
 #: Read timeout of the workers' exchange requests (s); ``timeout_after_accept`` answers later.
 VENUE_TIMEOUT_S = 2.0
 #: Plan TTL of the run (s): plans orphaned by a killed worker end by the sweeper at it.
@@ -119,6 +133,8 @@ class _Procs:
             p = start_worker(self.env, self.ns, "scan,housekeeping", 2)
         elif role == "orders_worker":
             p = start_worker(self.env, self.ns, "orders", 2)
+        elif role == "streams":
+            p = HarvestProcess("streams", self.env).start()
         else:  # beat, beat2
             p = CeleryProcess("beat", self.env).start()
         self.procs[role] = p
@@ -153,8 +169,11 @@ class _Run:
     """One chaos run: :meth:`start` (Redis, exchange, positions, workers, beat), :meth:`wave`
     per batch of positions, :meth:`drain` until quiescence, :meth:`report`."""
 
-    def __init__(self, plans: int, broker: str | None, plan_ttl_s: float, say: Callable[[str], None]):
+    def __init__(
+        self, plans: int, broker: str | None, plan_ttl_s: float, say: Callable[[str], None], accounts: int = 1
+    ):
         self.n, self.broker, self.say = plans, broker, say
+        self.n_accounts = accounts
         self.t_start = time.monotonic()
         self.state = RedisServer(persistent=True)  # harvest's state (and the Redis broker)
         self.exchange = RedisServer()  # the emulator's paper engine: not harvest's to restart
@@ -194,24 +213,33 @@ class _Run:
         )  # the state Redis keeps AOF (fsync always): durable
         if self.broker:
             self.env["HARVEST_BROKER_URL"] = self.broker
-        # The exchange: paper engine + emulator on their own Redis; positions opened at 0 R.
+        if self.n_accounts > 1:
+            self.env["HARVEST_ACCOUNTS"] = json.dumps([{"name": f"acct-{i}"} for i in range(self.n_accounts)])
+        # The exchange: paper engines + emulator on their own Redis; positions opened at 0 R,
+        # position i in account i mod n.
         self.xrt = runtime(dict(self.env, HARVEST_REDIS_URL=self.exchange.url))
         self.xr = self.xrt.r
         clean(self.xrt)
-        open_positions(self.xrt, self.syms, 0.0)
-        self.paper = paper_of(self.xrt)
-        self.emu = start_emulator(self.xrt, self.env)  # env gains the emulator's URL and fake keys
+        self.owner = {s: self.xrt.accounts[i % len(self.xrt.accounts)] for i, s in enumerate(self.syms)}
+        for a in self.xrt.accounts:
+            open_positions(self.xrt.for_account(a), [s for s in self.syms if self.owner[s] == a], 0.0)
+        self.papers = {a: paper_of(self.xrt.for_account(a)) for a in self.xrt.accounts}
+        self.streams = self.n_accounts > 1
+        # env gains the emulator's URL and every account's fake keys
+        self.emu = start_emulator(self.xrt, self.env, streams=self.streams)
         self.rt = runtime(self.env)  # harvest's view: state Redis, python-binance to the emulator
         clean(self.rt)
         self.rt.market.put_many(self.xrt.market.get_many(self.syms))  # the states open_positions cached
         self.procs = _Procs(self.env, self.ns)
-        for role in ("scan_worker", "orders_worker", "beat"):
+        roles = ("scan_worker", "orders_worker", "beat") + (("streams",) if self.streams else ())
+        for role in roles:
             self.procs.start(role)
-        for role in ("scan_worker", "orders_worker", "beat"):
+        for role in roles[:3]:
             self.procs.procs[role].wait_ready(120)
         self.say(
-            f"chaos: {self.n} positions, namespace {self.ns}, "
+            f"chaos: {self.n} positions in {len(self.rt.accounts)} account(s), namespace {self.ns}, "
             f"broker {mask_url(self.broker) if self.broker else 'redis (state)'}; workers and beat up"
+            + ("; harvest streams up" if self.streams else "")
         )
 
     # ------------------------------------------------------------------ waves
@@ -250,6 +278,18 @@ class _Run:
             f.inject("GET /fapi/v1/order", "latency", times=2, latency_s=1.5)
         elif kind == "storm_503":  # every order refused until the storm is over (_strike ends it)
             f.inject("POST /fapi/v1/order", "unavailable_503", times=10**9)
+
+    def _stream_fault(self, i: int) -> None:
+        """Wave ``i``'s stream fault (runs with streams: :data:`STREAM_FAULTS` in turn)."""
+        kind = STREAM_FAULTS[i % len(STREAM_FAULTS)]
+        if kind == "streams_sigkill":
+            self.procs.procs["streams"].kill()  # the supervisor starts it again (a restart counted)
+        else:
+            name = kind.removeprefix("stream_")
+            target = "both" if name == "drop" else "user"
+            for t in ("user", "market") if target == "both" else (target,):
+                self.emu.streams.inject(name, latency_s=1.5 if name == "delay" else 0.0, target=t)
+        self.faults[kind] += 1
 
     def _strike(self, kind: str, latency_fired: int, before: int) -> None:
         """The harness-side fault of a wave, once its plans are in flight."""
@@ -303,9 +343,12 @@ class _Run:
         latency_fired = self.emu.faults.fired().get("latency", 0)
         self._arm(kind, max(2, len(batch) // 5))
         before = self.n_plans()
+        if self.streams:
+            self._stream_fault(i)
         p = self.xr.pipeline(transaction=False)
         for s in batch:
-            p.set(self.paper.k_mark(s), repr(mark_at_r(self.xrt, s, 2.2)))
+            xa = self.xrt.for_account(self.owner[s])
+            p.set(self.papers[self.owner[s]].k_mark(s), repr(mark_at_r(xa, s, 2.2)))
         p.execute()
         self._strike(kind, latency_fired, before)
         if kind == "redis_restart_empty":
@@ -336,9 +379,13 @@ class _Run:
         from harvest.domain.models import Action
         from harvest.services.decide import decide_and_plan, load_positions
 
+        rows, planned = [], []
         try:
-            rows, now = load_positions(self.rt)
-            planned = decide_and_plan(self.rt, rows, now)
+            for a in self.rt.accounts:
+                ra = self.rt.for_account(a)
+                a_rows, now = load_positions(ra, from_streams=False)
+                rows += a_rows
+                planned += decide_and_plan(ra, a_rows, now)
             ids = [plan_id_for(d) for d, nx in planned if nx.starts]
             exists = self.rt.plans.exists_many(ids)
         except (VenueError, redis.RedisError):
@@ -397,8 +444,15 @@ class _Run:
             if p.state != PlanState.FILLED
         )
         per_plan: Counter[str] = Counter()  # the exchange's own records, by plan_id: fills and stops placed
-        fills = [t["clientOrderId"] for t in self.paper.trades() if t["clientOrderId"].startswith(CLIENT_ORDER_PREFIX)]
-        cids = fills + [o.client_order_id for o in self.paper.orders(harvest_only=True) if o.algo]
+        fills = [
+            t["clientOrderId"]
+            for paper in self.papers.values()
+            for t in paper.trades()
+            if t["clientOrderId"].startswith(CLIENT_ORDER_PREFIX)
+        ]
+        cids = fills + [
+            o.client_order_id for paper in self.papers.values() for o in paper.orders(harvest_only=True) if o.algo
+        ]
         for cid in cids:
             per_plan[cid[len(CLIENT_ORDER_PREFIX) : len(CLIENT_ORDER_PREFIX) + 16]] += 1
         # Per decision (lineage): plans with a MARKET fill on the exchange beyond the first,
@@ -447,6 +501,8 @@ class _Run:
             "faults_injected": dict(sorted(self.faults.items())),
             "restarts": dict(self.procs.restarts),
             "broker": "amqp" if self.broker and self.broker.startswith("amqp") else "redis",
+            "accounts": len(self.rt.accounts),
+            "positions_from_streams": int(_redis_safe(lambda: self.rt.plans.counters().get("positions:streams", 0), 0)),
         }
         rep["ok"] = (
             rep["duplicate_orders"] == 0
@@ -476,23 +532,27 @@ def run_chaos(
     drain_timeout_s: float = 600.0,
     plan_ttl_s: float = PLAN_TTL_S,
     progress: Callable[[str], None] | None = None,
+    accounts: int = 1,
 ) -> dict:
     """Run the harness (see module docstring) with ``plans`` positions, each made actionable
     once, in ``waves`` waves; ``broker``: a Celery broker URL (default: the state Redis);
     ``plan_ttl_s``: the plans' TTL (s), which bounds how long a plan orphaned by a kill waits
-    for the sweeper; ``progress``: called with one line per step. Returns the report:
+    for the sweeper; ``progress``: called with one line per step; ``accounts``: the positions
+    spread over that many accounts, with ``harvest streams`` and stream faults when > 1.
+    Returns the report:
 
     ``{"plans", "terminal", "states", "ended_without_effect" ("<state> <reason> [code] step n" →
     plans), "positions", "duplicate_fills_per_decision" (a decision's plans with a fill beyond
     the first and the remainders partial fills asked for), "orders", "orders_per_plan_max",
     "duplicate_orders", "orders_without_plan", "non_terminal", "unplanned_decisions",
     "lost_plans", "unachieved", "unachieved_by_kind", "decisions", "decisions_retried",
-    "time_to_drain_s", "wall_s", "faults_injected", "restarts", "broker", "ok"}`` (counts;
+    "time_to_drain_s", "wall_s", "faults_injected", "restarts", "broker", "accounts",
+    "positions_from_streams", "ok"}`` (counts;
     seconds). ``ok``: no duplicate order, no order without a plan, no lost plan, every plan
     terminal, and nothing unachieved. Raises RuntimeError when redis-server is missing; AssertionError
     when set-up times out.
     """
-    run = _Run(plans, broker, plan_ttl_s, progress or (lambda m: None))
+    run = _Run(plans, broker, plan_ttl_s, progress or (lambda m: None), accounts)
     try:
         run.start()
         batches = [run.syms[i::waves] for i in range(waves)]
@@ -527,7 +587,8 @@ def format_report(rep: dict) -> str:
     verdict = "OK" if rep["ok"] else "FAILED"
     return "\n".join(
         [
-            f"chaos {verdict} on {rep['broker']}: {rep['plans']} plans for {rep['positions']} positions, "
+            f"chaos {verdict} on {rep['broker']}: {rep['plans']} plans for {rep['positions']} positions "
+            f"in {rep.get('accounts', 1)} account(s), "
             f"{rep['terminal']} terminal, {rep['non_terminal']} non-terminal",
             f"  states: {json.dumps(rep['states'])}; without effect: {json.dumps(rep['ended_without_effect'])}",
             f"  orders: {rep['orders']} (max per plan {rep['orders_per_plan_max']}, "

@@ -118,6 +118,7 @@ def _cmd_chaos(a: argparse.Namespace) -> int:
             drain_timeout_s=a.drain_timeout,
             plan_ttl_s=a.plan_ttl,
             progress=say,
+            accounts=a.accounts,
         )
     except (RuntimeError, AssertionError) as e:
         print(f"harvest chaos: could not run: {e}", file=sys.stderr)
@@ -649,6 +650,13 @@ def main(argv: list[str] | None = None) -> int:
         "--drain-timeout", type=float, default=600.0, help="longest wait for quiescence, s (default %(default)s)"
     )
     c.add_argument("--json", action="store_true", help="print the report as JSON (exit 1 when not ok)")
+    c.add_argument(
+        "--accounts",
+        type=int,
+        default=1,
+        help="spread the positions over this many accounts, with harvest streams and stream faults when > 1 "
+        "(default %(default)s)",
+    )
     c.set_defaults(fn=_cmd_chaos)
     st = sub.add_parser(
         "streams",

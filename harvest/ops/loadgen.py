@@ -129,26 +129,29 @@ def fresh_namespace(url: str, prefix: str, syms: list[str], r_multiple: float | 
     return ns, env, rt
 
 
-def start_emulator(rt, env: dict[str, str]):
-    """The fapi emulator on the namespace's paper engine, with fresh fake keys; ``env`` gains
-    the HARVEST_* variables that point workers at it (python-binance venue, a weight budget
-    that never binds). Returns the running :class:`harvest.venues.emulator.Emulator`."""
+def start_emulator(rt, env: dict[str, str], streams: bool = True):
+    """The fapi emulator on the namespace's paper engines (every account of ``rt``, each with
+    fresh fake keys); ``env`` gains the HARVEST_* variables that point workers at it
+    (python-binance venue, the credentials — ``HARVEST_API_KEY``/``_SECRET`` for one account,
+    ``HARVEST_ACCOUNT_<NAME>_API_KEY``/``_SECRET`` for several —, a weight budget that never
+    binds). Returns the running :class:`harvest.venues.emulator.Emulator`."""
     import secrets
 
     from harvest.venues.emulator import Emulator
+    from settings.accounts import credential_var
 
-    key, secret = secrets.token_hex(8), secrets.token_hex(16)
-    emu = Emulator(
-        rt.r, rt.settings.namespace, rt.settings.account, key, secret, clock=rt.clock, weight_limit_1m=10_000_000
-    ).start()
-    env.update(
-        {
-            "HARVEST_FAPI_URL": emu.url,
-            "HARVEST_API_KEY": key,
-            "HARVEST_API_SECRET": secret,
-            "HARVEST_VENUE_WEIGHT_LIMIT_1M": "1000000",
-        }
-    )
+    creds = {a: (secrets.token_hex(8), secrets.token_hex(16)) for a in rt.accounts}
+    first = rt.accounts[0]
+    emu = Emulator(rt.r, rt.settings.namespace, first, *creds[first], clock=rt.clock, weight_limit_1m=10_000_000)
+    for a in rt.accounts[1:]:
+        emu.add_account(a, *creds[a])
+    emu.start(streams=streams)
+    env.update({"HARVEST_FAPI_URL": emu.url, "HARVEST_VENUE_WEIGHT_LIMIT_1M": "1000000"})
+    if len(rt.accounts) == 1:
+        env.update({"HARVEST_API_KEY": creds[first][0], "HARVEST_API_SECRET": creds[first][1]})
+    else:
+        for a, (key, secret) in creds.items():
+            env[credential_var(a, "key")], env[credential_var(a, "secret")] = key, secret
     return emu
 
 

@@ -1,8 +1,10 @@
 """``harvest chaos`` at small size, on both brokers: real worker and beat processes, a
 persistent Redis restarted mid-run, the emulator's exchange faults, SIGKILLed workers, a
 second beat, duplicate scans, a 503 storm longer than a plan's TTL — and still one order per
-plan at most, no plan lost, every plan terminal, nothing unachieved. (The 1000-plan runs are
-in the README.)"""
+plan at most, no plan lost, every plan terminal, nothing unachieved; and with ten accounts fed by
+``harvest streams``, under stream faults too (dropped connections, expired listenKeys, delayed,
+reordered and lost events, the streams process SIGKILLed). (The 1000-plan runs are in the
+README.)"""
 
 from __future__ import annotations
 
@@ -10,10 +12,18 @@ import json
 import subprocess
 import sys
 
-from harvest.ops.chaos import WAVES, run_chaos
+from harvest.ops.chaos import STREAM_FAULTS, WAVES, run_chaos
 from harvest.ops.procs import ROOT
 
 PLANS = 30
+
+
+def _check_streams(rep: dict) -> None:
+    """A run with ten accounts: every stream fault injected, scans served from the stream cache."""
+    assert rep["accounts"] == 10
+    assert set(rep["faults_injected"]) >= set(STREAM_FAULTS), rep["faults_injected"]
+    assert rep["positions_from_streams"] > 0
+    assert rep["restarts"].get("streams", 0) >= 1  # the SIGKILLed streams process came back
 
 
 def _check(rep: dict) -> None:
@@ -46,7 +56,15 @@ def test_chaos_cli_on_redis():
     _check(rep)
 
 
-def test_chaos_on_rabbitmq(amqp_url):
-    rep = run_chaos(plans=PLANS, broker=amqp_url, plan_ttl_s=20.0)
+def test_chaos_with_ten_accounts_and_stream_faults_on_redis():
+    rep = run_chaos(plans=PLANS, plan_ttl_s=20.0, accounts=10)
+    assert rep["broker"] == "redis"
+    _check(rep)
+    _check_streams(rep)
+
+
+def test_chaos_with_ten_accounts_and_stream_faults_on_rabbitmq(amqp_url):
+    rep = run_chaos(plans=PLANS, broker=amqp_url, plan_ttl_s=20.0, accounts=10)
     assert rep["broker"] == "amqp"
     _check(rep)
+    _check_streams(rep)
