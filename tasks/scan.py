@@ -13,6 +13,10 @@ A deployment with several accounts (``HARVEST_ACCOUNTS``) scans each on its own:
 starts a Celery group of one ``harvest.scan_positions(account)`` per account on the scan
 queue, each expiring with the beat interval, so that workers scan accounts in parallel and
 one account's slow exchange holds up no other.
+
+While ``harvest streams`` holds the account, the scan also leaves each position's trigger (the
+mark at which its next decision falls due, :mod:`harvest.domain.triggers`) for it: a streamed
+mark that crosses one starts that position's chain at once, between two ticks.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from celery import group
 
 from harvest.domain.book import unprotected
 from harvest.domain.trading import effective
-from harvest.services.decide import chain_payload, decide_and_plan, load_positions
+from harvest.services.decide import chain_payload, decide_and_plan, load_positions, write_triggers
 from harvest.services.runtime import get_runtime
 from harvest.store.counters import scan_duration
+from harvest.store.streams import StreamCache
 from harvest.venues.base import VenueError
 from tasks.app import app
 from tasks.common import account_runtime, contract
@@ -56,6 +61,7 @@ def scan_positions(account: str | None = None) -> dict:
     if rt is None:
         return {}
     acct = rt.settings.account
+    streamed = StreamCache(rt.r, rt.settings.namespace, acct).lease_owner() is not None
     try:
         rows, now = load_positions(rt)
     except VenueError as e:  # the exchange did not answer: this tick is skipped, the next one retries
@@ -141,6 +147,8 @@ def scan_positions(account: str | None = None) -> dict:
     p.delete(dk)
     p.hset(dk, mapping={"updated_at": repr(time.time()), **{n: c for n, c in stuck.items()}})
     p.hset(rt.plans.k.heartbeat, "scan", repr(time.time()))
+    if streamed:
+        write_triggers(rt, rows, pipe=p)
     seconds = time.perf_counter() - t0
     scan_duration(rt.r, rt.settings.namespace).observe(seconds, pipe=p)
     p.execute()

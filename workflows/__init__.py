@@ -46,12 +46,14 @@ def action_chain(decision: dict, plan_id: str | None = None) -> Signature:
     return chain(_sig("harvest.propose", decision, argsrepr=shown), *(_sig(n, argsrepr=shown) for n in _AFTER_PROPOSE))
 
 
-def full_chain(symbol: str, app: Celery | None = None) -> Signature:
-    """``evaluate({"symbol": symbol}) | propose | guard | execute | confirm`` on ``app`` (default:
-    the current app; a client app publishes to another deployment's queues)."""
-    shown = label(symbol=symbol)
+def full_chain(symbol: str, app: Celery | None = None, account: str | None = None) -> Signature:
+    """``evaluate({"symbol": symbol[, "account": account]}) | propose | guard | execute | confirm``
+    on ``app`` (default: the current app; a client app publishes to another deployment's
+    queues); ``account`` None: the deployment's first."""
+    shown = label(account=account, symbol=symbol)
+    ref = {"symbol": symbol, **({"account": account} if account else {})}
     return chain(
-        _sig("harvest.evaluate", {"symbol": symbol}, argsrepr=shown, app=app),
+        _sig("harvest.evaluate", ref, argsrepr=shown, app=app),
         _sig("harvest.propose", argsrepr=shown, app=app),
         *(_sig(n, argsrepr=shown, app=app) for n in _AFTER_PROPOSE),
     )

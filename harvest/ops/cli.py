@@ -146,7 +146,17 @@ def _cmd_streams(a: argparse.Namespace) -> int:
         f"caches in {rt.settings.namespace}:streams:<account>:*",
         flush=True,
     )
-    run_streams(rt, symbols, lease_s=a.lease_s, accounts=accounts)
+    fire = None
+    if not a.no_triggers:
+        from tasks.app import app  # noqa: F401  (the deployment's Celery app: the chains' broker and queues)
+        from workflows import full_chain
+
+        queue = rt.settings.queue("scan")
+
+        def fire(account: str, symbol: str) -> None:  # a mark crossed a trigger: that position's chain now
+            full_chain(symbol, account=account).apply_async(queue=queue, expires=rt.settings.plan_ttl_s)
+
+    run_streams(rt, symbols, lease_s=a.lease_s, accounts=accounts, fire=fire)
     return 0
 
 
@@ -667,6 +677,12 @@ def main(argv: list[str] | None = None) -> int:
         "--accounts",
         help="comma-separated accounts this process holds (default: every account; each under its own lease, "
         "so several processes can share them)",
+    )
+    st.add_argument(
+        "--no-triggers",
+        action="store_true",
+        help="no event-driven exits: a mark crossing a position's trigger does not start its chain "
+        "(the beat scan alone decides)",
     )
     st.add_argument(
         "--lease-s",

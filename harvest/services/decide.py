@@ -9,6 +9,7 @@ one place a decision becomes the first message of its chain.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,7 @@ from harvest.domain.models import (
     VenuePosition,
 )
 from harvest.domain.plans import NextAttempt, lineage_of, next_attempt, plan_id_for
+from harvest.domain.triggers import next_trigger
 from harvest.services.runtime import Runtime
 from harvest.store.streams import StreamCache
 
@@ -323,3 +325,28 @@ def chain_payload(d: Decision, scanned_at: float) -> tuple[dict[str, Any], str]:
     payload = d.model_dump(mode="json")
     payload["scanned_at"] = scanned_at
     return payload, plan_id_for(d)
+
+
+def write_triggers(rt: Runtime, rows: list[Row], pipe=None) -> int:
+    """Replace the account's triggers (:meth:`harvest.store.keys.Keys.triggers`) with those of
+    ``rows``: for each position, :func:`harvest.domain.triggers.next_trigger` under its symbol's
+    theta, as ``{"price": USDT, "side": 1 | -1}`` (a LONG fires at or above the price, a SHORT at
+    or below). Written to ``pipe`` when given. Returns how many positions have one."""
+    out = {}
+    for vp, entry, _ in rows:
+        try:
+            pos = to_position(rt.settings.account, vp, entry)
+        except ValidationError:
+            continue
+        price = next_trigger(pos, rt.settings.theta_for(vp.symbol))
+        if price is not None:
+            out[vp.symbol] = json.dumps({"price": price, "side": pos.side.sign})
+    key = rt.plans.k.triggers(rt.settings.account)
+    p = pipe if pipe is not None else rt.r.pipeline(transaction=False)
+    p.delete(key)
+    if out:
+        p.hset(key, mapping=out)
+        p.expire(key, max(30, int(4 * rt.settings.scan_interval_s)))  # a stopped scan's triggers lapse
+    if pipe is None:
+        p.execute()
+    return len(out)

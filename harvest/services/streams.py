@@ -24,10 +24,12 @@ loses only freshness (the cache turns stale and readers use REST).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
 import time
+from typing import Callable
 
 from harvest.domain.stream_events import (
     AlgoUpdate,
@@ -196,15 +198,89 @@ class AccountStreams:
             await _wait(halt, 1.0)
 
 
+#: Starts a position's chain on an event: ``(account, symbol) -> None`` (an operator tool passes
+#: one that publishes :func:`workflows.full_chain`; services import no canvas).
+Fire = Callable[[str, str], None]
+
+
 class MarketStreams:
     """The mark-price streams (``<symbol>@markPrice@1s``, public: no credentials, no lease) of
     one ``harvest streams`` process: ``symbols`` and every symbol open in any of ``caches``
     (the accounts it holds), into ``<ns>:streams:marks``. ``silence_s``: how long a market
-    stream may say nothing before it is reopened (wall s)."""
+    stream may say nothing before it is reopened (wall s).
 
-    def __init__(self, rt: Runtime, symbols: list[str], caches: list[StreamCache], silence_s: float = 10.0):
+    Event-driven exits: with ``fire``, each mark is compared with the triggers the accounts'
+    last scans left (:meth:`harvest.store.keys.Keys.triggers`, re-read every
+    ``triggers_every_s``); a mark at or beyond a position's trigger calls ``fire(account,
+    symbol)`` once for that trigger, records it on ``<ns>:streams:fired`` (account, symbol,
+    trigger, mark, the event's time and when it was fired, ms) and counts
+    ``streams:triggers_fired``. What the chain does is the pipeline's: it re-reads the position
+    from REST and every stage's rule applies, so a stale trigger costs one evaluate."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        symbols: list[str],
+        caches: list[StreamCache],
+        silence_s: float = 10.0,
+        fire: Fire | None = None,
+        triggers_every_s: float = 0.5,
+    ):
         self.rt, self.symbols, self.caches, self.silence_s = rt, list(symbols), caches, silence_s
         self.cache = caches[0]
+        self.fire, self.triggers_every_s = fire, triggers_every_s
+        self._triggers: dict[str, list[tuple[str, float, int]]] = {}  # symbol → [(account, price, side)]
+        self._read_at = 0.0
+        self._fired: set[tuple[str, str, float]] = set()
+
+    def _refresh_triggers(self) -> None:
+        if time.monotonic() - self._read_at < self.triggers_every_s:
+            return
+        self._read_at = time.monotonic()
+        p = self.rt.r.pipeline(transaction=False)
+        for c in self.caches:
+            p.hgetall(self.rt.plans.k.triggers(c.account))
+        by_symbol: dict[str, list[tuple[str, float, int]]] = {}
+        for c, rows in zip(self.caches, p.execute(), strict=True):
+            for sym, raw in rows.items():
+                try:
+                    t = json.loads(raw)
+                    by_symbol.setdefault(sym, []).append((c.account, float(t["price"]), int(t["side"])))
+                except (ValueError, KeyError, TypeError):
+                    self.cache.count("malformed_trigger")
+        self._triggers = by_symbol
+        live = {(a, s, px) for s, ts in by_symbol.items() for a, px, _ in ts}
+        self._fired &= live  # a trigger the scan moved or dropped may fire again when it comes back
+
+    def _check(self, ev: MarkPrice) -> None:
+        """Fire the chain of every held position whose trigger ``ev``'s mark reached."""
+        if self.fire is None:
+            return
+        self._refresh_triggers()
+        for account, price, side in self._triggers.get(ev.symbol, ()):
+            if side * (ev.mark - price) < 0 or (account, ev.symbol, price) in self._fired:
+                continue
+            self._fired.add((account, ev.symbol, price))
+            try:
+                self.fire(account, ev.symbol)
+            except Exception as e:  # a broker that does not answer: the beat scan is the safety net
+                log.warning("trigger of %s %s not fired: %s: %s", account, ev.symbol, type(e).__name__, str(e)[:200])
+                continue
+            now_ms = int(time.time() * 1000)
+            self.rt.r.xadd(
+                f"{self.rt.settings.namespace}:streams:fired",
+                {
+                    "account": account,
+                    "symbol": ev.symbol,
+                    "trigger": repr(price),
+                    "mark": repr(ev.mark),
+                    "event_ms": ev.event_ms,
+                    "fired_ms": now_ms,
+                },
+                maxlen=10_000,
+                approximate=True,
+            )
+            self.cache.count("triggers_fired")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Hold the market streams until ``stop``; errors are logged and retried with backoff."""
@@ -268,6 +344,7 @@ class MarketStreams:
                         for ev in self._parse(msg):
                             if isinstance(ev, MarkPrice):
                                 self.cache.put_mark(ev)
+                                self._check(ev)
                                 last = time.monotonic()
                                 backoff = 1.0
                 if not silent:
@@ -341,18 +418,24 @@ def _parse(cache: StreamCache, msg) -> list[Event]:
 
 
 def run_streams(
-    rt: Runtime, symbols: list[str] | None = None, lease_s: float = 10.0, accounts: list[str] | None = None
+    rt: Runtime,
+    symbols: list[str] | None = None,
+    lease_s: float = 10.0,
+    accounts: list[str] | None = None,
+    fire: Fire | None = None,
 ) -> None:
     """Until SIGINT/SIGTERM (``harvest streams``): an :class:`AccountStreams` for each of
     ``accounts`` (default: every account of the deployment; each held under its own lease, so
     that several processes share the accounts) and one :class:`MarketStreams` for ``symbols``
-    (default: every symbol of those accounts). Raises KeyError for an account not configured."""
+    (default: every symbol of those accounts), which starts a position's chain through ``fire``
+    when a mark crosses its trigger (:class:`MarketStreams`; None: no event-driven exits).
+    Raises KeyError for an account not configured."""
     import signal
 
     names = accounts or rt.accounts
     held = [AccountStreams(rt.for_account(a), lease_s=lease_s) for a in names]
     wanted = symbols or list(dict.fromkeys(s for x in held for s in x.rt.settings.symbols))
-    market = MarketStreams(held[0].rt, wanted, [x.cache for x in held])
+    market = MarketStreams(held[0].rt, wanted, [x.cache for x in held], fire=fire)
 
     async def main() -> None:
         stop = asyncio.Event()

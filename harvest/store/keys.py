@@ -79,6 +79,12 @@ class Keys:
     def books(self, account: str) -> str:
         return f"{self.ns}:books:{account}"
 
+    def triggers(self, account: str) -> str:
+        """hash symbol → ``{"price", "side"}``: the mark at which the account's position in that
+        symbol next falls due (:func:`harvest.domain.triggers.next_trigger`), as its last scan
+        computed it; ``harvest streams`` starts the position's chain when a mark crosses it."""
+        return f"{self.ns}:triggers:{account}"
+
     def market(self, symbol: str) -> str:
         return f"{self.ns}:market:{symbol}"
 

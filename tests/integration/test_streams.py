@@ -257,3 +257,45 @@ def test_one_process_holds_the_streams_of_several_accounts_each_apart(emu, tmp_p
     text = out.read_text()
     assert proc.returncode == 0, text[-3000:]
     assert not any(k in text or s in text for k, s in creds.values())
+
+
+def test_a_mark_crossing_a_trigger_starts_the_chain_without_a_scan(emu, tmp_path):
+    """Event-driven exits: one scan leaves the position's trigger (its profit lock);
+    the mark then jumps to 2.2 R, and the streamed mark starts the chain at once: the partial
+    is filled with no further scan."""
+    from harvest.domain.models import Action
+    from tasks.app import app
+    from tests.harness import worker
+    from tests.pipeline_helpers import mark_for_r, state
+
+    rt, e = emu
+    env = {"HARVEST_NAMESPACE": NS, "HARVEST_FAPI_URL": e.url, "HARVEST_API_KEY": KEY, "HARVEST_API_SECRET": SECRET}
+    entry, stop = 100_000.0, 99_000.0
+    rt.market.put_many([state("BTCUSDT")])
+    rt.venue.set_position("BTCUSDT", "LONG", 0.02, entry, 10.0, opened_at=rt.market_now() - 60, stop_price=stop)
+    rt.venue.set_mark("BTCUSDT", mark_for_r(entry, stop, 0.02, 0.02, 1.0, "LONG"))
+    proc = _start(e, tmp_path / "streams.out")
+    w = worker(env, NS, 2).start()
+    cache = StreamCache(rt.r, NS, rt.settings.account)
+    try:
+        w.wait_ready()
+        wait_for(lambda: cache.trusted() and cache.snapshot(3.0, 3.0), 30, what="the stream cache")
+        app.send_task("harvest.scan_positions", queue=f"{NS}.scan")
+        trig = wait_for(lambda: rt.r.hget(f"{NS}:triggers:{rt.settings.account}", "BTCUSDT"), 20, what="the trigger")
+        lock_r = rt.settings.theta.lock_start_r
+        assert json.loads(trig)["price"] == pytest.approx(mark_for_r(entry, stop, 0.02, 0.02, lock_r, "LONG"))
+        assert not list(rt.plans.all_plans())  # at 1 R: nothing due
+        scans = _counter(rt, "scan:runs")
+        rt.venue.set_mark("BTCUSDT", mark_for_r(entry, stop, 0.02, 0.02, 2.2, "LONG"))
+        done = wait_for(
+            lambda: next((p for p in rt.plans.all_plans() if p.state == "FILLED"), None), 20, what="the partial"
+        )
+        assert done.action == Action.PARTIAL_25
+        assert _counter(rt, "scan:runs") == scans  # no scan ran: the mark's event started it
+        (fired,) = [f for _, f in rt.r.xrange(f"{NS}:streams:fired")]
+        assert (fired["account"], fired["symbol"]) == (rt.settings.account, "BTCUSDT")
+        assert _counter(rt, "streams:triggers_fired") == 1
+    finally:
+        w.stop()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
