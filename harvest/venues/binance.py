@@ -282,6 +282,90 @@ class WeightBudget:
         return int(self.r.get(self.key()) or 0)
 
 
+#: Binance's ORDERS limits per account when exchangeInfo has not been read yet: (window s, orders).
+DEFAULT_ORDER_LIMITS = ((10, 300), (60, 1200))
+#: The share of each order window a kind of order may use: closes first.
+ORDER_SHARE = {"close": 1.0, "stop": 0.9}
+_INTERVAL_S = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86_400}
+
+
+def order_limits(info: dict) -> list[tuple[int, int]]:
+    """The ``ORDERS`` rate limits of an exchangeInfo answer as ``[(window s, orders)]``
+    (Binance: 300 per 10 s and 1200 per minute, per account). ValueError for a malformed entry."""
+    out = []
+    for x in info.get("rateLimits") or []:
+        if x.get("rateLimitType") == "ORDERS":
+            out.append((int(x["intervalNum"]) * _INTERVAL_S[x["interval"]], int(x["limit"])))
+    return out
+
+
+class OrderBudget:
+    """One account's order-rate budget (Binance's ``ORDERS`` limits count new orders per
+    account, not per IP), in Redis: a counter per window and bucket
+    (``<ns>:venue:<account>:orders:<window s>:<bucket>``) and the account's own back-off
+    (``<ns>:venue:<account>:orders_backoff_until``, set by a 429 ``-1015``; it holds this
+    account's orders only — not its reads, not another account). Limits from exchangeInfo's
+    ``rateLimits`` as :meth:`BinanceVenue.refresh_filters` stored them (``<ns>:venue:rate_limits``),
+    else :data:`DEFAULT_ORDER_LIMITS`."""
+
+    _RESERVE = """
+    local now = tonumber(ARGV[1])
+    local till = tonumber(redis.call('GET', KEYS[1]) or '0')
+    if till > now then return {0, tostring(till - now)} end
+    local n = (#ARGV - 1) / 3
+    for i = 1, n do
+      local used = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+      if used + 1 > tonumber(ARGV[1 + 3 * i - 1]) then return {0, ARGV[1 + 3 * i]} end
+    end
+    for i = 1, n do
+      redis.call('INCR', KEYS[i + 1])
+      redis.call('EXPIRE', KEYS[i + 1], tonumber(ARGV[1 + 3 * i - 2]) * 2)
+    end
+    return {1, '0'}
+    """
+
+    def __init__(self, r: redis.Redis, ns: str, account: str):
+        self.r, self.ns, self.account = r, ns, account
+        self._reserve = r.register_script(self._RESERVE)
+        self.k_backoff = f"{ns}:venue:{account}:orders_backoff_until"
+        self.k_limits = f"{ns}:venue:rate_limits"
+        self._limits: tuple[float, list[tuple[int, int]]] | None = None
+
+    def limits(self) -> list[tuple[int, int]]:
+        """``[(window s, orders)]`` in force (re-read from Redis at most every 60 s)."""
+        if self._limits is None or time.time() - self._limits[0] > 60:
+            raw = self.r.get(self.k_limits)
+            got = [tuple(x) for x in json.loads(raw)] if raw else []
+            self._limits = (time.time(), [(int(w), int(n)) for w, n in got] or list(DEFAULT_ORDER_LIMITS))
+        return self._limits[1]
+
+    def reserve(self, priority: str) -> None:
+        """Count one new order of ``priority`` (close, stop) against every window. Raises a
+        retryable VenueError (-1015, ``retry_after`` s: the rest of the full window, or of the
+        back-off) when a window is full for that priority or the account backs off; nothing is
+        sent then."""
+        now = time.time()
+        keys, args = [self.k_backoff], [repr(now)]
+        for window, limit in self.limits():
+            bucket = int(now // window)
+            keys.append(f"{self.ns}:venue:{self.account}:orders:{window}:{bucket}")
+            args += [window, int(limit * ORDER_SHARE[priority]), repr((bucket + 1) * window - now)]
+        ok, wait = self._reserve(keys=keys, args=args)
+        if not int(ok):
+            raise VenueError(
+                -1015,
+                f"local order-rate budget of account {self.account}: {priority} order held back",
+                429,
+                retryable=True,
+                retry_after=float(wait),
+            )
+
+    def back_off(self, seconds: float) -> None:
+        """Hold this account's new orders for ``seconds`` (after a 429 -1015)."""
+        until = time.time() + max(0.0, seconds)
+        self.r.set(self.k_backoff, repr(until), ex=max(1, int(seconds) + 1))
+
+
 class BinanceVenue(Venue):
     """:class:`~harvest.venues.base.Venue` on python-binance (see module docstring).
 
@@ -311,6 +395,7 @@ class BinanceVenue(Venue):
         self._client: Client | None = None
         self._pid = 0
         self.budget = WeightBudget(r, ns, weight_limit)
+        self.orders = OrderBudget(r, ns, account)
         self.cache_ttl_s = cache_ttl_s
         self._filters: dict[str, SymbolFilters] = {}
         self._filters_at = 0.0
@@ -336,10 +421,14 @@ class BinanceVenue(Venue):
             self._pid = os.getpid()
         return self._client
 
-    def _call(self, fn: str, weight: str, priority: str, **params: Any) -> Any:
-        """One request: budget, call, rate-limit bookkeeping, error classification, and one
-        retry after a -1021 time resync."""
+    def _call(self, fn: str, weight: str, priority: str, new_order: bool = False, **params: Any) -> Any:
+        """One request: budget (request weight, the IP's; with ``new_order``, the account's
+        order rate too), call, rate-limit bookkeeping, error classification, and one retry after
+        a -1021 time resync. A 429/418 holds the scope it belongs to: ``-1015`` (too many new
+        orders) this account's orders, any other the IP's requests."""
         self.budget.reserve(WEIGHT[weight], priority)
+        if new_order:
+            self.orders.reserve(priority)
         for attempt in (0, 1):
             try:
                 out = getattr(self.client, fn)(**dict(params))
@@ -351,7 +440,9 @@ class BinanceVenue(Venue):
                     self.resync_time()
                     continue
                 err = classify(e)
-                if err.http_status in (429, 418):
+                if err.http_status in (429, 418) and err.code == -1015:
+                    self.orders.back_off(err.retry_after or 1.0)
+                elif err.http_status in (429, 418):
                     self.budget.back_off(err.retry_after or 1.0)
                 raise err from None
             except (requests.exceptions.RequestException, BinanceRequestException) as e:
@@ -401,6 +492,9 @@ class BinanceVenue(Venue):
         info = self._call("futures_exchange_info", "exchange_info", "read")
         filters = filters_from_exchange_info(info)
         self.r.set(self.k_info, json.dumps({"symbols": info["symbols"]}), ex=int(self.cache_ttl_s * 4))
+        limits = order_limits(info)
+        if limits:
+            self.r.set(self.orders.k_limits, json.dumps(limits), ex=int(self.cache_ttl_s * 4))
         self._filters, self._filters_at = filters, time.time()
         return len(filters)
 
@@ -625,7 +719,7 @@ class BinanceVenue(Venue):
                 params["positionSide"] = Side.closed_by(side).value
             else:
                 params["reduceOnly"] = "true"
-            return self._call("futures_create_order", "order", "close", **params)
+            return self._call("futures_create_order", "order", "close", new_order=True, **params)
 
         return self._order(self._mode_refreshed(send, "close"))
 
@@ -643,7 +737,7 @@ class BinanceVenue(Venue):
             }
             if dual:
                 params["positionSide"] = Side.closed_by(side).value
-            return self._call("futures_create_order", "order", "stop", **params)
+            return self._call("futures_create_order", "order", "stop", new_order=True, **params)
 
         new = self._algo(self._mode_refreshed(send, "stop"))
         # The new stop works; only now are the older stops of this position cancelled. A

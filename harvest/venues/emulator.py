@@ -350,6 +350,7 @@ class Emulator:
         fee_rate: float = 0.0005,
         weight_limit_1m: int = WEIGHT_LIMIT_1M,
         listen_key_ttl_s: float = LISTEN_KEY_TTL_S,
+        order_limits: list[tuple[int, int]] | None = None,
     ):
         self.r = r
         self.ns = ns
@@ -364,6 +365,17 @@ class Emulator:
         self.streams: StreamServer | None = None
         self.weight_limit_1m = weight_limit_1m
         self._info = load_exchange_info()
+        if order_limits is not None:  # (window s, new orders per account), as exchangeInfo tells clients
+            other = [x for x in self._info.get("rateLimits", []) if x.get("rateLimitType") != "ORDERS"]
+            rows = [
+                {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": w, "limit": n} for w, n in order_limits
+            ]
+            self._info = dict(self._info, rateLimits=other + rows)
+        self.order_limits = [
+            (int(x["intervalNum"]) * {"SECOND": 1, "MINUTE": 60}[x["interval"]], int(x["limit"]))
+            for x in self._info.get("rateLimits", [])
+            if x.get("rateLimitType") == "ORDERS"
+        ]
         self._symbols = {s["symbol"] for s in self._info["symbols"]}
         self._k_weight = f"{ns}:emu:weight"
         emu = self
@@ -598,6 +610,8 @@ class Emulator:
                     raise ApiError(401, -2015, "Invalid API-key, IP, or permissions for action.")
             elif path not in _PUBLIC:
                 self._authenticate(h, parts.query, body, params)
+            if order_call and method == "POST":
+                self._count_order()
             if kind == "partial_fill":
                 self.venue.set_partial_fills(float(fault.get("fraction", 0.4)))
             result = self._route(method, path, params)
@@ -635,6 +649,24 @@ class Emulator:
             params.get("symbol", ""),
             {"endpoint": endpoint, "clientId": cid, "status": status, "code": code, "fault": fault},
         )
+
+    def _count_order(self) -> None:
+        """Binance's ``ORDERS`` limits, per account (``self.order_limits``: 300 per 10 s and 1200
+        per minute as shipped): a new order beyond one answers 429 ``-1015``. The rejected order
+        counts too (the stricter reading)."""
+        now = time.time()
+        acct = self._current.name
+        for window, limit in self.order_limits:
+            key = f"{self.ns}:emu:orders:{acct}:{window}:{int(now // window)}"
+            n = self.r.incr(key)
+            self.r.expire(key, window * 2)
+            if n > limit:
+                raise ApiError(
+                    429,
+                    -1015,
+                    f"Too many new orders; current limit is {limit} orders per {window} SECOND.",
+                    {"Retry-After": str(int(window - now % window) + 1)},
+                )
 
     def _authenticate(self, h: BaseHTTPRequestHandler, query: str, body: str, params: dict) -> None:
         acct = self.accounts.get(h.headers.get("X-MBX-APIKEY") or "")

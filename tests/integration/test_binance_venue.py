@@ -288,3 +288,49 @@ def test_stop_move_is_one_order_even_when_the_cleanup_fails(emu, bv):
     working = sorted(o.stop_price for o in emu.venue.open_orders("BTCUSDT", algo=True))
     assert working == [99_000.0, 100_000.0]  # the older stop stays until the next move
     assert emu.venue.position("BTCUSDT").stop_price == 100_000.0  # the tighter one protects
+
+
+def test_order_rate_is_each_accounts_own_and_a_1015_holds_only_that_account(redis_url):
+    """Binance's ORDERS limits count new orders per account (exchangeInfo's rateLimits; here 2
+    per 10 s): harvest holds an account's third order locally (-1015, nothing sent) while the
+    other account's order goes out; a -1015 from the exchange holds that account's orders
+    only — not its reads, not another account, not the IP."""
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    ns = "emu-orders"
+    for k in r.scan_iter(f"{ns}:*"):
+        r.delete(k)
+    clock = MarketClock(r, ns, T0, 0.0)
+    clock.set(T0, 0.0)
+    e = Emulator(r, ns, "a", "key-a", "sec-a", clock=clock, order_limits=[(10, 2)])
+    e.add_account("b", "key-b", "sec-b")
+    e.start(streams=False)
+    try:
+        a, b = (
+            BinanceVenue(r, ns, lambda k=k, s=s: make_client(k, s, e.url, False, 2.0, 5000), 1800, account=n)
+            for n, k, s in (("a", "key-a", "sec-a"), ("b", "key-b", "sec-b"))
+        )
+        for acct in ("a", "b"):
+            eng = e.account(acct).venue
+            eng.set_position("BTCUSDT", "LONG", 0.010, 100_000.0, 20.0, opened_at=T0, stop_price=99_000.0)
+            eng.set_mark("BTCUSDT", 101_000.0)
+        assert a.refresh_filters() > 0  # reads the ORDERS limits too
+        assert a.orders.limits() == [(10, 2)]
+        a.close_market("BTCUSDT", "SELL", "0.001", "hv-00000000000000a1-0")
+        a.close_market("BTCUSDT", "SELL", "0.001", "hv-00000000000000a2-0")
+        sent = len(e.order_log("a"))
+        with pytest.raises(VenueError) as held:
+            a.close_market("BTCUSDT", "SELL", "0.001", "hv-00000000000000a3-0")
+        assert held.value.code == -1015 and held.value.retryable and 0 < held.value.retry_after <= 10
+        assert len(e.order_log("a")) == sent  # held here: nothing reached the exchange
+        b.close_market("BTCUSDT", "SELL", "0.001", "hv-00000000000000b1-0")  # another account: its own limit
+        # the exchange's own -1015 (a budget that did not know): that account's orders back off
+        r.delete(*r.keys(f"{ns}:venue:a:orders:*"))
+        with pytest.raises(VenueError) as refused:
+            a.close_market("BTCUSDT", "SELL", "0.001", "hv-00000000000000a4-0")
+        assert refused.value.code == -1015 and refused.value.http_status == 429
+        assert float(r.get(a.orders.k_backoff)) > 0
+        assert not r.exists(a.budget.k_backoff)  # the IP is not held
+        assert a.positions() and b.positions()  # reads go on, for both accounts
+        b.close_market("BTCUSDT", "SELL", "0.001", "hv-00000000000000b2-0")
+    finally:
+        e.stop()
