@@ -35,9 +35,11 @@ after any gap, never add up deltas). Funding is not streamed yet (REST ``income`
 **Market events**: ``markPriceUpdate`` every second per subscribed symbol (``p`` the paper
 engine's mark, ``r`` the funding rate in force, ``T`` the next funding time).
 
-**Settlement**: while anything is connected, the server settles the paper engine (stops,
-liquidations, funding) every ``tick_s`` wall seconds, as the exchange would without a REST
-poll; a stop that triggers is pushed without anybody asking.
+**Settlement**: while a user stream is connected, the server settles that account's paper
+engine (stops, liquidations, funding) every ``tick_s`` wall seconds at most, as the exchange
+would without a REST poll; a stop that triggers is pushed without anybody asking. Many
+accounts: one reader tails every streamed account's order log (one blocking XREAD), and the
+settlement runs apart from the mark ticks.
 
 **Faults** (:data:`STREAM_FAULT_KINDS`, armed with :meth:`StreamServer.inject`, each fires once
 per ``times``): ``drop`` closes every connection of a kind (``user`` or ``market``) without a
@@ -124,6 +126,8 @@ class StreamServer:
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._users: dict[ServerConnection, tuple[str, EmulatedAccount]] = {}  # → (listenKey, account)
+        self._queues: dict[ServerConnection, asyncio.Queue] = {}  # a user connection's events to send
+        self._last: dict[str, str] = {}  # account → the last order-log entry read (accounts streamed)
         self._markets: dict[ServerConnection, tuple[list[str], bool]] = {}  # → (streams, combined)
         self.sent = 0
 
@@ -186,9 +190,10 @@ class StreamServer:
         async with serve(self._serve, self.host, self._port, process_request=self._check, compression=None) as server:
             self._port = server.sockets[0].getsockname()[1] if self._port == 0 else self._port
             self._ready.set()
-            ticker = asyncio.create_task(self._ticker())
+            tasks = [asyncio.create_task(c) for c in (self._ticker(), self._tailer(), self._settler())]
             await self._stop.wait()
-            ticker.cancel()
+            for t in tasks:
+                t.cancel()
             server.close()
 
     # ------------------------------------------------------------------ connections
@@ -248,17 +253,20 @@ class StreamServer:
         return next((a for a in list(self.emu.accounts.values()) if a.listen_keys.valid(key)), None)
 
     async def _user(self, conn: ServerConnection, acct: EmulatedAccount) -> None:
-        """Tail the account's order log from now and send each entry's events, in order."""
-        venue = acct.venue
-        last = await asyncio.to_thread(self._log_tip, venue)
-        pending: list[dict] = []
-        while True:
-            entries = await asyncio.to_thread(self._read_log, venue, last)
-            for eid, fields in entries:
-                last = eid
-                pending.extend(await asyncio.to_thread(self._events_of, venue, fields))
-            if pending:
-                batch, pending = pending, []
+        """Send the account's events from now on (read by :meth:`_tailer`), in order, with the
+        user-stream faults; events of a time without a connection are never replayed."""
+        if not any(a.name == acct.name for c, (_, a) in self._users.items() if c is not conn):
+            self._last[acct.name] = await asyncio.to_thread(self._log_tip, acct.venue)
+        q: asyncio.Queue = asyncio.Queue()
+        self._queues[conn] = q
+        try:
+            while True:
+                try:
+                    batch = await asyncio.wait_for(q.get(), 0.5)
+                except asyncio.TimeoutError:
+                    if conn.state.name in ("CLOSING", "CLOSED"):
+                        return
+                    continue
                 if self._take("user", "gap"):
                     batch = []
                 if self._take("user", "malformed"):
@@ -277,16 +285,58 @@ class StreamServer:
                         self.sent += 1
                     except ConnectionClosed:
                         return
-            if conn.state.name in ("CLOSING", "CLOSED"):
-                return
+        finally:
+            self._queues.pop(conn, None)
+            if not any(a.name == acct.name for c, (_, a) in self._users.items() if c is not conn):
+                self._last.pop(acct.name, None)
+
+    async def _tailer(self) -> None:
+        """Tail the order logs of every account with a user connection in one blocking XREAD
+        (one reader for any number of accounts) and queue each entry's events for the
+        account's connections."""
+        while True:
+            try:
+                accts = {a.name: a for _, a in list(self._users.values()) if a.name in self._last}
+                if not accts:
+                    await asyncio.sleep(0.05)
+                    continue
+                by_key = {a.venue.k_log: a for a in accts.values()}
+                after = {k: self._last[a.name] for k, a in by_key.items()}
+                got = await asyncio.to_thread(self._tail.xread, after, count=100, block=200)
+                for key, rows in got or []:
+                    acct = by_key[key]
+                    if acct.name not in self._last:
+                        continue  # its last connection went meanwhile
+                    self._last[acct.name] = rows[-1][0]
+                    events = await asyncio.to_thread(
+                        lambda a=acct, rs=rows: [ev for _, f in rs for ev in self._events_of(a.venue, f)]
+                    )
+                    if events:
+                        for conn, (_, a) in list(self._users.items()):
+                            if a.name == acct.name and conn in self._queues:
+                                self._queues[conn].put_nowait(list(events))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a failed read must not end the streams
+                log.exception("order-log tail failed")
+                await asyncio.sleep(0.2)
+
+    async def _settler(self) -> None:
+        """Settle the paper engine of every account with a user connection (stops trigger,
+        liquidations, funding: pushed without a REST poll), one pass every ``tick_s`` at most,
+        apart from the mark ticks (many accounts must not hold the mark prices back)."""
+        while True:
+            await asyncio.sleep(self.tick_s)
+            venues = list({a.name: a.venue for _, a in list(self._users.values())}.values())
+            if venues:
+                try:
+                    await asyncio.to_thread(lambda vs=venues: [v.positions() for v in vs])
+                except Exception:
+                    log.exception("stream settlement failed")
 
     def _log_tip(self, venue: PaperVenue) -> str:
         last = self.emu.r.xrevrange(venue.k_log, count=1)
         return last[0][0] if last else "0-0"
-
-    def _read_log(self, venue: PaperVenue, after: str) -> list[tuple[str, dict]]:
-        got = self._tail.xread({venue.k_log: after}, count=100, block=200)
-        return [(eid, f) for _, rows in got for eid, f in rows] if got else []
 
     # ------------------------------------------------------------------ events
 
@@ -385,8 +435,8 @@ class StreamServer:
     # ------------------------------------------------------------------ the clock
 
     async def _ticker(self) -> None:
-        """Every ``tick_s``: settle the paper engine (stops trigger unasked), send mark prices,
-        end streams whose listenKey expired, fire ``drop``/``expire`` faults."""
+        """Every ``tick_s``: send mark prices, end streams whose listenKey expired, fire
+        ``drop``/``expire`` faults (settlement: :meth:`_settler`)."""
         while True:
             await asyncio.sleep(self.tick_s)
             try:
@@ -403,9 +453,6 @@ class StreamServer:
                 for c in list(conns):
                     c.transport.abort()  # no close frame: a dropped connection
         if self._users:
-            venues = {a.name: a.venue for _, a in self._users.values()}
-            for v in venues.values():  # settle: stops, liquidations, funding
-                await asyncio.to_thread(v.positions)
             now = int(time.time() * 1000)
             for c, (key, acct) in list(self._users.items()):
                 if not acct.listen_keys.valid(key):

@@ -1,0 +1,226 @@
+"""A fleet of accounts on one IP: the beat scan of every account, by REST polling and from
+``harvest streams``' caches, side by side in one run on the fapi emulator (issue 23).
+
+    python benchmarks/fleet.py [--accounts 1000] [--positions 10] [--workers 2] [--json out.json]
+
+One private redis-server, one emulator serving every account (REST and streams; its weight
+limit lifted: the figures are what Binance would count), ``--accounts`` × ``--positions``
+positions (the same symbols in every account), a real worker with ``--workers`` processes. It
+prints, each beside its baseline:
+
+* **one beat tick** — publish beat's scan (a group of one scan per account) → the last account
+  scanned: REST polling against the stream caches (target: ≤ 2 s for all, within the 5 s tick);
+* **request weight of that tick** per account: positionRisk and its companions against none;
+* **steady-state weight per account per minute** at the default intervals: scans (5 s) plus
+  reconcile (30 s, measured once), funding (60 s) and exchangeInfo (300 s), polling against
+  streams (against today's ~1000, target ≤ 20);
+* **the streams process**: RSS and CPU holding every account (idle, then per 1000 accounts) and
+  CPU per 1000 mark-price events a second (a second run: one account, 50 symbols, 20 ticks/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import _setup  # noqa: F401  (puts the repository on sys.path)
+from _setup import celery_app, clean, env_for, open_positions, runtime, start_emulator, start_worker
+
+from harvest.ops.procs import HarvestProcess, RedisServer, wait_for
+from harvest.store.streams import StreamCache
+
+SCAN_S, RECONCILE_S, FUNDING_S, INFO_S = 5.0, 30.0, 60.0, 300.0
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _proc(pid: int) -> tuple[float, float]:
+    """(CPU seconds used, RSS MB) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(parts[11]) + int(parts[12])) / TICKS
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    return cpu, rss
+
+
+def _cpu_share(pid: int, seconds: float) -> tuple[float, float]:
+    """(CPU fraction of one core over ``seconds``, RSS MB at the end)."""
+    c0, _ = _proc(pid)
+    time.sleep(seconds)  # the measurement window, not a synchronisation
+    c1, rss = _proc(pid)
+    return (c1 - c0) / seconds, rss
+
+
+def _tick(rt, env, accounts: list[str]) -> float:
+    """Publish beat's scan once; seconds until every account's scan has run."""
+    counters = rt.plans.k.counters
+    before = {a: int(rt.r.hget(counters, f"acct:{a}:scan:runs") or 0) for a in accounts}
+    client = celery_app(env)
+    t0 = time.monotonic()
+    client.send_task("harvest.scan_positions", queue=f"{rt.settings.namespace}.scan", expires=SCAN_S)
+
+    def done() -> bool:
+        p = rt.r.pipeline(transaction=False)
+        for a in accounts:
+            p.hget(counters, f"acct:{a}:scan:runs")
+        return all(int(n or 0) > before[a] for a, n in zip(accounts, p.execute(), strict=True))
+
+    wait_for(done, 300, 0.01, "every account's scan")
+    client.close()
+    return time.monotonic() - t0
+
+
+def fleet(url: str, n_acc: int, n_pos: int, workers: int) -> dict:
+    syms = [f"F{i:03d}USDT" for i in range(n_pos)]
+    accounts = [f"a{i:04d}" for i in range(n_acc)]
+    ns = f"fleet-{os.getpid()}"
+    env = env_for(
+        url,
+        ns,
+        syms,
+        HARVEST_ACCOUNTS=json.dumps([{"name": a} for a in accounts]),
+        HARVEST_MARKET_REFRESH_S="3600",
+    )
+    rt = runtime(env)
+    clean(rt)
+    for a in accounts:
+        open_positions(rt.for_account(a), syms, 0.5)
+    emu = start_emulator(rt, env)  # env gains every account's keys
+    hv = runtime(env)  # harvest's side: python-binance to the emulator
+    procs = [start_worker(env, ns, "scan,housekeeping", workers)]
+    out: dict = {"accounts": n_acc, "positions_per_account": n_pos, "workers": workers}
+    try:
+        procs[0].wait_ready(120)
+        _tick(hv, env, accounts)  # warm: leverage, openings, funding cached, as after any earlier tick
+        w0 = emu.weight_spent()
+        out["rest_tick_s"] = _tick(hv, env, accounts)
+        out["rest_tick_weight_per_account"] = (emu.weight_spent() - w0) / n_acc
+        w0 = emu.weight_spent()
+        from harvest.services.reconcile import reconcile_once
+
+        reconcile_once(hv)
+        out["reconcile_weight_per_account"] = (emu.weight_spent() - w0) / n_acc
+        w0 = emu.weight_spent()
+        hv.r.delete(*[hv.for_account(a).venue.k_funding_poll for a in accounts])  # type: ignore[attr-defined]
+        for a in accounts:
+            hv.for_account(a).venue.positions()  # one funding poll per account (its positions read aside)
+        out["funding_poll_weight_per_account"] = max(
+            0.0, (emu.weight_spent() - w0) / n_acc - out["rest_tick_weight_per_account"]
+        )
+
+        st = HarvestProcess("streams", env, ["--symbols", ",".join(syms), "--no-triggers"]).start()
+        procs.append(st)
+        caches = [StreamCache(hv.r, ns, a) for a in accounts]
+        t0 = time.monotonic()
+        wait_for(lambda: all(c.trusted() for c in caches), 600, 0.5, "every account's stream cache")
+        out["streams_resync_all_s"] = time.monotonic() - t0
+        wait_for(lambda: caches[0].snapshot(3.0, 3.0), 30, 0.1, "fresh marks")
+        cpu, rss = _cpu_share(st.proc.pid, 10.0)
+        out["streams_idle_cpu_share"], out["streams_rss_mb"] = cpu, rss
+        w0 = emu.weight_spent()
+        out["streams_tick_s"] = _tick(hv, env, accounts)
+        out["streams_tick_weight_per_account"] = (emu.weight_spent() - w0) / n_acc
+        out["positions_from_streams"] = int(hv.r.hget(hv.plans.k.counters, "positions:streams") or 0)
+        per_min = 60.0 / SCAN_S
+        fixed = (
+            out["reconcile_weight_per_account"] * 60 / RECONCILE_S
+            + out["funding_poll_weight_per_account"] * 60 / FUNDING_S
+            + 1 * 60 / INFO_S
+        )
+        out["rest_weight_per_account_min"] = out["rest_tick_weight_per_account"] * per_min + fixed
+        out["streams_weight_per_account_min"] = out["streams_tick_weight_per_account"] * per_min + fixed
+        out["streams_weight_per_account_min_without_reconcile"] = (
+            out["streams_weight_per_account_min"] - out["reconcile_weight_per_account"] * 60 / RECONCILE_S
+        )
+        return out
+    finally:
+        for p in procs:
+            p.stop(30)
+        emu.stop()
+        clean(rt)
+
+
+def mark_events(url: str, symbols: int = 50, tick_s: float = 0.05, seconds: float = 10.0) -> dict:
+    """The streams process's CPU per 1000 mark-price events a second: one account, ``symbols``
+    mark streams, the emulator ticking every ``tick_s``."""
+    syms = [f"M{i:03d}USDT" for i in range(symbols)]
+    ns = f"marks-{os.getpid()}"
+    env = env_for(url, ns, syms)
+    rt = runtime(env)
+    clean(rt)
+    open_positions(rt, syms[:1], 0.5)
+    emu = start_emulator(rt, env, streams=False)
+    from harvest.venues.emulator_streams import StreamServer
+
+    emu.streams = StreamServer(emu, tick_s=tick_s).start()
+    st = HarvestProcess("streams", env, ["--symbols", ",".join(syms), "--no-triggers"]).start()
+    try:
+        wait_for(lambda: StreamCache(rt.r, ns, rt.settings.account).snapshot(3.0, 3.0), 60, 0.1, "the marks")
+        sent0 = emu.streams.sent
+        cpu, rss = _cpu_share(st.proc.pid, seconds)
+        rate = (emu.streams.sent - sent0) / seconds
+        return {
+            "mark_events_per_s": rate,
+            "cpu_share": cpu,
+            "cpu_share_per_1000_events_s": cpu * 1000 / rate,
+            "rss_mb": rss,
+        }
+    finally:
+        st.stop(30)
+        emu.stop()
+        clean(rt)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--accounts", type=int, default=1000)
+    p.add_argument("--positions", type=int, default=10)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json", help="write the figures to this file")
+    a = p.parse_args()
+    server = RedisServer().start()
+    try:
+        f = fleet(server.url, a.accounts, a.positions, a.workers)
+        m = mark_events(server.url)
+    finally:
+        server.stop()
+    k = 1000 / a.accounts
+    print(f"{a.accounts} accounts × {a.positions} positions on one IP, a worker with {a.workers} processes")
+    print(f"{'':52} {'REST polling':>14} {'streams':>10}")
+    print(
+        f"{'one beat tick: every account scanned (s)':52} {f['rest_tick_s']:>14.2f} {f['streams_tick_s']:>10.2f}"
+        f"   (target ≤ 2 s: {'met' if f['streams_tick_s'] <= 2 else 'MISSED'})"
+    )
+    print(
+        f"{'request weight of that tick, per account':52} {f['rest_tick_weight_per_account']:>14.1f}"
+        f" {f['streams_tick_weight_per_account']:>10.1f}"
+    )
+    print(
+        f"{'steady-state weight per account per minute':52} {f['rest_weight_per_account_min']:>14.1f}"
+        f" {f['streams_weight_per_account_min']:>10.1f}   (target ≤ 20)"
+    )
+    print(
+        f"  of which reconcile every {RECONCILE_S:g} s: {f['reconcile_weight_per_account'] * 60 / RECONCILE_S:.1f}; "
+        f"funding every {FUNDING_S:g} s: {f['funding_poll_weight_per_account'] * 60 / FUNDING_S:.1f}"
+    )
+    print(
+        f"harvest streams holding {a.accounts} accounts: first resync of all {f['streams_resync_all_s']:.1f} s, "
+        f"RSS {f['streams_rss_mb']:.0f} MB ({f['streams_rss_mb'] * k:.0f} MB per 1000 accounts), "
+        f"idle CPU {100 * f['streams_idle_cpu_share']:.1f} % of a core "
+        f"({100 * f['streams_idle_cpu_share'] * k:.1f} % per 1000)"
+    )
+    print(
+        f"mark-price events: {m['mark_events_per_s']:.0f}/s cost {100 * m['cpu_share']:.1f} % of a core: "
+        f"{100 * m['cpu_share_per_1000_events_s']:.1f} % per 1000 events/s (RSS {m['rss_mb']:.0f} MB)"
+    )
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump({"fleet": f, "marks": m}, fh, indent=2, sort_keys=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
