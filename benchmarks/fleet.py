@@ -151,7 +151,7 @@ def mark_events(url: str, symbols: int = 50, tick_s: float = 0.05, seconds: floa
     env = env_for(url, ns, syms)
     rt = runtime(env)
     clean(rt)
-    open_positions(rt, syms[:1], 0.5)
+    open_positions(rt, syms, 0.5)  # lists every symbol (a mark stream each)
     emu = start_emulator(rt, env, streams=False)
     from harvest.venues.emulator_streams import StreamServer
 
