@@ -199,6 +199,13 @@ class HarvestSettings(BaseSettings):
         "(wall s) is stale: no kill decision is made from it (default: 3 × the "
         "longer of the scan and market refresh intervals)",
     )
+    scan_accounts_per_task: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="with several accounts: accounts scanned per scan task (1: a task per account; more: "
+        "Celery chunks, fewer messages per tick for a large fleet)",
+    )
     streams_max_age_s: float = Field(
         3.0,
         gt=0,

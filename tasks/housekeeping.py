@@ -27,7 +27,7 @@ def refresh_market() -> int:
     symbols were refreshed."""
     rt = get_runtime()
     now = rt.market_now()
-    theta = rt.settings.theta
+    theta = (rt.deployment or rt.settings).theta  # the deployment's windows, not one account's overrides
     states = []
     stamp = {"computed_at": time.time()}
     symbols = dict.fromkeys(s for a in rt.accounts for s in rt.for_account(a).settings.symbols)

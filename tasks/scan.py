@@ -10,9 +10,10 @@ decisions retrying and abandoned (by reason) are kept as the scan saw them last
 (``<ns>:decisions:<account>``), for the scorecard and ``/metrics``.
 
 A deployment with several accounts (``HARVEST_ACCOUNTS``) scans each on its own: beat's scan
-starts a Celery group of one ``harvest.scan_positions(account)`` per account on the scan
-queue, each expiring with the beat interval, so that workers scan accounts in parallel and
-one account's slow exchange holds up no other.
+starts a Celery group of ``harvest.scan_positions(account)`` on the scan queue, each expiring
+with the beat interval, so that workers scan accounts in parallel: one task per account, or
+— ``HARVEST_SCAN_ACCOUNTS_PER_TASK`` > 1, for a large fleet — Celery's ``chunks`` of that many
+accounts per task (fewer messages per tick; a slow exchange then holds up its chunk-mates).
 
 While ``harvest streams`` holds the account, the scan also leaves each position's trigger (the
 mark at which its next decision falls due, :mod:`harvest.domain.triggers`) for it: a streamed
@@ -53,9 +54,12 @@ def scan_positions(account: str | None = None) -> dict:
     base = get_runtime()
     if account is None and len(base.accounts) > 1:
         s = base.settings
-        group(
-            scan_positions.si(a).set(queue=s.queue("scan"), expires=s.scan_interval_s) for a in base.accounts
-        ).apply_async()
+        per = s.scan_accounts_per_task
+        if per == 1:
+            sigs = group(scan_positions.si(a) for a in base.accounts)
+        else:  # Celery's chunks: each task scans ``per`` accounts in turn (fewer messages per tick)
+            sigs = scan_positions.chunks(((a,) for a in base.accounts), per).group()
+        sigs.apply_async(queue=s.queue("scan"), expires=s.scan_interval_s)
         return {"accounts": len(base.accounts)}
     rt = account_runtime(base, "scan_positions", {"account": account}, account or base.accounts[0])
     if rt is None:

@@ -35,6 +35,8 @@ class Runtime:
     clock: MarketClock | None
     #: The runtimes of the deployment's accounts by name, shared by all of them (built on demand).
     peers: dict[str, "Runtime"] = field(default_factory=dict, repr=False)
+    #: The deployment's settings as configured (``settings`` is one account's view of them).
+    deployment: HarvestSettings | None = None
 
     @property
     def accounts(self) -> list[str]:
@@ -116,7 +118,7 @@ def build_runtime(s: HarvestSettings) -> Runtime:
     # returned is the first account's; the others' are reached by Runtime.for_account.
     paper = any(s.for_account(a).venue == "paper" for a in s.account_names)
     clock = MarketClock(r, s.namespace, s.paper_replay_start, s.paper_replay_speed) if paper else None
-    s = s.for_account(s.account_names[0])
+    deployment, s = s, s.for_account(s.account_names[0])
     venue = build_venue(s, r, clock)
     rt = Runtime(
         settings=s,
@@ -126,6 +128,7 @@ def build_runtime(s: HarvestSettings) -> Runtime:
         market=MarketCache(r, s.namespace),
         venue=venue,
         clock=clock,
+        deployment=deployment,
     )
     rt.peers[s.account] = rt
     return rt

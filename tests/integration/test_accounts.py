@@ -32,7 +32,8 @@ ACCOUNTS = [
 ]
 
 
-def test_each_account_scanned_and_acted_on_by_its_own_rules():
+@pytest.mark.parametrize("per_task", [1, 2], ids=["a task per account", "chunks of two"])
+def test_each_account_scanned_and_acted_on_by_its_own_rules(per_task):
     rt = build_runtime(load_settings(namespace=NS, accounts=ACCOUNTS))
     assert rt.accounts == ["alpha", "beta", "gamma"] and rt.settings.account == "alpha"
     clean(rt)
@@ -40,7 +41,11 @@ def test_each_account_scanned_and_acted_on_by_its_own_rules():
     mark = mark_for_r(e, s, 1.0, 1.0, 2.2, "LONG")  # R_net 2.2: the first partial (t1 = 2R) is due
     for a in rt.accounts:
         open_position(rt.for_account(a), "BTCUSDT", "LONG", 1.0, e, s, mark=mark)
-    env = {"HARVEST_NAMESPACE": NS, "HARVEST_ACCOUNTS": json.dumps(ACCOUNTS)}
+    env = {
+        "HARVEST_NAMESPACE": NS,
+        "HARVEST_ACCOUNTS": json.dumps(ACCOUNTS),
+        "HARVEST_SCAN_ACCOUNTS_PER_TASK": str(per_task),
+    }
     w = worker(env, NS, 2).start()
     try:
         w.wait_ready()
