@@ -22,15 +22,20 @@ from tests.pipeline_helpers import T0
 KEY, SECRET = "emu-test-key", "emu-test-secret"
 
 
-@pytest.fixture()
-def emu(redis_url):
+def fresh(redis_url: str, ns: str) -> tuple[redis.Redis, MarketClock]:
+    """An empty namespace and its market clock standing at T0."""
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    ns = "emu-unit"
     for k in r.scan_iter(f"{ns}:*"):
         r.delete(k)
     clock = MarketClock(r, ns, T0, 0.0)
     clock.set(T0, 0.0)
-    e = Emulator(r, ns, "paper", KEY, SECRET, clock=clock).start()
+    return r, clock
+
+
+@pytest.fixture()
+def emu(redis_url):
+    r, clock = fresh(redis_url, "emu-unit")
+    e = Emulator(r, "emu-unit", "paper", KEY, SECRET, clock=clock).start()
     yield e
     e.stop()
 
@@ -295,12 +300,8 @@ def test_order_rate_is_each_accounts_own_and_a_1015_holds_only_that_account(redi
     per 10 s): harvest holds an account's third order locally (-1015, nothing sent) while the
     other account's order goes out; a -1015 from the exchange holds that account's orders
     only — not its reads, not another account, not the IP."""
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
     ns = "emu-orders"
-    for k in r.scan_iter(f"{ns}:*"):
-        r.delete(k)
-    clock = MarketClock(r, ns, T0, 0.0)
-    clock.set(T0, 0.0)
+    r, clock = fresh(redis_url, ns)
     e = Emulator(r, ns, "a", "key-a", "sec-a", clock=clock, order_limits=[(10, 2)])
     e.add_account("b", "key-b", "sec-b")
     e.start(streams=False)
