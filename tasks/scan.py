@@ -101,6 +101,7 @@ def scan_positions(account: str | None = None) -> dict:
         p.hincrby(rt.plans.k.counters, f"acct:{acct}:scan:runs", 1)
         p.hincrby(rt.plans.k.counters, f"scan:{held}", 1)
         p.hset(rt.plans.k.heartbeat, "scan", repr(time.time()))
+        p.delete(rt.plans.k.triggers(acct))  # nothing starts: no mark event may start a chain either
         p.execute()
         return {
             "positions": len(rows),
