@@ -42,7 +42,10 @@ def test_demo_default_run_json():
     acc = card["accounts"]
     assert set(acc) == {"alpha", "beta", "gamma"} and "gamma in shadow" in p.stderr
     assert acc["gamma"]["mode"] == "SHADOW" and acc["gamma"]["plans"] >= 1
-    assert set(acc["gamma"]["plans_by_state"]) == {"SHADOWED"} and acc["gamma"]["orders"] == {}
+    # shadowed, or blocked by a guard rule before the trading state is asked (kill_not_confirmed …);
+    # never sent
+    gamma = set(acc["gamma"]["plans_by_state"])
+    assert "SHADOWED" in gamma and gamma <= {"SHADOWED", "REJECTED", "EXPIRED"} and acc["gamma"]["orders"] == {}
     for a in ("alpha", "beta"):
         assert acc[a]["mode"] == "ACTIVE" and acc[a]["executed"] >= 1 and "SHADOWED" not in acc[a]["plans_by_state"]
     assert sum(v["plans"] for v in acc.values()) == card["plans"]
