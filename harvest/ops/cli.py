@@ -148,13 +148,26 @@ def _cmd_streams(a: argparse.Namespace) -> int:
     )
     fire = None
     if not a.no_triggers:
-        from tasks.app import app  # noqa: F401  (the deployment's Celery app: the chains' broker and queues)
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tasks.app import app  # the deployment's Celery app: the chains' broker and queues
         from workflows import full_chain
 
         queue = rt.settings.queue("scan")
+        # Published from a thread of its own: a broker that does not answer (kombu retrying its
+        # connection) never holds the mark streams' event loop.
+        publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="harvest-fire")
+        log = logging.getLogger("harvest.streams")
+
+        def publish(account: str, symbol: str) -> None:
+            try:
+                # app given: Celery's current app is per thread, and this is not the main one
+                full_chain(symbol, app=app, account=account).apply_async(queue=queue, expires=rt.settings.plan_ttl_s)
+            except Exception as e:  # the beat scan is the safety net
+                log.warning("chain of %s %s not published: %s: %s", account, symbol, type(e).__name__, str(e)[:200])
 
         def fire(account: str, symbol: str) -> None:  # a mark crossed a trigger: that position's chain now
-            full_chain(symbol, account=account).apply_async(queue=queue, expires=rt.settings.plan_ttl_s)
+            publisher.submit(publish, account, symbol)
 
     run_streams(rt, symbols, lease_s=a.lease_s, accounts=accounts, fire=fire)
     return 0
