@@ -65,7 +65,6 @@ def scan_positions(account: str | None = None) -> dict:
     if rt is None:
         return {}
     acct = rt.settings.account
-    streamed = StreamCache(rt.r, rt.settings.namespace, acct).lease_owner() is not None
     try:
         rows, now = load_positions(rt)
     except VenueError as e:  # the exchange did not answer: this tick is skipped, the next one retries
@@ -84,7 +83,8 @@ def scan_positions(account: str | None = None) -> dict:
     p = rt.r.pipeline(transaction=False)
     p.exists(rt.plans.k.recovered)
     p.hgetall(rt.plans.k.trading)
-    recovered, trading = p.execute()
+    p.exists(StreamCache(rt.r, rt.settings.namespace, acct).k_lease)  # harvest streams holds the account
+    recovered, trading, streamed = p.execute()
     held = None
     if effective(trading, acct, rt.settings.mode) == "HALTED":
         held = "halted"  # no chain starts; stops resting on the exchange stay

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sys
 import time
 import uuid
@@ -34,15 +33,14 @@ from harvest.data import SHIPPED_SYMBOLS, load_klines
 from harvest.domain.exit_ladder import compute_levels
 from harvest.domain.market import market_state_at
 from harvest.domain.models import Side
+from harvest.ops.loadgen import start_emulator
 from harvest.ops.procs import CeleryProcess, HarvestProcess, RedisServer, wait_for, worker
 from harvest.ops.scorecard import build_scorecard, format_scorecard, queue_depths
 from harvest.services.recovery import mark_recovered
 from harvest.services.runtime import Runtime, build_runtime
 from harvest.store.streams import StreamCache
 from harvest.venues.base import VenueError
-from harvest.venues.emulator import Emulator
 from settings import load_settings, settings_from_env
-from settings.accounts import credential_var
 
 #: The scenario: symbol → leverage (5–50×). Sides follow the last hour's trend at entry.
 SCENARIO = {"BTCUSDT": 10, "ETHUSDT": 20, "SOLUSDT": 5, "BNBUSDT": 50, "XRPUSDT": 25, "DOGEUSDT": 40}
@@ -164,22 +162,19 @@ def run_demo(
     streams = None
     if not in_process:
         # Market time runs SPEED× faster than on a real exchange, and so does the request rate:
-        # the emulator's weight limit and harvest's budget are scaled up alike.
-        creds = {a: (secrets.token_hex(16), secrets.token_hex(32)) for a in rt.accounts}
-        first = rt.accounts[0]
-        emu = Emulator(rt.r, ns, first, *creds[first], clock=rt.clock, weight_limit_1m=DEMO_WEIGHT_LIMIT_1M)
-        for a in rt.accounts[1:]:
-            emu.add_account(a, *creds[a])
-        emu.start(streams=bool(specs), stream_tick_s=DEMO_STREAM_TICK_S)
-        # Credentials reach the workers through their environment only, as in a deployment.
-        env.update({"HARVEST_FAPI_URL": emu.url, "HARVEST_VENUE_WEIGHT_LIMIT_1M": str(DEMO_WEIGHT_LIMIT_1M * 3 // 4)})
+        # the emulator's weight limit and harvest's budget are scaled up alike. Credentials (fresh,
+        # one pair per account) reach the workers through their environment only, as in a deployment.
+        emu = start_emulator(
+            rt,
+            env,
+            streams=bool(specs),
+            weight_limit_1m=DEMO_WEIGHT_LIMIT_1M,
+            budget_1m=DEMO_WEIGHT_LIMIT_1M * 3 // 4,
+            stream_tick_s=DEMO_STREAM_TICK_S,
+        )
         if specs:
             env["HARVEST_STREAMS_MAX_AGE_S"] = repr(DEMO_STREAMS_MAX_AGE_S)
-            for a, (key, secret) in creds.items():
-                env[credential_var(a, "key")], env[credential_var(a, "secret")] = key, secret
             streams = HarvestProcess("streams", env)
-        else:
-            env.update({"HARVEST_API_KEY": creds[first][0], "HARVEST_API_SECRET": creds[first][1]})
     path = f"python-binance → fapi emulator {emu.url}" if emu else "in-process paper engine"
     if streams is not None:
         path += ", positions from harvest streams"

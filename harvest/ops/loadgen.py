@@ -129,12 +129,21 @@ def fresh_namespace(url: str, prefix: str, syms: list[str], r_multiple: float | 
     return ns, env, rt
 
 
-def start_emulator(rt, env: dict[str, str], streams: bool = True):
+def start_emulator(
+    rt,
+    env: dict[str, str],
+    streams: bool = True,
+    weight_limit_1m: int = 10_000_000,
+    budget_1m: int = 1_000_000,
+    stream_tick_s: float = 1.0,
+):
     """The fapi emulator on the namespace's paper engines (every account of ``rt``, each with
-    fresh fake keys); ``env`` gains the HARVEST_* variables that point workers at it
-    (python-binance venue, the credentials — ``HARVEST_API_KEY``/``_SECRET`` for one account,
-    ``HARVEST_ACCOUNT_<NAME>_API_KEY``/``_SECRET`` for several —, a weight budget that never
-    binds). Returns the running :class:`harvest.venues.emulator.Emulator`."""
+    fresh fake keys), its request-weight limit ``weight_limit_1m``; with ``streams``, its
+    websocket streams ticking every ``stream_tick_s``. ``env`` gains the HARVEST_* variables that
+    point workers at it (python-binance venue, the credentials — ``HARVEST_API_KEY``/``_SECRET``
+    for one account, ``HARVEST_ACCOUNT_<NAME>_API_KEY``/``_SECRET`` for several —, harvest's
+    weight budget ``budget_1m``, by default one that never binds). Returns the running
+    :class:`harvest.venues.emulator.Emulator`."""
     import secrets
 
     from harvest.venues.emulator import Emulator
@@ -142,11 +151,11 @@ def start_emulator(rt, env: dict[str, str], streams: bool = True):
 
     creds = {a: (secrets.token_hex(8), secrets.token_hex(16)) for a in rt.accounts}
     first = rt.accounts[0]
-    emu = Emulator(rt.r, rt.settings.namespace, first, *creds[first], clock=rt.clock, weight_limit_1m=10_000_000)
+    emu = Emulator(rt.r, rt.settings.namespace, first, *creds[first], clock=rt.clock, weight_limit_1m=weight_limit_1m)
     for a in rt.accounts[1:]:
         emu.add_account(a, *creds[a])
-    emu.start(streams=streams)
-    env.update({"HARVEST_FAPI_URL": emu.url, "HARVEST_VENUE_WEIGHT_LIMIT_1M": "1000000"})
+    emu.start(streams=streams, stream_tick_s=stream_tick_s)
+    env.update({"HARVEST_FAPI_URL": emu.url, "HARVEST_VENUE_WEIGHT_LIMIT_1M": str(budget_1m)})
     if len(rt.accounts) == 1:
         env.update({"HARVEST_API_KEY": creds[first][0], "HARVEST_API_SECRET": creds[first][1]})
     else:

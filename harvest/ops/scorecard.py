@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 
 from harvest.domain.models import PlanState
 from harvest.domain.plans import TERMINAL
+from harvest.domain.trading import effective
 from harvest.services.runtime import Runtime
 from harvest.store.counters import account_counter, account_decisions
 from harvest.venues.base import VenueError
@@ -142,7 +143,6 @@ def build_scorecard(rt: Runtime) -> dict:
             for f, x in v.items():
                 row[f] = row.get(f, 0) + x
         per[a].update(
-            mode=_mode(rt, ra),
             venue=ra.settings.venue + (" (emulator)" if ra.settings.fapi_url else ""),
             orders=dict(sorted(a_orders.items())),
             realized_pnl_total=round(
@@ -153,6 +153,9 @@ def build_scorecard(rt: Runtime) -> dict:
             scans=account_counter(counters, a, "scan:runs"),
         )
     source = " + ".join(sorted(sources))
+    states = rt.r.hgetall(rt.plans.k.trading)
+    for a in rt.accounts:
+        per[a]["mode"] = effective(states, a, rt.for_account(a).settings.mode)
     pnl = {}
     total = 0.0
     for sym, v in sorted(book_pnl.items()):
@@ -221,13 +224,6 @@ def _or_none(fn, rt: Runtime):
         return fn(rt)
     except Exception as e:  # broker unreachable: the scorecard still answers from Redis
         return {"error": str(e)[:200]}
-
-
-def _mode(rt: Runtime, ra: Runtime) -> str:
-    """The account's trading state in force (:func:`harvest.domain.trading.effective`)."""
-    from harvest.domain.trading import effective
-
-    return effective(rt.r.hgetall(rt.plans.k.trading), ra.settings.account, ra.settings.mode)
 
 
 def _sum_or_none(xs: list[int | None]) -> int | None:

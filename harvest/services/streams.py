@@ -153,7 +153,7 @@ class AccountStreams:
                 if msg is _CLOSED:
                     return "closed"
                 if msg is not None:
-                    for ev in self._parse(msg):
+                    for ev in _parse(self.cache, msg):
                         if isinstance(ev, StreamGap):
                             self.cache.distrust("drop")
                             resync_due = True
@@ -176,9 +176,6 @@ class AccountStreams:
                     await self._resync()  # a change: one REST read brings the rows up to date
                     changed_at = None
             return "stop"
-
-    def _parse(self, msg) -> list[Event]:
-        return _parse(self.cache, msg)
 
     async def _resync(self) -> None:
         started = int(time.time() * 1000)
@@ -306,9 +303,6 @@ class MarketStreams:
                 await _wait(stop, backoff)
                 backoff = min(60.0, backoff * 2)
 
-    def _parse(self, msg) -> list[Event]:
-        return _parse(self.cache, msg)
-
     def _wanted(self) -> list[str]:
         """The mark-price streams to hold: the configured symbols and every open position's."""
         return sorted(set(self.symbols).union(*(c.open_symbols() for c in self.caches)))
@@ -341,7 +335,7 @@ class MarketStreams:
                             raise StreamClosed
                         if msg is None:
                             continue
-                        for ev in self._parse(msg):
+                        for ev in _parse(self.cache, msg):
                             if isinstance(ev, MarkPrice):
                                 self.cache.put_mark(ev)
                                 self._check(ev)

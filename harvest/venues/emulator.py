@@ -656,10 +656,13 @@ class Emulator:
         counts too (the stricter reading)."""
         now = time.time()
         acct = self._current.name
-        for window, limit in self.order_limits:
+        p = self.r.pipeline(transaction=False)
+        for window, _ in self.order_limits:
             key = f"{self.ns}:emu:orders:{acct}:{window}:{int(now // window)}"
-            n = self.r.incr(key)
-            self.r.expire(key, window * 2)
+            p.incr(key)
+            p.expire(key, window * 2)
+        counts = p.execute()[::2]
+        for (window, limit), n in zip(self.order_limits, counts, strict=True):
             if n > limit:
                 raise ApiError(
                     429,
