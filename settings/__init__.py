@@ -30,6 +30,7 @@ from settings.accounts import (
     merged_theta,
     read_credential,
 )
+from settings.sentinel import is_sentinel_url, parse_sentinel_url
 
 ENV_PREFIX = "HARVEST_"
 SECRET_FIELDS = ("api_key", "api_secret", "metrics_basic_auth", "notify_urls", "console_password")
@@ -76,7 +77,11 @@ class HarvestSettings(BaseSettings):
         frozen=True,
     )
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="state store (plans, book, paper venue)")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="state store (plans, book, paper venue); redis+sentinel://h1:26379,h2:26379/<service>[/db] "
+        "reaches a primary that fails over (settings/sentinel.py)",
+    )
     broker_url: str | None = Field(None, description="Celery broker; defaults to redis_url")
     namespace: str = Field(
         "harvest", pattern=r"^[a-z][a-z0-9-]{0,31}$", description="prefix of Redis keys and queue names"
@@ -148,6 +153,16 @@ class HarvestSettings(BaseSettings):
     retry_backoff_max_s: float = Field(20.0, gt=0, le=600, description="cap of the retry delay")
     log_format: Literal["text", "json"] = Field("text", description="text lines, or one JSON object per line")
     mode: Literal["shadow", "live"] = Field("live", description="shadow: plans end SHADOWED, no order is sent")
+    redis_min_replicas: int | None = Field(
+        None,
+        ge=0,
+        le=10,
+        description="replicas that must hold a plan's SUBMITTED (Redis WAIT) before its order is sent, so a "
+        "failover cannot lose it; default 1 through Sentinel, 0 otherwise",
+    )
+    redis_replica_wait_s: float = Field(
+        1.0, gt=0, le=30, description="how long execute waits for those replicas before it sends nothing"
+    )
     throwaway_state: bool = Field(
         False,
         description="the state Redis may lose what it holds (the demo, tests): "
@@ -272,9 +287,11 @@ class HarvestSettings(BaseSettings):
     @field_validator("redis_url", "broker_url")
     @classmethod
     def _url_scheme(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^(redis|rediss|amqp|amqps|pyamqp|unix)://", v):
-            raise ValueError("must start with redis://, rediss://, amqp:// or unix://")
-        if v is not None:
+        if v is not None and not re.match(r"^(redis|rediss|redis\+sentinel|amqp|amqps|pyamqp|unix)://", v):
+            raise ValueError("must start with redis://, rediss://, redis+sentinel://, amqp:// or unix://")
+        if is_sentinel_url(v):
+            parse_sentinel_url(str(v))  # a malformed Sentinel URL stops start-up here, named
+        elif v is not None:
             tls_options(v)  # an unknown ssl_cert_reqs stops start-up here
         return v
 
@@ -422,6 +439,14 @@ class HarvestSettings(BaseSettings):
     def uses_binance(self) -> bool:
         """Whether the venue is reached through python-binance (testnet, live, emulator)."""
         return self.venue != "paper" or self.fapi_url is not None
+
+    @property
+    def min_replicas(self) -> int:
+        """Replicas that must acknowledge a plan's SUBMITTED before its send
+        (``redis_min_replicas``; when unset 1 through Sentinel, else 0)."""
+        if self.redis_min_replicas is not None:
+            return self.redis_min_replicas
+        return 1 if is_sentinel_url(self.redis_url) else 0
 
     @property
     def broker(self) -> str:

@@ -52,6 +52,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from kombu import Exchange, Queue
 
 from settings import HarvestSettings, tls_options
+from settings.sentinel import is_sentinel_url, kombu_broker, redbeat_options
 
 #: Task name → kind of queue.
 ROUTES: dict[str, str] = {
@@ -168,13 +169,20 @@ def celery_config(s: HarvestSettings) -> dict:
     """The Celery app's configuration mapping (pass to ``app.conf.update``)."""
     exchange = Exchange(s.namespace, type="direct")
     kinds = ("scan", "orders", "housekeeping")
-    redbeat_url, redbeat_creds = split_password(s.redis_url)
+    broker_url, transport = s.broker, {"visibility_timeout": visibility_timeout_s(s)}
+    if is_sentinel_url(broker_url):  # kombu's sentinel:// transport, told the primary's name
+        broker_url, master = kombu_broker(broker_url)
+        transport |= master
+    if is_sentinel_url(s.redis_url):  # redbeat's own Sentinel form; the password as an option (masked)
+        redbeat_url, redbeat_creds = redbeat_options(s.redis_url)
+    else:
+        redbeat_url, redbeat_creds = split_password(s.redis_url)
     return {
-        "broker_url": s.broker,
+        "broker_url": broker_url,
         "broker_connection_retry_on_startup": True,
         "broker_connection_retry": True,
         "broker_connection_max_retries": None,  # a worker keeps reconnecting; it never exits on a broker outage
-        "broker_transport_options": {"visibility_timeout": visibility_timeout_s(s)},
+        "broker_transport_options": transport,
         "task_publish_retry": True,
         "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         "task_serializer": "json",

@@ -12,9 +12,11 @@ new interval. The running beat reads its entries from Redis on every tick (at mo
 ``beat_max_loop_interval`` = 1 s apart), so the new cadence starts with the next run; a
 restarted beat keeps the override until :func:`reset_interval`.
 
-Two failure cases redbeat alone does not cover are handled in :meth:`HarvestScheduler.tick`:
-a Redis that restarted empty (the schedule is re-installed instead of beat going silent) and a
-lost lock (beat re-acquires it, or stands by when another beat holds it).
+Three failure cases redbeat alone does not cover are handled in :meth:`HarvestScheduler.tick`:
+a Redis that restarted empty (the schedule is re-installed instead of beat going silent), a
+lost lock (beat re-acquires it, or stands by when another beat holds it), and a Redis that
+does not answer for a while (a restart, a Sentinel failover): the tick is skipped and tried
+again a second later instead of beat exiting.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 from datetime import timedelta
 from typing import Annotated, Any
 
+import redis
 from celery.schedules import schedule as interval_schedule
 from pydantic import TypeAdapter, ValidationError
 from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, get_redis
@@ -32,6 +35,9 @@ from settings import HarvestSettings
 from settings.celery import BEAT_ENTRIES
 
 log = logging.getLogger("harvest.beat")
+
+#: Seconds beat waits before its next tick after Redis did not answer one.
+REDIS_RETRY_S = 1.0
 
 
 def overrides_key(namespace: str) -> str:
@@ -57,7 +63,16 @@ class HarvestScheduler(RedBeatScheduler):
 
     def tick(self, min=min, **kwargs) -> float:  # noqa: A002 - Celery's signature
         """One beat tick: keep (or regain) the lock, make sure the schedule exists, send what
-        is due. Returns the seconds until the next tick (≤ ``max_interval``)."""
+        is due. Returns the seconds until the next tick (≤ ``max_interval``). A Redis that does
+        not answer (restarting, or failing over: no primary yet) skips the tick, logged; beat
+        keeps running and tries again after :data:`REDIS_RETRY_S` rather than exit."""
+        try:
+            return self._tick(min, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, redis.BusyLoadingError) as e:
+            log.warning("beat: Redis unavailable (%s: %s); next try in %.0f s", type(e).__name__, e, REDIS_RETRY_S)
+            return REDIS_RETRY_S
+
+    def _tick(self, min=min, **kwargs) -> float:  # noqa: A002
         if self.lock_key and self.lock is not None:
             try:
                 self.lock.extend(int(self.lock_timeout))

@@ -3,7 +3,10 @@
 The plan moves APPROVED → SUBMITTED by compare-and-set *before* the first send, so of any
 number of deliveries of this task exactly one sends. A redelivery that finds the plan
 SUBMITTED sends nothing and hands over to confirm, which looks the order up by its
-clientOrderId (derived from the plan_id).
+clientOrderId (derived from the plan_id). Through Sentinel the SUBMITTED (and a re-send's
+claim) must reach ``HARVEST_REDIS_MIN_REPLICAS`` replicas first (Redis ``WAIT``): a failover
+then cannot lose the record of a send; when they do not acknowledge it in time nothing is
+sent (``state_not_replicated``).
 
 What an exchange answer does to the plan (error classes of :class:`harvest.venues.base.VenueError`):
 
@@ -33,6 +36,7 @@ from harvest.domain.models import STOP_ACTIONS, Plan, PlanState, SendState
 from harvest.domain.plans import client_order_id
 from harvest.services.recovery import durable_cached
 from harvest.services.runtime import Runtime
+from harvest.store.plans import NOT_REPLICATED
 from harvest.venues.base import VenueError
 from tasks.app import app
 from tasks.common import checked_ref, contract
@@ -107,7 +111,13 @@ def execute(self, ref: dict | None, step: int = 0) -> dict | None:
             "order_sent",
             fields={"step": 0, "send": SendState.SENDING},
             require_recovered=True,
+            replicas=rt.settings.min_replicas,
+            replica_wait_s=rt.settings.redis_replica_wait_s,
         )
+        if before == NOT_REPLICATED:  # a failover could lose the SUBMITTED: nothing is sent on it
+            rt.plans.count("execute:state_not_replicated")
+            rt.plans.transition(pid, PlanState.FAILED, "state_not_replicated")
+            return None
         if before == "STATE_NOT_RECOVERED":  # Redis lost its state: nothing is sent before recovery
             rt.plans.count("execute:state_not_recovered")
             rt.plans.transition(pid, PlanState.FAILED, "state_not_recovered")
@@ -139,8 +149,17 @@ def execute(self, ref: dict | None, step: int = 0) -> dict | None:
         if acct_rt is None:
             return None  # its sweep resolves it by exchange truth, never by a send
         rt = acct_rt
-        if not rt.plans.claim_resend(pid, step, cid):
+        claim = rt.plans.claim_resend(pid, step, cid, rt.settings.min_replicas, rt.settings.redis_replica_wait_s)
+        if claim == "not_claimed":
             return {"plan_id": pid} if plan.state == PlanState.SUBMITTED else None
+        if claim == NOT_REPLICATED:  # as a send not executed: the next step claims again
+            rt.plans.count("execute:state_not_replicated")
+            rt.plans.mark_send(pid, step, SendState.NOT_EXECUTED, {"reason": "state_not_replicated"})
+            delay = retry_delay(step, rt.settings.retry_backoff_s, rt.settings.retry_backoff_max_s, None)
+            if step + 1 < rt.settings.max_send_attempts and time.time() + delay < plan.expires_at:
+                raise self.retry(args=(ref,), kwargs={"step": step + 1}, countdown=delay)
+            rt.plans.transition(pid, PlanState.FAILED, "state_not_replicated")
+            return None
     plan = plan.model_copy(update={"step": step, "client_order_id": cid})
     try:
         _send(rt, plan, cid)

@@ -25,6 +25,8 @@ import uuid
 import kombu.transport.redis as _kombu_redis
 import redis
 
+from harvest.store.connect import redis_client
+
 log = logging.getLogger("harvest")
 
 #: The content type of the empty envelope an undecodable item becomes (never accepted).
@@ -45,7 +47,7 @@ class PoisonRecorder:
         log.error("dropped an item on the broker that is not a Celery message (%s): %r", error, text[:200])
         try:
             if self._r is None:
-                self._r = redis.Redis.from_url(self.url)
+                self._r = redis_client(self.url)
             p = self._r.pipeline(transaction=False)
             p.xadd(
                 f"{self.ns}:stream:rejected",

@@ -81,7 +81,7 @@ def scan_positions(account: str | None = None) -> dict:
             "account": acct,
         }
     p = rt.r.pipeline(transaction=False)
-    p.exists(rt.plans.k.recovered)
+    rt.plans.state_known_in(p)  # the marker names this server (a failover or restart since ends it)
     p.hgetall(rt.plans.k.trading)
     p.exists(StreamCache(rt.r, rt.settings.namespace, acct).k_lease)  # harvest streams holds the account
     recovered, trading, streamed = p.execute()

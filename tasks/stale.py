@@ -28,6 +28,7 @@ from celery.app.trace import LOG_RECEIVED
 from celery.signals import task_revoked
 
 from harvest.store import Keys
+from harvest.store.connect import redis_client
 from tasks.app import settings
 
 log = logging.getLogger("harvest")
@@ -85,7 +86,7 @@ class StaleDrops:
             return
         try:
             if self._r is None:
-                self._r = redis.Redis.from_url(self._redis_url)
+                self._r = redis_client(self._redis_url)
             p = self._r.pipeline(transaction=False)
             for k, n in counts.items():
                 p.hincrby(self._counters_key, k, n)

@@ -36,6 +36,12 @@ kind of fault (:data:`WAVES`):
                         a plan's TTL, then recovers: plans end FAILED or EXPIRED, and their
                         decisions' next attempts (plan lineage) must carry the exits out
 
+With ``sentinel`` the state Redis (and the Redis broker) is a primary, a replica and three
+Sentinels (:class:`harvest.ops.procs.SentinelCluster`), reached through ``redis+sentinel://``,
+and both restart waves become ``failover``: the primary SIGKILLed while the wave's plans are in
+flight, a replica promoted, the killed server back as a replica. Writes the old primary had not
+passed on are lost; nothing may be sent twice for it.
+
 With ``accounts`` > 1 the positions are spread over that many accounts (``HARVEST_ACCOUNTS``,
 one emulator serving them all on one IP, each with its own API key), a ``harvest streams``
 process (supervised like the rest) feeds the scans from the accounts' user data and
@@ -90,7 +96,7 @@ from harvest.ops.loadgen import (
     start_worker,
     symbols,
 )
-from harvest.ops.procs import CeleryProcess, HarvestProcess, RedisServer, child_pids, wait_for
+from harvest.ops.procs import CeleryProcess, HarvestProcess, RedisServer, SentinelCluster, child_pids, wait_for
 from harvest.ops.scorecard import queue_depths
 from harvest.venues.base import VenueError
 from settings import mask_url
@@ -170,12 +176,20 @@ class _Run:
     per batch of positions, :meth:`drain` until quiescence, :meth:`report`."""
 
     def __init__(
-        self, plans: int, broker: str | None, plan_ttl_s: float, say: Callable[[str], None], accounts: int = 1
+        self,
+        plans: int,
+        broker: str | None,
+        plan_ttl_s: float,
+        say: Callable[[str], None],
+        accounts: int = 1,
+        sentinel: bool = False,
     ):
         self.n, self.broker, self.say = plans, broker, say
         self.n_accounts = accounts
         self.t_start = time.monotonic()
-        self.state = RedisServer(persistent=True)  # harvest's state (and the Redis broker)
+        self.sentinel = sentinel
+        # harvest's state (and the Redis broker): one server, or a primary that fails over
+        self.state: RedisServer | SentinelCluster = SentinelCluster() if sentinel else RedisServer(persistent=True)
         self.exchange = RedisServer()  # the emulator's paper engine: not harvest's to restart
         self.ns = f"chaos-{uuid.uuid4().hex[:6]}"
         self.syms = symbols(plans, "C")
@@ -238,7 +252,9 @@ class _Run:
             self.procs.procs[role].wait_ready(120)
         self.say(
             f"chaos: {self.n} positions in {len(self.rt.accounts)} account(s), namespace {self.ns}, "
-            f"broker {mask_url(self.broker) if self.broker else 'redis (state)'}; workers and beat up"
+            f"broker {mask_url(self.broker) if self.broker else 'redis (state)'}"
+            + (" through Sentinel" if self.sentinel else "")
+            + "; workers and beat up"
             + ("; harvest streams up" if self.streams else "")
         )
 
@@ -304,7 +320,14 @@ class _Run:
             procs.expected_down.discard("orders_worker")
             procs.start("orders_worker").wait_ready(120)
             self.faults[kind] += 1
+        elif kind == "failover":
+            wait_for(lambda: self.n_plans() > before, 60, 0.05, "the wave's first plans")
+            assert isinstance(self.state, SentinelCluster)
+            took = self.state.fail_over()
+            self.faults[kind] += 1
+            self.say(f"chaos: state Redis primary SIGKILLed, a replica promoted in {took:.2f} s")
         elif kind in ("redis_restart", "redis_restart_empty"):
+            assert isinstance(self.state, RedisServer)
             wait_for(lambda: self.n_plans() > before, 60, 0.05, "the wave's first plans")
             empty = kind == "redis_restart_empty"
             if empty:
@@ -340,6 +363,8 @@ class _Run:
         """Make ``batch`` actionable (2.2 R) under wave ``i``'s fault; return once its plans
         exist and its exchange fault is used up (bounded: a fault may hold plans back)."""
         kind = WAVES[i] if i < len(WAVES) else "none"
+        if self.sentinel and kind in ("redis_restart", "redis_restart_empty"):
+            kind = "failover"
         latency_fired = self.emu.faults.fired().get("latency", 0)
         self._arm(kind, max(2, len(batch) // 5))
         before = self.n_plans()
@@ -500,7 +525,10 @@ class _Run:
             "wall_s": round(time.monotonic() - self.t_start, 2),
             "faults_injected": dict(sorted(self.faults.items())),
             "restarts": dict(self.procs.restarts),
-            "broker": "amqp" if self.broker and self.broker.startswith("amqp") else "redis",
+            "broker": "amqp"
+            if self.broker and self.broker.startswith("amqp")
+            else ("redis+sentinel" if self.sentinel else "redis"),
+            "failovers": self.state.failovers if isinstance(self.state, SentinelCluster) else 0,
             "accounts": len(self.rt.accounts),
             "positions_from_streams": int(_redis_safe(lambda: self.rt.plans.counters().get("positions:streams", 0), 0)),
         }
@@ -533,12 +561,14 @@ def run_chaos(
     plan_ttl_s: float = PLAN_TTL_S,
     progress: Callable[[str], None] | None = None,
     accounts: int = 1,
+    sentinel: bool = False,
 ) -> dict:
     """Run the harness (see module docstring) with ``plans`` positions, each made actionable
     once, in ``waves`` waves; ``broker``: a Celery broker URL (default: the state Redis);
     ``plan_ttl_s``: the plans' TTL (s), which bounds how long a plan orphaned by a kill waits
     for the sweeper; ``progress``: called with one line per step; ``accounts``: the positions
-    spread over that many accounts, with ``harvest streams`` and stream faults when > 1.
+    spread over that many accounts, with ``harvest streams`` and stream faults when > 1;
+    ``sentinel``: the state Redis fails over instead of restarting (module docstring).
     Returns the report:
 
     ``{"plans", "terminal", "states", "ended_without_effect" ("<state> <reason> [code] step n" →
@@ -546,13 +576,13 @@ def run_chaos(
     the first and the remainders partial fills asked for), "orders", "orders_per_plan_max",
     "duplicate_orders", "orders_without_plan", "non_terminal", "unplanned_decisions",
     "lost_plans", "unachieved", "unachieved_by_kind", "decisions", "decisions_retried",
-    "time_to_drain_s", "wall_s", "faults_injected", "restarts", "broker", "accounts",
+    "time_to_drain_s", "wall_s", "faults_injected", "restarts", "broker", "failovers", "accounts",
     "positions_from_streams", "ok"}`` (counts;
     seconds). ``ok``: no duplicate order, no order without a plan, no lost plan, every plan
     terminal, and nothing unachieved. Raises RuntimeError when redis-server is missing; AssertionError
     when set-up times out.
     """
-    run = _Run(plans, broker, plan_ttl_s, progress or (lambda m: None), accounts)
+    run = _Run(plans, broker, plan_ttl_s, progress or (lambda m: None), accounts, sentinel)
     try:
         run.start()
         batches = [run.syms[i::waves] for i in range(waves)]

@@ -30,8 +30,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 def _cmd_emulator(a: argparse.Namespace) -> int:
     import logging
 
-    import redis
-
+    from harvest.store.connect import redis_client
     from harvest.venues.clock import MarketClock
     from harvest.venues.emulator import Emulator
     from harvest.venues.emulator_streams import StreamServer
@@ -45,7 +44,7 @@ def _cmd_emulator(a: argparse.Namespace) -> int:
         )
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    r = redis.Redis.from_url(s.redis_url, decode_responses=True)
+    r = redis_client(s.redis_url, decode_responses=True)
     clock = MarketClock(r, s.namespace, s.paper_replay_start, s.paper_replay_speed)
     emu = Emulator(
         r,
@@ -119,6 +118,7 @@ def _cmd_chaos(a: argparse.Namespace) -> int:
             plan_ttl_s=a.plan_ttl,
             progress=say,
             accounts=a.accounts,
+            sentinel=a.sentinel,
         )
     except (RuntimeError, AssertionError) as e:
         print(f"harvest chaos: could not run: {e}", file=sys.stderr)
@@ -679,6 +679,12 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="spread the positions over this many accounts, with harvest streams and stream faults when > 1 "
         "(default %(default)s)",
+    )
+    c.add_argument(
+        "--sentinel",
+        action="store_true",
+        help="the state Redis as a primary, a replica and three Sentinels (redis+sentinel://); "
+        "the restart waves become failovers",
     )
     c.set_defaults(fn=_cmd_chaos)
     st = sub.add_parser(

@@ -57,13 +57,17 @@ class RedisServer:
     clients must AUTH. ``tls``: TLS only (a self-signed certificate made with ``openssl``
     in the server's directory; the :attr:`url` is ``rediss://`` and names it as the CA)."""
 
-    def __init__(self, persistent: bool = False, password: str | None = None, tls: bool = False):
+    def __init__(
+        self, persistent: bool = False, password: str | None = None, tls: bool = False, replica_of: int | None = None
+    ):
         self.binary = shutil.which("redis-server") or _venv_redis()
         self.dir = tempfile.mkdtemp(prefix="harvest-redis-")
         self.port = free_port()
         self.persistent = persistent
         self.password = password
         self.tls = tls
+        self.replica_of = replica_of  # the port of the primary it starts as a replica of
+        self.repl_args: list[str] = []
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -124,6 +128,13 @@ class RedisServer:
         durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         listen = self._tls_args() if self.tls else ["--port", str(self.port)]
         auth = ["--requirepass", self.password] if self.password else []
+        if self.password:  # as a replica (now, or once a Sentinel makes it one) it authenticates too
+            auth += ["--masterauth", self.password]
+        if self.replica_of:
+            auth += ["--replicaof", "127.0.0.1", str(self.replica_of)]
+        if self.repl_args:
+            auth += self.repl_args
+            self.replica_of = None  # once: after a failover the Sentinels say whose replica it is
         self.proc = subprocess.Popen(
             [
                 self.binary,
@@ -173,6 +184,137 @@ class RedisServer:
 
     def stop(self) -> None:
         self._terminate()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SentinelCluster:
+    """Redis that fails over, on this machine: a primary and ``replicas`` replicas (each a
+    persistent :class:`RedisServer`, AOF ``appendfsync always``) watched by ``sentinels``
+    Sentinels (``redis-server --sentinel``, quorum 2) under the service name :attr:`SERVICE`.
+    :attr:`url` is the ``redis+sentinel://`` URL harvest takes; :meth:`fail_over` SIGKILLs the
+    primary, waits for the Sentinels to promote a replica and starts the killed server again
+    (the Sentinels make it a replica of the new primary). ``down_after_ms``: how long a silent
+    primary is down to a Sentinel."""
+
+    SERVICE = "harvest"
+
+    def __init__(self, replicas: int = 1, sentinels: int = 3, down_after_ms: int = 1000, password: str | None = None):
+        self.password = password
+        self.servers = [RedisServer(persistent=True, password=password)]
+        self.servers += [
+            RedisServer(persistent=True, password=password, replica_of=self.servers[0].port) for _ in range(replicas)
+        ]
+        for server in self.servers:  # a replica's full sync starts at once (Redis 7 waits 5 s for more)
+            server.repl_args = ["--repl-diskless-sync-delay", "0"]
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.dir = tempfile.mkdtemp(prefix="harvest-sentinel-")
+        self.down_after_ms = down_after_ms
+        self.sentinels: list[subprocess.Popen] = []
+        self.failovers = 0
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis+sentinel://{auth}{hosts}/{self.SERVICE}/0"
+
+    def _sentinel(self, port: int):
+        import redis
+
+        return redis.Redis(port=port, socket_timeout=2, decode_responses=True)
+
+    def primary_port(self) -> int | None:
+        """The primary's port as the first Sentinel that answers names it (None: none answers)."""
+        for port in self.sentinel_ports:
+            try:
+                addr = self._sentinel(port).execute_command("SENTINEL", "get-master-addr-by-name", self.SERVICE)
+                return int(addr[1]) if addr else None
+            except Exception:
+                continue
+        return None
+
+    def _in_sync(self, server: RedisServer) -> bool:
+        """Whether ``server`` is a replica with its link to the current primary up."""
+        import redis
+
+        try:
+            info = redis.Redis(port=server.port, password=self.password, socket_timeout=2).info("replication")
+        except Exception:
+            return False
+        return (
+            info.get("role") == "slave"
+            and info.get("master_link_status") == "up"
+            and (int(info.get("master_port", 0)) == self.primary_port())
+        )
+
+    def _settled(self) -> bool:
+        """Every Sentinel names the same primary, knows every replica and the other Sentinels."""
+        primary = self.primary_port()
+        if primary is None:
+            return False
+        for port in self.sentinel_ports:
+            try:
+                m = self._sentinel(port).execute_command("SENTINEL", "master", self.SERVICE)
+            except Exception:
+                return False
+            m = dict(zip(m[::2], m[1::2], strict=True)) if isinstance(m, list) else m
+            if int(m.get("port", 0)) != primary or int(m.get("num-slaves", 0)) < len(self.servers) - 1:
+                return False
+            if int(m.get("num-other-sentinels", 0)) < len(self.sentinel_ports) - 1:
+                return False
+        return all(self._in_sync(x) for x in self.servers if x.port != primary)
+
+    def start(self) -> "SentinelCluster":
+        """Start the servers, then the Sentinels; return once every Sentinel knows the whole
+        set and every replica is in sync (bounded, 60 s)."""
+        for server in self.servers:
+            server.start()
+        for i, port in enumerate(self.sentinel_ports):
+            conf = os.path.join(self.dir, f"sentinel-{i}.conf")  # a Sentinel rewrites its own file
+            Path(conf).write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                f"logfile {os.path.join(self.dir, f'sentinel-{i}.log')}\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.servers[0].port} 2\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.SERVICE} 5000\n"
+                f"sentinel parallel-syncs {self.SERVICE} 1\n"
+                + (f"sentinel auth-pass {self.SERVICE} {self.password}\n" if self.password else "")
+            )
+            self.sentinels.append(
+                subprocess.Popen(
+                    [self.servers[0].binary, conf, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+            )
+        wait_for(self._settled, 60, 0.1, "the Sentinels to know the primary, its replicas and each other")
+        return self
+
+    def server(self, port: int) -> RedisServer:
+        return next(x for x in self.servers if x.port == port)
+
+    def fail_over(self) -> float:
+        """SIGKILL the primary; return the seconds until the Sentinels name another, once the
+        killed server runs again as a replica in sync (bounded, 60 s each)."""
+        old = self.server(self.primary_port() or self.servers[0].port)
+        t0 = time.monotonic()
+        old.proc.kill()
+        old.proc.wait(10)
+        wait_for(lambda: self.primary_port() not in (None, old.port), 60, 0.05, "the Sentinels to promote a replica")
+        took = time.monotonic() - t0
+        old.start()  # comes back as a primary of its own; the Sentinels make it a replica
+        wait_for(self._settled, 60, 0.1, "the old primary to rejoin as a replica")
+        self.failovers += 1
+        return took
+
+    def stop(self) -> None:
+        for p in self.sentinels:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        for server in self.servers:
+            server.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

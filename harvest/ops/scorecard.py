@@ -23,7 +23,7 @@ KINDS = ("scan", "orders", "housekeeping")
 
 def _redis_broker(rt: Runtime) -> bool:
     return (
-        rt.settings.broker.startswith(("redis://", "rediss://", "unix://"))
+        rt.settings.broker.startswith(("redis://", "rediss://", "redis+sentinel://", "unix://"))
         and rt.settings.broker == rt.settings.redis_url
     )
 

@@ -9,8 +9,16 @@ time: Binance keeps a clientOrderId unique only among *open* orders, so even the
   ``everysec`` or ``always``); execute sends nothing to a Redis without it
   (``state_not_durable``) unless the deployment says it is throw-away
   (``HARVEST_THROWAWAY_STATE=true``: the demo, the tests).
+* **Replicated before any send** (Redis through Sentinel, ``HARVEST_REDIS_MIN_REPLICAS``):
+  execute's APPROVED → SUBMITTED must be acknowledged by that many replicas (``WAIT``) before
+  the order goes out, so the replica a failover promotes holds it; otherwise nothing is sent
+  (``state_not_replicated``).
 * **Recovery before any send.** The key ``<ns>:state:recovered`` says the state is known
-  whole. A Redis that restarted empty (or a first start) lacks it; execute's
+  whole; it holds the ``run_id`` of the Redis server it was set on, and a marker read on
+  another server (the replica a failover promoted, a server restarted from its AOF, which
+  may lack the last writes it acknowledged) is removed when read
+  (:data:`harvest.store.scripts.KNOWN_WHOLE_LUA`). A Redis that restarted empty (or a first
+  start) lacks it; execute's
   APPROVED → SUBMITTED compare-and-set then fails (``state_not_recovered``) and the plan ends
   FAILED, to be tried again by its lineage. :func:`recover` — run by reconcile, which the scan
   starts when it sees the key missing, a grace period after the loss was first seen (a send
@@ -32,6 +40,7 @@ import time
 
 import redis
 
+from harvest.domain.models import PlanState, SendState
 from harvest.domain.plans import parse_client_order_id
 from harvest.venues.base import Venue, VenueError
 
@@ -110,11 +119,17 @@ def recover(rt, load_rows) -> dict:
     open positions as the scan loads them (``harvest.services.decide.load_positions``: book
     entries made afresh where they were lost). Each one's harvested tier is raised to :func:`tiers_done` (a lost
     plan of a later attempt has a plan_id no decision remakes at attempt 0: the tier keeps
-    it from being decided again). Returns ``{"orders_seen", "plans_recovered", "tiers_restored",
-    "symbols"}``. Raises VenueError when the exchange does not answer (the key stays unset:
-    nothing is sent until a later run succeeds)."""
+    it from being decided again); a plan the store holds APPROVED whose order the exchange shows
+    moves to SUBMITTED (:func:`_resume_sent`). The marker is set to the server's run_id only if
+    the server is the one recovery began on. Returns ``{"orders_seen", "plans_recovered",
+    "plans_resumed", "tiers_restored", "symbols"}``, or ``{"server_changed": True}`` when the
+    server changed meanwhile (the marker stays unset: recovery runs again). Raises VenueError
+    when the exchange does not answer (the key stays unset: nothing is sent until a later run
+    succeeds)."""
     k = rt.plans.k
+    began_on = rt.plans.server_id()  # the marker is set only if the server is still this one
     lost: list[str] = []
+    resumed = 0
     seen = restored = n_symbols = 0
     for name in rt.accounts:
         ra = rt.for_account(name)
@@ -124,6 +139,7 @@ def recover(rt, load_rows) -> dict:
         found = harvest_order_ids(ra.venue, symbols, orders)
         known = ra.plans.exists_many(list(found))
         lost += [pid for pid, ex in zip(found, known, strict=True) if not ex]
+        resumed += _resume_sent(ra, {pid: cid for (pid, cid), ex in zip(found.items(), known, strict=True) if ex})
         tiers = {}
         for vp, entry, _ in rows:
             if vp.opened_at is None:
@@ -133,11 +149,12 @@ def recover(rt, load_rows) -> dict:
                 tiers[vp.symbol] = {"harvested_tier": done}
         ra.book.update_many(name, tiers)
         seen, restored, n_symbols = seen + len(found), restored + len(tiers), n_symbols + len(symbols)
-    p = rt.r.pipeline(transaction=True)
     if lost:
-        p.sadd(k.recovered_plans, *lost)
-    p.set(k.recovered, repr(time.time()))
-    p.execute()
+        rt.r.sadd(k.recovered_plans, *lost)
+    if not rt.plans.mark_recovered(began_on):  # a failover while reading: the next run starts over
+        rt.plans.count("recovery:server_changed")
+        log.warning("state not marked recovered: the state Redis changed server while recovery read the exchange")
+        return {"server_changed": True}
     if lost:
         log.warning(
             "state recovered from the exchange: %d harvest orders had no plan in the store; a decision "
@@ -147,7 +164,39 @@ def recover(rt, load_rows) -> dict:
     rt.plans.count("recovery:runs")
     if lost:
         rt.plans.count("recovery:plans_recovered", len(lost))
-    return {"orders_seen": seen, "plans_recovered": len(lost), "tiers_restored": restored, "symbols": n_symbols}
+    return {
+        "orders_seen": seen,
+        "plans_recovered": len(lost),
+        "plans_resumed": resumed,
+        "tiers_restored": restored,
+        "symbols": n_symbols,
+    }
+
+
+def _resume_sent(ra, found: dict[str, str]) -> int:
+    """Plans the store knows that the exchange shows an order of, still APPROVED in the store:
+    their SUBMITTED was lost with the state (a failover, a restart) after their order went
+    out. Each moves to SUBMITTED with ``send=unknown`` at the order's step, for confirm and
+    the sweeper to resolve by clientOrderId, never to be sent again. Returns how many."""
+    if not found:
+        return 0
+    p = ra.r.pipeline(transaction=False)
+    for pid in found:
+        p.hget(ra.plans.k.plan(pid), "state")
+    n = 0
+    for (pid, cid), state in zip(found.items(), p.execute(), strict=True):
+        if state == PlanState.APPROVED:
+            step = int((parse_client_order_id(cid) or (pid, 0))[1])
+            ok, _ = ra.plans.transition(
+                pid, PlanState.SUBMITTED, "order_found_on_exchange", fields={"step": step, "send": SendState.UNKNOWN}
+            )
+            n += ok
+        elif state == PlanState.PROPOSED:  # two lost writes; the exchange's order is never repeated:
+            ra.plans.count("recovery:proposed_with_order")  # its guard finds the position's lock or the fill
+    if n:
+        ra.plans.count("recovery:plans_resumed", n)
+        log.warning("state recovered: %d plans the store held APPROVED had orders on the exchange; now SUBMITTED", n)
+    return n
 
 
 def ensure_recovered(rt, load_rows) -> dict | None:
@@ -156,7 +205,7 @@ def ensure_recovered(rt, load_rows) -> dict | None:
     are read only a grace period (the venue timeout + 1 s) after the loss was first seen, so
     that an order whose send was under way when the state went is on the exchange's books by
     then; until then ``{"waiting_s": …}``. Raises VenueError as :func:`recover`."""
-    if rt.r.exists(rt.plans.k.recovered):
+    if rt.plans.state_known():
         return None
     now = time.time()
     k_seen = f"{rt.settings.namespace}:state:lost_seen_at"
@@ -176,5 +225,6 @@ def mark_recovered(r: redis.Redis, namespace: str) -> None:
     """Mark a namespace's state whole without reading the exchange: for a namespace set up
     afresh against an exchange account harvest never traded (tests, benchmarks, the demo)."""
     from harvest.store import Keys
+    from harvest.store.scripts import MARK_RECOVERED_LUA
 
-    r.set(Keys(namespace).recovered, repr(time.time()))
+    r.eval(MARK_RECOVERED_LUA, 1, Keys(namespace).recovered, "")

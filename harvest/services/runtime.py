@@ -15,6 +15,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from harvest.store import BookStore, MarketCache, PlanStore
+from harvest.store.connect import redis_client
 from harvest.venues.base import Venue
 from harvest.venues.clock import MarketClock
 from harvest.venues.paper import PaperVenue
@@ -105,7 +106,7 @@ def build_runtime(s: HarvestSettings) -> Runtime:
     a fifth of the stages' client CPU. Threads of one process share it under the client's
     lock; pipelines and transactions still take their own connection from the pool. The
     connection must not cross a fork: :func:`get_runtime` builds a new runtime in a child."""
-    r = redis.Redis.from_url(
+    r = redis_client(
         s.redis_url,
         decode_responses=True,
         health_check_interval=30,

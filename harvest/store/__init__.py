@@ -14,7 +14,8 @@ Key layout (``<ns>`` = settings.namespace)::
     <ns>:plans:open                  zset   non-terminal plan_ids by expires_at
     <ns>:plans:index                 zset   every plan_id by created_at
     <ns>:lineage:<lineage_id>        hash   attempt and plan_id of the decision's latest plan
-    <ns>:state:recovered             string the state is known whole (set by harvest.services.recovery)
+    <ns>:state:recovered             string the state is known whole: the run_id of the server it
+                                            was set on (harvest.services.recovery)
     <ns>:plans:recovered             set    plan_ids known only from the exchange's records
     <ns>:plans:archive               hash   terminal plans past their retention (JSON), still readable
     <ns>:trading                     hash   trading state: deployment (``*``) and per account

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import redis
 
@@ -25,6 +25,8 @@ from harvest.store.scripts import (
     _PLAN_AND_BOOK_LUA,
     _PLAN_FLOATS,
     _TRANSITION_LUA,
+    MARK_RECOVERED_LUA,
+    STATE_KNOWN_LUA,
     _enc,
     _flat,
     _lua_opts,
@@ -56,6 +58,15 @@ def _log_transition(plan_id: str, symbol: str | None, action: str | None, frm: s
     )
 
 
+#: The state before of a transition applied but not acknowledged by enough replicas.
+NOT_REPLICATED = "NOT_REPLICATED"
+
+
+def _wait_replicas(n: int, wait_s: float) -> Callable[[Any], None]:
+    """``then`` for :func:`run_script`: Redis ``WAIT n timeout`` after the script, on its connection."""
+    return lambda p: p.execute_command("WAIT", n, max(1, int(wait_s * 1000)))
+
+
 class PlanStore:
     """Plans in Redis with atomic, audited transitions (see module docstring).
 
@@ -75,6 +86,8 @@ class PlanStore:
         self._mark_send = r.register_script(_MARK_SEND_LUA)
         self._claim_resend = r.register_script(_CLAIM_RESEND_LUA)
         self._plan_and_book = r.register_script(_PLAN_AND_BOOK_LUA)
+        self._state_known = r.register_script(STATE_KNOWN_LUA)
+        self._mark_recovered = r.register_script(MARK_RECOVERED_LUA)
         self.scan_to_fill = scan_to_fill(r, ns)
 
     def create(self, plan: dict[str, Any], data: dict[str, Any]) -> str | None:
@@ -161,6 +174,8 @@ class PlanStore:
         fields: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
         require_recovered: bool = False,
+        replicas: int = 0,
+        replica_wait_s: float = 1.0,
     ) -> tuple[bool, str, Plan | None]:
         """:meth:`transition`, and the plan as it is after the transition (None when it was
         not applied), in the same round trip: ``(applied, state before, plan)``. Execute uses
@@ -168,7 +183,11 @@ class PlanStore:
         ``require_recovered``: apply only while the state is known whole
         (:attr:`Keys.recovered` exists, see :mod:`harvest.services.recovery`); otherwise nothing is
         written and the state before reads ``STATE_NOT_RECOVERED``; and only while trading is not
-        HALTED for the deployment or the plan's account (:attr:`Keys.trading`; else ``HALTED``)."""
+        HALTED for the deployment or the plan's account (:attr:`Keys.trading`; else ``HALTED``).
+        ``replicas`` > 0: the write must reach that many replicas within ``replica_wait_s``
+        (Redis ``WAIT`` on the same connection, right after the script); when fewer acknowledge
+        it, the transition stands but the result is ``(True, "NOT_REPLICATED", None)``: a
+        failover could still lose it, so nothing may be sent on it."""
         return self._apply(
             plan_id,
             to,
@@ -182,6 +201,7 @@ class PlanStore:
             True,
             require=self.k.recovered if require_recovered else None,
             trading=self.k.trading if require_recovered else None,
+            wait=(replicas, replica_wait_s) if replicas > 0 else None,
         )
 
     def _apply(
@@ -198,6 +218,7 @@ class PlanStore:
         read: bool,
         require: str | None = None,
         trading: str | None = None,
+        wait: tuple[int, float] | None = None,
     ) -> tuple[bool, str, Plan | None]:
         """The one call of :data:`_TRANSITION_LUA` (see :meth:`transition`)."""
         now = time.time() if now is None else now
@@ -216,6 +237,7 @@ class PlanStore:
             incr, total = self.scan_to_fill.fields(max(0.0, now - fill[0]), fill[1])
             opts["hist"] = {"incr": incr, "sum": list(total)}
         k = self.k
+        then = None if wait is None else _wait_replicas(*wait)
         res = run_script(
             self.r,
             self._transition,
@@ -233,11 +255,25 @@ class PlanStore:
                 k.book_prefix,
                 *_flat(fields or {}),
             ],
+            then=then,
         )
+        acked = None
+        if then is not None:
+            res, (acked,) = res
         applied = bool(int(res[0]))
         if not applied:
             return False, res[1], None
         _log_transition(plan_id, res[3], res[2], res[1], to, reason)
+        if wait is not None and int(acked) < wait[0]:
+            log.error(
+                "plan %s: %s reached %s of %d replicas within %.1f s; nothing is sent on it",
+                plan_id,
+                to,
+                acked,
+                wait[0],
+                wait[1],
+            )
+            return True, NOT_REPLICATED, None
         plan = self.parse(dict(zip(res[4][::2], res[4][1::2], strict=True))) if read else None
         return True, res[1], plan
 
@@ -293,15 +329,44 @@ class PlanStore:
         _, (h,) = run_script(self.r, self._mark_send, keys, args, then=lambda p: p.hgetall(self.k.plan(plan_id)))
         return self.parse(h) if h else None
 
-    def claim_resend(self, plan_id: str, step: int, client_order_id: str) -> bool:
+    def claim_resend(
+        self, plan_id: str, step: int, client_order_id: str, replicas: int = 0, replica_wait_s: float = 1.0
+    ) -> str:
         """Claim send ``step`` (≥ 1) of a SUBMITTED plan whose previous send is known not
-        executed; switches the plan to that step's clientOrderId. Exactly one caller wins."""
-        return bool(
-            self._claim_resend(
-                keys=[self.k.plan(plan_id), self.k.results],
-                args=[plan_id, step, client_order_id, _enc(time.time()), self.maxlen],
-            )
+        executed; switches the plan to that step's clientOrderId. Exactly one caller wins:
+        ``"claimed"``, else ``"not_claimed"``. ``replicas`` > 0: the claim must reach that
+        many replicas within ``replica_wait_s`` (as :meth:`transition_and_get`), else
+        ``"NOT_REPLICATED"`` (claimed, but nothing may be sent on it)."""
+        keys = [self.k.plan(plan_id), self.k.results]
+        args = [plan_id, step, client_order_id, _enc(time.time()), self.maxlen]
+        if replicas <= 0:
+            return "claimed" if self._claim_resend(keys=keys, args=args) else "not_claimed"
+        won, (acked,) = run_script(
+            self.r, self._claim_resend, keys, args, then=_wait_replicas(replicas, replica_wait_s)
         )
+        if not won:
+            return "not_claimed"
+        return "claimed" if int(acked) >= replicas else NOT_REPLICATED
+
+    def state_known(self) -> bool:
+        """Whether the state is known whole: the state-recovered marker exists and names this
+        Redis server (its ``run_id``). A marker from another server (a failover, a restart) is
+        removed here, which starts recovery (:mod:`harvest.services.recovery`)."""
+        return bool(self._state_known(keys=[self.k.recovered]))
+
+    def state_known_in(self, p: redis.client.Pipeline) -> None:
+        """Queue :meth:`state_known` on a pipeline (its reply: 1 or 0)."""
+        self._state_known(keys=[self.k.recovered], client=p)
+
+    def mark_recovered(self, since_run_id: str = "") -> bool:
+        """Set the state-recovered marker to this server's ``run_id``; with ``since_run_id``
+        only if the server is still that one (recovery read the exchange while it was), else
+        False: the server changed meanwhile and recovery must run again."""
+        return bool(self._mark_recovered(keys=[self.k.recovered], args=[since_run_id]))
+
+    def server_id(self) -> str:
+        """The ``run_id`` of the Redis server answering now (``INFO server``)."""
+        return str(self.r.info("server")["run_id"])
 
     def get(self, plan_id: str) -> Plan | None:
         """The plan, or None when no such plan_id exists (queued metric observations ride

@@ -12,6 +12,38 @@ import redis
 from harvest.domain.models import PlanState
 from harvest.store.counters import DEFERRED
 
+# The state-recovered marker holds the run_id of the Redis server it was written on. A marker
+# read on another server (the replica promoted by a failover, or this server restarted from
+# its AOF) does not say the state is whole: writes the old server acknowledged may be missing.
+# It is removed, so that recovery reads the exchange before anything more is sent.
+KNOWN_WHOLE_LUA = """
+local function server_id()
+  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+end
+local function known_whole(key)
+  local v = redis.call('GET', key)
+  if not v then return false end
+  if v == server_id() then return true end
+  redis.call('DEL', key)
+  return false
+end
+"""
+
+#: KEYS[1] the state-recovered marker: 1 when it names this server, else 0 (removed if stale).
+STATE_KNOWN_LUA = KNOWN_WHOLE_LUA + "return known_whole(KEYS[1]) and 1 or 0"
+
+#: KEYS[1] the state-recovered marker, ARGV[1] the run_id recovery began on ('' for any): set the
+#: marker to this server's run_id and return it; false when the server changed meanwhile.
+MARK_RECOVERED_LUA = (
+    KNOWN_WHOLE_LUA
+    + """
+local id = server_id()
+if ARGV[1] ~= '' and ARGV[1] ~= id then return false end
+redis.call('SET', KEYS[1], id)
+return id
+"""
+)
+
 # KEYS: 1 plan, 2 open plans, 3 plan index, 4 results stream, 5 plans-by-state gauge, 6 the
 # lineage hash, 7 the set of plan_ids known only from the exchange's records, 8 the state-recovered
 # marker (no plan is made while the state is not known whole). ARGV: 1 plan_id, 2 created_at,
@@ -22,11 +54,13 @@ from harvest.store.counters import DEFERRED
 # is created, nothing is sent); 'STATE_NOT_RECOVERED' while the marker is missing; 'stale_attempt' when
 # the attempt is not the lineage's next one (its latest plan is still in flight, or the
 # attempt skips or repeats one).
-_CREATE_LUA = """
+_CREATE_LUA = (
+    KNOWN_WHOLE_LUA
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return redis.call('HGET', KEYS[1], 'state')
 end
-if redis.call('EXISTS', KEYS[8]) == 0 then return 'STATE_NOT_RECOVERED' end
+if not known_whole(KEYS[8]) then return 'STATE_NOT_RECOVERED' end
 if redis.call('SISMEMBER', KEYS[7], ARGV[1]) == 1 then
   redis.call('HSET', KEYS[6], 'attempt', ARGV[8], 'plan_id', ARGV[1], 'state', 'FILLED',
              'reason', 'recovered_from_exchange', 'updated_at', ARGV[2])
@@ -53,6 +87,7 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'plan_id', ARGV[1], 'sy
 redis.call('HINCRBY', KEYS[5], ARGV[6] .. '|PROPOSED', 1)
 return false
 """
+)
 
 #: The latest plan of each lineage in KEYS (lineage hashes); ARGV[1] the plan key prefix:
 #: ``[[attempt, state, reason, updated_at, order_qty, executed_qty, remaining_qty] or {}, …]``.
@@ -81,7 +116,9 @@ return out
 # (JSON, for the stream), 8 options (JSON, see PlanStore.transition), 9 in-flight prefix,
 # 10 book prefix, 11… field/value pairs.
 # Reply: {applied, state before, action, symbol, plan (HGETALL after the write, option read)}.
-_TRANSITION_LUA = """
+_TRANSITION_LUA = (
+    KNOWN_WHOLE_LUA
+    + """
 local h = redis.call('HMGET', KEYS[1], 'state', 'action', 'symbol', 'epoch', 'account')
 local cur, action = h[1], h[2]
 if not cur then return {0, ''} end
@@ -89,7 +126,7 @@ local o = cjson.decode(ARGV[8])
 local ok = false
 for _, s in ipairs(o['from']) do if s == cur then ok = true end end
 if not ok then return {0, cur, action, h[3]} end
-if o['require'] and redis.call('EXISTS', o['require']) == 0 then return {0, 'STATE_NOT_RECOVERED', action, h[3]} end
+if o['require'] and not known_whole(o['require']) then return {0, 'STATE_NOT_RECOVERED', action, h[3]} end
 if o['trading'] then
   local t = redis.call('HMGET', o['trading'], '*', h[5] or '')
   if t[1] == 'HALTED' or t[2] == 'HALTED' then return {0, 'HALTED', action, h[3]} end
@@ -131,6 +168,7 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1], 'sy
 if o['read'] then return {1, cur, action, h[3], redis.call('HGETALL', KEYS[1])} end
 return {1, cur, action, h[3]}
 """
+)
 
 # Send bookkeeping of a SUBMITTED plan (no state change): KEYS[1] plan, KEYS[2] results stream,
 # KEYS[3] send-outcome counts (metrics).
@@ -293,11 +331,16 @@ def run_script(
     out = p.execute(raise_on_error=False)
     res, extra = out[0], out[1 : 1 + n_then]
     if isinstance(res, redis.exceptions.NoScriptError):  # first call on this server: load it
-        res = script(keys=keys, args=args)
-        if then is not None:
+        if then is None:
+            res = script(keys=keys, args=args)
+        else:  # the script and then's commands on one connection again (WAIT counts that connection's writes)
+            r.script_load(script.script)
             q = r.pipeline(transaction=False)
+            q.evalsha(script.sha, len(keys), *keys, *args)
             then(q)
-            extra = q.execute()
+            res, *extra = q.execute(raise_on_error=False)
+            if isinstance(res, Exception):
+                raise res
     elif isinstance(res, Exception):
         raise res
     for x in extra:

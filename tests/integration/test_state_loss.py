@@ -176,7 +176,11 @@ def test_plan_creation_knows_recovered_plans_and_waits_for_recovery():
     rt.r.delete(rt.plans.k.recovered)
     assert rt.plans.create(plan, {}) == "STATE_NOT_RECOVERED" and rt.plans.get(pid) is None
     rt.r.sadd(rt.plans.k.recovered_plans, pid)
-    rt.r.set(rt.plans.k.recovered, "1")
+    # A marker written on another server (before a failover or a restart) is no marker: removed.
+    rt.r.set(rt.plans.k.recovered, "0" * 40)
+    assert rt.plans.create(plan, {}) == "STATE_NOT_RECOVERED" and not rt.r.exists(rt.plans.k.recovered)
+    assert rt.plans.mark_recovered("not-this-server") is False and not rt.plans.state_known()
+    assert rt.plans.mark_recovered(rt.plans.server_id()) and rt.plans.state_known()
     assert rt.plans.create(plan, {}) == "RECOVERED" and rt.plans.get(pid) is None
     [latest] = rt.plans.latest_many([lid])
     assert (latest.attempt, latest.state, latest.reason) == (0, "FILLED", "recovered_from_exchange")

@@ -181,3 +181,37 @@ def test_account_settings_are_checked_at_start_up(monkeypatch):
         load_settings(accounts=[{"name": "c", "theta": {"t1_r": -1}}])
     with pytest.raises(SettingsError, match="live_trading_opt_in|HARVEST_LIVE_TRADING_OPT_IN"):
         load_settings(accounts=[{"name": "c", "venue": "live"}])
+
+
+def test_a_sentinel_url_reaches_every_client_in_its_own_form_and_a_bad_one_stops_start_up():
+    """``redis+sentinel://`` (issue 23.5): redis-py's Sentinel, kombu's ``sentinel://`` with
+    ``master_name``, redbeat's ``redis-sentinel://`` with its options; the password only where
+    Celery masks it; a malformed URL names the variable and what is wrong."""
+    from settings.celery import celery_config
+    from settings.sentinel import parse_sentinel_url
+
+    url = "redis+sentinel://:s3cret@10.0.0.1:26379,10.0.0.2,[::1]:26380/harvest/2"
+    parsed = parse_sentinel_url(url)
+    assert parsed.sentinels == (("10.0.0.1", 26379), ("10.0.0.2", 26379), ("::1", 26380))
+    assert (parsed.service, parsed.db, parsed.password, parsed.username) == ("harvest", 2, "s3cret", None)
+    s = load_settings(redis_url=url)
+    assert s.min_replicas == 1 and load_settings(redis_url=url, redis_min_replicas=0).min_replicas == 0
+    assert load_settings().min_replicas == 0  # a single Redis has no replica to wait for
+    conf = celery_config(s)
+    assert conf["broker_url"] == (
+        "sentinel://:s3cret@10.0.0.1:26379/2;sentinel://10.0.0.2:26379/2;sentinel://[::1]:26380/2"
+    )
+    assert conf["broker_transport_options"]["master_name"] == "harvest"
+    assert conf["redbeat_redis_url"] == "redis-sentinel://" and "s3cret" not in conf["redbeat_redis_url"]
+    opts = conf["redbeat_redis_options"]
+    assert opts["service_name"] == "harvest" and opts["db"] == 2 and opts["password"] == "s3cret"
+    assert opts["sentinels"][:2] == [["10.0.0.1", 26379], ["10.0.0.2", 26379]]
+    for bad, why in [
+        ("redis+sentinel://10.0.0.1:26379", "no service name"),
+        ("redis+sentinel://10.0.0.1:x/harvest", "port must be a number"),
+        ("redis+sentinel://10.0.0.1/harvest/zero", "path must be"),
+        ("redis+sentinel://10.0.0.1/harvest?ssl_cert_reqs=none", "takes no query"),
+    ]:
+        with pytest.raises(SettingsError) as e:
+            load_settings(redis_url=bad)
+        assert "HARVEST_REDIS_URL" in str(e.value) and why in str(e.value), str(e.value)
