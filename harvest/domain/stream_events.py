@@ -13,6 +13,8 @@ a combined stream's ``{"stream", "data"}`` wrapper is unwrapped) into one of:
   price ``tp``;
 * :class:`MarkPrice` — a ``markPriceUpdate``: mark ``p``, funding rate ``r``, next funding
   ``T``;
+* :class:`FundingFee` — an ``ACCOUNT_UPDATE`` of reason ``FUNDING_FEE``: the USDT balance
+  change ``bc`` and the (isolated) positions it names;
 * :class:`ListenKeyExpired` — the user stream is over: a new listenKey is needed;
 * :class:`StreamGap` — python-binance's ``{"e": "error"}``: the connection dropped (events
   may have been lost; only a REST resync closes the gap).
@@ -70,6 +72,10 @@ class TradeUpdate(_Event):
     realized_pnl: float
     commission: float
     reduce_only: bool
+    #: Binance's trade id ``t`` (0 when the event is no trade, or the id is missing).
+    trade_id: int = 0
+    #: Binance's orderId ``i`` (0 when missing).
+    order_id: int = 0
 
 
 class AlgoUpdate(_Event):
@@ -95,13 +101,23 @@ class ListenKeyExpired(_Event):
     listen_key: str
 
 
+class FundingFee(_Event):
+    """An ``ACCOUNT_UPDATE`` of reason ``FUNDING_FEE``: the balance change ``change`` (USDT,
+    ``bc`` of the USDT balance; negative when paid) and the ``symbols`` its ``P`` names
+    (isolated positions only: for cross positions Binance names none, so the funding of each
+    position must be read from REST income)."""
+
+    change: float
+    symbols: tuple[str, ...] = ()
+
+
 class StreamGap(_Event):
     """The client library reported a dropped or failed connection (``kind``: its exception)."""
 
     kind: str
 
 
-Event = PositionUpdate | TradeUpdate | AlgoUpdate | MarkPrice | ListenKeyExpired | StreamGap
+Event = PositionUpdate | TradeUpdate | AlgoUpdate | MarkPrice | ListenKeyExpired | FundingFee | StreamGap
 
 
 def _num(d: dict[str, Any], k: str, what: str) -> float:
@@ -180,6 +196,13 @@ def parse_event(raw: Any, now_ms: int) -> list[Event]:
                     reason=str(a.get("m") or ""),
                 )
             )
+        if a.get("m") == "FUNDING_FEE":
+            balances = a.get("B", [])
+            if not isinstance(balances, list) or not all(isinstance(b, dict) for b in balances):
+                raise MalformedEvent(f"{kind}: 'a.B' is not a list of balances")
+            change = sum(_num(b, "bc", kind) for b in balances if b.get("a") == "USDT")
+            named = tuple(x.symbol for x in out if isinstance(x, PositionUpdate))
+            out.append(FundingFee(event_ms=e, change=change, symbols=named))
         return out
     if kind == "ORDER_TRADE_UPDATE":
         o = raw.get("o")
@@ -201,6 +224,8 @@ def parse_event(raw: Any, now_ms: int) -> list[Event]:
                 realized_pnl=_num(o, "rp", kind),
                 commission=float(o.get("n") or 0.0),
                 reduce_only=bool(o.get("R")),
+                trade_id=_int_or_0(o.get("t")),
+                order_id=_int_or_0(o.get("i")),
             )
         ]
     if kind == "ALGO_UPDATE":
@@ -221,6 +246,75 @@ def parse_event(raw: Any, now_ms: int) -> list[Event]:
             )
         ]
     raise MalformedEvent(f"unknown event type {kind!r}")
+
+
+def _int_or_0(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+
+
+# --------------------------------------------------------------------------- an order's outcome
+
+#: Order statuses after which nothing changes (ORDER_TRADE_UPDATE ``X``).
+FINAL_ORDER_STATUSES = ("FILLED", "CANCELED", "EXPIRED", "REJECTED", "EXPIRED_IN_MATCH")
+#: Algo statuses after which nothing changes (ALGO_UPDATE ``X``).
+FINAL_ALGO_STATUSES = ("FINISHED", "CANCELED", "REJECTED", "EXPIRED")
+
+
+def fold_order(cur: dict[str, Any] | None, ev: TradeUpdate | AlgoUpdate) -> dict[str, Any]:
+    """An order's outcome so far, with one more of its stream events folded in (the events in
+    any order, some twice): ``{"kind": "order" | "algo", "symbol", "status", "event_ms", …}``.
+
+    An order (``TradeUpdate``) adds ``side``, ``type`` (``ot``), ``order_id``, ``cum_qty``
+    (the largest ``z`` seen, base units) and ``avg_price`` (``ap`` of that event, USDT), and
+    the sums over its distinct trades (by trade id ``t``; a trade seen twice counts once) of
+    ``filled`` (``l``), ``commission`` (``n``) and ``realized`` (``rp``), with ``trades``
+    (their ids) and ``untracked`` (a trade without an id: its sums cannot be trusted). An algo
+    order (``AlgoUpdate``) adds ``stop_price`` (``tp``, USDT). The status is the latest
+    event's, except that a final status (:data:`FINAL_ORDER_STATUSES`,
+    :data:`FINAL_ALGO_STATUSES`) is never replaced by a non-final one (a reordered event).
+    ``cur`` is not modified."""
+    algo = isinstance(ev, AlgoUpdate)
+    d: dict[str, Any] = dict(cur or {"kind": "algo" if algo else "order", "symbol": ev.symbol, "status": ""})
+    final = FINAL_ALGO_STATUSES if algo else FINAL_ORDER_STATUSES
+    if not (d["status"] in final and ev.status not in final):
+        d["status"] = ev.status
+    d["event_ms"] = max(int(d.get("event_ms", 0)), ev.event_ms)
+    if isinstance(ev, AlgoUpdate):
+        if ev.trigger_price > 0:
+            d["stop_price"] = ev.trigger_price
+        return d
+    d.setdefault("trades", [])
+    for k in ("cum_qty", "avg_price", "filled", "commission", "realized"):
+        d.setdefault(k, 0.0)
+    d.update(side=ev.side, type=ev.orig_type, order_id=ev.order_id or d.get("order_id", 0))
+    if ev.exec_type == "TRADE" and ev.last_qty > 0:
+        if ev.trade_id == 0:
+            d["untracked"] = True
+        if ev.trade_id == 0 or ev.trade_id not in d["trades"]:
+            d["trades"] = [*d["trades"], ev.trade_id]
+            d["filled"] += ev.last_qty
+            d["commission"] += ev.commission
+            d["realized"] += ev.realized_pnl
+    if ev.cum_qty >= d["cum_qty"]:
+        d["cum_qty"] = ev.cum_qty
+        if ev.cum_qty > 0:
+            d["avg_price"] = ev.avg_price
+    return d
+
+
+def conclusive(d: dict[str, Any] | None) -> bool:
+    """Whether a folded outcome (:func:`fold_order`) is the order's last word, so that it may
+    stand in for a REST look-up: a final status (an algo order also once working: NEW,
+    TRIGGERED), and for an order every trade of its cumulative quantity seen (``filled`` =
+    ``cum_qty`` within 1e-9 relative; an event lost in a gap leaves it short) with ids."""
+    if not d:
+        return False
+    if d["kind"] == "algo":
+        return d["status"] in (*FINAL_ALGO_STATUSES, "NEW", "TRIGGERED")
+    if d["status"] not in FINAL_ORDER_STATUSES or d.get("untracked"):
+        return False
+    filled, cum = float(d["filled"]), float(d["cum_qty"])
+    return abs(filled - cum) <= 1e-9 * max(1.0, cum)
 
 
 def is_newer(event_ms: int, last_ms: int | None) -> bool:

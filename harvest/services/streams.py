@@ -8,9 +8,12 @@ The order of trust: a user data stream is only as good as its continuity, so
    read once from REST (positionRisk) into the cache, stamped with the request's start time:
    an event older than that is ignored, one newer applies;
 2. each ``ACCOUNT_UPDATE`` updates the cached position of its symbols (ordered by event time);
-   fills and algo-order updates are appended to the account's events stream; any of them marks
+   fills and algo-order updates are appended to the account's events stream and folded into
+   their order's outcome (confirm reads it instead of REST); any of them marks
    the cache dirty and, ``settle_s`` later, one REST read refreshes the rows (stop, leverage,
    liquidation price, opening time, funding are REST's); so a quiet account costs no weight;
+   a funding settlement (``ACCOUNT_UPDATE`` FUNDING_FEE) does the same, with the income
+   endpoint read afresh in that REST read (Binance does not say which cross position paid);
 3. a drop (python-binance reports ``{"e": "error"}`` and reconnects), an expired listenKey or
    a stream that cannot be (re)opened marks the cache untrusted at once — readers fall back to
    REST — and it is trusted again only after the next REST resync on a live connection;
@@ -34,6 +37,7 @@ from typing import Callable
 from harvest.domain.stream_events import (
     AlgoUpdate,
     Event,
+    FundingFee,
     ListenKeyExpired,
     MalformedEvent,
     MarkPrice,
@@ -166,6 +170,13 @@ class AccountStreams:
                             changed_at = changed_at or time.monotonic()
                         elif isinstance(ev, (TradeUpdate, AlgoUpdate)):
                             self.cache.record(ev)
+                            self.cache.mark_dirty()
+                            changed_at = changed_at or time.monotonic()
+                        elif isinstance(ev, FundingFee):
+                            # Which position paid is not said (cross margin): the rows' funding
+                            # comes from REST income, read afresh by the resync this change starts.
+                            self.rt.venue.funding_settled()
+                            self.cache.count("funding_events")
                             self.cache.mark_dirty()
                             changed_at = changed_at or time.monotonic()
                         self._changed = True

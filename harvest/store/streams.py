@@ -9,6 +9,8 @@ Keys (``<ns>`` = settings.namespace, ``<a>`` = account)::
     <ns>:streams:<a>:health      hash    synced_ms (last REST resync), trusted (1/0), dirty (1/0),
                                          last_event_ms, listen_keys (used so far), owner
     <ns>:streams:<a>:events      stream  fills and algo-order updates, newest last (capped)
+    <ns>:streams:<a>:order:<cid> string  one order's outcome so far, its events folded in
+                                         (harvest.domain.stream_events.fold_order; JSON, 1 day)
     <ns>:streams:<a>:lease       string  the owner (host:pid) holding the account's streams (PX)
     <ns>:streams:marks           hash    symbol → {"mark", "funding_rate", "event_ms"} (JSON)
 
@@ -31,9 +33,11 @@ import time
 import redis
 
 from harvest.domain.models import VenuePosition
-from harvest.domain.stream_events import AlgoUpdate, MarkPrice, PositionUpdate, TradeUpdate
+from harvest.domain.stream_events import AlgoUpdate, MarkPrice, PositionUpdate, TradeUpdate, fold_order
 
 EVENTS_MAXLEN = 10_000
+#: How long an order's folded outcome is kept (s): confirm reads it within a plan's TTL.
+ORDER_TTL_S = 86_400
 
 #: KEYS[1] positions hash; ARGV: symbol, row JSON, event_ms → 1 applied, 0 older than stored
 _APPLY = """
@@ -128,13 +132,33 @@ class StreamCache:
         p.execute()
         return done
 
+    def k_order(self, client_order_id: str) -> str:
+        return f"{self.ns}:streams:{self.account}:order:{client_order_id}"
+
     def record(self, ev: TradeUpdate | AlgoUpdate) -> None:
-        """Append a fill or algo-order update to the account's events stream (capped)."""
+        """Append a fill or algo-order update to the account's events stream (capped) and fold
+        it into its order's outcome (:func:`harvest.domain.stream_events.fold_order`). The
+        account's lease makes this process the only writer, so the read and the write need
+        no transaction."""
+        key = self.k_order(ev.client_id)
+        raw = self.r.get(key)
+        folded = fold_order(json.loads(raw) if raw else None, ev)
         fields = {"type": type(ev).__name__, "data": ev.model_dump_json()}
         p = self.r.pipeline(transaction=False)
         p.xadd(self.k_events, fields, maxlen=EVENTS_MAXLEN, approximate=True)
+        p.set(key, json.dumps(folded), ex=ORDER_TTL_S)
         p.hset(self.k_health, "last_event_ms", ev.event_ms)
         p.execute()
+
+    def order(self, client_order_id: str) -> tuple[dict | None, bool]:
+        """An order's outcome as its stream events told it (:func:`fold_order`; None when no
+        event came), and whether a ``harvest streams`` process holds the account (its lease),
+        so that events may still come; one round trip."""
+        p = self.r.pipeline(transaction=False)
+        p.get(self.k_order(client_order_id))
+        p.exists(self.k_lease)
+        raw, held = p.execute()
+        return (json.loads(raw) if raw else None), bool(held)
 
     def put_mark(self, ev: MarkPrice) -> None:
         """Store a mark price (newer than the stored one only: a reordered event is dropped)."""

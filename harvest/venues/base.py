@@ -98,6 +98,12 @@ class OrderResult(BaseModel):
 class Venue(ABC):
     """The operations harvest performs on an exchange account."""
 
+    def funding_settled(self) -> None:
+        """A funding settlement was streamed: the next :meth:`positions` reads funding from the
+        exchange afresh instead of the sums it keeps between polls (no-op where funding is
+        read with every position, as on the paper engine)."""
+        return None
+
     @abstractmethod
     def positions(self) -> list[VenuePosition]:
         """Every open position (qty > 0)."""

@@ -642,6 +642,11 @@ class BinanceVenue(Venue):
             self.r.hset(self.k_opening, s, json.dumps({"k": key, "t": t, "amt": str(x["positionAmt"])}))
         return out
 
+    def funding_settled(self) -> None:
+        """The next positions read polls ``/fapi/v1/income`` whatever ``funding_poll_s`` says
+        (``harvest streams`` calls it on an ``ACCOUNT_UPDATE`` FUNDING_FEE)."""
+        self.r.delete(self.k_funding_poll)
+
     def _funding(self, opened: dict[str, float | None]) -> dict[str, float]:
         """Funding paid (USDT, negative when received) by each position since its opening, from
         ``GET /fapi/v1/income?incomeType=FUNDING_FEE`` (weight 30): every row at or after the

@@ -30,7 +30,9 @@ its order, ``E``/``T`` in wall milliseconds:
 
 The position in an ``ACCOUNT_UPDATE`` is read when the event is sent, so it may already include
 a later change: the dangerous reading (a client must take the REST position as the truth
-after any gap, never add up deltas). Funding is not streamed yet (REST ``income`` has it).
+after any gap, never add up deltas). Funding settled → ``ACCOUNT_UPDATE`` ``m`` FUNDING_FEE with
+the USDT balance change ``bc`` and, as for a cross-margin position, no position named (the
+dangerous reading: which position paid must come from REST ``income``).
 
 **Market events**: ``markPriceUpdate`` every second per subscribed symbol (``p`` the paper
 engine's mark, ``r`` the funding rate in force, ``T`` the next funding time).
@@ -355,13 +357,26 @@ class StreamServer:
                 self._trade(sym, d.get("clientOrderId") or f"open-{now}", side, d, "MARKET", now),
                 self._account(venue, sym, now),
             ]
+        if kind == "FUNDING":  # the cross-margin reading: the balance change, no position named
+            return [
+                {
+                    "e": "ACCOUNT_UPDATE",
+                    "E": now,
+                    "T": now,
+                    "a": {
+                        "m": "FUNDING_FEE",
+                        "B": [{"a": "USDT", "wb": "0", "cw": "0", "bc": str(d.get("income") or 0)}],
+                        "P": [],
+                    },
+                }
+            ]
         if kind in ("STOP_NEW", "STOP_CANCELED", "STOP_EXPIRED"):
             status = {"STOP_NEW": "NEW", "STOP_CANCELED": "CANCELED", "STOP_EXPIRED": "EXPIRED"}[kind]
             return [_algo(sym, d.get("clientAlgoId", ""), status, d.get("stopPrice", "0"), now)]
         if kind == "STOP_TRIGGERED":
             cid = d.get("clientAlgoId", "")
             side = "SELL" if d.get("side") == "LONG" else "BUY"
-            fill = {"qty": d.get("qty"), "price": d.get("price"), "realizedPnl": d.get("realizedPnl", 0)}
+            fill = {k: d.get(k) for k in ("qty", "price", "realizedPnl", "commission", "orderId")}
             return [
                 _algo(sym, cid, "TRIGGERED", d.get("price", "0"), now),
                 self._trade(sym, cid, side, fill, "STOP_MARKET", now),
@@ -393,13 +408,13 @@ class StreamServer:
                 "l": qty,
                 "z": qty,
                 "L": price,
-                "n": str(d.get("commission", "0")),
+                "n": str(d.get("commission") or 0),
                 "N": "USDT",
                 "T": now,
                 "t": int(d.get("orderId") or 0),
                 "R": orig_type != "MARKET" or bool(d.get("clientOrderId")),
                 "ps": "BOTH",
-                "rp": str(d.get("realizedPnl", "0")),
+                "rp": str(d.get("realizedPnl") or 0),
                 "ot": orig_type,
             },
         }

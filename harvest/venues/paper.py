@@ -339,12 +339,14 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
                 commission=fee,
                 update_time=self.clock.now(clock_raw),
             )
-            log_data = {
+            log_data = {  # "orderId":0 first: the fill script writes the order's id in
+                "orderId": 0,
                 "clientOrderId": client_order_id,
                 "side": side,
                 "qty": SymbolFilters.fmt(fill_q),
                 "price": mark,
                 "realizedPnl": pnl,
+                "commission": fee,
             }
             oid = int(
                 self._fill(

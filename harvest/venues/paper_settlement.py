@@ -85,7 +85,8 @@ return {redis.call('HGETALL', KEYS[1]), redis.call('HVALS', KEYS[2]), redis.call
 #: set on qty, side, entry price and settled_at; any settlement, fill or re-open changes one).
 #: KEYS: position, orders, pnl, order log, order id sequence, trades. ARGV: clientOrderId, qty,
 #: side, entry_price, settled_at (as read), qty after, order JSON (``"order_id":0,`` is replaced
-#: by the id drawn here), realized PnL, commission, symbol, FILL log data, wall ts, market ts,
+#: by the id drawn here), realized PnL, commission, symbol, FILL log data (``"orderId": 0,`` replaced
+#: likewise), wall ts, market ts,
 #: trade JSON (``"orderId":0,`` replaced likewise; ``"id":0,`` by the same id).
 #: Returns the order id (> 0), -1 for a clientOrderId of a still-working order, 0 when the row
 #: changed. Binance keeps a clientOrderId unique only among *open* orders: the id of a filled
@@ -104,8 +105,9 @@ trade = string.gsub(trade, '"id":0,', '"id":' .. id .. ',', 1)
 redis.call('RPUSH', KEYS[6], trade)
 redis.call('HINCRBYFLOAT', KEYS[3], ARGV[10] .. ':realized', ARGV[8])
 redis.call('HINCRBYFLOAT', KEYS[3], ARGV[10] .. ':commission', ARGV[9])
+local logged = string.gsub(ARGV[11], '"orderId": 0,', '"orderId": ' .. id .. ',', 1)
 redis.call('XADD', KEYS[4], '*', 'kind', 'FILL', 'symbol', ARGV[10], 'ts', ARGV[12], 'market_ts', ARGV[13],
-           'data', ARGV[11])
+           'data', logged)
 return id
 """
 #: Attempts of a fill whose position row kept changing under it (settlements, other fills).
@@ -318,6 +320,8 @@ class PaperSettlement:
             )
             if funding:
                 p.hincrbyfloat(self.k_pnl, f"{symbol}:funding", funding)
+                # the order log's FUNDING entry: the emulator streams it (ACCOUNT_UPDATE FUNDING_FEE)
+                p.xadd(self.k_log, self._log_entry("FUNDING", symbol, {"income": -funding, "events": len(events)}))
             for i, (t, paid) in enumerate(events):  # /fapi/v1/income rows: income < 0 when paid
                 p.rpush(
                     self.k_income,
@@ -353,7 +357,17 @@ class PaperSettlement:
         if hit is not None:
             side, qty, trigger, hit_cid, pnl, fee, cids = hit
             self._log(
-                "STOP_TRIGGERED", symbol, {"clientAlgoId": hit_cid, "side": side.value, "qty": qty, "price": trigger}
+                "STOP_TRIGGERED",
+                symbol,
+                {
+                    "clientAlgoId": hit_cid,
+                    "side": side.value,
+                    "qty": qty,
+                    "price": trigger,
+                    "realizedPnl": pnl,
+                    "commission": fee,
+                    "orderId": trade_id,
+                },
             )
             self._end_stops(symbol, cids, filled=(hit_cid, qty, trigger, pnl, fee))
 
@@ -387,16 +401,18 @@ class PaperSettlement:
         return [json.loads(x) for x in self.r.lrange(self.k_income, 0, -1)]
 
     def _log(self, kind: str, symbol: str, data: dict) -> None:
-        self.r.xadd(
-            self.k_log,
-            {
-                "kind": kind,
-                "symbol": symbol,
-                "ts": repr(time.time()),
-                "market_ts": repr(self.clock.now()),
-                "data": json.dumps(data, default=str),
-            },
-        )
+        self.r.xadd(self.k_log, self._log_entry(kind, symbol, data))
+
+    def _log_entry(self, kind: str, symbol: str, data: dict) -> dict:
+        """One order-log entry's fields: kind (FILL, OPEN, STOP_NEW, STOP_CANCELED,
+        STOP_EXPIRED, STOP_TRIGGERED, FUNDING, REJECT), symbol, wall and market ts, data JSON."""
+        return {
+            "kind": kind,
+            "symbol": symbol,
+            "ts": repr(time.time()),
+            "market_ts": repr(self.clock.now()),
+            "data": json.dumps(data, default=str),
+        }
 
     def _end_stops(self, symbol: str, cids: list[str], filled: tuple | None = None) -> None:
         """Record the end of stops no longer working: the triggered one FILLED (algoStatus

@@ -162,6 +162,29 @@ def test_a_position_in_a_new_symbol_gets_its_mark_stream(streams):
     wait_for(lambda: cache.snapshot(3.0, 3.0), 10, what="the cache usable with the new symbol")
 
 
+def test_a_funding_settlement_by_stream_brings_the_funding_paid_into_the_cached_rows(streams):
+    """The emulator streams FUNDING_FEE as for a cross position (a balance change, no symbol):
+    the streams process reads the income endpoint afresh, and the cached row carries what the
+    exchange charged. Before: the cached rows kept the funding of the last REST read."""
+    from harvest.ops.loadgen import T0
+
+    rt, e, cache = streams
+    mark = rt.venue.mark_price("BTCUSDT")
+    rt.venue.open_position("BTCUSDT", Side.LONG, 0.02, 10, stop_price=mark * 0.5)  # no stop in 8 h
+    wait_for(lambda: _amt(cache, "BTCUSDT") == 0.02, 10, what="the opening by stream")
+    rt.clock.set(T0 + 8 * 3600 + 60.0, 0.0)  # past the 08:00 funding: the emulator settles it
+    wait_for(lambda: _counter(rt, "streams:funding_events") >= 1, 15, what="the FUNDING_FEE event")
+    paid = rt.venue.position("BTCUSDT").funding_paid
+    assert paid != 0
+
+    def cached_funding():
+        rows = cache.snapshot(3600.0, 5.0)
+        row = next((vp for vp in rows or [] if vp.symbol == "BTCUSDT"), None)
+        return row is not None and row.funding_paid == pytest.approx(paid) and row
+
+    wait_for(cached_funding, 15, what="the funding in the cached row")
+
+
 def test_a_silent_gap_is_closed_by_the_resync_after_a_drop(streams):
     rt, e, cache = streams
     e.streams.inject("gap")  # the opening's events are lost without a trace
@@ -292,6 +315,11 @@ def test_a_mark_crossing_a_trigger_starts_the_chain_without_a_scan(emu, tmp_path
         )
         assert done.action == Action.PARTIAL_25
         assert _counter(rt, "scan:runs") == scans  # no scan ran: the mark's event started it
+        # confirm read the fill from its ORDER_TRADE_UPDATE, not from REST
+        assert _counter(rt, "confirm:from_stream") == 1 and done.executed_qty == pytest.approx(0.005)
+        fill = next(t for t in rt.venue.trades() if t["clientOrderId"] == done.client_order_id)
+        assert done.avg_price == pytest.approx(fill["price"])  # the same as REST would say
+        assert done.realized_pnl == pytest.approx(fill["realizedPnl"] - fill["commission"]) and fill["commission"] > 0
         (fired,) = [f for _, f in rt.r.xrange(f"{NS}:streams:fired")]
         assert (fired["account"], fired["symbol"]) == (rt.settings.account, "BTCUSDT")
         assert _counter(rt, "streams:triggers_fired") == 1

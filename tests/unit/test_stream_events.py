@@ -82,3 +82,99 @@ def test_malformed_events_are_refused_with_their_reason(raw, reason):
 
 def test_the_ordering_rule():
     assert is_newer(5, None) and is_newer(5, 5) and is_newer(6, 5) and not is_newer(4, 5)
+
+
+def _trade(tid: int, last: float, cum: float, status: str, ms: int, n: float = 0.01, rp: float = 1.0) -> TradeUpdate:
+    return TradeUpdate(
+        event_ms=ms,
+        symbol="BTCUSDT",
+        client_id="hv-0123456789abcdef-0",
+        side="SELL",
+        status=status,
+        exec_type="TRADE",
+        orig_type="MARKET",
+        last_qty=last,
+        last_price=100.0 + tid,
+        cum_qty=cum,
+        avg_price=100.0 + tid / 2,
+        realized_pnl=rp,
+        commission=n,
+        reduce_only=True,
+        trade_id=tid,
+        order_id=77,
+    )
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_an_orders_outcome_is_the_same_whatever_the_order_and_repeats_of_its_events(seed):
+    """A MARKET close filled in three trades: its events in any order, some twice, fold into
+    one outcome (largest cumulative qty and its average, each trade's commission and realized
+    PnL once); a final FILLED is not undone by a late PARTIALLY_FILLED; with a trade lost in a
+    gap the outcome is not conclusive (confirm reads REST instead)."""
+    import random
+
+    from harvest.domain.stream_events import conclusive, fold_order
+
+    new = TradeUpdate(**{**_trade(0, 0.0, 0.0, "NEW", E).model_dump(), "exec_type": "NEW", "trade_id": 0})
+    events = [new, _trade(1, 0.2, 0.2, "PARTIALLY_FILLED", E + 1), _trade(2, 0.3, 0.5, "PARTIALLY_FILLED", E + 2)]
+    events.append(_trade(3, 0.5, 1.0, "FILLED", E + 3))
+    rng = random.Random(seed)
+    shuffled = events + rng.sample(events, 2)
+    rng.shuffle(shuffled)
+    d = None
+    for ev in shuffled:
+        d = fold_order(d, ev)
+    assert d is not None and d["status"] == "FILLED" and conclusive(d)
+    assert d["cum_qty"] == 1.0 and d["avg_price"] == 101.5 and d["order_id"] == 77
+    assert d["filled"] == pytest.approx(1.0) and d["commission"] == pytest.approx(0.03)
+    assert d["realized"] == pytest.approx(3.0) and sorted(d["trades"]) == [1, 2, 3]
+    lost = None
+    for ev in shuffled:
+        if ev.trade_id != 2:
+            lost = fold_order(lost, ev)
+    assert lost is not None and lost["status"] == "FILLED" and not conclusive(lost)
+    partial = fold_order(fold_order(None, events[1]), events[2])
+    assert partial["status"] == "PARTIALLY_FILLED" and not conclusive(partial)
+
+
+def test_an_algo_orders_outcome_is_conclusive_once_working_or_final():
+    from harvest.domain.stream_events import conclusive, fold_order
+
+    def algo(status: str, ms: int) -> AlgoUpdate:
+        return AlgoUpdate(
+            event_ms=ms,
+            symbol="BTCUSDT",
+            client_id="hv-x-0",
+            status=status,
+            order_type="STOP_MARKET",
+            trigger_price=95.0,
+        )
+
+    assert not conclusive(fold_order(None, algo("TRIGGERING", E)))
+    working = fold_order(None, algo("NEW", E))
+    assert conclusive(working) and working["stop_price"] == 95.0
+    gone = fold_order(fold_order(None, algo("CANCELED", E + 5)), algo("NEW", E))  # NEW arrived late
+    assert gone["status"] == "CANCELED" and conclusive(gone)
+    assert not conclusive(None)
+
+
+def test_a_funding_fee_update_gives_the_balance_change_and_the_positions_it_names():
+    from harvest.domain.stream_events import FundingFee
+
+    cross = {"e": "ACCOUNT_UPDATE", "E": E, "T": E, "a": {"m": "FUNDING_FEE", "B": [{"a": "USDT", "bc": "-0.25"}]}}
+    assert parse_event(cross, E) == [FundingFee(event_ms=E, change=-0.25, symbols=())]
+    isolated = {
+        "e": "ACCOUNT_UPDATE",
+        "E": E,
+        "a": {
+            "m": "FUNDING_FEE",
+            "B": [{"a": "USDT", "bc": "0.5"}, {"a": "BNB", "bc": "9"}],
+            "P": [{"s": "ETHUSDT", "pa": "-1", "ep": "2000", "ps": "BOTH"}],
+        },
+    }
+    pos, fee = parse_event(isolated, E)
+    assert isinstance(pos, PositionUpdate) and fee == FundingFee(event_ms=E, change=0.5, symbols=("ETHUSDT",))
+    with pytest.raises(MalformedEvent, match="'bc'"):
+        parse_event({**cross, "a": {"m": "FUNDING_FEE", "B": [{"a": "USDT", "bc": "x"}]}}, E)
+    with pytest.raises(MalformedEvent, match="a.B"):
+        parse_event({**cross, "a": {"m": "FUNDING_FEE", "B": "USDT"}}, E)
