@@ -105,20 +105,25 @@ class HarvestCollector:
         accounts = rt.accounts
         stuck = account_decisions(rt.r, k, accounts)
 
-        g = GaugeMetricFamily("harvest_plans", "Plans now in each state, by action", labels=["action", "state"])
-        for f, v in sorted(plans.items()):
-            action, _, state = f.partition("|")
-            g.add_metric([action, state], float(v))
+        g = GaugeMetricFamily(
+            "harvest_plans", "Plans now in each state, by account and action", labels=["account", "action", "state"]
+        )
+        for (a, action, state), v in _by_account(plans, 3):
+            g.add_metric([a, action, state], v)
         yield g
         c = CounterMetricFamily(
-            "harvest_orders", "Plans that ended after an order was sent, by terminal state", labels=["result"]
+            "harvest_orders",
+            "Plans that ended after an order was sent, by account and terminal state",
+            labels=["account", "result"],
         )
-        for f, v in sorted(orders.items()):
-            c.add_metric([f], float(v))
+        for (a, result), v in _by_account(orders, 2):
+            c.add_metric([a, result], v)
         yield c
-        c = CounterMetricFamily("harvest_order_sends", "Order sends by outcome", labels=["outcome"])
-        for f, v in sorted(sends.items()):
-            c.add_metric([f], float(v))
+        c = CounterMetricFamily(
+            "harvest_order_sends", "Order sends by account and outcome", labels=["account", "outcome"]
+        )
+        for (a, outcome), v in _by_account(sends, 2):
+            c.add_metric([a, outcome], v)
         yield c
         yield _labelled(
             CounterMetricFamily("harvest_guard_blocks", "Plans the guard blocked, by reason", labels=["reason"]),
@@ -284,6 +289,18 @@ class HarvestCollector:
         yield GaugeMetricFamily(
             "harvest_exchange_weight_limit", "Request weight the fleet may use per minute", value=float(budget.limit)
         )
+
+
+def _by_account(h: dict[str, str], parts: int) -> list[tuple[tuple[str, ...], float]]:
+    """The fields of a metrics hash kept by the Lua scripts (``<account>|…``, ``parts`` parts),
+    split, sorted, with their values; fields of another shape (written before the account was
+    counted) are left out."""
+    out = []
+    for f, v in sorted(h.items()):
+        key = tuple(f.split("|"))
+        if len(key) == parts:
+            out.append((key, float(v)))
+    return out
 
 
 def _labelled(family, counters: dict, prefix: str):

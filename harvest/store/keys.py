@@ -103,15 +103,16 @@ class Keys:
 
     @property
     def metrics_plans(self) -> str:
-        """hash ``<action>|<state>`` → plans now in that state (kept by the Lua scripts)."""
+        """hash ``<account>|<action>|<state>`` → plans now in that state (kept by the Lua
+        scripts; fields of two parts are from before the account was counted, and ignored)."""
         return f"{self.ns}:metrics:plans"
 
     @property
     def metrics_orders(self) -> str:
-        """hash terminal state → plans that ended there after an order was sent."""
+        """hash ``<account>|<terminal state>`` → plans that ended there after an order was sent."""
         return f"{self.ns}:metrics:orders"
 
     @property
     def metrics_sends(self) -> str:
-        """hash send outcome (accepted / unknown / not_executed) → sends."""
+        """hash ``<account>|<send outcome>`` (accepted / unknown / not_executed) → sends."""
         return f"{self.ns}:metrics:sends"

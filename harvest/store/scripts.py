@@ -84,7 +84,7 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'plan_id', ARGV[1], 'symbol', ARGV[5],
   'action', ARGV[6], 'from', '', 'to', 'PROPOSED', 'reason', 'proposed', 'ts', ARGV[2], 'data', ARGV[7])
-redis.call('HINCRBY', KEYS[5], ARGV[6] .. '|PROPOSED', 1)
+redis.call('HINCRBY', KEYS[5], (redis.call('HGET', KEYS[1], 'account') or '') .. '|' .. ARGV[6] .. '|PROPOSED', 1)
 return false
 """
 )
@@ -138,9 +138,10 @@ if o['lock_ttl'] and not redis.call('SET', lock, ARGV[1], 'NX', 'EX', o['lock_tt
   if holder ~= ARGV[1] then return {0, cur, action, h[3]} end
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3], 'reason', ARGV[4])
-redis.call('HINCRBY', KEYS[4], action .. '|' .. cur, -1)
-redis.call('HINCRBY', KEYS[4], action .. '|' .. ARGV[2], 1)
-if cur == 'SUBMITTED' and ARGV[6] == '1' then redis.call('HINCRBY', KEYS[5], ARGV[2], 1) end
+local acct = (h[5] or '') .. '|'
+redis.call('HINCRBY', KEYS[4], acct .. action .. '|' .. cur, -1)
+redis.call('HINCRBY', KEYS[4], acct .. action .. '|' .. ARGV[2], 1)
+if cur == 'SUBMITTED' and ARGV[6] == '1' then redis.call('HINCRBY', KEYS[5], acct .. ARGV[2], 1) end
 if #ARGV >= 11 then
   local f = {}
   for i = 11, #ARGV do f[#f + 1] = ARGV[i] end
@@ -179,7 +180,7 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'SUBMITTED' then return 0 end
 if tonumber(redis.call('HGET', KEYS[1], 'step') or '0') ~= tonumber(ARGV[2]) then return 0 end
 if ARGV[7] ~= '' and redis.call('HGET', KEYS[1], 'send') ~= ARGV[7] then return 0 end
 redis.call('HSET', KEYS[1], 'send', ARGV[3], 'updated_at', ARGV[4])
-redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+redis.call('HINCRBY', KEYS[3], (redis.call('HGET', KEYS[1], 'account') or '') .. '|' .. ARGV[3], 1)
 if #ARGV >= 8 then
   local f = {}
   for i = 8, #ARGV do f[#f + 1] = ARGV[i] end

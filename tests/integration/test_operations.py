@@ -193,12 +193,13 @@ def test_metrics_exporter_serves_the_pipeline(rt):
     finally:
         proc.terminate()
         proc.wait(10)
-    assert m[("harvest_plans", (("action", "PARTIAL_25"), ("state", "FILLED")))] == 1
-    assert m[("harvest_plans", (("action", "PARTIAL_25"), ("state", "PROPOSED")))] == 0
-    assert m[("harvest_orders_total", (("result", "FILLED"),))] == 1
-    assert m[("harvest_order_sends_total", (("outcome", "accepted"),))] == 1
+    a = ("account", rt.settings.account)
+    assert m[("harvest_plans", (a, ("action", "PARTIAL_25"), ("state", "FILLED")))] == 1
+    assert m[("harvest_plans", (a, ("action", "PARTIAL_25"), ("state", "PROPOSED")))] == 0
+    assert m[("harvest_orders_total", (a, ("result", "FILLED")))] == 1
+    assert m[("harvest_order_sends_total", (a, ("outcome", "accepted")))] == 1
     assert m[("harvest_guard_blocks_total", (("reason", "symbol_not_allowed"),))] == 1
-    assert m[("harvest_plans", (("action", "PARTIAL_25"), ("state", "REJECTED")))] == 1
+    assert m[("harvest_plans", (a, ("action", "PARTIAL_25"), ("state", "REJECTED")))] == 1
     assert m[("harvest_scans_total", (("account", rt.settings.account),))] >= 1
     assert m[("harvest_scan_duration_seconds_count", ())] >= 1
     assert m[("harvest_scan_to_fill_seconds_count", (("action", "PARTIAL_25"),))] == 1

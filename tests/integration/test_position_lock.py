@@ -120,7 +120,7 @@ def test_confirm_records_the_accepted_send_once_with_its_plan_read(rt):
     assert confirm(ack) == "FILLED"
     reasons = [h["reason"] for h in rt.plans.history(pid, sends=True)]
     assert reasons[-3:] == ["order_sent", "send_accepted", "order_filled"] and reasons.count("send_accepted") == 1
-    assert rt.r.hget(rt.plans.k.metrics_sends, "accepted") == "1"
+    assert rt.r.hget(rt.plans.k.metrics_sends, f"{rt.settings.account}|accepted") == "1"
     assert rt.plans.get_after_accepted("0" * 16, 0, ack["acked_at"]) is None
 
     before = rt.r.xlen(f"{rt.settings.namespace}:stream:rejected")
