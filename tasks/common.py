@@ -12,8 +12,10 @@ from typing import Any
 from celery import Task
 
 from harvest.domain.models import MarketState, Plan
-from harvest.domain.plans import PLAN_ID_RE
+from harvest.domain.plans import PLAN_ID_RE, client_order_id
+from harvest.services.execution import Streamed
 from harvest.services.runtime import Runtime, get_runtime
+from harvest.store.streams import streamed_order_of, streamed_order_reads
 from settings.celery import TIME_LIMITS_S
 
 log = logging.getLogger("harvest")
@@ -73,22 +75,33 @@ def load_plan(rt: Runtime, stage: str, payload: Any) -> Plan | None:
     return load_plan_and_book(rt, stage, payload, book=False)[0]
 
 
-def load_acknowledged_plan(rt: Runtime, stage: str, payload: Any) -> Plan | None:
+def load_acknowledged_plan(rt: Runtime, stage: str, payload: Any) -> tuple[Plan | None, Streamed | None]:
     """:func:`load_plan` for confirm: when the ref carries execute's acknowledgement
     (:func:`send_ack`), the send is recorded accepted in the same round trip that reads the
-    plan (:meth:`harvest.store.PlanStore.get_after_accepted`). None as :func:`load_plan`."""
+    plan (:meth:`harvest.store.PlanStore.get_after_accepted`) and the order's stream events
+    (:func:`harvest.store.streams.streamed_order_reads`). Returns ``(plan, streamed)``:
+    plan None as :func:`load_plan`; ``streamed`` the order's stream events and whether
+    ``harvest streams`` is alive, or None when not read (no acknowledgement)."""
     pid = checked_ref(rt, stage, payload)
     if pid is None:
-        return None
+        return None, None
     try:
         ack = send_ack(payload)
     except MalformedMessage as e:
         record_rejected(rt, stage, payload, e)
-        return None
-    plan = rt.plans.get(pid) if ack is None else rt.plans.get_after_accepted(pid, *ack)
+        return None, None
+    streamed: Streamed | None = None
+    if ack is None:
+        plan = rt.plans.get(pid)
+    else:
+        cid = client_order_id(pid, ack[0])
+        plan, reads = rt.plans.get_after_accepted(
+            pid, *ack, then=lambda p: streamed_order_reads(p, rt.settings.namespace, cid)
+        )
+        streamed = (cid, *streamed_order_of(*reads))
     if plan is None:
         record_rejected(rt, stage, payload, "unknown plan_id")
-    return plan
+    return plan, streamed
 
 
 def load_plan_and_book(
@@ -186,6 +199,6 @@ class HarvestTask(Task):
         """:func:`load_plan_and_book` for this stage."""
         return load_plan_and_book(self.rt, self.stage, payload)
 
-    def acknowledged_plan(self, payload: Any) -> Plan | None:
+    def acknowledged_plan(self, payload: Any) -> tuple[Plan | None, Streamed | None]:
         """:func:`load_acknowledged_plan` for this stage."""
         return load_acknowledged_plan(self.rt, self.stage, payload)

@@ -36,7 +36,7 @@ def confirm(self, ref: dict | None) -> str | None:
     ``confirm_retry_s`` while the outcome is pending, until the plan's TTL, when the look-up
     is final."""
     rt = self.rt
-    plan = self.acknowledged_plan(ref)
+    plan, streamed = self.acknowledged_plan(ref)
     if plan is None or plan.state != PlanState.SUBMITTED:
         return None
     if plan.send == SendState.NOT_EXECUTED:
@@ -46,7 +46,7 @@ def confirm(self, ref: dict | None) -> str | None:
     # Just after an accepted send, the fill's own stream events (harvest streams) usually
     # arrive within tens of ms: wait for them a moment rather than spend REST weight.
     fresh = isinstance(acked_at, (int, float)) and time.time() - acked_at < STREAM_CONFIRM_WAIT_S
-    out = resolve_submitted(rt, plan, final, resend=start_resend, wait_for_stream=fresh)
+    out = resolve_submitted(rt, plan, final, resend=start_resend, wait_for_stream=fresh, streamed=streamed)
     if out == PENDING:
         raise self.retry(countdown=STREAM_CONFIRM_POLL_S if fresh else rt.settings.confirm_retry_s)
     return out

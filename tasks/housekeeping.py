@@ -6,8 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
-from harvest.data import load_klines
-from harvest.domain.market import market_state_at, market_state_from_closes
+from harvest.services.market import refresh_market_states
 from harvest.services.reconcile import reconcile_once, sweep_once
 from harvest.services.runtime import get_runtime
 from harvest.venues.base import VenueError
@@ -22,29 +21,9 @@ log = logging.getLogger("harvest")
 def refresh_market() -> int:
     """Recompute the market state of every symbol any account allows at the current market
     time and cache it (one state per symbol, shared by the accounts; from the deployment's
-    theta windows): from the venue's closed 1m klines on python-binance venues (testnet, live,
-    emulator), from the shipped klines on the in-process paper engine. Returns how many
+    theta windows): :func:`harvest.services.market.refresh_market_states`. Returns how many
     symbols were refreshed."""
-    rt = get_runtime()
-    now = rt.market_now()
-    theta = (rt.deployment or rt.settings).theta  # the deployment's windows, not one account's overrides
-    states = []
-    stamp = {"computed_at": time.time()}
-    symbols = dict.fromkeys(s for a in rt.accounts for s in rt.for_account(a).settings.symbols)
-    for sym in symbols:
-        try:
-            if rt.settings.uses_binance:
-                closes = rt.venue.closed_closes(sym, theta.closes_needed)  # type: ignore[attr-defined]
-                states.append(market_state_from_closes(sym, closes, now, theta).model_copy(update=stamp))
-            else:  # the paper engine: shipped klines (a synthetic listing uses its source's)
-                src = rt.venue.source(sym)  # type: ignore[attr-defined]
-                states.append(market_state_at(load_klines(src), now, theta).model_copy(update={"symbol": sym, **stamp}))
-        except (FileNotFoundError, ValueError, VenueError) as e:
-            rt.plans.count("market:unavailable")
-            log.warning("market state for %s unavailable: %s", sym, e)
-    rt.market.put_many(states)
-    rt.plans.beat("market")
-    return len(states)
+    return refresh_market_states(get_runtime())
 
 
 @app.task(**contract("harvest.reconcile", acks_late=True, max_retries=0))

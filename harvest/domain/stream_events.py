@@ -15,6 +15,8 @@ a combined stream's ``{"stream", "data"}`` wrapper is unwrapped) into one of:
   ``T``;
 * :class:`FundingFee` — an ``ACCOUNT_UPDATE`` of reason ``FUNDING_FEE``: the USDT balance
   change ``bc`` and the (isolated) positions it names;
+* :class:`Kline` — a ``kline`` event of a 1m kline stream: open time ``k.t``, close ``k.c``,
+  closed ``k.x``;
 * :class:`ListenKeyExpired` — the user stream is over: a new listenKey is needed;
 * :class:`StreamGap` — python-binance's ``{"e": "error"}``: the connection dropped (events
   may have been lost; only a REST resync closes the gap).
@@ -97,6 +99,16 @@ class MarkPrice(_Event):
     next_funding_ms: int
 
 
+class Kline(_Event):
+    """A ``kline`` event of ``<symbol>@kline_1m``: the bar opened at ``open_ms`` (ms), its
+    ``close`` (USDT) so far, and whether it is ``closed`` (``x``: final)."""
+
+    symbol: str
+    open_ms: int
+    close: float
+    closed: bool
+
+
 class ListenKeyExpired(_Event):
     listen_key: str
 
@@ -117,7 +129,7 @@ class StreamGap(_Event):
     kind: str
 
 
-Event = PositionUpdate | TradeUpdate | AlgoUpdate | MarkPrice | ListenKeyExpired | FundingFee | StreamGap
+Event = PositionUpdate | TradeUpdate | AlgoUpdate | MarkPrice | Kline | ListenKeyExpired | FundingFee | StreamGap
 
 
 def _num(d: dict[str, Any], k: str, what: str) -> float:
@@ -127,6 +139,22 @@ def _num(d: dict[str, Any], k: str, what: str) -> float:
         raise MalformedEvent(f"{what}: field {k!r} missing or not a number") from None
     if not math.isfinite(v):
         raise MalformedEvent(f"{what}: field {k!r} is not finite")
+    return v
+
+
+def _obj(d: dict[str, Any], k: str, what: str) -> dict[str, Any]:
+    """A field that must be a JSON object."""
+    v = d.get(k)
+    if not isinstance(v, dict):
+        raise MalformedEvent(f"{what}: '{k}' missing")
+    return v
+
+
+def _positive(d: dict[str, Any], k: str, what: str, name: str) -> float:
+    """A price field that must be a finite number > 0 (``name`` in the error)."""
+    v = _num(d, k, what)
+    if v <= 0:
+        raise MalformedEvent(f"{what}: {name} {v} ≤ 0")
     return v
 
 
@@ -160,16 +188,26 @@ def parse_event(raw: Any, now_ms: int) -> list[Event]:
         raise MalformedEvent("no event type 'e'")
     e = _ms(raw, "E", kind)
     if kind == "markPriceUpdate":
-        mark = _num(raw, "p", kind)
-        if mark <= 0:
-            raise MalformedEvent(f"{kind}: mark price {mark} ≤ 0")
         return [
             MarkPrice(
                 event_ms=e,
                 symbol=_str(raw, "s", kind),
-                mark=mark,
+                mark=_positive(raw, "p", kind, "mark price"),
                 funding_rate=_num(raw, "r", kind),
                 next_funding_ms=_ms(raw, "T", kind),
+            )
+        ]
+    if kind == "kline":
+        k = _obj(raw, "k", kind)
+        if k.get("i") != "1m":
+            raise MalformedEvent(f"{kind}: interval {k.get('i')!r} (harvest reads 1m bars)")
+        return [
+            Kline(
+                event_ms=e,
+                symbol=_str(raw, "s", kind),
+                open_ms=_ms(k, "t", kind),
+                close=_positive(k, "c", kind, "close"),
+                closed=k.get("x") is True,
             )
         ]
     if kind == "listenKeyExpired":
@@ -205,9 +243,7 @@ def parse_event(raw: Any, now_ms: int) -> list[Event]:
             out.append(FundingFee(event_ms=e, change=change, symbols=named))
         return out
     if kind == "ORDER_TRADE_UPDATE":
-        o = raw.get("o")
-        if not isinstance(o, dict):
-            raise MalformedEvent(f"{kind}: 'o' missing")
+        o = _obj(raw, "o", kind)
         return [
             TradeUpdate(
                 event_ms=e,
@@ -229,9 +265,7 @@ def parse_event(raw: Any, now_ms: int) -> list[Event]:
             )
         ]
     if kind == "ALGO_UPDATE":
-        o = raw.get("o")
-        if not isinstance(o, dict):
-            raise MalformedEvent(f"{kind}: 'o' missing")
+        o = _obj(raw, "o", kind)
         status = _str(o, "X", kind)
         if status not in ALGO_STATUSES:
             raise MalformedEvent(f"{kind}: unknown algo status {status!r}")

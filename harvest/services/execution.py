@@ -16,13 +16,22 @@ from harvest.venues.base import OrderResult, VenueError
 #: :func:`resolve_submitted`'s answer while the order's outcome is not known yet.
 PENDING = "pending"
 
+#: An order's stream events as read beside its plan: ``(clientOrderId, folded events or None,
+#: whether harvest streams is alive)`` (:func:`harvest.store.streams.streamed_order_of`).
+Streamed = tuple[str, dict | None, bool]
+
 #: Starts the send of step ``step`` of a plan known not placed: ``(plan_id, step, symbol,
 #: action) -> None`` (:func:`workflows.start_resend`; passed in, since services import no canvas).
 Resend = Callable[[str, int, str, str], None]
 
 
 def resolve_submitted(
-    rt: Runtime, plan: Plan, final: bool, resend: Resend | None = None, wait_for_stream: bool = False
+    rt: Runtime,
+    plan: Plan,
+    final: bool,
+    resend: Resend | None = None,
+    wait_for_stream: bool = False,
+    streamed: Streamed | None = None,
 ) -> str:
     """Look up a SUBMITTED plan's order by clientOrderId and end the plan when its outcome is
     known. ``final`` (at the TTL): an order that does not exist ends EXPIRED — it is never
@@ -37,13 +46,17 @@ def resolve_submitted(
     (:func:`streamed_order`): when they are its last word, no REST look-up is made (counted
     ``confirm:from_stream``). ``wait_for_stream``: when they are not (yet), return
     ``"pending"`` rather than look up by REST (confirm, just after the send, gives the events
-    a moment to arrive)."""
+    a moment to arrive). ``streamed``: the order's events already read (confirm reads them
+    with the plan); used when they are of the plan's current clientOrderId."""
     try:
         rt = rt.for_account(plan.account)
     except KeyError:
         rt.plans.count("unknown_account")
         return PENDING
-    o, held = streamed_order(rt, plan)
+    if streamed is not None and streamed[0] == plan.client_order_id:
+        o, held = _order_result(plan, streamed[1]), streamed[2]
+    else:
+        o, held = streamed_order(rt, plan)
     vp, position_read = None, False
     if o is not None:
         rt.plans.count("confirm:from_stream")
@@ -63,7 +76,7 @@ def streamed_order(rt: Runtime, plan: Plan) -> tuple[OrderResult | None, bool]:
     """The plan's order as the account's user data stream told it (``harvest streams``; see
     :meth:`harvest.store.streams.StreamCache.order`) when that is its last word
     (:func:`harvest.domain.stream_events.conclusive`: a final status with every trade seen),
-    else None (look it up by REST); and whether ``harvest streams`` holds the account.
+    else None (look it up by REST); and whether ``harvest streams`` is alive (one round trip).
     ``rt``: the plan's account's runtime."""
     d, held = StreamCache(rt.r, rt.settings.namespace, rt.settings.account).order(plan.client_order_id)
     return _order_result(plan, d), held

@@ -38,6 +38,7 @@ from harvest.domain.stream_events import (
     AlgoUpdate,
     Event,
     FundingFee,
+    Kline,
     ListenKeyExpired,
     MalformedEvent,
     MarkPrice,
@@ -47,7 +48,7 @@ from harvest.domain.stream_events import (
     parse_event,
 )
 from harvest.services.runtime import Runtime
-from harvest.store.streams import StreamCache
+from harvest.store.streams import KlineCache, StreamCache
 from harvest.venues.binance_streams import (
     StreamClosed,
     is_streaming,
@@ -212,10 +213,11 @@ Fire = Callable[[str, str], None]
 
 
 class MarketStreams:
-    """The mark-price streams (``<symbol>@markPrice@1s``, public: no credentials, no lease) of
-    one ``harvest streams`` process: ``symbols`` and every symbol open in any of ``caches``
-    (the accounts it holds), into ``<ns>:streams:marks``. ``silence_s``: how long a market
-    stream may say nothing before it is reopened (wall s).
+    """The mark-price and 1m kline streams (``<symbol>@markPrice@1s``, ``<symbol>@kline_1m``;
+    public: no credentials, no lease) of one ``harvest streams`` process: ``symbols`` and every
+    symbol open in any of ``caches`` (the accounts it holds), into ``<ns>:streams:marks`` and,
+    closed bars only, :class:`harvest.store.streams.KlineCache` (the market refresh reads them).
+    ``silence_s``: how long a market stream may say nothing before it is reopened (wall s).
 
     Event-driven exits: with ``fire``, each mark is compared with the triggers the accounts'
     last scans left (:meth:`harvest.store.keys.Keys.triggers`, re-read every
@@ -236,6 +238,7 @@ class MarketStreams:
     ):
         self.rt, self.symbols, self.caches, self.silence_s = rt, list(symbols), caches, silence_s
         self.cache = caches[0]
+        self.klines = KlineCache(rt.r, rt.settings.namespace)
         self.fire, self.triggers_every_s = fire, triggers_every_s
         self._triggers: dict[str, list[tuple[str, float, int]]] = {}  # symbol → [(account, price, side)]
         self._read_at = 0.0
@@ -352,6 +355,8 @@ class MarketStreams:
                                 self._check(ev)
                                 last = time.monotonic()
                                 backoff = 1.0
+                            elif isinstance(ev, Kline) and ev.closed:
+                                self.klines.put(ev.symbol, [(ev.open_ms, ev.close)])
                 if not silent:
                     continue
                 self.cache.count("gap:market_silent")

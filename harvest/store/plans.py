@@ -316,18 +316,28 @@ class PlanStore:
         keys, args = self._mark_send_args(plan_id, step, outcome, data, fields, time.time())
         return bool(self._mark_send(keys=keys, args=args))
 
-    def get_after_accepted(self, plan_id: str, step: int, acked_at: float) -> Plan | None:
+    def get_after_accepted(
+        self, plan_id: str, step: int, acked_at: float, then: Callable[[Any], None] | None = None
+    ) -> Any:
         """Record that send ``step`` of a SUBMITTED plan was accepted by the exchange at
         ``acked_at`` (Unix s, as execute measured it) — only while that send is still
         ``sending``, so a repeat records nothing — and read the plan back, in one round trip
         (with the queued metric observations). Confirm uses it: execute hands the
         acknowledgement on instead of spending a round trip of its own on it. Returns the
-        plan, or None when no such plan_id exists."""
+        plan, or None when no such plan_id exists; with ``then`` (more reads queued on the same
+        pipeline) ``(plan or None, [their replies])``."""
         keys, args = self._mark_send_args(
             plan_id, step, SendState.ACCEPTED, None, {"acked_at": acked_at}, acked_at, only_from=SendState.SENDING
         )
-        _, (h,) = run_script(self.r, self._mark_send, keys, args, then=lambda p: p.hgetall(self.k.plan(plan_id)))
-        return self.parse(h) if h else None
+
+        def reads(p: Any) -> None:
+            p.hgetall(self.k.plan(plan_id))
+            if then is not None:
+                then(p)
+
+        _, (h, *extra) = run_script(self.r, self._mark_send, keys, args, then=reads)
+        plan = self.parse(h) if h else None
+        return plan if then is None else (plan, extra)
 
     def claim_resend(
         self, plan_id: str, step: int, client_order_id: str, replicas: int = 0, replica_wait_s: float = 1.0

@@ -9,10 +9,13 @@ Keys (``<ns>`` = settings.namespace, ``<a>`` = account)::
     <ns>:streams:<a>:health      hash    synced_ms (last REST resync), trusted (1/0), dirty (1/0),
                                          last_event_ms, listen_keys (used so far), owner
     <ns>:streams:<a>:events      stream  fills and algo-order updates, newest last (capped)
-    <ns>:streams:<a>:order:<cid> string  one order's outcome so far, its events folded in
-                                         (harvest.domain.stream_events.fold_order; JSON, 1 day)
+    <ns>:streams:order:<cid>     string  one order's outcome so far, its events folded in
+                                         (harvest.domain.stream_events.fold_order; JSON, 1 day;
+                                         a clientOrderId names its plan, so no account is needed)
     <ns>:streams:<a>:lease       string  the owner (host:pid) holding the account's streams (PX)
     <ns>:streams:marks           hash    symbol → {"mark", "funding_rate", "event_ms"} (JSON)
+    <ns>:streams:klines:<sym>    zset    closed 1m bars: member "<open_ms>:<close>", score open_ms
+                                         (the last KLINES_KEPT; from kline streams and REST reads)
 
 The rows are REST snapshots (positionRisk with its stop, leverage, liquidation price, opening
 time and funding, as :meth:`harvest.venues.base.Venue.positions` reads them); the user data
@@ -29,7 +32,9 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
+import numpy as np
 import redis
 
 from harvest.domain.models import VenuePosition
@@ -59,6 +64,68 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+#: Closed 1m bars kept per symbol (Binance's klines endpoint gives at most 1500).
+KLINES_KEPT = 1500
+BAR_MS = 60_000
+
+
+#: A ``harvest streams`` heartbeat at most this old (s) means events may still come.
+STREAMS_ALIVE_S = 5.0
+
+
+def order_key(ns: str, client_order_id: str) -> str:
+    """The key of an order's folded stream events (module docstring)."""
+    return f"{ns}:streams:order:{client_order_id}"
+
+
+def streamed_order_reads(p: Any, ns: str, client_order_id: str) -> None:
+    """Queue on pipeline ``p`` the reads :func:`streamed_order_of` takes: the order's folded
+    events and the ``streams`` heartbeat (two replies)."""
+    p.get(order_key(ns, client_order_id))
+    p.hget(f"{ns}:heartbeat", "streams")
+
+
+def streamed_order_of(raw: str | None, beat: str | None, now: float | None = None) -> tuple[dict | None, bool]:
+    """From the replies of :func:`streamed_order_reads`: the order's outcome as its stream
+    events told it (:func:`harvest.domain.stream_events.fold_order`; None when none came) and
+    whether a ``harvest streams`` process is alive (heartbeat within :data:`STREAMS_ALIVE_S`),
+    so that events may still come."""
+    now = time.time() if now is None else now
+    alive = beat is not None and now - float(beat) <= STREAMS_ALIVE_S
+    return (json.loads(raw) if raw else None), alive
+
+
+class KlineCache:
+    """Closed 1m bars per symbol (see module docstring), shared by every account: written by
+    ``harvest streams`` from ``<symbol>@kline_1m`` and by the market refresh from its REST
+    reads; read by the market refresh, which then needs no REST read."""
+
+    def __init__(self, r: redis.Redis, ns: str):
+        self.r, self.ns = r, ns
+
+    def key(self, symbol: str) -> str:
+        return f"{self.ns}:streams:klines:{symbol}"
+
+    def put(self, symbol: str, bars: list[tuple[int, float]]) -> None:
+        """Store closed bars ``[(open_ms, close USDT)]`` (a bar already stored is kept once)."""
+        if not bars:
+            return
+        k = self.key(symbol)
+        p = self.r.pipeline(transaction=False)
+        p.zremrangebyscore(k, min(t for t, _ in bars), max(t for t, _ in bars))  # a bar stored again replaces
+        p.zadd(k, {f"{t}:{c!r}": t for t, c in bars})
+        p.zremrangebyrank(k, 0, -KLINES_KEPT - 1)
+        p.execute()
+
+    def closes(self, symbol: str, n: int, last_open_ms: int) -> np.ndarray | None:
+        """The closes (USDT, shape (n,), oldest first) of the ``n`` bars up to the one opened at
+        ``last_open_ms``, when every one of them is stored (no gap); None otherwise."""
+        rows = self.r.zrangebyscore(self.key(symbol), last_open_ms - (n - 1) * BAR_MS, last_open_ms, withscores=True)
+        if len(rows) != n or int(rows[-1][1]) != last_open_ms or int(rows[0][1]) != last_open_ms - (n - 1) * BAR_MS:
+            return None
+        return np.array([float(m.split(":", 1)[1]) for m, _ in rows], dtype=np.float64)
 
 
 class StreamCache:
@@ -133,7 +200,7 @@ class StreamCache:
         return done
 
     def k_order(self, client_order_id: str) -> str:
-        return f"{self.ns}:streams:{self.account}:order:{client_order_id}"
+        return order_key(self.ns, client_order_id)
 
     def record(self, ev: TradeUpdate | AlgoUpdate) -> None:
         """Append a fill or algo-order update to the account's events stream (capped) and fold
@@ -151,14 +218,10 @@ class StreamCache:
         p.execute()
 
     def order(self, client_order_id: str) -> tuple[dict | None, bool]:
-        """An order's outcome as its stream events told it (:func:`fold_order`; None when no
-        event came), and whether a ``harvest streams`` process holds the account (its lease),
-        so that events may still come; one round trip."""
+        """:func:`streamed_order_reads` and :func:`streamed_order_of` in one round trip."""
         p = self.r.pipeline(transaction=False)
-        p.get(self.k_order(client_order_id))
-        p.exists(self.k_lease)
-        raw, held = p.execute()
-        return (json.loads(raw) if raw else None), bool(held)
+        streamed_order_reads(p, self.ns, client_order_id)
+        return streamed_order_of(*p.execute())
 
     def put_mark(self, ev: MarkPrice) -> None:
         """Store a mark price (newer than the stored one only: a reordered event is dropped)."""

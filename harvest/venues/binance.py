@@ -552,8 +552,19 @@ class BinanceVenue(Venue):
     def closed_closes(self, symbol: str, n: int) -> np.ndarray:
         """Closes (USDT, shape (≤ n,), oldest first) of the last ``n`` *closed* 1-minute
         bars from ``GET /fapi/v1/klines`` (the still-open bar is dropped)."""
+        return self.closed_bars(symbol, n)[1]
+
+    @answers()
+    def closed_bars(self, symbol: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Open times (ms, int64) and closes (USDT, float64) of the last ``n`` *closed* 1-minute
+        bars from ``GET /fapi/v1/klines``, each of shape (≤ n,), oldest first (the still-open
+        bar is dropped)."""
         rows = self._call("futures_klines", "klines", "read", symbol=symbol, interval="1m", limit=min(1500, n + 1))
-        return np.array([_num(x[4]) for x in rows[:-1]], dtype=np.float64)[-n:]
+        rows = rows[:-1][-n:]
+        return (
+            np.array([int(x[0]) for x in rows], dtype=np.int64),
+            np.array([_num(x[4]) for x in rows], dtype=np.float64),
+        )
 
     @answers()
     def positions(self, symbol: str | None = None) -> list[VenuePosition]:

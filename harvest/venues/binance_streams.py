@@ -70,8 +70,8 @@ def user_socket(bsm: BinanceSocketManager) -> ReconnectingWebsocket:
 
 
 def mark_price_socket(bsm: BinanceSocketManager, symbols: list[str]) -> ReconnectingWebsocket:
-    """One combined stream of ``<symbol>@markPrice@1s`` for ``symbols``."""
-    return bsm.futures_multiplex_socket([f"{s.lower()}@markPrice@1s" for s in symbols])
+    """One combined stream of ``<symbol>@markPrice@1s`` and ``<symbol>@kline_1m`` for ``symbols``."""
+    return bsm.futures_multiplex_socket([f"{s.lower()}@{k}" for s in symbols for k in ("markPrice@1s", "kline_1m")])
 
 
 def is_streaming(sock: ReconnectingWebsocket) -> bool:

@@ -9,7 +9,7 @@ when its ``FSTREAM_URL`` is :attr:`StreamServer.url` (Binance's routed form, and
 path                                               what
 =================================================  ==========================================
 ``/private/ws?listenKey=K``, ``/ws/K``             the account's user data stream
-``/market/ws/<symbol>@markPrice@1s``, ``/ws/…``    one market stream (raw events)
+``/market/ws/<symbol>@markPrice@1s``, ``/ws/…``    one market stream (raw events; also ``@kline_1m``)
 ``/market/stream?streams=a/b``, ``/stream?…``      combined: ``{"stream": name, "data": event}``
 =================================================  ==========================================
 
@@ -35,7 +35,9 @@ the USDT balance change ``bc`` and, as for a cross-margin position, no position 
 dangerous reading: which position paid must come from REST ``income``).
 
 **Market events**: ``markPriceUpdate`` every second per subscribed symbol (``p`` the paper
-engine's mark, ``r`` the funding rate in force, ``T`` the next funding time).
+engine's mark, ``r`` the funding rate in force, ``T`` the next funding time); ``kline`` of
+``<symbol>@kline_1m``: each 1m bar of the replay once it has closed by market time (``x``
+true; a new connection gets the last :data:`KLINE_CATCH_UP`), no updates of the open bar.
 
 **Settlement**: while a user stream is connected, the server settles that account's paper
 engine (stops, liquidations, funding) every ``tick_s`` wall seconds at most, as the exchange
@@ -66,7 +68,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from harvest.data import SymbolFilters
+from harvest.data import SymbolFilters, load_klines
 
 if TYPE_CHECKING:
     from harvest.venues.emulator import EmulatedAccount, Emulator
@@ -131,6 +133,7 @@ class StreamServer:
         self._queues: dict[ServerConnection, asyncio.Queue] = {}  # a user connection's events to send
         self._last: dict[str, str] = {}  # account → the last order-log entry read (accounts streamed)
         self._markets: dict[ServerConnection, tuple[list[str], bool]] = {}  # → (streams, combined)
+        self._bars_sent: dict[tuple[ServerConnection, str], int] = {}  # kline stream → last bar sent (open ms)
         self.sent = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -226,7 +229,7 @@ class StreamServer:
         kind, names, _ = route
         if kind == "user" and self._owner(names[0]) is None:
             return conn.respond(400, "invalid listenKey\n")
-        if kind == "market" and not all(_market_stream(n) for n in names):
+        if kind == "market" and not all(_market_stream(n) or _kline_stream(n) for n in names):
             return conn.respond(400, "unknown market stream\n")
         return None
 
@@ -249,6 +252,8 @@ class StreamServer:
                 await conn.wait_closed()
             finally:
                 self._markets.pop(conn, None)
+                for key in [k for k in self._bars_sent if k[0] is conn]:
+                    del self._bars_sent[key]
 
     def _owner(self, key: str) -> EmulatedAccount | None:
         """The account whose live listenKey ``key`` is (None: no account's)."""
@@ -479,16 +484,54 @@ class StreamServer:
         if self._markets:
             syms = {_market_stream(n) for names, _ in self._markets.values() for n in names}
             marks = await asyncio.to_thread(lambda: {s: self._mark_event(s) for s in syms if s})
+            ksyms = {k for names, _ in self._markets.values() for n in names if (k := _kline_stream(n))}
+            bars = await asyncio.to_thread(self._closed_bars, ksyms)
             for c, (names, combined) in list(self._markets.items()):
                 for n in names:
-                    ev = marks.get(_market_stream(n) or "")
-                    if ev is None:
-                        continue
+                    if (ks := _kline_stream(n)) is not None:
+                        evs = self._new_bars(c, n, bars.get(ks, []))
+                    else:
+                        ev = marks.get(_market_stream(n) or "")
+                        evs = [ev] if ev is not None else []
                     try:
-                        await c.send(json.dumps({"stream": n, "data": ev} if combined else ev))
-                        self.sent += 1
+                        for ev in evs:
+                            await c.send(json.dumps({"stream": n, "data": ev} if combined else ev))
+                            self.sent += 1
                     except ConnectionClosed:
                         break
+
+    def _closed_bars(self, syms: set[str]) -> dict[str, list[tuple[int, float]]]:
+        """The last closed 1m bars of each symbol by market now: ``[(open_ms, close)]``, oldest
+        first (at most :data:`KLINE_CATCH_UP` of them)."""
+        out: dict[str, list[tuple[int, float]]] = {}
+        now = self.emu.clock.now()
+        for sym in syms:
+            try:
+                kl = load_klines(self.emu.venue.source(sym))
+                i = kl.index_at(now)  # the bar still open
+            except (FileNotFoundError, ValueError):
+                continue
+            lo = max(0, i - KLINE_CATCH_UP)
+            out[sym] = [(int(kl.open_time[j]) * 1000, float(kl.close[j])) for j in range(lo, i)]
+        return out
+
+    def _new_bars(self, conn: ServerConnection, name: str, bars: list[tuple[int, float]]) -> list[dict]:
+        """``kline`` events (``x`` true) of the closed bars this connection's stream has not had."""
+        last = self._bars_sent.get((conn, name), -1)
+        fresh = [(t, c) for t, c in bars if t > last]
+        if fresh:
+            self._bars_sent[(conn, name)] = fresh[-1][0]
+        now = int(time.time() * 1000)
+        sym = _kline_stream(name) or ""
+        return [
+            {
+                "e": "kline",
+                "E": now,
+                "s": sym,
+                "k": {"t": t, "T": t + 59_999, "s": sym, "i": "1m", "c": SymbolFilters.fmt_float(c), "x": True},
+            }
+            for t, c in fresh
+        ]
 
     def _mark_event(self, sym: str) -> dict:
         now = int(time.time() * 1000)
@@ -505,10 +548,20 @@ class StreamServer:
         }
 
 
+#: Closed bars a kline stream sends at most when it catches up (a new connection, a jump of the clock).
+KLINE_CATCH_UP = 3
+
+
 def _market_stream(name: str) -> str | None:
     """The symbol of a ``<symbol>@markPrice[@1s]`` stream name (upper case); None otherwise."""
     sym, _, rest = name.partition("@")
     return sym.upper() if sym and rest in ("markPrice", "markPrice@1s") else None
+
+
+def _kline_stream(name: str) -> str | None:
+    """The symbol of a ``<symbol>@kline_1m`` stream name (upper case); None otherwise."""
+    sym, _, rest = name.partition("@")
+    return sym.upper() if sym and rest == "kline_1m" else None
 
 
 def _algo(sym: str, cid: str, status: str, stop: Any, now: int) -> dict:

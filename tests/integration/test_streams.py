@@ -185,6 +185,40 @@ def test_a_funding_settlement_by_stream_brings_the_funding_paid_into_the_cached_
     wait_for(cached_funding, 15, what="the funding in the cached row")
 
 
+def test_the_market_refresh_reads_closed_bars_from_the_kline_streams(streams):
+    """The market refresh (python-binance venue) reads GET /fapi/v1/klines once per symbol; the
+    kline streams then bring each bar as it closes, and the refreshes after that, the clock
+    two minutes on, cost no request weight and give the state REST would have given."""
+    from harvest.services.market import refresh_market_states
+    from harvest.store.streams import KlineCache
+    from tests.pipeline_helpers import T0
+
+    rt, e, cache = streams
+    brt = build_runtime(load_settings(namespace=NS, fapi_url=e.url, api_key=KEY, api_secret=SECRET))
+    syms = len(brt.settings.symbols)
+    assert refresh_market_states(brt) == syms
+    assert _counter(rt, "market:klines_rest") == syms and _counter(rt, "market:klines_streamed") == 0
+    rt.clock.set(T0 + 120.0, 0.0)  # two bars close: the streams send them
+    n = brt.settings.theta.closes_needed
+    last = (int((T0 + 120.0) // 60) - 1) * 60_000
+    klines = KlineCache(rt.r, NS)
+    wait_for(lambda: klines.closes("BTCUSDT", n, last) is not None, 15, what="the closed bars by stream")
+    used = e.weight_spent()
+    refresh_market_states(brt)
+    assert _counter(rt, "market:klines_streamed") >= 2  # BTCUSDT, ETHUSDT (--symbols) from the streams
+    streamed = brt.market.get_many(["BTCUSDT"])[0]
+    opens, closes = brt.venue.closed_bars("BTCUSDT", n)
+    assert list(klines.closes("BTCUSDT", n, last)) == list(closes) and int(opens[-1]) == last
+    assert e.weight_spent() - used <= 2 * (syms - 2) + 2  # only the symbols without a stream read REST
+    assert streamed.sigma == pytest.approx(market_state_of(closes, brt).sigma)
+
+
+def market_state_of(closes, brt):
+    from harvest.domain.market import market_state_from_closes
+
+    return market_state_from_closes("BTCUSDT", closes, brt.market_now(), brt.settings.theta)
+
+
 def test_a_silent_gap_is_closed_by_the_resync_after_a_drop(streams):
     rt, e, cache = streams
     e.streams.inject("gap")  # the opening's events are lost without a trace
@@ -202,7 +236,8 @@ def test_an_expired_listen_key_opens_a_new_stream_and_a_malformed_event_is_ignor
     rt, e, cache = streams
     e.streams.inject("expire")
     wait_for(lambda: _counter(rt, "streams:gap:listen_key_expired") == 1, 10, what="the expiry to be seen")
-    wait_for(lambda: cache.health().get("listen_keys") == "2" and cache.trusted(), 20, what="a new listenKey")
+    # bounded: python-binance notices the closed stream within its 10 s read timeout, then reconnects
+    wait_for(lambda: cache.health().get("listen_keys") == "2" and cache.trusted(), 40, what="a new listenKey")
     e.streams.inject("malformed")
     _open(rt, "BTCUSDT", Side.SHORT, 0.02)
     wait_for(lambda: _amt(cache, "BTCUSDT") == -0.02, 10, what="the opening on the new stream")

@@ -178,3 +178,14 @@ def test_a_funding_fee_update_gives_the_balance_change_and_the_positions_it_name
         parse_event({**cross, "a": {"m": "FUNDING_FEE", "B": [{"a": "USDT", "bc": "x"}]}}, E)
     with pytest.raises(MalformedEvent, match="a.B"):
         parse_event({**cross, "a": {"m": "FUNDING_FEE", "B": "USDT"}}, E)
+
+
+def test_a_kline_event_gives_its_bar_and_whether_it_closed():
+    from harvest.domain.stream_events import Kline
+
+    raw = {"e": "kline", "E": E, "s": "BTCUSDT", "k": {"t": E - 60_000, "i": "1m", "c": "101.5", "x": True}}
+    assert parse_event(raw, E) == [Kline(event_ms=E, symbol="BTCUSDT", open_ms=E - 60_000, close=101.5, closed=True)]
+    assert parse_event({**raw, "k": {**raw["k"], "x": False}}, E)[0].closed is False
+    for k, why in [({**raw["k"], "i": "5m"}, "interval"), ({**raw["k"], "c": "0"}, "close"), (None, "'k'")]:
+        with pytest.raises(MalformedEvent, match=why):
+            parse_event({**raw, "k": k}, E)
