@@ -2,7 +2,7 @@
 (issue 23), measured side by side in one run on the fapi emulator (its weight counter is
 Binance's per-endpoint weight).
 
-    python benchmarks/stream_weight.py [--positions 10] [--scans 24] [--json out.json]
+    python benchmarks/stream_weight.py [--positions 10] [--scans 24] [--refreshes 6] [--json out.json]
 
 It starts a private redis-server, the emulator (REST and streams) and a real ``harvest
 streams`` process, opens ``--positions`` positions, then reads the account's positions the way
@@ -10,7 +10,9 @@ the beat scan does (:func:`harvest.services.decide.venue_positions`) ``--scans``
 REST and ``--scans`` times with the streams up, and prints the weight per scan and per minute at
 the default 5-second scan interval for both, the weight the streams process spent meanwhile
 (its resyncs; none when nothing changes), and the weight of one change (a stop moved: the
-process re-reads the rows once).
+process re-reads the rows once). Then the market refresh's klines: ``GET /fapi/v1/klines`` at
+every refresh as before the kline streams, against the bars ``harvest streams`` keeps from
+``<symbol>@kline_1m`` with the market clock a minute on before each refresh.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from _setup import ROOT, fresh_namespace, runtime, start_emulator
 
 from harvest.ops.procs import RedisServer, wait_for
 from harvest.services.decide import venue_positions
-from harvest.store.streams import StreamCache
+from harvest.services.market import refresh_market_states
+from harvest.store.streams import KlineCache, StreamCache
+from harvest.venues.emulator import WEIGHTS
 
 SCAN_INTERVAL_S = 5.0
 
@@ -37,6 +41,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--positions", type=int, default=10)
     p.add_argument("--scans", type=int, default=24)
+    p.add_argument("--refreshes", type=int, default=6, help="market refreshes each way")
     p.add_argument("--json", help="write the figures to this file")
     a = p.parse_args()
     server = RedisServer().start()
@@ -51,6 +56,20 @@ def main() -> int:
         for _ in range(a.scans):
             assert len(venue_positions(rest, from_streams=False)) == a.positions
         per_scan_rest = (emu.weight_spent() - w0) / a.scans
+
+        # The market refresh before the kline streams: GET /fapi/v1/klines for every symbol at
+        # every refresh (the bar cache emptied before each, as the refresh read before it had one).
+        klines = KlineCache(rt.r, ns)
+        n_bars = rest.settings.theta.closes_needed
+
+        def rest_reads() -> int:
+            return int(rt.r.hget(f"{ns}:counters", "market:klines_rest") or 0)
+
+        r0 = rest_reads()
+        for _ in range(a.refreshes):
+            rt.r.delete(*(klines.key(s) for s in rest.settings.symbols))
+            refresh_market_states(rest)
+        reads_before = (rest_reads() - r0) / a.refreshes
 
         proc = subprocess.Popen(
             [sys.executable, "-m", "harvest.ops.cli", "streams", "--symbols", ",".join(syms)],
@@ -80,6 +99,22 @@ def main() -> int:
             what="the resync after the change",
         )
         per_change = emu.weight_spent() - w2
+        # The market refresh with the kline streams: the clock a minute on before each refresh
+        # (every bar new), the minute's bar awaited from the stream, then the refresh.
+        refresh_market_states(rest)  # the bars the stream has not sent (history) come once by REST
+        t, r1 = rt.clock.now(), rest_reads()
+        for _ in range(a.refreshes):
+            t += 60.0
+            rt.clock.set(t, 0.0)
+            last = (int(t // 60) - 1) * 60_000
+            wait_for(
+                lambda: all(klines.closes(s, n_bars, last) is not None for s in syms),  # noqa: B023
+                30,
+                what="the minute's bars by stream",
+            )
+            refresh_market_states(rest)
+        reads_streams = (rest_reads() - r1) / a.refreshes
+        streamed = int(rt.r.hget(f"{ns}:counters", "market:klines_streamed") or 0)
         per_min = 60.0 / SCAN_INTERVAL_S
         out = {
             "positions": a.positions,
@@ -91,6 +126,12 @@ def main() -> int:
             "streams_quiet_span_s": round(quiet_s, 2),
             "scans_from_cache": from_cache,
             "weight_per_change": per_change,
+            "market_symbols": len(rest.settings.symbols),
+            "klines_rest_reads_per_refresh_before": reads_before,
+            "klines_rest_reads_per_refresh_streams": reads_streams,
+            "klines_weight_per_min_before": reads_before * WEIGHTS["klines"] * per_min,
+            "klines_weight_per_min_streams": reads_streams * WEIGHTS["klines"],
+            "refreshes_from_streams": streamed,
         }
         print(f"position reads of one account with {a.positions} positions, scans every {SCAN_INTERVAL_S:g} s")
         print(f"{'':34} {'REST polling':>14} {'streams':>10}")
@@ -98,6 +139,12 @@ def main() -> int:
         print(f"{'request weight per minute':34} {per_scan_rest * per_min:>14.1f} {per_scan_streams * per_min:>10.1f}")
         print(f"scans served from the stream cache: {from_cache} of {a.scans}")
         print(f"one change (stop moved): the streams process re-reads the rows once: weight {per_change}")
+        print(
+            f"market refresh of {len(rest.settings.symbols)} symbols: GET /fapi/v1/klines per refresh "
+            f"{reads_before:.1f} before, {reads_streams:.1f} with the kline streams (a new bar every refresh); "
+            f"weight per minute at a refresh every {SCAN_INTERVAL_S:g} s: "
+            f"{out['klines_weight_per_min_before']:.0f} against {out['klines_weight_per_min_streams']:.0f}"
+        )
         if a.json:
             with open(a.json, "w") as f:
                 json.dump(out, f, indent=2, sort_keys=True)
