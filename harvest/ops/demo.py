@@ -265,7 +265,9 @@ def run_demo(
                 1 for a in rt.accounts for x in emu.order_log(a) if x["kind"] == "HTTP"
             )
         if streams is not None:
-            card["positions_from_streams"] = rt.plans.counters().get("positions:streams", 0)
+            counters = rt.plans.counters()
+            card["positions_from_streams"] = counters.get("positions:streams", 0)
+            card["orders_confirmed_from_streams"] = counters.get("confirm:from_stream", 0)
         del card["heartbeat_age_s"]
         if as_json:
             print(json.dumps(card, indent=2, sort_keys=True), file=out)

@@ -50,3 +50,4 @@ def test_demo_default_run_json():
         assert acc[a]["mode"] == "ACTIVE" and acc[a]["executed"] >= 1 and "SHADOWED" not in acc[a]["plans_by_state"]
     assert sum(v["plans"] for v in acc.values()) == card["plans"]
     assert card["positions_from_streams"] > 0  # scans served by the stream cache, not positionRisk
+    assert card["orders_confirmed_from_streams"] > 0  # fills read from ORDER_TRADE_UPDATE, not GET order
