@@ -19,6 +19,7 @@ to one consistent set of series (no per-process registries to merge).
   retries_started_total                           counter
   decisions                                       gauge      account, status (retrying/abandoned), reason
   market_state_age_seconds                        gauge      symbol
+  sends_withheld_total                            counter    reason (state_not_durable/_recovered/_replicated, halted)
   malformed_messages_total                        counter    stage
   stale_messages_dropped_total                    counter    task
   reconcile_findings_total                        counter    kind (ghost_dropped, unknown_order, …)
@@ -129,6 +130,16 @@ class HarvestCollector:
             CounterMetricFamily("harvest_guard_blocks", "Plans the guard blocked, by reason", labels=["reason"]),
             counters,
             "guard:",
+        )
+        yield _labelled(
+            CounterMetricFamily(
+                "harvest_sends_withheld",
+                "Plans execute sent no order for, by reason (state_not_durable, state_not_recovered, "
+                "state_not_replicated, halted)",
+                labels=["reason"],
+            ),
+            counters,
+            "execute:",
         )
         yield _labelled(
             CounterMetricFamily("harvest_malformed_messages", "Malformed task payloads rejected", labels=["stage"]),

@@ -170,6 +170,7 @@ def test_metrics_exporter_serves_the_pipeline(rt):
     # The worker spent request weight on the fleet's per-minute counters (they live 120 s).
     budget = WeightBudget(rt.r, NS, rt.settings.venue_weight_limit_1m)
     assert sum(int(rt.r.get(k) or 0) for k in rt.r.scan_iter(f"{NS}:venue:weight:*")) > 0
+    rt.plans.count("execute:state_not_replicated", 2)  # as execute counts a send it withheld
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "harvest.ops.cli", "metrics", "--host", "127.0.0.1", "--port", str(port)],
@@ -199,6 +200,7 @@ def test_metrics_exporter_serves_the_pipeline(rt):
     assert m[("harvest_orders_total", (a, ("result", "FILLED")))] == 1
     assert m[("harvest_order_sends_total", (a, ("outcome", "accepted")))] == 1
     assert m[("harvest_guard_blocks_total", (("reason", "symbol_not_allowed"),))] == 1
+    assert m[("harvest_sends_withheld_total", (("reason", "state_not_replicated"),))] == 2
     assert m[("harvest_plans", (a, ("action", "PARTIAL_25"), ("state", "REJECTED")))] == 1
     assert m[("harvest_scans_total", (("account", rt.settings.account),))] >= 1
     assert m[("harvest_scan_duration_seconds_count", ())] >= 1
