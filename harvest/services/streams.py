@@ -47,6 +47,7 @@ from harvest.domain.stream_events import (
     TradeUpdate,
     parse_event,
 )
+from harvest.domain.trading import effective
 from harvest.services.runtime import Runtime
 from harvest.store.streams import KlineCache, StreamCache
 from harvest.venues.binance_streams import (
@@ -224,7 +225,8 @@ class MarketStreams:
     ``triggers_every_s``); a mark at or beyond a position's trigger calls ``fire(account,
     symbol)`` once for that trigger, records it on ``<ns>:streams:fired`` (account, symbol,
     trigger, mark, the event's time and when it was fired, ms) and counts
-    ``streams:triggers_fired``. What the chain does is the pipeline's: it re-reads the position
+    ``streams:triggers_fired``; while trading is HALTED for the account none fires (counted
+    ``streams:triggers_held``). What the chain does is the pipeline's: it re-reads the position
     from REST and every stage's rule applies, so a stale trigger costs one evaluate."""
 
     def __init__(
@@ -263,6 +265,15 @@ class MarketStreams:
         live = {(a, s, px) for s, ts in by_symbol.items() for a, px, _ in ts}
         self._fired &= live  # a trigger the scan moved or dropped may fire again when it comes back
 
+    def _halted(self, account: str) -> bool:
+        """Whether trading is HALTED for ``account`` now (a chain would only be refused at the
+        guard, its plan counted as an attempt)."""
+        try:
+            mode = self.rt.for_account(account).settings.mode
+        except KeyError:
+            return True
+        return effective(self.rt.r.hgetall(self.rt.plans.k.trading), account, mode) == "HALTED"
+
     def _check(self, ev: MarkPrice) -> None:
         """Fire the chain of every held position whose trigger ``ev``'s mark reached."""
         if self.fire is None:
@@ -270,6 +281,9 @@ class MarketStreams:
         self._refresh_triggers()
         for account, price, side in self._triggers.get(ev.symbol, ()):
             if side * (ev.mark - price) < 0 or (account, ev.symbol, price) in self._fired:
+                continue
+            if self._halted(account):  # the next scan drops its triggers; until then none fires
+                self.cache.count("triggers_held")
                 continue
             self._fired.add((account, ev.symbol, price))
             try:

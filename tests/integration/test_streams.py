@@ -319,8 +319,8 @@ def test_one_process_holds_the_streams_of_several_accounts_each_apart(emu, tmp_p
 
 def test_a_mark_crossing_a_trigger_starts_the_chain_without_a_scan(emu, tmp_path):
     """Event-driven exits: one scan leaves the position's trigger (its profit lock);
-    the mark then jumps to 2.2 R, and the streamed mark starts the chain at once: the partial
-    is filled with no further scan."""
+    the mark then jumps to 2.2 R while trading is halted: nothing starts; once trading resumes,
+    the next streamed mark starts the chain at once: the partial is filled with no further scan."""
     from harvest.domain.models import Action
     from tasks.app import app
     from tests.harness import worker
@@ -344,7 +344,15 @@ def test_a_mark_crossing_a_trigger_starts_the_chain_without_a_scan(emu, tmp_path
         assert json.loads(trig)["price"] == pytest.approx(mark_for_r(entry, stop, 0.02, 0.02, lock_r, "LONG"))
         assert not list(rt.plans.all_plans())  # at 1 R: nothing due
         scans = _counter(rt, "scan:runs")
+        # trading halted: the crossing mark starts no chain (it would only be refused at the guard)
+        from harvest.store.trading import set_state
+
+        k = rt.plans.k
+        set_state(rt.r, k.trading, f"{NS}:stream:trading", "HALTED", None, "test")
         rt.venue.set_mark("BTCUSDT", mark_for_r(entry, stop, 0.02, 0.02, 2.2, "LONG"))
+        wait_for(lambda: _counter(rt, "streams:triggers_held") >= 1, 10, what="the trigger held while halted")
+        assert not list(rt.plans.all_plans()) and _counter(rt, "streams:triggers_fired") == 0
+        set_state(rt.r, k.trading, f"{NS}:stream:trading", "ACTIVE", None, "test")  # the next mark fires it
         done = wait_for(
             lambda: next((p for p in rt.plans.all_plans() if p.state == "FILLED"), None), 20, what="the partial"
         )
