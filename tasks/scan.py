@@ -84,7 +84,11 @@ def scan_positions(account: str | None = None) -> dict:
     rt.plans.state_known_in(p)  # the marker names this server (a failover or restart since ends it)
     p.hgetall(rt.plans.k.trading)
     p.exists(StreamCache(rt.r, rt.settings.namespace, acct).k_lease)  # harvest streams holds the account
-    recovered, trading, streamed = p.execute()
+    recovered, trading, streamed = p.execute(raise_on_error=False)
+    recovered = rt.plans.state_known_of(recovered)
+    for reply in (trading, streamed):
+        if isinstance(reply, Exception):
+            raise reply
     held = None
     if effective(trading, acct, rt.settings.mode) == "HALTED":
         held = "halted"  # no chain starts; stops resting on the exchange stay

@@ -365,8 +365,20 @@ class PlanStore:
         return bool(self._state_known(keys=[self.k.recovered]))
 
     def state_known_in(self, p: redis.client.Pipeline) -> None:
-        """Queue :meth:`state_known` on a pipeline (its reply: 1 or 0)."""
-        self._state_known(keys=[self.k.recovered], client=p)
+        """Queue :meth:`state_known` on a pipeline by ``EVALSHA`` (a registered script on a
+        pipeline would cost a ``SCRIPT EXISTS`` round trip at every execute); run the pipeline
+        with ``raise_on_error=False`` and pass its reply to :meth:`state_known_of`."""
+        p.evalsha(self._state_known.sha, 1, self.k.recovered)
+
+    def state_known_of(self, reply: Any) -> bool:
+        """:meth:`state_known` from the reply :meth:`state_known_in` queued: on a server that
+        does not have the script yet (``NoScriptError``) it is run (and loaded) here. Raises
+        any other error of the reply."""
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            return self.state_known()
+        if isinstance(reply, Exception):
+            raise reply
+        return bool(reply)
 
     def mark_recovered(self, since_run_id: str = "") -> bool:
         """Set the state-recovered marker to this server's ``run_id``; with ``since_run_id``
