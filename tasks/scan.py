@@ -34,6 +34,7 @@ from harvest.services.decide import chain_payload, decide_and_plan, load_positio
 from harvest.services.runtime import get_runtime
 from harvest.store.counters import scan_duration
 from harvest.store.streams import StreamCache
+from harvest.store.views import PositionsView
 from harvest.venues.base import VenueError
 from tasks.app import app
 from tasks.common import account_runtime, contract
@@ -106,6 +107,7 @@ def scan_positions(account: str | None = None) -> dict:
         p.hincrby(rt.plans.k.counters, f"scan:{held}", 1)
         p.hset(rt.plans.k.heartbeat, "scan", repr(time.time()))
         p.delete(rt.plans.k.triggers(acct))  # nothing starts: no mark event may start a chain either
+        PositionsView(rt.r, rt.settings.namespace).put(p, acct, [vp for vp, _, _ in rows], scanned_at, now)
         p.execute()
         return {
             "positions": len(rows),
@@ -158,6 +160,7 @@ def scan_positions(account: str | None = None) -> dict:
     p.hset(rt.plans.k.heartbeat, "scan", repr(time.time()))
     if streamed:
         write_triggers(rt, rows, pipe=p)
+    PositionsView(rt.r, rt.settings.namespace).put(p, acct, [vp for vp, _, _ in rows], scanned_at, now)
     seconds = time.perf_counter() - t0
     scan_duration(rt.r, rt.settings.namespace).observe(seconds, pipe=p)
     p.execute()

@@ -16,6 +16,7 @@ from harvest.store.books import BookStore
 from harvest.store.counters import DEFERRED, scan_to_fill
 from harvest.store.keys import Keys
 from harvest.store.market import market_state_from_json
+from harvest.store.records import Unreadable, UnreadableRecord
 from harvest.store.scripts import (
     _ARCHIVE_LUA,
     _CLAIM_RESEND_LUA,
@@ -25,6 +26,7 @@ from harvest.store.scripts import (
     _PLAN_AND_BOOK_LUA,
     _PLAN_FLOATS,
     _TRANSITION_LUA,
+    LEDGER_LUA,
     MARK_RECOVERED_LUA,
     STATE_KNOWN_LUA,
     _enc,
@@ -88,6 +90,9 @@ class PlanStore:
         self._plan_and_book = r.register_script(_PLAN_AND_BOOK_LUA)
         self._state_known = r.register_script(STATE_KNOWN_LUA)
         self._mark_recovered = r.register_script(MARK_RECOVERED_LUA)
+        self._ledger = r.register_script(
+            LEDGER_LUA + "if redis.call('EXISTS', KEYS[1]) == 1 then ledger(KEYS[1], ARGV[1]) end"
+        )  # noqa: E501
         self.scan_to_fill = scan_to_fill(r, ns)
 
     def create(self, plan: dict[str, Any], data: dict[str, Any]) -> str | None:
@@ -402,12 +407,25 @@ class PlanStore:
             h = p.execute()[0]
         if not h:
             return self.get_archived(plan_id)
-        return self.parse(h)
+        return self._parse_at(self.k.plan(plan_id), h)
 
     def get_archived(self, plan_id: str) -> Plan | None:
-        """A plan moved to the archive after its retention (:meth:`archive_before`), or None."""
+        """A plan moved to the archive after its retention (:meth:`archive_before`), or None.
+        Raises :class:`UnreadableRecord` when the archived copy does not parse."""
         raw = self.r.hget(self.k.archive, plan_id)
-        return self.parse(json.loads(raw)) if raw else None
+        if not raw:
+            return None
+        try:
+            return self.parse(json.loads(raw))
+        except ValueError as e:
+            raise UnreadableRecord(Unreadable.of(f"{self.k.archive}#{plan_id}", e)) from e
+
+    def _parse_at(self, key: str, h: dict[str, str]) -> Plan:
+        """:meth:`parse`, raising :class:`UnreadableRecord` (naming ``key``) when ``h`` does not parse."""
+        try:
+            return self.parse(h)
+        except ValueError as e:  # pydantic's ValidationError and json's JSONDecodeError are ValueErrors
+            raise UnreadableRecord(Unreadable.of(key, e)) from e
 
     def archive_before(self, cutoff: float, limit: int = 1000) -> int:
         """Move terminal plans last changed before ``cutoff`` (Unix s) out of the live
@@ -507,7 +525,8 @@ class PlanStore:
             maxlen=self.maxlen,
             approximate=True,
         )
-        p.execute()
+        xid = p.execute()[-1]
+        self._ledger(keys=[self.k.plan(plan.plan_id)], args=[xid])
 
     def exists_many(self, plan_ids: list[str]) -> list[bool]:
         """Whether each plan_id exists (one round trip)."""
@@ -526,33 +545,68 @@ class PlanStore:
         """Number of non-terminal plans."""
         return int(self.r.zcard(self.k.open_plans))
 
-    def get_many(self, plan_ids: list[str], batch: int = 500) -> Iterable[Plan]:
-        """The plans of ``plan_ids`` that exist, in that order (one round trip per ``batch``)."""
+    def get_many(
+        self, plan_ids: list[str], batch: int = 500, unreadable: list[Unreadable] | None = None
+    ) -> Iterable[Plan]:
+        """The plans of ``plan_ids`` that exist, in that order (one round trip per ``batch``).
+        A plan that does not parse is left out, logged, and appended to ``unreadable`` when
+        given (a view shows it as such and goes on)."""
         for i in range(0, len(plan_ids), batch):
             p = self.r.pipeline(transaction=False)
-            for pid in plan_ids[i : i + batch]:
+            chunk = plan_ids[i : i + batch]
+            for pid in chunk:
                 p.hgetall(self.k.plan(pid))
-            for h in p.execute():
-                if h:
-                    yield self.parse(h)
+            for pid, h in zip(chunk, p.execute(), strict=True):
+                if not h:
+                    continue
+                try:
+                    yield self._parse_at(self.k.plan(pid), h)
+                except UnreadableRecord as e:
+                    log.warning("%s", e)
+                    if unreadable is not None:
+                        unreadable.append(e.record)
 
-    def all_plans(self, batch: int = 500) -> Iterable[Plan]:
-        """Every plan, oldest first."""
-        return self.get_many(self.r.zrange(self.k.plan_index, 0, -1), batch)
+    def all_plans(self, batch: int = 500, unreadable: list[Unreadable] | None = None) -> Iterable[Plan]:
+        """Every plan, oldest first (unreadable ones as in :meth:`get_many`)."""
+        return self.get_many(self.r.zrange(self.k.plan_index, 0, -1), batch, unreadable)
 
-    def open_plans(self) -> list[Plan]:
-        """Every non-terminal plan."""
-        return list(self.get_many(self.r.zrange(self.k.open_plans, 0, -1)))
+    def open_plans(self, unreadable: list[Unreadable] | None = None) -> list[Plan]:
+        """Every non-terminal plan (unreadable ones as in :meth:`get_many`)."""
+        return list(self.get_many(self.r.zrange(self.k.open_plans, 0, -1), unreadable=unreadable))
 
-    def history(self, plan_id: str, count: int = 10_000, sends: bool = False) -> list[dict[str, str]]:
+    def history(self, plan_id: str, sends: bool = False) -> list[dict[str, str]]:
         """State transitions of one plan from the results stream, oldest first (``sends``:
         also the send records of a SUBMITTED plan, ``from == to``, reason ``send_*`` /
-        ``resend_step_*``)."""
-        return [
-            f
-            for _, f in self.r.xrange(self.k.results, count=count)
-            if f.get("plan_id") == plan_id and (sends or f.get("from") != f.get("to"))
-        ]
+        ``resend_step_*`` / ``operator_retry``). Read by plan, whatever the stream's length:
+        the plan's hash (or its archived copy) lists its entries' ids (``log``, written by the
+        Lua scripts that append them, :data:`harvest.store.scripts.LEDGER_LUA`), one ``XRANGE``
+        each in one round trip; entries trimmed off the stream are gone. A plan written before
+        the index existed is found by reading the whole stream in pages."""
+        ids = self.r.hget(self.k.plan(plan_id), "log")
+        if ids is None:
+            raw = self.r.hget(self.k.archive, plan_id)
+            try:
+                ids = json.loads(raw).get("log") if raw else None
+            except (ValueError, AttributeError):
+                ids = None
+        if ids:
+            p = self.r.pipeline(transaction=False)
+            for xid in str(ids).split(","):
+                p.xrange(self.k.results, xid, xid)
+            rows = [f for got in p.execute() for _, f in got]
+        else:
+            rows = [f for f in self._scan_results() if f.get("plan_id") == plan_id]
+        return [f for f in rows if f.get("plan_id") == plan_id and (sends or f.get("from") != f.get("to"))]
+
+    def _scan_results(self, page: int = 10_000) -> Iterable[dict[str, str]]:
+        """Every entry of the results stream, oldest first, a page per round trip."""
+        start = "-"
+        while True:
+            got = self.r.xrange(self.k.results, start, "+", count=page)
+            yield from (f for _, f in got)
+            if len(got) < page:
+                return
+            start = "(" + got[-1][0]
 
     def inflight_many(self, account: str, symbols: list[str]) -> list[str | None]:
         """Holder plan_id of each position's in-flight lock (None when free)."""

@@ -29,6 +29,16 @@ local function known_whole(key)
 end
 """
 
+# A plan's ledger index: the ids of its entries on the results stream, in its hash's ``log``
+# field (comma-separated, oldest first), so that a plan's transitions are read by plan whatever
+# the stream's length (:meth:`harvest.store.plans.PlanStore.history`).
+LEDGER_LUA = """
+local function ledger(plan_key, xid)
+  local prev = redis.call('HGET', plan_key, 'log')
+  redis.call('HSET', plan_key, 'log', prev and (prev .. ',' .. xid) or xid)
+end
+"""
+
 #: KEYS[1] the state-recovered marker: 1 when it names this server, else 0 (removed if stale).
 STATE_KNOWN_LUA = KNOWN_WHOLE_LUA + "return known_whole(KEYS[1]) and 1 or 0"
 
@@ -56,6 +66,7 @@ return id
 # attempt skips or repeats one).
 _CREATE_LUA = (
     KNOWN_WHOLE_LUA
+    + LEDGER_LUA
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return redis.call('HGET', KEYS[1], 'state')
@@ -82,8 +93,8 @@ redis.call('HSET', KEYS[6], 'attempt', ARGV[8], 'plan_id', ARGV[1], 'updated_at'
 redis.call('HDEL', KEYS[6], 'retry')  -- an operator's retry is spent by the plan it made
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'plan_id', ARGV[1], 'symbol', ARGV[5],
-  'action', ARGV[6], 'from', '', 'to', 'PROPOSED', 'reason', 'proposed', 'ts', ARGV[2], 'data', ARGV[7])
+ledger(KEYS[1], redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'plan_id', ARGV[1], 'symbol', ARGV[5],
+  'action', ARGV[6], 'from', '', 'to', 'PROPOSED', 'reason', 'proposed', 'ts', ARGV[2], 'data', ARGV[7]))
 redis.call('HINCRBY', KEYS[5], (redis.call('HGET', KEYS[1], 'account') or '') .. '|' .. ARGV[6] .. '|PROPOSED', 1)
 return false
 """
@@ -118,6 +129,7 @@ return out
 # Reply: {applied, state before, action, symbol, plan (HGETALL after the write, option read)}.
 _TRANSITION_LUA = (
     KNOWN_WHOLE_LUA
+    + LEDGER_LUA
     + """
 local h = redis.call('HMGET', KEYS[1], 'state', 'action', 'symbol', 'epoch', 'account')
 local cur, action = h[1], h[2]
@@ -164,8 +176,8 @@ if hist then
   for _, f in ipairs(hist['incr']) do redis.call('HINCRBY', KEYS[6], f, 1) end
   redis.call('HINCRBYFLOAT', KEYS[6], hist['sum'][1], hist['sum'][2])
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1], 'symbol', h[3], 'action', action,
-  'from', cur, 'to', ARGV[2], 'reason', ARGV[4], 'ts', ARGV[3], 'data', ARGV[7])
+ledger(KEYS[1], redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1], 'symbol', h[3],
+  'action', action, 'from', cur, 'to', ARGV[2], 'reason', ARGV[4], 'ts', ARGV[3], 'data', ARGV[7]))
 if o['read'] then return {1, cur, action, h[3], redis.call('HGETALL', KEYS[1])} end
 return {1, cur, action, h[3]}
 """
@@ -175,7 +187,9 @@ return {1, cur, action, h[3]}
 # KEYS[3] send-outcome counts (metrics).
 # mark: ARGV = plan_id, step, outcome, now, maxlen, data, the send value the plan must still
 # have ('' = any), field/value pairs…
-_MARK_SEND_LUA = """
+_MARK_SEND_LUA = (
+    LEDGER_LUA
+    + """
 if redis.call('HGET', KEYS[1], 'state') ~= 'SUBMITTED' then return 0 end
 if tonumber(redis.call('HGET', KEYS[1], 'step') or '0') ~= tonumber(ARGV[2]) then return 0 end
 if ARGV[7] ~= '' and redis.call('HGET', KEYS[1], 'send') ~= ARGV[7] then return 0 end
@@ -186,24 +200,28 @@ if #ARGV >= 8 then
   for i = 8, #ARGV do f[#f + 1] = ARGV[i] end
   redis.call('HSET', KEYS[1], unpack(f))
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1],
+ledger(KEYS[1], redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1],
   'symbol', redis.call('HGET', KEYS[1], 'symbol'), 'action', redis.call('HGET', KEYS[1], 'action'),
-  'from', 'SUBMITTED', 'to', 'SUBMITTED', 'reason', 'send_' .. ARGV[3], 'ts', ARGV[4], 'data', ARGV[6])
+  'from', 'SUBMITTED', 'to', 'SUBMITTED', 'reason', 'send_' .. ARGV[3], 'ts', ARGV[4], 'data', ARGV[6]))
 return 1
 """
+)
 
 # claim the next send: ARGV = plan_id, next step, its clientOrderId, now, maxlen
-_CLAIM_RESEND_LUA = """
+_CLAIM_RESEND_LUA = (
+    LEDGER_LUA
+    + """
 if redis.call('HGET', KEYS[1], 'state') ~= 'SUBMITTED' then return 0 end
 if redis.call('HGET', KEYS[1], 'send') ~= 'not_executed' then return 0 end
 if tonumber(redis.call('HGET', KEYS[1], 'step') or '0') ~= tonumber(ARGV[2]) - 1 then return 0 end
 redis.call('HSET', KEYS[1], 'step', ARGV[2], 'client_order_id', ARGV[3], 'send', 'sending', 'updated_at', ARGV[4])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1],
+ledger(KEYS[1], redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1],
   'symbol', redis.call('HGET', KEYS[1], 'symbol'), 'action', redis.call('HGET', KEYS[1], 'action'),
   'from', 'SUBMITTED', 'to', 'SUBMITTED', 'reason', 'resend_step_' .. ARGV[2], 'ts', ARGV[4],
-  'data', cjson.encode({client_order_id = ARGV[3]}))
+  'data', cjson.encode({client_order_id = ARGV[3]})))
 return 1
 """
+)
 
 
 #: A plan, its position's book entry, its symbol's cached market state and the trading states
