@@ -174,20 +174,36 @@ def _cmd_streams(a: argparse.Namespace) -> int:
 
 
 def _cmd_metrics(a: argparse.Namespace) -> int:
+    import logging
+
     from prometheus_client import CollectorRegistry, generate_latest
 
     from harvest.ops.metrics import HarvestCollector, serve_metrics
     from harvest.ops.scorecard import queue_depths
     from harvest.services.runtime import get_runtime
 
+    if a.max_connections < 1 or not 0 < a.read_timeout <= 300:
+        print(
+            "harvest metrics: --max-connections must be 1 or more, --read-timeout above 0 and at most 300 s",
+            file=sys.stderr,
+        )
+        return 2
     rt = get_runtime()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HarvestCollector(rt, lambda: {rt.settings.queue(k): n for k, n in queue_depths(rt).items()}))
     if a.once:
         sys.stdout.write(generate_latest(registry).decode())
         return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     auth = rt.settings.metrics_basic_auth
-    server = serve_metrics(registry, a.host, a.port, auth.get_secret_value() if auth else None)
+    server = serve_metrics(
+        registry,
+        a.host,
+        a.port,
+        auth.get_secret_value() if auth else None,
+        max_connections=a.max_connections,
+        read_timeout_s=a.read_timeout,
+    )
     print(
         f"harvest metrics for namespace {rt.settings.namespace} on http://{a.host}:{a.port}/metrics"
         + (" (basic auth)" if auth else ""),
@@ -196,7 +212,9 @@ def _cmd_metrics(a: argparse.Namespace) -> int:
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        server.shutdown()
+        pass
+    finally:
+        server.server_close()
     return 0
 
 
@@ -388,21 +406,46 @@ def _cmd_schedule(a: argparse.Namespace) -> int:
 
 
 def _cmd_notify(a: argparse.Namespace) -> int:
-    from harvest.ops.notify import apprise_sender, run
-    from harvest.services.runtime import get_runtime
+    import logging
 
-    rt = get_runtime()
-    if rt.settings.notify_urls is None:
+    from harvest.ops.notify import apprise_sender, run, send_test
+
+    if not 0 < a.timeout <= 300:
+        print("harvest notify: --timeout must be above 0 and at most 300 seconds", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if a.test:  # the operator's probe: needs the URLs, not Redis
+        from settings import get_settings
+
+        urls = get_settings().notify_urls
+    else:
+        from harvest.services.runtime import get_runtime
+
+        rt = get_runtime()
+        urls = rt.settings.notify_urls
+    if urls is None:
         print(
             "harvest notify: HARVEST_NOTIFY_URLS is not set (apprise URLs: tgram://, slack://, json://…)",
             file=sys.stderr,
         )
         return 2
     try:
-        send = apprise_sender(rt.settings.notify_urls.get_secret_value())
+        if a.test:
+            ok, deliveries = send_test(urls.get_secret_value(), a.timeout)
+        else:
+            send = apprise_sender(urls.get_secret_value(), a.timeout)
     except ValueError as e:
         print(f"harvest notify: {e}", file=sys.stderr)
         return 2
+    if a.test:  # each service masked by apprise: scheme and host part, no token
+        for d in deliveries:
+            if d.ok:
+                print(f"harvest notify --test: {d.target}: delivered")
+            else:
+                print(f"harvest notify --test: {d.target}: NOT delivered ({d.reason})", file=sys.stderr)
+        if not deliveries:
+            print("harvest notify --test: NOT delivered (no service was notified)", file=sys.stderr)
+        return 0 if ok else 1
     try:
         return run(rt, send, a.interval, once=a.once)
     except KeyboardInterrupt:
@@ -720,6 +763,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     m.add_argument("--port", type=int, default=9808)
     m.add_argument("--once", action="store_true", help="print the exposition once to stdout and exit")
+    m.add_argument(
+        "--max-connections",
+        type=int,
+        default=16,
+        help="connections served at once; more wait briefly, then are closed (default %(default)s)",
+    )
+    m.add_argument(
+        "--read-timeout",
+        type=float,
+        default=5.0,
+        help="seconds a connection may stay silent before it is dropped (default %(default)s)",
+    )
     m.set_defaults(fn=_cmd_metrics)
     t = sub.add_parser(
         "trading",
@@ -819,6 +874,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     nt.add_argument("--interval", type=float, default=2.0, help="seconds between passes (default %(default)s)")
     nt.add_argument("--once", action="store_true", help="one pass, then exit")
+    nt.add_argument(
+        "--test",
+        action="store_true",
+        help="send one test notice to every URL now and say whether each service took it "
+        "(exit 0: all delivered; 1: not, with the reason); needs no Redis, counts no failure",
+    )
+    nt.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds one notice may take to be sent to all services (default %(default)s)",
+    )
     nt.set_defaults(fn=_cmd_notify)
     sc = sub.add_parser("schedule", help="list or change the beat schedule at runtime (no restart)")
     scs = sc.add_subparsers(dest="action")

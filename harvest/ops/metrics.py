@@ -38,13 +38,17 @@ to one consistent set of series (no per-process registries to merge).
   stream_events_rejected_total                    counter    (malformed or out of order)
   positions_unprotected                           gauge      account (no stop that can trigger, last scan)
   trading_state                                   gauge      scope (* or account), state (1 = in force)
+  notify_failures_total                           counter    (notices harvest notify did not deliver)
   ==============================================  =========  ====================================
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable, Iterable
+
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from harvest.store.counters import (  # noqa: F401  (re-exported: the exporter's series)
     DEFERRED,
@@ -59,6 +63,8 @@ from harvest.store.counters import (  # noqa: F401  (re-exported: the exporter's
     scan_duration,
     scan_to_fill,
 )
+
+log = logging.getLogger("harvest.metrics")
 
 
 class HarvestCollector:
@@ -215,6 +221,11 @@ class HarvestCollector:
             value=int(counters.get("streams:malformed", 0)) + int(counters.get("streams:out_of_order", 0)),
         )
         yield CounterMetricFamily(
+            "harvest_notify_failures",
+            "Notices harvest notify did not deliver (a service down or refusing; never retried)",
+            value=int(counters.get("notify:failed", 0)),
+        )
+        yield CounterMetricFamily(
             "harvest_chains_started",
             "Action chains started by scans",
             value=int(counters.get("scan:chains_started", 0)),
@@ -328,16 +339,35 @@ def _histograms(cls, name: str, doc: str, h: RedisHistogram, label: str | None):
     yield fam
 
 
-def serve_metrics(registry, host: str, port: int, basic_auth: str | None = None):
-    """A threading WSGI server for ``registry``'s exposition on ``host:port`` (``/metrics``
-    and ``/``), not yet serving (call ``serve_forever``). ``basic_auth``: ``"user:password"``
-    every request must present (compared in constant time), else 401."""
+def serve_metrics(
+    registry,
+    host: str,
+    port: int,
+    basic_auth: str | None = None,
+    *,
+    max_connections: int = 16,
+    read_timeout_s: float = 5.0,
+    max_request_s: float = 15.0,
+):
+    """A WSGI server for ``registry``'s exposition on ``host:port`` (``/metrics`` and ``/``),
+    not yet serving (call ``serve_forever``; ``server_close`` when done).
+
+    ``basic_auth``: ``"user:password"`` every request must present (compared in constant time,
+    before any work: a request without it reads no Redis), else 401. Bound to an address that
+    is not loopback without ``basic_auth``, it logs a WARNING at start-up.
+
+    Connections are bounded (:class:`BoundedWSGIServer`): at most ``max_connections`` are
+    served at once, each with a socket timeout of ``read_timeout_s`` seconds (a client that
+    sends nothing is dropped after it) and at most ``max_request_s`` seconds in all once the
+    exporter is full (a client trickling bytes is cut off then). A connection beyond the
+    bound waits in the listen backlog for a slot up to ``read_timeout_s`` + 1 s, then is closed
+    unanswered.
+    """
     import base64
     import hmac
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     from prometheus_client import make_wsgi_app
-    from prometheus_client.exposition import ThreadingWSGIServer
 
     inner = make_wsgi_app(registry)
     want = ("Basic " + base64.b64encode(basic_auth.encode()).decode()).encode() if basic_auth else None
@@ -352,7 +382,113 @@ def serve_metrics(registry, host: str, port: int, basic_auth: str | None = None)
         return inner(environ, start_response)
 
     class _Quiet(WSGIRequestHandler):
+        timeout = read_timeout_s  # StreamRequestHandler.setup: the connection's socket timeout
+
         def log_message(self, *args):  # one line per scrape would drown the logs
             pass
 
-    return make_server(host, port, app, ThreadingWSGIServer, handler_class=_Quiet)
+    class _Server(BoundedWSGIServer):
+        pass
+
+    _Server.max_connections = max_connections
+    _Server.slot_wait_s = read_timeout_s + 1.0
+    _Server.max_request_s = max_request_s
+    if basic_auth is None and not is_loopback(host):
+        log.warning(
+            "harvest metrics listens on %s without basic auth: anyone who can reach it reads the "
+            "deployment's metrics; set HARVEST_METRICS_BASIC_AUTH or listen on 127.0.0.1",
+            host,
+        )
+    return make_server(host, port, app, _Server, handler_class=_Quiet)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) means this machine only: every address it
+    resolves to is a loopback one (127.0.0.0/8, ::1). ``0.0.0.0``, ``::`` and a name that does
+    not resolve are not."""
+    import ipaddress
+    import socket
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
+
+
+class BoundedWSGIServer(ThreadingWSGIServer):
+    """prometheus_client's thread-per-connection WSGI server, bounded.
+
+    At most ``max_connections`` connections are served at once (a semaphore taken before a
+    thread is started). When all are taken, connections older than ``max_request_s`` seconds
+    are shut down (a slow-trickling client), and the accept loop waits up to ``slot_wait_s``
+    seconds for a slot; the connection is then closed unanswered (the rest wait in the
+    kernel's listen backlog, ``request_queue_size``). The handler's socket timeout drops a
+    client that sends nothing. ``refused`` counts the connections closed for want of a slot.
+    Timeouts and clients that go away are not logged; another error is one WARNING line.
+    """
+
+    max_connections = 16
+    slot_wait_s = 6.0
+    max_request_s = 15.0
+    request_queue_size = 64
+    block_on_close = False  # server_close does not wait for a silent client's timeout
+
+    def __init__(self, *args, **kwargs):
+        import threading
+
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        self._open: dict = {}  # socket → monotonic seconds it was accepted
+        self._open_lock = threading.Lock()
+        self.refused = 0
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self._reap()
+            if not self._slots.acquire(timeout=self.slot_wait_s):
+                self.refused += 1
+                self.shutdown_request(request)
+                return
+        with self._open_lock:
+            self._open[request] = time.monotonic()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: give the slot back
+            self._release(request)
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release(request)
+
+    def _release(self, request) -> None:
+        with self._open_lock:
+            self._open.pop(request, None)
+        self._slots.release()
+
+    def _reap(self) -> None:
+        import socket
+
+        now = time.monotonic()
+        with self._open_lock:
+            old = [s for s, t0 in self._open.items() if now - t0 > self.max_request_s]
+        for s in old:
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # its thread's read or write ends at once
+            except OSError:
+                pass
+
+    def handle_error(self, request, client_address):
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (TimeoutError, ConnectionError)):
+            return  # a client that sent nothing in time, or went away
+        log.warning("metrics: a request failed: %s", type(exc).__name__)

@@ -196,6 +196,7 @@ def build_scorecard(rt: Runtime) -> dict:
         },
         "scans": counters.get("scan:runs", 0),
         "chains_started": counters.get("scan:chains_started", 0),
+        "notify_failures": counters.get("notify:failed", 0),
         "realized_pnl": pnl,
         "pnl_source": source,
         "realized_pnl_total": round(total, 4),
@@ -262,6 +263,7 @@ def format_scorecard(card: dict) -> str:
         lines.append("stale messages dropped: " + "  ".join(f"{k}={v}" for k, v in card["stale_dropped"].items()))
     if card.get("reconcile"):
         lines.append("reconcile: " + "  ".join(f"{k}={v}" for k, v in card["reconcile"].items()))
+    lines.append(f"notify failures: {card.get('notify_failures', 0)} (notices harvest notify did not deliver)")
     lines.append("realized PnL (USDT): net total %.2f" % card["realized_pnl_total"])
     for sym, v in card["realized_pnl"].items():
         lines.append(
