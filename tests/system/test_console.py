@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 
 from harvest.ops.demo import demo_accounts
 from harvest.ops.procs import free_port
@@ -190,13 +192,75 @@ def test_the_console_in_a_browser_during_a_demo(demo, tmp_path):
 
 
 def test_changes_need_the_password_and_the_form_and_bad_requests_get_a_4xx(console):
+    import http.cookiejar
+
     assert _status(console + "/plan/not-a-plan") == 400
     assert _status(console + "/plan/0123456789abcdef") == 404
-    page = urllib.request.urlopen(console + "/", timeout=10).read().decode()
+    # a browser's session: its cookie and the form token made for it; changes come from the page
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    page = opener.open(console + "/", timeout=10).read().decode()
     csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-    assert _status(console + "/trading", {"csrf": "forged", "password": PASSWORD, "state": "HALTED"}) == 403
-    assert _status(console + "/trading", {"csrf": csrf, "password": "guess", "state": "HALTED"}) == 401
-    assert _status(console + "/trading", {"csrf": csrf, "password": PASSWORD, "state": "PANIC"}) == 400
+
+    def change(data: dict) -> int:
+        req = urllib.request.Request(
+            console + "/trading", data=urllib.parse.urlencode(data).encode(), headers={"Origin": console}
+        )
+        try:
+            with opener.open(req, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert change({"csrf": "forged", "password": PASSWORD, "state": "HALTED"}) == 403
+    assert change({"csrf": csrf, "password": "guess", "state": "HALTED"}) == 401
+    assert change({"csrf": csrf, "password": PASSWORD, "state": "PANIC"}) == 400
+    assert _status(console + "/trading", {"csrf": csrf, "password": PASSWORD, "state": "HALTED"}) == 403  # no session
     assert PASSWORD not in page and "csrf" in page
     rt = build_runtime(load_settings(namespace=NS))
     assert rt.r.hgetall(rt.plans.k.trading) == {}  # nothing changed
+
+
+def test_a_hundred_loads_in_a_minute_cost_the_exchange_no_weight(tmp_path):
+    """Issue 31, finding 1: the console read positions from the exchange at every load (45
+    weight by Binance's table) and 23 loads a minute held the scan's own reads back. Now it
+    reads what the scan stored: 100 loads by a real browser, the emulator's weight counter and
+    every key of the namespace unchanged."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from harvest.ops.loadgen import clean, runtime, start_emulator
+    from harvest.store.views import PositionsView
+
+    ns = NS + "-weight"
+    env = {**_user_env(), "HARVEST_NAMESPACE": ns}
+    rt = runtime(env)
+    clean(rt)
+    emu = start_emulator(rt, env, streams=False)
+    try:
+        emu.venue.set_position("BTCUSDT", "LONG", 0.01, 100_000.0, 10.0, opened_at=1.7e9, stop_price=99_000.0)
+        emu.venue.set_mark("BTCUSDT", 100_500.0)
+        brt = runtime(env)  # python-binance through the emulator, as the scan reads it
+        vps = brt.venue.positions()
+        p = brt.r.pipeline()
+        PositionsView(brt.r, ns).put(p, brt.settings.account, vps, time.time(), brt.market_now())
+        p.execute()
+        spent = emu.weight_spent()
+        raw = redis.Redis.from_url(os.environ["HARVEST_REDIS_URL"])  # DUMP answers bytes
+
+        def state() -> dict[bytes, bytes]:
+            return {k: raw.dump(k) for k in raw.scan_iter(f"{ns}:*") if b":emu:" not in k}
+
+        keys = state()
+        with _console(ns, env) as url, sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            t0 = time.monotonic()
+            for _ in range(100):
+                page.goto(url + "/")
+                expect(page.locator("#positions")).to_contain_text("BTCUSDT")
+            took = time.monotonic() - t0
+            browser.close()
+        assert took < 60, took
+        assert emu.weight_spent() == spent  # not one request weight
+        assert state() == keys
+    finally:
+        emu.stop()
