@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from prometheus_client.exposition import ThreadingWSGIServer
 
@@ -63,6 +63,8 @@ from harvest.store.counters import (  # noqa: F401  (re-exported: the exporter's
     scan_duration,
     scan_to_fill,
 )
+from harvest.store.market import market_state_from_json
+from harvest.store.records import Unreadable
 
 log = logging.getLogger("harvest.metrics")
 
@@ -109,6 +111,18 @@ class HarvestCollector:
         ):
             p.hgetall(key)
         plans, orders, sends, counters, beats, switch = p.execute()
+        # a field a view cannot read (not a number) is left out and listed, never a failed scrape
+        bad: list[Unreadable] = []
+        plans, orders, sends, beats = (
+            _numeric(h, key, bad, float)
+            for h, key in (
+                (plans, k.metrics_plans),
+                (orders, k.metrics_orders),
+                (sends, k.metrics_sends),
+                (beats, k.heartbeat),
+            )
+        )
+        counters = _numeric(counters, k.counters, bad, lambda v: int(float(v)))
         accounts = rt.accounts
         stuck = account_decisions(rt.r, k, accounts)
 
@@ -197,7 +211,12 @@ class HarvestCollector:
             "state was computed (stale past market_stale_s: no kill decision from it)",
             labels=["symbol"],
         )
-        for sym, st in zip(rt.settings.symbols, rt.market.get_many(list(rt.settings.symbols)), strict=True):
+        for sym, raw in zip(rt.settings.symbols, rt.r.mget([k.market(x) for x in rt.settings.symbols]), strict=True):
+            try:
+                st = market_state_from_json(raw) if raw else None
+            except ValueError as e:
+                bad.append(Unreadable.of(k.market(sym), e))
+                continue
             if st is not None and st.computed_at is not None:
                 g.add_metric([sym], max(0.0, time.time() - st.computed_at))
         yield g
@@ -304,6 +323,14 @@ class HarvestCollector:
                 "The exchange's clock minus this machine's, at the last reconcile",
                 value=float(offset) / 1000,
             )
+        g = GaugeMetricFamily(
+            "harvest_unreadable_records",
+            "Stored records (or fields) this exporter could not read and left out, by key",
+            labels=["key"],
+        )
+        for u in bad:
+            g.add_metric([u.key], 1.0)
+        yield g
         budget = self.budget
         yield GaugeMetricFamily(
             "harvest_exchange_weight_used", "Request weight used in the current minute", value=float(budget.used())
@@ -311,6 +338,18 @@ class HarvestCollector:
         yield GaugeMetricFamily(
             "harvest_exchange_weight_limit", "Request weight the fleet may use per minute", value=float(budget.limit)
         )
+
+
+def _numeric(h: dict[str, str], key: str, bad: list[Unreadable], conv: Callable[[str], Any]) -> dict[str, Any]:
+    """The fields of hash ``h`` (at ``key``) whose values ``conv`` reads, converted; the others
+    appended to ``bad`` as ``<key>#<field>``."""
+    out = {}
+    for f, v in h.items():
+        try:
+            out[f] = conv(v)
+        except (TypeError, ValueError, OverflowError) as e:
+            bad.append(Unreadable.of(f"{key}#{f}", e))
+    return out
 
 
 def _by_account(h: dict[str, str], parts: int) -> list[tuple[tuple[str, ...], float]]:
@@ -424,10 +463,12 @@ class BoundedWSGIServer(ThreadingWSGIServer):
     """prometheus_client's thread-per-connection WSGI server, bounded.
 
     At most ``max_connections`` connections are served at once (a semaphore taken before a
-    thread is started). When all are taken, connections older than ``max_request_s`` seconds
-    are shut down (a slow-trickling client), and the accept loop waits up to ``slot_wait_s``
-    seconds for a slot; the connection is then closed unanswered (the rest wait in the
-    kernel's listen backlog, ``request_queue_size``). The handler's socket timeout drops a
+    thread is started). When all are taken, the accept loop waits up to ``slot_wait_s`` seconds
+    for a slot, shutting down meanwhile every connection older than ``max_request_s`` seconds
+    (a client trickling its request byte by byte, each within the read timeout); the connection
+    is then closed unanswered (the rest wait in the kernel's listen backlog,
+    ``request_queue_size``). A flood of connections can thus delay or refuse a scrape, never
+    exhaust the exporter's threads: keep it behind a firewall as well. The handler's socket timeout drops a
     client that sends nothing. ``refused`` counts the connections closed for want of a slot.
     Timeouts and clients that go away are not logged; another error is one WARNING line.
     """
@@ -449,11 +490,16 @@ class BoundedWSGIServer(ThreadingWSGIServer):
 
     def process_request(self, request, client_address):
         if not self._slots.acquire(blocking=False):
-            self._reap()
-            if not self._slots.acquire(timeout=self.slot_wait_s):
-                self.refused += 1
-                self.shutdown_request(request)
-                return
+            deadline = time.monotonic() + self.slot_wait_s
+            while True:  # a slot frees when a client times out, ends, or is cut off here
+                self._reap()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.refused += 1
+                    self.shutdown_request(request)
+                    return
+                if self._slots.acquire(timeout=min(0.25, left)):
+                    break
         with self._open_lock:
             self._open[request] = time.monotonic()
         try:

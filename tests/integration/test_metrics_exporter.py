@@ -127,3 +127,57 @@ def test_listening_beyond_loopback_without_auth_is_warned_about():
 def test_what_counts_as_loopback():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("no-such-host.invalid")
+
+
+def test_a_client_trickling_its_request_is_cut_off_when_a_scrape_needs_its_slot():
+    """A client that sends one byte at a time, each within the read timeout, would hold its
+    slot for as long as it likes: once the exporter is full it is cut off at ``max_request_s``
+    and the waiting scrape is served."""
+    import threading
+
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from harvest.ops.metrics import serve_metrics
+
+    registry = CollectorRegistry()
+    Gauge("probe", "a series to scrape", registry=registry).set(1)
+    port = free_port()
+    server = serve_metrics(
+        registry, "127.0.0.1", port, max_connections=1, read_timeout_s=READ_TIMEOUT_S, max_request_s=1.5
+    )
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    stop = threading.Event()
+    cut_off = threading.Event()
+
+    def trickle():
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            for ch in b"GET /metrics HTTP/1.0\r\nX-Slow: " + b"a" * 10_000:
+                try:
+                    s.sendall(bytes([ch]))
+                except OSError:
+                    break
+                if stop.wait(READ_TIMEOUT_S / 4):  # the attacker's pace: within the read timeout
+                    return
+            try:
+                gone = s.recv(1) == b""
+            except OSError:
+                gone = True
+            if gone:
+                cut_off.set()
+
+    client = threading.Thread(target=trickle, daemon=True)
+    try:
+        client.start()
+        wait_for(lambda: server._open, 10, 0.01, "the trickling client to hold the slot")
+        t0 = time.monotonic()
+        status, body = _scrape(port, timeout=10)
+        waited = time.monotonic() - t0
+        assert status == 200 and "probe 1.0" in body
+        assert waited < 1.5 + 1.0, waited
+        assert cut_off.wait(5)
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+        client.join(10)
