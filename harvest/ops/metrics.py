@@ -432,6 +432,10 @@ def serve_metrics(
     _Server.max_connections = max_connections
     _Server.slot_wait_s = read_timeout_s + 1.0
     _Server.max_request_s = max_request_s
+    if ":" in host:  # an IPv6 address (``::``, ``::1``): wsgiref's server is IPv4 otherwise
+        import socket
+
+        _Server.address_family = socket.AF_INET6
     if basic_auth is None and not is_loopback(host):
         log.warning(
             "harvest metrics listens on %s without basic auth: anyone who can reach it reads the "

@@ -181,3 +181,28 @@ def test_a_client_trickling_its_request_is_cut_off_when_a_scrape_needs_its_slot(
         server.shutdown()
         server.server_close()
         client.join(10)
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+def test_an_ipv6_address_is_served():
+    """``--host ::1`` (or ``::``) used to fail: wsgiref's server is IPv4 unless told."""
+    import threading
+
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from harvest.ops.metrics import serve_metrics
+
+    registry = CollectorRegistry()
+    Gauge("probe", "a series to scrape", registry=registry).set(1)
+    port = free_port()
+    try:
+        server = serve_metrics(registry, "::1", port)
+    except OSError as e:  # IPv6 compiled in but not configured on this host
+        pytest.skip(f"::1 not available: {e}")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=10) as r:
+            assert r.status == 200 and b"probe 1.0" in r.read()
+    finally:
+        server.shutdown()
+        server.server_close()
