@@ -15,6 +15,8 @@ from harvest.domain.plans import TERMINAL
 from harvest.domain.trading import effective
 from harvest.services.runtime import Runtime
 from harvest.store.counters import account_counter, account_decisions
+from harvest.store.market import market_state_from_json
+from harvest.store.records import Unreadable
 from harvest.venues.base import VenueError
 from harvest.venues.paper import PaperVenue
 
@@ -114,7 +116,8 @@ def build_scorecard(rt: Runtime) -> dict:
     per: dict[str, dict] = {
         a: {"plans": 0, "executed": 0, "plans_by_state": Counter(), "non_terminal": 0} for a in rt.accounts
     }
-    for p in rt.plans.all_plans():
+    unreadable: list[Unreadable] = []
+    for p in rt.plans.all_plans(unreadable=unreadable):
         plans += 1
         by[p.action.value][p.state] += 1
         mine = per.setdefault(p.account, {"plans": 0, "executed": 0, "plans_by_state": Counter(), "non_terminal": 0})
@@ -186,7 +189,7 @@ def build_scorecard(rt: Runtime) -> dict:
             "retrying": stuck.get("waiting", 0),
             "abandoned": {k.split(":", 1)[1]: v for k, v in sorted(stuck.items()) if k.startswith("abandoned:")},
         },
-        "market_state_age_s": _market_ages(rt),
+        "market_state_age_s": _market_ages(rt, unreadable),
         "malformed": {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("malformed:")},
         "stale_dropped": {k.split(":", 2)[2]: v for k, v in sorted(counters.items()) if k.startswith("stale:expired:")},
         "reconcile": {
@@ -206,18 +209,37 @@ def build_scorecard(rt: Runtime) -> dict:
         },
         "queue_depth": _or_none(queue_depths, rt),
         "queue_lag_s": queue_lag(rt),
-        "heartbeat_age_s": {k: round(now - v, 3) for k, v in sorted(rt.plans.heartbeats().items())},
+        "heartbeat_age_s": {k: round(now - v, 3) for k, v in sorted(_heartbeats(rt, unreadable).items())},
+        "unreadable_records": [{"key": u.key, "error": u.error} for u in unreadable],
     }
 
 
-def _market_ages(rt: Runtime) -> dict[str, float | None]:
+def _heartbeats(rt: Runtime, unreadable: list[Unreadable]) -> dict[str, float]:
+    """The heartbeats (Unix s) that parse; the others listed in ``unreadable``."""
+    out = {}
+    for k, v in rt.r.hgetall(rt.plans.k.heartbeat).items():
+        try:
+            out[k] = float(v)
+        except ValueError as e:
+            unreadable.append(Unreadable.of(f"{rt.plans.k.heartbeat}#{k}", e))
+    return out
+
+
+def _market_ages(rt: Runtime, unreadable: list[Unreadable]) -> dict[str, float | None]:
     """Wall seconds since each allowlisted symbol's cached market state was computed (None:
-    none cached, or computed before states carried their time)."""
+    none cached, unreadable — listed in ``unreadable`` —, or computed before states carried
+    their time)."""
     now = time.time()
-    return {
-        s: (round(now - m.computed_at, 1) if m is not None and m.computed_at is not None else None)
-        for s, m in zip(rt.settings.symbols, rt.market.get_many(list(rt.settings.symbols)), strict=True)
-    }
+    out: dict[str, float | None] = {}
+    syms = list(rt.settings.symbols)
+    for s, raw in zip(syms, rt.r.mget([rt.plans.k.market(x) for x in syms]), strict=True):
+        try:
+            m = market_state_from_json(raw) if raw else None
+        except ValueError as e:
+            unreadable.append(Unreadable.of(rt.plans.k.market(s), e))
+            m = None
+        out[s] = round(now - m.computed_at, 1) if m is not None and m.computed_at is not None else None
+    return out
 
 
 def _or_none(fn, rt: Runtime):
@@ -294,4 +316,6 @@ def format_scorecard(card: dict) -> str:
         lines.append("market state age (s): " + "  ".join(f"{k}={'n/a' if v is None else v}" for k, v in ages.items()))
     if card.get("heartbeat_age_s"):
         lines.append("heartbeat age (s): " + "  ".join(f"{k}={v}" for k, v in card["heartbeat_age_s"].items()))
+    for u in card.get("unreadable_records") or []:
+        lines.append(f"unreadable record: {u['key']}: {u['error']}")
     return "\n".join(lines)

@@ -130,5 +130,6 @@ def account_decisions(r: redis.Redis, keys, accounts: Sequence[str]) -> dict[str
     for a in accounts:
         p.hgetall(keys.decisions(a))
     return {
-        a: {f: int(v) for f, v in d.items() if f != "updated_at"} for a, d in zip(accounts, p.execute(), strict=True)
+        a: {f: int(v) for f, v in d.items() if f != "updated_at" and v.lstrip("-").isdigit()}
+        for a, d in zip(accounts, p.execute(), strict=True)
     }

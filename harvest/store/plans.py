@@ -619,7 +619,14 @@ class PlanStore:
         self.r.hincrby(self.k.counters, name, n)
 
     def counters(self) -> dict[str, int]:
-        return {k: int(v) for k, v in self.r.hgetall(self.k.counters).items()}
+        """Every counter of the namespace; a field that is not an integer is left out (and logged)."""
+        out = {}
+        for k, v in self.r.hgetall(self.k.counters).items():
+            try:
+                out[k] = int(v)
+            except ValueError:
+                log.warning("unreadable record %s#%s: %r is not a count", self.k.counters, k, v[:40])
+        return out
 
     def beat(self, name: str, now: float | None = None) -> None:
         """Record a heartbeat (Unix time) for ``name``."""

@@ -261,3 +261,30 @@ def test_the_positions_record_of_a_newer_version_is_shown_as_unreadable(rt):
     with console(rt) as url:
         code, page, _ = get(url + "/")
     assert code == 200 and "record layout 99" in page
+
+
+def test_malformed_records_leave_the_scorecard_and_metrics_answering(rt):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from harvest.ops.metrics import HarvestCollector
+    from harvest.ops.scorecard import build_scorecard, format_scorecard
+
+    good = make_plan(rt, key="good")
+    bad = make_plan(rt, key="bad")
+    rt.r.hset(rt.plans.k.plan(bad), "decision", "{truncated")
+    rt.r.hset(rt.plans.k.heartbeat, "scan", "yesterday")
+    rt.r.hset(rt.plans.k.counters, "scan:runs", "many")
+    rt.r.hset(rt.plans.k.metrics_plans, f"{rt.settings.account}|FULL_CLOSE_PROPOSED|FILLED", "x")
+    rt.r.set(rt.plans.k.market("BTCUSDT"), "{not json")
+    card = build_scorecard(rt)
+    assert card["plans"] == 1
+    keys = {u["key"] for u in card["unreadable_records"]}
+    assert {rt.plans.k.plan(bad), f"{rt.plans.k.heartbeat}#scan", rt.plans.k.market("BTCUSDT")} <= keys
+    assert f"unreadable record: {rt.plans.k.plan(bad)}" in format_scorecard(card)
+    reg = CollectorRegistry()
+    reg.register(HarvestCollector(rt, lambda: {}))
+    text = generate_latest(reg).decode()
+    assert f'harvest_unreadable_records{{key="{rt.plans.k.counters}#scan:runs"}} 1.0' in text
+    assert f'harvest_unreadable_records{{key="{rt.plans.k.market("BTCUSDT")}"}} 1.0' in text
+    assert good  # the good plan is counted in the gauge as before
+    assert "harvest_plans{" in text
