@@ -93,6 +93,15 @@ class OrderResult(BaseModel):
     realized_pnl: float = 0.0
     commission: float = 0.0
     update_time: float = 0.0
+    #: The order type it was created as, when not ``type`` (a triggered stop's MARKET order: STOP_MARKET).
+    orig_type: str | None = None
+    #: An algo order's triggered order (its orderId), Binance's ``actualOrderId``; None until triggered.
+    actual_order_id: int | None = None
+    #: Unix s (exchange clock) the order was created / an algo order triggered; None when unknown.
+    create_time: float | None = None
+    trigger_time: float | None = None
+    #: A conditional order's trigger price type (MARK_PRICE or CONTRACT_PRICE); None when unknown.
+    working_type: str | None = None
 
 
 class Venue(ABC):

@@ -274,7 +274,7 @@ def _order_json(o: OrderResult) -> dict[str, Any]:
         "side": o.side,
         "positionSide": o.position_side,
         "type": o.type,
-        "origType": o.type,
+        "origType": o.orig_type or o.type,
         "origQty": SymbolFilters.fmt_float(o.orig_qty),
         "executedQty": SymbolFilters.fmt_float(o.executed_qty),
         "cumQuote": SymbolFilters.fmt_float(o.executed_qty * o.avg_price),
@@ -304,14 +304,16 @@ def _algo_json(o: OrderResult) -> dict[str, Any]:
         "algoStatus": _ALGO_STATUS.get(o.status, o.status),
         "triggerPrice": SymbolFilters.fmt_float(o.stop_price or 0.0),
         "price": "0",
-        "workingType": "MARK_PRICE",
+        "workingType": o.working_type or "MARK_PRICE",
         "closePosition": o.close_position,
         "priceProtect": False,
         "reduceOnly": True,
         "executedQty": SymbolFilters.fmt_float(o.executed_qty),
         "avgPrice": SymbolFilters.fmt_float(o.avg_price),
-        "createTime": int(o.update_time * 1000),
+        "createTime": int((o.create_time if o.create_time is not None else o.update_time) * 1000),
         "updateTime": int(o.update_time * 1000),
+        "triggerTime": int((o.trigger_time or 0.0) * 1000),
+        "actualOrderId": str(o.actual_order_id) if o.actual_order_id is not None else "",
     }
 
 
@@ -978,7 +980,12 @@ class Emulator:
             cid = p.get("clientAlgoId") or f"emu-{v._next_order_id()}"
             _check_client_id(cid)
             o = v.place_stop(
-                sym, p.get("side", ""), p.get("triggerPrice", ""), cid, position_side=p.get("positionSide")
+                sym,
+                p.get("side", ""),
+                p.get("triggerPrice", ""),
+                cid,
+                position_side=p.get("positionSide"),
+                working_type=p.get("workingType", "CONTRACT_PRICE"),  # Binance's default
             )
             return _algo_json(o)
         o = self._find(sym, p, algo=True)

@@ -25,8 +25,14 @@ its order, ``E``/``T`` in wall milliseconds:
   ``X`` FILLED or EXPIRED for a partial fill) then ``ACCOUNT_UPDATE`` (``m`` ORDER, the
   symbol's position after it: ``pa``, ``ep``, ``up``);
 * a stop placed / cancelled / expired → ``ALGO_UPDATE`` ``X`` NEW / CANCELED / EXPIRED;
-* a stop triggered → ``ALGO_UPDATE`` TRIGGERED, ``ORDER_TRADE_UPDATE`` (``ot`` STOP_MARKET),
-  ``ALGO_UPDATE`` FINISHED, ``ACCOUNT_UPDATE``.
+* a stop triggered → ``ALGO_UPDATE`` TRIGGERING, ``ALGO_UPDATE`` TRIGGERED (``ai`` the actual
+  order's id), ``ORDER_TRADE_UPDATE`` ``x`` NEW of that actual order (``o`` MARKET, ``ot``
+  STOP_MARKET, ``c`` the clientAlgoId); then per fill ``ORDER_TRADE_UPDATE`` ``x`` TRADE (``X``
+  PARTIALLY_FILLED, or FILLED for the last; ``i`` the actual orderId, ``t`` the trade id)
+  and ``ACCOUNT_UPDATE``; then ``ALGO_UPDATE`` FINISHED (``ai``, ``ap``, ``aq``). Binance's
+  order ("Event: Algo Order Update": TRIGGERING — forwarded to the matching engine,
+  TRIGGERED — placed there, FINISHED — filled or cancelled there). A fill of a thin bar's
+  remainder comes with a later settlement, FINISHED after it.
 
 The position in an ``ACCOUNT_UPDATE`` is read when the event is sent, so it may already include
 a later change: the dangerous reading (a client must take the REST position as the truth
@@ -379,20 +385,59 @@ class StreamServer:
             status = {"STOP_NEW": "NEW", "STOP_CANCELED": "CANCELED", "STOP_EXPIRED": "EXPIRED"}[kind]
             return [_algo(sym, d.get("clientAlgoId", ""), status, d.get("stopPrice", "0"), now)]
         if kind == "STOP_TRIGGERED":
-            cid = d.get("clientAlgoId", "")
-            side = "SELL" if d.get("side") == "LONG" else "BUY"
-            fill = {k: d.get(k) for k in ("qty", "price", "realizedPnl", "commission", "orderId")}
+            cid, stop, oid = d.get("clientAlgoId", ""), d.get("stopPrice", "0"), int(d.get("orderId") or 0)
+            extra = {"aid": int(d.get("algoId") or 0), "ai": str(oid), "wt": d.get("workingType") or "MARK_PRICE"}
+            new = {"qty": d.get("qty"), "price": "0", "orderId": oid, "status": "NEW", "exec": "NEW", "cum": "0"}
             return [
-                _algo(sym, cid, "TRIGGERED", d.get("price", "0"), now),
-                self._trade(sym, cid, side, fill, "STOP_MARKET", now),
-                _algo(sym, cid, "FINISHED", d.get("price", "0"), now),
+                _algo(sym, cid, "TRIGGERING", stop, now, **dict(extra, ai="")),
+                _algo(sym, cid, "TRIGGERED", stop, now, **extra, tt=now),
+                self._trade(sym, cid, d.get("orderSide") or "SELL", new, "STOP_MARKET", now),
+            ]
+        if kind == "STOP_FILL":
+            fill = {
+                "qty": d.get("qty"),
+                "price": d.get("price"),
+                "avg": d.get("avgPrice"),
+                "cum": d.get("cumQty"),
+                "origQty": d.get("origQty"),
+                "realizedPnl": d.get("realizedPnl"),
+                "commission": d.get("commission"),
+                "orderId": d.get("orderId"),
+                "tradeId": d.get("tradeId"),
+                "status": d.get("status"),
+                "ps": d.get("positionSide"),
+            }
+            return [
+                self._trade(sym, d.get("clientOrderId", ""), d.get("side") or "SELL", fill, "STOP_MARKET", now),
                 self._account(venue, sym, now),
+            ]
+        if kind == "STOP_FINISHED":
+            return [
+                _algo(
+                    sym,
+                    d.get("clientAlgoId", ""),
+                    "FINISHED",
+                    d.get("stopPrice", "0"),
+                    now,
+                    aid=int(d.get("algoId") or 0),
+                    ai=str(d.get("orderId") or ""),
+                    ap=SymbolFilters.fmt_float(float(d.get("avgPrice") or 0.0)),
+                    aq=SymbolFilters.fmt_float(float(d.get("executedQty") or 0.0)),
+                )
             ]
         return []
 
     def _trade(self, sym: str, cid: str, side: str, d: dict, orig_type: str, now: int) -> dict:
+        """An ``ORDER_TRADE_UPDATE`` from an order-log entry's data: a fill (``qty``, ``price``;
+        optional ``avg``/``cum``/``origQty`` of the order so far, ``status``, ``tradeId``) or,
+        with ``exec`` NEW, the order's acceptance (nothing filled)."""
         qty, price = str(d.get("qty", "0")), str(d.get("price", "0"))
-        status = "EXPIRED" if d.get("expired") else "FILLED"
+        status = d.get("status") or ("EXPIRED" if d.get("expired") else "FILLED")
+        new = d.get("exec") == "NEW"
+        cum = str(d.get("cum") if d.get("cum") is not None else ("0" if new else qty))
+        avg = d.get("avg")
+        avg = SymbolFilters.fmt_float(float(avg)) if avg is not None else ("0" if new else price)
+        oid = int(d.get("orderId") or 0)
         return {
             "e": "ORDER_TRADE_UPDATE",
             "E": now,
@@ -403,22 +448,22 @@ class StreamServer:
                 "S": side,
                 "o": "MARKET",
                 "f": "GTC",
-                "q": qty,
+                "q": str(d.get("origQty") or qty),
                 "p": "0",
-                "ap": price,
+                "ap": avg,
                 "sp": "0",
-                "x": "TRADE",
+                "x": "NEW" if new else "TRADE",
                 "X": status,
-                "i": int(d.get("orderId") or 0),
-                "l": qty,
-                "z": qty,
-                "L": price,
-                "n": str(d.get("commission") or 0),
+                "i": oid,
+                "l": "0" if new else qty,
+                "z": cum,
+                "L": "0" if new else price,
+                "n": "0" if new else str(d.get("commission") or 0),
                 "N": "USDT",
                 "T": now,
-                "t": int(d.get("orderId") or 0),
+                "t": 0 if new else int(d.get("tradeId") or oid),
                 "R": orig_type != "MARKET" or bool(d.get("clientOrderId")),
-                "ps": "BOTH",
+                "ps": d.get("ps") or "BOTH",
                 "rp": str(d.get("realizedPnl") or 0),
                 "ot": orig_type,
             },
@@ -564,8 +609,11 @@ def _kline_stream(name: str) -> str | None:
     return sym.upper() if sym and rest == "kline_1m" else None
 
 
-def _algo(sym: str, cid: str, status: str, stop: Any, now: int) -> dict:
-    return {
+def _algo(sym: str, cid: str, status: str, stop: Any, now: int, **extra: Any) -> dict:
+    """An ``ALGO_UPDATE`` of a closePosition STOP_MARKET; ``extra``: fields to set (``aid`` the
+    algoId, ``ai`` the actual orderId, ``ap``/``aq`` its average price and filled quantity,
+    ``tt`` the trigger time, ``wt`` the workingType)."""
+    event = {
         "e": "ALGO_UPDATE",
         "T": now,
         "E": now,
@@ -586,3 +634,5 @@ def _algo(sym: str, cid: str, status: str, stop: Any, now: int) -> dict:
             "pP": False,
         },
     }
+    event["o"].update(extra)
+    return event

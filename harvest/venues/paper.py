@@ -8,9 +8,21 @@
 * Taker fee on every fill (``commission``); ``realized_pnl`` is gross of fees, as Binance
   reports it.
 * Protective stops are conditional (algo) orders: closePosition STOP_MARKETs, any number per
-  position. The tightest working one triggers when a kline's low (LONG) or high (SHORT) since
-  the last settlement crosses it and fills the whole position at the stop price (algoStatus
-  FINISHED); the others, and every stop of a position closed to zero, end EXPIRED.
+  position. A stop triggers when the price its ``workingType`` names crosses it (MARK_PRICE,
+  harvest's: the mark series; CONTRACT_PRICE: the klines' low/high) and then fills as a MARKET
+  order with slippage, over several bars when a bar is thin — a real order with its own
+  orderId (the algo's ``actualOrderId``), its trades under that orderId (the fill model:
+  :mod:`harvest.venues.paper_settlement`). The others, and every stop of a position closed to
+  zero, end EXPIRED.
+* Checks at acceptance of an order that opens or adds (Binance's codes and messages): -4164
+  notional under the symbol's MIN_NOTIONAL (reduce-only exempt), -2027 the position's notional
+  after the order above the cap of the leverage's bracket (shipped leverageBracket table),
+  -2019 initial margin (notional / leverage) above the available balance (wallet — default
+  :data:`DEFAULT_BALANCE`, :meth:`set_balance` — plus realized PnL, less fees, funding paid,
+  open positions' initial margin and their unrealized losses).
+* Every order is kept by orderId (``orders_by_id``): a clientOrderId re-used once its order is
+  no longer open (Binance allows it) finds the newest order by clientOrderId, every earlier one
+  stays in allOrders and findable by orderId.
 * Position mode: one-way (``reduceOnly``) by default; hedge mode (``set_dual(True)``) takes
   ``positionSide`` LONG/SHORT instead and rejects ``reduceOnly`` with -1106, as Binance does.
   The engine still holds one leg per symbol.
@@ -24,7 +36,10 @@ Keys: ``<ns>:clock``, ``<ns>:paper:mark:<symbol>``, ``<ns>:paper:<account>:pos:<
 ``<ns>:paper:<account>:positions``, ``<ns>:paper:<account>:orders``,
 ``<ns>:paper:<account>:stops:<symbol>`` (working stop clientAlgoId → price),
 ``<ns>:paper:<account>:orderlog`` (stream), ``<ns>:paper:<account>:pnl``,
-``<ns>:paper:<account>:dual``, ``<ns>:paper:<account>:trades`` (list: every fill, as
+``<ns>:paper:<account>:dual``, ``<ns>:paper:<account>:orders_by_id`` (orderId → order JSON:
+every regular order, and algo orders whose clientAlgoId was re-used),
+``<ns>:paper:<account>:balance`` (wallet USDT), ``<ns>:paper:fill_model``,
+``<ns>:paper:<account>:trades`` (list: every fill, as
 ``/fapi/v1/userTrades`` reports it, market time), ``<ns>:paper:<account>:income`` (list: every
 funding settlement, as ``/fapi/v1/income`` reports it).
 """
@@ -46,6 +61,7 @@ from harvest.data import (
 )
 from harvest.domain.models import Side
 from harvest.domain.plans import CLIENT_ORDER_PREFIX
+from harvest.venues import binance_facts as facts
 from harvest.venues.base import (
     BAD_SYMBOL,
     DUPLICATE_CID,
@@ -72,12 +88,26 @@ from harvest.venues.paper_settlement import (
     _READ_POSITIONS_LUA,
     _ROW_FIELDS,
     _SNAPSHOT_LUA,
+    MARK_PRICE,
     SHIPPED,
     TAKER_FEE_RATE,
     PaperSettlement,
     _SettleProbe,
     _trade_json,
+    brackets,
+    stop_value,
 )
+
+
+def _refusal(name: str, *args: object) -> VenueError:
+    """Binance's answer ``name`` (:data:`harvest.venues.binance_facts.ERRORS`: code, message,
+    HTTP status) as the VenueError the engine raises."""
+    status, code, msg = facts.ERRORS[name].fmt(*args)
+    return VenueError(code, msg, status)
+
+
+#: The paper account's wallet balance (USDT) until :meth:`PaperVenue.set_balance` sets one.
+DEFAULT_BALANCE = 100_000.0
 
 
 class PaperVenue(PaperFixtures, PaperSettlement, Venue):
@@ -106,6 +136,8 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         self.k_trades = f"{base}:trades"
         self.k_income = f"{base}:income"
         self.k_partial = f"{base}:partial_fills"
+        self.k_by_id = f"{base}:orders_by_id"
+        self.k_balance = f"{base}:balance"
         self._base = base
 
     # ------------------------------------------------------------------ market data
@@ -235,6 +267,40 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
             raise VenueError(*POSITION_SIDE_MISMATCH)
         return ps
 
+    def available_balance(self) -> float:
+        """Available balance (USDT) for a new opening: the wallet (:meth:`set_balance`, default
+        :data:`DEFAULT_BALANCE`) plus realized PnL, less commissions and funding paid, less
+        every open position's initial margin (qty × entry / leverage) and its unrealized loss
+        (a profit is not counted: the more dangerous reading of Binance's cross-margin
+        availableBalance)."""
+        wallet = float(self.r.get(self.k_balance) or DEFAULT_BALANCE)
+        for v in self.pnl().values():
+            wallet += v.get("realized", 0.0) - v.get("commission", 0.0) - v.get("funding", 0.0)
+        used = 0.0
+        for vp in self.positions():
+            used += vp.qty * vp.entry_price / vp.leverage
+            used -= min(0.0, vp.side.sign * (vp.mark_price - vp.entry_price) * vp.qty)
+        return wallet - used
+
+    def _check_opening(self, symbol: str, f: SymbolFilters, q: Decimal, leverage: float) -> None:
+        """Binance's acceptance checks of an order that opens or adds, at the mark: -4164 under
+        MIN_NOTIONAL, -2027 the position's notional after it above the notionalCap of the
+        brackets the leverage is allowed in (Binance: the largest cap among the brackets whose
+        initialLeverage ≥ the leverage), -2019 its initial margin (notional / leverage) above
+        :meth:`available_balance`. Raises VenueError (HTTP 400)."""
+        mark = self.mark_price(symbol)
+        notional = float(q) * mark
+        if Decimal(repr(notional)) < f.min_notional:
+            raise _refusal("MIN_NOTIONAL", SymbolFilters.fmt(f.min_notional))
+        pos = self.position(symbol)
+        lev = pos.leverage if pos is not None else leverage
+        caps = [b.cap for b in brackets(self.source(symbol)) if b.max_leverage >= lev]
+        after = notional + (pos.qty * mark if pos is not None else 0.0)
+        if not caps or after > max(caps):
+            raise _refusal("MAX_LEVERAGE_RATIO")
+        if notional / lev > self.available_balance():
+            raise _refusal("BALANCE_NOT_SUFFICIENT")
+
     def close_market(self, symbol: str, side: str, qty: str, client_order_id: str) -> OrderResult:
         """Reduce-only MARKET close (one-way) or the closing leg in hedge mode (a SELL closes
         the LONG leg, a BUY the SHORT one)."""
@@ -276,25 +342,9 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
             open_side = Side.LONG if side == "BUY" else Side.SHORT
             if ps in ("LONG", "SHORT") and Side(ps) is not open_side:
                 raise VenueError(*POSITION_SIDE_MISMATCH)
-            mark = self.mark_price(symbol)
-            self.open_position(symbol, open_side, float(q), leverage, client_order_id=client_order_id)
-            order = OrderResult(
-                symbol=symbol,
-                client_order_id=client_order_id,
-                order_id=self._next_order_id(),
-                side=side,
-                type="MARKET",
-                status="FILLED",
-                position_side=ps,
-                orig_qty=float(q),
-                executed_qty=float(q),
-                avg_price=mark,
-                reduce_only=False,
-                commission=float(q) * mark * self.fee_rate,
-                update_time=self.clock.now(),
-            )
-            self.r.hset(self.k_orders, client_order_id, order.model_dump_json())
-            return order
+            self._check_opening(symbol, f, q, leverage)
+            self.open_position(symbol, open_side, float(q), leverage, client_order_id=client_order_id, position_side=ps)
+            return self.get_order(symbol, client_order_id)
 
         fraction = None
         for attempt in range(_FILL_ATTEMPTS):
@@ -350,7 +400,15 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
             }
             oid = int(
                 self._fill(
-                    keys=[self.k_pos(symbol), self.k_orders, self.k_pnl, self.k_log, self.k_seq, self.k_trades],
+                    keys=[
+                        self.k_pos(symbol),
+                        self.k_orders,
+                        self.k_pnl,
+                        self.k_log,
+                        self.k_seq,
+                        self.k_trades,
+                        self.k_by_id,
+                    ],
                     args=[
                         client_order_id,
                         h.get("qty", ""),
@@ -404,11 +462,15 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         position_side: str | None = None,
         check_trigger: bool = True,
         check_tick: bool = True,
+        working_type: str = MARK_PRICE,
     ) -> OrderResult:
         """A closePosition STOP_MARKET (an algo order, status NEW) at ``stop_price``, working
-        beside any other stop of the position. Raises VenueError -1111 (tickSize), -2021
-        (would trigger immediately), -2022 (no position to protect on that side), -4116
-        (clientAlgoId in use)."""
+        beside any other stop of the position, triggered by ``working_type`` (MARK_PRICE, what
+        harvest sends, or CONTRACT_PRICE). Raises VenueError -1111 (tickSize), -2021 (would
+        trigger immediately), -2022 (no position to protect on that side), -4116 (clientAlgoId
+        in use), -1116 (another workingType)."""
+        if working_type not in ("MARK_PRICE", "CONTRACT_PRICE"):
+            raise VenueError(-1116, "Invalid workingType.")
         f = self.filters(symbol)
         try:
             sp = Decimal(stop_price)
@@ -425,6 +487,7 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         self._settle(symbol)
         key = self.k_pos(symbol)
         mark = self.mark_price(symbol) if check_trigger else 0.0
+        now = self.clock.now()
 
         def tx(p):
             raw = p.hget(self.k_orders, client_algo_id)
@@ -455,10 +518,14 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
                 algo=True,
                 stop_price=float(sp),
                 reduce_only=True,
-                update_time=self.clock.now(),
+                update_time=now,
+                create_time=now,
+                working_type=working_type,
             )
             p.multi()
-            p.hset(self.k_stops(symbol), client_algo_id, SymbolFilters.fmt(sp))
+            if raw is not None:  # an earlier order of this (re-used) id stays findable by its id
+                p.hset(self.k_by_id, str(OrderResult.model_validate_json(raw).order_id), raw)
+            p.hset(self.k_stops(symbol), client_algo_id, stop_value(SymbolFilters.fmt(sp), working_type))
             p.hset(self.k_orders, client_algo_id, order.model_dump_json())
             return order
 
@@ -513,7 +580,27 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         return order
 
     def get_order(self, symbol: str, client_order_id: str, conditional: bool = False) -> OrderResult:
-        return self._order(self.r.hget(self.k_orders, client_order_id), symbol, conditional)
+        """The newest order of this clientOrderId (``conditional``: the algo order of this
+        clientAlgoId; else the regular one — a triggered stop's actual order under its
+        clientAlgoId). Raises VenueError -2013 when there is none."""
+        return self._resolve(self.r.hget(self.k_orders, client_order_id), symbol, conditional)
+
+    def order_by_id(self, symbol: str, order_id: int, conditional: bool = False) -> OrderResult:
+        """An order by its orderId (``conditional``: an algo order by algoId), however its
+        clientOrderId was re-used since. Raises VenueError -2013 when there is none."""
+        for o in self.orders():
+            if o.order_id == order_id and o.symbol == symbol and o.algo == conditional:
+                return o
+        raise VenueError(*ORDER_NOT_FOUND)
+
+    def _resolve(self, raw: str | None, symbol: str, conditional: bool) -> OrderResult:
+        """:meth:`_order`, except that a regular look-up of a triggered algo order's id answers
+        its actual order."""
+        if raw is not None and not conditional:
+            o = OrderResult.model_validate_json(raw)
+            if o.algo and o.actual_order_id is not None:
+                raw = self.r.hget(self.k_by_id, str(o.actual_order_id))
+        return self._order(raw, symbol, conditional)
 
     def order_and_position(
         self, symbol: str, client_order_id: str, conditional: bool = False
@@ -521,7 +608,7 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         """The order and the position after it, read together in one Redis call (see
         :meth:`harvest.venues.base.Venue.order_and_position`)."""
         _, pos, _, _, raw, _ = self._read_row(symbol, client_order_id)
-        return self._order(raw, symbol, conditional), pos, True
+        return self._resolve(raw, symbol, conditional), pos, True
 
     @staticmethod
     def _order(raw: str | None, symbol: str, conditional: bool) -> OrderResult:
@@ -537,12 +624,19 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
     # ------------------------------------------------------------------ reporting
 
     def orders(self, harvest_only: bool = False) -> list[OrderResult]:
-        """Every order of this account (``harvest_only``: those whose clientOrderId carries
+        """Every order of this account, including earlier orders of a re-used clientOrderId and
+        triggered stops' actual orders (``harvest_only``: those whose clientOrderId carries
         harvest's ``hv-`` prefix, i.e. not a strategy's opening stop)."""
         out = [OrderResult.model_validate_json(v) for v in self.r.hvals(self.k_orders)]
+        seen = {o.order_id for o in out}
+        out += [
+            o
+            for o in (OrderResult.model_validate_json(v) for v in self.r.hvals(self.k_by_id))
+            if o.order_id not in seen
+        ]
         return [o for o in out if o.client_order_id.startswith(CLIENT_ORDER_PREFIX)] if harvest_only else out
 
     def all_orders(self, symbols: list[str]) -> list[OrderResult]:
-        """Every order of these symbols the engine recorded (latest record per clientOrderId)."""
+        """Every regular and algo order of these symbols the engine recorded (every orderId)."""
         want = set(symbols)
         return [o for o in self.orders() if o.symbol in want]

@@ -61,10 +61,15 @@ class PaperFixtures:
         leverage: float,
         stop_price: float | None = None,
         client_order_id: str | None = None,
+        order_id: int | None = None,
+        position_side: str = "BOTH",
     ) -> VenuePosition:
         """Open (or add to) a position at the mark price, as a strategy would; charges the
-        taker fee and records the fill in the trade log. Used by the demo scenario and tests
-        (harvest itself never opens)."""
+        taker fee and records the MARKET order (FILLED, under ``client_order_id``, default
+        ``paper-<orderId>``; ``order_id``: one already drawn) and its fill in the trade log
+        under that orderId. Used by the demo scenario, tests and :meth:`submit_market`'s
+        openings (harvest itself never opens). No acceptance checks here: a test's world is set
+        up as it says (:meth:`submit_market` checks margin, MIN_NOTIONAL and brackets)."""
         side = Side(side)
         f = self.filters(symbol)
         q = f.round_qty(qty)
@@ -83,7 +88,12 @@ class PaperFixtures:
             old_q = Decimal(cur["qty"]) if cur else Decimal(0)
             new_q = old_q + q
             entry = (float(old_q) * float(cur["entry_price"]) + float(q) * mark) / float(new_q) if cur else mark
+            prev = p.hget(self.k_orders, cid)
             p.multi()
+            if prev is not None:  # an earlier order of this (re-used) id stays findable by its id
+                p.hset(self.k_by_id, str(OrderResult.model_validate_json(prev).order_id), prev)
+            p.hset(self.k_orders, cid, order.model_dump_json())
+            p.hset(self.k_by_id, str(oid), order.model_dump_json())
             p.delete(key)
             p.hset(
                 key,
@@ -106,19 +116,36 @@ class PaperFixtures:
                     oid,
                     symbol,
                     side.open_order_side,
-                    "BOTH",
+                    position_side,
                     float(q),
                     mark,
                     0.0,
                     float(q) * mark * self.fee_rate,
                     now,
-                    client_order_id or f"paper-{oid}",
+                    cid,
                 ),
             )
             return None
 
-        oid = self._next_order_id()
-        self.r.transaction(tx, key, value_from_callable=True)
+        oid = self._next_order_id() if order_id is None else order_id
+        cid = client_order_id or f"paper-{oid}"
+        order = OrderResult(
+            symbol=symbol,
+            client_order_id=cid,
+            order_id=oid,
+            side=side.open_order_side,
+            type="MARKET",
+            status="FILLED",
+            position_side=position_side,
+            orig_qty=float(q),
+            executed_qty=float(q),
+            avg_price=mark,
+            reduce_only=False,
+            commission=float(q) * mark * self.fee_rate,
+            update_time=now,
+            create_time=now,
+        )
+        self.r.transaction(tx, key, self.k_orders, value_from_callable=True)
         self._log("OPEN", symbol, {"side": side.value, "qty": SymbolFilters.fmt(q), "price": mark})
         if stop_price is not None:
             sp = f.round_price(stop_price, "down" if side is Side.LONG else "up")
@@ -224,6 +251,27 @@ class PaperFixtures:
         for s in syms:
             p.hgetall(self.k_pos(s))
         return [h for h in p.execute() if h]
+
+    def set_balance(self, usdt: float) -> None:
+        """The account's wallet balance (USDT) the margin check (-2019) starts from (default
+        :data:`harvest.venues.paper.DEFAULT_BALANCE`). Raises ValueError for a negative or
+        non-finite amount."""
+        if not (usdt >= 0 and usdt != float("inf")):
+            raise ValueError("balance: a finite amount >= 0 (USDT)")
+        self.r.set(self.k_balance, repr(float(usdt)))
+
+    def set_fill_model(self, slippage: float, participation: float) -> None:
+        """The namespace's fill model of triggered stops (see
+        :mod:`harvest.venues.paper_settlement`): ``slippage``, the adverse move as a fraction
+        of the bar's range (0..1), and ``participation``, the share of a bar's volume one
+        order fills in that bar (0 < x ≤ 1). Every process on the namespace (the emulator, the
+        workers) uses it. Raises ValueError outside those ranges."""
+        if not (0 <= slippage <= 1 and 0 < participation <= 1):
+            raise ValueError("slippage in [0, 1] and participation in (0, 1] required")
+        self.r.set(
+            f"{self.ns}:paper:fill_model",
+            json.dumps({"slippage": float(slippage), "participation": float(participation)}),
+        )
 
     def set_partial_fills(self, fraction: float, times: int = 1) -> None:
         """The next ``times`` reduce-only MARKET closes fill only ``fraction`` (0..1) of their

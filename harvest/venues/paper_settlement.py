@@ -1,17 +1,53 @@
 """The paper engine's settlement (see :mod:`harvest.venues.paper`): reading position rows with
-their working stops, and settling them against the replayed market — stops triggered by a
-kline crossing them, funding at each funding time, liquidation when the mark crosses the
-liquidation price before the stop — plus the fills, trades and income records it writes."""
+their working stops, and settling them against the replayed market — stops triggered by the
+price their ``workingType`` names and filled as MARKET orders with slippage (the fill model
+below), funding at each funding time — plus the fills, trades and income records it writes.
+
+**Fill model of a triggered stop** (STOP_MARKET / TAKE_PROFIT_MARKET closePosition, an algo
+order). Binance triggers a conditional order when the price its ``workingType`` names crosses
+the trigger price, then places a MARKET order in the matching engine, which fills at whatever
+the book offers next (Binance, "Event: Algo Order Update": TRIGGERING → TRIGGERED → FINISHED).
+The engine models that on the replayed 1-minute klines, deterministically (no randomness):
+
+* **Trigger.** ``MARK_PRICE`` (what harvest sends): the engine's mark series — the close of
+  each bar since the last settlement (the mark of a bar is its close,
+  :meth:`harvest.data.Klines.mark_at`), or the mark override a test set. ``CONTRACT_PRICE``:
+  the last price — the bar's low (a stop under a LONG) or high (over a SHORT). A wick that the
+  mark never followed triggers a CONTRACT_PRICE stop, not a MARK_PRICE one. The first bar that
+  crosses is the trigger bar; among stops crossed in the same bar the tightest triggers.
+* **Price.** The MARKET order fills at the first price after the trigger: the trigger price, or
+  the bar's open when the bar opened beyond it (a gap; the mark override itself when a test
+  set one), moved against the position by ``slippage`` × the bar's range (high − low; with an
+  override, the bar's range relative to its close × the override), kept within the bar's
+  range, rounded to tickSize against the position. Default ``slippage`` 0.1
+  (:data:`STOP_SLIPPAGE`).
+* **Thin bars.** One bar fills at most ``participation`` × its volume (default 0.1,
+  :data:`PARTICIPATION`; rounded down to stepSize). The rest fills on the next bars, each at
+  its open moved by the same slippage; while some is left the order is PARTIALLY_FILLED and
+  the algo order TRIGGERED, and it ends FILLED / FINISHED with the last fill.
+* **A real order.** The trigger creates a MARKET order (``origType`` STOP_MARKET, a new
+  orderId, the algo's clientAlgoId as its clientOrderId): ``actualOrderId`` on the algo
+  record, in ``allOrders``, its trades in ``userTrades`` under its orderId. The algo record
+  keeps its ``createTime`` and gains ``triggerTime``.
+
+Both parameters are per namespace (:meth:`PaperFixtures.set_fill_model
+<harvest.venues.paper_fixtures.PaperFixtures.set_fill_model>`, key ``<ns>:paper:fill_model``),
+so the emulator and every worker use the same. Ordinary MARKET orders (harvest's closes, a
+strategy's openings) fill at the mark, as before: the engine had no slippage for them, and this
+model does not change that.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from decimal import Decimal
 
 import numpy as np
 
 from harvest.data import (
     SHIPPED_SYMBOLS,
+    SymbolFilters,
     load_brackets_raw,
     load_funding,
     load_klines,
@@ -27,6 +63,89 @@ from harvest.venues.base import (
 SHIPPED = frozenset(SHIPPED_SYMBOLS)
 
 TAKER_FEE_RATE = 0.0005
+#: Adverse slippage of a triggered stop's MARKET fill: a fraction (0..1) of the bar's range.
+STOP_SLIPPAGE = 0.1
+#: The share (0..1) of a bar's volume one order fills in that bar; the rest fills on the next.
+PARTICIPATION = 0.1
+MARK_PRICE, CONTRACT_PRICE = "MARK_PRICE", "CONTRACT_PRICE"
+
+
+def stop_value(price: str, working_type: str) -> str:
+    """A working stop as the stops hash keeps it: the price, with `` C`` appended for a
+    CONTRACT_PRICE stop (MARK_PRICE, harvest's, is the bare price)."""
+    if working_type not in (MARK_PRICE, CONTRACT_PRICE):
+        raise ValueError(f"workingType {working_type!r}: MARK_PRICE or CONTRACT_PRICE")
+    return price + " C" if working_type == CONTRACT_PRICE else price
+
+
+def parse_stop(v: str) -> tuple[float, str]:
+    """(price USDT, workingType) of a stops-hash value (:func:`stop_value`)."""
+    if v.endswith(" C"):
+        return float(v[:-2]), CONTRACT_PRICE
+    return float(v), MARK_PRICE
+
+
+def _crosses(x, stop: float, side: Side):
+    """Whether price(s) ``x`` cross a stop protecting a ``side`` position (at or through)."""
+    return x <= stop if side is Side.LONG else x >= stop
+
+
+def trigger_bar(kl, last: float, now: float, side: Side, stop: float, working_type: str) -> int | None:
+    """Index of the first bar of ``kl`` in [bar of ``last``, bar of ``now``] whose price named by
+    ``working_type`` crosses ``stop`` (MARK_PRICE: the close, the engine's mark; CONTRACT_PRICE:
+    the low for a LONG, the high for a SHORT); None when none does."""
+    i0, i1 = kl.index_at(last), kl.index_at(now)
+    if working_type == MARK_PRICE:
+        series = kl.close[i0 : i1 + 1]
+    else:
+        series = (kl.low if side is Side.LONG else kl.high)[i0 : i1 + 1]
+    hit = np.flatnonzero(_crosses(series, stop, side))
+    return i0 + int(hit[0]) if hit.size else None
+
+
+def stop_fills(
+    kl,
+    f,
+    side: Side,
+    qty: Decimal,
+    first: int,
+    last_bar: int,
+    t_first: float,
+    base: float | None,
+    override: float | None,
+    slippage: float,
+    participation: float,
+) -> tuple[list[tuple[float, Decimal, float]], Decimal, int]:
+    """The fills of a triggered stop's MARKET order of ``qty`` (base units) closing a ``side``
+    position, bar by bar from bar ``first`` (at time ``t_first``, price ``base`` — the trigger
+    price or the gap's open; None: the bar's open) through bar ``last_bar`` (the bar of market
+    now), by the module's fill model. ``f``: the symbol's filters (tickSize, stepSize).
+    Returns ``([(time s, qty, price USDT), …], qty left, the next bar to fill from)``."""
+    fills: list[tuple[float, Decimal, float]] = []
+    left = qty
+    k = first
+    adverse = "down" if side is Side.LONG else "up"  # a LONG is closed by a SELL: lower is worse
+    while left > 0 and k <= last_bar:
+        lo, hi = float(kl.low[k]), float(kl.high[k])
+        if override is not None:
+            b = override
+            rng = (hi - lo) / float(kl.close[k]) * override
+        else:
+            b = base if (k == first and base is not None) else float(kl.open[k])
+            rng = hi - lo
+        px = b - side.sign * slippage * rng
+        if override is None:
+            px = min(max(px, lo), hi)
+        price = float(f.round_price(px, adverse))
+        if price <= 0:
+            price = float(f.tick_size)
+        cap = f.round_qty(Decimal(repr(participation * float(kl.volume[k]))))
+        q = min(left, cap)
+        if q > 0:
+            fills.append((t_first if k == first else float(kl.open_time[k]), q, price))
+            left -= q
+        k += 1
+    return fills, left, k
 
 
 _BRACKETS: dict[str, tuple[Bracket, ...]] = {}
@@ -49,7 +168,7 @@ def paper_liquidation(source: str, side: Side, qty: float, entry_price: float, l
 
 
 #: The position-row fields a report needs, in the order :data:`_READ_POSITIONS_LUA` returns them.
-_ROW_FIELDS = ("side", "qty", "entry_price", "leverage", "opened_at", "settled_at", "funding_paid")
+_ROW_FIELDS = ("side", "qty", "entry_price", "leverage", "opened_at", "settled_at", "funding_paid", "pending")
 _SIDES = {s.value: s for s in Side}
 
 #: Every position row of an account with its working stop prices and mark override, in one
@@ -83,7 +202,8 @@ return {redis.call('HGETALL', KEYS[1]), redis.call('HVALS', KEYS[2]), redis.call
 
 #: A reduce-only fill, applied only if the position row is still as it was read (compare-and-
 #: set on qty, side, entry price and settled_at; any settlement, fill or re-open changes one).
-#: KEYS: position, orders, pnl, order log, order id sequence, trades. ARGV: clientOrderId, qty,
+#: KEYS: position, orders, pnl, order log, order id sequence, trades, orders by id (the new order
+#: and any earlier order of the same clientOrderId are kept there by orderId). ARGV: clientOrderId, qty,
 #: side, entry_price, settled_at (as read), qty after, order JSON (``"order_id":0,`` is replaced
 #: by the id drawn here), realized PnL, commission, symbol, FILL log data (``"orderId": 0,`` replaced
 #: likewise), wall ts, market ts,
@@ -98,8 +218,10 @@ local row = redis.call('HMGET', KEYS[1], 'qty', 'side', 'entry_price', 'settled_
 for i = 1, 4 do if (row[i] or '') ~= ARGV[i + 1] then return 0 end end
 local id = redis.call('INCR', KEYS[5])
 local order = string.gsub(ARGV[7], '"order_id":0,', '"order_id":' .. id .. ',', 1)
+if ex then redis.call('HSET', KEYS[7], string.format('%d', cjson.decode(ex)['order_id']), ex) end
 redis.call('HSET', KEYS[1], 'qty', ARGV[6])
 redis.call('HSET', KEYS[2], ARGV[1], order)
+redis.call('HSET', KEYS[7], id, order)
 local trade = string.gsub(ARGV[14], '"orderId":0,', '"orderId":' .. id .. ',', 1)
 trade = string.gsub(trade, '"id":0,', '"id":' .. id .. ',', 1)
 redis.call('RPUSH', KEYS[6], trade)
@@ -122,7 +244,7 @@ def _tightest(prices: list[float], side: Side) -> float | None:
 
 
 def _trade_json(
-    order_id: int,
+    trade_id: int,
     symbol: str,
     side: str,
     position_side: str,
@@ -132,14 +254,16 @@ def _trade_json(
     fee: float,
     market_t: float,
     client_order_id: str,
+    order_id: int | None = None,
 ) -> str:
     """One fill as the trade log keeps it (``/fapi/v1/userTrades``' fields, numbers as
-    numbers; ``time`` in market seconds). ``order_id`` 0 is a placeholder the fill script
-    replaces (``id`` too: one trade per order here)."""
+    numbers; ``time`` in market seconds). ``order_id``: the order the trade belongs to (default:
+    ``trade_id``, one trade per order). 0 is a placeholder the fill script replaces (``id``
+    too)."""
     return json.dumps(
         {
-            "id": order_id,
-            "orderId": order_id,
+            "id": trade_id,
+            "orderId": trade_id if order_id is None else order_id,
             "symbol": symbol,
             "side": side,
             "positionSide": position_side,
@@ -180,18 +304,29 @@ class _SettleProbe:
             due = self._funding[(src, last)] = bool(i < len(ft) and ft[i] <= self.now)
         return due
 
-    def stop_hit(self, src: str, last: float, side: Side, stop: float, override: str | None) -> bool:
-        """The mark override, or a kline low (LONG) / high (SHORT) in [last, now], crosses
-        ``stop``. The one stop-trigger rule of the engine (:meth:`PaperVenue._settle` uses it)."""
+    def stop_hit(self, src: str, last: float, side: Side, stops: list[tuple[float, str]], override: str | None) -> bool:
+        """Whether any of ``stops`` ((price, workingType), :func:`parse_stop`) triggers in
+        [last, now]: the mark override crosses it, or else the price its workingType names —
+        a bar close (MARK_PRICE) or a bar's low/high (CONTRACT_PRICE) — does
+        (:func:`trigger_bar` is the exact rule; this is its cached yes/no)."""
         if override is not None:
             m = float(override)
-            return m <= stop if side is Side.LONG else m >= stop
+            return any(_crosses(m, p, side) for p, _ in stops)
         rng = self._ranges.get((src, last))
         if rng is None:
             kl = load_klines(src)
             i0, i1 = kl.index_at(last), kl.index_at(self.now)
-            rng = self._ranges[(src, last)] = (float(kl.low[i0 : i1 + 1].min()), float(kl.high[i0 : i1 + 1].max()))
-        return rng[0] <= stop if side is Side.LONG else rng[1] >= stop
+            rng = self._ranges[(src, last)] = (
+                float(kl.close[i0 : i1 + 1].min()),
+                float(kl.close[i0 : i1 + 1].max()),
+                float(kl.low[i0 : i1 + 1].min()),
+                float(kl.high[i0 : i1 + 1].max()),
+            )
+        for p, wt in stops:
+            lo, hi = (rng[0], rng[1]) if wt == MARK_PRICE else (rng[2], rng[3])
+            if _crosses(lo if side is Side.LONG else hi, p, side):
+                return True
+        return False
 
 
 class PaperSettlement:
@@ -204,14 +339,19 @@ class PaperSettlement:
         """A position as read (``vals``: the row's :data:`_ROW_FIELDS` values, None where
         absent; working stop prices; mark override), or — when a funding event or a stop hit
         is due since its last settlement — as settled. None for no row or qty ≤ 0."""
-        side_s, qty_s, entry_s, leverage_s, opened_s, settled_s, funding_s = vals
+        side_s, qty_s, entry_s, leverage_s, opened_s, settled_s, funding_s, pending_s = vals
         if qty_s is None or (qty := float(qty_s)) <= 0:
             return None
         side = _SIDES.get(side_s) or Side(side_s)  # Side() raises for anything else
         src = self.source(sym)
-        stop = _tightest([float(v) for v in stop_vals], side) if stop_vals else None
+        parsed = [parse_stop(v) for v in stop_vals]
+        stop = _tightest([p for p, _ in parsed], side) if parsed else None
         last = min(float(settled_s), probe.now) if settled_s is not None else probe.now
-        if probe.funding_due(src, last) or (stop is not None and probe.stop_hit(src, last, side, stop, override)):
+        if (
+            pending_s
+            or probe.funding_due(src, last)
+            or (stop is not None and probe.stop_hit(src, last, side, parsed, override))
+        ):
             self._settle(sym)  # an event to settle: the transactional path
             return self._position(sym)
         entry, lev = float(entry_s), float(leverage_s)
@@ -279,40 +419,129 @@ class PaperSettlement:
 
     def working_stop(self, symbol: str, side: Side) -> float | None:
         """The tightest working stop of a position (highest for LONG, lowest for SHORT)."""
-        return _tightest([float(v) for v in self.r.hvals(self.k_stops(symbol))], side)
+        return _tightest([parse_stop(v)[0] for v in self.r.hvals(self.k_stops(symbol))], side)
+
+    def fill_model(self) -> tuple[float, float]:
+        """(slippage, participation) of triggered stops' fills (module docstring): the
+        namespace's ``<ns>:paper:fill_model`` or the defaults."""
+        raw = self.r.get(f"{self.ns}:paper:fill_model")
+        if raw is None:
+            return STOP_SLIPPAGE, PARTICIPATION
+        d = json.loads(raw)
+        return float(d["slippage"]), float(d["participation"])
+
+    def _trigger(
+        self, kl, last: float, now: float, side: Side, stops: dict[str, tuple[float, str]], override: str | None
+    ) -> tuple[str, float, str, int, float, float | None] | None:
+        """The stop that triggers first in [last, now] (module docstring): ``(clientAlgoId, its
+        price, workingType, trigger bar, trigger time s, base price or None for the override)``,
+        or None. Among stops crossed in the same bar (or by the override) the tightest wins."""
+        i0, i1 = kl.index_at(last), kl.index_at(now)
+        best = None
+        for cid, (price, wt) in stops.items():
+            if override is not None:
+                j = i1 if _crosses(float(override), price, side) else None
+            else:
+                j = trigger_bar(kl, last, now, side, price, wt)
+            if j is None:
+                continue
+            key = (j, -side.sign * price)  # earlier bar first; then the tightest (highest under a LONG)
+            if best is None or key < best[0]:
+                best = (key, cid, price, wt, j)
+        if best is None:
+            return None
+        _, cid, price, wt, j = best
+        if override is not None:
+            return cid, price, wt, j, now, None
+        t = max(float(kl.open_time[j]), last)
+        gap = j > i0 and bool(_crosses(float(kl.open[j]), price, side))
+        return cid, price, wt, j, t, float(kl.open[j]) if gap else price
 
     def _settle(self, symbol: str) -> None:
-        """Apply funding events and stop triggers between the last settlement and now."""
+        """Apply funding events, stop triggers and the fills of a triggered stop's MARKET order
+        (module docstring) between the last settlement and now, in one transaction on the
+        position row, with their trades, order records and order-log entries."""
         key = self.k_pos(symbol)
         k_stops = self.k_stops(symbol)
         now = self.clock.now()
         override = self.r.get(self.k_mark(symbol))
         src = self.source(symbol)
+        slippage, participation = self.fill_model()
+        f = self.filters(symbol)
+        kl = load_klines(src)
 
         def tx(p):
             h = p.hgetall(key)
-            stops = {cid: float(v) for cid, v in p.hgetall(k_stops).items()}
-            if not h or float(h["qty"]) <= 0:
+            stops = {cid: parse_stop(v) for cid, v in p.hgetall(k_stops).items()}
+            if not h or Decimal(h["qty"]) <= 0:
                 return None
             last = min(float(h.get("settled_at", now)), now)
             side = Side(h["side"])
-            qty = float(h["qty"])
+            pos_q = Decimal(h["qty"])
+            qty = float(pos_q)
+            entry = float(h["entry_price"])
             # Funding at each calc_time in (last, now].
             ft, fr = load_funding(src)
             sel = (ft > last) & (ft <= now)
             funding = 0.0
             events = []
             if sel.any():
-                kl = load_klines(src)
                 events = [
                     (float(t), side.sign * r * qty * kl.mark_at(t)) for t, r in zip(ft[sel], fr[sel], strict=True)
                 ]
                 funding = float(sum(x for _, x in events))
-            # Stop trigger on the path since the last settlement.
-            stop = _tightest(list(stops.values()), side)
-            trigger = stop if stop is not None and _SettleProbe(now).stop_hit(src, last, side, stop, override) else None
-            if not funding and trigger is None and now == last:
+            # A triggered stop's MARKET order still filling, or a stop triggering now.
+            pending = json.loads(h["pending"]) if h.get("pending") else None
+            i1 = kl.index_at(now)
+            ov = float(override) if override is not None else None
+            trig = None
+            fills: list[tuple[float, Decimal, float]] = []
+            if pending is not None:
+                want = min(Decimal(pending["left"]), pos_q)
+                fills, left, nxt = stop_fills(
+                    kl, f, side, want, int(pending["next"]), i1, now, None, ov, slippage, participation
+                )
+                raw_order, raw_algo = p.hget(self.k_by_id, str(pending["oid"])), p.hget(self.k_orders, pending["cid"])
+                if raw_order is None or raw_algo is None:  # records gone (a test wiped them): nothing to fill
+                    fills, left, pending = [], Decimal(0), None
+                else:
+                    order = OrderResult.model_validate_json(raw_order)
+                    algo = OrderResult.model_validate_json(raw_algo)
+            elif stops:
+                trig = self._trigger(kl, last, now, side, stops, override)
+                if trig is not None:
+                    cid, sp, wt, j, t_trig, base = trig
+                    fills, left, nxt = stop_fills(kl, f, side, pos_q, j, i1, t_trig, base, ov, slippage, participation)
+                    algo = OrderResult.model_validate_json(p.hget(self.k_orders, cid))
+                    oid = self._next_order_id()
+                    order = OrderResult(
+                        symbol=symbol,
+                        client_order_id=cid,
+                        order_id=oid,
+                        side=side.close_order_side,
+                        type="MARKET",
+                        orig_type=algo.type,
+                        status="NEW",
+                        position_side=algo.position_side,
+                        orig_qty=qty,
+                        reduce_only=True,
+                        close_position=True,
+                        stop_price=sp,
+                        update_time=t_trig,
+                        create_time=t_trig,
+                    )
+                    algo = algo.model_copy(
+                        update={
+                            "status": "TRIGGERED",
+                            "actual_order_id": oid,
+                            "trigger_time": t_trig,
+                            "update_time": t_trig,
+                            "create_time": algo.create_time if algo.create_time is not None else algo.update_time,
+                        }
+                    )
+            if not funding and trig is None and not fills and now == last:
                 return None
+            trade_ids = [self._next_order_id() for _ in fills]
             p.multi()
             p.hset(
                 key,
@@ -335,41 +564,149 @@ class PaperSettlement:
                         }
                     ),
                 )
-            if trigger is not None:
-                pnl = side.sign * (trigger - float(h["entry_price"])) * qty
-                fee = trigger * qty * self.fee_rate
-                hit_cid = next(c for c, v in stops.items() if v == trigger)
-                p.hset(key, mapping={"qty": "0"})
-                p.delete(k_stops)
+            if trig is None and pending is None:
+                return None
+            if trig is not None:
+                p.hincrby(self.k_pnl, f"{symbol}:stops_hit", 1)
+                p.hdel(k_stops, order.client_order_id)
+                p.xadd(
+                    self.k_log,
+                    self._log_entry(
+                        "STOP_TRIGGERED",
+                        symbol,
+                        {
+                            "clientAlgoId": order.client_order_id,
+                            "algoId": algo.order_id,
+                            "orderId": order.order_id,
+                            "side": side.value,
+                            "orderSide": order.side,
+                            "qty": SymbolFilters.fmt(pos_q),
+                            "stopPrice": order.stop_price,
+                            "workingType": trig[2],
+                            "positionSide": order.position_side,
+                        },
+                    ),
+                )
+            cum = Decimal(repr(order.executed_qty))
+            cost = order.executed_qty * order.avg_price
+            pnl_sum, fee_sum = order.realized_pnl, order.commission
+            pos_left = pos_q - sum((q for _, q, _ in fills), Decimal(0))
+            finished = left <= 0 or pos_left <= 0
+            for n, ((t, q, price), tid) in enumerate(zip(fills, trade_ids, strict=True), 1):
+                fq = float(q)
+                pnl = side.sign * (price - entry) * fq
+                fee = price * fq * self.fee_rate
+                cum += q
+                cost += price * fq
+                pnl_sum += pnl
+                fee_sum += fee
+                done = finished and n == len(fills)
                 p.hincrbyfloat(self.k_pnl, f"{symbol}:realized", pnl)
                 p.hincrbyfloat(self.k_pnl, f"{symbol}:commission", fee)
-                p.hincrby(self.k_pnl, f"{symbol}:stops_hit", 1)
                 p.rpush(
                     self.k_trades,
-                    _trade_json(trade_id, symbol, side.close_order_side, "BOTH", qty, trigger, pnl, fee, now, hit_cid),
+                    _trade_json(
+                        tid,
+                        symbol,
+                        order.side,
+                        order.position_side,
+                        fq,
+                        price,
+                        pnl,
+                        fee,
+                        t,
+                        order.client_order_id,
+                        order_id=order.order_id,
+                    ),
                 )
-                return side, qty, trigger, hit_cid, pnl, fee, list(stops)
+                p.xadd(
+                    self.k_log,
+                    self._log_entry(
+                        "STOP_FILL",
+                        symbol,
+                        {
+                            "clientOrderId": order.client_order_id,
+                            "orderId": order.order_id,
+                            "tradeId": tid,
+                            "side": order.side,
+                            "positionSide": order.position_side,
+                            "origQty": order.orig_qty,
+                            "qty": SymbolFilters.fmt(q),
+                            "price": price,
+                            "cumQty": SymbolFilters.fmt(cum),
+                            "avgPrice": cost / float(cum),
+                            "status": "FILLED" if done else "PARTIALLY_FILLED",
+                            "realizedPnl": pnl,
+                            "commission": fee,
+                            "time": t,
+                        },
+                    ),
+                )
+            status = "FILLED" if finished else ("PARTIALLY_FILLED" if cum > 0 else "NEW")
+            t_last = fills[-1][0] if fills else order.update_time
+            order = order.model_copy(
+                update={
+                    "status": status,
+                    "executed_qty": float(cum),
+                    "avg_price": cost / float(cum) if cum > 0 else 0.0,
+                    "realized_pnl": pnl_sum,
+                    "commission": fee_sum,
+                    "update_time": t_last,
+                }
+            )
+            algo = algo.model_copy(
+                update={
+                    "status": "FILLED" if finished else "TRIGGERED",
+                    "executed_qty": order.executed_qty,
+                    "avg_price": order.avg_price,
+                    "realized_pnl": pnl_sum,
+                    "commission": fee_sum,
+                    "update_time": t_last,
+                }
+            )
+            p.hset(self.k_by_id, str(order.order_id), order.model_dump_json())
+            p.hset(self.k_orders, order.client_order_id, algo.model_dump_json())
+            p.hset(key, "qty", SymbolFilters.fmt(pos_left) if pos_left > 0 else "0")
+            if finished:
+                p.hdel(key, "pending")
+                p.xadd(
+                    self.k_log,
+                    self._log_entry(
+                        "STOP_FINISHED",
+                        symbol,
+                        {
+                            "clientAlgoId": algo.client_order_id,
+                            "algoId": algo.order_id,
+                            "orderId": order.order_id,
+                            "side": side.value,
+                            "stopPrice": algo.stop_price,
+                            "executedQty": order.executed_qty,
+                            "avgPrice": order.avg_price,
+                        },
+                    ),
+                )
+            else:
+                p.hset(
+                    key,
+                    "pending",
+                    json.dumps(
+                        {
+                            "cid": order.client_order_id,
+                            "oid": order.order_id,
+                            "left": SymbolFilters.fmt(left),
+                            "next": nxt,
+                        }
+                    ),
+                )
+            if pos_left <= 0:
+                p.delete(k_stops)
+                return [c for c in stops if c != order.client_order_id]
             return None
 
-        trade_id = self._next_order_id()
-        tran_base = trade_id * 1000
-        hit = self.r.transaction(tx, key, k_stops, value_from_callable=True)
-        if hit is not None:
-            side, qty, trigger, hit_cid, pnl, fee, cids = hit
-            self._log(
-                "STOP_TRIGGERED",
-                symbol,
-                {
-                    "clientAlgoId": hit_cid,
-                    "side": side.value,
-                    "qty": qty,
-                    "price": trigger,
-                    "realizedPnl": pnl,
-                    "commission": fee,
-                    "orderId": trade_id,
-                },
-            )
-            self._end_stops(symbol, cids, filled=(hit_cid, qty, trigger, pnl, fee))
+        tran_base = self._next_order_id() * 1000
+        ended = self.r.transaction(tx, key, k_stops, value_from_callable=True)
+        if ended:
+            self._end_stops(symbol, ended)
 
     # ------------------------------------------------------------------ orders
 
@@ -414,9 +751,10 @@ class PaperSettlement:
             "data": json.dumps(data, default=str),
         }
 
-    def _end_stops(self, symbol: str, cids: list[str], filled: tuple | None = None) -> None:
-        """Record the end of stops no longer working: the triggered one FILLED (algoStatus
-        FINISHED), every other one EXPIRED (its position is gone)."""
+    def _end_stops(self, symbol: str, cids: list[str]) -> None:
+        """Record the end of stops no longer working, their position gone: each still NEW one
+        EXPIRED (Binance's system-led cancel of a closePosition order). A triggered stop's own
+        record is written by :meth:`_settle`."""
         for cid in cids:
             raw = self.r.hget(self.k_orders, cid)
             if raw is None:
@@ -424,21 +762,8 @@ class PaperSettlement:
             o = OrderResult.model_validate_json(raw)
             if o.status != "NEW":
                 continue
-            if filled is not None and cid == filled[0]:
-                _, qty, price, pnl, fee = filled
-                o = o.model_copy(
-                    update={
-                        "status": "FILLED",
-                        "executed_qty": qty,
-                        "avg_price": price,
-                        "realized_pnl": pnl,
-                        "commission": fee,
-                        "update_time": self.clock.now(),
-                    }
-                )
-            else:
-                o = o.model_copy(update={"status": "EXPIRED", "update_time": self.clock.now()})
-                self._log("STOP_EXPIRED", symbol, {"clientAlgoId": cid})
+            o = o.model_copy(update={"status": "EXPIRED", "update_time": self.clock.now()})
+            self._log("STOP_EXPIRED", symbol, {"clientAlgoId": cid})
             self.r.hset(self.k_orders, cid, o.model_dump_json())
 
     def pnl(self) -> dict[str, dict[str, float]]:

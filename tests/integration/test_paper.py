@@ -110,8 +110,15 @@ def test_stop_moves_and_triggers_on_the_kline_path(venue):
     assert venue.position("ETHUSDT").stop_price == pytest.approx(stop)
     rt_clock.set(1750541520.0, 0.0)
     assert venue.position("ETHUSDT") is None
+    # The mark (a bar's close) first crosses the stop in the 1-minute bar that fell from 2387.12 to
+    # 2303.20 (high 2387.50, low 2300.00): the stop fills as a MARKET order at the stop less 10 %
+    # of that bar's range (the fill model's default slippage), 8.75 USDT per ETH worse than the
+    # stop — Binance's fill; the old engine filled at the stop itself, which was kinder.
+    fill = 2354.89 - 0.1 * (2387.50 - 2300.00)
     pnl = venue.pnl()["ETHUSDT"]
-    assert pnl["stops_hit"] == 1 and pnl["realized"] == pytest.approx((stop - pos.entry_price) * 1.0)
+    assert stop == 2354.89
+    assert pnl["stops_hit"] == 1 and pnl["realized"] == pytest.approx((fill - pos.entry_price) * 1.0)
+    assert venue.trades()[-1]["price"] == pytest.approx(fill)
 
 
 def test_funding_is_paid_at_each_calc_time(venue):
