@@ -293,6 +293,7 @@ class HarvestSettings(BaseSettings):
             parse_sentinel_url(str(v))  # a malformed Sentinel URL stops start-up here, named
         elif v is not None:
             tls_options(v)  # an unknown ssl_cert_reqs stops start-up here
+            redis_db(v)  # a db that is not a non-negative integer stops start-up here
         return v
 
     @field_validator("fapi_url")
@@ -475,9 +476,54 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
+#: Query parameters of a URL whose value is a secret (masked by :func:`mask_url`).
+SECRET_QUERY_KEYS = ("password", "passwd", "pass", "pwd", "token", "secret", "key", "apikey", "api_key", "auth")
+
+
 def mask_url(url: str) -> str:
-    """A URL as it may be shown (logs, errors): its password replaced by ``**``."""
-    return re.sub(r"^([a-z+]+://[^:@/]*:)[^@/]*@", r"\1**@", url)
+    """A URL as it may be shown (logs, errors, terminal): its password (the ``user:password@``
+    part, for any scheme, ``redis+sentinel://`` and ``amqp://`` included) and the value of
+    every query parameter named in :data:`SECRET_QUERY_KEYS` (``?password=…``, ``&token=…``)
+    replaced by ``**``, everything else as given. A userinfo without a colon (``redis://pw@h``,
+    which redis-py takes as a username) is masked whole: it may well be a password."""
+    url = re.sub(r"^([a-z][a-z0-9+.-]*://[^:@/?#]*:)[^@/?#]*@", r"\1**@", str(url), flags=re.IGNORECASE)
+    # a userinfo without a colon: redis-py sends it as a username, but operators write
+    # redis://<password>@host too; the more careful reading masks it
+    url = re.sub(r"^([a-z][a-z0-9+.-]*://)[^:@/?#]+@", r"\1**@", url, flags=re.IGNORECASE)
+    keys = "|".join(SECRET_QUERY_KEYS)
+    return re.sub(rf"([?&;](?:{keys})=)[^&;#]*", r"\1**", url, flags=re.IGNORECASE)
+
+
+def redis_db(url: str) -> int | None:
+    """The database number of a ``redis://``, ``rediss://`` or ``unix://`` URL as redis-py
+    reads it (the ``?db=`` query, else the path's one segment: ``redis://h:6379/2`` → 2; no
+    path or ``/`` → 0); None for any other scheme (``amqp://``; ``redis+sentinel://`` is
+    checked by :func:`settings.sentinel.parse_sentinel_url`). Raises ValueError when the db is
+    not a non-negative integer (``/abc``, ``/-1``, ``/0/1``, ``?db=x``): redis-py would take
+    ``/abc`` silently as db 0 and send ``SELECT -1`` to the server. Whether the server has that
+    many databases (its ``databases``, 16 by default) is only known when connecting."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("redis", "rediss", "unix"):
+        return None
+    given = parse_qs(parts.query).get("db")
+    where = "the db query parameter"
+    if given:
+        text = given[-1]
+    elif scheme == "unix":  # the path is the socket's
+        return 0
+    else:
+        text = parts.path.removeprefix("/")
+        where = "the db (the URL's path)"
+        if text == "":
+            return 0
+    if not re.fullmatch(r"[0-9]{1,9}", text):
+        raise ValueError(
+            f"{where} must be a non-negative integer "
+            f"(e.g. {'unix:///run/redis.sock?db=0' if scheme == 'unix' else scheme + '://127.0.0.1:6379/0'}), "
+            f"not {text[:20]!r}"
+        )
+    return int(text)
 
 
 def _explain(err: ValidationError) -> str:
@@ -506,7 +552,7 @@ def _explain(err: ValidationError) -> str:
 
 #: ``HARVEST_*`` variables that are not settings: read by the set-up (secret files), the tests
 #: and the benchmarks. Any other unknown ``HARVEST_*`` variable stops start-up.
-NOT_SETTINGS = ("HARVEST_SECRETS_DIR",)
+NOT_SETTINGS = ("HARVEST_SECRETS_DIR", "HARVEST_DEBUG")  # HARVEST_DEBUG: the CLI's --debug
 NOT_SETTINGS_PREFIXES = ("HARVEST_TEST_", "HARVEST_BENCH_", "HARVEST_HYPOTHESIS_")
 
 

@@ -5,9 +5,49 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from harvest.domain.models import PlanState
+
+#: What :func:`term_safe` escapes: every C0 control (U+0000–U+001F, ESC included: no CSI/OSC
+#: sequence reaches the terminal whole), DEL, every C1 control (U+0080–U+009F, CSI U+009B among
+#: them), and the invisible direction and line controls (U+061C, U+200E/F, U+2028/9, U+202A–E,
+#: U+2066–9) that make a terminal show text in another order than it is stored ("Trojan Source",
+#: CVE-2021-42574). Each becomes its Python escape (``\x1b``, ``\u202e``).
+_TERM_ESCAPES = {
+    c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}")
+    for c in (
+        *range(0x20),
+        0x7F,
+        *range(0x80, 0xA0),
+        0x061C,
+        0x200E,
+        0x200F,
+        0x2028,
+        0x2029,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    )
+} | {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+_TERM_ESCAPES_MULTILINE = {c: e for c, e in _TERM_ESCAPES.items() if c not in (0x09, 0x0A)}
+
+
+def term_safe(value: object, multiline: bool = False) -> str:
+    """``str(value)`` as it may be written to a terminal: the controls of :data:`_TERM_ESCAPES`
+    (an escape sequence in a plan's reason, an exchange error message, an account name read
+    back from Redis) shown as their Python escapes, so that stored text can neither move the
+    cursor, clear the screen, set the window title nor forge a line (``\\n``, ``\\r`` and
+    ``\\t`` shown as those). ``multiline``: keep newlines and tabs (a report formatted over
+    several lines); otherwise they are escaped too (one stored field, one line). Everything
+    else, non-ASCII text included, is kept."""
+    return str(value).translate(_TERM_ESCAPES_MULTILINE if multiline else _TERM_ESCAPES)
+
+
+def _say(*lines: object, multiline: bool = False, file=None) -> None:
+    """Print each of ``lines`` through :func:`term_safe` (stdout unless ``file``)."""
+    for line in lines:
+        print(term_safe(line, multiline), file=file or sys.stdout)
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
@@ -83,7 +123,10 @@ def _cmd_scorecard(a: argparse.Namespace) -> int:
     from harvest.services.runtime import get_runtime
 
     card = build_scorecard(get_runtime())
-    print(json.dumps(card, indent=2, sort_keys=True) if a.json else format_scorecard(card))
+    if a.json:
+        print(json.dumps(card, indent=2, sort_keys=True))
+    else:  # account names, reasons and error texts in it come from Redis
+        _say(format_scorecard(card), multiline=True)
     return 0
 
 
@@ -96,10 +139,13 @@ def _cmd_reconcile(a: argparse.Namespace) -> int:
 
     try:
         out = reconcile_once(get_runtime(), resend=start_resend)
-    except VenueError as e:
-        print(f"harvest reconcile: venue unavailable ({e}); nothing changed", file=sys.stderr)
+    except VenueError as e:  # the exchange's message, escaped
+        _say(f"harvest reconcile: venue unavailable ({e}); nothing changed", file=sys.stderr)
         return 1
-    print(json.dumps(out) if a.json else "  ".join(f"{k}={v}" for k, v in out.items()))
+    if a.json:
+        print(json.dumps(out))
+    else:
+        _say("  ".join(f"{k}={v}" for k, v in out.items()))
     return 0
 
 
@@ -236,7 +282,7 @@ def _cmd_trading(a: argparse.Namespace) -> int:
     rt = get_runtime()
     k = rt.plans.k
     if a.account is not None and a.account not in rt.accounts:  # a typo must not hold nothing
-        print(f"unknown account {a.account!r}; configured: {', '.join(rt.accounts)}", file=sys.stderr)
+        _say(f"unknown account {a.account!r}; configured: {', '.join(rt.accounts)}", file=sys.stderr)
         return 2
     if a.action != "show":
         state = {"halt": "HALTED", "reduce": "REDUCING", "resume": "ACTIVE", "shadow": "SHADOW"}[a.action]
@@ -251,7 +297,7 @@ def _cmd_trading(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(out))
     else:
-        print(
+        _say(  # states and account names as read from Redis
             f"deployment: {out['deployment']}  "
             + "  ".join(f"account {x}: {v}" for x, v in out["accounts"].items())
             + "  (in force: "
@@ -300,7 +346,7 @@ def _cmd_plans(a: argparse.Namespace) -> int:
 
     for r in rows:
         t = datetime.fromtimestamp(r["created_at"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        print(
+        _say(  # every field as stored: escaped, one plan per line whatever its reason holds
             f"{t}  {r['plan_id']}  {r['symbol']:<10} {r['action']:<20} #{r['attempt']:<2} "
             f"{r['state']:<16} {r['reason']}"
         )
@@ -318,7 +364,7 @@ def _cmd_plan(a: argparse.Namespace) -> int:
         return 2
     if a.action == "cancel":
         if plan.state not in (PlanState.PROPOSED, PlanState.APPROVED):
-            print(
+            _say(
                 f"harvest plan: {a.plan_id} is {plan.state}: only a PROPOSED or APPROVED plan can be cancelled "
                 "(a SUBMITTED one's order is with the exchange; confirm resolves it)",
                 file=sys.stderr,
@@ -326,16 +372,16 @@ def _cmd_plan(a: argparse.Namespace) -> int:
             return 2
         ok, before = rt.plans.transition(a.plan_id, PlanState.REJECTED, "operator_cancel", data={"who": _who()})
         done = "cancelled (REJECTED operator_cancel; its decision is not tried again this epoch)"
-        print(f"{a.plan_id}: {done if ok else f'not cancelled: it moved to {before}'}")
+        _say(f"{a.plan_id}: {done if ok else f'not cancelled: it moved to {before}'}")
         return 0 if ok else 1
     if a.action == "retry":
         from harvest.domain.plans import NON_TERMINAL
 
         if plan.state in NON_TERMINAL:
-            print(f"harvest plan: {a.plan_id} is {plan.state}: still in flight, nothing to retry", file=sys.stderr)
+            _say(f"harvest plan: {a.plan_id} is {plan.state}: still in flight, nothing to retry", file=sys.stderr)
             return 2
         if plan.state in (PlanState.FILLED, PlanState.SHADOWED):
-            print(f"harvest plan: {a.plan_id} is {plan.state}: it took effect, nothing to retry", file=sys.stderr)
+            _say(f"harvest plan: {a.plan_id} is {plan.state}: it took effect, nothing to retry", file=sys.stderr)
             return 2
         rt.plans.request_retry(plan, _who())
         print(
@@ -349,24 +395,22 @@ def _cmd_plan(a: argparse.Namespace) -> int:
         return 0
     p = plan
     d = p.decision
-    print(
+    # Every field below was read from Redis (the exchange's error message among them): each line
+    # is escaped whole, so a stored escape sequence or newline shows as text.
+    _say(
         f"plan {p.plan_id}  {p.symbol} {p.side.value} epoch {p.epoch}  {p.action.value} tier {p.tier} "
-        f"attempt {p.attempt}  lineage {p.lineage}"
-    )
-    print(f"state {p.state} ({p.reason})  clientOrderId {p.client_order_id}")
-    print(
+        f"attempt {p.attempt}  lineage {p.lineage}",
+        f"state {p.state} ({p.reason})  clientOrderId {p.client_order_id}",
         f"decision: mark {d.get('mark_price')}  R_net {d.get('r_net')}  kill {d.get('kill_score')}  "
-        f"regime {d.get('regime')}  reasons {d.get('reason_codes')}"
-    )
-    print(f"components: {d.get('components')}")
-    print(
+        f"regime {d.get('regime')}  reasons {d.get('reason_codes')}",
+        f"components: {d.get('components')}",
         f"order: qty {p.order_qty}  stop {p.stop_price}  executed {p.executed_qty} @ {p.avg_price}  "
-        f"realized PnL (net of fees) {p.realized_pnl}  error {p.error_code} {p.error_message or ''}"
+        f"realized PnL (net of fees) {p.realized_pnl}  error {p.error_code} {p.error_message or ''}",
     )
     for t in ledger["transitions"]:
-        print(
+        _say(
             f"  {t.get('ts')}  {t.get('from') or '-':>9} → {t.get('to'):<16} {t.get('reason')}  "
-            f"{t.get('data', '')[:200]}"
+            f"{str(t.get('data', ''))[:200]}"
         )
     return 0
 
@@ -387,7 +431,7 @@ def _cmd_schedule(a: argparse.Namespace) -> int:
             print(f"{a.name}: back to the settings value, every {value:g} s")
             return 0
     except ValueError as e:
-        print(f"harvest schedule: {e}", file=sys.stderr)
+        _say(f"harvest schedule: {e}", file=sys.stderr)
         return 2
     rows = list_schedule(app, s)
     if a.json:
@@ -397,7 +441,7 @@ def _cmd_schedule(a: argparse.Namespace) -> int:
     for row in rows:
         nxt = "-" if row["next_run_in_s"] is None else f"{row['next_run_in_s']:.1f}"
         src = row["source"] + ("" if row["installed"] else "*")
-        print(
+        _say(  # names and tasks as read back from beat's schedule in Redis
             f"{row['name']:<14}{row['task']:<32}{row['interval_s']:>10g}{row['expires_s'] or 0:>12g}  {src:<9}{nxt:>12}"
         )
     if not all(r["installed"] for r in rows):
@@ -622,13 +666,143 @@ def _cmd_replay(a: argparse.Namespace) -> int:
     return 0
 
 
+def _redis_url_shown() -> str:
+    """The state store's URL as it may be printed (password and tokens masked): the settings'
+    ``redis_url`` or, when the settings cannot be read, ``HARVEST_REDIS_URL`` as given."""
+    from settings import get_settings, mask_url
+
+    try:
+        url = get_settings().redis_url
+    except BaseException:  # noqa: BLE001 (the settings are what failed: the variable as given)
+        url = os.environ.get("HARVEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    return mask_url(url)
+
+
+def _broker_url_shown() -> str:
+    """The Celery broker's URL as it may be printed (masked), like :func:`_redis_url_shown`."""
+    from settings import get_settings, mask_url
+
+    try:
+        url = get_settings().broker
+    except BaseException:  # noqa: BLE001
+        url = os.environ.get("HARVEST_BROKER_URL") or os.environ.get("HARVEST_REDIS_URL", "")
+    return mask_url(url)
+
+
+def _brief(e: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, at most ``limit`` characters (a Redis or exchange
+    error can be long), its type when it has none."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def explain_failure(e: BaseException, cmd: str, a: argparse.Namespace | None = None) -> tuple[str, int]:
+    """What ``harvest <cmd>`` prints for an exception that ended it, and its exit status:
+    ``(one line naming what failed and how to fix it, 2 for settings and usage or 1 for a
+    failure at run time)``. The line is not yet escaped (:func:`term_safe`) and every URL in
+    it is masked (:func:`settings.mask_url`).
+
+    Known failures: invalid settings (:class:`settings.SettingsError`, 2); Redis refused the
+    password (``redis.AuthenticationError``), has no such database (``ERR DB index is out of
+    range``, a ``ResponseError`` at connect: the db of ``HARVEST_REDIS_URL`` is at or above the
+    server's ``databases``, 16 by default), is a read-only replica, or cannot be reached
+    (``redis.ConnectionError``/``TimeoutError``, a Sentinel naming no primary included); the
+    Celery broker cannot be reached (``kombu.exceptions.OperationalError``); the exchange
+    answered an error (:class:`harvest.venues.base.VenueError`); a port already taken or
+    another OS error; an interrupt (Ctrl-C, 130). Anything else: its type and message and a
+    pointer to ``--debug`` (1)."""
+    import redis
+
+    from harvest.venues.base import VenueError
+    from settings import SettingsError, mask_url, redis_db
+
+    where = f"harvest {cmd}" if cmd else "harvest"
+    if isinstance(e, SettingsError):
+        return f"{where}: {'; '.join(str(e).splitlines())}", 2
+    if isinstance(e, SystemExit):  # a command's own refusal, e.g. `harvest demo --accounts 9`
+        return f"{where}: {e.code}", 2
+    if isinstance(e, KeyboardInterrupt):
+        return f"{where}: interrupted", 130
+    if isinstance(e, redis.AuthenticationError):
+        return (
+            f"{where}: Redis at {_redis_url_shown()} refused the credentials ({_brief(e)}): "
+            "put the server's password in HARVEST_REDIS_URL (redis://:PASSWORD@host:port/db)",
+            1,
+        )
+    if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
+        return (
+            f"{where}: cannot reach Redis at {_redis_url_shown()} ({_brief(e)}): "
+            "start redis-server or set HARVEST_REDIS_URL",
+            1,
+        )
+    if isinstance(e, redis.ReadOnlyError):
+        return (
+            f"{where}: Redis at {_redis_url_shown()} is a read-only replica ({_brief(e)}): "
+            "point HARVEST_REDIS_URL at the primary",
+            1,
+        )
+    if isinstance(e, redis.ResponseError) and "db index is out of range" in str(e).lower():
+        url = _redis_url_shown()
+        try:
+            db = redis_db(url)
+        except ValueError:
+            db = None
+        return (
+            f"{where}: Redis at {url} has no database {db if db is not None else '(of the URL)'} ({_brief(e)}): "
+            "set HARVEST_REDIS_URL's db below the server's `databases` (16 by default), e.g. /0",
+            1,
+        )
+    if isinstance(e, redis.RedisError):
+        return f"{where}: Redis at {_redis_url_shown()} answered {type(e).__name__}: {_brief(e)}", 1
+    kombu_exc = sys.modules.get("kombu.exceptions")
+    if kombu_exc is not None and isinstance(e, kombu_exc.OperationalError):
+        return (
+            f"{where}: cannot reach the Celery broker at {_broker_url_shown()} ({mask_url(_brief(e))}): "
+            "start it or set HARVEST_BROKER_URL",
+            1,
+        )
+    if isinstance(e, VenueError):
+        return (
+            f"{where}: the exchange answered {_brief(e)} (HTTP {e.http_status}): nothing more was done; "
+            "see the exchange's status and the settings HARVEST_VENUE / HARVEST_FAPI_URL",
+            1,
+        )
+    if isinstance(e, OSError):
+        port = getattr(a, "port", None)
+        if e.errno in (98, 48, 10048) and port is not None:  # EADDRINUSE
+            return (
+                f"{where}: cannot listen on {getattr(a, 'host', '')}:{port} ({e.strerror}): "
+                "stop what holds the port or choose another with --port",
+                1,
+            )
+        what = f"{e.strerror or _brief(e)}" + (f": {e.filename}" if e.filename else "")
+        return f"{where}: {what} ({type(e).__name__}; run with --debug for the traceback)", 1
+    return f"{where}: unexpected {type(e).__name__}: {mask_url(_brief(e))} (run with --debug for the traceback)", 1
+
+
+def _debug_from_env() -> bool:
+    """Whether ``HARVEST_DEBUG`` asks for tracebacks (``1``, ``true``, ``yes``, ``on``)."""
+    return os.environ.get("HARVEST_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``harvest`` console script."""
+    """Entry point of the ``harvest`` console script: parse ``argv`` and run the command.
+
+    Returns the command's exit status. A failure ends as one line on stderr naming what
+    failed and how to fix it (:func:`explain_failure`), status 2 for invalid settings or
+    usage and 1 at run time, never a traceback; ``--debug`` (before the command, or
+    ``HARVEST_DEBUG=1``) lets the exception through with its traceback instead."""
     from harvest.ops.chaos import PLAN_TTL_S as CHAOS_PLAN_TTL_S
     from harvest.ops.chaos import WAVES as CHAOS_WAVES
     from harvest.ops.demo import DEFAULT_START
 
     p = argparse.ArgumentParser(prog="harvest", description="Exit-management engine for Binance USD-M futures.")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=_debug_from_env(),
+        help="on a failure, show the traceback instead of one line (also HARVEST_DEBUG=1)",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="run the whole pipeline on the paper venue and real klines, print a scorecard")
     d.add_argument(
@@ -897,8 +1071,24 @@ def main(argv: list[str] | None = None) -> int:
     sr = scs.add_parser("reset", help="drop an entry's runtime override (back to its HARVEST_* setting)")
     sr.add_argument("name")
     sc.set_defaults(fn=_cmd_schedule, action="list", json=False)
+    for name, sp in sub.choices.items():  # `harvest plans --debug` as well as `harvest --debug plans`
+        if name != "schedule":  # (its own subcommands parse the rest: `harvest --debug schedule …`)
+            sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    return a.fn(a)
+    if a.debug:
+        return a.fn(a)
+    try:
+        return a.fn(a)
+    except BrokenPipeError:  # `harvest plans | head`: the reader left; nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except (Exception, KeyboardInterrupt, SystemExit) as e:
+        if isinstance(e, SystemExit) and not isinstance(e.code, str):
+            raise  # an exit with a status (argparse's, a command's sys.exit(n)): as it is
+        line, status = explain_failure(e, a.cmd, a)
+        _say(line, file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from harvest.services.recovery import mark_recovered
 from harvest.services.runtime import Runtime, build_runtime
 from harvest.store.streams import StreamCache
 from harvest.venues.base import VenueError
-from settings import load_settings, settings_from_env
+from settings import load_settings, mask_url, settings_from_env
 
 #: The scenario: symbol → leverage (5–50×). Sides follow the last hour's trend at entry.
 SCENARIO = {"BTCUSDT": 10, "ETHUSDT": 20, "SOLUSDT": 5, "BNBUSDT": 50, "XRPUSDT": 25, "DOGEUSDT": 40}
@@ -84,6 +84,29 @@ def parse_time(text: str) -> float:
 
 def iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def demo_banner(
+    path: str,
+    t_start: float,
+    t_end: float,
+    speed: float,
+    redis_url: str | None,
+    namespace: str,
+    accounts: list[str] | None = None,
+    shadow: list[str] | None = None,
+) -> str:
+    """The demo's first line: venue path, market window (Unix s, shown UTC), speed, the Redis it
+    uses (``redis_url`` with its password and query tokens masked by :func:`settings.mask_url`;
+    None: the demo's private server), namespace, and with several ``accounts`` which of them
+    are in ``shadow``."""
+    where = "private" if redis_url is None else mask_url(redis_url)
+    return (
+        f"harvest demo: paper venue ({path}), real klines {iso(t_start)} → {iso(t_end)} UTC at {speed:g}× "
+        f"(Redis {where}, namespace {namespace}"
+        + (f", accounts {', '.join(accounts)}; {', '.join(shadow or [])} in shadow" if accounts else "")
+        + ")"
+    )
 
 
 def _open(rt: Runtime, symbol: str, leverage: int, t: float) -> None:
@@ -184,10 +207,9 @@ def run_demo(
     try:
         shadow = [a["name"] for a in specs if a.get("mode") == "shadow"]
         print(
-            f"harvest demo: paper venue ({path}), real klines {iso(t_start)} → {iso(t_end)} UTC at {speed:g}× "
-            f"(Redis {'private' if server else url}, namespace {ns}"
-            + (f", accounts {', '.join(rt.accounts)}; {', '.join(shadow)} in shadow" if specs else "")
-            + ")",
+            demo_banner(
+                path, t_start, t_end, speed, None if server else url, ns, rt.accounts if specs else None, shadow
+            ),
             file=log,
             flush=True,
         )
