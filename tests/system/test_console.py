@@ -168,7 +168,10 @@ def test_the_console_in_a_browser_during_a_demo(demo, tmp_path):
             try:
                 full_chain(pos.symbol, app=client).apply_async(queue=f"{DEMO_NS}.scan")
                 blocked = wait_for(
-                    lambda: next((p for p in rt.plans.all_plans() if p.reason == "halted"), None),
+                    # (a chain of another position in flight at the halt may be blocked too)
+                    lambda: next(
+                        (p for p in rt.plans.all_plans() if p.reason == "halted" and p.symbol == pos.symbol), None
+                    ),
                     30,
                     what="the plan blocked by the halt",
                 )
