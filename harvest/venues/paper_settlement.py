@@ -498,9 +498,9 @@ class PaperSettlement:
             fills: list[tuple[float, Decimal, float]] = []
             if pending is not None:
                 want = min(Decimal(pending["left"]), pos_q)
-                fills, left, nxt = stop_fills(
-                    kl, f, side, want, int(pending["next"]), i1, now, None, ov, slippage, participation
-                )
+                nb = int(pending["next"])  # the next bar: its fill is at the bar's open (or now, with an override)
+                t_nb = now if ov is not None else float(kl.open_time[min(nb, len(kl.open_time) - 1)])
+                fills, left, nxt = stop_fills(kl, f, side, want, nb, i1, t_nb, None, ov, slippage, participation)
                 raw_order, raw_algo = p.hget(self.k_by_id, str(pending["oid"])), p.hget(self.k_orders, pending["cid"])
                 if raw_order is None or raw_algo is None:  # records gone (a test wiped them): nothing to fill
                     fills, left, pending = [], Decimal(0), None
