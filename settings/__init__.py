@@ -116,6 +116,11 @@ class HarvestSettings(BaseSettings):
     console_password: SecretStr | None = Field(
         None, description="what `harvest console` asks before a change (env or secret file only); unset: read-only"
     )
+    console_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="host names `harvest console` answers to besides 127.0.0.1, localhost and ::1 "
+        "(comma-separated; the Host and, on a change, the Origin must be one of them)",
+    )
     notify_repeat_s: float = Field(
         600.0,
         ge=10,
@@ -255,7 +260,7 @@ class HarvestSettings(BaseSettings):
         "at the exit ladder's take-profit prices); sets theta.policy (HARVEST_THETA__POLICY says the same)",
     )
 
-    @field_validator("symbols", mode="before")
+    @field_validator("symbols", "console_hosts", mode="before")
     @classmethod
     def _split_symbols(cls, v):
         if isinstance(v, str):

@@ -497,14 +497,17 @@ def _cmd_notify(a: argparse.Namespace) -> int:
 
 
 def _cmd_console(a: argparse.Namespace) -> int:
-    from harvest.ops.console import serve
+    from harvest.ops.console import password_problem, serve
     from harvest.services.runtime import get_runtime
 
     rt = get_runtime()
     pw = rt.settings.console_password.get_secret_value() if rt.settings.console_password else None
+    if pw is not None and (why := password_problem(pw)):
+        print(f"harvest console: HARVEST_CONSOLE_PASSWORD {why}: choose a longer one", file=sys.stderr)
+        return 2
     print(f"harvest console: http://{a.host}:{a.port}/ ({'changes need the console password' if pw else 'read-only'})")
     try:
-        serve(rt, a.host, a.port, pw)
+        serve(rt, a.host, a.port, pw, tuple(rt.settings.console_hosts))
     except KeyboardInterrupt:
         pass
     return 0
@@ -836,7 +839,20 @@ def main(argv: list[str] | None = None) -> int:
         help="workers call the paper engine directly instead of python-binance + the fapi emulator",
     )
     d.set_defaults(fn=_cmd_demo)
-    e = sub.add_parser("emulator", help="serve the local Binance fapi emulator (paper engine, real data, faults)")
+    e = sub.add_parser(
+        "emulator",
+        help="serve the local Binance fapi emulator (paper engine, real data, faults)",
+        epilog="Fills (the paper engine's model; docs/venues.md, harvest/venues/paper_settlement.py): a "
+        "STOP_MARKET triggers when the price its workingType names crosses it (MARK_PRICE: the mark, each "
+        "1-minute bar's close; CONTRACT_PRICE: a bar's low/high) and fills as a MARKET order at the trigger "
+        "price - or the bar's open when the bar gapped through it - moved against the position by "
+        "slippage x the bar's range (default 0.1; never outside the bar); a bar fills at most "
+        "participation x its volume (default 0.1), the rest on the next bars. Deterministic; set per "
+        "namespace with PaperVenue.set_fill_model(slippage, participation). Ordinary MARKET orders fill at "
+        "the mark. Openings are refused like Binance's: -4164 under MIN_NOTIONAL (reduce-only exempt), "
+        "-2027 above the leverage bracket's cap, -2019 margin above the available balance (wallet "
+        "100000 USDT by default).",
+    )
     e.add_argument("--host", default="127.0.0.1")
     e.add_argument("--port", type=int, default=8790)
     e.add_argument("--stream-port", type=int, default=8791, help="websocket streams (default %(default)s)")
