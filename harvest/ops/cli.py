@@ -9,6 +9,7 @@ import os
 import sys
 
 from harvest.domain.models import PlanState
+from harvest.store.records import UnreadableRecord
 
 #: What :func:`term_safe` escapes: every C0 control (U+0000–U+001F, ESC included: no CSI/OSC
 #: sequence reaches the terminal whole), DEL, every C1 control (U+0080–U+009F, CSI U+009B among
@@ -331,16 +332,17 @@ def _cmd_plans(a: argparse.Namespace) -> int:
 
     rt = get_runtime()
     since = parse_time(a.since) if a.since else None
+    unreadable: list = []  # plans that do not parse: listed after the others, never a crash
     rows = [
         _plan_row(p)
-        for p in rt.plans.all_plans()
+        for p in rt.plans.all_plans(unreadable=unreadable)
         if (a.account is None or p.account == a.account)
         and (a.symbol is None or p.symbol == a.symbol)
         and (a.state is None or p.state == a.state.upper())
         and (since is None or p.created_at >= since)
     ]
     if a.json:
-        print(json.dumps(rows))
+        print(json.dumps(rows + [{"unreadable": u.key, "error": u.error} for u in unreadable]))
         return 0
     from datetime import datetime, timezone
 
@@ -350,7 +352,9 @@ def _cmd_plans(a: argparse.Namespace) -> int:
             f"{t}  {r['plan_id']}  {r['symbol']:<10} {r['action']:<20} #{r['attempt']:<2} "
             f"{r['state']:<16} {r['reason']}"
         )
-    print(f"{len(rows)} plans")
+    for u in unreadable:
+        _say(f"UNREADABLE  {u.key}: {u.error}")
+    print(f"{len(rows)} plans" + (f", {len(unreadable)} unreadable" if unreadable else ""))
     return 0
 
 
@@ -358,7 +362,11 @@ def _cmd_plan(a: argparse.Namespace) -> int:
     from harvest.services.runtime import get_runtime
 
     rt = get_runtime()
-    plan = rt.plans.get(a.plan_id)
+    try:
+        plan = rt.plans.get(a.plan_id)
+    except UnreadableRecord as e:
+        _say(f"harvest plan: {e}", file=sys.stderr)
+        return 1
     if plan is None:
         print(f"harvest plan: no plan {a.plan_id!r}", file=sys.stderr)
         return 2

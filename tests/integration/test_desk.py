@@ -288,3 +288,32 @@ def test_malformed_records_leave_the_scorecard_and_metrics_answering(rt):
     assert f'harvest_unreadable_records{{key="{rt.plans.k.market("BTCUSDT")}"}} 1.0' in text
     assert good  # the good plan is counted in the gauge as before
     assert "harvest_plans{" in text
+
+
+def test_harvest_plans_lists_an_unreadable_plan_and_goes_on(rt):
+    import os
+    import subprocess
+    import sys
+
+    from harvest.ops.procs import ROOT
+
+    good = make_plan(rt, key="good")
+    bad = make_plan(rt, key="bad")
+    rt.r.hset(rt.plans.k.plan(bad), "state", "FROM_A_NEWER_VERSION")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "HARVEST_NAMESPACE": rt.settings.namespace}
+        return subprocess.run(
+            [sys.executable, "-m", "harvest.ops.cli", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    out = cli("plans")
+    assert out.returncode == 0, out.stderr
+    assert good in out.stdout and f"UNREADABLE  {rt.plans.k.plan(bad)}" in out.stdout and "1 unreadable" in out.stdout
+    shown = cli("plan", "show", bad)
+    assert shown.returncode == 1 and "unreadable record" in shown.stderr and "Traceback" not in shown.stderr
