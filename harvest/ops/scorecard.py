@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from harvest.domain.models import PlanState
 from harvest.domain.plans import TERMINAL
 from harvest.domain.trading import effective
+from harvest.ops.term import term_safe
 from harvest.services.runtime import Runtime
 from harvest.store.counters import account_counter, account_decisions
 from harvest.store.market import market_state_from_json
@@ -318,4 +319,4 @@ def format_scorecard(card: dict) -> str:
         lines.append("heartbeat age (s): " + "  ".join(f"{k}={v}" for k, v in card["heartbeat_age_s"].items()))
     for u in card.get("unreadable_records") or []:
         lines.append(f"unreadable record: {u['key']}: {u['error']}")
-    return "\n".join(lines)
+    return "\n".join(term_safe(line) for line in lines)  # a stored name or reason cannot forge a line

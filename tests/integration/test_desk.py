@@ -276,11 +276,14 @@ def test_malformed_records_leave_the_scorecard_and_metrics_answering(rt):
     rt.r.hset(rt.plans.k.counters, "scan:runs", "many")
     rt.r.hset(rt.plans.k.metrics_plans, f"{rt.settings.account}|FULL_CLOSE_PROPOSED|FILLED", "x")
     rt.r.set(rt.plans.k.market("BTCUSDT"), "{not json")
+    rt.r.hset(rt.plans.k.counters, "guard:evil\nplans: 999  executed: 999", 1)  # a name that forges a line
     card = build_scorecard(rt)
     assert card["plans"] == 1
     keys = {u["key"] for u in card["unreadable_records"]}
     assert {rt.plans.k.plan(bad), f"{rt.plans.k.heartbeat}#scan", rt.plans.k.market("BTCUSDT")} <= keys
-    assert f"unreadable record: {rt.plans.k.plan(bad)}" in format_scorecard(card)
+    text = format_scorecard(card)
+    assert f"unreadable record: {rt.plans.k.plan(bad)}" in text
+    assert not any(line.startswith("plans: 999") for line in text.splitlines()) and "evil\\nplans" in text
     reg = CollectorRegistry()
     reg.register(HarvestCollector(rt, lambda: {}))
     text = generate_latest(reg).decode()
