@@ -1,0 +1,205 @@
+"""The kline loader in bounded memory (issue 31, finding 10): a zip or gzip bomb is refused
+before or while it is decompressed, naming the file and the limit, and a valid file is parsed
+as a stream, never held whole as text. Memory is measured in a fresh process: its resident
+set before the load (``VmRSS``) and its high-water mark after it (``VmHWM``, Linux's
+/proc/self/status; ``ru_maxrss`` would count the pytest process the child was forked from)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import harvest.data as data
+from harvest.data import MAX_CSV_BYTES, MAX_EXPANSION, KlineFileError, read_klines
+
+ROOT = Path(__file__).resolve().parents[2]
+T0_MS = 1_577_836_800_000  # 2020-01-01 00:00 UTC
+HEADER = b"open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,"
+HEADER += b"taker_buy_quote_volume,ignore\n"
+BOMB_BYTES = 600 * 1024 * 1024
+CHUNK = 8 * 1024 * 1024  # the tests write their bombs a chunk at a time: bounded memory here too
+
+# Loads one file in a fresh process; prints its rows (or the error), its resident set before
+# the load and its peak (MiB).
+LOAD = """
+import json, sys, time
+from harvest.data import KlineFileError, read_klines
+def mb(field):
+    line = next(x for x in open("/proc/self/status") if x.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+before = mb("VmRSS")
+t = time.perf_counter()
+try:
+    k = read_klines(sys.argv[1])
+    out = {"rows": int(k.close.size), "first": int(k.open_time[0]), "last_close": float(k.close[-1]),
+           "steps": sorted(set(int(x) for x in (k.open_time[1:] - k.open_time[:-1])[:: 1000]))}
+except KlineFileError as e:
+    out = {"error": str(e)}
+out["seconds"] = time.perf_counter() - t
+out["before_mb"], out["peak_mb"] = before, mb("VmHWM")
+out["added_mb"] = out["peak_mb"] - before
+print(json.dumps(out))
+"""
+
+
+def load_in_a_process(path: Path) -> dict:
+    p = subprocess.run([sys.executable, "-c", LOAD, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def rows(start: int, n: int, rng: np.random.Generator, p0: float) -> tuple[bytes, float]:
+    """``n`` archive-layout 1-minute rows from row ``start`` (a random walk from ``p0``)."""
+    c = p0 + np.cumsum(rng.normal(0, 5, n))
+    o = np.concatenate([[p0], c[:-1]])
+    h, lo = np.maximum(o, c) + 2, np.minimum(o, c) - 2
+    t = T0_MS + 60_000 * np.arange(start, start + n)
+    body = "".join(
+        f"{t[i]},{o[i]:.2f},{h[i]:.2f},{lo[i]:.2f},{c[i]:.2f},12.345,{t[i] + 59999},370000.1,100,6.1,180000.2,0\n"
+        for i in range(n)
+    )
+    return body.encode(), float(c[-1])
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory) -> dict[str, Path]:
+    """A zip and a gzip of 600 MB each that compress to under 1 MB."""
+    d = tmp_path_factory.mktemp("bombs")
+    z = d / "BTCUSDT-1m-2025-01.zip"
+    with (
+        zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as f,
+        f.open("BTCUSDT-1m-2025-01.csv", "w", force_zip64=True) as m,
+    ):
+        chunk = b"0" * CHUNK
+        for _ in range(BOMB_BYTES // CHUNK):
+            m.write(chunk)
+    g = d / "BTCUSDT-1m-2025-02.csv.gz"
+    line = b" " * 4000 + b"\n"  # blank lines: nothing for the parser to refuse, only the size
+    with gzip.open(g, "wb", compresslevel=6) as f:
+        chunk = line * (CHUNK // len(line))
+        for _ in range(BOMB_BYTES // len(chunk)):
+            f.write(chunk)
+    assert z.stat().st_size < 1024 * 1024 and g.stat().st_size < 1024 * 1024
+    return {"zip": z, "gz": g}
+
+
+def test_a_zip_bomb_is_refused_before_it_is_decompressed(bombs):
+    out = load_in_a_process(bombs["zip"])
+    err = out["error"]
+    assert str(bombs["zip"]) in err and "BTCUSDT-1m-2025-01.csv" in err
+    assert f"{BOMB_BYTES} bytes" in err and f"limit of {MAX_EXPANSION} times" in err and "before decompressing" in err
+    assert out["seconds"] < 1.0
+    assert out["added_mb"] < 10, out  # nothing of the 600 MB was read
+
+
+def test_a_gzip_bomb_is_refused_while_it_is_read_counting_the_bytes(bombs):
+    """gzip declares no trustworthy size: the bytes are counted as they come out and the file is
+    refused at MAX_EXPANSION times its compressed size, long before its 600 MB."""
+    size = bombs["gz"].stat().st_size
+    out = load_in_a_process(bombs["gz"])
+    err = out["error"]
+    limit = min(MAX_CSV_BYTES, MAX_EXPANSION * size + 1024 * 1024)
+    assert err.startswith(f"{bombs['gz']}: more than {limit} bytes once decompressed")
+    assert f"at most {MAX_EXPANSION} times the {size} compressed bytes" in err
+    assert out["seconds"] < 10
+    assert out["added_mb"] < 40, out
+
+
+def _patch_central_size(path: Path, size: int) -> None:
+    """Rewrite the uncompressed size the zip's central directory declares for its one member
+    (offset 24 of the central file header; APPNOTE 4.3.12)."""
+    b = bytearray(path.read_bytes())
+    at = b.index(b"PK\x01\x02")
+    b[at + 24 : at + 28] = struct.pack("<I", size)
+    path.write_bytes(bytes(b))
+
+
+def test_declared_sizes_are_checked_and_a_lying_one_gets_nothing_through(tmp_path):
+    rng = np.random.default_rng(3)
+    body, _ = rows(0, 1000, rng, 100.0)
+    big = tmp_path / "ETHUSDT-1m-big.zip"
+    with zipfile.ZipFile(big, "w", zipfile.ZIP_DEFLATED) as f:
+        f.writestr("ETHUSDT-1m-big.csv", HEADER + body)
+    _patch_central_size(big, 3 * 1024**3)  # declares 3 GiB
+    with pytest.raises(KlineFileError) as e:
+        read_klines(big)
+    assert str(big) in str(e.value) and f"more than the limit of {MAX_CSV_BYTES} (2 GiB)" in str(e.value)
+    small = tmp_path / "ETHUSDT-1m-small.zip"
+    with zipfile.ZipFile(small, "w", zipfile.ZIP_DEFLATED) as f:
+        f.writestr("ETHUSDT-1m-small.csv", HEADER + body)
+    _patch_central_size(small, 1000)  # declares less than it holds: only that much comes out
+    with pytest.raises(KlineFileError, match="unreadable"):
+        read_klines(small)
+    two = tmp_path / "ETHUSDT-1m-two.zip"
+    with zipfile.ZipFile(two, "w") as f:
+        f.writestr("a.csv", HEADER + body)
+        f.writestr("b.csv", HEADER + body)
+    with pytest.raises(KlineFileError, match="holds one .csv"):
+        read_klines(two)
+
+
+def test_rows_and_lines_past_the_limits_are_refused(tmp_path, monkeypatch):
+    rng = np.random.default_rng(4)
+    body, _ = rows(0, 3000, rng, 100.0)
+    p = tmp_path / "SOLUSDT-1m.csv"
+    p.write_bytes(HEADER + body)
+    monkeypatch.setattr(data, "MAX_KLINE_ROWS", 2000)
+    with pytest.raises(KlineFileError) as e:
+        read_klines(p)
+    assert str(p) in str(e.value) and "more than 2000 kline rows" in str(e.value)
+    monkeypatch.undo()
+    assert read_klines(p).close.size == 3000
+    long = tmp_path / "SOLUSDT-1m-long.csv"
+    long.write_bytes(HEADER + body[:500] + b"9" * 100_000 + b"\n")
+    with pytest.raises(KlineFileError, match=r"line \d+: longer than 4096 characters"):
+        read_klines(long)
+
+
+def test_errors_past_the_first_block_name_their_line(tmp_path):
+    """The file is parsed a block (about 1 MiB) at a time: lines are counted across blocks,
+    blank lines included, and the time order is checked across block boundaries."""
+    rng = np.random.default_rng(5)
+    body, _ = rows(0, 40_000, rng, 1000.0)  # about 4 MB: several blocks
+    lines = (HEADER + body).split(b"\n")
+    lines.insert(7, b"")  # a blank line (file line 8) early on: later rows are one line further
+    lines[30_000] = lines[29_999]  # file line 30 001 repeats the one before it
+    p = tmp_path / "BNBUSDT-1m.csv.gz"
+    p.write_bytes(gzip.compress(b"\n".join(lines)))
+    with pytest.raises(KlineFileError, match="line 30001: duplicate open time"):
+        read_klines(p)
+    lines[30_000] = lines[30_000].replace(b",", b",nan,", 1)
+    p.write_bytes(gzip.compress(b"\n".join(lines)))
+    with pytest.raises(KlineFileError, match="line 30001: a value is NaN"):
+        read_klines(p)
+
+
+def test_a_million_rows_load_in_bounded_memory(tmp_path):
+    """1 M rows of the archive's 12-column layout (99 MB of CSV) in a .zip: every row read,
+    adding under 100 MiB to the process (48 MB of columns; the text read whole would be 200 MB more)."""
+    rng = np.random.default_rng(6)
+    z = tmp_path / "BTCUSDT-1m-2020-01.zip"
+    n, p0, size = 1_000_000, 30_000.0, 0
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as f, f.open("BTCUSDT-1m-2020-01.csv", "w") as m:
+        m.write(HEADER)
+        for s in range(0, n, 100_000):
+            body, p0 = rows(s, 100_000, rng, p0)
+            m.write(body)
+            size += len(body)
+    t = time.perf_counter()
+    out = load_in_a_process(z)
+    assert "error" not in out, out
+    assert out["rows"] == n and out["first"] == T0_MS // 1000 and out["steps"] == [60]
+    assert out["last_close"] == pytest.approx(round(p0, 2))
+    assert size > 95_000_000
+    print(f"1 M rows: {out}")
+    assert out["added_mb"] < 100, out
+    assert time.perf_counter() - t < 30
