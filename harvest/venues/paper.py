@@ -451,6 +451,8 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
             cids = list(self.r.hkeys(self.k_stops(symbol)))
             self.r.delete(self.k_stops(symbol))
             self._end_stops(symbol, cids)
+            if h.get("pending"):  # a triggered stop's order still filling: nothing left for it
+                self._end_pending(symbol, h["pending"])
         return order
 
     def place_stop(

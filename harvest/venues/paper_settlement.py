@@ -751,6 +751,33 @@ class PaperSettlement:
             "data": json.dumps(data, default=str),
         }
 
+    def _end_pending(self, symbol: str, pending: str) -> None:
+        """A triggered stop's MARKET order still filling when another order closed the rest of
+        its position: its remainder EXPIRED (a reduce-only order with nothing left to reduce),
+        its algo order FINISHED, the row's ``pending`` mark removed, STOP_FINISHED logged."""
+        d = json.loads(pending)
+        raw_o, raw_a = self.r.hget(self.k_by_id, str(d["oid"])), self.r.hget(self.k_orders, d["cid"])
+        self.r.hdel(self.k_pos(symbol), "pending")
+        if raw_o is None or raw_a is None:
+            return
+        now = self.clock.now()
+        o = OrderResult.model_validate_json(raw_o).model_copy(update={"status": "EXPIRED", "update_time": now})
+        a = OrderResult.model_validate_json(raw_a).model_copy(update={"status": "FILLED", "update_time": now})
+        self.r.hset(self.k_by_id, str(o.order_id), o.model_dump_json())
+        self.r.hset(self.k_orders, a.client_order_id, a.model_dump_json())
+        self._log(
+            "STOP_FINISHED",
+            symbol,
+            {
+                "clientAlgoId": a.client_order_id,
+                "algoId": a.order_id,
+                "orderId": o.order_id,
+                "stopPrice": a.stop_price,
+                "executedQty": o.executed_qty,
+                "avgPrice": o.avg_price,
+            },
+        )
+
     def _end_stops(self, symbol: str, cids: list[str]) -> None:
         """Record the end of stops no longer working, their position gone: each still NEW one
         EXPIRED (Binance's system-led cancel of a closePosition order). A triggered stop's own

@@ -182,6 +182,31 @@ def test_a_thin_bar_fills_part_and_the_rest_on_the_next_bars(paper):
     assert v.pnl()["ETHUSDT"]["stops_hit"] == 1
 
 
+def test_a_close_of_the_rest_ends_a_stop_order_still_filling(paper):
+    """harvest's reduce-only close takes what a thin bar left: the stop's order ends EXPIRED
+    with what it filled, its algo order FINISHED, and nothing fills after."""
+    v = paper
+    entry = v.mark_price("ETHUSDT")
+    stop = round(entry * 0.98, 2)
+    j = _first_mark_cross("ETHUSDT", T0, CRASH_END, stop)
+    kl = load_klines("ETHUSDT")
+    v.set_fill_model(0.1, float(12.0 / kl.volume[j]))  # the trigger bar fills 12 of 30 ETH
+    v.set_position("ETHUSDT", "LONG", 30.0, entry, 5.0, opened_at=T0)
+    v.place_stop("ETHUSDT", "SELL", f"{stop:.2f}", "thin2")
+    v.clock.set(float(kl.open_time[j]) + 1, 0.0)
+    rest = v.position("ETHUSDT").qty
+    assert 0 < rest < 30.0
+    close = v.close_market("ETHUSDT", "SELL", f"{rest:g}", "hv-close-rest")
+    assert close.status == "FILLED" and v.position("ETHUSDT") is None
+    algo = v.get_order("ETHUSDT", "thin2", conditional=True)
+    order = v.order_by_id("ETHUSDT", algo.actual_order_id)
+    assert (algo.status, order.status) == ("FILLED", "EXPIRED")
+    assert order.executed_qty == pytest.approx(30.0 - rest)
+    v.clock.set(float(kl.open_time[j + 40]), 0.0)
+    assert v.position("ETHUSDT") is None
+    assert sum(t["qty"] for t in v.trades() if t["orderId"] == order.order_id) == pytest.approx(30.0 - rest)
+
+
 def test_the_fill_model_on_klines_made_for_it():
     """:func:`stop_fills` and :func:`trigger_bar` by hand: slippage of 10 % of the range, a gap
     fills from the open, a fill never leaves the bar's range, a thin bar passes the rest on."""
