@@ -1,4 +1,4 @@
-"""The kill-score parameters the tests are written against (DESIGN §2's first values): the kill
+"""The kill-score parameters the tests are written against (the first values of docs/design.md §2.3): the kill
 score fires (threshold 0.6, weights 1 / 0.5 / 0.5 / 0.3), a regime flip is confirmed after 3
 bars, the profit lock starts at 1.5 R. The shipped defaults, chosen in the policy lab, make the
 kill score unreachable; the tests keep exercising it with these. ``tests/conftest.py`` puts them

@@ -1,4 +1,4 @@
-"""Leverage-aware exit ladder ("ExitBrain v3.5" of the seeds, DESIGN §2). Pure, no I/O.
+"""Leverage-aware exit ladder ("ExitBrain v3.5" of the seeds, docs/design.md §4). Pure, no I/O.
 
 With L = leverage and LSF = 1 / (1 + ln(L + 1)) (the leverage scaling factor):
 

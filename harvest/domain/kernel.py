@@ -1,4 +1,4 @@
-"""The decision kernel (DESIGN §2): pure functions, no I/O.
+"""The decision kernel (docs/design.md §2): pure functions, no I/O.
 
 Two forms that agree exactly: the single-position functions (:func:`compute_r_net`,
 :func:`compute_kill_score`, :func:`determine_harvest_action`, :func:`compute_profit_lock`,
@@ -6,10 +6,10 @@ Two forms that agree exactly: the single-position functions (:func:`compute_r_ne
 at once on numpy arrays. Both use the same IEEE-754 operations in the same order, and
 ``numpy.exp`` for the one transcendental, so their results are bit-identical (tested).
 
-Formulas (source: DESIGN §2, seeds 000/001):
+Formulas (source: docs/design.md §2.1–§2.6, from seeds 000/001):
 
 * ``R_unit = |entry_price − initial_stop| × qty``  (USDT; 1R of the quantity still open, so a
-  partial close does not move R_net: DESIGN §2 as corrected)
+  partial close does not move R_net: docs/design.md §2.2)
 * ``R_net = (unrealized_pnl − est_exit_fee − funding_on_open_qty) / R_unit`` with
   ``unrealized_pnl = sign × (mark − entry) × qty``, ``est_exit_fee = taker_fee_rate × mark × qty``
   and ``funding_on_open_qty = funding_paid / qty_at_open × qty`` (the epoch's funding per unit
@@ -116,7 +116,7 @@ def kill_score_from_components(
 ) -> KillScore:
     """``1 − exp(−Σ wᵢ·cᵢ)`` over the four components (each 0..1), with reason codes.
 
-    The seed plan's components 1.0 / 0.0 / 0.24159 / 0.04167 give 0.678 (DESIGN §2).
+    The seed plan's components 1.0 / 0.0 / 0.24159 / 0.04167 give 0.678 (docs/design.md §2.3).
     """
     x = (
         theta.w_regime_flip * regime_flip

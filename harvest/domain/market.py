@@ -1,4 +1,4 @@
-"""Market state of a symbol from closed bars (DESIGN §2). Pure, no I/O.
+"""Market state of a symbol from closed bars (docs/design.md §3). Pure, no I/O.
 
 Given the closes c₀..c_t of the bars closed at market time t (bars of ``interval_s``
 seconds: 60 for the shipped 1m data; never a bar still forming):

@@ -1,6 +1,6 @@
 """Pydantic models of the domain: positions, market state, thresholds, decisions and plans.
 
-Units everywhere (DESIGN §2): money in USDT, prices in USDT per unit of the base asset,
+Units everywhere (docs/design.md §1.2): money in USDT, prices in USDT per unit of the base asset,
 quantities in base units, times in seconds since the Unix epoch (UTC), fractions 0..1.
 """
 
@@ -50,7 +50,7 @@ class Regime(str, Enum):
 
 
 class Action(str, Enum):
-    """Decision of the kernel for one position at one instant (DESIGN §2)."""
+    """Decision of the kernel for one position at one instant (docs/design.md §2.5)."""
 
     NONE = "NONE"
     PARTIAL_25 = "PARTIAL_25"
@@ -59,7 +59,7 @@ class Action(str, Enum):
     FULL_CLOSE_PROPOSED = "FULL_CLOSE_PROPOSED"
     PROFIT_LOCK_SL = "PROFIT_LOCK_SL"
     #: Place the protective stop of a position that has no working one (none on the exchange,
-    #: or one beyond the liquidation price): DESIGN §3 "PROTECT".
+    #: or one beyond the liquidation price): docs/design.md §5.8.
     PROTECT = "PROTECT"
 
 
@@ -88,7 +88,7 @@ def _finite(name: str, value: float) -> float:
 
 
 class HarvestTheta(BaseModel):
-    """Every threshold, weight, window and fee of the decision kernel (DESIGN §2).
+    """Every threshold, weight, window and fee of the decision kernel (docs/design.md §2.8).
 
     Loaded from settings (``HARVEST_THETA__<FIELD>``); invalid values raise
     :class:`pydantic.ValidationError` naming the field, at start-up.
@@ -96,7 +96,7 @@ class HarvestTheta(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    # Which ladder sets the partial closes (DESIGN §2): ``r_ladder`` — tiers at R_net ≥ t1/t2/t3
+    # Which ladder sets the partial closes (docs/design.md §4.5): ``r_ladder`` — tiers at R_net ≥ t1/t2/t3
     # closing 25/50/75 % of the remaining qty; ``lsf_ladder`` — tiers at the exit ladder's
     # tp1/tp2/tp3 prices closing its leverage scheme of the opening qty (the last one closes all).
     policy: Literal["r_ladder", "lsf_ladder"] = "r_ladder"
@@ -104,11 +104,11 @@ class HarvestTheta(BaseModel):
     t1_r: float = Field(2.0, gt=0, description="R_net that triggers PARTIAL_25")
     t2_r: float = Field(4.0, gt=0, description="R_net that triggers PARTIAL_50")
     t3_r: float = Field(6.0, gt=0, description="R_net that triggers PARTIAL_75")
-    # Kill score (DESIGN §2 table).
+    # Kill score (docs/design.md §2.3).
     # Defaults chosen in the policy lab (README "The policy lab"): tuned on 2023-01 … 2024-06 of
     # four large caps (5m klines), judged on 2024-07 … 2025-12; with them the score tops out at
     # 1 − e^(−1.69) = 0.82, below the threshold: the kill never fires on its own, the time stop
-    # and the stops end a trade. DESIGN §2's first values (threshold 0.6, weights 1/0.5/0.5/0.3)
+    # and the stops end a trade. docs/design.md §2.3's first values (threshold 0.6, weights 1/0.5/0.5/0.3)
     # did worse out of sample; set them with HARVEST_THETA__… to use the kill score.
     kill_threshold: float = Field(0.94, gt=0, lt=1)
     w_regime_flip: float = Field(0.45, ge=0)
@@ -127,7 +127,7 @@ class HarvestTheta(BaseModel):
     lock_min_step_r: float = Field(
         0.25, ge=0, description="a new stop must tighten by at least this many R (price distance)"
     )
-    # Exit ladder (fractions of entry price), DESIGN §2 "ExitBrain".
+    # Exit ladder (fractions of entry price), docs/design.md §4.1.
     base_tp: float = Field(0.02, gt=0, lt=1)
     base_sl: float = Field(0.01, gt=0, lt=1)
     sl_floor_cap: float = Field(
@@ -196,7 +196,7 @@ class HarvestTheta(BaseModel):
         return (self.t1_r, self.t2_r, self.t3_r)
 
 
-#: Fraction of the remaining qty closed by each tier (DESIGN §2: 25 / 50 / 75 %).
+#: Fraction of the remaining qty closed by each tier (docs/design.md §2.5: 25 / 50 / 75 %).
 TIER_FRACTION = {1: 0.25, 2: 0.50, 3: 0.75}
 
 
@@ -344,7 +344,7 @@ class Decision(BaseModel):
         description="wall time (Unix s) of the scan tick that decided it; "
         "latency metrics only, not part of the plan's identity",
     )
-    attempt: int = Field(0, ge=0, le=1_000_000, description="attempt of this decision (plan lineage, DESIGN §3)")
+    attempt: int = Field(0, ge=0, le=1_000_000, description="attempt of this decision (docs/design.md §5.6)")
     remaining_qty: float | None = Field(
         None,
         gt=0,
@@ -383,7 +383,7 @@ class Decision(BaseModel):
 
 
 class PlanState(StrEnum):
-    """A plan's life-cycle state (DESIGN §3; the legal moves are
+    """A plan's life-cycle state (docs/design.md §5.3; the legal moves are
     :data:`harvest.domain.plans.TRANSITIONS`). A ``str``: stored in Redis and compared as its
     name."""
 

@@ -1,4 +1,4 @@
-"""Plan identity, lineage and life cycle (DESIGN §3). Pure, no I/O.
+"""Plan identity, lineage and life cycle (docs/design.md §5). Pure, no I/O.
 
 This module is the one place a plan_id is made (:func:`make_plan_id`), where the legal
 state transitions are defined (:data:`TRANSITIONS`; :class:`harvest.store.PlanStore`

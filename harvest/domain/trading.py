@@ -1,4 +1,4 @@
-"""Trading states (DESIGN §4): the operator's switch, per account and for the whole deployment.
+"""Trading states (docs/design.md §6): the operator's switch, per account and for the whole deployment.
 
 =========  ====================================================================================
 ACTIVE     normal operation

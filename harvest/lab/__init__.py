@@ -1,4 +1,4 @@
-"""The policy lab (DESIGN §7): ``harvest replay`` runs the live kernel over real history.
+"""The policy lab (docs/design.md §9): ``harvest replay`` runs the live kernel over real history.
 
 * :mod:`harvest.lab.market` — klines (any Binance archive file), funding, and the market state
   after every bar (:func:`harvest.domain.market.market_series`, the batch form of the scan's);

@@ -23,7 +23,7 @@
 
 **Policies**: ``default`` (the harvest kernel with the configured theta: partials at its
 tiers, profit lock, kill score, time stop), ``lsf_ladder`` (the same kernel with
-``theta.policy = lsf_ladder``, DESIGN §2: its partials at the exit ladder's tp1..tp3 prices,
+``theta.policy = lsf_ladder``, docs/design.md §4.5: its partials at the exit ladder's tp1..tp3 prices,
 closing the ladder's leverage scheme of the opening qty, decided at the scan like any other),
 ``bracket`` (the stop and one take-profit at the ladder's tp3), ``trailing``
 (freqtrade's ``trailing_stop_positive`` / ``trailing_stop_positive_offset``: once the profit

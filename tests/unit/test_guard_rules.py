@@ -1,5 +1,5 @@
 """The guard's named rules (harvest.domain.guard_rules), each on its own and through the one
-verdict, and the close-quantity rounding: pure functions, no servers (DESIGN §3)."""
+verdict, and the close-quantity rounding: pure functions, no servers (docs/design.md §5.4)."""
 
 from __future__ import annotations
 

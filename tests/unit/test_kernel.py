@@ -304,7 +304,7 @@ def test_position_rejects_bad_numbers():
 
 
 def test_the_lsf_ladder_policy_closes_the_scheme_at_the_ladders_prices():
-    """``policy = lsf_ladder`` (DESIGN §2): tiers at the exit ladder's tp1..tp3, each closing its
+    """``policy = lsf_ladder`` (docs/design.md §4.5): tiers at the exit ladder's tp1..tp3, each closing its
     leverage scheme of the opening qty (10×: 30/30/40 %), the last one all that is left."""
     from harvest.domain.exit_ladder import compute_levels
 

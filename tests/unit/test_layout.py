@@ -18,7 +18,7 @@ RANKS = {
     "harvest.data": 0,
     "settings": 1,  # validates theta with the domain's model
     "harvest.domain": 1,
-    "harvest.kernel": 1,  # stable public re-exports of harvest.domain (DESIGN §8)
+    "harvest.kernel": 1,  # stable public re-exports of harvest.domain (docs/design.md §10.1)
     "harvest.exit_ladder": 1,
     "harvest.models": 1,
     "harvest.store": 2,

@@ -1,5 +1,5 @@
 """Pure rules, no servers: plan lineage, liquidation-aware stops, R_net per open unit, the
-guard's named rules and the protection decision (DESIGN §2–3; issues 18 and 19)."""
+guard's named rules and the protection decision (docs/design.md §2.2, §4.4, §5.4, §5.6, §5.8; issues 18 and 19)."""
 
 from __future__ import annotations
 
