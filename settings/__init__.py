@@ -256,7 +256,7 @@ class HarvestSettings(BaseSettings):
     )
     policy: Literal["r_ladder", "lsf_ladder"] | None = Field(
         None,
-        description="the harvest policy (DESIGN §2): r_ladder (partials at R tiers) or lsf_ladder (partials "
+        description="the harvest policy (docs/design.md §4.5): r_ladder (partials at R tiers) or lsf_ladder (partials "
         "at the exit ladder's take-profit prices); sets theta.policy (HARVEST_THETA__POLICY says the same)",
     )
 
