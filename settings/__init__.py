@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError as SourceError
 
@@ -98,8 +98,9 @@ class HarvestSettings(BaseSettings):
     fapi_url: str | None = Field(
         None,
         description="paper venue through python-binance against this fapi base URL "
-        "of the local emulator (a loopback address, e.g. http://127.0.0.1:8790/fapi from "
-        "`harvest emulator`; the emulator must answer its handshake)",
+        "of `harvest emulator` (e.g. http://127.0.0.1:8790/fapi; another host's only with HARVEST_VENUE=paper); "
+        "the server must answer the emulator's handshake (off loopback: proving the account's API secret) "
+        "before any other request goes there",
     )
     api_key: SecretStr | None = Field(None, description="exchange API key (env or secret file only)")
     api_secret: SecretStr | None = Field(None, description="exchange API secret (env or secret file only)")
@@ -303,13 +304,18 @@ class HarvestSettings(BaseSettings):
 
     @field_validator("fapi_url")
     @classmethod
-    def _fapi_url(cls, v: str | None) -> str | None:
+    def _fapi_url(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # Any host with HARVEST_VENUE=paper: the emulator may run on another host of a paper
+        # deployment. Whether the server there is the emulator is checked by its handshake before
+        # the first request (harvest.venues.binance.emulator_handshake; at start-up by
+        # harvest.services.runtime.build_venue), never by its name or address alone.
         if v is not None and not re.match(r"^https?://[^/]+/fapi/?$", v):
             raise ValueError("must be a fapi base URL such as http://127.0.0.1:8790/fapi")
-        if v is not None and not is_loopback_url(v):
+        if v is not None and not is_loopback_url(v) and info.data.get("venue", "paper") != "paper":
             raise ValueError(
-                "must point at the local emulator on a loopback address (127.0.0.0/8, ::1, localhost); "
-                "a real exchange is HARVEST_VENUE=testnet or live, with HARVEST_LIVE_TRADING_OPT_IN=true"
+                "must point at harvest's emulator, and only with HARVEST_VENUE=paper (off a loopback address the "
+                "emulator must answer its handshake with the account's key); a real exchange is "
+                "HARVEST_VENUE=testnet or live without HARVEST_FAPI_URL, with HARVEST_LIVE_TRADING_OPT_IN=true"
             )
         return v
 

@@ -19,7 +19,7 @@ from harvest.store.connect import redis_client
 from harvest.venues.base import Venue
 from harvest.venues.clock import MarketClock
 from harvest.venues.paper import PaperVenue
-from settings import HarvestSettings, get_settings
+from settings import HarvestSettings, SettingsError, get_settings, is_loopback_url
 
 
 @dataclass
@@ -77,6 +77,8 @@ def build_venue(s: HarvestSettings, r: redis.Redis, clock: MarketClock | None) -
 
     key = s.api_key.get_secret_value() if s.api_key else ""
     secret = s.api_secret.get_secret_value() if s.api_secret else ""
+    if s.fapi_url and not is_loopback_url(s.fapi_url):
+        check_remote_emulator(s.fapi_url, key, secret, s.venue_timeout_s)
     return BinanceVenue(
         r,
         s.namespace,
@@ -86,6 +88,28 @@ def build_venue(s: HarvestSettings, r: redis.Redis, clock: MarketClock | None) -
         max_clock_offset_ms=s.max_clock_offset_ms,
         account=s.account,
     )
+
+
+def check_remote_emulator(fapi_url: str, api_key: str, api_secret: str, timeout_s: float) -> None:
+    """The start-up check of an emulator on another host (a non-loopback ``HARVEST_FAPI_URL``,
+    accepted by the settings only with ``HARVEST_VENUE=paper``): its handshake, proving the
+    account's API secret (:func:`harvest.venues.binance.emulator_handshake`), is the first and,
+    when it fails, the only request sent there. Raises SettingsError (start-up stops, message
+    naming HARVEST_FAPI_URL) when the server answers as anything but the emulator — a real
+    exchange, a 404, another JSON, a wrong proof. When nothing answers yet (the emulator still
+    starting, ``timeout_s`` seconds at most) start-up goes on with a warning: the venue's client
+    repeats the handshake before its first request and sends nothing until it passes."""
+    import logging
+
+    from harvest.venues.base import VenueError
+    from harvest.venues.binance import emulator_handshake
+
+    try:
+        emulator_handshake(fapi_url, timeout_s, api_key, api_secret)
+    except VenueError as e:
+        if not e.retryable:
+            raise SettingsError(f"invalid setting {e.message}") from None
+        logging.getLogger("harvest.venue").warning("%s; the venue checks it again before its first request", e.message)
 
 
 #: A command that met a dropped connection (a Redis restart, a failover) is sent again on a

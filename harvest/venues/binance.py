@@ -911,30 +911,79 @@ def opening_time(trades: list[dict], position_amt: str) -> float | None:
     return None
 
 
-def emulator_handshake(futures_url: str, timeout_s: float) -> dict:
-    """Check that ``futures_url`` is harvest's fapi emulator: on a loopback address and
-    answering ``GET /_emu/hello`` with its handshake; returns the answer (``namespace``,
-    ``stream_url``: its websocket streams or None). Raises VenueError (a rejection: nothing
-    is sent) when it answers as something else; retryable when nothing answers (the emulator
-    restarting). The paper venue never reaches a real exchange, whatever its URL."""
+def handshake_proof(api_secret: str, nonce: str) -> str:
+    """The emulator's answer to a handshake challenge: HMAC-SHA256 (hex) of
+    ``"harvest-fapi-emulator:<nonce>"`` keyed with the account's API secret (the secret the
+    emulator checks request signatures with; Binance signs requests the same way). Only a
+    server that holds the secret can compute it, so an impostor answering the fixed handshake
+    JSON does not pass."""
+    import hashlib
+    import hmac
+
+    from harvest.venues.emulator import HANDSHAKE
+
+    return hmac.new(api_secret.encode(), f"{HANDSHAKE}:{nonce}".encode(), hashlib.sha256).hexdigest()
+
+
+def emulator_handshake(
+    futures_url: str, timeout_s: float, api_key: str | None = None, api_secret: str | None = None
+) -> dict:
+    """Check that ``futures_url`` (``HARVEST_FAPI_URL``) is harvest's fapi emulator before any
+    other request goes there; returns its answer (``namespace``, ``stream_url``: its websocket
+    streams or None).
+
+    One request, ``GET /_emu/hello?nonce=<32 hex>`` with ``X-MBX-APIKEY: api_key`` (the key
+    Binance gets on every request anyway; the secret is never sent), redirects not followed.
+    The answer must carry ``"emulator": "harvest-fapi-emulator"``; on a non-loopback address
+    (the emulator on another host of a paper deployment) it must also carry ``"proof"`` =
+    :func:`handshake_proof` of the nonce with ``api_secret``, so neither a real exchange (a 404,
+    another JSON) nor a server copying the fixed answer passes without the account's secret.
+
+    Raises VenueError: a rejection (code -9001, message naming HARVEST_FAPI_URL) when the
+    server answers as something else or, off loopback, no key and secret are given; retryable
+    when nothing answers (connection refused, timeout: the emulator restarting) — either way
+    nothing else is sent. The paper venue never reaches a real exchange, whatever its URL."""
+    import hmac
+    import secrets
+
     from harvest.venues.emulator import HANDSHAKE
     from settings import is_loopback_url
 
     root = futures_url.rstrip("/").removesuffix("/fapi")
-    if not is_loopback_url(futures_url):
+    remote = not is_loopback_url(futures_url)
+    named = f"HARVEST_FAPI_URL={futures_url}"
+    if remote and not (api_key and api_secret):
         raise VenueError(
-            -9001, f"{futures_url} is not on a loopback address: the paper venue talks only to the local emulator"
+            -9001, f"{named} is not on a loopback address: the emulator's handshake there needs the API key and secret"
         )
+    nonce = secrets.token_hex(16)
+    headers = {"X-MBX-APIKEY": api_key} if api_key else {}
     try:
-        answer = requests.get(f"{root}/_emu/hello", timeout=timeout_s).json()
+        resp = requests.get(
+            f"{root}/_emu/hello", params={"nonce": nonce}, headers=headers, timeout=timeout_s, allow_redirects=False
+        )
     except requests.exceptions.RequestException as e:  # not reachable now: nothing sent, try again later
         raise VenueError(
-            0, f"{futures_url} did not answer the emulator's handshake ({type(e).__name__})", 0, retryable=True
+            0, f"{named} did not answer the emulator's handshake ({type(e).__name__})", 0, retryable=True
         ) from None
+    try:
+        answer = resp.json() if resp.status_code == 200 else f"HTTP {resp.status_code}"
     except ValueError:
-        answer = None
+        answer = f"HTTP {resp.status_code}, not JSON"
     if not isinstance(answer, dict) or answer.get("emulator") != HANDSHAKE:
-        raise VenueError(-9001, f"{futures_url} is not harvest's fapi emulator (handshake answer {str(answer)[:80]!r})")
+        raise VenueError(
+            -9001,
+            f"{named} is not harvest's fapi emulator (handshake answer {str(answer)[:80]!r}); "
+            "the paper venue sends nothing there",
+        )
+    if remote:
+        proof = answer.get("proof")
+        if not isinstance(proof, str) or not hmac.compare_digest(proof, handshake_proof(api_secret or "", nonce)):
+            raise VenueError(
+                -9001,
+                f"{named} is not harvest's fapi emulator: its handshake does not prove the account's API secret "
+                "(a non-loopback emulator must hold the same HARVEST_API_KEY/HARVEST_API_SECRET)",
+            )
     return answer
 
 
@@ -946,7 +995,7 @@ def make_client(
     :func:`emulator_handshake`); ``testnet`` selects Binance's futures testnet. Raises
     VenueError when ``futures_url`` is not the emulator."""
     if futures_url:
-        emulator_handshake(futures_url, timeout_s)
+        emulator_handshake(futures_url, timeout_s, api_key, api_secret)
     c = Client(api_key, api_secret, ping=False, testnet=testnet, requests_params={"timeout": timeout_s})
     if futures_url:
         c.FUTURES_URL = futures_url.rstrip("/")

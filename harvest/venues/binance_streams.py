@@ -5,7 +5,8 @@
 * live: Binance's ``wss://fstream.binance.com/`` (python-binance's default);
 * testnet: python-binance's ``FSTREAM_TESTNET_URL``;
 * paper through the emulator (``fapi_url``): the ``stream_url`` the emulator's handshake
-  answers — a loopback address, checked like ``fapi_url``; an emulator that serves no streams
+  answers — a loopback address, or the emulator's own host when it runs on another (its
+  handshake proved the account's secret), checked like ``fapi_url``; an emulator that serves no streams
   is a :class:`VenueError`.
 
 The user data stream's listenKey is created, kept alive (PUT every ``keepalive_s``) and
@@ -16,6 +17,8 @@ long; :mod:`harvest.services.streams` bounds it by cancelling.
 """
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 from binance import AsyncClient, BinanceSocketManager
 from binance.exceptions import ReadLoopClosed as StreamClosed
@@ -34,9 +37,14 @@ def stream_url_of(s: HarvestSettings) -> str | None:
         return None
     if not s.fapi_url:
         raise VenueError(-9001, "the in-process paper venue has no streams: run the fapi emulator (HARVEST_FAPI_URL)")
-    url = emulator_handshake(s.fapi_url, s.venue_timeout_s).get("stream_url")
-    if not url or not is_loopback_url(url):
-        raise VenueError(-9001, f"the emulator at {s.fapi_url} serves no streams on a loopback address ({url!r})")
+    key = s.api_key.get_secret_value() if s.api_key else None
+    secret = s.api_secret.get_secret_value() if s.api_secret else None
+    url = emulator_handshake(s.fapi_url, s.venue_timeout_s, key, secret).get("stream_url")
+    # on loopback, or on the host whose handshake proved the account's secret (another host's emulator)
+    if not url or not (is_loopback_url(url) or urlsplit(url).hostname == urlsplit(s.fapi_url).hostname):
+        raise VenueError(
+            -9001, f"the emulator at {s.fapi_url} serves no streams on a loopback address or its own host ({url!r})"
+        )
     return url
 
 

@@ -1013,7 +1013,15 @@ class Emulator:
             # the streams' URL as this client reaches the emulator (its Host header), on the streams' port
             host = urlsplit("//" + (h.headers.get("Host") or "127.0.0.1")).hostname or "127.0.0.1"
             ws = f"ws://{host}:{self.streams.port}/" if self.streams else None
-            return self._reply(h, 200, {"emulator": HANDSHAKE, "namespace": self.ns, "stream_url": ws})
+            hello = {"emulator": HANDSHAKE, "namespace": self.ns, "stream_url": ws}
+            # the challenge: HMAC-SHA256 of "harvest-fapi-emulator:<nonce>" with the secret of the
+            # account whose key is sent (harvest.venues.binance.handshake_proof); none for an unknown key
+            nonce = dict(parse_qsl(urlsplit(h.path).query)).get("nonce", "")
+            acct = self.accounts.get(h.headers.get("X-MBX-APIKEY") or "")
+            if acct is not None and re.fullmatch(r"[0-9a-f]{16,128}", nonce):
+                msg = f"{HANDSHAKE}:{nonce}".encode()
+                hello["proof"] = hmac.new(acct.secret, msg, hashlib.sha256).hexdigest()
+            return self._reply(h, 200, hello)
         if path == "/_emu/orderlog" and method == "GET":
             return self._reply(h, 200, self.order_log())
         if path == "/_emu/faults":
