@@ -54,6 +54,7 @@ from binance.exceptions import BinanceAPIException, BinanceRequestException
 from harvest.data import SymbolFilters, filters_from_exchange_info
 from harvest.domain.models import Side
 from harvest.domain.plans import CLIENT_ORDER_PREFIX
+from harvest.venues import binance_facts as facts
 from harvest.venues.base import (
     BAD_SYMBOL,
     POSITION_MODE_CODES,
@@ -65,24 +66,58 @@ from harvest.venues.base import (
 
 log = logging.getLogger("harvest.venue")
 
-#: Request weights of the endpoints used (Binance's documented figures).
-WEIGHT = {
-    "positions": 5,
-    "symbol_config": 5,
-    "dual": 30,
-    "open_algo_all": 40,
-    "open_algo": 1,
-    "mark": 1,
-    "klines": 2,
-    "exchange_info": 1,
-    "order": 1,
-    "get_order": 1,
-    "cancel": 1,
-    "trades": 5,
-    "time": 1,
-    "income": 30,
-    "all_orders": 5,
+#: The request python-binance 1.0.37 sends for each client method harvest calls: (HTTP method, path).
+_REQUESTS: dict[str, tuple[str, str]] = {
+    "futures_time": ("GET", "/fapi/v1/time"),
+    "futures_exchange_info": ("GET", "/fapi/v1/exchangeInfo"),
+    "futures_mark_price": ("GET", "/fapi/v1/premiumIndex"),
+    "futures_klines": ("GET", "/fapi/v1/klines"),
+    "futures_position_information": ("GET", "/fapi/v3/positionRisk"),
+    "futures_symbol_config": ("GET", "/fapi/v1/symbolConfig"),
+    "futures_get_position_mode": ("GET", "/fapi/v1/positionSide/dual"),
+    "futures_account_trades": ("GET", "/fapi/v1/userTrades"),
+    "futures_income_history": ("GET", "/fapi/v1/income"),
+    "futures_get_all_orders": ("GET", "/fapi/v1/allOrders"),
+    "futures_get_open_orders": ("GET", "/fapi/v1/openOrders"),
+    "futures_get_order": ("GET", "/fapi/v1/order"),
+    "futures_cancel_order": ("DELETE", "/fapi/v1/order"),
+    "futures_create_order": ("POST", "/fapi/v1/order"),
 }
+#: The methods python-binance routes to the algo-order endpoints for a conditional order
+#: (``type`` a conditional type; ``conditional=True``, ``algoId`` or ``clientAlgoId``).
+_ALGO_REQUESTS: dict[str, tuple[str, str]] = {
+    "futures_get_open_orders": ("GET", "/fapi/v1/openAlgoOrders"),
+    "futures_get_order": ("GET", "/fapi/v1/algoOrder"),
+    "futures_cancel_order": ("DELETE", "/fapi/v1/algoOrder"),
+    "futures_create_order": ("POST", "/fapi/v1/algoOrder"),
+}
+_CONDITIONAL_TYPES = ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET")
+
+
+def request_of(fn: str, params: dict[str, Any]) -> tuple[str, str]:
+    """The (HTTP method, path) python-binance's ``fn`` sends with ``params`` (its routing of
+    conditional orders to the algo endpoints included). Raises KeyError for a method harvest
+    does not call."""
+    if fn in _ALGO_REQUESTS:
+        if fn == "futures_create_order":
+            algo = str(params.get("type", "")).upper() in _CONDITIONAL_TYPES
+        else:
+            algo = bool(params.get("conditional")) or "algoId" in params or "clientAlgoId" in params
+        if algo:
+            return _ALGO_REQUESTS[fn]
+    return _REQUESTS[fn]
+
+
+def request_weight(fn: str, params: dict[str, Any]) -> int:
+    """The request weight Binance charges for python-binance's ``fn`` with ``params``, by
+    :func:`binance_facts.request_weight` (with or without ``symbol``, klines by ``limit``)."""
+    method, path = request_of(fn, params)
+    return facts.request_weight(method, path, params)
+
+
+#: Each endpoint's weight with a symbol and Binance's default parameters (a summary; the budget
+#: charges every call by :func:`request_weight`, from the parameters it sends).
+WEIGHT = {fn: facts.request_weight(*request_of(fn, {"symbol": "BTCUSDT"}), {"symbol": "BTCUSDT"}) for fn in _REQUESTS}
 #: Share of the weight budget each priority may use: closes go ahead of stop moves and reads.
 PRIORITY_SHARE = {"close": 1.0, "stop": 0.85, "read": 0.7}
 _ALGO_TO_ORDER_STATUS = {
@@ -421,12 +456,13 @@ class BinanceVenue(Venue):
             self._pid = os.getpid()
         return self._client
 
-    def _call(self, fn: str, weight: str, priority: str, new_order: bool = False, **params: Any) -> Any:
-        """One request: budget (request weight, the IP's; with ``new_order``, the account's
-        order rate too), call, rate-limit bookkeeping, error classification, and one retry after
-        a -1021 time resync. A 429/418 holds the scope it belongs to: ``-1015`` (too many new
-        orders) this account's orders, any other the IP's requests."""
-        self.budget.reserve(WEIGHT[weight], priority)
+    def _call(self, fn: str, label: str, priority: str, new_order: bool = False, **params: Any) -> Any:
+        """One request: budget (request weight, the IP's, by :func:`request_weight` of ``fn``
+        and the parameters sent; with ``new_order``, the account's order rate too), call,
+        rate-limit bookkeeping, error classification, and one retry after a -1021 time resync.
+        A 429/418 holds the scope it belongs to: ``-1015`` (too many new orders) this account's
+        orders, any other the IP's requests. ``label``: the call's short name (for readers)."""
+        self.budget.reserve(request_weight(fn, params), priority)
         if new_order:
             self.orders.reserve(priority)
         for attempt in (0, 1):
@@ -460,7 +496,7 @@ class BinanceVenue(Venue):
         """The exchange's clock minus this machine's (ms), from ``GET /fapi/v1/time`` (weight
         1; the request's mid-point stands for local time). Recorded in Redis
         (``<ns>:venue:clock_offset_ms``) for ``/metrics`` and the scorecard."""
-        self.budget.reserve(WEIGHT["time"], "read")
+        self.budget.reserve(request_weight("futures_time", {}), "read")
         t0 = time.time()
         server = _num(self.client.futures_time()["serverTime"])
         t1 = time.time()

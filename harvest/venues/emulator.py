@@ -9,9 +9,13 @@ path                                       signed  what
 GET  /fapi/v1/ping, /fapi/v1/time          no      liveness, server time (ms)
 GET  /fapi/v1/exchangeInfo                 no      the shipped exchangeInfo (real filters)
 GET  /fapi/v1/premiumIndex                 no      mark price of one or every symbol
-GET  /fapi/v1/klines                       no      1m klines of the replay up to market now
-GET  /fapi/v3/positionRisk, v2             yes     positions (v2 adds ``leverage``)
-GET  /fapi/v1/symbolConfig                 yes     leverage per symbol
+GET  /fapi/v1/klines                       no      klines of every interval (from the 1m bars),
+                                                   startTime/endTime/limit, up to market now
+GET  /fapi/v3/positionRisk, v2             yes     positions, Binance's v3 / v2 field sets
+GET  /fapi/v2/balance, v3                  yes     the USDT balance (the paper ledger)
+GET  /fapi/v3/account                      yes     totals, assets, positions
+POST /fapi/v1/leverage, /marginType        yes     kept per account and symbol
+GET  /fapi/v1/symbolConfig                 yes     leverage and margin type per symbol
 GET  /fapi/v1/positionSide/dual            yes     position mode (POST switches it)
 POST /fapi/v1/order                        yes     MARKET (reduceOnly / positionSide); a
                                                    conditional type answers -4120
@@ -32,9 +36,13 @@ The websocket streams (user data, mark prices) are served on a second port by
 
 Signed requests are checked like Binance: API key in ``X-MBX-APIKEY`` (-2015), HMAC-SHA256
 of the query string + body as received minus ``signature`` (-1022), ``timestamp <
-server_time + 1000`` and ``server_time − timestamp ≤ recvWindow`` (-1021). Every response
-carries ``X-MBX-USED-WEIGHT-1M``; more than ``weight_limit_1m`` (Binance: 2400) weight in a
-minute answers 429 -1003.
+server_time + 1000`` and ``server_time − timestamp ≤ recvWindow`` (-1021), ``recvWindow`` at
+most 60000 (-1131). Every response carries ``X-MBX-USED-WEIGHT-1M``, each request charged
+Binance's weight for its endpoint and parameters (:func:`binance_facts.request_weight`: e.g.
+openOrders/openAlgoOrders 40 without a symbol, klines 1–10 by ``limit``); more than
+``weight_limit_1m`` (Binance: 2400) weight in a minute answers 429 -1003. Order answers carry
+the account's ``X-MBX-ORDER-COUNT-10S`` / ``-1M``. A path Binance does not serve answers
+Binance's 404 HTML page (:data:`binance_facts.UNKNOWN_PATH_HTML`), key or no key.
 
 **Faults** are injected per endpoint (``"POST /fapi/v1/order"``, or ``"*"`` for any) and
 held in Redis (``<ns>:emu:faults``), so tests, ``harvest chaos`` and the HTTP admin route
@@ -80,10 +88,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import numpy as np
 import redis
 
 from harvest.data import (
@@ -93,10 +103,13 @@ from harvest.data import (
     load_funding,
     load_klines,
 )
+from harvest.domain.margin import Bracket
+from harvest.venues import binance_facts as facts
 from harvest.venues.base import OrderResult, VenueError
 from harvest.venues.clock import MarketClock
 from harvest.venues.emulator_streams import LISTEN_KEY_TTL_S, ListenKeyMissing, ListenKeys, StreamServer
 from harvest.venues.paper import PaperVenue
+from harvest.venues.paper_settlement import brackets
 
 log = logging.getLogger("harvest.emulator")
 
@@ -126,24 +139,17 @@ HTML_503 = (
 HTML_502 = (
     "<html><body><h1>502 Bad Gateway</h1>\nThe server returned an invalid or incomplete response.\n</body></html>\n"
 )
-#: Request weights (Binance's figures for these endpoints, rounded up).
+#: Request weight of each endpoint's GET with a symbol and Binance's default parameters (klines:
+#: limit 500 → 5), by the path after ``/fapi/vN/`` (a summary for benchmarks; the emulator
+#: charges every request by :func:`binance_facts.request_weight`, the weight by its parameters).
 WEIGHTS = {
-    "klines": 2,
-    "userTrades": 5,
-    "leverageBracket": 1,
-    "income": 30,
-    "allOrders": 5,
-    "positionRisk": 5,
-    "symbolConfig": 5,
-    "positionSide/dual": 30,
-    "openOrders": 1,
-    "openAlgoOrders": 1,
-    "exchangeInfo": 1,
-    "premiumIndex": 1,
-    "order": 1,
-    "algoOrder": 1,
+    e.path.split("/", 3)[3]: facts.request_weight("GET", e.path, {"symbol": "BTCUSDT"})
+    for e in facts.ENDPOINTS.values()
+    if e.method == "GET"
 }
-WEIGHT_LIMIT_1M = 2400
+WEIGHT_LIMIT_1M = facts.WEIGHT_LIMIT_1M
+#: The USDT wallet balance every emulated account starts with (``wallet_usdt``).
+WALLET_USDT = 100_000.0
 CONDITIONAL_TYPES = ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET")
 _ALGO_STATUS = {
     "NEW": "NEW",
@@ -353,8 +359,10 @@ class Emulator:
         weight_limit_1m: int = WEIGHT_LIMIT_1M,
         listen_key_ttl_s: float = LISTEN_KEY_TTL_S,
         order_limits: list[tuple[int, int]] | None = None,
+        wallet_usdt: float = WALLET_USDT,
     ):
         self.r = r
+        self.wallet_usdt = wallet_usdt
         self.ns = ns
         self.api_key = api_key
         self.clock = clock or MarketClock(r, ns, time.time(), 1.0)
@@ -379,6 +387,10 @@ class Emulator:
             if x.get("rateLimitType") == "ORDERS"
         ]
         self._symbols = {s["symbol"] for s in self._info["symbols"]}
+        self._precision = {
+            s["symbol"]: (int(s.get("pricePrecision", 8)), int(s.get("quantityPrecision", 8)))
+            for s in self._info["symbols"]
+        }
         self._k_weight = f"{ns}:emu:weight"
         emu = self
 
@@ -533,7 +545,7 @@ class Emulator:
             if claim is not None:
                 h.close_connection = True
             h.send_header("X-MBX-USED-WEIGHT-1M", str(used))
-            for k, v in (headers or {}).items():
+            for k, v in {**(getattr(self._local, "order_counts", None) or {}), **(headers or {})}.items():
                 h.send_header(k, v)
             h.end_headers()
             h.wfile.write(raw)
@@ -542,10 +554,12 @@ class Emulator:
 
     def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
         self._local.account = self.accounts.get(h.headers.get("X-MBX-APIKEY") or "")
+        self._local.order_counts = None  # X-MBX-ORDER-COUNT-* headers of a new order's answer
         try:
             self._serve(h, method)
         finally:
             self._local.account = None
+            self._local.order_counts = None
 
     def _serve(self, h: BaseHTTPRequestHandler, method: str) -> None:
         parts = urlsplit(h.path)
@@ -556,10 +570,14 @@ class Emulator:
             return self._admin(h, method, path, body)
         endpoint = f"{method} {path}"
         name = path.split("/", 3)[-1] if path.count("/") >= 3 else path
-        used = self._weight(WEIGHTS.get(name, 1))
         order_call = name in ("order", "algoOrder") and method in ("POST", "DELETE")
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
         params.update(parse_qsl(body, keep_blank_values=True))
+        if (method, path) not in facts.ENDPOINTS:  # Binance's answer to a path it does not serve
+            used = self._weight(0)
+            html = facts.UNKNOWN_PATH_HTML
+            return self._reply(h, facts.UNKNOWN_PATH_STATUS, html, used=used, content_type="text/html")
+        used = self._weight(facts.request_weight(method, path, params))
         fault = self.faults.take(endpoint)
         try:
             if used > self.weight_limit_1m:
@@ -655,7 +673,9 @@ class Emulator:
     def _count_order(self) -> None:
         """Binance's ``ORDERS`` limits, per account (``self.order_limits``: 300 per 10 s and 1200
         per minute as shipped): a new order beyond one answers 429 ``-1015``. The rejected order
-        counts too (the stricter reading)."""
+        counts too (the stricter reading). The answer to the order (accepted or not) carries the
+        account's count of each window in ``X-MBX-ORDER-COUNT-10S`` / ``-1M``
+        (:func:`binance_facts.order_count_header`)."""
         now = time.time()
         acct = self._current.name
         p = self.r.pipeline(transaction=False)
@@ -664,6 +684,9 @@ class Emulator:
             p.incr(key)
             p.expire(key, window * 2)
         counts = p.execute()[::2]
+        self._local.order_counts = {
+            facts.order_count_header(window): str(n) for (window, _), n in zip(self.order_limits, counts, strict=True)
+        }
         for (window, limit), n in zip(self.order_limits, counts, strict=True):
             if n > limit:
                 raise ApiError(
@@ -687,13 +710,15 @@ class Emulator:
             raise ApiError(400, -1022, "Signature for this request is not valid.")
         try:
             ts = int(params["timestamp"])
-            window = int(params.get("recvWindow", 5000))
+            window = int(params.get("recvWindow", facts.RECV_WINDOW_DEFAULT_MS))
         except (KeyError, ValueError):
             raise ApiError(
                 400, -1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed."
             ) from None
+        if window > facts.RECV_WINDOW_MAX_MS or window <= 0:
+            raise ApiError(*facts.ERRORS["BAD_RECV_WINDOW"].fmt())
         now = self.server_ms()
-        if not (ts < now + 1000 and now - ts <= window):
+        if not (ts < now + facts.TIMESTAMP_AHEAD_MS and now - ts <= window):
             raise ApiError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
 
     # ------------------------------------------------------------------ endpoints
@@ -721,20 +746,38 @@ class Emulator:
                 return self._klines(self._symbol(p), p)
             if path == "/fapi/v1/premiumIndex":
                 sym = self._symbol(p, required=False)
-                rows = [self._premium(s) for s in ([sym] if sym else sorted(self._symbols))]
-                return rows[0] if sym else rows
+                if sym:
+                    try:
+                        return self._premium(sym)
+                    except FileNotFoundError:  # listed, but no prices shipped
+                        raise ApiError(*facts.ERRORS["BAD_SYMBOL"].fmt()) from None
+                rows = []
+                for s in sorted(self._symbols | set(v.listings())):  # every symbol with prices
+                    try:
+                        rows.append(self._premium(s))
+                    except FileNotFoundError:
+                        continue
+                return rows
             if path in ("/fapi/v3/positionRisk", "/fapi/v2/positionRisk") and method == "GET":
                 return self._positions(p, with_leverage=path.startswith("/fapi/v2"))
+            if path in ("/fapi/v2/balance", "/fapi/v3/balance"):
+                return self._balance()
+            if path == "/fapi/v3/account":
+                return self._account()
+            if path == "/fapi/v1/leverage":
+                return self._set_leverage(p)
+            if path == "/fapi/v1/marginType":
+                return self._set_margin_type(p)
             if path == "/fapi/v1/symbolConfig":
                 sym = self._symbol(p, required=False)
                 vps = [x for x in (v.position(sym),) if x is not None] if sym else v.positions()
                 return [
                     {
                         "symbol": vp.symbol,
-                        "marginType": "ISOLATED",
+                        "marginType": self._margin_type(vp.symbol),
                         "isAutoAddMargin": False,
-                        "leverage": int(vp.leverage),
-                        "maxNotionalValue": "1000000",
+                        "leverage": self._leverage(vp.symbol, vp),
+                        "maxNotionalValue": _num_str(self._max_notional(vp.symbol, self._leverage(vp.symbol, vp))),
                     }
                     for vp in vps
                 ]
@@ -777,22 +820,55 @@ class Emulator:
         raise ApiError(404, -1000, f"Unknown endpoint {method} {path} (not emulated).")
 
     def _klines(self, symbol: str, p: dict) -> list[list]:
-        if p.get("interval", "1m") != "1m":
-            raise ApiError(400, -1120, "Invalid interval.")
+        """``GET /fapi/v1/klines`` of every Binance interval (:data:`binance_facts.KLINE_INTERVALS`)
+        aggregated from the shipped 1m bars opened by market now (the last one still open, as on
+        Binance): ``startTime``/``endTime`` (ms) select bars by open time (both inclusive);
+        ``limit`` (default 500, at most 1500) keeps the first ``limit`` after ``startTime``, else
+        the last ``limit``. Weeks open on Monday 00:00 UTC, months on the 1st. Prices at the
+        symbol's ``pricePrecision``, volume at its ``quantityPrecision``."""
+        interval = p.get("interval")
+        if not interval:
+            raise ApiError(*facts.ERRORS["MANDATORY_PARAM_EMPTY_OR_MALFORMED"].fmt("interval"))
+        if interval not in facts.KLINE_INTERVALS:
+            raise ApiError(*facts.ERRORS["INVALID_INTERVAL"].fmt())
         try:
-            limit = max(1, min(1500, int(p.get("limit", 500))))
+            limit = max(1, min(facts.KLINES_MAX_LIMIT, int(p.get("limit", facts.KLINES_DEFAULT_LIMIT))))
+            start = int(p["startTime"]) if p.get("startTime") else None
+            end = int(p["endTime"]) if p.get("endTime") else None
         except ValueError:
-            raise ApiError(400, -1100, "Illegal characters found in parameter 'limit'.") from None
+            raise ApiError(400, -1100, "Illegal characters found in a parameter.") from None
+        if start is not None and end is not None and start > end:
+            raise ApiError(400, -1023, "Start time is greater than end time.")
         kl = load_klines(self.venue.source(symbol))
-        end = kl.index_at(self.clock.now()) + 1  # bars opened by market now (the last one still open)
+        try:
+            last = kl.index_at(self.clock.now()) + 1  # bars opened by market now
+        except ValueError:
+            return []
+        ot = kl.open_time[:last].astype(np.int64)
+        keys = _bucket(ot, interval)
+        opens, first = np.unique(keys, return_index=True)
+        bounds = np.append(first, last)
+        sel = np.ones(len(opens), dtype=bool)
+        if start is not None:
+            sel &= opens * 1000 >= start
+        if end is not None:
+            sel &= opens * 1000 <= end
+        idx = np.nonzero(sel)[0]
+        idx = idx[:limit] if start is not None else idx[-limit:]
+        pp, qp = self._prec(symbol)
         out = []
-        for i in range(max(0, end - limit), end):
-            t = int(kl.open_time[i]) * 1000
+        for j in idx:
+            a, b = int(bounds[j]), int(bounds[j + 1])
+            t = int(opens[j]) * 1000
             out.append(
                 [
                     t,
-                    *(SymbolFilters.fmt_float(float(a[i])) for a in (kl.open, kl.high, kl.low, kl.close, kl.volume)),
-                    t + 59_999,
+                    _fixed(float(kl.open[a]), pp),
+                    _fixed(float(kl.high[a:b].max()), pp),
+                    _fixed(float(kl.low[a:b].min()), pp),
+                    _fixed(float(kl.close[b - 1]), pp),
+                    _fixed(float(kl.volume[a:b].sum()), qp),
+                    _bucket_end(int(opens[j]), interval) * 1000 - 1,
                     "0",
                     0,
                     "0",
@@ -829,34 +905,242 @@ class Emulator:
             "time": self.server_ms(),
         }
 
+    # ------------------------------------------------------------------ account state
+
+    def _k_acct(self, what: str) -> str:
+        return f"{self.ns}:emu:{self._current.name}:{what}"
+
+    def _prec(self, symbol: str) -> tuple[int, int]:
+        """(pricePrecision, quantityPrecision) of ``symbol`` from the exchangeInfo served (a
+        synthetic listing: its source symbol's)."""
+        return self._precision.get(symbol) or self._precision.get(self.venue.source(symbol)) or (8, 8)
+
+    def _brackets_of(self, symbol: str) -> tuple[Bracket, ...]:
+        return brackets(self.venue.source(symbol))
+
+    def _leverage(self, symbol: str, vp: Any = None) -> int:
+        """The account's leverage of ``symbol``: as set by ``POST /fapi/v1/leverage``, else the
+        open position's, else the paper engine's default (10)."""
+        raw = self.r.hget(self._k_acct("leverage"), symbol)
+        if raw is not None:
+            return int(raw)
+        return int(vp.leverage) if vp is not None else 10
+
+    def _margin_type(self, symbol: str) -> str:
+        """``ISOLATED`` or ``CROSSED`` as set by ``POST /fapi/v1/marginType`` (default ISOLATED:
+        the paper engine's liquidation is isolated margin's)."""
+        return self.r.hget(self._k_acct("margin_type"), symbol) or "ISOLATED"
+
+    def _max_notional(self, symbol: str, leverage: int) -> float:
+        """The largest position notional (USDT) ``leverage`` allows: the highest cap among the
+        brackets whose leverage reaches it (Binance's ``maxNotionalValue``)."""
+        caps = [b.cap for b in self._brackets_of(symbol) if b.max_leverage >= leverage]
+        return max(caps) if caps else 0.0
+
+    def _figures(self, vp: Any) -> dict[str, Any]:
+        """One position's figures (USDT unless noted): amt (signed, base units), notional,
+        unrealized PnL, leverage, margin type, position initial margin, maintenance margin (the
+        shipped bracket containing the notional: notional × mmr − cum), isolated wallet and
+        isolated margin (zero for a cross position)."""
+        amt = vp.qty * vp.side.sign
+        notional = amt * vp.mark_price
+        lev = self._leverage(vp.symbol, vp)
+        mt = self._margin_type(vp.symbol)
+        upnl = (vp.mark_price - vp.entry_price) * amt
+        n = abs(notional)
+        tier = next((b for b in self._brackets_of(vp.symbol) if b.floor <= n < b.cap), None)
+        maint = n * tier.mmr - tier.cum if tier is not None else n * 0.004
+        iso_wallet = abs(amt) * vp.entry_price / lev if mt == "ISOLATED" else 0.0
+        return {
+            "amt": amt,
+            "notional": notional,
+            "upnl": upnl,
+            "leverage": lev,
+            "margin_type": mt,
+            "pim": n / lev,
+            "maint": max(0.0, maint),
+            "iso_wallet": iso_wallet,
+            "iso_margin": iso_wallet + upnl if mt == "ISOLATED" else 0.0,
+        }
+
     def _positions(self, p: dict, with_leverage: bool) -> list[dict[str, Any]]:
+        """``GET /fapi/v3/positionRisk`` (``with_leverage``: v2) rows of the open positions with
+        Binance's field sets (:data:`binance_facts.POSITION_RISK_V3_FIELDS` / ``_V2_FIELDS``);
+        positionAmt at the symbol's quantityPrecision, prices (an average entry, the mark: finer
+        than the tick, as on Binance: "6679.50671178") and USDT amounts with 8 decimals. The
+        stops are closePosition orders: no open-order margin, no bid/ask notional."""
         sym = self._symbol(p, required=False)
         out = []
         dual = self.venue.dual()
         now_ms = int(self.clock.now() * 1000)
         vps = self.venue.positions() if not sym else [vp for vp in (self.venue.position(sym),) if vp is not None]
         for vp in vps:
-            amt = vp.qty * vp.side.sign
-            notional = amt * vp.mark_price
-            row = {
+            f = self._figures(vp)
+            qp = self._prec(vp.symbol)[1]
+            common = {
                 "symbol": vp.symbol,
                 "positionSide": vp.side.value if dual else "BOTH",
-                "positionAmt": SymbolFilters.fmt_float(amt),
-                "entryPrice": SymbolFilters.fmt_float(vp.entry_price),
-                "breakEvenPrice": SymbolFilters.fmt_float(vp.entry_price),
-                "markPrice": SymbolFilters.fmt_float(vp.mark_price),
-                "unRealizedProfit": SymbolFilters.fmt_float((vp.mark_price - vp.entry_price) * amt),
-                "liquidationPrice": SymbolFilters.fmt_float(vp.liquidation_price or 0.0),
-                "notional": SymbolFilters.fmt_float(notional),
-                "initialMargin": SymbolFilters.fmt_float(abs(notional) / vp.leverage),
-                "maintMargin": SymbolFilters.fmt_float(abs(notional) * 0.004),
-                "marginAsset": "USDT",
+                "positionAmt": _fixed(f["amt"], qp),
+                "entryPrice": _fixed(vp.entry_price, 8),
+                "breakEvenPrice": _fixed(vp.entry_price, 8),
+                "markPrice": _fixed(vp.mark_price, 8),
+                "unRealizedProfit": _fixed(f["upnl"], 8),
+                "liquidationPrice": _fixed(vp.liquidation_price or 0.0, 8),
+                "isolatedMargin": _fixed(f["iso_margin"], 8),
+                "notional": _fixed(f["notional"], 8),
+                "isolatedWallet": _fixed(f["iso_wallet"], 8),
                 "updateTime": now_ms,
             }
             if with_leverage:
-                row["leverage"] = str(int(vp.leverage))
-            out.append(row)
+                row = dict(
+                    common,
+                    leverage=str(f["leverage"]),
+                    maxNotionalValue=_num_str(self._max_notional(vp.symbol, f["leverage"])),
+                    marginType=facts.MARGIN_TYPES[f["margin_type"]],
+                    isAutoAddMargin="false",
+                )
+                out.append({k: row[k] for k in facts.POSITION_RISK_V2_FIELDS})
+            else:
+                row = dict(
+                    common,
+                    marginAsset="USDT",
+                    initialMargin=_fixed(f["pim"], 8),
+                    maintMargin=_fixed(f["maint"], 8),
+                    positionInitialMargin=_fixed(f["pim"], 8),
+                    openOrderInitialMargin=_fixed(0.0, 8),
+                    adl=0,
+                    bidNotional="0",
+                    askNotional="0",
+                )
+                out.append({k: row[k] for k in facts.POSITION_RISK_V3_FIELDS})
         return out
+
+    def _wallet(self) -> float:
+        """The account's USDT wallet balance: ``wallet_usdt`` plus realized PnL, minus
+        commissions and funding paid (the paper engine's ledger)."""
+        pnl = self.venue.pnl()
+        return self.wallet_usdt + sum(
+            x.get("realized", 0.0) - x.get("commission", 0.0) - x.get("funding", 0.0) for x in pnl.values()
+        )
+
+    def _totals(self) -> dict[str, Any]:
+        figs = [(vp, self._figures(vp)) for vp in self.venue.positions()]
+        wallet = self._wallet()
+        iso_wallet = sum(f["iso_wallet"] for _, f in figs)
+        cross = [f for _, f in figs if f["margin_type"] == "CROSSED"]
+        cross_upnl = sum(f["upnl"] for f in cross)
+        available = wallet - iso_wallet - sum(f["pim"] for f in cross) + cross_upnl
+        return {
+            "figs": figs,
+            "wallet": wallet,
+            "cross_wallet": wallet - iso_wallet,
+            "cross_upnl": cross_upnl,
+            "upnl": sum(f["upnl"] for _, f in figs),
+            "pim": sum(f["pim"] for _, f in figs),
+            "maint": sum(f["maint"] for _, f in figs),
+            "available": available,
+            "withdraw": max(0.0, min(available, wallet - iso_wallet)),
+        }
+
+    def _balance(self) -> list[dict[str, Any]]:
+        """``GET /fapi/v2/balance`` (and v3): the USDT row (:data:`binance_facts.BALANCE_FIELDS`)."""
+        t = self._totals()
+        alias = hashlib.sha256(f"{self.ns}:{self._current.name}".encode()).hexdigest()[:8]
+        return [
+            {
+                "accountAlias": alias,
+                "asset": "USDT",
+                "balance": _fixed(t["wallet"], 8),
+                "crossWalletBalance": _fixed(t["cross_wallet"], 8),
+                "crossUnPnl": _fixed(t["cross_upnl"], 8),
+                "availableBalance": _fixed(t["available"], 8),
+                "maxWithdrawAmount": _fixed(t["withdraw"], 8),
+                "marginAvailable": True,
+                "updateTime": int(self.clock.now() * 1000),
+            }
+        ]
+
+    def _account(self) -> dict[str, Any]:
+        """``GET /fapi/v3/account`` (single-asset mode, :data:`binance_facts.ACCOUNT_V3_FIELDS`)."""
+        t = self._totals()
+        now_ms = int(self.clock.now() * 1000)
+        dual = self.venue.dual()
+        usdt = {
+            "asset": "USDT",
+            "walletBalance": _fixed(t["wallet"], 8),
+            "unrealizedProfit": _fixed(t["upnl"], 8),
+            "marginBalance": _fixed(t["wallet"] + t["upnl"], 8),
+            "maintMargin": _fixed(t["maint"], 8),
+            "initialMargin": _fixed(t["pim"], 8),
+            "positionInitialMargin": _fixed(t["pim"], 8),
+            "openOrderInitialMargin": _fixed(0.0, 8),
+            "crossWalletBalance": _fixed(t["cross_wallet"], 8),
+            "crossUnPnl": _fixed(t["cross_upnl"], 8),
+            "availableBalance": _fixed(t["available"], 8),
+            "maxWithdrawAmount": _fixed(t["withdraw"], 8),
+            "updateTime": now_ms,
+        }
+        positions = []
+        for vp, f in t["figs"]:
+            qp = self._prec(vp.symbol)[1]
+            positions.append(
+                {
+                    "symbol": vp.symbol,
+                    "positionSide": vp.side.value if dual else "BOTH",
+                    "positionAmt": _fixed(f["amt"], qp),
+                    "unrealizedProfit": _fixed(f["upnl"], 8),
+                    "isolatedMargin": _fixed(f["iso_margin"], 8),
+                    "notional": _fixed(f["notional"], 8),
+                    "isolatedWallet": _fixed(f["iso_wallet"], 8),
+                    "initialMargin": _fixed(f["pim"], 8),
+                    "maintMargin": _fixed(f["maint"], 8),
+                    "updateTime": now_ms,
+                }
+            )
+        return {
+            "totalInitialMargin": _fixed(t["pim"], 8),
+            "totalMaintMargin": _fixed(t["maint"], 8),
+            "totalWalletBalance": _fixed(t["wallet"], 8),
+            "totalUnrealizedProfit": _fixed(t["upnl"], 8),
+            "totalMarginBalance": _fixed(t["wallet"] + t["upnl"], 8),
+            "totalPositionInitialMargin": _fixed(t["pim"], 8),
+            "totalOpenOrderInitialMargin": _fixed(0.0, 8),
+            "totalCrossWalletBalance": _fixed(t["cross_wallet"], 8),
+            "totalCrossUnPnl": _fixed(t["cross_upnl"], 8),
+            "availableBalance": _fixed(t["available"], 8),
+            "maxWithdrawAmount": _fixed(t["withdraw"], 8),
+            "assets": [usdt],
+            "positions": positions,
+        }
+
+    def _set_leverage(self, p: dict) -> dict[str, Any]:
+        """``POST /fapi/v1/leverage``: an integer from 1 to the symbol's largest bracket leverage
+        (else -4028), kept per account and symbol; positionRisk, symbolConfig and later openings
+        use it."""
+        sym = self._symbol(p)
+        raw = p.get("leverage")
+        if not raw:
+            raise ApiError(*facts.ERRORS["MANDATORY_PARAM_EMPTY_OR_MALFORMED"].fmt("leverage"))
+        top = max((b.max_leverage for b in self._brackets_of(sym)), default=125.0)
+        if not raw.isdigit() or not 1 <= int(raw) <= top:
+            raise ApiError(*facts.ERRORS["INVALID_LEVERAGE"].fmt(raw))
+        lev = int(raw)
+        self.r.hset(self._k_acct("leverage"), sym, lev)
+        return {"leverage": lev, "maxNotionalValue": _num_str(self._max_notional(sym, lev)), "symbol": sym}
+
+    def _set_margin_type(self, p: dict) -> dict[str, Any]:
+        """``POST /fapi/v1/marginType``: ISOLATED or CROSSED (else -1130), kept per account and
+        symbol; the same type again answers -4046, a symbol with an open position -4048."""
+        sym = self._symbol(p)
+        mt = (p.get("marginType") or "").upper()
+        if mt not in facts.MARGIN_TYPES:
+            raise ApiError(*facts.ERRORS["INVALID_PARAMETER"].fmt("marginType"))
+        if mt == self._margin_type(sym):
+            raise ApiError(*facts.ERRORS["NO_NEED_TO_CHANGE_MARGIN_TYPE"].fmt())
+        if self.venue.position(sym) is not None:
+            raise ApiError(*facts.ERRORS["MARGIN_TYPE_CANNOT_BE_CHANGED"].fmt())
+        self.r.hset(self._k_acct("margin_type"), sym, mt)
+        return {"code": 200, "msg": "success"}
 
     def _brackets(self, sym: str | None) -> Any:
         """``GET /fapi/v1/leverageBracket``: the shipped table, a synthetic listing answering with
@@ -951,6 +1235,7 @@ class Emulator:
                 raise ApiError(400, -1116, "Invalid orderType.")
             cid = p.get("newClientOrderId") or f"emu-{v._next_order_id()}"
             _check_client_id(cid)
+            lev = self.r.hget(self._k_acct("leverage"), sym)  # POST /fapi/v1/leverage's, for an opening
             o = v.submit_market(
                 sym,
                 p.get("side", ""),
@@ -958,6 +1243,7 @@ class Emulator:
                 cid,
                 reduce_only=p.get("reduceOnly") == "true",
                 position_side=p.get("positionSide"),
+                **({"leverage": float(lev)} if lev is not None else {}),
             )
             if p.get("newOrderRespType") != "RESULT":  # ACK: the order as accepted
                 return dict(_order_json(o), status="NEW", executedQty="0", cumQuote="0", avgPrice="0.00")
@@ -1052,6 +1338,42 @@ class Emulator:
                     return self._reply(h, 400, {"error": str(e)})
                 return self._reply(h, 200, self.faults.armed())
         self._reply(h, 404, {"error": f"unknown admin route {method} {path}"})
+
+
+def _fixed(x: float, places: int) -> str:
+    """``x`` as a decimal string with exactly ``places`` decimals (no float noise, no "-0")."""
+    out = f"{float(x):.{places}f}"
+    return out[1:] if out.startswith("-") and not out.strip("-0.") else out
+
+
+def _num_str(x: float) -> str:
+    """A USDT figure as Binance writes a cap ("1000000", "0.5")."""
+    return SymbolFilters.fmt_float(x)
+
+
+_WEEK_OFFSET_S = 4 * 86400  # 1970-01-05, the first Monday after the epoch: weeks open on Mondays
+
+
+def _bucket(open_s: np.ndarray, interval: str) -> np.ndarray:
+    """The open time (s) of the ``interval`` bar each 1m open time (s, int64) falls in."""
+    if interval == "1M":
+        months = open_s.astype("datetime64[s]").astype("datetime64[M]")
+        return months.astype("datetime64[s]").astype(np.int64)
+    step = facts.KLINE_INTERVALS[interval]
+    assert step is not None
+    off = _WEEK_OFFSET_S if interval == "1w" else 0
+    return (open_s - off) // step * step + off
+
+
+def _bucket_end(open_s: int, interval: str) -> int:
+    """The open time (s) of the ``interval`` bar after the one opening at ``open_s``."""
+    if interval == "1M":
+        d = datetime.fromtimestamp(open_s, timezone.utc)
+        nxt = d.replace(year=d.year + (d.month == 12), month=d.month % 12 + 1)
+        return int(nxt.timestamp())
+    step = facts.KLINE_INTERVALS[interval]
+    assert step is not None
+    return open_s + step
 
 
 _PUBLIC = ("/fapi/v1/ping", "/fapi/v1/time", "/fapi/v1/exchangeInfo", "/fapi/v1/premiumIndex", "/fapi/v1/klines")
