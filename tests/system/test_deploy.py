@@ -1,11 +1,14 @@
 """deploy/ validates offline: systemd units by ``systemd-analyze verify``; Kubernetes manifests
-against the official schemas (kubernetes-validate, strict) and KEDA's ScaledObject against a
-schema written from its CRD; docker-compose and the Dockerfile by what they must say; the
-Grafana dashboard queries only series the exporter serves."""
+(kustomize base + overlays paper, testnet, live, rendered by ``kubectl kustomize``) against the
+official schemas (kubernetes-validate, strict) and KEDA's ScaledObject against a schema written
+from its CRD; docker-compose against the Compose Specification's schema and by what it must
+say, with the settings each of its services loads; the Dockerfile by what it must say; the
+Grafana dashboard queries only series the exporter serves. Every form runs every process."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -37,8 +40,16 @@ def test_systemd_units_verify(tmp_path):
         "harvest-beat.service",
         "harvest-flower.service",
         "harvest-metrics.service",
+        "harvest-notify.service",
+        "harvest-streams.service",
+        "harvest-console.service",
+        "harvest-emulator.service",
         "harvest.target",
     }
+    target = (DEPLOY / "systemd/harvest.target").read_text()
+    for unit in ("beat", "flower", "metrics", "notify", "streams", "console"):
+        assert f"harvest-{unit}.service" in target, unit  # systemctl enable --now harvest.target starts it
+    assert all(f"harvest-worker@{k}.service" in target for k in KINDS)
     for u in units:
         text = u.read_text()
         if u.suffix == ".service":
@@ -67,9 +78,25 @@ def test_systemd_verify_catches_a_broken_unit(tmp_path):
     assert out.returncode != 0 or "harvest-bad" in out.stdout + out.stderr
 
 
-def test_kubernetes_manifests_validate_against_the_schemas():
-    so_schema = json.loads((ROOT / "tests/schemas/keda-scaledobject-v1alpha1.json").read_text())
-    docs = [d for f in sorted((DEPLOY / "k8s").glob("*.yaml")) for d in _docs(f)]
+K8S = DEPLOY / "k8s"
+OVERLAYS = ("paper", "testnet", "live")
+#: Every process of a deployment (issue 33): a worker per queue, beat, streams, notify, the
+#: exporter, the console, Flower; the paper overlay adds the emulator.
+PROCESSES = {f"harvest-worker-{k}" for k in KINDS} | {
+    "harvest-beat",
+    "harvest-streams",
+    "harvest-notify",
+    "harvest-metrics",
+    "harvest-console",
+    "harvest-flower",
+}
+SO_SCHEMA = ROOT / "tests/schemas/keda-scaledobject-v1alpha1.json"
+KEYS = {"harvest_api_key": "k" * 32, "harvest_api_secret": "s" * 64}
+
+
+def _validate_k8s(docs: list[dict]) -> dict[str, list[dict]]:
+    """Each document against Kubernetes 1.30's schemas (strict) or KEDA's; returns them by kind."""
+    so_schema = json.loads(SO_SCHEMA.read_text())
     by_kind: dict[str, list[dict]] = {}
     for d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
@@ -77,7 +104,25 @@ def test_kubernetes_manifests_validate_against_the_schemas():
             jsonschema.validate(d, so_schema)
         else:
             kubernetes_validate.validate(d, "1.30", strict=True)
+    return by_kind
+
+
+def _resource_files() -> list[Path]:
+    """The manifests the base and the overlays list (their kustomization.yaml ``resources``)."""
+    out = []
+    for k in [K8S / "base", *(K8S / "overlays" / o for o in OVERLAYS)]:
+        kust = yaml.safe_load((k / "kustomization.yaml").read_text())
+        out += [k / r for r in kust.get("resources", []) if r.endswith(".yaml")]
+    return out
+
+
+def test_kubernetes_manifests_validate_against_the_schemas():
+    """Every file of the base and the overlays, validated as written (no kubectl needed)."""
+    files = _resource_files()
+    assert {f.name for f in files} >= {"workers.yaml", "beat.yaml", "console.yaml", "emulator.yaml", "keda.yaml"}
+    by_kind = _validate_k8s([d for f in files for d in _docs(f)])
     deployments = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
+    assert set(deployments) == PROCESSES | {"harvest-emulator"}
     # one Deployment per queue, each consuming exactly its queue, each scaled by KEDA on its length
     scaled = {so["spec"]["scaleTargetRef"]["name"]: so for so in by_kind["ScaledObject"]}
     for kind in KINDS:
@@ -101,7 +146,74 @@ def test_kubernetes_manifests_validate_against_the_schemas():
     bad_so = json.loads(json.dumps(by_kind["ScaledObject"][0]))
     bad_so["spec"]["triggers"][0]["metadata"]["listLength"] = 5
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(bad_so, so_schema)
+        jsonschema.validate(bad_so, json.loads(SO_SCHEMA.read_text()))
+
+
+def _kustomize(tmp_path: Path, overlay: str, opt_in: bool = True) -> subprocess.CompletedProcess:
+    """``kubectl kustomize`` of a copy of deploy/k8s (testnet/live: with the operator's opt-in file)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed (it renders the kustomize overlays offline: apt-get install kubectl)")
+    tree = tmp_path / overlay / "k8s"
+    shutil.copytree(K8S, tree)
+    if opt_in and overlay != "paper":
+        (tree / "overlays" / overlay / "live-trading-opt-in.env").write_text("HARVEST_LIVE_TRADING_OPT_IN=true\n")
+    return subprocess.run(
+        [kubectl, "kustomize", str(tree / "overlays" / overlay)], capture_output=True, text=True, timeout=120
+    )
+
+
+def _settings_of(env: dict[str, str], secrets: dict[str, str], tmp_path: Path, monkeypatch):
+    """The settings a process of a deployment loads from exactly ``env`` and its secret files."""
+    from settings import load_settings
+
+    for k in list(os.environ):
+        if k.startswith("HARVEST_") and not k.startswith("HARVEST_TEST_"):
+            monkeypatch.delenv(k)
+    sdir = tmp_path / "secrets"
+    sdir.mkdir(exist_ok=True)
+    for f in sdir.iterdir():
+        f.unlink()
+    for name, value in secrets.items():
+        (sdir / name).write_text(value)
+    monkeypatch.chdir(tmp_path)  # no .env
+    for k, v in env.items():
+        monkeypatch.setenv(k, str(v))
+    monkeypatch.setenv("HARVEST_SECRETS_DIR", str(sdir))
+    return load_settings()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kustomize_renders_each_overlay_with_every_process(overlay, tmp_path, monkeypatch):
+    """``kubectl kustomize`` renders the overlay offline; the schemas accept every document; every
+    process runs; the settings every pod loads are valid for its venue (the paper overlay's
+    emulator is another host's: a Service name); testnet/live do not render without the opt-in."""
+    out = _kustomize(tmp_path, overlay)
+    assert out.returncode == 0, out.stderr
+    by_kind = _validate_k8s([d for d in yaml.safe_load_all(out.stdout) if d])
+    deployments = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
+    assert set(deployments) == PROCESSES | ({"harvest-emulator"} if overlay == "paper" else set())
+    (cm,) = by_kind["ConfigMap"]
+    for dep in deployments.values():
+        pod = dep["spec"]["template"]["spec"]
+        assert {"configMapRef": {"name": cm["metadata"]["name"]}} in pod["containers"][0]["envFrom"]
+        assert pod["volumes"][0]["secret"]["secretName"] == "harvest-api"
+    services = {s["metadata"]["name"]: s for s in by_kind["Service"]}
+    assert services["harvest-console"]["spec"]["ports"][0]["port"] == 8710
+    data = cm["data"]
+    assert data["HARVEST_VENUE"] == overlay
+    if overlay == "paper":
+        assert data["HARVEST_FAPI_URL"] == "http://harvest-emulator:8790/fapi"
+        assert {p["port"] for p in services["harvest-emulator"]["spec"]["ports"]} == {8790, 8791}
+        assert "HARVEST_LIVE_TRADING_OPT_IN" not in data
+    else:
+        assert data["HARVEST_LIVE_TRADING_OPT_IN"] == "true" and data["HARVEST_MODE"] == "shadow"
+        assert "HARVEST_FAPI_URL" not in data and "harvest-emulator" not in services
+        refused = _kustomize(tmp_path / "no-opt-in", overlay, opt_in=False)
+        assert refused.returncode != 0 and "live-trading-opt-in.env" in refused.stderr
+    env = {k: v for k, v in data.items() if k != "HARVEST_SECRETS_DIR"}
+    s = _settings_of(env, KEYS, tmp_path, monkeypatch)
+    assert s.venue == overlay and s.fapi_url == data.get("HARVEST_FAPI_URL")
 
 
 def test_compose_and_dockerfile_wire_every_role():
@@ -125,10 +237,49 @@ def test_compose_and_dockerfile_wire_every_role():
     assert "harvest_console_password" in services["console"]["secrets"]
     assert services["notify"]["command"] == ["harvest", "notify"]
     assert services["streams"]["command"] == ["harvest", "streams"]
+    assert services["console"]["command"][:2] == ["harvest", "console"]
+    # every process but the emulator reaches the emulator service, once it answers its handshake
+    for name, svc in services.items():
+        if name not in ("redis", "emulator"):
+            assert svc["environment"]["HARVEST_FAPI_URL"] == "http://emulator:8790/fapi", name
+            assert svc["depends_on"]["emulator"] == {"condition": "service_healthy"}, name
+    assert "HARVEST_FAPI_URL" not in services["emulator"]["environment"]
+    assert "/_emu/hello" in " ".join(services["emulator"]["healthcheck"]["test"])
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     for pkg in ("harvest", "settings", "tasks", "workflows"):
         assert f"COPY {pkg} ./{pkg}" in dockerfile
     assert re.search(r"^USER harvest$", dockerfile, re.M)
+
+
+def test_compose_file_passes_the_compose_schema():
+    """deploy/docker-compose.yml against the Compose Specification's JSON schema (vendored:
+    tests/schemas/compose-spec.json, its source in tests/schemas/SOURCES.md)."""
+    schema = json.loads((ROOT / "tests/schemas/compose-spec.json").read_text())
+    validator = jsonschema.Draft7Validator(schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not errors, errors
+    # the check can fail: a misspelt key, a value the specification does not know
+    bad = json.loads(json.dumps(compose))
+    bad["services"]["beat"]["comand"] = bad["services"]["beat"].pop("command")
+    bad["services"]["worker-scan"]["depends_on"]["emulator"]["condition"] = "started_eventually"
+    assert len(list(validator.iter_errors(bad))) == 2
+
+
+def test_the_compose_stack_starts_its_settings(tmp_path, monkeypatch):
+    """Issue 33: every process of the compose stack got ``invalid setting HARVEST_FAPI_URL=
+    'http://emulator:8790/fapi': must point at the local emulator on a loopback address`` and
+    the documented paper stack never started. Each service's exact environment and secret files
+    now load (the emulator is then checked by its handshake: tests/integration/test_remote_emulator.py)."""
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    secrets = dict(KEYS, harvest_console_password="a-long-console-password", harvest_notify_urls="json://127.0.0.1:9/h")
+    for name, svc in compose["services"].items():
+        if name == "redis":
+            continue
+        env = {k: v for k, v in svc["environment"].items() if k.startswith("HARVEST_") and k != "HARVEST_SECRETS_DIR"}
+        s = _settings_of(env, {k: v for k, v in secrets.items() if k in svc["secrets"]}, tmp_path, monkeypatch)
+        assert s.venue == "paper" and s.fapi_url == env.get("HARVEST_FAPI_URL"), name
+        assert s.api_key.get_secret_value() == KEYS["harvest_api_key"], name
 
 
 def test_grafana_dashboard_queries_only_served_series():
