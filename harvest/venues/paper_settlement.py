@@ -120,7 +120,12 @@ def stop_fills(
     position, bar by bar from bar ``first`` (at time ``t_first``, price ``base`` — the trigger
     price or the gap's open; None: the bar's open) through bar ``last_bar`` (the bar of market
     now), by the module's fill model. ``f``: the symbol's filters (tickSize, stepSize).
-    Returns ``([(time s, qty, price USDT), …], qty left, the next bar to fill from)``."""
+    Returns ``([(time s, qty, price USDT), …], qty left, the next bar to fill from)``. ``kl``
+    None (a listed symbol without shipped klines): one fill of everything at the override."""
+    if kl is None:
+        px = override if override is not None else (base or 0.0)
+        adverse_dir = "down" if side is Side.LONG else "up"
+        return [(t_first, qty, float(f.round_price(px, adverse_dir)))], Decimal(0), first + 1
     fills: list[tuple[float, Decimal, float]] = []
     left = qty
     k = first
@@ -436,6 +441,16 @@ class PaperSettlement:
         """The stop that triggers first in [last, now] (module docstring): ``(clientAlgoId, its
         price, workingType, trigger bar, trigger time s, base price or None for the override)``,
         or None. Among stops crossed in the same bar (or by the override) the tightest wins."""
+        if kl is None:  # no klines shipped: only a mark override can trigger, now
+            hit = [
+                (-side.sign * p, cid, p, wt)
+                for cid, (p, wt) in stops.items()
+                if override is not None and _crosses(float(override), p, side)
+            ]
+            if not hit:
+                return None
+            _, cid, price, wt = min(hit)
+            return cid, price, wt, 0, now, None
         i0, i1 = kl.index_at(last), kl.index_at(now)
         best = None
         for cid, (price, wt) in stops.items():
@@ -468,7 +483,10 @@ class PaperSettlement:
         src = self.source(symbol)
         slippage, participation = self.fill_model()
         f = self.filters(symbol)
-        kl = load_klines(src)
+        try:
+            kl = load_klines(src)
+        except FileNotFoundError:  # a symbol of exchangeInfo without shipped klines: a mark override prices it
+            kl = None
 
         def tx(p):
             h = p.hgetall(key)
@@ -492,14 +510,14 @@ class PaperSettlement:
                 funding = float(sum(x for _, x in events))
             # A triggered stop's MARKET order still filling, or a stop triggering now.
             pending = json.loads(h["pending"]) if h.get("pending") else None
-            i1 = kl.index_at(now)
+            i1 = kl.index_at(now) if kl is not None else 0
             ov = float(override) if override is not None else None
             trig = None
             fills: list[tuple[float, Decimal, float]] = []
             if pending is not None:
                 want = min(Decimal(pending["left"]), pos_q)
                 nb = int(pending["next"])  # the next bar: its fill is at the bar's open (or now, with an override)
-                t_nb = now if ov is not None else float(kl.open_time[min(nb, len(kl.open_time) - 1)])
+                t_nb = now if ov is not None or kl is None else float(kl.open_time[min(nb, len(kl.open_time) - 1)])
                 fills, left, nxt = stop_fills(kl, f, side, want, nb, i1, t_nb, None, ov, slippage, participation)
                 raw_order, raw_algo = p.hget(self.k_by_id, str(pending["oid"])), p.hget(self.k_orders, pending["cid"])
                 if raw_order is None or raw_algo is None:  # records gone (a test wiped them): nothing to fill
