@@ -108,7 +108,7 @@ from harvest.venues import binance_facts as facts
 from harvest.venues.base import OrderResult, VenueError
 from harvest.venues.clock import MarketClock
 from harvest.venues.emulator_streams import LISTEN_KEY_TTL_S, ListenKeyMissing, ListenKeys, StreamServer
-from harvest.venues.paper import PaperVenue
+from harvest.venues.paper import DEFAULT_BALANCE, PaperVenue
 from harvest.venues.paper_settlement import brackets
 
 log = logging.getLogger("harvest.emulator")
@@ -148,8 +148,6 @@ WEIGHTS = {
     if e.method == "GET"
 }
 WEIGHT_LIMIT_1M = facts.WEIGHT_LIMIT_1M
-#: The USDT wallet balance every emulated account starts with (``wallet_usdt``).
-WALLET_USDT = 100_000.0
 CONDITIONAL_TYPES = ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET")
 _ALGO_STATUS = {
     "NEW": "NEW",
@@ -359,10 +357,8 @@ class Emulator:
         weight_limit_1m: int = WEIGHT_LIMIT_1M,
         listen_key_ttl_s: float = LISTEN_KEY_TTL_S,
         order_limits: list[tuple[int, int]] | None = None,
-        wallet_usdt: float = WALLET_USDT,
     ):
         self.r = r
-        self.wallet_usdt = wallet_usdt
         self.ns = ns
         self.api_key = api_key
         self.clock = clock or MarketClock(r, ns, time.time(), 1.0)
@@ -1016,10 +1012,12 @@ class Emulator:
         return out
 
     def _wallet(self) -> float:
-        """The account's USDT wallet balance: ``wallet_usdt`` plus realized PnL, minus
-        commissions and funding paid (the paper engine's ledger)."""
+        """The account's USDT wallet balance: the paper engine's (``set_balance``, default
+        :data:`harvest.venues.paper.DEFAULT_BALANCE`) plus realized PnL, minus commissions and
+        funding paid (the engine's ledger, as its -2019 margin check reads it)."""
         pnl = self.venue.pnl()
-        return self.wallet_usdt + sum(
+        start = float(self.r.get(self.venue.k_balance) or DEFAULT_BALANCE)
+        return start + sum(
             x.get("realized", 0.0) - x.get("commission", 0.0) - x.get("funding", 0.0) for x in pnl.values()
         )
 
@@ -1029,7 +1027,7 @@ class Emulator:
         iso_wallet = sum(f["iso_wallet"] for _, f in figs)
         cross = [f for _, f in figs if f["margin_type"] == "CROSSED"]
         cross_upnl = sum(f["upnl"] for f in cross)
-        available = wallet - iso_wallet - sum(f["pim"] for f in cross) + cross_upnl
+        available = self.venue.available_balance()  # what the engine's -2019 check allows
         return {
             "figs": figs,
             "wallet": wallet,

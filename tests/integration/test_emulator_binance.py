@@ -283,8 +283,11 @@ def test_leverage_and_margin_type_are_kept_per_account_and_symbol(emu, client):
 def test_balance_and_account_follow_the_paper_ledger(emu, client):
     emu.venue.set_position("BTCUSDT", "LONG", 0.010, 100_000.0, 20.0, opened_at=T0)
     emu.venue.set_mark("BTCUSDT", 101_000.0)
+    emu.venue.set_balance(50_000.0)
     [b0] = client.futures_account_balance()  # python-binance: /fapi/v3/balance
     assert set(b0) == set(facts.BALANCE_FIELDS) and b0["asset"] == "USDT"
+    assert 49_000.0 < float(b0["balance"]) <= 50_000.0  # the engine's wallet, less what it charged
+    assert float(b0["availableBalance"]) == pytest.approx(emu.venue.available_balance(), abs=1e-6)
     [b2] = signed(emu, "GET", "/fapi/v2/balance").json()
     assert set(b2) == set(facts.BALANCE_FIELDS) and b2["balance"] == b0["balance"]
     client.futures_create_order(
