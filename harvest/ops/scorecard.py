@@ -82,7 +82,8 @@ def paper_engine(rt: Runtime) -> PaperVenue | None:
 
 
 def _account_book(rt: Runtime) -> tuple[Counter, dict[str, dict], str]:
-    """One account's harvest orders by ``<type>:<status>``, its PnL per symbol (USDT:
+    """One account's harvest orders by ``<type>:<status>`` (a triggered stop's order by its
+    ``origType``, STOP_MARKET), its PnL per symbol (USDT:
     ``realized``, ``commission``, ``funding``, ``stops_hit``) and where they were read."""
     orders: Counter = Counter()
     book = paper_engine(rt)
@@ -101,7 +102,12 @@ def _account_book(rt: Runtime) -> tuple[Counter, dict[str, dict], str]:
         listed = book.orders(harvest_only=True) if book else []
         book_pnl = book.pnl() if book else {}
     for o in listed:
-        orders[f"{o.type}:{o.status}"] += 1
+        if o.orig_type not in (None, o.type):  # a triggered stop's MARKET order: counted as the stop it was
+            if records is None:
+                continue  # the paper book lists the stop's algo record too: counted once, by that
+            orders[f"{o.orig_type}:{o.status}"] += 1
+        else:
+            orders[f"{o.type}:{o.status}"] += 1
     return orders, book_pnl, source
 
 

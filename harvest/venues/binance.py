@@ -897,6 +897,7 @@ class BinanceVenue(Venue):
             order_id=int(_num(x["orderId"])),
             side=x["side"],
             type=x.get("type", "MARKET"),
+            orig_type=x.get("origType") or None,
             status=x["status"],
             position_side=x.get("positionSide", "BOTH"),
             orig_qty=_num(x.get("origQty") or 0),
