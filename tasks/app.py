@@ -15,6 +15,7 @@ from celery.signals import (
     setup_logging,
     task_postrun,
     task_prerun,
+    worker_init,
     worker_process_init,
 )
 
@@ -82,6 +83,17 @@ def _flush_metrics(**_):
         DEFERRED.flush(get_runtime().r)
     except Exception:  # pragma: no cover - metrics must not break the pipeline
         log.debug("metric observations not written", exc_info=True)
+
+
+@worker_init.connect
+def _check_venue(**_):
+    """In the worker's main process, before its pool forks: another host's emulator
+    (a non-loopback HARVEST_FAPI_URL) must answer its handshake, or the worker stops here with
+    one line naming HARVEST_FAPI_URL (:func:`harvest.services.runtime.check_start_up`; a
+    SettingsError is a SystemExit, which Celery's signal dispatch does not swallow)."""
+    from harvest.services.runtime import check_start_up
+
+    check_start_up(settings)
 
 
 @worker_process_init.connect

@@ -112,6 +112,23 @@ def check_remote_emulator(fapi_url: str, api_key: str, api_secret: str, timeout_
         logging.getLogger("harvest.venue").warning("%s; the venue checks it again before its first request", e.message)
 
 
+def check_start_up(s: HarvestSettings) -> None:
+    """The start-up check of every account's venue that needs one: with a non-loopback
+    ``HARVEST_FAPI_URL`` (another host's emulator, paper only), :func:`check_remote_emulator`
+    with each account's key and secret. Called by the Celery worker's main process before its
+    pool forks (``worker_init``), so a server that is not the emulator stops the worker once,
+    with one line naming HARVEST_FAPI_URL, instead of each pool process failing in turn.
+    Raises SettingsError; nothing for loopback or no ``fapi_url``."""
+    if not s.fapi_url or is_loopback_url(s.fapi_url):
+        return
+    for name in s.account_names:
+        a = s.for_account(name)
+        if a.venue == "paper" and a.fapi_url:
+            key = a.api_key.get_secret_value() if a.api_key else ""
+            secret = a.api_secret.get_secret_value() if a.api_secret else ""
+            check_remote_emulator(a.fapi_url, key, secret, a.venue_timeout_s)
+
+
 #: A command that met a dropped connection (a Redis restart, a failover) is sent again on a
 #: new one, up to 6 times over ~2 s. Safe for harvest's writes: plan transitions are
 #: compare-and-set scripts (a repeat finds the state moved and changes nothing) and a
