@@ -279,12 +279,12 @@ def _order_json(o: OrderResult) -> dict[str, Any]:
         "positionSide": o.position_side,
         "type": o.type,
         "origType": o.orig_type or o.type,
-        "origQty": SymbolFilters.fmt_float(o.orig_qty),
-        "executedQty": SymbolFilters.fmt_float(o.executed_qty),
-        "cumQuote": SymbolFilters.fmt_float(o.executed_qty * o.avg_price),
-        "avgPrice": SymbolFilters.fmt_float(o.avg_price),
+        "origQty": _dec(o.orig_qty),
+        "executedQty": _dec(o.executed_qty),
+        "cumQuote": _dec(o.executed_qty * o.avg_price),
+        "avgPrice": _dec(o.avg_price),
         "price": "0",
-        "stopPrice": SymbolFilters.fmt_float(o.stop_price or 0.0),
+        "stopPrice": _dec(o.stop_price or 0.0),
         "reduceOnly": o.reduce_only,
         "closePosition": o.close_position,
         "timeInForce": "GTC",
@@ -306,14 +306,14 @@ def _algo_json(o: OrderResult) -> dict[str, Any]:
         "timeInForce": "GTC",
         "quantity": "0",
         "algoStatus": _ALGO_STATUS.get(o.status, o.status),
-        "triggerPrice": SymbolFilters.fmt_float(o.stop_price or 0.0),
+        "triggerPrice": _dec(o.stop_price or 0.0),
         "price": "0",
         "workingType": o.working_type or "MARK_PRICE",
         "closePosition": o.close_position,
         "priceProtect": False,
         "reduceOnly": True,
-        "executedQty": SymbolFilters.fmt_float(o.executed_qty),
-        "avgPrice": SymbolFilters.fmt_float(o.avg_price),
+        "executedQty": _dec(o.executed_qty),
+        "avgPrice": _dec(o.avg_price),
         "createTime": int((o.create_time if o.create_time is not None else o.update_time) * 1000),
         "updateTime": int(o.update_time * 1000),
         "triggerTime": int((o.trigger_time or 0.0) * 1000),
@@ -577,11 +577,8 @@ class Emulator:
         fault = self.faults.take(endpoint)
         try:
             if used > self.weight_limit_1m:
-                raise ApiError(
-                    429,
-                    -1003,
-                    f"Too many requests; current limit is {self.weight_limit_1m} requests per minute.",
-                    {"Retry-After": str(60 - int(time.time()) % 60)},
+                raise _err(
+                    "TOO_MANY_REQUESTS", self.weight_limit_1m, headers={"Retry-After": str(60 - int(time.time()) % 60)}
                 )
             kind = fault["kind"] if fault else None
             if kind == "latency":
@@ -623,7 +620,7 @@ class Emulator:
                 raise ApiError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
             if path == "/fapi/v1/listenKey":  # USER_STREAM: the API key, no signature
                 if h.headers.get("X-MBX-APIKEY") not in self.accounts:
-                    raise ApiError(401, -2015, "Invalid API-key, IP, or permissions for action.")
+                    raise _err("REJECTED_MBX_KEY")
             elif path not in _PUBLIC:
                 self._authenticate(h, parts.query, body, params)
             if order_call and method == "POST":
@@ -685,37 +682,31 @@ class Emulator:
         }
         for (window, limit), n in zip(self.order_limits, counts, strict=True):
             if n > limit:
-                raise ApiError(
-                    429,
-                    -1015,
-                    f"Too many new orders; current limit is {limit} orders per {window} SECOND.",
-                    {"Retry-After": str(int(window - now % window) + 1)},
-                )
+                per = f"{window // 60} MINUTE" if window % 60 == 0 else f"{window} SECOND"
+                raise _err("TOO_MANY_ORDERS", limit, per, headers={"Retry-After": str(int(window - now % window) + 1)})
 
     def _authenticate(self, h: BaseHTTPRequestHandler, query: str, body: str, params: dict) -> None:
         acct = self.accounts.get(h.headers.get("X-MBX-APIKEY") or "")
         if acct is None:
-            raise ApiError(401, -2015, "Invalid API-key, IP, or permissions for action.")
+            raise _err("REJECTED_MBX_KEY")
         total = query + body
         sig = params.get("signature")
         if not sig:
-            raise ApiError(400, -1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed.")
+            raise _err("MANDATORY_PARAM_EMPTY_OR_MALFORMED", "signature")
         payload = total.replace(f"&signature={sig}", "").replace(f"signature={sig}", "")
         want = hmac.new(acct.secret, payload.encode(), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(want, sig):
-            raise ApiError(400, -1022, "Signature for this request is not valid.")
+            raise _err("INVALID_SIGNATURE")
         try:
             ts = int(params["timestamp"])
             window = int(params.get("recvWindow", facts.RECV_WINDOW_DEFAULT_MS))
         except (KeyError, ValueError):
-            raise ApiError(
-                400, -1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed."
-            ) from None
+            raise _err("MANDATORY_PARAM_EMPTY_OR_MALFORMED", "timestamp") from None
         if window > facts.RECV_WINDOW_MAX_MS or window <= 0:
-            raise ApiError(*facts.ERRORS["BAD_RECV_WINDOW"].fmt())
+            raise _err("BAD_RECV_WINDOW")
         now = self.server_ms()
         if not (ts < now + facts.TIMESTAMP_AHEAD_MS and now - ts <= window):
-            raise ApiError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
+            raise _err("INVALID_TIMESTAMP")
 
     # ------------------------------------------------------------------ endpoints
 
@@ -723,10 +714,10 @@ class Emulator:
         s = params.get("symbol")
         if s is None:
             if required:
-                raise ApiError(400, -1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
+                raise _err("MANDATORY_PARAM_EMPTY_OR_MALFORMED", "symbol")
             return None
         if s not in self._symbols and self.venue.source(s) == s:
-            raise ApiError(400, -1121, "Invalid symbol.")
+            raise _err("BAD_SYMBOL")
         return s
 
     def _route(self, method: str, path: str, p: dict) -> Any:
@@ -746,7 +737,7 @@ class Emulator:
                     try:
                         return self._premium(sym)
                     except FileNotFoundError:  # listed, but no prices shipped
-                        raise ApiError(*facts.ERRORS["BAD_SYMBOL"].fmt()) from None
+                        raise _err("BAD_SYMBOL") from None
                 rows = []
                 for s in sorted(self._symbols | set(v.listings())):  # every symbol with prices
                     try:
@@ -789,7 +780,7 @@ class Emulator:
                     try:
                         return {"listenKey": self.listen_keys.keepalive()}
                     except ListenKeyMissing:
-                        raise ApiError(400, -1125, "This listenKey does not exist.") from None
+                        raise _err("INVALID_LISTEN_KEY") from None
                 if method == "DELETE":
                     self.listen_keys.delete()
                     return {}
@@ -813,7 +804,7 @@ class Emulator:
                 return [_algo_json(o) for o in v.open_orders(self._symbol(p, required=False), algo=True)]
         except VenueError as e:
             raise ApiError.of(e) from None
-        raise ApiError(404, -1000, f"Unknown endpoint {method} {path} (not emulated).")
+        raise ApiError(facts.UNKNOWN_PATH_STATUS, None, facts.UNKNOWN_PATH_HTML, html=True)  # served by Binance only
 
     def _klines(self, symbol: str, p: dict) -> list[list]:
         """``GET /fapi/v1/klines`` of every Binance interval (:data:`binance_facts.KLINE_INTERVALS`)
@@ -824,9 +815,9 @@ class Emulator:
         symbol's ``pricePrecision``, volume at its ``quantityPrecision``."""
         interval = p.get("interval")
         if not interval:
-            raise ApiError(*facts.ERRORS["MANDATORY_PARAM_EMPTY_OR_MALFORMED"].fmt("interval"))
+            raise _err("MANDATORY_PARAM_EMPTY_OR_MALFORMED", "interval")
         if interval not in facts.KLINE_INTERVALS:
-            raise ApiError(*facts.ERRORS["INVALID_INTERVAL"].fmt())
+            raise _err("INVALID_INTERVAL")
         try:
             limit = max(1, min(facts.KLINES_MAX_LIMIT, int(p.get("limit", facts.KLINES_DEFAULT_LIMIT))))
             start = int(p["startTime"]) if p.get("startTime") else None
@@ -892,10 +883,10 @@ class Emulator:
         last = fr[ft <= now]
         return {
             "symbol": symbol,
-            "markPrice": SymbolFilters.fmt_float(mark),
-            "indexPrice": SymbolFilters.fmt_float(mark),
-            "estimatedSettlePrice": SymbolFilters.fmt_float(mark),
-            "lastFundingRate": SymbolFilters.fmt_float(float(last[-1]) if len(last) else 0.0),
+            "markPrice": _dec(mark),
+            "indexPrice": _dec(mark),
+            "estimatedSettlePrice": _dec(mark),
+            "lastFundingRate": _dec(float(last[-1]) if len(last) else 0.0),
             "nextFundingTime": int(nxt[0] * 1000) if len(nxt) else 0,
             "interestRate": "0.00010000",
             "time": self.server_ms(),
@@ -1118,10 +1109,10 @@ class Emulator:
         sym = self._symbol(p)
         raw = p.get("leverage")
         if not raw:
-            raise ApiError(*facts.ERRORS["MANDATORY_PARAM_EMPTY_OR_MALFORMED"].fmt("leverage"))
+            raise _err("MANDATORY_PARAM_EMPTY_OR_MALFORMED", "leverage")
         top = max((b.max_leverage for b in self._brackets_of(sym)), default=125.0)
         if not raw.isdigit() or not 1 <= int(raw) <= top:
-            raise ApiError(*facts.ERRORS["INVALID_LEVERAGE"].fmt(raw))
+            raise _err("INVALID_LEVERAGE", raw)
         lev = int(raw)
         self.r.hset(self._k_acct("leverage"), sym, lev)
         return {"leverage": lev, "maxNotionalValue": _num_str(self._max_notional(sym, lev)), "symbol": sym}
@@ -1132,11 +1123,11 @@ class Emulator:
         sym = self._symbol(p)
         mt = (p.get("marginType") or "").upper()
         if mt not in facts.MARGIN_TYPES:
-            raise ApiError(*facts.ERRORS["INVALID_PARAMETER"].fmt("marginType"))
+            raise _err("INVALID_PARAMETER", "marginType")
         if mt == self._margin_type(sym):
-            raise ApiError(*facts.ERRORS["NO_NEED_TO_CHANGE_MARGIN_TYPE"].fmt())
+            raise _err("NO_NEED_TO_CHANGE_MARGIN_TYPE")
         if self.venue.position(sym) is not None:
-            raise ApiError(*facts.ERRORS["MARGIN_TYPE_CANNOT_BE_CHANGED"].fmt())
+            raise _err("MARGIN_TYPE_CANNOT_BE_CHANGED")
         self.r.hset(self._k_acct("margin_type"), sym, mt)
         return {"code": 200, "msg": "success"}
 
@@ -1175,11 +1166,11 @@ class Emulator:
                 "orderId": t["orderId"],
                 "side": t["side"],
                 "positionSide": t["positionSide"],
-                "price": SymbolFilters.fmt_float(t["price"]),
-                "qty": SymbolFilters.fmt_float(t["qty"]),
-                "quoteQty": SymbolFilters.fmt_float(t["qty"] * t["price"]),
-                "realizedPnl": SymbolFilters.fmt_float(t["realizedPnl"]),
-                "commission": SymbolFilters.fmt_float(t["commission"]),
+                "price": _dec(t["price"]),
+                "qty": _dec(t["qty"]),
+                "quoteQty": _dec(t["qty"] * t["price"]),
+                "realizedPnl": _dec(t["realizedPnl"]),
+                "commission": _dec(t["commission"]),
                 "commissionAsset": "USDT",
                 "buyer": t["side"] == "BUY",
                 "maker": False,
@@ -1212,7 +1203,7 @@ class Emulator:
             {
                 "symbol": x["symbol"],
                 "incomeType": "FUNDING_FEE",
-                "income": SymbolFilters.fmt_float(x["income"]),
+                "income": _dec(x["income"]),
                 "asset": "USDT",
                 "info": "",
                 "time": int(x["time"] * 1000),
@@ -1228,9 +1219,9 @@ class Emulator:
         if method == "POST":
             otype = p.get("type", "")
             if otype in CONDITIONAL_TYPES:
-                raise ApiError(400, -4120, "Order type not supported for this endpoint. Please use the Algo Order API.")
+                raise _err("STOP_ORDER_SWITCH_ALGO")
             if otype != "MARKET":
-                raise ApiError(400, -1116, "Invalid orderType.")
+                raise _err("INVALID_ORDER_TYPE")
             cid = p.get("newClientOrderId") or f"emu-{v._next_order_id()}"
             _check_client_id(cid)
             lev = self.r.hget(self._k_acct("leverage"), sym)  # POST /fapi/v1/leverage's, for an opening
@@ -1260,7 +1251,7 @@ class Emulator:
             if p.get("type") != "STOP_MARKET" or p.get("closePosition") != "true":
                 raise ApiError(400, -1116, "The emulator serves closePosition STOP_MARKET algo orders only.")
             if "quantity" in p:
-                raise ApiError(400, -1106, "Parameter 'quantity' sent when not required.")
+                raise _err("PARAM_NOT_REQUIRED", "quantity")
             cid = p.get("clientAlgoId") or f"emu-{v._next_order_id()}"
             _check_client_id(cid)
             o = v.place_stop(
@@ -1338,6 +1329,20 @@ class Emulator:
         self._reply(h, 404, {"error": f"unknown admin route {method} {path}"})
 
 
+def _err(name: str, *args: object, headers: dict[str, str] | None = None) -> ApiError:
+    """Binance's answer ``name`` of :data:`binance_facts.ERRORS` (status, code, message with
+    ``args``) as an :class:`ApiError` to raise."""
+    status, code, msg = facts.ERRORS[name].fmt(*args)
+    return ApiError(status, code, msg, headers)
+
+
+def _dec(x: float) -> str:
+    """A price, quantity or USDT amount as a plain decimal string of at most 8 decimals, trailing
+    zeros dropped ("103200.1", not the float's "103200.09999999999"; "0" for zero)."""
+    out = f"{float(x):.8f}".rstrip("0").rstrip(".")
+    return "0" if out in ("", "-0") else out
+
+
 def _fixed(x: float, places: int) -> str:
     """``x`` as a decimal string with exactly ``places`` decimals (no float noise, no "-0")."""
     out = f"{float(x):.{places}f}"
@@ -1379,4 +1384,4 @@ _PUBLIC = ("/fapi/v1/ping", "/fapi/v1/time", "/fapi/v1/exchangeInfo", "/fapi/v1/
 
 def _check_client_id(cid: str) -> None:
     if not re.fullmatch(r"[\.A-Z\:/a-z0-9_-]{1,36}", cid):
-        raise ApiError(400, -4015, "Client order id is not valid.")
+        raise _err("INVALID_CLIENT_ORDER_ID")

@@ -50,7 +50,8 @@ def client(emu):
 def signed(emu: Emulator, method: str, path: str, **params) -> requests.Response:
     """A signed request as Binance's docs describe it (HMAC-SHA256 of the query string), for
     the endpoints python-binance has no method for."""
-    q = dict(params, timestamp=int(time.time() * 1000))
+    q = dict(params)
+    q.setdefault("timestamp", int(time.time() * 1000))
     q.setdefault("recvWindow", 5000)
     qs = urlencode(q)
     sig = hmac.new(SECRET.encode(), qs.encode(), hashlib.sha256).hexdigest()
@@ -226,6 +227,10 @@ def _decimals(s: str) -> int:
 
 
 def test_position_risk_v3_and_v2_have_binances_fields_and_clean_decimals(emu, client):
+    """positionRisk v3/v2 carry Binance's field sets; positionAmt at the symbol's
+    quantityPrecision, prices and USDT amounts with 8 decimals; a mark of 103200.09999999999
+    (a float's noise) reads "103200.10000000" there and "103200.1" in orders, trades and
+    premiumIndex."""
     emu.venue.set_position("BTCUSDT", "LONG", 0.010, 103_200.1, 20.0, opened_at=T0)
     emu.venue.set_mark("BTCUSDT", 103_200.09999999999)
     [v3] = client.futures_position_information()
@@ -236,10 +241,24 @@ def test_position_risk_v3_and_v2_have_binances_fields_and_clean_decimals(emu, cl
     usdt = ("unRealizedProfit", "notional", "initialMargin", "maintMargin", "isolatedWallet", "isolatedMargin")
     for k in prices + usdt:
         assert _decimals(v3[k]) == 8, (k, v3[k])
+    assert float(v3["liquidationPrice"]) > 0
     assert float(v3["positionInitialMargin"]) == pytest.approx(0.010 * 103_200.1 / 20, abs=1e-6)
     assert float(v3["isolatedWallet"]) == pytest.approx(0.010 * 103_200.1 / 20, abs=1e-6)  # ISOLATED default
     assert (v3["openOrderInitialMargin"], v3["bidNotional"], v3["askNotional"]) == ("0.00000000", "0", "0")
     assert isinstance(v3["adl"], int)
+    # orders, trades and the mark carry no float noise either
+    o = client.futures_create_order(
+        symbol="BTCUSDT",
+        side="SELL",
+        type="MARKET",
+        quantity="0.004",
+        reduceOnly="true",
+        newClientOrderId="c-1",
+        newOrderRespType="RESULT",
+    )
+    [t] = client.futures_account_trades(symbol="BTCUSDT")
+    assert (o["avgPrice"], t["price"], t["qty"]) == ("103200.1", "103200.1", "0.004")
+    assert client.futures_mark_price(symbol="BTCUSDT")["markPrice"] == "103200.1"
     r = signed(emu, "GET", "/fapi/v2/positionRisk")
     [v2] = r.json()
     assert set(v2) == set(facts.POSITION_RISK_V2_FIELDS)
@@ -362,3 +381,45 @@ def test_premium_index_without_a_symbol_lists_every_symbol_with_prices(emu, clie
     syms = {x["symbol"] for x in rows}
     assert {"BTCUSDT", "ETHUSDT"} <= syms
     assert all(float(x["markPrice"]) > 0 for x in rows)
+
+
+def test_error_answers_are_binance_facts(emu, client):
+    """Each refusal the emulator makes is the (HTTP status, code, message) of binance_facts."""
+
+    def answer(r: requests.Response) -> tuple[int, int, str]:
+        d = r.json()
+        return r.status_code, d["code"], d["msg"]
+
+    bad_sig = requests.get(
+        f"http://127.0.0.1:{emu.port}/fapi/v3/positionRisk?timestamp={int(time.time() * 1000)}&signature=00",
+        headers={"X-MBX-APIKEY": KEY},
+        timeout=2.0,
+    )
+    assert answer(bad_sig) == facts.ERRORS["INVALID_SIGNATURE"].fmt()
+    no_key = requests.get(f"http://127.0.0.1:{emu.port}/fapi/v3/positionRisk?timestamp=1&signature=00", timeout=2.0)
+    assert answer(no_key) == facts.ERRORS["REJECTED_MBX_KEY"].fmt()
+    stale = signed(emu, "GET", "/fapi/v3/positionRisk", recvWindow=1000, timestamp=1)
+    assert answer(stale) == facts.ERRORS["INVALID_TIMESTAMP"].fmt()
+    cases = [
+        (("GET", "/fapi/v1/userTrades"), {}, ("MANDATORY_PARAM_EMPTY_OR_MALFORMED", "symbol")),
+        (("GET", "/fapi/v1/userTrades"), {"symbol": "NOPEUSDT"}, ("BAD_SYMBOL",)),
+        (
+            ("POST", "/fapi/v1/order"),
+            {"symbol": "BTCUSDT", "side": "SELL", "type": "STOP_MARKET", "stopPrice": "1", "closePosition": "true"},
+            ("STOP_ORDER_SWITCH_ALGO",),
+        ),
+        (
+            ("POST", "/fapi/v1/order"),
+            {"symbol": "BTCUSDT", "side": "SELL", "type": "MARKET", "quantity": "0.001", "newClientOrderId": "a b"},
+            ("INVALID_CLIENT_ORDER_ID",),
+        ),
+        (("POST", "/fapi/v1/leverage"), {"symbol": "BTCUSDT", "leverage": "0"}, ("INVALID_LEVERAGE", "0")),
+        (
+            ("POST", "/fapi/v1/marginType"),
+            {"symbol": "BTCUSDT", "marginType": "BOTH"},
+            ("INVALID_PARAMETER", "marginType"),
+        ),
+        (("GET", "/fapi/v1/klines"), {"symbol": "BTCUSDT", "interval": "2d"}, ("INVALID_INTERVAL",)),
+    ]
+    for (method, path), params, (name, *args) in cases:
+        assert answer(signed(emu, method, path, **params)) == facts.ERRORS[name].fmt(*args), (path, params)
