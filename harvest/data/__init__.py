@@ -64,11 +64,14 @@ class Klines:
     def interval_s(self) -> int:
         """Seconds per bar (60 for 1m, 300 for 5m, …): the most common step between open
         times (a gap in the data does not change it). 60 for a single bar."""
-        steps = np.diff(self.open_time)
-        if steps.size == 0:
+        if self.open_time.size < 2:
             return 60
-        vals, counts = np.unique(steps, return_counts=True)
-        return int(vals[int(np.argmax(counts))])
+        tally: dict[int, int] = {}
+        for s in range(0, self.open_time.size - 1, 1 << 20):  # a block at a time: no array of n
+            vals, counts = np.unique(np.diff(self.open_time[s : s + (1 << 20) + 1]), return_counts=True)
+            for v, c in zip(vals.tolist(), counts.tolist(), strict=True):
+                tally[v] = tally.get(v, 0) + c
+        return min(tally, key=lambda v: (-tally[v], v))  # the most common; the shortest of equals
 
     @property
     def start(self) -> float:

@@ -103,11 +103,44 @@ class ReplayMarket:
         return {s: self.start[s] + self.count[s] - 1 for s in self.symbols}
 
 
-def _concat(parts: list[MarketSeries]) -> MarketSeries:
-    """The symbols' market series end to end, on the market's one bar axis."""
-    return MarketSeries(
-        **{f: np.concatenate([getattr(p, f) for p in parts]) for f in MarketSeries.__dataclass_fields__}
-    )
+#: Window cells (bars × window length) :func:`market_series` is given at a time: its
+#: temporaries are arrays of about this many float64 (4 MB each), whatever the bar count.
+SERIES_BLOCK_CELLS = 500_000
+# The lab's market state columns and their types: regime, direction and regime bars are small
+# integers (REGIMES indices, −1..1, ≤ theta.regime_confirm_bars ≤ 100), kept as int8.
+_SERIES_DTYPES = {
+    "sigma": np.float64,
+    "ts": np.float64,
+    "p_trend": np.float64,
+    "trend_dir": np.int8,
+    "regime": np.int8,
+    "regime_bars": np.int8,
+    "valid": np.bool_,
+}
+
+
+def _empty_series(n: int) -> MarketSeries:
+    return MarketSeries(**{f: np.empty(n, dtype=dt) for f, dt in _SERIES_DTYPES.items()})
+
+
+def series_into(closes: np.ndarray, theta: HarvestTheta, out: MarketSeries, at: int) -> None:
+    """Write :func:`harvest.domain.market.market_series` of ``closes`` (USDT, shape (n,)) into
+    rows ``at .. at + n`` of ``out``, a block of bars at a time: each block with the bars before
+    it that its windows and the regime confirmation read (``max(sigma_window, ts_window) + 1 +
+    regime_confirm_bars``), so every row is the one the whole series would have (each row of
+    market_series reads only its own windows; tested bit for bit, tests/unit/test_kline_limits.py).
+    Memory: about :data:`SERIES_BLOCK_CELLS` float64 per temporary, not bars × window (the whole
+    series of 5 M one-minute bars at windows of 60 took 10 GB). Raises ValueError as
+    market_series does."""
+    n = closes.size
+    back = max(theta.sigma_window, theta.ts_window) + 1 + theta.regime_confirm_bars
+    block = max(SERIES_BLOCK_CELLS // (max(theta.sigma_window, theta.ts_window) + 1), back)
+    for b0 in range(0, max(n, 1), block):
+        b1 = min(b0 + block, n)
+        lo = max(b0 - back, 0)
+        part = market_series(closes[lo:b1], theta)
+        for f in _SERIES_DTYPES:
+            getattr(out, f)[at + b0 : at + b1] = getattr(part, f)[b0 - lo :]
 
 
 def build_market(
@@ -115,30 +148,39 @@ def build_market(
 ) -> ReplayMarket:
     """Lay ``(klines, funding or None, source)`` of each symbol end to end and compute the
     market state after every bar (window lengths of ``theta``). Raises ValueError when a
-    symbol appears twice."""
+    symbol appears twice.
+
+    Memory: the market's arrays are allocated once and filled symbol by symbol (one symbol's
+    prices are the klines' own arrays, not copies), and the market state is computed in blocks
+    (:func:`series_into`): about 68 bytes a bar besides the klines."""
     syms = [k.symbol for k, _, _ in data]
     if len(set(syms)) != len(syms):
         raise ValueError(f"a symbol appears twice: {syms}")
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("open_time", "open", "high", "low", "close", "funding")}
-    series_parts: list[MarketSeries] = []
+    total = sum(k.close.size for k, _, _ in data)
+    one = len(data) == 1
+    cols = {
+        name: (
+            np.asarray(getattr(data[0][0], name), dtype=np.float64) if one and name != "open_time" else np.empty(total)
+        )
+        for name in ("open_time", "open", "high", "low", "close")
+    }
+    funding = np.zeros(total)
+    series = _empty_series(total)
     start, count, has_f, src, start_i = {}, {}, {}, {}, 0
     for k, fund, source in data:
         n = k.close.size
         start[k.symbol], count[k.symbol], src[k.symbol] = start_i, n, source
-        start_i += n
         for name in ("open_time", "open", "high", "low", "close"):
-            parts[name].append(getattr(k, name).astype(np.float64))
-        f = np.zeros(n)
+            if not (one and name != "open_time"):
+                cols[name][start_i : start_i + n] = getattr(k, name)
         if fund is not None and fund[0].size:
             # the bar that ends at or after the funding time: paid by what is open until then
             idx = np.searchsorted(k.open_time, fund[0], side="left") - 1
             ok = (idx >= 0) & (fund[0] <= k.open_time[-1] + k.interval_s)
-            np.add.at(f, idx[ok], fund[1][ok])
+            np.add.at(funding, start_i + idx[ok], fund[1][ok])
         has_f[k.symbol] = fund is not None and fund[0].size > 0
-        parts["funding"].append(f)
-        series_parts.append(market_series(k.close, theta))
-    cat = {name: np.concatenate(v) for name, v in parts.items()}
-    series = _concat(series_parts)
+        series_into(k.close, theta, series, start_i)
+        start_i += n
     return ReplayMarket(
         symbols=syms,
         interval_s=[k.interval_s for k, _, _ in data],
@@ -147,7 +189,8 @@ def build_market(
         series=series,
         has_funding=has_f,
         sources=src,
-        **cat,
+        funding=funding,
+        **cols,
     )
 
 
@@ -170,5 +213,7 @@ def load_market(paths: list[str], theta: HarvestTheta) -> ReplayMarket:
 def build_market_like(m: ReplayMarket, theta: HarvestTheta) -> ReplayMarket:
     """``m`` with its market states recomputed for ``theta``'s windows and regime parameters
     (the bars and funding unchanged)."""
-    parts = [market_series(m.close[m.start[s] : m.start[s] + m.count[s]], theta) for s in m.symbols]
-    return replace(m, series=_concat(parts))
+    series = _empty_series(m.close.size)
+    for s in m.symbols:
+        series_into(m.close[m.start[s] : m.start[s] + m.count[s]], theta, series, m.start[s])
+    return replace(m, series=series)

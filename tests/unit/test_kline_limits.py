@@ -19,7 +19,11 @@ import numpy as np
 import pytest
 
 import harvest.data as data
-from harvest.data import MAX_CSV_BYTES, MAX_EXPANSION, KlineFileError, read_klines
+import harvest.lab.market as lab_market
+from harvest.data import MAX_CSV_BYTES, MAX_EXPANSION, KlineFileError, load_klines, read_klines
+from harvest.domain.market import MarketSeries, market_series
+from harvest.domain.models import HarvestTheta
+from harvest.lab.market import build_market, build_market_like
 
 ROOT = Path(__file__).resolve().parents[2]
 T0_MS = 1_577_836_800_000  # 2020-01-01 00:00 UTC
@@ -182,24 +186,77 @@ def test_errors_past_the_first_block_name_their_line(tmp_path):
         read_klines(p)
 
 
-def test_a_million_rows_load_in_bounded_memory(tmp_path):
-    """1 M rows of the archive's 12-column layout (99 MB of CSV) in a .zip: every row read,
-    adding under 100 MiB to the process (48 MB of columns; the text read whole would be 200 MB more)."""
+@pytest.fixture(scope="module")
+def million(tmp_path_factory) -> tuple[Path, int, float]:
+    """1 M rows of the archive's 12-column layout (99 MB of CSV) in a .zip, written 100 000 rows
+    at a time: ``(path, CSV bytes, last close)``."""
     rng = np.random.default_rng(6)
-    z = tmp_path / "BTCUSDT-1m-2020-01.zip"
-    n, p0, size = 1_000_000, 30_000.0, 0
+    z = tmp_path_factory.mktemp("million") / "BTCUSDT-1m-2020-01.zip"
+    p0, size = 30_000.0, 0
     with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as f, f.open("BTCUSDT-1m-2020-01.csv", "w") as m:
         m.write(HEADER)
-        for s in range(0, n, 100_000):
+        for s in range(0, 1_000_000, 100_000):
             body, p0 = rows(s, 100_000, rng, p0)
             m.write(body)
             size += len(body)
+    return z, size, p0
+
+
+def test_a_million_rows_load_in_bounded_memory(million):
+    """Every row read, adding under 100 MiB to the process (48 MB of columns; the text read
+    whole, as before, added 550 MB)."""
+    z, size, last = million
     t = time.perf_counter()
     out = load_in_a_process(z)
     assert "error" not in out, out
-    assert out["rows"] == n and out["first"] == T0_MS // 1000 and out["steps"] == [60]
-    assert out["last_close"] == pytest.approx(round(p0, 2))
+    assert out["rows"] == 1_000_000 and out["first"] == T0_MS // 1000 and out["steps"] == [60]
+    assert out["last_close"] == pytest.approx(round(last, 2))
     assert size > 95_000_000
-    print(f"1 M rows: {out}")
     assert out["added_mb"] < 100, out
     assert time.perf_counter() - t < 30
+
+
+MARKET = """
+import json, sys
+from harvest.domain.models import HarvestTheta
+from harvest.lab.market import load_market
+def mb(field):
+    line = next(x for x in open("/proc/self/status") if x.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+before = mb("VmRSS")
+m = load_market([sys.argv[1]], HarvestTheta())
+out = {"bars": int(m.count["BTCUSDT"]), "valid": int(m.series.valid.sum())}
+print(json.dumps({**out, "added_mb": mb("VmHWM") - before}))
+"""
+
+
+def test_the_replay_market_of_a_million_bars_in_bounded_memory(million):
+    """The replay's market (the klines, funding per bar and the market state after every bar)
+    adds about 120 bytes a bar: under 200 MiB for 1 M bars. The market state computed over
+    the whole series at once took bars × window × 8 bytes per temporary (2.4 GB for 5 M bars)."""
+    z, _, _ = million
+    p = subprocess.run([sys.executable, "-c", MARKET, str(z)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["bars"] == 1_000_000 and out["valid"] == 1_000_000 - HarvestTheta().sigma_window
+    assert out["added_mb"] < 200, out
+
+
+@pytest.mark.parametrize(
+    "windows", [{}, {"sigma_window": 7, "ts_window": 200, "regime_confirm_bars": 9}, {"regime_confirm_bars": 1}]
+)
+def test_the_market_state_in_blocks_is_the_whole_series_bit_for_bit(monkeypatch, windows):
+    theta = HarvestTheta(**windows)
+    eth, btc = load_klines("ETHUSDT"), load_klines("BTCUSDT")
+    whole = [market_series(k.close, theta) for k in (eth, btc)]
+    for cells in (lab_market.SERIES_BLOCK_CELLS, 5000, 1):  # blocks of ~8000 bars, of 82, of the least
+        monkeypatch.setattr(lab_market, "SERIES_BLOCK_CELLS", cells)
+        m = build_market([(eth, None, "x"), (btc, None, "y")], theta)
+        for f in MarketSeries.__dataclass_fields__:
+            assert np.array_equal(getattr(m.series, f), np.concatenate([getattr(w, f) for w in whole])), (f, cells)
+        assert np.array_equal(m.close, np.concatenate([eth.close, btc.close]))
+        assert np.array_equal(m.open_time, np.concatenate([eth.open_time, btc.open_time]).astype(float))
+        like = build_market_like(m, theta)
+        assert all(
+            np.array_equal(getattr(like.series, f), getattr(m.series, f)) for f in MarketSeries.__dataclass_fields__
+        )
