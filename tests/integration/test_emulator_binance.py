@@ -423,3 +423,56 @@ def test_error_answers_are_binance_facts(emu, client):
     ]
     for (method, path), params, (name, *args) in cases:
         assert answer(signed(emu, method, path, **params)) == facts.ERRORS[name].fmt(*args), (path, params)
+
+
+def test_every_endpoint_is_charged_binances_weight(emu):
+    """Every endpoint of binance_facts, called over HTTP, moves ``X-MBX-USED-WEIGHT-1M`` by
+    ``binance_facts.request_weight`` of its method, path and parameters (with and without a
+    symbol where that changes the weight)."""
+    emu.venue.set_position("BTCUSDT", "LONG", 0.010, 100_000.0, 20.0, opened_at=T0)
+    key = requests.post(f"http://127.0.0.1:{emu.port}/fapi/v1/listenKey", headers={"X-MBX-APIKEY": KEY}, timeout=2.0)
+    assert key.status_code == 200
+    params = {
+        ("GET", "/fapi/v1/klines"): {"symbol": "BTCUSDT", "interval": "1m", "limit": 600},
+        ("POST", "/fapi/v1/order"): {
+            "symbol": "BTCUSDT",
+            "side": "SELL",
+            "type": "MARKET",
+            "quantity": "0.001",
+            "reduceOnly": "true",
+            "newClientOrderId": "w-1",
+        },
+        ("GET", "/fapi/v1/order"): {"symbol": "BTCUSDT", "origClientOrderId": "w-1"},
+        ("DELETE", "/fapi/v1/order"): {"symbol": "BTCUSDT", "origClientOrderId": "w-1"},
+        ("POST", "/fapi/v1/algoOrder"): {
+            "symbol": "BTCUSDT",
+            "side": "SELL",
+            "algoType": "CONDITIONAL",
+            "type": "STOP_MARKET",
+            "triggerPrice": "90000",
+            "closePosition": "true",
+            "clientAlgoId": "w-2",
+        },
+        ("GET", "/fapi/v1/algoOrder"): {"symbol": "BTCUSDT", "clientAlgoId": "w-2"},
+        ("DELETE", "/fapi/v1/algoOrder"): {"symbol": "BTCUSDT", "clientAlgoId": "w-2"},
+        ("POST", "/fapi/v1/leverage"): {"symbol": "BTCUSDT", "leverage": "5"},
+        ("POST", "/fapi/v1/marginType"): {"symbol": "ETHUSDT", "marginType": "CROSSED"},
+        ("POST", "/fapi/v1/positionSide/dual"): {"dualSidePosition": "false"},
+        ("GET", "/fapi/v1/userTrades"): {"symbol": "BTCUSDT"},
+        ("GET", "/fapi/v1/allOrders"): {"symbol": "BTCUSDT"},
+    }
+    order = sorted(facts.ENDPOINTS, key=lambda mp: (mp[1], ["POST", "GET", "PUT", "DELETE"].index(mp[0])))
+    variants = []
+    for mp in order:
+        variants.append((mp, params.get(mp, {})))
+        if facts.ENDPOINTS[mp].weight_no_symbol is not None:
+            variants.append((mp, {"symbol": "BTCUSDT"}))
+    before = int(requests.get(f"http://127.0.0.1:{emu.port}/fapi/v1/ping", timeout=2.0).headers["X-MBX-USED-WEIGHT-1M"])
+    for (method, path), p in variants:
+        r = signed(emu, method, path, **p)
+        assert r.status_code < 500, (method, path, r.text)
+        after = int(r.headers["X-MBX-USED-WEIGHT-1M"])
+        delta = after - before if after >= before else after  # a new minute window started
+        assert delta == facts.request_weight(method, path, p), (method, path, p, r.status_code, r.text[:200])
+        before = after
+    assert len(variants) == len(facts.ENDPOINTS) + 2
