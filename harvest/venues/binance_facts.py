@@ -48,6 +48,7 @@ SOURCES: dict[str, str] = {
     "balance_v2": f"{_DOCS}/account/rest-api/Futures-Account-Balance-V2",
     "balance_v3": f"{_DOCS}/account/rest-api/Futures-Account-Balance-V3",
     "account_v3": f"{_DOCS}/account/rest-api/Account-Information-V3",
+    "account_v2": f"{_DOCS}/account/rest-api/Account-Information-V2",
     "income": f"{_DOCS}/account/rest-api/Get-Income-History",
     "brackets": f"{_DOCS}/account/rest-api/Notional-and-Leverage-Brackets",
     "symbol_config": f"{_DOCS}/account/rest-api/Symbol-Config",
@@ -107,6 +108,7 @@ _ENDPOINTS = (
     Endpoint("GET", "/fapi/v2/balance", 5, "balance_v2"),
     Endpoint("GET", "/fapi/v3/balance", 5, "balance_v3"),
     Endpoint("GET", "/fapi/v3/account", 5, "account_v3"),
+    Endpoint("GET", "/fapi/v2/account", 5, "account_v2"),
     Endpoint("POST", "/fapi/v1/leverage", 1, "leverage"),
     Endpoint("POST", "/fapi/v1/marginType", 1, "margin_type"),
     Endpoint("GET", "/fapi/v1/positionSide/dual", 30, "position_mode"),
@@ -398,6 +400,38 @@ ACCOUNT_V3_POSITION_FIELDS = (
     "isolatedWallet",
     "initialMargin",
     "maintMargin",
+    "updateTime",
+)
+#: ``GET /fapi/v2/account`` (Account Information V2 page, single-asset mode; python-binance's
+#: ``futures_account``): the v3 fields and the account's flags; assets add ``marginAvailable``;
+#: positions carry leverage, entry price, max notional and the order-side notionals.
+ACCOUNT_V2_FIELDS = (
+    "feeTier",
+    "feeBurn",
+    "canTrade",
+    "canDeposit",
+    "canWithdraw",
+    "updateTime",
+    "multiAssetsMargin",
+    "tradeGroupId",
+    *ACCOUNT_V3_FIELDS,
+)
+ACCOUNT_V2_ASSET_FIELDS = (*ACCOUNT_V3_ASSET_FIELDS, "marginAvailable")
+ACCOUNT_V2_POSITION_FIELDS = (
+    "symbol",
+    "initialMargin",
+    "maintMargin",
+    "unrealizedProfit",
+    "positionInitialMargin",
+    "openOrderInitialMargin",
+    "leverage",
+    "isolated",
+    "entryPrice",
+    "maxNotional",
+    "bidNotional",
+    "askNotional",
+    "positionSide",
+    "positionAmt",
     "updateTime",
 )
 #: ``POST /fapi/v1/leverage`` answer fields (Change Initial Leverage page); leverage 1..125

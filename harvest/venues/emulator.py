@@ -749,8 +749,8 @@ class Emulator:
                 return self._positions(p, with_leverage=path.startswith("/fapi/v2"))
             if path in ("/fapi/v2/balance", "/fapi/v3/balance"):
                 return self._balance()
-            if path == "/fapi/v3/account":
-                return self._account()
+            if path in ("/fapi/v3/account", "/fapi/v2/account"):
+                return self._account(v2=path.startswith("/fapi/v2"))
             if path == "/fapi/v1/leverage":
                 return self._set_leverage(p)
             if path == "/fapi/v1/marginType":
@@ -1049,8 +1049,10 @@ class Emulator:
             }
         ]
 
-    def _account(self) -> dict[str, Any]:
-        """``GET /fapi/v3/account`` (single-asset mode, :data:`binance_facts.ACCOUNT_V3_FIELDS`)."""
+    def _account(self, v2: bool = False) -> dict[str, Any]:
+        """``GET /fapi/v3/account`` (single-asset mode, :data:`binance_facts.ACCOUNT_V3_FIELDS`);
+        with ``v2``, ``/fapi/v2/account`` (:data:`binance_facts.ACCOUNT_V2_FIELDS`). Positions:
+        the open ones (Binance's v2 lists every symbol, flat ones with zeros)."""
         t = self._totals()
         now_ms = int(self.clock.now() * 1000)
         dual = self.venue.dual()
@@ -1072,6 +1074,27 @@ class Emulator:
         positions = []
         for vp, f in t["figs"]:
             qp = self._prec(vp.symbol)[1]
+            if v2:
+                positions.append(
+                    {
+                        "symbol": vp.symbol,
+                        "initialMargin": _fixed(f["pim"], 8),
+                        "maintMargin": _fixed(f["maint"], 8),
+                        "unrealizedProfit": _fixed(f["upnl"], 8),
+                        "positionInitialMargin": _fixed(f["pim"], 8),
+                        "openOrderInitialMargin": _fixed(0.0, 8),
+                        "leverage": str(f["leverage"]),
+                        "isolated": f["margin_type"] == "ISOLATED",
+                        "entryPrice": _fixed(vp.entry_price, 8),
+                        "maxNotional": _num_str(self._max_notional(vp.symbol, f["leverage"])),
+                        "bidNotional": "0",
+                        "askNotional": "0",
+                        "positionSide": vp.side.value if dual else "BOTH",
+                        "positionAmt": _fixed(f["amt"], qp),
+                        "updateTime": now_ms,
+                    }
+                )
+                continue
             positions.append(
                 {
                     "symbol": vp.symbol,
@@ -1086,7 +1109,21 @@ class Emulator:
                     "updateTime": now_ms,
                 }
             )
+        flags: dict[str, Any] = {}
+        if v2:
+            usdt["marginAvailable"] = True
+            flags = {
+                "feeTier": 0,
+                "feeBurn": True,
+                "canTrade": True,
+                "canDeposit": True,
+                "canWithdraw": True,
+                "updateTime": 0,
+                "multiAssetsMargin": False,
+                "tradeGroupId": -1,
+            }
         return {
+            **flags,
             "totalInitialMargin": _fixed(t["pim"], 8),
             "totalMaintMargin": _fixed(t["maint"], 8),
             "totalWalletBalance": _fixed(t["wallet"], 8),

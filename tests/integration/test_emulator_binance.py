@@ -324,6 +324,12 @@ def test_balance_and_account_follow_the_paper_ledger(emu, client):
     assert acct["totalWalletBalance"] == b1["balance"]
     assert float(acct["totalUnrealizedProfit"]) == pytest.approx(0.006 * 1000.0, abs=1e-6)
     assert float(acct["totalMarginBalance"]) == pytest.approx(float(b1["balance"]) + 6.0, abs=1e-6)
+    a2 = client.futures_account()  # python-binance: /fapi/v2/account
+    assert set(a2) == set(facts.ACCOUNT_V2_FIELDS) and a2["totalWalletBalance"] == b1["balance"]
+    assert set(a2["assets"][0]) == set(facts.ACCOUNT_V2_ASSET_FIELDS)
+    [p2] = a2["positions"]
+    assert set(p2) == set(facts.ACCOUNT_V2_POSITION_FIELDS)
+    assert (p2["positionAmt"], p2["leverage"], p2["isolated"]) == ("0.006", "20", True)
 
 
 # ---------------------------------------------------------------------------------- market data
