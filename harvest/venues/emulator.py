@@ -1395,7 +1395,9 @@ _WEEK_OFFSET_S = 4 * 86400  # 1970-01-05, the first Monday after the epoch: week
 
 
 def _bucket(open_s: np.ndarray, interval: str) -> np.ndarray:
-    """The open time (s) of the ``interval`` bar each 1m open time (s, int64) falls in."""
+    """The open time (s) of the ``interval`` bar each 1m open time (s, int64) falls in: fixed
+    intervals count from the Unix epoch (3d included: the emulator's reading, Binance's pages do
+    not say), weeks from Monday 1970-01-05, months from the 1st (UTC)."""
     if interval == "1M":
         months = open_s.astype("datetime64[s]").astype("datetime64[M]")
         return months.astype("datetime64[s]").astype(np.int64)
