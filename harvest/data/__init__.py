@@ -118,13 +118,13 @@ class KlineFileError(ValueError):
 
 
 #: The most CSV one kline file may hold once decompressed (bytes): 2 GiB. The lab's largest
-#: real file (three years of 5-minute BTCUSDT bars) is 36 MB; :data:`MAX_KLINE_ROWS` rows of
-#: the archive's 12-column layout are about 1.2 GB.
+#: real file (three years of 5-minute BTCUSDT bars) holds 17 MB; :data:`MAX_KLINE_ROWS` rows
+#: of the archive's 12-column layout are about 1.2 GB.
 MAX_CSV_BYTES = 2 * 1024**3
 #: The most a compressed kline file (the ``.zip``'s member, a ``.csv.gz``) may expand: 200
-#: times its compressed size, plus 1 MiB for tiny files. Kline CSVs expand 5 to 12 times under
-#: deflate (measured on the shipped files and on generated rows with constant prices, where
-#: only the times change); a deflate bomb expands about 1000 times.
+#: times its compressed size, plus 1 MiB for tiny files. Kline CSVs expand 2.8 to 5.2 times
+#: under gzip (measured on the 206 files of the lab set, ../shared/data/lab), 8 to 12 times
+#: when generated with constant prices (only the times change); a deflate bomb about 1000.
 MAX_EXPANSION = 200
 #: The most kline rows one file may hold: 8 M, 15 years of 1-minute bars (Binance's oldest
 #: pair, spot BTCUSDT since 2017-08, has about 4.9 M). The loader keeps 48 bytes per row (the

@@ -12,12 +12,15 @@ funding from a ``calc_time,funding_rate`` CSV.
 from __future__ import annotations
 
 import csv
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
-from harvest.data import SHIPPED_SYMBOLS, Klines, load_funding, load_klines, read_klines
+from harvest.data import MAX_LINE_CHARS, SHIPPED_SYMBOLS, Klines, load_funding, load_klines, read_klines
 from harvest.domain.market import MarketSeries, market_series
 from harvest.domain.models import HarvestTheta
 
@@ -26,15 +29,23 @@ class FundingFileError(ValueError):
     """A funding file that does not read: the message names the file, the line and the problem."""
 
 
+#: The most rows a funding file may hold: 1 M (funding at most hourly: over a century).
+MAX_FUNDING_ROWS = 1_000_000
+
+
 def read_funding(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """``(calc_time s, rate fraction)`` from a ``calc_time,funding_rate`` CSV (the archive's
-    ``fundingRate`` files and the lab's); times in s/ms/µs. Raises FundingFileError."""
+    ``fundingRate`` files and the lab's); times in s/ms/µs. At most :data:`MAX_FUNDING_ROWS`
+    rows, read as a stream. Raises FundingFileError."""
     path = Path(path)
-    times, rates = [], []
+    times: list[int] = []
+    rates: list[float] = []
     with open(path) as f:
-        for i, r in enumerate(csv.reader(f)):
+        for i, r in _funding_rows(csv.reader(_short_lines(f, path)), path):
             if not r or (i == 0 and not r[0].strip().isdigit()):
                 continue
+            if len(times) >= MAX_FUNDING_ROWS:
+                raise FundingFileError(f"{path}: more than {MAX_FUNDING_ROWS} funding rows (the loader's limit)")
             try:
                 times.append(int(float(r[0])))
                 rates.append(float(r[1 if len(r) < 3 else 2]) if len(r) >= 2 else float("nan"))
@@ -47,6 +58,33 @@ def read_funding(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if t.size > 1 and np.any(np.diff(t) <= 0):
         raise FundingFileError(f"{path}: calc_time not strictly increasing")
     return t, np.array(rates)
+
+
+def _short_lines(f: TextIO, path: Path) -> Iterator[str]:
+    """The lines of ``f``, each read at most :data:`harvest.data.MAX_LINE_CHARS` + 1 characters
+    at a time: a longer line raises FundingFileError (never held whole)."""
+    for i in itertools.count(1):
+        line = f.readline(MAX_LINE_CHARS + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE_CHARS:
+            raise FundingFileError(f"{path}, line {i}: longer than {MAX_LINE_CHARS} characters")
+        yield line
+
+
+def _funding_rows(rows: Iterator[list[str]], path: Path) -> Iterator[tuple[int, list[str]]]:
+    """``(0-based line, row)`` of a csv reader; a line the reader refuses (a field over its
+    131 072 characters, an unclosed quote) raises FundingFileError naming it."""
+    i = 0
+    while True:
+        try:
+            r = next(rows)
+        except StopIteration:
+            return
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise FundingFileError(f"{path}, line {i + 1}: not a funding row ({e})") from e
+        yield i, r
+        i += 1
 
 
 def funding_for(klines_path: Path, symbol: str) -> tuple[np.ndarray, np.ndarray] | None:

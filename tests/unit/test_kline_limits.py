@@ -23,7 +23,7 @@ import harvest.lab.market as lab_market
 from harvest.data import MAX_CSV_BYTES, MAX_EXPANSION, KlineFileError, load_klines, read_klines
 from harvest.domain.market import MarketSeries, market_series
 from harvest.domain.models import HarvestTheta
-from harvest.lab.market import build_market, build_market_like
+from harvest.lab.market import FundingFileError, build_market, build_market_like, read_funding
 
 ROOT = Path(__file__).resolve().parents[2]
 T0_MS = 1_577_836_800_000  # 2020-01-01 00:00 UTC
@@ -260,3 +260,24 @@ def test_the_market_state_in_blocks_is_the_whole_series_bit_for_bit(monkeypatch,
         assert all(
             np.array_equal(getattr(like.series, f), getattr(m.series, f)) for f in MarketSeries.__dataclass_fields__
         )
+
+
+def test_a_funding_file_past_the_limits_is_refused_naming_it(tmp_path, monkeypatch):
+    ok = tmp_path / "BTCUSDT-funding-2024.csv"
+    ok.write_text(
+        "calc_time,funding_interval_hours,last_funding_rate\n"
+        + "".join(f"{(T0_MS + 8 * 3600_000 * i)},8,0.0001\n" for i in range(50))
+    )
+    t, r = read_funding(ok)
+    assert t.size == 50 and t[0] == T0_MS // 1000 and r[0] == 0.0001
+    monkeypatch.setattr(lab_market, "MAX_FUNDING_ROWS", 20)
+    with pytest.raises(FundingFileError, match=f"{ok}: more than 20 funding rows"):
+        read_funding(ok)
+    long = tmp_path / "ETHUSDT-funding-2024.csv"
+    long.write_text("calc_time,funding_rate\n" + "1" * 50_000_000)  # one 50 MB line: never held whole
+    with pytest.raises(FundingFileError, match=f"{long}, line 2: longer than 4096 characters"):
+        read_funding(long)
+    quote = tmp_path / "SOLUSDT-funding-2024.csv"
+    quote.write_text('calc_time,funding_rate\n"1700000000000,0.0001\n' + "2,0.1\n" * 30_000)  # an unclosed quote
+    with pytest.raises(FundingFileError, match=f"{quote}, line 2: not a funding row"):
+        read_funding(quote)
