@@ -327,8 +327,9 @@ def read_klines(path: str | Path, symbol: str | None = None) -> Klines:
     :data:`MAX_EXPANSION` (200) times its compressed size, before decompressing; any file
     that yields more than that while read (counted: declared sizes can lie, gzip has none);
     more than :data:`MAX_KLINE_ROWS` (8 M) rows; a line over :data:`MAX_LINE_CHARS` (4096)
-    characters. Peak memory: about 50 MB plus 52 bytes per row (about 320 MB for 5 M rows, 470 MB at
-    the limit; measured with getrusage, tests/unit/test_kline_limits.py).
+    characters. Peak memory, measured (``ru_maxrss``, a fresh process, 12-column zip): 300 MB
+    for 5 M rows, 435 MB for 8 M (the limit); the test holds 1 M rows under 100 MiB added
+    (tests/unit/test_kline_limits.py).
     """
     path = Path(path)
     cols = _Columns()
