@@ -511,11 +511,30 @@ class Emulator:
         measurement a minute or two long has cost, by Binance's per-endpoint weights."""
         return sum(int(self.r.get(k) or 0) for k in self.r.scan_iter(f"{self._k_weight}:*"))
 
-    def _weight(self, w: int) -> int:
+    def weight_by_endpoint(self) -> dict[str, tuple[int, int]]:
+        """Every request served since the emulator started (or :meth:`reset_tally`), by endpoint:
+        ``{"GET /fapi/v3/positionRisk": (requests, weight charged)}`` — what a benchmark reports
+        per endpoint, and what lets it price the same requests by another table."""
+        raw = self.r.hgetall(f"{self._k_weight}:tally")
+        out: dict[str, tuple[int, int]] = {}
+        for f, v in raw.items():
+            kind, endpoint = f.split(" ", 1)
+            n, w = out.get(endpoint, (0, 0))
+            out[endpoint] = (n + int(v), w) if kind == "n" else (n, w + int(v))
+        return out
+
+    def reset_tally(self) -> None:
+        """Start :meth:`weight_by_endpoint` afresh."""
+        self.r.delete(f"{self._k_weight}:tally")
+
+    def _weight(self, w: int, endpoint: str = "") -> int:
         key = f"{self._k_weight}:{int(time.time() // 60)}"
         p = self.r.pipeline(transaction=True)
         p.incrby(key, w)
         p.expire(key, 120)
+        if endpoint:
+            p.hincrby(f"{self._k_weight}:tally", f"n {endpoint}", 1)
+            p.hincrby(f"{self._k_weight}:tally", f"w {endpoint}", w)
         return int(p.execute()[0])
 
     def _reply(
@@ -573,7 +592,7 @@ class Emulator:
             used = self._weight(0)
             html = facts.UNKNOWN_PATH_HTML
             return self._reply(h, facts.UNKNOWN_PATH_STATUS, html, used=used, content_type="text/html")
-        used = self._weight(facts.request_weight(method, path, params))
+        used = self._weight(facts.request_weight(method, path, params), endpoint)
         fault = self.faults.take(endpoint)
         try:
             if used > self.weight_limit_1m:
