@@ -32,9 +32,51 @@ from _setup import celery_app, clean, env_for, open_positions, runtime, start_em
 
 from harvest.ops.procs import HarvestProcess, RedisServer, wait_for
 from harvest.store.streams import StreamCache
+from harvest.venues.binance import PRIORITY_SHARE
+from harvest.venues.binance_facts import WEIGHT_LIMIT_1M
 
 SCAN_S, RECONCILE_S, FUNDING_S, INFO_S = 5.0, 30.0, 60.0, 300.0
+#: The share of an IP's weight harvest's reads may use (the budget's ``read`` priority) of the
+#: default budget: 1800 of Binance's 2400 (HARVEST_VENUE_WEIGHT_LIMIT_1M).
+READ_SHARE = 0.75 * PRIORITY_SHARE["read"]
 TICKS = os.sysconf("SC_CLK_TCK")
+#: The emulator's weight table before issue 30 (by the path's last part; 1 for any other): the
+#: figures issue 23 reported were counted by it. Printed beside Binance's table for comparison.
+OLD_EMULATOR_WEIGHTS = {
+    "klines": 2,
+    "userTrades": 5,
+    "leverageBracket": 1,
+    "income": 30,
+    "allOrders": 5,
+    "positionRisk": 5,
+    "symbolConfig": 5,
+    "positionSide/dual": 30,
+    "openOrders": 1,
+    "openAlgoOrders": 1,
+    "exchangeInfo": 1,
+    "premiumIndex": 1,
+    "order": 1,
+    "algoOrder": 1,
+}
+
+
+def _old_weight(endpoint: str) -> int:
+    path = endpoint.split(" ", 1)[1]
+    return OLD_EMULATOR_WEIGHTS.get(path.split("/", 3)[-1], 1)
+
+
+def _measure(emu, fn) -> tuple[float, dict]:
+    """Run ``fn()`` and return (its value, the weight it cost: ``{"binance": w, "old": w,
+    "by_endpoint": {endpoint: [requests, weight]}}``) from the emulator's per-endpoint tally."""
+    emu.reset_tally()
+    value = fn()
+    tally = emu.weight_by_endpoint()
+    cost = {
+        "binance": sum(w for _, w in tally.values()),
+        "old": sum(n * _old_weight(e) for e, (n, _) in tally.items()),
+        "by_endpoint": {e: [n, w] for e, (n, w) in sorted(tally.items())},
+    }
+    return value, cost
 
 
 def _proc(pid: int) -> tuple[float, float]:
@@ -104,20 +146,26 @@ def fleet(url: str, n_acc: int, n_pos: int, workers: int, per_task: int) -> dict
         # funding cached, as after any earlier tick
         _tick(hv, env, accounts)
         _tick(hv, env, accounts)
-        w0 = emu.weight_spent()
-        out["rest_tick_s"] = _tick(hv, env, accounts)
-        out["rest_tick_weight_per_account"] = (emu.weight_spent() - w0) / n_acc
-        w0 = emu.weight_spent()
+        out["rest_tick_s"], cost = _measure(emu, lambda: _tick(hv, env, accounts))
+        out["rest_tick_weight_per_account"] = cost["binance"] / n_acc
+        out["old_rest_tick_weight_per_account"] = cost["old"] / n_acc
+        out["rest_tick_by_endpoint"] = cost["by_endpoint"]
         from harvest.services.reconcile import reconcile_once
 
-        reconcile_once(hv)
-        out["reconcile_weight_per_account"] = (emu.weight_spent() - w0) / n_acc
-        w0 = emu.weight_spent()
+        _, cost = _measure(emu, lambda: reconcile_once(hv))
+        out["reconcile_weight_per_account"] = cost["binance"] / n_acc
+        out["old_reconcile_weight_per_account"] = cost["old"] / n_acc
+        out["reconcile_by_endpoint"] = cost["by_endpoint"]
         hv.r.delete(*[hv.for_account(a).venue.k_funding_poll for a in accounts])  # type: ignore[attr-defined]
-        for a in accounts:
-            hv.for_account(a).venue.positions()  # one funding poll per account (its positions read aside)
-        out["funding_poll_weight_per_account"] = max(
-            0.0, (emu.weight_spent() - w0) / n_acc - out["rest_tick_weight_per_account"]
+
+        def funding_polls() -> None:
+            for a in accounts:
+                hv.for_account(a).venue.positions()  # one funding poll per account (its positions read aside)
+
+        _, cost = _measure(emu, funding_polls)
+        out["funding_poll_weight_per_account"] = max(0.0, cost["binance"] / n_acc - out["rest_tick_weight_per_account"])
+        out["old_funding_poll_weight_per_account"] = max(
+            0.0, cost["old"] / n_acc - out["old_rest_tick_weight_per_account"]
         )
 
         st = HarvestProcess("streams", env, ["--symbols", ",".join(syms), "--no-triggers"]).start()
@@ -129,21 +177,25 @@ def fleet(url: str, n_acc: int, n_pos: int, workers: int, per_task: int) -> dict
         wait_for(lambda: caches[0].snapshot(3.0, 3.0), 30, 0.1, "fresh marks")
         cpu, rss = _cpu_share(st.proc.pid, 10.0)
         out["streams_idle_cpu_share"], out["streams_rss_mb"] = cpu, rss
-        w0 = emu.weight_spent()
-        out["streams_tick_s"] = _tick(hv, env, accounts)
-        out["streams_tick_weight_per_account"] = (emu.weight_spent() - w0) / n_acc
+        out["streams_tick_s"], cost = _measure(emu, lambda: _tick(hv, env, accounts))
+        out["streams_tick_weight_per_account"] = cost["binance"] / n_acc
+        out["old_streams_tick_weight_per_account"] = cost["old"] / n_acc
         out["positions_from_streams"] = int(hv.r.hget(hv.plans.k.counters, "positions:streams") or 0)
         per_min = 60.0 / SCAN_S
-        fixed = (
-            out["reconcile_weight_per_account"] * 60 / RECONCILE_S
-            + out["funding_poll_weight_per_account"] * 60 / FUNDING_S
-            + 1 * 60 / INFO_S
-        )
-        out["rest_weight_per_account_min"] = out["rest_tick_weight_per_account"] * per_min + fixed
-        out["streams_weight_per_account_min"] = out["streams_tick_weight_per_account"] * per_min + fixed
-        out["streams_weight_per_account_min_without_reconcile"] = (
-            out["streams_weight_per_account_min"] - out["reconcile_weight_per_account"] * 60 / RECONCILE_S
-        )
+        for table in ("", "old_"):  # Binance's table (what the emulator charges), then its old one
+            fixed = (
+                out[f"{table}reconcile_weight_per_account"] * 60 / RECONCILE_S
+                + out[f"{table}funding_poll_weight_per_account"] * 60 / FUNDING_S
+                + 1 * 60 / INFO_S
+            )
+            out[f"{table}rest_weight_per_account_min"] = out[f"{table}rest_tick_weight_per_account"] * per_min + fixed
+            out[f"{table}streams_weight_per_account_min"] = (
+                out[f"{table}streams_tick_weight_per_account"] * per_min + fixed
+            )
+        out["accounts_per_ip"] = {
+            mode: int(WEIGHT_LIMIT_1M * READ_SHARE // out[f"{mode}_weight_per_account_min"])
+            for mode in ("rest", "streams")
+        }
         return out
     finally:
         for p in procs:
@@ -213,12 +265,25 @@ def main() -> int:
     )
     print(
         f"{'steady-state weight per account per minute':52} {f['rest_weight_per_account_min']:>14.1f}"
-        f" {f['streams_weight_per_account_min']:>10.1f}   (target ≤ 20)"
+        f" {f['streams_weight_per_account_min']:>10.1f}   (Binance's table, as the emulator charges)"
     )
     print(
-        f"  of which reconcile every {RECONCILE_S:g} s: {f['reconcile_weight_per_account'] * 60 / RECONCILE_S:.1f}; "
+        f"{'  the same requests by the emulator old table':52} {f['old_rest_weight_per_account_min']:>14.1f}"
+        f" {f['old_streams_weight_per_account_min']:>10.1f}   (what issue 23 reported)"
+    )
+    print(
+        f"  of which reconcile every {RECONCILE_S:g} s: {f['reconcile_weight_per_account'] * 60 / RECONCILE_S:.1f}"
+        f" (old table {f['old_reconcile_weight_per_account'] * 60 / RECONCILE_S:.1f}); "
         f"funding every {FUNDING_S:g} s: {f['funding_poll_weight_per_account'] * 60 / FUNDING_S:.1f}"
     )
+    print(
+        f"accounts one IP holds at steady state (reads' share {WEIGHT_LIMIT_1M * READ_SHARE:.0f} of {WEIGHT_LIMIT_1M}"
+        f" a minute): REST polling {f['accounts_per_ip']['rest']}, streams {f['accounts_per_ip']['streams']}"
+    )
+    for phase in ("rest_tick", "reconcile"):
+        print(f"{phase.replace('_', ' ')} by endpoint, per account (requests, weight):")
+        for e, (n, w) in f[f"{phase}_by_endpoint"].items():
+            print(f"  {e:<40} {n / a.accounts:>6.2f} {w / a.accounts:>8.1f}")
     print(
         f"harvest streams holding {a.accounts} accounts: first resync of all {f['streams_resync_all_s']:.1f} s, "
         f"RSS {f['streams_rss_mb']:.0f} MB ({f['streams_rss_mb'] * k:.0f} MB per 1000 accounts), "
