@@ -135,6 +135,7 @@ MAX_KLINE_ROWS = 8_000_000
 MAX_LINE_CHARS = 4096
 _BLOCK_CHARS = 1024 * 1024  # text parsed at a time: about 10 000 rows
 _MiB = 1024 * 1024
+_CSV_LIMIT = f"{MAX_CSV_BYTES} bytes ({MAX_CSV_BYTES / 1024**3:g} GiB)"
 
 
 def _expansion_limit(compressed: int) -> int:
@@ -177,16 +178,18 @@ def _csv_text(path: Path) -> Iterator[tuple[TextIO, str]]:
         if path.suffix == ".zip":
             try:
                 z = stack.enter_context(zipfile.ZipFile(path))
-            except (zipfile.BadZipFile, OSError) as e:
+            except zipfile.BadZipFile as e:
                 raise KlineFileError(f"{path}: not a zip archive ({e})") from e
+            except OSError as e:
+                raise KlineFileError(f"{path}: unreadable ({e})") from e
             names = [n for n in z.namelist() if not n.endswith("/")]
             if len(names) != 1 or not names[0].endswith(".csv"):
                 raise KlineFileError(f"{path}: a kline archive holds one .csv, found {names[:5]}")
             info, name = z.getinfo(names[0]), f"{path}!{names[0]}"
             if info.file_size > MAX_CSV_BYTES:
                 raise KlineFileError(
-                    f"{name}: declares {info.file_size} bytes of CSV, more than the limit of {MAX_CSV_BYTES} "
-                    f"({MAX_CSV_BYTES // 1024**3} GiB); refused before decompressing"
+                    f"{name}: declares {info.file_size} bytes of CSV, more than the limit of {_CSV_LIMIT}; "
+                    "refused before decompressing"
                 )
             limit = _expansion_limit(info.compress_size)
             if info.file_size > limit:
@@ -199,7 +202,7 @@ def _csv_text(path: Path) -> Iterator[tuple[TextIO, str]]:
                 raw: IO[bytes] = stack.enter_context(z.open(info))
             except (RuntimeError, NotImplementedError, zipfile.BadZipFile, OSError) as e:  # encrypted, unknown method
                 raise KlineFileError(f"{name}: unreadable ({e})") from e
-            why = f"at most {MAX_EXPANSION} times the {info.compress_size} compressed bytes, and {MAX_CSV_BYTES}"
+            why = f"the limit: {MAX_EXPANSION} times the {info.compress_size} compressed bytes, at most {_CSV_LIMIT}"
         else:
             name = str(path)
             try:
@@ -209,9 +212,9 @@ def _csv_text(path: Path) -> Iterator[tuple[TextIO, str]]:
                 raise KlineFileError(f"{path}: unreadable ({e})") from e
             if path.suffix == ".gz":  # gzip's declared size (mod 2**32) is no guide: count
                 limit = _expansion_limit(size)
-                why = f"at most {MAX_EXPANSION} times the {size} compressed bytes, and {MAX_CSV_BYTES}"
+                why = f"the limit: {MAX_EXPANSION} times the {size} compressed bytes, at most {_CSV_LIMIT}"
             else:
-                limit, why = MAX_CSV_BYTES, f"the limit of a kline file is {MAX_CSV_BYTES} bytes"
+                limit, why = MAX_CSV_BYTES, f"the limit: {_CSV_LIMIT}"
         capped = io.BufferedReader(_Capped(raw, limit, name, why), buffer_size=_MiB)
         yield io.TextIOWrapper(capped, encoding="utf-8", errors="strict", newline=None), name
 
