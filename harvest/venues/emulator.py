@@ -515,7 +515,7 @@ class Emulator:
         """Every request served since the emulator started (or :meth:`reset_tally`), by endpoint:
         ``{"GET /fapi/v3/positionRisk": (requests, weight charged)}`` — what a benchmark reports
         per endpoint, and what lets it price the same requests by another table."""
-        raw = self.r.hgetall(f"{self._k_weight}:tally")
+        raw = self.r.hgetall(f"{self._k_weight}_tally")
         out: dict[str, tuple[int, int]] = {}
         for f, v in raw.items():
             kind, endpoint = f.split(" ", 1)
@@ -525,7 +525,7 @@ class Emulator:
 
     def reset_tally(self) -> None:
         """Start :meth:`weight_by_endpoint` afresh."""
-        self.r.delete(f"{self._k_weight}:tally")
+        self.r.delete(f"{self._k_weight}_tally")
 
     def _weight(self, w: int, endpoint: str = "") -> int:
         key = f"{self._k_weight}:{int(time.time() // 60)}"
@@ -533,8 +533,8 @@ class Emulator:
         p.incrby(key, w)
         p.expire(key, 120)
         if endpoint:
-            p.hincrby(f"{self._k_weight}:tally", f"n {endpoint}", 1)
-            p.hincrby(f"{self._k_weight}:tally", f"w {endpoint}", w)
+            p.hincrby(f"{self._k_weight}_tally", f"n {endpoint}", 1)
+            p.hincrby(f"{self._k_weight}_tally", f"w {endpoint}", w)
         return int(p.execute()[0])
 
     def _reply(
