@@ -7,8 +7,8 @@ While ``harvest streams`` holds the account, the order's stream events (ORDER_TR
 ALGO_UPDATE) resolve it without a REST look-up when they are its last word; confirm waits up
 to :data:`STREAM_CONFIRM_WAIT_S` after the send for them, then reads REST.
 
-After an unknown send outcome the look-up decides: the order exists → its state; -2013
-("Order does not exist.") → it was not placed, and a new send step goes through execute
+After an unknown send outcome the look-up decides: the order exists → its state; reason
+ORDER_NOT_FOUND (Binance's -2013 "Order does not exist.") → it was not placed, and a new send step goes through execute
 (:func:`workflows.resend_chain`) while attempts and TTL allow. Nothing is re-sent blind.
 """
 

@@ -13,15 +13,17 @@ What an exchange answer does to the plan (error classes of :class:`harvest.venue
 * accepted → the ref handed to confirm carries the step and ``acked_at``; confirm records
   ``send=accepted`` in the round trip that reads the plan, then reads the fill;
 * unknown (read timeout, 503 "Unknown error…", -1006/-1007, a crash of the connection) →
-  ``send=unknown``; confirm looks the order up and only a -2013 answer ("not placed") lets a
-  next step send again;
+  ``send=unknown``; confirm looks the order up and only an ORDER_NOT_FOUND answer (Binance
+  -2013: "not placed") lets a next step send again;
 * not executed (429/418, 503 "Service Unavailable." / "Internal error…", a connection that
   never reached the server, the local weight budget) → ``send=not_executed`` and this task
   retries itself with backoff and jitter (honouring ``Retry-After``) as the next step, under
   the clientOrderId ``hv-<plan_id>-<step>``, at most ``max_send_attempts`` sends and never past
   the plan's TTL; then the plan ends FAILED with the exchange's code and message;
 * rejected (-1111, -2022, -4164, -2019, -4003/-4004/-4005, -1021 after a resync, …) → the
-  plan ends REJECTED with the exchange's code and message; no retry.
+  plan ends REJECTED, reason ``exchange_rejected:<VenueReason>`` (``precision``,
+  ``reduce_only_rejected``, …: venue-neutral) with the exchange's code and message in its
+  record (``error_code``, ``error_message``); no retry.
 
 No exception escapes to crash the worker.
 """
@@ -182,7 +184,7 @@ def execute(self, ref: dict | None, step: int = 0) -> dict | None:
                 raise self.retry(args=(ref,), kwargs={"step": step + 1}, countdown=delay) from e
             _end(rt, plan, PlanState.FAILED, f"not_executed:{e.code}", e)
             return None
-        _end(rt, plan, PlanState.REJECTED, f"exchange_rejected:{e.code}", e)
+        _end(rt, plan, PlanState.REJECTED, f"exchange_rejected:{e.reason.value}", e)
         return None
     except Exception as e:  # connection loss etc.: the order may or may not exist
         rt.plans.mark_send(pid, step, SendState.UNKNOWN, {"error": type(e).__name__})

@@ -64,12 +64,9 @@ def refresh_exchange_info() -> int:
     out = 0
     for name in base.accounts:
         rt = base.for_account(name)
-        refresh = getattr(rt.venue, "refresh_filters", None)
-        if refresh is None:
-            continue
         try:
-            rt.r.delete(rt.venue.k_leverage, rt.venue.k_dual)  # type: ignore[attr-defined]
-            out = out if out < 0 else refresh()
+            n = rt.venue.refresh_exchange_info()
+            out = out if out < 0 else n
         except VenueError as e:
             rt.plans.count(f"venue:exchange_info_failed:{e.code}")
             log.warning("exchangeInfo refresh of account %s failed: %s", name, e)

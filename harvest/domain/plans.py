@@ -121,9 +121,9 @@ def parse_client_order_id(cid: str) -> tuple[str, int] | None:
 
 #: Guard and exchange rejections that cannot change within the position epoch: the lineage
 #: is abandoned (shown with its reason), never retried. Every other way a plan ends without
-#: effect — FAILED, EXPIRED, CANCELED, a partial fill, a rejection that can change (-4061
-#: position mode, -2022 a position that moved, a tier the mark fell back from, the venue
-#: unavailable, the position busy) — gets the next attempt after a backoff.
+#: effect — FAILED, EXPIRED, CANCELED, a partial fill, a rejection that can change (the
+#: position mode, a reduce-only order of a position that moved, a tier the mark fell back from,
+#: the venue unavailable, the position busy) — gets the next attempt after a backoff.
 FINAL_REJECTIONS: frozenset[str] = frozenset(
     {
         "symbol_not_allowed",
@@ -137,12 +137,13 @@ FINAL_REJECTIONS: frozenset[str] = frozenset(
         "no_stop_inside_liquidation",
         "already_protected",
         "operator_cancel",
-        # exchange rejections of the request itself (precision, symbol, quantity bounds)
-        "exchange_rejected:-1111",
-        "exchange_rejected:-1121",
-        "exchange_rejected:-4003",
-        "exchange_rejected:-4004",
-        "exchange_rejected:-4005",
+        # exchange rejections of the request itself (precision, symbol, quantity bounds), by
+        # their venue-neutral reason (harvest.venues.base.FINAL_REASONS; tests/unit/test_rules.py
+        # holds the two equal)
+        "exchange_rejected:precision",
+        "exchange_rejected:bad_symbol",
+        "exchange_rejected:qty_too_small",
+        "exchange_rejected:qty_too_large",
     }
 )
 #: Actions tried until they succeed, an operator cancels them or trading halts: a kill close

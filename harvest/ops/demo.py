@@ -118,7 +118,7 @@ def _open(rt: Runtime, symbol: str, leverage: int, t: float) -> None:
     price = kl.mark_at(t)
     ladder = rt.settings.theta.model_copy(update={"base_sl": STRATEGY_BASE_SL})
     stop = compute_levels(price, side, leverage, ladder, sigma=m.sigma).sl_price
-    rt.venue.open_position(symbol, side, NOTIONAL_USDT / price, leverage, stop_price=stop)  # type: ignore[attr-defined]
+    rt.venue.open_position(symbol, side, NOTIONAL_USDT / price, leverage, stop_price=stop)
 
 
 def run_demo(

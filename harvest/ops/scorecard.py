@@ -87,27 +87,17 @@ def _account_book(rt: Runtime) -> tuple[Counter, dict[str, dict], str]:
     ``realized``, ``commission``, ``funding``, ``stops_hit``) and where they were read."""
     orders: Counter = Counter()
     book = paper_engine(rt)
-    records = getattr(rt.venue, "account_records", None)
-    source = "paper engine"
-    if records is not None:  # python-binance (emulator, testnet, live): the exchange's own records
-        try:
-            venue_orders, venue_pnl = records(list(rt.settings.symbols))
-            source = "exchange (allOrders, userTrades, income)"
-        except VenueError:
-            venue_orders, venue_pnl, source = [], {}, "exchange unavailable"
-        listed = venue_orders
-        paper_pnl = book.pnl() if book else {}  # the paper engine's own count of stops hit, when there is one
-        book_pnl = {s: {**v, "stops_hit": paper_pnl.get(s, {}).get("stops_hit", 0)} for s, v in venue_pnl.items()}
-    else:
-        listed = book.orders(harvest_only=True) if book else []
-        book_pnl = book.pnl() if book else {}
+    in_process = book is rt.venue  # the in-process paper engine: its own records
+    try:  # each order once; python-binance venues: allOrders, userTrades, income
+        listed, venue_pnl = rt.venue.account_records(list(rt.settings.symbols))
+        source = "paper engine" if in_process else "exchange (allOrders, userTrades, income)"
+    except VenueError:
+        listed, venue_pnl, source = [], {}, "exchange unavailable"
+    paper_pnl = book.pnl() if book else {}  # the paper engine's own count of stops hit, when there is one
+    book_pnl = {s: {**v, "stops_hit": paper_pnl.get(s, {}).get("stops_hit", 0)} for s, v in venue_pnl.items()}
     for o in listed:
-        if o.orig_type not in (None, o.type):  # a triggered stop's MARKET order: counted as the stop it was
-            if records is None:
-                continue  # the paper book lists the stop's algo record too: counted once, by that
-            orders[f"{o.orig_type}:{o.status}"] += 1
-        else:
-            orders[f"{o.type}:{o.status}"] += 1
+        # a triggered stop's MARKET order: counted as the stop it was
+        orders[f"{o.orig_type if o.orig_type not in (None, o.type) else o.type}:{o.status}"] += 1
     return orders, book_pnl, source
 
 

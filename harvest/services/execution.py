@@ -11,7 +11,7 @@ from harvest.domain.models import STOP_ACTIONS, Plan, PlanState, SendState
 from harvest.domain.stream_events import conclusive
 from harvest.services.runtime import Runtime
 from harvest.store.streams import StreamCache
-from harvest.venues.base import OrderResult, VenueError
+from harvest.venues.base import OrderResult, VenueError, VenueReason
 
 #: :func:`resolve_submitted`'s answer while the order's outcome is not known yet.
 PENDING = "pending"
@@ -117,7 +117,7 @@ def _order_result(plan: Plan, d: dict | None) -> OrderResult | None:
 
 def _lookup_failed(rt: Runtime, plan: Plan, final: bool, resend: Resend | None, e: VenueError) -> str:
     """:func:`resolve_submitted` when the REST look-up raised ``e``."""
-    if e.code != -2013:
+    if e.reason is not VenueReason.ORDER_NOT_FOUND:
         # The look-up itself failed: try again — but not forever. A TTL past the plan's
         # own without one readable answer ends it EXPIRED with the error recorded (no
         # re-send: an operator reconciles the order by its clientOrderId).

@@ -37,14 +37,14 @@ def refresh_market_states(rt: Runtime) -> int:
             if rt.settings.uses_binance:
                 closes = klines.closes(sym, theta.closes_needed, last_bar_ms)  # kline streams (harvest streams)
                 if closes is None:  # a gap, no streams: REST, which fills the cache for the streams to go on
-                    opens, closes = rt.venue.closed_bars(sym, theta.closes_needed)  # type: ignore[attr-defined]
+                    opens, closes = rt.venue.closed_bars(sym, theta.closes_needed)
                     klines.put(sym, [(int(t), float(c)) for t, c in zip(opens, closes, strict=True)])
                     rt.plans.count("market:klines_rest")
                 else:
                     rt.plans.count("market:klines_streamed")
                 states.append(market_state_from_closes(sym, closes, now, theta).model_copy(update=stamp))
             else:  # the paper engine: shipped klines (a synthetic listing uses its source's)
-                src = rt.venue.source(sym)  # type: ignore[attr-defined]
+                src = rt.venue.source(sym)
                 states.append(market_state_at(load_klines(src), now, theta).model_copy(update={"symbol": sym, **stamp}))
         except (FileNotFoundError, ValueError, VenueError) as e:
             rt.plans.count("market:unavailable")

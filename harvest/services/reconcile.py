@@ -95,7 +95,7 @@ def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
         s: (e or {}).get("epoch")
         for s, e in zip(open_syms, rt.book.get_many(acct, open_syms, ("side", "epoch")), strict=True)
     }
-    open_orders = rt.venue.open_orders()  # type: ignore[attr-defined]
+    open_orders = rt.venue.open_orders()
     closed = adopted = unknown = 0
     plans = {p.plan_id: p for p in rt.plans.open_plans()}
     for plan in plans.values():
@@ -162,13 +162,11 @@ def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
 def check_clock(rt: Runtime) -> int | None:
     """The exchange's clock against this machine's (python-binance venues; ms): beyond
     ``max_clock_offset_ms`` it is logged as an error and counted (``venue:clock_offset_exceeded``;
-    ``/metrics`` ``harvest_clock_offset_seconds``). None on the paper engine or when the exchange
-    does not answer."""
-    measure = getattr(rt.venue, "clock_offset_ms", None)
-    if measure is None:
-        return None
+    ``/metrics`` ``harvest_clock_offset_seconds``). 0 on the in-process paper engine (it runs on
+    this machine's clock: :meth:`harvest.venues.base.Venue.clock_offset_ms`); None when the
+    exchange does not answer."""
     try:
-        offset = measure()
+        offset = rt.venue.clock_offset_ms()
     except VenueError as e:
         log.warning("exchange clock not read: %s", e)
         return None

@@ -57,11 +57,11 @@ from harvest.domain.plans import CLIENT_ORDER_PREFIX
 from harvest.venues import binance_facts as facts
 from harvest.venues.base import (
     BAD_SYMBOL,
-    POSITION_MODE_CODES,
     OrderResult,
     Venue,
     VenueError,
     VenuePosition,
+    VenueReason,
 )
 
 log = logging.getLogger("harvest.venue")
@@ -82,6 +82,7 @@ _REQUESTS: dict[str, tuple[str, str]] = {
     "futures_get_order": ("GET", "/fapi/v1/order"),
     "futures_cancel_order": ("DELETE", "/fapi/v1/order"),
     "futures_create_order": ("POST", "/fapi/v1/order"),
+    "futures_change_leverage": ("POST", "/fapi/v1/leverage"),
 }
 #: The methods python-binance routes to the algo-order endpoints for a conditional order
 #: (``type`` a conditional type; ``conditional=True``, ``algoId`` or ``clientAlgoId``).
@@ -153,7 +154,7 @@ def classify(exc: Exception) -> VenueError:
         code = int(exc.code or 0)
         msg = str(exc.message or "")
         if msg.startswith("Invalid JSON error message"):  # python-binance's wording for a non-JSON body
-            return VenueError(
+            return facts.venue_error(
                 code,
                 f"non-JSON answer, HTTP {status}: {msg[len('Invalid JSON error message from Binance: ') :][:200]}",
                 status,
@@ -165,20 +166,22 @@ def classify(exc: Exception) -> VenueError:
                 ra = float(headers.get("Retry-After", "1"))
             except ValueError:
                 ra = 1.0
-            return VenueError(code or -1003, msg, status, retryable=True, retry_after=ra)
+            return facts.venue_error(code or -1003, msg, status, retryable=True, retry_after=ra)
         if code in (-1006, -1007) or "Unknown error" in msg:
-            return VenueError(code, msg, status, unknown=True)
+            return facts.venue_error(code, msg, status, unknown=True)
         if msg.startswith(("Service Unavailable", "Internal error")) or code in (-1001, -1008):
-            return VenueError(code, msg, status, retryable=True)
+            return facts.venue_error(code, msg, status, retryable=True)
         if status >= 500:
-            return VenueError(code, msg, status, unknown=True)
-        return VenueError(code, msg, status)
+            return facts.venue_error(code, msg, status, unknown=True)
+        return facts.venue_error(code, msg, status)
     if isinstance(exc, BinanceRequestException):
-        return VenueError(0, str(exc)[:300], 200, unknown=True)
+        return facts.venue_error(0, str(exc)[:300], 200, unknown=True)
     if isinstance(exc, requests.exceptions.ConnectTimeout) or _never_connected(exc):
-        return VenueError(0, f"connection failed before the request was sent: {type(exc).__name__}", 0, retryable=True)
+        return facts.venue_error(
+            0, f"connection failed before the request was sent: {type(exc).__name__}", 0, retryable=True
+        )
     if isinstance(exc, requests.exceptions.RequestException):
-        return VenueError(0, f"no answer ({type(exc).__name__}); outcome unknown", 0, unknown=True)
+        return facts.venue_error(0, f"no answer ({type(exc).__name__}); outcome unknown", 0, unknown=True)
     raise TypeError(f"not an exchange error: {exc!r}")
 
 
@@ -295,7 +298,7 @@ class WeightBudget:
         ceiling = int(self.limit * PRIORITY_SHARE[priority])
         ok, wait = self._reserve(keys=[self.key(now), self.k_backoff], args=[weight, ceiling, repr(now)])
         if not int(ok):
-            raise VenueError(
+            raise facts.venue_error(
                 -1003,
                 f"local request-weight budget: {priority} request held back",
                 429,
@@ -387,7 +390,7 @@ class OrderBudget:
             args += [window, int(limit * ORDER_SHARE[priority]), repr((bucket + 1) * window - now)]
         ok, wait = self._reserve(keys=keys, args=args)
         if not int(ok):
-            raise VenueError(
+            raise facts.venue_error(
                 -1015,
                 f"local order-rate budget of account {self.account}: {priority} order held back",
                 429,
@@ -545,7 +548,7 @@ class BinanceVenue(Venue):
         try:
             return self._filters[symbol]
         except KeyError:
-            raise VenueError(*BAD_SYMBOL) from None
+            raise facts.venue_error(*BAD_SYMBOL) from None
 
     @answers()
     def dual(self, priority: str = "read") -> bool:
@@ -750,7 +753,7 @@ class BinanceVenue(Venue):
         try:
             return send(self.dual(priority))
         except VenueError as e:
-            if e.code not in POSITION_MODE_CODES:
+            if e.reason is not VenueReason.POSITION_MODE:
                 raise
             self.r.delete(self.k_dual)
             log.warning("position mode changed under the cache (%s); refreshed, sending again", e)
@@ -885,6 +888,68 @@ class BinanceVenue(Venue):
             )
         return o
 
+    @answers()
+    def order_by_id(self, symbol: str, order_id: int, conditional: bool = False) -> OrderResult:
+        """``GET /fapi/v1/order?orderId=`` (``conditional``: ``/fapi/v1/algoOrder?algoId=``;
+        weight 1). Raises VenueError, reason ORDER_NOT_FOUND when there is none."""
+        if conditional:
+            return self._algo(self._call("futures_get_order", "get_order", "read", symbol=symbol, algoId=order_id))
+        return self._order(self._call("futures_get_order", "get_order", "read", symbol=symbol, orderId=order_id))
+
+    @answers(sends=True)
+    def cancel_stop(self, symbol: str, client_order_id: str) -> OrderResult:
+        """``DELETE /fapi/v1/algoOrder?clientAlgoId=`` (weight 1), then the stop as the
+        exchange now reports it (the cancel's answer carries no status). Raises VenueError,
+        reason CANCEL_REJECTED (-2011) when it is not working."""
+        self._call("futures_cancel_order", "cancel", "stop", symbol=symbol, clientAlgoId=client_order_id)
+        return self.get_order(symbol, client_order_id, conditional=True)
+
+    @answers(sends=True)
+    def open_position(
+        self,
+        symbol: str,
+        side: Side | str,
+        qty: float,
+        leverage: float,
+        stop_price: float | None = None,
+        client_order_id: str | None = None,
+    ) -> VenuePosition:
+        """As a strategy opens a position: ``POST /fapi/v1/leverage`` (weight 1), a MARKET order
+        without reduceOnly (hedge mode: ``positionSide``; Binance checks margin -2019, MIN_NOTIONAL
+        -4164 and the bracket's cap -2027 here), then with ``stop_price`` a closePosition
+        STOP_MARKET (:meth:`move_stop`, clientAlgoId ``open-<hex>``). Returns the position read
+        back (positionRisk). Raises VenueError."""
+        side = Side(side)
+        f = self.filters(symbol)
+        q = f.round_qty(qty)
+        self._call("futures_change_leverage", "leverage", "stop", symbol=symbol, leverage=int(leverage))
+        self.r.hdel(self.k_leverage, symbol)
+        params: dict[str, Any] = {
+            "symbol": symbol,
+            "side": side.open_order_side,
+            "type": "MARKET",
+            "quantity": SymbolFilters.fmt(q),
+            "newOrderRespType": "RESULT",
+        }
+        if client_order_id:
+            params["newClientOrderId"] = client_order_id
+        if self.dual("stop"):
+            params["positionSide"] = side.value
+        self._call("futures_create_order", "order", "stop", new_order=True, **params)
+        if stop_price is not None:
+            sp = f.round_price(stop_price, "down" if side is Side.LONG else "up")
+            self.move_stop(symbol, side.close_order_side, SymbolFilters.fmt(sp), f"open-{os.urandom(8).hex()}")
+        pos = self.position(symbol)
+        if pos is None:
+            raise VenueError(0, f"no {symbol} position after its opening order filled", 200, reason=VenueReason.OTHER)
+        return pos
+
+    def refresh_exchange_info(self) -> int:
+        """Forget the cached leverage and position mode of the account, then
+        :meth:`refresh_filters` (``GET /fapi/v1/exchangeInfo``, weight 1). Returns #symbols."""
+        self.r.delete(self.k_leverage, self.k_dual)
+        return self.refresh_filters()
+
     # ------------------------------------------------------------------ parsing
 
     @staticmethod
@@ -923,6 +988,7 @@ class BinanceVenue(Venue):
             executed_qty=_num(x.get("executedQty") or 0),
             avg_price=_num(x.get("avgPrice") or 0),
             stop_price=_num(x["triggerPrice"]) if x.get("triggerPrice") else None,
+            actual_order_id=int(_num(x["actualOrderId"])) if x.get("actualOrderId") else None,
             reduce_only=True,
             update_time=_num(x.get("updateTime", 0)) / 1000,
         )

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from harvest.venues.base import VenueError, VenueReason
+
 #: The date the pages below were read (UTC).
 READ_ON = "2026-12-06"
 _DOCS = "https://developers.binance.com/docs/derivatives/usds-margined-futures"
@@ -264,6 +266,74 @@ ERRORS: dict[str, ErrorFact] = {
         400, -4164, "Order's notional must be no smaller than %s (unless you choose reduce only)."
     ),
 }
+
+#: Binance's error codes → harvest's venue-neutral reasons (:class:`VenueReason`), from the
+#: Error Codes page's meanings; a code not here is ``OTHER`` (or by its class: unknown,
+#: retryable). Only the Binance adapter and the paper engine (which answers as Binance does) read it.
+REASONS: dict[int, VenueReason] = {
+    -1001: VenueReason.UNAVAILABLE,  # DISCONNECTED
+    -1003: VenueReason.RATE_LIMITED,  # TOO_MANY_REQUESTS (HTTP 418: IP_BANNED, by status)
+    -1006: VenueReason.OUTCOME_UNKNOWN,  # UNEXPECTED_RESP
+    -1007: VenueReason.OUTCOME_UNKNOWN,  # TIMEOUT
+    -1008: VenueReason.UNAVAILABLE,  # SERVER_BUSY
+    -1015: VenueReason.RATE_LIMITED,  # TOO_MANY_ORDERS
+    -1021: VenueReason.CLOCK,  # INVALID_TIMESTAMP
+    -1022: VenueReason.AUTH,  # INVALID_SIGNATURE
+    -1111: VenueReason.PRECISION,  # BAD_PRECISION
+    -1121: VenueReason.BAD_SYMBOL,  # BAD_SYMBOL
+    -2011: VenueReason.CANCEL_REJECTED,  # CANCEL_REJECTED
+    -2013: VenueReason.ORDER_NOT_FOUND,  # NO_SUCH_ORDER
+    -2014: VenueReason.AUTH,  # BAD_API_KEY_FMT
+    -2015: VenueReason.AUTH,  # REJECTED_MBX_KEY
+    -2019: VenueReason.MARGIN_INSUFFICIENT,  # MARGIN_NOT_SUFFICIEN
+    -2021: VenueReason.WOULD_TRIGGER,  # ORDER_WOULD_IMMEDIATELY_TRIGGER
+    -2022: VenueReason.REDUCE_ONLY_REJECTED,  # REDUCE_ONLY_REJECT
+    -2027: VenueReason.MAX_NOTIONAL,  # MAX_LEVERAGE_RATIO
+    -4003: VenueReason.QTY_TOO_SMALL,  # QTY_LESS_THAN_ZERO
+    -4004: VenueReason.QTY_TOO_SMALL,  # QTY_LESS_THAN_MIN_QTY
+    -4005: VenueReason.QTY_TOO_LARGE,  # QTY_GREATER_THAN_MAX_QTY
+    -4059: VenueReason.POSITION_MODE,  # NO_NEED_TO_CHANGE_POSITION_SIDE
+    -4061: VenueReason.POSITION_MODE,  # INVALID_POSITION_SIDE
+    -4116: VenueReason.DUPLICATE_CLIENT_ID,  # DUPLICATED_CLIENT_ORDER_ID
+    -4118: VenueReason.REDUCE_ONLY_REJECTED,  # REDUCE_ONLY_MARGIN_CHECK_FAILED
+    -4164: VenueReason.MIN_NOTIONAL,  # MIN_NOTIONAL
+}
+
+
+def reason_of(code: int, status: int = 400, unknown: bool = False, retryable: bool = False) -> VenueReason:
+    """Harvest's reason for a Binance answer (``code``, HTTP ``status``) of the error class
+    ``unknown``/``retryable``: HTTP 418 is IP_BANNED and 429 RATE_LIMITED whatever the code; an
+    answer that leaves the order's fate unknown is OUTCOME_UNKNOWN; then :data:`REASONS`, and a
+    code not there UNAVAILABLE when retryable, else OTHER."""
+    if status == 418:
+        return VenueReason.IP_BANNED
+    if status == 429:
+        return VenueReason.RATE_LIMITED
+    if unknown:
+        return VenueReason.OUTCOME_UNKNOWN
+    return REASONS.get(code) or (VenueReason.UNAVAILABLE if retryable else VenueReason.OTHER)
+
+
+def venue_error(
+    code: int,
+    message: str,
+    status: int = 400,
+    unknown: bool = False,
+    retryable: bool = False,
+    retry_after: float | None = None,
+) -> VenueError:
+    """Binance's answer (``code``, ``message``, HTTP ``status``, its error class) as a
+    :class:`VenueError` carrying harvest's reason (:func:`reason_of`)."""
+    return VenueError(
+        code,
+        message,
+        status,
+        unknown=unknown,
+        retryable=retryable,
+        retry_after=retry_after,
+        reason=reason_of(code, status, unknown, retryable),
+    )
+
 
 #: What Binance answers for a path it does not serve: HTTP 404 with its HTML error page
 #: (production, as observed; the testnet answers JSON ``{"code": -5000, "msg": "Path <path>,

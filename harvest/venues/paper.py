@@ -52,6 +52,7 @@ import time
 from decimal import Decimal
 from operator import itemgetter
 
+import numpy as np
 import redis
 
 from harvest.data import (
@@ -103,7 +104,7 @@ def _refusal(name: str, *args: object) -> VenueError:
     """Binance's answer ``name`` (:data:`harvest.venues.binance_facts.ERRORS`: code, message,
     HTTP status) as the VenueError the engine raises."""
     status, code, msg = facts.ERRORS[name].fmt(*args)
-    return VenueError(code, msg, status)
+    return facts.venue_error(code, msg, status)
 
 
 #: The paper account's wallet balance (USDT) until :meth:`PaperVenue.set_balance` sets one.
@@ -187,7 +188,7 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         if f is None:
             like = self.source(symbol)
             if like == symbol or like not in self._filters:
-                raise VenueError(*BAD_SYMBOL)
+                raise facts.venue_error(*BAD_SYMBOL)
             f = self._filters[symbol] = dataclasses.replace(self._filters[like], symbol=symbol)
         return f
 
@@ -242,17 +243,17 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         try:
             q = Decimal(qty)
         except Exception:
-            raise VenueError(
+            raise facts.venue_error(
                 -1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed."
             ) from None
         if not q.is_finite() or q <= 0:
-            raise VenueError(*QTY_LE_ZERO)
+            raise facts.venue_error(*QTY_LE_ZERO)
         if q % f.step_size != 0:
-            raise VenueError(*PRECISION)
+            raise facts.venue_error(*PRECISION)
         if q < f.min_qty:
-            raise VenueError(*QTY_LT_MIN)
+            raise facts.venue_error(*QTY_LT_MIN)
         if q > f.max_qty:
-            raise VenueError(*QTY_GT_MAX)
+            raise facts.venue_error(*QTY_GT_MAX)
         return q
 
     def _check_position_side(self, position_side: str | None, reduce_only: bool, dual: bool | None = None) -> str:
@@ -260,11 +261,11 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         ps = (position_side or "BOTH").upper()
         if dual:
             if reduce_only:
-                raise VenueError(PARAM_NOT_REQUIRED[0], PARAM_NOT_REQUIRED[1] % "reduceOnly")
+                raise facts.venue_error(PARAM_NOT_REQUIRED[0], PARAM_NOT_REQUIRED[1] % "reduceOnly")
             if ps not in ("LONG", "SHORT"):
-                raise VenueError(*POSITION_SIDE_MISMATCH)
+                raise facts.venue_error(*POSITION_SIDE_MISMATCH)
         elif ps != "BOTH":
-            raise VenueError(*POSITION_SIDE_MISMATCH)
+            raise facts.venue_error(*POSITION_SIDE_MISMATCH)
         return ps
 
     def available_balance(self) -> float:
@@ -333,15 +334,15 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         q = self._check_qty(f, qty)
         ps = self._check_position_side(position_side, reduce_only, dual)
         if side not in ("BUY", "SELL"):
-            raise VenueError(-1117, "Invalid side.")
+            raise facts.venue_error(-1117, "Invalid side.")
         closing = reduce_only or (ps in ("LONG", "SHORT") and Side(ps).close_order_side == side)
         if not closing:
             self.position(symbol)  # settles a funding event or stop hit due since the last settlement
             if self._working(client_order_id):
-                raise VenueError(*DUPLICATE_CID)
+                raise facts.venue_error(*DUPLICATE_CID)
             open_side = Side.LONG if side == "BUY" else Side.SHORT
             if ps in ("LONG", "SHORT") and Side(ps) is not open_side:
-                raise VenueError(*POSITION_SIDE_MISMATCH)
+                raise facts.venue_error(*POSITION_SIDE_MISMATCH)
             self._check_opening(symbol, f, q, leverage)
             self.open_position(symbol, open_side, float(q), leverage, client_order_id=client_order_id, position_side=ps)
             return self.get_order(symbol, client_order_id)
@@ -359,9 +360,9 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
                 or (ps != "BOTH" and Side(ps) is not pos_side)
             ):
                 if self._working(client_order_id):
-                    raise VenueError(*DUPLICATE_CID)
+                    raise facts.venue_error(*DUPLICATE_CID)
                 self._log("REJECT", symbol, {"clientOrderId": client_order_id, "code": REDUCE_ONLY_REJECTED[0]})
-                raise VenueError(*REDUCE_ONLY_REJECTED)
+                raise facts.venue_error(*REDUCE_ONLY_REJECTED)
             fill_q = min(q, pos_q)
             status = "FILLED"
             if attempt == 0 and partial_armed:  # seen armed by the snapshot read of this row
@@ -439,12 +440,12 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
                 )
             )
             if oid == -1:
-                raise VenueError(*DUPLICATE_CID)
+                raise facts.venue_error(*DUPLICATE_CID)
             if oid > 0:
                 order = order.model_copy(update={"order_id": oid})
                 break
         else:
-            raise VenueError(
+            raise facts.venue_error(
                 -1001, "Internal error; unable to process your request. Please try again.", 503, retryable=True
             )  # nothing was filled
         if left <= 0:  # flat: its closePosition stops have nothing left to protect
@@ -472,20 +473,20 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         trigger immediately), -2022 (no position to protect on that side), -4116 (clientAlgoId
         in use), -1116 (another workingType)."""
         if working_type not in ("MARK_PRICE", "CONTRACT_PRICE"):
-            raise VenueError(-1116, "Invalid workingType.")
+            raise facts.venue_error(-1116, "Invalid workingType.")
         f = self.filters(symbol)
         try:
             sp = Decimal(stop_price)
         except Exception:
-            raise VenueError(
+            raise facts.venue_error(
                 -1102, "Mandatory parameter 'triggerPrice' was not sent, was empty/null, or malformed."
             ) from None
         if not sp.is_finite() or sp <= 0 or (check_tick and sp % f.tick_size != 0):
-            raise VenueError(*PRECISION)
+            raise facts.venue_error(*PRECISION)
         dual = self.dual()
         ps = (position_side or "BOTH").upper()
         if (dual and ps not in ("LONG", "SHORT")) or (not dual and ps != "BOTH"):
-            raise VenueError(*POSITION_SIDE_MISMATCH)
+            raise facts.venue_error(*POSITION_SIDE_MISMATCH)
         self._settle(symbol)
         key = self.k_pos(symbol)
         mark = self.mark_price(symbol) if check_trigger else 0.0
@@ -494,7 +495,7 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         def tx(p):
             raw = p.hget(self.k_orders, client_algo_id)
             if raw is not None and OrderResult.model_validate_json(raw).status == "NEW":
-                raise VenueError(*DUPLICATE_CID)  # unique among open orders only
+                raise facts.venue_error(*DUPLICATE_CID)  # unique among open orders only
             h = p.hgetall(key)
             if (
                 not h
@@ -502,12 +503,12 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
                 or Side(h["side"]).close_order_side != side
                 or (ps != "BOTH" and Side(ps).value != h["side"])
             ):
-                raise VenueError(*REDUCE_ONLY_REJECTED)
+                raise facts.venue_error(*REDUCE_ONLY_REJECTED)
             pos_side = Side(h["side"])
             if check_trigger and (
                 (pos_side is Side.LONG and float(sp) >= mark) or (pos_side is Side.SHORT and float(sp) <= mark)
             ):
-                raise VenueError(*WOULD_TRIGGER)
+                raise facts.venue_error(*WOULD_TRIGGER)
             order = OrderResult(
                 symbol=symbol,
                 client_order_id=client_algo_id,
@@ -541,10 +542,10 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         def tx(p):
             raw = p.hget(self.k_orders, client_order_id)
             if raw is None:
-                raise VenueError(*UNKNOWN_ORDER)
+                raise facts.venue_error(*UNKNOWN_ORDER)
             o = OrderResult.model_validate_json(raw)
             if o.symbol != symbol or o.status != "NEW":
-                raise VenueError(*UNKNOWN_ORDER)
+                raise facts.venue_error(*UNKNOWN_ORDER)
             o = o.model_copy(update={"status": "CANCELED", "update_time": self.clock.now()})
             p.multi()
             p.hset(self.k_orders, client_order_id, o.model_dump_json())
@@ -593,7 +594,7 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         for o in self.orders():
             if o.order_id == order_id and o.symbol == symbol and o.algo == conditional:
                 return o
-        raise VenueError(*ORDER_NOT_FOUND)
+        raise facts.venue_error(*ORDER_NOT_FOUND)
 
     def _resolve(self, raw: str | None, symbol: str, conditional: bool) -> OrderResult:
         """:meth:`_order`, except that a regular look-up of a triggered algo order's id answers
@@ -617,10 +618,10 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         """An order from its stored JSON; VenueError -2013 when there is none for that
         symbol and kind."""
         if raw is None:
-            raise VenueError(*ORDER_NOT_FOUND)
+            raise facts.venue_error(*ORDER_NOT_FOUND)
         o = OrderResult.model_validate_json(raw)
         if o.symbol != symbol or o.algo != conditional:
-            raise VenueError(*ORDER_NOT_FOUND)
+            raise facts.venue_error(*ORDER_NOT_FOUND)
         return o
 
     # ------------------------------------------------------------------ reporting
@@ -642,3 +643,34 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         """Every regular and algo order of these symbols the engine recorded (every orderId)."""
         want = set(symbols)
         return [o for o in self.orders() if o.symbol in want]
+
+    # ------------------------------------------------------------------ Venue (the rest of it)
+
+    def cancel_stop(self, symbol: str, client_order_id: str) -> OrderResult:
+        """:meth:`cancel_order` of a working stop (VenueError -2011, reason CANCEL_REJECTED,
+        when it is not working)."""
+        return self.cancel_order(symbol, client_order_id)
+
+    def account_records(self, symbols: list[str]) -> tuple[list[OrderResult], dict[str, dict[str, float]]]:
+        """Harvest's orders of these symbols as the engine recorded them (``hv-`` clientOrderIds;
+        a triggered stop once, as its algo order: its MARKET order, ``orig_type`` STOP_MARKET,
+        is left out) and :meth:`pnl` of these symbols (with ``stops_hit``)."""
+        want = set(symbols)
+        orders = [
+            o
+            for o in self.orders(harvest_only=True)
+            if o.symbol in want and o.orig_type in (None, o.type)  # a stop's order: counted by its algo order
+        ]
+        return orders, {s: v for s, v in self.pnl().items() if s in want}
+
+    def closed_bars(self, symbol: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Open times (ms, int64) and closes (USDT, float64) of the last ``n`` 1-minute bars
+        of the shipped klines (of :meth:`source`) closed by the market clock, oldest first.
+        Raises VenueError -1121 (BAD_SYMBOL) for a symbol with no shipped klines."""
+        try:
+            kl = load_klines(self.source(symbol))
+        except FileNotFoundError:
+            raise facts.venue_error(*BAD_SYMBOL) from None
+        k = kl.closed_by(self.clock.now())
+        lo = max(0, k - n)
+        return (kl.open_time[lo:k].astype(np.int64) * 1000, kl.close[lo:k].astype(np.float64))

@@ -11,10 +11,10 @@ from harvest.data import (
     SymbolFilters,
 )
 from harvest.domain.models import Side
+from harvest.venues import binance_facts as facts
 from harvest.venues.base import (
     QTY_LT_MIN,
     OrderResult,
-    VenueError,
     VenuePosition,
 )
 from harvest.venues.paper_settlement import (
@@ -74,7 +74,7 @@ class PaperFixtures:
         f = self.filters(symbol)
         q = f.round_qty(qty)
         if q < f.min_qty:
-            raise VenueError(*QTY_LT_MIN)
+            raise facts.venue_error(*QTY_LT_MIN)
         mark = self.mark_price(symbol)
         now = self.clock.now()
         key = self.k_pos(symbol)
@@ -84,7 +84,7 @@ class PaperFixtures:
             if cur and Decimal(cur["qty"]) <= 0:
                 cur = {}  # flat: a new opening, with its own opening time (a new epoch)
             if cur and cur["side"] != side.value:
-                raise VenueError(-2019, "Opposite position open; close it first (paper venue is one-way).")
+                raise facts.venue_error(-2019, "Opposite position open; close it first (paper venue is one-way).")
             old_q = Decimal(cur["qty"]) if cur else Decimal(0)
             new_q = old_q + q
             entry = (float(old_q) * float(cur["entry_price"]) + float(q) * mark) / float(new_q) if cur else mark

@@ -123,7 +123,7 @@ def test_exchange_rejection_ends_rejected_with_code(rt, emu):
     wait_for(lambda: emu.faults.fired().get("latency"), 20, 0.01, what="the order request to arrive")
     rt.venue.set_position("BTCUSDT", "LONG", 0.0, 100_000.0, 10.0)
     plan = wait_terminal(rt, pid)
-    assert (plan.state, plan.reason, plan.error_code) == ("REJECTED", "exchange_rejected:-2022", -2022)
+    assert (plan.state, plan.reason, plan.error_code) == ("REJECTED", "exchange_rejected:reduce_only_rejected", -2022)
     assert plan.error_message == "ReduceOnly Order is rejected."
     assert orders_of(emu, pid) == []
 

@@ -85,8 +85,8 @@ def test_a_failed_exit_gets_its_next_attempt_after_the_backoff():
         ("SHADOWED", "shadow_mode", "repeat"),
         ("REJECTED", "below_min_qty", "abandoned"),
         ("REJECTED", "stop_not_tighter", "abandoned"),
-        ("REJECTED", "exchange_rejected:-1111", "abandoned"),
-        ("REJECTED", "exchange_rejected:-4061", "retry"),
+        ("REJECTED", "exchange_rejected:precision", "abandoned"),
+        ("REJECTED", "exchange_rejected:position_mode", "retry"),
         ("REJECTED", "tier_not_reached", "retry"),
         ("REJECTED", "kill_not_confirmed", "retry"),
         ("EXPIRED", "venue_unavailable", "retry"),
@@ -119,7 +119,7 @@ def test_partial_fill_remainder_is_the_next_attempt():
 
 
 def test_final_rejections_are_the_ones_that_cannot_change():
-    assert "tier_not_reached" not in FINAL_REJECTIONS and "exchange_rejected:-4061" not in FINAL_REJECTIONS
+    assert "tier_not_reached" not in FINAL_REJECTIONS and "exchange_rejected:position_mode" not in FINAL_REJECTIONS
     assert {"below_min_qty", "symbol_not_allowed", "stop_not_tighter"} <= FINAL_REJECTIONS
 
 
@@ -208,3 +208,11 @@ def test_protection_of_a_naked_or_doomed_position():
     _, through = protective_stop(vpos(stop=None, mark=98_500.0), book(stop=99_000.0), TH)
     assert through
     assert math.isclose(protective_stop(vpos(stop=None), book(stop=99_000.0), TH)[0], 99_000.0)
+
+
+def test_final_exchange_rejections_are_the_venue_neutral_final_reasons():
+    from harvest.venues.base import FINAL_REASONS, VenueReason
+
+    exchange = {r for r in FINAL_REJECTIONS if r.startswith("exchange_rejected:")}
+    assert exchange == {f"exchange_rejected:{r.value}" for r in FINAL_REASONS}
+    assert f"exchange_rejected:{VenueReason.REDUCE_ONLY_REJECTED.value}" not in FINAL_REJECTIONS
