@@ -33,7 +33,7 @@ from _setup import celery_app, clean, env_for, open_positions, runtime, start_em
 from harvest.ops.procs import HarvestProcess, RedisServer, wait_for
 from harvest.store.streams import StreamCache
 from harvest.venues.binance import PRIORITY_SHARE
-from harvest.venues.binance_facts import WEIGHT_LIMIT_1M
+from harvest.venues.binance_facts import WEIGHT_LIMIT_1M, request_weight
 
 SCAN_S, RECONCILE_S, FUNDING_S, INFO_S = 5.0, 30.0, 60.0, 300.0
 #: The share of an IP's weight harvest's reads may use (the budget's ``read`` priority) of the
@@ -114,7 +114,7 @@ def _tick(rt, env, accounts: list[str]) -> float:
             p.hget(counters, f"acct:{a}:scan:runs")
         return all(int(n or 0) > before[a] for a, n in zip(accounts, p.execute(), strict=True))
 
-    wait_for(done, 300, 0.01, "every account's scan")
+    wait_for(done, 900, 0.01, "every account's scan")
     client.close()
     return time.monotonic() - t0
 
@@ -163,10 +163,13 @@ def fleet(url: str, n_acc: int, n_pos: int, workers: int, per_task: int) -> dict
                 hv.for_account(a).venue.positions()  # one funding poll per account (its positions read aside)
 
         _, cost = _measure(emu, funding_polls)
-        out["funding_poll_weight_per_account"] = max(0.0, cost["binance"] / n_acc - out["rest_tick_weight_per_account"])
-        out["old_funding_poll_weight_per_account"] = max(
-            0.0, cost["old"] / n_acc - out["old_rest_tick_weight_per_account"]
-        )
+        # The seeded positions have no opening trade, so the adapter has no epoch to poll funding
+        # for and this run makes no income read; a real account's positions do: one
+        # GET /fapi/v1/income per account every HARVEST_FUNDING_POLL_S, priced by each table.
+        measured = max(0.0, cost["binance"] / n_acc - out["rest_tick_weight_per_account"])
+        out["funding_poll_weight_measured_per_account"] = measured
+        out["funding_poll_weight_per_account"] = max(measured, request_weight("GET", "/fapi/v1/income"))
+        out["old_funding_poll_weight_per_account"] = OLD_EMULATOR_WEIGHTS["income"]
 
         st = HarvestProcess("streams", env, ["--symbols", ",".join(syms), "--no-triggers"]).start()
         procs.append(st)
