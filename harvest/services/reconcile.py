@@ -160,11 +160,15 @@ def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
 
 
 def check_clock(rt: Runtime) -> int | None:
-    """The exchange's clock against this machine's (python-binance venues; ms): beyond
+    """The exchange's clock against harvest's reading of it (ms; one clock on both sides,
+    :meth:`harvest.venues.binance.BinanceVenue.clock_offset_ms`): on Binance its serverTime
+    against this machine's wall clock, on the emulator its serverTime (the replay's market
+    clock) against the shared MarketClock — never a market time against wall time, which on a
+    replay of 2025 would be a year "off" (docs/venues.md, "Clocks"). Beyond
     ``max_clock_offset_ms`` it is logged as an error and counted (``venue:clock_offset_exceeded``;
     ``/metrics`` ``harvest_clock_offset_seconds``). 0 on the in-process paper engine (it runs on
-    this machine's clock: :meth:`harvest.venues.base.Venue.clock_offset_ms`); None when the
-    exchange does not answer."""
+    harvest's clock: :meth:`harvest.venues.base.Venue.clock_offset_ms`); None when the exchange
+    does not answer."""
     try:
         offset = rt.venue.clock_offset_ms()
     except VenueError as e:

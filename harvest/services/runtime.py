@@ -87,6 +87,9 @@ def build_venue(s: HarvestSettings, r: redis.Redis, clock: MarketClock | None) -
         funding_poll_s=s.funding_poll_s,
         max_clock_offset_ms=s.max_clock_offset_ms,
         account=s.account,
+        # The emulator's server clock is the replay's market clock: signed requests are stamped
+        # in it and the clock check compares like with like (docs/venues.md, "Clocks").
+        clock=clock if s.venue == "paper" else None,
     )
 
 

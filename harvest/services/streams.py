@@ -191,7 +191,9 @@ class AccountStreams:
             return "stop"
 
     async def _resync(self) -> None:
-        started = int(time.time() * 1000)
+        # When the REST read started, on the exchange's clock (the replay's market clock on the
+        # emulator): stream events (their E, that clock) older than it do not overwrite it.
+        started = int(self.rt.market_now() * 1000)
         self._changed = False
         vps = await asyncio.to_thread(self.rt.venue.positions)
         self.cache.resync(vps, started, clean=not self._changed)

@@ -6,14 +6,16 @@ Keys (``<ns>`` = settings.namespace, ``<a>`` = account)::
 
     <ns>:streams:<a>:positions   hash    symbol → {"amt", "entry", "event_ms", "row"} (JSON): row =
                                          the VenuePosition of the last REST read; amt 0 = flat
-    <ns>:streams:<a>:health      hash    synced_ms (last REST resync), trusted (1/0), dirty (1/0),
+    <ns>:streams:<a>:health      hash    synced_ms (last REST resync, exchange clock), trusted (1/0), dirty (1/0),
                                          last_event_ms, listen_keys (used so far), owner
     <ns>:streams:<a>:events      stream  fills and algo-order updates, newest last (capped)
     <ns>:streams:order:<cid>     string  one order's outcome so far, its events folded in
                                          (harvest.domain.stream_events.fold_order; JSON, 1 day;
                                          a clientOrderId names its plan, so no account is needed)
     <ns>:streams:<a>:lease       string  the owner (host:pid) holding the account's streams (PX)
-    <ns>:streams:marks           hash    symbol → {"mark", "funding_rate", "event_ms"} (JSON)
+    <ns>:streams:marks           hash    symbol → {"mark", "funding_rate", "event_ms", "at"} (JSON):
+                                         event_ms the event's E (the exchange's clock: orders
+                                         the events), at its arrival (wall s: its freshness)
     <ns>:streams:klines:<sym>    zset    closed 1m bars: member "<open_ms>:<close>", score open_ms
                                          (the last KLINES_KEPT; from kline streams and REST reads)
 
@@ -22,10 +24,12 @@ time and funding, as :meth:`harvest.venues.base.Venue.positions` reads them); th
 stream says *when* they change. A position update applies only when its event time is not older
 than the one stored for the symbol (:func:`harvest.domain.stream_events.is_newer`, checked
 inside one Lua call) and marks the cache *dirty* until the next resync; a resync replaces the
-whole cache and stamps every row with the time its request started, so an event older than the
-resync is ignored. :meth:`StreamCache.snapshot` serves the rows, with the streamed mark price,
-only while the cache is trusted (resynced since the last gap), clean, its writer alive and its
-marks fresh; otherwise None, and the reader uses REST.
+whole cache and stamps every row with the time its request started on the exchange's clock
+(the replay's market clock on the emulator, wall time on Binance: the clock of the events' E),
+so an event older than the resync is ignored. :meth:`StreamCache.snapshot` serves the rows,
+with the streamed mark price, only while the cache is trusted (resynced since the last gap),
+clean, its writer alive and its marks fresh (arrived within the age, on the wall clock);
+otherwise None, and the reader uses REST.
 """
 
 from __future__ import annotations
@@ -223,9 +227,13 @@ class StreamCache:
         streamed_order_reads(p, self.ns, client_order_id)
         return streamed_order_of(*p.execute())
 
-    def put_mark(self, ev: MarkPrice) -> None:
-        """Store a mark price (newer than the stored one only: a reordered event is dropped)."""
-        row = json.dumps({"mark": ev.mark, "funding_rate": ev.funding_rate, "event_ms": ev.event_ms})
+    def put_mark(self, ev: MarkPrice, at: float | None = None) -> None:
+        """Store a mark price (newer than the stored one by its ``E``, the exchange's clock: a
+        reordered event is dropped) with ``at``, its arrival (wall s, default now): its age is
+        measured from arrival on this machine's clock, never by comparing the exchange's ``E``
+        with wall time (on the emulator ``E`` is the replay's market time)."""
+        at = time.time() if at is None else at
+        row = json.dumps({"mark": ev.mark, "funding_rate": ev.funding_rate, "event_ms": ev.event_ms, "at": at})
         self._apply(keys=[self.k_marks], args=[ev.symbol, row, ev.event_ms])
 
     def count(self, name: str, n: int = 1) -> None:
@@ -263,7 +271,7 @@ class StreamCache:
         """The open positions as of the last REST read, each with the streamed mark price, when
         the cache may stand in for positionRisk: trusted, not dirty, the ``streams`` heartbeat
         at most ``max_beat_age_s`` old and every such position's mark at most ``max_mark_age_s``
-        old (wall s). None otherwise (read REST)."""
+        old (wall s since it arrived: :meth:`put_mark`). None otherwise (read REST)."""
         now = time.time() if now is None else now
         p = self.r.pipeline(transaction=True)
         p.hmget(self.k_health, "trusted", "dirty")
@@ -279,7 +287,7 @@ class StreamCache:
             if d["amt"] == 0:
                 continue
             m = json.loads(marks[sym]) if sym in marks else None
-            if "row" not in d or m is None or now * 1000 - m["event_ms"] > max_mark_age_s * 1000:
+            if "row" not in d or m is None or now - float(m.get("at", 0.0)) > max_mark_age_s:
                 return None
             out.append(VenuePosition.model_validate(dict(d["row"], mark_price=m["mark"])))
         return out
@@ -289,13 +297,13 @@ class StreamCache:
         return {s for s, v in self.r.hgetall(self.k_positions).items() if json.loads(v)["amt"] != 0}
 
     def marks(self, max_age_s: float | None = None, now: float | None = None) -> dict[str, float]:
-        """Mark prices (USDT) by symbol; with ``max_age_s``, only those whose event is that
-        recent (wall clock)."""
-        now_ms = (time.time() if now is None else now) * 1000
+        """Mark prices (USDT) by symbol; with ``max_age_s``, only those that arrived at most that
+        long ago (wall s, ``now`` default the wall clock; :meth:`put_mark`)."""
+        now = time.time() if now is None else now
         out = {}
         for s, v in self.r.hgetall(self.k_marks).items():
             d = json.loads(v)
-            if max_age_s is None or now_ms - d["event_ms"] <= max_age_s * 1000:
+            if max_age_s is None or now - float(d.get("at", 0.0)) <= max_age_s:
                 out[s] = d["mark"]
         return out
 

@@ -29,6 +29,13 @@ re-send blind), ``retryable`` (429/418 with ``Retry-After``, 503 "Service Unavai
 retried once after resynchronising the time offset with ``/fapi/v1/time``. The adapter never
 sleeps: retries with backoff belong to the Celery task that called it.
 
+Clocks (docs/venues.md, "Clocks"): every time the exchange answers (serverTime, orders,
+trades, positions, income, klines, stream events) is the exchange's clock — wall time on
+Binance, the replay's market clock on the emulator. Signed requests are stamped in it:
+before each call the client's ``timestamp_offset`` is set to harvest's reading of the exchange
+clock (:meth:`BinanceVenue.exchange_ms`: the shared MarketClock when ``clock`` is given, else
+wall time) minus wall time, plus the correction a -1021 resync measured.
+
 :class:`WeightBudget` keeps every worker of the fleet under the exchange's request-weight
 limit through one Redis counter per minute, corrected from ``X-MBX-USED-WEIGHT-1M``; closes
 may use the whole budget, stop moves and reads only a share of it (closes go first).
@@ -63,6 +70,7 @@ from harvest.venues.base import (
     VenuePosition,
     VenueReason,
 )
+from harvest.venues.clock import MarketClock
 
 log = logging.getLogger("harvest.venue")
 
@@ -411,8 +419,9 @@ class BinanceVenue(Venue):
     ``cache_ttl_s``: how long exchangeInfo, leverage and position mode are reused (beat
     refreshes exchangeInfo). ``account``: the harvest account the client's API key trades
     (its cached leverage, position mode, openings and funding are kept under it; the request
-    weight budget is the namespace's, Binance's per-IP limit). Raises VenueError from every
-    call; never sleeps.
+    weight budget is the namespace's, Binance's per-IP limit). ``clock``: the replay's
+    MarketClock when the venue is the emulator (its server clock; signed requests are stamped
+    in it), None on Binance (wall time). Raises VenueError from every call; never sleeps.
     """
 
     def __init__(
@@ -425,6 +434,7 @@ class BinanceVenue(Venue):
         funding_poll_s: float = 60.0,
         max_clock_offset_ms: int = 1000,
         account: str = "paper",
+        clock: MarketClock | None = None,
     ):
         self.r = r
         self.ns = ns
@@ -448,6 +458,9 @@ class BinanceVenue(Venue):
         self.k_funding_poll = f"{acct}:funding_polled"
         self.funding_poll_s = funding_poll_s
         self.max_clock_offset_ms = max_clock_offset_ms
+        self.clock = clock
+        #: The exchange's clock minus harvest's reading of it (ms), from the last resync.
+        self.correction_ms = 0
 
     # ------------------------------------------------------------------ plumbing
 
@@ -470,6 +483,7 @@ class BinanceVenue(Venue):
             self.orders.reserve(priority)
         for attempt in (0, 1):
             try:
+                self.stamp()
                 out = getattr(self.client, fn)(**dict(params))
                 self._observe()
                 return out
@@ -494,25 +508,48 @@ class BinanceVenue(Venue):
         if used is not None and used.isdigit():
             self.budget.observe(int(used))
 
+    def exchange_ms(self) -> float:
+        """Harvest's reading of the exchange's clock (ms), without asking it: the replay's
+        market clock on the emulator (``clock``: the MarketClock it shares; its server clock
+        IS that clock), wall time on Binance (whose server clock is wall time within NTP's
+        error)."""
+        return self.clock.now() * 1000 if self.clock is not None else time.time() * 1000
+
+    def stamp(self) -> None:
+        """Keep the client's ``timestamp_offset`` (ms; python-binance stamps a signed request
+        ``time.time() × 1000 + timestamp_offset``) in step with the exchange's clock:
+        :meth:`exchange_ms` − wall + :attr:`correction_ms`. On Binance that is the correction
+        alone (0 until a -1021 resync); on the emulator, where the market clock runs at the
+        replay's speed, it is recomputed before every call so the stamp is market time (the
+        emulator allows the transit, scaled by the speed: ``Emulator.transit_ms``). Called before
+        every request of the adapter; code using :attr:`client` directly calls it first."""
+        off = self.correction_ms + (self.exchange_ms() - time.time() * 1000 if self.clock is not None else 0)
+        self.client.timestamp_offset = int(off)
+
     @answers()
     def clock_offset_ms(self) -> int:
-        """The exchange's clock minus this machine's (ms), from ``GET /fapi/v1/time`` (weight
-        1; the request's mid-point stands for local time). Recorded in Redis
+        """The exchange's clock minus harvest's reading of it (ms; :meth:`exchange_ms`: wall
+        time on Binance, the shared market clock on the emulator, so both sides are one
+        clock), from ``GET /fapi/v1/time`` (weight 1; the request's mid-point stands for the
+        local reading: on the emulator the reading is uncertain by the replay's speed × half
+        the round trip, e.g. ±150 ms for a 5 ms request at speed 60). Recorded in Redis
         (``<ns>:venue:clock_offset_ms``) for ``/metrics`` and the scorecard."""
         self.budget.reserve(request_weight("futures_time", {}), "read")
-        t0 = time.time()
+        t0 = self.exchange_ms()
         server = _num(self.client.futures_time()["serverTime"])
-        t1 = time.time()
-        offset = int(server - (t0 + t1) / 2 * 1000)
+        t1 = self.exchange_ms()
+        offset = int(server - (t0 + t1) / 2)
         self.r.set(f"{self.ns}:venue:clock_offset_ms", offset, ex=3600)
         return offset
 
     def resync_time(self) -> float:
-        """Set the client's ``timestamp_offset`` (ms) from ``/fapi/v1/time``; returns it. A
-        large offset is absorbed for signing, but not hidden: it is logged as an error when
-        it passes ``max_clock_offset_ms`` (and shows in ``/metrics``)."""
+        """Measure :meth:`clock_offset_ms` and sign with it from now on (:attr:`correction_ms`,
+        applied by :meth:`stamp`); returns it. A large offset is absorbed for signing, but
+        not hidden: it is logged as an error when it passes ``max_clock_offset_ms`` (and shows
+        in ``/metrics``)."""
         offset = self.clock_offset_ms()
-        self.client.timestamp_offset = offset
+        self.correction_ms = offset
+        self.stamp()
         level = logging.ERROR if abs(offset) > self.max_clock_offset_ms else logging.INFO
         log.log(
             level,

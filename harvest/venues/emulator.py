@@ -34,15 +34,43 @@ POST / PUT / DELETE /fapi/v1/listenKey     key     the user data stream's key (s
 The websocket streams (user data, mark prices) are served on a second port by
 :mod:`harvest.venues.emulator_streams` (``start(streams=True)``; ``stream_url``).
 
+**One clock.** The emulator's server clock IS the replay's market clock
+(:class:`~harvest.venues.clock.MarketClock`, shared through Redis: ``anchor_market + (wall −
+anchor_wall) × speed``). Every time it answers carries it: ``/fapi/v1/time`` ``serverTime``,
+exchangeInfo's ``serverTime``, premiumIndex ``time`` and ``nextFundingTime``, orders'
+``time``/``updateTime``, algo orders' ``createTime``/``updateTime``/``triggerTime``, trades'
+``time``, positions' ``updateTime``, income ``time``, klines' open/close times, and the
+streams' ``E``/``T`` (user data events, mark prices, klines, ``listenKeyExpired``). So, as on
+Binance, server time, orders, trades, positions, funding and stream events agree with each
+other (at speed s, two answers read d wall seconds apart differ by about s × d). Only what
+bounds the client's *request rate or connection* is wall time, as it is on Binance: the
+request-weight and order-count windows (``X-MBX-USED-WEIGHT-1M``, ``-ORDER-COUNT-10S/1M``),
+``Retry-After``, and the listenKey's 60-minute life (a keepalive is the client's wall-time
+chore). Harvest's adapter keeps its client's ``timestamp_offset`` in step with the server
+clock, from the shared MarketClock before each signed call on the emulator, from
+``/fapi/v1/time`` on Binance (:class:`harvest.venues.binance.BinanceVenue`).
+
 Signed requests are checked like Binance: API key in ``X-MBX-APIKEY`` (-2015), HMAC-SHA256
 of the query string + body as received minus ``signature`` (-1022), ``timestamp <
 server_time + 1000`` and ``server_time − timestamp ≤ recvWindow`` (-1021), ``recvWindow`` at
-most 60000 (-1131). Every response carries ``X-MBX-USED-WEIGHT-1M``, each request charged
-Binance's weight for its endpoint and parameters (:func:`binance_facts.request_weight`: e.g.
-openOrders/openAlgoOrders 40 without a symbol, klines 1–10 by ``limit``); more than
-``weight_limit_1m`` (Binance: 2400) weight in a minute answers 429 -1003. Order answers carry
-the account's ``X-MBX-ORDER-COUNT-10S`` / ``-1M``. A path Binance does not serve answers
-Binance's 404 HTML page (:data:`binance_facts.UNKNOWN_PATH_HTML`), key or no key.
+most 60000 (-1131). The one place the emulator is looser than Binance: a timestamp passes when
+it is valid against **either** clock — the server clock (the market clock, with both
+allowances, 1000 ms ahead and ``recvWindow`` behind, multiplied by the replay's speed:
+:meth:`Emulator.transit_ms`) **or** wall time (Binance's allowances as they are); the skew
+fault shifts both. Why: (1) the allowances bound a request's transit, a wall duration, and at
+speed 1440 an unscaled 5000 ms window would refuse every request that spent more than 3.5 wall
+ms between its stamp and its check; scaled, the wall tolerance is Binance's. (2) Binance's
+server clock is wall time (within NTP's error), so a client stamping its own wall clock, right
+on Binance, must not be refused here because the replay runs in 2025; accepting it hides
+nothing a client would meet on Binance. A timestamp valid against neither (a wrong offset, a
+skewed server) is -1021 as on Binance.
+
+Every response carries ``X-MBX-USED-WEIGHT-1M``, each request charged Binance's weight for its
+endpoint and parameters (:func:`binance_facts.request_weight`: e.g. openOrders/openAlgoOrders
+40 without a symbol, klines 1–10 by ``limit``); more than ``weight_limit_1m`` (Binance: 2400)
+weight in a minute answers 429 -1003. Order answers carry the account's
+``X-MBX-ORDER-COUNT-10S`` / ``-1M``. A path Binance does not serve answers Binance's 404 HTML
+page (:data:`binance_facts.UNKNOWN_PATH_HTML`), key or no key.
 
 **Faults** are injected per endpoint (``"POST /fapi/v1/order"``, or ``"*"`` for any) and
 held in Redis (``<ns>:emu:faults``), so tests, ``harvest chaos`` and the HTTP admin route
@@ -244,7 +272,7 @@ class Faults:
         self.r.set(self.k_skew, int(ms))
 
     def skew_ms(self) -> int:
-        """The server clock's offset from wall time (ms)."""
+        """The server clock's offset from the replay's market clock (ms)."""
         return int(self.r.get(self.k_skew) or 0)
 
     _TAKE = """
@@ -503,8 +531,18 @@ class Emulator:
     # ------------------------------------------------------------------ HTTP plumbing
 
     def server_ms(self) -> int:
-        """Server time (ms): wall time plus the injected skew."""
-        return int(time.time() * 1000) + self.faults.skew_ms()
+        """Server time (ms): the replay's market clock (:class:`MarketClock`, the clock of every
+        order, trade, position, kline, funding and stream time the emulator answers) plus the
+        injected skew (:meth:`Faults.set_skew`; 0 unless a test shifts it)."""
+        return int(self.clock.now() * 1000) + self.faults.skew_ms()
+
+    def transit_ms(self, wall_ms: float) -> float:
+        """A wall duration (ms) as the server clock measures it: ``wall_ms`` × the replay's speed
+        (at least 1; the clock stopped at its end counts as 1). Binance's ``recvWindow`` and its
+        1000 ms allowance for a timestamp ahead bound a request's transit, a wall duration; in a
+        replay at speed s the server clock moves s ms in each wall ms of transit, so the
+        emulator allows s times as many server ms, the same wall tolerance as Binance's."""
+        return wall_ms * max(1.0, self.clock.speed())
 
     def weight_spent(self) -> int:
         """Request weight counted over the minute windows still kept (each lives 120 s): what a
@@ -611,7 +649,7 @@ class Emulator:
                     {"Retry-After": f"{fault['retry_after']:g}"},
                 )
             elif kind == "http_418":
-                until = int((time.time() + fault["retry_after"]) * 1000)
+                until = self.server_ms() + int(self.transit_ms(fault["retry_after"] * 1000))
                 raise ApiError(
                     418,
                     -1003,
@@ -723,8 +761,12 @@ class Emulator:
             raise _err("MANDATORY_PARAM_EMPTY_OR_MALFORMED", "timestamp") from None
         if window > facts.RECV_WINDOW_MAX_MS or window <= 0:
             raise _err("BAD_RECV_WINDOW")
-        now = self.server_ms()
-        if not (ts < now + facts.TIMESTAMP_AHEAD_MS and now - ts <= window):
+        skew = self.faults.skew_ms()
+        server = int(self.clock.now() * 1000) + skew  # the server clock (self.server_ms())
+        wall = int(time.time() * 1000) + skew
+        on_server = ts < server + self.transit_ms(facts.TIMESTAMP_AHEAD_MS) and server - ts <= self.transit_ms(window)
+        on_wall = ts < wall + facts.TIMESTAMP_AHEAD_MS and wall - ts <= window
+        if not (on_server or on_wall):  # either clock: see the module docstring ("One clock")
             raise _err("INVALID_TIMESTAMP")
 
     # ------------------------------------------------------------------ endpoints

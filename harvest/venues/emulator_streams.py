@@ -19,7 +19,9 @@ extends it or answers -1125 "This listenKey does not exist."; ``DELETE`` closes 
 connected key expires the stream sends ``{"e": "listenKeyExpired", …}`` and closes.
 
 **User events**, from the paper engine's order log (``<ns>:paper:<account>:orderlog``), in
-its order, ``E``/``T`` in wall milliseconds:
+its order, ``E``/``T`` in milliseconds of the market clock (the server clock, like every time the
+emulator answers: the market time the entry was logged at; mark, kline and listenKeyExpired
+events carry the server clock when sent; see "One clock" in :mod:`harvest.venues.emulator`):
 
 * a fill (harvest's MARKET close, a strategy's opening) → ``ORDER_TRADE_UPDATE`` (``x`` TRADE,
   ``X`` FILLED or EXPIRED for a partial fill) then ``ACCOUNT_UPDATE`` (``m`` ORDER, the
@@ -65,7 +67,6 @@ import json
 import logging
 import secrets
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -284,9 +285,7 @@ class StreamServer:
                     batch = []
                 if self._take("user", "malformed"):
                     bad = {"s": "BTCUSDT", "pa": "NaN", "ep": "1", "ps": "BOTH"}
-                    batch.insert(
-                        0, {"e": "ACCOUNT_UPDATE", "E": int(time.time() * 1000), "a": {"m": "ORDER", "P": [bad]}}
-                    )
+                    batch.insert(0, {"e": "ACCOUNT_UPDATE", "E": self.emu.server_ms(), "a": {"m": "ORDER", "P": [bad]}})
                 if len(batch) >= 2 and self._take("user", "reorder"):
                     batch[0], batch[1] = batch[1], batch[0]
                 delay = self._take("user", "delay")
@@ -360,7 +359,9 @@ class StreamServer:
             d = json.loads(f.get("data") or "{}")
         except ValueError:
             return []
-        now = int(time.time() * 1000)
+        # E and T: the market time the entry was logged at (the server clock, as every time the
+        # emulator answers; the entry's "ts" is wall time, for the order log's readers).
+        now = int(float(f.get("market_ts") or self.emu.clock.now()) * 1000)
         if kind in ("FILL", "OPEN"):
             side = d.get("side")
             side = side if side in ("BUY", "SELL") else ("BUY" if side == "LONG" else "SELL")
@@ -518,7 +519,7 @@ class StreamServer:
                 for c in list(conns):
                     c.transport.abort()  # no close frame: a dropped connection
         if self._users:
-            now = int(time.time() * 1000)
+            now = self.emu.server_ms()
             for c, (key, acct) in list(self._users.items()):
                 if not acct.listen_keys.valid(key):
                     try:
@@ -566,7 +567,7 @@ class StreamServer:
         fresh = [(t, c) for t, c in bars if t > last]
         if fresh:
             self._bars_sent[(conn, name)] = fresh[-1][0]
-        now = int(time.time() * 1000)
+        now = self.emu.server_ms()
         sym = _kline_stream(name) or ""
         return [
             {
@@ -579,7 +580,7 @@ class StreamServer:
         ]
 
     def _mark_event(self, sym: str) -> dict:
-        now = int(time.time() * 1000)
+        now = self.emu.server_ms()
         premium = self.emu._premium(sym)
         return {
             "e": "markPriceUpdate",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 import redis
@@ -41,7 +42,11 @@ def emu(redis_url):
 
 
 def venue_for(emu: Emulator, secret: str = SECRET, timeout: float = 1.0, limit: int = 1800) -> BinanceVenue:
-    return BinanceVenue(emu.r, emu.ns, lambda: make_client(KEY, secret, emu.url, False, timeout, 5000), limit)
+    """The adapter as the runtime builds it for the emulator: with the shared market clock
+    (its server clock)."""
+    return BinanceVenue(
+        emu.r, emu.ns, lambda: make_client(KEY, secret, emu.url, False, timeout, 5000), limit, clock=emu.clock
+    )
 
 
 @pytest.fixture()
@@ -173,7 +178,9 @@ def test_timestamp_1021_resyncs_once_then_is_a_clear_rejection(emu, bv):
     emu.venue.set_mark("BTCUSDT", 101_000.0)
     emu.faults.set_skew(30_000)  # the server clock runs 30 s ahead: every signed call is -1021
     o = bv.close_market("BTCUSDT", "SELL", "0.001", "hv-0000000000000004-0")  # resync, one retry
-    assert o.status == "FILLED" and abs(bv.client.timestamp_offset - 30_000) < 2_000
+    assert o.status == "FILLED" and abs(bv.correction_ms - 30_000) < 2_000
+    # signed in the server clock: the market clock, 30 s ahead of it
+    assert abs(bv.client.timestamp_offset - (emu.clock.now() * 1000 - time.time() * 1000 + 30_000)) < 2_000
     emu.faults.inject("POST /fapi/v1/order", "timestamp_1021", times=2)
     with pytest.raises(VenueError) as e:
         bv.close_market("BTCUSDT", "SELL", "0.001", "hv-0000000000000005-0")
