@@ -272,7 +272,7 @@ def main() -> int:
     )
     print(
         f"{'  the same requests by the emulator old table':52} {f['old_rest_weight_per_account_min']:>14.1f}"
-        f" {f['old_streams_weight_per_account_min']:>10.1f}   (what issue 23 reported)"
+        f" {f['old_streams_weight_per_account_min']:>10.1f}   (issue 23 reported 88.2 / 16.2: without funding)"
     )
     print(
         f"  of which reconcile every {RECONCILE_S:g} s: {f['reconcile_weight_per_account'] * 60 / RECONCILE_S:.1f}"
