@@ -25,7 +25,7 @@ from binance.exceptions import ReadLoopClosed as StreamClosed
 from binance.ws.constants import WSListenerState
 from binance.ws.reconnecting_websocket import ReconnectingWebsocket
 
-from harvest.venues.base import VenueError
+from harvest.venues.base import VenueError, VenueReason
 from harvest.venues.binance import emulator_handshake
 from settings import HarvestSettings, is_loopback_url
 
@@ -58,7 +58,9 @@ def socket_manager(
     if public:
         client = AsyncClient(testnet=s.venue == "testnet")
     elif not (s.api_key and s.api_secret):
-        raise VenueError(-2015, f"the streams of account {s.account!r} need its API key and secret")
+        raise VenueError(
+            -2015, f"the streams of account {s.account!r} need its API key and secret", 401, reason=VenueReason.AUTH
+        )
     else:
         client = AsyncClient(
             s.api_key.get_secret_value(), s.api_secret.get_secret_value(), testnet=s.venue == "testnet"
