@@ -72,7 +72,9 @@ def _run(url: str, n: int, event: bool, scan_interval_s: float) -> dict:
             from_change.append(plan.acked_at - t_set)
             if event:
                 fired = [f for _, f in rt.r.xrange(f"{ns}:streams:fired") if f["symbol"] == sym]
-                from_event.append(plan.acked_at - int(fired[0]["event_ms"]) / 1000.0)
+                # from the mark event's arrival (wall ms): its E is the exchange's clock, the
+                # replay's market time on the emulator, never comparable with acked_at (wall)
+                from_event.append(plan.acked_at - int(fired[0]["received_ms"]) / 1000.0)
         out = {
             "positions": n,
             "mark_change_to_ack_p50_s": statistics.median(from_change),

@@ -276,8 +276,12 @@ class MarketStreams:
             return True
         return effective(self.rt.r.hgetall(self.rt.plans.k.trading), account, mode) == "HALTED"
 
-    def _check(self, ev: MarkPrice) -> None:
-        """Fire the chain of every held position whose trigger ``ev``'s mark reached."""
+    def _check(self, ev: MarkPrice, arrived: float | None = None) -> None:
+        """Fire the chain of every held position whose trigger ``ev``'s mark reached; each firing
+        is recorded (``<ns>:streams:fired``: ``event_ms`` the event's E on the exchange's clock,
+        ``received_ms`` its arrival and ``fired_ms`` the firing, both wall ms: a latency is
+        measured from ``received_ms``, never from E against wall time)."""
+        arrived = time.time() if arrived is None else arrived
         if self.fire is None:
             return
         self._refresh_triggers()
@@ -302,6 +306,7 @@ class MarketStreams:
                     "trigger": repr(price),
                     "mark": repr(ev.mark),
                     "event_ms": ev.event_ms,
+                    "received_ms": int(arrived * 1000),
                     "fired_ms": now_ms,
                 },
                 maxlen=10_000,
@@ -365,10 +370,11 @@ class MarketStreams:
                             raise StreamClosed
                         if msg is None:
                             continue
+                        arrived = time.time()  # wall: the events' freshness (E is the exchange's clock)
                         for ev in _parse(self.cache, msg):
                             if isinstance(ev, MarkPrice):
-                                self.cache.put_mark(ev)
-                                self._check(ev)
+                                self.cache.put_mark(ev, at=arrived)
+                                self._check(ev, arrived)
                                 last = time.monotonic()
                                 backoff = 1.0
                             elif isinstance(ev, Kline) and ev.closed:

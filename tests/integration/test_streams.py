@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -365,6 +366,8 @@ def test_a_mark_crossing_a_trigger_starts_the_chain_without_a_scan(emu, tmp_path
         assert done.realized_pnl == pytest.approx(fill["realizedPnl"] - fill["commission"]) and fill["commission"] > 0
         (fired,) = [f for _, f in rt.r.xrange(f"{NS}:streams:fired")]
         assert (fired["account"], fired["symbol"]) == (rt.settings.account, "BTCUSDT")
+        # arrival and firing on the wall clock (latencies are measured from them, never from E)
+        assert int(fired["received_ms"]) <= int(fired["fired_ms"]) <= time.time() * 1000
         assert _counter(rt, "streams:triggers_fired") == 1
     finally:
         w.stop()
