@@ -50,11 +50,12 @@ class MarketClock:
         t = c["anchor_market"] + (time.time() - c["anchor_wall"]) * c["speed"]
         return min(t, c["end"]) if c.get("end") is not None else t
 
-    def speed(self) -> float:
-        """Market seconds per wall second of the replay now (1.0 before the clock is anchored;
-        0 once it reached its ``end``): what turns a wall duration (a request's transit, a
-        ``recvWindow``) into market time."""
-        raw = self.r.get(self.key)
+    def speed(self, raw: str | None = None) -> float:
+        """Market seconds per wall second of the replay now (the default speed before the clock
+        is anchored; 0 once it reached its ``end``): what turns a wall duration (a request's
+        transit, a ``recvWindow``) into market time. ``raw``: as for :meth:`now`."""
+        if raw is None:
+            raw = self.r.get(self.key)
         if raw is None:
             return float(self.default[1])
         c = json.loads(raw)

@@ -536,13 +536,14 @@ class Emulator:
         injected skew (:meth:`Faults.set_skew`; 0 unless a test shifts it)."""
         return int(self.clock.now() * 1000) + self.faults.skew_ms()
 
-    def transit_ms(self, wall_ms: float) -> float:
+    def transit_ms(self, wall_ms: float, speed: float | None = None) -> float:
         """A wall duration (ms) as the server clock measures it: ``wall_ms`` × the replay's speed
         (at least 1; the clock stopped at its end counts as 1). Binance's ``recvWindow`` and its
         1000 ms allowance for a timestamp ahead bound a request's transit, a wall duration; in a
         replay at speed s the server clock moves s ms in each wall ms of transit, so the
-        emulator allows s times as many server ms, the same wall tolerance as Binance's."""
-        return wall_ms * max(1.0, self.clock.speed())
+        emulator allows s times as many server ms, the same wall tolerance as Binance's.
+        ``speed``: the clock's speed when the caller already read it."""
+        return wall_ms * max(1.0, self.clock.speed() if speed is None else speed)
 
     def weight_spent(self) -> int:
         """Request weight counted over the minute windows still kept (each lives 120 s): what a
@@ -762,9 +763,12 @@ class Emulator:
         if window > facts.RECV_WINDOW_MAX_MS or window <= 0:
             raise _err("BAD_RECV_WINDOW")
         skew = self.faults.skew_ms()
-        server = int(self.clock.now() * 1000) + skew  # the server clock (self.server_ms())
+        raw = self.r.get(self.clock.key)  # one read of the clock for its time and its speed
+        server = int(self.clock.now(raw) * 1000) + skew  # the server clock (self.server_ms())
+        speed = self.clock.speed(raw)
         wall = int(time.time() * 1000) + skew
-        on_server = ts < server + self.transit_ms(facts.TIMESTAMP_AHEAD_MS) and server - ts <= self.transit_ms(window)
+        ahead, behind = self.transit_ms(facts.TIMESTAMP_AHEAD_MS, speed), self.transit_ms(window, speed)
+        on_server = ts < server + ahead and server - ts <= behind
         on_wall = ts < wall + facts.TIMESTAMP_AHEAD_MS and wall - ts <= window
         if not (on_server or on_wall):  # either clock: see the module docstring ("One clock")
             raise _err("INVALID_TIMESTAMP")
