@@ -321,6 +321,15 @@ def _order_json(o: OrderResult) -> dict[str, Any]:
     }
 
 
+def _queried_json(o: OrderResult) -> dict[str, Any]:
+    """An order as Binance's queries answer it (GET order, openOrders, allOrders): the new-order
+    answer's fields plus ``time``, the order's creation on the server clock (market ms; a
+    MARKET order is created and filled in one step, so its update time when no creation time
+    is kept)."""
+    made = o.create_time if o.create_time is not None else o.update_time
+    return dict(_order_json(o), time=int(made * 1000))
+
+
 def _algo_json(o: OrderResult) -> dict[str, Any]:
     """A conditional order as /fapi/v1/algoOrder returns it."""
     return {
@@ -862,9 +871,9 @@ class Emulator:
             if path == "/fapi/v1/allOrders":
                 sym = self._symbol(p)
                 rows = [o for o in v.orders() if o.symbol == sym and not o.algo]
-                return [_order_json(o) for o in sorted(rows, key=lambda o: o.order_id)][-1000:]
+                return [_queried_json(o) for o in sorted(rows, key=lambda o: o.order_id)][-1000:]
             if path == "/fapi/v1/openOrders":
-                return [_order_json(o) for o in v.open_orders(self._symbol(p, required=False), algo=False)]
+                return [_queried_json(o) for o in v.open_orders(self._symbol(p, required=False), algo=False)]
             if path == "/fapi/v1/openAlgoOrders":
                 return [_algo_json(o) for o in v.open_orders(self._symbol(p, required=False), algo=True)]
         except VenueError as e:
@@ -1341,8 +1350,8 @@ class Emulator:
             return _order_json(o)
         o = self._find(sym, p, algo=False)
         if method == "DELETE":
-            o = v.cancel_order(sym, o.client_order_id)
-        return _order_json(o)
+            return _order_json(v.cancel_order(sym, o.client_order_id))
+        return _queried_json(o)
 
     def _algo(self, method: str, p: dict) -> dict[str, Any]:
         v = self.venue

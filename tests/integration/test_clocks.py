@@ -119,6 +119,7 @@ def test_server_time_agrees_with_the_orders_and_trades_it_answers_in_the_same_se
     times = {
         "serverTime": server,
         "order.updateTime": int(order["updateTime"]),
+        "order.time": int(order["time"]),
         "POST order.updateTime": int(placed["updateTime"]),
         "trade.time": int(trade["time"]),
         "premiumIndex.time": int(premium["time"]),
