@@ -784,9 +784,10 @@ class BinanceVenue(Venue):
         return next(iter(self.positions(symbol)), None)
 
     def _mode_refreshed(self, send: Callable[[bool], Any], priority: str) -> Any:
-        """``send(dual)`` with the cached position mode; on -4061/-4059 (the account's mode
-        changed under the cache: the order was refused, nothing ran) the mode is read again
-        from the exchange and the same request (same clientOrderId) is sent once more."""
+        """``send(dual)`` with the cached position mode; on a POSITION_MODE refusal (-4061,
+        -4059, or -1106 for reduceOnly sent in hedge mode: the account's mode changed under the
+        cache; the order was refused, nothing ran) the mode is read again from the exchange and
+        the same request (same clientOrderId) is sent once more."""
         try:
             return send(self.dual(priority))
         except VenueError as e:

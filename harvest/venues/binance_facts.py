@@ -300,17 +300,23 @@ REASONS: dict[int, VenueReason] = {
 }
 
 
-def reason_of(code: int, status: int = 400, unknown: bool = False, retryable: bool = False) -> VenueReason:
-    """Harvest's reason for a Binance answer (``code``, HTTP ``status``) of the error class
-    ``unknown``/``retryable``: HTTP 418 is IP_BANNED and 429 RATE_LIMITED whatever the code; an
-    answer that leaves the order's fate unknown is OUTCOME_UNKNOWN; then :data:`REASONS`, and a
-    code not there UNAVAILABLE when retryable, else OTHER."""
+def reason_of(
+    code: int, status: int = 400, unknown: bool = False, retryable: bool = False, message: str = ""
+) -> VenueReason:
+    """Harvest's reason for a Binance answer (``code``, HTTP ``status``, ``message``) of the error
+    class ``unknown``/``retryable``: HTTP 418 is IP_BANNED and 429 RATE_LIMITED whatever the code;
+    an answer that leaves the order's fate unknown is OUTCOME_UNKNOWN; -1106 naming
+    ``reduceOnly`` is POSITION_MODE (Binance's answer to reduceOnly in hedge mode: the account's
+    mode is not the one the order assumed); then :data:`REASONS`, and a code not there
+    UNAVAILABLE when retryable, else OTHER."""
     if status == 418:
         return VenueReason.IP_BANNED
     if status == 429:
         return VenueReason.RATE_LIMITED
     if unknown:
         return VenueReason.OUTCOME_UNKNOWN
+    if code == ERRORS["PARAM_NOT_REQUIRED"].code and "reduceOnly" in message:
+        return VenueReason.POSITION_MODE
     return REASONS.get(code) or (VenueReason.UNAVAILABLE if retryable else VenueReason.OTHER)
 
 
@@ -331,7 +337,7 @@ def venue_error(
         unknown=unknown,
         retryable=retryable,
         retry_after=retry_after,
-        reason=reason_of(code, status, unknown, retryable),
+        reason=reason_of(code, status, unknown, retryable, message),
     )
 
 

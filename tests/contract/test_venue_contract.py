@@ -92,6 +92,17 @@ def test_a_stop_triggers_when_the_mark_crosses_it_and_fills_as_a_real_order(vut)
     assert v.open_orders(BTC, algo=True) == []
 
 
+def test_a_position_mode_changed_under_the_venue_is_absorbed_by_a_close(vut):
+    if vut.sim is None:
+        pytest.skip("testnet: the account's position mode is the user's setting; the suite does not flip it")
+    v = vut.venue
+    v.open_position(BTC, Side.LONG, 0.010, 10)  # one-way mode (the Binance adapter caches it)
+    vut.sim.set_dual(True)  # hedge mode now: reduceOnly is refused (-1106), positionSide needed
+    o = v.close_market(BTC, "SELL", "0.004", vut.cid())
+    assert (o.status, o.executed_qty, o.position_side) == ("FILLED", 0.004, "LONG")
+    assert v.position(BTC).qty == pytest.approx(0.006)
+
+
 # ----------------------------------------------------------------------------- refusals
 
 
@@ -117,6 +128,19 @@ def test_a_quantity_off_the_step_is_precision_and_zero_is_too_small(vut):
     assert refused(v.close_market, BTC, "SELL", "0.0001", vut.cid()).reason is VenueReason.PRECISION
     assert refused(v.close_market, BTC, "SELL", "0", vut.cid()).reason is VenueReason.QTY_TOO_SMALL
     assert v.position(BTC).qty == 0.010  # nothing ran
+
+
+def test_a_quantity_over_the_symbols_maximum_is_too_large(vut):
+    v = vut.venue
+    v.open_position(BTC, Side.LONG, 0.010, 10)
+    assert refused(v.close_market, BTC, "SELL", "100000", vut.cid()).reason is VenueReason.QTY_TOO_LARGE
+    assert v.position(BTC).qty == 0.010
+
+
+def test_a_symbol_the_venue_does_not_list_is_bad_symbol(vut):
+    v = vut.venue
+    assert refused(v.filters, "NOPEUSDT").reason is VenueReason.BAD_SYMBOL
+    assert refused(v.close_market, "NOPEUSDT", "SELL", "1", vut.cid()).reason is VenueReason.BAD_SYMBOL
 
 
 def test_a_stop_through_the_mark_would_trigger(vut):

@@ -65,6 +65,13 @@ def test_the_class_of_an_answer_decides_when_its_code_does_not():
     assert classify(api_error(400, -9999, "a code harvest has no rule for")).reason is VenueReason.OTHER
 
 
+def test_reduce_only_refused_in_hedge_mode_is_a_position_mode_change():
+    # Binance's answer to reduceOnly sent to a hedge-mode account: the adapter re-reads the mode
+    e = classify(api_error(400, -1106, "Parameter 'reduceOnly' sent when not required."))
+    assert e.reason is VenueReason.POSITION_MODE
+    assert classify(api_error(400, -1106, "Parameter 'foo' sent when not required.")).reason is VenueReason.OTHER
+
+
 def test_a_venue_error_without_a_reason_gets_one_by_its_class():
     assert VenueError(1, "x", unknown=True).reason is VenueReason.OUTCOME_UNKNOWN
     assert VenueError(1, "x", retryable=True).reason is VenueReason.UNAVAILABLE
