@@ -151,7 +151,9 @@ def vut(request: pytest.FixtureRequest, redis_url: str) -> Iterator[VenueUnderTe
         r, clock = _fresh(redis_url, ns)
         emu = Emulator(r, ns, "paper", KEY, SECRET, clock=clock).start()
         try:
-            bv = BinanceVenue(r, ns, lambda: make_client(KEY, SECRET, emu.url, False, 5.0, 5000), 1800)
+            # the emulator's server clock is the replay's market clock: the venue stamps and
+            # measures in it, as harvest.services.runtime.build_venue sets it up
+            bv = BinanceVenue(r, ns, lambda: make_client(KEY, SECRET, emu.url, False, 5.0, 5000), 1800, clock=clock)
             yield VenueUnderTest(name, bv, emu.venue)
         finally:
             emu.stop()

@@ -31,6 +31,29 @@ def refused(fn, *args) -> VenueError:
     return e.value
 
 
+# ----------------------------------------------------------------------------- reference data
+
+
+def test_reference_data_bars_and_the_clock(vut):
+    v = vut.venue
+    f = v.filters(BTC)
+    assert f.step_size > 0 and f.tick_size > 0 and f.min_qty > 0 and f.min_notional > 0
+    assert v.mark_price(BTC) > 0 and v.source(BTC) == BTC
+    opens, closes = v.closed_bars(BTC, 30)
+    assert opens.shape == closes.shape == (30,) and (closes > 0).all()
+    assert (opens[1:] - opens[:-1] == 60_000).all()  # 1-minute bars, oldest first, no gap
+    if vut.sim is not None:  # the replay's clock: the last bar is the last minute closed by it
+        now = vut.sim.clock.now()
+        assert opens[-1] == (int(now // 60) - 1) * 60_000
+    # the venue's clock against harvest's reading of it: 0 on the in-process engine (this
+    # machine's clock); a measured offset within the default limit on the others
+    offset = v.clock_offset_ms()
+    assert offset == 0 if vut.name == "paper" else abs(offset) < 1000
+    # reference data refreshed: the listed symbols (the paper engine's exchangeInfo is shipped: 0)
+    n = v.refresh_exchange_info()
+    assert n == 0 if vut.name == "paper" else n >= len((BTC, ETH))
+
+
 # ----------------------------------------------------------------------------- orders
 
 
