@@ -32,7 +32,7 @@ from harvest.ops.procs import RedisServer, wait_for
 from harvest.services.decide import venue_positions
 from harvest.services.market import refresh_market_states
 from harvest.store.streams import KlineCache, StreamCache
-from harvest.venues.emulator import WEIGHTS
+from harvest.venues.binance_facts import request_weight
 
 SCAN_INTERVAL_S = 5.0
 
@@ -116,6 +116,8 @@ def main() -> int:
         reads_streams = (rest_reads() - r1) / a.refreshes
         streamed = int(rt.r.hget(f"{ns}:counters", "market:klines_streamed") or 0)
         per_min = 60.0 / SCAN_INTERVAL_S
+        # a refresh's klines read, as the adapter sends it (limit = the bars needed + 1), by Binance's table
+        kline_w = request_weight("GET", "/fapi/v1/klines", {"limit": min(1500, n_bars + 1)})
         out = {
             "positions": a.positions,
             "scans": a.scans,
@@ -129,8 +131,9 @@ def main() -> int:
             "market_symbols": len(rest.settings.symbols),
             "klines_rest_reads_per_refresh_before": reads_before,
             "klines_rest_reads_per_refresh_streams": reads_streams,
-            "klines_weight_per_min_before": reads_before * WEIGHTS["klines"] * per_min,
-            "klines_weight_per_min_streams": reads_streams * WEIGHTS["klines"],
+            "klines_weight_each": kline_w,
+            "klines_weight_per_min_before": reads_before * kline_w * per_min,
+            "klines_weight_per_min_streams": reads_streams * kline_w,
             "refreshes_from_streams": streamed,
         }
         print(f"position reads of one account with {a.positions} positions, scans every {SCAN_INTERVAL_S:g} s")
