@@ -217,7 +217,7 @@ def mark_events(url: str, symbols: int = 50, tick_s: float = 0.05, seconds: floa
     clean(rt)
     open_positions(rt, syms, 0.5)  # lists every symbol (a mark stream each)
     emu = start_emulator(rt, env, streams=False)
-    from harvest.venues.emulator_streams import StreamServer
+    from harvest.venues.sim.emulator_streams import StreamServer
 
     emu.streams = StreamServer(emu, tick_s=tick_s).start()
     st = HarvestProcess("streams", env, ["--symbols", ",".join(syms), "--no-triggers"]).start()

@@ -17,7 +17,7 @@ import time
 from celery.signals import worker_process_init
 
 from harvest.venues.base import OrderResult, VenuePosition
-from harvest.venues.paper_settlement import TAKER_FEE_RATE
+from harvest.venues.sim.paper_settlement import TAKER_FEE_RATE
 
 ENV_FLAG = "HARVEST_BENCH_INSTANT_VENUE"
 

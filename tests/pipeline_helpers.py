@@ -72,7 +72,7 @@ def wait_quiet(rt: Runtime, timeout: float = 30.0) -> None:
 def emulator(key: str, secret: str):
     """The fapi emulator on the test namespace's paper engine, accepting these credentials."""
     from harvest.services.runtime import build_runtime
-    from harvest.venues.emulator import Emulator
+    from harvest.venues.sim.emulator import Emulator
     from settings import load_settings
 
     s = load_settings()

@@ -6,7 +6,7 @@ The set-up is harvest as deployed, on this machine:
 * a **state Redis** (private, AOF with ``appendfsync always``, so it can be restarted under
   load) holding plans, book, market states and — unless ``broker`` is given — the Celery
   queues; ``broker="amqp://…"`` puts the queues on RabbitMQ instead;
-* an **exchange**: the fapi emulator (:mod:`harvest.venues.emulator`) in this process, on its own
+* an **exchange**: the fapi emulator (:mod:`harvest.venues.sim.emulator`) in this process, on its own
   Redis, reached by the workers through python-binance;
 * a **scan worker** (``scan`` + ``housekeeping`` queues), an **orders worker** (``orders``),
   and **beat**, as ``celery`` child processes; a supervisor restarts any that exits (as
@@ -196,7 +196,7 @@ class _Run:
         self.env: dict[str, str] = {}
         self.plan_ttl_s = plan_ttl_s
         self.faults: Counter[str] = Counter()
-        self.emu = None  # the running harvest.venues.emulator.Emulator
+        self.emu = None  # the running harvest.venues.sim.emulator.Emulator
         self.procs: _Procs | None = None
         self.lost_before = 0  # plans that existed when the state Redis came back empty
 

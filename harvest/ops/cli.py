@@ -40,9 +40,9 @@ def _cmd_emulator(a: argparse.Namespace) -> int:
     import logging
 
     from harvest.store.connect import redis_client
-    from harvest.venues.clock import MarketClock
-    from harvest.venues.emulator import Emulator
-    from harvest.venues.emulator_streams import StreamServer
+    from harvest.venues.sim.clock import MarketClock
+    from harvest.venues.sim.emulator import Emulator
+    from harvest.venues.sim.emulator_streams import StreamServer
     from settings import get_settings
 
     s = get_settings()
@@ -818,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser(
         "emulator",
         help="serve the local Binance fapi emulator (paper engine, real data, faults)",
-        epilog="Fills (the paper engine's model; docs/venues.md, harvest/venues/paper_settlement.py): a "
+        epilog="Fills (the paper engine's model; docs/venues.md, harvest/venues/sim/paper_settlement.py): a "
         "STOP_MARKET triggers when the price its workingType names crosses it (MARK_PRICE: the mark, each "
         "1-minute bar's close; CONTRACT_PRICE: a bar's low/high) and fills as a MARKET order at the trigger "
         "price - or the bar's open when the bar gapped through it - moved against the position by "

@@ -1,7 +1,7 @@
 """``harvest demo``: the whole pipeline on the paper venue and the shipped real klines.
 
 It starts (when ``HARVEST_REDIS_URL`` is not set) a private redis-server, the fapi emulator
-(:mod:`harvest.venues.emulator`, on a free loopback port, with throw-away API credentials), then a
+(:mod:`harvest.venues.sim.emulator`, on a free loopback port, with throw-away API credentials), then a
 real Celery worker and beat as child processes that reach the paper engine through
 python-binance and the emulator — the code path of live trading (``--in-process`` skips the
 emulator and lets the workers call the paper engine directly); opens a scenario of positions (six symbols, LONG and

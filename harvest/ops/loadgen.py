@@ -44,7 +44,7 @@ def runtime(env: dict[str, str]):
 
 def paper_of(rt):
     """The paper engine of the namespace (also behind the emulator)."""
-    from harvest.venues.paper import PaperVenue
+    from harvest.venues.sim.paper import PaperVenue
 
     return (
         rt.venue
@@ -143,10 +143,10 @@ def start_emulator(
     point workers at it (python-binance venue, the credentials — ``HARVEST_API_KEY``/``_SECRET``
     for one account, ``HARVEST_ACCOUNT_<NAME>_API_KEY``/``_SECRET`` for several —, harvest's
     weight budget ``budget_1m``, by default one that never binds). Returns the running
-    :class:`harvest.venues.emulator.Emulator`."""
+    :class:`harvest.venues.sim.emulator.Emulator`."""
     import secrets
 
-    from harvest.venues.emulator import Emulator
+    from harvest.venues.sim.emulator import Emulator
     from settings.accounts import credential_var
 
     creds = {a: (secrets.token_hex(8), secrets.token_hex(16)) for a in rt.accounts}

@@ -19,7 +19,7 @@ from harvest.store.counters import account_counter, account_decisions
 from harvest.store.market import market_state_from_json
 from harvest.store.records import Unreadable
 from harvest.venues.base import VenueError
-from harvest.venues.paper import PaperVenue
+from harvest.venues.sim.paper import PaperVenue
 
 KINDS = ("scan", "orders", "housekeeping")
 

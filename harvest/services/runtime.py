@@ -17,8 +17,8 @@ from redis.retry import Retry
 from harvest.store import BookStore, MarketCache, PlanStore
 from harvest.store.connect import redis_client
 from harvest.venues.base import Venue
-from harvest.venues.clock import MarketClock
-from harvest.venues.paper import PaperVenue
+from harvest.venues.sim.clock import MarketClock
+from harvest.venues.sim.paper import PaperVenue
 from settings import HarvestSettings, SettingsError, get_settings, is_loopback_url
 
 

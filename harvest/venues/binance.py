@@ -70,7 +70,7 @@ from harvest.venues.base import (
     VenuePosition,
     VenueReason,
 )
-from harvest.venues.clock import MarketClock
+from harvest.venues.sim.clock import MarketClock
 
 log = logging.getLogger("harvest.venue")
 
@@ -1061,7 +1061,7 @@ def handshake_proof(api_secret: str, nonce: str) -> str:
     import hashlib
     import hmac
 
-    from harvest.venues.emulator import HANDSHAKE
+    from harvest.venues.sim.emulator import HANDSHAKE
 
     return hmac.new(api_secret.encode(), f"{HANDSHAKE}:{nonce}".encode(), hashlib.sha256).hexdigest()
 
@@ -1087,7 +1087,7 @@ def emulator_handshake(
     import hmac
     import secrets
 
-    from harvest.venues.emulator import HANDSHAKE
+    from harvest.venues.sim.emulator import HANDSHAKE
     from settings import is_loopback_url
 
     root = futures_url.rstrip("/").removesuffix("/fapi")

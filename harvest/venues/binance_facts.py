@@ -1,7 +1,7 @@
 """Binance USDⓈ-M futures facts, in one place: request weights (by endpoint *and* parameters),
 order-count limits and headers, the error answers harvest meets (HTTP status, code, message),
 the answer to an unknown path, kline intervals and the response field sets of the account
-endpoints. The emulator (:mod:`harvest.venues.emulator`) charges and answers from this module;
+endpoints. The emulator (:mod:`harvest.venues.sim.emulator`) charges and answers from this module;
 the adapter (:mod:`harvest.venues.binance`) budgets from it; a test fails when the two disagree
 (``tests/integration/test_emulator_binance.py``).
 

@@ -1,7 +1,7 @@
 """The venue contract suite's venues: one set of tests (``tests/contract/test_venue_contract.py``)
 runs against each :class:`harvest.venues.base.Venue` harvest can trade on.
 
-* ``paper`` — the in-process paper engine (:class:`harvest.venues.paper.PaperVenue`) on the
+* ``paper`` — the in-process paper engine (:class:`harvest.venues.sim.paper.PaperVenue`) on the
   test Redis, its market clock standing at :data:`tests.pipeline_helpers.T0`;
 * ``emulator`` — :class:`harvest.venues.binance.BinanceVenue`, the real python-binance client,
   against the local fapi emulator (``harvest emulator``, in-process, on a free port), as
@@ -30,8 +30,8 @@ import redis
 from harvest.data import SymbolFilters
 from harvest.domain.models import Side
 from harvest.venues.base import Venue, VenueError
-from harvest.venues.clock import MarketClock
-from harvest.venues.paper import PaperVenue
+from harvest.venues.sim.clock import MarketClock
+from harvest.venues.sim.paper import PaperVenue
 from tests.pipeline_helpers import T0
 
 #: The emulator's API key and secret (any pair: it is the emulator's own account).
@@ -146,7 +146,7 @@ def vut(request: pytest.FixtureRequest, redis_url: str) -> Iterator[VenueUnderTe
     from harvest.venues.binance import BinanceVenue, make_client
 
     if name == "emulator":
-        from harvest.venues.emulator import Emulator
+        from harvest.venues.sim.emulator import Emulator
 
         r, clock = _fresh(redis_url, ns)
         emu = Emulator(r, ns, "paper", KEY, SECRET, clock=clock).start()

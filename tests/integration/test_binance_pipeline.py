@@ -10,7 +10,7 @@ import pytest
 
 from harvest.domain.models import Action
 from harvest.domain.plans import make_plan_id
-from harvest.venues.emulator import Emulator
+from harvest.venues.sim.emulator import Emulator
 from tasks.app import app
 from tests.harness import wait_for, worker
 from tests.pipeline_helpers import (

@@ -14,8 +14,8 @@ import redis
 from harvest.ops.procs import ROOT, free_port
 from harvest.venues.base import VenueError
 from harvest.venues.binance import BinanceVenue, make_client
-from harvest.venues.clock import MarketClock
-from harvest.venues.emulator import Emulator
+from harvest.venues.sim.clock import MarketClock
+from harvest.venues.sim.emulator import Emulator
 from settings import SettingsError, load_settings
 from tests.kill_theta import KILL_SCORE_THETA
 from tests.pipeline_helpers import T0

@@ -38,8 +38,8 @@ from harvest.services.reconcile import check_clock, sweep_once
 from harvest.services.runtime import build_runtime
 from harvest.store.streams import StreamCache
 from harvest.venues.binance import BinanceVenue, make_client
-from harvest.venues.clock import MarketClock
-from harvest.venues.emulator import Emulator
+from harvest.venues.sim.clock import MarketClock
+from harvest.venues.sim.emulator import Emulator
 from settings import load_settings
 from tests.harness import wait_for
 from tests.pipeline_helpers import clean, mark_for_r, open_position

@@ -22,8 +22,8 @@ from binance.exceptions import BinanceAPIException
 from harvest.data import load_klines
 from harvest.venues import binance_facts as facts
 from harvest.venues.binance import BinanceVenue, make_client, request_weight
-from harvest.venues.clock import MarketClock
-from harvest.venues.emulator import Emulator
+from harvest.venues.sim.clock import MarketClock
+from harvest.venues.sim.emulator import Emulator
 from tests.pipeline_helpers import T0
 
 KEY, SECRET = "emu-facts-key", "emu-facts-secret"

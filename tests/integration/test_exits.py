@@ -21,7 +21,7 @@ from harvest.domain.models import Action, Regime
 from harvest.domain.plans import TERMINAL
 from harvest.services.runtime import build_runtime
 from harvest.venues.binance import BinanceVenue
-from harvest.venues.emulator import Emulator
+from harvest.venues.sim.emulator import Emulator
 from settings import load_settings
 from tests.harness import CeleryProcess, wait_for, worker
 from tests.pipeline_helpers import T0, clean, mark_for_r, state

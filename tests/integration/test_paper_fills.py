@@ -19,10 +19,10 @@ from harvest.data import Klines, load_klines, shipped_filters
 from harvest.domain.models import Side
 from harvest.venues.base import VenueError
 from harvest.venues.binance import BinanceVenue, make_client
-from harvest.venues.clock import MarketClock
-from harvest.venues.emulator import Emulator
-from harvest.venues.paper import PaperVenue
-from harvest.venues.paper_settlement import stop_fills, trigger_bar
+from harvest.venues.sim.clock import MarketClock
+from harvest.venues.sim.emulator import Emulator
+from harvest.venues.sim.paper import PaperVenue
+from harvest.venues.sim.paper_settlement import stop_fills, trigger_bar
 from tests.harness import wait_for
 from tests.pipeline_helpers import T0
 

@@ -22,8 +22,8 @@ from harvest.services.runtime import build_venue
 from harvest.venues.base import VenueError
 from harvest.venues.binance import emulator_handshake, make_client
 from harvest.venues.binance_streams import stream_url_of
-from harvest.venues.clock import MarketClock
-from harvest.venues.emulator import HANDSHAKE, Emulator
+from harvest.venues.sim.clock import MarketClock
+from harvest.venues.sim.emulator import HANDSHAKE, Emulator
 from settings import SettingsError, is_loopback_url, load_settings
 from tests.pipeline_helpers import T0
 

@@ -21,7 +21,7 @@ import pytest
 
 from harvest.domain.models import Action
 from harvest.domain.plans import make_plan_id
-from harvest.venues.emulator import Emulator
+from harvest.venues.sim.emulator import Emulator
 from settings import is_loopback_url
 from tasks.app import app
 from tests.harness import wait_for, worker

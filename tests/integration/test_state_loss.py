@@ -90,7 +90,7 @@ def test_a_lost_later_attempt_is_not_repeated_either():
     """A decision whose order went out at attempt 1 (attempt 0 failed) has a plan_id no decision
     remakes at attempt 0 after the loss: the book's tier, restored from the exchange's orders,
     keeps the tier from being decided again (python-binance against the emulator)."""
-    from harvest.venues.emulator import Emulator
+    from harvest.venues.sim.emulator import Emulator
 
     ns = BASE + "-a"
     rt = build_runtime(load_settings(namespace=ns))

@@ -19,7 +19,7 @@ import pytest
 from harvest.domain.models import Side
 from harvest.services.runtime import build_runtime
 from harvest.store.streams import StreamCache
-from harvest.venues.emulator import Emulator
+from harvest.venues.sim.emulator import Emulator
 from settings import load_settings
 from tests.harness import wait_for
 from tests.pipeline_helpers import clean

@@ -1,4 +1,4 @@
-"""The paper engine's settlement (see :mod:`harvest.venues.paper`): reading position rows with
+"""The paper engine's settlement (see :mod:`harvest.venues.sim.paper`): reading position rows with
 their working stops, and settling them against the replayed market — stops triggered by the
 price their ``workingType`` names and filled as MARKET orders with slippage (the fill model
 below), funding at each funding time — plus the fills, trades and income records it writes.
@@ -31,7 +31,7 @@ The engine models that on the replayed 1-minute klines, deterministically (no ra
   keeps its ``createTime`` and gains ``triggerTime``.
 
 Both parameters are per namespace (:meth:`PaperFixtures.set_fill_model
-<harvest.venues.paper_fixtures.PaperFixtures.set_fill_model>`, key ``<ns>:paper:fill_model``),
+<harvest.venues.sim.paper_fixtures.PaperFixtures.set_fill_model>`, key ``<ns>:paper:fill_model``),
 so the emulator and every worker use the same. Ordinary MARKET orders (harvest's closes, a
 strategy's openings) fill at the mark, as before: the engine had no slippage for them, and this
 model does not change that.
@@ -335,7 +335,7 @@ class _SettleProbe:
 
 
 class PaperSettlement:
-    """Settlement half of :class:`harvest.venues.paper.PaperVenue` (a mixin: it uses the venue's
+    """Settlement half of :class:`harvest.venues.sim.paper.PaperVenue` (a mixin: it uses the venue's
     keys, clock and scripts)."""
 
     def _report(

@@ -12,7 +12,7 @@
   harvest's: the mark series; CONTRACT_PRICE: the klines' low/high) and then fills as a MARKET
   order with slippage, over several bars when a bar is thin — a real order with its own
   orderId (the algo's ``actualOrderId``), its trades under that orderId (the fill model:
-  :mod:`harvest.venues.paper_settlement`). The others, and every stop of a position closed to
+  :mod:`harvest.venues.sim.paper_settlement`). The others, and every stop of a position closed to
   zero, end EXPIRED.
 * Checks at acceptance of an order that opens or adds (Binance's codes and messages): -4164
   notional under the symbol's MIN_NOTIONAL (reduce-only exempt), -2027 the position's notional
@@ -81,9 +81,9 @@ from harvest.venues.base import (
     VenueError,
     VenuePosition,
 )
-from harvest.venues.clock import MarketClock
-from harvest.venues.paper_fixtures import PaperFixtures
-from harvest.venues.paper_settlement import (
+from harvest.venues.sim.clock import MarketClock
+from harvest.venues.sim.paper_fixtures import PaperFixtures
+from harvest.venues.sim.paper_settlement import (
     _FILL_ATTEMPTS,
     _FILL_LUA,
     _READ_POSITIONS_LUA,

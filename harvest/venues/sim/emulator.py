@@ -32,10 +32,10 @@ POST / PUT / DELETE /fapi/v1/listenKey     key     the user data stream's key (s
 =========================================  ======  ==========================================
 
 The websocket streams (user data, mark prices) are served on a second port by
-:mod:`harvest.venues.emulator_streams` (``start(streams=True)``; ``stream_url``).
+:mod:`harvest.venues.sim.emulator_streams` (``start(streams=True)``; ``stream_url``).
 
 **One clock.** The emulator's server clock IS the replay's market clock
-(:class:`~harvest.venues.clock.MarketClock`, shared through Redis: ``anchor_market + (wall −
+(:class:`~harvest.venues.sim.clock.MarketClock`, shared through Redis: ``anchor_market + (wall −
 anchor_wall) × speed``). Every time it answers carries it: ``/fapi/v1/time`` ``serverTime``,
 exchangeInfo's ``serverTime``, premiumIndex ``time`` and ``nextFundingTime``, orders'
 ``time``/``updateTime``, algo orders' ``createTime``/``updateTime``/``triggerTime``, trades'
@@ -134,10 +134,10 @@ from harvest.data import (
 from harvest.domain.margin import Bracket
 from harvest.venues import binance_facts as facts
 from harvest.venues.base import OrderResult, VenueError
-from harvest.venues.clock import MarketClock
-from harvest.venues.emulator_streams import LISTEN_KEY_TTL_S, ListenKeyMissing, ListenKeys, StreamServer
-from harvest.venues.paper import DEFAULT_BALANCE, PaperVenue
-from harvest.venues.paper_settlement import brackets
+from harvest.venues.sim.clock import MarketClock
+from harvest.venues.sim.emulator_streams import LISTEN_KEY_TTL_S, ListenKeyMissing, ListenKeys, StreamServer
+from harvest.venues.sim.paper import DEFAULT_BALANCE, PaperVenue
+from harvest.venues.sim.paper_settlement import brackets
 
 log = logging.getLogger("harvest.emulator")
 
@@ -507,7 +507,7 @@ class Emulator:
 
     def start(self, streams: bool = True, stream_tick_s: float = 1.0) -> "Emulator":
         """Serve REST in a daemon thread and, with ``streams``, the websocket streams
-        (:mod:`harvest.venues.emulator_streams`) on another free port; returns self."""
+        (:mod:`harvest.venues.sim.emulator_streams`) on another free port; returns self."""
         self._thread = threading.Thread(target=self._server.serve_forever, name="fapi-emulator", daemon=True)
         self._thread.start()
         if streams:
@@ -1078,7 +1078,7 @@ class Emulator:
 
     def _wallet(self) -> float:
         """The account's USDT wallet balance: the paper engine's (``set_balance``, default
-        :data:`harvest.venues.paper.DEFAULT_BALANCE`) plus realized PnL, minus commissions and
+        :data:`harvest.venues.sim.paper.DEFAULT_BALANCE`) plus realized PnL, minus commissions and
         funding paid (the engine's ledger, as its -2019 margin check reads it)."""
         pnl = self.venue.pnl()
         start = float(self.r.get(self.venue.k_balance) or DEFAULT_BALANCE)

@@ -21,7 +21,7 @@ connected key expires the stream sends ``{"e": "listenKeyExpired", …}`` and cl
 **User events**, from the paper engine's order log (``<ns>:paper:<account>:orderlog``), in
 its order, ``E``/``T`` in milliseconds of the market clock (the server clock, like every time the
 emulator answers: the market time the entry was logged at; mark, kline and listenKeyExpired
-events carry the server clock when sent; see "One clock" in :mod:`harvest.venues.emulator`):
+events carry the server clock when sent; see "One clock" in :mod:`harvest.venues.sim.emulator`):
 
 * a fill (harvest's MARKET close, a strategy's opening) → ``ORDER_TRADE_UPDATE`` (``x`` TRADE,
   ``X`` FILLED or EXPIRED for a partial fill) then ``ACCOUNT_UPDATE`` (``m`` ORDER, the
@@ -78,8 +78,8 @@ from websockets.http11 import Request, Response
 from harvest.data import SymbolFilters, load_klines
 
 if TYPE_CHECKING:
-    from harvest.venues.emulator import EmulatedAccount, Emulator
-    from harvest.venues.paper import PaperVenue
+    from harvest.venues.sim.emulator import EmulatedAccount, Emulator
+    from harvest.venues.sim.paper import PaperVenue
 
 log = logging.getLogger("harvest.emulator.streams")
 

@@ -1,6 +1,6 @@
 """What tests, the demo and the load generator use to set the paper engine's world up: open and
 seed positions, set marks, list synthetic symbols, switch the position mode, arm partial fills
-(a mixin of :class:`harvest.venues.paper.PaperVenue`; an exchange has no such calls)."""
+(a mixin of :class:`harvest.venues.sim.paper.PaperVenue`; an exchange has no such calls)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from harvest.venues.base import (
     OrderResult,
     VenuePosition,
 )
-from harvest.venues.paper_settlement import (
+from harvest.venues.sim.paper_settlement import (
     SHIPPED,
     _trade_json,
 )
 
 
 class PaperFixtures:
-    """Set-up calls of :class:`harvest.venues.paper.PaperVenue` (a mixin)."""
+    """Set-up calls of :class:`harvest.venues.sim.paper.PaperVenue` (a mixin)."""
 
     def set_dual(self, on: bool) -> None:
         """Switch the account between one-way (False) and hedge mode (True)."""
@@ -254,7 +254,7 @@ class PaperFixtures:
 
     def set_balance(self, usdt: float) -> None:
         """The account's wallet balance (USDT) the margin check (-2019) starts from (default
-        :data:`harvest.venues.paper.DEFAULT_BALANCE`). Raises ValueError for a negative or
+        :data:`harvest.venues.sim.paper.DEFAULT_BALANCE`). Raises ValueError for a negative or
         non-finite amount."""
         if not (usdt >= 0 and usdt != float("inf")):
             raise ValueError("balance: a finite amount >= 0 (USDT)")
@@ -262,7 +262,7 @@ class PaperFixtures:
 
     def set_fill_model(self, slippage: float, participation: float) -> None:
         """The namespace's fill model of triggered stops (see
-        :mod:`harvest.venues.paper_settlement`): ``slippage``, the adverse move as a fraction
+        :mod:`harvest.venues.sim.paper_settlement`): ``slippage``, the adverse move as a fraction
         of the bar's range (0..1), and ``participation``, the share of a bar's volume one
         order fills in that bar (0 < x ≤ 1). Every process on the namespace (the emulator, the
         workers) uses it. Raises ValueError outside those ranges."""
