@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import IO, Any, TextIO, cast
 
 import numpy as np
 
@@ -206,7 +206,8 @@ def _csv_text(path: Path) -> Iterator[tuple[TextIO, str]]:
         else:
             name = str(path)
             try:
-                raw = stack.enter_context(gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb"))
+                opened = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+                raw = stack.enter_context(cast(IO[bytes], opened))
                 size = path.stat().st_size
             except OSError as e:
                 raise KlineFileError(f"{path}: unreadable ({e})") from e
