@@ -12,9 +12,22 @@
   remainder below minQty/minNotional folded in, as the guard does
   (:func:`harvest.domain.guard_rules.close_quantity_of`; symbols without shipped filters are
   not rounded); taker fee on every fill.
-* A stop (the initial one, a ladder's, or a profit lock's) fills at its price, or at the bar's
-  open when the bar opened through it; a take-profit fills at its price, or at the open when
-  the bar opened beyond it. When one bar reaches both, the stop fills (the dangerous reading).
+* A stop (the initial one, a ladder's, a profit lock's or a trailing one) triggers when the
+  bar's low (LONG) or high (SHORT) reaches it, a take-profit when the bar's best price reaches
+  it; both are STOP_MARKET / TAKE_PROFIT_MARKET orders that fill as MARKET orders. Two fill
+  models (``harvest replay --fill-model``):
+
+  - ``slippage`` (the default, Binance-like; the emulator's paper engine states the same model,
+    :mod:`harvest.venues.sim.paper_settlement` and docs/venues.md "The fill model"): the fill
+    is the trigger price, or the bar's open when the bar opened beyond it (a gap), moved against
+    the position by ``stop_slippage`` × the bar's range (high − low; default 0.1,
+    :data:`STOP_SLIPPAGE`), never outside the bar. The paper engine's thin-bar rule (at most a
+    share of the bar's volume per bar) is not modelled: the whole quantity fills in the
+    trigger bar.
+  - ``trigger`` (``stop_slippage`` 0): the trigger price, or the open of a bar that opened
+    beyond it.
+
+  When one bar reaches both a stop and a take-profit, the stop fills (the dangerous reading).
 * Liquidation (isolated margin, Binance's brackets) when the bar reaches the liquidation price
   and no stop lies between it and the mark: closed at the liquidation price.
 * Funding at each funding time, by the bar that ends at or after it, on the quantity open,
@@ -27,14 +40,17 @@ tiers, profit lock, kill score, time stop), ``lsf_ladder`` (the same kernel with
 closing the ladder's leverage scheme of the opening qty, decided at the scan like any other),
 ``bracket`` (the stop and one take-profit at the ladder's tp3), ``trailing``
 (freqtrade's ``trailing_stop_positive`` / ``trailing_stop_positive_offset``: once the profit
-reaches the offset, the stop trails the bar's best price by ``positive``), ``time`` (the stop,
-and a market close after ``time_stop_s``), ``hold`` (the stop only).
+at a bar's close reaches the offset, the stop trails the bar's best price by ``positive``; in
+price fractions by default, or in R like every other level when ``trail_r`` is given: armed
+at ``trail_offset_r`` R of profit, trailing ``trail_r`` R behind the best price, R being the
+entry's distance to its initial stop), ``time`` (the stop, and a market close after
+``time_stop_s``), ``hold`` (the stop only).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -53,16 +69,61 @@ _LOCK = ACTION_CODES.index(Action.PROFIT_LOCK_SL)
 _NONE, _P_FULL, _P_PART, _P_STOP = 0, 1, 2, 3  # pending kinds
 
 
+#: Adverse slippage of a triggered stop's MARKET fill, a fraction (0..1) of the bar's range: the
+#: paper engine's default (:data:`harvest.venues.sim.paper_settlement.STOP_SLIPPAGE`, tested equal).
+STOP_SLIPPAGE = 0.1
+#: The fill models ``harvest replay --fill-model`` names (module docstring).
+FILL_MODELS = ("slippage", "trigger")
+
+
 @dataclass(frozen=True)
 class FillModel:
     """Knobs of the fill model and the baselines: ``scan_delay_s`` (s from a bar's close to
     the decision's order), the trailing stop's ``trailing_positive`` and
-    ``trailing_offset`` (fractions of price), the time stop ``time_stop_s`` (s)."""
+    ``trailing_offset`` (fractions of price), the time stop ``time_stop_s`` (s),
+    ``stop_slippage`` (fraction 0..1 of the bar's range a triggered stop or take-profit fills
+    against the position; 0: the ``trigger`` model), and the trailing stop in R: ``trail_r``
+    (R behind the bar's best price; when given it replaces ``trailing_positive`` and
+    ``trailing_offset``) armed at ``trail_offset_r`` R of profit (module docstring).
+    Raises ValueError for a slippage outside 0..1 or a non-positive ``trail_r``."""
 
     scan_delay_s: float = 0.0
     trailing_positive: float = 0.01
     trailing_offset: float = 0.02
     time_stop_s: float = 86_400.0
+    stop_slippage: float = STOP_SLIPPAGE
+    trail_r: float | None = None
+    trail_offset_r: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.stop_slippage <= 1.0:
+            raise ValueError(f"stop_slippage {self.stop_slippage!r}: a fraction of the bar's range, 0..1")
+        if self.trail_r is not None and not self.trail_r > 0:
+            raise ValueError(f"trail_r {self.trail_r!r}: the trailing distance in R must be positive")
+
+    @property
+    def name(self) -> str:
+        """``slippage`` or ``trigger`` (:data:`FILL_MODELS`)."""
+        return "slippage" if self.stop_slippage > 0 else "trigger"
+
+    def with_model(self, name: str) -> FillModel:
+        """This fill model with the stop fills of ``name`` (``slippage``: :data:`STOP_SLIPPAGE`
+        unless this one already slips; ``trigger``: none). Raises ValueError for another name."""
+        if name not in FILL_MODELS:
+            raise ValueError(f"unknown fill model {name!r}: one of {', '.join(FILL_MODELS)}")
+        if name == self.name:
+            return self
+        return replace(self, stop_slippage=STOP_SLIPPAGE if name == "slippage" else 0.0)
+
+
+def _slipped(base: np.ndarray, s: np.ndarray, h: np.ndarray, lo: np.ndarray, slippage: float) -> np.ndarray:
+    """The MARKET fill of triggered stops or take-profits (USDT, shape (n,)): ``base`` (the
+    trigger or the gap's open) moved against the position (side ``s`` ±1) by ``slippage`` × the
+    bar's range, kept within the bar [``lo``, ``h``] (the paper engine's model,
+    :func:`harvest.venues.sim.paper_settlement.stop_fills`, without tickSize rounding)."""
+    if slippage == 0.0:
+        return base
+    return np.clip(base - s * slippage * (h - lo), lo, h)
 
 
 @dataclass
@@ -71,7 +132,9 @@ class Trades:
     (±1), ``entry_time``/``exit_time`` (s), ``entry_price``, ``qty`` (opening, base units),
     ``initial_stop`` (USDT), ``net`` (USDT: realized PnL − fees − funding), ``r`` (net in R of
     the opening quantity, ``|entry − initial_stop| × qty``), ``mae_r``/``mfe_r`` (worst and best
-    excursion per unit, in R), ``fees``, ``funding`` (USDT paid), ``exit_reason`` (str),
+    excursion per unit, in R), ``fees``, ``funding`` (USDT paid, net: a receipt counts
+    negative), ``funding_paid`` / ``funding_received`` (USDT, each ≥ 0: the payments and the
+    receipts apart, so a LONG's payment and a SHORT's receipt do not cancel), ``exit_reason`` (str),
     ``partials`` (closes before the last); ``events``: per recorded trade, ``[(time, kind,
     price, qty)]``; ``evaluations``: kernel rows evaluated."""
 
@@ -89,6 +152,8 @@ class Trades:
     mfe_r: np.ndarray
     fees: np.ndarray
     funding: np.ndarray
+    funding_paid: np.ndarray
+    funding_received: np.ndarray
     exit_reason: np.ndarray
     partials: np.ndarray
     events: dict[int, list[tuple[float, str, float, float]]] = field(default_factory=dict)
@@ -164,6 +229,7 @@ def simulate(
 
     # Per-trade outputs (global order) ...
     realized, fees, funding = np.zeros(n), fee * e * q0, np.zeros(n)
+    funding_paid, funding_received = np.zeros(n), np.zeros(n)
     exit_bar = np.full(n, -1, dtype=np.int64)
     reason = np.full(n, "", dtype=object)
     partials = np.zeros(n, dtype=np.int64)
@@ -201,6 +267,8 @@ def simulate(
         "realized": np.zeros(n),
         "fees": fee * e * q0,
         "funding": np.zeros(n),
+        "fpaid": np.zeros(n),
+        "freceived": np.zeros(n),
         "mae": np.zeros(n),
         "mfe": np.zeros(n),
         "partials": np.zeros(n, dtype=np.int64),
@@ -285,6 +353,7 @@ def simulate(
         i = np.flatnonzero(hit_stop)
         if i.size:
             px = np.where(s_[i] * (o[i] - st_[i]) <= 0, o[i], st_[i])
+            px = _slipped(px, s_[i], h[i], lo[i], fill.stop_slippage)
             why = np.where(st_[i] == L["stop0"][i], "stop", "locked_stop")
             close(i, b[i], px, L["qty"][i].copy(), why)
         if policy == "bracket":
@@ -292,12 +361,16 @@ def simulate(
             i = np.flatnonzero(L["open"] & (s_ * (best - tp) >= 0))
             if i.size:
                 px = np.where(s_[i] * (o[i] - tp[i]) >= 0, o[i], tp[i])
+                px = _slipped(px, s_[i], h[i], lo[i], fill.stop_slippage)
                 close(i, b[i], px, L["qty"][i].copy(), "take_profit")
         # (3) funding on what is open through the bar
         fr = m.funding[b]
         i = np.flatnonzero(L["open"] & (fr != 0))
         if i.size:
-            L["funding"][i] += s_[i] * fr[i] * L["qty"][i] * c[i]
+            pay = s_[i] * fr[i] * L["qty"][i] * c[i]
+            L["funding"][i] += pay
+            L["fpaid"][i] += np.maximum(pay, 0.0)
+            L["freceived"][i] += np.maximum(-pay, 0.0)
         # (4) excursions
         L["mae"][op0] = np.minimum(L["mae"][op0], (s_ * (worst - e_) / L["ru"])[op0])
         L["mfe"][op0] = np.maximum(L["mfe"][op0], (s_ * (best - e_) / L["ru"])[op0])
@@ -362,9 +435,14 @@ def simulate(
                 L["pend"][sel], L["pend_due"][sel], L["pend_stop"][sel] = _P_STOP, due_b[lock], res.new_stop[lock]
         elif policy == "trailing":
             i = np.flatnonzero(op)
-            profit = s_[i] * (c[i] - e_[i]) / e_[i]
-            armed = profit >= fill.trailing_offset
-            cand = np.where(s_[i] > 0, best[i] * (1 - fill.trailing_positive), best[i] * (1 + fill.trailing_positive))
+            if fill.trail_r is not None:  # in R, like every other level
+                armed = s_[i] * (c[i] - e_[i]) / L["ru"][i] >= fill.trail_offset_r
+                cand = best[i] - s_[i] * fill.trail_r * L["ru"][i]
+            else:  # freqtrade's: fractions of price
+                armed = s_[i] * (c[i] - e_[i]) / e_[i] >= fill.trailing_offset
+                cand = np.where(
+                    s_[i] > 0, best[i] * (1 - fill.trailing_positive), best[i] * (1 + fill.trailing_positive)
+                )
             tighter = armed & (s_[i] * (cand - st_[i]) > 0) & (s_[i] * (c[i] - cand) > 0)
             st_[i[tighter]] = cand[tighter]
         elif policy == "time":
@@ -382,6 +460,8 @@ def simulate(
                 ("realized", realized),
                 ("fees", fees),
                 ("funding", funding),
+                ("fpaid", funding_paid),
+                ("freceived", funding_received),
                 ("mae", mae),
                 ("mfe", mfe),
                 ("partials", partials),
@@ -412,6 +492,8 @@ def simulate(
         mfe_r=mfe,
         fees=fees,
         funding=funding,
+        funding_paid=funding_paid,
+        funding_received=funding_received,
         exit_reason=reason,
         partials=partials,
         events=events,

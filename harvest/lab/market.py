@@ -6,7 +6,9 @@ trade is a bar index and the engine steps every open trade one bar at a time wit
 up its symbol. Funding: every funding event (``calc_time``, rate) is summed into the bar whose
 open ≤ calc_time < close, and paid at that bar's close price (the mark). Files: klines through
 :func:`harvest.data.read_klines` (strict: a file that is not klines is refused naming the line);
-funding from a ``calc_time,funding_rate`` CSV.
+funding from a ``calc_time,funding_rate`` CSV beside a lab kline file (:func:`funding_for`:
+the files that overlap the klines, beside a symlink or its target; a file that does not
+overlap is refused).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import csv
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
@@ -87,13 +90,47 @@ def _funding_rows(rows: Iterator[list[str]], path: Path) -> Iterator[tuple[int, 
         i += 1
 
 
-def funding_for(klines_path: Path, symbol: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The funding file beside a lab kline file (``../funding/<SYMBOL>-funding-*.csv`` that
-    overlaps it), or None."""
-    d = klines_path.resolve().parent.parent / "funding"
-    for f in sorted(d.glob(f"{symbol}-funding-*.csv")) if d.is_dir() else []:
-        return read_funding(f)
-    return None
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(float(t), timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def funding_for(
+    klines_path: str | Path, symbol: str, span: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The funding beside a lab kline file: every ``../funding/<SYMBOL>-funding-*.csv`` whose
+    calc_times overlap ``span`` (the klines' first open and last close, market s; None: every
+    file), merged in time order (a time in two files counted once). The folder is looked for
+    beside the path as given first (a symlinked kline file finds the funding beside the link),
+    then beside the file it resolves to. Returns ``(calc_time s, rate fraction)`` or None when
+    no funding file exists for the symbol. Raises FundingFileError when funding files exist but
+    none overlaps the klines (the message names both spans), or a file does not read."""
+    path = Path(klines_path)
+    files: list[Path] = []
+    for where in (path.absolute(), path.resolve()):
+        d = where.parent.parent / "funding"
+        files = sorted(d.glob(f"{symbol}-funding-*.csv")) if d.is_dir() else []
+        if files:
+            break
+    if not files:
+        return None
+    parts, seen = [], []
+    for f in files:
+        t, r = read_funding(f)
+        seen.append(f"{f.name} ({_utc(t[0])} .. {_utc(t[-1])})" if t.size else f"{f.name} (no rows)")
+        if t.size and (span is None or (t[0] <= span[1] and t[-1] >= span[0])):
+            parts.append((t, r))
+    if not parts:
+        where_s = "" if span is None else f" {_utc(span[0])} .. {_utc(span[1])}"
+        raise FundingFileError(
+            f"{path}: no funding file of {symbol} overlaps the klines ({where_s.strip() or 'no span'}): "
+            f"{', '.join(seen)} in {files[0].parent}"
+        )
+    t = np.concatenate([p[0] for p in parts])
+    r = np.concatenate([p[1] for p in parts])
+    order = np.argsort(t, kind="stable")
+    t, r = t[order], r[order]
+    keep = np.concatenate([[True], np.diff(t) > 0]) if t.size else np.zeros(0, dtype=bool)
+    return t[keep], r[keep]
 
 
 @dataclass
@@ -244,7 +281,8 @@ def load_market(paths: list[str], theta: HarvestTheta) -> ReplayMarket:
         for p in paths:
             path = Path(p)
             k = read_klines(path)
-            data.append((k, funding_for(path, k.symbol), str(path)))
+            span = (float(k.open_time[0]), float(k.open_time[-1] + k.interval_s))
+            data.append((k, funding_for(path, k.symbol, span), str(path)))
     return build_market(data, theta)
 
 

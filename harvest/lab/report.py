@@ -23,13 +23,29 @@ def _f(x: float, spec: str = ".3f") -> str:
     return "—" if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))) else format(x, spec)
 
 
+def no_funding_line(doc: dict[str, Any]) -> str | None:
+    """The warning printed under the table when some symbols had no funding file (charged
+    zero funding), or None when every symbol had one (or the document says nothing of it)."""
+    missing = (doc.get("run") or {}).get("no_funding") or []
+    if not missing:
+        return None
+    return (
+        f"no funding data for {', '.join(missing)}: charged 0 funding "
+        "(a lab file finds ../funding/<SYMBOL>-funding-*.csv beside it)"
+    )
+
+
 def table(doc: dict[str, Any]) -> str:
     """The comparison as fixed-width text: one row per policy, the paired difference against
-    the first policy (the base) with its interval."""
+    the first policy (the base) with its interval, ``policy − base`` per entry (a positive Δ:
+    the policy made more R than the base). Under it: each policy's exits, the funding paid and
+    received apart (USDT), the symbols without funding data (when ``doc["run"]`` names some)
+    and the base policy under the other fill model (when ``doc["other_fill"]`` is there; every
+    policy as a second table when it holds them all)."""
     base = doc["base"]
     head = (
         f"{'policy':<11}{'trades':>7}{'net USDT':>11}{'mean R [95% CI]':>26}{'win':>6}{'PF':>6}"
-        f"{'maxDD':>9}{'Sharpe':>8}{'MAE R':>7}{'MFE R':>7}  Δ mean R vs {base} [95% CI]"
+        f"{'maxDD':>9}{'Sharpe':>8}{'MAE R':>7}{'MFE R':>7}  Δ mean R = policy − {base} [95% CI]"
     )
     lines = [head, "-" * len(head)]
     for name, s in doc["policies"].items():
@@ -50,6 +66,33 @@ def table(doc: dict[str, Any]) -> str:
     for name, s in doc["policies"].items():
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(s["exit_reasons"].items()))
         lines.append(f"{name:<11} exits: {reasons}")
+    if all("funding_paid_usdt" in s for s in doc["policies"].values()):
+        lines.append(
+            "funding USDT paid / received: "
+            + ", ".join(
+                f"{name} {s['funding_paid_usdt']:.2f} / {s['funding_received_usdt']:.2f}"
+                for name, s in doc["policies"].items()
+            )
+        )
+    warn = no_funding_line(doc)
+    if warn:
+        lines.append(warn)
+    other = doc.get("other_fill")
+    if other:
+        this = (doc.get("run") or {}).get("fill_model", {}).get("name", "this")
+        ob = other["base"]
+        s = other["policies"][ob]
+        d = other["base_this_minus_other"]
+        lines.append(
+            f"fill model {this}; under {other['fill_model']}, {ob}: mean R {_f(s['mean_r'])} "
+            f"[{_f(s['mean_r_ci95'][0])}, {_f(s['mean_r_ci95'][1])}], net {s['net_usdt']:.1f} USDT "
+            f"(Δ mean R = {this} − {other['fill_model']}: {_f(d['mean_r_diff'], '+.3f')} "
+            f"[{_f(d['ci95'][0], '+.3f')}, {_f(d['ci95'][1], '+.3f')}])"
+        )
+        if len(other["policies"]) > 1:
+            lines.append("")
+            lines.append(f"every policy under the {other['fill_model']} fill model:")
+            lines.append(table({"base": ob, "policies": other["policies"], "paired": other["paired"]}))
     return "\n".join(lines)
 
 
@@ -128,9 +171,11 @@ def write_html(path: str | Path, doc: dict[str, Any], runs: dict[str, Trades], m
 
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>harvest replay</title>"
-        "<style>body{font-family:sans-serif;margin:2em} pre{background:#f6f6f6;padding:1em;overflow:auto}</style>"
+        "<style>body{font-family:sans-serif;margin:2em} .warn{color:#a40} "
+        "pre{background:#f6f6f6;padding:1em;overflow:auto}</style>"
         "</head><body><h1>harvest replay</h1>"
-        f"<pre>{html.escape(table(doc))}</pre>"
+        + (f"<p class='warn'><b>{html.escape(warn)}</b></p>" if (warn := no_funding_line(doc)) else "")
+        + f"<pre>{html.escape(table(doc))}</pre>"
         f"<details><summary>run</summary><pre>{html.escape(json.dumps(doc['run'], indent=2))}</pre></details>"
         f"<details><summary>fill model and policies</summary><pre>{html.escape(fill_doc or '')}</pre></details>"
         + "".join(parts)

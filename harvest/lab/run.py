@@ -58,11 +58,23 @@ def run_replay(
     end: float | None = None,
     record: int = 6,
     progress: bool = False,
+    both_fills: bool = False,
+    t0: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, Trades], ReplayMarket]:
     """Run ``policies`` (the first is the base of the paired differences) over the same
     entries. Returns ``(report document, trades per policy, market)``. Raises KlineFileError,
-    EntriesError or ValueError on bad input (nothing is run then)."""
-    t0 = time.perf_counter()
+    EntriesError or ValueError on bad input (nothing is run then).
+
+    The other fill model (``trigger`` when ``fill`` slips, else ``slippage``;
+    :class:`harvest.lab.engine.FillModel`) is reported too, under ``doc["other_fill"]``: the
+    base policy's summary and its paired difference ``this model − the other`` on the same
+    entries, or, with ``both_fills``, every policy's summary and paired differences.
+
+    ``doc["run"]["seconds"]``: wall seconds from ``t0`` (``time.perf_counter()``; default: this
+    call's start) to the end of the statistics, loading, replays under both models and
+    statistics included (``seconds_loading``, ``seconds_statistics`` apart); the CLI adds the
+    report's writing."""
+    t0 = time.perf_counter() if t0 is None else t0
     m, entries = load_inputs(data, theta, entries_csv, rule, every_s, n_random, seed, margin, leverage, start, end)
     loaded = time.perf_counter() - t0
     runs: dict[str, Trades] = {}
@@ -73,35 +85,50 @@ def run_replay(
         it = tqdm(policies, desc="replay", unit="policy", leave=False)
     for p in it:
         runs[p] = simulate(m, entries, p, theta, fill, record=record)
-    lev = np.array([x.leverage for x in entries])
     base = policies[0]
-    evaluations = sum(t.evaluations for t in runs.values())
-    seconds = time.perf_counter() - t0
+    other = fill.with_model("trigger" if fill.name == "slippage" else "slippage")
+    other_runs = {p: simulate(m, entries, p, theta, other) for p in (policies if both_fills else [base])}
+    lev = np.array([x.leverage for x in entries])
+    evaluations = sum(t.evaluations for t in (*runs.values(), *other_runs.values()))
+    t_stats = time.perf_counter()
     doc: dict[str, Any] = {
         "base": base,
         "policies": {p: summarize(t, lev) for p, t in runs.items()},
         "paired": {p: paired(t, runs[base]) for p, t in runs.items() if p != base},
-        "run": {
-            "data": {s: m.sources[s] for s in m.symbols},
-            "bars": {s: m.count[s] for s in m.symbols},
-            "interval_s": dict(zip(m.symbols, m.interval_s, strict=True)),
-            "span": [float(m.open_time.min()), float(m.open_time.max())],
-            "funding": m.has_funding,
-            "entries": entries_csv
-            or {
-                "rule": rule,
-                "every_s": every_s,
-                "n": len(entries),
-                "seed": seed,
-                "margin_usdt": margin,
-                "leverage": leverage,
-            },
-            "n_entries": len(entries),
-            "fill_model": asdict(fill),
-            "theta": theta.model_dump(),
-            "kernel_evaluations": evaluations,
-            "seconds": seconds,
-            "seconds_loading": loaded,
+        "other_fill": {
+            "fill_model": other.name,
+            "stop_slippage": other.stop_slippage,
+            "base": base,
+            "policies": {p: summarize(t, lev) for p, t in other_runs.items()},
+            "paired": {p: paired(t, other_runs[base]) for p, t in other_runs.items() if p != base},
+            # per entry: R under this run's fill model − R under the other, the base policy
+            "base_this_minus_other": paired(runs[base], other_runs[base]),
         },
+    }
+    seconds = time.perf_counter() - t0
+    doc["run"] = {
+        "data": {s: m.sources[s] for s in m.symbols},
+        "bars": {s: m.count[s] for s in m.symbols},
+        "interval_s": dict(zip(m.symbols, m.interval_s, strict=True)),
+        "span": [float(m.open_time.min()), float(m.open_time.max())],
+        "funding": m.has_funding,
+        # the symbols charged no funding for want of a funding file (said under the table)
+        "no_funding": [s for s in m.symbols if not m.has_funding.get(s)],
+        "entries": entries_csv
+        or {
+            "rule": rule,
+            "every_s": every_s,
+            "n": len(entries),
+            "seed": seed,
+            "margin_usdt": margin,
+            "leverage": leverage,
+        },
+        "n_entries": len(entries),
+        "fill_model": {"name": fill.name, **asdict(fill)},
+        "theta": theta.model_dump(),
+        "kernel_evaluations": evaluations,
+        "seconds": seconds,
+        "seconds_loading": loaded,
+        "seconds_statistics": seconds - (t_stats - t0),
     }
     return doc, runs, m

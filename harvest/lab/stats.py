@@ -10,6 +10,9 @@
   capital at risk, Σ margin of the trades = notional / leverage): Sharpe (mean/sd × √365),
   Sortino (mean / downside sd × √365), Calmar (annualized return / max drawdown fraction).
 * **MAE/MFE**: mean worst and best excursion per unit, in R.
+* **Funding** (USDT): ``funding_usdt`` is the net paid (a receipt counts negative: with the
+  grid's LONG and SHORT legs it nets toward zero); ``funding_paid_usdt`` and
+  ``funding_received_usdt`` are the payments and the receipts apart (each ≥ 0).
 * **Paired difference** of two policies on the same entries: per entry, R(policy) − R(base);
   mean with the same block bootstrap.
 """
@@ -99,6 +102,8 @@ def summarize(t: Trades, leverage: np.ndarray | None = None) -> dict[str, Any]:
         "mfe_r": float(t.mfe_r.mean()),
         "fees_usdt": float(t.fees.sum()),
         "funding_usdt": float(t.funding.sum()),
+        "funding_paid_usdt": float(t.funding_paid.sum()),
+        "funding_received_usdt": float(t.funding_received.sum()),
         "exit_reasons": dict(Counter(t.exit_reason.tolist())),
         "by_symbol": {
             sym: {

@@ -597,8 +597,11 @@ def _replay_tune(a: argparse.Namespace, policies: list[str], theta, fill) -> int
 
 
 def _cmd_replay(a: argparse.Namespace) -> int:
+    import time
+
+    t0 = time.perf_counter()  # "in X s": the whole run, statistics and the report included
     from harvest.data import KlineFileError
-    from harvest.lab.engine import POLICIES, FillModel
+    from harvest.lab.engine import POLICIES, STOP_SLIPPAGE, FillModel
     from harvest.lab.entries import EntriesError
     from harvest.lab.market import FundingFileError
     from harvest.lab.report import table, write_html
@@ -611,7 +614,19 @@ def _cmd_replay(a: argparse.Namespace) -> int:
         print(f"harvest replay: unknown policy {unknown}: choose from {', '.join(POLICIES)}", file=sys.stderr)
         return 2
     theta = load_settings().theta
-    fill = FillModel(a.scan_delay, a.trailing_positive, a.trailing_offset, a.time_stop_hours * 3600)
+    try:
+        fill = FillModel(
+            a.scan_delay,
+            a.trailing_positive,
+            a.trailing_offset,
+            a.time_stop_hours * 3600,
+            stop_slippage=(STOP_SLIPPAGE if a.slippage is None else a.slippage) if a.fill_model == "slippage" else 0.0,
+            trail_r=a.trail_r,
+            trail_offset_r=a.trail_offset_r,
+        )
+    except ValueError as e:
+        print(f"harvest replay: {e}", file=sys.stderr)
+        return 2
 
     if a.tune:
         return _replay_tune(a, policies, theta, fill)
@@ -624,12 +639,15 @@ def _cmd_replay(a: argparse.Namespace) -> int:
             a.entries,
             *_entry_args(a),
             progress=not a.json and sys.stderr.isatty(),
+            both_fills=a.both_fills,
+            t0=t0,
         )
     except (KlineFileError, FundingFileError, EntriesError, ValueError, FileNotFoundError) as e:
         print(f"harvest replay: {e}", file=sys.stderr)
         return 2
     if a.html:
         write_html(a.html, doc, runs, m)
+    doc["run"]["seconds"] = time.perf_counter() - t0  # with the report written
     if a.json:
         print(json.dumps(_json_safe(doc), indent=2))
     else:
@@ -973,8 +991,10 @@ def main(argv: list[str] | None = None) -> int:
         help="replay exit policies over real klines with the live kernel and compare them (the policy lab)",
         description="Replays positions over real klines with harvest's batch kernel and baselines, on the same "
         "entries, and compares them. Fill model: decisions act at the open of the next bar after the scan delay; "
-        "a stop fills at its price or at the open of a bar that gapped through it; a take-profit at its price or "
-        "the open beyond it; the stop first when one bar reaches both; closes rounded to stepSize with dust "
+        "a triggered stop or take-profit fills at its price, or at the open of a bar that gapped beyond it, moved "
+        "against the position by --slippage x the bar's range, never outside the bar (--fill-model slippage, the "
+        "emulator's model; --fill-model trigger: no slippage), and the base policy is also reported under the "
+        "other model; the stop first when one bar reaches both; closes rounded to stepSize with dust "
         "folded as the guard does; taker fee on every fill; funding at each funding time; liquidation when a bar "
         "reaches the liquidation price with no stop before it; what is open at the end closes at the last close.",
     )
@@ -1003,6 +1023,34 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--scan-delay", type=float, default=0.0, help="s from a bar's close to the order (default 0)")
     rp.add_argument("--trailing-positive", type=float, default=0.01, help="trailing stop distance, fraction (0.01)")
     rp.add_argument("--trailing-offset", type=float, default=0.02, help="profit that arms it, fraction (0.02)")
+    rp.add_argument(
+        "--trail-r",
+        type=float,
+        help="the trailing baseline in R instead: its distance behind the best price, in R "
+        "(replaces --trailing-positive/--trailing-offset)",
+    )
+    rp.add_argument(
+        "--trail-offset-r", type=float, default=1.0, help="with --trail-r: the profit in R that arms it (1.0)"
+    )
+    rp.add_argument(
+        "--fill-model",
+        choices=["slippage", "trigger"],
+        default="slippage",
+        help="how triggered stops and take-profits fill: slippage (default, the emulator's Binance-like model: "
+        "the trigger or the gapped open moved against the position by --slippage x the bar's range) or trigger "
+        "(at the trigger or the gapped open)",
+    )
+    rp.add_argument(
+        "--slippage",
+        type=float,
+        help="with --fill-model slippage: the fraction (0..1) of the bar's range a stop fills against the "
+        "position (default 0.1)",
+    )
+    rp.add_argument(
+        "--both-fills",
+        action="store_true",
+        help="report every policy under the other fill model too (a second table; default: the base policy only)",
+    )
     rp.add_argument("--time-stop-hours", type=float, default=24.0, help="the time baseline's hold (24)")
     rp.add_argument(
         "--tune",

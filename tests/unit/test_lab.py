@@ -131,9 +131,10 @@ def _one(path, policy="hold", stop=99.0, side=Side.LONG, lev=10.0, fill=NO_DELAY
 
 
 def test_a_stop_fills_at_its_price_or_at_a_gapped_open():
-    t, _ = _one([(100, 100.5, 99.5, 100), (100, 100.2, 98.5, 98.8)])
+    trigger = FillModel(stop_slippage=0.0)  # the trigger model: no slippage
+    t, _ = _one([(100, 100.5, 99.5, 100), (100, 100.2, 98.5, 98.8)], fill=trigger)
     assert t.exit_reason[0] == "stop" and t.events[0][-1][2] == 99.0
-    t, _ = _one([(100, 100.5, 99.5, 100), (98.0, 98.2, 97.5, 98.0)])  # opened through the stop
+    t, _ = _one([(100, 100.5, 99.5, 100), (98.0, 98.2, 97.5, 98.0)], fill=trigger)  # opened through the stop
     assert t.exit_reason[0] == "stop" and t.events[0][-1][2] == 98.0
     fee = TH.taker_fee_rate
     assert t.net[0] == pytest.approx(10 * ((98.0 - 100) - fee * 100 - fee * 98.0))
