@@ -66,7 +66,26 @@ def test_the_table_and_an_archive_zip(tmp_path):
         f.writestr("ETHUSDT-1m-2025-06.csv", body)
     p = harvest("--data", str(z), "--policies", "default,bracket", *SPARSE)
     assert p.returncode == 0, p.stderr
-    assert "ETHUSDT" in p.stdout and "mean R [95% CI]" in p.stdout and "Δ mean R vs default" in p.stdout
+    assert "ETHUSDT" in p.stdout and "mean R [95% CI]" in p.stdout and "Δ mean R = policy − default" in p.stdout
+    # a file with no funding beside it is charged none, and the table says so
+    assert "no funding data for ETHUSDT" in p.stdout
+    assert "fill model slippage; under trigger, default: mean R" in p.stdout
+    assert "funding USDT paid / received: default 0.00 / 0.00" in p.stdout
+
+
+def test_the_fill_models_and_the_trailing_stop_in_r():
+    p = harvest("--policies", "default,trailing", *SPARSE, "--fill-model", "trigger", "--both-fills", "--trail-r", "1")
+    assert p.returncode == 0, p.stderr
+    assert "fill model trigger; under slippage, default" in p.stdout
+    assert "every policy under the slippage fill model:" in p.stdout
+    p = harvest("--policies", "default,trailing", *SPARSE, "--trail-r", "1", "--json")
+    doc = json.loads(p.stdout)
+    assert doc["run"]["fill_model"]["name"] == "slippage" and doc["run"]["fill_model"]["trail_r"] == 1.0
+    assert doc["other_fill"]["fill_model"] == "trigger"
+    for s in doc["policies"].values():
+        assert s["funding_paid_usdt"] >= 0 and s["funding_received_usdt"] >= 0
+    p = harvest("--trail-r", "-1")
+    assert p.returncode == 2 and "trail_r" in p.stderr
 
 
 def test_bad_input_is_refused_naming_the_file_and_line(tmp_path):
