@@ -1001,8 +1001,9 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument(
         "--data",
         nargs="*",
-        help="kline files (.csv, .csv.gz, the archive's .zip; any interval); "
-        "default: the shipped data. Funding is read from a ../funding/ folder beside lab files",
+        help="kline files (.csv, .csv.gz, or the archive's .zip holding one .csv; any interval), read in "
+        "bounded memory; refused: more than 8 M rows, 2 GiB of CSV, or 200 times the compressed size. "
+        "Default: the shipped data. Funding is read from a ../funding/ folder beside lab files",
     )
     rp.add_argument(
         "--policies",
