@@ -67,8 +67,7 @@ from harvest.domain.plans import PLAN_ID_RE
 from harvest.domain.trading import STATES, effective
 from harvest.ops.scorecard import queue_depths
 from harvest.services.runtime import Runtime
-from harvest.store.market import market_state_from_json
-from harvest.store.records import Unreadable, UnreadableRecord
+from harvest.store.records import Unreadable, UnreadableRecord, numeric_fields
 from harvest.store.trading import set_state
 from harvest.store.views import PositionsSeen, PositionsView
 
@@ -254,16 +253,11 @@ def _position_rows(rt: Runtime, account: str, seen: PositionsSeen, unreadable: l
     except (ValueError, TypeError) as e:
         unreadable.append(Unreadable.of(f"{rt.plans.k.book_prefix}{account}:*", e))
         entries = [None] * len(syms)
-    raw_markets = rt.r.mget([rt.plans.k.market(sym) for sym in syms]) if syms else []
+    markets = rt.market.get_readable(syms, unreadable)
     out = []
-    for vp, entry, raw in zip(seen.rows, entries, raw_markets, strict=True):
+    for vp, entry, market in zip(seen.rows, entries, markets, strict=True):
         r_net = kill = None
         comps: list[float | None] = [None] * 4
-        try:
-            market = market_state_from_json(raw) if raw else None
-        except ValueError as e:
-            unreadable.append(Unreadable.of(rt.plans.k.market(vp.symbol), e))
-            market = None
         if entry is not None and market is not None:
             try:
                 prop = compute_harvest_proposal(
@@ -288,17 +282,6 @@ def _position_rows(rt: Runtime, account: str, seen: PositionsSeen, unreadable: l
                 "tier": (entry or {}).get("harvested_tier", 0),
             }
         )
-    return out
-
-
-def _floats(h: dict[str, str], key: str, unreadable: list[Unreadable]) -> dict[str, float]:
-    """The fields of hash ``h`` (at ``key``) that are numbers; the others listed as unreadable."""
-    out = {}
-    for f, v in h.items():
-        try:
-            out[f] = float(v)
-        except ValueError as e:
-            unreadable.append(Unreadable.of(f"{key}#{f}", e))
     return out
 
 
@@ -404,7 +387,9 @@ def make_app(rt: Runtime, password: str | None, hosts: tuple[str, ...] = ()) -> 
             queues = {"?": -1}
         beats = {
             k: f"{max(0.0, time.time() - v):.1f}"
-            for k, v in sorted(_floats(rt.r.hgetall(rt.plans.k.heartbeat), rt.plans.k.heartbeat, unreadable).items())
+            for k, v in sorted(
+                numeric_fields(rt.r.hgetall(rt.plans.k.heartbeat), rt.plans.k.heartbeat, unreadable).items()
+            )
         }
         pnl_chart, states_chart = _over_time(rt, unreadable)
         session = request.cookies.get(SESSION_COOKIE, "")

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from prometheus_client.exposition import ThreadingWSGIServer
 
@@ -63,8 +63,7 @@ from harvest.store.counters import (  # noqa: F401  (re-exported: the exporter's
     scan_duration,
     scan_to_fill,
 )
-from harvest.store.market import market_state_from_json
-from harvest.store.records import Unreadable
+from harvest.store.records import Unreadable, numeric_fields
 
 log = logging.getLogger("harvest.metrics")
 
@@ -113,16 +112,11 @@ class HarvestCollector:
         plans, orders, sends, counters, beats, switch = p.execute()
         # a field a view cannot read (not a number) is left out and listed, never a failed scrape
         bad: list[Unreadable] = []
-        plans, orders, sends, beats = (
-            _numeric(h, key, bad, float)
-            for h, key in (
-                (plans, k.metrics_plans),
-                (orders, k.metrics_orders),
-                (sends, k.metrics_sends),
-                (beats, k.heartbeat),
-            )
-        )
-        counters = _numeric(counters, k.counters, bad, lambda v: int(float(v)))
+        plans = numeric_fields(plans, k.metrics_plans, bad)
+        orders = numeric_fields(orders, k.metrics_orders, bad)
+        sends = numeric_fields(sends, k.metrics_sends, bad)
+        beats = numeric_fields(beats, k.heartbeat, bad)
+        counters = numeric_fields(counters, k.counters, bad, lambda v: int(float(v)))
         accounts = rt.accounts
         stuck = account_decisions(rt.r, k, accounts)
 
@@ -211,12 +205,8 @@ class HarvestCollector:
             "state was computed (stale past market_stale_s: no kill decision from it)",
             labels=["symbol"],
         )
-        for sym, raw in zip(rt.settings.symbols, rt.r.mget([k.market(x) for x in rt.settings.symbols]), strict=True):
-            try:
-                st = market_state_from_json(raw) if raw else None
-            except ValueError as e:
-                bad.append(Unreadable.of(k.market(sym), e))
-                continue
+        syms = list(rt.settings.symbols)
+        for sym, st in zip(syms, rt.market.get_readable(syms, bad), strict=True):
             if st is not None and st.computed_at is not None:
                 g.add_metric([sym], max(0.0, time.time() - st.computed_at))
         yield g
@@ -338,18 +328,6 @@ class HarvestCollector:
         yield GaugeMetricFamily(
             "harvest_exchange_weight_limit", "Request weight the fleet may use per minute", value=float(budget.limit)
         )
-
-
-def _numeric(h: dict[str, str], key: str, bad: list[Unreadable], conv: Callable[[str], Any]) -> dict[str, Any]:
-    """The fields of hash ``h`` (at ``key``) whose values ``conv`` reads, converted; the others
-    appended to ``bad`` as ``<key>#<field>``."""
-    out = {}
-    for f, v in h.items():
-        try:
-            out[f] = conv(v)
-        except (TypeError, ValueError, OverflowError) as e:
-            bad.append(Unreadable.of(f"{key}#{f}", e))
-    return out
 
 
 def _by_account(h: dict[str, str], parts: int) -> list[tuple[tuple[str, ...], float]]:

@@ -16,8 +16,7 @@ from harvest.domain.trading import effective
 from harvest.ops.term import term_safe
 from harvest.services.runtime import Runtime
 from harvest.store.counters import account_counter, account_decisions
-from harvest.store.market import market_state_from_json
-from harvest.store.records import Unreadable
+from harvest.store.records import Unreadable, numeric_fields
 from harvest.venues.base import VenueError
 from harvest.venues.sim.paper import PaperVenue
 
@@ -206,20 +205,14 @@ def build_scorecard(rt: Runtime) -> dict:
         },
         "queue_depth": _or_none(queue_depths, rt),
         "queue_lag_s": queue_lag(rt),
-        "heartbeat_age_s": {k: round(now - v, 3) for k, v in sorted(_heartbeats(rt, unreadable).items())},
+        "heartbeat_age_s": {
+            k: round(now - v, 3)
+            for k, v in sorted(
+                numeric_fields(rt.r.hgetall(rt.plans.k.heartbeat), rt.plans.k.heartbeat, unreadable).items()
+            )
+        },
         "unreadable_records": [{"key": u.key, "error": u.error} for u in unreadable],
     }
-
-
-def _heartbeats(rt: Runtime, unreadable: list[Unreadable]) -> dict[str, float]:
-    """The heartbeats (Unix s) that parse; the others listed in ``unreadable``."""
-    out = {}
-    for k, v in rt.r.hgetall(rt.plans.k.heartbeat).items():
-        try:
-            out[k] = float(v)
-        except ValueError as e:
-            unreadable.append(Unreadable.of(f"{rt.plans.k.heartbeat}#{k}", e))
-    return out
 
 
 def _market_ages(rt: Runtime, unreadable: list[Unreadable]) -> dict[str, float | None]:
@@ -227,16 +220,11 @@ def _market_ages(rt: Runtime, unreadable: list[Unreadable]) -> dict[str, float |
     none cached, unreadable — listed in ``unreadable`` —, or computed before states carried
     their time)."""
     now = time.time()
-    out: dict[str, float | None] = {}
     syms = list(rt.settings.symbols)
-    for s, raw in zip(syms, rt.r.mget([rt.plans.k.market(x) for x in syms]), strict=True):
-        try:
-            m = market_state_from_json(raw) if raw else None
-        except ValueError as e:
-            unreadable.append(Unreadable.of(rt.plans.k.market(s), e))
-            m = None
-        out[s] = round(now - m.computed_at, 1) if m is not None and m.computed_at is not None else None
-    return out
+    return {
+        s: (round(now - m.computed_at, 1) if m is not None and m.computed_at is not None else None)
+        for s, m in zip(syms, rt.market.get_readable(syms, unreadable), strict=True)
+    }
 
 
 def _or_none(fn, rt: Runtime):

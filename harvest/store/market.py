@@ -8,6 +8,7 @@ import redis
 
 from harvest.domain.models import MarketState
 from harvest.store.keys import Keys
+from harvest.store.records import Unreadable
 
 
 @lru_cache(maxsize=65_536)
@@ -36,3 +37,16 @@ class MarketCache:
             return []
         raw = self.r.mget([self.k.market(s) for s in symbols])
         return [market_state_from_json(x) if x else None for x in raw]
+
+    def get_readable(self, symbols: list[str], unreadable: list[Unreadable]) -> list[MarketState | None]:
+        """:meth:`get_many` for a view: a state that does not parse reads None and is appended to
+        ``unreadable`` (its key), never raised."""
+        raw = self.r.mget([self.k.market(s) for s in symbols]) if symbols else []
+        out: list[MarketState | None] = []
+        for sym, x in zip(symbols, raw, strict=True):
+            try:
+                out.append(market_state_from_json(x) if x else None)
+            except ValueError as e:
+                unreadable.append(Unreadable.of(self.k.market(sym), e))
+                out.append(None)
+        return out

@@ -4,7 +4,9 @@ crashes on one, and nothing is executed from it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -30,3 +32,17 @@ class UnreadableRecord(ValueError):
     def __init__(self, record: Unreadable):
         super().__init__(f"unreadable record {record.key}: {record.error}")
         self.record = record
+
+
+def numeric_fields(
+    h: dict[str, str], key: str, unreadable: list[Unreadable], conv: Callable[[str], Any] = float
+) -> dict[str, Any]:
+    """The fields of hash ``h`` (stored at ``key``) whose values ``conv`` reads, converted; each
+    other field appended to ``unreadable`` as ``<key>#<field>``."""
+    out = {}
+    for f, v in h.items():
+        try:
+            out[f] = conv(v)
+        except (TypeError, ValueError, OverflowError) as e:
+            unreadable.append(Unreadable.of(f"{key}#{f}", e))
+    return out
