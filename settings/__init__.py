@@ -30,6 +30,7 @@ from settings.accounts import (
     merged_theta,
     read_credential,
 )
+from settings.egress import Egress, egress_for, parse_egress
 from settings.sentinel import is_sentinel_url, parse_sentinel_url
 
 ENV_PREFIX = "HARVEST_"
@@ -154,6 +155,12 @@ class HarvestSettings(BaseSettings):
         description="request weight per minute the whole fleet may use (Binance allows "
         "2400; keep headroom for other tools on the same IP)",
     )
+    egress: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="ways out to the exchange, one request-weight budget each (comma-separated): "
+        "'default' (the host's route), local source addresses (127.0.0.2) or http(s)://host:port proxies, "
+        "each optionally 'name=…'; accounts are spread over them by a stable hash (settings/egress.py)",
+    )
     max_send_attempts: int = Field(5, ge=1, le=20, description="sends of one plan's order known not executed, at most")
     retry_backoff_s: float = Field(0.5, gt=0, le=60, description="first retry delay of a not-executed send; doubles")
     retry_backoff_max_s: float = Field(20.0, gt=0, le=600, description="cap of the retry delay")
@@ -267,6 +274,29 @@ class HarvestSettings(BaseSettings):
         if isinstance(v, str):
             v = [s for s in re.split(r"[,\s]+", v) if s]
         return v
+
+    @field_validator("egress", mode="before")
+    @classmethod
+    def _split_egress(cls, v):
+        if isinstance(v, str):
+            v = [s for s in re.split(r"[,\s]+", v) if s]
+        return v
+
+    @field_validator("egress")
+    @classmethod
+    def _egress_valid(cls, v: list[str]) -> list[str]:
+        parse_egress(v)
+        return v
+
+    @property
+    def egresses(self) -> list[Egress]:
+        """The deployment's egresses (:func:`settings.egress.parse_egress`; ``default`` alone when unset)."""
+        return parse_egress(self.egress)
+
+    @property
+    def account_egress(self) -> Egress:
+        """The egress this account's requests leave by (:func:`settings.egress.egress_for`)."""
+        return egress_for(self.account, self.egresses)
 
     @field_validator("symbols")
     @classmethod
@@ -557,6 +587,8 @@ def _explain(err: ValidationError) -> str:
         shown = "<hidden>" if str(e["loc"][0]) in SECRET_FIELDS else repr(given)
         if str(e["loc"][0]) in ("redis_url", "broker_url") and isinstance(given, str):
             shown = repr(mask_url(given))
+        if str(e["loc"][0]) == "egress":  # a proxy URL may carry credentials
+            shown = re.sub(r"//[^/@',]*@", "//***@", shown)
         lines.append(f"invalid setting {ENV_PREFIX}{loc.upper()}={shown}: {msg}")
     return "\n".join(lines)
 
