@@ -36,6 +36,7 @@ SOURCES: dict[str, str] = {
     "cancel_order": f"{_DOCS}/trade/rest-api/Cancel-Order",
     "open_orders": f"{_DOCS}/trade/rest-api/Current-All-Open-Orders",
     "all_orders": f"{_DOCS}/trade/rest-api/All-Orders",
+    "all_algo_orders": f"{_DOCS}/trade/rest-api/Query-All-Algo-Orders",
     "new_algo_order": f"{_DOCS}/trade/rest-api/New-Algo-Order",
     "query_algo_order": f"{_DOCS}/trade/rest-api/Query-Algo-Order",
     "cancel_algo_order": f"{_DOCS}/trade/rest-api/Cancel-Algo-Order",
@@ -103,6 +104,7 @@ _ENDPOINTS = (
     Endpoint("GET", "/fapi/v1/openOrders", 1, "open_orders", weight_no_symbol=40),
     Endpoint("GET", "/fapi/v1/openAlgoOrders", 1, "open_algo_orders", weight_no_symbol=40),
     Endpoint("GET", "/fapi/v1/allOrders", 5, "all_orders"),
+    Endpoint("GET", "/fapi/v1/allAlgoOrders", 5, "all_algo_orders"),
     Endpoint("GET", "/fapi/v1/userTrades", 5, "user_trades"),
     Endpoint("GET", "/fapi/v1/income", 30, "income"),
     Endpoint("GET", "/fapi/v2/positionRisk", 5, "position_v2"),
@@ -240,6 +242,11 @@ ERRORS: dict[str, ErrorFact] = {
     "BAD_SYMBOL": ErrorFact(400, -1121, "Invalid symbol."),
     "INVALID_LISTEN_KEY": ErrorFact(400, -1125, "This listenKey does not exist."),
     "INVALID_PARAMETER": ErrorFact(400, -1130, "Data sent for parameter '%s' is not valid."),
+    # The history endpoints' rules (HISTORY_WINDOW_MS, fromId with a time) are stated on their pages
+    # without the answer to a request that breaks them: these are the Error Codes page's codes for it.
+    "START_TIME_GREATER_THAN_END_TIME": ErrorFact(400, -1023, "Start time is greater than end time."),
+    "INVALID_TIME_INTERVAL": ErrorFact(400, -1127, "More than %s hours between startTime and endTime."),
+    "OPTIONAL_PARAMS_BAD_COMBO": ErrorFact(400, -1128, "Combination of optional parameters invalid."),
     # -1131 is on the SPOT Error Codes page ("recvWindow must be less than 60000", HTTP 400, since
     # 2019-08-15); the futures page lists none for it, General Info says the max is 60000: the spot
     # answer is taken (a request refused, never executed, is the dangerous side for a client).
@@ -353,6 +360,24 @@ UNKNOWN_PATH_HTML = (
     "</div>\n</body>\n</html>\n"
 )
 UNKNOWN_PATH_TESTNET = ErrorFact(404, -5000, "Path %s, Method %s is invalid")
+
+
+# ---------------------------------------------------------------------------------- history
+
+#: The account's history endpoints (``userTrades``: Account Trade List; ``allOrders``: All Orders;
+#: ``allAlgoOrders``: Query All Algo Orders): one request spans at most 7 days between
+#: ``startTime`` and ``endTime`` ("cannot be longer than 7 days" / "must be less then 7 days"),
+#: and without either the last 7 days are answered. userTrades' ``fromId`` cannot be sent with
+#: ``startTime``/``endTime``; allOrders' ``orderId`` (allAlgoOrders' ``algoId``) answers the orders
+#: from that id on. ``limit``: default 500, at most 1000. userTrades reaches back 6 months.
+HISTORY_WINDOW_MS = 7 * 86_400_000
+HISTORY_DEFAULT_LIMIT = 500
+HISTORY_MAX_LIMIT = 1000
+USER_TRADES_REACH_MS = 183 * 86_400_000
+#: allOrders / allAlgoOrders do not answer an order CANCELED or EXPIRED without a fill created
+#: more than 3 days ago, nor any order created more than 90 days ago.
+ORDERS_UNFILLED_KEPT_MS = 3 * 86_400_000
+ORDERS_KEPT_MS = 90 * 86_400_000
 
 
 # ---------------------------------------------------------------------------------- klines

@@ -466,6 +466,7 @@ def test_every_endpoint_is_charged_binances_weight(emu):
         ("POST", "/fapi/v1/positionSide/dual"): {"dualSidePosition": "false"},
         ("GET", "/fapi/v1/userTrades"): {"symbol": "BTCUSDT"},
         ("GET", "/fapi/v1/allOrders"): {"symbol": "BTCUSDT"},
+        ("GET", "/fapi/v1/allAlgoOrders"): {"symbol": "BTCUSDT"},
     }
     order = sorted(facts.ENDPOINTS, key=lambda mp: (mp[1], ["POST", "GET", "PUT", "DELETE"].index(mp[0])))
     variants = []

@@ -21,12 +21,14 @@ POST /fapi/v1/order                        yes     MARKET (reduceOnly / position
                                                    conditional type answers -4120
 GET / DELETE /fapi/v1/order                yes     by origClientOrderId or orderId
 GET  /fapi/v1/openOrders                   yes     working orders
-GET  /fapi/v1/allOrders                    yes     every order of a symbol (the last 1000)
+GET  /fapi/v1/allOrders                    yes     a symbol's orders: orderId, 7-day windows
+GET  /fapi/v1/allAlgoOrders                yes     a symbol's conditional orders, likewise
 POST /fapi/v1/algoOrder                    yes     CONDITIONAL STOP_MARKET closePosition
 GET / DELETE /fapi/v1/algoOrder            yes     by clientAlgoId or algoId
 GET  /fapi/v1/openAlgoOrders               yes     working stops
 GET  /fapi/v1/leverageBracket              yes     maintenance-margin brackets (shipped table)
-GET  /fapi/v1/userTrades                   yes     fills: openings, closes, triggered stops
+GET  /fapi/v1/userTrades                   yes     fills: openings, closes, triggered stops;
+                                                   fromId, orderId, 7-day windows
 GET  /fapi/v1/income                       yes     funding settlements (FUNDING_FEE)
 POST / PUT / DELETE /fapi/v1/listenKey     key     the user data stream's key (streams below)
 =========================================  ======  ==========================================
@@ -868,10 +870,8 @@ class Emulator:
                 return self._income(p)
             if path == "/fapi/v1/leverageBracket":
                 return self._brackets(self._symbol(p, required=False))
-            if path == "/fapi/v1/allOrders":
-                sym = self._symbol(p)
-                rows = [o for o in v.orders() if o.symbol == sym and not o.algo]
-                return [_queried_json(o) for o in sorted(rows, key=lambda o: o.order_id)][-1000:]
+            if path in ("/fapi/v1/allOrders", "/fapi/v1/allAlgoOrders"):
+                return self._all_orders(self._symbol(p), p, algo=path.endswith("AlgoOrders"))
             if path == "/fapi/v1/openOrders":
                 return [_queried_json(o) for o in v.open_orders(self._symbol(p, required=False), algo=False)]
             if path == "/fapi/v1/openAlgoOrders":
@@ -1251,13 +1251,88 @@ class Emulator:
             return [dict(row, symbol=sym)]
         return list(by.values())
 
+    def _window(self, p: dict, by_id: str | None) -> tuple[int | None, int | None, bool]:
+        """``(start ms, end ms, oldest first)`` of a history request (userTrades, allOrders,
+        allAlgoOrders; :data:`binance_facts.HISTORY_WINDOW_MS`): ``startTime``/``endTime`` as
+        sent, at most 7 days apart (-1127), start not after end (-1023); one of them alone: the 7
+        days from (to) it (the pages do not say; the narrower reading); neither, and no ``by_id``
+        parameter (userTrades' fromId, allOrders' orderId, allAlgoOrders' algoId) sent: the last 7
+        days to market now; with ``by_id``: no time bound. A start sent, or ``by_id``: the first
+        ``limit`` rows from there, else the last ``limit`` (the most recent)."""
+        try:
+            start = int(p["startTime"]) if p.get("startTime") else None
+            end = int(p["endTime"]) if p.get("endTime") else None
+        except ValueError:
+            raise ApiError(400, -1100, "Illegal characters found in a parameter.") from None
+        week = facts.HISTORY_WINDOW_MS
+        if start is not None and end is not None:
+            if start > end:
+                raise _err("START_TIME_GREATER_THAN_END_TIME")
+            if end - start > week:
+                raise _err("INVALID_TIME_INTERVAL", week // 3_600_000)
+        elif start is not None:
+            end = start + week
+        elif end is not None:
+            start = end - week
+        elif not (by_id and p.get(by_id)):
+            end = self.server_ms()
+            start = end - week
+        return start, end, p.get("startTime") is not None or bool(by_id and p.get(by_id))
+
+    @staticmethod
+    def _limit(p: dict) -> int:
+        """``limit`` of a history request: default 500, at most 1000 (-1100 when not a number)."""
+        try:
+            return max(1, min(facts.HISTORY_MAX_LIMIT, int(p.get("limit", facts.HISTORY_DEFAULT_LIMIT))))
+        except ValueError:
+            raise ApiError(400, -1100, "Illegal characters found in a parameter.") from None
+
+    def _all_orders(self, sym: str, p: dict, algo: bool) -> list[dict[str, Any]]:
+        """``GET /fapi/v1/allOrders`` (``algo``: ``/fapi/v1/allAlgoOrders``): the orders of
+        ``sym`` by id, oldest first, ``orderId`` (``algoId``): from that id on, else in the
+        window of :meth:`_window` by creation time; ``limit`` (default 500, at most 1000). Not
+        answered, as on Binance: an order CANCELED or EXPIRED without a fill created more than 3
+        days ago, any order created more than 90 days ago (market time)."""
+        id_param = "algoId" if algo else "orderId"
+        limit = self._limit(p)
+        start, end, first = self._window(p, id_param)
+        try:
+            from_id = int(p[id_param]) if p.get(id_param) else None
+        except ValueError:
+            raise ApiError(400, -1100, "Illegal characters found in a parameter.") from None
+        now = self.server_ms()
+        rows = []
+        for o in sorted(
+            (o for o in self.venue.orders() if o.symbol == sym and o.algo == algo), key=lambda o: o.order_id
+        ):
+            made = int((o.create_time if o.create_time is not None else o.update_time) * 1000)
+            if made + facts.ORDERS_KEPT_MS < now:
+                continue
+            if (
+                o.status in ("CANCELED", "EXPIRED")
+                and o.executed_qty == 0
+                and made + facts.ORDERS_UNFILLED_KEPT_MS < now
+            ):
+                continue
+            if from_id is not None and o.order_id < from_id:
+                continue
+            if (start is not None and made < start) or (end is not None and made > end):
+                continue
+            rows.append(o)
+        rows = rows[:limit] if first else rows[-limit:]
+        return [_algo_json(o) if algo else _queried_json(o) for o in rows]
+
     def _trades(self, sym: str, p: dict) -> list[dict[str, Any]]:
         """``GET /fapi/v1/userTrades``: the account's fills of ``sym`` (openings, closes and
         triggered stops) from the paper engine's trade log, oldest first; ``orderId``,
-        ``fromId`` and ``limit`` (default 500, at most 1000: the most recent ones) as Binance
-        takes them. Times are market times (ms)."""
+        ``fromId``, ``startTime``/``endTime`` (the 7-day window of :meth:`_window`; ``fromId``
+        with either: -1128) and ``limit`` (default 500, at most 1000) as Binance takes them.
+        Times are market times (ms)."""
+        limit = self._limit(p)
+        if p.get("fromId") and (p.get("startTime") or p.get("endTime")):
+            raise _err("OPTIONAL_PARAMS_BAD_COMBO")
+        start, end, first = self._window(p, "fromId")
         try:
-            limit = max(1, min(1000, int(p.get("limit", 500))))
             order_id = int(p["orderId"]) if p.get("orderId") else None
             from_id = int(p["fromId"]) if p.get("fromId") else None
         except ValueError:
@@ -1268,8 +1343,10 @@ class Emulator:
             if t["symbol"] == sym
             and (order_id is None or t["orderId"] == order_id)
             and (from_id is None or t["id"] >= from_id)
+            and (start is None or t["time"] * 1000 >= start)
+            and (end is None or t["time"] * 1000 <= end)
         ]
-        rows = rows[:limit] if from_id is not None else rows[-limit:]
+        rows = rows[:limit] if first else rows[-limit:]
         return [
             {
                 "symbol": sym,
