@@ -256,22 +256,41 @@ def answers(sends: bool = False):
 
 
 class WeightBudget:
-    """The fleet's request-weight budget for the current minute, in Redis.
+    """One egress's request-weight budget for the current minute, in Redis (Binance's
+    ``REQUEST_WEIGHT`` limit is per IP: every account leaving by one egress shares it).
 
     ``limit``: the exchange's ``REQUEST_WEIGHT`` per minute (2400 on Binance) times the
-    fraction harvest may use. Keys: ``<ns>:venue:weight:<minute>`` (used weight, the larger of
-    what harvest reserved and what the exchange reported), ``<ns>:venue:backoff_until``
-    (Unix s; set by 429/418 answers, honoured by every worker).
+    fraction harvest may use; ``egress``: the egress's name (:mod:`settings.egress`;
+    ``default``: the host's route). Keys:
+
+    * ``<ns>:venue:weight:<egress>:<minute>`` — used weight, the larger of what harvest reserved
+      and what the exchange reported (``X-MBX-USED-WEIGHT-1M``), expires after 120 s;
+    * ``<ns>:venue:backoff_until:<egress>`` — Unix s, set by a 429/418 answer, honoured by every
+      worker sending by this egress (another egress is not held);
+    * ``<ns>:venue:weight_held`` — hash ``<egress>|<priority>`` → requests held back so far
+      (``/metrics`` ``harvest_weight_held_total``);
+    * ``<ns>:venue:spent:<minute>`` — hash ``<account>|<METHOD path>`` → weight reserved in that
+      minute (the scorecard's "weight per account per minute" by endpoint), kept an hour.
     """
 
     _RESERVE = """
     local till = tonumber(redis.call('GET', KEYS[2]) or '0')
     local now = tonumber(ARGV[3])
-    if till > now then return {0, tostring(till - now)} end
+    if till > now then
+      redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+      return {0, tostring(till - now)}
+    end
     local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-    if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return {0, tostring(60 - (now % 60))} end
+    if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then
+      redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+      return {0, tostring(60 - (now % 60))}
+    end
     redis.call('INCRBY', KEYS[1], ARGV[1])
     redis.call('EXPIRE', KEYS[1], 120)
+    if ARGV[5] ~= '' then
+      redis.call('HINCRBY', KEYS[4], ARGV[5], ARGV[1])
+      redis.call('EXPIRE', KEYS[4], 3660)
+    end
     return {1, '0'}
     """
     _OBSERVE = """
@@ -285,30 +304,41 @@ class WeightBudget:
     return 1
     """
 
-    def __init__(self, r: redis.Redis, ns: str, limit: int):
+    def __init__(self, r: redis.Redis, ns: str, limit: int, egress: str = "default"):
         self.r = r
         self.ns = ns
         self.limit = limit
+        self.egress = egress
         self._reserve = r.register_script(self._RESERVE)
         self._observe = r.register_script(self._OBSERVE)
         self._backoff = r.register_script(self._BACKOFF)
-        self.k_backoff = f"{ns}:venue:backoff_until"
+        self.k_backoff = f"{ns}:venue:backoff_until:{egress}"
+        self.k_held = f"{ns}:venue:weight_held"
 
     def key(self, now: float | None = None) -> str:
-        """Redis key of the minute containing ``now`` (Unix s; default: now)."""
-        return f"{self.ns}:venue:weight:{int((time.time() if now is None else now) // 60)}"
+        """Redis key of this egress's minute containing ``now`` (Unix s; default: now)."""
+        return f"{self.ns}:venue:weight:{self.egress}:{int((time.time() if now is None else now) // 60)}"
 
-    def reserve(self, weight: int, priority: str) -> None:
+    def spent_key(self, now: float | None = None) -> str:
+        """Redis key of the weight spent by account and endpoint in the minute of ``now``."""
+        return f"{self.ns}:venue:spent:{int((time.time() if now is None else now) // 60)}"
+
+    def reserve(self, weight: int, priority: str, spent: str = "") -> None:
         """Take ``weight`` from this minute's budget for a request of ``priority`` (close,
-        stop, read). Raises a retryable VenueError (code -1003, ``retry_after`` s) when the
-        budget or a fleet-wide back-off does not allow it; nothing is sent then."""
+        stop, read); ``spent``: ``<account>|<METHOD path>``, the field the weight is tallied
+        under (:meth:`spent_key`; empty: not tallied). Raises a retryable VenueError (code
+        -1003, ``retry_after`` s) when the budget or this egress's back-off does not allow it;
+        nothing is sent then, and the hold-back is counted (``<egress>|<priority>``)."""
         now = time.time()
         ceiling = int(self.limit * PRIORITY_SHARE[priority])
-        ok, wait = self._reserve(keys=[self.key(now), self.k_backoff], args=[weight, ceiling, repr(now)])
+        ok, wait = self._reserve(
+            keys=[self.key(now), self.k_backoff, self.k_held, self.spent_key(now)],
+            args=[weight, ceiling, repr(now), f"{self.egress}|{priority}", spent],
+        )
         if not int(ok):
             raise facts.venue_error(
                 -1003,
-                f"local request-weight budget: {priority} request held back",
+                f"local request-weight budget of egress {self.egress}: {priority} request held back",
                 429,
                 retryable=True,
                 retry_after=float(wait),
@@ -319,13 +349,51 @@ class WeightBudget:
         self._observe(keys=[self.key()], args=[int(used_weight)])
 
     def back_off(self, seconds: float) -> None:
-        """Hold every worker's requests for ``seconds`` (after a 429 / 418)."""
+        """Hold this egress's requests, every worker's, for ``seconds`` (after a 429 / 418)."""
         until = time.time() + max(0.0, seconds)
         self._backoff(keys=[self.k_backoff], args=[repr(until), max(1, int(seconds) + 1)])
 
     def used(self) -> int:
-        """Weight used so far in the current minute."""
+        """Weight used so far in the current minute by this egress."""
         return int(self.r.get(self.key()) or 0)
+
+
+def held_back(r: redis.Redis, ns: str) -> dict[tuple[str, str], int]:
+    """Requests the weight budgets held back so far: ``{(egress, priority): n}``."""
+    out: dict[tuple[str, str], int] = {}
+    for f, v in r.hgetall(f"{ns}:venue:weight_held").items():
+        egress, _, priority = f.rpartition("|")
+        if egress and v.isdigit():
+            out[(egress, priority)] = int(v)
+    return out
+
+
+def weight_spent(r: redis.Redis, ns: str, minutes: int = 10, now: float | None = None) -> dict[str, Any]:
+    """The weight the adapters spent over the last ``minutes`` *complete* minutes (the current
+    one left out), from the per-minute tallies of :meth:`WeightBudget.reserve`:
+    ``{"minutes", "accounts": n accounts seen, "by_endpoint": {"GET /fapi/…": weight per account
+    per minute}, "per_account_per_minute": the sum}``. Accounts that spent nothing in the window
+    are not counted (an idle fleet reads as 0)."""
+    minute = int((time.time() if now is None else now) // 60)
+    p = r.pipeline(transaction=False)
+    for m in range(minute - minutes, minute):
+        p.hgetall(f"{ns}:venue:spent:{m}")
+    total: dict[str, int] = {}
+    accounts: set[str] = set()
+    for h in p.execute():
+        for f, v in h.items():
+            account, _, endpoint = f.partition("|")
+            if endpoint and v.lstrip("-").isdigit():
+                accounts.add(account)
+                total[endpoint] = total.get(endpoint, 0) + int(v)
+    per = max(1, len(accounts)) * minutes
+    by = {e: w / per for e, w in sorted(total.items(), key=lambda x: -x[1])}
+    return {
+        "minutes": minutes,
+        "accounts": len(accounts),
+        "by_endpoint": by,
+        "per_account_per_minute": sum(by.values()),
+    }
 
 
 #: Binance's ORDERS limits per account when exchangeInfo has not been read yet: (window s, orders).
