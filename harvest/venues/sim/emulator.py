@@ -832,17 +832,20 @@ class Emulator:
             if path == "/fapi/v1/marginType":
                 return self._set_margin_type(p)
             if path == "/fapi/v1/symbolConfig":
+                # Binance answers every symbol's configuration (the symbol's alone with ``symbol``),
+                # whether or not a position is open: the leverage set, else the open position's
                 sym = self._symbol(p, required=False)
-                vps = [x for x in (v.position(sym),) if x is not None] if sym else v.positions()
+                held = {vp.symbol: vp for vp in v.positions()}
+                syms = [sym] if sym else sorted(self._symbols | set(v.listings()) | set(held))
                 return [
                     {
-                        "symbol": vp.symbol,
-                        "marginType": self._margin_type(vp.symbol),
+                        "symbol": s,
+                        "marginType": self._margin_type(s),
                         "isAutoAddMargin": False,
-                        "leverage": self._leverage(vp.symbol, vp),
-                        "maxNotionalValue": _num_str(self._max_notional(vp.symbol, self._leverage(vp.symbol, vp))),
+                        "leverage": self._leverage(s, held.get(s)),
+                        "maxNotionalValue": _num_str(self._max_notional(s, self._leverage(s, held.get(s)))),
                     }
-                    for vp in vps
+                    for s in syms
                 ]
             if path == "/fapi/v1/positionSide/dual":
                 if method == "POST":
