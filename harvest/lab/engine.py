@@ -50,6 +50,7 @@ entry's distance to its initial stop), ``time`` (the stop, and a market close af
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -57,7 +58,8 @@ import numpy as np
 from harvest.data import shipped_filters
 from harvest.domain.exit_ladder import compute_levels
 from harvest.domain.guard_rules import close_quantity_of
-from harvest.domain.kernel import PositionBatch, evaluate_batch
+from harvest.domain.kernel import BatchResult, PositionBatch, evaluate_batch
+from harvest.domain.kill_model import KillModel, kill_batch
 from harvest.domain.margin import brackets_from_response, liquidation_price
 from harvest.domain.models import ACTION_CODES, Action, HarvestTheta, Side
 from harvest.lab.entries import Entry
@@ -185,6 +187,8 @@ def simulate(
     sample: list[tuple[PositionBatch, np.ndarray]] | None = None,
     sample_rows: int = 20_000,
     decisions: list[tuple[int, int, Action, int, float]] | None = None,
+    kill_model: KillModel | None = None,
+    on_scan: Callable[[np.ndarray, PositionBatch, np.ndarray, BatchResult, np.ndarray], None] | None = None,
 ) -> Trades:
     """Manage every entry with ``policy`` (module docstring) until it is closed. ``record``:
     keep the order events of the first ``record`` entries (for the report's charts);
@@ -192,6 +196,12 @@ def simulate(
     ``(batch, now)`` (the benchmark replays them one position at a time); ``decisions``: a list
     that receives every decision of a harvest policy as ``(entry index, global bar of the scan,
     action, tier, new stop or NaN)`` (the agreement test compares them with the pipeline's).
+    ``kill_model``: a harvest policy also closes where the learned kill fires
+    (:func:`harvest.domain.kill_model.kill_batch`; exit reason ``learned_kill``), before its
+    partials; ``on_scan``: called at every scan of a harvest policy with ``(entry indices, batch,
+    now, kernel result, value now)``, the value now being the trade's R (of the opening
+    quantity) were it closed at the mark now, after the close's fee (the lab's fit of the learned
+    kill records its states with it, :mod:`harvest.lab.kill_model`).
     Raises ValueError for an unknown policy or no entries."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)}")
@@ -407,6 +417,18 @@ def simulate(
                 )
                 now = m.open_time[bi] + L["interval"][i]
                 res = evaluate_batch(batch, now, kernel_theta)  # type: ignore[arg-type]
+                learned = np.zeros(i.size, dtype=bool)
+                if kill_model is not None:
+                    learned = kill_batch(kill_model, batch, now, res.r_net, res.components, kernel_theta)
+                    learned &= res.action != _FULL
+                    res.action = np.where(learned, _FULL, res.action)
+                    res.close_fraction = np.where(learned, 1.0, res.close_fraction)
+                if on_scan is not None:
+                    qi, ci = L["qty"][i], c[i]
+                    value_now = (
+                        L["realized"][i] + s_[i] * (ci - e_[i]) * qi - L["fees"][i] - fee * ci * qi - L["funding"][i]
+                    ) / (L["ru"][i] * L["q0"][i])
+                    on_scan(L["gid"][i], batch, now, res, value_now)
                 if sample is not None and evaluations < sample_rows:
                     sample.append((batch, now))
                 evaluations += i.size
@@ -425,7 +447,9 @@ def simulate(
                 kill = res.action == _FULL
                 sel = i[kill]
                 L["pend"][sel], L["pend_due"][sel] = _P_FULL, due_b[kill]
-                L["pend_reason"][sel] = np.where(res.time_stop[kill], "time_stop", "kill_score")
+                L["pend_reason"][sel] = np.where(
+                    res.time_stop[kill], "time_stop", np.where(learned[kill], "learned_kill", "kill_score")
+                )
                 part = (res.action >= 1) & (res.action <= 3)
                 sel = i[part]
                 L["pend"][sel], L["pend_due"][sel] = _P_PART, due_b[part]
