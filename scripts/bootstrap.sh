@@ -23,11 +23,18 @@ if [ ! -x .venv/bin/python ]; then
   py=$(pick_python)
   "$py" -m venv .venv
 fi
+# Dependencies from the lock file, every file checked against its sha256 (requirements/test.lock:
+# the runtime's pins and the [test] extra's; `bash scripts/lock.sh` re-locks after a change to
+# pyproject.toml), then harvest itself, editable, built with the locked setuptools. The stamp holds
+# the digest of the lock and pyproject.toml: a changed lock (a pull, a re-lock) installs again.
+lock=requirements/test.lock
 stamp=.venv/.harvest-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
-  touch "$stamp"
+want=$(.venv/bin/python -c 'import hashlib, sys; print(hashlib.sha256(b"".join(open(f, "rb").read() for f in sys.argv[1:])).hexdigest())' pyproject.toml "$lock")
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "installing harvest's dependencies from $lock…" >&2
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r "$lock"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+  echo "$want" >"$stamp"
 fi
 
 # harvest starts a private redis-server for the demo and the tests unless HARVEST_REDIS_URL
