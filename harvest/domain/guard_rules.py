@@ -44,7 +44,6 @@ from pydantic import ValidationError
 
 from harvest.data import SymbolFilters
 from harvest.domain.book import is_new_epoch, to_position
-from harvest.domain.kernel import compute_kill_score, compute_r_net, ladder_tier
 from harvest.domain.models import (
     STOP_ACTIONS,
     Action,
@@ -52,9 +51,11 @@ from harvest.domain.models import (
     MarketState,
     Plan,
     PlanState,
+    Position,
     Side,
     VenuePosition,
 )
+from harvest.domain.policies import policy_for
 
 
 @dataclass(frozen=True)
@@ -174,10 +175,11 @@ def close_quantity_of(
     return q, note
 
 
-def _r_net(plan: Plan, vp: VenuePosition, entry: dict[str, Any], c: GuardContext) -> float | None:
+def _position(vp: VenuePosition, entry: dict[str, Any], c: GuardContext) -> Position | None:
+    """The kernel's position as read now, or None when the reading is inconsistent."""
     try:
-        return compute_r_net(to_position(c.account, vp, entry), c.theta)
-    except (ValidationError, ZeroDivisionError):
+        return to_position(c.account, vp, entry)
+    except ValidationError:
         return None
 
 
@@ -195,26 +197,16 @@ def breached(side: Side, mark: float, stop: float) -> bool:
 def check_partial(
     plan: Plan, vp: VenuePosition, entry: dict[str, Any], f: SymbolFilters, c: GuardContext, data: dict[str, Any]
 ) -> Block | Approval:
-    """A partial close: tier not yet harvested and reached (by ``theta.policy``: R_net at the
-    tier's R, or the mark at the exit ladder's take-profit price; either within
+    """A partial close: tier not yet harvested and reached (the policy's re-check,
+    :meth:`harvest.domain.policies.ExitPolicy.recheck_tier`: ``r_ladder``: R_net at the tier's
+    R, ``lsf_ladder``: the mark at the exit ladder's take-profit price; either within
     ``guard_r_tolerance`` R), then its quantity."""
     if int(entry.get("harvested_tier", 0)) >= plan.tier:
         return Block(PlanState.REJECTED, "tier_harvested", {"harvested_tier": entry.get("harvested_tier")})
-    r = _r_net(plan, vp, entry, c)
-    if c.theta.policy == "lsf_ladder":
-        tol = plan.side.sign * c.theta.guard_r_tolerance * abs(vp.entry_price - float(entry["initial_stop"]))
-        try:
-            nearer = to_position(c.account, vp.model_copy(update={"mark_price": vp.mark_price + tol}), entry)
-            reached = ladder_tier(nearer, c.theta)[0]
-        except (ValidationError, ZeroDivisionError):
-            reached = 0
-        if reached < plan.tier:
-            return Block(PlanState.REJECTED, "tier_not_reached", {"r_net": r, "policy": "lsf_ladder"})
-        return _sized(plan, vp, f, dict(data, r_net=r))
-    need = c.theta.tier_r[plan.tier - 1] - c.theta.guard_r_tolerance
-    if r is None or r < need:
-        return Block(PlanState.REJECTED, "tier_not_reached", {"r_net": r, "tier_r": c.theta.tier_r[plan.tier - 1]})
-    return _sized(plan, vp, f, dict(data, r_net=r))
+    reached, info = policy_for(c.theta).recheck_tier(_position(vp, entry, c), plan.tier, c.theta)
+    if not reached:
+        return Block(PlanState.REJECTED, "tier_not_reached", info)
+    return _sized(plan, vp, f, dict(data, r_net=info["r_net"]))
 
 
 def check_full_close(
@@ -226,8 +218,9 @@ def check_full_close(
     c: GuardContext,
     data: dict[str, Any],
 ) -> Block | Approval:
-    """A full close: the kill score recomputed from the cached market state reaches the
-    threshold, or the mark is through the stop in force."""
+    """A full close: the kill score recomputed from the cached market state (the policy's,
+    :meth:`harvest.domain.policies.ExitPolicy.kill_score`) reaches the threshold, or the mark is
+    through the stop in force, or the position is older than ``max_hold_s``."""
     stop = stop_in_force(vp, entry)
     if breached(vp.side, vp.mark_price, stop):
         return _sized(plan, vp, f, dict(data, confirmed="stop_breached", stop=stop))
@@ -237,11 +230,10 @@ def check_full_close(
     kill = None
     if market is not None and market.computed_at is not None and c.now - market.computed_at > c.market_stale_s:
         market = None  # stale: confirms nothing
-    if market is not None:
-        try:
-            kill = compute_kill_score(to_position(c.account, vp, entry), market, c.market_time(), c.theta).score
-        except ValidationError:
-            kill = None
+    position = _position(vp, entry, c) if market is not None else None
+    if market is not None and position is not None:
+        ks = policy_for(c.theta).kill_score(position, market, c.market_time(), c.theta)
+        kill = None if ks is None else ks.score
     if kill is None or kill < c.theta.kill_threshold:
         return Block(PlanState.REJECTED, "kill_not_confirmed", {"kill_score": kill})
     return _sized(plan, vp, f, dict(data, confirmed="kill_score", kill_score=kill))

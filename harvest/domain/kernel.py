@@ -42,7 +42,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harvest.domain.exit_ladder import ladder_targets
 from harvest.domain.models import (
     ACTION_CODES,
     KILL_COMPONENTS,
@@ -142,7 +141,7 @@ def determine_harvest_action(
     """Action, tier (0..3) and reason codes from R_net, the kill score, the tier already
     harvested this epoch (0..3) and the position's age (s; the time stop). ``reached``: the
     tier the price has reached when the policy's tiers are not R tiers (``lsf_ladder``:
-    :func:`ladder_tier`). Never returns a tier ≤ ``harvested_tier``."""
+    :func:`harvest.domain.policies.ladder_tier`). Never returns a tier ≤ ``harvested_tier``."""
     if age_s >= theta.max_hold_s:
         return Action.FULL_CLOSE_PROPOSED, 0, ["time_stop"]
     if kill_score >= theta.kill_threshold:
@@ -187,29 +186,30 @@ def compute_profit_lock(position: Position, r_net: float, theta: HarvestTheta) -
     return None
 
 
-def ladder_tier(position: Position, theta: HarvestTheta) -> tuple[int, tuple[float, float, float, float]]:
-    """The ``lsf_ladder`` tier the mark has reached (0..3: the highest take-profit price at or
-    through which the mark is) and the cumulative close scheme ``(0, S1, S2, 1)`` (fractions of
-    the opening qty closed once tiers 0..3 are harvested); :func:`ladder_targets` on one row."""
-    tp, scheme = ladder_targets(
-        np.array([position.entry_price]), np.array([float(position.side.sign)]), np.array([position.leverage]), theta
-    )
-    s = position.side.sign
-    over = [bool(s * (position.mark_price - float(tp[k, 0])) >= 0.0) for k in range(3)]
-    reached = 3 if over[2] else (2 if over[1] else (1 if over[0] else 0))
-    s1 = float(scheme[0, 0])
-    return reached, (0.0, s1, s1 + float(scheme[1, 0]), 1.0)
-
-
 def compute_harvest_proposal(position: Position, market: MarketState, now: float, theta: HarvestTheta) -> Proposal:
-    """Full decision for one position: R_net, kill score, action, tier, close fraction
-    (of the remaining qty) and, for PROFIT_LOCK_SL, the new stop. Priority: full close, then
-    the highest unharvested tier (by ``theta.policy``: R tiers, or the exit ladder's prices
-    closing ``(S_tier − S_harvested) / (1 − S_harvested)`` of the remaining qty), then the
-    profit lock."""
-    r_net = compute_r_net(position, theta)
-    kill = compute_kill_score(position, market, now, theta)
-    reached, cum = ladder_tier(position, theta) if theta.policy == "lsf_ladder" else (None, None)
+    """Full decision for one position under ``theta.policy`` (its one-position form,
+    :meth:`harvest.domain.policies.ExitPolicy.decide`): R_net, kill score, action, tier, close
+    fraction (of the remaining qty) and, for PROFIT_LOCK_SL, the new stop."""
+    from harvest.domain.policies import policy_for
+
+    return policy_for(theta).decide(position, market, now, theta)
+
+
+def kernel_proposal(
+    position: Position,
+    now: float,
+    theta: HarvestTheta,
+    r_net: float,
+    kill: KillScore,
+    reached: int | None = None,
+    cum: tuple[float, float, float, float] | None = None,
+) -> Proposal:
+    """The harvest kernel's decision for one position from its R_net and kill score, given the
+    tier its policy says the price has reached (``reached``; None: the R tiers of theta) and
+    the policy's cumulative close scheme (``cum``: fractions of the opening qty closed once
+    tiers 0..3 are harvested; None: :data:`TIER_FRACTION` of the remaining qty). Priority:
+    full close, then the highest unharvested tier (closing ``(cum[tier] − cum[h]) / (1 −
+    cum[h])`` of the remaining qty under a scheme), then the profit lock."""
     action, tier, reasons = determine_harvest_action(
         r_net, kill.score, position.harvested_tier, theta, now - position.opened_at, reached
     )
@@ -391,15 +391,29 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def evaluate_batch(b: PositionBatch, now: float, theta: HarvestTheta) -> BatchResult:
-    """Evaluate n positions at once; identical results to :func:`compute_harvest_proposal`
-    applied to each (same operations, same order). ``now``: Unix seconds."""
-    s = b.side_sign
+    """Evaluate n positions at once under ``theta.policy`` (its batch form,
+    :meth:`harvest.domain.policies.ExitPolicy.scan`); identical results to
+    :func:`compute_harvest_proposal` applied to each (same operations, same order). ``now``:
+    Unix seconds (a float, or an array of shape (n,))."""
+    from harvest.domain.policies import policy_for
+
+    return policy_for(theta).scan(b, now, theta)
+
+
+def r_net_batch(b: PositionBatch, theta: HarvestTheta) -> np.ndarray:
+    """:func:`compute_r_net` of every row, shape (n,)."""
     r_unit = np.abs(b.entry_price - b.initial_stop) * b.qty
-    upnl = s * (b.mark_price - b.entry_price) * b.qty
+    upnl = b.side_sign * (b.mark_price - b.entry_price) * b.qty
     fee = theta.taker_fee_rate * b.mark_price * b.qty
     funding = b.funding_paid / b.qty_at_open * b.qty
-    r_net = (upnl - fee - funding) / r_unit
+    r: np.ndarray = (upnl - fee - funding) / r_unit
+    return r
 
+
+def kill_batch(b: PositionBatch, now: float | np.ndarray, theta: HarvestTheta) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`compute_kill_score` of every row: the scores, shape (n,), and the components,
+    shape (4, n) in the order of :data:`harvest.domain.models.KILL_COMPONENTS`."""
+    s = b.side_sign
     entry_trend = b.has_entry & b.entry_trend
     against = b.now_trend & (b.now_dir == -s)
     flipped = entry_trend & (~b.now_trend | against) & (b.now_bars >= theta.regime_confirm_bars)
@@ -416,15 +430,32 @@ def evaluate_batch(b: PositionBatch, now: float, theta: HarvestTheta) -> BatchRe
 
     x = theta.w_regime_flip * c_rf + theta.w_sigma_spike * c_ss + theta.w_ts_drop * c_td + theta.w_age_penalty * c_age
     kill = 1.0 - np.exp(-x)
+    return kill, np.vstack([c_rf, c_ss, c_td, c_age])
 
-    if theta.policy == "lsf_ladder":
-        tp, scheme = ladder_targets(b.entry_price, s, b.leverage, theta)
-        over = s * (b.mark_price - tp) >= 0.0
-        reached = np.where(over[2], 3, np.where(over[1], 2, np.where(over[0], 1, 0)))
-    else:
-        reached = np.where(
-            r_net >= theta.t3_r, 3, np.where(r_net >= theta.t2_r, 2, np.where(r_net >= theta.t1_r, 1, 0))
-        )
+
+def r_tiers_batch(r_net: np.ndarray, theta: HarvestTheta) -> np.ndarray:
+    """The R tier (0..3) each row's R_net has reached (``r_ladder``), shape (n,)."""
+    reached: np.ndarray = np.where(
+        r_net >= theta.t3_r, 3, np.where(r_net >= theta.t2_r, 2, np.where(r_net >= theta.t1_r, 1, 0))
+    )
+    return reached
+
+
+def kernel_batch(
+    b: PositionBatch,
+    now: float | np.ndarray,
+    theta: HarvestTheta,
+    r_net: np.ndarray,
+    kill: np.ndarray,
+    components: np.ndarray,
+    reached: np.ndarray,
+    cum: np.ndarray | None = None,
+) -> BatchResult:
+    """The harvest kernel's decisions for n rows (the batch form of :func:`kernel_proposal`):
+    from R_net and the kill scores (shape (n,)), their components (4, n), the tier each row's
+    policy says the price has reached (n,) and the policy's cumulative close scheme ``cum``
+    (4, n; None: :data:`TIER_FRACTION` of the remaining qty)."""
+    s = b.side_sign
     timed = (now - b.opened_at) >= theta.max_hold_s
     killed = timed | (kill >= theta.kill_threshold)
     partial = ~killed & (reached > b.harvested_tier)
@@ -439,8 +470,7 @@ def evaluate_batch(b: PositionBatch, now: float, theta: HarvestTheta) -> BatchRe
     action = np.where(lock, _CODE[Action.PROFIT_LOCK_SL], action)
     action = np.where(partial, tier, action)  # codes 1..3 are PARTIAL_25/50/75
     action = np.where(killed, _CODE[Action.FULL_CLOSE_PROPOSED], action)
-    if theta.policy == "lsf_ladder":
-        cum = np.vstack([np.zeros_like(r_net), scheme[0], scheme[0] + scheme[1], np.ones_like(r_net)])
+    if cum is not None:
         rows = np.arange(r_net.size)
         done = cum[np.clip(b.harvested_tier, 0, 3), rows]
         ladder = _safe_div(cum[tier, rows] - done, 1.0 - done)
@@ -454,7 +484,7 @@ def evaluate_batch(b: PositionBatch, now: float, theta: HarvestTheta) -> BatchRe
         close_fraction=close_fraction,
         r_net=r_net,
         kill_score=kill,
-        components=np.vstack([c_rf, c_ss, c_td, c_age]),
+        components=components,
         new_stop=np.where(lock, candidate, np.nan),
         time_stop=timed,
     )
