@@ -79,11 +79,15 @@ def build_venue(s: HarvestSettings, r: redis.Redis, clock: MarketClock | None) -
     secret = s.api_secret.get_secret_value() if s.api_secret else ""
     if s.fapi_url and not is_loopback_url(s.fapi_url):
         check_remote_emulator(s.fapi_url, key, secret, s.venue_timeout_s)
+    egress = s.account_egress  # the account's way out: its requests, weight budget and back-offs
     return BinanceVenue(
         r,
         s.namespace,
-        lambda: make_client(key, secret, s.fapi_url, s.venue == "testnet", s.venue_timeout_s, s.recv_window_ms),
+        lambda: make_client(
+            key, secret, s.fapi_url, s.venue == "testnet", s.venue_timeout_s, s.recv_window_ms, egress=egress
+        ),
         weight_limit=s.venue_weight_limit_1m,
+        egress=egress.name,
         funding_poll_s=s.funding_poll_s,
         max_clock_offset_ms=s.max_clock_offset_ms,
         account=s.account,

@@ -218,9 +218,13 @@ class Venue(ABC):
         (reason CANCEL_REJECTED when it is not working: triggered, cancelled or never placed)."""
 
     @abstractmethod
-    def open_orders(self, symbol: str | None = None, algo: bool | None = None) -> list[OrderResult]:
-        """Working orders of the account (``symbol``: of one symbol; ``algo``: True only
-        stops, False only regular orders, None both). Raises VenueError."""
+    def open_orders(
+        self, symbol: str | None = None, algo: bool | None = None, symbols: list[str] | None = None
+    ) -> list[OrderResult]:
+        """Working orders of the account (``symbol``: of one symbol; ``symbols``: at least those
+        symbols', possibly more — a venue reads them by its cheapest form; neither: every
+        symbol's; ``algo``: True only stops, False only regular orders, None both). Raises
+        VenueError."""
 
     @abstractmethod
     def all_orders(self, symbols: list[str]) -> list[OrderResult]:

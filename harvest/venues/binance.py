@@ -71,6 +71,7 @@ from harvest.venues.base import (
     VenueReason,
 )
 from harvest.venues.sim.clock import MarketClock
+from settings.egress import Egress
 
 log = logging.getLogger("harvest.venue")
 
@@ -86,6 +87,7 @@ _REQUESTS: dict[str, tuple[str, str]] = {
     "futures_account_trades": ("GET", "/fapi/v1/userTrades"),
     "futures_income_history": ("GET", "/fapi/v1/income"),
     "futures_get_all_orders": ("GET", "/fapi/v1/allOrders"),
+    "futures_get_all_algo_orders": ("GET", "/fapi/v1/allAlgoOrders"),
     "futures_get_open_orders": ("GET", "/fapi/v1/openOrders"),
     "futures_get_order": ("GET", "/fapi/v1/order"),
     "futures_cancel_order": ("DELETE", "/fapi/v1/order"),
@@ -483,11 +485,16 @@ class OrderBudget:
 class BinanceVenue(Venue):
     """:class:`~harvest.venues.base.Venue` on python-binance (see module docstring).
 
-    ``client_factory`` builds the process's ``Client`` (lazily, again after a fork).
-    ``cache_ttl_s``: how long exchangeInfo, leverage and position mode are reused (beat
-    refreshes exchangeInfo). ``account``: the harvest account the client's API key trades
-    (its cached leverage, position mode, openings and funding are kept under it; the request
-    weight budget is the namespace's, Binance's per-IP limit). ``clock``: the replay's
+    ``client_factory`` builds the process's ``Client`` (lazily, again after a fork; bound to
+    the account's egress, :func:`make_client`). ``cache_ttl_s``: how long exchangeInfo,
+    leverage and position mode are reused (beat refreshes exchangeInfo, once for the
+    deployment). ``account``: the harvest account the client's API key trades (its cached
+    leverage, position mode, openings and funding are kept under it). ``egress``: the name of
+    the way out its requests leave by (:mod:`settings.egress`); the request-weight budget and
+    429/418 back-offs are that egress's (Binance's limit is per IP). ``funding_poll_s``: 0 reads
+    funding on every positions read; otherwise funding is read once after each funding time
+    (:meth:`_funding`), and ``funding_poll_s`` is only the interval for symbols whose funding
+    time is not known. ``clock``: the replay's
     MarketClock when the venue is the emulator (its server clock; signed requests are stamped
     in it), None on Binance (wall time). Raises VenueError from every call; never sleeps.
     """
@@ -503,6 +510,8 @@ class BinanceVenue(Venue):
         max_clock_offset_ms: int = 1000,
         account: str = "paper",
         clock: MarketClock | None = None,
+        egress: str = "default",
+        funding_settle_s: float = 30.0,
     ):
         self.r = r
         self.ns = ns
@@ -510,7 +519,8 @@ class BinanceVenue(Venue):
         self._factory = client_factory
         self._client: Client | None = None
         self._pid = 0
-        self.budget = WeightBudget(r, ns, weight_limit)
+        self.egress = egress
+        self.budget = WeightBudget(r, ns, weight_limit, egress)
         self.orders = OrderBudget(r, ns, account)
         self.cache_ttl_s = cache_ttl_s
         self._filters: dict[str, SymbolFilters] = {}
@@ -524,7 +534,13 @@ class BinanceVenue(Venue):
         self.k_opening = f"{acct}:opening"
         self.k_funding = f"{acct}:funding"
         self.k_funding_poll = f"{acct}:funding_polled"
+        self.k_funding_due = f"{acct}:funding_due"
+        self.k_funding_read = f"{acct}:funding_read"
+        #: Each symbol's last and next funding time (ms), the deployment's (premiumIndex).
+        self.k_funding_times = f"{ns}:venue:funding_times"
+        self.k_info_refreshed = f"{ns}:venue:exchange_info:refreshed"
         self.funding_poll_s = funding_poll_s
+        self.funding_settle_s = funding_settle_s
         self.max_clock_offset_ms = max_clock_offset_ms
         self.clock = clock
         #: The exchange's clock minus harvest's reading of it (ms), from the last resync.
@@ -546,7 +562,8 @@ class BinanceVenue(Venue):
         rate-limit bookkeeping, error classification, and one retry after a -1021 time resync.
         A 429/418 holds the scope it belongs to: ``-1015`` (too many new orders) this account's
         orders, any other the IP's requests. ``label``: the call's short name (for readers)."""
-        self.budget.reserve(request_weight(fn, params), priority)
+        method, path = request_of(fn, params)
+        self.budget.reserve(facts.request_weight(method, path, params), priority, f"{self.account}|{method} {path}")
         if new_order:
             self.orders.reserve(priority)
         for attempt in (0, 1):
@@ -602,7 +619,7 @@ class BinanceVenue(Venue):
         local reading: on the emulator the reading is uncertain by the replay's speed × half
         the round trip, e.g. ±150 ms for a 5 ms request at speed 60). Recorded in Redis
         (``<ns>:venue:clock_offset_ms``) for ``/metrics`` and the scorecard."""
-        self.budget.reserve(request_weight("futures_time", {}), "read")
+        self.budget.reserve(request_weight("futures_time", {}), "read", f"{self.account}|GET /fapi/v1/time")
         t0 = self.exchange_ms()
         server = _num(self.client.futures_time()["serverTime"])
         t1 = self.exchange_ms()
@@ -632,7 +649,15 @@ class BinanceVenue(Venue):
 
     @answers()
     def refresh_filters(self) -> int:
-        """Fetch exchangeInfo, cache it in Redis and in the process. Returns #symbols."""
+        """exchangeInfo (``GET /fapi/v1/exchangeInfo``, weight 1), once for the deployment: the
+        first caller in 30 s fetches it into the shared cache (``<ns>:venue:exchange_info``, with
+        the ORDERS rate limits), every other account and process within those 30 s loads that
+        copy (beat's refresh walks every account in one pass: one request, not one per account).
+        Cached in the process too. Returns #symbols."""
+        raw = self.r.get(self.k_info)
+        if raw and not self.r.set(self.k_info_refreshed, "1", nx=True, ex=30):
+            self._filters, self._filters_at = filters_from_exchange_info(json.loads(raw)), time.time()
+            return len(self._filters)
         info = self._call("futures_exchange_info", "exchange_info", "read")
         filters = filters_from_exchange_info(info)
         self.r.set(self.k_info, json.dumps({"symbols": info["symbols"]}), ex=int(self.cache_ttl_s * 4))
@@ -729,8 +754,10 @@ class BinanceVenue(Venue):
                 del by_sym[s]
         if not by_sym:
             return []
-        algo = self._call(
-            "futures_get_open_orders", "open_algo" if symbol else "open_algo_all", "read", conditional=True, **params
+        # The stops of the positions found: per symbol (weight 1 each) or all at once (40),
+        # whichever Binance's table makes cheaper; only these symbols' stops are used below.
+        algo = self._read_each(
+            "futures_get_open_orders", [symbol] if symbol else sorted(by_sym), "read", conditional=True
         )
         lev = self._leverage(sorted(by_sym))
         opened = self._openings({s: x for s, (x,) in by_sym.items()})
@@ -798,28 +825,89 @@ class BinanceVenue(Venue):
         return out
 
     def funding_settled(self) -> None:
-        """The next positions read polls ``/fapi/v1/income`` whatever ``funding_poll_s`` says
-        (``harvest streams`` calls it on an ``ACCOUNT_UPDATE`` FUNDING_FEE)."""
-        self.r.delete(self.k_funding_poll)
+        """The next positions read reads ``/fapi/v1/income`` whatever the funding times say
+        (``harvest streams`` calls it on an ``ACCOUNT_UPDATE`` FUNDING_FEE: a settlement the
+        stream saw)."""
+        self.r.set(self.k_funding_due, "1", ex=86_400)
+
+    def funding_times(self, symbols: list[str]) -> dict[str, tuple[int, int]]:
+        """Each symbol's last and next funding time (exchange ms; 0 when not known) from
+        ``GET /fapi/v1/premiumIndex`` (``nextFundingTime``), kept for the deployment in Redis
+        (``<ns>:venue:funding_times``, shared by every account) and read again only when a
+        symbol's next funding time has passed, by one worker at a time: the all-symbol form
+        (weight 1 for every symbol, Binance's table) — when the last read's next time passes it
+        becomes the last funding time. At most one read a minute (wall) for the deployment; a
+        failed read keeps what is stored."""
+        if not symbols:
+            return {}
+        now = self.exchange_ms()
+        raw = dict(zip(symbols, self.r.hmget(self.k_funding_times, symbols), strict=True))
+        times = {s: tuple(json.loads(v)) if v else (0, 0) for s, v in raw.items()}
+        stale = [s for s, (_, nxt) in times.items() if nxt <= now]
+        # At most one read a minute for the whole deployment (the lock is left to expire).
+        if stale and self.r.set(f"{self.k_funding_times}:lock", "1", nx=True, ex=60):
+            try:
+                rows = self._call("futures_mark_price", "premium_all", "read")
+                rows = rows if isinstance(rows, list) else [rows]
+                stored = {k: tuple(json.loads(v)) for k, v in self.r.hgetall(self.k_funding_times).items() if v}
+                fresh: dict[str, str] = {}
+                for x in rows:
+                    sym, nxt = x.get("symbol"), int(_num(x.get("nextFundingTime") or 0))
+                    last, old_next = stored.get(sym, (0, 0))
+                    if old_next and old_next <= now:
+                        last = old_next
+                    fresh[sym] = json.dumps([int(last), nxt])
+                    if sym in times:
+                        times[sym] = (int(last), nxt)
+                if fresh:
+                    self.r.hset(self.k_funding_times, mapping=fresh)
+            except (VenueError, *_MALFORMED) as e:
+                log.warning("funding times not read (%s); the stored ones stand", e)
+        return {s: (int(t[0]), int(t[1])) for s, t in times.items()}
+
+    def _funding_due(self, symbols: list[str]) -> bool:
+        """Whether this account reads income now: ``funding_poll_s`` ≤ 0 (every read), a
+        settlement the stream reported (:meth:`funding_settled`), or a funding time of one of
+        ``symbols`` passed ``funding_settle_s`` ago that this account has not read after — one
+        Redis marker per funding time (``<ns>:venue:<account>:funding_read:<ms>``, SET NX: one
+        read per funding time and account, whichever worker gets there first). A symbol whose
+        funding time is not known (0) is read every ``funding_poll_s``."""
+        if self.funding_poll_s <= 0 or self.r.getdel(self.k_funding_due):
+            return True
+        times = self.funding_times(symbols)
+        settle_ms = self.funding_settle_s * 1000
+        now = self.exchange_ms()
+        passed = set()
+        for last, nxt in times.values():
+            if nxt and nxt + settle_ms <= now:
+                passed.add(nxt)  # not yet rolled over (the premiumIndex read failed or is another's)
+            elif last and last + settle_ms <= now:
+                passed.add(last)
+        due = False
+        for t in sorted(passed):
+            due |= bool(self.r.set(f"{self.k_funding_read}:{t}", "1", nx=True, ex=3 * 86_400))
+        if any(nxt == 0 for _, nxt in times.values()):
+            due |= bool(self.r.set(self.k_funding_poll, "1", nx=True, ex=max(1, int(self.funding_poll_s))))
+        return due
 
     def _funding(self, opened: dict[str, float | None]) -> dict[str, float]:
         """Funding paid (USDT, negative when received) by each position since its opening, from
         ``GET /fapi/v1/income?incomeType=FUNDING_FEE`` (weight 30): every row at or after the
-        epoch's opening, applied once (by ``tranId``). The income endpoint is polled at most
-        every ``funding_poll_s`` for the account; between polls the stored sums stand. A failed
-        poll keeps them (funding is informative, never a reason to skip a scan)."""
+        epoch's opening, applied once (by ``tranId``). Read when an epoch is first seen and then
+        once after each funding time of the account's symbols (:meth:`_funding_due`), never on a
+        timer; between reads the stored sums stand. A failed read keeps them (funding is
+        informative, never a reason to skip a scan) and is tried again at the next positions read."""
         known = {s: t for s, t in opened.items() if t is not None}
         if not known:
             return {}
         syms = sorted(known)
         state = {s: json.loads(v) if v else None for s, v in zip(syms, self.r.hmget(self.k_funding, syms), strict=True)}
+        first_sight = False
         for s in syms:
             if state[s] is None or state[s].get("opened") != known[s]:
                 state[s] = {"opened": known[s], "paid": 0.0, "last": -1}
-        poll = self.funding_poll_s <= 0 or bool(
-            self.r.set(self.k_funding_poll, "1", nx=True, ex=max(1, int(self.funding_poll_s)))
-        )
-        if poll:
+                first_sight = True
+        if first_sight | self._funding_due(syms):
             try:
                 start = int(min(known.values()) * 1000)
                 rows: list[dict] = []
@@ -844,7 +932,8 @@ class BinanceVenue(Venue):
                     st["paid"] -= _num(row["income"])
                     st["last"] = tran
             except VenueError as e:
-                log.warning("funding not read (%s); the last sums stand", e)
+                log.warning("funding not read (%s); the last sums stand, read again next time", e)
+                self.r.set(self.k_funding_due, "1", ex=86_400)
         self.r.hset(self.k_funding, mapping={s: json.dumps(st) for s, st in state.items()})
         return {s: float(st["paid"]) for s, st in state.items()}
 
@@ -921,19 +1010,46 @@ class BinanceVenue(Venue):
                     log.warning("old stop %s of %s not cancelled: %s", o.get("clientAlgoId"), symbol, e)
         return new
 
+    @staticmethod
+    def per_symbol(fn: str, symbols: list[str] | None, **params: Any) -> bool:
+        """Whether reading ``fn`` once per symbol of ``symbols`` costs less request weight, by
+        Binance's table (:func:`request_weight`), than its all-symbol form (one request without
+        ``symbol``): openOrders / openAlgoOrders cost 1 a symbol, 40 for all, so up to 39
+        symbols are read one by one. ``symbols`` None (not known) → False: only the all-symbol
+        form finds orders on symbols harvest does not know. A tie goes to the one request."""
+        if symbols is None:
+            return False
+        each = sum(request_weight(fn, {**params, "symbol": s}) for s in set(symbols))
+        return each < request_weight(fn, params)
+
+    def _read_each(self, fn: str, symbols: list[str] | None, priority: str, **params: Any) -> list[Any]:
+        """The rows of ``fn`` for at least ``symbols`` (None: every symbol), by the cheaper form
+        (:meth:`per_symbol`): one request per symbol, or one without a symbol (which answers
+        for every symbol: more rows than asked, never fewer)."""
+        if not self.per_symbol(fn, symbols, **params):
+            return list(self._call(fn, fn, priority, **params))
+        rows: list[Any] = []
+        for s in sorted(set(symbols or ())):
+            rows += self._call(fn, fn, priority, symbol=s, **params)
+        return rows
+
     @answers()
-    def open_orders(self, symbol: str | None = None, algo: bool | None = None) -> list[OrderResult]:
-        """``GET /fapi/v1/openOrders`` and ``/fapi/v1/openAlgoOrders`` (all symbols: weight 40
-        each on Binance)."""
-        sym = {"symbol": symbol} if symbol else {}
-        weight = "open_algo" if symbol else "open_algo_all"
+    def open_orders(
+        self, symbol: str | None = None, algo: bool | None = None, symbols: list[str] | None = None
+    ) -> list[OrderResult]:
+        """Working orders: ``GET /fapi/v1/openOrders`` and ``/fapi/v1/openAlgoOrders`` (``algo``
+        False/True: one of them only). ``symbol``: that symbol's (weight 1 each). ``symbols``:
+        at least those symbols' orders, by the cheaper form (:meth:`per_symbol`: 1 a symbol, or
+        40 for every symbol — then other symbols' orders come too). Neither: every symbol's
+        (40 each), the read that discovers orders on symbols harvest does not know — reconcile's
+        audit of harvest's own clientOrderIds and a resync after a stream gap need it; a caller
+        whose question is about known symbols (the book's, the plans') passes them."""
+        scope = [symbol] if symbol else symbols
         out: list[OrderResult] = []
         if algo is not True:
-            out += [self._order(x) for x in self._call("futures_get_open_orders", weight, "read", **sym)]
+            out += [self._order(x) for x in self._read_each("futures_get_open_orders", scope, "read")]
         if algo is not False:
-            out += [
-                self._algo(x) for x in self._call("futures_get_open_orders", weight, "read", conditional=True, **sym)
-            ]
+            out += [self._algo(x) for x in self._read_each("futures_get_open_orders", scope, "read", conditional=True)]
         return out
 
     @answers()
@@ -1052,7 +1168,7 @@ class BinanceVenue(Venue):
 
     def refresh_exchange_info(self) -> int:
         """Forget the cached leverage and position mode of the account, then
-        :meth:`refresh_filters` (``GET /fapi/v1/exchangeInfo``, weight 1). Returns #symbols."""
+        :meth:`refresh_filters` (exchangeInfo, read once for the deployment). Returns #symbols."""
         self.r.delete(self.k_leverage, self.k_dual)
         return self.refresh_filters()
 
@@ -1135,7 +1251,12 @@ def handshake_proof(api_secret: str, nonce: str) -> str:
 
 
 def emulator_handshake(
-    futures_url: str, timeout_s: float, api_key: str | None = None, api_secret: str | None = None
+    futures_url: str,
+    timeout_s: float,
+    api_key: str | None = None,
+    api_secret: str | None = None,
+    session: requests.Session | None = None,
+    proxies: dict[str, str] | None = None,
 ) -> dict:
     """Check that ``futures_url`` (``HARVEST_FAPI_URL``) is harvest's fapi emulator before any
     other request goes there; returns its answer (``namespace``, ``stream_url``: its websocket
@@ -1147,6 +1268,9 @@ def emulator_handshake(
     (the emulator on another host of a paper deployment) it must also carry ``"proof"`` =
     :func:`handshake_proof` of the nonce with ``api_secret``, so neither a real exchange (a 404,
     another JSON) nor a server copying the fixed answer passes without the account's secret.
+
+    ``session``/``proxies``: the account's egress (:func:`bind_session`), so the handshake leaves
+    by the same address as the requests after it.
 
     Raises VenueError: a rejection (code -9001, message naming HARVEST_FAPI_URL) when the
     server answers as something else or, off loopback, no key and secret are given; retryable
@@ -1168,8 +1292,13 @@ def emulator_handshake(
     nonce = secrets.token_hex(16)
     headers = {"X-MBX-APIKEY": api_key} if api_key else {}
     try:
-        resp = requests.get(
-            f"{root}/_emu/hello", params={"nonce": nonce}, headers=headers, timeout=timeout_s, allow_redirects=False
+        resp = (session or requests.Session()).get(
+            f"{root}/_emu/hello",
+            params={"nonce": nonce},
+            headers=headers,
+            timeout=timeout_s,
+            allow_redirects=False,
+            proxies=proxies,
         )
     except requests.exceptions.RequestException as e:  # not reachable now: nothing sent, try again later
         raise VenueError(
@@ -1196,16 +1325,56 @@ def emulator_handshake(
     return answer
 
 
+class SourceAddressAdapter(requests.adapters.HTTPAdapter):
+    """A requests transport adapter whose connections leave from the local address ``source``
+    (urllib3's ``source_address``; port 0: any), through a proxy too. The address must be one
+    of this host's (a bind to another fails: a connection error, nothing sent)."""
+
+    def __init__(self, source: str, **kwargs: Any):
+        self.source_address = (source, 0)
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["source_address"] = self.source_address
+        super().init_poolmanager(*args, **kwargs)
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        kwargs["source_address"] = self.source_address
+        return super().proxy_manager_for(proxy, **kwargs)
+
+
+def bind_session(session: requests.Session, egress: Egress | None) -> None:
+    """Bind ``session``'s connections to ``egress``'s local source address
+    (:class:`SourceAddressAdapter` for http and https). A proxy egress is not the session's:
+    :func:`make_client` passes it as python-binance's ``requests_params["proxies"]``, sent with
+    every call (per-request proxies win over the environment's ``HTTPS_PROXY``; a session's
+    would not). The default route changes nothing."""
+    if egress is not None and egress.source:
+        adapter = SourceAddressAdapter(egress.source)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+
+
 def make_client(
-    api_key: str, api_secret: str, futures_url: str | None, testnet: bool, timeout_s: float, recv_window_ms: int
+    api_key: str,
+    api_secret: str,
+    futures_url: str | None,
+    testnet: bool,
+    timeout_s: float,
+    recv_window_ms: int,
+    egress: Egress | None = None,
 ) -> Client:
     """A python-binance ``Client`` for USDⓈ-M futures: ``ping=False``; ``futures_url``
     overrides ``FUTURES_URL`` (the emulator: its handshake is checked first,
-    :func:`emulator_handshake`); ``testnet`` selects Binance's futures testnet. Raises
-    VenueError when ``futures_url`` is not the emulator."""
-    if futures_url:
-        emulator_handshake(futures_url, timeout_s, api_key, api_secret)
-    c = Client(api_key, api_secret, ping=False, testnet=testnet, requests_params={"timeout": timeout_s})
+    :func:`emulator_handshake`); ``testnet`` selects Binance's futures testnet; ``egress``: the
+    way out every request of the client leaves by (:func:`bind_session`; None: the default
+    route). Raises VenueError when ``futures_url`` is not the emulator."""
+    proxies = {"http": egress.proxy, "https": egress.proxy} if egress and egress.proxy else None
+    params: dict[str, Any] = {"timeout": timeout_s, **({"proxies": proxies} if proxies else {})}
+    c = Client(api_key, api_secret, ping=False, testnet=testnet, requests_params=params)
+    bind_session(c.session, egress)
+    if futures_url:  # the first request of this client, by its egress
+        emulator_handshake(futures_url, timeout_s, api_key, api_secret, session=c.session, proxies=proxies)
     if futures_url:
         c.FUTURES_URL = futures_url.rstrip("/")
     c.REQUEST_RECVWINDOW = recv_window_ms

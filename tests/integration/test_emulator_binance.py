@@ -148,19 +148,22 @@ def test_emulator_weight_of_every_call_harvest_makes_equals_the_adapters(emu, cl
 
 def test_the_adapters_budget_charges_the_same_weight_as_the_emulator(emu, monkeypatch):
     """What the adapter's budget reserves (its Redis counter, the exchange's header not folded
-    in) equals what the emulator's header counts over a scan's reads, which now include a
-    symbol-less openAlgoOrders at 40."""
+    in) equals what the emulator's header counts over a scan's reads; the stops of one position
+    are read with its symbol (openAlgoOrders at 1, not 40 for every symbol: the cheaper form by
+    Binance's table)."""
     emu.venue.set_position("BTCUSDT", "LONG", 0.010, 100_000.0, 20.0, opened_at=T0, stop_price=99_000.0)
     bv = BinanceVenue(emu.r, emu.ns, lambda: make_client(KEY, SECRET, emu.url, False, 2.0, 5000), 2400)
     monkeypatch.setattr(bv.budget, "observe", lambda used_weight: None)  # reservations only
     bv.client.futures_ping()
     start_emu, start_budget = used(bv.client), bv.budget.used()
     minute = int(time.time() // 60)
-    bv.positions()  # positionRisk (5) + openAlgoOrders without a symbol (40) + symbolConfig + userTrades + income
+    emu.reset_tally()
+    bv.positions()  # positionRisk (5) + openAlgoOrders of BTCUSDT (1) + symbolConfig (5) + userTrades (5)
     if int(time.time() // 60) != minute:
         pytest.skip("a minute boundary passed during the scan (both counters restarted)")
     assert used(bv.client) - start_emu == bv.budget.used() - start_budget
-    assert bv.budget.used() - start_budget >= 45
+    assert emu.weight_by_endpoint()["GET /fapi/v1/openAlgoOrders"] == (1, 1)
+    assert bv.budget.used() - start_budget == sum(w for _, w in emu.weight_by_endpoint().values()) >= 6
 
 
 # ---------------------------------------------------------------------------------- orders

@@ -69,8 +69,9 @@ skewed server) is -1021 as on Binance.
 
 Every response carries ``X-MBX-USED-WEIGHT-1M``, each request charged Binance's weight for its
 endpoint and parameters (:func:`binance_facts.request_weight`: e.g. openOrders/openAlgoOrders
-40 without a symbol, klines 1–10 by ``limit``); more than ``weight_limit_1m`` (Binance: 2400)
-weight in a minute answers 429 -1003. Order answers carry the account's
+40 without a symbol, klines 1–10 by ``limit``), counted per client IP address as Binance counts
+it (the header is that IP's minute); more than ``weight_limit_1m`` (Binance: 2400) weight in a
+minute from one IP answers 429 -1003 to that IP only. Order answers carry the account's
 ``X-MBX-ORDER-COUNT-10S`` / ``-1M``. A path Binance does not serve answers Binance's 404 HTML
 page (:data:`binance_facts.UNKNOWN_PATH_HTML`), key or no key.
 
@@ -372,8 +373,9 @@ class EmulatedAccount:
 
 
 class Emulator:
-    """The fapi emulator of one or more accounts (see module docstring), on one IP: the request
-    weight limit is shared by every account, as Binance's is per IP.
+    """The fapi emulator of one or more accounts (see module docstring): the request weight
+    limit is per client IP address, shared by every account whose requests come from it, as
+    Binance's is (a client bound to 127.0.0.2 has a budget of its own beside 127.0.0.1's).
 
     ``r``: redis.Redis (``decode_responses=True``) holding the paper engine's state under
     namespace ``ns``; ``account``, ``api_key``/``api_secret``: the first account and the
@@ -557,9 +559,26 @@ class Emulator:
         return wall_ms * max(1.0, self.clock.speed() if speed is None else speed)
 
     def weight_spent(self) -> int:
-        """Request weight counted over the minute windows still kept (each lives 120 s): what a
-        measurement a minute or two long has cost, by Binance's per-endpoint weights."""
+        """Request weight counted over the minute windows still kept (each lives 120 s), every
+        client IP's: what a measurement a minute or two long has cost, by Binance's per-endpoint
+        weights."""
         return sum(int(self.r.get(k) or 0) for k in self.r.scan_iter(f"{self._k_weight}:*"))
+
+    def weight_used(self, ip: str) -> int:
+        """The request weight client address ``ip`` used in the current minute (what its
+        ``X-MBX-USED-WEIGHT-1M`` says)."""
+        return int(self.r.get(f"{self._k_weight}:{ip}:{int(time.time() // 60)}") or 0)
+
+    def weight_by_ip(self) -> dict[str, tuple[int, int]]:
+        """Every request served since the start (or :meth:`reset_tally`), by client address:
+        ``{"127.0.0.1": (requests, weight charged)}``."""
+        raw = self.r.hgetall(f"{self._k_weight}_ip_tally")
+        out: dict[str, tuple[int, int]] = {}
+        for f, v in raw.items():
+            kind, ip = f.split(" ", 1)
+            n, w = out.get(ip, (0, 0))
+            out[ip] = (n + int(v), w) if kind == "n" else (n, w + int(v))
+        return out
 
     def weight_by_endpoint(self) -> dict[str, tuple[int, int]]:
         """Every request served since the emulator started (or :meth:`reset_tally`), by endpoint:
@@ -574,17 +593,20 @@ class Emulator:
         return out
 
     def reset_tally(self) -> None:
-        """Start :meth:`weight_by_endpoint` afresh."""
-        self.r.delete(f"{self._k_weight}_tally")
+        """Start :meth:`weight_by_endpoint` and :meth:`weight_by_ip` afresh."""
+        self.r.delete(f"{self._k_weight}_tally", f"{self._k_weight}_ip_tally")
 
-    def _weight(self, w: int, endpoint: str = "") -> int:
-        key = f"{self._k_weight}:{int(time.time() // 60)}"
+    def _weight(self, w: int, ip: str, endpoint: str = "") -> int:
+        """Charge ``w`` to client address ``ip``'s current minute; returns its weight used."""
+        key = f"{self._k_weight}:{ip}:{int(time.time() // 60)}"
         p = self.r.pipeline(transaction=True)
         p.incrby(key, w)
         p.expire(key, 120)
         if endpoint:
             p.hincrby(f"{self._k_weight}_tally", f"n {endpoint}", 1)
             p.hincrby(f"{self._k_weight}_tally", f"w {endpoint}", w)
+            p.hincrby(f"{self._k_weight}_ip_tally", f"n {ip}", 1)
+            p.hincrby(f"{self._k_weight}_ip_tally", f"w {ip}", w)
         return int(p.execute()[0])
 
     def _reply(
@@ -639,10 +661,10 @@ class Emulator:
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
         params.update(parse_qsl(body, keep_blank_values=True))
         if (method, path) not in facts.ENDPOINTS:  # Binance's answer to a path it does not serve
-            used = self._weight(0)
+            used = self._weight(0, h.client_address[0])
             html = facts.UNKNOWN_PATH_HTML
             return self._reply(h, facts.UNKNOWN_PATH_STATUS, html, used=used, content_type="text/html")
-        used = self._weight(facts.request_weight(method, path, params), endpoint)
+        used = self._weight(facts.request_weight(method, path, params), h.client_address[0], endpoint)
         fault = self.faults.take(endpoint)
         try:
             if used > self.weight_limit_1m:
