@@ -556,10 +556,13 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         self._log("STOP_CANCELED", symbol, {"clientAlgoId": client_order_id})
         return o
 
-    def open_orders(self, symbol: str | None = None, algo: bool | None = None) -> list[OrderResult]:
-        """Orders still working (status NEW), optionally of one symbol / kind. Only stops can
-        be working (MARKET orders fill at once), so this reads the per-symbol working-stop
-        hashes, never the whole order history."""
+    def open_orders(
+        self, symbol: str | None = None, algo: bool | None = None, symbols: list[str] | None = None
+    ) -> list[OrderResult]:
+        """Orders still working (status NEW), optionally of one symbol / kind (``symbols``: every
+        symbol's is read, a superset; the engine has no request weight). Only stops can be
+        working (MARKET orders fill at once), so this reads the per-symbol working-stop hashes,
+        never the whole order history."""
         if algo is False:
             return []
         syms = [symbol] if symbol else sorted(self.r.smembers(self.k_positions))
