@@ -334,6 +334,44 @@ def judge(
     }
 
 
+def fit_and_judge(
+    m: ReplayMarket,
+    entries: list[Entry],
+    split: float,
+    theta: HarvestTheta,
+    fill: FillModel,
+    data: list[str],
+    command: str,
+) -> tuple[KillModel, dict[str, Any]]:
+    """``harvest replay --fit-kill``: fit on the entries opening before ``split`` (market time,
+    s), judge on the later ones (:func:`judge`). Returns the model and ``{"fit": …, "test":
+    …}``. Raises ValueError when either side of the split has no entry."""
+    train = [x for x in entries if float(m.open_time[x.bar]) < split]
+    test = [x for x in entries if float(m.open_time[x.bar]) >= split]
+    if not train or not test:
+        raise ValueError(f"--fit-kill: {len(train)} entries before the split and {len(test)} after: need both")
+    model, rep = fit_kill(m, train, theta, fill, data, command)
+    doc = judge(m, test, theta, fill, model)
+    return model, {"fit": rep, "test": doc, "split": split}
+
+
+def fit_text(model: KillModel, doc: dict[str, Any]) -> str:
+    """What ``harvest replay --fit-kill`` prints: the fit, its folds and margins, the held-out table."""
+    rep = doc["fit"]
+    out = [
+        f"fit: {rep['rows']} scan rows of the entries before the split, {rep['seconds']:.1f} s; "
+        f"margin {model.margin_r} R (tuned on the training entries)"
+    ]
+    for f in rep["folds"]["by_time"] + rep["folds"]["by_symbol"]:
+        out.append(
+            f"  fold {f.get('left_out', 'by time')}: R² {f['r2']:+.3f}, rows {f['rows']}, "
+            f"mean gain where it would kill {f['mean_gain_where_killed']:+.3f} R"
+        )
+    out.append(f"held out ({doc['test']['n_entries']} entries after the split), paired against the learned kill:")
+    out.append(_table(doc["test"]))
+    return "\n".join(out)
+
+
 def _table(doc: dict[str, Any]) -> str:
     """The judgement as a text table (policy, mean R [CI], Δ vs learned [CI], exits)."""
     lines = [f"{'policy':<11} {'trades':>6} {'mean R [95% CI]':>26}  {'Δ mean R = policy − learned [95% CI]':>38}"]

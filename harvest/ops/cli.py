@@ -596,6 +596,37 @@ def _replay_tune(a: argparse.Namespace, policies: list[str], theta, fill) -> int
     return 0
 
 
+def _replay_fit_kill(a: argparse.Namespace, theta, fill) -> int:
+    """``harvest replay --fit-kill PATH``: fit the learned kill on the entries before ``--split``
+    (default: the first 70 %), judge it on the later ones against every policy, write the model
+    (:mod:`harvest.lab.kill_model`)."""
+    from pathlib import Path
+
+    from harvest.data import KlineFileError
+    from harvest.lab.entries import EntriesError
+    from harvest.lab.kill_model import fit_and_judge, fit_text
+    from harvest.lab.market import FundingFileError
+    from harvest.lab.run import load_inputs
+    from harvest.ops.demo import parse_time
+
+    try:
+        m, entries = load_inputs(a.data or [], theta, a.entries, *_entry_args(a))
+        times = sorted(float(m.open_time[x.bar]) for x in entries)
+        split = parse_time(a.split) if a.split else times[int(len(times) * 0.7)]
+        cmd = "harvest replay " + " ".join(sys.argv[2:])
+        model, doc = fit_and_judge(m, entries, split, theta, fill, a.data or [], cmd)
+        Path(a.fit_kill).write_text(json.dumps(_json_safe(model.to_dict()), indent=1) + "\n")
+    except (KlineFileError, FundingFileError, EntriesError, ValueError, OSError) as e:
+        print(f"harvest replay --fit-kill: {e}", file=sys.stderr)
+        return 2
+    if a.json:
+        print(json.dumps(_json_safe(doc), indent=2))
+    else:
+        print(fit_text(model, doc))
+        print(f"model: {a.fit_kill} (HARVEST_KILL_MODEL={a.fit_kill} to load it)")
+    return 0
+
+
 def _cmd_replay(a: argparse.Namespace) -> int:
     import time
 
@@ -628,6 +659,8 @@ def _cmd_replay(a: argparse.Namespace) -> int:
         print(f"harvest replay: {e}", file=sys.stderr)
         return 2
 
+    if a.fit_kill:
+        return _replay_fit_kill(a, theta, fill)
     if a.tune:
         return _replay_tune(a, policies, theta, fill)
     try:
@@ -1073,6 +1106,12 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument(
         "--tune-fields",
         help="with --tune: the theta fields to search, comma-separated (default: all of harvest.lab.tune.SPACE)",
+    )
+    rp.add_argument(
+        "--fit-kill",
+        metavar="PATH",
+        help="fit the learned kill on the entries before --split (default: the first 70 %%), judge it on the "
+        "later ones against every policy, write the model to PATH (harvest.lab.kill_model)",
     )
     rp.add_argument("--html", help="write the HTML report here")
     rp.add_argument("--json", action="store_true", help="print the report as JSON")
