@@ -659,6 +659,10 @@ def _cmd_replay(a: argparse.Namespace) -> int:
         print(f"harvest replay: {e}", file=sys.stderr)
         return 2
 
+    if a.account:  # the desk's own positions, from the exchange (harvest.ops.replay_account)
+        from harvest.ops.replay_account import run_cli
+
+        return run_cli(a, policies, theta, fill)
     if a.fit_kill:
         return _replay_fit_kill(a, theta, fill)
     if a.tune:
@@ -1107,6 +1111,16 @@ def main(argv: list[str] | None = None) -> int:
         "--tune-fields",
         help="with --tune: the theta fields to search, comma-separated (default: all of harvest.lab.tune.SPACE)",
     )
+    rp.add_argument(
+        "--account",
+        help="replay the positions this account really had (read from the exchange: fills, orders, its stops, "
+        "funding; read-only, within the weight budget) and compare the desk with every policy",
+    )
+    rp.add_argument("--since", default="30d", help="with --account: how far back (30d, 12h; default %(default)s)")
+    rp.add_argument("--symbols", help="with --account: the symbols to read (default: the account's HARVEST_SYMBOLS)")
+    rp.add_argument("--interval", default="1m", help="with --account: the klines read from the exchange (1m)")
+    rp.add_argument("--cache", help="with --account: the klines' day cache folder (default ~/.cache/harvest/klines)")
+    rp.add_argument("--no-cache", action="store_true", help="with --account: read every kline from the exchange")
     rp.add_argument(
         "--fit-kill",
         metavar="PATH",
