@@ -241,6 +241,14 @@ class HarvestSettings(BaseSettings):
         description="the scan reads positions from `harvest streams`' cache instead of positionRisk "
         "while its heartbeat and mark prices are at most this old (wall s) and it is trusted",
     )
+    audit_interval_s: float = Field(
+        900.0,
+        ge=1,
+        le=86_400,
+        description="every account held by `harvest streams` has its stream cache audited against REST "
+        "(positionRisk, openOrders, openAlgoOrders) at least this often, the accounts' audits spread "
+        "evenly over it; a disagreement puts the account back on REST",
+    )
     results_stream_maxlen: int = Field(100_000, ge=1000)
     # Paper venue market clock (replay of the shipped klines).
     paper_replay_start: float = Field(

@@ -10,7 +10,9 @@ a combined stream's ``{"stream", "data"}`` wrapper is unwrapped) into one of:
   commission ``n``, original type ``ot``;
 * :class:`AlgoUpdate` — an ``ALGO_UPDATE`` (conditional orders): clientAlgoId ``caid``,
   status ``X`` (NEW, TRIGGERING, TRIGGERED, FINISHED, CANCELED, REJECTED, EXPIRED), trigger
-  price ``tp``;
+  price ``tp``, side ``S``, closePosition ``cp``, algoId ``aid``;
+* :class:`LeverageUpdate` — an ``ACCOUNT_CONFIG_UPDATE`` of a symbol's leverage (``ac.s``,
+  ``ac.l``; the multi-assets form ``ai`` gives no event);
 * :class:`MarkPrice` — a ``markPriceUpdate``: mark ``p``, funding rate ``r``, next funding
   ``T``;
 * :class:`FundingFee` — an ``ACCOUNT_UPDATE`` of reason ``FUNDING_FEE``: the USDT balance
@@ -81,13 +83,25 @@ class TradeUpdate(_Event):
 
 
 class AlgoUpdate(_Event):
-    """A conditional order's change (``status`` in :data:`ALGO_STATUSES`)."""
+    """A conditional order's change (``status`` in :data:`ALGO_STATUSES`); ``side`` BUY/SELL
+    (``S``; "" when missing), ``close_position`` (``cp``), ``algo_id`` (``aid``, 0 when
+    missing)."""
 
     symbol: str
     client_id: str
     status: str
     order_type: str
     trigger_price: float
+    side: str = ""
+    close_position: bool = False
+    algo_id: int = 0
+
+
+class LeverageUpdate(_Event):
+    """A symbol's leverage changed (``ACCOUNT_CONFIG_UPDATE`` ``ac``: ``s``, ``l``)."""
+
+    symbol: str
+    leverage: float
 
 
 class MarkPrice(_Event):
@@ -129,7 +143,17 @@ class StreamGap(_Event):
     kind: str
 
 
-Event = PositionUpdate | TradeUpdate | AlgoUpdate | MarkPrice | Kline | ListenKeyExpired | FundingFee | StreamGap
+Event = (
+    PositionUpdate
+    | TradeUpdate
+    | AlgoUpdate
+    | LeverageUpdate
+    | MarkPrice
+    | Kline
+    | ListenKeyExpired
+    | FundingFee
+    | StreamGap
+)
 
 
 def _num(d: dict[str, Any], k: str, what: str) -> float:
@@ -276,9 +300,22 @@ def parse_event(raw: Any, now_ms: int) -> list[Event]:
                 client_id=_str(o, "caid", kind),
                 status=status,
                 order_type=str(o.get("o") or ""),
-                trigger_price=float(o.get("tp") or 0.0),
+                trigger_price=_num(o, "tp", kind) if o.get("tp") not in (None, "") else 0.0,
+                side=str(o.get("S") or ""),
+                close_position=o.get("cp") in (True, "true"),
+                algo_id=_int_or_0(o.get("aid")),
             )
         ]
+    if kind == "ACCOUNT_CONFIG_UPDATE":
+        ac = raw.get("ac")
+        if ac is None:
+            return []  # the multi-assets mode form ("ai"): nothing harvest keeps
+        if not isinstance(ac, dict):
+            raise MalformedEvent(f"{kind}: 'ac' is not an object")
+        lev = _num(ac, "l", kind)
+        if lev < 1:
+            raise MalformedEvent(f"{kind}: leverage {lev} < 1")
+        return [LeverageUpdate(event_ms=e, symbol=_str(ac, "s", kind), leverage=lev)]
     raise MalformedEvent(f"unknown event type {kind!r}")
 
 
@@ -355,3 +392,136 @@ def is_newer(event_ms: int, last_ms: int | None) -> bool:
     """Whether an event of time ``event_ms`` may be applied after one of ``last_ms`` (None:
     nothing applied yet). Equal times apply (Binance sends several events in one ms)."""
     return last_ms is None or event_ms >= last_ms
+
+
+# --------------------------------------------------------------------------- the account's cache
+
+#: Statuses of an order still working (ORDER_TRADE_UPDATE ``X``; an algo order: ALGO_UPDATE NEW).
+WORKING_ORDER_STATUSES = ("NEW", "PARTIALLY_FILLED")
+
+
+def fold_position(cur: dict[str, Any] | None, ev: PositionUpdate) -> tuple[dict[str, Any], bool]:
+    """A symbol's cached row (``{"amt", "entry", "event_ms", "row"?}``: ``amt`` signed base
+    units, ``entry`` USDT, ``row`` the VenuePosition fields of a REST read, JSON) after ``ev``,
+    and whether REST must be read for the symbol. The event carries ``pa`` and ``ep`` only
+    (Binance's ACCOUNT_UPDATE has no leverage, liquidation price, opening time or funding):
+
+    * flat (``amt`` 0): the row is flat, nothing to read;
+    * the same side as a row read from REST (a partial close, an addition): the row's
+      ``qty`` and ``entry_price`` follow the event; its other fields stand (the liquidation
+      price is refreshed by the next audit);
+    * anything else (an opening, a flip, a row never read): the row has no ``row`` (readers
+      fall back to REST) and REST must be read for the symbol.
+
+    ``cur`` is not modified; the caller checks the event's order (:func:`is_newer`)."""
+    new: dict[str, Any] = {"amt": ev.amt, "entry": ev.entry, "event_ms": ev.event_ms}
+    if ev.amt == 0:
+        return new, False
+    row = (cur or {}).get("row")
+    if row is None or float((cur or {}).get("amt", 0.0)) * ev.amt <= 0:
+        return new, True
+    return dict(new, row=dict(row, qty=abs(ev.amt), entry_price=ev.entry)), False
+
+
+def order_key_of(client_id: str, algo: bool) -> str:
+    """The key of an order in the account's open-orders cache (``algo:<id>`` or ``order:<id>``:
+    a triggered stop's order may carry its clientAlgoId)."""
+    return f"{'algo' if algo else 'order'}:{client_id}"
+
+
+def open_order_change(ev: TradeUpdate | AlgoUpdate) -> tuple[str, dict[str, Any] | None]:
+    """The key (:func:`order_key_of`) of ``ev``'s order in the open-orders cache and its entry
+    while it works — ``{"symbol", "client_order_id", "order_id", "side", "type", "status",
+    "algo", "close_position", "stop_price", "event_ms"}`` (the fields of an ``OrderResult``,
+    plus the event time) — or None once it no longer works (an algo order past NEW; an order
+    in a final status)."""
+    if isinstance(ev, AlgoUpdate):
+        if ev.status != "NEW":
+            return order_key_of(ev.client_id, True), None
+        return order_key_of(ev.client_id, True), {
+            "symbol": ev.symbol,
+            "client_order_id": ev.client_id,
+            "order_id": ev.algo_id,
+            "side": ev.side,
+            "type": ev.order_type or "STOP_MARKET",
+            "status": "NEW",
+            "algo": True,
+            "close_position": ev.close_position,
+            "stop_price": ev.trigger_price or None,
+            "event_ms": ev.event_ms,
+        }
+    if ev.status not in WORKING_ORDER_STATUSES:
+        return order_key_of(ev.client_id, False), None
+    return order_key_of(ev.client_id, False), {
+        "symbol": ev.symbol,
+        "client_order_id": ev.client_id,
+        "order_id": ev.order_id,
+        "side": ev.side,
+        "type": ev.orig_type or "MARKET",
+        "status": ev.status,
+        "algo": False,
+        "close_position": False,
+        "stop_price": None,
+        "event_ms": ev.event_ms,
+    }
+
+
+def working_stop(orders: list[dict[str, Any]], symbol: str, sign: int) -> float | None:
+    """The working closePosition STOP_MARKET of a position (``sign`` +1 LONG, -1 SHORT) among
+    open-orders cache entries (:func:`open_order_change`), as REST's positions read picks it:
+    the highest of a LONG's SELL stops, the lowest of a SHORT's BUY stops (an entry without
+    a side counts); None when there is none."""
+    close_side = "SELL" if sign > 0 else "BUY"
+    stops = [
+        float(o["stop_price"])
+        for o in orders
+        if o.get("symbol") == symbol
+        and o.get("algo")
+        and o.get("close_position")
+        and o.get("type") == "STOP_MARKET"
+        and o.get("side") in (close_side, "")
+        and o.get("stop_price")
+    ]
+    if not stops:
+        return None
+    return max(stops) if sign > 0 else min(stops)
+
+
+#: Position = (signed amount in base units, entry price USDT, working stop USDT or None).
+AuditPosition = tuple[float, float, float | None]
+
+
+def audit_differences(
+    rest: dict[str, AuditPosition],
+    cached: dict[str, AuditPosition],
+    rest_orders: set[str],
+    cached_orders: set[str],
+    moved: set[str],
+) -> list[dict[str, Any]]:
+    """What a REST audit finds the stream cache got wrong: ``rest`` and ``cached`` the open
+    positions by symbol, ``rest_orders`` and ``cached_orders`` the keys of working orders
+    (:func:`order_key_of`), ``moved`` the symbols and order keys a stream event touched at
+    or after the REST read started (the cache may be newer than REST there: not compared).
+    Returns one ``{"kind", "symbol" | "order", "rest", "cached"}`` per difference, kind
+    ``position_missed`` (open on REST, not in the cache), ``position_phantom`` (the reverse),
+    ``position_qty``, ``position_entry`` (relative 1e-6), ``position_stop``,
+    ``order_missed`` or ``order_phantom``; [] when they agree."""
+    out: list[dict[str, Any]] = []
+    for s in sorted((set(rest) | set(cached)) - moved):
+        r, c = rest.get(s), cached.get(s)
+        if r is None or c is None:
+            kind = "position_missed" if c is None else "position_phantom"
+        elif not math.isclose(r[0], c[0], rel_tol=1e-9, abs_tol=1e-12):
+            kind = "position_qty"
+        elif not math.isclose(r[1], c[1], rel_tol=1e-6):
+            kind = "position_entry"
+        elif (r[2] is None) != (c[2] is None) or (
+            r[2] is not None and c[2] is not None and not math.isclose(r[2], c[2], rel_tol=1e-9)
+        ):
+            kind = "position_stop"
+        else:
+            continue
+        out.append({"kind": kind, "symbol": s, "rest": r, "cached": c})
+    for k in sorted((rest_orders ^ cached_orders) - moved):
+        out.append({"kind": "order_missed" if k in rest_orders else "order_phantom", "order": k})
+    return out

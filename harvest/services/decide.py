@@ -88,10 +88,16 @@ def venue_positions(rt: Runtime, from_streams: bool = True) -> list[VenuePositio
     return rt.venue.positions()
 
 
-def load_positions(rt: Runtime, symbols: set[str] | None = None, from_streams: bool = True) -> tuple[list[Row], float]:
+def load_positions(
+    rt: Runtime,
+    symbols: set[str] | None = None,
+    from_streams: bool = True,
+    vps: list[VenuePosition] | None = None,
+) -> tuple[list[Row], float]:
     """Open positions with their book entry and the market state of their symbol, and the
-    market time (positions: :func:`venue_positions`; ``from_streams`` False reads REST, as
-    reconcile must). Starts a new book epoch where the venue shows a new opening; drops ghost book
+    market time (positions: :func:`venue_positions`; ``from_streams`` False reads REST; ``vps``:
+    the venue's positions as the caller already read them, e.g. reconcile from the stream
+    cache). Starts a new book epoch where the venue shows a new opening; drops ghost book
     entries (only on a full scan, ``symbols`` None). Positions without a cached market state
     are skipped and counted. Reads are batched: one venue call and, beside it in another
     thread, one book read and one market read; one write of moved peaks/troughs."""
@@ -101,10 +107,10 @@ def load_positions(rt: Runtime, symbols: set[str] | None = None, from_streams: b
         # Harvest's own reads (book entries and market states of every booked position) run
         # in a second thread while the venue's positions are read and parsed here.
         ahead = _reader().submit(_booked, rt, acct)
-        vps = venue_positions(rt, from_streams)
+        vps = venue_positions(rt, from_streams) if vps is None else vps
         booked, booked_markets = ahead.result()
     else:
-        vps = [v for v in venue_positions(rt, from_streams) if v.symbol in symbols]
+        vps = [v for v in (venue_positions(rt, from_streams) if vps is None else vps) if v.symbol in symbols]
         booked, booked_markets = {}, {}
     syms = [v.symbol for v in vps]
     ghosts = set(booked) - set(syms)  # in the book, not on the venue (full scans only)

@@ -2,22 +2,37 @@
 symbols, and write what they say into Redis (:class:`harvest.store.streams.StreamCache`)
 (issue 23, first step: one account per process).
 
-The order of trust: a user data stream is only as good as its continuity, so
+Streams are the truth, REST the audit (issue 32). The order of trust: a user data stream is
+only as good as its continuity, so
 
-1. the stream is opened first (python-binance: POST listenKey, connect), then positions are
-   read once from REST (positionRisk) into the cache, stamped with the request's start time:
-   an event older than that is ignored, one newer applies;
-2. each ``ACCOUNT_UPDATE`` updates the cached position of its symbols (ordered by event time);
-   fills and algo-order updates are appended to the account's events stream and folded into
-   their order's outcome (confirm reads it instead of REST); any of them marks
-   the cache dirty and, ``settle_s`` later, one REST read refreshes the rows (stop, leverage,
-   liquidation price, opening time, funding are REST's); so a quiet account costs no weight;
-   a funding settlement (``ACCOUNT_UPDATE`` FUNDING_FEE) does the same, with the income
-   endpoint read afresh in that REST read (Binance does not say which cross position paid);
-3. a drop (python-binance reports ``{"e": "error"}`` and reconnects), an expired listenKey or
-   a stream that cannot be (re)opened marks the cache untrusted at once — readers fall back to
-   REST — and it is trusted again only after the next REST resync on a live connection;
-4. a malformed event is counted (``streams:malformed``) and logged, never applied.
+1. the stream is opened first (python-binance: POST listenKey, connect), then positions and
+   working orders are read once from REST (positionRisk, openAlgoOrders, openOrders) into the
+   cache, stamped with the request's start time: an event older than that is ignored, one
+   newer applies;
+2. from then on the events are folded into the cache with no REST read
+   (:mod:`harvest.store.streams`): ``ACCOUNT_UPDATE`` moves a position's quantity and entry,
+   ``ORDER_TRADE_UPDATE`` / ``ALGO_UPDATE`` the working orders and stops (and each order's
+   outcome, which confirm reads instead of REST), ``ACCOUNT_CONFIG_UPDATE`` the leverage.
+   REST is read only where the stream lacks what harvest needs: a position opened or flipped
+   (its leverage, liquidation price, opening time: positionRisk and openAlgoOrders *of that
+   symbol*, ``settle_s`` later) and a funding settlement (``ACCOUNT_UPDATE`` FUNDING_FEE:
+   Binance does not say which cross position paid; the full read includes the income
+   endpoint). The liquidation price is not recomputed from the stream (for a cross position
+   it moves with every other position and the wallet): it stands from the last REST read and
+   the audit refreshes it;
+3. the audit: at wall times ``(phase + k) × HARVEST_AUDIT_INTERVAL_S`` (each account of the
+   deployment at its own phase, index / accounts: spread evenly, never a burst) the account's
+   REST truth is read and compared with the cache; a disagreement distrusts the cache at once,
+   is recorded as a reconcile finding (``audit_disagreement``) and the stream is reopened (as
+   after a gap);
+4. a drop (python-binance reports ``{"e": "error"}`` and reconnects), an expired listenKey, a
+   stream that cannot be (re)opened, a REST read refused (429/418, counted
+   ``streams:rest_error:<code>``) or an audit disagreement marks the cache untrusted at once
+   — readers fall back to REST — and it is trusted again only after the next REST resync on a
+   live connection;
+5. a malformed event is counted (``streams:malformed``) and logged, never applied; an error
+   in a loop is logged with its traceback, counted (``streams:errors:<where>``) and retried
+   with backoff (1 s doubling to 60 s).
 
 The mark-price streams (``<symbol>@markPrice@1s``) go to ``<ns>:streams:marks``; a market
 stream silent for ``silence_s`` is reopened. Nothing here sends an order: losing this process
@@ -29,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -39,17 +55,22 @@ from harvest.domain.stream_events import (
     Event,
     FundingFee,
     Kline,
+    LeverageUpdate,
     ListenKeyExpired,
     MalformedEvent,
     MarkPrice,
     PositionUpdate,
     StreamGap,
     TradeUpdate,
+    audit_differences,
+    order_key_of,
     parse_event,
 )
 from harvest.domain.trading import effective
+from harvest.services.reconcile import report
 from harvest.services.runtime import Runtime
 from harvest.store.streams import KlineCache, StreamCache
+from harvest.venues.base import VenueError
 from harvest.venues.binance_streams import (
     StreamClosed,
     is_streaming,
@@ -64,11 +85,22 @@ log = logging.getLogger("harvest.streams")
 
 class AccountStreams:
     """The user data stream of ``rt``'s account (see module docstring). ``keepalive_s``: listenKey PUT interval;
-    ``settle_s``: how long after a change (a fill, a stop placed) the rows are re-read from REST
-    (one read for a burst of events); ``lease_s``: how long the account's lease outlives its
-    last renewal (a dead owner's account is taken over within that)."""
+    ``settle_s``: how long after a change the stream cannot tell in full (an opening, a funding
+    settlement) REST is read (one read for a burst of events); ``lease_s``: how long the
+    account's lease outlives its last renewal (a dead owner's account is taken over within that).
+    ``audit_interval_s`` (default ``settings.audit_interval_s``) and ``audit_phase`` (in [0, 1)):
+    the audit runs at wall times ``(phase + k) × interval`` (:meth:`next_audit`), so that the
+    accounts of a deployment, each at its own phase, are audited evenly over the interval."""
 
-    def __init__(self, rt: Runtime, keepalive_s: float = 30 * 60, settle_s: float = 0.25, lease_s: float = 10.0):
+    def __init__(
+        self,
+        rt: Runtime,
+        keepalive_s: float = 30 * 60,
+        settle_s: float = 0.25,
+        lease_s: float = 10.0,
+        audit_interval_s: float | None = None,
+        audit_phase: float = 0.0,
+    ):
         self.rt = rt
         self.keepalive_s = keepalive_s
         self.cache = StreamCache(rt.r, rt.settings.namespace, rt.settings.account)
@@ -77,13 +109,29 @@ class AccountStreams:
         self.settle_s = settle_s
         self.grace_s = 3.0
         self.lease_s = lease_s
+        self.audit_interval_s = float(audit_interval_s or rt.settings.audit_interval_s)
+        if not 0.0 <= audit_phase < 1.0:
+            raise ValueError(f"audit_phase {audit_phase} not in [0, 1)")
+        self.audit_phase = audit_phase
+        self._next_audit: float | None = None
         self._changed = False
+        self._reset()
+
+    def _reset(self) -> None:
+        """Nothing owed to REST: no gap, no symbol to read, no full resync due."""
+        self._gap, self._full_due, self._pending, self._changed_at = False, False, set(), None
+
+    def next_audit(self, now: float) -> float:
+        """The first audit time (wall s) after ``now``: ``(phase + k) × interval``."""
+        i = self.audit_interval_s
+        return (math.floor(now / i - self.audit_phase) + 1 + self.audit_phase) * i
 
     async def run(self, stop: asyncio.Event) -> None:
         """Hold the account's streams until ``stop`` is set, while this process holds the
         account's lease (:meth:`StreamCache.acquire`; another process waits, and takes over
-        within ``lease_s`` of this one dying). Exchange errors are logged and retried with
-        backoff (1 s doubling to 60 s), never raised."""
+        within ``lease_s`` of this one dying). Errors are logged with their traceback, counted
+        (``streams:errors:session``) and retried with backoff (1 s doubling to 60 s), never
+        raised."""
         backoff, waiting = 1.0, False
         while not stop.is_set():
             if not self.cache.acquire(self.owner, self.lease_s):
@@ -97,10 +145,8 @@ class AccountStreams:
             try:
                 await self._session(stop)
                 backoff = 1.0
-            except Exception as e:  # the emulator's handshake or the client failed: retry
-                log.warning("streams: %s: %s", type(e).__name__, str(e)[:200])
-                await _wait(stop, backoff)
-                backoff = min(60.0, backoff * 2)
+            except Exception:  # the emulator's handshake or the client failed: retry
+                backoff = await _failed(self.cache, "session", stop, backoff)
             finally:
                 self.cache.release(self.owner)
 
@@ -110,6 +156,7 @@ class AccountStreams:
         url = await asyncio.to_thread(stream_url_of, self.rt.settings)  # the emulator's handshake: blocking I/O
         client, bsm = socket_manager(self.rt.settings, url, self.keepalive_s)
         halt = asyncio.Event()
+        self._next_audit = self.next_audit(time.time())
         tasks = [asyncio.create_task(c) for c in (self._user(bsm, halt), self._beat(halt))]
         try:
             stopped = asyncio.create_task(stop.wait())
@@ -129,6 +176,10 @@ class AccountStreams:
     # ------------------------------------------------------------------ user data stream
 
     async def _user(self, bsm, stop: asyncio.Event) -> None:
+        """Hold the user data stream: connect, resync from REST, fold events in. A drop, an
+        expired listenKey, an audit disagreement, a REST read refused (429/418 …) or any
+        error distrusts the cache (readers on REST) and reconnects with backoff (1 s doubling
+        to 60 s; errors logged with their traceback and counted ``streams:errors:user``)."""
         backoff = 1.0
         while not stop.is_set():
             why = "connect"
@@ -140,64 +191,145 @@ class AccountStreams:
                     await self._resync()
                     backoff = 1.0
                     why = await self._consume(sock, stop)
-            except Exception as e:  # an exchange or network error never ends the process
-                log.warning("user data stream: %s: %s", type(e).__name__, str(e)[:200])
+            except VenueError as e:  # a REST read refused or failed: the cache cannot be brought up to date
+                why = "rest_error"
+                self.cache.count(f"rest_error:{e.code}")
+                log.warning("user data stream: REST read failed (%s); account on REST", e)
+            except Exception:  # an exchange or network error never ends the process
+                self.cache.count("errors:user")
+                log.exception("user data stream failed")
             if stop.is_set():
                 return
-            if why != "listen_key_expired":  # that one was recorded when it was read
+            if why not in ("listen_key_expired", "audit"):  # those were recorded when they were seen
                 self.cache.distrust(why)
             log.info("user data stream ended (%s); reopening in %.0f s", why, backoff)
             await _wait(stop, backoff)
             backoff = min(60.0, backoff * 2)
 
+    def _apply(self, ev: Event) -> str | None:
+        """Fold one user-stream event into the cache; returns why the stream must end (an
+        expired listenKey), else None."""
+        if isinstance(ev, StreamGap):
+            self.cache.distrust("drop")
+            self._gap = True
+        elif isinstance(ev, ListenKeyExpired):
+            # untrusted now: closing python-binance's socket can take its 10 s read timeout
+            self.cache.distrust("listen_key_expired")
+            return "listen_key_expired"
+        elif isinstance(ev, PositionUpdate):
+            _, needed = self.cache.apply_position(ev)
+            if needed:  # an opening or a flip: its leverage, liquidation price, opening time are REST's
+                self._pending.add(ev.symbol)
+                self._changed_at = self._changed_at or time.monotonic()
+        elif isinstance(ev, (TradeUpdate, AlgoUpdate)):
+            self.cache.record(ev)
+        elif isinstance(ev, LeverageUpdate):
+            self.cache.apply_leverage(ev)
+        elif isinstance(ev, FundingFee):
+            # Which position paid is not said (cross margin): the rows' funding comes from REST
+            # income, read afresh by the resync this starts (readers on REST until then).
+            self.rt.venue.funding_settled()
+            self.cache.count("funding_events")
+            self.cache.mark_dirty()
+            self._full_due = True
+            self._changed_at = self._changed_at or time.monotonic()
+        self._changed = True
+        return None
+
     async def _consume(self, sock, stop: asyncio.Event) -> str:
-        """Apply the stream's events until it ends; returns why it ended."""
-        resync_due, changed_at = False, None
+        """Apply the stream's events until it ends; returns why it ended. REST is read only
+        after a gap (once reconnected), for a symbol opened or flipped, after a funding
+        settlement, and by the audit when it is due."""
+        self._reset()
         async with _Pump(sock) as pump:
             while not stop.is_set():
-                msg = await pump.get(0.1 if changed_at else 1.0)
+                msg = await pump.get(0.1 if self._changed_at else 1.0)
                 if msg is _CLOSED:
                     return "closed"
                 if msg is not None:
                     for ev in _parse(self.cache, msg):
-                        if isinstance(ev, StreamGap):
-                            self.cache.distrust("drop")
-                            resync_due = True
-                        elif isinstance(ev, ListenKeyExpired):
-                            # untrusted now: closing python-binance's socket can take its 10 s read timeout
-                            self.cache.distrust("listen_key_expired")
-                            return "listen_key_expired"
-                        elif isinstance(ev, PositionUpdate):
-                            self.cache.apply_position(ev)
-                            changed_at = changed_at or time.monotonic()
-                        elif isinstance(ev, (TradeUpdate, AlgoUpdate)):
-                            self.cache.record(ev)
-                            self.cache.mark_dirty()
-                            changed_at = changed_at or time.monotonic()
-                        elif isinstance(ev, FundingFee):
-                            # Which position paid is not said (cross margin): the rows' funding
-                            # comes from REST income, read afresh by the resync this change starts.
-                            self.rt.venue.funding_settled()
-                            self.cache.count("funding_events")
-                            self.cache.mark_dirty()
-                            changed_at = changed_at or time.monotonic()
-                        self._changed = True
-                if resync_due and is_streaming(sock):
-                    await self._resync()  # reconnected: what the gap hid comes from REST
-                    resync_due, changed_at = False, None
-                elif changed_at is not None and time.monotonic() - changed_at >= self.settle_s:
-                    await self._resync()  # a change: one REST read brings the rows up to date
-                    changed_at = None
+                        if why := self._apply(ev):
+                            return why
+                if self._gap:
+                    if is_streaming(sock):
+                        await self._resync()  # reconnected: what the gap hid comes from REST
+                elif self._changed_at is not None and time.monotonic() - self._changed_at >= self.settle_s:
+                    if self._full_due:
+                        await self._resync()
+                    else:
+                        for sym in sorted(self._pending):
+                            await self._resync_symbol(sym)
+                        self._reset()
+                elif self._next_audit is not None and time.time() >= self._next_audit:
+                    self._next_audit = self.next_audit(time.time())
+                    if await self._audit(pump) is not None:
+                        return "audit"
             return "stop"
+
+    def _rest(self) -> tuple[list, list]:
+        """The account's REST truth: positions (positionRisk with their stops, leverage,
+        opening, funding) and working orders (openOrders, openAlgoOrders). Blocking I/O."""
+        return self.rt.venue.positions(), self.rt.venue.open_orders()
 
     async def _resync(self) -> None:
         # When the REST read started, on the exchange's clock (the replay's market clock on the
         # emulator): stream events (their E, that clock) older than it do not overwrite it.
         started = int(self.rt.market_now() * 1000)
         self._changed = False
-        vps = await asyncio.to_thread(self.rt.venue.positions)
-        self.cache.resync(vps, started, clean=not self._changed)
-        log.info("positions resynchronised from REST: %d open", len(vps))
+        vps, orders = await asyncio.to_thread(self._rest)
+        self.cache.resync(vps, started, clean=not self._changed, orders=orders)
+        self._reset()
+        log.info("positions resynchronised from REST: %d open, %d working orders", len(vps), len(orders))
+
+    async def _resync_symbol(self, symbol: str) -> None:
+        """One symbol from REST (positionRisk and openAlgoOrders of that symbol)."""
+        started = int(self.rt.market_now() * 1000)
+        vp = await asyncio.to_thread(self.rt.venue.position, symbol)
+        self.cache.resync_symbol(symbol, vp, started)
+
+    async def _audit(self, pump: "_Pump") -> list[dict] | None:
+        """Compare REST truth with the cache (:func:`harvest.domain.stream_events.audit_differences`).
+        Events that arrived during the read are folded in first, and what they touched is not
+        compared (the cache is newer there). Agreement: the REST-only fields are refreshed
+        (:meth:`StreamCache.refresh`), counted ``streams:audits``. A disagreement: the cache is
+        distrusted at once (``streams:gap:audit``: readers on REST), each difference is a
+        reconcile finding ``audit_disagreement`` (counter ``reconcile:audit_disagreement``),
+        and the differences are returned (the caller reconnects, as after a gap). An untrusted
+        cache is not audited (a resync is owed). A REST error propagates."""
+        if not self.cache.trusted():
+            return None
+        started = int(self.rt.market_now() * 1000)
+        vps, orders = await asyncio.to_thread(self._rest)
+        for msg in pump.drain():
+            for ev in _parse(self.cache, msg):
+                if self._apply(ev) is not None:
+                    return None  # the stream ended meanwhile: the reconnection resyncs
+        if self._gap:
+            return None
+        cached, cached_orders, moved = self.cache.audit_view(started)
+        rest = {vp.symbol: (vp.qty * vp.side.sign, vp.entry_price, vp.stop_price) for vp in vps}
+        rest_orders = {order_key_of(o.client_order_id, o.algo) for o in orders}
+        moved |= self.cache.order_moved_since((rest_orders ^ cached_orders) - moved, started)
+        diffs = audit_differences(rest, cached, rest_orders, cached_orders, moved)
+        if not diffs:
+            self.cache.refresh(vps, started)
+            self.cache.count("audits")
+            return None
+        self.cache.distrust("audit")
+        for d in diffs:
+            report(
+                self.rt,
+                "audit_disagreement",
+                account=self.rt.settings.account,
+                what=d["kind"],
+                **{k: d[k] for k in ("symbol", "order", "rest", "cached") if k in d},
+            )
+        log.error(
+            "audit of account %s: the stream cache disagrees with REST %s; account on REST",
+            self.rt.settings.account,
+            diffs,
+        )
+        return diffs
 
     async def _beat(self, halt: asyncio.Event) -> None:
         """Renew the lease and the heartbeat every second; returns when the lease is lost."""
@@ -294,8 +426,9 @@ class MarketStreams:
             self._fired.add((account, ev.symbol, price))
             try:
                 self.fire(account, ev.symbol)
-            except Exception as e:  # a broker that does not answer: the beat scan is the safety net
-                log.warning("trigger of %s %s not fired: %s: %s", account, ev.symbol, type(e).__name__, str(e)[:200])
+            except Exception:  # a broker that does not answer: the beat scan is the safety net
+                self.cache.count("errors:fire")
+                log.exception("trigger of %s %s not fired", account, ev.symbol)
                 continue
             now_ms = int(time.time() * 1000)
             self.rt.r.xadd(
@@ -315,7 +448,9 @@ class MarketStreams:
             self.cache.count("triggers_fired")
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Hold the market streams until ``stop``; errors are logged and retried with backoff."""
+        """Hold the market streams until ``stop``; errors are logged with their traceback,
+        counted (``streams:errors:market_session``) and retried with backoff (1 s doubling to
+        60 s)."""
         backoff = 1.0
         while not stop.is_set():
             try:
@@ -333,10 +468,8 @@ class MarketStreams:
                         await asyncio.gather(task, return_exceptions=True)
                     await asyncio.wait_for(client.close_connection(), 3.0)
                 backoff = 1.0
-            except Exception as e:
-                log.warning("market streams: %s: %s", type(e).__name__, str(e)[:200])
-                await _wait(stop, backoff)
-                backoff = min(60.0, backoff * 2)
+            except Exception:
+                backoff = await _failed(self.cache, "market_session", stop, backoff)
 
     def _wanted(self) -> list[str]:
         """The mark-price streams to hold: the configured symbols and every open position's."""
@@ -384,8 +517,9 @@ class MarketStreams:
                 self.cache.count("gap:market_silent")
             except StreamClosed:
                 self.cache.count("gap:market_closed")
-            except Exception as e:
-                log.warning("market stream: %s: %s", type(e).__name__, str(e)[:200])
+            except Exception:
+                self.cache.count("errors:market")
+                log.exception("market stream failed")
             if not halt.is_set():
                 await _wait(halt, backoff)
                 backoff = min(60.0, backoff * 2)
@@ -425,11 +559,33 @@ class _Pump:
         except StreamClosed:
             await self.q.put(_CLOSED)
 
+    def drain(self) -> list:
+        """The messages already queued (none waited for); ``_CLOSED``, if queued, stays queued."""
+        out = []
+        while not self.q.empty():
+            msg = self.q.get_nowait()
+            if msg is _CLOSED:
+                self.q.put_nowait(msg)
+                break
+            out.append(msg)
+        return out
+
     async def get(self, timeout: float):
         try:
             return await asyncio.wait_for(self.q.get(), timeout)
         except asyncio.TimeoutError:
             return None
+
+
+async def _failed(cache: StreamCache, where: str, stop: asyncio.Event, backoff: float) -> float:
+    """Inside an ``except``: log the error with its traceback, count it
+    (``streams:errors:<where>``; ``/metrics`` ``harvest_streams_errors_total{where}``, alert
+    HarvestStreamsErroring when it repeats), wait ``backoff`` s (or until ``stop``) and return
+    the next backoff (doubled, at most 60 s)."""
+    cache.count(f"errors:{where}")
+    log.exception("streams (%s) failed; retrying in %.0f s", where, backoff)
+    await _wait(stop, backoff)
+    return min(60.0, backoff * 2)
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
@@ -465,7 +621,16 @@ def run_streams(
     import signal
 
     names = accounts or rt.accounts
-    held = [AccountStreams(rt.for_account(a), lease_s=lease_s) for a in names]
+    # each account's audit phase: its place among the deployment's accounts (spread evenly)
+    every = sorted(rt.accounts)
+    held = [
+        AccountStreams(
+            rt.for_account(a),
+            lease_s=lease_s,
+            audit_phase=every.index(a) / len(every) if a in every else 0.0,
+        )
+        for a in names
+    ]
     wanted = symbols or list(dict.fromkeys(s for x in held for s in x.rt.settings.symbols))
     market = MarketStreams(held[0].rt, wanted, [x.cache for x in held], fire=fire)
 

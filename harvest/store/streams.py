@@ -7,7 +7,10 @@ Keys (``<ns>`` = settings.namespace, ``<a>`` = account)::
     <ns>:streams:<a>:positions   hash    symbol → {"amt", "entry", "event_ms", "row"} (JSON): row =
                                          the VenuePosition of the last REST read; amt 0 = flat
     <ns>:streams:<a>:health      hash    synced_ms (last REST resync, exchange clock), trusted (1/0), dirty (1/0),
-                                         last_event_ms, listen_keys (used so far), owner
+                                         why (the last distrust's cause), audited_at (wall s), last_event_ms,
+                                         listen_keys (used so far), owner
+    <ns>:streams:<a>:orders      hash    "algo:<clientAlgoId>" / "order:<clientOrderId>" → the working order
+                                         (harvest.domain.stream_events.open_order_change; JSON with event_ms)
     <ns>:streams:<a>:events      stream  fills and algo-order updates, newest last (capped)
     <ns>:streams:order:<cid>     string  one order's outcome so far, its events folded in
                                          (harvest.domain.stream_events.fold_order; JSON, 1 day;
@@ -19,17 +22,35 @@ Keys (``<ns>`` = settings.namespace, ``<a>`` = account)::
     <ns>:streams:klines:<sym>    zset    closed 1m bars: member "<open_ms>:<close>", score open_ms
                                          (the last KLINES_KEPT; from kline streams and REST reads)
 
-The rows are REST snapshots (positionRisk with its stop, leverage, liquidation price, opening
-time and funding, as :meth:`harvest.venues.base.Venue.positions` reads them); the user data
-stream says *when* they change. A position update applies only when its event time is not older
-than the one stored for the symbol (:func:`harvest.domain.stream_events.is_newer`, checked
-inside one Lua call) and marks the cache *dirty* until the next resync; a resync replaces the
-whole cache and stamps every row with the time its request started on the exchange's clock
-(the replay's market clock on the emulator, wall time on Binance: the clock of the events' E),
-so an event older than the resync is ignored. :meth:`StreamCache.snapshot` serves the rows,
-with the streamed mark price, only while the cache is trusted (resynced since the last gap),
-clean, its writer alive and its marks fresh (arrived within the age, on the wall clock);
-otherwise None, and the reader uses REST.
+Streams are the truth, REST the audit (issue 32). The rows start as REST snapshots
+(positionRisk with its stop, leverage, liquidation price, opening time and funding, as
+:meth:`harvest.venues.base.Venue.positions` reads them) and the open orders as
+``openOrders`` + ``openAlgoOrders`` read them, both stamped with the time the read started on
+the exchange's clock (the replay's market clock on the emulator, wall time on Binance: the
+clock of the events' E). From then on the user data stream is folded in with no REST read:
+
+* ``ACCOUNT_UPDATE`` → :func:`harvest.domain.stream_events.fold_position`: a partial close or
+  an addition moves the row's quantity and entry; a close makes it flat; an opening or a flip
+  leaves the row without its REST fields (``row``) until the streams process has read that
+  one symbol from REST (:meth:`StreamCache.resync_symbol`: leverage, liquidation price,
+  opening time and funding are not in the event);
+* ``ORDER_TRADE_UPDATE`` / ``ALGO_UPDATE`` → the order's folded outcome (confirm reads it)
+  and the open-orders hash (:func:`harvest.domain.stream_events.open_order_change`); a
+  position's stop is the working closePosition stop of that hash
+  (:func:`harvest.domain.stream_events.working_stop`), as REST picks it;
+* ``ACCOUNT_CONFIG_UPDATE`` → the row's leverage.
+
+What the stream never says stands from the last REST read: the liquidation price (it moves
+with the margin and, cross, with every other position: harvest does not recompute it; the
+audit refreshes it, :meth:`StreamCache.refresh`) and the funding paid (a FUNDING_FEE event
+marks the cache dirty and the streams process reads REST again).
+
+An update applies only when its event time is not older than the one stored for its key
+(:func:`harvest.domain.stream_events.is_newer`); the streams process holding the account's
+lease is the only writer. :meth:`StreamCache.snapshot` and :meth:`StreamCache.view` serve
+the rows, with the streamed mark price, only while the cache is trusted (resynced since the
+last gap or audit disagreement), clean, its writer alive and its marks fresh (arrived within
+the age, on the wall clock); otherwise None, and the reader uses REST.
 """
 
 from __future__ import annotations
@@ -42,7 +63,19 @@ import numpy as np
 import redis
 
 from harvest.domain.models import VenuePosition
-from harvest.domain.stream_events import AlgoUpdate, MarkPrice, PositionUpdate, TradeUpdate, fold_order
+from harvest.domain.stream_events import (
+    AlgoUpdate,
+    AuditPosition,
+    LeverageUpdate,
+    MarkPrice,
+    PositionUpdate,
+    TradeUpdate,
+    fold_order,
+    fold_position,
+    open_order_change,
+    order_key_of,
+    working_stop,
+)
 
 EVENTS_MAXLEN = 10_000
 #: How long an order's folded outcome is kept (s): confirm reads it within a plan's TTL.
@@ -139,7 +172,7 @@ class StreamCache:
         self.r, self.ns, self.account = r, ns, account
         base = f"{ns}:streams:{account}"
         self.k_positions, self.k_health, self.k_events = f"{base}:positions", f"{base}:health", f"{base}:events"
-        self.k_lease = f"{base}:lease"
+        self.k_lease, self.k_orders = f"{base}:lease", f"{base}:orders"
         self.k_marks = f"{ns}:streams:marks"
         self.k_counters = f"{ns}:counters"
         self._apply = r.register_script(_APPLY)
@@ -165,60 +198,105 @@ class StreamCache:
 
     # ------------------------------------------------------------------ writers
 
-    def resync(self, vps: list[VenuePosition], started_ms: int, clean: bool = True) -> None:
+    def resync(
+        self, vps: list[VenuePosition], started_ms: int, clean: bool = True, orders: list[Any] | None = None
+    ) -> None:
         """Replace the cache with REST truth: ``vps`` the open positions as the venue read
-        them; ``started_ms``: when that read started. Marks the cache trusted and, with
-        ``clean``, not dirty (the caller saw no change while it read)."""
+        them; ``orders`` the working orders (``OrderResult``s of ``openOrders`` and
+        ``openAlgoOrders``; None: the open-orders hash is left as it is); ``started_ms``: when
+        that read started. Marks the cache trusted and, with ``clean``, not dirty (the caller
+        saw no change while it read)."""
         p = self.r.pipeline(transaction=True)
         p.delete(self.k_positions)
         for vp in vps:
-            row = {"amt": vp.qty * vp.side.sign, "entry": vp.entry_price, "event_ms": started_ms}
-            p.hset(self.k_positions, vp.symbol, json.dumps(dict(row, row=vp.model_dump(mode="json"))))
+            p.hset(self.k_positions, vp.symbol, json.dumps(_row(vp, started_ms)))
+        if orders is not None:
+            p.delete(self.k_orders)
+            for o in orders:
+                p.hset(self.k_orders, order_key_of(o.client_order_id, o.algo), json.dumps(_order_entry(o, started_ms)))
         p.hset(self.k_health, mapping={"synced_ms": started_ms, "trusted": 1, **({"dirty": 0} if clean else {})})
         p.hincrby(self.k_counters, "streams:resyncs", 1)
         p.execute()
 
+    def resync_symbol(self, symbol: str, vp: VenuePosition | None, started_ms: int) -> bool:
+        """One symbol's row from a REST read of that symbol (``vp``; None: flat) that started at
+        ``started_ms``, unless a stream event newer than the read is stored (then the next
+        event or audit settles it). Counted ``streams:symbol_reads``. Returns whether it
+        applied."""
+        raw = self.r.hget(self.k_positions, symbol)
+        if raw is not None and int(json.loads(raw)["event_ms"]) > started_ms:
+            return False
+        row = _row(vp, started_ms) if vp is not None else {"amt": 0.0, "entry": 0.0, "event_ms": started_ms}
+        p = self.r.pipeline(transaction=True)
+        p.hset(self.k_positions, symbol, json.dumps(row))
+        p.hincrby(self.k_counters, "streams:symbol_reads", 1)
+        p.execute()
+        return True
+
     def mark_dirty(self) -> None:
-        """A change the rows do not show yet (a fill, a stop placed or cancelled): readers use
-        REST until the next resync."""
+        """A change the rows cannot show from the stream (a funding settlement: which position
+        paid is REST's): readers use REST until the next resync."""
         self.r.hset(self.k_health, "dirty", 1)
 
     def distrust(self, why: str) -> None:
-        """A gap (dropped connection, expired listenKey, silence): readers fall back to REST
-        until the next resync. ``why`` is counted (``streams:gap:<why>``)."""
+        """A gap (dropped connection, expired listenKey, silence) or an audit disagreement:
+        readers fall back to REST until the next resync. ``why`` is counted
+        (``streams:gap:<why>``) and kept (health ``why``)."""
         p = self.r.pipeline(transaction=True)
-        p.hset(self.k_health, "trusted", 0)
+        p.hset(self.k_health, mapping={"trusted": 0, "why": why})
         p.hincrby(self.k_counters, f"streams:gap:{why}", 1)
         p.execute()
 
-    def apply_position(self, ev: PositionUpdate) -> bool:
-        """Apply one position update unless an event or resync newer than it is stored; counts
-        ``streams:out_of_order`` when it is ignored. Returns whether it applied."""
-        row = json.dumps({"amt": ev.amt, "entry": ev.entry, "event_ms": ev.event_ms})
-        done = bool(self._apply(keys=[self.k_positions], args=[ev.symbol, row, ev.event_ms]))
+    def apply_position(self, ev: PositionUpdate) -> tuple[bool, bool]:
+        """Fold one position update into its row (:func:`harvest.domain.stream_events.fold_position`)
+        unless an event or read newer than it is stored (counted ``streams:out_of_order``).
+        Returns ``(applied, rest_needed)``: whether it applied and whether the symbol must be
+        read from REST (:meth:`resync_symbol`; until then the cache serves no snapshot)."""
+        raw = self.r.hget(self.k_positions, ev.symbol)
+        cur = json.loads(raw) if raw else None
         p = self.r.pipeline(transaction=False)
-        p.hset(self.k_health, mapping={"last_event_ms": ev.event_ms, **({"dirty": 1} if done else {})})
-        if not done:
+        p.hset(self.k_health, "last_event_ms", ev.event_ms)
+        if cur is not None and int(cur["event_ms"]) > ev.event_ms:
             p.hincrby(self.k_counters, "streams:out_of_order", 1)
+            p.execute()
+            return False, False
+        row, needed = fold_position(cur, ev)
+        p.hset(self.k_positions, ev.symbol, json.dumps(row))
         p.execute()
-        return done
+        return True, needed
+
+    def apply_leverage(self, ev: LeverageUpdate) -> None:
+        """A symbol's new leverage into its row (a row without REST fields is left as is)."""
+        raw = self.r.hget(self.k_positions, ev.symbol)
+        cur = json.loads(raw) if raw else None
+        if cur is not None and "row" in cur:
+            cur["row"]["leverage"] = ev.leverage
+            self.r.hset(self.k_positions, ev.symbol, json.dumps(cur))
 
     def k_order(self, client_order_id: str) -> str:
         return order_key(self.ns, client_order_id)
 
     def record(self, ev: TradeUpdate | AlgoUpdate) -> None:
-        """Append a fill or algo-order update to the account's events stream (capped) and fold
-        it into its order's outcome (:func:`harvest.domain.stream_events.fold_order`). The
-        account's lease makes this process the only writer, so the read and the write need
-        no transaction."""
+        """Append a fill or algo-order update to the account's events stream (capped), fold it
+        into its order's outcome (:func:`harvest.domain.stream_events.fold_order`) and into the
+        open-orders hash (:func:`harvest.domain.stream_events.open_order_change`; an event
+        older than the order's last one changes no open order). The account's lease makes
+        this process the only writer, so the read and the write need no transaction."""
         key = self.k_order(ev.client_id)
         raw = self.r.get(key)
-        folded = fold_order(json.loads(raw) if raw else None, ev)
+        cur = json.loads(raw) if raw else None
+        folded = fold_order(cur, ev)
         fields = {"type": type(ev).__name__, "data": ev.model_dump_json()}
+        okey, entry = open_order_change(ev)
         p = self.r.pipeline(transaction=False)
         p.xadd(self.k_events, fields, maxlen=EVENTS_MAXLEN, approximate=True)
         p.set(key, json.dumps(folded), ex=ORDER_TTL_S)
         p.hset(self.k_health, "last_event_ms", ev.event_ms)
+        if cur is None or int(cur.get("event_ms", 0)) <= ev.event_ms:
+            if entry is None:
+                p.hdel(self.k_orders, okey)
+            else:
+                p.hset(self.k_orders, okey, json.dumps(entry))
         p.execute()
 
     def order(self, client_order_id: str) -> tuple[dict | None, bool]:
@@ -268,19 +346,33 @@ class StreamCache:
     def snapshot(
         self, max_mark_age_s: float, max_beat_age_s: float, now: float | None = None
     ) -> list[VenuePosition] | None:
-        """The open positions as of the last REST read, each with the streamed mark price, when
-        the cache may stand in for positionRisk: trusted, not dirty, the ``streams`` heartbeat
-        at most ``max_beat_age_s`` old and every such position's mark at most ``max_mark_age_s``
-        old (wall s since it arrived: :meth:`put_mark`). None otherwise (read REST)."""
+        """The open positions, each with the streamed mark price, when the cache may stand in
+        for positionRisk (:meth:`view`); None otherwise (read REST)."""
+        v = self.view(max_mark_age_s, max_beat_age_s, now)
+        return None if v is None else v[0]
+
+    def view(
+        self, max_mark_age_s: float, max_beat_age_s: float, now: float | None = None
+    ) -> tuple[list[VenuePosition], list[dict[str, Any]]] | None:
+        """The open positions (each with the streamed mark price and the working stop of the
+        open-orders hash) and the working orders (entries of
+        :func:`harvest.domain.stream_events.open_order_change`), read in one transaction,
+        when the cache may stand in for REST: trusted, not dirty, the ``streams`` heartbeat at
+        most ``max_beat_age_s`` old, every open row read from REST once (an opening's row
+        waits for its symbol's read) and every such position's mark at most
+        ``max_mark_age_s`` old (wall s since it arrived: :meth:`put_mark`). None otherwise
+        (read REST)."""
         now = time.time() if now is None else now
         p = self.r.pipeline(transaction=True)
         p.hmget(self.k_health, "trusted", "dirty")
         p.hget(f"{self.ns}:heartbeat", "streams")
         p.hgetall(self.k_positions)
         p.hgetall(self.k_marks)
-        (trusted, dirty), beat, rows, marks = p.execute()
+        p.hgetall(self.k_orders)
+        (trusted, dirty), beat, rows, marks, raw_orders = p.execute()
         if trusted != "1" or dirty == "1" or beat is None or now - float(beat) > max_beat_age_s:
             return None
+        orders = [json.loads(v) for _, v in sorted(raw_orders.items())]
         out = []
         for sym, raw in sorted(rows.items()):
             d = json.loads(raw)
@@ -289,8 +381,59 @@ class StreamCache:
             m = json.loads(marks[sym]) if sym in marks else None
             if "row" not in d or m is None or now - float(m.get("at", 0.0)) > max_mark_age_s:
                 return None
-            out.append(VenuePosition.model_validate(dict(d["row"], mark_price=m["mark"])))
-        return out
+            stop = working_stop(orders, sym, 1 if d["amt"] > 0 else -1)
+            out.append(VenuePosition.model_validate(dict(d["row"], mark_price=m["mark"], stop_price=stop)))
+        return out, orders
+
+    # ------------------------------------------------------------------ the audit
+
+    def audit_view(self, started_ms: int) -> tuple[dict[str, AuditPosition], set[str], set[str]]:
+        """What an audit compares (:func:`harvest.domain.stream_events.audit_differences`):
+        the cached open positions (symbol → (signed amount, entry, working stop)), the keys of
+        the cached working orders, and the symbols and order keys a stream event touched at or
+        after ``started_ms`` (the REST read's start, exchange clock)."""
+        p = self.r.pipeline(transaction=True)
+        p.hgetall(self.k_positions)
+        p.hgetall(self.k_orders)
+        rows, raw_orders = p.execute()
+        orders = {k: json.loads(v) for k, v in raw_orders.items()}
+        entries = list(orders.values())
+        cached: dict[str, AuditPosition] = {}
+        moved: set[str] = set()
+        for sym, raw in rows.items():
+            d = json.loads(raw)
+            if int(d["event_ms"]) >= started_ms:
+                moved.add(sym)
+            if d["amt"] != 0:
+                sign = 1 if d["amt"] > 0 else -1
+                cached[sym] = (float(d["amt"]), float(d["entry"]), working_stop(entries, sym, sign))
+        moved |= {k for k, o in orders.items() if int(o.get("event_ms", 0)) >= started_ms}
+        return cached, set(orders), moved
+
+    def order_moved_since(self, keys: set[str], started_ms: int) -> set[str]:
+        """Of open-orders keys (``algo:<id>`` / ``order:<id>``), those whose order had a stream
+        event at or after ``started_ms`` (its folded outcome's time)."""
+        keys = sorted(keys)
+        if not keys:
+            return set()
+        raws = self.r.mget([self.k_order(k.split(":", 1)[1]) for k in keys])
+        return {k for k, raw in zip(keys, raws, strict=True) if raw and int(json.loads(raw)["event_ms"]) >= started_ms}
+
+    def refresh(self, vps: list[VenuePosition], started_ms: int) -> int:
+        """After an audit that agreed: the REST-only fields (leverage, liquidation price,
+        opening time, funding) of every row no stream event touched since ``started_ms`` come
+        from ``vps``. Notes ``audited_at`` (wall s). Returns the rows refreshed."""
+        rows = self.r.hgetall(self.k_positions)
+        p = self.r.pipeline(transaction=True)
+        n = 0
+        for vp in vps:
+            raw = rows.get(vp.symbol)
+            if raw is not None and int(json.loads(raw)["event_ms"]) < started_ms:
+                p.hset(self.k_positions, vp.symbol, json.dumps(_row(vp, started_ms)))
+                n += 1
+        p.hset(self.k_health, "audited_at", repr(time.time()))
+        p.execute()
+        return n
 
     def open_symbols(self) -> set[str]:
         """Symbols with an open position in the cache (trusted or not)."""
@@ -311,3 +454,30 @@ class StreamCache:
         """The newest fills and algo-order updates, oldest first (``type`` + the event's fields)."""
         rows = self.r.xrevrange(self.k_events, count=count)
         return [dict(json.loads(f["data"]), type=f["type"]) for _, f in reversed(rows)]
+
+
+def _row(vp: VenuePosition, started_ms: int) -> dict[str, Any]:
+    """A cached row from a REST read of ``vp`` that started at ``started_ms``."""
+    return {
+        "amt": vp.qty * vp.side.sign,
+        "entry": vp.entry_price,
+        "event_ms": started_ms,
+        "row": vp.model_dump(mode="json"),
+    }
+
+
+def _order_entry(o: Any, started_ms: int) -> dict[str, Any]:
+    """An open-orders entry (:func:`harvest.domain.stream_events.open_order_change`'s shape)
+    from a REST ``OrderResult``."""
+    return {
+        "symbol": o.symbol,
+        "client_order_id": o.client_order_id,
+        "order_id": o.order_id,
+        "side": o.side,
+        "type": o.orig_type or o.type if not o.algo else o.type,
+        "status": o.status,
+        "algo": o.algo,
+        "close_position": o.close_position,
+        "stop_price": o.stop_price,
+        "event_ms": started_ms,
+    }

@@ -384,10 +384,15 @@ class StreamServer:
             ]
         if kind in ("STOP_NEW", "STOP_CANCELED", "STOP_EXPIRED"):
             status = {"STOP_NEW": "NEW", "STOP_CANCELED": "CANCELED", "STOP_EXPIRED": "EXPIRED"}[kind]
-            return [_algo(sym, d.get("clientAlgoId", ""), status, d.get("stopPrice", "0"), now)]
+            return [_algo(sym, d.get("clientAlgoId", ""), status, d.get("stopPrice", "0"), now, S=d.get("side") or "")]
         if kind == "STOP_TRIGGERED":
             cid, stop, oid = d.get("clientAlgoId", ""), d.get("stopPrice", "0"), int(d.get("orderId") or 0)
-            extra = {"aid": int(d.get("algoId") or 0), "ai": str(oid), "wt": d.get("workingType") or "MARK_PRICE"}
+            extra = {
+                "aid": int(d.get("algoId") or 0),
+                "ai": str(oid),
+                "wt": d.get("workingType") or "MARK_PRICE",
+                "S": d.get("orderSide") or "",
+            }
             new = {"qty": d.get("qty"), "price": "0", "orderId": oid, "status": "NEW", "exec": "NEW", "cum": "0"}
             return [
                 _algo(sym, cid, "TRIGGERING", stop, now, **dict(extra, ai="")),
@@ -611,8 +616,8 @@ def _kline_stream(name: str) -> str | None:
 
 
 def _algo(sym: str, cid: str, status: str, stop: Any, now: int, **extra: Any) -> dict:
-    """An ``ALGO_UPDATE`` of a closePosition STOP_MARKET; ``extra``: fields to set (``aid`` the
-    algoId, ``ai`` the actual orderId, ``ap``/``aq`` its average price and filled quantity,
+    """An ``ALGO_UPDATE`` of a closePosition STOP_MARKET; ``extra``: fields to set (``S`` the
+    side, ``aid`` the algoId, ``ai`` the actual orderId, ``ap``/``aq`` its average price and filled quantity,
     ``tt`` the trigger time, ``wt`` the workingType)."""
     event = {
         "e": "ALGO_UPDATE",

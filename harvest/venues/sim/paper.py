@@ -533,7 +533,9 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
             return order
 
         order = self.r.transaction(tx, key, self.k_orders, self.k_stops(symbol), value_from_callable=True)
-        self._log("STOP_NEW", symbol, {"clientAlgoId": client_algo_id, "stopPrice": SymbolFilters.fmt(sp)})
+        self._log(
+            "STOP_NEW", symbol, {"clientAlgoId": client_algo_id, "stopPrice": SymbolFilters.fmt(sp), "side": side}
+        )
         return order
 
     def cancel_order(self, symbol: str, client_order_id: str) -> OrderResult:
@@ -553,7 +555,7 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
             return o
 
         o = self.r.transaction(tx, self.k_orders, self.k_stops(symbol), value_from_callable=True)
-        self._log("STOP_CANCELED", symbol, {"clientAlgoId": client_order_id})
+        self._log("STOP_CANCELED", symbol, {"clientAlgoId": client_order_id, "side": o.side})
         return o
 
     def open_orders(

@@ -808,7 +808,7 @@ class PaperSettlement:
             if o.status != "NEW":
                 continue
             o = o.model_copy(update={"status": "EXPIRED", "update_time": self.clock.now()})
-            self._log("STOP_EXPIRED", symbol, {"clientAlgoId": cid})
+            self._log("STOP_EXPIRED", symbol, {"clientAlgoId": cid, "side": o.side})
             self.r.hset(self.k_orders, cid, o.model_dump_json())
 
     def pnl(self) -> dict[str, dict[str, float]]:
