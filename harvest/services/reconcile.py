@@ -143,11 +143,7 @@ def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
         if parsed is None:
             continue  # not harvest's (a strategy's own stop, a manual order)
         pid, step = parsed
-        try:
-            plan = plans.get(pid) or rt.plans.get(pid)
-        except UnreadableRecord as e:  # a newer version's plan (or a broken one): never adopted here
-            log.warning("open order %s left alone: %s", o.client_order_id, e)
-            continue
+        plan = plans.get(pid) or rt.plans.get(pid)
         if plan is not None and plan.account != acct:
             continue  # another account's plan_id on this account's books: never adopted here
         if plan is None and rt.r.sismember(rt.plans.k.recovered_plans, pid):
@@ -174,10 +170,7 @@ def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
             if ok:
                 adopted += 1
                 report(rt, "adopted_order", plan_id=pid, client_order_id=o.client_order_id, symbol=o.symbol)
-                try:
-                    fresh = rt.plans.get(pid)
-                except UnreadableRecord:  # rewritten meanwhile by a newer version: it resolves it
-                    fresh = None
+                fresh = rt.plans.get(pid)
                 if fresh is not None:
                     resolve_submitted(rt, fresh, final=False, resend=resend)
         elif plan.state == PlanState.SUBMITTED and plan.client_order_id == o.client_order_id:
