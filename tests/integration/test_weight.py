@@ -184,3 +184,58 @@ def test_a_ten_position_account_reads_stops_per_symbol_and_its_weight_is_tallied
     assert not BinanceVenue.per_symbol("futures_get_open_orders", [f"S{i}USDT" for i in range(40)])
     assert not BinanceVenue.per_symbol("futures_get_open_orders", None)
     assert weight_spent(bv.r, NS, minutes=1, now=time.time() + 60)["accounts"] >= 1
+
+
+def test_metrics_and_scorecard_show_each_egress_weight_and_the_holds(emu):
+    """``/metrics`` ``harvest_weight_used{egress}`` and ``harvest_weight_held_total{egress,priority}``,
+    the scorecard's weight lines (per egress, held back, per account per minute by endpoint)."""
+    from harvest.ops.metrics import HarvestCollector
+    from harvest.ops.scorecard import _weight, format_scorecard
+    from harvest.services.runtime import build_runtime
+    from settings import load_settings
+
+    emu.venue.set_mark("BTCUSDT", 100_000.0)
+    a = venue(emu, limit=10, egress=Egress("lo-1", source="127.0.0.1"), account="a")
+    b = venue(emu, limit=10, egress=Egress("lo-2", source="127.0.0.2"), account="b")
+    rt = build_runtime(load_settings(namespace=NS, egress="lo-1=127.0.0.1,lo-2=127.0.0.2", venue_weight_limit_1m=10))
+
+    def run():
+        for _ in range(3):
+            b.mark_price("BTCUSDT")
+        for _ in range(8):
+            try:
+                a.mark_price("BTCUSDT")
+            except VenueError:
+                pass
+        fams = {f.name: f for f in HarvestCollector(rt, lambda: {}).collect()}
+        used = {s.labels["egress"]: s.value for s in fams["harvest_weight_used"].samples}
+        assert used == {"lo-1": 7.0, "lo-2": 3.0}
+        held = {(s.labels["egress"], s.labels["priority"]): s.value for s in fams["harvest_weight_held"].samples}
+        assert held == {("lo-1", "read"): 1.0}
+        assert fams["harvest_exchange_weight_used"].samples[0].value == 7.0
+        card = _weight(rt)
+        assert card["used_this_minute"] == {"lo-1": 7, "lo-2": 3} and card["held"] == {"lo-1|read": 1}
+
+    same_minute(run)
+    later = weight_spent(rt.r, NS, minutes=1, now=time.time() + 60)  # the minute just spent, complete
+    assert later["accounts"] == 2 and later["by_endpoint"] == {"GET /fapi/v1/premiumIndex": 5.0}
+    text = format_scorecard({**_minimal_card(), "weight": _weight(rt)})
+    assert "weight per account per minute" in text and "held back: lo-1|read=1" in text
+
+
+def _minimal_card() -> dict:
+    return {
+        "plans": 0,
+        "executed": 0,
+        "non_terminal": 0,
+        "duplicates_blocked": 0,
+        "scans": 0,
+        "plans_by_action": {},
+        "orders": {},
+        "guard_blocks": {},
+        "malformed": {},
+        "realized_pnl_total": 0.0,
+        "realized_pnl": {},
+        "positions_open": 0,
+        "queue_depth": {},
+    }
