@@ -137,8 +137,10 @@ class HarvestSettings(BaseSettings):
         60.0,
         ge=0,
         le=86_400,
-        description="how often the python-binance venue reads "
-        "funding (GET /fapi/v1/income, weight 30); 0: on every position read",
+        description="0: the python-binance venue reads funding (GET /fapi/v1/income, weight 30) on every "
+        "positions read; otherwise once after each funding time of the account's symbols (premiumIndex "
+        "nextFundingTime, or a FUNDING_FEE on the stream), and every this many seconds only for a symbol "
+        "whose funding time is not known",
     )
     max_clock_offset_ms: int = Field(
         1000,
