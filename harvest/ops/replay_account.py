@@ -12,8 +12,10 @@ under every exit policy of the lab, and compared with what the desk made on them
    exchange's last closed bar, from the exchange (cached by day) or ``--data`` files.
 4. Each policy (:data:`harvest.lab.engine.POLICIES`) runs on the same entries with the lab's
    fill model (:func:`harvest.lab.engine.simulate`); the desk's own trades are the base of the
-   paired differences (``Δ mean R = policy − desk``). Funding: the desk's is what it paid; the
-   policies are charged none (the klines carry no funding rates) — said under the table.
+   paired differences (``Δ mean R = policy − desk``). A position the desk still holds is valued
+   as the policies' ``end_of_data``: closed at the last closed bar, with the taker fee. Funding:
+   the desk's is what it paid; the policies are charged none (the klines carry no funding
+   rates) — said under the table.
 """
 
 from __future__ import annotations
@@ -97,11 +99,12 @@ def _entries(positions: list[DeskPosition], m: ReplayMarket, theta: HarvestTheta
     return out, used, skipped
 
 
-def desk_trades(positions: list[DeskPosition], like: Trades, m: ReplayMarket) -> Trades:
+def desk_trades(positions: list[DeskPosition], like: Trades, m: ReplayMarket, fee_rate: float = 0.0) -> Trades:
     """The desk's own results as :class:`Trades` on the entries of ``like`` (a policy's run on
     the same entries, for its entry times and 1R: the position's stop, or the exit ladder's when
-    it had none); an open position is valued at the last closed bar. MAE/MFE from the bars the
-    position was open."""
+    it had none); a position still open is valued as the policies' ``end_of_data`` is: closed at
+    the last closed bar's close, paying the taker fee ``fee_rate`` (fraction). MAE/MFE from the
+    bars the position was open."""
     n = len(positions)
     net, exit_t, mae, mfe = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
     fees, fund = np.zeros(n), np.zeros(n)
@@ -111,8 +114,9 @@ def desk_trades(positions: list[DeskPosition], like: Trades, m: ReplayMarket) ->
     for i, p in enumerate(positions):
         last = m.end_bar[p.symbol]
         mark = float(m.close[last])
-        net[i] = p.net(mark)
-        fees[i], fund[i] = p.fees, p.funding
+        close_fee = fee_rate * mark * p.qty_open if p.is_open else 0.0
+        net[i] = p.net(mark) - close_fee
+        fees[i], fund[i] = p.fees + close_fee, p.funding
         reason[i], partials[i] = p.exit_reason, p.partials
         b0 = m.bar_of(p.symbol, p.opened_at)
         b1 = last if p.closed_at is None else min(last, m.bar_of(p.symbol, min(p.closed_at, float(m.open_time[last]))))
@@ -233,7 +237,7 @@ def replay_account(
     runs: dict[str, Trades] = {}
     for p in policies:
         runs[p] = simulate(m, entries, p, theta, fill)
-    desk = desk_trades(used_pos, runs[policies[0]], m)
+    desk = desk_trades(used_pos, runs[policies[0]], m, theta.taker_fee_rate)
     lev = np.array([x.leverage for x in entries])
     doc: dict[str, Any] = {
         "base": "desk",
