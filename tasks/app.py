@@ -19,6 +19,7 @@ from celery.signals import (
     worker_process_init,
 )
 
+from harvest.store.records import MESSAGE_HEADER, SCHEMA
 from settings import get_settings
 from settings.celery import celery_config
 from settings.logging import configure_logging
@@ -50,9 +51,12 @@ def _setup_logging(loglevel=None, logfile=None, **_):
 
 @before_task_publish.connect
 def _stamp_sent_at(headers=None, **_):
-    """Every message carries ``sent_at`` (Unix s) for the queue-wait metric and queue lag."""
+    """Every message carries ``sent_at`` (Unix s) for the queue-wait metric and queue lag, and
+    its schema version (header :data:`harvest.store.records.MESSAGE_HEADER`; a retry keeps the
+    version of the message it repeats): a worker refuses a message of a newer version."""
     if headers is not None:
         headers["sent_at"] = time.time()
+        headers.setdefault(MESSAGE_HEADER, SCHEMA["message"])
 
 
 @task_prerun.connect

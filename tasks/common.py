@@ -15,6 +15,7 @@ from harvest.domain.models import MarketState, Plan
 from harvest.domain.plans import PLAN_ID_RE, client_order_id
 from harvest.services.execution import Streamed
 from harvest.services.runtime import Runtime, get_runtime
+from harvest.store.records import MESSAGE_HEADER, SCHEMA, NewerVersion, UnreadableRecord, check_version
 from harvest.store.streams import streamed_order_of, streamed_order_reads
 from settings.celery import TIME_LIMITS_S
 
@@ -23,6 +24,26 @@ log = logging.getLogger("harvest")
 
 class MalformedMessage(ValueError):
     """A task payload that does not validate; it is recorded and never executed."""
+
+
+#: How long a task waits before it offers a plan a newer version wrote to the queue again (s).
+NEWER_RETRY_S = 2.0
+
+
+class NewerPlan(Exception):
+    """The plan a message names was written by a newer version of harvest (its ``v``, or a
+    state this version does not know): this worker does nothing with it and hands the message
+    back to the queue for a newer worker (:meth:`HarvestTask.__call__`), until it expires."""
+
+
+def _unreadable_plan(rt: Runtime, stage: str, payload: Any, e: UnreadableRecord) -> None:
+    """A stage met a plan it cannot read: one written by a newer version raises
+    :class:`NewerPlan` (counted ``newer_plan:<stage>``); any other is recorded on the rejected
+    stream (:func:`record_rejected`). Nothing is executed from either."""
+    if e.record.newer:
+        rt.plans.count(f"newer_plan:{stage}")
+        raise NewerPlan(str(e)) from e
+    record_rejected(rt, stage, payload, e)
 
 
 def plan_ref(payload: Any) -> str | None:
@@ -71,7 +92,8 @@ def checked_ref(rt: Runtime, stage: str, payload: Any) -> str | None:
 
 def load_plan(rt: Runtime, stage: str, payload: Any) -> Plan | None:
     """The plan a stage's ``{"plan_id": …}`` payload names; None when the payload is None (an
-    earlier stage stopped the chain), malformed, or names no plan (both recorded)."""
+    earlier stage stopped the chain), malformed, names no plan or a plan that does not parse
+    (recorded). Raises :class:`NewerPlan` for a plan a newer version wrote."""
     return load_plan_and_book(rt, stage, payload, book=False)[0]
 
 
@@ -91,14 +113,18 @@ def load_acknowledged_plan(rt: Runtime, stage: str, payload: Any) -> tuple[Plan 
         record_rejected(rt, stage, payload, e)
         return None, None
     streamed: Streamed | None = None
-    if ack is None:
-        plan = rt.plans.get(pid)
-    else:
-        cid = client_order_id(pid, ack[0])
-        plan, reads = rt.plans.get_after_accepted(
-            pid, *ack, then=lambda p: streamed_order_reads(p, rt.settings.namespace, cid)
-        )
-        streamed = (cid, *streamed_order_of(*reads))
+    try:
+        if ack is None:
+            plan = rt.plans.get(pid)
+        else:
+            cid = client_order_id(pid, ack[0])
+            plan, reads = rt.plans.get_after_accepted(
+                pid, *ack, then=lambda p: streamed_order_reads(p, rt.settings.namespace, cid)
+            )
+            streamed = (cid, *streamed_order_of(*reads))
+    except UnreadableRecord as e:
+        _unreadable_plan(rt, stage, payload, e)
+        return None, None
     if plan is None:
         record_rejected(rt, stage, payload, "unknown plan_id")
     return plan, streamed
@@ -113,7 +139,11 @@ def load_plan_and_book(
     pid = checked_ref(rt, stage, payload)
     if pid is None:
         return None, None, None
-    plan, entry, market = rt.plans.get_with_book(pid) if book else (rt.plans.get(pid), None, None)
+    try:
+        plan, entry, market = rt.plans.get_with_book(pid) if book else (rt.plans.get(pid), None, None)
+    except UnreadableRecord as e:
+        _unreadable_plan(rt, stage, payload, e)
+        return None, None, None
     if plan is None:
         record_rejected(rt, stage, payload, "unknown plan_id")
     return plan, entry, market
@@ -131,8 +161,10 @@ def account_runtime(rt: Runtime, stage: str, payload: Any, account: str) -> Runt
         return None
 
 
-def record_rejected(rt: Runtime, stage: str, payload: Any, error: Exception | str) -> None:
-    """Record a malformed message on ``<ns>:stream:rejected`` and count it; log one line."""
+def record_rejected(rt: Runtime, stage: str, payload: Any, error: Exception | str, counter: str = "malformed") -> None:
+    """Record a malformed message on ``<ns>:stream:rejected`` (entry fields ``v``, ``stage``,
+    ``error``, ``payload`` (JSON, at most 2000 characters), ``ts``) and count it
+    (``<counter>:<stage>``); log one line."""
     text = str(error)[:1000]
     try:
         body = json.dumps(payload, default=str)[:2000]
@@ -140,12 +172,12 @@ def record_rejected(rt: Runtime, stage: str, payload: Any, error: Exception | st
         body = repr(payload)[:2000]
     rt.r.xadd(
         f"{rt.settings.namespace}:stream:rejected",
-        {"stage": stage, "error": text, "payload": body, "ts": repr(time.time())},
+        {"v": SCHEMA["rejected"], "stage": stage, "error": text, "payload": body, "ts": repr(time.time())},
         maxlen=10_000,
         approximate=True,
     )
-    rt.plans.count(f"malformed:{stage}")
-    log.warning("rejected malformed message at %s: %s", stage, text.splitlines()[0] if text else "")
+    rt.plans.count(f"{counter}:{stage}")
+    log.warning("rejected %s message at %s: %s", counter, stage, text.splitlines()[0] if text else "")
 
 
 def contract(name: str, *, acks_late: bool, max_retries: int | None, stage: str | None = None) -> dict[str, Any]:
@@ -178,14 +210,38 @@ class HarvestTask(Task):
     #: The stage name rejected messages are recorded under (set by :func:`contract`).
     stage: str = ""
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task unless its message is of a newer schema version than this worker's
+        (header :data:`~harvest.store.records.MESSAGE_HEADER`; none: written before versions
+        existed, run as before): such a message is recorded on ``<ns>:stream:rejected`` with
+        its arguments and counted ``newer_message:<stage>`` (a header that does not parse:
+        ``malformed:<stage>``), and answers None: nothing of it runs, so nothing is sent.
+        A task that meets a plan a newer version wrote (:class:`NewerPlan`) hands its message
+        back to the queue (a retry in :data:`NEWER_RETRY_S`, its expiry kept) for a newer
+        worker, and sends nothing."""
+        raw = getattr(self.request, MESSAGE_HEADER, None)
+        try:
+            check_version("message", raw)
+        except ValueError as e:
+            payload = {"args": list(args), "kwargs": kwargs, MESSAGE_HEADER: raw}
+            self.reject(payload, e, "newer_message" if isinstance(e, NewerVersion) else "malformed")
+            return None
+        try:
+            return super().__call__(*args, **kwargs)
+        except NewerPlan as e:
+            log.warning("%s: %s; left for a newer worker", self.stage, e)
+            if self.request.called_directly:
+                return None
+            raise self.retry(countdown=NEWER_RETRY_S, max_retries=None) from e
+
     @property
     def rt(self) -> Runtime:
         """This process's runtime (built once per process, :func:`get_runtime`)."""
         return get_runtime()
 
-    def reject(self, payload: Any, error: Exception | str) -> None:
+    def reject(self, payload: Any, error: Exception | str, counter: str = "malformed") -> None:
         """Record a malformed message (:func:`record_rejected`)."""
-        record_rejected(self.rt, self.stage, payload, error)
+        record_rejected(self.rt, self.stage, payload, error, counter)
 
     def for_account(self, account: str, payload: Any) -> Runtime | None:
         """:func:`account_runtime` for this stage."""

@@ -41,7 +41,7 @@ from harvest.services.runtime import Runtime
 from harvest.store.plans import NOT_REPLICATED
 from harvest.venues.base import VenueError
 from tasks.app import app
-from tasks.common import checked_ref, contract
+from tasks.common import NewerPlan, checked_ref, contract
 
 log = logging.getLogger("harvest")
 
@@ -131,6 +131,10 @@ def execute(self, ref: dict | None, step: int = 0) -> dict | None:
             log.warning("plan %s not sent: trading is halted", pid)
             return None
         if plan is None:
+            if before == "NEWER_VERSION" or (before and before not in PlanState.__members__):
+                # written by a newer version (its v, or a state this one does not know): not ours
+                rt.plans.count("newer_plan:execute")
+                raise NewerPlan(f"plan {pid} is {before}: written by a newer version")
             if before == "":
                 self.reject(ref, "unknown plan_id")
             # SUBMITTED already: a redelivery, never re-sent (confirm resolves it).

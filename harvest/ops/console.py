@@ -67,7 +67,7 @@ from harvest.domain.plans import PLAN_ID_RE
 from harvest.domain.trading import STATES, effective
 from harvest.ops.scorecard import queue_depths
 from harvest.services.runtime import Runtime
-from harvest.store.records import Unreadable, UnreadableRecord, numeric_fields
+from harvest.store.records import Unreadable, UnreadableRecord, check_version, numeric_fields
 from harvest.store.trading import set_state
 from harvest.store.views import PositionsSeen, PositionsView
 
@@ -226,6 +226,7 @@ def _over_time(rt: Runtime, unreadable: list[Unreadable], count: int = 20_000) -
         if f.get("from") == f.get("to"):
             continue
         try:
+            check_version("ledger", f.get("v"))  # an entry of a newer version: listed, not counted
             ts, to = float(f.get("ts", 0) or 0), str(f.get("to", "?"))
             data = json.loads(f.get("data") or "{}") if to in ("FILLED", "PARTIALLY_FILLED") else {}
             v = data.get("realized_pnl") if isinstance(data, dict) else None

@@ -6,21 +6,20 @@ from __future__ import annotations
 import logging
 import time
 
-from harvest.domain.models import PlanState, SendState, VenuePosition
+from harvest.domain.models import PlanState, SendState
 from harvest.domain.plans import parse_client_order_id
 from harvest.services.decide import load_positions
 from harvest.services.execution import PENDING, Resend, resolve_submitted
 from harvest.services.recovery import ensure_recovered
 from harvest.services.runtime import Runtime
-from harvest.store.streams import StreamCache
-from harvest.venues.base import OrderResult, VenueError
+from harvest.store.records import UnreadableRecord
+from harvest.venues.base import VenueError
 
 log = logging.getLogger("harvest")
 
 
-def report(rt: Runtime, kind: str, **fields) -> None:
-    """One finding of reconciliation on ``<ns>:stream:reconcile`` (and a counter
-    ``reconcile:<kind>``, a log line); ``harvest streams``' audit reports its disagreements here."""
+def _report(rt: Runtime, kind: str, **fields) -> None:
+    """One finding of reconciliation on ``<ns>:stream:reconcile`` (and a counter, a log line)."""
     rt.r.xadd(
         f"{rt.settings.namespace}:stream:reconcile",
         {"kind": kind, "ts": repr(time.time()), **{k: str(v) for k, v in fields.items()}},
@@ -82,36 +81,12 @@ def reconcile_once(rt: Runtime, resend: Resend | None = None) -> dict:
     }
 
 
-def streamed_view(rt: Runtime) -> tuple[list[VenuePosition], list[OrderResult]] | None:
-    """The account's open positions and working orders from ``harvest streams``' cache, read
-    together, when it may stand in for REST (:meth:`harvest.store.streams.StreamCache.view`:
-    trusted, clean, its writer alive, its marks fresh, within ``settings.streams_max_age_s``);
-    None otherwise (read REST)."""
-    age = rt.settings.streams_max_age_s
-    view = StreamCache(rt.r, rt.settings.namespace, rt.settings.account).view(age, max(age, 3.0))
-    if view is None:
-        return None
-    return view[0], [OrderResult.model_validate(o) for o in view[1]]
-
-
 def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
     """Steps 1–3 of :func:`reconcile_once` on one account (``rt``: its runtime). Returns
-    ``positions``, ``ghosts_dropped``, ``closed_outside``, ``unknown_orders``, ``adopted``,
-    ``from_streams`` (1 when the stream cache stood in for REST). Raises VenueError when its
-    venue does not answer.
-
-    Streams are the truth, REST the audit (issue 32): while ``harvest streams`` holds the
-    account and its cache is clean (:func:`streamed_orders`), positions and working orders
-    come from the cache, read together (no request weight; counted
-    ``reconcile:from_streams``); otherwise from REST. A plan whose
-    outcome is unknown is still looked up on the exchange (:func:`resolve_submitted`)."""
+    ``positions``, ``ghosts_dropped``, ``closed_outside``, ``unknown_orders``, ``adopted``.
+    Raises VenueError when its venue does not answer."""
     before = rt.plans.counters().get("reconcile:ghost_dropped", 0)
-    view = streamed_view(rt)
-    if view is not None:
-        rt.plans.count("reconcile:from_streams")
-        rows, _ = load_positions(rt, vps=view[0])
-    else:
-        rows, _ = load_positions(rt, from_streams=False)  # exchange truth from REST
+    rows, _ = load_positions(rt, from_streams=False)  # exchange truth, never a cache
     ghosts = rt.plans.counters().get("reconcile:ghost_dropped", 0) - before
     # Open positions by the book after ghosts were dropped: every symbol the venue shows open,
     # including any skipped for want of a market state (their plans are not "closed outside").
@@ -121,7 +96,7 @@ def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
         s: (e or {}).get("epoch")
         for s, e in zip(open_syms, rt.book.get_many(acct, open_syms, ("side", "epoch")), strict=True)
     }
-    open_orders = view[1] if view is not None else rt.venue.open_orders()
+    open_orders = rt.venue.open_orders()
     closed = adopted = unknown = 0
     plans = {p.plan_id: p for p in rt.plans.open_plans()}
     for plan in plans.values():
@@ -143,14 +118,18 @@ def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
         if parsed is None:
             continue  # not harvest's (a strategy's own stop, a manual order)
         pid, step = parsed
-        plan = plans.get(pid) or rt.plans.get(pid)
+        try:
+            plan = plans.get(pid) or rt.plans.get(pid)
+        except UnreadableRecord as e:  # a newer version's plan (or a broken one): never adopted here
+            log.warning("open order %s left alone: %s", o.client_order_id, e)
+            continue
         if plan is not None and plan.account != acct:
             continue  # another account's plan_id on this account's books: never adopted here
         if plan is None and rt.r.sismember(rt.plans.k.recovered_plans, pid):
             continue  # a plan lost with the state, known again from the exchange (harvest.services.recovery)
         if plan is None:
             unknown += 1
-            report(
+            _report(
                 rt,
                 "unknown_order",
                 client_order_id=o.client_order_id,
@@ -169,8 +148,11 @@ def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
             )
             if ok:
                 adopted += 1
-                report(rt, "adopted_order", plan_id=pid, client_order_id=o.client_order_id, symbol=o.symbol)
-                fresh = rt.plans.get(pid)
+                _report(rt, "adopted_order", plan_id=pid, client_order_id=o.client_order_id, symbol=o.symbol)
+                try:
+                    fresh = rt.plans.get(pid)
+                except UnreadableRecord:  # rewritten meanwhile by a newer version: it resolves it
+                    fresh = None
                 if fresh is not None:
                     resolve_submitted(rt, fresh, final=False, resend=resend)
         elif plan.state == PlanState.SUBMITTED and plan.client_order_id == o.client_order_id:
@@ -182,7 +164,6 @@ def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
         "closed_outside": closed,
         "unknown_orders": unknown,
         "adopted": adopted,
-        "from_streams": int(view is not None),
     }
 
 
@@ -215,10 +196,16 @@ def check_clock(rt: Runtime) -> int | None:
 def sweep_once(rt: Runtime, now: float) -> dict[str, int]:
     """End every plan past its TTL: PROPOSED/APPROVED → EXPIRED (no order was sent);
     SUBMITTED → resolved by looking the order up (final: an order that does not exist ends
-    the plan EXPIRED), never by re-sending. Returns state written → count."""
+    the plan EXPIRED), never by re-sending; a plan this version cannot read (a newer version
+    wrote it) is left alone (``"unreadable"``). Returns state written → count."""
     ended: dict[str, int] = {}
     for pid in rt.plans.expired_open(now):
-        plan = rt.plans.get(pid)
+        try:
+            plan = rt.plans.get(pid)
+        except UnreadableRecord as e:  # a newer version's plan is its own to end; a broken one is shown
+            ended["unreadable"] = ended.get("unreadable", 0) + 1
+            log.warning("sweep: %s; left alone", e)
+            continue
         if plan is None:
             continue
         if plan.state in (PlanState.PROPOSED, PlanState.APPROVED):

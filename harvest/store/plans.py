@@ -16,7 +16,7 @@ from harvest.store.books import BookStore
 from harvest.store.counters import DEFERRED, scan_to_fill
 from harvest.store.keys import Keys
 from harvest.store.market import market_state_from_json
-from harvest.store.records import Unreadable, UnreadableRecord
+from harvest.store.records import SCHEMA, NewerVersion, Unreadable, UnreadableRecord, check_version
 from harvest.store.scripts import (
     _ARCHIVE_LUA,
     _CLAIM_RESEND_LUA,
@@ -106,6 +106,7 @@ class PlanStore:
         """
         pid = plan["plan_id"]
         fields = dict(plan, state=PlanState.PROPOSED, updated_at=plan["created_at"], reason="proposed")
+        fields["v"] = SCHEMA["plan"]  # the layout this version writes (harvest.store.records)
         existing = run_script(
             self.r,
             self._create,
@@ -232,6 +233,7 @@ class PlanStore:
             "read": read or None,
             "require": require,
             "trading": trading,
+            "v": SCHEMA["plan"],  # a plan a newer version wrote is never moved by this one
         }
         if lock_ttl_s is not None:
             opts["lock_ttl"] = max(1, int(lock_ttl_s))
@@ -279,7 +281,8 @@ class PlanStore:
                 wait[1],
             )
             return True, NOT_REPLICATED, None
-        plan = self.parse(dict(zip(res[4][::2], res[4][1::2], strict=True))) if read else None
+        flat = res[4] if read else []
+        plan = self._parse_at(self.k.plan(plan_id), dict(zip(flat[::2], flat[1::2], strict=True))) if read else None
         return True, res[1], plan
 
     def _mark_send_args(
@@ -341,7 +344,7 @@ class PlanStore:
                 then(p)
 
         _, (h, *extra) = run_script(self.r, self._mark_send, keys, args, then=reads)
-        plan = self.parse(h) if h else None
+        plan = self._parse_at(self.k.plan(plan_id), h) if h else None
         return plan if then is None else (plan, extra)
 
     def claim_resend(
@@ -448,7 +451,8 @@ class PlanStore:
         None when there is none) and its symbol's cached market state (None when there is
         none or it does not parse) in one round trip, which also carries the queued metric
         observations. ``(None, None, None)`` when no such plan_id exists. The trading states
-        read in the same round trip are left in :attr:`last_trading`."""
+        read in the same round trip are left in :attr:`last_trading`. Raises
+        :class:`UnreadableRecord` when the plan does not parse (or a newer version wrote it)."""
         flat_plan, flat_book, market, trading = run_script(
             self.r,
             self._plan_and_book,
@@ -458,7 +462,7 @@ class PlanStore:
         self.last_trading = dict(zip(trading[::2], trading[1::2], strict=True))
         if not flat_plan:
             return None, None, None
-        plan = self.parse(dict(zip(flat_plan[::2], flat_plan[1::2], strict=True)))
+        plan = self._parse_at(self.k.plan(plan_id), dict(zip(flat_plan[::2], flat_plan[1::2], strict=True)))
         entry = BookStore.decode(dict(zip(flat_book[::2], flat_book[1::2], strict=True))) if flat_book else None
         try:
             state = market_state_from_json(market) if market else None
@@ -468,8 +472,15 @@ class PlanStore:
 
     @staticmethod
     def parse(h: dict[str, str]) -> Plan:
-        """A :class:`Plan` from a plan hash as stored."""
+        """A :class:`Plan` from a plan hash as stored. Raises :class:`NewerVersion` for a plan
+        written by a newer version (its ``v`` above :data:`SCHEMA`'s, or a state this version
+        does not know), ValueError for one that does not parse. A plan without ``v`` was
+        written before versions existed and reads as before."""
+        check_version("plan", h.get("v"))
+        if isinstance(h.get("state"), str) and h["state"] not in PlanState.__members__:
+            raise NewerVersion(f"plan state {h.get('state')!r} unknown to this version (written by a newer version?)")
         d: dict[str, Any] = dict(h)
+        d.pop("v", None)
         for f in _PLAN_FLOATS:
             if f in d:
                 d[f] = float(d[f])
@@ -513,6 +524,7 @@ class PlanStore:
         p.xadd(
             self.k.results,
             {
+                "v": SCHEMA["ledger"],
                 "plan_id": plan.plan_id,
                 "symbol": plan.symbol,
                 "action": plan.action.value,
@@ -573,6 +585,27 @@ class PlanStore:
     def open_plans(self, unreadable: list[Unreadable] | None = None) -> list[Plan]:
         """Every non-terminal plan (unreadable ones as in :meth:`get_many`)."""
         return list(self.get_many(self.r.zrange(self.k.open_plans, 0, -1), unreadable=unreadable))
+
+    def unreadable_open(self, unreadable: list[Unreadable], limit: int = 10_000) -> None:
+        """Append to ``unreadable`` each non-terminal plan (at most ``limit``, oldest expiry
+        first) this version cannot read because a newer version wrote it (its ``v`` or its
+        state), reading two fields a plan in one round trip: what ``/metrics`` shows on every
+        scrape without parsing every plan."""
+        pids = self.r.zrange(self.k.open_plans, 0, limit - 1)
+        if not pids:
+            return
+        p = self.r.pipeline(transaction=False)
+        for pid in pids:
+            p.hmget(self.k.plan(pid), "v", "state")
+        for pid, (v, state) in zip(pids, p.execute(), strict=True):
+            if state is None:
+                continue
+            try:
+                check_version("plan", v)
+                if state not in PlanState.__members__:
+                    raise NewerVersion(f"plan state {state!r} unknown to this version (written by a newer version?)")
+            except ValueError as e:
+                unreadable.append(Unreadable.of(self.k.plan(pid), e))
 
     def history(self, plan_id: str, sends: bool = False) -> list[dict[str, str]]:
         """State transitions of one plan from the results stream, oldest first (``sends``:

@@ -11,6 +11,7 @@ import redis
 
 from harvest.domain.models import PlanState
 from harvest.store.counters import DEFERRED
+from harvest.store.records import SCHEMA
 
 # The state-recovered marker holds the run_id of the Redis server it was written on. A marker
 # read on another server (the replica promoted by a failover, or this server restarted from
@@ -93,12 +94,13 @@ redis.call('HSET', KEYS[6], 'attempt', ARGV[8], 'plan_id', ARGV[1], 'updated_at'
 redis.call('HDEL', KEYS[6], 'retry')  -- an operator's retry is spent by the plan it made
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-ledger(KEYS[1], redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'plan_id', ARGV[1], 'symbol', ARGV[5],
-  'action', ARGV[6], 'from', '', 'to', 'PROPOSED', 'reason', 'proposed', 'ts', ARGV[2], 'data', ARGV[7]))
+ledger(KEYS[1], redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'v', '@LEDGER_V@', 'plan_id', ARGV[1],
+  'symbol', ARGV[5], 'action', ARGV[6], 'from', '', 'to', 'PROPOSED', 'reason', 'proposed', 'ts', ARGV[2],
+  'data', ARGV[7]))
 redis.call('HINCRBY', KEYS[5], (redis.call('HGET', KEYS[1], 'account') or '') .. '|' .. ARGV[6] .. '|PROPOSED', 1)
 return false
 """
-)
+).replace("@LEDGER_V@", str(SCHEMA["ledger"]))  # each ledger entry carries its schema version
 
 #: The latest plan of each lineage in KEYS (lineage hashes); ARGV[1] the plan key prefix:
 #: ``[[attempt, state, reason, updated_at, order_qty, executed_qty, remaining_qty] or {}, …]``.
@@ -126,15 +128,18 @@ return out
 # ARGV: 1 plan_id, 2 to, 3 now, 4 reason, 5 stream maxlen, 6 terminal ('1'/'0'), 7 data
 # (JSON, for the stream), 8 options (JSON, see PlanStore.transition), 9 in-flight prefix,
 # 10 book prefix, 11… field/value pairs.
-# Reply: {applied, state before, action, symbol, plan (HGETALL after the write, option read)}.
+# Reply: {applied, state before, action, symbol, plan (HGETALL after the write, option read)};
+# state before 'NEWER_VERSION' when the plan's ``v`` is above the options' ``v`` (nothing written).
 _TRANSITION_LUA = (
     KNOWN_WHOLE_LUA
     + LEDGER_LUA
     + """
-local h = redis.call('HMGET', KEYS[1], 'state', 'action', 'symbol', 'epoch', 'account')
+local h = redis.call('HMGET', KEYS[1], 'state', 'action', 'symbol', 'epoch', 'account', 'v')
 local cur, action = h[1], h[2]
 if not cur then return {0, ''} end
 local o = cjson.decode(ARGV[8])
+-- a plan a newer version wrote (its v above this version's, or not a number) is left to it
+if o['v'] and (tonumber(h[6] or '1') or math.huge) > o['v'] then return {0, 'NEWER_VERSION', action, h[3]} end
 local ok = false
 for _, s in ipairs(o['from']) do if s == cur then ok = true end end
 if not ok then return {0, cur, action, h[3]} end
@@ -176,12 +181,12 @@ if hist then
   for _, f in ipairs(hist['incr']) do redis.call('HINCRBY', KEYS[6], f, 1) end
   redis.call('HINCRBYFLOAT', KEYS[6], hist['sum'][1], hist['sum'][2])
 end
-ledger(KEYS[1], redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1], 'symbol', h[3],
-  'action', action, 'from', cur, 'to', ARGV[2], 'reason', ARGV[4], 'ts', ARGV[3], 'data', ARGV[7]))
+ledger(KEYS[1], redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'v', '@LEDGER_V@', 'plan_id', ARGV[1],
+  'symbol', h[3], 'action', action, 'from', cur, 'to', ARGV[2], 'reason', ARGV[4], 'ts', ARGV[3], 'data', ARGV[7]))
 if o['read'] then return {1, cur, action, h[3], redis.call('HGETALL', KEYS[1])} end
 return {1, cur, action, h[3]}
 """
-)
+).replace("@LEDGER_V@", str(SCHEMA["ledger"]))  # each ledger entry carries its schema version
 
 # Send bookkeeping of a SUBMITTED plan (no state change): KEYS[1] plan, KEYS[2] results stream,
 # KEYS[3] send-outcome counts (metrics).
@@ -200,12 +205,12 @@ if #ARGV >= 8 then
   for i = 8, #ARGV do f[#f + 1] = ARGV[i] end
   redis.call('HSET', KEYS[1], unpack(f))
 end
-ledger(KEYS[1], redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1],
+ledger(KEYS[1], redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'v', '@LEDGER_V@', 'plan_id', ARGV[1],
   'symbol', redis.call('HGET', KEYS[1], 'symbol'), 'action', redis.call('HGET', KEYS[1], 'action'),
   'from', 'SUBMITTED', 'to', 'SUBMITTED', 'reason', 'send_' .. ARGV[3], 'ts', ARGV[4], 'data', ARGV[6]))
 return 1
 """
-)
+).replace("@LEDGER_V@", str(SCHEMA["ledger"]))  # each ledger entry carries its schema version
 
 # claim the next send: ARGV = plan_id, next step, its clientOrderId, now, maxlen
 _CLAIM_RESEND_LUA = (
@@ -215,13 +220,13 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'SUBMITTED' then return 0 end
 if redis.call('HGET', KEYS[1], 'send') ~= 'not_executed' then return 0 end
 if tonumber(redis.call('HGET', KEYS[1], 'step') or '0') ~= tonumber(ARGV[2]) - 1 then return 0 end
 redis.call('HSET', KEYS[1], 'step', ARGV[2], 'client_order_id', ARGV[3], 'send', 'sending', 'updated_at', ARGV[4])
-ledger(KEYS[1], redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'plan_id', ARGV[1],
+ledger(KEYS[1], redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'v', '@LEDGER_V@', 'plan_id', ARGV[1],
   'symbol', redis.call('HGET', KEYS[1], 'symbol'), 'action', redis.call('HGET', KEYS[1], 'action'),
   'from', 'SUBMITTED', 'to', 'SUBMITTED', 'reason', 'resend_step_' .. ARGV[2], 'ts', ARGV[4],
   'data', cjson.encode({client_order_id = ARGV[3]})))
 return 1
 """
-)
+).replace("@LEDGER_V@", str(SCHEMA["ledger"]))  # each ledger entry carries its schema version
 
 
 #: A plan, its position's book entry, its symbol's cached market state and the trading states

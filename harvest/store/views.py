@@ -19,12 +19,12 @@ from typing import Any
 import redis
 
 from harvest.domain.models import VenuePosition
-from harvest.store.records import Unreadable
+from harvest.store.records import SCHEMA, Unreadable, check_version
 
 #: Positions kept per account for the views (a page of more says how many it leaves out).
 MAX_ROWS = 500
-#: The record layout written by this version.
-VERSION = 1
+#: The record layout written by this version (:data:`harvest.store.records.SCHEMA`).
+VERSION = SCHEMA["view"]
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,9 @@ class PositionsView:
         try:
             doc = json.loads(raw)
             layout = doc.get("v") if isinstance(doc, dict) else None
-            if layout != VERSION:
+            if layout is None:
                 raise ValueError(f"record layout {layout!r} (this version reads {VERSION})")
+            check_version("view", layout)  # a newer layout: NewerVersion, shown as such
             return PositionsSeen(
                 rows=[VenuePosition.model_validate(x) for x in doc["rows"]],
                 total=int(doc["total"]),
