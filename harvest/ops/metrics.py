@@ -30,7 +30,9 @@ to one consistent set of series (no per-process registries to merge).
   queue_wait_seconds                              histogram  queue
   queue_depth                                     gauge      queue
   heartbeat_age_seconds                           gauge      component (beat, scan, market, …)
-  exchange_weight_used / exchange_weight_limit    gauge      (request weight, current minute)
+  exchange_weight_used / exchange_weight_limit    gauge      (the busiest egress's weight this minute / its limit)
+  weight_used                                     gauge      egress (request weight this minute, per egress)
+  weight_held_total                               counter    egress, priority (requests the budget held back)
   clock_offset_seconds                            gauge      (exchange minus local, last reconcile)
   positions_open                                  gauge      account
   positions_from_streams_total                    counter    (scan reads served by harvest streams)
@@ -80,7 +82,8 @@ class HarvestCollector:
         from harvest.venues.binance import WeightBudget
 
         self.rt = rt
-        self.budget = WeightBudget(rt.r, rt.settings.namespace, rt.settings.venue_weight_limit_1m)
+        limit = rt.settings.venue_weight_limit_1m
+        self.budgets = [WeightBudget(rt.r, rt.settings.namespace, limit, e.name) for e in rt.settings.egresses]
         self.queue_depths = queue_depths
         ns = rt.settings.namespace
         self.scan = scan_duration(rt.r, ns)
@@ -327,13 +330,43 @@ class HarvestCollector:
             "Stored records a newer version of harvest wrote, which this one shows but does not act on",
             value=float(sum(u.newer for u in bad)),
         )
-        budget = self.budget
+        yield from self._weight()
+
+    def _weight(self) -> Iterable:
+        """The request-weight budgets: each egress's weight this minute, the busiest one's as
+        ``harvest_exchange_weight_used`` (against the per-egress limit), and the requests the
+        budgets held back by egress and priority (:func:`harvest.venues.binance.held_back`)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from harvest.venues.binance import held_back
+
+        budgets = self.budgets
+        p = self.rt.r.pipeline(transaction=False)
+        for b in budgets:
+            p.get(b.key())
+        used = [int(v) if v and v.isdigit() else 0 for v in p.execute()]
         yield GaugeMetricFamily(
-            "harvest_exchange_weight_used", "Request weight used in the current minute", value=float(budget.used())
+            "harvest_exchange_weight_used",
+            "Request weight used in the current minute by the busiest egress",
+            value=float(max(used, default=0)),
         )
         yield GaugeMetricFamily(
-            "harvest_exchange_weight_limit", "Request weight the fleet may use per minute", value=float(budget.limit)
+            "harvest_exchange_weight_limit",
+            "Request weight harvest may use per minute and egress",
+            value=float(budgets[0].limit if budgets else 0),
         )
+        g = GaugeMetricFamily("harvest_weight_used", "Request weight used in the current minute", labels=["egress"])
+        for b, u in zip(budgets, used, strict=True):
+            g.add_metric([b.egress], float(u))
+        yield g
+        c = CounterMetricFamily(
+            "harvest_weight_held",
+            "Requests the request-weight budget held back (nothing sent), by egress and priority",
+            labels=["egress", "priority"],
+        )
+        for (egress, priority), n in sorted(held_back(self.rt.r, self.rt.settings.namespace).items()):
+            c.add_metric([egress, priority], float(n))
+        yield c
 
 
 def _by_account(h: dict[str, str], parts: int) -> list[tuple[tuple[str, ...], float]]:

@@ -196,6 +196,7 @@ def build_scorecard(rt: Runtime) -> dict:
         "scans": counters.get("scan:runs", 0),
         "chains_started": counters.get("scan:chains_started", 0),
         "notify_failures": counters.get("notify:failed", 0),
+        "weight": _weight(rt),
         "realized_pnl": pnl,
         "pnl_source": source,
         "realized_pnl_total": round(total, 4),
@@ -212,6 +213,23 @@ def build_scorecard(rt: Runtime) -> dict:
             )
         },
         "unreadable_records": [{"key": u.key, "error": u.error, "newer": u.newer} for u in unreadable],
+    }
+
+
+def _weight(rt: Runtime) -> dict:
+    """Request weight: each egress's this minute (``used_this_minute``, against ``limit``), the
+    requests the budgets held back (``held``: ``"<egress>|<priority>"`` → n), and the weight per
+    account per minute by endpoint over the last 10 complete minutes as the adapters spent it
+    (:func:`harvest.venues.binance.weight_spent`)."""
+    from harvest.venues.binance import WeightBudget, held_back, weight_spent
+
+    ns, limit = rt.settings.namespace, rt.settings.venue_weight_limit_1m
+    used = {e.name: WeightBudget(rt.r, ns, limit, e.name).used() for e in rt.settings.egresses}
+    return {
+        "limit": limit,
+        "used_this_minute": used,
+        "held": {f"{e}|{p}": n for (e, p), n in sorted(held_back(rt.r, ns).items())},
+        **weight_spent(rt.r, ns),
     }
 
 
@@ -271,6 +289,19 @@ def format_scorecard(card: dict) -> str:
     if card.get("reconcile"):
         lines.append("reconcile: " + "  ".join(f"{k}={v}" for k, v in card["reconcile"].items()))
     lines.append(f"notify failures: {card.get('notify_failures', 0)} (notices harvest notify did not deliver)")
+    w = card.get("weight")
+    if w:
+        lines.append(
+            f"request weight this minute (limit {w['limit']} per egress): "
+            + "  ".join(f"{k}={v}" for k, v in w["used_this_minute"].items())
+            + ("  held back: " + "  ".join(f"{k}={v}" for k, v in w["held"].items()) if w["held"] else "")
+        )
+        by = w.get("by_endpoint") or {}
+        lines.append(
+            f"weight per account per minute: {w['per_account_per_minute']:.2f} "
+            f"({w['accounts']} accounts, last {w['minutes']} min)"
+            + ("  " + "  ".join(f"{e}={v:.2f}" for e, v in by.items()) if by else "")
+        )
     lines.append("realized PnL (USDT): net total %.2f" % card["realized_pnl_total"])
     for sym, v in card["realized_pnl"].items():
         lines.append(

@@ -6,20 +6,22 @@ from __future__ import annotations
 import logging
 import time
 
-from harvest.domain.models import PlanState, SendState
+from harvest.domain.models import PlanState, SendState, VenuePosition
 from harvest.domain.plans import parse_client_order_id
 from harvest.services.decide import load_positions
 from harvest.services.execution import PENDING, Resend, resolve_submitted
 from harvest.services.recovery import ensure_recovered
 from harvest.services.runtime import Runtime
 from harvest.store.records import UnreadableRecord
-from harvest.venues.base import VenueError
+from harvest.store.streams import StreamCache
+from harvest.venues.base import OrderResult, VenueError
 
 log = logging.getLogger("harvest")
 
 
-def _report(rt: Runtime, kind: str, **fields) -> None:
-    """One finding of reconciliation on ``<ns>:stream:reconcile`` (and a counter, a log line)."""
+def report(rt: Runtime, kind: str, **fields) -> None:
+    """One finding of reconciliation on ``<ns>:stream:reconcile`` (and a counter
+    ``reconcile:<kind>``, a log line); ``harvest streams``' audit reports its disagreements here."""
     rt.r.xadd(
         f"{rt.settings.namespace}:stream:reconcile",
         {"kind": kind, "ts": repr(time.time()), **{k: str(v) for k, v in fields.items()}},
@@ -81,12 +83,36 @@ def reconcile_once(rt: Runtime, resend: Resend | None = None) -> dict:
     }
 
 
+def streamed_view(rt: Runtime) -> tuple[list[VenuePosition], list[OrderResult]] | None:
+    """The account's open positions and working orders from ``harvest streams``' cache, read
+    together, when it may stand in for REST (:meth:`harvest.store.streams.StreamCache.view`:
+    trusted, clean, its writer alive, its marks fresh, within ``settings.streams_max_age_s``);
+    None otherwise (read REST)."""
+    age = rt.settings.streams_max_age_s
+    view = StreamCache(rt.r, rt.settings.namespace, rt.settings.account).view(age, max(age, 3.0))
+    if view is None:
+        return None
+    return view[0], [OrderResult.model_validate(o) for o in view[1]]
+
+
 def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
     """Steps 1–3 of :func:`reconcile_once` on one account (``rt``: its runtime). Returns
-    ``positions``, ``ghosts_dropped``, ``closed_outside``, ``unknown_orders``, ``adopted``.
-    Raises VenueError when its venue does not answer."""
+    ``positions``, ``ghosts_dropped``, ``closed_outside``, ``unknown_orders``, ``adopted``,
+    ``from_streams`` (1 when the stream cache stood in for REST). Raises VenueError when its
+    venue does not answer.
+
+    Streams are the truth, REST the audit (issue 32): while ``harvest streams`` holds the
+    account and its cache is clean (:func:`streamed_orders`), positions and working orders
+    come from the cache, read together (no request weight; counted
+    ``reconcile:from_streams``); otherwise from REST. A plan whose
+    outcome is unknown is still looked up on the exchange (:func:`resolve_submitted`)."""
     before = rt.plans.counters().get("reconcile:ghost_dropped", 0)
-    rows, _ = load_positions(rt, from_streams=False)  # exchange truth, never a cache
+    view = streamed_view(rt)
+    if view is not None:
+        rt.plans.count("reconcile:from_streams")
+        rows, _ = load_positions(rt, vps=view[0])
+    else:
+        rows, _ = load_positions(rt, from_streams=False)  # exchange truth from REST
     ghosts = rt.plans.counters().get("reconcile:ghost_dropped", 0) - before
     # Open positions by the book after ghosts were dropped: every symbol the venue shows open,
     # including any skipped for want of a market state (their plans are not "closed outside").
@@ -96,7 +122,7 @@ def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
         s: (e or {}).get("epoch")
         for s, e in zip(open_syms, rt.book.get_many(acct, open_syms, ("side", "epoch")), strict=True)
     }
-    open_orders = rt.venue.open_orders()
+    open_orders = view[1] if view is not None else rt.venue.open_orders()
     closed = adopted = unknown = 0
     plans = {p.plan_id: p for p in rt.plans.open_plans()}
     for plan in plans.values():
@@ -129,7 +155,7 @@ def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
             continue  # a plan lost with the state, known again from the exchange (harvest.services.recovery)
         if plan is None:
             unknown += 1
-            _report(
+            report(
                 rt,
                 "unknown_order",
                 client_order_id=o.client_order_id,
@@ -148,7 +174,7 @@ def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
             )
             if ok:
                 adopted += 1
-                _report(rt, "adopted_order", plan_id=pid, client_order_id=o.client_order_id, symbol=o.symbol)
+                report(rt, "adopted_order", plan_id=pid, client_order_id=o.client_order_id, symbol=o.symbol)
                 try:
                     fresh = rt.plans.get(pid)
                 except UnreadableRecord:  # rewritten meanwhile by a newer version: it resolves it
@@ -164,6 +190,7 @@ def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
         "closed_outside": closed,
         "unknown_orders": unknown,
         "adopted": adopted,
+        "from_streams": int(view is not None),
     }
 
 
