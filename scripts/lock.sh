@@ -23,22 +23,22 @@ if [ "$(.venv/bin/uv --version 2>/dev/null | cut -d' ' -f2)" != "$UV_VERSION" ];
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
 fi
 
-build=$(mktemp --suffix=.in)
-trap 'rm -f "$build"' EXIT
-# The build-system's requires, so the package itself builds from the lock without fetching
-# (pip install --no-build-isolation).
+mkdir -p requirements
+build=requirements/build-system.in
+# The build-system's requires, so harvest itself builds from the lock without fetching anything
+# (pip install --no-build-isolation). Written here from pyproject.toml, never by hand.
 .venv/bin/python - "$build" <<'EOF'
 import sys, tomllib
 with open("pyproject.toml", "rb") as f:
     requires = tomllib.load(f)["build-system"]["requires"]
 with open(sys.argv[1], "w") as out:
+    out.write("# Written by 'bash scripts/lock.sh' from pyproject.toml's [build-system] requires.\n")
     out.write("\n".join(requires) + "\n")
 EOF
 
-# uv reads the index from its own settings, never from pip's configuration (this machine's local
-# mirrors): the hashes are PyPI's files'.
-common=(--quiet --universal --python-version 3.11 --generate-hashes --no-header --index-url https://pypi.org/simple)
-mkdir -p requirements
+# uv resolves against its default index (it does not read pip's configuration, so no local mirror
+# of this machine goes into the lock): the hashes are the published files'.
+common=(--quiet --universal --python-version 3.11 --generate-hashes --no-header)
 # Runtime first; the test lock is held to the runtime's pins, so the tests run what the image runs.
 .venv/bin/uv pip compile "${common[@]}" "$@" pyproject.toml "$build" -o requirements/runtime.lock
 .venv/bin/uv pip compile "${common[@]}" "$@" pyproject.toml "$build" --extra test \
