@@ -455,7 +455,7 @@ class Trailing(ExitPolicy):
 @dataclass(frozen=True)
 class TimeExit(ExitPolicy):
     """``time``: the initial stop, and a market close once the position is ``time_stop_s``
-    seconds old (> 0). Raises ValueError otherwise."""
+    seconds old (≥ 0). Raises ValueError otherwise."""
 
     name: ClassVar[str] = "time"
     theta_fields: ClassVar[tuple[str, ...]] = ("taker_fee_rate",)
@@ -463,8 +463,8 @@ class TimeExit(ExitPolicy):
     time_stop_s: float = 86_400.0
 
     def __post_init__(self) -> None:
-        if not self.time_stop_s > 0:
-            raise ValueError(f"time_stop_s {self.time_stop_s!r}: the holding time in s must be positive")
+        if not self.time_stop_s >= 0:
+            raise ValueError(f"time_stop_s {self.time_stop_s!r}: the holding time in s must be a number >= 0")
 
     def scan(self, b: PositionBatch, now: float | np.ndarray, theta: HarvestTheta) -> BatchResult:
         r_net = r_net_batch(b, theta)

@@ -34,9 +34,11 @@
   at the bar's close (positive rate: longs pay).
 * A position still open at the end of its data closes at the last close (``end_of_data``).
 
-**Policies**: ``default`` (the harvest kernel with the configured theta: partials at its
-tiers, profit lock, kill score, time stop), ``lsf_ladder`` (the same kernel with
-``theta.policy = lsf_ladder``, docs/design.md §4.5: its partials at the exit ladder's tp1..tp3 prices,
+**Policies** (:mod:`harvest.domain.policies`, docs/design.md §2.10; the engine asks each
+policy, never its name, :func:`lab_policy`): ``default`` (the policy ``theta.policy`` names,
+``r_ladder`` unless configured: the harvest kernel with the configured theta, partials at its
+tiers, profit lock, kill score, time stop), ``lsf_ladder`` (the same kernel with the exit
+ladder's tiers, docs/design.md §4.5: its partials at the exit ladder's tp1..tp3 prices,
 closing the ladder's leverage scheme of the opening qty, decided at the scan like any other),
 ``bracket`` (the stop and one take-profit at the ladder's tp3), ``trailing``
 (freqtrade's ``trailing_stop_positive`` / ``trailing_stop_positive_offset``: once the profit
@@ -58,13 +60,16 @@ import numpy as np
 from harvest.data import shipped_filters
 from harvest.domain.exit_ladder import compute_levels
 from harvest.domain.guard_rules import close_quantity_of
-from harvest.domain.kernel import BatchResult, PositionBatch, evaluate_batch
+from harvest.domain.kernel import BatchResult, PositionBatch
 from harvest.domain.kill_model import KillModel, kill_batch
 from harvest.domain.margin import brackets_from_response, liquidation_price
 from harvest.domain.models import ACTION_CODES, Action, HarvestTheta, Side
+from harvest.domain.policies import ExitPolicy, Trailing, get_policy, policy_for
 from harvest.lab.entries import Entry
 from harvest.lab.market import ReplayMarket
 
+#: The lab's policy names: ``default`` (``theta.policy``'s) and the registered policies it
+#: compares with it (:data:`harvest.domain.policies.REGISTRY`).
 POLICIES = ("default", "lsf_ladder", "bracket", "trailing", "time", "hold")
 _FULL = ACTION_CODES.index(Action.FULL_CLOSE_PROPOSED)
 _LOCK = ACTION_CODES.index(Action.PROFIT_LOCK_SL)
@@ -165,6 +170,25 @@ class Trades:
 _BRACKETS: dict = {}
 
 
+def lab_policy(name: str, theta: HarvestTheta, fill: FillModel = FillModel()) -> ExitPolicy:
+    """The exit policy the lab's ``name`` means: ``default`` is the policy ``theta.policy``
+    names; a registered policy's own parameters come from the fill model's knobs
+    (``trailing``: ``trailing_positive``, ``trailing_offset``, ``trail_r``, ``trail_offset_r``;
+    ``time``: ``time_stop_s``). Raises ValueError naming the policy for an unknown one."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}: one of {', '.join(POLICIES)}")
+    knobs: dict[str, dict[str, float | None]] = {
+        "trailing": {
+            "positive": fill.trailing_positive,
+            "offset": fill.trailing_offset,
+            "trail_r": fill.trail_r,
+            "offset_r": fill.trail_offset_r,
+        },
+        "time": {"time_stop_s": fill.time_stop_s},
+    }
+    return policy_for(theta) if name == "default" else get_policy(name, **knobs.get(name, {}))
+
+
 def _liq(symbol: str, side: Side, qty: float, price: float, lev: float) -> float:
     if not _BRACKETS:
         from harvest.data import load_brackets_raw
@@ -203,8 +227,7 @@ def simulate(
     quantity) were it closed at the mark now, after the close's fee (the lab's fit of the learned
     kill records its states with it, :mod:`harvest.lab.kill_model`).
     Raises ValueError for an unknown policy or no entries."""
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)}")
+    pol = lab_policy(policy, theta, fill)
     n = len(entries)
     if n == 0:
         raise ValueError("no entries to replay")
@@ -221,7 +244,8 @@ def simulate(
     ent = np.maximum(bar0 - 1, 0)  # the market state known at entry: after the previous bar closed
     has_entry = ser.valid[ent] & (bar0 - 1 >= np.array([m.start[m.symbols[i]] for i in sym_idx]))
     stop0 = np.empty(n)
-    tp3 = np.empty(n)  # the bracket's one take-profit
+    tp_tier = pol.take_profit_tier
+    tp_all = np.full(n, np.nan)  # the resting take-profit of the whole position (bracket: tp3)
     for i, x in enumerate(entries):
         lv = compute_levels(
             x.price,
@@ -233,7 +257,8 @@ def simulate(
             interval_s=int(interval[i]),
         )
         stop0[i] = x.stop if x.stop is not None else lv.sl_price
-        tp3[i] = lv.tp_prices[2]
+        if tp_tier is not None:
+            tp_all[i] = lv.tp_prices[tp_tier - 1]
     ru = np.abs(e - stop0)  # 1R per unit (USDT)
     opened_at = m.open_time[bar0]
 
@@ -264,7 +289,7 @@ def simulate(
         "stop0": stop0,
         "liq": liq,
         "opened_at": opened_at,
-        "tp3": tp3,
+        "tp": tp_all,
         "has_entry": has_entry,
         "entry_trend": has_entry & (ser.regime[ent] == 0),
         "entry_dir": np.where(has_entry, ser.trend_dir[ent], 0).astype(np.float64),
@@ -294,8 +319,8 @@ def simulate(
         "flushed": np.zeros(n, dtype=bool),
     }
     evaluations = 0
-    harvest_like = policy in ("default", "lsf_ladder")
-    kernel_theta = theta.model_copy(update={"policy": "lsf_ladder"}) if policy == "lsf_ladder" else theta
+    kernel_theta = theta
+    trailing = pol if isinstance(pol, Trailing) else None
     recorded = min(record, n)
 
     def close(i: np.ndarray, b: np.ndarray, price: np.ndarray, q: np.ndarray, why: str | np.ndarray) -> None:
@@ -366,8 +391,8 @@ def simulate(
             px = _slipped(px, s_[i], h[i], lo[i], fill.stop_slippage)
             why = np.where(st_[i] == L["stop0"][i], "stop", "locked_stop")
             close(i, b[i], px, L["qty"][i].copy(), why)
-        if policy == "bracket":
-            tp = L["tp3"]
+        if tp_tier is not None:
+            tp = L["tp"]
             i = np.flatnonzero(L["open"] & (s_ * (best - tp) >= 0))
             if i.size:
                 px = np.where(s_[i] * (o[i] - tp[i]) >= 0, o[i], tp[i])
@@ -386,8 +411,9 @@ def simulate(
         L["mfe"][op0] = np.maximum(L["mfe"][op0], (s_ * (best - e_) / L["ru"])[op0])
         # (5) the scan at the bar's close
         op = L["open"] & (L["pend"] == _NONE) & (b < L["last"])
-        if harvest_like:
-            i = np.flatnonzero(op & ser.valid[b])
+        if pol.scan_in_lab:
+            # a kernel policy decides on a market state: only at bars that have one
+            i = np.flatnonzero(op & ser.valid[b]) if pol.kernel else np.flatnonzero(op)
             if i.size:
                 bi = b[i]
                 batch = PositionBatch(
@@ -416,7 +442,7 @@ def simulate(
                     leverage=L["lev"][i],
                 )
                 now = m.open_time[bi] + L["interval"][i]
-                res = evaluate_batch(batch, now, kernel_theta)  # type: ignore[arg-type]
+                res = pol.scan(batch, now, kernel_theta)
                 learned = np.zeros(i.size, dtype=bool)
                 if kill_model is not None:
                     learned = kill_batch(kill_model, batch, now, res.r_net, res.components, kernel_theta)
@@ -431,7 +457,7 @@ def simulate(
                     on_scan(L["gid"][i], batch, now, res, value_now)
                 if sample is not None and evaluations < sample_rows:
                     sample.append((batch, now))
-                evaluations += i.size
+                evaluations += i.size if pol.kernel else 0
                 due_b = bi + 1 + L["delay"][i]
                 if decisions is not None:
                     for j in np.flatnonzero(res.action != 0).tolist():
@@ -457,22 +483,10 @@ def simulate(
                 lock = res.action == _LOCK
                 sel = i[lock]
                 L["pend"][sel], L["pend_due"][sel], L["pend_stop"][sel] = _P_STOP, due_b[lock], res.new_stop[lock]
-        elif policy == "trailing":
+        if trailing is not None:  # a resting trailing stop: it moves with the bar's best price
             i = np.flatnonzero(op)
-            if fill.trail_r is not None:  # in R, like every other level
-                armed = s_[i] * (c[i] - e_[i]) / L["ru"][i] >= fill.trail_offset_r
-                cand = best[i] - s_[i] * fill.trail_r * L["ru"][i]
-            else:  # freqtrade's: fractions of price
-                armed = s_[i] * (c[i] - e_[i]) / e_[i] >= fill.trailing_offset
-                cand = np.where(
-                    s_[i] > 0, best[i] * (1 - fill.trailing_positive), best[i] * (1 + fill.trailing_positive)
-                )
-            tighter = armed & (s_[i] * (cand - st_[i]) > 0) & (s_[i] * (c[i] - cand) > 0)
-            st_[i[tighter]] = cand[tighter]
-        elif policy == "time":
-            old = op & ((m.open_time[b] + L["interval"] - L["opened_at"]) >= fill.time_stop_s)
-            i = np.flatnonzero(old)
-            L["pend"][i], L["pend_due"][i], L["pend_reason"][i] = _P_FULL, b[i] + 1 + L["delay"][i], "time_stop"
+            move, cand = trailing.trail(s_[i], e_[i], L["ru"][i], c[i], best[i], st_[i])
+            st_[i[move]] = cand[move]
         # (6) the end of the data
         i = np.flatnonzero(L["open"] & (b >= L["last"]))
         close(i, b[i], c[i], L["qty"][i].copy(), "end_of_data")

@@ -5,6 +5,9 @@ kernel's, the triggers' and the guard's entry points are ``theta.policy``'s."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -28,6 +31,7 @@ from harvest.domain.policies import (
 )
 from harvest.domain.triggers import next_trigger
 
+ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_750_000_000.0
 
 
@@ -192,7 +196,7 @@ def test_a_bad_policy_name_or_parameter_is_refused_by_name():
     with pytest.raises(ValueError, match="trail_r"):
         get_policy("trailing", trail_r=0.0)
     with pytest.raises(ValueError, match="time_stop_s"):
-        TimeExit(time_stop_s=0.0)
+        TimeExit(time_stop_s=-1.0)
 
 
 def _long(mark: float, opened: float = T0, stop: float | None = None) -> Position:
@@ -257,3 +261,33 @@ def test_the_guard_rechecks_a_tier_with_the_policys_rule():
     assert lsf.recheck_tier(_long(tp1 - 0.2 * 5), 1, th)[0]  # 0.2 R short: within 0.25 R
     assert not lsf.recheck_tier(_long(tp1 - 0.3 * 5), 1, th)[0]
     assert lsf.recheck_tier(None, 1, th) == (False, {"r_net": None, "policy": "lsf_ladder"})
+
+
+def test_no_policy_branch_is_left_outside_the_policies():
+    """Issue 35: the ``theta.policy == "lsf_ladder"`` branches of the kernel, the triggers, the
+    guard and the lab live in :mod:`harvest.domain.policies` now."""
+    pattern = re.compile(r"""\.policy\s*[!=]=|policy\s*==\s*["'](?:lsf_ladder|r_ladder|bracket|trailing|time|hold)""")
+    files = [ROOT / "harvest" / "domain" / n for n in ("kernel.py", "triggers.py", "guard_rules.py")]
+    files += sorted((ROOT / "harvest" / "lab").glob("*.py"))
+    hits = [
+        f"{p.relative_to(ROOT)}:{n}: {line.strip()}"
+        for p in files
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not hits, hits
+
+
+def test_the_lab_runs_the_registered_policies_with_its_knobs():
+    """``harvest replay``'s names are registered policies (``default``: ``theta.policy``'s); the
+    fill model's knobs are the baselines' parameters."""
+    from harvest.lab.engine import POLICIES, FillModel, lab_policy
+
+    th = HarvestTheta()
+    assert set(POLICIES) - {"default"} <= set(REGISTRY)
+    assert lab_policy("default", th) is REGISTRY["r_ladder"]
+    assert lab_policy("default", HarvestTheta(policy="lsf_ladder")) is REGISTRY["lsf_ladder"]
+    assert lab_policy("trailing", th, FillModel(trail_r=0.5, trail_offset_r=2.0)) == Trailing(trail_r=0.5, offset_r=2.0)
+    assert lab_policy("time", th, FillModel(time_stop_s=60.0)) == TimeExit(time_stop_s=60.0)
+    with pytest.raises(ValueError, match="unknown policy 'martingale'"):
+        lab_policy("martingale", th)
