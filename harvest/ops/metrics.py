@@ -38,6 +38,9 @@ to one consistent set of series (no per-process registries to merge).
   positions_from_streams_total                    counter    (scan reads served by harvest streams)
   stream_gaps_total                               counter    cause (drop, listen_key_expired, …)
   stream_events_rejected_total                    counter    (malformed or out of order)
+  streams_errors_total                            counter    where (session, user, market, fire: errors
+                                                             harvest streams caught, logged and backed off)
+  stream_audits_total                             counter    result (agreed, disagreed: REST audits of the cache)
   positions_unprotected                           gauge      account (no stop that can trigger, last scan)
   trading_state                                   gauge      scope (* or account), state (1 = in force)
   notify_failures_total                           counter    (notices harvest notify did not deliver)
@@ -228,6 +231,19 @@ class HarvestCollector:
             if f.startswith("streams:gap:"):
                 gaps.add_metric([f[len("streams:gap:") :]], int(v))
         yield gaps
+        errors = CounterMetricFamily(
+            "harvest_streams_errors", "Errors harvest streams caught, logged and backed off from", labels=["where"]
+        )
+        for f, v in sorted(counters.items()):
+            if f.startswith("streams:errors:"):
+                errors.add_metric([f[len("streams:errors:") :]], int(v))
+        yield errors
+        audits = CounterMetricFamily(
+            "harvest_stream_audits", "REST audits of the stream cache (harvest streams)", labels=["result"]
+        )
+        audits.add_metric(["agreed"], int(counters.get("streams:audits", 0)))
+        audits.add_metric(["disagreed"], int(counters.get("streams:gap:audit", 0)))
+        yield audits
         yield CounterMetricFamily(
             "harvest_stream_events_rejected",
             "Stream events malformed or out of order, recorded and never applied",
