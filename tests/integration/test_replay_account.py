@@ -240,3 +240,14 @@ def test_the_cli_prints_the_comparison_for_the_demos_account(emu, bv, seeded, re
         [*harvest, "replay", "--account", "nobody"], env=env, capture_output=True, text=True, timeout=120
     )
     assert bad.returncode == 2 and "--account 'nobody'" in bad.stderr and "alpha" in bad.stderr
+
+
+def test_a_closed_positions_leverage_is_the_symbols_setting(emu, bv):
+    """symbolConfig answers every symbol, a flat one included, with the leverage its last position
+    had (as the demo opens them: in the paper engine, without POST /fapi/v1/leverage)."""
+    emu.venue.open_position("SOLUSDT", "LONG", 10.0, 7)
+    bv.close_market("SOLUSDT", "SELL", "10", "hv-00000000000000c1-0")
+    assert bv.position("SOLUSDT") is None
+    hist = AccountHistory(bv)
+    assert hist.leverage(["SOLUSDT", "XRPUSDT"]) == {"SOLUSDT": 7.0, "XRPUSDT": 10.0}
+    assert {x["symbol"] for x in bv.client.futures_symbol_config()} >= {"SOLUSDT", "XRPUSDT", "BTCUSDT"}

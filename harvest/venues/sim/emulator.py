@@ -1006,11 +1006,16 @@ class Emulator:
 
     def _leverage(self, symbol: str, vp: Any = None) -> int:
         """The account's leverage of ``symbol``: as set by ``POST /fapi/v1/leverage``, else the
-        open position's, else the paper engine's default (10)."""
+        open position's, else the symbol's last position's (Binance keeps a symbol's setting
+        after its position closed; the paper engine keeps a flat position's record), else the
+        paper engine's default (10)."""
         raw = self.r.hget(self._k_acct("leverage"), symbol)
         if raw is not None:
             return int(raw)
-        return int(vp.leverage) if vp is not None else 10
+        if vp is not None:
+            return int(vp.leverage)
+        last = self.r.hget(self.venue.k_pos(symbol), "leverage")
+        return int(float(last)) if last else 10
 
     def _margin_type(self, symbol: str) -> str:
         """``ISOLATED`` or ``CROSSED`` as set by ``POST /fapi/v1/marginType`` (default ISOLATED:
