@@ -2,9 +2,16 @@
 
 Two forms that agree exactly: the single-position functions (:func:`compute_r_net`,
 :func:`compute_kill_score`, :func:`determine_harvest_action`, :func:`compute_profit_lock`,
-:func:`compute_harvest_proposal`) and :func:`evaluate_batch`, which evaluates many positions
-at once on numpy arrays. Both use the same IEEE-754 operations in the same order, and
-``numpy.exp`` for the one transcendental, so their results are bit-identical (tested).
+:func:`kernel_proposal`) and the batch functions on numpy arrays (:func:`r_net_batch`,
+:func:`kill_batch`, :func:`r_tiers_batch`, :func:`kernel_batch`). Both use the same IEEE-754
+operations in the same order, and ``numpy.exp`` for the one transcendental, so their results
+are bit-identical (tested).
+
+Where the partial tiers are is the exit policy's (docs/design.md §2.10,
+:mod:`harvest.domain.policies`: ``r_ladder``'s R tiers, ``lsf_ladder``'s ladder prices): the
+policy assembles these pieces into its scan and its one-position decision.
+:func:`evaluate_batch` and :func:`compute_harvest_proposal` are those of the policy
+``theta.policy`` names; this module has no policy branch.
 
 Formulas (source: docs/design.md §2.1–§2.6, from seeds 000/001):
 
