@@ -129,6 +129,9 @@ def request_weight(fn: str, params: dict[str, Any]) -> int:
 #: Each endpoint's weight with a symbol and Binance's default parameters (a summary; the budget
 #: charges every call by :func:`request_weight`, from the parameters it sends).
 WEIGHT = {fn: facts.request_weight(*request_of(fn, {"symbol": "BTCUSDT"}), {"symbol": "BTCUSDT"}) for fn in _REQUESTS}
+#: How long (s) the stops a positions() read found serve an open_orders(symbols=…) right after it
+#: (an audit's two questions answered by one openAlgoOrders read; once, then read again).
+RECENT_S = 1.0
 #: Share of the weight budget each priority may use: closes go ahead of stop moves and reads.
 PRIORITY_SHARE = {"close": 1.0, "stop": 0.85, "read": 0.7}
 _ALGO_TO_ORDER_STATUS = {
@@ -512,6 +515,7 @@ class BinanceVenue(Venue):
         clock: MarketClock | None = None,
         egress: str = "default",
         funding_settle_s: float = 30.0,
+        leverage_ttl_s: float = 3600.0,
     ):
         self.r = r
         self.ns = ns
@@ -541,6 +545,10 @@ class BinanceVenue(Venue):
         self.k_info_refreshed = f"{ns}:venue:exchange_info:refreshed"
         self.funding_poll_s = funding_poll_s
         self.funding_settle_s = funding_settle_s
+        self.leverage_ttl_s = leverage_ttl_s
+        #: The stops positions() read last: (monotonic s, symbols, rows), reused once by
+        #: open_orders(symbols=…) within RECENT_S (one audit: positions, then orders).
+        self._recent_algo: tuple[float, frozenset[str], list[Any]] | None = None
         self.max_clock_offset_ms = max_clock_offset_ms
         self.clock = clock
         #: The exchange's clock minus harvest's reading of it (ms), from the last resync.
@@ -563,6 +571,8 @@ class BinanceVenue(Venue):
         A 429/418 holds the scope it belongs to: ``-1015`` (too many new orders) this account's
         orders, any other the IP's requests. ``label``: the call's short name (for readers)."""
         method, path = request_of(fn, params)
+        if method != "GET":  # an order sent or cancelled: stops read before it are not reused
+            self._recent_algo = None
         self.budget.reserve(facts.request_weight(method, path, params), priority, f"{self.account}|{method} {path}")
         if new_order:
             self.orders.reserve(priority)
@@ -692,8 +702,10 @@ class BinanceVenue(Venue):
 
     def _leverage(self, symbols: list[str]) -> dict[str, float]:
         """Leverage per symbol from ``GET /fapi/v1/symbolConfig`` (weight 5), cached
-        ``cache_ttl_s``: one call per missing symbol, or one call for every symbol when more
-        than one is missing (a first sight of many positions)."""
+        ``leverage_ttl_s`` (an hour) and forgotten for a symbol whose position changed
+        (:meth:`_openings`), after harvest opens one (:meth:`open_position`) and when the stream
+        reports a change (:meth:`leverage_changed`): one call per missing symbol, or one call
+        for every symbol when more than one is missing (a first sight of many positions)."""
         cached = dict(zip(symbols, self.r.hmget(self.k_leverage, symbols), strict=True)) if symbols else {}
         out = {s: float(v) for s, v in cached.items() if v is not None}
         missing = [s for s, v in cached.items() if v is None]
@@ -707,9 +719,17 @@ class BinanceVenue(Venue):
         out.update(fresh)
         p = self.r.pipeline(transaction=False)
         p.hset(self.k_leverage, mapping={s: repr(v) for s, v in fresh.items()})
-        p.expire(self.k_leverage, int(self.cache_ttl_s))
+        p.expire(self.k_leverage, int(self.leverage_ttl_s))
         p.execute()
         return out
+
+    def leverage_changed(self, symbol: str | None = None) -> None:
+        """Forget the cached leverage of ``symbol`` (None: every symbol's); the next positions
+        read asks symbolConfig (``harvest streams`` on an ``ACCOUNT_CONFIG_UPDATE``)."""
+        if symbol:
+            self.r.hdel(self.k_leverage, symbol)
+        else:
+            self.r.delete(self.k_leverage)
 
     # ------------------------------------------------------------------ Venue
 
@@ -759,8 +779,10 @@ class BinanceVenue(Venue):
         algo = self._read_each(
             "futures_get_open_orders", [symbol] if symbol else sorted(by_sym), "read", conditional=True
         )
-        lev = self._leverage(sorted(by_sym))
+        if not symbol:  # kept for open_orders(symbols=...) in the same audit (RECENT_S)
+            self._recent_algo = (time.monotonic(), frozenset(by_sym), algo)
         opened = self._openings({s: x for s, (x,) in by_sym.items()})
+        lev = self._leverage(sorted(by_sym))
         funding = self._funding(opened)
         out = []
         for s, (x,) in sorted(by_sym.items()):
@@ -794,8 +816,10 @@ class BinanceVenue(Venue):
     def _openings(self, rows: dict[str, dict]) -> dict[str, float | None]:
         """Opening time (Unix s) of each open position (positionRisk rows by symbol), or None
         when the trades read do not reach back to it. Cached per symbol with the positionAmt and
-        entryPrice it was found for; re-read from userTrades (weight 5) only when either moved.
-        A userTrades call that fails keeps the cached time (or None): the epoch is then kept."""
+        entryPrice it was found for; re-read from userTrades (weight 5) only when either moved —
+        and then the symbol's cached leverage is forgotten too (a strategy sets the leverage as
+        it opens or adds). A userTrades call that fails keeps the cached time (or None): the
+        epoch is then kept."""
         if not rows:
             return {}
         syms = sorted(rows)
@@ -808,6 +832,7 @@ class BinanceVenue(Venue):
             if c is not None and c.get("k") == key:
                 out[s] = c.get("t")
                 continue
+            self.r.hdel(self.k_leverage, s)
             try:
                 trades = self._call("futures_account_trades", "trades", "read", symbol=s, limit=1000)
                 leg = x.get("positionSide", "BOTH")
@@ -1049,7 +1074,18 @@ class BinanceVenue(Venue):
         if algo is not True:
             out += [self._order(x) for x in self._read_each("futures_get_open_orders", scope, "read")]
         if algo is not False:
-            out += [self._algo(x) for x in self._read_each("futures_get_open_orders", scope, "read", conditional=True)]
+            recent, self._recent_algo = self._recent_algo, None
+            if (
+                recent is not None
+                and symbols is not None
+                and not symbol
+                and time.monotonic() - recent[0] <= RECENT_S
+                and set(symbols) <= recent[1]
+            ):
+                rows = recent[2]  # the stops positions() read a moment ago, in the same audit
+            else:
+                rows = self._read_each("futures_get_open_orders", scope, "read", conditional=True)
+            out += [self._algo(x) for x in rows]
         return out
 
     @answers()
@@ -1167,9 +1203,10 @@ class BinanceVenue(Venue):
         return pos
 
     def refresh_exchange_info(self) -> int:
-        """Forget the cached leverage and position mode of the account, then
-        :meth:`refresh_filters` (exchangeInfo, read once for the deployment). Returns #symbols."""
-        self.r.delete(self.k_leverage, self.k_dual)
+        """Forget the cached position mode of the account (read again only when an order needs
+        it), then :meth:`refresh_filters` (exchangeInfo, read once for the deployment). The
+        leverage cache has a life of its own (:meth:`_leverage`). Returns #symbols."""
+        self.r.delete(self.k_dual)
         return self.refresh_filters()
 
     # ------------------------------------------------------------------ parsing

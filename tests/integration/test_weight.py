@@ -239,3 +239,31 @@ def _minimal_card() -> dict:
         "positions_open": 0,
         "queue_depth": {},
     }
+
+
+def test_an_audit_reads_the_stops_once_and_leverage_only_when_it_may_have_changed(emu):
+    """positions() then open_orders(symbols=…) (an audit's two questions) read openAlgoOrders once;
+    beat's exchangeInfo refresh no longer forgets the leverage (symbolConfig, 5) of every account;
+    a position that changes has its leverage read again; an order sent in between is not hidden."""
+    syms = [f"V{i:03d}USDT" for i in range(3)]
+    emu.venue.list_symbols({s: "BTCUSDT" for s in syms})
+    emu.clock.set(T0 + 60.0, 0.0)
+    for s in syms:
+        emu.venue.set_mark(s, 100_000.0)
+        emu.venue.open_position(s, "LONG", 0.01, 5.0, stop_price=95_000.0)
+    bv = venue(emu)
+    bv.positions()
+    emu.reset_tally()
+    bv.positions()
+    assert len(bv.open_orders(symbols=syms)) == 3  # the three stops
+    assert requests_to(emu, "GET /fapi/v1/openAlgoOrders") == 3  # once per symbol, not twice
+    assert bv.refresh_exchange_info() > 0
+    emu.reset_tally()
+    bv.positions()
+    assert requests_to(emu, "GET /fapi/v1/symbolConfig") == 0
+    emu.venue.open_position(syms[0], "LONG", 0.01, 5.0)  # the strategy adds to one position
+    bv.positions()
+    assert requests_to(emu, "GET /fapi/v1/symbolConfig") == 1
+    bv.positions()
+    bv.move_stop(syms[1], "SELL", "96000.0", "hv-00000000000000bb-0")  # a stop moved after the read
+    assert {o.stop_price for o in bv.open_orders(symbols=[syms[1]])} == {96_000.0}
