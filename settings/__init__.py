@@ -272,10 +272,16 @@ class HarvestSettings(BaseSettings):
         description="the accounts this deployment manages, JSON (see settings.accounts); "
         "empty: the one account of HARVEST_ACCOUNT, HARVEST_VENUE, HARVEST_MODE, HARVEST_API_KEY …",
     )
-    policy: Literal["r_ladder", "lsf_ladder"] | None = Field(
+    policy: Literal["r_ladder", "lsf_ladder", "learned_kill"] | None = Field(
         None,
         description="the harvest policy (docs/design.md §4.5): r_ladder (partials at R tiers) or lsf_ladder (partials "
-        "at the exit ladder's take-profit prices); sets theta.policy (HARVEST_THETA__POLICY says the same)",
+        "at the exit ladder's take-profit prices), or learned_kill (r_ladder with the learned kill); sets "
+        "theta.policy (HARVEST_THETA__POLICY says the same)",
+    )
+    kill_model: str | None = Field(
+        None,
+        description="the learned kill's model file (harvest replay --fit-kill writes one; default: the shipped "
+        "harvest/data/kill_model.json), read and checked at start-up when theta.policy is learned_kill",
     )
 
     @field_validator("symbols", "console_hosts", mode="before")
@@ -372,6 +378,15 @@ class HarvestSettings(BaseSettings):
             if "policy" in self.theta.model_fields_set:
                 raise ValueError(f"HARVEST_POLICY={self.policy} and HARVEST_THETA__POLICY={self.theta.policy} disagree")
             object.__setattr__(self, "theta", self.theta.model_copy(update={"policy": self.policy}))
+        return self
+
+    @model_validator(mode="after")
+    def _kill_model_loaded(self) -> "HarvestSettings":
+        if self.theta.policy == "learned_kill" or self.kill_model is not None:
+            from harvest.data.kill_model import load_kill_model_doc
+            from harvest.domain.kill_model import KillModel, use_kill_model
+
+            use_kill_model(KillModel.from_dict(load_kill_model_doc(self.kill_model)))
         return self
 
     @model_validator(mode="after")

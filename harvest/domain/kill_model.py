@@ -37,18 +37,23 @@ The taker-buy share of the last bars is not a feature: the lab's klines carry no
 
 Both forms, :func:`gain_batch` (n positions) and :func:`gain_one` (one position), run the same
 element-wise numpy operations in the same order, so they agree bit for bit (tested).
+
+The policy :class:`LearnedKill` (``learned_kill``, an :class:`harvest.domain.policies.ExitPolicy`)
+is ``r_ladder`` with this kill in place of the kill score's threshold.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from harvest.domain.kernel import PositionBatch
-from harvest.domain.models import HarvestTheta, MarketState, Position
+from harvest.domain.kernel import PositionBatch, compute_kill_score, compute_r_net, r_net_batch
+from harvest.domain.kernel import kill_batch as score_kill_batch
+from harvest.domain.models import HarvestTheta, KillScore, MarketState, Position
+from harvest.domain.policies import RLadder, register
 
 #: The basis's version: a model file fitted on another basis is refused at load.
 BASIS_VERSION = "kill-basis-1"
@@ -288,3 +293,50 @@ def kill_one(
     """:func:`kill_batch` of one position."""
     g = gain_one(model, position, market, now, r_net, components, theta)
     return bool(r_net > r_net + g + model.margin_r)
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+@dataclass(frozen=True)
+class LearnedKill(RLadder):
+    """``learned_kill``: ``r_ladder`` (R tiers, profit lock, time stop) whose kill is the learned
+    continuation value's (:func:`kill_batch`) instead of the kill score's threshold. Its "kill
+    score" is 1.0 where the learned kill fires and 0.0 elsewhere (so the kernel's
+    ``score ≥ kill_threshold`` is exactly the learned rule); the components are the kill score's
+    (the model's features). Reason codes of its kill: ``learned_kill`` and the non-zero
+    components. ``model``: the fitted model (without one the policy refuses to decide:
+    ValueError). It is in the registry once :func:`use_kill_model` put it there with a model;
+    settings do it at start-up when ``theta.policy`` is ``learned_kill`` (``HARVEST_KILL_MODEL``,
+    default the shipped file)."""
+
+    name: ClassVar[str] = "learned_kill"
+    model: KillModel | None = None
+
+    def _model(self) -> KillModel:
+        if self.model is None:
+            raise ValueError("exit policy learned_kill: no kill model loaded (settings load HARVEST_KILL_MODEL)")
+        return self.model
+
+    def kill_batch(
+        self, b: PositionBatch, now: float | np.ndarray, theta: HarvestTheta
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """1.0 where the learned kill fires, else 0.0 (n,), and the kill score's components (4, n)."""
+        _, comps = score_kill_batch(b, now, theta)
+        fires = kill_batch(self._model(), b, now, r_net_batch(b, theta), comps, theta)
+        return np.where(fires, 1.0, 0.0), comps
+
+    def kill_one(self, position: Position, market: MarketState, now: float, theta: HarvestTheta) -> KillScore:
+        """:meth:`kill_batch` for one position (the same bits)."""
+        ks = compute_kill_score(position, market, now, theta)
+        fires = kill_one(self._model(), position, market, now, compute_r_net(position, theta), ks.components, theta)
+        reasons = ["learned_kill"] if fires else []
+        reasons += [k for k, v in ks.components.items() if v > 0.0]
+        return KillScore(score=1.0 if fires else 0.0, components=ks.components, reasons=reasons)
+
+
+def use_kill_model(model: KillModel) -> LearnedKill:
+    """Register ``learned_kill`` with ``model`` (:func:`harvest.domain.policies.register`) and return it."""
+    policy = LearnedKill(model=model)
+    register(policy)
+    return policy

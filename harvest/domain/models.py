@@ -98,8 +98,10 @@ class HarvestTheta(BaseModel):
 
     # Which ladder sets the partial closes (docs/design.md §4.5): ``r_ladder`` — tiers at R_net ≥ t1/t2/t3
     # closing 25/50/75 % of the remaining qty; ``lsf_ladder`` — tiers at the exit ladder's
-    # tp1/tp2/tp3 prices closing its leverage scheme of the opening qty (the last one closes all).
-    policy: Literal["r_ladder", "lsf_ladder"] = "r_ladder"
+    # tp1/tp2/tp3 prices closing its leverage scheme of the opening qty (the last one closes all);
+    # ``learned_kill`` — r_ladder whose kill is the learned continuation value's
+    # (harvest/domain/kill_model.py; the model file: HARVEST_KILL_MODEL, README "The policy lab").
+    policy: Literal["r_ladder", "lsf_ladder", "learned_kill"] = "r_ladder"
     # Harvest tiers (R-multiples of R_net) and the fraction of the *remaining* qty each closes.
     t1_r: float = Field(2.0, gt=0, description="R_net that triggers PARTIAL_25")
     t2_r: float = Field(4.0, gt=0, description="R_net that triggers PARTIAL_50")
