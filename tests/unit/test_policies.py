@@ -51,7 +51,8 @@ def _state(draw) -> MarketState:
 @st.composite
 def position_and_market(draw) -> tuple[Position, MarketState]:
     """A position (either side, partly closed, any tier, maybe a ratcheted stop, funding,
-    leverage 1–125, opened up to ten days before T0) and its symbol's state now."""
+    leverage 1–125, the mark −1.5 R … 8 R, opened up to three days before T0) and its symbol's
+    state now."""
     side = draw(st.sampled_from([Side.LONG, Side.SHORT]))
     s = side.sign
     entry = draw(st.floats(0.01, 1e5))
@@ -64,11 +65,11 @@ def position_and_market(draw) -> tuple[Position, MarketState]:
         qty=qty0 * draw(st.sampled_from([1.0, 0.75, 0.5, 0.3, 0.1])),
         qty_at_open=qty0,
         entry_price=entry,
-        mark_price=entry * draw(st.floats(0.5, 1.6)),
+        mark_price=max(entry + s * dist * draw(st.floats(-1.5, 8.0)), entry * 0.01),  # −1.5 R … 8 R
         leverage=draw(st.sampled_from([1.0, 5.0, 10.0, 10.4, 20.0, 30.6, 50.0, 125.0])),
         initial_stop=entry - s * dist,
         current_stop=None if cur is None else entry + s * dist * cur,
-        opened_at=T0 - draw(st.floats(0, 10 * 86_400)),
+        opened_at=T0 - draw(st.floats(0, 3 * 86_400)),
         epoch="E",
         harvested_tier=draw(st.integers(0, 3)),
         funding_paid=draw(st.floats(-10, 10)),
@@ -87,12 +88,12 @@ def thetas(draw) -> HarvestTheta:
         t1_r=t1,
         t2_r=t2,
         t3_r=t2 + draw(st.floats(0.1, 4.0)),
-        kill_threshold=draw(st.floats(0.05, 0.95)),
-        w_regime_flip=draw(st.floats(0, 3)),
-        w_sigma_spike=draw(st.floats(0, 3)),
-        w_ts_drop=draw(st.floats(0, 3)),
-        w_age_penalty=draw(st.floats(0, 3)),
-        max_age_s=draw(st.floats(60, 4 * 86_400)),
+        kill_threshold=draw(st.floats(0.3, 0.99)),
+        w_regime_flip=draw(st.floats(0, 1.2)),
+        w_sigma_spike=draw(st.floats(0, 1.2)),
+        w_ts_drop=draw(st.floats(0, 1.2)),
+        w_age_penalty=draw(st.floats(0, 1.2)),
+        max_age_s=draw(st.floats(600, 30 * 86_400)),
         sigma_spike_ratio=draw(st.floats(1.1, 4.0)),
         taker_fee_rate=draw(st.floats(0, 0.002)),
         lock_start_r=draw(st.floats(0.1, 4.0)),
@@ -100,7 +101,7 @@ def thetas(draw) -> HarvestTheta:
         lock_min_step_r=draw(st.floats(0, 1.0)),
         base_tp=draw(st.floats(0.001, 0.2)),
         regime_confirm_bars=draw(st.integers(1, 6)),
-        max_hold_s=draw(st.floats(3_600, 20 * 86_400)),
+        max_hold_s=draw(st.floats(3_600, 30 * 86_400)),
     )
 
 
@@ -118,7 +119,7 @@ def policies(draw) -> ExitPolicy:
             offset_r=draw(st.floats(0.0, 3.0)),
         )
     if name == "time":
-        return get_policy(name, time_stop_s=draw(st.floats(60, 10 * 86_400)))
+        return get_policy(name, time_stop_s=draw(st.floats(60, 4 * 86_400)))
     return get_policy(name)
 
 
@@ -140,7 +141,7 @@ def _assert_row_equals(res, i: int, one) -> None:
 @hsettings(max_examples=400, deadline=None)
 @given(
     st.lists(position_and_market(), min_size=1, max_size=16),
-    st.floats(0, 12 * 86_400),
+    st.floats(0, 3 * 86_400),
     thetas(),
     policies(),
     st.booleans(),
@@ -157,7 +158,7 @@ def test_batch_equals_the_one_position_form_for_every_policy(pairs, dt, theta, p
 
 
 @hsettings(max_examples=100, deadline=None)
-@given(st.lists(position_and_market(), min_size=1, max_size=8), st.floats(0, 12 * 86_400), thetas())
+@given(st.lists(position_and_market(), min_size=1, max_size=8), st.floats(0, 3 * 86_400), thetas())
 def test_the_kernels_entry_points_are_theta_policys(pairs, dt, theta):
     """``evaluate_batch``, ``compute_harvest_proposal`` and ``next_trigger`` are the scan, the
     decision and the trigger of the policy ``theta.policy`` names."""
