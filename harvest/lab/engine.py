@@ -61,16 +61,16 @@ from harvest.data import shipped_filters
 from harvest.domain.exit_ladder import compute_levels
 from harvest.domain.guard_rules import close_quantity_of
 from harvest.domain.kernel import BatchResult, PositionBatch
-from harvest.domain.kill_model import KillModel, kill_batch
+from harvest.domain.kill_model import KillModel, LearnedKill, kill_batch
 from harvest.domain.margin import brackets_from_response, liquidation_price
 from harvest.domain.models import ACTION_CODES, Action, HarvestTheta, Side
-from harvest.domain.policies import ExitPolicy, Trailing, get_policy, policy_for
+from harvest.domain.policies import REGISTRY, ExitPolicy, Trailing, get_policy, policy_for
 from harvest.lab.entries import Entry
 from harvest.lab.market import ReplayMarket
 
 #: The lab's policy names: ``default`` (``theta.policy``'s) and the registered policies it
 #: compares with it (:data:`harvest.domain.policies.REGISTRY`).
-POLICIES = ("default", "lsf_ladder", "bracket", "trailing", "time", "hold")
+POLICIES = ("default", "lsf_ladder", "bracket", "trailing", "time", "hold", "learned_kill")
 _FULL = ACTION_CODES.index(Action.FULL_CLOSE_PROPOSED)
 _LOCK = ACTION_CODES.index(Action.PROFIT_LOCK_SL)
 _NONE, _P_FULL, _P_PART, _P_STOP = 0, 1, 2, 3  # pending kinds
@@ -170,13 +170,27 @@ class Trades:
 _BRACKETS: dict = {}
 
 
-def lab_policy(name: str, theta: HarvestTheta, fill: FillModel = FillModel()) -> ExitPolicy:
+def lab_policy(
+    name: str, theta: HarvestTheta, fill: FillModel = FillModel(), kill_model: KillModel | None = None
+) -> ExitPolicy:
     """The exit policy the lab's ``name`` means: ``default`` is the policy ``theta.policy``
     names; a registered policy's own parameters come from the fill model's knobs
     (``trailing``: ``trailing_positive``, ``trailing_offset``, ``trail_r``, ``trail_offset_r``;
-    ``time``: ``time_stop_s``). Raises ValueError naming the policy for an unknown one."""
+    ``time``: ``time_stop_s``); ``learned_kill`` runs ``kill_model``, else the one settings
+    registered (``HARVEST_KILL_MODEL``), else the shipped one. Raises ValueError naming the
+    policy for an unknown one, KillModelError for a model file that does not load."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}: one of {', '.join(POLICIES)}")
+    registered = theta.policy if name == "default" else name
+    if registered == "learned_kill":  # its model is data: the one given, settings', or the shipped one
+        if kill_model is None:
+            reg = REGISTRY.get("learned_kill")
+            kill_model = reg.model if isinstance(reg, LearnedKill) else None
+        if kill_model is None:
+            from harvest.data.kill_model import load_kill_model_doc
+
+            kill_model = KillModel.from_dict(load_kill_model_doc())
+        return LearnedKill(model=kill_model)
     knobs: dict[str, dict[str, float | None]] = {
         "trailing": {
             "positive": fill.trailing_positive,
@@ -220,14 +234,18 @@ def simulate(
     ``(batch, now)`` (the benchmark replays them one position at a time); ``decisions``: a list
     that receives every decision of a harvest policy as ``(entry index, global bar of the scan,
     action, tier, new stop or NaN)`` (the agreement test compares them with the pipeline's).
-    ``kill_model``: a harvest policy also closes where the learned kill fires
+    ``kill_model``: the ``learned_kill`` policy's model; any other harvest policy also closes
+    where it fires
     (:func:`harvest.domain.kill_model.kill_batch`; exit reason ``learned_kill``), before its
     partials; ``on_scan``: called at every scan of a harvest policy with ``(entry indices, batch,
     now, kernel result, value now)``, the value now being the trade's R (of the opening
     quantity) were it closed at the mark now, after the close's fee (the lab's fit of the learned
     kill records its states with it, :mod:`harvest.lab.kill_model`).
     Raises ValueError for an unknown policy or no entries."""
-    pol = lab_policy(policy, theta, fill)
+    pol = lab_policy(policy, theta, fill, kill_model)
+    own_kill = isinstance(pol, LearnedKill)  # its kill is the learned one: not applied twice
+    if own_kill:
+        kill_model = None
     n = len(entries)
     if n == 0:
         raise ValueError("no entries to replay")
@@ -474,7 +492,7 @@ def simulate(
                 sel = i[kill]
                 L["pend"][sel], L["pend_due"][sel] = _P_FULL, due_b[kill]
                 L["pend_reason"][sel] = np.where(
-                    res.time_stop[kill], "time_stop", np.where(learned[kill], "learned_kill", "kill_score")
+                    res.time_stop[kill], "time_stop", np.where(learned[kill] | own_kill, "learned_kill", "kill_score")
                 )
                 part = (res.action >= 1) & (res.action <= 3)
                 sel = i[part]

@@ -231,3 +231,24 @@ def test_settings_load_the_model_for_the_learned_kill_and_refuse_a_bad_file(tmp_
     finally:
         REGISTRY.clear()
         REGISTRY.update(saved)
+
+
+def test_the_lab_runs_the_learned_kill_policy_as_the_hook_does():
+    """``harvest replay --policies learned_kill`` (the ExitPolicy with the shipped model, or one
+    given) closes exactly where ``simulate(kill_model=…)`` on the default does, as
+    ``learned_kill``."""
+    from harvest.domain.kill_model import LearnedKill
+    from harvest.lab.engine import lab_policy, simulate
+    from harvest.lab.entries import generate
+    from harvest.lab.market import load_market
+
+    assert isinstance(lab_policy("learned_kill", TH), LearnedKill)
+    assert lab_policy("learned_kill", TH).model is not None  # the shipped model
+    m = load_market([], TH)
+    entries = generate(m, TH, "grid", 6 * 3600.0)[:60]
+    model = KillModel.from_dict(doc(intercept=0.0, coef=[1.0] + [0.0] * (N - 1), margin_r=0.0))
+    pol = simulate(m, entries, "learned_kill", TH, kill_model=model)
+    hook = simulate(m, entries, "default", TH, kill_model=model)
+    assert np.array_equal(pol.r, hook.r)
+    assert list(pol.exit_reason) == list(hook.exit_reason)
+    assert "learned_kill" in set(pol.exit_reason.tolist())

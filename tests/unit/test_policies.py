@@ -285,7 +285,7 @@ def test_the_lab_runs_the_registered_policies_with_its_knobs():
     from harvest.lab.engine import POLICIES, FillModel, lab_policy
 
     th = HarvestTheta()
-    assert set(POLICIES) - {"default"} <= set(REGISTRY)
+    assert set(POLICIES) - {"default", "learned_kill"} <= set(REGISTRY)  # learned_kill: registered with its model
     assert lab_policy("default", th) is REGISTRY["r_ladder"]
     assert lab_policy("default", HarvestTheta(policy="lsf_ladder")) is REGISTRY["lsf_ladder"]
     assert lab_policy("trailing", th, FillModel(trail_r=0.5, trail_offset_r=2.0)) == Trailing(trail_r=0.5, offset_r=2.0)
