@@ -1,0 +1,694 @@
+"""``harvest chaos --hosts``: the deployment across several hosts — Linux network namespaces on
+this machine, each with its own address on a bridge, nothing over loopback between them — and
+the faults of a network: a partition, latency and loss, an exchange out of reach, a host killed.
+
+The hosts (``ip netns``; ``10.A.B.0/24`` picked per run, the bridge ``10.A.B.1`` in this
+process's namespace, where the harness drives and observes):
+
+========  ===========  ===============================================================
+host      address      runs
+========  ===========  ===============================================================
+state     10.A.B.2     redis-server (AOF, ``appendfsync always``): harvest's state and
+                       the Celery broker
+exchange  10.A.B.3     its own redis-server and ``harvest emulator`` (fapi on 8790,
+                       websocket streams on 8791)
+scan      10.A.B.4     a Celery worker on the ``scan`` and ``housekeeping`` queues
+orders    10.A.B.5     a Celery worker on the ``orders`` queue
+beat      10.A.B.6     Celery beat
+streams   10.A.B.7     ``harvest streams``
+========  ===========  ===============================================================
+
+Every host but ``orders`` is joined to the bridge by a veth pair. The ``orders`` host is joined
+by two TAP devices and a relay process between them (:func:`relay`, this module's
+``__main__``): a wire that forwards every Ethernet frame and, when told, delays it
+(``delay ± jitter``), loses a share of it, or drops what goes to or comes from given addresses.
+That is ``tc netem`` and a firewall's DROP in user space, because neither ``sch_netem`` nor
+netfilter is in every kernel (this project's CI machine has neither); frames are kept in order
+per direction.
+
+The run is :class:`harvest.ops.chaos._Run`'s — its positions on the emulator's paper engine,
+its quiescence, its report (duplicate orders from the exchange's own records, lost plans,
+unachieved decisions) — with the processes in their hosts and these faults (:data:`FAULTS`),
+each on a fresh batch of positions made actionable as it begins (the load):
+
+``partition``   the orders host cannot reach the state/broker host, nor it the orders host,
+                for ``partition_s`` (default 30 s), then healed
+``netem``       the orders host's link delays every frame 50 ms ± 20 ms and loses 2 %, for
+                ``netem_s``, then healed
+``exchange``    the exchange host's link down for ``exchange_s`` (default 60 s): no host
+                reaches the emulator; then up again
+``host_kill``   every process of the orders host SIGKILLed (``ip netns pids``), the host left
+                dead ``host_down_s``, then its worker started again
+
+After each, the time to recover: from the heal (for ``host_kill``: the restart) until the
+system is quiet (no open plan, empty queues, nothing the positions call for left undone).
+
+Names are unique per run (``hv-<pid>-<id>-<host>``) and everything is removed at the end, on
+failure too; namespaces a crashed run left behind (its pid no longer running) are removed at
+the next start. Needs root, ``ip`` (iproute2), ``/dev/net/tun`` and ``redis-server``:
+:func:`unavailable` says what is missing.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import random
+import re
+import secrets
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, deque
+from pathlib import Path
+from typing import Callable
+
+from harvest.ops.chaos import _Procs, _Run
+from harvest.ops.loadgen import clean, env_for, mark_at_r, open_positions, paper_of, runtime, symbols
+from harvest.ops.procs import ROOT, CeleryProcess, HarvestProcess, wait_for
+
+#: The faults of a run, in order (module docstring).
+FAULTS = ("partition", "netem", "exchange", "host_kill")
+#: The hosts, in address order from 10.A.B.2.
+HOSTS = ("state", "exchange", "scan", "orders", "beat", "streams")
+#: netem's figures of the ``netem`` fault: delay and jitter (ms), loss (share).
+NETEM = {"delay_ms": 50.0, "jitter_ms": 20.0, "loss": 0.02}
+STATE_PORT, EXCHANGE_REDIS_PORT, FAPI_PORT, STREAM_PORT = 6379, 6380, 8790, 8791
+#: Longest wait for the system to be quiet after a fault is healed (s).
+RECOVER_TIMEOUT_S = 150.0
+IP = shutil.which("ip") or "/usr/sbin/ip"
+_NAME = re.compile(r"^hv-(\d+)-([0-9a-f]{5})-[a-z]+$")
+TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
+
+
+def unavailable() -> str | None:
+    """Why network namespaces cannot be made here (None: they can): not root, no ``ip``,
+    no ``/dev/net/tun``, no ``redis-server``, or ``ip netns add`` refused (the kernel's answer)."""
+    if os.geteuid() != 0:
+        return "network namespaces need root (ip netns add); this process is not root"
+    if not shutil.which("ip") and not os.path.exists(IP):
+        return "iproute2's `ip` is not installed"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing (the orders host's link is a TAP relay)"
+    if not shutil.which("redis-server"):
+        return "redis-server not found on PATH"
+    name = f"hv-{os.getpid()}-{secrets.token_hex(3)[:5]}-probe"
+    out = subprocess.run([IP, "netns", "add", name], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        return f"`ip netns add` refused: {out.stderr.strip() or out.returncode}"
+    subprocess.run([IP, "netns", "del", name], capture_output=True, timeout=30)
+    return None
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([IP, *args], capture_output=True, text=True, timeout=30)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {out.stderr.strip()}")
+    return out
+
+
+def _alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def _kill_netns(ns: str) -> int:
+    """SIGKILL every process in namespace ``ns``; how many there were."""
+    pids = [int(p) for p in _ip("netns", "pids", ns, check=False).stdout.split()]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
+def sweep_stale() -> list[str]:
+    """Remove the namespaces, links and bridges of runs whose process is gone (a crashed or
+    killed run); the names removed."""
+    gone = []
+    for line in _ip("netns", "list", check=False).stdout.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        m = _NAME.match(name)
+        if m and not _alive(int(m.group(1))):
+            _kill_netns(name)
+            _ip("netns", "del", name, check=False)
+            gone.append(name)
+            for link in (f"hv{m.group(2)}br", *(f"hv{m.group(2)}{i}" for i in range(len(HOSTS))), f"hv{m.group(2)}t"):
+                _ip("link", "del", link, check=False)
+    return gone
+
+
+class Network:
+    """The run's bridge, hosts and links (module docstring); :meth:`close` removes them all
+    (idempotent). Raises RuntimeError naming the ``ip`` command the kernel refused."""
+
+    def __init__(self, tmp: str):
+        self.id = secrets.token_hex(3)[:5]
+        self.tmp = tmp
+        self.bridge = f"hv{self.id}br"
+        self.net = self._free_subnet()
+        self.ns = {h: f"hv-{os.getpid()}-{self.id}-{h}" for h in HOSTS}
+        self.addr = {h: f"{self.net}.{i + 2}" for i, h in enumerate(HOSTS)}
+        self.gateway = f"{self.net}.1"  # the bridge's own address: this process's view
+        self.links: list[str] = []
+        self.relay: subprocess.Popen | None = None
+        self.relay_ctl = os.path.join(tmp, "wire.json")
+        self.exchange_link = f"hv{self.id}{HOSTS.index('exchange')}"
+        self.made = False
+
+    @staticmethod
+    def _free_subnet() -> str:
+        used = _ip("-4", "addr", check=False).stdout
+        for _ in range(200):
+            net = f"10.{random.randint(200, 249)}.{random.randint(0, 255)}"
+            if f" {net}." not in used:
+                return net
+        raise RuntimeError("no free 10.x.y.0/24 for the hosts")
+
+    def make(self) -> "Network":
+        self.made = True
+        _ip("link", "add", self.bridge, "type", "bridge")
+        self.links.append(self.bridge)
+        _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+        for i, h in enumerate(HOSTS):
+            ns = self.ns[h]
+            _ip("netns", "add", ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+            outer, inner = f"hv{self.id}{i}", f"hv{self.id}{i}p"
+            if h == "orders":
+                self._tap_link(ns, f"hv{self.id}t", inner)
+            else:
+                _ip("link", "add", outer, "type", "veth", "peer", "name", inner)
+                self.links.append(outer)
+                _ip("link", "set", outer, "master", self.bridge, "up")
+                _ip("link", "set", inner, "netns", ns)
+            _ip("-n", ns, "link", "set", inner, "name", "eth0")
+            _ip("-n", ns, "addr", "add", f"{self.addr[h]}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+        return self
+
+    def _tap_link(self, ns: str, outer: str, inner: str) -> None:
+        """Two TAP devices and the relay between them: ``outer`` on the bridge, ``inner``
+        moved into ``ns`` (a TAP keeps its open file across namespaces)."""
+        for t in (outer, inner):
+            _ip("tuntap", "add", "dev", t, "mode", "tap")
+            self.links.append(t)
+        self.set_wire()
+        ready = os.path.join(self.tmp, "wire.ready")
+        self.relay = subprocess.Popen(
+            [sys.executable, "-m", "harvest.ops.hosts", "relay", outer, inner, self.relay_ctl, ready],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(self.tmp, "wire.log"), "w"),  # noqa: SIM115 - the child holds it
+            start_new_session=True,
+        )
+        wait_for(lambda: os.path.exists(ready) or self.relay.poll() is not None, 30, 0.05, "the wire relay")
+        if self.relay.poll() is not None:
+            raise RuntimeError(f"the wire relay exited: {Path(self.tmp, 'wire.log').read_text()[-2000:]}")
+        _ip("link", "set", outer, "master", self.bridge, "up")
+        _ip("link", "set", inner, "netns", ns)
+
+    # ------------------------------------------------------------------ faults
+
+    def set_wire(self, delay_ms: float = 0.0, jitter_ms: float = 0.0, loss: float = 0.0, drop=()) -> None:
+        """Tell the orders host's wire what to do (atomic write; the relay reads it within 50 ms)."""
+        tmp = self.relay_ctl + ".new"
+        Path(tmp).write_text(
+            json.dumps({"delay_ms": delay_ms, "jitter_ms": jitter_ms, "loss": loss, "drop": list(drop)})
+        )
+        os.replace(tmp, self.relay_ctl)
+
+    def exchange_up(self, up: bool) -> None:
+        """The exchange host's link on the bridge up or down."""
+        _ip("link", "set", self.exchange_link, "up" if up else "down")
+
+    def kill_host(self, host: str) -> int:
+        """SIGKILL every process of ``host``; how many."""
+        return _kill_netns(self.ns[host])
+
+    def exec_prefix(self, host: str) -> list[str]:
+        return [IP, "netns", "exec", self.ns[host]]
+
+    def close(self) -> None:
+        if not self.made:
+            return
+        for h in HOSTS:
+            _kill_netns(self.ns[h])
+        if self.relay is not None and self.relay.poll() is None:
+            os.killpg(self.relay.pid, signal.SIGKILL)
+            self.relay.wait(10)
+        for h in HOSTS:
+            _ip("netns", "del", self.ns[h], check=False)
+        for link in reversed(self.links):
+            _ip("link", "del", link, check=False)
+        self.made = False
+
+
+def _in_host(net: Network, host: str, base: type[CeleryProcess]) -> type[CeleryProcess]:
+    """``base`` whose command runs in ``host`` (``ip netns exec``, which execs: same pid)."""
+
+    class InHost(base):  # type: ignore[valid-type, misc]
+        def command(self) -> list[str]:
+            return net.exec_prefix(host) + super().command()
+
+    return InHost
+
+
+class _HostProcs(_Procs):
+    """The run's processes, each in its host; restarted (and counted) when one exits."""
+
+    def __init__(self, env: dict[str, str], ns: str, net: Network):
+        super().__init__(env, ns)
+        self.net = net
+
+    def start(self, role: str) -> CeleryProcess:
+        n = uuid.uuid4().hex[:4]
+        if role in ("scan_worker", "orders_worker"):
+            host, queues = ("scan", "scan,housekeeping") if role == "scan_worker" else ("orders", "orders")
+            args = ["-Q", ",".join(f"{self.ns}.{k}" for k in queues.split(","))]
+            args += ["-c", "2", "-n", f"{host}-{n}@%h", "--without-mingle", "--without-gossip"]
+            p = _in_host(self.net, host, CeleryProcess)("worker", self.env, args).start()
+        elif role == "streams":
+            p = _in_host(self.net, "streams", HarvestProcess)("streams", self.env).start()
+        else:
+            p = _in_host(self.net, "beat", CeleryProcess)("beat", self.env).start()
+        self.procs[role] = p
+        return p
+
+
+class _Server:
+    """A process of a host that is not harvest's (redis-server, the emulator), in its own
+    session; :meth:`stop` ends it (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, net: Network, host: str, cmd: list[str], env: dict[str, str] | None, log: str):
+        self.log = log
+        self.proc = subprocess.Popen(
+            net.exec_prefix(host) + cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=open(log, "w"),  # noqa: SIM115 - the child holds it
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return Path(self.log).read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+class _Faults:
+    """The emulator's fault plan read from its Redis (the report reads what fired: nothing here)."""
+
+    def __init__(self, r, ns: str):
+        from harvest.venues.sim.emulator import Faults
+
+        self.faults = Faults(r, ns)
+
+
+class _HostsRun(_Run):
+    """A chaos run across the hosts of :class:`Network` (module docstring)."""
+
+    def __init__(self, plans: int, plan_ttl_s: float, say: Callable[[str], None], durations: dict[str, float]):
+        self.n, self.broker, self.say = plans, None, say
+        self.n_accounts, self.sentinel = 1, False
+        self.t_start = time.monotonic()
+        self.tmp = tempfile.mkdtemp(prefix="harvest-hosts-")
+        self.net = Network(self.tmp)
+        self.ns = f"hosts-{self.net.id}"
+        self.syms = symbols(plans, "H")
+        self.env: dict[str, str] = {}
+        self.plan_ttl_s = plan_ttl_s
+        self.faults: Counter[str] = Counter()
+        self.emu = None
+        self.procs = None
+        self.lost_before = 0
+        self.streams = True
+        self.durations = durations
+        self.servers: list[_Server] = []
+        self.recovery: dict[str, float] = {}
+        self.under_fault: dict[str, dict[str, int]] = {}
+        self.state = None  # report(): not a SentinelCluster
+
+    # ------------------------------------------------------------------ set-up
+
+    def _redis(self, host: str, port: int, persistent: bool) -> str:
+        d = os.path.join(self.tmp, host)
+        os.makedirs(d, exist_ok=True)
+        durability = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
+        cmd = [shutil.which("redis-server") or "redis-server", "--bind", self.net.addr[host], "--port", str(port)]
+        cmd += ["--protected-mode", "no", "--save", "", *durability, "--dir", d]
+        self.servers.append(_Server(self.net, host, cmd, None, os.path.join(d, "redis.log")))
+        url = f"redis://{self.net.addr[host]}:{port}/0"
+        import redis
+
+        r = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+        def up() -> bool:
+            try:
+                return bool(r.ping())
+            except redis.RedisError:
+                return False
+
+        wait_for(up, 30, 0.1, f"redis-server on the {host} host ({url})")
+        return url
+
+    def start(self) -> None:
+        stale = sweep_stale()
+        if stale:
+            self.say(f"hosts: removed {len(stale)} namespace(s) a crashed run left: {', '.join(stale)}")
+        self.net.make()
+        a = self.net.addr
+        self.say(
+            f"hosts: {self.net.net}.0/24 on bridge {self.net.bridge}: "
+            + ", ".join(f"{h} {a[h]}" for h in HOSTS)
+            + " (orders through the wire relay)"
+        )
+        state_url = self._redis("state", STATE_PORT, persistent=True)
+        exchange_url = self._redis("exchange", EXCHANGE_REDIS_PORT, persistent=False)
+        self.state_url = state_url
+        key, secret = secrets.token_hex(8), secrets.token_hex(16)
+        self.env = env_for(
+            state_url,
+            self.ns,
+            self.syms,
+            HARVEST_PLAN_TTL_S=repr(self.plan_ttl_s),
+            HARVEST_SCAN_INTERVAL_S="1",
+            HARVEST_SWEEP_INTERVAL_S="2",
+            HARVEST_RECONCILE_INTERVAL_S="10",
+            HARVEST_MARKET_REFRESH_S="3600",
+            HARVEST_EXCHANGE_INFO_INTERVAL_S="3600",
+            HARVEST_HEARTBEAT_INTERVAL_S="2",
+            HARVEST_CONFIRM_RETRY_S="0.5",
+            HARVEST_RETRY_BACKOFF_S="0.3",
+            HARVEST_RETRY_BACKOFF_MAX_S="3",
+            HARVEST_MAX_SEND_ATTEMPTS="10",
+            HARVEST_ATTEMPT_BACKOFF_S="1",
+            HARVEST_ATTEMPT_BACKOFF_MAX_S="5",
+            HARVEST_VENUE_TIMEOUT_S="2.0",
+            HARVEST_THROWAWAY_STATE="false",
+            HARVEST_VENUE="paper",
+        )
+        # The exchange: its paper engine on its own Redis, positions opened at 0 R from here.
+        self.xrt = runtime(dict(self.env, HARVEST_REDIS_URL=exchange_url))
+        self.xr = self.xrt.r
+        clean(self.xrt)
+        acct = self.xrt.accounts[0]
+        self.owner = {s: acct for s in self.syms}
+        open_positions(self.xrt, self.syms, 0.0)
+        self.papers = {acct: paper_of(self.xrt)}
+        emu_env = {
+            **os.environ,
+            **self.env,
+            "HARVEST_REDIS_URL": exchange_url,
+            "HARVEST_API_KEY": key,
+            "HARVEST_API_SECRET": secret,
+        }
+        emu_cmd = [sys.executable, "-m", "harvest.ops.cli", "emulator", "--host", a["exchange"]]
+        emu_cmd += ["--port", str(FAPI_PORT), "--stream-port", str(STREAM_PORT)]
+        emu = _Server(self.net, "exchange", emu_cmd, emu_env, os.path.join(self.tmp, "emulator.log"))
+        self.servers.append(emu)
+        wait_for(lambda: "fapi emulator on" in emu.output() or emu.proc.poll() is not None, 120, 0.1, "the emulator")
+        if emu.proc.poll() is not None:
+            raise RuntimeError(f"the emulator exited: {emu.output()[-2000:]}")
+        self.emu = _Faults(self.xr, self.ns)
+        self.env.update(
+            {
+                "HARVEST_FAPI_URL": f"http://{a['exchange']}:{FAPI_PORT}/fapi",
+                "HARVEST_API_KEY": key,
+                "HARVEST_API_SECRET": secret,
+            }
+        )
+        self.rt = runtime(self.env)  # harvest's view from here: the state host, the emulator's handshake
+        clean(self.rt)
+        self.rt.market.put_many(self.xrt.market.get_many(self.syms))
+        self.procs = _HostProcs(self.env, self.ns, self.net)
+        for role in ("scan_worker", "orders_worker", "beat", "streams"):
+            self.procs.start(role)
+        for role in ("scan_worker", "orders_worker", "beat"):
+            try:
+                self.procs.procs[role].wait_ready(180)
+            except AssertionError as e:
+                raise AssertionError(f"{role}: {e}\n{self.procs.procs[role].output()[-3000:]}") from None
+        self.say(
+            f"hosts: {self.n} positions on the emulator at {self.env['HARVEST_FAPI_URL']}; workers, beat, streams up"
+        )
+
+    # ------------------------------------------------------------------ faults
+
+    def _load(self, batch: list[str]) -> int:
+        """Make ``batch`` actionable (2.2 R) on the exchange; the plan count before."""
+        before = self.n_plans()
+        p = self.xr.pipeline(transaction=False)
+        paper = self.papers[self.xrt.accounts[0]]
+        for s in batch:
+            p.set(paper.k_mark(s), repr(mark_at_r(self.xrt, s, 2.2)))
+        p.execute()
+        return before
+
+    def _hold(self, seconds: float) -> None:
+        """The fault's duration (not a synchronisation); the supervisor keeps running."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.procs.supervise()
+            time.sleep(0.2)
+
+    def _recover(self, kind: str, t0: float) -> float:
+        """Seconds from ``t0`` (the heal) until the system is quiet (bounded)."""
+        try:
+            wait_for(self._quiet, RECOVER_TIMEOUT_S, 0.5, f"quiet after {kind}")
+        except AssertionError:
+            self.say(f"hosts: {kind}: not quiet {RECOVER_TIMEOUT_S:.0f} s after the heal")
+            return -1.0
+        took = round(time.monotonic() - t0, 2)
+        self.recovery[kind] = took
+        self.say(f"hosts: {kind} healed; quiet again {took:.1f} s later ({self.n_plans()} plans)")
+        return took
+
+    def _first_open(self, before: int) -> None:
+        """Wait (bounded) until the batch has a plan still open: the fault strikes work in flight."""
+        try:
+            wait_for(
+                lambda: (self.procs.supervise(), self.n_plans() > before and self.open_count() > 0)[1],
+                60,
+                0.02,
+                "a plan of the batch in flight",
+            )
+        except AssertionError:
+            self.say("hosts: no plan of the batch in flight within 60 s; the fault goes on regardless")
+
+    def fault(self, kind: str, batch: list[str]) -> None:
+        """Fault ``kind`` under the load of ``batch`` (made actionable as it begins), healed,
+        then the time until quiet (:attr:`recovery`); plans open at the strike and at the heal
+        in :attr:`under_fault`."""
+        net, d = self.net, self.durations
+        if kind == "partition":  # cut first: the scans go on, the orders host cannot take the work
+            net.set_wire(drop=[net.addr["state"]])
+            self._load(batch)
+            self.say(f"hosts: orders host cut off from the state/broker host for {d['partition']:.0f} s")
+        elif kind == "netem":
+            net.set_wire(**{**NETEM, "drop": ()})
+            self._load(batch)
+            self.say(
+                f"hosts: orders host's link: delay {NETEM['delay_ms']:.0f} ± {NETEM['jitter_ms']:.0f} ms, "
+                f"loss {NETEM['loss']:.0%}, for {d['netem']:.0f} s"
+            )
+        elif kind == "exchange":  # plans in flight when the exchange goes
+            self._first_open(self._load(batch))
+            net.exchange_up(False)
+            self.say(f"hosts: exchange host unreachable for {d['exchange']:.0f} s")
+        elif kind == "host_kill":
+            self._first_open(self._load(batch))
+            self.procs.expected_down.add("orders_worker")
+            n = net.kill_host("orders")
+            self.procs.procs["orders_worker"].kill()  # reaps it, keeps its log
+            self.say(f"hosts: orders host killed ({n} processes), down for {d['host_down']:.0f} s")
+        else:
+            raise ValueError(f"unknown fault {kind!r}; one of {FAULTS}")
+        self.faults[kind] += 1
+        at_start = self.open_count()
+        self._hold(d["host_down" if kind == "host_kill" else kind])
+        at_heal = self.open_count()
+        if kind in ("partition", "netem"):
+            net.set_wire()
+        elif kind == "exchange":
+            net.exchange_up(True)
+        else:
+            self.procs.expected_down.discard("orders_worker")
+            self.procs.start("orders_worker").wait_ready(180)
+        self.under_fault[kind] = {"open_plans_at_strike": at_start, "open_plans_at_heal": at_heal}
+        self._recover(kind, time.monotonic())
+
+    def report(self, drained_s: float) -> dict:
+        rep = super().report(drained_s)
+        rep["broker"] = "redis (state host)"
+        rep["hosts"] = dict(self.net.addr)
+        rep["recovery_s"] = dict(self.recovery)
+        rep["under_fault"] = dict(self.under_fault)
+        rep["fault_durations_s"] = dict(self.durations)
+        rep["faults_injected"] = {k: n for k, n in rep["faults_injected"].items() if n}
+        run = {k for k in FAULTS if self.faults[k]}
+        rep["ok"] = rep["ok"] and set(self.recovery) == run and rep["states"].get("FILLED", 0) > 0
+        return rep
+
+    def stop(self) -> None:
+        try:
+            if self.procs is not None:
+                self.procs.stop_all()
+            for s in reversed(self.servers):
+                s.stop()
+        finally:
+            self.net.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def run_hosts(
+    plans: int = 40,
+    partition_s: float = 30.0,
+    netem_s: float = 20.0,
+    exchange_s: float = 60.0,
+    host_down_s: float = 5.0,
+    plan_ttl_s: float = 20.0,
+    drain_timeout_s: float = 300.0,
+    progress: Callable[[str], None] | None = None,
+    faults: tuple[str, ...] = FAULTS,
+) -> dict:
+    """Run the deployment across network namespaces under :data:`FAULTS` (module docstring),
+    ``plans`` positions in one batch per fault (``faults``: which, in order; none: every
+    position made actionable at once, nothing broken); the fault durations in seconds. Returns
+    :meth:`harvest.ops.chaos._Run.report`'s report plus ``hosts`` (host → address),
+    ``recovery_s`` (fault → seconds from its heal until quiet), ``under_fault`` (fault →
+    ``{"open_plans_at_strike", "open_plans_at_heal"}``) and ``fault_durations_s``;
+    ``ok`` also needs every fault recovered and a plan FILLED. Raises RuntimeError when
+    namespaces cannot be made (:func:`unavailable`'s reason) or a host's set-up fails;
+    AssertionError when a set-up wait times out. Everything is removed on return or error."""
+    why = unavailable()
+    if why:
+        raise RuntimeError(why)
+    durations = {"partition": partition_s, "netem": netem_s, "exchange": exchange_s, "host_down": host_down_s}
+    run = _HostsRun(plans, plan_ttl_s, progress or (lambda m: None), durations)
+    try:
+        run.start()
+        if faults:
+            batches = [run.syms[i :: len(faults)] for i in range(len(faults))]
+            for kind, batch in zip(faults, batches, strict=True):
+                run.fault(kind, batch)
+        else:  # the deployment alone: every position made actionable, nothing broken
+            run._load(run.syms)
+        drained = run.drain(drain_timeout_s)
+        run.say(f"hosts: drained in {drained:.1f} s")
+        return run.report(drained)
+    finally:
+        run.stop()
+
+
+def format_hosts_report(rep: dict) -> str:
+    """The report as lines: the chaos report's, then the hosts and each fault's recovery."""
+    from harvest.ops.chaos import format_report
+
+    return "\n".join(
+        [
+            format_report(rep),
+            "  hosts: " + ", ".join(f"{h} {a}" for h, a in rep["hosts"].items()),
+            "  recovery after each fault (s): " + json.dumps(rep["recovery_s"]),
+        ]
+    )
+
+
+# ---------------------------------------------------------------------- the wire
+
+
+def _open_tap(name: str) -> int:
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
+    os.set_blocking(fd, False)
+    return fd
+
+
+def _ipv4(frame: bytes) -> tuple[str, str] | None:
+    """(source, destination) of an Ethernet frame carrying IPv4; None for anything else."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+        return None
+    return ".".join(map(str, frame[26:30])), ".".join(map(str, frame[30:34]))
+
+
+def relay(outer: str, inner: str, ctl: str, ready: str) -> None:
+    """Forward frames between TAP devices ``outer`` and ``inner`` for ever, as the JSON file
+    ``ctl`` says (``delay_ms``, ``jitter_ms``: each frame held delay ± jitter, uniform, never
+    overtaking the one before it; ``loss``: that share dropped at random; ``drop``: IPv4
+    addresses whose frames, either way, are dropped). Touches ``ready`` once both are open."""
+    fds = {_open_tap(outer): None, _open_tap(inner): None}
+    a, b = list(fds)
+    other = {a: b, b: a}
+    queues: dict[int, deque] = {a: deque(), b: deque()}  # frames due on the way out of that fd
+    last_due = {a: 0.0, b: 0.0}
+    conf, mtime = {"delay_ms": 0.0, "jitter_ms": 0.0, "loss": 0.0, "drop": []}, 0.0
+    Path(ready).touch()
+    while True:
+        try:
+            m = os.stat(ctl).st_mtime
+            if m != mtime:
+                conf, mtime = json.loads(Path(ctl).read_text()), m
+        except (OSError, ValueError):
+            pass
+        drop = set(conf.get("drop", ()))
+        now = time.monotonic()
+        due = [q[0][0] for q in queues.values() if q]
+        timeout = max(0.0, min(due) - now) if due else 0.05
+        readable, _, _ = select.select([a, b], [], [], min(timeout, 0.05))
+        for fd in readable:
+            while True:
+                try:
+                    frame = os.read(fd, 65536)
+                except BlockingIOError:
+                    break
+                except OSError as e:  # EIO while a device is down or moving between namespaces
+                    print(f"wire: read {fd}: {e}", file=sys.stderr, flush=True)
+                    if e.errno in (errno.EIO, errno.EBADFD, errno.ENETDOWN):
+                        time.sleep(0.01)
+                        break
+                    return  # a device went away: the run is over
+                addrs = _ipv4(frame)
+                if addrs and drop.intersection(addrs):
+                    continue
+                if conf["loss"] and random.random() < conf["loss"]:
+                    continue
+                out = other[fd]
+                hold = (conf["delay_ms"] + random.uniform(-conf["jitter_ms"], conf["jitter_ms"])) / 1000.0
+                t = max(time.monotonic() + max(hold, 0.0), last_due[out])
+                last_due[out] = t
+                queues[out].append((t, frame))
+        now = time.monotonic()
+        for fd, q in queues.items():
+            while q and q[0][0] <= now:
+                try:
+                    os.write(fd, q.popleft()[1])
+                except BlockingIOError:
+                    pass  # the device's queue is full: the frame is lost, as on a wire
+                except OSError as e:  # a device down or moving: the frame is lost
+                    if e.errno not in (errno.EIO, errno.EBADFD, errno.ENETDOWN):
+                        print(f"wire: write {fd}: {e}", file=sys.stderr, flush=True)
+                        return
+
+
+if __name__ == "__main__":  # python -m harvest.ops.hosts relay OUTER INNER CTL READY
+    if len(sys.argv) == 6 and sys.argv[1] == "relay":
+        relay(*sys.argv[2:6])
+    else:
+        sys.exit("usage: python -m harvest.ops.hosts relay OUTER INNER CTL READY")
