@@ -6,7 +6,9 @@ Keys (``<ns>`` = settings.namespace, ``<a>`` = account)::
 
     <ns>:streams:<a>:positions   hash    symbol → {"amt", "entry", "event_ms", "row"} (JSON): row =
                                          the VenuePosition of the last REST read; amt 0 = flat
-    <ns>:streams:<a>:health      hash    synced_ms (last REST resync, exchange clock), trusted (1/0), dirty (1/0),
+    <ns>:streams:<a>:health      hash    v (the cache's schema version, harvest.store.records.SCHEMA: a
+                                         newer one is not read), synced_ms (last REST resync,
+                                         exchange clock), trusted (1/0), dirty (1/0),
                                          why (the last distrust's cause), audited_at (wall s), last_event_ms,
                                          listen_keys (used so far), owner
     <ns>:streams:<a>:orders      hash    "algo:<clientAlgoId>" / "order:<clientOrderId>" → the working order
@@ -76,6 +78,7 @@ from harvest.domain.stream_events import (
     order_key_of,
     working_stop,
 )
+from harvest.store.records import SCHEMA, check_version
 
 EVENTS_MAXLEN = 10_000
 #: How long an order's folded outcome is kept (s): confirm reads it within a plan's TTL.
@@ -214,7 +217,8 @@ class StreamCache:
             p.delete(self.k_orders)
             for o in orders:
                 p.hset(self.k_orders, order_key_of(o.client_order_id, o.algo), json.dumps(_order_entry(o, started_ms)))
-        p.hset(self.k_health, mapping={"synced_ms": started_ms, "trusted": 1, **({"dirty": 0} if clean else {})})
+        health = {"synced_ms": started_ms, "trusted": 1, "v": SCHEMA["stream"], **({"dirty": 0} if clean else {})}
+        p.hset(self.k_health, mapping=health)
         p.hincrby(self.k_counters, "streams:resyncs", 1)
         p.execute()
 
@@ -286,7 +290,7 @@ class StreamCache:
         raw = self.r.get(key)
         cur = json.loads(raw) if raw else None
         folded = fold_order(cur, ev)
-        fields = {"type": type(ev).__name__, "data": ev.model_dump_json()}
+        fields = {"v": SCHEMA["stream"], "type": type(ev).__name__, "data": ev.model_dump_json()}
         okey, entry = open_order_change(ev)
         p = self.r.pipeline(transaction=False)
         p.xadd(self.k_events, fields, maxlen=EVENTS_MAXLEN, approximate=True)
@@ -335,10 +339,10 @@ class StreamCache:
         """Open positions (symbol → {"amt", "entry", "event_ms"}; flat ones left out) when the
         cache is trusted; None when it is not (read positionRisk instead)."""
         p = self.r.pipeline(transaction=True)
-        p.hget(self.k_health, "trusted")
+        p.hmget(self.k_health, "trusted", "v")
         p.hgetall(self.k_positions)
-        trusted, rows = p.execute()
-        if trusted != "1":
+        (trusted, v), rows = p.execute()
+        if trusted != "1" or not _readable(v):
             return None
         out = {s: json.loads(v) for s, v in rows.items()}
         return {s: v for s, v in out.items() if v["amt"] != 0}
@@ -364,13 +368,15 @@ class StreamCache:
         (read REST)."""
         now = time.time() if now is None else now
         p = self.r.pipeline(transaction=True)
-        p.hmget(self.k_health, "trusted", "dirty")
+        p.hmget(self.k_health, "trusted", "dirty", "v")
         p.hget(f"{self.ns}:heartbeat", "streams")
         p.hgetall(self.k_positions)
         p.hgetall(self.k_marks)
         p.hgetall(self.k_orders)
-        (trusted, dirty), beat, rows, marks, raw_orders = p.execute()
+        (trusted, dirty, v), beat, rows, marks, raw_orders = p.execute()
         if trusted != "1" or dirty == "1" or beat is None or now - float(beat) > max_beat_age_s:
+            return None
+        if not _readable(v):  # a cache a newer version's streams wrote: read REST
             return None
         orders = [json.loads(v) for _, v in sorted(raw_orders.items())]
         out = []
@@ -453,7 +459,18 @@ class StreamCache:
     def events(self, count: int = 100) -> list[dict]:
         """The newest fills and algo-order updates, oldest first (``type`` + the event's fields)."""
         rows = self.r.xrevrange(self.k_events, count=count)
-        return [dict(json.loads(f["data"]), type=f["type"]) for _, f in reversed(rows)]
+        return [dict(json.loads(f["data"]), type=f["type"]) for _, f in reversed(rows) if _readable(f.get("v"))]
+
+
+def _readable(v: str | None) -> bool:
+    """Whether this version reads a stream record of version ``v`` (as stored; None: written
+    before versions, read as before). A cache or an event a newer version's ``harvest streams``
+    wrote is not used (its reader falls back to REST, exchange truth) — never misread."""
+    try:
+        check_version("stream", v)
+    except ValueError:
+        return False
+    return True
 
 
 def _row(vp: VenuePosition, started_ms: int) -> dict[str, Any]:

@@ -235,3 +235,25 @@ def test_rolling_restart_under_load_loses_and_duplicates_nothing(redis_url):
         beat.stop()
         for w in workers:
             w.stop()
+
+
+def test_a_stream_cache_of_a_newer_version_is_not_read(rt):
+    """``harvest streams`` of a newer version wrote the cache (health ``v=2``) and an event: this
+    version's readers fall back to REST (None) and leave the event out, rather than misread them;
+    the same cache at this version's ``v`` (or none, as written before versions) is read."""
+    from harvest.domain.models import VenuePosition
+    from harvest.store.streams import StreamCache
+
+    cache = StreamCache(rt.r, rt.settings.namespace, rt.settings.account)
+    vp = VenuePosition(symbol="BTCUSDT", side="LONG", qty=1.0, entry_price=100.0, mark_price=100.0, leverage=10.0)
+    cache.resync([vp], started_ms=1)
+    assert rt.r.hget(cache.k_health, "v") == str(SCHEMA["stream"])
+    assert set(cache.positions() or {}) == {"BTCUSDT"}
+    rt.r.hdel(cache.k_health, "v")  # as written before versions: read as before
+    assert set(cache.positions() or {}) == {"BTCUSDT"}
+    rt.r.hset(cache.k_health, "v", SCHEMA["stream"] + 1)
+    assert cache.positions() is None
+    rt.r.hset(f"{rt.settings.namespace}:heartbeat", "streams", repr(time.time()))
+    assert cache.view(60, 60) is None
+    rt.r.xadd(cache.k_events, {"v": SCHEMA["stream"] + 1, "type": "TradeUpdate", "data": "{a newer layout"})
+    assert cache.events() == []
