@@ -546,9 +546,9 @@ class BinanceVenue(Venue):
         self.funding_poll_s = funding_poll_s
         self.funding_settle_s = funding_settle_s
         self.leverage_ttl_s = leverage_ttl_s
-        #: The stops positions() read last: (monotonic s, symbols, rows), reused once by
-        #: open_orders(symbols=…) within RECENT_S (one audit: positions, then orders).
-        self._recent_algo: tuple[float, frozenset[str], list[Any]] | None = None
+        #: The stops positions() read last: (monotonic s, symbols read — None: every symbol's —,
+        #: rows), reused once by open_orders(symbols=…) within RECENT_S (one audit).
+        self._recent_algo: tuple[float, frozenset[str] | None, list[Any]] | None = None
         self.max_clock_offset_ms = max_clock_offset_ms
         self.clock = clock
         #: The exchange's clock minus harvest's reading of it (ms), from the last resync.
@@ -758,8 +758,12 @@ class BinanceVenue(Venue):
     @answers()
     def positions(self, symbol: str | None = None) -> list[VenuePosition]:
         """Open positions (positionAmt ≠ 0). In hedge mode a symbol with both legs open is
-        not reported (harvest manages one leg per symbol) and is logged."""
+        not reported (harvest manages one leg per symbol) and is logged. The stops are read
+        for the positions' symbols by the cheaper form (:meth:`per_symbol`) and kept a moment
+        for an :meth:`open_orders` of the same audit."""
         params = {"symbol": symbol} if symbol else {}
+        if not symbol:
+            self._recent_algo = None
         rows = [
             x
             for x in self._call("futures_position_information", "positions", "read", **params)
@@ -780,7 +784,8 @@ class BinanceVenue(Venue):
             "futures_get_open_orders", [symbol] if symbol else sorted(by_sym), "read", conditional=True
         )
         if not symbol:  # kept for open_orders(symbols=...) in the same audit (RECENT_S)
-            self._recent_algo = (time.monotonic(), frozenset(by_sym), algo)
+            every = not self.per_symbol("futures_get_open_orders", sorted(by_sym), conditional=True)
+            self._recent_algo = (time.monotonic(), None if every else frozenset(by_sym), algo)
         opened = self._openings({s: x for s, (x,) in by_sym.items()})
         lev = self._leverage(sorted(by_sym))
         funding = self._funding(opened)
@@ -1075,14 +1080,14 @@ class BinanceVenue(Venue):
             out += [self._order(x) for x in self._read_each("futures_get_open_orders", scope, "read")]
         if algo is not False:
             recent, self._recent_algo = self._recent_algo, None
-            if (
-                recent is not None
-                and symbols is not None
-                and not symbol
-                and time.monotonic() - recent[0] <= RECENT_S
-                and set(symbols) <= recent[1]
-            ):
-                rows = recent[2]  # the stops positions() read a moment ago, in the same audit
+            fresh = recent is not None and symbols is not None and not symbol
+            if fresh and recent is not None and time.monotonic() - recent[0] <= RECENT_S:
+                # the stops positions() read a moment ago (the same audit), and the rest's
+                rest = [] if recent[1] is None else sorted(set(symbols or ()) - recent[1])
+                if self.per_symbol("futures_get_open_orders", rest, conditional=True):
+                    rows = recent[2] + self._read_each("futures_get_open_orders", rest, "read", conditional=True)
+                else:
+                    rows = self._read_each("futures_get_open_orders", None, "read", conditional=True)
             else:
                 rows = self._read_each("futures_get_open_orders", scope, "read", conditional=True)
             out += [self._algo(x) for x in rows]

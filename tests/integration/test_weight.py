@@ -267,3 +267,24 @@ def test_an_audit_reads_the_stops_once_and_leverage_only_when_it_may_have_change
     bv.positions()
     bv.move_stop(syms[1], "SELL", "96000.0", "hv-00000000000000bb-0")  # a stop moved after the read
     assert {o.stop_price for o in bv.open_orders(symbols=[syms[1]])} == {96_000.0}
+
+
+def test_an_audit_of_known_symbols_reads_only_the_stops_positions_did_not(emu):
+    """open_orders(symbols=known ∪ positions) right after positions(): the positions' stops are
+    not read again; a known symbol without a position (a plan's, where an orphan stop could be)
+    is read by itself."""
+    syms = [f"U{i:03d}USDT" for i in range(3)]
+    emu.venue.list_symbols({s: "BTCUSDT" for s in syms})
+    emu.clock.set(T0 + 60.0, 0.0)
+    for s in syms[:2]:
+        emu.venue.set_mark(s, 100_000.0)
+        emu.venue.open_position(s, "LONG", 0.01, 5.0, stop_price=95_000.0)
+    bv = venue(emu)
+    bv.positions()
+    emu.reset_tally()
+    assert len(bv.positions()) == 2
+    got = bv.open_orders(symbols=syms)
+    assert sorted(o.symbol for o in got if o.algo) == syms[:2]
+    tally = emu.weight_by_endpoint()
+    assert tally["GET /fapi/v1/openAlgoOrders"] == (3, 3)  # 2 by positions, 1 for the third symbol
+    assert tally["GET /fapi/v1/openOrders"] == (3, 3)
