@@ -9,13 +9,14 @@ under every exit policy of the lab, and compared with what the desk made on them
 2. :func:`harvest.lab.account.reconstruct` rebuilds the positions (entry, qty, side, the stop
    they had, closes, realized PnL, fees, funding).
 3. Klines of those symbols from the first opening (less the market state's warm-up) to the
-   exchange's last closed bar, from the exchange (cached by day) or ``--data`` files.
+   exchange's last closed bar, from the exchange (cached by day) or ``--data`` files (cut at the
+   exchange's clock; funding beside them as the lab finds it).
 4. Each policy (:data:`harvest.lab.engine.POLICIES`) runs on the same entries with the lab's
    fill model (:func:`harvest.lab.engine.simulate`); the desk's own trades are the base of the
    paired differences (``Δ mean R = policy − desk``). A position the desk still holds is valued
    as the policies' ``end_of_data``: closed at the last closed bar, with the taker fee. Funding:
    the desk's is what it paid; the policies are charged none (the klines carry no funding
-   rates) — said under the table.
+   rates; with ``--data``, the funding files beside them) — said under the table.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from harvest.domain.models import HarvestTheta
 from harvest.lab.account import DeskPosition, Reconstruction, reconstruct
 from harvest.lab.engine import FillModel, Trades, simulate
 from harvest.lab.entries import Entry
-from harvest.lab.market import ReplayMarket, build_market, load_market
+from harvest.lab.market import ReplayMarket, build_market
 from harvest.lab.stats import paired, summarize
 
 #: Where klines read from the exchange are cached (a folder per venue inside).
@@ -148,6 +149,26 @@ def desk_trades(positions: list[DeskPosition], like: Trades, m: ReplayMarket, fe
     )
 
 
+def market_from_files(paths: list[str], theta: HarvestTheta, now_ms: int) -> ReplayMarket:
+    """The market of ``--data`` kline files (and the funding beside them, as the lab finds it)
+    cut at the exchange's clock ``now_ms``: only bars closed by then, so a position the desk
+    still holds and the policies' ``end_of_data`` are valued at the same bar. Raises
+    KlineFileError / FundingFileError / AccountReplayError (no bar before the exchange's clock)."""
+    from harvest.data import Klines, read_klines
+    from harvest.lab.market import funding_for
+
+    out = []
+    for p in paths:
+        k = read_klines(p)
+        keep = (k.open_time + k.interval_s) * 1000 <= now_ms
+        if not keep.any():
+            raise AccountReplayError(f"--data {p}: no bar closed before the exchange's clock")
+        k = Klines(k.symbol, *(getattr(k, f)[keep] for f in ("open_time", "open", "high", "low", "close", "volume")))
+        span = (float(k.open_time[0]), float(k.open_time[-1] + k.interval_s))
+        out.append((k, funding_for(p, k.symbol, span), str(p)))
+    return build_market(out, theta)
+
+
 def read_account(history, symbols: list[str], since_s: float, progress=None) -> tuple[Reconstruction, dict[str, Any]]:
     """The account's positions since ``since_s`` seconds before the exchange's clock, read
     through ``history`` (:class:`harvest.venues.binance_history.AccountHistory`), and what was
@@ -212,7 +233,7 @@ def replay_account(
         )
     warm = max(theta.sigma_window, theta.ts_window) + 2
     if data:
-        m = load_market(data, theta)
+        m = market_from_files(data, theta, seen["now_ms"])
     else:
         used = sorted({p.symbol for p in rec.positions})
         from harvest.venues import binance_facts as facts

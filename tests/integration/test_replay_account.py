@@ -224,8 +224,6 @@ def test_the_cli_prints_the_comparison_for_the_demos_account(emu, bv, seeded, re
     text = out.stdout
     assert "harvest replay --account alpha: 2 positions" in text
     assert "Δ mean R = policy − desk" in text
-    for p in ("desk", *POLICIES):
-        assert f"\n{p:<11}" in text
     assert "ETHUSDT  LONG" in text and "BTCUSDT  SHORT" in text
     assert KEY not in text and SECRET not in text and SECRET not in out.stderr
     assert (Path(tmp_path) / "harvest" / "klines" / "emulator").is_dir()
@@ -235,6 +233,9 @@ def test_the_cli_prints_the_comparison_for_the_demos_account(emu, bv, seeded, re
     )
     doc = json.loads(js.stdout)
     assert doc["base"] == "desk" and len(doc["positions"]) == 2 and doc["run"]["account"] == ACCOUNT
+    assert list(doc["policies"])[0] == "desk" and len(doc["policies"]) > 2
+    for p in doc["policies"]:  # the CLI's default policies, each a row of the printed table
+        assert f"\n{p:<11}" in text
 
     bad = subprocess.run(
         [*harvest, "replay", "--account", "nobody"], env=env, capture_output=True, text=True, timeout=120
@@ -251,3 +252,23 @@ def test_a_closed_positions_leverage_is_the_symbols_setting(emu, bv):
     hist = AccountHistory(bv)
     assert hist.leverage(["SOLUSDT", "XRPUSDT"]) == {"SOLUSDT": 7.0, "XRPUSDT": 10.0}
     assert {x["symbol"] for x in bv.client.futures_symbol_config()} >= {"SOLUSDT", "XRPUSDT", "BTCUSDT"}
+
+
+def test_data_files_are_cut_at_the_exchanges_clock(emu, bv, seeded):
+    """--data: the klines files (running past the exchange's clock) are cut at it, and their
+    funding (beside them) is charged to the policies."""
+    theta = load_settings().theta
+    data = [str(p) for p in (Path(__file__).parents[2] / "harvest" / "data" / "klines").glob("ETHUSDT-1m-*.csv.gz")]
+    doc, runs, m = replay_account(
+        ACCOUNT,
+        30 * 86400,
+        ["default", "hold"],
+        theta,
+        FillModel(),
+        data=data,
+        symbols=["ETHUSDT"],
+        history=AccountHistory(bv),
+    )
+    assert float(m.open_time[-1]) + 60 <= CRASH_END and float(m.open_time[-1]) + 120 > CRASH_END
+    assert doc["run"]["no_funding"] == [] and doc["run"]["n_entries"] == 1
+    assert runs["hold"].exit_reason[0] == "stop" and doc["positions"][0]["exit"] == "stop"
