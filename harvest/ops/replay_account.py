@@ -362,7 +362,12 @@ def format_report(doc: dict[str, Any]) -> str:
         "(a stop in parentheses: none found on the exchange; the exit ladder's stop gives 1R)",
         "",
         table(doc),
-        "the desk's funding is what the account paid; the policies are charged none (no funding rates read)",
+        "the desk's funding is what the account paid; "
+        + (
+            f"the policies are charged none on {', '.join(r['no_funding'])} (no funding rates read)"
+            if r["no_funding"]
+            else "the policies are charged the funding files' rates"
+        ),
     ]
     if r["skipped"]:
         lines.append(
