@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harvest.domain.kernel import compute_harvest_proposal  # noqa: E402
 from harvest.domain.market import REGIMES  # noqa: E402
 from harvest.domain.models import HarvestTheta, MarketState, Position, Side  # noqa: E402
-from harvest.lab.engine import simulate  # noqa: E402
+from harvest.lab.engine import lab_policy, simulate  # noqa: E402
 from harvest.lab.entries import generate  # noqa: E402
 from harvest.lab.market import load_market  # noqa: E402
 
@@ -39,7 +39,7 @@ def _files() -> tuple[list[str], str]:
     return [], "shipped: 6 symbols × 1m, 2025-06-14 … 2025-06-24 (the lab set is absent)"
 
 
-def _single(sample, theta: HarvestTheta, limit: int) -> tuple[int, float]:
+def _single(sample, theta: HarvestTheta, limit: int, decide=compute_harvest_proposal) -> tuple[int, float]:
     """Evaluate the sampled rows one position at a time, as models; (rows, seconds)."""
     work = []
     for b, now in sample:
@@ -89,7 +89,7 @@ def _single(sample, theta: HarvestTheta, limit: int) -> tuple[int, float]:
             trend_dir=int(b.now_dir[j]),
             regime_bars=int(b.now_bars[j]),
         )
-        compute_harvest_proposal(pos, m, now, theta)
+        decide(pos, m, now, theta)
     return len(work), time.perf_counter() - t0
 
 
@@ -97,6 +97,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--every-minutes", type=float, default=5.0)
     ap.add_argument("--single-rows", type=int, default=20_000)
+    ap.add_argument(
+        "--policy",
+        default="default",
+        choices=("default", "learned_kill"),
+        help="the replayed policy (learned_kill: the shipped learned kill on; its single loop is its decide)",
+    )
     ap.add_argument("--json")
     a = ap.parse_args()
     theta = HarvestTheta()
@@ -106,13 +112,15 @@ def main() -> int:
     entries = generate(m, theta, "grid", every_s=a.every_minutes * 60)
     sample: list = []
     t1 = time.perf_counter()
-    trades = simulate(m, entries, "default", theta, sample=sample, sample_rows=a.single_rows)
+    trades = simulate(m, entries, a.policy, theta, sample=sample, sample_rows=a.single_rows)
     t2 = time.perf_counter()
-    rows, single_s = _single(sample, theta, a.single_rows)
+    decide = lab_policy(a.policy, theta).decide if a.policy != "default" else compute_harvest_proposal
+    rows, single_s = _single(sample, theta, a.single_rows, decide)
     batch_rate = trades.evaluations / (t2 - t0)
     single_rate = rows / single_s
     out = {
         "data": what,
+        "policy": a.policy,
         "entries": len(entries),
         "evaluations": trades.evaluations,
         "seconds_end_to_end": t2 - t0,
@@ -123,7 +131,10 @@ def main() -> int:
         "ratio": batch_rate / single_rate,
         "met": {"rate": batch_rate >= 1_000_000, "ratio": batch_rate / single_rate >= 20},
     }
-    print(f"replay benchmark on {what}: {len(entries)} entries (every {a.every_minutes:g} min per side)")
+    print(
+        f"replay benchmark on {what}: {len(entries)} entries (every {a.every_minutes:g} min per side), "
+        f"policy {a.policy}"
+    )
     verdict = "met" if out["met"]["rate"] else "MISSED"
     print(
         f"  batch, end to end: {trades.evaluations} position-evaluations in {t2 - t0:.1f} s "
