@@ -129,6 +129,9 @@ def request_weight(fn: str, params: dict[str, Any]) -> int:
 #: Each endpoint's weight with a symbol and Binance's default parameters (a summary; the budget
 #: charges every call by :func:`request_weight`, from the parameters it sends).
 WEIGHT = {fn: facts.request_weight(*request_of(fn, {"symbol": "BTCUSDT"}), {"symbol": "BTCUSDT"}) for fn in _REQUESTS}
+#: exchangeInfo's filters parsed in this process, by Redis key: (version token, filters), shared
+#: by every account's venue (a thousand accounts parse the answer once, not a thousand times).
+_FILTERS: dict[str, tuple[str, dict[str, SymbolFilters]]] = {}
 #: How long (s) the stops a positions() read found serve an open_orders(symbols=…) right after it
 #: (an audit's two questions answered by one openAlgoOrders read; once, then read again).
 RECENT_S = 1.0
@@ -663,27 +666,45 @@ class BinanceVenue(Venue):
         first caller in 30 s fetches it into the shared cache (``<ns>:venue:exchange_info``, with
         the ORDERS rate limits), every other account and process within those 30 s loads that
         copy (beat's refresh walks every account in one pass: one request, not one per account).
-        Cached in the process too. Returns #symbols."""
-        raw = self.r.get(self.k_info)
-        if raw and not self.r.set(self.k_info_refreshed, "1", nx=True, ex=30):
-            self._filters, self._filters_at = filters_from_exchange_info(json.loads(raw)), time.time()
+        Cached in the process too, parsed once for every account's venue in it. Returns #symbols."""
+        if not self.r.set(self.k_info_refreshed, "1", nx=True, ex=30) and self._load_shared():
             return len(self._filters)
         info = self._call("futures_exchange_info", "exchange_info", "read")
         filters = filters_from_exchange_info(info)
-        self.r.set(self.k_info, json.dumps({"symbols": info["symbols"]}), ex=int(self.cache_ttl_s * 4))
+        token = os.urandom(8).hex()
+        p = self.r.pipeline(transaction=True)
+        p.set(self.k_info, json.dumps({"symbols": info["symbols"]}), ex=int(self.cache_ttl_s * 4))
+        p.set(f"{self.k_info}:token", token, ex=int(self.cache_ttl_s * 4))
+        p.execute()
         limits = order_limits(info)
         if limits:
             self.r.set(self.orders.k_limits, json.dumps(limits), ex=int(self.cache_ttl_s * 4))
         self._filters, self._filters_at = filters, time.time()
+        _FILTERS[self.k_info] = (token, filters)
         return len(filters)
+
+    def _load_shared(self) -> bool:
+        """Take the deployment's cached exchangeInfo filters (Redis), parsed once per process
+        and version (``<ns>:venue:exchange_info:token``, new at each fetch): every account's venue
+        of the process shares the parse. False when Redis has none."""
+        token = self.r.get(f"{self.k_info}:token")
+        mine = _FILTERS.get(self.k_info)
+        if token is not None and mine is not None and mine[0] == token:
+            filters = mine[1]
+        else:
+            raw = self.r.get(self.k_info)
+            if not raw:
+                return False
+            filters = filters_from_exchange_info(json.loads(raw))
+            if token is not None:
+                _FILTERS[self.k_info] = (token, filters)
+        self._filters, self._filters_at = filters, time.time()
+        return True
 
     @answers()
     def filters(self, symbol: str) -> SymbolFilters:
         if not self._filters or time.time() - self._filters_at > self.cache_ttl_s:
-            raw = self.r.get(self.k_info)
-            if raw:
-                self._filters, self._filters_at = filters_from_exchange_info(json.loads(raw)), time.time()
-            else:
+            if not self._load_shared():
                 self.refresh_filters()
         try:
             return self._filters[symbol]

@@ -288,3 +288,15 @@ def test_an_audit_of_known_symbols_reads_only_the_stops_positions_did_not(emu):
     tally = emu.weight_by_endpoint()
     assert tally["GET /fapi/v1/openAlgoOrders"] == (3, 3)  # 2 by positions, 1 for the third symbol
     assert tally["GET /fapi/v1/openOrders"] == (3, 3)
+
+
+def test_exchange_info_is_read_once_for_the_deployment(emu):
+    """Beat's refresh walks every account: one GET /fapi/v1/exchangeInfo for all of them (before:
+    one per account), every account's filters from the shared copy."""
+    venues = [venue(emu, account=f"acct{i}") for i in range(5)]
+    emu.reset_tally()
+    counts = {v.refresh_exchange_info() for v in venues}
+    assert len(counts) == 1 and counts.pop() >= 6
+    assert requests_to(emu, "GET /fapi/v1/exchangeInfo") == 1
+    assert all(str(v.filters("BTCUSDT").step_size) == "0.001" for v in venues)
+    assert requests_to(emu, "GET /fapi/v1/exchangeInfo") == 1
