@@ -1,4 +1,4 @@
-"""The learned kill (issue 35): a continuation value fitted in the policy lab, evaluated here.
+"""The learned kill (issue 35, docs/design.md §2.11): a continuation value fitted in the policy lab, evaluated here.
 
 The kill decision is an optimal-stopping problem: close now (value ``R_net``, the open profit per
 unit still open in R, after the close's estimated fee and the funding paid, as

@@ -1,4 +1,4 @@
-"""The learned kill's fit and its judgement (issue 35, items 2 and 3).
+"""The learned kill's fit and its judgement (issue 35, items 2 and 3; docs/design.md §2.11).
 
 **What is fitted.** The kill decision is optimal stopping: close now (the trade's R were it
 closed at the mark now) or hold under the rest of the policy. At every scan of every replayed
