@@ -209,6 +209,8 @@ def next_attempt(
     n = latest.attempt
     if latest.state in NON_TERMINAL:
         return NextAttempt("repeat", n, "in_flight")
+    if latest.state not in PlanState.__members__:  # a state a newer version wrote: its plan, not ours to follow
+        return NextAttempt("repeat", n, "newer_version")
     if latest.state == PlanState.SHADOWED:
         return NextAttempt("repeat", n, "shadowed")
     if latest.state == PlanState.FILLED and action is not Action.PROTECT:

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import redis
 
 from harvest.domain.models import PlanState
+from harvest.domain.plans import TERMINAL
 from harvest.store.counters import DEFERRED
 from harvest.store.records import SCHEMA
 
@@ -64,11 +65,13 @@ return id
 # whose order the exchange shows after a loss of state (the lineage records it FILLED, nothing
 # is created, nothing is sent); 'STATE_NOT_RECOVERED' while the marker is missing; 'stale_attempt' when
 # the attempt is not the lineage's next one (its latest plan is still in flight, or the
-# attempt skips or repeats one).
+# attempt skips or repeats one; or that plan is in a state this version does not know, or was
+# written by a newer version: that version goes on with the lineage).
 _CREATE_LUA = (
-    KNOWN_WHOLE_LUA
-    + LEDGER_LUA
-    + """
+    (
+        KNOWN_WHOLE_LUA
+        + LEDGER_LUA
+        + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return redis.call('HGET', KEYS[1], 'state')
 end
@@ -84,8 +87,11 @@ if n == 0 then
   if la then return 'stale_attempt' end
 else
   if not la or tonumber(la) ~= n - 1 then return 'stale_attempt' end
-  local st = redis.call('HGET', ARGV[9] .. redis.call('HGET', KEYS[6], 'plan_id'), 'state')
-  if st == 'PROPOSED' or st == 'APPROVED' or st == 'SUBMITTED' then return 'stale_attempt' end
+  local last = redis.call('HMGET', ARGV[9] .. redis.call('HGET', KEYS[6], 'plan_id'), 'state', 'v')
+  local ended = {@TERMINAL@}
+  -- in flight, in a state of a newer version, or written by one: the lineage is not this call's to go on
+  if last[1] and not ended[last[1]] then return 'stale_attempt' end
+  if (tonumber(last[2] or '1') or math.huge) > @PLAN_V@ then return 'stale_attempt' end
 end
 local f = {}
 for i = 10, #ARGV do f[#f + 1] = ARGV[i] end
@@ -100,7 +106,11 @@ ledger(KEYS[1], redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'v', '@
 redis.call('HINCRBY', KEYS[5], (redis.call('HGET', KEYS[1], 'account') or '') .. '|' .. ARGV[6] .. '|PROPOSED', 1)
 return false
 """
-).replace("@LEDGER_V@", str(SCHEMA["ledger"]))  # each ledger entry carries its schema version
+    )
+    .replace("@LEDGER_V@", str(SCHEMA["ledger"]))  # each ledger entry carries its schema version
+    .replace("@PLAN_V@", str(SCHEMA["plan"]))
+    .replace("@TERMINAL@", ", ".join(f"{s}=true" for s in sorted(TERMINAL)))
+)
 
 #: The latest plan of each lineage in KEYS (lineage hashes); ARGV[1] the plan key prefix:
 #: ``[[attempt, state, reason, updated_at, order_qty, executed_qty, remaining_qty] or {}, …]``.

@@ -257,3 +257,34 @@ def test_a_stream_cache_of_a_newer_version_is_not_read(rt):
     assert cache.view(60, 60) is None
     rt.r.xadd(cache.k_events, {"v": SCHEMA["stream"] + 1, "type": "TradeUpdate", "data": "{a newer layout"})
     assert cache.events() == []
+
+
+def test_no_next_attempt_over_a_plan_of_a_newer_version(rt):
+    """The lineage's latest plan is in a state this version does not know, or was written by a
+    newer version: this version's create refuses the decision's next attempt (that version
+    goes on with the lineage, and may yet act on its plan); a plan of this version that ended
+    without effect lets it through, as before."""
+    sym = "BTCUSDT"
+    first = _plan(rt, sym, "lineage")
+    plan = {k: v for k, v in rt.r.hgetall(rt.plans.k.plan(first)).items() if k in ("lineage", "epoch", "account")}
+    now, acct = time.time(), rt.settings.account
+    nxt = make_plan_id(acct, sym, plan["epoch"], Action.FULL_CLOSE_PROPOSED, "lineage#1")
+    second = {
+        **plan,
+        "plan_id": nxt,
+        "attempt": 1,
+        "symbol": sym,
+        "side": "LONG",
+        "action": Action.FULL_CLOSE_PROPOSED,
+        "created_at": now,
+        "expires_at": now + 60,
+        "client_order_id": f"hv-{nxt}-0",
+        "decision": {},
+    }
+    rt.r.hset(rt.plans.k.plan(first), "state", "PAUSED")
+    assert rt.plans.create(second, {}) == "stale_attempt"
+    rt.r.hset(rt.plans.k.plan(first), mapping={"state": "EXPIRED", "v": NEWER})
+    assert rt.plans.create(second, {}) == "stale_attempt"
+    rt.r.hset(rt.plans.k.plan(first), "v", SCHEMA["plan"])
+    assert rt.plans.create(second, {}) is None
+    assert rt.plans.get(nxt).attempt == 1
