@@ -300,3 +300,69 @@ def test_exchange_info_is_read_once_for_the_deployment(emu):
     assert requests_to(emu, "GET /fapi/v1/exchangeInfo") == 1
     assert all(str(v.filters("BTCUSDT").step_size) == "0.001" for v in venues)
     assert requests_to(emu, "GET /fapi/v1/exchangeInfo") == 1
+
+
+class _Proxy:
+    """A minimal forwarding HTTP proxy on 127.0.0.1 (absolute-URI requests, plain http), counting
+    what passes through it: an egress of the proxy kind, in miniature."""
+
+    def __init__(self):
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        proxy = self
+        self.seen: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _forward(self):
+                u = urlsplit(self.path)
+                proxy.seen.append(f"{self.command} {u.path}")
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                conn = http.client.HTTPConnection(u.hostname, u.port, timeout=5)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection")}
+                conn.request(self.command, u.path + (f"?{u.query}" if u.query else ""), body or None, headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_POST = do_DELETE = do_PUT = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_proxy_egress_carries_every_request_of_its_account(emu):
+    """An account on an http:// proxy egress: the handshake and every request go through the
+    proxy (python-binance's requests_params), none around it; its budget is the proxy's."""
+    proxy = _Proxy()
+    try:
+        emu.venue.set_mark("BTCUSDT", 100_000.0)
+        emu.venue.open_position("BTCUSDT", "LONG", 0.01, 5.0, stop_price=95_000.0)
+        egress = Egress("px", proxy=proxy.url)
+        bv = venue(emu, egress=egress, account="viaproxy")
+        emu.reset_tally()
+        bv.positions()
+        assert bv.mark_price("BTCUSDT") == 100_000.0
+        served = sum(n for n, _ in emu.weight_by_endpoint().values())
+        assert "GET /_emu/hello" in proxy.seen  # the handshake too
+        assert len([s for s in proxy.seen if s.startswith(("GET /fapi", "POST /fapi"))]) == served > 0
+        assert bv.budget.used() > 0 and bv.budget.key().startswith(f"{NS}:venue:weight:px:")
+    finally:
+        proxy.stop()
