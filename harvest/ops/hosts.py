@@ -40,8 +40,9 @@ each on a fresh batch of positions made actionable as it begins (the load):
 ``host_kill``   every process of the orders host SIGKILLed (``ip netns pids``), the host left
                 dead ``host_down_s``, then its worker started again
 
-After each, the time to recover: from the heal (for ``host_kill``: the restart) until the
-system is quiet (no open plan, empty queues, nothing the positions call for left undone).
+After each, the time to recover: from the heal (for ``host_kill``: the restart's beginning,
+so the worker's start-up counts) until the system is quiet (no open plan, empty queues,
+nothing the positions call for left undone).
 
 Names are unique per run (``hv-<pid>-<id>-<host>``) and everything is removed at the end, on
 failure too; namespaces a crashed run left behind (its pid no longer running) are removed at
@@ -481,23 +482,28 @@ class _HostsRun(_Run):
         self.say(f"hosts: {kind} healed; quiet again {took:.1f} s later ({self.n_plans()} plans)")
         return took
 
-    def _first_open(self, before: int) -> None:
-        """Wait (bounded) until the batch has a plan still open: the fault strikes work in flight."""
+    def _first_open(self, before: int) -> int:
+        """Wait (bounded) until the batch has a plan still open — the fault strikes work in
+        flight —; the open plans seen then (0: none within 60 s, the fault goes on regardless)."""
+        seen = [0]
+
+        def in_flight() -> bool:
+            self.procs.supervise()
+            seen[0] = self.open_count() if self.n_plans() > before else 0
+            return seen[0] > 0
+
         try:
-            wait_for(
-                lambda: (self.procs.supervise(), self.n_plans() > before and self.open_count() > 0)[1],
-                60,
-                0.02,
-                "a plan of the batch in flight",
-            )
+            wait_for(in_flight, 60, 0.02, "a plan of the batch in flight")
         except AssertionError:
             self.say("hosts: no plan of the batch in flight within 60 s; the fault goes on regardless")
+        return seen[0]
 
     def fault(self, kind: str, batch: list[str]) -> None:
         """Fault ``kind`` under the load of ``batch`` (made actionable as it begins), healed,
         then the time until quiet (:attr:`recovery`); plans open at the strike and at the heal
         in :attr:`under_fault`."""
         net, d = self.net, self.durations
+        at_start = None
         if kind == "partition":  # cut first: the scans go on, the orders host cannot take the work
             net.set_wire(drop=[net.addr["state"]])
             self._load(batch)
@@ -510,11 +516,11 @@ class _HostsRun(_Run):
                 f"loss {NETEM['loss']:.0%}, for {d['netem']:.0f} s"
             )
         elif kind == "exchange":  # plans in flight when the exchange goes
-            self._first_open(self._load(batch))
+            at_start = self._first_open(self._load(batch))
             net.exchange_up(False)
             self.say(f"hosts: exchange host unreachable for {d['exchange']:.0f} s")
         elif kind == "host_kill":
-            self._first_open(self._load(batch))
+            at_start = self._first_open(self._load(batch))
             self.procs.expected_down.add("orders_worker")
             n = net.kill_host("orders")
             self.procs.procs["orders_worker"].kill()  # reaps it, keeps its log
@@ -522,9 +528,11 @@ class _HostsRun(_Run):
         else:
             raise ValueError(f"unknown fault {kind!r}; one of {FAULTS}")
         self.faults[kind] += 1
-        at_start = self.open_count()
+        if at_start is None:  # cut first, then the load: what is open once it is on
+            at_start = self.open_count()
         self._hold(d["host_down" if kind == "host_kill" else kind])
         at_heal = self.open_count()
+        healed = time.monotonic()  # for host_kill: the restart begins (its start-up counts)
         if kind in ("partition", "netem"):
             net.set_wire()
         elif kind == "exchange":
@@ -533,7 +541,7 @@ class _HostsRun(_Run):
             self.procs.expected_down.discard("orders_worker")
             self.procs.start("orders_worker").wait_ready(180)
         self.under_fault[kind] = {"open_plans_at_strike": at_start, "open_plans_at_heal": at_heal}
-        self._recover(kind, time.monotonic())
+        self._recover(kind, healed)
 
     def report(self, drained_s: float) -> dict:
         rep = super().report(drained_s)
