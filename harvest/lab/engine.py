@@ -337,7 +337,6 @@ def simulate(
         "flushed": np.zeros(n, dtype=bool),
     }
     evaluations = 0
-    kernel_theta = theta
     trailing = pol if isinstance(pol, Trailing) else None
     recorded = min(record, n)
 
@@ -460,10 +459,10 @@ def simulate(
                     leverage=L["lev"][i],
                 )
                 now = m.open_time[bi] + L["interval"][i]
-                res = pol.scan(batch, now, kernel_theta)
+                res = pol.scan(batch, now, theta)
                 learned = np.zeros(i.size, dtype=bool)
                 if kill_model is not None:
-                    learned = kill_batch(kill_model, batch, now, res.r_net, res.components, kernel_theta)
+                    learned = kill_batch(kill_model, batch, now, res.r_net, res.components, theta)
                     learned &= res.action != _FULL
                     res.action = np.where(learned, _FULL, res.action)
                     res.close_fraction = np.where(learned, 1.0, res.close_fraction)
