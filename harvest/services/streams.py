@@ -266,10 +266,18 @@ class AccountStreams:
                         return "audit"
             return "stop"
 
-    def _rest(self) -> tuple[list, list]:
+    def _rest(self, known: set[str] | None = None) -> tuple[list, list]:
         """The account's REST truth: positions (positionRisk with their stops, leverage,
-        opening, funding) and working orders (openOrders, openAlgoOrders). Blocking I/O."""
-        return self.rt.venue.positions(), self.rt.venue.open_orders()
+        opening, funding) and working orders (openOrders, openAlgoOrders): with ``known`` (the
+        audit) those of the known symbols and the open positions' (the adapter picks the
+        cheaper form: per symbol, or every symbol's; a clean stream delivers the order events
+        of every symbol), else every symbol's (a resync: the read that discovers orders on
+        symbols harvest does not know; at least at each reconnection, and Binance closes a
+        connection after 24 h). Blocking I/O."""
+        vps = self.rt.venue.positions()
+        if known is None:
+            return vps, self.rt.venue.open_orders()
+        return vps, self.rt.venue.open_orders(symbols=sorted(known | {vp.symbol for vp in vps}))
 
     async def _resync(self) -> None:
         # When the REST read started, on the exchange's clock (the replay's market clock on the
@@ -299,7 +307,7 @@ class AccountStreams:
         if not self.cache.trusted():
             return None
         started = int(self.rt.market_now() * 1000)
-        vps, orders = await asyncio.to_thread(self._rest)
+        vps, orders = await asyncio.to_thread(self._rest, self.cache.known_symbols())
         for msg in pump.drain():
             for ev in _parse(self.cache, msg):
                 if self._apply(ev) is not None:

@@ -416,6 +416,15 @@ class StreamCache:
         moved |= {k for k, o in orders.items() if int(o.get("event_ms", 0)) >= started_ms}
         return cached, set(orders), moved
 
+    def known_symbols(self) -> set[str]:
+        """The symbols of the cached open positions and working orders (what an audit asks
+        REST about)."""
+        p = self.r.pipeline(transaction=True)
+        p.hgetall(self.k_positions)
+        p.hvals(self.k_orders)
+        rows, orders = p.execute()
+        return {s for s, v in rows.items() if json.loads(v)["amt"] != 0} | {json.loads(v)["symbol"] for v in orders}
+
     def order_moved_since(self, keys: set[str], started_ms: int) -> set[str]:
         """Of open-orders keys (``algo:<id>`` / ``order:<id>``), those whose order had a stream
         event at or after ``started_ms`` (its folded outcome's time)."""
