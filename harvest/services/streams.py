@@ -225,9 +225,12 @@ class AccountStreams:
             self.cache.record(ev)
         elif isinstance(ev, LeverageUpdate):
             self.cache.apply_leverage(ev)
+            forget = getattr(self.rt.venue, "leverage_changed", None)  # the adapter's cached leverage
+            if forget is not None:
+                forget(ev.symbol)
         elif isinstance(ev, FundingFee):
             # Which position paid is not said (cross margin): the rows' funding comes from REST
-            # income, read afresh by the resync this starts (readers on REST until then).
+            # income, read afresh by the audit this starts (readers on REST until then).
             self.rt.venue.funding_settled()
             self.cache.count("funding_events")
             self.cache.mark_dirty()
@@ -254,8 +257,10 @@ class AccountStreams:
                     if is_streaming(sock):
                         await self._resync()  # reconnected: what the gap hid comes from REST
                 elif self._changed_at is not None and time.monotonic() - self._changed_at >= self.settle_s:
-                    if self._full_due:
-                        await self._resync()
+                    if self._full_due:  # a funding settlement: an audit reads the rows, income with them
+                        self._reset()
+                        if await self._audit(pump, clean=True) is not None:
+                            return "audit"
                     else:
                         for sym in sorted(self._pending):
                             await self._resync_symbol(sym)
@@ -295,11 +300,13 @@ class AccountStreams:
         vp = await asyncio.to_thread(self.rt.venue.position, symbol)
         self.cache.resync_symbol(symbol, vp, started)
 
-    async def _audit(self, pump: "_Pump") -> list[dict] | None:
+    async def _audit(self, pump: "_Pump", clean: bool = False) -> list[dict] | None:
         """Compare REST truth with the cache (:func:`harvest.domain.stream_events.audit_differences`).
         Events that arrived during the read are folded in first, and what they touched is not
         compared (the cache is newer there). Agreement: the REST-only fields are refreshed
-        (:meth:`StreamCache.refresh`), counted ``streams:audits``. A disagreement: the cache is
+        (:meth:`StreamCache.refresh`; with ``clean`` the cache is marked not dirty: after a
+        funding settlement, whose funding the refreshed rows now carry), counted
+        ``streams:audits``. A disagreement: the cache is
         distrusted at once (``streams:gap:audit``: readers on REST), each difference is a
         reconcile finding ``audit_disagreement`` (counter ``reconcile:audit_disagreement``),
         and the differences are returned (the caller reconnects, as after a gap). An untrusted
@@ -320,7 +327,7 @@ class AccountStreams:
         moved |= self.cache.order_moved_since((rest_orders ^ cached_orders) - moved, started)
         diffs = audit_differences(rest, cached, rest_orders, cached_orders, moved)
         if not diffs:
-            self.cache.refresh(vps, started)
+            self.cache.refresh(vps, started, clean=clean)
             self.cache.count("audits")
             return None
         self.cache.distrust("audit")

@@ -434,10 +434,11 @@ class StreamCache:
         raws = self.r.mget([self.k_order(k.split(":", 1)[1]) for k in keys])
         return {k for k, raw in zip(keys, raws, strict=True) if raw and int(json.loads(raw)["event_ms"]) >= started_ms}
 
-    def refresh(self, vps: list[VenuePosition], started_ms: int) -> int:
+    def refresh(self, vps: list[VenuePosition], started_ms: int, clean: bool = False) -> int:
         """After an audit that agreed: the REST-only fields (leverage, liquidation price,
         opening time, funding) of every row no stream event touched since ``started_ms`` come
-        from ``vps``. Notes ``audited_at`` (wall s). Returns the rows refreshed."""
+        from ``vps``; with ``clean`` the cache is no longer dirty. Notes ``audited_at`` (wall
+        s). Returns the rows refreshed."""
         rows = self.r.hgetall(self.k_positions)
         p = self.r.pipeline(transaction=True)
         n = 0
@@ -446,7 +447,7 @@ class StreamCache:
             if raw is not None and int(json.loads(raw)["event_ms"]) < started_ms:
                 p.hset(self.k_positions, vp.symbol, json.dumps(_row(vp, started_ms)))
                 n += 1
-        p.hset(self.k_health, "audited_at", repr(time.time()))
+        p.hset(self.k_health, mapping={"audited_at": repr(time.time()), **({"dirty": 0} if clean else {})})
         p.execute()
         return n
 
