@@ -189,3 +189,124 @@ def test_a_kline_event_gives_its_bar_and_whether_it_closed():
     for k, why in [({**raw["k"], "i": "5m"}, "interval"), ({**raw["k"], "c": "0"}, "close"), (None, "'k'")]:
         with pytest.raises(MalformedEvent, match=why):
             parse_event({**raw, "k": k}, E)
+
+
+# --------------------------------------------------------------------------- the account's cache (issue 32)
+
+
+def _pu(amt: float, entry: float = 100.0, ms: int = 2) -> PositionUpdate:
+    return PositionUpdate(event_ms=ms, symbol="BTCUSDT", amt=amt, entry=entry, reason="ORDER")
+
+
+def test_a_position_update_folds_into_a_rest_row_or_asks_for_rest():
+    from harvest.domain.stream_events import fold_position
+
+    rest = {"amt": 1.0, "entry": 100.0, "event_ms": 1, "row": {"symbol": "BTCUSDT", "qty": 1.0, "entry_price": 100.0}}
+    row, need = fold_position(rest, _pu(0.4))  # a partial close: the row follows, nothing to read
+    assert not need and row["row"]["qty"] == 0.4 and row["row"]["entry_price"] == 100.0 and row["amt"] == 0.4
+    assert rest["row"]["qty"] == 1.0  # not modified
+    row, need = fold_position(rest, _pu(0.0))  # closed: flat, nothing to read
+    assert not need and row["amt"] == 0 and "row" not in row
+    row, need = fold_position(rest, _pu(-0.5))  # a flip: a new opening, REST's fields needed
+    assert need and "row" not in row
+    row, need = fold_position(None, _pu(0.2))  # an opening
+    assert need and "row" not in row
+    row, need = fold_position({"amt": 0.0, "entry": 0.0, "event_ms": 1}, _pu(0.2))  # reopened
+    assert need
+
+
+def test_working_orders_and_the_stop_in_force_follow_order_and_algo_events():
+    from harvest.domain.stream_events import AlgoUpdate, TradeUpdate, open_order_change, working_stop
+
+    def algo(cid: str, status: str, tp: float, side: str = "SELL") -> AlgoUpdate:
+        return AlgoUpdate(
+            event_ms=5,
+            symbol="BTCUSDT",
+            client_id=cid,
+            status=status,
+            order_type="STOP_MARKET",
+            trigger_price=tp,
+            side=side,
+            close_position=True,
+        )
+
+    orders: dict[str, dict] = {}
+    for ev in (algo("a", "NEW", 95.0), algo("b", "NEW", 97.0), algo("c", "NEW", 105.0, "BUY")):
+        k, e = open_order_change(ev)
+        orders[k] = e
+    assert set(orders) == {"algo:a", "algo:b", "algo:c"}
+    assert working_stop(list(orders.values()), "BTCUSDT", 1) == 97.0  # a LONG's highest SELL stop
+    assert working_stop(list(orders.values()), "BTCUSDT", -1) == 105.0  # a SHORT's BUY stop
+    assert working_stop(list(orders.values()), "ETHUSDT", 1) is None
+    k, e = open_order_change(algo("b", "TRIGGERED", 97.0))
+    assert (k, e) == ("algo:b", None)
+    del orders[k]
+    assert working_stop(list(orders.values()), "BTCUSDT", 1) == 95.0
+    fill = dict(
+        event_ms=6, symbol="BTCUSDT", client_id="b", side="SELL", exec_type="NEW", orig_type="STOP_MARKET",
+        last_qty=0.0, last_price=0.0, cum_qty=0.0, avg_price=0.0, realized_pnl=0.0, commission=0.0, reduce_only=True,
+    )  # fmt: skip
+    k, e = open_order_change(TradeUpdate(status="NEW", **fill))
+    assert k == "order:b" and e is not None and e["type"] == "STOP_MARKET" and not e["algo"]  # apart from the algo
+    assert open_order_change(TradeUpdate(status="FILLED", **fill)) == ("order:b", None)
+
+
+def test_the_audit_finds_what_the_cache_got_wrong_and_skips_what_moved_during_the_read():
+    from harvest.domain.stream_events import audit_differences
+
+    rest = {"BTCUSDT": (1.0, 100.0, 95.0), "ETHUSDT": (-2.0, 3000.0, None), "SOLUSDT": (3.0, 150.0, 140.0)}
+    same = dict(rest)
+    assert audit_differences(rest, same, {"algo:a"}, {"algo:a"}, set()) == []
+    missed = {k: v for k, v in rest.items() if k != "ETHUSDT"}
+    [d] = audit_differences(rest, missed, set(), set(), set())
+    assert (d["kind"], d["symbol"]) == ("position_missed", "ETHUSDT")
+    assert audit_differences(rest, missed, set(), set(), {"ETHUSDT"}) == []  # an event during the read
+    kinds = {
+        d["kind"]
+        for d in audit_differences(
+            rest,
+            {
+                "BTCUSDT": (0.5, 100.0, 95.0),
+                "ETHUSDT": (-2.0, 3100.0, None),
+                "SOLUSDT": (3.0, 150.0, 141.0),
+                "X": (1, 1, None),
+            },
+            {"algo:a"},
+            {"algo:b"},
+            set(),
+        )
+    }
+    assert kinds == {
+        "position_qty",
+        "position_entry",
+        "position_stop",
+        "position_phantom",
+        "order_missed",
+        "order_phantom",
+    }
+
+
+def test_an_algo_update_carries_its_side_and_a_leverage_change_is_parsed():
+    raw = {
+        "e": "ALGO_UPDATE",
+        "E": 10,
+        "o": {
+            "caid": "x",
+            "aid": 7,
+            "s": "BTCUSDT",
+            "S": "SELL",
+            "X": "NEW",
+            "o": "STOP_MARKET",
+            "tp": "95.5",
+            "cp": True,
+        },
+    }
+    [ev] = parse_event(raw, 0)
+    assert (ev.side, ev.close_position, ev.algo_id, ev.trigger_price) == ("SELL", True, 7, 95.5)
+    [lev] = parse_event({"e": "ACCOUNT_CONFIG_UPDATE", "E": 11, "ac": {"s": "BTCUSDT", "l": 20}}, 0)
+    assert (lev.symbol, lev.leverage) == ("BTCUSDT", 20.0)
+    assert parse_event({"e": "ACCOUNT_CONFIG_UPDATE", "E": 11, "ai": {"j": True}}, 0) == []
+    with pytest.raises(MalformedEvent, match="leverage"):
+        parse_event({"e": "ACCOUNT_CONFIG_UPDATE", "E": 11, "ac": {"s": "BTCUSDT", "l": 0}}, 0)
+    with pytest.raises(MalformedEvent, match="tp"):
+        parse_event(dict(raw, o=dict(raw["o"], tp="abc")), 0)
