@@ -33,8 +33,8 @@ each on a fresh batch of positions made actionable as it begins (the load):
 
 ``partition``   the orders host cannot reach the state/broker host, nor it the orders host,
                 for ``partition_s`` (default 30 s), then healed
-``netem``       the orders host's link delays every frame 50 ms ± 20 ms and loses 2 %, for
-                ``netem_s``, then healed
+``netem``       the orders host's link delays every frame 50 ms ± 20 ms and loses 2 %, both
+                ways (a round trip of about 100 ms), for ``netem_s``, then healed
 ``exchange``    the exchange host's link down for ``exchange_s`` (default 60 s): no host
                 reaches the emulator; then up again
 ``host_kill``   every process of the orders host SIGKILLed (``ip netns pids``), the host left
@@ -530,8 +530,10 @@ class _HostsRun(_Run):
         self.faults[kind] += 1
         if at_start is None:  # cut first, then the load: what is open once it is on
             at_start = self.open_count()
+        ended_before = self.n_plans() - self.open_count()
         self._hold(d["host_down" if kind == "host_kill" else kind])
         at_heal = self.open_count()
+        ended_during = self.n_plans() - at_heal - ended_before
         healed = time.monotonic()  # for host_kill: the restart begins (its start-up counts)
         if kind in ("partition", "netem"):
             net.set_wire()
@@ -540,7 +542,11 @@ class _HostsRun(_Run):
         else:
             self.procs.expected_down.discard("orders_worker")
             self.procs.start("orders_worker").wait_ready(180)
-        self.under_fault[kind] = {"open_plans_at_strike": at_start, "open_plans_at_heal": at_heal}
+        self.under_fault[kind] = {
+            "open_plans_at_strike": at_start,
+            "plans_ended_during": ended_during,
+            "open_plans_at_heal": at_heal,
+        }
         self._recover(kind, healed)
 
     def report(self, drained_s: float) -> dict:
@@ -582,7 +588,8 @@ def run_hosts(
     position made actionable at once, nothing broken); the fault durations in seconds. Returns
     :meth:`harvest.ops.chaos._Run.report`'s report plus ``hosts`` (host → address),
     ``recovery_s`` (fault → seconds from its heal until quiet), ``under_fault`` (fault →
-    ``{"open_plans_at_strike", "open_plans_at_heal"}``) and ``fault_durations_s``;
+    ``{"open_plans_at_strike", "plans_ended_during" (terminal while it lasted: FILLED, or
+    EXPIRED/FAILED by the sweeper), "open_plans_at_heal"}``) and ``fault_durations_s``;
     ``ok`` also needs every fault recovered and a plan FILLED. Raises RuntimeError when
     namespaces cannot be made (:func:`unavailable`'s reason) or a host's set-up fails;
     AssertionError when a set-up wait times out. Everything is removed on return or error."""
