@@ -401,9 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     from harvest.lab.market import load_market
 
     ap = argparse.ArgumentParser(prog="python -m harvest.lab.kill_model", description=main.__doc__)
-    ap.add_argument("--train", nargs="+", required=True, help="kline files of the training symbols")
+    ap.add_argument("--train", nargs="+", help="kline files of the training symbols")
     ap.add_argument("--train-start", default=None, help="entries from (ISO date, UTC)")
-    ap.add_argument("--train-end", required=True, help="entries before (ISO date, UTC)")
+    ap.add_argument("--train-end", help="entries before (ISO date, UTC)")
+    ap.add_argument("--model", help="judge this model file (e.g. harvest/data/kill_model.json) instead of fitting one")
+    ap.add_argument("--fill-model", default="slippage", choices=("slippage", "trigger"), help="(default slippage)")
     ap.add_argument("--test", nargs="+", action="append", default=[], help="kline files of one test set (repeat)")
     ap.add_argument("--test-start", required=True, help="test entries from (ISO date, UTC)")
     ap.add_argument("--every", type=float, default=4.0, help="hours between grid entries per symbol (both sides)")
@@ -413,26 +415,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="write the model JSON here")
     ap.add_argument("--json", default=None, help="write the fit and the judgement here")
     a = ap.parse_args(argv)
+    if not a.model and not (a.train and a.train_end):
+        ap.error("--train and --train-end, or --model")
 
     def ts(x: str | None) -> float | None:
         return None if x is None else datetime.fromisoformat(x).replace(tzinfo=timezone.utc).timestamp()
 
-    theta, fill = HarvestTheta(), FillModel()
+    theta, fill = HarvestTheta(), FillModel().with_model(a.fill_model)
     cmd = "python -m harvest.lab.kill_model " + shlex.join(sys.argv[1:] if argv is None else argv)
-    m = load_market(a.train, theta)
-    entries = generate(
-        m, theta, "grid", a.every * 3600, leverage=a.leverage, start=ts(a.train_start), end=ts(a.train_end)
-    )
-    model, rep = fit_kill(m, entries, theta, fill, a.train, cmd, a.stride, a.alpha)
-    print(
-        f"fit: {len(entries)} training entries, {rep['rows']} scan rows, "
-        f"{rep['seconds']:.1f} s; margin {model.margin_r} R"
-    )
-    for f in rep["folds"]["by_time"] + rep["folds"]["by_symbol"]:
-        print("  fold", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in f.items()})
-    for r in rep["scores"]["margins"]:
-        print("  margin", r)
-    out: dict[str, Any] = {"fit": rep, "model": model.to_dict(), "tests": []}
+    if a.model:
+        from harvest.data.kill_model import load_kill_model_doc
+
+        model, rep = KillModel.from_dict(load_kill_model_doc(a.model)), {"model": a.model}
+    else:
+        m = load_market(a.train, theta)
+        entries = generate(
+            m, theta, "grid", a.every * 3600, leverage=a.leverage, start=ts(a.train_start), end=ts(a.train_end)
+        )
+        model, rep = fit_kill(m, entries, theta, fill, a.train, cmd, a.stride, a.alpha)
+        print(
+            f"fit: {len(entries)} training entries, {rep['rows']} scan rows, "
+            f"{rep['seconds']:.1f} s; margin {model.margin_r} R"
+        )
+        for f in rep["folds"]["by_time"] + rep["folds"]["by_symbol"]:
+            print("  fold", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in f.items()})
+        for r in rep["scores"]["margins"]:
+            print("  margin", r)
+    out: dict[str, Any] = {"fit": rep, "model": model.to_dict(), "fill_model": fill.name, "tests": []}
     for files in a.test:
         tm = load_market(files, theta)
         te = generate(tm, theta, "grid", a.every * 3600, leverage=a.leverage, start=ts(a.test_start))
