@@ -132,8 +132,8 @@ def _kill_netns(ns: str) -> int:
 
 
 def sweep_stale() -> list[str]:
-    """Remove the namespaces, links and bridges of runs whose process is gone (a crashed or
-    killed run); the names removed."""
+    """Remove the namespaces (and every process in them), links, bridges and temporary
+    directories of runs whose process is gone (a crashed or killed run); the namespaces removed."""
     gone = []
     for line in _ip("netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.strip() else ""
@@ -144,6 +144,10 @@ def sweep_stale() -> list[str]:
             gone.append(name)
             for link in (f"hv{m.group(2)}br", *(f"hv{m.group(2)}{i}" for i in range(len(HOSTS))), f"hv{m.group(2)}t"):
                 _ip("link", "del", link, check=False)
+    for d in Path(tempfile.gettempdir()).glob("harvest-hosts-*-*"):  # the data and logs of such runs
+        pid = d.name.split("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
     return gone
 
 
@@ -330,7 +334,7 @@ class _HostsRun(_Run):
         self.n, self.broker, self.say = plans, None, say
         self.n_accounts, self.sentinel = 1, False
         self.t_start = time.monotonic()
-        self.tmp = tempfile.mkdtemp(prefix="harvest-hosts-")
+        self.tmp = tempfile.mkdtemp(prefix=f"harvest-hosts-{os.getpid()}-")
         self.net = Network(self.tmp)
         self.ns = f"hosts-{self.net.id}"
         self.syms = symbols(plans, "H")
@@ -647,7 +651,9 @@ def relay(outer: str, inner: str, ctl: str, ready: str) -> None:
     """Forward frames between TAP devices ``outer`` and ``inner`` for ever, as the JSON file
     ``ctl`` says (``delay_ms``, ``jitter_ms``: each frame held delay ± jitter, uniform, never
     overtaking the one before it; ``loss``: that share dropped at random; ``drop``: IPv4
-    addresses whose frames, either way, are dropped). Touches ``ready`` once both are open."""
+    addresses whose frames, either way, are dropped). Touches ``ready`` once both are open.
+    Returns when the process that started it is gone or ``outer`` no longer exists."""
+    parent = os.getppid()
     fds = {_open_tap(outer): None, _open_tap(inner): None}
     a, b = list(fds)
     other = {a: b, b: a}
@@ -656,6 +662,8 @@ def relay(outer: str, inner: str, ctl: str, ready: str) -> None:
     conf, mtime = {"delay_ms": 0.0, "jitter_ms": 0.0, "loss": 0.0, "drop": []}, 0.0
     Path(ready).touch()
     while True:
+        if os.getppid() != parent or not os.path.exists(f"/sys/class/net/{outer}"):
+            return  # the run is over (or crashed): nothing to carry
         try:
             m = os.stat(ctl).st_mtime
             if m != mtime:
