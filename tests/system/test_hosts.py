@@ -17,13 +17,16 @@ no ``/dev/net/tun``)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from harvest.ops.hosts import FAULTS, HOSTS, run_hosts, sweep_stale, unavailable
-from harvest.ops.procs import ROOT
+from harvest.ops.procs import ROOT, wait_for
 
 WHY = unavailable()
 pytestmark = pytest.mark.skipif(WHY is not None, reason=f"network namespaces cannot be made here: {WHY}")
@@ -94,3 +97,53 @@ def test_a_crashed_runs_namespaces_are_swept():
     finally:
         for ns in (stale, live):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+def _pids_in(namespaces: list[str]) -> list[int]:
+    out: list[str] = []
+    for ns in namespaces:
+        out += subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=30).stdout.split()
+    return [int(x) for x in out]
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed and not yet reaped, does not)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_run_killed_midway_is_cleaned_by_the_next():
+    """``harvest chaos --hosts`` SIGKILLed once its hosts run: its wire relay ends with it, and
+    the next run's sweep removes its namespaces, every process in them and its links."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "harvest.ops.cli", "chaos", "--hosts", "--plans", "4"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def mine() -> list[str]:
+            return [ns for ns in _ns_of_this_run() if ns.startswith(f"hv-{p.pid}-")]
+
+        wait_for(lambda: len(mine()) == len(HOSTS) and _pids_in(mine()), 120, 0.2, "the run's hosts")
+        run_id = mine()[0].split("-")[2]
+        time.sleep(1.0)  # a moment for more of its processes to start (not a synchronisation)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(30)
+        left = mine()
+        orphans = _pids_in(left)
+        assert len(left) == len(HOSTS) and orphans  # the crash left them behind
+        relay = ["pgrep", "-f", f"harvest.ops.hosts relay hv{run_id}t "]
+        wait_for(lambda: subprocess.run(relay, capture_output=True).returncode == 1, 10, 0.1, "the relay to end")
+        gone = sweep_stale()
+        assert set(left) <= set(gone) and not mine()
+        wait_for(lambda: not any(_running(q) for q in orphans), 10, 0.1, "its processes to end")
+        assert f"hv{run_id}" not in subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(30)
+        sweep_stale()
