@@ -26,10 +26,12 @@ only as good as its continuity, so
    is recorded as a reconcile finding (``audit_disagreement``) and the stream is reopened (as
    after a gap);
 4. a drop (python-binance reports ``{"e": "error"}`` and reconnects), an expired listenKey, a
-   stream that cannot be (re)opened, a REST read refused (429/418, counted
+   stream that cannot be (re)opened, a resync whose REST read is refused (429/418, counted
    ``streams:rest_error:<code>``) or an audit disagreement marks the cache untrusted at once
    — readers fall back to REST — and it is trusted again only after the next REST resync on a
-   live connection;
+   live connection. A REST read refused between resyncs leaves what it was to bring owed (a
+   symbol's row without its REST fields, a dirty cache: readers on REST) or, for an audit,
+   the clean stream trusted, and is retried with backoff (1 s doubling to 60 s);
 5. a malformed event is counted (``streams:malformed``) and logged, never applied; an error
    in a loop is logged with its traceback, counted (``streams:errors:<where>``) and retried
    with backoff (1 s doubling to 60 s).
@@ -114,6 +116,7 @@ class AccountStreams:
             raise ValueError(f"audit_phase {audit_phase} not in [0, 1)")
         self.audit_phase = audit_phase
         self._next_audit: float | None = None
+        self._retry_s = 1.0  # backoff of a REST read refused between resyncs
         self._changed = False
         self._reset()
 
@@ -177,8 +180,8 @@ class AccountStreams:
 
     async def _user(self, bsm, stop: asyncio.Event) -> None:
         """Hold the user data stream: connect, resync from REST, fold events in. A drop, an
-        expired listenKey, an audit disagreement, a REST read refused (429/418 …) or any
-        error distrusts the cache (readers on REST) and reconnects with backoff (1 s doubling
+        expired listenKey, an audit disagreement, the resync's REST read refused (429/418 …) or
+        any error distrusts the cache (readers on REST) and reconnects with backoff (1 s doubling
         to 60 s; errors logged with their traceback and counted ``streams:errors:user``)."""
         backoff = 1.0
         while not stop.is_set():
@@ -191,10 +194,10 @@ class AccountStreams:
                     await self._resync()
                     backoff = 1.0
                     why = await self._consume(sock, stop)
-            except VenueError as e:  # a REST read refused or failed: the cache cannot be brought up to date
+            except VenueError as e:  # the resync's REST read refused or failed: the cache stays untrusted
                 why = "rest_error"
                 self.cache.count(f"rest_error:{e.code}")
-                log.warning("user data stream: REST read failed (%s); account on REST", e)
+                log.warning("user data stream: resync's REST read failed (%s); account on REST", e)
             except Exception:  # an exchange or network error never ends the process
                 self.cache.count("errors:user")
                 log.exception("user data stream failed")
@@ -257,19 +260,44 @@ class AccountStreams:
                     if is_streaming(sock):
                         await self._resync()  # reconnected: what the gap hid comes from REST
                 elif self._changed_at is not None and time.monotonic() - self._changed_at >= self.settle_s:
-                    if self._full_due:  # a funding settlement: an audit reads the rows, income with them
-                        self._reset()
-                        if await self._audit(pump, clean=True) is not None:
-                            return "audit"
-                    else:
-                        for sym in sorted(self._pending):
-                            await self._resync_symbol(sym)
-                        self._reset()
+                    full, pending = self._full_due, set(self._pending)
+                    self._reset()
+                    try:
+                        if full:  # a funding settlement: an audit reads the rows, income with them
+                            if await self._audit(pump, clean=True) is not None:
+                                return "audit"
+                        else:
+                            for sym in sorted(pending):
+                                await self._resync_symbol(sym)
+                                pending.discard(sym)
+                        self._retry_s = 1.0
+                    except VenueError as e:
+                        # REST refused (429/418, the budget): what it was to bring stays owed — the
+                        # cache dirty or the row without its REST fields, so readers use REST — and
+                        # the read is retried with backoff (never a reconnection: it would cost more)
+                        self._refused(e)
+                        self._full_due, self._pending = self._full_due or full, self._pending | pending
+                        self._changed_at = time.monotonic() + self._retry_s - self.settle_s
+                        self._retry_s = min(60.0, self._retry_s * 2)
                 elif self._next_audit is not None and time.time() >= self._next_audit:
                     self._next_audit = self.next_audit(time.time())
-                    if await self._audit(pump) is not None:
-                        return "audit"
+                    try:
+                        if await self._audit(pump) is not None:
+                            return "audit"
+                        self._retry_s = 1.0
+                    except VenueError as e:
+                        # the audit could not read REST: the stream is as clean as it was, so the
+                        # account stays on it; the audit is retried with backoff, before its slot
+                        self._refused(e)
+                        self._next_audit = min(self._next_audit, time.time() + self._retry_s)
+                        self._retry_s = min(60.0, self._retry_s * 2)
             return "stop"
+
+    def _refused(self, e: VenueError) -> None:
+        """A REST read of the streams process refused or failed: counted
+        ``streams:rest_error:<code>`` and logged."""
+        self.cache.count(f"rest_error:{e.code}")
+        log.warning("account %s: REST read failed (%s); retrying in %.0f s", self.rt.settings.account, e, self._retry_s)
 
     def _rest(self, known: set[str] | None = None) -> tuple[list, list]:
         """The account's REST truth: positions (positionRisk with their stops, leverage,

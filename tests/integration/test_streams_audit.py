@@ -243,3 +243,26 @@ def test_the_audit_schedule_spreads_accounts_evenly():
     ordered = sorted(times)
     gaps = sorted((b - a) % 900.0 for a, b in zip(ordered, ordered[1:] + ordered[:1], strict=True))
     assert gaps == pytest.approx([150.0] * n)
+
+
+def test_a_429_on_an_audit_leaves_a_clean_stream_trusted_and_the_audit_is_retried(held):
+    """The audit's REST read refused: the stream is as clean as it was, so the account stays on
+    it (no reconnection, which would cost a full resync while the egress backs off); the audit
+    is retried with backoff and then agrees."""
+    rt, e, cache, rest, _ = held
+    wait_for(lambda: _ready(cache) is not None, 10, what="the cache usable")
+    gaps, audits = _counter(rt, "streams:gap:rest_error"), _counter(rt, "streams:audits")
+    e.faults.inject("GET /fapi/v3/positionRisk", "http_429", times=1, retry_after=1.0)
+    trusted = []
+    wait_for(
+        lambda: (
+            trusted.append(cache.trusted())
+            or any(k.startswith("streams:rest_error:") for k in rt.r.hkeys(f"{NS}:counters"))
+        ),
+        3 * AUDIT_S,
+        what="the refused audit",
+        interval=0.02,
+    )
+    wait_for(lambda: _counter(rt, "streams:audits") > audits, 20, what="the audit retried, agreeing")
+    assert all(trusted) and cache.trusted()
+    assert _counter(rt, "streams:gap:rest_error") == gaps and _counter(rt, "reconcile:audit_disagreement") == 0
