@@ -70,7 +70,7 @@ import time
 import uuid
 from collections import Counter, deque
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from harvest.ops.chaos import _Procs, _Run
 from harvest.ops.loadgen import clean, env_for, mark_at_r, open_positions, paper_of, runtime, symbols
@@ -659,7 +659,8 @@ def relay(outer: str, inner: str, ctl: str, ready: str) -> None:
     other = {a: b, b: a}
     queues: dict[int, deque] = {a: deque(), b: deque()}  # frames due on the way out of that fd
     last_due = {a: 0.0, b: 0.0}
-    conf, mtime = {"delay_ms": 0.0, "jitter_ms": 0.0, "loss": 0.0, "drop": []}, 0.0
+    conf: dict[str, Any] = {"delay_ms": 0.0, "jitter_ms": 0.0, "loss": 0.0, "drop": []}
+    mtime = 0.0
     Path(ready).touch()
     while True:
         if os.getppid() != parent or not os.path.exists(f"/sys/class/net/{outer}"):
