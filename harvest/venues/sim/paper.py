@@ -46,19 +46,17 @@ funding settlement, as ``/fapi/v1/income`` reports it).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from decimal import Decimal
 from operator import itemgetter
+from typing import cast
 
 import numpy as np
-import redis
 
 from harvest.data import (
     SymbolFilters,
     load_klines,
-    shipped_filters,
 )
 from harvest.domain.models import Side
 from harvest.domain.plans import CLIENT_ORDER_PREFIX
@@ -81,17 +79,12 @@ from harvest.venues.base import (
     VenueError,
     VenuePosition,
 )
-from harvest.venues.sim.clock import MarketClock
 from harvest.venues.sim.paper_fixtures import PaperFixtures
 from harvest.venues.sim.paper_settlement import (
     _FILL_ATTEMPTS,
-    _FILL_LUA,
-    _READ_POSITIONS_LUA,
     _ROW_FIELDS,
-    _SNAPSHOT_LUA,
     MARK_PRICE,
     SHIPPED,
-    TAKER_FEE_RATE,
     PaperSettlement,
     _SettleProbe,
     _trade_json,
@@ -114,89 +107,6 @@ DEFAULT_BALANCE = 100_000.0
 class PaperVenue(PaperFixtures, PaperSettlement, Venue):
     """Paper trading on one account (see module docstring). ``r``: redis.Redis with
     ``decode_responses=True``."""
-
-    def __init__(self, r: redis.Redis, ns: str, account: str, clock: MarketClock, fee_rate: float = TAKER_FEE_RATE):
-        self.r = r
-        self.ns = ns
-        self.account = account
-        self.clock = clock
-        self.fee_rate = fee_rate
-        self._filters = dict(shipped_filters())  # its own copy: listings are added to it
-        self._read_positions = r.register_script(_READ_POSITIONS_LUA)
-        self._snapshot = r.register_script(_SNAPSHOT_LUA)
-        self._fill = r.register_script(_FILL_LUA)
-        self._sources: dict[str, str] = {}  # synthetic listing → shipped symbol
-        self._all_listings_read = False
-        base = f"{ns}:paper:{account}"
-        self.k_positions = f"{base}:positions"
-        self.k_orders = f"{base}:orders"
-        self.k_log = f"{base}:orderlog"
-        self.k_pnl = f"{base}:pnl"
-        self.k_seq = f"{base}:order_seq"
-        self.k_dual = f"{base}:dual"
-        self.k_trades = f"{base}:trades"
-        self.k_income = f"{base}:income"
-        self.k_partial = f"{base}:partial_fills"
-        self.k_by_id = f"{base}:orders_by_id"
-        self.k_balance = f"{base}:balance"
-        self._base = base
-
-    # ------------------------------------------------------------------ market data
-
-    def k_pos(self, symbol: str) -> str:
-        return f"{self._base}:pos:{symbol}"
-
-    def k_stops(self, symbol: str) -> str:
-        return f"{self._base}:stops:{symbol}"
-
-    def dual(self) -> bool:
-        """Whether the account is in hedge mode (Binance's ``dualSidePosition``)."""
-        return self.r.get(self.k_dual) == "true"
-
-    def k_mark(self, symbol: str) -> str:
-        return f"{self.ns}:paper:mark:{symbol}"
-
-    @property
-    def k_listings(self) -> str:
-        return f"{self.ns}:paper:listings"
-
-    def listings(self) -> dict[str, str]:
-        """Synthetic symbol → the shipped symbol it trades like."""
-        return self.r.hgetall(self.k_listings)
-
-    def source(self, symbol: str) -> str:
-        """The shipped symbol whose data prices ``symbol`` (itself, or its listing's). A
-        listing never changes, so listings are cached per process: the first symbol not yet
-        cached reads every listing in one round trip (a worker that meets one synthetic symbol
-        meets many), a later one only its own."""
-        if symbol in SHIPPED:
-            return symbol
-        like = self._sources.get(symbol)
-        if like is None and not self._all_listings_read:
-            self._sources.update(self.listings())
-            self._all_listings_read = True
-            like = self._sources.get(symbol)
-        if like is None:
-            like = self.r.hget(self.k_listings, symbol)
-            if like is None:
-                return symbol  # not listed (yet): not cached
-            self._sources[symbol] = like
-        return like
-
-    def filters(self, symbol: str) -> SymbolFilters:
-        f = self._filters.get(symbol)
-        if f is None:
-            like = self.source(symbol)
-            if like == symbol or like not in self._filters:
-                raise facts.venue_error(*BAD_SYMBOL)
-            f = self._filters[symbol] = dataclasses.replace(self._filters[like], symbol=symbol)
-        return f
-
-    def mark_price(self, symbol: str) -> float:
-        override = self.r.get(self.k_mark(symbol))
-        if override is not None:
-            return float(override)
-        return load_klines(self.source(symbol)).mark_at(self.clock.now())
 
     # ------------------------------------------------------------------ positions
 
@@ -230,13 +140,10 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         Redis call when none is."""
         return self._row(symbol)[1]
 
-    def _next_order_id(self) -> int:
-        return int(self.r.incr(self.k_seq))
-
     def _working(self, client_order_id: str) -> bool:
         """Whether an order with this clientOrderId is still working (status NEW): the only
         case in which Binance refuses the id (-4116)."""
-        raw = self.r.hget(self.k_orders, client_order_id)
+        raw = cast(str | None, self.r.hget(self.k_orders, client_order_id))
         return raw is not None and OrderResult.model_validate_json(raw).status == "NEW"
 
     def _check_qty(self, f: SymbolFilters, qty: str) -> Decimal:
@@ -274,7 +181,7 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         every open position's initial margin (qty × entry / leverage) and its unrealized loss
         (a profit is not counted: the more dangerous reading of Binance's cross-margin
         availableBalance)."""
-        wallet = float(self.r.get(self.k_balance) or DEFAULT_BALANCE)
+        wallet = float(cast(str | None, self.r.get(self.k_balance)) or DEFAULT_BALANCE)
         for v in self.pnl().values():
             wallet += v.get("realized", 0.0) - v.get("commission", 0.0) - v.get("funding", 0.0)
         used = 0.0
@@ -449,7 +356,7 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
                 -1001, "Internal error; unable to process your request. Please try again.", 503, retryable=True
             )  # nothing was filled
         if left <= 0:  # flat: its closePosition stops have nothing left to protect
-            cids = list(self.r.hkeys(self.k_stops(symbol)))
+            cids = list(cast(list[str], self.r.hkeys(self.k_stops(symbol))))
             self.r.delete(self.k_stops(symbol))
             self._end_stops(symbol, cids)
             if h.get("pending"):  # a triggered stop's order still filling: nothing left for it
@@ -532,7 +439,9 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
             p.hset(self.k_orders, client_algo_id, order.model_dump_json())
             return order
 
-        order = self.r.transaction(tx, key, self.k_orders, self.k_stops(symbol), value_from_callable=True)
+        order = cast(
+            OrderResult, self.r.transaction(tx, key, self.k_orders, self.k_stops(symbol), value_from_callable=True)
+        )
         self._log(
             "STOP_NEW", symbol, {"clientAlgoId": client_algo_id, "stopPrice": SymbolFilters.fmt(sp), "side": side}
         )
@@ -554,7 +463,7 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
             p.hdel(self.k_stops(symbol), client_order_id)
             return o
 
-        o = self.r.transaction(tx, self.k_orders, self.k_stops(symbol), value_from_callable=True)
+        o = cast(OrderResult, self.r.transaction(tx, self.k_orders, self.k_stops(symbol), value_from_callable=True))
         self._log("STOP_CANCELED", symbol, {"clientAlgoId": client_order_id, "side": o.side})
         return o
 
@@ -567,12 +476,12 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         never the whole order history."""
         if algo is False:
             return []
-        syms = [symbol] if symbol else sorted(self.r.smembers(self.k_positions))
+        syms = [symbol] if symbol else sorted(cast(set[str], self.r.smembers(self.k_positions)))
         p = self.r.pipeline(transaction=False)
         for s in syms:
             p.hkeys(self.k_stops(s))
         cids = [c for keys in p.execute() for c in keys]
-        raws = self.r.hmget(self.k_orders, cids) if cids else []
+        raws = cast(list[str | None], self.r.hmget(self.k_orders, cids)) if cids else []
         return [o for o in (OrderResult.model_validate_json(x) for x in raws if x) if o.status == "NEW"]
 
     def move_stop(self, symbol: str, side: str, stop_price: str, client_order_id: str) -> OrderResult:
@@ -591,7 +500,7 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         """The newest order of this clientOrderId (``conditional``: the algo order of this
         clientAlgoId; else the regular one — a triggered stop's actual order under its
         clientAlgoId). Raises VenueError -2013 when there is none."""
-        return self._resolve(self.r.hget(self.k_orders, client_order_id), symbol, conditional)
+        return self._resolve(cast(str | None, self.r.hget(self.k_orders, client_order_id)), symbol, conditional)
 
     def order_by_id(self, symbol: str, order_id: int, conditional: bool = False) -> OrderResult:
         """An order by its orderId (``conditional``: an algo order by algoId), however its
@@ -607,7 +516,7 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         if raw is not None and not conditional:
             o = OrderResult.model_validate_json(raw)
             if o.algo and o.actual_order_id is not None:
-                raw = self.r.hget(self.k_by_id, str(o.actual_order_id))
+                raw = cast(str | None, self.r.hget(self.k_by_id, str(o.actual_order_id)))
         return self._order(raw, symbol, conditional)
 
     def order_and_position(
@@ -635,11 +544,11 @@ class PaperVenue(PaperFixtures, PaperSettlement, Venue):
         """Every order of this account, including earlier orders of a re-used clientOrderId and
         triggered stops' actual orders (``harvest_only``: those whose clientOrderId carries
         harvest's ``hv-`` prefix, i.e. not a strategy's opening stop)."""
-        out = [OrderResult.model_validate_json(v) for v in self.r.hvals(self.k_orders)]
+        out = [OrderResult.model_validate_json(v) for v in cast(list[str], self.r.hvals(self.k_orders))]
         seen = {o.order_id for o in out}
         out += [
             o
-            for o in (OrderResult.model_validate_json(v) for v in self.r.hvals(self.k_by_id))
+            for o in (OrderResult.model_validate_json(v) for v in cast(list[str], self.r.hvals(self.k_by_id)))
             if o.order_id not in seen
         ]
         return [o for o in out if o.client_order_id.startswith(CLIENT_ORDER_PREFIX)] if harvest_only else out

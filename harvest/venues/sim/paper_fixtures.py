@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any, cast
 
 from harvest.data import (
     SymbolFilters,
@@ -17,14 +18,30 @@ from harvest.venues.base import (
     OrderResult,
     VenuePosition,
 )
-from harvest.venues.sim.paper_settlement import (
-    SHIPPED,
-    _trade_json,
-)
+from harvest.venues.sim.paper_core import PaperCore
+from harvest.venues.sim.paper_fills import SHIPPED, _trade_json
 
 
-class PaperFixtures:
+class PaperFixtures(PaperCore):
     """Set-up calls of :class:`harvest.venues.sim.paper.PaperVenue` (a mixin)."""
+
+    if TYPE_CHECKING:  # defined by the settlement half and the venue
+
+        def _position(self, symbol: str) -> VenuePosition | None: ...
+
+        def _log(self, kind: str, symbol: str, data: dict[str, Any]) -> None: ...
+
+        def place_stop(
+            self,
+            symbol: str,
+            side: str,
+            stop_price: str,
+            client_algo_id: str,
+            position_side: str | None = None,
+            check_trigger: bool = True,
+            check_tick: bool = True,
+            working_type: str = ...,
+        ) -> OrderResult: ...
 
     def set_dual(self, on: bool) -> None:
         """Switch the account between one-way (False) and hedge mode (True)."""
@@ -156,7 +173,7 @@ class PaperFixtures:
                 f"paper-{symbol}-{self._next_order_id()}",
                 check_trigger=False,
             )
-        return self._position(symbol)
+        return cast(VenuePosition, self._position(symbol))  # just written with qty > 0
 
     def set_position(
         self,
@@ -201,7 +218,7 @@ class PaperFixtures:
         "entry_price", "leverage", "opened_at", "stop_price" (optional)}``, prices USDT, times
         market seconds; ``marks``: mark overrides by symbol. A stop is a working closePosition
         STOP_MARKET with a ``paper-`` clientAlgoId, as a strategy would have placed."""
-        first = int(self.r.incrby(self.k_seq, len(rows))) - len(rows) + 1
+        first = int(cast(int, self.r.incrby(self.k_seq, len(rows)))) - len(rows) + 1
         p = self.r.pipeline(transaction=False)
         for i, row in enumerate(rows):
             sym, side = row["symbol"], Side(row["side"])
@@ -246,7 +263,7 @@ class PaperFixtures:
     def raw_positions(self) -> list[dict]:
         """Position rows as stored, including rows with qty 0 (what a careless counter
         would count)."""
-        syms = sorted(self.r.smembers(self.k_positions))
+        syms = sorted(cast(set[str], self.r.smembers(self.k_positions)))
         p = self.r.pipeline(transaction=False)
         for s in syms:
             p.hgetall(self.k_pos(s))
