@@ -41,6 +41,8 @@ to one consistent set of series (no per-process registries to merge).
   streams_errors_total                            counter    where (session, user, market, fire: errors
                                                              harvest streams caught, logged and backed off)
   stream_audits_total                             counter    result (agreed, disagreed: REST audits of the cache)
+  stream_audit_age_seconds                        gauge      account (since its cache's last audit that agreed;
+                                                             trusted caches only: ≤ HARVEST_AUDIT_INTERVAL_S + a read)
   positions_unprotected                           gauge      account (no stop that can trigger, last scan)
   trading_state                                   gauge      scope (* or account), state (1 = in force)
   notify_failures_total                           counter    (notices harvest notify did not deliver)
@@ -244,6 +246,22 @@ class HarvestCollector:
         audits.add_metric(["agreed"], int(counters.get("streams:audits", 0)))
         audits.add_metric(["disagreed"], int(counters.get("streams:gap:audit", 0)))
         yield audits
+        hp = rt.r.pipeline(transaction=False)
+        for a in accounts:
+            hp.hmget(f"{rt.settings.namespace}:streams:{a}:health", "trusted", "audited_at")
+        age = GaugeMetricFamily(
+            "harvest_stream_audit_age_seconds",
+            "Seconds since the account's stream cache last agreed with a REST audit (trusted caches only)",
+            labels=["account"],
+        )
+        now = time.time()
+        for a, (trusted, at) in zip(accounts, hp.execute(), strict=True):
+            try:
+                if trusted == "1" and at is not None:
+                    age.add_metric([a], max(0.0, now - float(at)))
+            except ValueError:
+                continue  # not a number: left out, never a failed scrape
+        yield age
         yield CounterMetricFamily(
             "harvest_stream_events_rejected",
             "Stream events malformed or out of order, recorded and never applied",

@@ -90,6 +90,12 @@ def test_fills_stop_moves_and_partial_closes_are_folded_in_without_a_rest_read(h
     audits = _counter(rt, "streams:audits")
     wait_for(lambda: _counter(rt, "streams:audits") > audits, 3 * AUDIT_S, what="an audit")
     assert _counter(rt, "reconcile:audit_disagreement") == 0 and cache.trusted()
+    from harvest.ops.metrics import HarvestCollector
+
+    fams = {f.name: f for f in HarvestCollector(rest, lambda: {}).collect()}
+    [age] = [x for x in fams["harvest_stream_audit_age_seconds"].samples if x.labels["account"] == rt.settings.account]
+    assert 0 <= age.value <= 2 * AUDIT_S
+    assert {x.labels["result"]: x.value for x in fams["harvest_stream_audits"].samples}["agreed"] >= 1
     # the audit's REST reads are all the weight the account costs at steady state
     assert set(_spent_since(e, before)) <= {
         "GET /fapi/v3/positionRisk",
