@@ -1,22 +1,35 @@
-"""A fleet of accounts on one IP: the beat scan of every account, by REST polling and from
-``harvest streams``' caches, side by side in one run on the fapi emulator (issue 23).
+"""A fleet of accounts on one IP: what harvest reads from the exchange when ``harvest streams``
+holds every account (streams as the truth, REST as a rotating audit, issue 32), side by side
+with the same fleet read by REST polling, in one run on the fapi emulator.
 
-    python benchmarks/fleet.py [--accounts 1000] [--positions 10] [--workers 2] [--json out.json]
+    python benchmarks/fleet.py [--accounts 1000] [--positions 10] [--workers 2]
+                               [--audit-s 120] [--json out.json]
 
-One private redis-server, one emulator serving every account (REST and streams; its weight
-limit lifted: the figures are what Binance would count), ``--accounts`` × ``--positions``
+One private redis-server, one emulator serving every account (REST and streams; weights by
+Binance's table, counted per client IP; its limit and harvest's budget lifted so that what is
+measured is what Binance would count, not a budget's queue), ``--accounts`` × ``--positions``
 positions (the same symbols in every account), a real worker with ``--workers`` processes. It
 prints, each beside its baseline:
 
 * **one beat tick** — publish one scan per account (as beat's group does, without the expiry,
   so that a late scan is measured rather than dropped) → the last account scanned: REST polling
-  against the stream caches (target: ≤ 2 s for all, within the 5 s tick);
-* **request weight of that tick** per account: positionRisk and its companions against none;
-* **steady-state weight per account per minute** at the default intervals: scans (5 s) plus
-  reconcile (30 s, measured once), funding (60 s) and exchangeInfo (300 s), polling against
-  streams (against today's ~1000, target ≤ 20);
-* **the streams process**: RSS and CPU holding every account (idle, then per 1000 accounts) and
-  CPU per 1000 mark-price events a second (a second run: one account, 50 symbols, 20 ticks/s).
+  against the stream caches (target ≤ 2 s on 2 CPUs);
+* **steady-state weight per account per minute, by endpoint** (target ≤ 2): with streams, the
+  audit (measured: one full rotation of the fleet at ``--audit-s``, priced at the default
+  HARVEST_AUDIT_INTERVAL_S) plus the reads that run on their own cadence by Binance's table
+  (leverage an hour, income after each of three funding times a day, the listenKey keepalive);
+  the scans' and reconcile's weight from the caches is measured (0 expected); by REST polling,
+  scans every 5 s and reconcile every 30 s, measured; and the reads of the design before issue 32
+  (stops for every symbol in each scan, openOrders and openAlgoOrders for every symbol in each
+  reconcile, income every 60 s, leverage every 300 s) priced by the same table;
+* **the audit's full rotation** — the seconds until every account was audited once at
+  ``--audit-s`` (each account at its own phase: the audits spread, never a burst);
+* **cold start** — ``harvest streams`` taking every account (one resync each): its weight by
+  endpoint and how long it takes inside the reads' share of one IP;
+* **the streams process** — RSS and CPU holding every account (its audits running at
+  ``--audit-s``), and CPU per 1000 mark-price events a second (a second run: one account,
+  50 symbols, 20 ticks/s);
+* how many accounts one IP holds at the default budget, and the audit interval 1000 need.
 """
 
 from __future__ import annotations
@@ -35,48 +48,38 @@ from harvest.store.streams import StreamCache
 from harvest.venues.binance import PRIORITY_SHARE
 from harvest.venues.binance_facts import WEIGHT_LIMIT_1M, request_weight
 
-SCAN_S, RECONCILE_S, FUNDING_S, INFO_S = 5.0, 30.0, 60.0, 300.0
+SCAN_S, RECONCILE_S = 5.0, 30.0
+#: harvest's defaults the steady state is priced at: HARVEST_AUDIT_INTERVAL_S; the adapter's
+#: leverage cache (BinanceVenue leverage_ttl_s); python-binance's listenKey keepalive (PUT, 1).
+AUDIT_S, LEVERAGE_TTL_S, KEEPALIVE_S = 900.0, 3600.0, 1800.0
+#: Funding times a day of a symbol settling every 8 h (income is read once after each).
+FUNDINGS_A_DAY = 3
+#: Before issue 32: income every 60 s, leverage every 300 s (forgotten by beat's exchangeInfo refresh).
+OLD_FUNDING_S, OLD_LEVERAGE_S = 60.0, 300.0
 #: The share of an IP's weight harvest's reads may use (the budget's ``read`` priority) of the
-#: default budget: 1800 of Binance's 2400 (HARVEST_VENUE_WEIGHT_LIMIT_1M).
+#: default budget: 1260 of the 1800 of Binance's 2400 (HARVEST_VENUE_WEIGHT_LIMIT_1M).
 READ_SHARE = 0.75 * PRIORITY_SHARE["read"]
 TICKS = os.sysconf("SC_CLK_TCK")
-#: The emulator's weight table before issue 30 (by the path's last part; 1 for any other): the
-#: figures issue 23 reported were counted by it. Printed beside Binance's table for comparison.
-OLD_EMULATOR_WEIGHTS = {
-    "klines": 2,
-    "userTrades": 5,
-    "leverageBracket": 1,
-    "income": 30,
-    "allOrders": 5,
-    "positionRisk": 5,
-    "symbolConfig": 5,
-    "positionSide/dual": 30,
-    "openOrders": 1,
-    "openAlgoOrders": 1,
-    "exchangeInfo": 1,
-    "premiumIndex": 1,
-    "order": 1,
-    "algoOrder": 1,
-}
 
 
-def _old_weight(endpoint: str) -> int:
-    path = endpoint.split(" ", 1)[1]
-    return OLD_EMULATOR_WEIGHTS.get(path.split("/", 3)[-1], 1)
+def _w(method: str, path: str, **params) -> int:
+    return request_weight(method, path, params)
 
 
-def _measure(emu, fn) -> tuple[float, dict]:
-    """Run ``fn()`` and return (its value, the weight it cost: ``{"binance": w, "old": w,
-    "by_endpoint": {endpoint: [requests, weight]}}``) from the emulator's per-endpoint tally."""
+def _measure(emu, fn) -> tuple[object, dict]:
+    """Run ``fn()``; (its value, ``{endpoint: [requests, weight]}`` it cost on the emulator)."""
     emu.reset_tally()
     value = fn()
-    tally = emu.weight_by_endpoint()
-    cost = {
-        "binance": sum(w for _, w in tally.values()),
-        "old": sum(n * _old_weight(e) for e, (n, _) in tally.items()),
-        "by_endpoint": {e: [n, w] for e, (n, w) in sorted(tally.items())},
-    }
-    return value, cost
+    return value, {e: [n, w] for e, (n, w) in sorted(emu.weight_by_endpoint().items())}
+
+
+def _total(cost: dict) -> int:
+    return sum(w for _, w in cost.values())
+
+
+def _per(cost: dict, n: int, scale: float = 1.0) -> dict:
+    """A tally per account (× ``scale``): ``{endpoint: [requests, weight]}``."""
+    return {e: [c * scale / n, w * scale / n] for e, (c, w) in cost.items()}
 
 
 def _proc(pid: int) -> tuple[float, float]:
@@ -121,7 +124,34 @@ def _tick(rt, env, accounts: list[str]) -> float:
     return took
 
 
-def fleet(url: str, n_acc: int, n_pos: int, workers: int, per_task: int) -> dict:
+def _old_design(n_pos: int) -> dict[str, float]:
+    """Weight per account per minute of the reads before issue 32, priced by Binance's table:
+    REST scans (positionRisk + openAlgoOrders for every symbol) every 5 s, reconcile (that and
+    openOrders + openAlgoOrders for every symbol) every 30 s, income every 60 s, leverage every
+    300 s; with streams the scans read the caches (no weight), the rest as without."""
+    scan = _w("GET", "/fapi/v3/positionRisk") + _w("GET", "/fapi/v1/openAlgoOrders")
+    reconcile = scan + _w("GET", "/fapi/v1/openOrders") + _w("GET", "/fapi/v1/openAlgoOrders")
+    fixed = (
+        reconcile * 60 / RECONCILE_S
+        + _w("GET", "/fapi/v1/income") * 60 / OLD_FUNDING_S
+        + _w("GET", "/fapi/v1/symbolConfig") * 60 / OLD_LEVERAGE_S
+    )
+    return {"rest": scan * 60 / SCAN_S + fixed, "streams": fixed}
+
+
+def _cadence() -> dict[str, float]:
+    """Per account per minute, by Binance's table at harvest's cadence, the reads a short run
+    cannot wait for (measured one by one by benchmarks/account_weight.py): leverage once an hour,
+    income once after each funding time (premiumIndex, shared by the deployment, left out), the
+    listenKey keepalive every 30 min (streams only)."""
+    return {
+        "GET /fapi/v1/symbolConfig": _w("GET", "/fapi/v1/symbolConfig") * 60 / LEVERAGE_TTL_S,
+        "GET /fapi/v1/income": _w("GET", "/fapi/v1/income") * FUNDINGS_A_DAY / (24 * 60),
+        "PUT /fapi/v1/listenKey": _w("PUT", "/fapi/v1/listenKey") * 60 / KEEPALIVE_S,
+    }
+
+
+def fleet(url: str, n_acc: int, n_pos: int, workers: int, per_task: int, audit_s: float) -> dict:
     syms = [f"F{i:03d}USDT" for i in range(n_pos)]
     accounts = [f"a{i:04d}" for i in range(n_acc)]
     ns = f"fleet-{os.getpid()}"
@@ -133,6 +163,7 @@ def fleet(url: str, n_acc: int, n_pos: int, workers: int, per_task: int) -> dict
         HARVEST_MARKET_REFRESH_S="3600",
         HARVEST_SCAN_INTERVAL_S="900",  # no expiry drops a late scan (a first tick meets every account): it is measured
         HARVEST_SCAN_ACCOUNTS_PER_TASK=str(per_task),
+        HARVEST_AUDIT_INTERVAL_S=repr(audit_s),
     )
     rt = runtime(env)
     clean(rt)
@@ -141,66 +172,105 @@ def fleet(url: str, n_acc: int, n_pos: int, workers: int, per_task: int) -> dict
     emu = start_emulator(rt, env)  # env gains every account's keys
     hv = runtime(env)  # harvest's side: python-binance to the emulator
     procs = [start_worker(env, ns, "scan,housekeeping", workers)]
-    out: dict = {"accounts": n_acc, "positions_per_account": n_pos, "workers": workers, "per_task": per_task}
+    out: dict = {
+        "accounts": n_acc,
+        "positions_per_account": n_pos,
+        "workers": workers,
+        "per_task": per_task,
+        "audit_s": audit_s,
+    }
+    counters = hv.plans.k.counters
     try:
         procs[0].wait_ready(120)
+        from harvest.services.reconcile import reconcile_once
+
+        # ---- REST polling: the fleet without harvest streams
         # warm, twice (each worker process meets every account): clients built; leverage, openings,
-        # funding cached, as after any earlier tick
+        # funding so far, as after any earlier tick
         _tick(hv, env, accounts)
         _tick(hv, env, accounts)
         out["rest_tick_s"], cost = _measure(emu, lambda: _tick(hv, env, accounts))
-        out["rest_tick_weight_per_account"] = cost["binance"] / n_acc
-        out["old_rest_tick_weight_per_account"] = cost["old"] / n_acc
-        out["rest_tick_by_endpoint"] = cost["by_endpoint"]
-        from harvest.services.reconcile import reconcile_once
-
+        out["rest_scan"] = _per(cost, n_acc)
         _, cost = _measure(emu, lambda: reconcile_once(hv))
-        out["reconcile_weight_per_account"] = cost["binance"] / n_acc
-        out["old_reconcile_weight_per_account"] = cost["old"] / n_acc
-        out["reconcile_by_endpoint"] = cost["by_endpoint"]
-        hv.r.delete(*[hv.for_account(a).venue.k_funding_poll for a in accounts])  # type: ignore[attr-defined]
+        out["rest_reconcile"] = _per(cost, n_acc)
 
-        def funding_polls() -> None:
-            for a in accounts:
-                hv.for_account(a).venue.positions()  # one funding poll per account (its positions read aside)
-
-        _, cost = _measure(emu, funding_polls)
-        # The seeded positions have no opening trade, so the adapter has no epoch to poll funding
-        # for and this run makes no income read; a real account's positions do: one
-        # GET /fapi/v1/income per account every HARVEST_FUNDING_POLL_S, priced by each table.
-        measured = max(0.0, cost["binance"] / n_acc - out["rest_tick_weight_per_account"])
-        out["funding_poll_weight_measured_per_account"] = measured
-        out["funding_poll_weight_per_account"] = max(measured, request_weight("GET", "/fapi/v1/income"))
-        out["old_funding_poll_weight_per_account"] = OLD_EMULATOR_WEIGHTS["income"]
-
+        # ---- harvest streams holds every account
+        caches = [StreamCache(hv.r, ns, a) for a in accounts]
+        emu.reset_tally()
+        t0 = time.monotonic()
         st = HarvestProcess("streams", env, ["--symbols", ",".join(syms), "--no-triggers"]).start()
         procs.append(st)
-        caches = [StreamCache(hv.r, ns, a) for a in accounts]
-        t0 = time.monotonic()
-        wait_for(lambda: all(c.trusted() for c in caches), 600, 0.5, "every account's stream cache")
-        out["streams_resync_all_s"] = time.monotonic() - t0
+        wait_for(lambda: all(c.trusted() for c in caches), 1800, 0.5, "every account's stream cache")
+        out["cold_start_s"] = time.monotonic() - t0
+        out["cold_start"] = _per({e: [n, w] for e, (n, w) in emu.weight_by_endpoint().items()}, n_acc)
         wait_for(lambda: caches[0].snapshot(3.0, 3.0), 30, 0.1, "fresh marks")
         cpu, rss = _cpu_share(st.proc.pid, 10.0)
-        out["streams_idle_cpu_share"], out["streams_rss_mb"] = cpu, rss
+        out["streams_cpu_share"], out["streams_rss_mb"] = cpu, rss
         out["streams_tick_s"], cost = _measure(emu, lambda: _tick(hv, env, accounts))
-        out["streams_tick_weight_per_account"] = cost["binance"] / n_acc
-        out["old_streams_tick_weight_per_account"] = cost["old"] / n_acc
-        out["positions_from_streams"] = int(hv.r.hget(hv.plans.k.counters, "positions:streams") or 0)
-        per_min = 60.0 / SCAN_S
-        for table in ("", "old_"):  # Binance's table (what the emulator charges), then its old one
-            fixed = (
-                out[f"{table}reconcile_weight_per_account"] * 60 / RECONCILE_S
-                + out[f"{table}funding_poll_weight_per_account"] * 60 / FUNDING_S
-                + 1 * 60 / INFO_S
-            )
-            out[f"{table}rest_weight_per_account_min"] = out[f"{table}rest_tick_weight_per_account"] * per_min + fixed
-            out[f"{table}streams_weight_per_account_min"] = (
-                out[f"{table}streams_tick_weight_per_account"] * per_min + fixed
-            )
-        out["accounts_per_ip"] = {
-            mode: int(WEIGHT_LIMIT_1M * READ_SHARE // out[f"{mode}_weight_per_account_min"])
-            for mode in ("rest", "streams")
+        out["streams_scan"] = _per(cost, n_acc)
+        out["positions_from_streams"] = int(hv.r.hget(counters, "positions:streams") or 0)
+        _, cost = _measure(emu, lambda: reconcile_once(hv))
+        out["streams_reconcile"] = _per(cost, n_acc)
+
+        # ---- one full rotation of the audit (each account at its own phase of --audit-s)
+        audits0 = int(hv.r.hget(counters, "streams:audits") or 0)
+        emu.reset_tally()
+        t0 = time.monotonic()
+        wait_for(
+            lambda: int(hv.r.hget(counters, "streams:audits") or 0) >= audits0 + n_acc,
+            3 * audit_s + 300,
+            0.5,
+            "one audit of every account",
+        )
+        out["audit_rotation_s"] = time.monotonic() - t0
+        tally = emu.weight_by_endpoint()
+        audits = int(hv.r.hget(counters, "streams:audits") or 0) - audits0
+        out["audit"] = _per({e: [n, w] for e, (n, w) in tally.items()}, audits)  # per audit
+        out["audit_disagreements"] = int(hv.r.hget(counters, "streams:gap:audit") or 0)
+
+        # ---- steady state per account per minute, by endpoint
+        cadence = _cadence()
+
+        def steady(parts: list[tuple[dict, float]], extra: dict[str, float]) -> dict[str, float]:
+            by: dict[str, float] = {}
+            for tally_, per_min in parts:
+                for e, (_, w) in tally_.items():
+                    by[e] = by.get(e, 0.0) + w * per_min
+            for e, w in extra.items():
+                by[e] = by.get(e, 0.0) + w
+            return {e: w for e, w in sorted(by.items()) if w > 0}
+
+        no_keepalive = {e: w for e, w in cadence.items() if "listenKey" not in e}
+        out["steady_streams"] = steady(
+            [
+                (out["streams_scan"], 60 / SCAN_S),
+                (out["streams_reconcile"], 60 / RECONCILE_S),
+                (out["audit"], 60 / AUDIT_S),
+            ],
+            cadence,
+        )
+        out["steady_rest"] = steady(
+            [(out["rest_scan"], 60 / SCAN_S), (out["rest_reconcile"], 60 / RECONCILE_S)], no_keepalive
+        )
+        out["steady_old"] = _old_design(n_pos)
+        totals = {
+            "streams": sum(out["steady_streams"].values()),
+            "rest": sum(out["steady_rest"].values()),
         }
+        out["weight_per_account_min"] = totals
+        share = WEIGHT_LIMIT_1M * READ_SHARE
+        out["accounts_per_ip"] = {
+            "streams": int(share // totals["streams"]),
+            "rest": int(share // totals["rest"]),
+            "old_streams": int(share // out["steady_old"]["streams"]),
+            "old_rest": int(share // out["steady_old"]["rest"]),
+        }
+        # the audit interval at which 1000 accounts fit the reads' share (the rest as measured)
+        audit_w = _total(out["audit"])
+        other = totals["streams"] - audit_w * 60 / AUDIT_S
+        room = share / 1000 - other
+        out["audit_s_for_1000"] = audit_w * 60 / room if room > 0 else None
+        out["cold_start_min_in_share"] = _total(out["cold_start"]) * n_acc / share
         return out
     finally:
         for p in procs:
@@ -246,54 +316,72 @@ def main() -> int:
     p.add_argument("--positions", type=int, default=10)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--per-task", type=int, default=25, help="HARVEST_SCAN_ACCOUNTS_PER_TASK (default %(default)s)")
+    p.add_argument(
+        "--audit-s",
+        type=float,
+        default=120.0,
+        help="HARVEST_AUDIT_INTERVAL_S of the run, so that one rotation is measured (default %(default)s)",
+    )
     p.add_argument("--json", help="write the figures to this file")
     a = p.parse_args()
     server = RedisServer().start()
     try:
-        f = fleet(server.url, a.accounts, a.positions, a.workers, a.per_task)
+        f = fleet(server.url, a.accounts, a.positions, a.workers, a.per_task, a.audit_s)
         m = mark_events(server.url)
     finally:
         server.stop()
     k = 1000 / a.accounts
+    share = WEIGHT_LIMIT_1M * READ_SHARE
     print(
         f"{a.accounts} accounts × {a.positions} positions on one IP, a worker with {a.workers} processes, "
-        f"{a.per_task} accounts per scan task"
+        f"{a.per_task} accounts per scan task; weights by Binance's table, as the emulator counts them"
     )
-    print(f"{'':52} {'REST polling':>14} {'streams':>10}")
+    print(f"{'':56} {'REST polling':>13} {'streams':>10}")
     print(
-        f"{'one beat tick: every account scanned (s)':52} {f['rest_tick_s']:>14.2f} {f['streams_tick_s']:>10.2f}"
+        f"{'one beat tick: every account scanned (s)':56} {f['rest_tick_s']:>13.2f} {f['streams_tick_s']:>10.2f}"
         f"   (target ≤ 2 s: {'met' if f['streams_tick_s'] <= 2 else 'MISSED'})"
     )
+    print(f"{'weight of that tick, per account':56} {_total(f['rest_scan']):>13.2f} {_total(f['streams_scan']):>10.2f}")
     print(
-        f"{'request weight of that tick, per account':52} {f['rest_tick_weight_per_account']:>14.1f}"
-        f" {f['streams_tick_weight_per_account']:>10.1f}"
+        f"{'weight of one reconcile, per account':56} {_total(f['rest_reconcile']):>13.2f}"
+        f" {_total(f['streams_reconcile']):>10.2f}"
+    )
+    ws = f["weight_per_account_min"]
+    print(
+        f"{'steady-state weight per account per minute':56} {ws['rest']:>13.2f} {ws['streams']:>10.2f}"
+        f"   (target ≤ 2: {'met' if ws['streams'] <= 2 else 'MISSED'})"
     )
     print(
-        f"{'steady-state weight per account per minute':52} {f['rest_weight_per_account_min']:>14.1f}"
-        f" {f['streams_weight_per_account_min']:>10.1f}   (Binance's table, as the emulator charges)"
+        f"{'  the reads before issue 32, the same table':56} {f['steady_old']['rest']:>13.2f}"
+        f" {f['steady_old']['streams']:>10.2f}"
+    )
+    for mode in ("streams", "rest"):
+        print(f"steady state by endpoint, {mode} (weight per account per minute):")
+        for e, w in f[f"steady_{mode}"].items():
+            print(f"  {e:<40} {w:>8.3f}")
+    print(
+        f"the audit: one rotation of {a.accounts} accounts at HARVEST_AUDIT_INTERVAL_S={a.audit_s:g} took "
+        f"{f['audit_rotation_s']:.0f} s; {_total(f['audit']):.1f} weight an audit ("
+        + ", ".join(f"{e} {w:.1f}" for e, (_, w) in f["audit"].items())
+        + f"); {f['audit_disagreements']} disagreements"
     )
     print(
-        f"{'  the same requests by the emulator old table':52} {f['old_rest_weight_per_account_min']:>14.1f}"
-        f" {f['old_streams_weight_per_account_min']:>10.1f}   (issue 23 reported 88.2 / 16.2: without funding)"
+        f"accounts one IP holds at steady state (reads' share {share:.0f} of {WEIGHT_LIMIT_1M} a minute): "
+        f"streams {f['accounts_per_ip']['streams']}, REST polling {f['accounts_per_ip']['rest']} "
+        f"(before issue 32: {f['accounts_per_ip']['old_streams']} / {f['accounts_per_ip']['old_rest']})"
+    )
+    if f["audit_s_for_1000"] is not None:
+        print(f"1000 accounts fit the reads' share with HARVEST_AUDIT_INTERVAL_S ≥ {f['audit_s_for_1000']:.0f} s")
+    print(
+        f"cold start (harvest streams takes every account): {_total(f['cold_start']):.1f} weight per account ("
+        + ", ".join(f"{e} {w:.1f}" for e, (_, w) in f["cold_start"].items())
+        + f"); {f['cold_start_s']:.0f} s with the budget lifted, {f['cold_start_min_in_share']:.1f} min "
+        f"for {a.accounts} accounts inside the reads' share"
     )
     print(
-        f"  of which reconcile every {RECONCILE_S:g} s: {f['reconcile_weight_per_account'] * 60 / RECONCILE_S:.1f}"
-        f" (old table {f['old_reconcile_weight_per_account'] * 60 / RECONCILE_S:.1f}); "
-        f"funding every {FUNDING_S:g} s: {f['funding_poll_weight_per_account'] * 60 / FUNDING_S:.1f}"
-    )
-    print(
-        f"accounts one IP holds at steady state (reads' share {WEIGHT_LIMIT_1M * READ_SHARE:.0f} of {WEIGHT_LIMIT_1M}"
-        f" a minute): REST polling {f['accounts_per_ip']['rest']}, streams {f['accounts_per_ip']['streams']}"
-    )
-    for phase in ("rest_tick", "reconcile"):
-        print(f"{phase.replace('_', ' ')} by endpoint, per account (requests, weight):")
-        for e, (n, w) in f[f"{phase}_by_endpoint"].items():
-            print(f"  {e:<40} {n / a.accounts:>6.2f} {w / a.accounts:>8.1f}")
-    print(
-        f"harvest streams holding {a.accounts} accounts: first resync of all {f['streams_resync_all_s']:.1f} s, "
+        f"harvest streams holding {a.accounts} accounts (audits at {a.audit_s:g} s): "
         f"RSS {f['streams_rss_mb']:.0f} MB ({f['streams_rss_mb'] * k:.0f} MB per 1000 accounts), "
-        f"idle CPU {100 * f['streams_idle_cpu_share']:.1f} % of a core "
-        f"({100 * f['streams_idle_cpu_share'] * k:.1f} % per 1000)"
+        f"CPU {100 * f['streams_cpu_share']:.1f} % of a core ({100 * f['streams_cpu_share'] * k:.1f} % per 1000)"
     )
     print(
         f"mark-price events: {m['mark_events_per_s']:.0f}/s cost {100 * m['cpu_share']:.1f} % of a core: "
