@@ -91,8 +91,9 @@ TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
 
 
 def unavailable() -> str | None:
-    """Why network namespaces cannot be made here (None: they can): not root, no ``ip``,
-    no ``/dev/net/tun``, no ``redis-server``, or ``ip netns add`` refused (the kernel's answer)."""
+    """Why the hosts cannot be made here (None: they can): not root, no ``ip``, no
+    ``/dev/net/tun``, no ``redis-server``, or the kernel refused a namespace, a bridge, a veth
+    pair or a TAP device (its answer quoted; tried in a probe namespace, then removed)."""
     if os.geteuid() != 0:
         return "network namespaces need root (ip netns add); this process is not root"
     if not shutil.which("ip") and not os.path.exists(IP):
@@ -105,7 +106,18 @@ def unavailable() -> str | None:
     out = subprocess.run([IP, "netns", "add", name], capture_output=True, text=True, timeout=30)
     if out.returncode != 0:
         return f"`ip netns add` refused: {out.stderr.strip() or out.returncode}"
-    subprocess.run([IP, "netns", "del", name], capture_output=True, timeout=30)
+    try:  # the kinds of link a run makes, tried inside the probe (gone with it)
+        for kind in (["b0", "type", "bridge"], ["v0", "type", "veth", "peer", "name", "v1"]):
+            out = subprocess.run([IP, "-n", name, "link", "add", *kind], capture_output=True, text=True, timeout=30)
+            if out.returncode != 0:
+                return f"`ip link add {' '.join(kind)}` refused: {out.stderr.strip() or out.returncode}"
+        out = subprocess.run(
+            [IP, "-n", name, "tuntap", "add", "dev", "t0", "mode", "tap"], capture_output=True, text=True, timeout=30
+        )
+        if out.returncode != 0:
+            return f"`ip tuntap add … mode tap` refused: {out.stderr.strip() or out.returncode}"
+    finally:
+        subprocess.run([IP, "netns", "del", name], capture_output=True, timeout=30)
     return None
 
 
