@@ -261,7 +261,7 @@ def handshake_proof(api_secret: str, nonce: str) -> str:
     import hashlib
     import hmac
 
-    from harvest.venues.sim.emulator import HANDSHAKE
+    from harvest.venues.sim.emulator_types import HANDSHAKE
 
     return hmac.new(api_secret.encode(), f"{HANDSHAKE}:{nonce}".encode(), hashlib.sha256).hexdigest()
 
@@ -295,7 +295,7 @@ def emulator_handshake(
     import hmac
     import secrets
 
-    from harvest.venues.sim.emulator import HANDSHAKE
+    from harvest.venues.sim.emulator_types import HANDSHAKE
     from settings import is_loopback_url
 
     root = futures_url.rstrip("/").removesuffix("/fapi")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import cast
 
 import redis
 
@@ -37,7 +38,7 @@ class MarketClock:
         """Current market time (s). Anchors at the settings' default on first use. ``raw``:
         the clock key's value when the caller already read it (one round trip fewer)."""
         if raw is None:
-            raw = self.r.get(self.key)
+            raw = cast(str | None, self.r.get(self.key))
         if raw is None:
             start, speed = self.default
             self.r.set(
@@ -45,7 +46,7 @@ class MarketClock:
                 json.dumps({"anchor_wall": time.time(), "anchor_market": start, "speed": speed, "end": None}),
                 nx=True,
             )
-            raw = self.r.get(self.key)
+            raw = cast(str, self.r.get(self.key))  # set just now, if it was not
         c = json.loads(raw)
         t = c["anchor_market"] + (time.time() - c["anchor_wall"]) * c["speed"]
         return min(t, c["end"]) if c.get("end") is not None else t
@@ -55,7 +56,7 @@ class MarketClock:
         is anchored; 0 once it reached its ``end``): what turns a wall duration (a request's
         transit, a ``recvWindow``) into market time. ``raw``: as for :meth:`now`."""
         if raw is None:
-            raw = self.r.get(self.key)
+            raw = cast(str | None, self.r.get(self.key))
         if raw is None:
             return float(self.default[1])
         c = json.loads(raw)

@@ -118,17 +118,14 @@ import re
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal, cast, overload
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 import redis
 
 from harvest.data import (
-    SymbolFilters,
     load_brackets_raw,
     load_exchange_info,
     load_funding,
@@ -138,38 +135,49 @@ from harvest.domain.margin import Bracket
 from harvest.venues import binance_facts as facts
 from harvest.venues.base import OrderResult, VenueError
 from harvest.venues.sim.clock import MarketClock
-from harvest.venues.sim.emulator_streams import LISTEN_KEY_TTL_S, ListenKeyMissing, ListenKeys, StreamServer
+from harvest.venues.sim.emulator_answers import (
+    _algo_json,
+    _bucket,
+    _bucket_end,
+    _check_client_id,
+    _dec,
+    _err,
+    _fixed,
+    _num_str,
+    _order_json,
+    _queried_json,
+)
+from harvest.venues.sim.emulator_faults import FAULT_KINDS, HTML_502, HTML_503, Faults
+from harvest.venues.sim.emulator_streams import StreamServer
+from harvest.venues.sim.emulator_types import (
+    HANDSHAKE,
+    LISTEN_KEY_TTL_S,
+    ApiError,
+    EmulatedAccount,
+    ListenKeyMissing,
+    ListenKeys,
+)
 from harvest.venues.sim.paper import DEFAULT_BALANCE, PaperVenue
 from harvest.venues.sim.paper_settlement import brackets
 
 log = logging.getLogger("harvest.emulator")
 
-FAULT_KINDS = (
-    "latency",
-    "http_429",
-    "http_418",
-    "unavailable_503",
-    "internal_503",
-    "unknown_503",
-    "unknown_503_after_accept",
-    "timeout_after_accept",
-    "timestamp_1021",
-    "html_502",
-    "html_503",
-    "html_503_after_accept",
-    "garbage_200",
-    "garbage_200_after_accept",
-    "truncated",
-    "truncated_after_accept",
-    "partial_fill",
-)
-#: What a load balancer in front of an exchange answers when it fails: a page, not Binance's JSON.
-HTML_503 = (
-    "<html><body><h1>503 Service Unavailable</h1>\nNo server is available to handle this request.\n</body></html>\n"
-)
-HTML_502 = (
-    "<html><body><h1>502 Bad Gateway</h1>\nThe server returned an invalid or incomplete response.\n</body></html>\n"
-)
+__all__ = [
+    "FAULT_KINDS",
+    "HANDSHAKE",
+    "HTML_502",
+    "HTML_503",
+    "LISTEN_KEY_TTL_S",
+    "WEIGHTS",
+    "WEIGHT_LIMIT_1M",
+    "ApiError",
+    "EmulatedAccount",
+    "Emulator",
+    "Faults",
+    "ListenKeyMissing",
+    "ListenKeys",
+]
+
 #: Request weight of each endpoint's GET with a symbol and Binance's default parameters (klines:
 #: limit 500 → 5), by the path after ``/fapi/vN/`` (a summary for benchmarks; the emulator
 #: charges every request by :func:`binance_facts.request_weight`, the weight by its parameters).
@@ -180,18 +188,6 @@ WEIGHTS = {
 }
 WEIGHT_LIMIT_1M = facts.WEIGHT_LIMIT_1M
 CONDITIONAL_TYPES = ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET")
-_ALGO_STATUS = {
-    "NEW": "NEW",
-    "CANCELED": "CANCELED",
-    "FILLED": "FINISHED",
-    "EXPIRED": "EXPIRED",
-    "REJECTED": "REJECTED",
-}
-
-
-#: What ``GET /_emu/hello`` answers in ``"emulator"``: the paper venue sends orders through
-#: python-binance only to a server on a loopback address that answers this (never by a name).
-HANDSHAKE = "harvest-fapi-emulator"
 
 
 class _Server(ThreadingHTTPServer):
@@ -205,171 +201,6 @@ class _Server(ThreadingHTTPServer):
             log.debug("client %s hung up", client_address)
             return
         super().handle_error(request, client_address)
-
-
-class ApiError(Exception):
-    """An error answer: HTTP status, Binance code and message (or a plain-text body)."""
-
-    def __init__(
-        self, status: int, code: int | None, msg: str, headers: dict[str, str] | None = None, html: bool = False
-    ):
-        super().__init__(msg)
-        self.status, self.code, self.msg, self.headers, self.html = status, code, msg, headers or {}, html
-
-    @classmethod
-    def of(cls, e: VenueError) -> "ApiError":
-        return cls(e.http_status if e.http_status >= 400 else 400, e.code, e.message)
-
-
-class Faults:
-    """Fault plan of one emulator namespace, in Redis (hash field = endpoint, value = JSON
-    ``{"kind", "times", "latency_s", "retry_after"}``)."""
-
-    def __init__(self, r: redis.Redis, ns: str):
-        self.r = r
-        self.key = f"{ns}:emu:faults"
-        self.k_skew = f"{ns}:emu:skew_ms"
-        self.k_fired = f"{ns}:emu:faults_fired"
-
-    def inject(
-        self,
-        endpoint: str,
-        kind: str,
-        times: int = 1,
-        latency_s: float = 0.0,
-        retry_after: float = 1.0,
-        fraction: float = 0.4,
-    ) -> None:
-        """Arm a fault. ``endpoint`` is ``"METHOD /fapi/vN/path"`` or ``"*"``; ``fraction``:
-        the share a ``partial_fill`` fills (0..1). Raises ValueError for an unknown kind."""
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; one of {FAULT_KINDS}")
-        self.r.hset(
-            self.key,
-            endpoint,
-            json.dumps(
-                {
-                    "kind": kind,
-                    "times": int(times),
-                    "latency_s": float(latency_s),
-                    "retry_after": float(retry_after),
-                    "fraction": float(fraction),
-                }
-            ),
-        )
-
-    def clear(self) -> None:
-        """Disarm every fault and the clock skew (fired counts stay)."""
-        self.r.delete(self.key, self.k_skew)
-
-    def armed(self) -> dict[str, dict]:
-        """Faults still armed: endpoint → ``{"kind", "times" left, "latency_s", "retry_after"}``."""
-        return {k: json.loads(v) for k, v in self.r.hgetall(self.key).items()}
-
-    def fired(self) -> dict[str, int]:
-        """How many times each fault kind has fired."""
-        return {k: int(v) for k, v in self.r.hgetall(self.k_fired).items()}
-
-    def set_skew(self, ms: int) -> None:
-        """Shift the emulator's server clock by ``ms`` milliseconds (a real clock skew)."""
-        self.r.set(self.k_skew, int(ms))
-
-    def skew_ms(self) -> int:
-        """The server clock's offset from the replay's market clock (ms)."""
-        return int(self.r.get(self.k_skew) or 0)
-
-    _TAKE = """
-    for _, f in ipairs({ARGV[1], '*'}) do
-      local raw = redis.call('HGET', KEYS[1], f)
-      if raw then
-        local d = cjson.decode(raw)
-        d['times'] = d['times'] - 1
-        if d['times'] <= 0 then redis.call('HDEL', KEYS[1], f)
-        else redis.call('HSET', KEYS[1], f, cjson.encode(d)) end
-        redis.call('HINCRBY', KEYS[2], d['kind'], 1)
-        return raw
-      end
-    end
-    return false
-    """
-
-    def take(self, endpoint: str) -> dict | None:
-        """Consume one firing of the fault armed for ``endpoint`` (or ``*``), atomically."""
-        raw = self.r.eval(self._TAKE, 2, self.key, self.k_fired, endpoint)
-        return json.loads(raw) if raw else None
-
-
-def _order_json(o: OrderResult) -> dict[str, Any]:
-    """An order as /fapi/v1/order returns it (numbers as strings)."""
-    return {
-        "orderId": o.order_id,
-        "clientOrderId": o.client_order_id,
-        "symbol": o.symbol,
-        "status": o.status,
-        "side": o.side,
-        "positionSide": o.position_side,
-        "type": o.type,
-        "origType": o.orig_type or o.type,
-        "origQty": _dec(o.orig_qty),
-        "executedQty": _dec(o.executed_qty),
-        "cumQuote": _dec(o.executed_qty * o.avg_price),
-        "avgPrice": _dec(o.avg_price),
-        "price": "0",
-        "stopPrice": _dec(o.stop_price or 0.0),
-        "reduceOnly": o.reduce_only,
-        "closePosition": o.close_position,
-        "timeInForce": "GTC",
-        "workingType": "CONTRACT_PRICE",
-        "updateTime": int(o.update_time * 1000),
-    }
-
-
-def _queried_json(o: OrderResult) -> dict[str, Any]:
-    """An order as Binance's queries answer it (GET order, openOrders, allOrders): the new-order
-    answer's fields plus ``time``, the order's creation on the server clock (market ms; a
-    MARKET order is created and filled in one step, so its update time when no creation time
-    is kept)."""
-    made = o.create_time if o.create_time is not None else o.update_time
-    return dict(_order_json(o), time=int(made * 1000))
-
-
-def _algo_json(o: OrderResult) -> dict[str, Any]:
-    """A conditional order as /fapi/v1/algoOrder returns it."""
-    return {
-        "algoId": o.order_id,
-        "clientAlgoId": o.client_order_id,
-        "algoType": "CONDITIONAL",
-        "orderType": o.type,
-        "symbol": o.symbol,
-        "side": o.side,
-        "positionSide": o.position_side,
-        "timeInForce": "GTC",
-        "quantity": "0",
-        "algoStatus": _ALGO_STATUS.get(o.status, o.status),
-        "triggerPrice": _dec(o.stop_price or 0.0),
-        "price": "0",
-        "workingType": o.working_type or "MARK_PRICE",
-        "closePosition": o.close_position,
-        "priceProtect": False,
-        "reduceOnly": True,
-        "executedQty": _dec(o.executed_qty),
-        "avgPrice": _dec(o.avg_price),
-        "createTime": int((o.create_time if o.create_time is not None else o.update_time) * 1000),
-        "updateTime": int(o.update_time * 1000),
-        "triggerTime": int((o.trigger_time or 0.0) * 1000),
-        "actualOrderId": str(o.actual_order_id) if o.actual_order_id is not None else "",
-    }
-
-
-@dataclass
-class EmulatedAccount:
-    """One exchange account the emulator serves: its name (the paper engine's account), the
-    API secret its requests are signed with, its paper engine and its listenKey."""
-
-    name: str
-    secret: bytes
-    venue: PaperVenue
-    listen_keys: ListenKeys
 
 
 class Emulator:
@@ -537,7 +368,7 @@ class Emulator:
         ``symbol``, ``ts``, ``data`` decoded)."""
         venue = self.account(account).venue if account else self.venue
         out = []
-        for _, f in self.r.xrange(venue.k_log):
+        for _, f in cast(list[Any], self.r.xrange(venue.k_log)):
             out.append(dict(f, data=json.loads(f.get("data") or "{}")))
         return out
 
@@ -562,17 +393,17 @@ class Emulator:
         """Request weight counted over the minute windows still kept (each lives 120 s), every
         client IP's: what a measurement a minute or two long has cost, by Binance's per-endpoint
         weights."""
-        return sum(int(self.r.get(k) or 0) for k in self.r.scan_iter(f"{self._k_weight}:*"))
+        return sum(int(cast(str | None, self.r.get(k)) or 0) for k in self.r.scan_iter(f"{self._k_weight}:*"))
 
     def weight_used(self, ip: str) -> int:
         """The request weight client address ``ip`` used in the current minute (what its
         ``X-MBX-USED-WEIGHT-1M`` says)."""
-        return int(self.r.get(f"{self._k_weight}:{ip}:{int(time.time() // 60)}") or 0)
+        return int(cast(str | None, self.r.get(f"{self._k_weight}:{ip}:{int(time.time() // 60)}")) or 0)
 
     def weight_by_ip(self) -> dict[str, tuple[int, int]]:
         """Every request served since the start (or :meth:`reset_tally`), by client address:
         ``{"127.0.0.1": (requests, weight charged)}``."""
-        raw = self.r.hgetall(f"{self._k_weight}_ip_tally")
+        raw = cast(dict[str, str], self.r.hgetall(f"{self._k_weight}_ip_tally"))
         out: dict[str, tuple[int, int]] = {}
         for f, v in raw.items():
             kind, ip = f.split(" ", 1)
@@ -584,7 +415,7 @@ class Emulator:
         """Every request served since the emulator started (or :meth:`reset_tally`), by endpoint:
         ``{"GET /fapi/v3/positionRisk": (requests, weight charged)}`` — what a benchmark reports
         per endpoint, and what lets it price the same requests by another table."""
-        raw = self.r.hgetall(f"{self._k_weight}_tally")
+        raw = cast(dict[str, str], self.r.hgetall(f"{self._k_weight}_tally"))
         out: dict[str, tuple[int, int]] = {}
         for f, v in raw.items():
             kind, endpoint = f.split(" ", 1)
@@ -665,7 +496,7 @@ class Emulator:
             html = facts.UNKNOWN_PATH_HTML
             return self._reply(h, facts.UNKNOWN_PATH_STATUS, html, used=used, content_type="text/html")
         used = self._weight(facts.request_weight(method, path, params), h.client_address[0], endpoint)
-        fault = self.faults.take(endpoint)
+        fault: dict[str, Any] = self.faults.take(endpoint) or {}
         try:
             if used > self.weight_limit_1m:
                 raise _err(
@@ -796,7 +627,7 @@ class Emulator:
         if window > facts.RECV_WINDOW_MAX_MS or window <= 0:
             raise _err("BAD_RECV_WINDOW")
         skew = self.faults.skew_ms()
-        raw = self.r.get(self.clock.key)  # one read of the clock for its time and its speed
+        raw = cast(str | None, self.r.get(self.clock.key))  # one read of the clock for its time and its speed
         server = int(self.clock.now(raw) * 1000) + skew  # the server clock (self.server_ms())
         speed = self.clock.speed(raw)
         wall = int(time.time() * 1000) + skew
@@ -808,7 +639,13 @@ class Emulator:
 
     # ------------------------------------------------------------------ endpoints
 
-    def _symbol(self, params: dict, required: bool = True) -> str | None:
+    @overload
+    def _symbol(self, params: dict[str, Any], required: Literal[True] = True) -> str: ...
+
+    @overload
+    def _symbol(self, params: dict[str, Any], required: bool) -> str | None: ...
+
+    def _symbol(self, params: dict[str, Any], required: bool = True) -> str | None:
         s = params.get("symbol")
         if s is None:
             if required:
@@ -1009,18 +846,18 @@ class Emulator:
         open position's, else the symbol's last position's (Binance keeps a symbol's setting
         after its position closed; the paper engine keeps a flat position's record), else the
         paper engine's default (10)."""
-        raw = self.r.hget(self._k_acct("leverage"), symbol)
+        raw = cast(str | None, self.r.hget(self._k_acct("leverage"), symbol))
         if raw is not None:
             return int(raw)
         if vp is not None:
             return int(vp.leverage)
-        last = self.r.hget(self.venue.k_pos(symbol), "leverage")
+        last = cast(str | None, self.r.hget(self.venue.k_pos(symbol), "leverage"))
         return int(float(last)) if last else 10
 
     def _margin_type(self, symbol: str) -> str:
         """``ISOLATED`` or ``CROSSED`` as set by ``POST /fapi/v1/marginType`` (default ISOLATED:
         the paper engine's liquidation is isolated margin's)."""
-        return self.r.hget(self._k_acct("margin_type"), symbol) or "ISOLATED"
+        return cast(str | None, self.r.hget(self._k_acct("margin_type"), symbol)) or "ISOLATED"
 
     def _max_notional(self, symbol: str, leverage: int) -> float:
         """The largest position notional (USDT) ``leverage`` allows: the highest cap among the
@@ -1111,7 +948,7 @@ class Emulator:
         :data:`harvest.venues.sim.paper.DEFAULT_BALANCE`) plus realized PnL, minus commissions and
         funding paid (the engine's ledger, as its -2019 margin check reads it)."""
         pnl = self.venue.pnl()
-        start = float(self.r.get(self.venue.k_balance) or DEFAULT_BALANCE)
+        start = float(cast(str | None, self.r.get(self.venue.k_balance)) or DEFAULT_BALANCE)
         return start + sum(
             x.get("realized", 0.0) - x.get("commission", 0.0) - x.get("funding", 0.0) for x in pnl.values()
         )
@@ -1255,7 +1092,7 @@ class Emulator:
         if not raw.isdigit() or not 1 <= int(raw) <= top:
             raise _err("INVALID_LEVERAGE", raw)
         lev = int(raw)
-        self.r.hset(self._k_acct("leverage"), sym, lev)
+        self.r.hset(self._k_acct("leverage"), sym, str(lev))
         return {"leverage": lev, "maxNotionalValue": _num_str(self._max_notional(sym, lev)), "symbol": sym}
 
     def _set_margin_type(self, p: dict) -> dict[str, Any]:
@@ -1442,7 +1279,9 @@ class Emulator:
                 raise _err("INVALID_ORDER_TYPE")
             cid = p.get("newClientOrderId") or f"emu-{v._next_order_id()}"
             _check_client_id(cid)
-            lev = self.r.hget(self._k_acct("leverage"), sym)  # POST /fapi/v1/leverage's, for an opening
+            # POST /fapi/v1/leverage's, for an opening
+            lev = cast(str | None, self.r.hget(self._k_acct("leverage"), sym))
+            opening: dict[str, Any] = {"leverage": float(lev)} if lev is not None else {}
             o = v.submit_market(
                 sym,
                 p.get("side", ""),
@@ -1450,7 +1289,7 @@ class Emulator:
                 cid,
                 reduce_only=p.get("reduceOnly") == "true",
                 position_side=p.get("positionSide"),
-                **({"leverage": float(lev)} if lev is not None else {}),
+                **opening,
             )
             if p.get("newOrderRespType") != "RESULT":  # ACK: the order as accepted
                 return dict(_order_json(o), status="NEW", executedQty="0", cumQuote="0", avgPrice="0.00")
@@ -1547,61 +1386,4 @@ class Emulator:
         self._reply(h, 404, {"error": f"unknown admin route {method} {path}"})
 
 
-def _err(name: str, *args: object, headers: dict[str, str] | None = None) -> ApiError:
-    """Binance's answer ``name`` of :data:`binance_facts.ERRORS` (status, code, message with
-    ``args``) as an :class:`ApiError` to raise."""
-    status, code, msg = facts.ERRORS[name].fmt(*args)
-    return ApiError(status, code, msg, headers)
-
-
-def _dec(x: float) -> str:
-    """A price, quantity or USDT amount as a plain decimal string of at most 8 decimals, trailing
-    zeros dropped ("103200.1", not the float's "103200.09999999999"; "0" for zero)."""
-    out = f"{float(x):.8f}".rstrip("0").rstrip(".")
-    return "0" if out in ("", "-0") else out
-
-
-def _fixed(x: float, places: int) -> str:
-    """``x`` as a decimal string with exactly ``places`` decimals (no float noise, no "-0")."""
-    out = f"{float(x):.{places}f}"
-    return out[1:] if out.startswith("-") and not out.strip("-0.") else out
-
-
-def _num_str(x: float) -> str:
-    """A USDT figure as Binance writes a cap ("1000000", "0.5")."""
-    return SymbolFilters.fmt_float(x)
-
-
-_WEEK_OFFSET_S = 4 * 86400  # 1970-01-05, the first Monday after the epoch: weeks open on Mondays
-
-
-def _bucket(open_s: np.ndarray, interval: str) -> np.ndarray:
-    """The open time (s) of the ``interval`` bar each 1m open time (s, int64) falls in: fixed
-    intervals count from the Unix epoch (3d included: the emulator's reading, Binance's pages do
-    not say), weeks from Monday 1970-01-05, months from the 1st (UTC)."""
-    if interval == "1M":
-        months = open_s.astype("datetime64[s]").astype("datetime64[M]")
-        return months.astype("datetime64[s]").astype(np.int64)
-    step = facts.KLINE_INTERVALS[interval]
-    assert step is not None
-    off = _WEEK_OFFSET_S if interval == "1w" else 0
-    return (open_s - off) // step * step + off
-
-
-def _bucket_end(open_s: int, interval: str) -> int:
-    """The open time (s) of the ``interval`` bar after the one opening at ``open_s``."""
-    if interval == "1M":
-        d = datetime.fromtimestamp(open_s, timezone.utc)
-        nxt = d.replace(year=d.year + (d.month == 12), month=d.month % 12 + 1)
-        return int(nxt.timestamp())
-    step = facts.KLINE_INTERVALS[interval]
-    assert step is not None
-    return open_s + step
-
-
 _PUBLIC = ("/fapi/v1/ping", "/fapi/v1/time", "/fapi/v1/exchangeInfo", "/fapi/v1/premiumIndex", "/fapi/v1/klines")
-
-
-def _check_client_id(cid: str) -> None:
-    if not re.fullmatch(r"[\.A-Z\:/a-z0-9_-]{1,36}", cid):
-        raise _err("INVALID_CLIENT_ORDER_ID")

@@ -65,9 +65,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import redis
@@ -76,47 +75,21 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from harvest.data import SymbolFilters, load_klines
+from harvest.venues.sim.emulator_answers import _algo
+from harvest.venues.sim.emulator_types import (
+    LISTEN_KEY_TTL_S,
+    EmulatedAccount,
+    ListenKeyMissing,
+    ListenKeys,
+    StreamHost,
+)
+from harvest.venues.sim.paper import PaperVenue
 
-if TYPE_CHECKING:
-    from harvest.venues.sim.emulator import EmulatedAccount, Emulator
-    from harvest.venues.sim.paper import PaperVenue
+__all__ = ["LISTEN_KEY_TTL_S", "STREAM_FAULT_KINDS", "ListenKeyMissing", "ListenKeys", "StreamServer"]
 
 log = logging.getLogger("harvest.emulator.streams")
 
 STREAM_FAULT_KINDS = ("drop", "expire", "delay", "reorder", "gap", "malformed")
-LISTEN_KEY_TTL_S = 3600.0
-
-
-class ListenKeyMissing(Exception):
-    """PUT on a listenKey that does not exist (Binance -1125)."""
-
-
-class ListenKeys:
-    """An account's one listenKey, in Redis (``<ns>:emu:listenkey:<account>``, expiring
-    ``ttl_s`` s after its last POST or PUT)."""
-
-    def __init__(self, r: redis.Redis, ns: str, ttl_s: float = LISTEN_KEY_TTL_S, account: str = "paper"):
-        self.r, self.key, self.ttl_ms = r, f"{ns}:emu:listenkey:{account}", int(ttl_s * 1000)
-
-    def create(self) -> str:
-        """POST: the active key (a new one when none), extended."""
-        key = self.r.get(self.key) or secrets.token_urlsafe(48)[:64]
-        self.r.set(self.key, key, px=self.ttl_ms)
-        return key
-
-    def keepalive(self) -> str:
-        """PUT: extend the active key. Raises ListenKeyMissing when there is none."""
-        key = self.r.get(self.key)
-        if key is None or not self.r.pexpire(self.key, self.ttl_ms):
-            raise ListenKeyMissing
-        return key
-
-    def delete(self) -> None:
-        """DELETE: close the key (its streams end)."""
-        self.r.delete(self.key)
-
-    def valid(self, key: str) -> bool:
-        return bool(key) and self.r.get(self.key) == key
 
 
 class StreamServer:
@@ -124,7 +97,7 @@ class StreamServer:
     127.0.0.1 (``port`` 0: any free port) in a daemon thread with its own event loop; ``url``
     is the value for python-binance's ``BinanceSocketManager.FSTREAM_URL``."""
 
-    def __init__(self, emu: Emulator, host: str = "127.0.0.1", port: int = 0, tick_s: float = 1.0):
+    def __init__(self, emu: StreamHost, host: str = "127.0.0.1", port: int = 0, tick_s: float = 1.0):
         self.emu, self.host, self._port, self.tick_s = emu, host, port, tick_s
         self.k_faults = f"{emu.ns}:emu:stream_faults"
         # The order log is tailed with XREAD BLOCK on a pool of its own: the emulator's client
@@ -185,7 +158,7 @@ class StreamServer:
 
     def _take(self, target: str, kind: str) -> dict | None:
         field = f"{target}:{kind}"
-        raw = self.emu.r.hget(self.k_faults, field)
+        raw = cast(str | None, self.emu.r.hget(self.k_faults, field))
         if raw is None:
             return None
         d = json.loads(raw)
@@ -313,16 +286,14 @@ class StreamServer:
                     await asyncio.sleep(0.05)
                     continue
                 by_key = {a.venue.k_log: a for a in accts.values()}
-                after = {k: self._last[a.name] for k, a in by_key.items()}
-                got = await asyncio.to_thread(self._tail.xread, after, count=100, block=200)
+                after: dict[Any, Any] = {k: self._last[a.name] for k, a in by_key.items()}
+                got = cast(list[Any], await asyncio.to_thread(self._tail.xread, after, count=100, block=200))
                 for key, rows in got or []:
                     acct = by_key[key]
                     if acct.name not in self._last:
                         continue  # its last connection went meanwhile
                     self._last[acct.name] = rows[-1][0]
-                    events = await asyncio.to_thread(
-                        lambda a=acct, rs=rows: [ev for _, f in rs for ev in self._events_of(a.venue, f)]
-                    )
+                    events = await asyncio.to_thread(self._events_of_rows, acct.venue, rows)
                     if events:
                         for conn, (_, a) in list(self._users.items()):
                             if a.name == acct.name and conn in self._queues:
@@ -342,12 +313,16 @@ class StreamServer:
             venues = list({a.name: a.venue for _, a in list(self._users.values())}.values())
             if venues:
                 try:
-                    await asyncio.to_thread(lambda vs=venues: [v.positions() for v in vs])
+                    await asyncio.to_thread(_settle, venues)
                 except Exception:
                     log.exception("stream settlement failed")
 
+    def _events_of_rows(self, venue: PaperVenue, rows: list[Any]) -> list[dict[str, Any]]:
+        """The events of order-log ``rows`` (``[(id, fields), …]``) of ``venue``'s account."""
+        return [ev for _, f in rows for ev in self._events_of(venue, f)]
+
     def _log_tip(self, venue: PaperVenue) -> str:
-        last = self.emu.r.xrevrange(venue.k_log, count=1)
+        last = cast(list[Any], self.emu.r.xrevrange(venue.k_log, count=1))
         return last[0][0] if last else "0-0"
 
     # ------------------------------------------------------------------ events
@@ -599,6 +574,12 @@ class StreamServer:
         }
 
 
+def _settle(venues: list[PaperVenue]) -> None:
+    """Settle each paper engine up to now (its positions read)."""
+    for v in venues:
+        v.positions()
+
+
 #: Closed bars a kline stream sends at most when it catches up (a new connection, a jump of the clock).
 KLINE_CATCH_UP = 3
 
@@ -613,32 +594,3 @@ def _kline_stream(name: str) -> str | None:
     """The symbol of a ``<symbol>@kline_1m`` stream name (upper case); None otherwise."""
     sym, _, rest = name.partition("@")
     return sym.upper() if sym and rest == "kline_1m" else None
-
-
-def _algo(sym: str, cid: str, status: str, stop: Any, now: int, **extra: Any) -> dict:
-    """An ``ALGO_UPDATE`` of a closePosition STOP_MARKET; ``extra``: fields to set (``S`` the
-    side, ``aid`` the algoId, ``ai`` the actual orderId, ``ap``/``aq`` its average price and filled quantity,
-    ``tt`` the trigger time, ``wt`` the workingType)."""
-    event = {
-        "e": "ALGO_UPDATE",
-        "T": now,
-        "E": now,
-        "o": {
-            "caid": cid,
-            "aid": 0,
-            "at": "CONDITIONAL",
-            "o": "STOP_MARKET",
-            "s": sym,
-            "ps": "BOTH",
-            "f": "GTE_GTC",
-            "q": "0",
-            "X": status,
-            "tp": str(stop),
-            "p": "0",
-            "wt": "MARK_PRICE",
-            "cp": True,
-            "pP": False,
-        },
-    }
-    event["o"].update(extra)
-    return event
