@@ -410,9 +410,9 @@ def run_cli(a, policies: list[str], theta: HarvestTheta, fill: FillModel) -> int
         print(f"harvest replay: {e}", file=sys.stderr)
         return 2
     if a.json:
-        from harvest.ops.cli import _json_safe
+        from harvest.ops.cli.common import json_safe
 
-        print(json.dumps(_json_safe(doc), indent=2))
+        print(json.dumps(json_safe(doc), indent=2))
     else:
         print(format_report(doc))
     return 0

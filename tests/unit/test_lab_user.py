@@ -19,7 +19,7 @@ from harvest.lab.engine import STOP_SLIPPAGE, FillModel, simulate
 from harvest.lab.entries import Entry
 from harvest.lab.market import FundingFileError, build_market, load_market
 from harvest.lab.report import table, write_html
-from harvest.lab.run import run_replay
+from harvest.lab.run import EntrySpec, run_replay
 from harvest.lab.stats import summarize
 from tests.kill_theta import KILL_SCORE_THETA
 
@@ -145,7 +145,7 @@ def test_funding_paid_and_received_apart():
 
 def test_missing_funding_is_said_in_the_table_and_the_report(tmp_path):
     f = _kline_file(tmp_path / "klines" / "BTCUSDT-1m-2023-11.csv")
-    doc, runs, m = run_replay([str(f)], ["default", "bracket"], TH, FillModel(), every_s=3600)
+    doc, runs, m = run_replay([str(f)], ["default", "bracket"], TH, FillModel(), EntrySpec(every_s=3600))
     assert doc["run"]["no_funding"] == ["BTCUSDT"]
     text = table(doc)
     assert "no funding data for BTCUSDT" in text
@@ -153,7 +153,7 @@ def test_missing_funding_is_said_in_the_table_and_the_report(tmp_path):
     write_html(page, doc, runs, m)
     assert "no funding data for BTCUSDT" in page.read_text()
     _funding_file(tmp_path / "funding" / "BTCUSDT-funding-2023-11.csv", T0)
-    doc, _, _ = run_replay([str(f)], ["default", "bracket"], TH, FillModel(), every_s=3600)
+    doc, _, _ = run_replay([str(f)], ["default", "bracket"], TH, FillModel(), EntrySpec(every_s=3600))
     assert doc["run"]["no_funding"] == [] and "no funding data" not in table(doc)
 
 
@@ -192,7 +192,7 @@ def test_the_seconds_include_the_statistics(tmp_path, monkeypatch):
         return real(*args, **kw)
 
     monkeypatch.setattr(lab_run, "summarize", slow)
-    doc, _, _ = run_replay([str(f)], ["default", "bracket"], TH, FillModel(), every_s=3600)
+    doc, _, _ = run_replay([str(f)], ["default", "bracket"], TH, FillModel(), EntrySpec(every_s=3600))
     assert doc["run"]["seconds"] >= 0.2 * 3  # two policies and the base under the other fill model
     assert doc["run"]["seconds_statistics"] >= 0.6
 
@@ -219,7 +219,7 @@ def test_the_cli_seconds_include_the_report(tmp_path, monkeypatch, capsys):
 
 def test_the_table_names_the_sign_and_the_other_fill_model(tmp_path):
     f = _kline_file(tmp_path / "klines" / "BTCUSDT-1m-2023-11.csv")
-    doc, _, _ = run_replay([str(f)], ["default", "bracket", "hold"], TH, FillModel(), every_s=3600)
+    doc, _, _ = run_replay([str(f)], ["default", "bracket", "hold"], TH, FillModel(), EntrySpec(every_s=3600))
     text = table(doc)
     assert "Δ mean R = policy − default [95% CI]" in text
     other = doc["other_fill"]
@@ -227,6 +227,8 @@ def test_the_table_names_the_sign_and_the_other_fill_model(tmp_path):
     assert "fill model slippage; under trigger, default: mean R" in text
     # a stop filled with slippage is never better than at its trigger
     assert other["base_this_minus_other"]["mean_r_diff"] <= 0
-    both, _, _ = run_replay([str(f)], ["default", "bracket", "hold"], TH, TRIGGER, every_s=3600, both_fills=True)
+    both, _, _ = run_replay(
+        [str(f)], ["default", "bracket", "hold"], TH, TRIGGER, EntrySpec(every_s=3600), both_fills=True
+    )
     assert list(both["other_fill"]["policies"]) == ["default", "bracket", "hold"]
     assert "every policy under the slippage fill model:" in table(both)
