@@ -424,7 +424,7 @@ class HarvestSettings(BaseSettings):
                 "HARVEST_API_KEY/HARVEST_API_SECRET belong to the single-account set-up; with HARVEST_ACCOUNTS "
                 "each account has its own (HARVEST_ACCOUNT_<NAME>_API_KEY/_API_SECRET)"
             )
-        filled, keys = [], {}
+        filled, keys = [], dict[str, str]()
         for a in self.accounts:
             venue = a.venue or self.venue
             if venue in ("live", "testnet") and not self.live_trading_opt_in:

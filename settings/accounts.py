@@ -143,11 +143,11 @@ def check_accounts(
         for sym in list(a.symbol_theta) + list(symbol_theta):
             if sym not in allowed and sym in a.symbol_theta:
                 raise ValueError(f"account {a.name!r}: symbol_theta for {sym}, which is not in its symbols")
-        for sym in {None, *a.symbol_theta, *symbol_theta}:
-            extra = [symbol_theta.get(sym, {}), a.symbol_theta.get(sym, {})] if sym else []
+        for scope in {None, *a.symbol_theta, *symbol_theta}:
+            extra = [symbol_theta.get(scope, {}), a.symbol_theta.get(scope, {})] if scope else []
             try:
                 merged_theta(theta, a.theta, *extra)
             except ValidationError as e:
-                where = f"theta for {sym}" if sym else "theta"
+                where = f"theta for {scope}" if scope else "theta"
                 msg = "; ".join(f"{'.'.join(map(str, x['loc'])) or '(model)'}: {x['msg']}" for x in e.errors())
                 raise ValueError(f"account {a.name!r}: {where}: {msg}") from None

@@ -264,19 +264,19 @@ def simulate(
     stop0 = np.empty(n)
     tp_tier = pol.take_profit_tier
     tp_all = np.full(n, np.nan)  # the resting take-profit of the whole position (bracket: tp3)
-    for i, x in enumerate(entries):
+    for row, x in enumerate(entries):
         lv = compute_levels(
             x.price,
             x.side,
             x.leverage,
             theta,
-            sigma=float(ser.sigma[ent[i]]) if has_entry[i] else None,
-            liquidation_price=None if math.isnan(liq[i]) else float(liq[i]),
-            interval_s=int(interval[i]),
+            sigma=float(ser.sigma[ent[row]]) if has_entry[row] else None,
+            liquidation_price=None if math.isnan(liq[row]) else float(liq[row]),
+            interval_s=int(interval[row]),
         )
-        stop0[i] = x.stop if x.stop is not None else lv.sl_price
+        stop0[row] = x.stop if x.stop is not None else lv.sl_price
         if tp_tier is not None:
-            tp_all[i] = lv.tp_prices[tp_tier - 1]
+            tp_all[row] = lv.tp_prices[tp_tier - 1]
     ru = np.abs(e - stop0)  # 1R per unit (USDT)
     opened_at = m.open_time[bar0]
 
@@ -288,9 +288,9 @@ def simulate(
     partials = np.zeros(n, dtype=np.int64)
     mae, mfe = np.zeros(n), np.zeros(n)
     events: dict[int, list[tuple[float, str, float, float]]] = {i: [] for i in range(min(record, n))}
-    for i in events:
-        events[i].append((float(opened_at[i]), "entry", float(e[i]), float(q0[i])))
-        events[i].append((float(opened_at[i]), "stop", float(stop0[i]), 0.0))
+    for g in events:
+        events[g].append((float(opened_at[g]), "entry", float(e[g]), float(q0[g])))
+        events[g].append((float(opened_at[g]), "stop", float(stop0[g]), 0.0))
     # ... and the live trades' state, compacted to the trades still open (one row each), so a
     # step works on contiguous arrays and never gathers from the whole set.
     L: dict[str, np.ndarray] = {
@@ -372,16 +372,16 @@ def simulate(
             kind = L["pend"][due]
             full = due[kind == _P_FULL]
             close(full, b[full], o[full], L["qty"][full].copy(), L["pend_reason"][full].astype(str))
-            for i in due[kind == _P_PART].tolist():
-                f = filters.get(m.symbols[sym_idx[L["gid"][i]]])
+            for row in due[kind == _P_PART].tolist():
+                f = filters.get(m.symbols[sym_idx[L["gid"][row]]])
                 if f is not None:
-                    qd, _ = close_quantity_of(f, float(L["qty"][i]), float(o[i]), False, float(L["pend_frac"][i]))
+                    qd, _ = close_quantity_of(f, float(L["qty"][row]), float(o[row]), False, float(L["pend_frac"][row]))
                     qc = float(qd) if qd is not None else 0.0
                 else:
-                    qc = float(L["qty"][i] * L["pend_frac"][i])
-                L["tier"][i] = L["pend_tier"][i]
+                    qc = float(L["qty"][row] * L["pend_frac"][row])
+                L["tier"][row] = L["pend_tier"][row]
                 if qc > 0:
-                    ii = np.array([i])
+                    ii = np.array([row])
                     close(ii, b[ii], o[ii], np.array([qc]), "partial_close")
             mv = due[kind == _P_STOP]
             if mv.size:
@@ -389,9 +389,9 @@ def simulate(
                 ok = (s_[mv] * (new - st_[mv]) > 0) & (s_[mv] * (o[mv] - new) > 0)
                 st_[mv[ok]] = new[ok]
                 if recorded:
-                    for i in mv[ok].tolist():
-                        if L["gid"][i] < recorded:
-                            events[int(L["gid"][i])].append((float(m.open_time[b[i]]), "stop", float(st_[i]), 0.0))
+                    for j in mv[ok].tolist():
+                        if L["gid"][j] < recorded:
+                            events[int(L["gid"][j])].append((float(m.open_time[b[j]]), "stop", float(st_[j]), 0.0))
             L["pend"][due], L["pend_due"][due] = _NONE, -1
         # (2) liquidation, stop, take-profits within the bar
         op = L["open"]

@@ -273,7 +273,7 @@ def load_market(paths: list[str], theta: HarvestTheta) -> ReplayMarket:
     """The market of kline files (any Binance archive layout; the symbol from each file name)
     with the funding file beside each lab file, or of the shipped data when ``paths`` is empty
     or holds ``shipped``. Raises KlineFileError / FundingFileError / ValueError."""
-    data = []
+    data: list[tuple[Klines, tuple[np.ndarray, np.ndarray] | None, str]] = []
     if not paths or paths == ["shipped"]:
         for s in SHIPPED_SYMBOLS:
             data.append((load_klines(s), load_funding(s), "shipped"))
