@@ -68,11 +68,10 @@ def _observe_queue_wait(task=None, **_):
         sent = getattr(task.request, "sent_at", None)
         if sent is None:
             return
-        from harvest.services.runtime import get_runtime
-        from harvest.store.counters import DEFERRED, queue_wait
+        from harvest.services.runtime import observe_queue_wait
 
         queue = (task.request.delivery_info or {}).get("routing_key") or "-"
-        DEFERRED.add(queue_wait(get_runtime().r, settings.namespace), max(0.0, time.time() - float(sent)), queue)
+        observe_queue_wait(queue, time.time() - float(sent))
     except Exception:  # pragma: no cover - metrics must not break the pipeline
         log.debug("queue-wait metric not recorded", exc_info=True)
 
@@ -81,10 +80,9 @@ def _observe_queue_wait(task=None, **_):
 def _flush_metrics(**_):
     """Write the metric observations no round trip of the task carried (none, usually)."""
     try:
-        from harvest.services.runtime import get_runtime
-        from harvest.store.counters import DEFERRED
+        from harvest.services.runtime import flush_observations
 
-        DEFERRED.flush(get_runtime().r)
+        flush_observations()
     except Exception:  # pragma: no cover - metrics must not break the pipeline
         log.debug("metric observations not written", exc_info=True)
 

@@ -4,7 +4,6 @@ record of rejected (malformed) messages."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -12,12 +11,14 @@ from typing import Any
 from celery import Task
 
 from harvest.domain.models import MarketState, Plan
-from harvest.domain.plans import PLAN_ID_RE, client_order_id
-from harvest.services.execution import Streamed
+from harvest.domain.plans import PLAN_ID_RE
+from harvest.services.execution import Streamed, read_for_confirm
+from harvest.services.rejected import account_runtime, record_rejected
 from harvest.services.runtime import Runtime, get_runtime
-from harvest.store.records import MESSAGE_HEADER, SCHEMA, NewerVersion, UnreadableRecord, check_version
-from harvest.store.streams import streamed_order_of, streamed_order_reads
+from harvest.store.records import MESSAGE_HEADER, NewerVersion, UnreadableRecord, check_version
 from settings.celery import TIME_LIMITS_S
+
+__all__ = ["account_runtime", "record_rejected"]  # re-exported: the services' record of rejected messages
 
 log = logging.getLogger("harvest")
 
@@ -99,11 +100,11 @@ def load_plan(rt: Runtime, stage: str, payload: Any) -> Plan | None:
 
 def load_acknowledged_plan(rt: Runtime, stage: str, payload: Any) -> tuple[Plan | None, Streamed | None]:
     """:func:`load_plan` for confirm: when the ref carries execute's acknowledgement
-    (:func:`send_ack`), the send is recorded accepted in the same round trip that reads the
-    plan (:meth:`harvest.store.PlanStore.get_after_accepted`) and the order's stream events
-    (:func:`harvest.store.streams.streamed_order_reads`). Returns ``(plan, streamed)``:
-    plan None as :func:`load_plan`; ``streamed`` the order's stream events and whether
-    ``harvest streams`` is alive, or None when not read (no acknowledgement)."""
+    (:func:`send_ack`; execute recorded the acceptance), the order's stream events are read in
+    the same round trip as the plan (:func:`harvest.services.execution.read_for_confirm`).
+    Returns ``(plan, streamed)``: plan None as :func:`load_plan`; ``streamed`` the order's
+    stream events and whether ``harvest streams`` is alive, or None when not read (no
+    acknowledgement)."""
     pid = checked_ref(rt, stage, payload)
     if pid is None:
         return None, None
@@ -112,16 +113,8 @@ def load_acknowledged_plan(rt: Runtime, stage: str, payload: Any) -> tuple[Plan 
     except MalformedMessage as e:
         record_rejected(rt, stage, payload, e)
         return None, None
-    streamed: Streamed | None = None
     try:
-        if ack is None:
-            plan = rt.plans.get(pid)
-        else:
-            cid = client_order_id(pid, ack[0])
-            plan, reads = rt.plans.get_after_accepted(
-                pid, *ack, then=lambda p: streamed_order_reads(p, rt.settings.namespace, cid)
-            )
-            streamed = (cid, *streamed_order_of(*reads))
+        plan, streamed = read_for_confirm(rt, pid, None if ack is None else ack[0])
     except UnreadableRecord as e:
         _unreadable_plan(rt, stage, payload, e)
         return None, None
@@ -130,54 +123,26 @@ def load_acknowledged_plan(rt: Runtime, stage: str, payload: Any) -> tuple[Plan 
     return plan, streamed
 
 
-def load_plan_and_book(
-    rt: Runtime, stage: str, payload: Any, book: bool = True
-) -> tuple[Plan | None, dict[str, Any] | None, MarketState | None]:
+#: A plan as the guard reads it: ``(plan, book entry, market state, trading states)``
+#: (:meth:`harvest.store.PlanStore.get_with_book`); plan None when there is none to act on.
+PlanRead = tuple[Plan | None, dict[str, Any] | None, MarketState | None, dict[str, str]]
+
+
+def load_plan_and_book(rt: Runtime, stage: str, payload: Any, book: bool = True) -> PlanRead:
     """:func:`load_plan` and, with ``book``, the book entry of the plan's position (see
-    :meth:`harvest.store.BookStore.decode`; None when there is none) and its symbol's cached
-    market state, in one round trip."""
+    :meth:`harvest.store.BookStore.decode`; None when there is none), its symbol's cached
+    market state and the trading states (``{"*" or account: state}``), in one round trip."""
     pid = checked_ref(rt, stage, payload)
     if pid is None:
-        return None, None, None
+        return None, None, None, {}
     try:
-        plan, entry, market = rt.plans.get_with_book(pid) if book else (rt.plans.get(pid), None, None)
+        read: PlanRead = rt.plans.get_with_book(pid) if book else (rt.plans.get(pid), None, None, {})
     except UnreadableRecord as e:
         _unreadable_plan(rt, stage, payload, e)
-        return None, None, None
-    if plan is None:
+        return None, None, None, {}
+    if read[0] is None:
         record_rejected(rt, stage, payload, "unknown plan_id")
-    return plan, entry, market
-
-
-def account_runtime(rt: Runtime, stage: str, payload: Any, account: str) -> Runtime | None:
-    """The runtime of the account a message names (:meth:`Runtime.for_account`); None for an
-    account the deployment does not manage — the message is recorded (``malformed:<stage>``,
-    reason ``unknown account``) and counted ``unknown_account``, never executed."""
-    try:
-        return rt.for_account(account)
-    except KeyError:
-        rt.plans.count("unknown_account")
-        record_rejected(rt, stage, payload, f"unknown account {account!r}")
-        return None
-
-
-def record_rejected(rt: Runtime, stage: str, payload: Any, error: Exception | str, counter: str = "malformed") -> None:
-    """Record a malformed message on ``<ns>:stream:rejected`` (entry fields ``v``, ``stage``,
-    ``error``, ``payload`` (JSON, at most 2000 characters), ``ts``) and count it
-    (``<counter>:<stage>``); log one line."""
-    text = str(error)[:1000]
-    try:
-        body = json.dumps(payload, default=str)[:2000]
-    except Exception:  # pragma: no cover - json.dumps with default=str rarely fails
-        body = repr(payload)[:2000]
-    rt.r.xadd(
-        f"{rt.settings.namespace}:stream:rejected",
-        {"v": SCHEMA["rejected"], "stage": stage, "error": text, "payload": body, "ts": repr(time.time())},
-        maxlen=10_000,
-        approximate=True,
-    )
-    rt.plans.count(f"{counter}:{stage}")
-    log.warning("rejected %s message at %s: %s", counter, stage, text.splitlines()[0] if text else "")
+    return read
 
 
 def contract(name: str, *, acks_late: bool, max_retries: int | None, stage: str | None = None) -> dict[str, Any]:
@@ -251,7 +216,7 @@ class HarvestTask(Task):
         """:func:`load_plan` for this stage."""
         return load_plan(self.rt, self.stage, payload)
 
-    def plan_and_book(self, payload: Any) -> tuple[Plan | None, dict[str, Any] | None, MarketState | None]:
+    def plan_and_book(self, payload: Any) -> PlanRead:
         """:func:`load_plan_and_book` for this stage."""
         return load_plan_and_book(self.rt, self.stage, payload)
 

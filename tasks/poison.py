@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 import uuid
 
 import kombu.transport.redis as _kombu_redis
-import redis
 
-from harvest.store.connect import redis_client
+from harvest.services.broker_records import BrokerRecords
 
 log = logging.getLogger("harvest")
 
@@ -35,30 +33,16 @@ _CALLERS = ("_brpop_read", "_get")
 
 
 class PoisonRecorder:
-    """Writes each dropped item to the namespace's rejected stream (lazily connected)."""
+    """Writes each dropped item to the namespace's rejected stream (lazily connected:
+    :class:`harvest.services.broker_records.BrokerRecords`)."""
 
-    def __init__(self, redis_url: str, namespace: str):
-        self.url = redis_url
-        self.ns = namespace
-        self._r: redis.Redis | None = None
+    def __init__(self, redis_url: str, namespace: str) -> None:
+        self.records = BrokerRecords(redis_url, namespace)
 
     def record(self, raw: object, error: str) -> None:
         text = raw if isinstance(raw, str) else repr(raw)
         log.error("dropped an item on the broker that is not a Celery message (%s): %r", error, text[:200])
-        try:
-            if self._r is None:
-                self._r = redis_client(self.url)
-            p = self._r.pipeline(transaction=False)
-            p.xadd(
-                f"{self.ns}:stream:rejected",
-                {"stage": "broker", "error": error[:1000], "payload": text[:2000], "ts": repr(time.time())},
-                maxlen=10_000,
-                approximate=True,
-            )
-            p.hincrby(f"{self.ns}:counters", "malformed:broker", 1)
-            p.execute()
-        except redis.RedisError as e:  # the record is informative; the worker goes on
-            log.warning("undecodable broker item not recorded (%s)", e)
+        self.records.rejected(error, text)
 
 
 _RECORDER: PoisonRecorder | None = None

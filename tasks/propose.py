@@ -5,17 +5,18 @@ and stops; an attempt that is not its lineage's next (a stale or forged one) sto
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from pydantic import ValidationError
 
 from harvest.domain.models import Decision
-from harvest.domain.plans import client_order_id, lineage_of, plan_id_for
+from harvest.domain.plans import new_plan
 from tasks.app import app
 from tasks.common import contract
 
 
 @app.task(bind=True, **contract("harvest.propose", acks_late=True, max_retries=0))
-def propose(self, decision: dict | None) -> dict | None:
+def propose(self: Any, decision: dict[str, Any] | None) -> dict[str, Any] | None:
     """decision: a :class:`harvest.domain.models.Decision` as a dict (None: nothing to do).
 
     Returns ``{"plan_id": …}`` for a new plan, None for a repeat (counted as
@@ -33,40 +34,9 @@ def propose(self, decision: dict | None) -> dict | None:
         return None
     if self.for_account(d.account, decision) is None:
         return None
-    pid = plan_id_for(d)
-    now = time.time()
-    plan = {
-        "plan_id": pid,
-        "lineage": lineage_of(d),
-        "attempt": d.attempt,
-        "remaining_qty": d.remaining_qty,
-        "account": d.account,
-        "symbol": d.symbol,
-        "epoch": d.epoch,
-        "side": d.side,
-        "action": d.action,
-        "tier": d.tier,
-        "close_fraction": d.close_fraction,
-        "new_stop": d.new_stop,
-        "scanned_at": None if d.scanned_at is None else min(d.scanned_at, now),
-        "created_at": now,
-        "expires_at": now + rt.settings.plan_ttl_s,
-        "client_order_id": client_order_id(pid),
-        "decision": d.model_dump(mode="json"),
-    }
-    data = {
-        "r_net": d.r_net,
-        "kill_score": d.kill_score,
-        "components": d.components,
-        "mark_price": d.mark_price,
-        "regime": d.regime.value if d.regime else None,
-        "reason_codes": d.reason_codes,
-        "epoch": d.epoch,
-        "attempt": d.attempt,
-        "remaining_qty": d.remaining_qty,
-    }
-    existing = rt.plans.create(plan, data)
+    new = new_plan(d, time.time(), rt.settings.plan_ttl_s)
+    existing = rt.plans.create(new.record, new.data)
     if existing is not None:
         rt.plans.count(f"dedup:{existing}")
         return None
-    return {"plan_id": pid}
+    return {"plan_id": new.plan_id}

@@ -23,12 +23,10 @@ import threading
 import time
 from collections import Counter
 
-import redis
 from celery.app.trace import LOG_RECEIVED
 from celery.signals import task_revoked
 
-from harvest.store import Keys
-from harvest.store.connect import redis_client
+from harvest.services.broker_records import BrokerRecords
 from tasks.app import settings
 
 log = logging.getLogger("harvest")
@@ -44,14 +42,12 @@ class StaleDrops:
     up in one log line once a backlog is over (:data:`QUIET_S` without a drop)."""
 
     def __init__(self, redis_url: str, namespace: str):
-        self._redis_url = redis_url
-        self._counters_key = Keys(namespace).counters
+        self._records = BrokerRecords(redis_url, namespace)
         self._lock = threading.Lock()
         self._unflushed: Counter[str] = Counter()
         self._backlog: Counter[str] = Counter()
         self._first = self._last = 0.0
         self._thread: threading.Thread | None = None
-        self._r: redis.Redis | None = None
 
     def record(self, task_name: str, expired: bool) -> None:
         """Count one dropped message of ``task_name`` (expired, or revoked by id)."""
@@ -82,17 +78,7 @@ class StaleDrops:
                 return
 
     def _flush(self, counts: Counter[str]) -> None:
-        if not counts:
-            return
-        try:
-            if self._r is None:
-                self._r = redis_client(self._redis_url)
-            p = self._r.pipeline(transaction=False)
-            for k, n in counts.items():
-                p.hincrby(self._counters_key, k, n)
-            p.execute()
-        except redis.RedisError as e:  # the counts are informative; never break the consumer
-            log.warning("stale-message counts not recorded (%s): %s", type(e).__name__, dict(counts))
+        self._records.count(dict(counts))
 
     @staticmethod
     def _log(backlog: Counter[str], seconds: float) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from harvest.domain.models import Action, Decision, PlanState
 
@@ -230,3 +231,54 @@ def next_attempt(
     if now < due:
         return NextAttempt("waiting", n, latest.reason or latest.state.lower(), next_at=due, remaining_qty=remaining)
     return NextAttempt("retry", n + 1, latest.reason or latest.state.lower(), remaining_qty=remaining)
+
+
+@dataclass(frozen=True)
+class NewPlan:
+    """A plan about to be created (:func:`new_plan`): ``record`` is the plan hash's fields as
+    :meth:`harvest.store.PlanStore.create` takes them (state PROPOSED is set there), ``data``
+    the decision's figures recorded with the PROPOSED transition."""
+
+    plan_id: str
+    record: dict[str, Any]
+    data: dict[str, Any]
+
+
+def new_plan(d: Decision, now: float, ttl_s: float) -> NewPlan:
+    """THE way a decision becomes a plan (propose, the on-demand chains and the tests use it):
+    plan_id :func:`plan_id_for` ``d`` (never from time), lineage :func:`lineage_of`, created
+    ``now`` (Unix s), expiring ``now + ttl_s`` (s), clientOrderId of send step 0, and the
+    decision itself as JSON. ``scanned_at`` is capped at ``now`` (a clock ahead of this one
+    cannot make a latency negative). Pure."""
+    pid = plan_id_for(d)
+    record: dict[str, Any] = {
+        "plan_id": pid,
+        "lineage": lineage_of(d),
+        "attempt": d.attempt,
+        "remaining_qty": d.remaining_qty,
+        "account": d.account,
+        "symbol": d.symbol,
+        "epoch": d.epoch,
+        "side": d.side,
+        "action": d.action,
+        "tier": d.tier,
+        "close_fraction": d.close_fraction,
+        "new_stop": d.new_stop,
+        "scanned_at": None if d.scanned_at is None else min(d.scanned_at, now),
+        "created_at": now,
+        "expires_at": now + ttl_s,
+        "client_order_id": client_order_id(pid),
+        "decision": d.model_dump(mode="json"),
+    }
+    data = {
+        "r_net": d.r_net,
+        "kill_score": d.kill_score,
+        "components": d.components,
+        "mark_price": d.mark_price,
+        "regime": d.regime.value if d.regime else None,
+        "reason_codes": d.reason_codes,
+        "epoch": d.epoch,
+        "attempt": d.attempt,
+        "remaining_qty": d.remaining_qty,
+    }
+    return NewPlan(pid, record, data)

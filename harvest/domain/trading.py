@@ -38,3 +38,27 @@ def effective(states: dict[str, str], account: str, mode: str = "live") -> str:
         if v is not None:
             out = stricter(out, v if v in _RANK else "HALTED")
     return out
+
+
+#: The state in which no order at all is sent (:func:`halted`).
+HALTED = "HALTED"
+
+
+def halted(states: dict[str, str], account: str, mode: str = "live") -> bool:
+    """THE halt rule: whether no order may be sent for ``account`` — the state in force
+    (:func:`effective`) is HALTED. The scan starts no chain, the guard rejects (``halted``)
+    and ``harvest streams`` fires no trigger by it; execute's compare-and-set applies the same
+    rule inside Redis (:data:`harvest.store.scripts` reads the two fields atomically with the
+    send's claim). ``states``: the trading hash (``{"*" or account: state}``)."""
+    return effective(states, account, mode) == HALTED
+
+
+def order_refusal(states: dict[str, str], account: str, mode: str = "live") -> str | None:
+    """Why a guarded plan of ``account`` may not be sent, by the trading state in force:
+    ``"halted"`` (:func:`halted`), ``"shadow_mode"`` (SHADOW, or ``mode`` shadow: the plan ends
+    SHADOWED), else None."""
+    if halted(states, account, mode):
+        return "halted"
+    if effective(states, account, mode) == "SHADOW":
+        return "shadow_mode"
+    return None

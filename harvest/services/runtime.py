@@ -200,3 +200,21 @@ def reset_runtime() -> None:
     the settings changed)."""
     global _RUNTIME
     _RUNTIME = None
+
+
+def observe_queue_wait(queue: str, seconds: float) -> None:
+    """Queue one observation of ``harvest_queue_wait_seconds`` (s from publish to start, by
+    ``queue``); it is written with the task's next plan read or write, or by
+    :func:`flush_observations` at the task's end."""
+    from harvest.store.counters import DEFERRED, queue_wait
+
+    rt = get_runtime()
+    DEFERRED.add(queue_wait(rt.r, rt.settings.namespace), max(0.0, seconds), queue)
+
+
+def flush_observations() -> None:
+    """Write the metric observations no round trip of the task carried (one round trip; none
+    when nothing is queued)."""
+    from harvest.store.counters import DEFERRED
+
+    DEFERRED.flush(get_runtime().r)

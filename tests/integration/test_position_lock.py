@@ -104,17 +104,17 @@ def test_transition_and_get_reads_the_plan_back_only_when_applied(rt):
     assert [h["to"] for h in rt.plans.history(pid)] == ["PROPOSED", "APPROVED", "SUBMITTED"]
 
 
-def test_confirm_records_the_accepted_send_once_with_its_plan_read(rt):
-    """Execute hands the exchange's acknowledgement to confirm, which records it (send
-    accepted, acked_at, one stream entry, one count) in the round trip that reads the plan;
-    a repeat of the same ref records nothing more, and a forged acknowledgement is rejected
-    and recorded without a look-up or a write."""
+def test_execute_records_the_accepted_send_once(rt):
+    """Execute records the exchange's acknowledgement where it sends (send accepted,
+    acked_at, one stream entry, one count: harvest.services.execution) and hands it to
+    confirm, which reads the fill; a repeat records nothing more, and a forged acknowledgement
+    is rejected and recorded without a look-up or a write."""
     ref = proposed(rt)
     ack = sent(rt, ref)
     pid = ref["plan_id"]
-    assert rt.plans.get(pid).send == "sending"  # not yet recorded: confirm does it
-    plan = rt.plans.get_after_accepted(pid, 0, ack["acked_at"])
+    plan = rt.plans.get(pid)
     assert (plan.state, plan.send, plan.acked_at) == ("SUBMITTED", "accepted", ack["acked_at"])
+    assert not rt.plans.mark_accepted(pid, 0, ack["acked_at"] + 1)  # a repeat records nothing
     assert rt.plans.get_after_accepted(pid, 0, ack["acked_at"] + 1).acked_at == ack["acked_at"]  # a repeat
     assert rt.plans.get_after_accepted(pid, 1, ack["acked_at"]).send == "accepted"  # another step: nothing
     assert confirm(ack) == "FILLED"

@@ -11,8 +11,8 @@ import subprocess
 import sys
 import time
 
-from harvest.domain.models import Action, Side
-from harvest.domain.plans import NextAttempt, lineage_id, make_plan_id, next_attempt
+from harvest.domain.models import Action, Decision, Side
+from harvest.domain.plans import NextAttempt, lineage_id, make_plan_id, new_plan, next_attempt
 from harvest.domain.trading import effective
 from harvest.ops.procs import ROOT
 from harvest.services.runtime import build_runtime
@@ -90,29 +90,32 @@ def test_halt_blocks_the_next_plan_and_resume_lets_it_through():
         clean(rt)
 
 
+def _full_close(now: float, attempt: int) -> Decision:
+    """A full close of paper's ETHUSDT long (epoch L1), attempt ``attempt``, decided ``now``."""
+    return Decision(
+        account="paper",
+        symbol="ETHUSDT",
+        epoch="L1",
+        side=Side.LONG,
+        action=Action.FULL_CLOSE_PROPOSED,
+        close_fraction=1.0,
+        r_net=0.0,
+        kill_score=0.0,
+        mark_price=100.0,
+        decided_at=now,
+        attempt=attempt,
+    )
+
+
 def test_plan_cancel_is_final_and_recorded():
     rt = build_runtime(load_settings(namespace=NS))
     clean(rt)
     lid = lineage_id("paper", "ETHUSDT", "L1", Action.FULL_CLOSE_PROPOSED, "full")
     pid = make_plan_id("paper", "ETHUSDT", "L1", Action.FULL_CLOSE_PROPOSED, "full", 0)
     now = time.time()
-    rt.plans.create(
-        {
-            "plan_id": pid,
-            "lineage": lid,
-            "attempt": 0,
-            "account": "paper",
-            "symbol": "ETHUSDT",
-            "epoch": "L1",
-            "side": Side.LONG,
-            "action": Action.FULL_CLOSE_PROPOSED,
-            "close_fraction": 1.0,
-            "created_at": now,
-            "expires_at": now + 30,
-            "client_order_id": f"hv-{pid}-0",
-        },
-        {},
-    )
+    first = new_plan(_full_close(now, attempt=0), now, 30)
+    assert (first.plan_id, first.record["lineage"]) == (pid, lid)
+    rt.plans.create(first.record, {})
     out = cli("plan", "cancel", pid)
     assert out.returncode == 0 and "operator_cancel" in out.stdout
     assert rt.plans.get(pid).reason == "operator_cancel"
@@ -129,23 +132,9 @@ def test_plan_cancel_is_final_and_recorded():
     )
     assert [h["reason"] for h in rt.plans.history(pid, sends=True)][-1] == "operator_retry"  # in the ledger
     pid1 = make_plan_id("paper", "ETHUSDT", "L1", Action.FULL_CLOSE_PROPOSED, "full", 1)
-    rt.plans.create(
-        {
-            "plan_id": pid1,
-            "lineage": lid,
-            "attempt": 1,
-            "account": "paper",
-            "symbol": "ETHUSDT",
-            "epoch": "L1",
-            "side": Side.LONG,
-            "action": Action.FULL_CLOSE_PROPOSED,
-            "close_fraction": 1.0,
-            "created_at": now,
-            "expires_at": now + 30,
-            "client_order_id": f"hv-{pid1}-0",
-        },
-        {},
-    )
+    second = new_plan(_full_close(now, attempt=1), now, 30)
+    assert second.plan_id == pid1
+    rt.plans.create(second.record, {})
     [latest] = rt.plans.latest_many([lid])
     assert (latest.attempt, latest.operator_retry) == (1, False)  # the retry is spent by the plan it made
     assert cli("plan", "retry", pid1).returncode == 2  # in flight: nothing to retry

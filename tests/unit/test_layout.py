@@ -120,3 +120,83 @@ def test_canvases_import_on_their_own():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "harvest.evaluate" in out.stdout and "confirm" in out.stdout
+
+
+#: What reaching Redis looks like from a module: the runtime's client (``rt.r``) or a module's
+#: own (``_r``), a pipeline, a script, or a Redis command called on anything.
+REDIS_ATTRS = {
+    "r",
+    "_r",
+    "pipeline",
+    "register_script",
+    "evalsha",
+    "execute_command",
+    "get_redis",
+    "hset",
+    "hget",
+    "hgetall",
+    "hincrby",
+    "hdel",
+    "hmget",
+    "xadd",
+    "xrange",
+    "lpush",
+    "rpush",
+    "zadd",
+    "zrangebyscore",
+    "expire",
+    "setex",
+    "sadd",
+    "smembers",
+}
+#: Modules of ``harvest.store`` a task may import: the message and record schema (no Redis).
+STORE_SCHEMA = {"harvest.store.records"}
+#: The one task module that is Redis by nature: beat's scheduler is celery-redbeat's, its
+#: schedule and lock live in Redis (not a stage; it touches no plan).
+REDIS_BY_NATURE = {"tasks.beat"}
+
+
+def redis_access(path: Path) -> list[str]:
+    """Where a file reaches Redis itself: imports of ``redis`` (or a store module other than
+    :data:`STORE_SCHEMA`), ``from redbeat… import get_redis``, and attribute access or names in
+    :data:`REDIS_ATTRS` (``rt.r``, ``p.hincrby``, ``self._r`` …), as ``line: what``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [f"{node.lineno}: import {a.name}" for a in node.names if a.name.split(".")[0] == "redis"]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            mod = node.module
+            if mod.split(".")[0] == "redis" or (mod.startswith("harvest.store") and mod not in STORE_SCHEMA):
+                found.append(f"{node.lineno}: from {mod} import …")
+            found += [f"{node.lineno}: import {a.name}" for a in node.names if a.name in REDIS_ATTRS]
+        elif isinstance(node, ast.Attribute) and node.attr in REDIS_ATTRS:
+            found.append(f"{node.lineno}: .{node.attr}")
+    return found
+
+
+TASK_MODULES = [(n, p) for n, p in MODULES if room(n) in ("tasks", "workflows") and n not in REDIS_BY_NATURE]
+
+
+@pytest.mark.parametrize("name,path", TASK_MODULES, ids=[m for m, _ in TASK_MODULES])
+def test_tasks_do_not_touch_redis(name, path):
+    """Tasks decode, call one service, record through it: Redis is the services' and the
+    store's (issue 34). Only beat's scheduler (:data:`REDIS_BY_NATURE`) is exempt."""
+    bad = redis_access(path)
+    assert not bad, f"{name} reaches Redis itself (move it into harvest.services or harvest.store): {bad}"
+
+
+def test_the_redis_check_sees_what_it_forbids(tmp_path):
+    """The check is not vacuous: each way in is caught, plain attribute use is not."""
+    f = tmp_path / "t.py"
+    f.write_text(
+        "import redis\nfrom harvest.store.plans import PlanStore\nfrom harvest.store.records import SCHEMA\n"
+        "rt.r.set('k', 1)\np = x.pipeline()\np.hincrby('c', 'n', 1)\nself._r = None\nd.get('k')\n"
+    )
+    assert sorted(redis_access(f)) == [
+        "1: import redis",
+        "2: from harvest.store.plans import …",
+        "4: .r",
+        "5: .pipeline",
+        "6: .hincrby",
+        "7: ._r",
+    ]
