@@ -63,6 +63,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["HARVEST_PLAN_TTL_S"] = "30"
     os.environ["HARVEST_PAPER_REPLAY_SPEED"] = "0"
     os.environ["HARVEST_THROWAWAY_STATE"] = "true"  # private redis-servers without AOF
+    os.environ["HARVEST_TEST_STRICT_COUNTERS"] = "1"  # a counter name outside harvest.store.counter_names raises
     os.environ.update(KILL_SCORE_ENV)  # the kill score the tests exercise (tests/kill_theta.py)
 
 

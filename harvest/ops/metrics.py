@@ -57,6 +57,27 @@ from typing import Callable, Iterable
 
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from harvest.store.counter_names import (
+    CHAINS_STARTED,
+    DUPLICATES_BLOCKED,
+    GUARD_BLOCKS,
+    MALFORMED,
+    NOTIFY_FAILURES,
+    POSITIONS_FROM_STREAMS,
+    POSITIONS_OPEN,
+    POSITIONS_UNPROTECTED,
+    RECONCILE_FINDINGS,
+    RETRIES_STARTED,
+    SCANS,
+    SENDS_WITHHELD,
+    STALE_DROPPED,
+    STREAM_AUDITS,
+    STREAM_EVENTS_REJECTED,
+    STREAM_GAPS,
+    STREAMS_ERRORS,
+    Family,
+    samples,
+)
 from harvest.store.counters import (  # noqa: F401  (re-exported: the exporter's series)
     DEFERRED,
     QUEUE_WAIT_BUCKETS,
@@ -73,6 +94,27 @@ from harvest.store.counters import (  # noqa: F401  (re-exported: the exporter's
 from harvest.store.records import Unreadable, numeric_fields
 
 log = logging.getLogger("harvest.metrics")
+
+# The counters' families (harvest.store.counter_names.FAMILIES) in the order the exporter
+# yields them among the other series; together they are every family of the registry.
+BLOCKS_AND_REPEATS = (
+    GUARD_BLOCKS,
+    SENDS_WITHHELD,
+    MALFORMED,
+    STALE_DROPPED,
+    RECONCILE_FINDINGS,
+    DUPLICATES_BLOCKED,
+    RETRIES_STARTED,
+)
+SCANS_AND_STREAMS = (
+    SCANS,
+    POSITIONS_FROM_STREAMS,
+    STREAM_GAPS,
+    STREAMS_ERRORS,
+    STREAM_AUDITS,
+)
+REJECTED_AND_UNPROTECTED = (STREAM_EVENTS_REJECTED, NOTIFY_FAILURES, CHAINS_STARTED, POSITIONS_UNPROTECTED)
+RECONCILED = (POSITIONS_OPEN,)
 
 
 class HarvestCollector:
@@ -149,53 +191,7 @@ class HarvestCollector:
         for (a, outcome), v in _by_account(sends, 2):
             c.add_metric([a, outcome], v)
         yield c
-        yield _labelled(
-            CounterMetricFamily("harvest_guard_blocks", "Plans the guard blocked, by reason", labels=["reason"]),
-            counters,
-            "guard:",
-        )
-        yield _labelled(
-            CounterMetricFamily(
-                "harvest_sends_withheld",
-                "Plans execute sent no order for, by reason (state_not_durable, state_not_recovered, "
-                "state_not_replicated, halted)",
-                labels=["reason"],
-            ),
-            counters,
-            "execute:",
-        )
-        yield _labelled(
-            CounterMetricFamily("harvest_malformed_messages", "Malformed task payloads rejected", labels=["stage"]),
-            counters,
-            "malformed:",
-        )
-        yield _labelled(
-            CounterMetricFamily(
-                "harvest_stale_messages_dropped",
-                "Messages past their expires, dropped unexecuted by the worker",
-                labels=["task"],
-            ),
-            counters,
-            "stale:expired:",
-        )
-        yield _labelled(
-            CounterMetricFamily("harvest_reconcile_findings", "What reconciliation found and did", labels=["kind"]),
-            counters,
-            "reconcile:",
-        )
-        dup = int(counters.get("scan:duplicates_skipped", 0)) + sum(
-            int(v) for f, v in counters.items() if f.startswith("dedup:")
-        )
-        yield CounterMetricFamily(
-            "harvest_duplicates_blocked",
-            "True repeats: decisions whose plan was in flight or had taken effect",
-            value=dup,
-        )
-        yield CounterMetricFamily(
-            "harvest_retries_started",
-            "Further attempts of decisions whose last plan ended without effect",
-            value=int(counters.get("scan:retries_started", 0)),
-        )
+        yield from _counter_families(BLOCKS_AND_REPEATS, counters, accounts)
         g = GaugeMetricFamily(
             "harvest_decisions",
             "Decisions the last scan saw stuck: retrying (backing off) or abandoned, by reason",
@@ -219,33 +215,7 @@ class HarvestCollector:
             if st is not None and st.computed_at is not None:
                 g.add_metric([sym], max(0.0, time.time() - st.computed_at))
         yield g
-        c = CounterMetricFamily("harvest_scans", "Scans run, by account", labels=["account"])
-        for a in accounts:
-            c.add_metric([a], account_counter(counters, a, "scan:runs"))
-        yield c
-        yield CounterMetricFamily(
-            "harvest_positions_from_streams",
-            "Position reads served by the stream cache instead of positionRisk (harvest streams)",
-            value=int(counters.get("positions:streams", 0)),
-        )
-        gaps = CounterMetricFamily("harvest_stream_gaps", "Stream gaps by cause (harvest streams)", labels=["cause"])
-        for f, v in sorted(counters.items()):
-            if f.startswith("streams:gap:"):
-                gaps.add_metric([f[len("streams:gap:") :]], int(v))
-        yield gaps
-        errors = CounterMetricFamily(
-            "harvest_streams_errors", "Errors harvest streams caught, logged and backed off from", labels=["where"]
-        )
-        for f, v in sorted(counters.items()):
-            if f.startswith("streams:errors:"):
-                errors.add_metric([f[len("streams:errors:") :]], int(v))
-        yield errors
-        audits = CounterMetricFamily(
-            "harvest_stream_audits", "REST audits of the stream cache (harvest streams)", labels=["result"]
-        )
-        audits.add_metric(["agreed"], int(counters.get("streams:audits", 0)))
-        audits.add_metric(["disagreed"], int(counters.get("streams:gap:audit", 0)))
-        yield audits
+        yield from _counter_families(SCANS_AND_STREAMS, counters, accounts)
         hp = rt.r.pipeline(transaction=False)
         for a in accounts:
             hp.hmget(f"{rt.settings.namespace}:streams:{a}:health", "trusted", "audited_at")
@@ -262,32 +232,7 @@ class HarvestCollector:
             except ValueError:
                 continue  # not a number: left out, never a failed scrape
         yield age
-        yield CounterMetricFamily(
-            "harvest_stream_events_rejected",
-            "Stream events malformed or out of order, recorded and never applied",
-            value=int(counters.get("streams:malformed", 0)) + int(counters.get("streams:out_of_order", 0)),
-        )
-        yield CounterMetricFamily(
-            "harvest_notify_failures",
-            "Notices harvest notify did not deliver (a service down or refusing; never retried)",
-            value=int(counters.get("notify:failed", 0)),
-        )
-        yield CounterMetricFamily(
-            "harvest_chains_started",
-            "Action chains started by scans",
-            value=int(counters.get("scan:chains_started", 0)),
-        )
-        scanned = [a for a in accounts if f"acct:{a}:positions_unprotected" in counters]
-        if scanned:
-            g = GaugeMetricFamily(
-                "harvest_positions_unprotected",
-                "Open positions without a stop that can trigger (none working, or one beyond the "
-                "liquidation price) at the account's last scan",
-                labels=["account"],
-            )
-            for a in scanned:
-                g.add_metric([a], float(account_counter(counters, a, "positions_unprotected")))
-            yield g
+        yield from _counter_families(REJECTED_AND_UNPROTECTED, counters, accounts)
         from harvest.domain.trading import STATES
 
         g = GaugeMetricFamily(
@@ -301,12 +246,7 @@ class HarvestCollector:
             for st_name in STATES:
                 g.add_metric([scope, st_name], 1.0 if st_name == now_state else 0.0)
         yield g
-        seen = [a for a in accounts if f"acct:{a}:positions_open" in counters]
-        if seen:
-            g = GaugeMetricFamily("harvest_positions_open", "Open positions at the last reconcile", labels=["account"])
-            for a in seen:
-                g.add_metric([a], float(account_counter(counters, a, "positions_open")))
-            yield g
+        yield from _counter_families(RECONCILED, counters, accounts)
 
         yield from _histograms(
             HistogramMetricFamily,
@@ -415,11 +355,24 @@ def _by_account(h: dict[str, str], parts: int) -> list[tuple[tuple[str, ...], fl
     return out
 
 
-def _labelled(family, counters: dict, prefix: str):
-    for f, v in sorted(counters.items()):
-        if f.startswith(prefix):
-            family.add_metric([f[len(prefix) :]], float(v))
-    return family
+def _counter_families(families: Iterable[Family], counters: dict[str, int], accounts: list[str]) -> Iterable:
+    """The registry's families (:mod:`harvest.store.counter_names`) from the counters hash as
+    read: each with its samples (:func:`samples`), a family without labels as one value; a
+    family :func:`samples` leaves out is not yielded."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    for fam in families:
+        got = samples(fam, counters, accounts)
+        if got is None:
+            continue
+        cls = CounterMetricFamily if fam.kind == "counter" else GaugeMetricFamily
+        if not fam.labels:
+            yield cls(fam.name, fam.help, value=got[0][1])
+            continue
+        out = cls(fam.name, fam.help, labels=list(fam.labels))
+        for labels, v in got:
+            out.add_metric(list(labels), v)
+        yield out
 
 
 def _histograms(cls, name: str, doc: str, h: RedisHistogram, label: str | None):

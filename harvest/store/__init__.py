@@ -1,5 +1,7 @@
-"""Redis persistence: plans and their life cycle, the position book, cached market state,
-counters and heartbeats.
+"""Redis persistence: plans and their life cycle (:class:`PlanStore`), the position book,
+cached market state, counters and heartbeats (:mod:`harvest.store.health`, every counter
+named in :mod:`harvest.store.counter_names`) and the state-recovered marker
+(:mod:`harvest.store.recovery`).
 
 :meth:`PlanStore.transition` is the one place a plan changes state: a Lua script checks the
 current state against :data:`harvest.domain.plans.TRANSITIONS` and, atomically, writes the new state,
@@ -24,7 +26,7 @@ Key layout (``<ns>`` = settings.namespace)::
     <ns>:inflight:<account>:<symbol> string plan_id holding the position (TTL = plan TTL)
     <ns>:book:<account>:<symbol>     hash   harvest's book of a position epoch
     <ns>:market:<symbol>             string MarketState JSON
-    <ns>:counters                    hash   guard blocks, dedup skips, scans …
+    <ns>:counters                    hash   guard blocks, dedup skips, scans … (harvest.store.counter_names)
     <ns>:decisions                   hash   decisions retrying / abandoned at the last scan
     <ns>:heartbeat                   hash   name → last Unix time
     <ns>:metrics:*                   hashes plans by action|state, orders by result, sends by
@@ -34,9 +36,22 @@ Key layout (``<ns>`` = settings.namespace)::
 from __future__ import annotations
 
 from harvest.store.books import BookStore
+from harvest.store.health import CounterStore, Heartbeats
 from harvest.store.keys import Keys
 from harvest.store.market import MarketCache, market_state_from_json
 from harvest.store.plans import PlanStore
+from harvest.store.recovery import RecoveryMarker
 from harvest.store.scripts import FILLED_STATES, run_script
 
-__all__ = ["BookStore", "FILLED_STATES", "Keys", "MarketCache", "PlanStore", "market_state_from_json", "run_script"]
+__all__ = [
+    "BookStore",
+    "CounterStore",
+    "FILLED_STATES",
+    "Heartbeats",
+    "Keys",
+    "MarketCache",
+    "PlanStore",
+    "RecoveryMarker",
+    "market_state_from_json",
+    "run_script",
+]

@@ -7,6 +7,7 @@ from typing import Any
 import redis
 
 from harvest.domain.models import MarketState, Side
+from harvest.store.connect import sync
 from harvest.store.keys import Keys
 from harvest.store.market import market_state_from_json
 from harvest.store.scripts import _HGETALL_MANY_LUA, _HMGET_MANY_LUA, _enc
@@ -120,4 +121,4 @@ class BookStore:
         p.execute()
 
     def symbols(self, account: str) -> set[str]:
-        return set(self.r.smembers(self.k.books(account)))
+        return set(sync(self.r.smembers(self.k.books(account))))

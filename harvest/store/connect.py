@@ -5,12 +5,22 @@ connection error, so it follows a failover; see :mod:`settings.sentinel`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, TypeVar, cast
 
 import redis
 from redis.sentinel import Sentinel
 
 from settings.sentinel import is_sentinel_url, parse_sentinel_url
+
+T = TypeVar("T")
+
+
+def sync(reply: Awaitable[T] | T) -> T:
+    """A command's reply from a synchronous client, typed as such: redis-py types each
+    command as answering ``Awaitable[T] | T`` (one signature for its sync and asyncio clients);
+    every client harvest makes (:func:`redis_client`) is synchronous."""
+    return cast(T, reply)
+
 
 #: Per-connection socket timeouts of the Sentinel queries (s): a dead Sentinel is skipped fast.
 SENTINEL_SOCKET_TIMEOUT_S = 1.0

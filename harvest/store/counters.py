@@ -6,9 +6,14 @@ observations, flushed after each task."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import redis
+
+from harvest.store.connect import sync
+
+if TYPE_CHECKING:
+    from harvest.store.keys import Keys
 
 #: Upper bounds (s) of the scan-duration buckets.
 SCAN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -34,7 +39,7 @@ class RedisHistogram:
         bound = next((b for b in self.buckets if value <= b), math.inf)
         return [f"{label}|le={bound!r}", f"{label}|count"], (f"{label}|sum", repr(float(value)))
 
-    def observe(self, value: float, label: str = "", pipe=None) -> None:
+    def observe(self, value: float, label: str = "", pipe: Any = None) -> None:
         """Record one observation (one round trip, or added to ``pipe``). NaN is ignored."""
         if value != value:  # NaN
             return
@@ -48,14 +53,14 @@ class RedisHistogram:
 
     def snapshot(self) -> dict[str, tuple[list[tuple[str, float]], float, int]]:
         """label → (cumulative buckets ``[(le, count)]`` ending with ``+Inf``, sum, count)."""
-        raw = self.r.hgetall(self.key)
+        raw = sync(self.r.hgetall(self.key))
         per: dict[str, dict[str, str]] = {}
         for f, v in raw.items():
             label, _, kind = f.rpartition("|")
             per.setdefault(label, {})[kind] = v
         out = {}
         for label, fields in per.items():
-            acc = 0
+            acc = 0.0
             cum = []
             for b in (*self.buckets, math.inf):
                 acc += int(fields.get(f"le={b!r}", 0))
@@ -83,7 +88,7 @@ class DeferredObservations:
         """Queue one observation (seconds) of ``hist`` under ``label``."""
         self._items.append((hist, value, label))
 
-    def drain_into(self, pipe) -> None:
+    def drain_into(self, pipe: Any) -> None:
         """Add every queued observation to ``pipe`` (a redis-py pipeline) and forget them."""
         items, self._items = self._items, []
         for hist, value, label in items:
@@ -122,7 +127,7 @@ def account_counter(counters: dict[str, int], account: str, name: str) -> int:
     return int(counters.get(f"acct:{account}:{name}", 0))
 
 
-def account_decisions(r: redis.Redis, keys, accounts: Sequence[str]) -> dict[str, dict[str, int]]:
+def account_decisions(r: redis.Redis, keys: Keys, accounts: Sequence[str]) -> dict[str, dict[str, int]]:
     """Each account's stuck decisions as its last scan saw them (``keys``: a
     :class:`harvest.store.keys.Keys`): ``{account: {"waiting": n, "abandoned:<reason>": n}}``,
     one round trip."""

@@ -7,6 +7,7 @@ from functools import lru_cache
 import redis
 
 from harvest.domain.models import MarketState
+from harvest.store.connect import sync
 from harvest.store.keys import Keys
 from harvest.store.records import Unreadable
 
@@ -35,13 +36,13 @@ class MarketCache:
     def get_many(self, symbols: list[str]) -> list[MarketState | None]:
         if not symbols:
             return []
-        raw = self.r.mget([self.k.market(s) for s in symbols])
+        raw = sync(self.r.mget([self.k.market(s) for s in symbols]))
         return [market_state_from_json(x) if x else None for x in raw]
 
     def get_readable(self, symbols: list[str], unreadable: list[Unreadable]) -> list[MarketState | None]:
         """:meth:`get_many` for a view: a state that does not parse reads None and is appended to
         ``unreadable`` (its key), never raised."""
-        raw = self.r.mget([self.k.market(s) for s in symbols]) if symbols else []
+        raw = sync(self.r.mget([self.k.market(s) for s in symbols])) if symbols else []
         out: list[MarketState | None] = []
         for sym, x in zip(symbols, raw, strict=True):
             try:

@@ -13,9 +13,12 @@ import redis
 from harvest.domain.models import MarketState, Plan, PlanState, SendState
 from harvest.domain.plans import TERMINAL, LatestPlan, allowed_from
 from harvest.store.books import BookStore
+from harvest.store.compat import PlanStoreDelegates
+from harvest.store.connect import sync
 from harvest.store.counters import DEFERRED, scan_to_fill
 from harvest.store.keys import Keys
 from harvest.store.market import market_state_from_json
+from harvest.store.plan_record import log_transition, parse_plan
 from harvest.store.records import SCHEMA, NewerVersion, Unreadable, UnreadableRecord, check_version
 from harvest.store.scripts import (
     _ARCHIVE_LUA,
@@ -24,11 +27,8 @@ from harvest.store.scripts import (
     _LATEST_LUA,
     _MARK_SEND_LUA,
     _PLAN_AND_BOOK_LUA,
-    _PLAN_FLOATS,
     _TRANSITION_LUA,
     LEDGER_LUA,
-    MARK_RECOVERED_LUA,
-    STATE_KNOWN_LUA,
     _enc,
     _flat,
     _lua_opts,
@@ -36,28 +36,6 @@ from harvest.store.scripts import (
 )
 
 log = logging.getLogger("harvest.plans")
-
-
-def _log_transition(plan_id: str, symbol: str | None, action: str | None, frm: str, to: str, reason: str) -> None:
-    """The one log line per plan transition (text: key=value; JSON: the same fields)."""
-    log.info(
-        "plan_transition plan_id=%s symbol=%s action=%s from=%s state=%s reason=%s",
-        plan_id,
-        symbol,
-        action,
-        frm or "-",
-        to,
-        reason,
-        extra={
-            "event": "plan_transition",
-            "plan_id": plan_id,
-            "symbol": symbol,
-            "action": action,
-            "from_state": frm or None,
-            "state": to,
-            "reason": reason,
-        },
-    )
 
 
 #: The state before of a transition applied but not acknowledged by enough replicas.
@@ -69,25 +47,28 @@ def _wait_replicas(n: int, wait_s: float) -> Callable[[Any], None]:
     return lambda p: p.execute_command("WAIT", n, max(1, int(wait_s * 1000)))
 
 
-class PlanStore:
-    """Plans in Redis with atomic, audited transitions (see module docstring).
+class PlanStore(PlanStoreDelegates):
+    """Plans in Redis with atomic, audited transitions (see module docstring). Counters,
+    heartbeats and the recovery marker have their own stores (:mod:`harvest.store.health`,
+    :mod:`harvest.store.recovery`); the methods of theirs still called here delegate.
 
     ``r`` must be a ``redis.Redis`` created with ``decode_responses=True``.
     """
 
-    def __init__(self, r: redis.Redis, ns: str, stream_maxlen: int = 100_000):
+    def __init__(self, r: redis.Redis, ns: str, stream_maxlen: int = 100_000) -> None:
         self.r = r
         self.k = Keys(ns)
         self.maxlen = stream_maxlen
         self._create = r.register_script(_CREATE_LUA)
         self._latest = r.register_script(_LATEST_LUA)
         self._archive = r.register_script(_ARCHIVE_LUA)
+        #: The trading states the last :meth:`get_with_book` read (``{"*" or account: state}``).
+        self.last_trading: dict[str, str] = {}
         self._transition = r.register_script(_TRANSITION_LUA)
         self._mark_send = r.register_script(_MARK_SEND_LUA)
         self._claim_resend = r.register_script(_CLAIM_RESEND_LUA)
         self._plan_and_book = r.register_script(_PLAN_AND_BOOK_LUA)
-        self._state_known = r.register_script(STATE_KNOWN_LUA)
-        self._mark_recovered = r.register_script(MARK_RECOVERED_LUA)
+        self._init_delegates(r, ns)  # count, beat, state_known …: see harvest.store.compat
         self._ledger = r.register_script(
             LEDGER_LUA + "if redis.call('EXISTS', KEYS[1]) == 1 then ledger(KEYS[1], ARGV[1]) end"
         )  # noqa: E501
@@ -132,7 +113,7 @@ class PlanStore:
             ],
         )
         if existing is None:
-            _log_transition(pid, plan["symbol"], _enc(plan["action"]), "", PlanState.PROPOSED, "proposed")
+            log_transition(pid, plan["symbol"], _enc(plan["action"]), "", PlanState.PROPOSED, "proposed")
         return existing
 
     def transition(
@@ -268,8 +249,8 @@ class PlanStore:
         applied = bool(int(res[0]))
         if not applied:
             return False, res[1], None
-        _log_transition(plan_id, res[3], res[2], res[1], to, reason)
-        if wait is not None and int(acked) < wait[0]:
+        log_transition(plan_id, res[3], res[2], res[1], to, reason)
+        if wait is not None and int(acked or 0) < wait[0]:
             log.error(
                 "plan %s: %s reached %s of %d replicas within %.1f s; nothing is sent on it",
                 plan_id,
@@ -322,15 +303,6 @@ class PlanStore:
         keys, args = self._mark_send_args(plan_id, step, outcome, data, fields, time.time())
         return bool(self._mark_send(keys=keys, args=args))
 
-    def mark_accepted(self, plan_id: str, step: int, acked_at: float) -> bool:
-        """Record that send ``step`` of a SUBMITTED plan was accepted by the exchange at
-        ``acked_at`` (Unix s) — only while that send is still ``sending``, so a repeat records
-        nothing. Returns whether it was recorded."""
-        keys, args = self._mark_send_args(
-            plan_id, step, SendState.ACCEPTED, None, {"acked_at": acked_at}, acked_at, only_from=SendState.SENDING
-        )
-        return bool(self._mark_send(keys=keys, args=args))
-
     def get_after_accepted(
         self, plan_id: str, step: int, acked_at: float, then: Callable[[Any], None] | None = None
     ) -> Any:
@@ -363,7 +335,7 @@ class PlanStore:
         many replicas within ``replica_wait_s`` (as :meth:`transition_and_get`), else
         ``"NOT_REPLICATED"`` (claimed, but nothing may be sent on it)."""
         keys = [self.k.plan(plan_id), self.k.results]
-        args = [plan_id, step, client_order_id, _enc(time.time()), self.maxlen]
+        args: list[Any] = [plan_id, step, client_order_id, _enc(time.time()), self.maxlen]
         if replicas <= 0:
             return "claimed" if self._claim_resend(keys=keys, args=args) else "not_claimed"
         won, (acked,) = run_script(
@@ -373,43 +345,11 @@ class PlanStore:
             return "not_claimed"
         return "claimed" if int(acked) >= replicas else NOT_REPLICATED
 
-    def state_known(self) -> bool:
-        """Whether the state is known whole: the state-recovered marker exists and names this
-        Redis server (its ``run_id``). A marker from another server (a failover, a restart) is
-        removed here, which starts recovery (:mod:`harvest.services.recovery`)."""
-        return bool(self._state_known(keys=[self.k.recovered]))
-
-    def state_known_in(self, p: redis.client.Pipeline) -> None:
-        """Queue :meth:`state_known` on a pipeline by ``EVALSHA`` (a registered script on a
-        pipeline would cost a ``SCRIPT EXISTS`` round trip at every execute); run the pipeline
-        with ``raise_on_error=False`` and pass its reply to :meth:`state_known_of`."""
-        p.evalsha(self._state_known.sha, 1, self.k.recovered)
-
-    def state_known_of(self, reply: Any) -> bool:
-        """:meth:`state_known` from the reply :meth:`state_known_in` queued: on a server that
-        does not have the script yet (``NoScriptError``) it is run (and loaded) here. Raises
-        any other error of the reply."""
-        if isinstance(reply, redis.exceptions.NoScriptError):
-            return self.state_known()
-        if isinstance(reply, Exception):
-            raise reply
-        return bool(reply)
-
-    def mark_recovered(self, since_run_id: str = "") -> bool:
-        """Set the state-recovered marker to this server's ``run_id``; with ``since_run_id``
-        only if the server is still that one (recovery read the exchange while it was), else
-        False: the server changed meanwhile and recovery must run again."""
-        return bool(self._mark_recovered(keys=[self.k.recovered], args=[since_run_id]))
-
-    def server_id(self) -> str:
-        """The ``run_id`` of the Redis server answering now (``INFO server``)."""
-        return str(self.r.info("server")["run_id"])
-
     def get(self, plan_id: str) -> Plan | None:
         """The plan, or None when no such plan_id exists (queued metric observations ride
         along on the same round trip)."""
         if not DEFERRED.pending:
-            h = self.r.hgetall(self.k.plan(plan_id))
+            h = sync(self.r.hgetall(self.k.plan(plan_id)))
         else:
             p = self.r.pipeline(transaction=False)
             p.hgetall(self.k.plan(plan_id))
@@ -422,18 +362,18 @@ class PlanStore:
     def get_archived(self, plan_id: str) -> Plan | None:
         """A plan moved to the archive after its retention (:meth:`archive_before`), or None.
         Raises :class:`UnreadableRecord` when the archived copy does not parse."""
-        raw = self.r.hget(self.k.archive, plan_id)
+        raw = sync(self.r.hget(self.k.archive, plan_id))
         if not raw:
             return None
         try:
-            return self.parse(json.loads(raw))
+            return parse_plan(json.loads(raw))
         except ValueError as e:
             raise UnreadableRecord(Unreadable.of(f"{self.k.archive}#{plan_id}", e)) from e
 
     def _parse_at(self, key: str, h: dict[str, str]) -> Plan:
         """:meth:`parse`, raising :class:`UnreadableRecord` (naming ``key``) when ``h`` does not parse."""
         try:
-            return self.parse(h)
+            return parse_plan(h)
         except ValueError as e:  # pydantic's ValidationError and json's JSONDecodeError are ValueErrors
             raise UnreadableRecord(Unreadable.of(key, e)) from e
 
@@ -443,7 +383,7 @@ class PlanStore:
         transitions stay on the results stream until it is trimmed; their lineage keeps the
         state each ended in). At most ``limit`` of the oldest plans are looked at per call.
         Returns how many were archived."""
-        pids = self.r.zrangebyscore(self.k.plan_index, "-inf", f"({cutoff!r}", start=0, num=limit)
+        pids = sync(self.r.zrangebyscore(self.k.plan_index, "-inf", f"({cutoff!r}", start=0, num=limit))
         if not pids:
             return 0
         return int(
@@ -453,64 +393,29 @@ class PlanStore:
             )
         )
 
-    def get_with_book(
-        self, plan_id: str
-    ) -> tuple[Plan | None, dict[str, Any] | None, MarketState | None, dict[str, str]]:
+    def get_with_book(self, plan_id: str) -> tuple[Plan | None, dict[str, Any] | None, MarketState | None]:
         """The plan, the book entry of its position (decoded as by :meth:`BookStore.decode`;
-        None when there is none), its symbol's cached market state (None when there is none or
-        it does not parse) and the trading states (``{"*" or account: state}``, see
-        :mod:`harvest.domain.trading`) in one round trip, which also carries the queued metric
-        observations. ``(None, None, None, trading)`` when no such plan_id exists. Raises
+        None when there is none) and its symbol's cached market state (None when there is
+        none or it does not parse) in one round trip, which also carries the queued metric
+        observations. ``(None, None, None)`` when no such plan_id exists. The trading states
+        read in the same round trip are left in :attr:`last_trading`. Raises
         :class:`UnreadableRecord` when the plan does not parse (or a newer version wrote it)."""
-        flat_plan, flat_book, market, flat_trading = run_script(
+        flat_plan, flat_book, market, trading = run_script(
             self.r,
             self._plan_and_book,
             keys=[self.k.plan(plan_id)],
             args=[self.k.book_prefix, f"{self.k.ns}:market:", self.k.trading],
         )
-        trading = dict(zip(flat_trading[::2], flat_trading[1::2], strict=True))
+        self.last_trading = dict(zip(trading[::2], trading[1::2], strict=True))
         if not flat_plan:
-            return None, None, None, trading
+            return None, None, None
         plan = self._parse_at(self.k.plan(plan_id), dict(zip(flat_plan[::2], flat_plan[1::2], strict=True)))
         entry = BookStore.decode(dict(zip(flat_book[::2], flat_book[1::2], strict=True))) if flat_book else None
         try:
             state = market_state_from_json(market) if market else None
         except ValueError:
             state = None
-        return plan, entry, state, trading
-
-    def get_with(self, plan_id: str, then: Callable[[Any], None]) -> tuple[Plan | None, list[Any]]:
-        """The plan (None when no such plan_id exists) and the replies of the reads ``then``
-        queues on the same pipeline, in one round trip with the queued metric observations.
-        Raises :class:`UnreadableRecord` when the plan does not parse."""
-        p = self.r.pipeline(transaction=False)
-        p.hgetall(self.k.plan(plan_id))
-        then(p)
-        n = len(p)
-        DEFERRED.drain_into(p)
-        h, *extra = p.execute()[:n]
-        plan = self._parse_at(self.k.plan(plan_id), h) if h else self.get_archived(plan_id)
-        return plan, extra
-
-    @staticmethod
-    def parse(h: dict[str, str]) -> Plan:
-        """A :class:`Plan` from a plan hash as stored. Raises :class:`NewerVersion` for a plan
-        written by a newer version (its ``v`` above :data:`SCHEMA`'s, or a state this version
-        does not know), ValueError for one that does not parse. A plan without ``v`` was
-        written before versions existed and reads as before."""
-        check_version("plan", h.get("v"))
-        if isinstance(h.get("state"), str) and h["state"] not in PlanState.__members__:
-            raise NewerVersion(f"plan state {h.get('state')!r} unknown to this version (written by a newer version?)")
-        d: dict[str, Any] = dict(h)
-        d.pop("v", None)
-        for f in _PLAN_FLOATS:
-            if f in d:
-                d[f] = float(d[f])
-        for f in ("tier", "error_code", "step", "attempt"):
-            if f in d:
-                d[f] = int(d[f])
-        d["decision"] = json.loads(d.get("decision", "{}"))
-        return Plan.model_validate(d)
+        return plan, entry, state
 
     def latest_many(self, lineage_ids: list[str]) -> list[LatestPlan | None]:
         """The latest plan of each lineage (None when the lineage has none), one round trip."""
@@ -573,11 +478,11 @@ class PlanStore:
 
     def expired_open(self, now: float, limit: int = 1000) -> list[str]:
         """Non-terminal plan_ids whose expires_at ≤ now (oldest first)."""
-        return self.r.zrangebyscore(self.k.open_plans, "-inf", now, start=0, num=limit)
+        return sync(self.r.zrangebyscore(self.k.open_plans, "-inf", now, start=0, num=limit))
 
     def count_open(self) -> int:
         """Number of non-terminal plans."""
-        return int(self.r.zcard(self.k.open_plans))
+        return int(sync(self.r.zcard(self.k.open_plans)))
 
     def get_many(
         self, plan_ids: list[str], batch: int = 500, unreadable: list[Unreadable] | None = None
@@ -602,23 +507,23 @@ class PlanStore:
 
     def all_plans(self, batch: int = 500, unreadable: list[Unreadable] | None = None) -> Iterable[Plan]:
         """Every plan, oldest first (unreadable ones as in :meth:`get_many`)."""
-        return self.get_many(self.r.zrange(self.k.plan_index, 0, -1), batch, unreadable)
+        return self.get_many(sync(self.r.zrange(self.k.plan_index, 0, -1)), batch, unreadable)
 
     def open_plans(self, unreadable: list[Unreadable] | None = None) -> list[Plan]:
         """Every non-terminal plan (unreadable ones as in :meth:`get_many`)."""
-        return list(self.get_many(self.r.zrange(self.k.open_plans, 0, -1), unreadable=unreadable))
+        return list(self.get_many(sync(self.r.zrange(self.k.open_plans, 0, -1)), unreadable=unreadable))
 
     def unreadable_open(self, unreadable: list[Unreadable], limit: int = 10_000) -> None:
         """Append to ``unreadable`` each non-terminal plan (at most ``limit``, oldest expiry
         first) this version cannot read because a newer version wrote it (its ``v`` or its
         state), reading two fields a plan in one round trip: what ``/metrics`` shows on every
         scrape without parsing every plan."""
-        pids = self.r.zrange(self.k.open_plans, 0, limit - 1)
+        pids = sync(self.r.zrange(self.k.open_plans, 0, limit - 1))
         if not pids:
             return
         p = self.r.pipeline(transaction=False)
         for pid in pids:
-            p.hmget(self.k.plan(pid), "v", "state")
+            p.hmget(self.k.plan(pid), ["v", "state"])
         for pid, (v, state) in zip(pids, p.execute(), strict=True):
             if state is None:
                 continue
@@ -637,9 +542,9 @@ class PlanStore:
         Lua scripts that append them, :data:`harvest.store.scripts.LEDGER_LUA`), one ``XRANGE``
         each in one round trip; entries trimmed off the stream are gone. A plan written before
         the index existed is found by reading the whole stream in pages."""
-        ids = self.r.hget(self.k.plan(plan_id), "log")
+        ids = sync(self.r.hget(self.k.plan(plan_id), "log"))
         if ids is None:
-            raw = self.r.hget(self.k.archive, plan_id)
+            raw = sync(self.r.hget(self.k.archive, plan_id))
             try:
                 ids = json.loads(raw).get("log") if raw else None
             except (ValueError, AttributeError):
@@ -657,7 +562,7 @@ class PlanStore:
         """Every entry of the results stream, oldest first, a page per round trip."""
         start = "-"
         while True:
-            got = self.r.xrange(self.k.results, start, "+", count=page)
+            got = sync(self.r.xrange(self.k.results, start, "+", count=page))
             yield from (f for _, f in got)
             if len(got) < page:
                 return
@@ -667,25 +572,4 @@ class PlanStore:
         """Holder plan_id of each position's in-flight lock (None when free)."""
         if not symbols:
             return []
-        return self.r.mget([self.k.inflight(account, s) for s in symbols])
-
-    def count(self, name: str, n: int = 1) -> None:
-        """Add n to counter ``name`` (e.g. ``guard:ghost_position``)."""
-        self.r.hincrby(self.k.counters, name, n)
-
-    def counters(self) -> dict[str, int]:
-        """Every counter of the namespace; a field that is not an integer is left out (and logged)."""
-        out = {}
-        for k, v in self.r.hgetall(self.k.counters).items():
-            try:
-                out[k] = int(v)
-            except ValueError:
-                log.warning("unreadable record %s#%s: %r is not a count", self.k.counters, k, v[:40])
-        return out
-
-    def beat(self, name: str, now: float | None = None) -> None:
-        """Record a heartbeat (Unix time) for ``name``."""
-        self.r.hset(self.k.heartbeat, name, repr(time.time() if now is None else now))
-
-    def heartbeats(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.r.hgetall(self.k.heartbeat).items()}
+        return sync(self.r.mget([self.k.inflight(account, s) for s in symbols]))

@@ -347,7 +347,11 @@ def _lua_opts(opts: dict[str, Any]) -> str:
 
 
 def run_script(
-    r: redis.Redis, script, keys: list[str], args: list[Any], then: Callable[[Any], None] | None = None
+    r: redis.Redis,
+    script: Any,
+    keys: list[str],
+    args: list[Any],
+    then: Callable[[Any], None] | None = None,
 ) -> Any:
     """Run a registered Lua script (``r.register_script``) and, in the same round trip, write
     the metric observations this process has queued (:data:`harvest.ops.metrics.DEFERRED`).

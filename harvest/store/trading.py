@@ -8,11 +8,12 @@ import time
 import redis
 
 from harvest.domain.trading import _RANK, DEPLOYMENT, STATES
+from harvest.store.connect import sync
 
 
 def read(r: redis.Redis, key: str) -> dict[str, str]:
     """The trading hash: ``{"*" or account: state}``."""
-    return r.hgetall(key)
+    return sync(r.hgetall(key))
 
 
 def set_state(

@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from harvest.domain.models import VenuePosition
+from harvest.store.connect import sync
 from harvest.store.records import SCHEMA, Unreadable, check_version
 
 #: Positions kept per account for the views (a page of more says how many it leaves out).
@@ -65,7 +66,7 @@ class PositionsView:
         """The positions last seen for ``account``; None when no scan has written them; an
         :class:`~harvest.store.records.Unreadable` when the record does not parse (or is of a
         newer layout than this version reads). Reads only Redis."""
-        raw = self.r.get(self.key(account))
+        raw = sync(self.r.get(self.key(account)))
         if raw is None:
             return None
         try:
