@@ -62,8 +62,6 @@ class PlanStore(PlanStoreDelegates):
         self._create = r.register_script(_CREATE_LUA)
         self._latest = r.register_script(_LATEST_LUA)
         self._archive = r.register_script(_ARCHIVE_LUA)
-        #: The trading states the last :meth:`get_with_book` read (``{"*" or account: state}``).
-        self.last_trading: dict[str, str] = {}
         self._transition = r.register_script(_TRANSITION_LUA)
         self._mark_send = r.register_script(_MARK_SEND_LUA)
         self._claim_resend = r.register_script(_CLAIM_RESEND_LUA)
@@ -303,6 +301,15 @@ class PlanStore(PlanStoreDelegates):
         keys, args = self._mark_send_args(plan_id, step, outcome, data, fields, time.time())
         return bool(self._mark_send(keys=keys, args=args))
 
+    def mark_accepted(self, plan_id: str, step: int, acked_at: float) -> bool:
+        """Record that send ``step`` of a SUBMITTED plan was accepted by the exchange at
+        ``acked_at`` (Unix s) — only while that send is still ``sending``, so a repeat records
+        nothing. Returns whether it was recorded."""
+        keys, args = self._mark_send_args(
+            plan_id, step, SendState.ACCEPTED, None, {"acked_at": acked_at}, acked_at, only_from=SendState.SENDING
+        )
+        return bool(self._mark_send(keys=keys, args=args))
+
     def get_after_accepted(
         self, plan_id: str, step: int, acked_at: float, then: Callable[[Any], None] | None = None
     ) -> Any:
@@ -393,29 +400,44 @@ class PlanStore(PlanStoreDelegates):
             )
         )
 
-    def get_with_book(self, plan_id: str) -> tuple[Plan | None, dict[str, Any] | None, MarketState | None]:
+    def get_with_book(
+        self, plan_id: str
+    ) -> tuple[Plan | None, dict[str, Any] | None, MarketState | None, dict[str, str]]:
         """The plan, the book entry of its position (decoded as by :meth:`BookStore.decode`;
-        None when there is none) and its symbol's cached market state (None when there is
-        none or it does not parse) in one round trip, which also carries the queued metric
-        observations. ``(None, None, None)`` when no such plan_id exists. The trading states
-        read in the same round trip are left in :attr:`last_trading`. Raises
+        None when there is none), its symbol's cached market state (None when there is none or
+        it does not parse) and the trading states (``{"*" or account: state}``, see
+        :mod:`harvest.domain.trading`) in one round trip, which also carries the queued metric
+        observations. ``(None, None, None, trading)`` when no such plan_id exists. Raises
         :class:`UnreadableRecord` when the plan does not parse (or a newer version wrote it)."""
-        flat_plan, flat_book, market, trading = run_script(
+        flat_plan, flat_book, market, flat_trading = run_script(
             self.r,
             self._plan_and_book,
             keys=[self.k.plan(plan_id)],
             args=[self.k.book_prefix, f"{self.k.ns}:market:", self.k.trading],
         )
-        self.last_trading = dict(zip(trading[::2], trading[1::2], strict=True))
+        trading = dict(zip(flat_trading[::2], flat_trading[1::2], strict=True))
         if not flat_plan:
-            return None, None, None
+            return None, None, None, trading
         plan = self._parse_at(self.k.plan(plan_id), dict(zip(flat_plan[::2], flat_plan[1::2], strict=True)))
         entry = BookStore.decode(dict(zip(flat_book[::2], flat_book[1::2], strict=True))) if flat_book else None
         try:
             state = market_state_from_json(market) if market else None
         except ValueError:
             state = None
-        return plan, entry, state
+        return plan, entry, state, trading
+
+    def get_with(self, plan_id: str, then: Callable[[Any], None]) -> tuple[Plan | None, list[Any]]:
+        """The plan (None when no such plan_id exists) and the replies of the reads ``then``
+        queues on the same pipeline, in one round trip with the queued metric observations.
+        Raises :class:`UnreadableRecord` when the plan does not parse."""
+        p = self.r.pipeline(transaction=False)
+        p.hgetall(self.k.plan(plan_id))
+        then(p)
+        n = len(p)
+        DEFERRED.drain_into(p)
+        h, *extra = p.execute()[:n]
+        plan = self._parse_at(self.k.plan(plan_id), h) if h else self.get_archived(plan_id)
+        return plan, extra
 
     def latest_many(self, lineage_ids: list[str]) -> list[LatestPlan | None]:
         """The latest plan of each lineage (None when the lineage has none), one round trip."""
