@@ -14,7 +14,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from harvest.store import BookStore, MarketCache, PlanStore
+from harvest.store import BookStore, CounterStore, Heartbeats, MarketCache, PlanStore, RecoveryMarker
 from harvest.store.connect import redis_client
 from harvest.venues.base import Venue
 from harvest.venues.sim.clock import MarketClock
@@ -38,6 +38,21 @@ class Runtime:
     peers: dict[str, "Runtime"] = field(default_factory=dict, repr=False)
     #: The deployment's settings as configured (``settings`` is one account's view of them).
     deployment: HarvestSettings | None = None
+
+    @property
+    def counters(self) -> CounterStore:
+        """The namespace's counters (every name in :mod:`harvest.store.counter_names`)."""
+        return self.plans.counts
+
+    @property
+    def heartbeats(self) -> Heartbeats:
+        """The namespace's heartbeats (component → last Unix time)."""
+        return self.plans.beats
+
+    @property
+    def recovery(self) -> RecoveryMarker:
+        """The state-recovered marker (:mod:`harvest.services.recovery`)."""
+        return self.plans.recovery
 
     @property
     def accounts(self) -> list[str]:
