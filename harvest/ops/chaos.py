@@ -73,17 +73,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 import uuid
 from collections import Counter
-from typing import Callable
+from typing import Any, Callable
 
 import redis
 from celery import Celery
 
 from harvest.domain.models import STOP_ACTIONS, PlanState
 from harvest.domain.plans import CLIENT_ORDER_PREFIX, TERMINAL, plan_id_for
+from harvest.ops.chaos_procs import Procs, delete_amqp_queues, redis_safe
 from harvest.ops.loadgen import (
     clean,
     env_for,
@@ -93,14 +93,16 @@ from harvest.ops.loadgen import (
     runtime,
     settings_of,
     start_emulator,
-    start_worker,
     symbols,
 )
-from harvest.ops.procs import CeleryProcess, HarvestProcess, RedisServer, SentinelCluster, child_pids, wait_for
+from harvest.ops.procs import RedisServer, SentinelCluster, child_pids, wait_for
 from harvest.ops.scorecard import queue_depths
 from harvest.venues.base import VenueError
 from settings import mask_url
 from settings.celery import celery_config
+
+#: The old name of :class:`harvest.ops.chaos_procs.Procs` (harvest.ops.hosts imports it).
+_Procs = Procs
 
 #: The wave's fault, in order; waves beyond these run without a fault.
 WAVES = (
@@ -123,52 +125,6 @@ STREAM_FAULTS = ("stream_drop", "stream_expire", "stream_delay", "stream_reorder
 VENUE_TIMEOUT_S = 2.0
 #: Plan TTL of the run (s): plans orphaned by a killed worker end by the sweeper at it.
 PLAN_TTL_S = 45.0
-
-
-class _Procs:
-    """The run's Celery processes by role, restarted when one exits (counted)."""
-
-    def __init__(self, env: dict[str, str], ns: str):
-        self.env, self.ns = env, ns
-        self.procs: dict[str, CeleryProcess] = {}
-        self.restarts: Counter[str] = Counter()
-        self.expected_down: set[str] = set()
-
-    def start(self, role: str) -> CeleryProcess:
-        if role == "scan_worker":
-            p = start_worker(self.env, self.ns, "scan,housekeeping", 2)
-        elif role == "orders_worker":
-            p = start_worker(self.env, self.ns, "orders", 2)
-        elif role == "streams":
-            p = HarvestProcess("streams", self.env).start()
-        else:  # beat, beat2
-            p = CeleryProcess("beat", self.env).start()
-        self.procs[role] = p
-        return p
-
-    def supervise(self) -> None:
-        for role, p in list(self.procs.items()):
-            if role not in self.expected_down and p.proc is not None and p.proc.poll() is not None:
-                self.restarts[role] += 1
-                p.stop()  # exited on its own: its log leaves its temporary file (into memory)
-                self.start(role)
-
-    def kill(self, role: str) -> None:
-        """SIGKILL the role's whole process group (main process and pool)."""
-        self.expected_down.add(role)
-        self.procs[role].kill()
-
-    def stop_all(self) -> None:
-        for p in self.procs.values():
-            p.stop(15)
-
-
-def _redis_safe(fn: Callable[[], object], default: object) -> object:
-    """``fn()``, or ``default`` while the state Redis is restarting."""
-    try:
-        return fn()
-    except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
-        return default
 
 
 class _Run:
@@ -196,9 +152,16 @@ class _Run:
         self.env: dict[str, str] = {}
         self.plan_ttl_s = plan_ttl_s
         self.faults: Counter[str] = Counter()
-        self.emu = None  # the running harvest.venues.sim.emulator.Emulator
-        self.procs: _Procs | None = None
+        # the running harvest.venues.sim.emulator.Emulator (harvest.ops.hosts: a stand-in with its faults)
+        self.emu: Any = None
+        self.procs: Procs | None = None
         self.lost_before = 0  # plans that existed when the state Redis came back empty
+
+    @property
+    def running(self) -> Procs:
+        """The run's supervised processes (set by :meth:`start`)."""
+        assert self.procs is not None, "the chaos run has not started"
+        return self.procs
 
     # ------------------------------------------------------------------ set-up
 
@@ -244,7 +207,7 @@ class _Run:
         self.rt = runtime(self.env)  # harvest's view: state Redis, python-binance to the emulator
         clean(self.rt)
         self.rt.market.put_many(self.xrt.market.get_many(self.syms))  # the states open_positions cached
-        self.procs = _Procs(self.env, self.ns)
+        self.procs = Procs(self.env, self.ns)
         roles = ("scan_worker", "orders_worker", "beat") + (("streams",) if self.streams else ())
         for role in roles:
             self.procs.start(role)
@@ -261,16 +224,21 @@ class _Run:
     # ------------------------------------------------------------------ waves
 
     def n_plans(self) -> int:
-        return _redis_safe(lambda: int(self.rt.r.zcard(self.rt.plans.k.plan_index)), 0)  # type: ignore[return-value]
+        return redis_safe(lambda: int(self.rt.r.zcard(self.rt.plans.k.plan_index)), 0)
 
     def open_count(self) -> int:
-        return _redis_safe(self.rt.plans.count_open, 1 << 30)  # type: ignore[return-value]
+        return redis_safe(self.rt.plans.count_open, 1 << 30)
 
     def _fired(self, kind: str, before: int, timeout: float = 30.0) -> bool:
         """Wait (bounded) until an exchange fault of ``kind`` fired again; whether it did."""
+
+        def fired() -> bool:
+            self.running.supervise()
+            return bool(self.emu.faults.fired().get(kind, 0) > before)
+
         try:
             wait_for(
-                lambda: (self.procs.supervise(), self.emu.faults.fired().get(kind, 0) > before)[1],
+                fired,
                 timeout,
                 0.02,
                 what=f"a {kind} fault to fire",
@@ -299,7 +267,7 @@ class _Run:
         """Wave ``i``'s stream fault (runs with streams: :data:`STREAM_FAULTS` in turn)."""
         kind = STREAM_FAULTS[i % len(STREAM_FAULTS)]
         if kind == "streams_sigkill":
-            self.procs.procs["streams"].kill()  # the supervisor starts it again (a restart counted)
+            self.running.procs["streams"].kill()  # the supervisor starts it again (a restart counted)
         else:
             name = kind.removeprefix("stream_")
             target = "both" if name == "drop" else "user"
@@ -309,9 +277,11 @@ class _Run:
 
     def _strike(self, kind: str, latency_fired: int, before: int) -> None:
         """The harness-side fault of a wave, once its plans are in flight."""
-        procs = self.procs
+        procs = self.running
         if kind == "sigkill_execute" and self._fired("latency", latency_fired):
-            pids = child_pids(procs.procs["orders_worker"].proc.pid)
+            worker = procs.procs["orders_worker"].proc
+            assert worker is not None, "the orders worker was started"
+            pids = child_pids(worker.pid)
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
             self.faults[kind] += len(pids)
@@ -378,11 +348,14 @@ class _Run:
         self._strike(kind, latency_fired, before)
         if kind == "redis_restart_empty":
             before = 0  # every plan went with the state; the wave's plans come after recovery
+
+        def arrived() -> bool:
+            self.running.supervise()
+            return self.n_plans() >= before + len(batch) and not self.emu.faults.armed()
+
         try:  # the next wave's fault must not replace this one's before it fired
             wait_for(
-                lambda: (self.procs.supervise(), self.n_plans() >= before + len(batch) and not self.emu.faults.armed())[
-                    1
-                ],
+                arrived,
                 120,
                 0.1,
                 f"wave {i + 1}'s plans and faults",
@@ -429,8 +402,8 @@ class _Run:
         return self.outstanding()[0]
 
     def _quiet(self) -> bool:
-        self.procs.supervise()
-        if self.open_count() != 0 or any(_redis_safe(lambda: queue_depths(self.rt), {"?": 1}).values()):
+        self.running.supervise()
+        if self.open_count() != 0 or any(redis_safe(lambda: queue_depths(self.rt), {"?": 1}).values()):
             return False
         missing, left = self.outstanding()
         return not missing and not left.get("retrying") and not left.get("?")
@@ -524,13 +497,13 @@ class _Run:
             "time_to_drain_s": round(drained_s, 2),
             "wall_s": round(time.monotonic() - self.t_start, 2),
             "faults_injected": dict(sorted(self.faults.items())),
-            "restarts": dict(self.procs.restarts),
+            "restarts": dict(self.running.restarts),
             "broker": "amqp"
             if self.broker and self.broker.startswith("amqp")
             else ("redis+sentinel" if self.sentinel else "redis"),
             "failovers": self.state.failovers if isinstance(self.state, SentinelCluster) else 0,
             "accounts": len(self.rt.accounts),
-            "positions_from_streams": int(_redis_safe(lambda: self.rt.plans.counters().get("positions:streams", 0), 0)),
+            "positions_from_streams": int(redis_safe(lambda: self.rt.plans.counters().get("positions:streams", 0), 0)),
         }
         rep["ok"] = (
             rep["duplicate_orders"] == 0
@@ -548,7 +521,7 @@ class _Run:
         if self.emu is not None:
             self.emu.stop()
         if self.broker and self.broker.startswith("amqp"):
-            _delete_amqp_queues(self.broker, self.ns)
+            delete_amqp_queues(self.broker, self.ns)
         self.state.stop()
         self.exchange.stop()
 
@@ -594,22 +567,6 @@ def run_chaos(
         return run.report(drained)
     finally:
         run.stop()
-
-
-def _delete_amqp_queues(broker: str, ns: str) -> None:
-    """Remove the run's queues from RabbitMQ (they are named after its namespace)."""
-    try:
-        from kombu import Connection
-
-        with Connection(broker, connect_timeout=5) as conn:
-            ch = conn.channel()
-            for k in ("scan", "orders", "housekeeping"):
-                try:
-                    ch.queue_delete(f"{ns}.{k}")
-                except conn.channel_errors:
-                    ch = conn.channel()
-    except Exception as e:  # pragma: no cover - best effort clean-up
-        print(f"chaos: queues of {ns} not removed from the broker: {e}", file=sys.stderr)
 
 
 def format_report(rep: dict) -> str:
