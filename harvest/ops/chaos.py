@@ -101,9 +101,6 @@ from harvest.venues.base import VenueError
 from settings import mask_url
 from settings.celery import celery_config
 
-#: The old name of :class:`harvest.ops.chaos_procs.Procs` (harvest.ops.hosts imports it).
-_Procs = Procs
-
 #: The wave's fault, in order; waves beyond these run without a fault.
 WAVES = (
     "http_429",
