@@ -1,14 +1,19 @@
 """A plan's record: its hash as stored (``<ns>:plan:<plan_id>``, or its archived JSON copy) read
 back as a :class:`harvest.domain.models.Plan` (:func:`parse_plan`), and the one log line of each
-of its transitions (:func:`log_transition`)."""
+of its transitions (:func:`log_transition`); its transitions read back from the results
+stream (:func:`plan_history`)."""
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Iterable
+
+import redis
 
 from harvest.domain.models import Plan, PlanState
+from harvest.store.connect import sync
+from harvest.store.keys import Keys
 from harvest.store.records import NewerVersion, check_version
 from harvest.store.scripts import _PLAN_FLOATS
 
@@ -55,3 +60,39 @@ def parse_plan(h: dict[str, str]) -> Plan:
             d[f] = int(d[f])
     d["decision"] = json.loads(d.get("decision", "{}"))
     return Plan.model_validate(d)
+
+
+def plan_history(r: redis.Redis, k: Keys, plan_id: str, sends: bool = False) -> list[dict[str, str]]:
+    """State transitions of one plan from the results stream, oldest first (``sends``:
+    also the send records of a SUBMITTED plan, ``from == to``, reason ``send_*`` /
+    ``resend_step_*`` / ``operator_retry``). Read by plan, whatever the stream's length:
+    the plan's hash (or its archived copy) lists its entries' ids (``log``, written by the
+    Lua scripts that append them, :data:`harvest.store.scripts.LEDGER_LUA`), one ``XRANGE``
+    each in one round trip; entries trimmed off the stream are gone. A plan written before
+    the index existed is found by reading the whole stream in pages."""
+    ids = sync(r.hget(k.plan(plan_id), "log"))
+    if ids is None:
+        raw = sync(r.hget(k.archive, plan_id))
+        try:
+            ids = json.loads(raw).get("log") if raw else None
+        except (ValueError, AttributeError):
+            ids = None
+    if ids:
+        p = r.pipeline(transaction=False)
+        for xid in str(ids).split(","):
+            p.xrange(k.results, xid, xid)
+        rows = [f for got in p.execute() for _, f in got]
+    else:
+        rows = [f for f in _scan_results(r, k) if f.get("plan_id") == plan_id]
+    return [f for f in rows if f.get("plan_id") == plan_id and (sends or f.get("from") != f.get("to"))]
+
+
+def _scan_results(r: redis.Redis, k: Keys, page: int = 10_000) -> Iterable[dict[str, str]]:
+    """Every entry of the results stream, oldest first, a page per round trip."""
+    start = "-"
+    while True:
+        got = sync(r.xrange(k.results, start, "+", count=page))
+        yield from (f for _, f in got)
+        if len(got) < page:
+            return
+        start = "(" + got[-1][0]

@@ -18,7 +18,7 @@ from harvest.store.connect import sync
 from harvest.store.counters import DEFERRED, scan_to_fill
 from harvest.store.keys import Keys
 from harvest.store.market import market_state_from_json
-from harvest.store.plan_record import log_transition, parse_plan
+from harvest.store.plan_record import log_transition, parse_plan, plan_history
 from harvest.store.records import SCHEMA, NewerVersion, Unreadable, UnreadableRecord, check_version
 from harvest.store.scripts import (
     _ARCHIVE_LUA,
@@ -557,38 +557,9 @@ class PlanStore(PlanStoreDelegates):
                 unreadable.append(Unreadable.of(self.k.plan(pid), e))
 
     def history(self, plan_id: str, sends: bool = False) -> list[dict[str, str]]:
-        """State transitions of one plan from the results stream, oldest first (``sends``:
-        also the send records of a SUBMITTED plan, ``from == to``, reason ``send_*`` /
-        ``resend_step_*`` / ``operator_retry``). Read by plan, whatever the stream's length:
-        the plan's hash (or its archived copy) lists its entries' ids (``log``, written by the
-        Lua scripts that append them, :data:`harvest.store.scripts.LEDGER_LUA`), one ``XRANGE``
-        each in one round trip; entries trimmed off the stream are gone. A plan written before
-        the index existed is found by reading the whole stream in pages."""
-        ids = sync(self.r.hget(self.k.plan(plan_id), "log"))
-        if ids is None:
-            raw = sync(self.r.hget(self.k.archive, plan_id))
-            try:
-                ids = json.loads(raw).get("log") if raw else None
-            except (ValueError, AttributeError):
-                ids = None
-        if ids:
-            p = self.r.pipeline(transaction=False)
-            for xid in str(ids).split(","):
-                p.xrange(self.k.results, xid, xid)
-            rows = [f for got in p.execute() for _, f in got]
-        else:
-            rows = [f for f in self._scan_results() if f.get("plan_id") == plan_id]
-        return [f for f in rows if f.get("plan_id") == plan_id and (sends or f.get("from") != f.get("to"))]
-
-    def _scan_results(self, page: int = 10_000) -> Iterable[dict[str, str]]:
-        """Every entry of the results stream, oldest first, a page per round trip."""
-        start = "-"
-        while True:
-            got = sync(self.r.xrange(self.k.results, start, "+", count=page))
-            yield from (f for _, f in got)
-            if len(got) < page:
-                return
-            start = "(" + got[-1][0]
+        """State transitions of one plan from the results stream, oldest first (``sends``: also
+        its send records): :func:`harvest.store.plan_record.plan_history`."""
+        return plan_history(self.r, self.k, plan_id, sends)
 
     def inflight_many(self, account: str, symbols: list[str]) -> list[str | None]:
         """Holder plan_id of each position's in-flight lock (None when free)."""
