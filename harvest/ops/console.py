@@ -67,6 +67,7 @@ from harvest.domain.plans import PLAN_ID_RE
 from harvest.domain.trading import STATES, effective
 from harvest.ops.scorecard import queue_depths
 from harvest.services.runtime import Runtime
+from harvest.store.connect import sync
 from harvest.store.records import Unreadable, UnreadableRecord, check_version, numeric_fields
 from harvest.store.trading import set_state
 from harvest.store.views import PositionsSeen, PositionsView
@@ -222,7 +223,7 @@ def _over_time(rt: Runtime, unreadable: list[Unreadable], count: int = 20_000) -
     total = 0.0
     counts: dict[str, int] = {}
     bad: Unreadable | None = None
-    for xid, f in rt.r.xrevrange(rt.plans.k.results, count=count)[::-1]:
+    for xid, f in sync(rt.r.xrevrange(rt.plans.k.results, count=count))[::-1]:
         if f.get("from") == f.get("to"):
             continue
         try:
@@ -358,7 +359,7 @@ def make_app(rt: Runtime, password: str | None, hosts: tuple[str, ...] = ()) -> 
 
     def index(request: Request) -> Response:
         unreadable: list[Unreadable] = []
-        states = rt.r.hgetall(rt.plans.k.trading)
+        states = sync(rt.r.hgetall(rt.plans.k.trading))
         positions: list[dict] = []
         seen: dict[str, str] = {}
         for name in rt.accounts:
@@ -389,7 +390,7 @@ def make_app(rt: Runtime, password: str | None, hosts: tuple[str, ...] = ()) -> 
         beats = {
             k: f"{max(0.0, time.time() - v):.1f}"
             for k, v in sorted(
-                numeric_fields(rt.r.hgetall(rt.plans.k.heartbeat), rt.plans.k.heartbeat, unreadable).items()
+                numeric_fields(sync(rt.r.hgetall(rt.plans.k.heartbeat)), rt.plans.k.heartbeat, unreadable).items()
             )
         }
         pnl_chart, states_chart = _over_time(rt, unreadable)

@@ -219,6 +219,7 @@ def run_demo(
                 file=log,
                 flush=True,
             )
+        assert rt.clock is not None, "the demo runs on the paper venue's market clock"
         rt.clock.set(t_start, 0.0, end=t_end)
         mark_recovered(rt.r, ns)  # fresh paper accounts: nothing to recover
         _seed_market(rt)
@@ -310,6 +311,7 @@ def run_demo(
 
 
 def _seed_market(rt: Runtime) -> None:
+    assert rt.clock is not None, "the demo runs on the paper venue's market clock"
     now = rt.clock.now()
     rt.market.put_many(
         [market_state_at(load_klines(s), now, rt.settings.theta) for s in rt.settings.symbols if s in SHIPPED_SYMBOLS]

@@ -28,6 +28,7 @@ from urllib.parse import unquote
 
 from harvest.domain.notices import Health, Notice, Throttle, from_health, from_trading, from_transition
 from harvest.services.runtime import Runtime
+from harvest.store.connect import sync
 from harvest.store.counters import account_counter, account_decisions
 
 log = logging.getLogger("harvest.notify")
@@ -198,9 +199,9 @@ def notify_once(rt: Runtime, send: Sender, throttle: Throttle, now: float | None
     ns = rt.settings.namespace
     cursor_key = f"{ns}:notify:cursor"
     streams = {rt.plans.k.results: "results", f"{ns}:stream:trading": "trading"}
-    cursor = rt.r.hgetall(cursor_key)
+    cursor = sync(rt.r.hgetall(cursor_key))
     notices: list[Notice] = []
-    read = rt.r.xread({k: cursor.get(v, "0-0") for k, v in streams.items()}, count=1000) or []
+    read = sync(rt.r.xread({k: cursor.get(v, "0-0") for k, v in streams.items()}, count=1000)) or []
     last: dict[str, str] = {}
     for key, entries in read:
         kind = streams[key]
@@ -232,7 +233,7 @@ def run(rt: Runtime, send: Sender, interval_s: float = 2.0, once: bool = False) 
     cursor_key = f"{ns}:notify:cursor"
     if not rt.r.exists(cursor_key):
         for key, kind in ((rt.plans.k.results, "results"), (f"{ns}:stream:trading", "trading")):
-            info = rt.r.xinfo_stream(key) if rt.r.exists(key) else None
+            info = sync(rt.r.xinfo_stream(key)) if rt.r.exists(key) else None
             rt.r.hset(cursor_key, kind, info["last-generated-id"] if info else "0-0")
     throttle = Throttle(rt.settings.notify_repeat_s, rt.settings.notify_max_per_min)
     while True:

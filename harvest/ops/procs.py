@@ -237,8 +237,10 @@ class SentinelCluster:
         """Whether ``server`` is a replica with its link to the current primary up."""
         import redis
 
+        from harvest.store.connect import sync
+
         try:
-            info = redis.Redis(port=server.port, password=self.password, socket_timeout=2).info("replication")
+            info = sync(redis.Redis(port=server.port, password=self.password, socket_timeout=2).info("replication"))
         except Exception:
             return False
         return (
@@ -280,10 +282,10 @@ class SentinelCluster:
                 f"sentinel parallel-syncs {self.SERVICE} 1\n"
                 + (f"sentinel auth-pass {self.SERVICE} {self.password}\n" if self.password else "")
             )
+            binary = self.servers[0].binary
+            assert binary is not None, "redis-server was found: the servers run"
             self.sentinels.append(
-                subprocess.Popen(
-                    [self.servers[0].binary, conf, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-                )
+                subprocess.Popen([binary, conf, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             )
         wait_for(self._settled, 60, 0.1, "the Sentinels to know the primary, its replicas and each other")
         return self
@@ -296,6 +298,7 @@ class SentinelCluster:
         killed server runs again as a replica in sync (bounded, 60 s each)."""
         old = self.server(self.primary_port() or self.servers[0].port)
         t0 = time.monotonic()
+        assert old.proc is not None, "the primary runs"
         old.proc.kill()
         old.proc.wait(10)
         wait_for(lambda: self.primary_port() not in (None, old.port), 60, 0.05, "the Sentinels to promote a replica")

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from harvest.data import Klines
 from harvest.domain.models import HarvestTheta
 from harvest.lab.account import DeskPosition, Reconstruction, reconstruct
 from harvest.lab.engine import FillModel, Trades, simulate
@@ -241,7 +242,7 @@ def replay_account(
         step = (facts.KLINE_INTERVALS.get(interval) or 60) * 1000
         tag = "emulator" if where and str(where).startswith("http") else str(where)
         folder = None if cache is None else cache / tag.replace("/", "_")
-        kl = []
+        kl: list[tuple[Klines, tuple[np.ndarray, np.ndarray] | None, str]] = []
         for s in used:
             first = min(p.opened_at for p in rec.positions if p.symbol == s)
             if progress:

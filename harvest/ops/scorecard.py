@@ -15,6 +15,7 @@ from harvest.domain.plans import TERMINAL
 from harvest.domain.trading import effective
 from harvest.ops.term import term_safe
 from harvest.services.runtime import Runtime
+from harvest.store.connect import sync
 from harvest.store.counters import account_counter, account_decisions
 from harvest.store.records import Unreadable, numeric_fields
 from harvest.venues.base import VenueError
@@ -105,7 +106,7 @@ def build_scorecard(rt: Runtime) -> dict:
     ``funding`` (paid; negative when received) and ``net = realized − commission − funding``.
     Figures are the deployment's, summed over its accounts; ``accounts`` has each account's
     own (mode, venue, plans, executed, plans by state, orders, net PnL, open positions, scans)."""
-    by = defaultdict(Counter)
+    by: defaultdict[str, Counter[str]] = defaultdict(Counter)
     non_terminal = 0
     plans = 0
     lineages: dict[str, int] = {}  # lineage → its latest attempt
@@ -152,7 +153,7 @@ def build_scorecard(rt: Runtime) -> dict:
             scans=account_counter(counters, a, "scan:runs"),
         )
     source = " + ".join(sorted(sources))
-    states = rt.r.hgetall(rt.plans.k.trading)
+    states = sync(rt.r.hgetall(rt.plans.k.trading))
     for a in rt.accounts:
         per[a]["mode"] = effective(states, a, rt.for_account(a).settings.mode)
     pnl = {}
@@ -170,7 +171,7 @@ def build_scorecard(rt: Runtime) -> dict:
     now = time.time()
     return {
         "plans": plans,
-        "plans_archived": int(rt.r.zcard(rt.plans.k.archived)),
+        "plans_archived": int(sync(rt.r.zcard(rt.plans.k.archived))),
         "plans_by_action": {a: dict(c) for a, c in sorted(by.items())},
         "executed": sum(c.get(PlanState.FILLED, 0) + c.get(PlanState.PARTIALLY_FILLED, 0) for c in by.values()),
         "non_terminal": non_terminal,
@@ -209,7 +210,7 @@ def build_scorecard(rt: Runtime) -> dict:
         "heartbeat_age_s": {
             k: round(now - v, 3)
             for k, v in sorted(
-                numeric_fields(rt.r.hgetall(rt.plans.k.heartbeat), rt.plans.k.heartbeat, unreadable).items()
+                numeric_fields(sync(rt.r.hgetall(rt.plans.k.heartbeat)), rt.plans.k.heartbeat, unreadable).items()
             )
         },
         "unreadable_records": [{"key": u.key, "error": u.error, "newer": u.newer} for u in unreadable],
