@@ -15,6 +15,7 @@ ORDER_NOT_FOUND (Binance's -2013 "Order does not exist.") → it was not placed,
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from harvest.domain.models import PlanState, SendState
 from harvest.services.execution import PENDING, resolve_submitted
@@ -29,9 +30,10 @@ STREAM_CONFIRM_POLL_S = 0.1
 
 
 @app.task(bind=True, **contract("harvest.confirm", acks_late=True, max_retries=None))
-def confirm(self, ref: dict | None) -> str | None:
+def confirm(self: Any, ref: dict[str, Any] | None) -> str | None:
     """ref: ``{"plan_id": …}``, with ``"step"`` and ``"acked_at"`` when execute's send was
-    accepted (recorded here, with the plan read: :func:`tasks.common.load_acknowledged_plan`).
+    accepted (execute recorded it; the order's stream events are read with the plan:
+    :func:`tasks.common.load_acknowledged_plan`).
     Returns the terminal state written, or None when the plan is not SUBMITTED; retries every
     ``confirm_retry_s`` while the outcome is pending, until the plan's TTL, when the look-up
     is final."""

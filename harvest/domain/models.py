@@ -403,7 +403,7 @@ class PlanState(StrEnum):
 
 class SendState(StrEnum):
     """The outcome of a plan's current send (``Plan.send``): ``sending`` (sent or being sent;
-    an accepted send stays ``sending`` until confirm records it), ``accepted``, ``unknown``
+    an accepted send stays ``sending`` until execute records it), ``accepted``, ``unknown``
     (no answer that says whether the order exists: a look-up decides) or ``not_executed``
     (known not placed: the next step may send again)."""
 
@@ -419,7 +419,7 @@ class Plan(BaseModel):
     ``step``/``client_order_id``: the current send (``hv-<plan_id>-<step>``); a new step is
     taken only after the previous send is known not executed. ``send``: outcome of the
     current send — ``sending`` (sent or being sent; an accepted send stays ``sending`` until
-    confirm records it), ``accepted``, ``unknown`` or ``not_executed``."""
+    execute records it), ``accepted``, ``unknown`` or ``not_executed``."""
 
     plan_id: str
     account: str

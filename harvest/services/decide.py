@@ -122,20 +122,23 @@ def load_positions(
     rows: list[Row] = []
     epochs: dict[str, dict[str, Any]] = {}  # new book entries, written in one transaction
     extremes: dict[str, dict[str, float]] = {}  # peak/trough moves, written in one pipeline
-    for vp, entry, m in zip(vps, entries, markets, strict=True):
+    for vp, booked_entry, m in zip(vps, entries, markets, strict=True):
         if m is None:
             rt.plans.count("scan:no_market_state")
             continue
-        if is_new_epoch(vp, entry):
+        entry: dict[str, Any]
+        if booked_entry is None or is_new_epoch(vp, booked_entry):
             entry = epochs[vp.symbol] = new_book_entry(vp, m, now, rt.settings.theta_for(vp.symbol))
-        elif vp.mark_price > (entry.get("peak_price") or 0) or vp.mark_price < (
-            entry.get("trough_price") or float("inf")
+        elif vp.mark_price > (booked_entry.get("peak_price") or 0) or vp.mark_price < (
+            booked_entry.get("trough_price") or float("inf")
         ):
             extremes[vp.symbol] = {
-                "peak_price": max(entry.get("peak_price") or 0, vp.mark_price),
-                "trough_price": min(entry.get("trough_price") or float("inf"), vp.mark_price),
+                "peak_price": max(booked_entry.get("peak_price") or 0, vp.mark_price),
+                "trough_price": min(booked_entry.get("trough_price") or float("inf"), vp.mark_price),
             }
-            entry = {**entry, **extremes[vp.symbol]}
+            entry = {**booked_entry, **extremes[vp.symbol]}
+        else:
+            entry = booked_entry
         rows.append((vp, entry, m))
     rt.book.put_many(acct, epochs)
     rt.book.update_many(acct, extremes)
@@ -333,7 +336,7 @@ def chain_payload(d: Decision, scanned_at: float) -> tuple[dict[str, Any], str]:
     return payload, plan_id_for(d)
 
 
-def write_triggers(rt: Runtime, rows: list[Row], pipe=None) -> int:
+def write_triggers(rt: Runtime, rows: list[Row], pipe: Any = None) -> int:
     """Replace the account's triggers (:meth:`harvest.store.keys.Keys.triggers`) with those of
     ``rows``: for each position, :func:`harvest.domain.triggers.next_trigger` under its symbol's
     theta, as ``{"price": USDT, "side": 1 | -1}`` (a LONG fires at or above the price, a SHORT at

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
+from typing import Any
 
-from harvest.domain.models import PlanState, SendState, VenuePosition
+from harvest.domain.models import Plan, PlanState, SendState, VenuePosition
 from harvest.domain.plans import parse_client_order_id
 from harvest.services.decide import load_positions
 from harvest.services.execution import PENDING, Resend, resolve_submitted
@@ -19,7 +21,7 @@ from harvest.venues.base import OrderResult, VenueError
 log = logging.getLogger("harvest")
 
 
-def report(rt: Runtime, kind: str, **fields) -> None:
+def report(rt: Runtime, kind: str, **fields: Any) -> None:
     """One finding of reconciliation on ``<ns>:stream:reconcile`` (and a counter
     ``reconcile:<kind>``, a log line); ``harvest streams``' audit reports its disagreements here."""
     rt.r.xadd(
@@ -123,67 +125,11 @@ def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
         for s, e in zip(open_syms, rt.book.get_many(acct, open_syms, ("side", "epoch")), strict=True)
     }
     open_orders = view[1] if view is not None else rt.venue.open_orders()
-    closed = adopted = unknown = 0
     plans = {p.plan_id: p for p in rt.plans.open_plans()}
-    for plan in plans.values():
-        if plan.account != acct or epochs.get(plan.symbol) == plan.epoch:
-            continue
-        if plan.state in (PlanState.PROPOSED, PlanState.APPROVED):
-            ok, _ = rt.plans.transition(
-                plan.plan_id, PlanState.EXPIRED, "position_closed_outside", data={"open_epoch": epochs.get(plan.symbol)}
-            )
-            closed += ok
-        # "sending": execute owns it, or its send was accepted and confirm has yet to record
-        # that and resolve it; the sweeper resolves it at the TTL if confirm never runs.
-        elif plan.state == PlanState.SUBMITTED and plan.send != SendState.SENDING:
-            # Final look-up: with the position gone nothing more will fill; a plan whose
-            # order closed the position itself reads FILLED here.
-            closed += resolve_submitted(rt, plan, final=True) != PENDING
-    for o in open_orders:
-        parsed = parse_client_order_id(o.client_order_id)
-        if parsed is None:
-            continue  # not harvest's (a strategy's own stop, a manual order)
-        pid, step = parsed
-        try:
-            plan = plans.get(pid) or rt.plans.get(pid)
-        except UnreadableRecord as e:  # a newer version's plan (or a broken one): never adopted here
-            log.warning("open order %s left alone: %s", o.client_order_id, e)
-            continue
-        if plan is not None and plan.account != acct:
-            continue  # another account's plan_id on this account's books: never adopted here
-        if plan is None and rt.r.sismember(rt.plans.k.recovered_plans, pid):
-            continue  # a plan lost with the state, known again from the exchange (harvest.services.recovery)
-        if plan is None:
-            unknown += 1
-            report(
-                rt,
-                "unknown_order",
-                client_order_id=o.client_order_id,
-                symbol=o.symbol,
-                type=o.type,
-                status=o.status,
-                side=o.side,
-            )
-        elif plan.state == PlanState.APPROVED:
-            ok, _ = rt.plans.transition(
-                pid,
-                PlanState.SUBMITTED,
-                "adopted_from_exchange",
-                data={"client_order_id": o.client_order_id, "step": step},
-                fields={"client_order_id": o.client_order_id, "step": step, "send": SendState.ACCEPTED},
-            )
-            if ok:
-                adopted += 1
-                report(rt, "adopted_order", plan_id=pid, client_order_id=o.client_order_id, symbol=o.symbol)
-                try:
-                    fresh = rt.plans.get(pid)
-                except UnreadableRecord:  # rewritten meanwhile by a newer version: it resolves it
-                    fresh = None
-                if fresh is not None:
-                    resolve_submitted(rt, fresh, final=False, resend=resend)
-        elif plan.state == PlanState.SUBMITTED and plan.client_order_id == o.client_order_id:
-            resolve_submitted(rt, plan, final=False, resend=resend)
-    rt.r.hset(rt.plans.k.counters, f"acct:{acct}:positions_open", len(rows))
+    closed = _closed_outside(rt, plans, epochs)
+    seen = Counter(_check_order(rt, o, plans, resend) for o in open_orders)
+    unknown, adopted = seen["unknown"], seen["adopted"]
+    rt.r.hset(rt.plans.k.counters, f"acct:{acct}:positions_open", str(len(rows)))
     return {
         "positions": len(rows),
         "ghosts_dropped": ghosts,
@@ -192,6 +138,89 @@ def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
         "adopted": adopted,
         "from_streams": int(view is not None),
     }
+
+
+def _closed_outside(rt: Runtime, plans: dict[str, Plan], epochs: dict[str, Any]) -> int:
+    """End the open plans of ``rt``'s account whose position epoch is no longer open
+    (``epochs``: symbol → the open epoch): PROPOSED or APPROVED → EXPIRED
+    ``position_closed_outside``; SUBMITTED (not ``sending``) → a final look-up. Returns how many
+    ended."""
+    closed = 0
+    for plan in plans.values():
+        if plan.account != rt.settings.account or epochs.get(plan.symbol) == plan.epoch:
+            continue
+        if plan.state in (PlanState.PROPOSED, PlanState.APPROVED):
+            ok, _ = rt.plans.transition(
+                plan.plan_id, PlanState.EXPIRED, "position_closed_outside", data={"open_epoch": epochs.get(plan.symbol)}
+            )
+            closed += ok
+        # "sending": execute owns it, or its send was accepted and execute has yet to record
+        # that; confirm or the sweeper resolves it at the TTL.
+        elif plan.state == PlanState.SUBMITTED and plan.send != SendState.SENDING:
+            # Final look-up: with the position gone nothing more will fill; a plan whose
+            # order closed the position itself reads FILLED here.
+            closed += resolve_submitted(rt, plan, final=True) != PENDING
+    return closed
+
+
+def _check_order(rt: Runtime, o: OrderResult, plans: dict[str, Plan], resend: Resend | None) -> str | None:
+    """One working order of ``rt``'s account against the plans: not harvest's, another
+    account's plan or a plan lost with the state (None); harvest's without a plan
+    (``"unknown"``, reported); an APPROVED plan's order (adopted: SUBMITTED, ``"adopted"``);
+    a SUBMITTED plan's current order (looked up, None)."""
+    parsed = parse_client_order_id(o.client_order_id)
+    if parsed is None:
+        return None  # not harvest's (a strategy's own stop, a manual order)
+    pid, step = parsed
+    try:
+        plan = plans.get(pid) or rt.plans.get(pid)
+    except UnreadableRecord as e:  # a newer version's plan (or a broken one): never adopted here
+        log.warning("open order %s left alone: %s", o.client_order_id, e)
+        return None
+    if plan is not None and plan.account != rt.settings.account:
+        return None  # another account's plan_id on this account's books: never adopted here
+    if plan is None and rt.r.sismember(rt.plans.k.recovered_plans, pid):
+        return None  # a plan lost with the state, known again from the exchange (harvest.services.recovery)
+    if plan is None:
+        report(
+            rt,
+            "unknown_order",
+            client_order_id=o.client_order_id,
+            symbol=o.symbol,
+            type=o.type,
+            status=o.status,
+            side=o.side,
+        )
+        return "unknown"
+    if plan.state == PlanState.APPROVED:
+        return "adopted" if _adopt(rt, plan, o, step, resend) else None
+    if plan.state == PlanState.SUBMITTED and plan.client_order_id == o.client_order_id:
+        resolve_submitted(rt, plan, final=False, resend=resend)
+    return None
+
+
+def _adopt(rt: Runtime, plan: Plan, o: OrderResult, step: int, resend: Resend | None) -> bool:
+    """An APPROVED plan whose order the exchange shows (its SUBMITTED was lost): SUBMITTED with
+    ``send=accepted`` at the order's step, reported, and resolved by the order. Returns whether
+    it was adopted here."""
+    pid = plan.plan_id
+    ok, _ = rt.plans.transition(
+        pid,
+        PlanState.SUBMITTED,
+        "adopted_from_exchange",
+        data={"client_order_id": o.client_order_id, "step": step},
+        fields={"client_order_id": o.client_order_id, "step": step, "send": SendState.ACCEPTED},
+    )
+    if not ok:
+        return False
+    report(rt, "adopted_order", plan_id=pid, client_order_id=o.client_order_id, symbol=o.symbol)
+    try:
+        fresh = rt.plans.get(pid)
+    except UnreadableRecord:  # rewritten meanwhile by a newer version: it resolves it
+        fresh = None
+    if fresh is not None:
+        resolve_submitted(rt, fresh, final=False, resend=resend)
+    return True
 
 
 def check_clock(rt: Runtime) -> int | None:

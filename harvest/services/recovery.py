@@ -37,12 +37,20 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import redis
 
 from harvest.domain.models import PlanState, SendState
 from harvest.domain.plans import parse_client_order_id
 from harvest.venues.base import Venue, VenueError
+
+if TYPE_CHECKING:  # the runtime module imports this one's callers; only its type is needed here
+    from harvest.services.runtime import Runtime
+
+#: An account's open positions as the scan loads them: ``(account runtime) -> rows``
+#: (:func:`harvest.services.decide.load_positions`'s rows).
+LoadRows = Callable[["Runtime"], list[Any]]
 
 log = logging.getLogger("harvest")
 
@@ -56,11 +64,11 @@ def durability(r: redis.Redis) -> tuple[bool, str]:
     ``everysec`` or ``always`` (``(True, "aof everysec")``), else ``(False, why)``. Where
     ``CONFIG`` is not allowed (a managed Redis), ``aof_enabled`` from ``INFO persistence``
     decides. Raises redis.RedisError when the Redis does not answer."""
-    info = r.info("persistence")
+    info = cast(dict[str, Any], r.info("persistence"))
     if int(info.get("aof_enabled", 0)) != 1:
         return False, "AOF is off (appendonly no)"
     try:
-        fsync = (r.config_get("appendfsync") or {}).get("appendfsync", "")
+        fsync = cast(dict[str, str], r.config_get("appendfsync") or {}).get("appendfsync", "")
     except redis.ResponseError:  # CONFIG disabled: AOF on is all that can be read
         return True, "aof (appendfsync not readable)"
     if fsync not in ("everysec", "always"):
@@ -112,7 +120,7 @@ def tiers_done(orders: list, symbol: str, side_close: str, opened_at: float) -> 
     return min(3, len(plans))
 
 
-def recover(rt, load_rows) -> dict:
+def recover(rt: Runtime, load_rows: LoadRows) -> dict[str, Any]:
     """Make the state whole from the exchange's records (module docstring) and mark it so,
     reading every account of the deployment before the mark is set.
     ``rt``: a :class:`harvest.services.runtime.Runtime`; ``load_rows(account_rt)``: that account's
@@ -173,7 +181,7 @@ def recover(rt, load_rows) -> dict:
     }
 
 
-def _resume_sent(ra, found: dict[str, str]) -> int:
+def _resume_sent(ra: Runtime, found: dict[str, str]) -> int:
     """Plans the store knows that the exchange shows an order of, still APPROVED in the store:
     their SUBMITTED was lost with the state (a failover, a restart) after their order went
     out. Each moves to SUBMITTED with ``send=unknown`` at the order's step, for confirm and
@@ -199,7 +207,7 @@ def _resume_sent(ra, found: dict[str, str]) -> int:
     return n
 
 
-def ensure_recovered(rt, load_rows) -> dict | None:
+def ensure_recovered(rt: Runtime, load_rows: LoadRows) -> dict[str, Any] | None:
     """:func:`recover` when the state is not known whole (``<ns>:state:recovered`` missing);
     None when it is. ``load_rows(account_rt)``: an account's open positions as the scan loads them. The records
     are read only a grace period (the venue timeout + 1 s) after the loss was first seen, so
@@ -210,7 +218,7 @@ def ensure_recovered(rt, load_rows) -> dict | None:
     now = time.time()
     k_seen = f"{rt.settings.namespace}:state:lost_seen_at"
     rt.r.set(k_seen, repr(now), nx=True, ex=3600)
-    seen = float(rt.r.get(k_seen) or now)
+    seen = float(cast("str | None", rt.r.get(k_seen)) or now)
     grace = rt.settings.venue_timeout_s + 1.0
     if now < seen + grace:
         return {"waiting_s": round(seen + grace - now, 2)}

@@ -44,45 +44,37 @@ loses only freshness (the cache turns stale and readers use REST).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
 import socket
 import time
-from typing import Callable
+from typing import Any
 
 from harvest.domain.stream_events import (
     AlgoUpdate,
     Event,
     FundingFee,
-    Kline,
     LeverageUpdate,
     ListenKeyExpired,
-    MalformedEvent,
-    MarkPrice,
     PositionUpdate,
     StreamGap,
     TradeUpdate,
     audit_differences,
     order_key_of,
-    parse_event,
 )
-from harvest.domain.trading import effective
+from harvest.services.market_streams import Fire, MarketStreams
 from harvest.services.reconcile import report
 from harvest.services.runtime import Runtime
-from harvest.store.streams import KlineCache, StreamCache
+from harvest.services.stream_loop import CLOSED, Pump, failed, parse_message, wait
+from harvest.store.streams import StreamCache
 from harvest.venues.base import VenueError
-from harvest.venues.binance_streams import (
-    StreamClosed,
-    is_streaming,
-    mark_price_socket,
-    socket_manager,
-    stream_url_of,
-    user_socket,
-)
+from harvest.venues.binance_streams import is_streaming, socket_manager, stream_url_of, user_socket
 
 log = logging.getLogger("harvest.streams")
+
+
+__all__ = ["AccountStreams", "Fire", "MarketStreams", "run_streams"]
 
 
 class AccountStreams:
@@ -118,6 +110,9 @@ class AccountStreams:
         self._next_audit: float | None = None
         self._retry_s = 1.0  # backoff of a REST read refused between resyncs
         self._changed = False
+        self._gap, self._full_due = False, False
+        self._pending: set[str] = set()
+        self._changed_at: float | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -141,7 +136,7 @@ class AccountStreams:
                 if not waiting:
                     log.info("account %s is held by %s; waiting", self.rt.settings.account, self.cache.lease_owner())
                     waiting = True
-                await _wait(stop, 1.0)
+                await wait(stop, 1.0)
                 continue
             waiting = False
             log.info("holding account %s (lease %s s)", self.rt.settings.account, self.lease_s)
@@ -149,7 +144,7 @@ class AccountStreams:
                 await self._session(stop)
                 backoff = 1.0
             except Exception:  # the emulator's handshake or the client failed: retry
-                backoff = await _failed(self.cache, "session", stop, backoff)
+                backoff = await failed(self.cache, "session", stop, backoff)
             finally:
                 self.cache.release(self.owner)
 
@@ -178,7 +173,7 @@ class AccountStreams:
 
     # ------------------------------------------------------------------ user data stream
 
-    async def _user(self, bsm, stop: asyncio.Event) -> None:
+    async def _user(self, bsm: Any, stop: asyncio.Event) -> None:
         """Hold the user data stream: connect, resync from REST, fold events in. A drop, an
         expired listenKey, an audit disagreement, the resync's REST read refused (429/418 …) or
         any error distrusts the cache (readers on REST) and reconnects with backoff (1 s doubling
@@ -206,7 +201,7 @@ class AccountStreams:
             if why not in ("listen_key_expired", "audit"):  # those were recorded when they were seen
                 self.cache.distrust(why)
             log.info("user data stream ended (%s); reopening in %.0f s", why, backoff)
-            await _wait(stop, backoff)
+            await wait(stop, backoff)
             backoff = min(60.0, backoff * 2)
 
     def _apply(self, ev: Event) -> str | None:
@@ -242,56 +237,77 @@ class AccountStreams:
         self._changed = True
         return None
 
-    async def _consume(self, sock, stop: asyncio.Event) -> str:
+    async def _consume(self, sock: Any, stop: asyncio.Event) -> str:
         """Apply the stream's events until it ends; returns why it ended. REST is read only
         after a gap (once reconnected), for a symbol opened or flipped, after a funding
         settlement, and by the audit when it is due."""
         self._reset()
-        async with _Pump(sock) as pump:
+        async with Pump(sock) as pump:
             while not stop.is_set():
                 msg = await pump.get(0.1 if self._changed_at else 1.0)
-                if msg is _CLOSED:
+                if msg is CLOSED:
                     return "closed"
                 if msg is not None:
-                    for ev in _parse(self.cache, msg):
+                    for ev in parse_message(self.cache, msg):
                         if why := self._apply(ev):
                             return why
-                if self._gap:
-                    if is_streaming(sock):
-                        await self._resync()  # reconnected: what the gap hid comes from REST
-                elif self._changed_at is not None and time.monotonic() - self._changed_at >= self.settle_s:
-                    full, pending = self._full_due, set(self._pending)
-                    self._reset()
-                    try:
-                        if full:  # a funding settlement: an audit reads the rows, income with them
-                            if await self._audit(pump, clean=True) is not None:
-                                return "audit"
-                        else:
-                            for sym in sorted(pending):
-                                await self._resync_symbol(sym)
-                                pending.discard(sym)
-                        self._retry_s = 1.0
-                    except VenueError as e:
-                        # REST refused (429/418, the budget): what it was to bring stays owed — the
-                        # cache dirty or the row without its REST fields, so readers use REST — and
-                        # the read is retried with backoff (never a reconnection: it would cost more)
-                        self._refused(e)
-                        self._full_due, self._pending = self._full_due or full, self._pending | pending
-                        self._changed_at = time.monotonic() + self._retry_s - self.settle_s
-                        self._retry_s = min(60.0, self._retry_s * 2)
-                elif self._next_audit is not None and time.time() >= self._next_audit:
-                    self._next_audit = self.next_audit(time.time())
-                    try:
-                        if await self._audit(pump) is not None:
-                            return "audit"
-                        self._retry_s = 1.0
-                    except VenueError as e:
-                        # the audit could not read REST: the stream is as clean as it was, so the
-                        # account stays on it; the audit is retried with backoff, before its slot
-                        self._refused(e)
-                        self._next_audit = min(self._next_audit, time.time() + self._retry_s)
-                        self._retry_s = min(60.0, self._retry_s * 2)
+                if await self._owed(sock, pump):
+                    return "audit"
             return "stop"
+
+    async def _owed(self, sock: Any, pump: Pump) -> bool:
+        """Read from REST what is owed now: after a gap (once reconnected) a resync, ``settle_s``
+        after a change :meth:`_settle`, at its time the audit (:meth:`_audit_due`). Returns
+        whether an audit disagreed (the stream must end)."""
+        if self._gap:
+            if is_streaming(sock):
+                await self._resync()  # reconnected: what the gap hid comes from REST
+            return False
+        if self._changed_at is not None and time.monotonic() - self._changed_at >= self.settle_s:
+            return await self._settle(pump)
+        if self._next_audit is not None and time.time() >= self._next_audit:
+            return await self._audit_due(pump)
+        return False
+
+    async def _settle(self, pump: Pump) -> bool:
+        """``settle_s`` after a change the stream cannot tell in full: an audit after a funding
+        settlement (it reads the rows, income with them), else each symbol opened or flipped
+        from REST. Returns whether the audit disagreed (the stream must end). A REST read
+        refused (429/418, the budget) leaves what it was to bring owed — the cache dirty or
+        the row without its REST fields, so readers use REST — and is retried with backoff
+        (never a reconnection: it would cost more)."""
+        full, pending = self._full_due, set(self._pending)
+        self._reset()
+        try:
+            if full:
+                if await self._audit(pump, clean=True) is not None:
+                    return True
+            else:
+                for sym in sorted(pending):
+                    await self._resync_symbol(sym)
+                    pending.discard(sym)
+            self._retry_s = 1.0
+        except VenueError as e:
+            self._refused(e)
+            self._full_due, self._pending = self._full_due or full, self._pending | pending
+            self._changed_at = time.monotonic() + self._retry_s - self.settle_s
+            self._retry_s = min(60.0, self._retry_s * 2)
+        return False
+
+    async def _audit_due(self, pump: Pump) -> bool:
+        """The scheduled audit; returns whether it disagreed (the stream must end). An audit
+        that could not read REST leaves the account on the stream (as clean as it was) and is
+        retried with backoff, before its next slot."""
+        self._next_audit = self.next_audit(time.time())
+        try:
+            if await self._audit(pump) is not None:
+                return True
+            self._retry_s = 1.0
+        except VenueError as e:
+            self._refused(e)
+            self._next_audit = min(self._next_audit, time.time() + self._retry_s)
+            self._retry_s = min(60.0, self._retry_s * 2)
+        return False
 
     def _refused(self, e: VenueError) -> None:
         """A REST read of the streams process refused or failed: counted
@@ -328,7 +344,7 @@ class AccountStreams:
         vp = await asyncio.to_thread(self.rt.venue.position, symbol)
         self.cache.resync_symbol(symbol, vp, started)
 
-    async def _audit(self, pump: "_Pump", clean: bool = False) -> list[dict] | None:
+    async def _audit(self, pump: Pump, clean: bool = False) -> list[dict] | None:
         """Compare REST truth with the cache (:func:`harvest.domain.stream_events.audit_differences`).
         Events that arrived during the read are folded in first, and what they touched is not
         compared (the cache is newer there). Agreement: the REST-only fields are refreshed
@@ -344,7 +360,7 @@ class AccountStreams:
         started = int(self.rt.market_now() * 1000)
         vps, orders = await asyncio.to_thread(self._rest, self.cache.known_symbols())
         for msg in pump.drain():
-            for ev in _parse(self.cache, msg):
+            for ev in parse_message(self.cache, msg):
                 if self._apply(ev) is not None:
                     return None  # the stream ended meanwhile: the reconnection resyncs
         if self._gap:
@@ -382,270 +398,7 @@ class AccountStreams:
                 return
             self.rt.plans.beat("streams")
             self.cache.note(owner=self.owner)
-            await _wait(halt, 1.0)
-
-
-#: Starts a position's chain on an event: ``(account, symbol) -> None`` (an operator tool passes
-#: one that publishes :func:`workflows.full_chain`; services import no canvas).
-Fire = Callable[[str, str], None]
-
-
-class MarketStreams:
-    """The mark-price and 1m kline streams (``<symbol>@markPrice@1s``, ``<symbol>@kline_1m``;
-    public: no credentials, no lease) of one ``harvest streams`` process: ``symbols`` and every
-    symbol open in any of ``caches`` (the accounts it holds), into ``<ns>:streams:marks`` and,
-    closed bars only, :class:`harvest.store.streams.KlineCache` (the market refresh reads them).
-    ``silence_s``: how long a market stream may say nothing before it is reopened (wall s).
-
-    Event-driven exits: with ``fire``, each mark is compared with the triggers the accounts'
-    last scans left (:meth:`harvest.store.keys.Keys.triggers`, re-read every
-    ``triggers_every_s``); a mark at or beyond a position's trigger calls ``fire(account,
-    symbol)`` once for that trigger, records it on ``<ns>:streams:fired`` (account, symbol,
-    trigger, mark, the event's time and when it was fired, ms) and counts
-    ``streams:triggers_fired``; while trading is HALTED for the account none fires (counted
-    ``streams:triggers_held``). What the chain does is the pipeline's: it re-reads the position
-    from REST and every stage's rule applies, so a stale trigger costs one evaluate."""
-
-    def __init__(
-        self,
-        rt: Runtime,
-        symbols: list[str],
-        caches: list[StreamCache],
-        silence_s: float = 10.0,
-        fire: Fire | None = None,
-        triggers_every_s: float = 0.5,
-    ):
-        self.rt, self.symbols, self.caches, self.silence_s = rt, list(symbols), caches, silence_s
-        self.cache = caches[0]
-        self.klines = KlineCache(rt.r, rt.settings.namespace)
-        self.fire, self.triggers_every_s = fire, triggers_every_s
-        self._triggers: dict[str, list[tuple[str, float, int]]] = {}  # symbol → [(account, price, side)]
-        self._read_at = 0.0
-        self._fired: set[tuple[str, str, float]] = set()
-
-    def _refresh_triggers(self) -> None:
-        if time.monotonic() - self._read_at < self.triggers_every_s:
-            return
-        self._read_at = time.monotonic()
-        p = self.rt.r.pipeline(transaction=False)
-        for c in self.caches:
-            p.hgetall(self.rt.plans.k.triggers(c.account))
-        by_symbol: dict[str, list[tuple[str, float, int]]] = {}
-        for c, rows in zip(self.caches, p.execute(), strict=True):
-            for sym, raw in rows.items():
-                try:
-                    t = json.loads(raw)
-                    by_symbol.setdefault(sym, []).append((c.account, float(t["price"]), int(t["side"])))
-                except (ValueError, KeyError, TypeError):
-                    self.cache.count("malformed_trigger")
-        self._triggers = by_symbol
-        live = {(a, s, px) for s, ts in by_symbol.items() for a, px, _ in ts}
-        self._fired &= live  # a trigger the scan moved or dropped may fire again when it comes back
-
-    def _halted(self, account: str) -> bool:
-        """Whether trading is HALTED for ``account`` now (a chain would only be refused at the
-        guard, its plan counted as an attempt)."""
-        try:
-            mode = self.rt.for_account(account).settings.mode
-        except KeyError:
-            return True
-        return effective(self.rt.r.hgetall(self.rt.plans.k.trading), account, mode) == "HALTED"
-
-    def _check(self, ev: MarkPrice, arrived: float | None = None) -> None:
-        """Fire the chain of every held position whose trigger ``ev``'s mark reached; each firing
-        is recorded (``<ns>:streams:fired``: ``event_ms`` the event's E on the exchange's clock,
-        ``received_ms`` its arrival and ``fired_ms`` the firing, both wall ms: a latency is
-        measured from ``received_ms``, never from E against wall time)."""
-        arrived = time.time() if arrived is None else arrived
-        if self.fire is None:
-            return
-        self._refresh_triggers()
-        for account, price, side in self._triggers.get(ev.symbol, ()):
-            if side * (ev.mark - price) < 0 or (account, ev.symbol, price) in self._fired:
-                continue
-            if self._halted(account):  # the next scan drops its triggers; until then none fires
-                self.cache.count("triggers_held")
-                continue
-            self._fired.add((account, ev.symbol, price))
-            try:
-                self.fire(account, ev.symbol)
-            except Exception:  # a broker that does not answer: the beat scan is the safety net
-                self.cache.count("errors:fire")
-                log.exception("trigger of %s %s not fired", account, ev.symbol)
-                continue
-            now_ms = int(time.time() * 1000)
-            self.rt.r.xadd(
-                f"{self.rt.settings.namespace}:streams:fired",
-                {
-                    "account": account,
-                    "symbol": ev.symbol,
-                    "trigger": repr(price),
-                    "mark": repr(ev.mark),
-                    "event_ms": ev.event_ms,
-                    "received_ms": int(arrived * 1000),
-                    "fired_ms": now_ms,
-                },
-                maxlen=10_000,
-                approximate=True,
-            )
-            self.cache.count("triggers_fired")
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Hold the market streams until ``stop``; errors are logged with their traceback,
-        counted (``streams:errors:market_session``) and retried with backoff (1 s doubling to
-        60 s)."""
-        backoff = 1.0
-        while not stop.is_set():
-            try:
-                url = await asyncio.to_thread(stream_url_of, self.rt.settings)
-                client, bsm = socket_manager(self.rt.settings, url, public=True)
-                task = asyncio.create_task(self._market(bsm, stop))
-                try:
-                    await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-                    # python-binance notices a close only when its 10 s read wait ends: bounded
-                    # grace, then cancelled (as AccountStreams does)
-                    await asyncio.wait([task], timeout=3.0)
-                finally:
-                    if not task.done():
-                        task.cancel()
-                        await asyncio.gather(task, return_exceptions=True)
-                    await asyncio.wait_for(client.close_connection(), 3.0)
-                backoff = 1.0
-            except Exception:
-                backoff = await _failed(self.cache, "market_session", stop, backoff)
-
-    def _wanted(self) -> list[str]:
-        """The mark-price streams to hold: the configured symbols and every open position's."""
-        return sorted(set(self.symbols).union(*(c.open_symbols() for c in self.caches)))
-
-    async def _market(self, bsm, halt: asyncio.Event) -> None:
-        """Hold ``<symbol>@markPrice@1s`` for :meth:`_wanted`; reopen when that set changes
-        (a position opened in a new symbol), when the stream is silent ``silence_s``, or after
-        an error (with backoff)."""
-        backoff = 1.0
-        while not halt.is_set():
-            names = self._wanted()
-            if not names:
-                await _wait(halt, 1.0)
-                continue
-            silent = False
-            try:
-                sock = mark_price_socket(bsm, names)
-                async with sock, _Pump(sock) as pump:
-                    last = checked = time.monotonic()
-                    while not halt.is_set():
-                        if time.monotonic() - last >= self.silence_s:
-                            silent = True
-                            break
-                        if time.monotonic() - checked >= 1.0:
-                            checked = time.monotonic()
-                            if self._wanted() != names:
-                                break  # a new symbol: reopen with it at once
-                        msg = await pump.get(1.0)
-                        if msg is _CLOSED:
-                            raise StreamClosed
-                        if msg is None:
-                            continue
-                        arrived = time.time()  # wall: the events' freshness (E is the exchange's clock)
-                        for ev in _parse(self.cache, msg):
-                            if isinstance(ev, MarkPrice):
-                                self.cache.put_mark(ev, at=arrived)
-                                self._check(ev, arrived)
-                                last = time.monotonic()
-                                backoff = 1.0
-                            elif isinstance(ev, Kline) and ev.closed:
-                                self.klines.put(ev.symbol, [(ev.open_ms, ev.close)])
-                if not silent:
-                    continue
-                self.cache.count("gap:market_silent")
-            except StreamClosed:
-                self.cache.count("gap:market_closed")
-            except Exception:
-                self.cache.count("errors:market")
-                log.exception("market stream failed")
-            if not halt.is_set():
-                await _wait(halt, backoff)
-                backoff = min(60.0, backoff * 2)
-
-
-_CLOSED = object()
-
-
-class _Pump:
-    """Reads a python-binance socket in its own task into an ``asyncio.Queue``, so that waiting
-    with a timeout never cancels the socket's ``recv()`` (a timed-out ``recv()`` is where a
-    message could be lost or held back); ``get(timeout)`` gives a message, None after the
-    timeout, or ``_CLOSED`` once the socket's read loop has ended."""
-
-    def __init__(self, sock):
-        self.sock, self.q = sock, asyncio.Queue()
-        self.task: asyncio.Task | None = None
-        self.closing = False
-
-    async def __aenter__(self) -> "_Pump":
-        self.task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        assert self.task is not None
-        self.closing = True
-        # Python 3.11's asyncio.wait_for (inside python-binance's recv) can swallow a
-        # cancellation that lands as a message arrives; cancel until the task has ended.
-        while not self.task.done():
-            self.task.cancel()
-            await asyncio.wait([self.task], timeout=0.1)
-
-    async def _run(self) -> None:
-        try:
-            while not self.closing:
-                await self.q.put(await self.sock.recv())
-        except StreamClosed:
-            await self.q.put(_CLOSED)
-
-    def drain(self) -> list:
-        """The messages already queued (none waited for); ``_CLOSED``, if queued, stays queued."""
-        out = []
-        while not self.q.empty():
-            msg = self.q.get_nowait()
-            if msg is _CLOSED:
-                self.q.put_nowait(msg)
-                break
-            out.append(msg)
-        return out
-
-    async def get(self, timeout: float):
-        try:
-            return await asyncio.wait_for(self.q.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
-
-
-async def _failed(cache: StreamCache, where: str, stop: asyncio.Event, backoff: float) -> float:
-    """Inside an ``except``: log the error with its traceback, count it
-    (``streams:errors:<where>``; ``/metrics`` ``harvest_streams_errors_total{where}``, alert
-    HarvestStreamsErroring when it repeats), wait ``backoff`` s (or until ``stop``) and return
-    the next backoff (doubled, at most 60 s)."""
-    cache.count(f"errors:{where}")
-    log.exception("streams (%s) failed; retrying in %.0f s", where, backoff)
-    await _wait(stop, backoff)
-    return min(60.0, backoff * 2)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except asyncio.TimeoutError:
-        pass
-
-
-def _parse(cache: StreamCache, msg) -> list[Event]:
-    """The events of one message; a malformed one is counted and logged, and gives none."""
-    try:
-        return parse_event(msg, int(time.time() * 1000))
-    except MalformedEvent as e:
-        cache.count("malformed")
-        log.warning("malformed stream event ignored: %s", e)
-        return []
+            await wait(halt, 1.0)
 
 
 def run_streams(

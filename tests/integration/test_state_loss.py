@@ -150,29 +150,30 @@ def test_plan_creation_knows_recovered_plans_and_waits_for_recovery():
     showed after a loss is a true repeat whose lineage reads FILLED."""
     import time as _t
 
-    from harvest.domain.models import Side
-    from harvest.domain.plans import lineage_id, make_plan_id
+    from harvest.domain.models import Decision, Side
+    from harvest.domain.plans import lineage_id, make_plan_id, new_plan
 
     rt = build_runtime(load_settings(namespace=BASE + "-s"))
     clean(rt)
     lid = lineage_id("paper", "BTCUSDT", "L1", Action.PARTIAL_25, "tier=1")
     pid = make_plan_id("paper", "BTCUSDT", "L1", Action.PARTIAL_25, "tier=1", 0)
     now = _t.time()
-    plan = {
-        "plan_id": pid,
-        "lineage": lid,
-        "attempt": 0,
-        "account": "paper",
-        "symbol": "BTCUSDT",
-        "epoch": "L1",
-        "side": Side.LONG,
-        "action": Action.PARTIAL_25,
-        "tier": 1,
-        "close_fraction": 0.25,
-        "created_at": now,
-        "expires_at": now + 30,
-        "client_order_id": f"hv-{pid}-0",
-    }
+    d = Decision(
+        account="paper",
+        symbol="BTCUSDT",
+        epoch="L1",
+        side=Side.LONG,
+        action=Action.PARTIAL_25,
+        tier=1,
+        close_fraction=0.25,
+        r_net=1.0,
+        kill_score=0.0,
+        mark_price=100.0,
+        decided_at=now,
+    )
+    made = new_plan(d, now, 30)
+    assert (made.plan_id, made.record["lineage"]) == (pid, lid)
+    plan = made.record
     rt.r.delete(rt.plans.k.recovered)
     assert rt.plans.create(plan, {}) == "STATE_NOT_RECOVERED" and rt.plans.get(pid) is None
     rt.r.sadd(rt.plans.k.recovered_plans, pid)

@@ -1,0 +1,100 @@
+"""The loop helpers of ``harvest streams`` (:mod:`harvest.services.streams`,
+:mod:`harvest.services.market_streams`): a socket read in its own task (:class:`Pump`), an
+error logged with its traceback, counted and backed off (:func:`failed`), a wait that ends
+early on stop, and one message parsed into events (:func:`parse_message`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from harvest.domain.stream_events import Event, MalformedEvent, parse_event
+from harvest.store.streams import StreamCache
+from harvest.venues.binance_streams import StreamClosed
+
+log = logging.getLogger("harvest.streams")
+
+#: What :meth:`Pump.get` gives once the socket's read loop has ended.
+CLOSED = object()
+
+
+class Pump:
+    """Reads a python-binance socket in its own task into an ``asyncio.Queue``, so that waiting
+    with a timeout never cancels the socket's ``recv()`` (a timed-out ``recv()`` is where a
+    message could be lost or held back); ``get(timeout)`` gives a message, None after the
+    timeout, or ``CLOSED`` once the socket's read loop has ended."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.q: asyncio.Queue[Any] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+        self.closing = False
+
+    async def __aenter__(self) -> "Pump":
+        self.task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.closing = True
+        # Python 3.11's asyncio.wait_for (inside python-binance's recv) can swallow a
+        # cancellation that lands as a message arrives; cancel until the task has ended.
+        while not self.task.done():
+            self.task.cancel()
+            await asyncio.wait([self.task], timeout=0.1)
+
+    async def _run(self) -> None:
+        try:
+            while not self.closing:
+                await self.q.put(await self.sock.recv())
+        except StreamClosed:
+            await self.q.put(CLOSED)
+
+    def drain(self) -> list[Any]:
+        """The messages already queued (none waited for); ``CLOSED``, if queued, stays queued."""
+        out: list[Any] = []
+        while not self.q.empty():
+            msg = self.q.get_nowait()
+            if msg is CLOSED:
+                self.q.put_nowait(msg)
+                break
+            out.append(msg)
+        return out
+
+    async def get(self, timeout: float) -> Any:
+        """The next message, None after ``timeout`` s, or :data:`CLOSED`."""
+        try:
+            return await asyncio.wait_for(self.q.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+
+async def failed(cache: StreamCache, where: str, stop: asyncio.Event, backoff: float) -> float:
+    """Inside an ``except``: log the error with its traceback, count it
+    (``streams:errors:<where>``; ``/metrics`` ``harvest_streams_errors_total{where}``, alert
+    HarvestStreamsErroring when it repeats), wait ``backoff`` s (or until ``stop``) and return
+    the next backoff (doubled, at most 60 s)."""
+    cache.count(f"errors:{where}")
+    log.exception("streams (%s) failed; retrying in %.0f s", where, backoff)
+    await wait(stop, backoff)
+    return min(60.0, backoff * 2)
+
+
+async def wait(stop: asyncio.Event, seconds: float) -> None:
+    """Wait ``seconds``, or until ``stop`` is set."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
+def parse_message(cache: StreamCache, msg: Any) -> list[Event]:
+    """The events of one message; a malformed one is counted and logged, and gives none."""
+    try:
+        return parse_event(msg, int(time.time() * 1000))
+    except MalformedEvent as e:
+        cache.count("malformed")
+        log.warning("malformed stream event ignored: %s", e)
+        return []
