@@ -78,6 +78,7 @@ from harvest.domain.stream_events import (
     order_key_of,
     working_stop,
 )
+from harvest.store.connect import sync
 from harvest.store.records import SCHEMA, check_version
 
 EVENTS_MAXLEN = 10_000
@@ -162,7 +163,9 @@ class KlineCache:
     def closes(self, symbol: str, n: int, last_open_ms: int) -> np.ndarray | None:
         """The closes (USDT, shape (n,), oldest first) of the ``n`` bars up to the one opened at
         ``last_open_ms``, when every one of them is stored (no gap); None otherwise."""
-        rows = self.r.zrangebyscore(self.key(symbol), last_open_ms - (n - 1) * BAR_MS, last_open_ms, withscores=True)
+        rows = sync(
+            self.r.zrangebyscore(self.key(symbol), last_open_ms - (n - 1) * BAR_MS, last_open_ms, withscores=True)
+        )
         if len(rows) != n or int(rows[-1][1]) != last_open_ms or int(rows[0][1]) != last_open_ms - (n - 1) * BAR_MS:
             return None
         return np.array([float(m.split(":", 1)[1]) for m, _ in rows], dtype=np.float64)
@@ -197,7 +200,7 @@ class StreamCache:
         self._release(keys=[self.k_lease], args=[owner])
 
     def lease_owner(self) -> str | None:
-        return self.r.get(self.k_lease)
+        return sync(self.r.get(self.k_lease))
 
     # ------------------------------------------------------------------ writers
 
@@ -227,7 +230,7 @@ class StreamCache:
         ``started_ms``, unless a stream event newer than the read is stored (then the next
         event or audit settles it). Counted ``streams:symbol_reads``. Returns whether it
         applied."""
-        raw = self.r.hget(self.k_positions, symbol)
+        raw = sync(self.r.hget(self.k_positions, symbol))
         if raw is not None and int(json.loads(raw)["event_ms"]) > started_ms:
             return False
         row = _row(vp, started_ms) if vp is not None else {"amt": 0.0, "entry": 0.0, "event_ms": started_ms}
@@ -240,7 +243,7 @@ class StreamCache:
     def mark_dirty(self) -> None:
         """A change the rows cannot show from the stream (a funding settlement: which position
         paid is REST's): readers use REST until the next resync."""
-        self.r.hset(self.k_health, "dirty", 1)
+        self.r.hset(self.k_health, "dirty", "1")
 
     def distrust(self, why: str) -> None:
         """A gap (dropped connection, expired listenKey, silence) or an audit disagreement:
@@ -256,10 +259,10 @@ class StreamCache:
         unless an event or read newer than it is stored (counted ``streams:out_of_order``).
         Returns ``(applied, rest_needed)``: whether it applied and whether the symbol must be
         read from REST (:meth:`resync_symbol`; until then the cache serves no snapshot)."""
-        raw = self.r.hget(self.k_positions, ev.symbol)
+        raw = sync(self.r.hget(self.k_positions, ev.symbol))
         cur = json.loads(raw) if raw else None
         p = self.r.pipeline(transaction=False)
-        p.hset(self.k_health, "last_event_ms", ev.event_ms)
+        p.hset(self.k_health, "last_event_ms", str(ev.event_ms))
         if cur is not None and int(cur["event_ms"]) > ev.event_ms:
             p.hincrby(self.k_counters, "streams:out_of_order", 1)
             p.execute()
@@ -271,7 +274,7 @@ class StreamCache:
 
     def apply_leverage(self, ev: LeverageUpdate) -> None:
         """A symbol's new leverage into its row (a row without REST fields is left as is)."""
-        raw = self.r.hget(self.k_positions, ev.symbol)
+        raw = sync(self.r.hget(self.k_positions, ev.symbol))
         cur = json.loads(raw) if raw else None
         if cur is not None and "row" in cur:
             cur["row"]["leverage"] = ev.leverage
@@ -287,15 +290,15 @@ class StreamCache:
         older than the order's last one changes no open order). The account's lease makes
         this process the only writer, so the read and the write need no transaction."""
         key = self.k_order(ev.client_id)
-        raw = self.r.get(key)
+        raw = sync(self.r.get(key))
         cur = json.loads(raw) if raw else None
         folded = fold_order(cur, ev)
-        fields = {"v": SCHEMA["stream"], "type": type(ev).__name__, "data": ev.model_dump_json()}
+        fields: dict[Any, Any] = {"v": SCHEMA["stream"], "type": type(ev).__name__, "data": ev.model_dump_json()}
         okey, entry = open_order_change(ev)
         p = self.r.pipeline(transaction=False)
         p.xadd(self.k_events, fields, maxlen=EVENTS_MAXLEN, approximate=True)
         p.set(key, json.dumps(folded), ex=ORDER_TTL_S)
-        p.hset(self.k_health, "last_event_ms", ev.event_ms)
+        p.hset(self.k_health, "last_event_ms", str(ev.event_ms))
         if cur is None or int(cur.get("event_ms", 0)) <= ev.event_ms:
             if entry is None:
                 p.hdel(self.k_orders, okey)
@@ -329,17 +332,17 @@ class StreamCache:
     # ------------------------------------------------------------------ readers
 
     def health(self) -> dict[str, str]:
-        return self.r.hgetall(self.k_health)
+        return sync(self.r.hgetall(self.k_health))
 
     def trusted(self) -> bool:
         """Whether the position cache holds exchange truth (resynced since the last gap)."""
-        return self.r.hget(self.k_health, "trusted") == "1"
+        return sync(self.r.hget(self.k_health, "trusted")) == "1"
 
     def positions(self) -> dict[str, dict] | None:
         """Open positions (symbol → {"amt", "entry", "event_ms"}; flat ones left out) when the
         cache is trusted; None when it is not (read positionRisk instead)."""
         p = self.r.pipeline(transaction=True)
-        p.hmget(self.k_health, "trusted", "v")
+        p.hmget(self.k_health, ["trusted", "v"])
         p.hgetall(self.k_positions)
         (trusted, v), rows = p.execute()
         if trusted != "1" or not _readable(v):
@@ -368,7 +371,7 @@ class StreamCache:
         (read REST)."""
         now = time.time() if now is None else now
         p = self.r.pipeline(transaction=True)
-        p.hmget(self.k_health, "trusted", "dirty", "v")
+        p.hmget(self.k_health, ["trusted", "dirty", "v"])
         p.hget(f"{self.ns}:heartbeat", "streams")
         p.hgetall(self.k_positions)
         p.hgetall(self.k_marks)
@@ -428,18 +431,20 @@ class StreamCache:
     def order_moved_since(self, keys: set[str], started_ms: int) -> set[str]:
         """Of open-orders keys (``algo:<id>`` / ``order:<id>``), those whose order had a stream
         event at or after ``started_ms`` (its folded outcome's time)."""
-        keys = sorted(keys)
-        if not keys:
+        ordered = sorted(keys)
+        if not ordered:
             return set()
-        raws = self.r.mget([self.k_order(k.split(":", 1)[1]) for k in keys])
-        return {k for k, raw in zip(keys, raws, strict=True) if raw and int(json.loads(raw)["event_ms"]) >= started_ms}
+        raws = sync(self.r.mget([self.k_order(k.split(":", 1)[1]) for k in ordered]))
+        return {
+            k for k, raw in zip(ordered, raws, strict=True) if raw and int(json.loads(raw)["event_ms"]) >= started_ms
+        }
 
     def refresh(self, vps: list[VenuePosition], started_ms: int, clean: bool = False) -> int:
         """After an audit that agreed: the REST-only fields (leverage, liquidation price,
         opening time, funding) of every row no stream event touched since ``started_ms`` come
         from ``vps``; with ``clean`` the cache is no longer dirty. Notes ``audited_at`` (wall
         s). Returns the rows refreshed."""
-        rows = self.r.hgetall(self.k_positions)
+        rows = sync(self.r.hgetall(self.k_positions))
         p = self.r.pipeline(transaction=True)
         n = 0
         for vp in vps:
@@ -453,14 +458,14 @@ class StreamCache:
 
     def open_symbols(self) -> set[str]:
         """Symbols with an open position in the cache (trusted or not)."""
-        return {s for s, v in self.r.hgetall(self.k_positions).items() if json.loads(v)["amt"] != 0}
+        return {s for s, v in sync(self.r.hgetall(self.k_positions)).items() if json.loads(v)["amt"] != 0}
 
     def marks(self, max_age_s: float | None = None, now: float | None = None) -> dict[str, float]:
         """Mark prices (USDT) by symbol; with ``max_age_s``, only those that arrived at most that
         long ago (wall s, ``now`` default the wall clock; :meth:`put_mark`)."""
         now = time.time() if now is None else now
         out = {}
-        for s, v in self.r.hgetall(self.k_marks).items():
+        for s, v in sync(self.r.hgetall(self.k_marks)).items():
             d = json.loads(v)
             if max_age_s is None or now - float(d.get("at", 0.0)) <= max_age_s:
                 out[s] = d["mark"]
@@ -468,7 +473,7 @@ class StreamCache:
 
     def events(self, count: int = 100) -> list[dict]:
         """The newest fills and algo-order updates, oldest first (``type`` + the event's fields)."""
-        rows = self.r.xrevrange(self.k_events, count=count)
+        rows = sync(self.r.xrevrange(self.k_events, count=count))
         return [dict(json.loads(f["data"]), type=f["type"]) for _, f in reversed(rows) if _readable(f.get("v"))]
 
 
