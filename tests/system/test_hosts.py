@@ -32,7 +32,7 @@ WHY = unavailable()
 pytestmark = pytest.mark.skipif(WHY is not None, reason=f"network namespaces cannot be made here: {WHY}")
 
 
-def _ns_of_this_run() -> list[str]:
+def _hv_namespaces() -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30).stdout
     return [ln.split()[0] for ln in out.splitlines() if ln.startswith("hv-")]
 
@@ -47,7 +47,6 @@ def _no_duplicates_nothing_lost(rep: dict) -> None:
 def test_a_paper_deployment_across_hosts_fills_plans():
     """The emulator on the exchange host, workers, beat and streams each on their own: every
     position made actionable gets its order on the exchange, once, and its plan FILLED."""
-    before = set(_ns_of_this_run())
     rep = run_hosts(plans=6, faults=(), plan_ttl_s=20.0, drain_timeout_s=180.0)
     assert set(rep["hosts"]) == set(HOSTS)
     assert len(set(rep["hosts"].values())) == len(HOSTS)
@@ -57,7 +56,7 @@ def test_a_paper_deployment_across_hosts_fills_plans():
     _no_duplicates_nothing_lost(rep)
     assert rep["positions_from_streams"] > 0  # the streams host fed the scans
     assert rep["ok"] is True
-    assert set(_ns_of_this_run()) <= before  # its namespaces are gone
+    assert not [ns for ns in _hv_namespaces() if ns.startswith(f"hv-{os.getpid()}-")]  # its namespaces are gone
 
 
 def test_chaos_across_hosts_cli():
@@ -92,8 +91,8 @@ def test_a_crashed_runs_namespaces_are_swept():
         subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)
     try:
         gone = sweep_stale()
-        assert stale in gone and live not in gone
-        assert stale not in _ns_of_this_run() and live in _ns_of_this_run()
+        assert live not in gone  # (another run's sweep may have taken the stale one first)
+        assert stale not in _hv_namespaces() and live in _hv_namespaces()
     finally:
         for ns in (stale, live):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
@@ -126,20 +125,20 @@ def test_a_run_killed_midway_is_cleaned_by_the_next():
     try:
 
         def mine() -> list[str]:
-            return [ns for ns in _ns_of_this_run() if ns.startswith(f"hv-{p.pid}-")]
+            return [ns for ns in _hv_namespaces() if ns.startswith(f"hv-{p.pid}-")]
 
         wait_for(lambda: len(mine()) == len(HOSTS) and _pids_in(mine()), 120, 0.2, "the run's hosts")
         run_id = mine()[0].split("-")[2]
         time.sleep(1.0)  # a moment for more of its processes to start (not a synchronisation)
+        left = mine()
+        orphans = _pids_in(left)  # what the crash leaves behind
         os.kill(p.pid, signal.SIGKILL)
         p.wait(30)
-        left = mine()
-        orphans = _pids_in(left)
-        assert len(left) == len(HOSTS) and orphans  # the crash left them behind
+        assert len(left) == len(HOSTS) and orphans
         relay = ["pgrep", "-f", f"harvest.ops.hosts relay hv{run_id}t "]
         wait_for(lambda: subprocess.run(relay, capture_output=True).returncode == 1, 10, 0.1, "the relay to end")
-        gone = sweep_stale()
-        assert set(left) <= set(gone) and not mine()
+        sweep_stale()  # (another run's sweep may have been first: either way they are gone)
+        assert not mine()
         wait_for(lambda: not any(_running(q) for q in orphans), 10, 0.1, "its processes to end")
         assert f"hv{run_id}" not in subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
     finally:
