@@ -42,7 +42,7 @@ def _unreadable_plan(rt: Runtime, stage: str, payload: Any, e: UnreadableRecord)
     :class:`NewerPlan` (counted ``newer_plan:<stage>``); any other is recorded on the rejected
     stream (:func:`record_rejected`). Nothing is executed from either."""
     if e.record.newer:
-        rt.plans.count(f"newer_plan:{stage}")
+        rt.counters.count(f"newer_plan:{stage}")
         raise NewerPlan(str(e)) from e
     record_rejected(rt, stage, payload, e)
 

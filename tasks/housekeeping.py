@@ -33,10 +33,10 @@ def reconcile() -> dict:
     try:
         out = reconcile_once(rt, resend=start_resend)
     except VenueError as e:
-        rt.plans.count(f"reconcile:venue_error:{e.code}")
+        rt.counters.count(f"reconcile:venue_error:{e.code}")
         log.warning("reconcile skipped: venue unavailable (%s)", e)
         return {"error": e.code}
-    rt.plans.beat("reconcile")
+    rt.heartbeats.beat("reconcile")
     return out
 
 
@@ -51,7 +51,7 @@ def sweep_plans() -> dict:
     if archived:
         ended["archived"] = archived
         log.info("archived %d terminal plans past their retention", archived)
-    rt.plans.beat("sweep")
+    rt.heartbeats.beat("sweep")
     return ended
 
 
@@ -68,7 +68,7 @@ def refresh_exchange_info() -> int:
             n = rt.venue.refresh_exchange_info()
             out = out if out < 0 else n
         except VenueError as e:
-            rt.plans.count(f"venue:exchange_info_failed:{e.code}")
+            rt.counters.count(f"venue:exchange_info_failed:{e.code}")
             log.warning("exchangeInfo refresh of account %s failed: %s", name, e)
             out = -1
     return out
@@ -78,5 +78,5 @@ def refresh_exchange_info() -> int:
 def heartbeat() -> float:
     """Record that beat and a housekeeping worker are alive (Unix time)."""
     now = time.time()
-    get_runtime().plans.beat("beat", now)
+    get_runtime().heartbeats.beat("beat", now)
     return now

@@ -37,6 +37,6 @@ def propose(self: Any, decision: dict[str, Any] | None) -> dict[str, Any] | None
     new = new_plan(d, time.time(), rt.settings.plan_ttl_s)
     existing = rt.plans.create(new.record, new.data)
     if existing is not None:
-        rt.plans.count(f"dedup:{existing}")
+        rt.counters.count(f"dedup:{existing}")
         return None
     return {"plan_id": new.plan_id}

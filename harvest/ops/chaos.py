@@ -500,7 +500,7 @@ class _Run:
             else ("redis+sentinel" if self.sentinel else "redis"),
             "failovers": self.state.failovers if isinstance(self.state, SentinelCluster) else 0,
             "accounts": len(self.rt.accounts),
-            "positions_from_streams": int(redis_safe(lambda: self.rt.plans.counters().get("positions:streams", 0), 0)),
+            "positions_from_streams": int(redis_safe(lambda: self.rt.counters.read().get("positions:streams", 0), 0)),
         }
         rep["ok"] = (
             rep["duplicate_orders"] == 0

@@ -288,7 +288,7 @@ def run_demo(
                 1 for a in rt.accounts for x in emu.order_log(a) if x["kind"] == "HTTP"
             )
         if streams is not None:
-            counters = rt.plans.counters()
+            counters = rt.counters.read()
             card["positions_from_streams"] = counters.get("positions:streams", 0)
             card["orders_confirmed_from_streams"] = counters.get("confirm:from_stream", 0)
         del card["heartbeat_age_s"]

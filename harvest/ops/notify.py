@@ -170,8 +170,8 @@ def _secret_parts(urls: list[str], shown: str) -> list[str]:
 def _health(rt: Runtime) -> Health:
     now = time.time()
     s = rt.settings
-    beats = rt.plans.heartbeats()
-    counters = rt.plans.counters()
+    beats = rt.heartbeats.read()
+    counters = rt.counters.read()
     stuck = account_decisions(rt.r, rt.plans.k, rt.accounts)
     decisions: Counter[str] = Counter()
     for d in stuck.values():
@@ -220,7 +220,7 @@ def notify_once(rt: Runtime, send: Sender, throttle: Throttle, now: float | None
             log.warning("%d notice(s) not sent: the sender raised %s", len(out), type(e).__name__)
         failed = len(out) - sent
         if failed:
-            rt.plans.count("notify:failed", failed)
+            rt.counters.count("notify:failed", failed)
     if last:
         rt.r.hset(cursor_key, mapping=last)
     return {"events": len(notices), "sent": sent, "failed": failed}

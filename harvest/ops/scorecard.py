@@ -126,7 +126,7 @@ def build_scorecard(rt: Runtime) -> dict:
             mine["non_terminal"] += 1
         if p.lineage:
             lineages[p.lineage] = max(lineages.get(p.lineage, 0), p.attempt)
-    counters = rt.plans.counters()
+    counters = rt.counters.read()
     stuck: Counter[str] = Counter()
     for d in account_decisions(rt.r, rt.plans.k, rt.accounts).values():
         stuck.update(d)

@@ -83,7 +83,7 @@ def venue_positions(rt: Runtime, from_streams: bool = True) -> list[VenuePositio
         # harvest streams beats once a second: its heartbeat may be up to ~3 s old while alive
         cached = cache.snapshot(age, max(age, 3.0))
         if cached is not None:
-            rt.plans.count("positions:streams")
+            rt.counters.count("positions:streams")
             return cached
     return rt.venue.positions()
 
@@ -124,7 +124,7 @@ def load_positions(
     extremes: dict[str, dict[str, float]] = {}  # peak/trough moves, written in one pipeline
     for vp, booked_entry, m in zip(vps, entries, markets, strict=True):
         if m is None:
-            rt.plans.count("scan:no_market_state")
+            rt.counters.count("scan:no_market_state")
             continue
         entry: dict[str, Any]
         if booked_entry is None or is_new_epoch(vp, booked_entry):
@@ -145,7 +145,7 @@ def load_positions(
     if symbols is None:
         for ghost in ghosts:
             rt.book.drop(acct, ghost)
-            rt.plans.count("reconcile:ghost_dropped")
+            rt.counters.count("reconcile:ghost_dropped")
     return rows, now
 
 
@@ -192,7 +192,7 @@ def _fresh(rt: Runtime, rows: list[Row]) -> list[Row]:
     stale = {i for i, (_, _, m) in enumerate(rows) if m.computed_at is not None and m.computed_at < since}
     if not stale:
         return rows  # the usual case: nothing copied
-    rt.plans.count("scan:market_stale", len(stale))
+    rt.counters.count("scan:market_stale", len(stale))
     return [(vp, {**e, "entry_state": None}, m) if i in stale else (vp, e, m) for i, (vp, e, m) in enumerate(rows)]
 
 
@@ -240,7 +240,7 @@ def _decide(rt: Runtime, rows: list[Row], now: float, theta: HarvestTheta) -> li
     ok = valid_rows(batch, np.array([vp.leverage for vp, _, _ in rows], dtype=np.float64))
     idx = np.flatnonzero(ok)
     if len(idx) < len(rows):
-        rt.plans.count("scan:invalid_position", len(rows) - len(idx))
+        rt.counters.count("scan:invalid_position", len(rows) - len(idx))
     res = evaluate_batch(batch.select(idx), now, theta)
     naked = {k for k, i in enumerate(idx.tolist()) if unprotected(rows[i][0])}
     out = []
@@ -249,7 +249,7 @@ def _decide(rt: Runtime, rows: list[Row], now: float, theta: HarvestTheta) -> li
         try:
             pos = to_position(acct, vp, entry)
         except ValidationError:  # valid_rows is the model's rule set; this is a safety net
-            rt.plans.count("scan:invalid_position")
+            rt.counters.count("scan:invalid_position")
             continue
         comps = {name: float(res.components[j, k]) for j, name in enumerate(KILL_COMPONENTS)}
         stop = float(res.new_stop[k])

@@ -63,7 +63,7 @@ def resolve_submitted(
     try:
         rt = rt.for_account(plan.account)
     except KeyError:
-        rt.plans.count("unknown_account")
+        rt.counters.count("unknown_account")
         return PENDING
     if streamed is not None and streamed[0] == plan.client_order_id:
         o, held = _order_result(plan, streamed[1]), streamed[2]
@@ -71,7 +71,7 @@ def resolve_submitted(
         o, held = streamed_order(rt, plan)
     vp, position_read = None, False
     if o is not None:
-        rt.plans.count("confirm:from_stream")
+        rt.counters.count("confirm:from_stream")
     elif held and wait_for_stream and not final:
         return PENDING
     else:
@@ -287,7 +287,7 @@ _CLAIM_REFUSALS = {
 
 def _fail(rt: Runtime, pid: str, reason: str) -> SendOutcome:
     """Nothing sent: count ``execute:<reason>``, end the plan FAILED ``reason``."""
-    rt.plans.count(f"execute:{reason}")
+    rt.counters.count(f"execute:{reason}")
     rt.plans.transition(pid, PlanState.FAILED, reason)
     if reason in ("state_not_recovered", "halted"):
         log.warning("plan %s not sent: %s", pid, reason)
@@ -298,7 +298,7 @@ def _not_claimed(rt: Runtime, pid: str, before: str, payload: Any) -> SendOutcom
     """The claim found the plan not APPROVED: newer, unknown, a redelivery or ended."""
     if before == "NEWER_VERSION" or (before and before not in PlanState.__members__):
         # written by a newer version (its v, or a state this one does not know): not ours
-        rt.plans.count("newer_plan:execute")
+        rt.counters.count("newer_plan:execute")
         return SendOutcome(Send.NEWER, pid, reason=f"plan {pid} is {before}: written by a newer version")
     if before == "":
         record_rejected(rt, "execute", payload, "unknown plan_id")
@@ -353,7 +353,7 @@ def send_next(rt: Runtime, plan: Plan, step: int, payload: Any) -> SendOutcome:
     if claim == "not_claimed":
         return SendOutcome(Send.UNKNOWN, pid) if plan.state == PlanState.SUBMITTED else _refused("", pid)
     if claim == NOT_REPLICATED:  # as a send not executed: the next step claims again
-        rt.plans.count("execute:state_not_replicated")
+        rt.counters.count("execute:state_not_replicated")
         rt.plans.mark_send(pid, step, SendState.NOT_EXECUTED, {"reason": "state_not_replicated"})
         delay = retry_delay(step, rt.settings.retry_backoff_s, rt.settings.retry_backoff_max_s, None)
         if step + 1 < rt.settings.max_send_attempts and time.time() + delay < plan.expires_at:
@@ -374,7 +374,7 @@ def _place(rt: Runtime, plan: Plan, cid: str) -> None:
 
 def _end(rt: Runtime, plan: Plan, to: str, reason: str, e: VenueError) -> SendOutcome:
     """The send was refused for good: count ``exchange_<kind>:<code>`` and end the plan."""
-    rt.plans.count(f"exchange_{e.kind}:{e.code}")
+    rt.counters.count(f"exchange_{e.kind}:{e.code}")
     rt.plans.transition(
         plan.plan_id,
         to,

@@ -49,7 +49,7 @@ class GuardOutcome:
 
 def _block(rt: Runtime, plan: Plan, b: Block) -> GuardOutcome:
     """The one denial path: count the reason and end the plan."""
-    rt.plans.count(f"guard:{b.reason}")
+    rt.counters.count(f"guard:{b.reason}")
     rt.plans.transition(plan.plan_id, b.to, b.reason, data={"guard": b.reason, **b.data})
     return GuardOutcome(Guarded.REFUSED, plan.plan_id, b.reason)
 
@@ -83,7 +83,7 @@ def guard_plan(
        compare-and-set; another plan holding it → RETRY until the TTL, then EXPIRED
        ``position_busy``."""
     if plan.state != PlanState.PROPOSED:
-        rt.plans.count("guard:not_proposed")
+        rt.counters.count("guard:not_proposed")
         return GuardOutcome(Guarded.REPEAT, plan.plan_id)
     acct_rt = account_runtime(rt, "guard", payload, plan.account)
     if acct_rt is None:
@@ -110,12 +110,12 @@ def _guard_on_account(
     if isinstance(out, Block):
         return _block(rt, plan, out)
     if out.note:
-        rt.plans.count(f"guard:{out.note}")
+        rt.counters.count(f"guard:{out.note}")
     refusal = order_refusal(trading, plan.account, s.mode)
     if refusal == "halted":
         return _block(rt, plan, Block(PlanState.REJECTED, "halted", {"trading": "HALTED"}))
     if refusal == "shadow_mode":
-        rt.plans.count("guard:shadow_mode")
+        rt.counters.count("guard:shadow_mode")
         rt.plans.transition(
             plan.plan_id,
             PlanState.SHADOWED,
@@ -136,6 +136,6 @@ def _guard_on_account(
     if ok:
         return GuardOutcome(Guarded.APPROVED, plan.plan_id)
     if before == PlanState.PROPOSED:  # still PROPOSED, not approved: another plan holds the position
-        rt.plans.count("guard:position_busy")
+        rt.counters.count("guard:position_busy")
         return _retry_or_expire(rt, plan, "position_busy")
     return GuardOutcome(Guarded.REPEAT, plan.plan_id)

@@ -39,16 +39,16 @@ def refresh_market_states(rt: Runtime) -> int:
                 if closes is None:  # a gap, no streams: REST, which fills the cache for the streams to go on
                     opens, closes = rt.venue.closed_bars(sym, theta.closes_needed)
                     klines.put(sym, [(int(t), float(c)) for t, c in zip(opens, closes, strict=True)])
-                    rt.plans.count("market:klines_rest")
+                    rt.counters.count("market:klines_rest")
                 else:
-                    rt.plans.count("market:klines_streamed")
+                    rt.counters.count("market:klines_streamed")
                 states.append(market_state_from_closes(sym, closes, now, theta).model_copy(update=stamp))
             else:  # the paper engine: shipped klines (a synthetic listing uses its source's)
                 src = rt.venue.source(sym)
                 states.append(market_state_at(load_klines(src), now, theta).model_copy(update={"symbol": sym, **stamp}))
         except (FileNotFoundError, ValueError, VenueError) as e:
-            rt.plans.count("market:unavailable")
+            rt.counters.count("market:unavailable")
             log.warning("market state for %s unavailable: %s", sym, e)
     rt.market.put_many(states)
-    rt.plans.beat("market")
+    rt.heartbeats.beat("market")
     return len(states)

@@ -30,7 +30,7 @@ def report(rt: Runtime, kind: str, **fields: Any) -> None:
         maxlen=10_000,
         approximate=True,
     )
-    rt.plans.count(f"reconcile:{kind}")
+    rt.counters.count(f"reconcile:{kind}")
     log.warning("reconcile: %s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
 
 
@@ -68,7 +68,7 @@ def reconcile_once(rt: Runtime, resend: Resend | None = None) -> dict:
             if len(rt.accounts) == 1:
                 raise
             # One account's exchange not answering holds up no other account.
-            rt.plans.count(f"reconcile:venue_error:{e.code}")
+            rt.counters.count(f"reconcile:venue_error:{e.code}")
             log.warning("reconcile of account %s skipped: venue unavailable (%s)", name, e)
             per[name] = {"error": e.code}
             continue
@@ -108,14 +108,14 @@ def _reconcile_account(rt: Runtime, resend: Resend | None) -> dict[str, int]:
     come from the cache, read together (no request weight; counted
     ``reconcile:from_streams``); otherwise from REST. A plan whose
     outcome is unknown is still looked up on the exchange (:func:`resolve_submitted`)."""
-    before = rt.plans.counters().get("reconcile:ghost_dropped", 0)
+    before = rt.counters.read().get("reconcile:ghost_dropped", 0)
     view = streamed_view(rt)
     if view is not None:
-        rt.plans.count("reconcile:from_streams")
+        rt.counters.count("reconcile:from_streams")
         rows, _ = load_positions(rt, vps=view[0])
     else:
         rows, _ = load_positions(rt, from_streams=False)  # exchange truth from REST
-    ghosts = rt.plans.counters().get("reconcile:ghost_dropped", 0) - before
+    ghosts = rt.counters.read().get("reconcile:ghost_dropped", 0) - before
     # Open positions by the book after ghosts were dropped: every symbol the venue shows open,
     # including any skipped for want of a market state (their plans are not "closed outside").
     acct = rt.settings.account
@@ -239,7 +239,7 @@ def check_clock(rt: Runtime) -> int | None:
         log.warning("exchange clock not read: %s", e)
         return None
     if abs(offset) > rt.settings.max_clock_offset_ms:
-        rt.plans.count("venue:clock_offset_exceeded")
+        rt.counters.count("venue:clock_offset_exceeded")
         log.error(
             "this machine's clock is %.1f s %s the exchange's (limit %d ms): fix NTP",
             abs(offset) / 1000,

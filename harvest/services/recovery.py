@@ -135,7 +135,7 @@ def recover(rt: Runtime, load_rows: LoadRows) -> dict[str, Any]:
     when the exchange does not answer (the key stays unset: nothing is sent until a later run
     succeeds)."""
     k = rt.plans.k
-    began_on = rt.plans.server_id()  # the marker is set only if the server is still this one
+    began_on = rt.recovery.server_id()  # the marker is set only if the server is still this one
     lost: list[str] = []
     resumed = 0
     seen = restored = n_symbols = 0
@@ -159,8 +159,8 @@ def recover(rt: Runtime, load_rows: LoadRows) -> dict[str, Any]:
         seen, restored, n_symbols = seen + len(found), restored + len(tiers), n_symbols + len(symbols)
     if lost:
         rt.r.sadd(k.recovered_plans, *lost)
-    if not rt.plans.mark_recovered(began_on):  # a failover while reading: the next run starts over
-        rt.plans.count("recovery:server_changed")
+    if not rt.recovery.mark_recovered(began_on):  # a failover while reading: the next run starts over
+        rt.counters.count("recovery:server_changed")
         log.warning("state not marked recovered: the state Redis changed server while recovery read the exchange")
         return {"server_changed": True}
     if lost:
@@ -169,9 +169,9 @@ def recover(rt: Runtime, load_rows: LoadRows) -> dict[str, Any]:
             "that makes one of those plan_ids again is a repeat, never a second order",
             len(lost),
         )
-    rt.plans.count("recovery:runs")
+    rt.counters.count("recovery:runs")
     if lost:
-        rt.plans.count("recovery:plans_recovered", len(lost))
+        rt.counters.count("recovery:plans_recovered", len(lost))
     return {
         "orders_seen": seen,
         "plans_recovered": len(lost),
@@ -200,9 +200,9 @@ def _resume_sent(ra: Runtime, found: dict[str, str]) -> int:
             )
             n += ok
         elif state == PlanState.PROPOSED:  # two lost writes; the exchange's order is never repeated:
-            ra.plans.count("recovery:proposed_with_order")  # its guard finds the position's lock or the fill
+            ra.counters.count("recovery:proposed_with_order")  # its guard finds the position's lock or the fill
     if n:
-        ra.plans.count("recovery:plans_resumed", n)
+        ra.counters.count("recovery:plans_resumed", n)
         log.warning("state recovered: %d plans the store held APPROVED had orders on the exchange; now SUBMITTED", n)
     return n
 
@@ -213,7 +213,7 @@ def ensure_recovered(rt: Runtime, load_rows: LoadRows) -> dict[str, Any] | None:
     are read only a grace period (the venue timeout + 1 s) after the loss was first seen, so
     that an order whose send was under way when the state went is on the exchange's books by
     then; until then ``{"waiting_s": …}``. Raises VenueError as :func:`recover`."""
-    if rt.plans.state_known():
+    if rt.recovery.state_known():
         return None
     now = time.time()
     k_seen = f"{rt.settings.namespace}:state:lost_seen_at"
@@ -225,7 +225,7 @@ def ensure_recovered(rt: Runtime, load_rows: LoadRows) -> dict[str, Any] | None:
     try:
         return recover(rt, load_rows)
     except VenueError:
-        rt.plans.count("recovery:venue_error")
+        rt.counters.count("recovery:venue_error")
         raise
 
 

@@ -29,7 +29,7 @@ def record_rejected(rt: Runtime, stage: str, payload: Any, error: Exception | st
         maxlen=10_000,
         approximate=True,
     )
-    rt.plans.count(f"{counter}:{stage}")
+    rt.counters.count(f"{counter}:{stage}")
     log.warning("rejected %s message at %s: %s", counter, stage, text.splitlines()[0] if text else "")
 
 
@@ -40,6 +40,6 @@ def account_runtime(rt: Runtime, stage: str, payload: Any, account: str) -> Runt
     try:
         return rt.for_account(account)
     except KeyError:
-        rt.plans.count("unknown_account")
+        rt.counters.count("unknown_account")
         record_rejected(rt, stage, payload, f"unknown account {account!r}")
         return None

@@ -89,7 +89,7 @@ def scan_account(rt: Runtime, start_chain: StartChain, start_recovery: StartReco
     try:
         rows, now = load_positions(rt)
     except VenueError as e:  # the exchange did not answer: this tick is skipped, the next one retries
-        rt.plans.count(f"scan:venue_error:{e.code}")
+        rt.counters.count(f"scan:venue_error:{e.code}")
         log.warning("scan skipped: positions unavailable (%s)", e)
         return ScanOutcome(acct, seconds=time.perf_counter() - t0, error=e.code)
     held, streamed = _gate(rt, acct, start_recovery)
@@ -107,11 +107,11 @@ def _gate(rt: Runtime, acct: str, start_recovery: StartRecovery) -> tuple[str | 
     the account: ``("halted" | "awaiting_recovery" | None, streamed)``. The recovery marker
     names this server (a failover or restart since ends it)."""
     p = rt.r.pipeline(transaction=False)
-    rt.plans.state_known_in(p)
+    rt.recovery.state_known_in(p)
     p.hgetall(rt.plans.k.trading)
     p.exists(StreamCache(rt.r, rt.settings.namespace, acct).k_lease)
     recovered_reply, trading, streamed = p.execute(raise_on_error=False)
-    recovered = rt.plans.state_known_of(recovered_reply)
+    recovered = rt.recovery.state_known_of(recovered_reply)
     for reply in (trading, streamed):
         if isinstance(reply, Exception):
             raise reply

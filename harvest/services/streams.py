@@ -396,7 +396,7 @@ class AccountStreams:
             if not self.cache.renew(self.owner, self.lease_s):
                 log.error("lost the lease of account %s: letting go of its streams", self.rt.settings.account)
                 return
-            self.rt.plans.beat("streams")
+            self.rt.heartbeats.beat("streams")
             self.cache.note(owner=self.owner)
             await wait(halt, 1.0)
 
