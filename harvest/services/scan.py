@@ -158,10 +158,9 @@ def _record_held(rt: Runtime, acct: str, held: str, rows: list[Row], scanned_at:
     """A held scan's record: its runs and ``scan:<held>`` counted, its heartbeat, no triggers
     (no mark event may start a chain either), the positions view."""
     p = rt.r.pipeline(transaction=False)
-    p.hincrby(rt.plans.k.counters, "scan:runs", 1)
-    p.hincrby(rt.plans.k.counters, f"acct:{acct}:scan:runs", 1)
-    p.hincrby(rt.plans.k.counters, f"scan:{held}", 1)
-    p.hset(rt.plans.k.heartbeat, "scan", repr(time.time()))
+    for name in ("scan:runs", f"acct:{acct}:scan:runs", f"scan:{held}"):
+        rt.counters.count_in(p, name)
+    rt.heartbeats.beat_in(p, "scan")
     p.delete(rt.plans.k.triggers(acct))
     PositionsView(rt.r, rt.settings.namespace).put(p, acct, [vp for vp, _, _ in rows], scanned_at, now)
     p.execute()
@@ -183,19 +182,19 @@ def _record_scan(
     (``<ns>:decisions:<account>``), the heartbeat, the triggers (while ``harvest streams``
     holds the account), the positions view and the scan's duration. Returns the duration (s)."""
     p = rt.r.pipeline(transaction=False)
-    k = rt.plans.k.counters
-    p.hincrby(k, "scan:runs", 1)
-    p.hincrby(k, f"acct:{acct}:scan:runs", 1)
-    p.hincrby(k, "scan:chains_started", kinds["new"] + kinds["retry"])
-    p.hincrby(k, "scan:retries_started", kinds["retry"])
-    p.hincrby(k, "scan:duplicates_skipped", kinds["repeat"])
-    p.hincrby(k, "scan:busy_skipped", kinds["busy"])
+    c = rt.counters
+    c.count_in(p, "scan:runs")
+    c.count_in(p, f"acct:{acct}:scan:runs")
+    c.count_in(p, "scan:chains_started", kinds["new"] + kinds["retry"])
+    c.count_in(p, "scan:retries_started", kinds["retry"])
+    c.count_in(p, "scan:duplicates_skipped", kinds["repeat"])
+    c.count_in(p, "scan:busy_skipped", kinds["busy"])
     naked = sum(1 for vp, _, _ in rows if unprotected(vp))
-    p.hset(k, mapping={f"acct:{acct}:positions_unprotected": naked, f"acct:{acct}:positions_scanned": len(rows)})
+    c.set_in(p, {f"acct:{acct}:positions_unprotected": naked, f"acct:{acct}:positions_scanned": len(rows)})
     dk = rt.plans.k.decisions(acct)
     p.delete(dk)
     p.hset(dk, mapping={"updated_at": repr(time.time()), **{n: c for n, c in stuck.items()}})
-    p.hset(rt.plans.k.heartbeat, "scan", repr(time.time()))
+    rt.heartbeats.beat_in(p, "scan")
     if streamed:
         write_triggers(rt, rows, pipe=p)
     PositionsView(rt.r, rt.settings.namespace).put(p, acct, [vp for vp, _, _ in rows], scanned_at, now)
