@@ -18,7 +18,7 @@
   models (``harvest replay --fill-model``):
 
   - ``slippage`` (the default, Binance-like; the emulator's paper engine states the same model,
-    :mod:`harvest.venues.sim.paper_settlement` and docs/venues.md "The fill model"): the fill
+    :mod:`harvest.venues.sim.paper_fills` and docs/venues.md "The fill model"): the fill
     is the trigger price, or the bar's open when the bar opened beyond it (a gap), moved against
     the position by ``stop_slippage`` × the bar's range (high − low; default 0.1,
     :data:`STOP_SLIPPAGE`), never outside the bar. The paper engine's thin-bar rule (at most a
@@ -77,7 +77,7 @@ _NONE, _P_FULL, _P_PART, _P_STOP = 0, 1, 2, 3  # pending kinds
 
 
 #: Adverse slippage of a triggered stop's MARKET fill, a fraction (0..1) of the bar's range: the
-#: paper engine's default (:data:`harvest.venues.sim.paper_settlement.STOP_SLIPPAGE`, tested equal).
+#: paper engine's default (:data:`harvest.venues.sim.paper_fills.STOP_SLIPPAGE`, tested equal).
 STOP_SLIPPAGE = 0.1
 #: The fill models ``harvest replay --fill-model`` names (module docstring).
 FILL_MODELS = ("slippage", "trigger")
@@ -127,7 +127,7 @@ def _slipped(base: np.ndarray, s: np.ndarray, h: np.ndarray, lo: np.ndarray, sli
     """The MARKET fill of triggered stops or take-profits (USDT, shape (n,)): ``base`` (the
     trigger or the gap's open) moved against the position (side ``s`` ±1) by ``slippage`` × the
     bar's range, kept within the bar [``lo``, ``h``] (the paper engine's model,
-    :func:`harvest.venues.sim.paper_settlement.stop_fills`, without tickSize rounding)."""
+    :func:`harvest.venues.sim.paper_fills.stop_fills`, without tickSize rounding)."""
     if slippage == 0.0:
         return base
     return np.clip(base - s * slippage * (h - lo), lo, h)
