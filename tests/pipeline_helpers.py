@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from harvest.domain.models import MarketState, Regime
-from harvest.domain.plans import TERMINAL
+from harvest.domain.models import Action, Decision, MarketState, Regime, Side
+from harvest.domain.plans import TERMINAL, NewPlan, new_plan
 from harvest.ops.loadgen import T0, clean  # noqa: F401  (one clean for tests, benchmarks and chaos)
 from harvest.services.runtime import Runtime, build_runtime
 from settings import load_settings
@@ -91,3 +91,25 @@ def clean_paper_venue(namespace: str):
     clean(rt)
     yield rt.venue
     clean(rt)
+
+
+def full_close_plan(
+    account: str, symbol: str, epoch: str, now: float, ttl_s: float = 30.0, attempt: int = 0
+) -> NewPlan:
+    """A full close of ``account``'s ``symbol`` LONG (``epoch``), attempt ``attempt``, made
+    ``now`` (Unix s) as propose makes it (:func:`harvest.domain.plans.new_plan`), expiring
+    ``ttl_s`` later; store it with ``rt.plans.create(p.record, p.data)``."""
+    d = Decision(
+        account=account,
+        symbol=symbol,
+        epoch=epoch,
+        side=Side.LONG,
+        action=Action.FULL_CLOSE_PROPOSED,
+        close_fraction=1.0,
+        r_net=0.0,
+        kill_score=0.0,
+        mark_price=100.0,
+        decided_at=now,
+        attempt=attempt,
+    )
+    return new_plan(d, now, ttl_s)

@@ -12,13 +12,13 @@ import subprocess
 import sys
 import time
 
-from harvest.domain.models import Action, PlanState, Side
-from harvest.domain.plans import lineage_id, make_plan_id
+from harvest.domain.models import Action, PlanState
+from harvest.domain.plans import make_plan_id
 from harvest.ops.procs import ROOT
 from harvest.services.runtime import build_runtime
 from settings import load_settings
 from tests.harness import RedisServer
-from tests.pipeline_helpers import clean
+from tests.pipeline_helpers import clean, full_close_plan
 
 NS = os.environ["HARVEST_NAMESPACE"] + "-cli"
 EVIL = "stop hit\x1b[2J\x1b]0;pwned\x07\r\nFAKE 2099-01-01 FILLED\x9b31m"
@@ -46,23 +46,9 @@ def test_stored_escape_sequences_reach_the_terminal_escaped():
     clean(rt)
     pid = make_plan_id("paper", "ETHUSDT", "L9", Action.FULL_CLOSE_PROPOSED, "full", 0)
     now = time.time()
-    rt.plans.create(
-        {
-            "plan_id": pid,
-            "lineage": lineage_id("paper", "ETHUSDT", "L9", Action.FULL_CLOSE_PROPOSED, "full"),
-            "attempt": 0,
-            "account": "paper",
-            "symbol": "ETHUSDT",
-            "epoch": "L9",
-            "side": Side.LONG,
-            "action": Action.FULL_CLOSE_PROPOSED,
-            "close_fraction": 1.0,
-            "created_at": now,
-            "expires_at": now + 30,
-            "client_order_id": f"hv-{pid}-0",
-        },
-        {},
-    )
+    made = full_close_plan("paper", "ETHUSDT", "L9", now)
+    assert made.plan_id == pid
+    rt.plans.create(made.record, {})
     ok, _ = rt.plans.transition(
         pid, PlanState.REJECTED, EVIL, data={"note": EVIL}, fields={"error_code": -2010, "error_message": EVIL}
     )

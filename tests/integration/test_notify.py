@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harvest.domain.models import Action, PlanState
 from harvest.domain.notices import Health, Notice, Throttle, from_health
-from harvest.domain.plans import lineage_id, make_plan_id
+from harvest.domain.plans import make_plan_id
 from harvest.ops.metrics import HarvestCollector
 from harvest.ops.notify import apprise_sender, notify_once
 from harvest.ops.procs import ROOT, free_port
@@ -27,7 +27,7 @@ from harvest.ops.scorecard import build_scorecard, format_scorecard
 from harvest.services.runtime import build_runtime
 from harvest.store.trading import set_state
 from settings import load_settings
-from tests.pipeline_helpers import clean
+from tests.pipeline_helpers import clean, full_close_plan
 
 NS = os.environ["HARVEST_NAMESPACE"] + "-notify"
 
@@ -76,22 +76,9 @@ def rt():
 def _kill_close_filled(rt) -> str:
     now = time.time()
     pid = make_plan_id(rt.settings.account, "BTCUSDT", "L1", Action.FULL_CLOSE_PROPOSED, "full")
-    plan = {
-        "lineage": lineage_id(rt.settings.account, "BTCUSDT", "L1", Action.FULL_CLOSE_PROPOSED, "full"),
-        "attempt": 0,
-        "plan_id": pid,
-        "account": rt.settings.account,
-        "symbol": "BTCUSDT",
-        "epoch": "L1",
-        "side": "LONG",
-        "action": "FULL_CLOSE_PROPOSED",
-        "tier": 0,
-        "close_fraction": 1.0,
-        "created_at": now,
-        "expires_at": now + 30,
-        "client_order_id": f"hv-{pid}-0",
-    }
-    rt.plans.create(plan, {})
+    made = full_close_plan(rt.settings.account, "BTCUSDT", "L1", now)
+    assert made.plan_id == pid
+    rt.plans.create(made.record, {})
     for to, why in (
         (PlanState.APPROVED, "guard_passed"),
         (PlanState.SUBMITTED, "order_sent"),
