@@ -14,10 +14,7 @@ that builds their parsers beside it; :func:`main` registers them in :data:`GROUP
 * :mod:`~harvest.ops.cli.plans` — ``plans``, ``plan``
 * :mod:`~harvest.ops.cli.replay` — ``replay`` (the policy lab)
 * :mod:`~harvest.ops.cli.console` — ``console``, ``notify`` (the operator's page and notices)
-* :mod:`~harvest.ops.cli.schedule` — ``schedule``
-
-A command module imports what its command needs inside the command, so that ``harvest
---help`` and a command's ``--help`` load none of it."""
+* :mod:`~harvest.ops.cli.schedule` — ``schedule``"""
 
 from __future__ import annotations
 
