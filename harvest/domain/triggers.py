@@ -13,7 +13,12 @@ score and the time stop, which a mark alone does not move).
 
 from __future__ import annotations
 
+import math
+
 from harvest.domain.models import HarvestTheta, Position
+
+#: A candidate within this fraction of the mark is at the mark (rounding of R_net's inverse).
+AT_MARK_REL = 1e-12
 
 
 def mark_for_r(pos: Position, r: float, theta: HarvestTheta) -> float:
@@ -52,8 +57,13 @@ def lock_trigger(pos: Position, theta: HarvestTheta) -> float:
 
 def nearest_ahead(pos: Position, candidates: list[float]) -> float | None:
     """The candidate mark nearest to ``pos.mark_price`` strictly in the position's favour, or
-    None. A candidate at or behind the current mark is due now: the scan (or a chain in flight)
-    owns it, and it is not a trigger."""
-    s = pos.side.sign
-    ahead = [c for c in candidates if s * (c - pos.mark_price) > 0.0]
+    None. A candidate behind the current mark is due now: the scan (or a chain in flight) owns
+    it, and it is not a trigger. One at the mark (within :data:`AT_MARK_REL` of it) gives the
+    next representable price ahead (``math.nextafter``): the kernel may not act at the mark itself."""
+    s, m = pos.side.sign, pos.mark_price
+    # A candidate that equals the mark up to rounding (the inverse of R_net in floating point) is
+    # due at the mark by the formula, but the kernel's own R_net may fall a hair short of it there:
+    # its trigger is then the next representable price ahead, or nobody would act until the next.
+    tol = AT_MARK_REL * abs(m)
+    ahead = [c if s * (c - m) > 0.0 else math.nextafter(m, s * math.inf) for c in candidates if s * (c - m) > -tol]
     return min(ahead, key=lambda c: s * c) if ahead else None
