@@ -118,7 +118,7 @@ def task_annotations(s: HarvestSettings) -> dict[str, dict]:
 
 
 #: Beat entry name → (task, the settings field of its interval). ``harvest schedule set NAME
-#: SECONDS`` changes one at runtime (see :mod:`tasks.beat`).
+#: SECONDS`` changes one at runtime (see :mod:`harvest.services.schedule`).
 BEAT_ENTRIES: dict[str, tuple[str, str]] = {
     "scan": ("harvest.scan_positions", "scan_interval_s"),
     "market": ("harvest.refresh_market", "market_refresh_s"),
@@ -211,7 +211,7 @@ def celery_config(s: HarvestSettings) -> dict:
         "worker_hijack_root_logger": False,
         "beat_schedule": beat_schedule(s),
         # One beat: celery-redbeat keeps the schedule in Redis and holds a lock there.
-        "beat_scheduler": "tasks.beat:HarvestScheduler",
+        "beat_scheduler": "harvest.services.schedule:HarvestScheduler",
         "beat_max_loop_interval": BEAT_MAX_LOOP_S,
         "redbeat_redis_url": redbeat_url,  # credentials in the options, where Celery masks them
         # rediss:// (TLS): the certificate options of the URL's query, for kombu and redbeat.

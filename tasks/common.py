@@ -151,7 +151,7 @@ def contract(name: str, *, acks_late: bool, max_retries: int | None, stage: str 
     worker died is delivered again — only for stages that are idempotent by plan state), the
     retry bound ``max_retries`` (None: bounded by the plan TTL instead, the task's own rule),
     and its soft and hard time limits (s) from :data:`settings.celery.TIME_LIMITS_S`. Expiry
-    is carried by each message (plan TTL, :mod:`workflows`; beat interval, :mod:`tasks.beat`).
+    is carried by each message (plan TTL, :mod:`workflows`; beat interval, :mod:`harvest.services.schedule`).
     ``stage``: the name its rejected messages are recorded under (default: the name's last part)."""
     soft, hard = TIME_LIMITS_S[name]
     return {

@@ -46,7 +46,7 @@ IO_MODULES = {
     "websockets",
 }
 #: Task modules that are infrastructure (the app, the shared base), not a stage.
-TASK_INFRA = {"tasks", "tasks.app", "tasks.common", "tasks.poison", "tasks.consumer", "tasks.stale", "tasks.beat"}
+TASK_INFRA = {"tasks", "tasks.app", "tasks.common", "tasks.poison", "tasks.consumer", "tasks.stale"}
 
 
 def room(module: str) -> str | None:
@@ -151,11 +151,6 @@ REDIS_ATTRS = {
 }
 #: Modules of ``harvest.store`` a task may import: the message and record schema (no Redis).
 STORE_SCHEMA = {"harvest.store.records"}
-#: The one task module that is Redis by nature: beat's scheduler is celery-redbeat's, its
-#: schedule and lock live in Redis (not a stage; it touches no plan).
-REDIS_BY_NATURE = {"tasks.beat"}
-
-
 def redis_access(path: Path) -> list[str]:
     """Where a file reaches Redis itself: imports of ``redis`` (or a store module other than
     :data:`STORE_SCHEMA`), ``from redbeat… import get_redis``, and attribute access or names in
@@ -174,13 +169,14 @@ def redis_access(path: Path) -> list[str]:
     return found
 
 
-TASK_MODULES = [(n, p) for n, p in MODULES if room(n) in ("tasks", "workflows") and n not in REDIS_BY_NATURE]
+TASK_MODULES = [(n, p) for n, p in MODULES if room(n) in ("tasks", "workflows")]
 
 
 @pytest.mark.parametrize("name,path", TASK_MODULES, ids=[m for m, _ in TASK_MODULES])
 def test_tasks_do_not_touch_redis(name, path):
     """Tasks decode, call one service, record through it: Redis is the services' and the
-    store's (issue 34). Only beat's scheduler (:data:`REDIS_BY_NATURE`) is exempt."""
+    store's (issue 34); beat's scheduler (its schedule and lock in Redis, celery-redbeat's) is
+    :mod:`harvest.services.schedule`."""
     bad = redis_access(path)
     assert not bad, f"{name} reaches Redis itself (move it into harvest.services or harvest.store): {bad}"
 

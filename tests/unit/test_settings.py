@@ -129,7 +129,7 @@ def test_bounds(field, value):
 
 def test_schedule_set_refuses_an_interval_below_the_bound():
     """Old main: `harvest schedule set scan 0.01` was accepted (1437 scans in 25 s)."""
-    from tasks.beat import _validate
+    from harvest.services.schedule import _validate
 
     s = load_settings()
     with pytest.raises(ValueError) as e:

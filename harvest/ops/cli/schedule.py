@@ -1,4 +1,4 @@
-"""``harvest schedule``: list or change the beat schedule at runtime (:mod:`tasks.beat`)."""
+"""``harvest schedule``: list or change the beat schedule at runtime (:mod:`harvest.services.schedule`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def cmd_schedule(a: argparse.Namespace) -> int:
     """``harvest schedule list|set|reset``: 2 for an unknown entry or a bad interval."""
     from settings import get_settings
     from tasks.app import app
-    from tasks.beat import list_schedule, reset_interval, set_interval
+    from harvest.services.schedule import list_schedule, reset_interval, set_interval
 
     s = get_settings()
     try:

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable
 
 import redis
+from celery import Celery
 from celery.schedules import schedule as interval_schedule
 from pydantic import TypeAdapter, ValidationError
 from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, get_redis
@@ -61,7 +62,7 @@ class HarvestScheduler(RedBeatScheduler):
         self.app.redbeat_conf.schedule = sched
         super().setup_schedule()
 
-    def tick(self, min=min, **kwargs) -> float:  # noqa: A002 - Celery's signature
+    def tick(self, min: Callable[..., Any] = min, **kwargs: Any) -> float:  # noqa: A002 - Celery's signature
         """One beat tick: keep (or regain) the lock, make sure the schedule exists, send what
         is due. Returns the seconds until the next tick (≤ ``max_interval``). A Redis that does
         not answer (restarting, or failing over: no primary yet) skips the tick, logged; beat
@@ -72,7 +73,7 @@ class HarvestScheduler(RedBeatScheduler):
             log.warning("beat: Redis unavailable (%s: %s); next try in %.0f s", type(e).__name__, e, REDIS_RETRY_S)
             return REDIS_RETRY_S
 
-    def _tick(self, min=min, **kwargs) -> float:  # noqa: A002
+    def _tick(self, min: Callable[..., Any] = min, **kwargs: Any) -> float:  # noqa: A002
         if self.lock_key and self.lock is not None:
             try:
                 self.lock.extend(int(self.lock_timeout))
@@ -118,7 +119,7 @@ def _validate(settings: HarvestSettings, name: str, seconds: Any) -> float:
         ) from None
 
 
-def list_schedule(app, settings: HarvestSettings) -> list[dict]:
+def list_schedule(app: Celery, settings: HarvestSettings) -> list[dict]:
     """Every beat entry as beat sees it: ``[{"name", "task", "interval_s", "expires_s",
     "source" ("settings" | "override"), "last_run_at" (Unix s | None), "next_run_in_s",
     "installed" (bool: beat has written it to Redis)}]``."""
@@ -153,7 +154,7 @@ def list_schedule(app, settings: HarvestSettings) -> list[dict]:
     return out
 
 
-def set_interval(app, settings: HarvestSettings, name: str, seconds: Any) -> float:
+def set_interval(app: Celery, settings: HarvestSettings, name: str, seconds: Any) -> float:
     """Change entry ``name``'s interval (and ``expires``) to ``seconds`` on the running beat and
     keep it across beat restarts. Returns the interval set. Raises ValueError for an unknown
     entry or an interval outside the settings field's bounds."""
@@ -164,7 +165,7 @@ def set_interval(app, settings: HarvestSettings, name: str, seconds: Any) -> flo
     return value
 
 
-def reset_interval(app, settings: HarvestSettings, name: str) -> float:
+def reset_interval(app: Celery, settings: HarvestSettings, name: str) -> float:
     """Drop the override of entry ``name``: back to its settings value, on the running beat
     too. Returns that interval. Raises ValueError for an unknown entry."""
     value = float(getattr(settings, _field(name)))
@@ -173,7 +174,7 @@ def reset_interval(app, settings: HarvestSettings, name: str) -> float:
     return value
 
 
-def _rewrite(app, name: str, seconds: float) -> None:
+def _rewrite(app: Celery, name: str, seconds: float) -> None:
     """Rewrite the live redbeat entry (definition and next due time), keeping its last run;
     nothing when beat has not installed it yet (it reads the override when it starts)."""
     try:
