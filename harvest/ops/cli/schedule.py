@@ -15,9 +15,9 @@ if TYPE_CHECKING:
 
 def cmd_schedule(a: argparse.Namespace) -> int:
     """``harvest schedule list|set|reset``: 2 for an unknown entry or a bad interval."""
+    from harvest.services.schedule import list_schedule, reset_interval, set_interval
     from settings import get_settings
     from tasks.app import app
-    from harvest.services.schedule import list_schedule, reset_interval, set_interval
 
     s = get_settings()
     try:
