@@ -151,6 +151,8 @@ REDIS_ATTRS = {
 }
 #: Modules of ``harvest.store`` a task may import: the message and record schema (no Redis).
 STORE_SCHEMA = {"harvest.store.records"}
+
+
 def redis_access(path: Path) -> list[str]:
     """Where a file reaches Redis itself: imports of ``redis`` (or a store module other than
     :data:`STORE_SCHEMA`), ``from redbeat… import get_redis``, and attribute access or names in
