@@ -98,3 +98,47 @@ def parse_message(cache: StreamCache, msg: Any) -> list[Event]:
         cache.count("malformed")
         log.warning("malformed stream event ignored: %s", e)
         return []
+
+
+#: New user-data-stream connections one ``harvest streams`` process opens: at most
+#: :data:`CONNECT_BURST` at once, then :data:`CONNECTS_PER_S` a second. Binance limits new
+#: WebSocket connections per IP (its WebSocket API pages: 300 per 5 minutes; the USDⓈ-M stream
+#: pages name no figure, so harvest takes that reading, the more dangerous one).
+CONNECTS_PER_S = 1.0
+CONNECT_BURST = 300
+
+
+class ConnectGate:
+    """A token bucket for the process's new connections (one event loop; not thread-safe):
+    ``burst`` tokens, refilled at ``rate_per_s``; :meth:`acquire` waits for one. A fleet's cold
+    start, or every account reconnecting after a drop, then opens its streams at the exchange's
+    pace instead of all at once (1000 handshakes at once timed out and, retried, starved the
+    loop that renews the accounts' leases). Raises ValueError for a rate or burst ≤ 0."""
+
+    def __init__(self, rate_per_s: float = CONNECTS_PER_S, burst: int = CONNECT_BURST) -> None:
+        if rate_per_s <= 0 or burst <= 0:
+            raise ValueError(f"connect gate: rate {rate_per_s}/s and burst {burst} must be > 0")
+        self.rate, self.burst = float(rate_per_s), float(burst)
+        self.tokens, self.at = float(burst), time.monotonic()
+        self.waited = 0  # connections that had to wait for a token
+        self._lock = asyncio.Lock()  # waiters queue in turn (first come, first served)
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+
+    async def acquire(self, stop: asyncio.Event) -> bool:
+        """Take one token, waiting in turn while none is left (or until ``stop``: then False)."""
+        async with self._lock:
+            self._refill()
+            waited = False
+            while self.tokens < 1.0:
+                waited = True
+                await wait(stop, (1.0 - self.tokens) / self.rate)
+                if stop.is_set():
+                    return False
+                self._refill()
+            self.tokens -= 1.0
+            self.waited += waited
+            return True

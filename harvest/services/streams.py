@@ -66,7 +66,7 @@ from harvest.domain.stream_events import (
 from harvest.services.market_streams import Fire, MarketStreams
 from harvest.services.reconcile import report
 from harvest.services.runtime import Runtime
-from harvest.services.stream_loop import CLOSED, Pump, failed, parse_message, wait
+from harvest.services.stream_loop import CLOSED, ConnectGate, Pump, failed, parse_message, wait
 from harvest.store.streams import StreamCache
 from harvest.venues.base import VenueError
 from harvest.venues.binance_streams import is_streaming, socket_manager, stream_url_of, user_socket
@@ -84,7 +84,9 @@ class AccountStreams:
     account's lease outlives its last renewal (a dead owner's account is taken over within that).
     ``audit_interval_s`` (default ``settings.audit_interval_s``) and ``audit_phase`` (in [0, 1)):
     the audit runs at wall times ``(phase + k) × interval`` (:meth:`next_audit`), so that the
-    accounts of a deployment, each at its own phase, are audited evenly over the interval."""
+    accounts of a deployment, each at its own phase, are audited evenly over the interval.
+    ``gate``: the process's :class:`~harvest.services.stream_loop.ConnectGate`, shared by its
+    accounts (default: one of this account's own)."""
 
     def __init__(
         self,
@@ -94,8 +96,10 @@ class AccountStreams:
         lease_s: float = 10.0,
         audit_interval_s: float | None = None,
         audit_phase: float = 0.0,
+        gate: ConnectGate | None = None,
     ):
         self.rt = rt
+        self.gate = gate or ConnectGate()
         self.keepalive_s = keepalive_s
         self.cache = StreamCache(rt.r, rt.settings.namespace, rt.settings.account)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
@@ -177,10 +181,13 @@ class AccountStreams:
         """Hold the user data stream: connect, resync from REST, fold events in. A drop, an
         expired listenKey, an audit disagreement, the resync's REST read refused (429/418 …) or
         any error distrusts the cache (readers on REST) and reconnects with backoff (1 s doubling
-        to 60 s; errors logged with their traceback and counted ``streams:errors:user``)."""
+        to 60 s; errors logged with their traceback and counted ``streams:errors:user``). Each
+        connection waits its turn at the process's :class:`ConnectGate`."""
         backoff = 1.0
         while not stop.is_set():
             why = "connect"
+            if not await self.gate.acquire(stop):  # the process's new connections, paced
+                return
             try:
                 sock = user_socket(bsm)
                 async with sock:
@@ -419,11 +426,13 @@ def run_streams(
     names = accounts or rt.accounts
     # each account's audit phase: its place among the deployment's accounts (spread evenly)
     every = sorted(rt.accounts)
+    gate = ConnectGate()  # one pace for every account of the process: Binance counts per IP
     held = [
         AccountStreams(
             rt.for_account(a),
             lease_s=lease_s,
             audit_phase=every.index(a) / len(every) if a in every else 0.0,
+            gate=gate,
         )
         for a in names
     ]
