@@ -124,6 +124,33 @@ VENUE_TIMEOUT_S = 2.0
 PLAN_TTL_S = 45.0
 
 
+def chaos_env(state_url: str, ns: str, syms: list[str], plan_ttl_s: float, venue_timeout_s: float) -> dict[str, str]:
+    """The HARVEST_* environment of a chaos run's workers, beat and streams (one host or several,
+    :mod:`harvest.ops.hosts`): fast beat entries, short retry back-offs, ``plan_ttl_s`` (s), a
+    durable state (``HARVEST_THROWAWAY_STATE=false``), the exchange's answers awaited
+    ``venue_timeout_s`` (s)."""
+    return env_for(
+        state_url,
+        ns,
+        syms,
+        HARVEST_PLAN_TTL_S=repr(plan_ttl_s),
+        HARVEST_SCAN_INTERVAL_S="1",
+        HARVEST_SWEEP_INTERVAL_S="2",
+        HARVEST_RECONCILE_INTERVAL_S="10",
+        HARVEST_MARKET_REFRESH_S="3600",
+        HARVEST_EXCHANGE_INFO_INTERVAL_S="3600",
+        HARVEST_HEARTBEAT_INTERVAL_S="2",
+        HARVEST_CONFIRM_RETRY_S="0.5",
+        HARVEST_RETRY_BACKOFF_S="0.3",
+        HARVEST_RETRY_BACKOFF_MAX_S="3",
+        HARVEST_MAX_SEND_ATTEMPTS="10",
+        HARVEST_ATTEMPT_BACKOFF_S="1",
+        HARVEST_ATTEMPT_BACKOFF_MAX_S="5",
+        HARVEST_VENUE_TIMEOUT_S=repr(venue_timeout_s),
+        HARVEST_THROWAWAY_STATE="false",
+    )
+
+
 class _Run:
     """One chaos run: :meth:`start` (Redis, exchange, positions, workers, beat), :meth:`wave`
     per batch of positions, :meth:`drain` until quiescence, :meth:`report`."""
@@ -165,26 +192,8 @@ class _Run:
     def start(self) -> None:
         self.state.start()
         self.exchange.start()
-        self.env = env_for(
-            self.state.url,
-            self.ns,
-            self.syms,
-            HARVEST_PLAN_TTL_S=repr(self.plan_ttl_s),
-            HARVEST_SCAN_INTERVAL_S="1",
-            HARVEST_SWEEP_INTERVAL_S="2",
-            HARVEST_RECONCILE_INTERVAL_S="10",
-            HARVEST_MARKET_REFRESH_S="3600",
-            HARVEST_EXCHANGE_INFO_INTERVAL_S="3600",
-            HARVEST_HEARTBEAT_INTERVAL_S="2",
-            HARVEST_CONFIRM_RETRY_S="0.5",
-            HARVEST_RETRY_BACKOFF_S="0.3",
-            HARVEST_RETRY_BACKOFF_MAX_S="3",
-            HARVEST_MAX_SEND_ATTEMPTS="10",
-            HARVEST_ATTEMPT_BACKOFF_S="1",
-            HARVEST_ATTEMPT_BACKOFF_MAX_S="5",
-            HARVEST_VENUE_TIMEOUT_S=repr(VENUE_TIMEOUT_S),
-            HARVEST_THROWAWAY_STATE="false",
-        )  # the state Redis keeps AOF (fsync always): durable
+        self.env = chaos_env(self.state.url, self.ns, self.syms, self.plan_ttl_s, VENUE_TIMEOUT_S)
+        # the state Redis keeps AOF (fsync always): durable
         if self.broker:
             self.env["HARVEST_BROKER_URL"] = self.broker
         if self.n_accounts > 1:

@@ -66,9 +66,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from harvest.ops.chaos import _Run
+from harvest.ops.chaos import _Run, chaos_env
 from harvest.ops.chaos_procs import Procs
-from harvest.ops.loadgen import clean, env_for, mark_at_r, open_positions, paper_of, runtime, symbols
+from harvest.ops.loadgen import clean, mark_at_r, open_positions, paper_of, runtime, symbols
 from harvest.ops.netns import (  # _NAME and _ipv4 also this module's (tests/unit/test_hosts.py)
     _NAME,  # noqa: F401
     HOSTS,
@@ -220,27 +220,7 @@ class _HostsRun(_Run):
         exchange_url = self._redis("exchange", EXCHANGE_REDIS_PORT, persistent=False)
         self.state_url = state_url
         key, secret = secrets.token_hex(8), secrets.token_hex(16)
-        self.env = env_for(
-            state_url,
-            self.ns,
-            self.syms,
-            HARVEST_PLAN_TTL_S=repr(self.plan_ttl_s),
-            HARVEST_SCAN_INTERVAL_S="1",
-            HARVEST_SWEEP_INTERVAL_S="2",
-            HARVEST_RECONCILE_INTERVAL_S="10",
-            HARVEST_MARKET_REFRESH_S="3600",
-            HARVEST_EXCHANGE_INFO_INTERVAL_S="3600",
-            HARVEST_HEARTBEAT_INTERVAL_S="2",
-            HARVEST_CONFIRM_RETRY_S="0.5",
-            HARVEST_RETRY_BACKOFF_S="0.3",
-            HARVEST_RETRY_BACKOFF_MAX_S="3",
-            HARVEST_MAX_SEND_ATTEMPTS="10",
-            HARVEST_ATTEMPT_BACKOFF_S="1",
-            HARVEST_ATTEMPT_BACKOFF_MAX_S="5",
-            HARVEST_VENUE_TIMEOUT_S="2.0",
-            HARVEST_THROWAWAY_STATE="false",
-            HARVEST_VENUE="paper",
-        )
+        self.env = dict(chaos_env(state_url, self.ns, self.syms, self.plan_ttl_s, 2.0), HARVEST_VENUE="paper")
         # The exchange: its paper engine on its own Redis, positions opened at 0 R from here.
         self.xrt = runtime(dict(self.env, HARVEST_REDIS_URL=exchange_url))
         self.xr = self.xrt.r
