@@ -27,8 +27,8 @@ prints, each beside its baseline:
   account at its own phase: the audits spread, never a burst) and the weight of one audit;
 * **cold start** — ``harvest streams`` taking every account (one resync each): its weight by
   endpoint and how long it takes inside the reads' share of one IP;
-* **the streams process** — RSS and CPU holding every account (audits at 900 s), and CPU per 1000 mark-price events a second (a second run: one account,
-  50 symbols, 20 ticks/s);
+* **the streams process** — RSS and CPU holding every account (audits at 900 s), and CPU per
+  1000 mark-price events a second (a second run: one account, 50 symbols, 20 ticks/s);
 * how many accounts one IP holds at the default budget, and the audit interval 1000 need.
 """
 
