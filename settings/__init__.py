@@ -386,7 +386,10 @@ class HarvestSettings(BaseSettings):
             from harvest.data.kill_model import load_kill_model_doc
             from harvest.domain.kill_model import KillModel, use_kill_model
 
-            use_kill_model(KillModel.from_dict(load_kill_model_doc(self.kill_model)))
+            try:
+                use_kill_model(KillModel.from_dict(load_kill_model_doc(self.kill_model)))
+            except ValueError as e:  # named by its variable (the model validator's error has no field)
+                raise ValueError(f"{ENV_PREFIX}KILL_MODEL: {e}") from e
         return self
 
     @model_validator(mode="after")

@@ -308,7 +308,8 @@ class PlanStore(PlanStoreDelegates):
         keys, args = self._mark_send_args(
             plan_id, step, SendState.ACCEPTED, None, {"acked_at": acked_at}, acked_at, only_from=SendState.SENDING
         )
-        return bool(self._mark_send(keys=keys, args=args))
+        # the metric observations the task has queued ride along (no round trip of their own)
+        return bool(run_script(self.r, self._mark_send, keys, args))
 
     def get_after_accepted(
         self, plan_id: str, step: int, acked_at: float, then: Callable[[Any], None] | None = None

@@ -199,7 +199,7 @@ def test_a_clock_offset_beyond_the_limit_is_an_error_not_absorbed_silently(emu, 
         venue = bv
         settings = load_settings(max_clock_offset_ms=1000)
 
-        class plans:  # noqa: N801
+        class counters:  # noqa: N801
             counted: list[str] = []
 
             @classmethod
@@ -209,11 +209,11 @@ def test_a_clock_offset_beyond_the_limit_is_an_error_not_absorbed_silently(emu, 
     emu.faults.set_skew(50 * 60 * 1000)
     with caplog.at_level(logging.ERROR, logger="harvest"):
         offset = check_clock(Rt)
-    assert abs(offset - 3_000_000) < 2_000 and Rt.plans.counted == ["venue:clock_offset_exceeded"]
+    assert abs(offset - 3_000_000) < 2_000 and Rt.counters.counted == ["venue:clock_offset_exceeded"]
     assert any("clock is 3000" in r.getMessage() for r in caplog.records)
     assert int(emu.r.get(f"{emu.ns}:venue:clock_offset_ms")) == offset
     emu.faults.set_skew(200)
-    assert abs(check_clock(Rt) - 200) < 150 and Rt.plans.counted == ["venue:clock_offset_exceeded"]
+    assert abs(check_clock(Rt) - 200) < 150 and Rt.counters.counted == ["venue:clock_offset_exceeded"]
 
 
 def test_bad_signature_is_a_clear_error(emu):
