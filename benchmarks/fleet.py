@@ -26,7 +26,8 @@ prints, each beside its baseline:
   them at ``HARVEST_AUDIT_INTERVAL_S=--audit-s``: the seconds until each was audited once (each
   account at its own phase: the audits spread, never a burst) and the weight of one audit;
 * **cold start** — ``harvest streams`` taking every account (one resync each): its weight by
-  endpoint and how long it takes inside the reads' share of one IP;
+  endpoint and how long it takes inside the reads' share of one IP; and, once in a deployment's
+  life, a new account's first read (openings, leverage, funding so far, then kept in Redis);
 * **the streams process** — RSS and CPU holding every account (audits at 900 s), and CPU per
   1000 mark-price events a second (a second run: one account, 50 symbols, 20 ticks/s);
 * how many accounts one IP holds at the default budget, and the audit interval 1000 need.
@@ -187,7 +188,8 @@ def fleet(url: str, n_acc: int, n_pos: int, workers: int, per_task: int, audit_s
         # ---- REST polling: the fleet without harvest streams
         # warm, twice (each worker process meets every account): clients built; leverage, openings,
         # funding so far, as after any earlier tick
-        _tick(hv, env, accounts)
+        _, cost = _measure(emu, lambda: _tick(hv, env, accounts))
+        out["first_read"] = _per(cost, n_acc)  # a new account's first read: openings, leverage, funding
         _tick(hv, env, accounts)
         out["rest_tick_s"], cost = _measure(emu, lambda: _tick(hv, env, accounts))
         out["rest_scan"] = _per(cost, n_acc)
@@ -393,6 +395,12 @@ def main() -> int:
         + ", ".join(f"{e} {w:.1f}" for e, (_, w) in f["cold_start"].items())
         + f"); {f['cold_start_s']:.0f} s with the budget lifted, {f['cold_start_min_in_share']:.1f} min "
         f"for {a.accounts} accounts inside the reads' share"
+    )
+    print(
+        f"a new account's first read, once (openings from userTrades, leverage, funding so far; kept in Redis "
+        f"across restarts): {_total(f['first_read']):.1f} weight ("
+        + ", ".join(f"{e} {w:.1f}" for e, (_, w) in f["first_read"].items())
+        + f"); {_total(f['first_read']) * a.accounts / share:.1f} min for {a.accounts} accounts inside the reads' share"
     )
     print(
         f"harvest streams holding {a.accounts} accounts (audits at 900 s): "

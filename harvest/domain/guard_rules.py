@@ -135,6 +135,11 @@ def same_epoch(plan: Plan, vp: VenuePosition | None, entry: dict[str, Any] | Non
     return None
 
 
+#: Blocks that say the position a plan was made from is not the exchange's (the scan's view, the
+#: stream cache when ``harvest streams`` holds the account, missed a change): the guard asks
+#: for that account's cache to be audited now (:meth:`harvest.store.streams.StreamCache.request_audit`).
+VIEW_DISAGREES = frozenset({"ghost_position", "side_mismatch", "epoch_changed"})
+
 #: Rules every plan passes first, in order.
 COMMON_RULES: tuple[Rule, ...] = (ttl, allowlist, position_exists, same_side, same_epoch)
 

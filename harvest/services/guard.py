@@ -10,11 +10,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from harvest.domain.guard_rules import Block, GuardContext, verdict
+from harvest.domain.guard_rules import VIEW_DISAGREES, Block, GuardContext, verdict
 from harvest.domain.models import MarketState, Plan, PlanState
 from harvest.domain.trading import order_refusal
 from harvest.services.rejected import account_runtime
 from harvest.services.runtime import Runtime
+from harvest.store.streams import StreamCache
 from harvest.venues.base import VenueError
 
 #: How long the guard waits before it looks again at a busy position or a venue that did not answer (s).
@@ -48,8 +49,12 @@ class GuardOutcome:
 
 
 def _block(rt: Runtime, plan: Plan, b: Block) -> GuardOutcome:
-    """The one denial path: count the reason and end the plan."""
+    """The one denial path: count the reason and end the plan. A reason that says the plan's
+    view of the position was not the exchange's (:data:`VIEW_DISAGREES`) also asks for the
+    account's stream cache to be audited now."""
     rt.counters.count(f"guard:{b.reason}")
+    if b.reason in VIEW_DISAGREES:
+        StreamCache(rt.r, rt.settings.namespace, plan.account).request_audit()
     rt.plans.transition(plan.plan_id, b.to, b.reason, data={"guard": b.reason, **b.data})
     return GuardOutcome(Guarded.REFUSED, plan.plan_id, b.reason)
 

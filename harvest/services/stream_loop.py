@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from harvest.domain.stream_events import Event, MalformedEvent, parse_event
-from harvest.store.streams import StreamCache
+from harvest.store.streams import StreamCache, audit_requests_key
 from harvest.venues.binance_streams import StreamClosed
 
 log = logging.getLogger("harvest.streams")
@@ -142,3 +142,97 @@ class ConnectGate:
             self.tokens -= 1.0
             self.waited += waited
             return True
+
+
+class LeaseKeeper:
+    """Renews the leases of every account one ``harvest streams`` process holds, and the
+    process's ``streams`` heartbeat, in **one** Redis round trip every ``interval_s`` (a pipeline
+    of :meth:`StreamCache.renew_in`), for the whole process: a thousand accounts each renewing
+    on its own made three thousand blocking round trips a second on the event loop, which fell
+    more than ``lease_s`` behind during a cold start and lost the leases (issue 32).
+
+    :meth:`hold` registers an account (its lease already acquired) and gives an
+    ``asyncio.Event`` set when the lease is lost (renewal answered 0: another owner, or expired)
+    or could not be renewed for ``lease_s`` (Redis unreachable: the lease has expired there, so
+    the account is given up rather than held blind). :meth:`drop` unregisters it. A Redis error
+    is logged, never raised. The same round trip reads the accounts readers asked to have
+    audited now (:meth:`StreamCache.request_audit`); those this process holds are taken (one
+    SREM, only then) and :meth:`asked` tells their :class:`AccountStreams` once. ``r``: the
+    process's Redis client; ``heartbeats``: :class:`harvest.store.health.Heartbeats`;
+    ``owner``: host:pid."""
+
+    def __init__(self, r: Any, heartbeats: Any, owner: str, lease_s: float, interval_s: float = 1.0) -> None:
+        if not 0 < interval_s < lease_s:
+            raise ValueError(f"lease keeper: interval {interval_s} s must be > 0 and < the lease {lease_s} s")
+        self.r, self.heartbeats, self.owner = r, heartbeats, owner
+        self.lease_s, self.interval_s = float(lease_s), float(interval_s)
+        self.held: dict[str, tuple[StreamCache, asyncio.Event]] = {}
+        self.renewals = 0  # round trips made (each renews every held lease)
+        self._asked: set[str] = set()  # accounts held here whose audit a reader asked for
+        self._ok_at = time.monotonic()
+
+    def hold(self, cache: StreamCache) -> asyncio.Event:
+        """Keep ``cache``'s lease (acquired by the caller) renewed; the event is set once it is lost."""
+        lost = asyncio.Event()
+        self.held[cache.account] = (cache, lost)
+        return lost
+
+    def drop(self, cache: StreamCache) -> None:
+        """Stop renewing ``cache``'s lease (the caller releases it)."""
+        self.held.pop(cache.account, None)
+
+    def asked(self, account: str) -> bool:
+        """Whether a reader asked for ``account``'s audit since the last call (then forgotten)."""
+        if account in self._asked:
+            self._asked.discard(account)
+            return True
+        return False
+
+    def renew(self) -> int:
+        """One round trip: every held lease renewed, the heartbeat written, the audit requests
+        read (those of held accounts taken: a second round trip, only when there are some).
+        Returns how many leases were lost (their events set). Raises redis.RedisError."""
+        held = list(self.held.values())
+        p = self.r.pipeline(transaction=False)
+        for cache, _ in held:
+            cache.renew_in(p, self.owner, self.lease_s)
+        self.heartbeats.beat_in(p, "streams")
+        requests = audit_requests_key(held[0][0].ns) if held else None
+        if requests is not None:
+            p.smembers(requests)
+        replies = p.execute()
+        self.renewals += 1
+        if requests is not None:
+            mine = {sync_str(a) for a in replies[-1]} & set(self.held)
+            if mine:
+                self.r.srem(requests, *sorted(mine))
+                self._asked |= mine
+        lost = 0
+        for (cache, event), ok in zip(held, replies, strict=False):
+            if not ok and not event.is_set():
+                log.error("lost the lease of account %s: letting go of its streams", cache.account)
+                event.set()
+                lost += 1
+        return lost
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Renew every ``interval_s`` until ``stop``. A failed round trip is logged and counted;
+        after ``lease_s`` without a successful one every held account is let go (its lease has
+        expired in Redis)."""
+        while not stop.is_set():
+            try:
+                self.renew()
+                self._ok_at = time.monotonic()
+            except Exception:  # Redis unreachable: the leases expire on their own
+                log.exception("lease renewal failed")
+                if time.monotonic() - self._ok_at >= self.lease_s:
+                    for cache, event in list(self.held.values()):
+                        if not event.is_set():
+                            log.error("lease of %s not renewed for %.0f s: letting go", cache.account, self.lease_s)
+                            event.set()
+            await wait(stop, self.interval_s)
+
+
+def sync_str(v: Any) -> str:
+    """A Redis reply as str (a client without decode_responses gives bytes)."""
+    return v.decode() if isinstance(v, bytes) else str(v)

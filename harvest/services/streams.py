@@ -8,7 +8,9 @@ only as good as its continuity, so
 1. the stream is opened first (python-binance: POST listenKey, connect), then positions and
    working orders are read once from REST (positionRisk, openAlgoOrders, openOrders) into the
    cache, stamped with the request's start time: an event older than that is ignored, one
-   newer applies;
+   newer applies. The orders are read for the symbols the cache knows and the open
+   positions' (weight 1 a symbol; every symbol's, 40 + 40, only in the daily discovering
+   audit, :data:`DISCOVERY_S`): a 1000-account cold start costs ~26 weight an account, not 96;
 2. from then on the events are folded into the cache with no REST read
    (:mod:`harvest.store.streams`): ``ACCOUNT_UPDATE`` moves a position's quantity and entry,
    ``ORDER_TRADE_UPDATE`` / ``ALGO_UPDATE`` the working orders and stops (and each order's
@@ -24,10 +26,13 @@ only as good as its continuity, so
    deployment at its own phase, index / accounts: spread evenly, never a burst) the account's
    REST truth is read and compared with the cache; a disagreement distrusts the cache at once,
    is recorded as a reconcile finding (``audit_disagreement``) and the stream is reopened (as
-   after a gap);
+   after a gap). Once a day (same phase) the audit reads every symbol's orders and adds those
+   on symbols the cache did not know. A reader that finds the exchange disagreeing with what a
+   plan was made from (the guard) asks for an audit now (:data:`ASKED_AUDIT_MIN_S`);
 4. a drop (python-binance reports ``{"e": "error"}`` and reconnects), an expired listenKey, a
    stream that cannot be (re)opened, a resync whose REST read is refused (429/418, counted
-   ``streams:rest_error:<code>``) or an audit disagreement marks the cache untrusted at once
+   ``streams:rest_error:<code>``; retried on the same connection with backoff) or an audit
+   disagreement marks the cache untrusted at once
    — readers fall back to REST — and it is trusted again only after the next REST resync on a
    live connection. A REST read refused between resyncs leaves what it was to bring owed (a
    symbol's row without its REST fields, a dirty cache: readers on REST) or, for an audit,
@@ -44,11 +49,13 @@ loses only freshness (the cache turns stale and readers use REST).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
 import socket
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 from harvest.domain.stream_events import (
@@ -66,12 +73,29 @@ from harvest.domain.stream_events import (
 from harvest.services.market_streams import Fire, MarketStreams
 from harvest.services.reconcile import report
 from harvest.services.runtime import Runtime
-from harvest.services.stream_loop import CLOSED, ConnectGate, Pump, failed, parse_message, wait
+from harvest.services.stream_loop import CLOSED, ConnectGate, LeaseKeeper, Pump, failed, parse_message, wait
 from harvest.store.streams import StreamCache
 from harvest.venues.base import VenueError
 from harvest.venues.binance_streams import is_streaming, socket_manager, stream_url_of, user_socket
 
 log = logging.getLogger("harvest.streams")
+
+#: Each account's discovering read (every symbol's openOrders and openAlgoOrders, 40 + 40: the
+#: one that finds orders placed before the stream on symbols the cache does not know) is made
+#: once in this many seconds (wall), by the audit at the account's phase of it: spread over the
+#: day like the audits, never at a (re)connection, whose resync reads the known symbols only.
+DISCOVERY_S = 86_400.0
+
+
+#: At most one audit a reader asked for (the guard found the exchange disagreeing with what a
+#: plan was made from) per account in this many seconds: a silent gap is found within seconds
+#: of harming a plan, not at the next scheduled audit, and a burst of refusals costs one audit.
+ASKED_AUDIT_MIN_S = 30.0
+
+
+def next_slot(now: float, phase: float, interval_s: float) -> float:
+    """The first wall time (s) after ``now`` of the form ``(phase + k) × interval_s``."""
+    return (math.floor(now / interval_s - phase) + 1 + phase) * interval_s
 
 
 __all__ = ["AccountStreams", "Fire", "MarketStreams", "run_streams"]
@@ -86,7 +110,11 @@ class AccountStreams:
     the audit runs at wall times ``(phase + k) × interval`` (:meth:`next_audit`), so that the
     accounts of a deployment, each at its own phase, are audited evenly over the interval.
     ``gate``: the process's :class:`~harvest.services.stream_loop.ConnectGate`, shared by its
-    accounts (default: one of this account's own)."""
+    accounts (default: one of this account's own). ``keeper``: the process's
+    :class:`~harvest.services.stream_loop.LeaseKeeper`, which renews every account's lease in one
+    round trip a second (default: one of this account's own, run by :meth:`run`). ``rest``: the
+    process's pool of threads for REST reads (default: the event loop's default executor):
+    bounded, so that a cold start's hundreds of resyncs do not crowd out the loop."""
 
     def __init__(
         self,
@@ -97,12 +125,17 @@ class AccountStreams:
         audit_interval_s: float | None = None,
         audit_phase: float = 0.0,
         gate: ConnectGate | None = None,
+        keeper: LeaseKeeper | None = None,
+        rest: Executor | None = None,
     ):
         self.rt = rt
         self.gate = gate or ConnectGate()
         self.keepalive_s = keepalive_s
         self.cache = StreamCache(rt.r, rt.settings.namespace, rt.settings.account)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._own_keeper = keeper is None
+        self.keeper = keeper or LeaseKeeper(rt.r, rt.heartbeats, self.owner, lease_s)
+        self.rest = rest
         self.listen_keys = 0
         self.settle_s = settle_s
         self.grace_s = 3.0
@@ -112,11 +145,14 @@ class AccountStreams:
             raise ValueError(f"audit_phase {audit_phase} not in [0, 1)")
         self.audit_phase = audit_phase
         self._next_audit: float | None = None
+        self._next_discovery = math.inf
+        self._asked, self._asked_at = False, -math.inf  # a reader's request for an audit now
         self._retry_s = 1.0  # backoff of a REST read refused between resyncs
         self._changed = False
         self._gap, self._full_due = False, False
         self._pending: set[str] = set()
         self._changed_at: float | None = None
+        self._resync_at = 0.0  # monotonic time a refused resync is tried again
         self._reset()
 
     def _reset(self) -> None:
@@ -125,8 +161,11 @@ class AccountStreams:
 
     def next_audit(self, now: float) -> float:
         """The first audit time (wall s) after ``now``: ``(phase + k) × interval``."""
-        i = self.audit_interval_s
-        return (math.floor(now / i - self.audit_phase) + 1 + self.audit_phase) * i
+        return next_slot(now, self.audit_phase, self.audit_interval_s)
+
+    async def _io(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` (blocking I/O) on the process's REST threads (:attr:`rest`)."""
+        return await asyncio.get_running_loop().run_in_executor(self.rest, functools.partial(fn, *args))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Hold the account's streams until ``stop`` is set, while this process holds the
@@ -135,6 +174,7 @@ class AccountStreams:
         (``streams:errors:session``) and retried with backoff (1 s doubling to 60 s), never
         raised."""
         backoff, waiting = 1.0, False
+        keeping = asyncio.create_task(self.keeper.run(stop)) if self._own_keeper else None
         while not stop.is_set():
             if not self.cache.acquire(self.owner, self.lease_s):
                 if not waiting:
@@ -150,20 +190,27 @@ class AccountStreams:
             except Exception:  # the emulator's handshake or the client failed: retry
                 backoff = await failed(self.cache, "session", stop, backoff)
             finally:
+                self.keeper.drop(self.cache)
                 self.cache.release(self.owner)
+        if keeping is not None:
+            await keeping
 
     async def _session(self, stop: asyncio.Event) -> None:
         """One holding of the lease: until ``stop`` or the lease is lost."""
         self.cache.distrust("start")
-        url = await asyncio.to_thread(stream_url_of, self.rt.settings)  # the emulator's handshake: blocking I/O
+        url = await self._io(stream_url_of, self.rt.settings)  # the emulator's handshake: blocking I/O
         client, bsm = socket_manager(self.rt.settings, url, self.keepalive_s)
         halt = asyncio.Event()
         self._next_audit = self.next_audit(time.time())
-        tasks = [asyncio.create_task(c) for c in (self._user(bsm, halt), self._beat(halt))]
+        self._next_discovery = next_slot(time.time(), self.audit_phase, DISCOVERY_S)
+        lost = self.keeper.hold(self.cache)
+        self.cache.note(owner=self.owner)
+        tasks = [asyncio.create_task(self._user(bsm, halt))]
         try:
-            stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait([stopped, tasks[1]], return_when=asyncio.FIRST_COMPLETED)  # stop, or the lease lost
-            stopped.cancel()
+            waits = [asyncio.create_task(stop.wait()), asyncio.create_task(lost.wait())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)  # stop, or the lease lost
+            for w in waits:
+                w.cancel()
             halt.set()
             # python-binance closes a socket once its read loop notices; a reconnection under
             # way can keep it from noticing, so the close gets a bounded grace, then is cancelled
@@ -179,10 +226,12 @@ class AccountStreams:
 
     async def _user(self, bsm: Any, stop: asyncio.Event) -> None:
         """Hold the user data stream: connect, resync from REST, fold events in. A drop, an
-        expired listenKey, an audit disagreement, the resync's REST read refused (429/418 …) or
-        any error distrusts the cache (readers on REST) and reconnects with backoff (1 s doubling
-        to 60 s; errors logged with their traceback and counted ``streams:errors:user``). Each
-        connection waits its turn at the process's :class:`ConnectGate`."""
+        expired listenKey, an audit disagreement or any error distrusts the cache (readers on
+        REST) and reconnects with backoff (1 s doubling to 60 s; errors logged with their
+        traceback and counted ``streams:errors:user``). The resync's REST read refused (429/418,
+        the budget) keeps the cache untrusted and is retried on the same connection with
+        backoff (:meth:`_owed`): reconnecting would cost a listenKey and a turn at the process's
+        :class:`ConnectGate`, where each connection waits its turn."""
         backoff = 1.0
         while not stop.is_set():
             why = "connect"
@@ -193,9 +242,8 @@ class AccountStreams:
                 async with sock:
                     self.listen_keys += 1
                     self.cache.note(listen_keys=self.listen_keys)
-                    await self._resync()
                     backoff = 1.0
-                    why = await self._consume(sock, stop)
+                    why = await self._consume(sock, stop)  # its first step: the resync
             except VenueError as e:  # the resync's REST read refused or failed: the cache stays untrusted
                 why = "rest_error"
                 self.cache.count(f"rest_error:{e.code}")
@@ -247,11 +295,14 @@ class AccountStreams:
     async def _consume(self, sock: Any, stop: asyncio.Event) -> str:
         """Apply the stream's events until it ends; returns why it ended. REST is read only
         after a gap (once reconnected), for a symbol opened or flipped, after a funding
-        settlement, and by the audit when it is due."""
+        settlement, and by the audit when it is due. The first thing owed is the resync of the
+        new connection (events meanwhile wait in the pump, and those older than the read are
+        ignored)."""
         self._reset()
+        self._gap, self._resync_at, self._retry_s = True, 0.0, 1.0
         async with Pump(sock) as pump:
             while not stop.is_set():
-                msg = await pump.get(0.1 if self._changed_at else 1.0)
+                msg = await pump.get(self._poll_s())
                 if msg is CLOSED:
                     return "closed"
                 if msg is not None:
@@ -262,19 +313,45 @@ class AccountStreams:
                     return "audit"
             return "stop"
 
-    async def _owed(self, sock: Any, pump: Pump) -> bool:
-        """Read from REST what is owed now: after a gap (once reconnected) a resync, ``settle_s``
-        after a change :meth:`_settle`, at its time the audit (:meth:`_audit_due`). Returns
-        whether an audit disagreed (the stream must end)."""
+    def _poll_s(self) -> float:
+        """How long to wait for the next event before looking at what is owed: 0.1 s while a
+        change settles, until a refused resync's retry (0.1..1 s) while a resync is owed, else 1 s."""
+        if self._changed_at is not None:
+            return 0.1
         if self._gap:
-            if is_streaming(sock):
-                await self._resync()  # reconnected: what the gap hid comes from REST
+            return max(0.1, min(1.0, self._resync_at - time.monotonic()))
+        return 1.0
+
+    async def _owed(self, sock: Any, pump: Pump) -> bool:
+        """Read from REST what is owed now: on a new connection or after a gap (once
+        reconnected) a resync, ``settle_s`` after a change :meth:`_settle`, at its time the
+        audit (:meth:`_audit_due`). Returns whether an audit disagreed (the stream must end). A
+        resync refused (429/418, the budget) is counted (``streams:gap:rest_error``,
+        ``streams:rest_error:<code>``), leaves the cache untrusted (readers on REST) and is
+        retried with backoff (1 s doubling to 60 s) on the same connection."""
+        if self._gap:
+            if is_streaming(sock) and time.monotonic() >= self._resync_at:
+                try:
+                    await self._resync()  # what the connection (or the gap) did not say comes from REST
+                    self._retry_s = 1.0
+                except VenueError as e:
+                    self.cache.distrust("rest_error")
+                    self._refused(e)
+                    self._resync_at = time.monotonic() + self._retry_s
+                    self._retry_s = min(60.0, self._retry_s * 2)
             return False
         if self._changed_at is not None and time.monotonic() - self._changed_at >= self.settle_s:
             return await self._settle(pump)
-        if self._next_audit is not None and time.time() >= self._next_audit:
+        self._asked = self._asked or self.keeper.asked(self.cache.account)
+        if self._next_audit is not None and (time.time() >= self._next_audit or self._asked_due()):
             return await self._audit_due(pump)
         return False
+
+    def _asked_due(self) -> bool:
+        """Whether a reader's request for an audit (:meth:`StreamCache.request_audit`) is to be
+        served now: at most one asked audit every :data:`ASKED_AUDIT_MIN_S` (a request
+        meanwhile waits for it)."""
+        return self._asked and time.monotonic() - self._asked_at >= ASKED_AUDIT_MIN_S
 
     async def _settle(self, pump: Pump) -> bool:
         """``settle_s`` after a change the stream cannot tell in full: an audit after a funding
@@ -304,12 +381,21 @@ class AccountStreams:
     async def _audit_due(self, pump: Pump) -> bool:
         """The scheduled audit; returns whether it disagreed (the stream must end). An audit
         that could not read REST leaves the account on the stream (as clean as it was) and is
-        retried with backoff, before its next slot."""
-        self._next_audit = self.next_audit(time.time())
+        retried with backoff, before its next slot. An audit a reader asked for
+        (:meth:`_asked_due`) leaves the scheduled one where it was, and is counted
+        ``streams:audits_asked``."""
+        if self._asked_due():
+            self._asked, self._asked_at = False, time.monotonic()
+            self.cache.count("audits_asked")
+        if self._next_audit is None or time.time() >= self._next_audit:
+            self._next_audit = self.next_audit(time.time())
+        discover = time.time() >= self._next_discovery
         try:
-            if await self._audit(pump) is not None:
+            if await self._audit(pump, discover=discover) is not None:
                 return True
             self._retry_s = 1.0
+            if discover:
+                self._next_discovery = next_slot(time.time(), self.audit_phase, DISCOVERY_S)
         except VenueError as e:
             self._refused(e)
             self._next_audit = min(self._next_audit, time.time() + self._retry_s)
@@ -322,25 +408,28 @@ class AccountStreams:
         self.cache.count(f"rest_error:{e.code}")
         log.warning("account %s: REST read failed (%s); retrying in %.0f s", self.rt.settings.account, e, self._retry_s)
 
-    def _rest(self, known: set[str] | None = None) -> tuple[list, list]:
+    def _rest(self, discover: bool = False) -> tuple[list, list, set[str]]:
         """The account's REST truth: positions (positionRisk with their stops, leverage,
-        opening, funding) and working orders (openOrders, openAlgoOrders): with ``known`` (the
-        audit) those of the known symbols and the open positions' (the adapter picks the
-        cheaper form: per symbol, or every symbol's; a clean stream delivers the order events
-        of every symbol), else every symbol's (a resync: the read that discovers orders on
-        symbols harvest does not know; at least at each reconnection, and Binance closes a
-        connection after 24 h). Blocking I/O."""
+        opening, funding), working orders (openOrders, openAlgoOrders) and the scope those
+        orders answer for: the symbols the cache knows (:meth:`StreamCache.known_symbols`) and
+        the open positions'. The orders are read for that scope by the cheaper form (the
+        adapter: 1 a symbol, or 40 for every symbol): a clean stream delivers every symbol's
+        order events, so the orders harvest can act on are on those symbols. With ``discover``
+        every symbol's orders (80: the read that finds orders placed before the stream on
+        symbols the cache does not know; :data:`DISCOVERY_S`). Blocking I/O; raises VenueError."""
+        known = self.cache.known_symbols()
         vps = self.rt.venue.positions()
-        if known is None:
-            return vps, self.rt.venue.open_orders()
-        return vps, self.rt.venue.open_orders(symbols=sorted(known | {vp.symbol for vp in vps}))
+        scope = known | {vp.symbol for vp in vps}
+        if discover:
+            return vps, self.rt.venue.open_orders(), scope
+        return vps, self.rt.venue.open_orders(symbols=sorted(scope)), scope
 
     async def _resync(self) -> None:
         # When the REST read started, on the exchange's clock (the replay's market clock on the
         # emulator): stream events (their E, that clock) older than it do not overwrite it.
         started = int(self.rt.market_now() * 1000)
         self._changed = False
-        vps, orders = await asyncio.to_thread(self._rest)
+        vps, orders, _ = await self._io(self._rest)
         self.cache.resync(vps, started, clean=not self._changed, orders=orders)
         self._reset()
         log.info("positions resynchronised from REST: %d open, %d working orders", len(vps), len(orders))
@@ -348,10 +437,10 @@ class AccountStreams:
     async def _resync_symbol(self, symbol: str) -> None:
         """One symbol from REST (positionRisk and openAlgoOrders of that symbol)."""
         started = int(self.rt.market_now() * 1000)
-        vp = await asyncio.to_thread(self.rt.venue.position, symbol)
+        vp = await self._io(self.rt.venue.position, symbol)
         self.cache.resync_symbol(symbol, vp, started)
 
-    async def _audit(self, pump: Pump, clean: bool = False) -> list[dict] | None:
+    async def _audit(self, pump: Pump, clean: bool = False, discover: bool = False) -> list[dict] | None:
         """Compare REST truth with the cache (:func:`harvest.domain.stream_events.audit_differences`).
         Events that arrived during the read are folded in first, and what they touched is not
         compared (the cache is newer there). Agreement: the REST-only fields are refreshed
@@ -360,12 +449,16 @@ class AccountStreams:
         ``streams:audits``. A disagreement: the cache is
         distrusted at once (``streams:gap:audit``: readers on REST), each difference is a
         reconcile finding ``audit_disagreement`` (counter ``reconcile:audit_disagreement``),
-        and the differences are returned (the caller reconnects, as after a gap). An untrusted
-        cache is not audited (a resync is owed). A REST error propagates."""
+        and the differences are returned (the caller reconnects, as after a gap). With
+        ``discover`` (:data:`DISCOVERY_S`) every symbol's orders are read: those on the scope's
+        symbols are compared, the others (placed before the stream, on symbols the cache did not
+        know) are added to the cache when the audit agrees (:meth:`StreamCache.add_orders`). An
+        untrusted cache is not audited (a resync is owed). A REST error propagates."""
         if not self.cache.trusted():
             return None
         started = int(self.rt.market_now() * 1000)
-        vps, orders = await asyncio.to_thread(self._rest, self.cache.known_symbols())
+        vps, every, scope = await self._io(self._rest, discover)
+        orders = [o for o in every if o.symbol in scope]
         for msg in pump.drain():
             for ev in parse_message(self.cache, msg):
                 if self._apply(ev) is not None:
@@ -379,6 +472,9 @@ class AccountStreams:
         diffs = audit_differences(rest, cached, rest_orders, cached_orders, moved)
         if not diffs:
             self.cache.refresh(vps, started, clean=clean)
+            found = {order_key_of(o.client_order_id, o.algo): o for o in every if o.symbol not in scope}
+            newer = self.cache.order_moved_since(set(found), started)  # a stream event said more since
+            self.cache.add_orders([o for k, o in found.items() if k not in newer], started)
             self.cache.count("audits")
             return None
         self.cache.distrust("audit")
@@ -397,15 +493,11 @@ class AccountStreams:
         )
         return diffs
 
-    async def _beat(self, halt: asyncio.Event) -> None:
-        """Renew the lease and the heartbeat every second; returns when the lease is lost."""
-        while not halt.is_set():
-            if not self.cache.renew(self.owner, self.lease_s):
-                log.error("lost the lease of account %s: letting go of its streams", self.rt.settings.account)
-                return
-            self.rt.heartbeats.beat("streams")
-            self.cache.note(owner=self.owner)
-            await wait(halt, 1.0)
+
+#: Threads of one ``harvest streams`` process for its REST reads (resyncs, audits, handshakes),
+#: shared by its accounts: a cold start's hundreds of resyncs queue here (the weight budget is
+#: the real limit) instead of taking the interpreter from the event loop that reads the streams.
+REST_THREADS = 4
 
 
 def run_streams(
@@ -427,12 +519,17 @@ def run_streams(
     # each account's audit phase: its place among the deployment's accounts (spread evenly)
     every = sorted(rt.accounts)
     gate = ConnectGate()  # one pace for every account of the process: Binance counts per IP
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    keeper = LeaseKeeper(rt.r, rt.heartbeats, owner, lease_s)  # every lease in one round trip a second
+    rest = ThreadPoolExecutor(REST_THREADS, thread_name_prefix="streams-rest")
     held = [
         AccountStreams(
             rt.for_account(a),
             lease_s=lease_s,
             audit_phase=every.index(a) / len(every) if a in every else 0.0,
             gate=gate,
+            keeper=keeper,
+            rest=rest,
         )
         for a in names
     ]
@@ -444,6 +541,9 @@ def run_streams(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await asyncio.gather(market.run(stop), *(x.run(stop) for x in held))
+        await asyncio.gather(keeper.run(stop), market.run(stop), *(x.run(stop) for x in held))
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        rest.shutdown(wait=False, cancel_futures=True)

@@ -18,6 +18,7 @@ Keys (``<ns>`` = settings.namespace, ``<a>`` = account)::
                                          (harvest.domain.stream_events.fold_order; JSON, 1 day;
                                          a clientOrderId names its plan, so no account is needed)
     <ns>:streams:<a>:lease       string  the owner (host:pid) holding the account's streams (PX)
+    <ns>:streams:audit_requests  set     accounts a reader asked to have audited now
     <ns>:streams:marks           hash    symbol → {"mark", "funding_rate", "event_ms", "at"} (JSON):
                                          event_ms the event's E (the exchange's clock: orders
                                          the events), at its arrival (wall s: its freshness)
@@ -171,6 +172,12 @@ class KlineCache:
         return np.array([float(m.split(":", 1)[1]) for m, _ in rows], dtype=np.float64)
 
 
+def audit_requests_key(ns: str) -> str:
+    """The set of accounts whose stream cache a reader asked to have audited now
+    (:meth:`StreamCache.request_audit`; taken by the ``harvest streams`` process holding them)."""
+    return f"{ns}:streams:audit_requests"
+
+
 class StreamCache:
     """The stream-fed state of one account (see module docstring). ``r``: decode_responses."""
 
@@ -194,6 +201,10 @@ class StreamCache:
     def renew(self, owner: str, ttl_s: float) -> bool:
         """Extend the lease if ``owner`` still holds it; False when it was lost."""
         return bool(self._renew(keys=[self.k_lease], args=[owner, int(ttl_s * 1000)]))
+
+    def renew_in(self, pipe: Any, owner: str, ttl_s: float) -> None:
+        """Queue :meth:`renew` on ``pipe`` (a redis-py pipeline; its reply: 1 renewed, 0 lost)."""
+        self._renew(keys=[self.k_lease], args=[owner, int(ttl_s * 1000)], client=pipe)
 
     def release(self, owner: str) -> None:
         """Give the lease up (only if ``owner`` holds it)."""
@@ -239,6 +250,28 @@ class StreamCache:
         p.hincrby(self.k_counters, "streams:symbol_reads", 1)
         p.execute()
         return True
+
+    def add_orders(self, orders: list[Any], started_ms: int) -> int:
+        """Working orders (``OrderResult``) a discovering read that started at ``started_ms``
+        found on symbols the cache did not know: each added unless its key is already there (a
+        stream event is newer). Counted ``streams:discovered``. Returns how many were added."""
+        if not orders:
+            return 0
+        p = self.r.pipeline(transaction=True)
+        for o in orders:
+            p.hsetnx(self.k_orders, order_key_of(o.client_order_id, o.algo), json.dumps(_order_entry(o, started_ms)))
+        added = sum(int(x) for x in p.execute())
+        if added:
+            self.r.hincrby(self.k_counters, "streams:discovered", added)
+        return added
+
+    def request_audit(self) -> None:
+        """Ask the ``harvest streams`` process holding this account to audit it now (one SADD):
+        a reader found the exchange disagreeing with what a plan was made from (the guard's
+        ``ghost_position``, ``side_mismatch``, ``epoch_changed``). Taken within a second by
+        :class:`harvest.services.stream_loop.LeaseKeeper`; an account nobody holds is left in
+        the set, harmless (it has no cache to audit)."""
+        self.r.sadd(audit_requests_key(self.ns), self.account)
 
     def mark_dirty(self) -> None:
         """A change the rows cannot show from the stream (a funding settlement: which position

@@ -123,6 +123,8 @@ def test_ghost_position_blocked(rt):
     assert (plan.state, plan.reason) == ("REJECTED", "ghost_position")
     assert not fills(rt, SYM)
     assert rt.plans.counters().get("guard:ghost_position") == 1
+    # the scan's view was not the exchange's: the account's stream cache is to be audited now
+    assert rt.r.smembers(f"{rt.settings.namespace}:streams:audit_requests") == {rt.settings.account}
     # A scan of the ghost: exchange truth has no position; the book entry is dropped, no order.
     scan()
     assert rt.book.get_many(rt.settings.account, [SYM]) == [None]

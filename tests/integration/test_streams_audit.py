@@ -272,3 +272,96 @@ def test_a_429_on_an_audit_leaves_a_clean_stream_trusted_and_the_audit_is_retrie
     wait_for(lambda: _counter(rt, "streams:audits") > audits, 20, what="the audit retried, agreeing")
     assert all(trusted) and cache.trusted()
     assert _counter(rt, "streams:gap:rest_error") == gaps and _counter(rt, "reconcile:audit_disagreement") == 0
+
+
+def test_a_resync_reads_the_known_symbols_and_the_daily_audit_discovers_the_rest(emu):  # noqa: F811
+    """A (re)connection's resync asks for the orders of the symbols the cache knows and the open
+    positions' (weight 1 a symbol, not 40 + 40 for every symbol: a 1000-account cold start costs
+    a quarter of what it did); an order placed before the stream on a symbol the cache does
+    not know is found by the daily discovering audit, which adds it to the cache (an ordinary
+    audit neither sees it nor calls it a disagreement)."""
+    import asyncio
+
+    from harvest.services.stream_loop import Pump
+    from harvest.venues.base import OrderResult
+    from harvest.services.streams import AccountStreams
+    from harvest.venues.base import OrderResult
+
+    rt, e = emu
+    _open(rt, "BTCUSDT", Side.LONG, 0.03)
+    # a working stop on ETHUSDT with no position behind it (the desk's, placed before the stream)
+    _open(rt, "ETHUSDT", Side.LONG, 0.5)
+    [eth] = [o for o in rt.venue.open_orders() if o.symbol == "ETHUSDT"]
+    working = rt.r.hgetall(rt.venue.k_stops("ETHUSDT"))
+    rt.venue.close_market("ETHUSDT", "SELL", "0.5", "h-flat-eth")  # the engine cancels the stop: revive it
+    raw = OrderResult.model_validate_json(rt.r.hget(rt.venue.k_orders, eth.client_order_id))
+    rt.r.hset(rt.venue.k_orders, eth.client_order_id, raw.model_copy(update={"status": "NEW"}).model_dump_json())
+    rt.r.hset(rt.venue.k_stops("ETHUSDT"), mapping=working)
+    rt.r.sadd(rt.venue.k_positions, "ETHUSDT")
+    assert {o.symbol for o in rt.venue.open_orders()} == {"BTCUSDT", "ETHUSDT"}
+
+    rest = build_runtime(load_settings(namespace=NS, fapi_url=e.url, api_key=KEY, api_secret=SECRET))
+    streams = AccountStreams(rest)
+    cache, pump = streams.cache, Pump(None)
+    eth_key = f"algo:{eth.client_order_id}"
+
+    async def go() -> dict:
+        before = _weights(e)
+        await streams._resync()
+        resync = _spent_since(e, before)
+        ordinary = await streams._audit(pump)
+        after_ordinary = set(rt.r.hkeys(cache.k_orders))
+        before = _weights(e)
+        discovering = await streams._audit(pump, discover=True)
+        return {
+            "resync": resync,
+            "ordinary": ordinary,
+            "after_ordinary": after_ordinary,
+            "discovering": discovering,
+            "discovery_weight": _spent_since(e, before),
+        }
+
+    got = asyncio.run(go())
+    # the resync: one symbol's openOrders and openAlgoOrders (1 each), never every symbol's (40)
+    assert got["resync"]["GET /fapi/v1/openOrders"] == 1
+    assert got["resync"].get("GET /fapi/v1/openAlgoOrders", 0) <= 2
+    assert eth_key not in got["after_ordinary"] and got["ordinary"] is None and cache.trusted()
+    # the discovering audit: every symbol's orders (40 + 40), agreeing, ETHUSDT's stop added
+    assert got["discovering"] is None and cache.trusted()
+    assert got["discovery_weight"]["GET /fapi/v1/openOrders"] == 40
+    assert eth_key in rt.r.hkeys(cache.k_orders) and "ETHUSDT" in cache.known_symbols()
+    assert _counter(rt, "streams:discovered") == 1 and _counter(rt, "reconcile:audit_disagreement") == 0
+    # from now on the ordinary reads ask about ETHUSDT too
+    before = _weights(e)
+    assert asyncio.run(streams._audit(pump)) is None
+    assert _spent_since(e, before)["GET /fapi/v1/openOrders"] == 2
+
+
+def test_an_audit_asked_for_by_a_reader_runs_within_seconds_not_at_its_slot(emu, tmp_path, monkeypatch):  # noqa: F811
+    """The guard found the exchange disagreeing with what a plan was made from and asked for the
+    account's audit (:meth:`StreamCache.request_audit`): the streams process holding it audits
+    it within seconds although its slot is an hour away; a second request inside
+    ASKED_AUDIT_MIN_S waits for it (one audit for a burst of refusals)."""
+    rt, e = emu
+    monkeypatch.setenv("HARVEST_AUDIT_INTERVAL_S", "3600")
+    out = tmp_path / "streams.out"
+    proc = _start(e, out)
+    cache = StreamCache(rt.r, NS, rt.settings.account)
+    try:
+        wait_for(lambda: cache.trusted() or proc.poll() is not None, 30, what="the first resync")
+        assert proc.poll() is None, out.read_text()
+        assert _counter(rt, "streams:audits") == 0
+        cache.request_audit()
+        wait_for(lambda: _counter(rt, "streams:audits") == 1, 15, what="the asked audit")
+        assert _counter(rt, "streams:audits_asked") == 1
+        assert not rt.r.smembers(f"{NS}:streams:audit_requests")  # taken by the process holding the account
+        cache.request_audit()  # within ASKED_AUDIT_MIN_S of the first: waits
+        wait_for(lambda: not rt.r.smembers(f"{NS}:streams:audit_requests"), 10, what="the request taken")
+        assert _counter(rt, "streams:audits_asked") == 1 and cache.trusted()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
