@@ -6,6 +6,7 @@ the account back on REST at once; a drop, an expired listenKey and a 429 do the 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
@@ -25,22 +26,18 @@ from tests.pipeline_helpers import epoch, state
 AUDIT_S = 4.0
 
 
-@pytest.fixture()
-def held(emu, tmp_path, monkeypatch):  # noqa: F811
-    """``harvest streams`` with a short audit interval, trusted; and a runtime that reads the
-    emulator over REST (python-binance), as the beat's reconcile does."""
-    rt, e = emu
-    monkeypatch.setenv("HARVEST_AUDIT_INTERVAL_S", str(AUDIT_S))
+@contextlib.contextmanager
+def _streams_process(rt, e, tmp_path, monkeypatch, audit_s: float):
+    """A ``harvest streams`` process at ``HARVEST_AUDIT_INTERVAL_S=audit_s``, its cache trusted;
+    stopped (SIGTERM, bounded) on the way out, its exit clean and its output free of secrets."""
+    monkeypatch.setenv("HARVEST_AUDIT_INTERVAL_S", str(audit_s))
     out = tmp_path / "streams.out"
     proc = _start(e, out)
     cache = StreamCache(rt.r, NS, rt.settings.account)
-    rest = build_runtime(
-        load_settings(namespace=NS, fapi_url=e.url, api_key=KEY, api_secret=SECRET, streams_max_age_s=3.0)
-    )
     try:
         wait_for(lambda: cache.trusted() or proc.poll() is not None, 30, what="the first resync")
         assert proc.poll() is None, out.read_text()
-        yield rt, e, cache, rest, out
+        yield cache, out
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -51,6 +48,18 @@ def held(emu, tmp_path, monkeypatch):  # noqa: F811
     text = out.read_text()
     assert proc.returncode == 0, text[-3000:]
     assert KEY not in text and SECRET not in text
+
+
+@pytest.fixture()
+def held(emu, tmp_path, monkeypatch):  # noqa: F811
+    """``harvest streams`` with a short audit interval, trusted; and a runtime that reads the
+    emulator over REST (python-binance), as the beat's reconcile does."""
+    rt, e = emu
+    rest = build_runtime(
+        load_settings(namespace=NS, fapi_url=e.url, api_key=KEY, api_secret=SECRET, streams_max_age_s=3.0)
+    )
+    with _streams_process(rt, e, tmp_path, monkeypatch, AUDIT_S) as (cache, out):
+        yield rt, e, cache, rest, out
 
 
 def _weights(e) -> dict[str, int]:
@@ -283,7 +292,6 @@ def test_a_resync_reads_the_known_symbols_and_the_daily_audit_discovers_the_rest
     import asyncio
 
     from harvest.services.stream_loop import Pump
-    from harvest.venues.base import OrderResult
     from harvest.services.streams import AccountStreams
     from harvest.venues.base import OrderResult
 
@@ -343,25 +351,12 @@ def test_an_audit_asked_for_by_a_reader_runs_within_seconds_not_at_its_slot(emu,
     it within seconds although its slot is an hour away; a second request inside
     ASKED_AUDIT_MIN_S waits for it (one audit for a burst of refusals)."""
     rt, e = emu
-    monkeypatch.setenv("HARVEST_AUDIT_INTERVAL_S", "3600")
-    out = tmp_path / "streams.out"
-    proc = _start(e, out)
-    cache = StreamCache(rt.r, NS, rt.settings.account)
-    try:
-        wait_for(lambda: cache.trusted() or proc.poll() is not None, 30, what="the first resync")
-        assert proc.poll() is None, out.read_text()
+    with _streams_process(rt, e, tmp_path, monkeypatch, 3600.0) as (cache, _):
         assert _counter(rt, "streams:audits") == 0
         cache.request_audit()
         wait_for(lambda: _counter(rt, "streams:audits") == 1, 15, what="the asked audit")
         assert _counter(rt, "streams:audits_asked") == 1
         assert not rt.r.smembers(f"{NS}:streams:audit_requests")  # taken by the process holding the account
-        cache.request_audit()  # within ASKED_AUDIT_MIN_S of the first: waits
+        cache.request_audit()  # within ASKED_AUDIT_MIN_S of the first: waits for it
         wait_for(lambda: not rt.r.smembers(f"{NS}:streams:audit_requests"), 10, what="the request taken")
         assert _counter(rt, "streams:audits_asked") == 1 and cache.trusted()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
