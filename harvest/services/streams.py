@@ -184,8 +184,9 @@ class AccountStreams:
                 continue
             waiting = False
             log.info("holding account %s (lease %s s)", self.rt.settings.account, self.lease_s)
+            lost = self.keeper.hold(self.cache)  # renewed from now on, before any slow step
             try:
-                await self._session(stop)
+                await self._session(stop, lost)
                 backoff = 1.0
             except Exception:  # the emulator's handshake or the client failed: retry
                 backoff = await failed(self.cache, "session", stop, backoff)
@@ -195,15 +196,15 @@ class AccountStreams:
         if keeping is not None:
             await keeping
 
-    async def _session(self, stop: asyncio.Event) -> None:
-        """One holding of the lease: until ``stop`` or the lease is lost."""
+    async def _session(self, stop: asyncio.Event, lost: asyncio.Event) -> None:
+        """One holding of the lease: until ``stop`` or the lease is lost (``lost`` set by the
+        :class:`LeaseKeeper`)."""
         self.cache.distrust("start")
         url = await self._io(stream_url_of, self.rt.settings)  # the emulator's handshake: blocking I/O
         client, bsm = socket_manager(self.rt.settings, url, self.keepalive_s)
         halt = asyncio.Event()
         self._next_audit = self.next_audit(time.time())
         self._next_discovery = next_slot(time.time(), self.audit_phase, DISCOVERY_S)
-        lost = self.keeper.hold(self.cache)
         self.cache.note(owner=self.owner)
         tasks = [asyncio.create_task(self._user(bsm, halt))]
         try:
