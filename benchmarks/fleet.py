@@ -242,6 +242,10 @@ def fleet(url: str, n_acc: int, n_pos: int, workers: int, per_task: int, audit_s
         out["positions_from_streams"] = int(hv.r.hget(counters, "positions:streams") or 0)
         out["streams_reconcile_s"], cost = _measure(emu, lambda: _reconcile(env))
         out["streams_reconcile"] = _per(cost, n_acc)
+        # the reads of streamed accounts that went to REST in that tick and reconcile, by why
+        out["fallbacks"] = {
+            k.split(":", 2)[2]: int(v) for k, v in hv.r.hgetall(counters).items() if k.startswith("streams:fallback:")
+        }
 
         # ---- one full rotation of the audit (each account at its own phase of --audit-s): a
         # second streams process holding --audit-accounts of them (the audit's cost per account
@@ -407,6 +411,11 @@ def main() -> int:
         f"{'one reconcile of every account (s, harvest reconcile)':56} {f['rest_reconcile_s']:>13.2f}"
         f" {f['streams_reconcile_s']:>10.2f}"
     )
+    if f["fallbacks"]:
+        print(
+            "  of which reads of streamed accounts that went to REST (cache refused, by why): "
+            + ", ".join(f"{k} {v}" for k, v in sorted(f["fallbacks"].items()))
+        )
     ws = f["weight_per_account_min"]
     print(
         f"{'steady-state weight per account per minute':56} {ws['rest']:>13.2f} {ws['streams']:>10.2f}"

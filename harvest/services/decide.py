@@ -76,7 +76,8 @@ def venue_positions(rt: Runtime, from_streams: bool = True) -> list[VenuePositio
     """The account's open positions: from ``harvest streams``' cache when ``from_streams`` and
     the cache may stand in for positionRisk (:meth:`harvest.store.streams.StreamCache.snapshot`
     within ``settings.streams_max_age_s``; no request weight), else from the venue (REST).
-    A read from the cache is counted (``positions:streams``)."""
+    A read from the cache is counted (``positions:streams``), one that could not be by why
+    (``streams:fallback:<why>``, :meth:`StreamCache.count_fallback`)."""
     if from_streams:
         cache = StreamCache(rt.r, rt.settings.namespace, rt.settings.account)
         age = rt.settings.streams_max_age_s
@@ -85,6 +86,7 @@ def venue_positions(rt: Runtime, from_streams: bool = True) -> list[VenuePositio
         if cached is not None:
             rt.counters.count("positions:streams")
             return cached
+        cache.count_fallback(rt.counters)
     return rt.venue.positions()
 
 

@@ -91,8 +91,10 @@ def streamed_view(rt: Runtime) -> tuple[list[VenuePosition], list[OrderResult]] 
     trusted, clean, its writer alive, its marks fresh, within ``settings.streams_max_age_s``);
     None otherwise (read REST)."""
     age = rt.settings.streams_max_age_s
-    view = StreamCache(rt.r, rt.settings.namespace, rt.settings.account).view(age, max(age, 3.0))
+    cache = StreamCache(rt.r, rt.settings.namespace, rt.settings.account)
+    view = cache.view(age, max(age, 3.0))
     if view is None:
+        cache.count_fallback(rt.counters)
         return None
     return view[0], [OrderResult.model_validate(o) for o in view[1]]
 

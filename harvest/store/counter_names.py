@@ -228,6 +228,10 @@ COUNTERS: tuple[CounterName, ...] = (
     _c("streams:rest_error:{code}", "REST reads of harvest streams that failed, by code"),
     _c("streams:resyncs", "full resyncs of the stream cache from REST"),
     _c("streams:symbol_reads", "one symbol's rows read from REST"),
+    _c(
+        "streams:fallback:{why}",
+        "reads of a streamed account that went to REST, by why: untrusted, dirty, beat, mark, row, version",
+    ),
     _c("streams:audits_asked", "audits a reader asked for (the guard found the exchange disagreeing with a plan)"),
     _c("streams:discovered", "working orders a daily discovering read found on symbols the cache did not know"),
     _c("streams:funding_events", "funding settlements streamed"),

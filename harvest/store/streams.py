@@ -188,6 +188,7 @@ class StreamCache:
         self.k_lease, self.k_orders = f"{base}:lease", f"{base}:orders"
         self.k_marks = f"{ns}:streams:marks"
         self.k_counters = f"{ns}:counters"
+        self.refused: str | None = None  # why the last view() could not stand in for REST
         self._apply = r.register_script(_APPLY)
         self._renew = r.register_script(_RENEW)
         self._release = r.register_script(_RELEASE)
@@ -383,6 +384,13 @@ class StreamCache:
         out = {s: json.loads(v) for s, v in rows.items()}
         return {s: v for s, v in out.items() if v["amt"] != 0}
 
+    def count_fallback(self, counters: Any) -> None:
+        """After a :meth:`view` that could not stand in for REST: count why
+        (``streams:fallback:<why>`` on ``counters``, a :class:`harvest.store.health.CounterStore`),
+        unless no ``harvest streams`` ever held the account (``absent``: REST is its only way)."""
+        if self.refused not in (None, "absent"):
+            counters.count(f"streams:fallback:{self.refused}")
+
     def snapshot(
         self, max_mark_age_s: float, max_beat_age_s: float, now: float | None = None
     ) -> list[VenuePosition] | None:
@@ -401,7 +409,8 @@ class StreamCache:
         most ``max_beat_age_s`` old, every open row read from REST once (an opening's row
         waits for its symbol's read) and every such position's mark at most
         ``max_mark_age_s`` old (wall s since it arrived: :meth:`put_mark`). None otherwise
-        (read REST)."""
+        (read REST), and :attr:`refused` says why (:func:`_refusal`; ``row``: an open row not
+        yet read from REST; ``mark``: a position's mark missing or older; None: it was usable)."""
         now = time.time() if now is None else now
         p = self.r.pipeline(transaction=True)
         p.hmget(self.k_health, ["trusted", "dirty", "v"])
@@ -410,9 +419,8 @@ class StreamCache:
         p.hgetall(self.k_marks)
         p.hgetall(self.k_orders)
         (trusted, dirty, v), beat, rows, marks, raw_orders = p.execute()
-        if trusted != "1" or dirty == "1" or beat is None or now - float(beat) > max_beat_age_s:
-            return None
-        if not _readable(v):  # a cache a newer version's streams wrote: read REST
+        self.refused = _refusal(trusted, dirty, v, beat, now, max_beat_age_s)
+        if self.refused is not None:
             return None
         orders = [json.loads(v) for _, v in sorted(raw_orders.items())]
         out = []
@@ -422,6 +430,7 @@ class StreamCache:
                 continue
             m = json.loads(marks[sym]) if sym in marks else None
             if "row" not in d or m is None or now - float(m.get("at", 0.0)) > max_mark_age_s:
+                self.refused = "row" if "row" not in d else "mark"
                 return None
             stop = working_stop(orders, sym, 1 if d["amt"] > 0 else -1)
             out.append(VenuePosition.model_validate(dict(d["row"], mark_price=m["mark"], stop_price=stop)))
@@ -508,6 +517,27 @@ class StreamCache:
         """The newest fills and algo-order updates, oldest first (``type`` + the event's fields)."""
         rows = sync(self.r.xrevrange(self.k_events, count=count))
         return [dict(json.loads(f["data"]), type=f["type"]) for _, f in reversed(rows) if _readable(f.get("v"))]
+
+
+def _refusal(
+    trusted: str | None, dirty: str | None, v: str | None, beat: str | None, now: float, max_beat_age_s: float
+) -> str | None:
+    """Why a stream cache cannot stand in for REST, from its health fields and the ``streams``
+    heartbeat: None when it can (so far); ``absent`` when there is no cache at all (no
+    ``harvest streams`` has held the account); ``untrusted`` (a gap, a reconnection, a resync
+    owed); ``dirty`` (a funding settlement not yet read); ``beat`` (the heartbeat missing or
+    older than ``max_beat_age_s``); ``version`` (written by a newer version)."""
+    if trusted is None:
+        return "absent"
+    if trusted != "1":
+        return "untrusted"
+    if dirty == "1":
+        return "dirty"
+    if beat is None or now - float(beat) > max_beat_age_s:
+        return "beat"
+    if not _readable(v):  # a cache a newer version's streams wrote: read REST
+        return "version"
+    return None
 
 
 def _readable(v: str | None) -> bool:

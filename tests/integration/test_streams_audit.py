@@ -210,8 +210,10 @@ def test_reconcile_finds_orphans_ghosts_and_external_closes_from_the_stream(held
     # without the stream (a gap) reconcile reads REST again
     cache.distrust("drop")
     before = _weights(e)
+    fell_back = _counter(rt, "streams:fallback:untrusted")
     reconcile_once(rest)
     assert "GET /fapi/v1/openOrders" in _spent_since(e, before)
+    assert _counter(rt, "streams:fallback:untrusted") == fell_back + 1  # and why is counted
 
 
 @pytest.mark.parametrize("fault", ["drop", "expire"])
