@@ -158,7 +158,7 @@ class LeaseKeeper:
     is logged, never raised. The same round trip reads the accounts readers asked to have
     audited now (:meth:`StreamCache.request_audit`); those this process holds are taken (one
     SREM, only then) and :meth:`asked` tells their :class:`AccountStreams` once. ``r``: the
-    process's Redis client; ``heartbeats``: :class:`harvest.store.health.Heartbeats`;
+    process's Redis client (decode_responses); ``heartbeats``: :class:`harvest.store.health.Heartbeats`;
     ``owner``: host:pid."""
 
     def __init__(self, r: Any, heartbeats: Any, owner: str, lease_s: float, interval_s: float = 1.0) -> None:
@@ -203,7 +203,7 @@ class LeaseKeeper:
         replies = p.execute()
         self.renewals += 1
         if requests is not None:
-            mine = {sync_str(a) for a in replies[-1]} & set(self.held)
+            mine = set(replies[-1]) & set(self.held)  # r decodes responses, as StreamCache's does
             if mine:
                 self.r.srem(requests, *sorted(mine))
                 self._asked |= mine
@@ -216,8 +216,8 @@ class LeaseKeeper:
         return lost
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Renew every ``interval_s`` until ``stop``. A failed round trip is logged and counted;
-        after ``lease_s`` without a successful one every held account is let go (its lease has
+        """Renew every ``interval_s`` until ``stop``. A failed round trip is logged; after
+        ``lease_s`` without a successful one every held account is let go (its lease has
         expired in Redis)."""
         while not stop.is_set():
             try:
@@ -231,8 +231,3 @@ class LeaseKeeper:
                             log.error("lease of %s not renewed for %.0f s: letting go", cache.account, self.lease_s)
                             event.set()
             await wait(stop, self.interval_s)
-
-
-def sync_str(v: Any) -> str:
-    """A Redis reply as str (a client without decode_responses gives bytes)."""
-    return v.decode() if isinstance(v, bytes) else str(v)

@@ -245,10 +245,6 @@ class AccountStreams:
                     self.cache.note(listen_keys=self.listen_keys)
                     backoff = 1.0
                     why = await self._consume(sock, stop)  # its first step: the resync
-            except VenueError as e:  # the resync's REST read refused or failed: the cache stays untrusted
-                why = "rest_error"
-                self.cache.count(f"rest_error:{e.code}")
-                log.warning("user data stream: resync's REST read failed (%s); account on REST", e)
             except Exception:  # an exchange or network error never ends the process
                 self.cache.count("errors:user")
                 log.exception("user data stream failed")
